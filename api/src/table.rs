@@ -1,0 +1,185 @@
+//! The table-update API: ferryd (client) -> ferry-dataplane (server).
+//!
+//! Transport: a Unix stream socket, newline-delimited JSON ([`crate::wire`]),
+//! strictly request/response. The first message on a connection is
+//! [`Request::Hello`]; the dataplane refuses any other `api_version`.
+//! ferryd then sends [`Request::Sync`] with its whole state (the dataplane
+//! replaces its tables with it, creating and removing ports to match), then
+//! incremental updates. Every applied update bumps the table generation,
+//! which the dataplane reports back so a caller knows when its change is
+//! visible to the workers.
+//!
+//! Ports: the dataplane owns one port per endpoint (the host end of the
+//! pod's veth, `host_ifname`) plus the host port through which it reaches
+//! the node kernel (`NodeSettings::host_port`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::MacAddr;
+
+/// Bumped on any incompatible change of these messages.
+pub const API_VERSION: u32 = 1;
+
+/// Node-wide settings of the router the dataplane plays for the pods.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// The pods' default gateway; the dataplane answers ARP and ICMP echo
+    /// for it.
+    pub gateway: Ipv4Addr,
+    /// The MAC the dataplane uses as source on every frame it sends and in
+    /// every ARP reply.
+    pub router_mac: MacAddr,
+    /// The node's pod CIDRs. A destination inside one of them without an
+    /// endpoint is dropped (`no_endpoint`); outside all of them it goes to
+    /// the node kernel through the host port.
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// Where the node kernel is reached; `None` until ferryd made it.
+    pub host_port: Option<HostPort>,
+    /// MTU of pod interfaces (L3 bytes).
+    pub mtu: u32,
+}
+
+/// The veth pair that joins the dataplane to the node kernel: the dataplane
+/// drives `ifname`; the kernel end (`kernel_ifname`, holding the gateway
+/// address and the route to the pod CIDRs) has MAC `kernel_mac`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub ifname: String,
+    pub kernel_ifname: String,
+    pub kernel_mac: MacAddr,
+}
+
+/// How a pod is attached. Only veth exists today; tap comes later.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Attachment {
+    #[default]
+    Veth,
+}
+
+/// One pod interface.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Stable key: `<container id>/<ifname inside the pod>`.
+    pub id: String,
+    /// The host end of the pod's link, in the node namespace.
+    pub host_ifname: String,
+    pub ipv4: Ipv4Addr,
+    /// MAC of the pod's own interface (destination of frames to the pod).
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub attachment: Attachment,
+}
+
+/// An extra route: traffic for `prefix` goes to `next_hop`.
+/// (Pod /32s are implied by the endpoints and need no route.)
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: Ipv4Net,
+    pub next_hop: NextHop,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NextHop {
+    /// Deliver to the endpoint with this id.
+    Endpoint(String),
+    /// Hand to the node kernel through the host port.
+    Host,
+    /// Drop (counted as `no_route`).
+    Blackhole,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello { api_version: u32 },
+    /// Replace the whole table state.
+    Sync { node: NodeSettings, endpoints: Vec<Endpoint>, routes: Vec<Route> },
+    UpsertEndpoint { endpoint: Endpoint },
+    /// Removing an unknown id is not an error (idempotent DEL).
+    RemoveEndpoint { id: String },
+    UpsertRoute { route: Route },
+    RemoveRoute { prefix: Ipv4Net },
+    /// Counters (read-only; any client, e.g. ferryctl, may ask).
+    Stats,
+    /// The tables as the workers see them (read-only).
+    Tables,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Hello { api_version: u32, workers: u32 },
+    /// The update is visible to every worker from `generation` on.
+    Applied { generation: u64 },
+    Stats(Stats),
+    Tables(TableDump),
+    Error { message: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct TableDump {
+    pub generation: u64,
+    pub node: Option<NodeSettings>,
+    pub endpoints: Vec<Endpoint>,
+    pub routes: Vec<Route>,
+    /// Port name -> port index used in the forwarding tables.
+    pub ports: BTreeMap<String, u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    pub generation: u64,
+    pub ports: Vec<PortStats>,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Per-port counters, summed over the workers that serve the port.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct PortStats {
+    pub name: String,
+    /// Endpoint id, or `"host"` for the host port.
+    pub endpoint: String,
+    /// Whether the XDP program is attached and sockets are bound.
+    pub attached: bool,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames received on this port and dropped, by drop-reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct WorkerStats {
+    pub worker: u32,
+    pub cpu: Option<u32>,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_json_shape_is_stable() {
+        let r = Request::RemoveEndpoint { id: "abc/eth0".into() };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"remove_endpoint","id":"abc/eth0"}"#
+        );
+        let hop = NextHop::Endpoint("x/eth0".into());
+        assert_eq!(serde_json::to_string(&hop).unwrap(), r#"{"endpoint":"x/eth0"}"#);
+        let back: Request = serde_json::from_str(r#"{"op":"hello","api_version":1}"#).unwrap();
+        assert_eq!(back, Request::Hello { api_version: 1 });
+    }
+}
