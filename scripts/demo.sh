@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# ferry's main job on one simulated node: builds ferry, starts ferry-dataplane
+# and ferryd in a node network namespace, creates three pods by invoking the
+# `ferry` CNI binary exactly as a runtime does (env + stdin), shows ping and
+# iperf3 TCP between pods and from the node to a pod, prints ferryctl
+# counters, and tears everything down (also on failure or Ctrl-C).
+# Run as root on Debian 12; installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PROFILE="${PROFILE:-release}"
+cargo build --workspace --bins --profile "$PROFILE"
+BIN="$PWD/target/$PROFILE"
+
+NODE=ferry-demo-node
+DIR="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
+PODS=(1 2 3)
+DP_PID="" ; FD_PID=""
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+cni() { # cni COMMAND POD  -> runs ferry as a runtime does
+  local cmd=$1 pod=$2
+  CNI_COMMAND=$cmd CNI_CONTAINERID="demo-pod$pod" CNI_NETNS="/var/run/netns/ferry-demo-pod$pod" \
+  CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=pod$pod" \
+    "$BIN/ferry" < "$DIR/net.conf"
+}
+
+cleanup() {
+  set +e
+  say "teardown"
+  for p in "${PODS[@]}"; do
+    [ -e "/var/run/netns/ferry-demo-pod$p" ] && [ -n "$FD_PID" ] && cni DEL "$p" >/dev/null && echo "DEL pod$p: ok"
+  done
+  [ -n "$FD_PID" ] && kill "$FD_PID" 2>/dev/null && wait "$FD_PID" 2>/dev/null
+  [ -n "$DP_PID" ] && kill "$DP_PID" 2>/dev/null && wait "$DP_PID" 2>/dev/null
+  for p in "${PODS[@]}"; do ip netns del "ferry-demo-pod$p" 2>/dev/null; done
+  ip netns del "$NODE" 2>/dev/null
+  rm -rf "$DIR"
+  echo "removed namespaces, daemons and $DIR"
+}
+trap cleanup EXIT INT TERM
+
+say "node namespace $NODE"
+ip netns del "$NODE" 2>/dev/null || true
+ip netns add "$NODE"
+ip -n "$NODE" link set lo up
+
+cat > "$DIR/ferryd.toml" <<CONF
+socket = "$DIR/ferryd.sock"
+dataplane_socket = "$DIR/dataplane.sock"
+state_dir = "$DIR/state"
+pod_cidrs = ["10.88.0.0/24"]
+gateway = "10.88.0.1"
+mtu = 1500
+CONF
+# The shipped conflist, turned into the single network config libcni hands a plugin.
+python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); p=l["plugins"][0]; p["cniVersion"]=l["cniVersion"]; p["name"]=l["name"]; p["ferrydSocket"]=sys.argv[2]; print(json.dumps(p))' \
+    cni/10-ferry.conflist "$DIR/ferryd.sock" \
+  > "$DIR/net.conf"
+echo "network config given to ferry on stdin:"; cat "$DIR/net.conf"
+
+say "start ferry-dataplane and ferryd in $NODE"
+ip netns exec "$NODE" "$BIN/ferry-dataplane" --socket "$DIR/dataplane.sock" --workers 1 >"$DIR/dataplane.log" 2>&1 &
+DP_PID=$!
+ip netns exec "$NODE" "$BIN/ferryd" --config "$DIR/ferryd.toml" >"$DIR/ferryd.log" 2>&1 &
+FD_PID=$!
+ready=""
+for _ in $(seq 1 100); do
+  if echo '{"cniVersion":"1.1.0","name":"ferry","type":"ferry","ferrydSocket":"'"$DIR/ferryd.sock"'"}' \
+       | CNI_COMMAND=STATUS "$BIN/ferry" >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || { echo "ferryd not ready"; tail -20 "$DIR"/*.log; exit 1; }
+echo "ferryd STATUS: ready (dataplane connected)"
+
+say "create pods: CNI ADD via the ferry binary"
+declare -A IP
+for p in "${PODS[@]}"; do
+  ip netns add "ferry-demo-pod$p"
+  out=$(cni ADD "$p")
+  IP[$p]=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
+  echo "pod$p -> ${IP[$p]}"
+done
+echo "result of the last ADD:"; echo "$out" | python3 -m json.tool
+
+say "node: no bridge, XDP on every pod host veth"
+ip -n "$NODE" -br link show
+ip -n "$NODE" -d link show | grep -E '^[0-9]+: fy|prog/xdp' | sed 's/^/  /'
+echo "node routes:"; ip -n "$NODE" -4 route show | sed 's/^/  /'
+
+say "ping pod1 -> pod2, pod2 -> pod3, pod3 -> gateway, node -> pod1"
+ip netns exec ferry-demo-pod1 ping -c 3 -i 0.2 "${IP[2]}"
+ip netns exec ferry-demo-pod2 ping -c 3 -i 0.2 "${IP[3]}"
+ip netns exec ferry-demo-pod3 ping -c 2 -i 0.2 10.88.0.1
+ip netns exec "$NODE" ping -c 3 -i 0.2 "${IP[1]}"
+
+say "iperf3 TCP pod1 -> pod2 (3 s)"
+ip netns exec ferry-demo-pod2 iperf3 -s -1 -D -p 5201
+sleep 0.3
+ip netns exec ferry-demo-pod1 iperf3 -c "${IP[2]}" -p 5201 -t 3 | tail -4
+
+say "iperf3 TCP node -> pod3 (2 s)"
+ip netns exec ferry-demo-pod3 iperf3 -s -1 -D -p 5202
+sleep 0.3
+ip netns exec "$NODE" iperf3 -c "${IP[3]}" -p 5202 -t 2 | tail -4
+
+say "ferryctl endpoints"
+"$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" endpoints
+say "ferryctl stats"
+"$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" stats
+echo; echo "demo: ok"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what building, testing and demoing ferry needs on a fresh Debian 12
+# machine (run as root). Idempotent: packages already present are skipped.
+set -euo pipefail
+
+PKGS=(
+  clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config  # XDP programs, xsk-rs' bundled libxdp
+  iproute2 iputils-ping procps python3                        # namespaces, veth, ping, demo JSON
+  iperf3                                                      # TCP between pods
+  containernetworking-plugins                                 # reference bridge plugin (baseline)
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  for d in "$HOME/.cargo/bin" /root/.cargo/bin; do [ -x "$d/cargo" ] && export PATH="$d:$PATH"; done
+fi
+command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required and was not found" >&2; exit 1; }
+
+# iperf3's Debian package may ask to start a system daemon; ferry never uses it.
+systemctl disable --now iperf3 >/dev/null 2>&1 || true
+echo "setup: ok"

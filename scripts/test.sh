@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, property and network-namespace integration
+# tests (the real binaries in throwaway namespaces), then bounded fuzz runs.
+# Run as root on Debian 12; installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads=2
+
+# Bounded fuzz runs of the pipeline and the CNI config parser.
+# cargo-fuzz needs -Z flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+  for t in "dataplane pipeline" "cni conf"; do
+    set -- $t
+    if [ -d "$1/fuzz" ]; then
+      echo "fuzz: $1/$2 for ${FUZZ_SECONDS}s"
+      (cd "$1" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -3)
+    fi
+  done
+fi
+echo "test.sh: all passed"
