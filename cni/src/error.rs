@@ -15,7 +15,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -62,6 +66,10 @@ impl CniError {
 
 impl From<PodError> for CniError {
     fn from(e: PodError) -> Self {
-        CniError { code: e.code, msg: e.msg, details: e.details }
+        CniError {
+            code: e.code,
+            msg: e.msg,
+            details: e.details,
+        }
     }
 }

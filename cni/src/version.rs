@@ -43,17 +43,24 @@ impl CniVersion {
     }
 
     pub fn supported_list() -> String {
-        Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Code 1 for a version ferry does not speak.
     pub fn parse(s: &str) -> Result<CniVersion, CniError> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            CniError::incompatible_version(format!(
-                "cniVersion {s:?} is not supported by ferry; supported versions: {}",
-                Self::supported_list()
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                CniError::incompatible_version(format!(
+                    "cniVersion {s:?} is not supported by ferry; supported versions: {}",
+                    Self::supported_list()
+                ))
+            })
     }
 }
 

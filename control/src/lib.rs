@@ -1,1 +1,20 @@
-//! placeholder
+//! ferryd: ferry's node agent, and the operator CLI's client code.
+//!
+//! Layer: control plane. Depends on ferry-api (the messages), rtnetlink
+//! (plumbing in the node and pod namespaces), redb (the crash-safe store)
+//! and tokio. It reaches ferry-dataplane only through the table-update API
+//! ([`dataplane`]); it must never touch AF_XDP sockets, XDP programs or the
+//! dataplane's tables directly, and never shells out to `ip`.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`ipam`]: address pools and the choice of the next address (pure).
+//! - [`store`]: the redb store of attachments and allocations.
+//! - [`netlink`]: veth plumbing, the host port, checks (rtnetlink).
+//! - [`dataplane`]: the table-API client task (Hello, Sync, updates).
+//! - [`agent`]: ADD/DEL/CHECK/GC/STATUS on top of the above.
+//! - [`server`]: the pod-API Unix socket server.
+//! - [`ctl`]: ferryctl's requests and table formatting.
+
+pub mod config;
+pub mod ipam;
+pub mod store;

@@ -1,12 +1,26 @@
 //! Forwarding tables: immutable snapshots published by one writer (the
 //! control thread) and read without locks by the workers.
-//! (Interface stub; see ARCHITECTURE.md "Tables".)
+//!
+//! A [`Tables`] value is built in one go from the table-API state
+//! ([`Tables::build`]) and never mutated afterwards. [`TableHandle`] holds
+//! the current snapshot; the writer replaces it with [`TableHandle::publish`],
+//! workers take it once per batch with [`TableHandle::load`] and drop it
+//! before the next batch.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
+use ferry_api::table::{Endpoint, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
+use ipnet::Ipv4Net;
+use rustc_hash::FxHashMap;
 
 /// Index of a port in the dataplane (pod host veth or host port).
+///
+/// The I/O layer hands out small dense indices: the port-role table is a
+/// `Vec` indexed by `PortId`, so its size is the largest id plus one.
 pub type PortId = u32;
 
 /// What the pipeline knows about one port.
@@ -18,8 +32,400 @@ pub enum PortRole {
     Host,
 }
 
+/// Where frames for one pod address go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub port: PortId,
+    /// The pod interface's MAC (destination MAC of frames to the pod).
+    pub mac: MacAddr,
+}
+
+/// The host port as the pipeline needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPortEntry {
+    pub port: PortId,
+    /// MAC of the kernel end of the host veth pair.
+    pub kernel_mac: MacAddr,
+}
+
+/// A route's next hop, resolved to something the pipeline can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Deliver to this endpoint (as for a pod address).
+    Endpoint(EndpointEntry),
+    /// Hand to the node kernel through the host port.
+    Host,
+    /// Drop (`no_route`).
+    Blackhole,
+    /// `NextHop::Endpoint` naming an endpoint that is unknown or whose port
+    /// is not (yet) attached: dropped as `no_route` rather than silently
+    /// falling through to a less specific rule.
+    Unresolved,
+}
+
+/// One extra route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub prefix: Ipv4Net,
+    pub target: RouteTarget,
+}
+
+/// The node-wide part of the tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub gateway: Ipv4Addr,
+    pub router_mac: MacAddr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// `None` when ferryd made no host port yet or its port is not attached.
+    pub host_port: Option<HostPortEntry>,
+}
+
+impl Default for NodeView {
+    fn default() -> Self {
+        NodeView {
+            gateway: Ipv4Addr::UNSPECIFIED,
+            router_mac: MacAddr::ROUTER,
+            pod_cidrs: Vec::new(),
+            host_port: None,
+        }
+    }
+}
+
 /// One immutable version of the tables.
 #[derive(Debug, Default)]
 pub struct Tables {
     pub generation: u64,
+    node: NodeView,
+    /// Keyed by the address as a big-endian `u32`: FxHash of a `u32` is one
+    /// multiplication, which is what a per-packet lookup wants.
+    endpoints: FxHashMap<u32, EndpointEntry>,
+    ports: Vec<Option<PortRole>>,
+    /// Sorted by prefix length, longest first, so the first match is the
+    /// longest-prefix match.
+    routes: Vec<RouteEntry>,
+}
+
+impl Tables {
+    /// Build a snapshot from the table-API state.
+    ///
+    /// `port_of` maps an interface name (an endpoint's `host_ifname`, the
+    /// host port's `ifname`) to the port id the I/O layer gave it. Endpoints
+    /// whose port is not (yet) known are left out; so is the host port.
+    /// When two endpoints claim the same address or the same port, the first
+    /// one in `endpoints` wins (ferryd never sends that; the rule only makes
+    /// the result deterministic).
+    pub fn build(
+        generation: u64,
+        node: &NodeSettings,
+        endpoints: &[Endpoint],
+        routes: &[Route],
+        port_of: impl Fn(&str) -> Option<PortId>,
+    ) -> Tables {
+        let mut ports: Vec<Option<PortRole>> = Vec::new();
+        let mut set_role = |port: PortId, role: PortRole| -> bool {
+            let idx = port as usize;
+            if ports.len() <= idx {
+                ports.resize(idx + 1, None);
+            }
+            if ports[idx].is_some() {
+                return false;
+            }
+            ports[idx] = Some(role);
+            true
+        };
+
+        let host_port = node.host_port.as_ref().and_then(|hp| {
+            let port = port_of(&hp.ifname)?;
+            set_role(port, PortRole::Host).then_some(HostPortEntry {
+                port,
+                kernel_mac: hp.kernel_mac,
+            })
+        });
+
+        let mut by_ip: FxHashMap<u32, EndpointEntry> = FxHashMap::default();
+        let mut by_id: HashMap<&str, EndpointEntry> = HashMap::new();
+        for ep in endpoints {
+            let Some(port) = port_of(&ep.host_ifname) else {
+                continue;
+            };
+            let key = u32::from(ep.ipv4);
+            if by_ip.contains_key(&key) {
+                continue;
+            }
+            if !set_role(port, PortRole::Pod { ip: ep.ipv4, mac: ep.mac }) {
+                continue;
+            }
+            let entry = EndpointEntry { port, mac: ep.mac };
+            by_ip.insert(key, entry);
+            by_id.entry(ep.id.as_str()).or_insert(entry);
+        }
+
+        let mut resolved: Vec<RouteEntry> = routes
+            .iter()
+            .map(|r| RouteEntry {
+                prefix: r.prefix.trunc(),
+                target: match &r.next_hop {
+                    NextHop::Endpoint(id) => by_id
+                        .get(id.as_str())
+                        .map_or(RouteTarget::Unresolved, |e| RouteTarget::Endpoint(*e)),
+                    NextHop::Host => RouteTarget::Host,
+                    NextHop::Blackhole => RouteTarget::Blackhole,
+                },
+            })
+            .collect();
+        // Stable sort: among equal prefixes the first one given wins.
+        resolved.sort_by(|a, b| b.prefix.prefix_len().cmp(&a.prefix.prefix_len()));
+        resolved.dedup_by(|later, earlier| later.prefix == earlier.prefix);
+
+        Tables {
+            generation,
+            node: NodeView {
+                gateway: node.gateway,
+                router_mac: node.router_mac,
+                pod_cidrs: node.pod_cidrs.iter().map(Ipv4Net::trunc).collect(),
+                host_port,
+            },
+            endpoints: by_ip,
+            ports,
+            routes: resolved,
+        }
+    }
+
+    pub fn node(&self) -> &NodeView {
+        &self.node
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.node.gateway
+    }
+
+    pub fn router_mac(&self) -> MacAddr {
+        self.node.router_mac
+    }
+
+    pub fn host_port(&self) -> Option<HostPortEntry> {
+        self.node.host_port
+    }
+
+    /// The role of `port`, `None` for a port the tables do not know.
+    #[inline]
+    pub fn port_role(&self, port: PortId) -> Option<PortRole> {
+        self.ports.get(port as usize).copied().flatten()
+    }
+
+    /// The endpoint owning `ip`.
+    #[inline]
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<EndpointEntry> {
+        self.endpoints.get(&u32::from(ip)).copied()
+    }
+
+    /// The longest-prefix route matching `ip`.
+    #[inline]
+    pub fn route(&self, ip: Ipv4Addr) -> Option<RouteTarget> {
+        self.routes.iter().find(|r| r.prefix.contains(&ip)).map(|r| r.target)
+    }
+
+    /// Whether `ip` lies inside one of the node's pod CIDRs.
+    #[inline]
+    pub fn is_pod_cidr(&self, ip: Ipv4Addr) -> bool {
+        self.node.pod_cidrs.iter().any(|c| c.contains(&ip))
+    }
+
+    /// Number of endpoints in the snapshot (those with an attached port).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The routes, longest prefix first.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+}
+
+/// The current tables: one writer publishes, any number of workers load.
+///
+/// Share it as `Arc<TableHandle>` between the control thread and workers.
+///
+/// Why this is enough: `ArcSwap` stores a pointer to an `Arc<Tables>`.
+/// `publish` swaps the pointer atomically (SeqCst) and drops the handle's
+/// own reference to the old value; a reader's `load` either gets the old or
+/// the new pointer and holds a reference (a "debt" slot or a full strong
+/// count) that keeps that value alive, so a reader never sees a freed table
+/// and never sees a half-built one (the value is complete before `Arc::new`
+/// publishes it, and the swap has release/acquire semantics). The old value
+/// is dropped when the last reader lets go of its guard — reference counting
+/// acting as quiescent-state reclamation. Workers take one guard per batch
+/// and never keep it across batches, so an old table lives at most one batch
+/// after a publish.
+#[derive(Debug)]
+pub struct TableHandle {
+    current: ArcSwap<Tables>,
+}
+
+impl TableHandle {
+    pub fn new(initial: Tables) -> Self {
+        TableHandle { current: ArcSwap::from_pointee(initial) }
+    }
+
+    /// Make `tables` the snapshot every later `load` returns.
+    pub fn publish(&self, tables: Tables) {
+        self.current.store(Arc::new(tables));
+    }
+
+    /// The current snapshot, for one batch (cheap, no reference-count
+    /// traffic in the common case).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Tables>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc` (for holding longer, e.g. a
+    /// table dump).
+    pub fn load_full(&self) -> Arc<Tables> {
+        self.current.load_full()
+    }
+
+    /// Generation of the current snapshot.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+}
+
+impl Default for TableHandle {
+    fn default() -> Self {
+        TableHandle::new(Tables::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::table::HostPort;
+
+    fn node() -> NodeSettings {
+        NodeSettings {
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            router_mac: MacAddr::ROUTER,
+            pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
+            host_port: Some(HostPort {
+                ifname: "ferry0dp".into(),
+                kernel_ifname: "ferry0".into(),
+                kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            }),
+            mtu: 1500,
+        }
+    }
+
+    fn ep(id: &str, ifname: &str, ip: [u8; 4]) -> Endpoint {
+        let ip = Ipv4Addr::from(ip);
+        Endpoint {
+            id: id.into(),
+            host_ifname: ifname.into(),
+            ipv4: ip,
+            mac: MacAddr::for_pod(ip),
+            attachment: Default::default(),
+        }
+    }
+
+    fn ports(name: &str) -> Option<PortId> {
+        match name {
+            "ferry0dp" => Some(0),
+            "fya" => Some(1),
+            "fyb" => Some(2),
+            "fydup" => Some(3),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn build_resolves_ports_endpoints_and_routes() {
+        let eps = [
+            ep("a/eth0", "fya", [10, 88, 0, 2]),
+            ep("b/eth0", "fyb", [10, 88, 0, 3]),
+            ep("c/eth0", "fy-not-attached", [10, 88, 0, 4]),
+            ep("dup/eth0", "fydup", [10, 88, 0, 2]),
+        ];
+        let routes = [
+            Route { prefix: "192.168.0.0/16".parse().unwrap(), next_hop: NextHop::Host },
+            Route { prefix: "192.168.5.0/24".parse().unwrap(), next_hop: NextHop::Blackhole },
+            Route {
+                prefix: "172.16.0.0/12".parse().unwrap(),
+                next_hop: NextHop::Endpoint("b/eth0".into()),
+            },
+            Route {
+                prefix: "172.31.0.0/16".parse().unwrap(),
+                next_hop: NextHop::Endpoint("c/eth0".into()),
+            },
+        ];
+        let t = Tables::build(7, &node(), &eps, &routes, ports);
+        assert_eq!(t.generation, 7);
+        assert_eq!(t.port_role(0), Some(PortRole::Host));
+        assert_eq!(
+            t.port_role(1),
+            Some(PortRole::Pod { ip: Ipv4Addr::new(10, 88, 0, 2), mac: eps[0].mac })
+        );
+        assert_eq!(t.port_role(3), None, "duplicate address must not get a port role");
+        assert_eq!(t.port_role(99), None);
+        assert_eq!(t.endpoint_count(), 2);
+        assert_eq!(
+            t.endpoint(Ipv4Addr::new(10, 88, 0, 3)),
+            Some(EndpointEntry { port: 2, mac: eps[1].mac })
+        );
+        assert_eq!(t.endpoint(Ipv4Addr::new(10, 88, 0, 4)), None);
+        assert_eq!(
+            t.host_port(),
+            Some(HostPortEntry { port: 0, kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]) })
+        );
+        assert_eq!(t.route(Ipv4Addr::new(192, 168, 1, 1)), Some(RouteTarget::Host));
+        assert_eq!(t.route(Ipv4Addr::new(192, 168, 5, 1)), Some(RouteTarget::Blackhole));
+        assert_eq!(
+            t.route(Ipv4Addr::new(172, 20, 0, 1)),
+            Some(RouteTarget::Endpoint(EndpointEntry { port: 2, mac: eps[1].mac }))
+        );
+        assert_eq!(t.route(Ipv4Addr::new(172, 31, 0, 1)), Some(RouteTarget::Unresolved));
+        assert_eq!(t.route(Ipv4Addr::new(8, 8, 8, 8)), None);
+        assert!(t.is_pod_cidr(Ipv4Addr::new(10, 88, 0, 200)));
+        assert!(!t.is_pod_cidr(Ipv4Addr::new(10, 89, 0, 1)));
+    }
+
+    #[test]
+    fn missing_host_port_is_absent() {
+        let t = Tables::build(1, &node(), &[], &[], |_| None);
+        assert_eq!(t.host_port(), None);
+        assert_eq!(t.port_role(0), None);
+        let mut n = node();
+        n.host_port = None;
+        let t = Tables::build(1, &n, &[], &[], ports);
+        assert_eq!(t.host_port(), None);
+    }
+
+    #[test]
+    fn handle_publishes_new_generations_to_readers() {
+        let h = Arc::new(TableHandle::default());
+        assert_eq!(h.generation(), 0);
+        let reader = {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..1_000_000 {
+                    let g = h.load().generation;
+                    assert!(g >= last, "generations must not go backwards");
+                    last = g;
+                    if g == 100 {
+                        break;
+                    }
+                }
+                last
+            })
+        };
+        let old = h.load_full();
+        for g in 1..=100 {
+            h.publish(Tables::build(g, &node(), &[], &[], ports));
+        }
+        // A reader holding an old snapshot keeps it intact.
+        assert_eq!(old.generation, 0);
+        assert_eq!(h.generation(), 100);
+        let seen = reader.join().expect("reader thread");
+        assert!(seen <= 100);
+    }
 }

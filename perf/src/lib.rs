@@ -1,1 +1,13 @@
-//! placeholder
+//! perf: ferry's benchmarks.
+//!
+//! Layer: measurement only, on top of everything else. It may depend on any
+//! crate of the workspace and on tools of the machine (iperf3, ping, clang,
+//! the reference CNI plugins); no product crate may depend on it. It must
+//! never touch the root network namespace's links, routes or sysctls: all
+//! it builds lives in network namespaces named `fpf-*` that it removes again.
+//!
+//! - `benches/`: criterion micro-benchmarks.
+//! - [`e2e`]: the end-to-end harness (`perf e2e`), ferry against the kernel
+//!   paths on the same machine in the same run.
+
+pub mod e2e;

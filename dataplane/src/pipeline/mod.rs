@@ -4,13 +4,30 @@
 //! Contract (see ARCHITECTURE.md "Pipeline"): no I/O, no locks, no
 //! allocation, no logging, no clock reads. Frames may be rewritten in place
 //! (and may change length within their buffer's capacity). Every frame gets
-//! exactly one verdict.
+//! exactly one verdict. Packet bytes are read only through the checked views
+//! of [`wire`]; no input can make the pipeline panic (fuzzed and
+//! property-tested).
 
+pub mod checksum;
 pub mod verdict;
+pub mod wire;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use verdict::{DropReason, Verdict};
 
-use crate::tables::{PortId, Tables};
+use std::net::Ipv4Addr;
+
+use crate::tables::{EndpointEntry, PortId, PortRole, RouteTarget, Tables};
+use wire::{Arp, Ethernet, Ipv4, Ipv4Error};
+
+/// TTL of the packets the pipeline originates (echo replies, ICMP errors).
+pub const REPLY_TTL: u8 = 64;
+/// TOS of ICMP errors (internetwork control, as Linux sends them).
+const ICMP_ERROR_TOS: u8 = 0xc0;
 
 /// One received frame. `buf` is the whole chunk the frame sits in (its
 /// capacity bounds how far a reply may grow); the frame is `buf[..len]`.
@@ -30,7 +47,8 @@ impl<'a> Frame<'a> {
 }
 
 /// Decide the fate of every frame in `frames`, writing `verdicts[i]` for
-/// `frames[i]`. `verdicts.len()` must be at least `frames.len()`.
+/// `frames[i]`. `verdicts.len()` must be at least `frames.len()`; extra
+/// frames beyond `verdicts.len()` are left untouched.
 /// `now_ns` is the batch timestamp (monotonic nanoseconds).
 pub fn process_batch(tables: &Tables, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
     let _ = now_ns;
@@ -41,6 +59,328 @@ pub fn process_batch(tables: &Tables, now_ns: u64, frames: &mut [Frame<'_>], ver
 
 /// The single-frame decision (the reference the batch path must agree with).
 pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
-    let _ = (tables, frame);
-    Verdict::Drop(DropReason::NotImplemented)
+    let Some(role) = tables.port_role(frame.port) else {
+        return Verdict::Drop(DropReason::UnknownPort);
+    };
+    let len = frame.len.min(frame.buf.len());
+    let ethertype = match Ethernet::new_checked(&mut frame.buf[..len]) {
+        Ok(eth) => eth.ethertype(),
+        Err(reason) => return Verdict::Drop(reason),
+    };
+    match ethertype {
+        wire::ETHERTYPE_ARP => arp(tables, role, frame.port, &mut frame.buf[..len]),
+        wire::ETHERTYPE_IPV4 => {
+            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len);
+            frame.len = new_len;
+            verdict
+        }
+        _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+    }
+}
+
+/// Proxy ARP: answer requests with the router MAC.
+fn arp(tables: &Tables, role: PortRole, ingress: PortId, frame: &mut [u8]) -> Verdict {
+    let router = tables.router_mac().octets();
+    let Ok(mut eth) = Ethernet::new_checked(frame) else {
+        return Verdict::Drop(DropReason::Runt);
+    };
+    let requester = {
+        let mut arp = match Arp::new_checked(eth.payload_mut()) {
+            Ok(a) => a,
+            Err(reason) => return Verdict::Drop(reason),
+        };
+        match arp.operation() {
+            wire::ARP_OP_REQUEST => {}
+            // We never ask, so replies are never for us.
+            wire::ARP_OP_REPLY => return Verdict::Drop(DropReason::ArpNotForUs),
+            _ => return Verdict::Drop(DropReason::Malformed),
+        }
+        let target = arp.target_ip();
+        let answer = match role {
+            PortRole::Pod { ip, .. } => target != ip && target != arp.sender_ip(),
+            PortRole::Host => tables.endpoint(target).is_some(),
+        };
+        if !answer {
+            return Verdict::Drop(DropReason::ArpNotForUs);
+        }
+        let requester = arp.sender_mac();
+        arp.make_reply(router);
+        requester
+    };
+    eth.set_dst(requester);
+    eth.set_src(router);
+    Verdict::Tx(ingress)
+}
+
+/// Where an IPv4 packet goes after the table lookups.
+enum Destination {
+    Pod(EndpointEntry),
+    Host,
+}
+
+/// The IPv4 decisions. `buf` is the whole chunk, `len` the frame length
+/// (`14 <= len <= buf.len()`); returns the verdict and the new frame length.
+fn ipv4(tables: &Tables, role: PortRole, ingress: PortId, buf: &mut [u8], len: usize) -> (Verdict, usize) {
+    let drop = |reason| (Verdict::Drop(reason), len);
+    let router = tables.router_mac().octets();
+    let gateway = tables.gateway();
+    let Ok(eth) = Ethernet::new_checked(&mut buf[..len]) else {
+        return drop(DropReason::Runt);
+    };
+    let sender_mac = eth.src();
+
+    let (egress, new_dst_mac) = {
+        let mut ip = match Ipv4::new_checked(&mut buf[wire::ETH_HDR_LEN..len]) {
+            Ok(ip) => ip,
+            Err(Ipv4Error::Malformed) => return drop(DropReason::Malformed),
+            Err(Ipv4Error::BadChecksum) => return drop(DropReason::BadIpChecksum),
+        };
+        let from_pod = match role {
+            PortRole::Pod { ip: pod_ip, .. } => {
+                if ip.src() != pod_ip {
+                    return drop(DropReason::SpoofedSource);
+                }
+                true
+            }
+            PortRole::Host => false,
+        };
+        let dst = ip.dst();
+
+        if dst == gateway && ip.protocol() == wire::IP_PROTO_ICMP && ip.is_unfragmented() {
+            match echo_reply(&mut ip) {
+                Some(Ok(())) => {
+                    drop_view(ip);
+                    return (reply_macs(buf, len, sender_mac, router, ingress), len);
+                }
+                Some(Err(reason)) => return drop(reason),
+                // Other ICMP for the gateway: the node kernel owns it.
+                None => {}
+            }
+        }
+
+        let destination = if dst == gateway {
+            Destination::Host
+        } else if let Some(ep) = tables.endpoint(dst) {
+            Destination::Pod(ep)
+        } else {
+            match tables.route(dst) {
+                Some(RouteTarget::Endpoint(ep)) => Destination::Pod(ep),
+                Some(RouteTarget::Host) => Destination::Host,
+                Some(RouteTarget::Blackhole | RouteTarget::Unresolved) => {
+                    return drop(DropReason::NoRoute)
+                }
+                None if tables.is_pod_cidr(dst) => return drop(DropReason::NoEndpoint),
+                None => Destination::Host,
+            }
+        };
+
+        match destination {
+            Destination::Pod(ep) => {
+                if from_pod && ip.ttl() <= 1 {
+                    let expired = Expired::of(&mut ip);
+                    return time_exceeded(expired, gateway, buf, len, sender_mac, router, ingress);
+                }
+                if let Err(reason) = complete_l4_checksum(&mut ip) {
+                    return drop(reason);
+                }
+                // Host -> pod was routed (and its TTL decremented) by the
+                // node kernel already.
+                if from_pod {
+                    ip.decrement_ttl();
+                }
+                (ep.port, ep.mac.octets())
+            }
+            Destination::Host => {
+                if !from_pod {
+                    // The kernel sent it to us; sending it back would loop.
+                    return drop(DropReason::NoRoute);
+                }
+                let Some(host) = tables.host_port() else {
+                    return drop(DropReason::NoHostPort);
+                };
+                if let Err(reason) = complete_l4_checksum(&mut ip) {
+                    return drop(reason);
+                }
+                (host.port, host.kernel_mac.octets())
+            }
+        }
+    };
+    (reply_macs(buf, len, new_dst_mac, router, egress), len)
+}
+
+/// End a view's borrow explicitly (readability at early returns).
+fn drop_view(_ip: Ipv4<'_>) {}
+
+/// Set the Ethernet addresses of `buf[..len]` and transmit on `port`.
+fn reply_macs(buf: &mut [u8], len: usize, dst: [u8; 6], src: [u8; 6], port: PortId) -> Verdict {
+    match Ethernet::new_checked(&mut buf[..len]) {
+        Ok(mut eth) => {
+            eth.set_dst(dst);
+            eth.set_src(src);
+            Verdict::Tx(port)
+        }
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
+/// If `ip` (unfragmented ICMP) is an echo request, turn it into the echo
+/// reply in place and return `Some(Ok)`; a request with a bad checksum gives
+/// `Some(Err)`; any other ICMP message `None`.
+fn echo_reply(ip: &mut Ipv4<'_>) -> Option<Result<(), DropReason>> {
+    {
+        let icmp = ip.payload_mut();
+        if icmp.len() < wire::ICMP_HDR_LEN || icmp[0] != wire::ICMP_ECHO_REQUEST || icmp[1] != 0 {
+            return None;
+        }
+        if checksum::fold(checksum::add_bytes(0, icmp)) != 0xffff {
+            return Some(Err(DropReason::BadL4Checksum));
+        }
+        let old = wire::get_u16(icmp, 0);
+        icmp[0] = wire::ICMP_ECHO_REPLY;
+        let new = wire::get_u16(icmp, 0);
+        let hc = wire::get_u16(icmp, 2);
+        wire::set_u16(icmp, 2, checksum::update16(hc, old, new));
+    }
+    ip.make_reply_header(REPLY_TTL);
+    Some(Ok(()))
+}
+
+/// What the ICMP error needs to know about the expired packet.
+struct Expired {
+    header_len: usize,
+    data_len: usize,
+    frag_offset: u16,
+    /// The ICMP type, when the packet is ICMP with at least one data byte.
+    icmp_type: Option<u8>,
+    src: Ipv4Addr,
+}
+
+impl Expired {
+    fn of(ip: &mut Ipv4<'_>) -> Expired {
+        let is_icmp = ip.protocol() == wire::IP_PROTO_ICMP;
+        Expired {
+            header_len: ip.header_len(),
+            data_len: ip.total_len() - ip.header_len(),
+            frag_offset: ip.frag_offset(),
+            icmp_type: if is_icmp { ip.payload_mut().first().copied() } else { None },
+            src: ip.src(),
+        }
+    }
+}
+
+/// Replace the frame with an ICMP time exceeded (type 11 code 0) from the
+/// gateway to the sender, quoting the IP header and 8 bytes of data.
+fn time_exceeded(
+    ip: Expired,
+    gateway: Ipv4Addr,
+    buf: &mut [u8],
+    len: usize,
+    sender_mac: [u8; 6],
+    router: [u8; 6],
+    ingress: PortId,
+) -> (Verdict, usize) {
+    let no_error = (Verdict::Drop(DropReason::TtlExceeded), len);
+    // RFC 1812 4.3.2.7: no ICMP error about a non-first fragment or about
+    // an ICMP error.
+    if ip.frag_offset != 0 {
+        return no_error;
+    }
+    if matches!(
+        ip.icmp_type,
+        Some(
+            wire::ICMP_DEST_UNREACHABLE
+                | wire::ICMP_SOURCE_QUENCH
+                | wire::ICMP_REDIRECT
+                | wire::ICMP_TIME_EXCEEDED
+                | wire::ICMP_PARAMETER_PROBLEM
+        )
+    ) {
+        return no_error;
+    }
+    let (header_len, data_len, sender) = (ip.header_len, ip.data_len, ip.src);
+
+    let quoted = header_len + data_len.min(8);
+    let l3_len = wire::IPV4_MIN_HDR_LEN + wire::ICMP_HDR_LEN + quoted;
+    let new_len = wire::ETH_HDR_LEN + l3_len;
+    let icmp_at = wire::ETH_HDR_LEN + wire::IPV4_MIN_HDR_LEN;
+    let quote_at = icmp_at + wire::ICMP_HDR_LEN;
+    if new_len > buf.len() {
+        return no_error;
+    }
+    // The quote moves right by 28 bytes: copy_within is a memmove.
+    buf.copy_within(wire::ETH_HDR_LEN..wire::ETH_HDR_LEN + quoted, quote_at);
+    wire::write_ipv4_header(
+        &mut buf[wire::ETH_HDR_LEN..icmp_at],
+        ICMP_ERROR_TOS,
+        l3_len as u16,
+        REPLY_TTL,
+        wire::IP_PROTO_ICMP,
+        gateway,
+        sender,
+    );
+    let icmp = &mut buf[icmp_at..new_len];
+    icmp[..wire::ICMP_HDR_LEN].copy_from_slice(&[wire::ICMP_TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0]);
+    let c = checksum::checksum(icmp);
+    wire::set_u16(icmp, 2, c);
+    (reply_macs(buf, new_len, sender_mac, router, ingress), new_len)
+}
+
+/// The TCP/UDP checksum rule for forwarded frames: complete a partial
+/// checksum (the field holds the folded pseudo-header sum, as Linux leaves a
+/// CHECKSUM_PARTIAL frame), keep a valid one, refuse anything else.
+/// Fragments are not touched (the L4 message is not complete here).
+fn complete_l4_checksum(ip: &mut Ipv4<'_>) -> Result<(), DropReason> {
+    if !ip.is_unfragmented() {
+        return Ok(());
+    }
+    let proto = ip.protocol();
+    let src = ip.src_octets();
+    let dst = ip.dst_octets();
+    let payload = ip.payload_mut();
+    let (field_at, l4_len) = match proto {
+        wire::IP_PROTO_TCP => {
+            if payload.len() < wire::TCP_MIN_HDR_LEN {
+                return Err(DropReason::Malformed);
+            }
+            (wire::TCP_CHECKSUM_OFFSET, payload.len())
+        }
+        wire::IP_PROTO_UDP => {
+            if payload.len() < wire::UDP_HDR_LEN {
+                return Err(DropReason::Malformed);
+            }
+            let udp_len = usize::from(wire::get_u16(payload, 4));
+            if udp_len < wire::UDP_HDR_LEN || udp_len > payload.len() {
+                return Err(DropReason::Malformed);
+            }
+            if wire::get_u16(payload, wire::UDP_CHECKSUM_OFFSET) == 0 {
+                // UDP over IPv4 without a checksum.
+                return Ok(());
+            }
+            (wire::UDP_CHECKSUM_OFFSET, udp_len)
+        }
+        _ => return Ok(()),
+    };
+    // l4_len <= total_len <= 65535.
+    let segment = &mut payload[..l4_len];
+    let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u16);
+    let partial = checksum::fold(pseudo);
+    let field = wire::get_u16(segment, field_at);
+    // 0x0000 and 0xffff are the same number in ones' complement; a TCP
+    // field of 0 can only mean a partial sum of 0xffff (UDP 0 = no checksum
+    // was handled above).
+    let is_partial = field == partial || (field == 0 && partial == 0xffff);
+    if is_partial {
+        wire::set_u16(segment, field_at, 0);
+        let mut full = !checksum::fold(checksum::add_bytes(pseudo, segment));
+        if proto == wire::IP_PROTO_UDP && full == 0 {
+            // RFC 768: a computed 0 is sent as all ones.
+            full = 0xffff;
+        }
+        wire::set_u16(segment, field_at, full);
+        Ok(())
+    } else if checksum::fold(checksum::add_bytes(pseudo, segment)) == 0xffff {
+        Ok(())
+    } else {
+        Err(DropReason::BadL4Checksum)
+    }
 }

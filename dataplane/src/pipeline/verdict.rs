@@ -12,20 +12,115 @@ pub enum Verdict {
 }
 
 /// Why a frame was dropped. Numbers are stable and never reused: they are
-/// what operators see in counters and what dashboards key on.
+/// what operators see in counters and what dashboards key on. 0 is not a
+/// reason (it was the placeholder `not_implemented` and stays unused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
 pub enum DropReason {
-    NotImplemented = 0,
+    /// Ingress port unknown to the current tables.
+    UnknownPort = 1,
+    /// Shorter than an Ethernet header.
+    Runt = 2,
+    /// A header that does not parse (ARP, IPv4, L4 lengths), or a reply that
+    /// does not fit its buffer.
+    Malformed = 3,
+    /// Neither ARP nor IPv4 (IPv6, LLDP, VLAN tags, ...).
+    UnsupportedEthertype = 4,
+    /// ARP we do not answer: replies, gratuitous ARP, a pod asking for its
+    /// own address, the host asking for a non-endpoint.
+    ArpNotForUs = 5,
+    /// IPv4 header checksum wrong.
+    BadIpChecksum = 6,
+    /// A pod sent from an address that is not its own.
+    SpoofedSource = 7,
+    /// Destination inside a pod CIDR without an endpoint.
+    NoEndpoint = 8,
+    /// Blackhole or unresolved route, or host-port traffic that would go
+    /// back to the host port.
+    NoRoute = 9,
+    /// Traffic for the node kernel while no host port is attached.
+    NoHostPort = 10,
+    /// TCP/UDP checksum neither valid nor partial.
+    BadL4Checksum = 11,
+    /// TTL expired and no ICMP error was sent (not allowed by RFC 1812 or
+    /// the reply does not fit the buffer).
+    TtlExceeded = 12,
+    /// I/O layer: the TX ring of the egress port was full.
+    TxRingFull = 13,
+    /// I/O layer: the egress port went away.
+    PortGone = 14,
+    /// I/O layer: the worker has no TX queue on the egress port.
+    NoTxQueue = 15,
 }
 
 impl DropReason {
-    pub const ALL: &'static [DropReason] = &[DropReason::NotImplemented];
+    pub const ALL: &'static [DropReason] = &[
+        DropReason::UnknownPort,
+        DropReason::Runt,
+        DropReason::Malformed,
+        DropReason::UnsupportedEthertype,
+        DropReason::ArpNotForUs,
+        DropReason::BadIpChecksum,
+        DropReason::SpoofedSource,
+        DropReason::NoEndpoint,
+        DropReason::NoRoute,
+        DropReason::NoHostPort,
+        DropReason::BadL4Checksum,
+        DropReason::TtlExceeded,
+        DropReason::TxRingFull,
+        DropReason::PortGone,
+        DropReason::NoTxQueue,
+    ];
 
     /// Counter name (`drop_<name>` in metrics).
     pub fn name(self) -> &'static str {
         match self {
-            DropReason::NotImplemented => "not_implemented",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::Runt => "runt",
+            DropReason::Malformed => "malformed",
+            DropReason::UnsupportedEthertype => "unsupported_ethertype",
+            DropReason::ArpNotForUs => "arp_not_for_us",
+            DropReason::BadIpChecksum => "bad_ip_checksum",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoHostPort => "no_host_port",
+            DropReason::BadL4Checksum => "bad_l4_checksum",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::TxRingFull => "tx_ring_full",
+            DropReason::PortGone => "port_gone",
+            DropReason::NoTxQueue => "no_tx_queue",
         }
+    }
+
+    /// The stable number.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The reason with this number, if any.
+    pub fn from_code(code: u16) -> Option<DropReason> {
+        DropReason::ALL.iter().copied().find(|r| r.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_dense_and_named_uniquely() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.code() as usize, i + 1, "{r:?}");
+            assert_eq!(DropReason::from_code(r.code()), Some(*r));
+            assert!(r.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        assert_eq!(DropReason::from_code(0), None);
+        assert_eq!(DropReason::BadL4Checksum.code(), 11);
+        assert_eq!(DropReason::NoTxQueue.code(), 15);
     }
 }

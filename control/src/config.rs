@@ -1,0 +1,330 @@
+//! ferryd's configuration: a TOML file whose every field has a default.
+//!
+//! Parsing goes through [`RawConfig`] (what the file may say, all optional)
+//! and [`Config::from_raw`] (validation into typed values), so every error
+//! names the field and the value it refused.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
+pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_HOST_PORT: &str = "ferry0";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Suffix of the dataplane end of the host port (`ferry0` -> `ferry0dp`).
+pub const HOST_PORT_DP_SUFFIX: &str = "dp";
+
+/// The reference printed by `ferryd --help`: every field and its default.
+pub const FIELDS_HELP: &str = "\
+Configuration file (TOML, every field optional):
+  socket            pod-API Unix socket the `ferry` CNI binary talks to
+                    [default: /run/ferry/ferryd.sock]
+  dataplane_socket  ferry-dataplane's table-API socket
+                    [default: /run/ferry/dataplane.sock]
+  state_dir         directory of the crash-safe store (ferry.redb)
+                    [default: /var/lib/ferry]
+  pod_cidrs         IPv4 CIDRs pods get addresses from, e.g. [\"10.88.0.0/16\"]
+                    [default: [\"10.88.0.0/16\"]]
+  gateway           the pods' default gateway, inside one of pod_cidrs
+                    [default: first host address of the first CIDR]
+  mtu               MTU of pod interfaces and of the host port, 68..=65535
+                    [default: 1500]
+  host_port         kernel-side name of the host port veth (1-13 chars); the
+                    dataplane side is <host_port>dp [default: ferry0]
+  log_level         error|warn|info|debug|trace; RUST_LOG overrides it
+                    [default: info]";
+
+/// The file as written: everything optional, unknown fields refused.
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub socket: Option<PathBuf>,
+    pub dataplane_socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub pod_cidrs: Option<Vec<String>>,
+    pub gateway: Option<String>,
+    pub mtu: Option<i64>,
+    pub host_port: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub dataplane_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub host_port: String,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse config {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config field `{field}`: {msg}")]
+    Invalid { field: &'static str, msg: String },
+}
+
+fn invalid(field: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, msg: msg.into() }
+}
+
+/// The first usable host address of a network (`10.88.0.0/16` -> `10.88.0.1`).
+pub fn first_host(net: Ipv4Net) -> Ipv4Addr {
+    if net.prefix_len() >= 31 {
+        net.network()
+    } else {
+        Ipv4Addr::from(u32::from(net.network()).wrapping_add(1))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_raw(RawConfig::default()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_path_buf(), source },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text (errors carry an empty path).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        Config::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let nonempty_path = |field: &'static str, p: Option<PathBuf>, default: &str| {
+            let p = p.unwrap_or_else(|| PathBuf::from(default));
+            if p.as_os_str().is_empty() {
+                Err(invalid(field, "must not be empty"))
+            } else {
+                Ok(p)
+            }
+        };
+        let socket = nonempty_path("socket", raw.socket, DEFAULT_FERRYD_SOCKET)?;
+        let dataplane_socket =
+            nonempty_path("dataplane_socket", raw.dataplane_socket, DEFAULT_DATAPLANE_SOCKET)?;
+        let state_dir = nonempty_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?;
+
+        let cidr_texts = raw.pod_cidrs.unwrap_or_else(|| vec![DEFAULT_POD_CIDR.to_string()]);
+        if cidr_texts.is_empty() {
+            return Err(invalid("pod_cidrs", "needs at least one IPv4 CIDR"));
+        }
+        let mut pod_cidrs: Vec<Ipv4Net> = Vec::with_capacity(cidr_texts.len());
+        for text in &cidr_texts {
+            let net: Ipv4Net = text.trim().parse().map_err(|_| {
+                invalid("pod_cidrs", format!("{text:?} is not an IPv4 CIDR (a.b.c.d/len; IPv6 is not supported yet)"))
+            })?;
+            if net.network() != net.addr() {
+                return Err(invalid(
+                    "pod_cidrs",
+                    format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
+                ));
+            }
+            if net.prefix_len() > 30 {
+                return Err(invalid("pod_cidrs", format!("{text:?} is too small for pods (at most /30)")));
+            }
+            if let Some(other) = pod_cidrs.iter().find(|o| o.contains(&net) || net.contains(*o)) {
+                return Err(invalid("pod_cidrs", format!("{net} overlaps {other}")));
+            }
+            pod_cidrs.push(net);
+        }
+
+        let gateway = match raw.gateway {
+            None => first_host(pod_cidrs[0]),
+            Some(text) => text
+                .trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| invalid("gateway", format!("{text:?} is not an IPv4 address")))?,
+        };
+        let Some(gw_net) = pod_cidrs.iter().find(|n| n.contains(&gateway)) else {
+            return Err(invalid("gateway", format!("{gateway} is not inside any of pod_cidrs {pod_cidrs:?}")));
+        };
+        if gateway == gw_net.network() || gateway == gw_net.broadcast() {
+            return Err(invalid(
+                "gateway",
+                format!("{gateway} is the network or broadcast address of {gw_net}"),
+            ));
+        }
+
+        let mtu = raw.mtu.unwrap_or(i64::from(DEFAULT_MTU));
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid("mtu", format!("{mtu} is outside 68..=65535")));
+        }
+
+        let host_port = raw.host_port.unwrap_or_else(|| DEFAULT_HOST_PORT.to_string());
+        validate_ifname(&host_port, 15 - HOST_PORT_DP_SUFFIX.len()).map_err(|m| invalid("host_port", m))?;
+
+        let log_level = raw.log_level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+        if log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(invalid("log_level", format!("{log_level:?} is not one of off|error|warn|info|debug|trace")));
+        }
+
+        Ok(Config {
+            socket,
+            dataplane_socket,
+            state_dir,
+            pod_cidrs,
+            gateway,
+            mtu: mtu as u32,
+            host_port,
+            log_level,
+        })
+    }
+
+    /// Kernel end of the host port (`ferry0`).
+    pub fn host_port_kernel(&self) -> &str {
+        &self.host_port
+    }
+
+    /// Dataplane end of the host port (`ferry0dp`).
+    pub fn host_port_dp(&self) -> String {
+        format!("{}{HOST_PORT_DP_SUFFIX}", self.host_port)
+    }
+
+    /// The database file inside `state_dir`.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("ferry.redb")
+    }
+
+    /// This configuration as a TOML document (`--print-default-config`).
+    pub fn to_toml(&self) -> String {
+        // Serializing plain strings, paths and numbers cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A Linux interface name: 1..=max bytes, no '/', ':', whitespace or NUL.
+pub fn validate_ifname(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("{name:?} must be 1 to {max} bytes long"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || *c == '\0') {
+        return Err(format!("{name:?} contains {c:?}, not allowed in an interface name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/ferry/ferryd.sock"));
+        assert_eq!(c.dataplane_socket, PathBuf::from("/run/ferry/dataplane.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ferry"));
+        assert_eq!(c.pod_cidrs, vec!["10.88.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(c.gateway, Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.host_port, "ferry0");
+        assert_eq!(c.host_port_dp(), "ferry0dp");
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.db_path(), PathBuf::from("/var/lib/ferry/ferry.redb"));
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+            socket = "/tmp/x/ferryd.sock"
+            dataplane_socket = "/tmp/x/dp.sock"
+            state_dir = "/tmp/x/state"
+            pod_cidrs = ["10.1.0.0/24", "10.2.0.0/24"]
+            gateway = "10.2.0.254"
+            mtu = 9000
+            host_port = "fhost"
+            log_level = "debug"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.pod_cidrs.len(), 2);
+        assert_eq!(c.gateway, Ipv4Addr::new(10, 2, 0, 254));
+        assert_eq!(c.mtu, 9000);
+        assert_eq!(c.host_port_dp(), "fhostdp");
+        // Default gateway follows the first CIDR.
+        let c = Config::parse("pod_cidrs = [\"192.168.4.0/22\"]").unwrap();
+        assert_eq!(c.gateway, Ipv4Addr::new(192, 168, 4, 1));
+    }
+
+    #[test]
+    fn default_config_round_trips_through_toml() {
+        let c = Config::default();
+        let again = Config::parse(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("pod_cidrs = [\"fd00::/64\"]", "pod_cidrs"),
+            ("pod_cidrs = [\"10.88.0.5/16\"]", "pod_cidrs"),
+            ("pod_cidrs = []", "pod_cidrs"),
+            ("pod_cidrs = [\"10.0.0.0/8\", \"10.1.0.0/16\"]", "pod_cidrs"),
+            ("pod_cidrs = [\"10.0.0.0/32\"]", "pod_cidrs"),
+            ("gateway = \"10.99.0.1\"", "gateway"),
+            ("gateway = \"10.88.0.0\"", "gateway"),
+            ("gateway = \"10.88.255.255\"", "gateway"),
+            ("gateway = \"nope\"", "gateway"),
+            ("mtu = 67", "mtu"),
+            ("mtu = 65536", "mtu"),
+            ("mtu = -1", "mtu"),
+            ("host_port = \"\"", "host_port"),
+            ("host_port = \"abcdefghijklmn\"", "host_port"),
+            ("host_port = \"a/b\"", "host_port"),
+            ("log_level = \"loud\"", "log_level"),
+            ("socket = \"\"", "socket"),
+        ];
+        for (text, field) in cases {
+            match Config::parse(text) {
+                Err(ConfigError::Invalid { field: f, msg }) => {
+                    assert_eq!(f, *field, "{text}: {msg}");
+                    assert!(!msg.is_empty());
+                }
+                other => panic!("{text}: expected invalid {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_toml_are_parse_errors() {
+        for text in ["colour = \"blue\"", "mtu = \"big\"", "pod_cidrs = [", "mtu = 1500\nmtu = 1400"] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn ifnames_are_checked() {
+        assert!(validate_ifname("eth0", 15).is_ok());
+        assert!(validate_ifname("a234567890123456", 15).is_err());
+        assert!(validate_ifname("a b", 15).is_err());
+        assert!(validate_ifname("a:b", 15).is_err());
+        assert!(validate_ifname("..", 15).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The end-to-end harness: build every topology in network namespaces of its
+//! own, run the same workloads through each (warm-up, then interleaved
+//! repetitions A B C D A B C D ...), tear everything down and write
+//! results.json, results.md and results.png.
+
+pub mod chart;
+pub mod error;
+pub mod ethtool;
+pub mod parse;
+pub mod report;
+pub mod stats;
+pub mod sys;
+pub mod topo;
+pub mod traffic;
+pub mod workload;
+pub mod xdp;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+
+use error::{E2eError, Result};
+use report::{Failure, Report, Sample};
+use topo::{Kind, Topology};
+use workload::{Params, Workload};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    /// Results directory; default `perf-results/<timestamp>/`.
+    pub out: Option<PathBuf>,
+    /// Repetitions (default 3, quick 2).
+    pub reps: Option<u32>,
+    /// Topologies among `ferry`, `bridge`, `ptp`, `xdp`.
+    pub topologies: Vec<String>,
+    /// Where ferry's binaries are (default target/release).
+    pub bin_dir: PathBuf,
+    /// Pod counts of the scale cases, beyond the 2 of the main cases.
+    pub scale_pods: Vec<usize>,
+    /// Also measure the 64 B workload with a second ferry instance of this many workers.
+    pub extra_ferry_workers: Option<u32>,
+}
+
+impl Options {
+    pub fn new(quick: bool) -> Options {
+        Options {
+            quick,
+            out: None,
+            reps: None,
+            topologies: ["ferry", "bridge", "ptp", "xdp"].iter().map(|s| s.to_string()).collect(),
+            bin_dir: topo::default_bin_dir(),
+            scale_pods: vec![16, 64],
+            extra_ferry_workers: Some(2),
+        }
+    }
+
+    fn params(&self) -> Params {
+        if self.quick {
+            Params {
+                tcp_secs: 1,
+                udp_warmup: Duration::from_millis(300),
+                udp_window: Duration::from_secs(1),
+                ping_count: 100,
+                rr_window: Duration::from_secs(1),
+            }
+        } else {
+            Params {
+                tcp_secs: 4,
+                udp_warmup: Duration::from_millis(500),
+                udp_window: Duration::from_secs(3),
+                ping_count: 300,
+                rr_window: Duration::from_secs(2),
+            }
+        }
+    }
+}
+
+/// The workloads of the main cases, in run order.
+pub const WORKLOADS: [Workload; 6] = [
+    Workload::Tcp(1),
+    Workload::Tcp(4),
+    Workload::Udp(traffic::MIN_FRAME),
+    Workload::Udp(1400),
+    Workload::Ping,
+    Workload::TcpRr,
+];
+
+/// What a finished run left.
+#[derive(Debug)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub failures: usize,
+    pub markdown: String,
+}
+
+/// `YYYYmmddTHHMMSSZ` for a time since the epoch (UTC, proleptic Gregorian).
+pub fn timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
+    let mut v = Vec::new();
+    for t in &opts.topologies {
+        match t.as_str() {
+            "ferry" => {
+                v.push(("ferry".to_string(), Kind::Ferry { workers: 1 }));
+                if let Some(w) = opts.extra_ferry_workers.filter(|w| *w > 1) {
+                    v.push((format!("ferry-{w}w"), Kind::Ferry { workers: w }));
+                }
+            }
+            "bridge" => v.push(("bridge".into(), Kind::Bridge)),
+            "ptp" => v.push(("ptp".into(), Kind::Ptp)),
+            "xdp" => v.push(("xdp".into(), Kind::Xdp)),
+            other => {
+                return Err(E2eError::setup(other, "unknown topology (choose among ferry, bridge, ptp, xdp)"))
+            }
+        }
+    }
+    if v.is_empty() {
+        return Err(E2eError::setup("-", "no topology selected"));
+    }
+    Ok(v)
+}
+
+fn preflight(opts: &Options) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(E2eError::setup("-", "perf e2e needs root (network namespaces, XDP)"));
+    }
+    for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("iperf3", "--version", "iperf3"), ("ping", "-V", "iputils-ping")] {
+        let ok = sys::run(tool, &[arg]).map(|o| o.ok()).unwrap_or(false);
+        if !ok {
+            return Err(E2eError::setup("-", format!("`{tool}` is missing: apt-get install {pkg}")));
+        }
+    }
+    if opts.topologies.iter().any(|t| t == "ferry") {
+        topo::check_ferry_bins(&opts.bin_dir)?;
+    }
+    Ok(())
+}
+
+fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, Value> {
+    let read = |p: &str| fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let iperf = sys::run("iperf3", &["--version"]).map(|o| o.stdout.lines().next().unwrap_or("").to_string());
+    let mut m = BTreeMap::new();
+    m.insert("started".into(), json!(timestamp(SystemTime::now())));
+    m.insert("mode".into(), json!(if opts.quick { "quick" } else { "default" }));
+    m.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    m.insert("cpu".into(), json!(cpu_model));
+    m.insert("kernel".into(), json!(read("/proc/sys/kernel/osrelease")));
+    m.insert("iperf3".into(), json!(iperf.unwrap_or_default()));
+    m.insert("repetitions".into(), json!(reps));
+    m.insert(
+        "durations".into(),
+        json!({
+            "tcp_s": params.tcp_secs,
+            "udp_warmup_s": params.udp_warmup.as_secs_f64(),
+            "udp_window_s": params.udp_window.as_secs_f64(),
+            "ping_count": params.ping_count,
+            "ping_interval_s": 0.01,
+            "rr_window_s": params.rr_window.as_secs_f64(),
+        }),
+    );
+    m.insert(
+        "frames".into(),
+        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; 8 UDP flows from an AF_PACKET socket (sendmmsg, qdisc bypass)"),
+    );
+    m
+}
+
+/// Build, measure, tear down, report.
+pub fn run(opts: &Options) -> Result<Outcome> {
+    let started = Instant::now();
+    preflight(opts)?;
+    sys::install_signal_handlers()?;
+    let params = opts.params();
+    let reps = opts.reps.unwrap_or(if opts.quick { 2 } else { 3 }).max(1);
+    let plan = planned(opts)?;
+    let order: Vec<String> = plan.iter().map(|(n, _)| n.clone()).collect();
+    let mut meta = machine_meta(opts, &params, reps);
+    let out_dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("perf-results").join(timestamp(SystemTime::now())));
+    let run_tag = format!("{}", std::process::id() % 100_000);
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut phases: BTreeMap<String, f64> = BTreeMap::new();
+    let mut topo_notes: BTreeMap<String, Value> = BTreeMap::new();
+
+    let measured = (|| -> Result<()> {
+        // Setup.
+        let t = Instant::now();
+        let mut topos: Vec<Topology> = Vec::new();
+        for (name, kind) in &plan {
+            eprintln!("perf: building {name}");
+            let built = Topology::build(name, *kind, &run_tag, 2, &opts.bin_dir)
+                .and_then(|mut tp| tp.start_iperf_server().map(|_| tp));
+            match built {
+                Ok(tp) => topos.push(tp),
+                Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
+                Err(e) => {
+                    eprintln!("perf: {name} left out: {e}");
+                    topo_notes.insert(name.clone(), json!({"description": kind.describe(), "error": e.to_string()}));
+                    failures.push(Failure { topology: name.clone(), case: "setup".into(), rep: None, error: e.to_string() });
+                }
+            }
+        }
+        phases.insert("setup_s".into(), t.elapsed().as_secs_f64());
+        if topos.is_empty() {
+            return Err(E2eError::setup("-", "no topology could be built"));
+        }
+
+        // Warm-up: resolves neighbours, starts caches, wakes the daemons.
+        let t = Instant::now();
+        let warm = Params {
+            tcp_secs: 1,
+            udp_warmup: Duration::from_millis(100),
+            udp_window: Duration::from_millis(300),
+            ping_count: 20,
+            rr_window: Duration::from_millis(300),
+        };
+        for tp in &topos {
+            eprintln!("perf: warming up {}", tp.name);
+            for w in [Workload::Ping, Workload::Tcp(1), Workload::Udp(traffic::MIN_FRAME), Workload::TcpRr] {
+                if let Err(e) = workload::run(w, tp, &warm) {
+                    if matches!(e, E2eError::Interrupted) {
+                        return Err(e);
+                    }
+                    eprintln!("perf: warm-up: {e}");
+                    failures.push(Failure { topology: tp.name.clone(), case: format!("warm-up {}", w.label()), rep: None, error: e.to_string() });
+                }
+            }
+        }
+        let c0 = workload::cpu_now()?;
+        let i0 = Instant::now();
+        sys::sleep(Duration::from_secs(1))?;
+        let idle = workload::cpu_seconds(c0, workload::cpu_now()?) / i0.elapsed().as_secs_f64();
+        meta.insert("idle_busy_cores".into(), json!(idle));
+        phases.insert("warmup_s".into(), t.elapsed().as_secs_f64());
+
+        // Main cases, interleaved: for each repetition, each workload runs on every topology in turn.
+        let t = Instant::now();
+        let only_64 = |tp: &Topology| matches!(tp.kind, Kind::Ferry { workers } if workers > 1);
+        for rep in 0..reps {
+            for w in WORKLOADS {
+                for tp in topos.iter_mut() {
+                    if only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME) {
+                        continue;
+                    }
+                    measure(tp, w, rep, w.label(), &params, &mut samples, &mut failures)?;
+                }
+            }
+            eprintln!("perf: repetition {} of {reps} done ({:.0} s)", rep + 1, started.elapsed().as_secs_f64());
+        }
+        phases.insert("main_s".into(), t.elapsed().as_secs_f64());
+
+        // Scale: the 64 B workload with more pods present (they only exist).
+        let t = Instant::now();
+        for &n in &opts.scale_pods {
+            let mut grown = Vec::new();
+            for (i, tp) in topos.iter_mut().enumerate() {
+                if only_64(tp) {
+                    continue;
+                }
+                let g = Instant::now();
+                match tp.ensure_pods(n) {
+                    Ok(()) => {
+                        eprintln!("perf: {} has {n} pods ({:.1} s)", tp.name, g.elapsed().as_secs_f64());
+                        grown.push(i);
+                    }
+                    Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
+                    Err(e) => failures.push(Failure { topology: tp.name.clone(), case: format!("pods={n}"), rep: None, error: e.to_string() }),
+                }
+            }
+            let case = format!("{} pods={n}", Workload::Udp(traffic::MIN_FRAME).label());
+            for rep in 0..reps {
+                for &i in &grown {
+                    measure(&mut topos[i], Workload::Udp(traffic::MIN_FRAME), rep, case.clone(), &params, &mut samples, &mut failures)?;
+                }
+            }
+        }
+        phases.insert("scale_s".into(), t.elapsed().as_secs_f64());
+
+        for tp in &topos {
+            let mut notes = json!(tp.notes);
+            notes["pods_at_end"] = json!(tp.pods.len());
+            topo_notes.insert(tp.name.clone(), notes);
+        }
+        let t = Instant::now();
+        drop(topos);
+        phases.insert("teardown_s".into(), t.elapsed().as_secs_f64());
+        Ok(())
+    })();
+    if let Err(e) = measured {
+        // Everything built was dropped (removed) on the way out.
+        return Err(e);
+    }
+    phases.insert("total_s".into(), started.elapsed().as_secs_f64());
+    meta.insert("phase_seconds".into(), json!(phases));
+
+    let summary = report::summarize_samples(&samples);
+    let report = Report { meta, topologies: topo_notes, order, samples, failures, summary };
+    let markdown = report::render_markdown(&report);
+    write_outputs(&out_dir, &report, &markdown)?;
+    Ok(Outcome { dir: out_dir, failures: report.failures.len(), markdown })
+}
+
+fn measure(
+    tp: &mut Topology,
+    w: Workload,
+    rep: u32,
+    case: String,
+    params: &Params,
+    samples: &mut Vec<Sample>,
+    failures: &mut Vec<Failure>,
+) -> Result<()> {
+    sys::check_interrupt()?;
+    let r = tp.check_alive().and_then(|_| workload::run(w, tp, params));
+    match r {
+        Ok(metrics) => samples.push(Sample { topology: tp.name.clone(), case, rep, metrics }),
+        Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
+        Err(e) => {
+            eprintln!("perf: {e}");
+            failures.push(Failure { topology: tp.name.clone(), case, rep: Some(rep), error: e.to_string() });
+        }
+    }
+    Ok(())
+}
+
+fn write_outputs(dir: &PathBuf, report: &Report, markdown: &str) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| E2eError::io(format!("mkdir {}", dir.display()), e))?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| E2eError::Report(e.to_string()))?;
+    let w = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        fs::write(&p, data).map_err(|e| E2eError::io(format!("write {}", p.display()), e))
+    };
+    w("results.json", json.as_bytes())?;
+    w("results.md", markdown.as_bytes())?;
+    chart::render(report, &dir.join("results.png"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "19700101T000000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723); // 2000-02-29 01:02:03
+        assert_eq!(timestamp(t), "20000229T010203Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_599); // 2026-12-31 23:59:59
+        assert_eq!(timestamp(t), "20261231T235959Z");
+    }
+
+    #[test]
+    fn plan_adds_the_two_worker_ferry_and_rejects_unknown_names() {
+        let o = Options::new(true);
+        let names: Vec<String> = planned(&o).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["ferry", "ferry-2w", "bridge", "ptp", "xdp"]);
+        let mut o = Options::new(false);
+        o.topologies = vec!["bridge".into(), "vpp".into()];
+        assert!(planned(&o).is_err());
+        o.topologies = vec![];
+        assert!(planned(&o).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The topologies under test, each in network namespaces of its own: a "node"
+//! namespace and one namespace per pod, all named `fpf-<run>-<topology>-*`.
+//!
+//! - ferry: the real `ferry-dataplane` and `ferryd` in the node, pods made by the real `ferry`.
+//! - bridge / ptp: Debian's reference plugins (with host-local IPAM) through the CNI protocol.
+//! - xdp: our own veth pairs and an in-kernel XDP_REDIRECT between the two talking pods.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::error::{E2eError, Result};
+use super::ethtool;
+use super::parse;
+use super::sys::{self, in_netns, Netns, Proc, TempDir};
+use super::xdp::XdpRedirect;
+
+/// Where Debian's containernetworking-plugins live.
+pub const CNI_DIR: &str = "/usr/lib/cni";
+/// Port of the iperf3 server in the receiver pod.
+pub const IPERF_PORT: u16 = 5201;
+
+/// Which datapath a topology uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ferry { workers: u32 },
+    Bridge,
+    Ptp,
+    Xdp,
+}
+
+impl Kind {
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Ferry { workers } => format!(
+                "ferry: ferry-dataplane ({workers} worker{}) + ferryd in the node namespace, veth pods made by the ferry CNI binary",
+                if *workers == 1 { "" } else { "s" }
+            ),
+            Kind::Bridge => "Linux bridge: reference `bridge` + `host-local` CNI plugins (isGateway, no masquerade)".into(),
+            Kind::Ptp => "kernel routed path: reference `ptp` + `host-local` CNI plugins (/32 host routes)".into(),
+            Kind::Xdp => "in-kernel XDP_REDIRECT (DEVMAP_HASH) between the two pods' host veths; XDP_PASS on the pod ends; pod tx checksum offload off (see notes)".into(),
+        }
+    }
+}
+
+/// One pod: its namespace (interface eth0) and address.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub container: String,
+    pub ip: Ipv4Addr,
+}
+
+/// How to invoke a CNI plugin for this topology.
+#[derive(Debug)]
+struct CniPlugin {
+    binary: PathBuf,
+    conf: Value,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Ferry {
+        // Field order is drop order: ferryd before the dataplane.
+        ferryd: Proc,
+        dataplane: Proc,
+    },
+    Cni,
+    Xdp(XdpRedirect),
+}
+
+/// A topology with its pods; everything is removed when it drops.
+#[derive(Debug)]
+pub struct Topology {
+    pub name: String,
+    pub kind: Kind,
+    /// What was recorded about it (offloads, sysctls, ...), for the report.
+    pub notes: BTreeMap<String, Value>,
+    // Field order is drop order: servers, pods, backend daemons/links, node, files.
+    iperf: Option<Proc>,
+    pub pods: Vec<Pod>,
+    plugin: Option<CniPlugin>,
+    backend: Backend,
+    pub node: Netns,
+    pub dir: TempDir,
+    tag: String,
+}
+
+/// Where ferry's release binaries are.
+pub fn default_bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+}
+
+/// Check that ferry's binaries exist in `dir`.
+pub fn check_ferry_bins(dir: &Path) -> Result<()> {
+    for b in ["ferry", "ferryd", "ferry-dataplane"] {
+        if !dir.join(b).is_file() {
+            return Err(E2eError::setup(
+                "ferry",
+                format!(
+                    "{} not found: build ferry first with `cargo build --release --workspace --bins` \
+                     (or pass --bin-dir, or leave ferry out with --topologies bridge,ptp,xdp)",
+                    dir.join(b).display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invoke a CNI plugin inside `node_ns` exactly as a runtime does (env + stdin).
+pub fn invoke_cni(
+    node_ns: &str,
+    plugin: &Path,
+    command: &str,
+    container: &str,
+    netns: &str,
+    conf: &Value,
+) -> Result<Value> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node_ns]).arg(plugin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", CNI_DIR);
+    if !container.is_empty() {
+        cmd.env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=perf;K8S_POD_NAME=perf");
+    }
+    let stdin = conf.to_string();
+    let out = sys::run_with(cmd, Some(stdin.as_bytes()), Duration::from_secs(60))?;
+    let what = format!("{} {command} {container}", plugin.display());
+    if !out.ok() {
+        return Err(E2eError::Command {
+            cmd: what,
+            detail: format!("exit {:?}: {} {}", out.code, out.stdout.trim(), out.stderr.trim()),
+        });
+    }
+    if out.stdout.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&out.stdout).map_err(|e| E2eError::parse(what, format!("{e}: {}", out.stdout)))
+}
+
+/// The pod address from a CNI result (`ips[0].address`, `a.b.c.d/len`).
+pub fn result_ip(result: &Value) -> Result<Ipv4Addr> {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .ok_or_else(|| E2eError::parse("CNI result", format!("no ips[0].address in {result}")))?;
+    addr.split('/')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| E2eError::parse("CNI result", format!("bad address {addr}")))
+}
+
+fn short(kind: Kind) -> String {
+    match kind {
+        Kind::Ferry { workers } => format!("fe{workers}"),
+        Kind::Bridge => "br".into(),
+        Kind::Ptp => "pt".into(),
+        Kind::Xdp => "xd".into(),
+    }
+}
+
+fn subnet(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Ferry { workers: 1 } => "10.99.10.0/24",
+        Kind::Ferry { .. } => "10.99.11.0/24",
+        Kind::Bridge => "10.99.1.0/24",
+        Kind::Ptp => "10.99.2.0/24",
+        Kind::Xdp => "10.99.3.0/24",
+    }
+}
+
+impl Topology {
+    /// Build the topology `kind` named `name` with `pods` pods. `run_tag` makes names unique.
+    pub fn build(name: &str, kind: Kind, run_tag: &str, pods: usize, bin_dir: &Path) -> Result<Topology> {
+        let tag = format!("fpf-{run_tag}-{}", short(kind));
+        let dir = TempDir::create(&format!("{run_tag}-{}", short(kind)))?;
+        let node = Netns::create(&format!("{tag}-n"))?;
+        let mut notes = BTreeMap::new();
+        notes.insert("description".to_string(), Value::from(kind.describe()));
+        let (backend, plugin) = match kind {
+            Kind::Ferry { workers } => {
+                check_ferry_bins(bin_dir)?;
+                let (backend, conf) = start_ferry(&node, &dir.path, bin_dir, workers, subnet(kind))?;
+                (backend, Some(CniPlugin { binary: bin_dir.join("ferry"), conf }))
+            }
+            Kind::Bridge | Kind::Ptp => {
+                let ty = if kind == Kind::Bridge { "bridge" } else { "ptp" };
+                let binary = Path::new(CNI_DIR).join(ty);
+                if !binary.is_file() || !Path::new(CNI_DIR).join("host-local").is_file() {
+                    return Err(E2eError::setup(
+                        name,
+                        format!("{} or host-local missing: apt-get install containernetworking-plugins", binary.display()),
+                    ));
+                }
+                let ipam = json!({
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet(kind)}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.path.join("ipam").display().to_string(),
+                });
+                let mut conf = json!({
+                    "cniVersion": "1.0.0",
+                    "name": format!("fpf-{ty}"),
+                    "type": ty,
+                    "ipMasq": false,
+                    "mtu": 1500,
+                    "ipam": ipam,
+                });
+                if kind == Kind::Bridge {
+                    conf["bridge"] = json!("fpfbr0");
+                    conf["isGateway"] = json!(true);
+                }
+                (Backend::Cni, Some(CniPlugin { binary, conf }))
+            }
+            Kind::Xdp => {
+                let obj = super::xdp::compile(&dir.path)?;
+                (Backend::Xdp(XdpRedirect::load(&obj)?), None)
+            }
+        };
+        let mut t = Topology {
+            name: name.to_string(),
+            kind,
+            notes,
+            iperf: None,
+            pods: Vec::new(),
+            plugin,
+            backend,
+            node,
+            dir,
+            tag,
+        };
+        t.ensure_pods(pods)?;
+        if let Backend::Xdp(x) = &mut t.backend {
+            let node = t.node.name.clone();
+            x.connect(&node, "h0", "h1")?;
+            for p in &t.pods[..2] {
+                in_netns(&p.ns.name, || ethtool::set_tx_checksum("eth0", false))?;
+            }
+            t.notes.insert(
+                "pod_tx_checksum".into(),
+                json!("off on the two talking pods: XDP_REDIRECT drops the skb, so CHECKSUM_PARTIAL TCP would never be completed"),
+            );
+        }
+        t.record_notes()?;
+        Ok(t)
+    }
+
+    /// Create pods until there are `n` (pods beyond the first two only exist).
+    pub fn ensure_pods(&mut self, n: usize) -> Result<()> {
+        while self.pods.len() < n {
+            sys::check_interrupt()?;
+            let i = self.pods.len();
+            let ns = Netns::create(&format!("{}-p{i}", self.tag))?;
+            let container = format!("{}-c{i}", self.tag);
+            let ip = match &self.plugin {
+                Some(p) => {
+                    let r = invoke_cni(&self.node.name, &p.binary, "ADD", &container, &ns.path(), &p.conf)
+                        .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
+                    result_ip(&r)?
+                }
+                None => self.add_xdp_pod(i, &ns)?,
+            };
+            self.pods.push(Pod { ns, container, ip });
+        }
+        Ok(())
+    }
+
+    fn add_xdp_pod(&mut self, i: usize, ns: &Netns) -> Result<Ipv4Addr> {
+        let host = format!("h{i}");
+        let node = &self.node.name;
+        sys::run_ok(
+            "ip",
+            &["-n", node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.name],
+        )?;
+        let ip = Ipv4Addr::new(10, 99, 3, 2 + i as u8);
+        sys::run_ok("ip", &["-n", &ns.name, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        sys::run_ok("ip", &["-n", &ns.name, "link", "set", "eth0", "up"])?;
+        sys::run_ok("ip", &["-n", node, "link", "set", &host, "up"])?;
+        if let Backend::Xdp(x) = &mut self.backend {
+            x.attach_pass(&ns.name, "eth0")?;
+        }
+        Ok(ip)
+    }
+
+    fn record_notes(&mut self) -> Result<()> {
+        let p0 = &self.pods[0].ns.name;
+        let off = in_netns(p0, || ethtool::offloads("eth0"))?;
+        self.notes.insert("pod_eth0_offloads".into(), json!(off));
+        if self.kind == Kind::Bridge {
+            let bridge = in_netns(&self.node.name, || {
+                let dir = Path::new("/proc/sys/net/bridge");
+                let mut m = BTreeMap::new();
+                if let Ok(rd) = fs::read_dir(dir) {
+                    for e in rd.flatten() {
+                        let v = fs::read_to_string(e.path()).unwrap_or_default();
+                        m.insert(e.file_name().to_string_lossy().into_owned(), v.trim().to_string());
+                    }
+                }
+                Ok(m)
+            })?;
+            let on = bridge.get("bridge-nf-call-iptables").map(|v| v == "1");
+            self.notes.insert(
+                "br_netfilter".into(),
+                match on {
+                    Some(true) => json!("loaded, bridge-nf-call-iptables=1 (bridged frames traverse iptables hooks; no rules in the node namespace)"),
+                    Some(false) => json!("loaded, bridge-nf-call-iptables=0"),
+                    None => json!("not loaded (/proc/sys/net/bridge absent)"),
+                },
+            );
+            self.notes.insert("proc_sys_net_bridge".into(), json!(bridge));
+        }
+        Ok(())
+    }
+
+    /// The sender (pod 0) and receiver (pod 1).
+    pub fn pair(&self) -> (&Pod, &Pod) {
+        (&self.pods[0], &self.pods[1])
+    }
+
+    /// Start iperf3's server in the receiver pod and wait until it listens.
+    pub fn start_iperf_server(&mut self) -> Result<()> {
+        if self.iperf.is_some() {
+            return Ok(());
+        }
+        let rx = &self.pods[1];
+        let log = self.dir.path.join("iperf3-server.log");
+        let args: Vec<String> =
+            ["iperf3", "-s", "-p", &IPERF_PORT.to_string()].iter().map(|s| s.to_string()).collect();
+        let mut p = Proc::spawn_in_ns("iperf3 server", &rx.ns.name, &args, Some(&log))?;
+        let ns = rx.ns.name.clone();
+        let ok = sys::wait_until(Duration::from_secs(10), || {
+            in_netns(&ns, || Ok(fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default()))
+                .map(|t| parse::tcp_listening(&t, IPERF_PORT))
+                .unwrap_or(false)
+        })?;
+        if !ok || !p.alive() {
+            return Err(E2eError::setup(&self.name, format!("iperf3 server did not listen: {}", p.log_tail())));
+        }
+        self.iperf = Some(p);
+        Ok(())
+    }
+
+    /// Check the daemons still run (ferry); an error names the one that died.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Backend::Ferry { ferryd, dataplane } = &mut self.backend {
+            for p in [dataplane, ferryd] {
+                if !p.alive() {
+                    return Err(E2eError::setup(&self.name, format!("{} exited: {}", p.what, p.log_tail())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// DEL every pod through its plugin (best effort, skipped after a signal).
+    fn del_pods(&mut self) {
+        let Some(p) = &self.plugin else { return };
+        for pod in self.pods.iter().rev() {
+            if sys::interrupted() {
+                return;
+            }
+            let _ = invoke_cni(&self.node.name, &p.binary, "DEL", &pod.container, &pod.ns.path(), &p.conf);
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.iperf = None;
+        self.del_pods();
+    }
+}
+
+fn start_ferry(node: &Netns, dir: &Path, bin: &Path, workers: u32, cidr: &str) -> Result<(Backend, Value)> {
+    let gw = {
+        let base: Ipv4Addr = cidr.split('/').next().unwrap_or("").parse().map_err(|_| E2eError::parse("cidr", cidr))?;
+        Ipv4Addr::from(u32::from(base) + 1)
+    };
+    let sock = dir.join("ferryd.sock");
+    let dp_sock = dir.join("dataplane.sock");
+    let config = format!(
+        "socket = \"{}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gw}\"\nmtu = 1500\n",
+        sock.display(),
+        dp_sock.display(),
+        dir.join("state").display()
+    );
+    let cfg = dir.join("ferryd.toml");
+    fs::write(&cfg, config).map_err(|e| E2eError::io(format!("write {}", cfg.display()), e))?;
+    let s = |p: &Path| p.display().to_string();
+    let mut dataplane = Proc::spawn_in_ns(
+        "ferry-dataplane",
+        &node.name,
+        &[s(&bin.join("ferry-dataplane")), "--socket".into(), s(&dp_sock), "--workers".into(), workers.to_string()],
+        Some(&dir.join("ferry-dataplane.log")),
+    )?;
+    let up = sys::wait_until(Duration::from_secs(20), || dp_sock.exists())?;
+    if !up || !dataplane.alive() {
+        return Err(E2eError::setup("ferry", format!("ferry-dataplane did not create its socket: {}", dataplane.log_tail())));
+    }
+    let mut ferryd = Proc::spawn_in_ns(
+        "ferryd",
+        &node.name,
+        &[s(&bin.join("ferryd")), "--config".into(), s(&cfg)],
+        Some(&dir.join("ferryd.log")),
+    )?;
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "fpf-ferry",
+        "type": "ferry",
+        "ferrydSocket": s(&sock),
+    });
+    let mut status_conf = conf.clone();
+    status_conf["cniVersion"] = json!("1.1.0");
+    let ferry = bin.join("ferry");
+    let ready = sys::wait_until(Duration::from_secs(30), || {
+        invoke_cni(&node.name, &ferry, "STATUS", "", "", &status_conf).is_ok()
+    })?;
+    if !ready || !ferryd.alive() {
+        return Err(E2eError::setup(
+            "ferry",
+            format!("ferryd never answered STATUS ready:\n{}\n{}", ferryd.log_tail(), dataplane.log_tail()),
+        ));
+    }
+    Ok((Backend::Ferry { ferryd, dataplane }, conf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_result_address() {
+        let r = json!({"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
+                       "ips":[{"address":"10.99.1.2/24","gateway":"10.99.1.1","interface":0}]});
+        assert_eq!(result_ip(&r).unwrap(), Ipv4Addr::new(10, 99, 1, 2));
+        assert!(result_ip(&json!({"ips": []})).is_err());
+        assert!(result_ip(&json!({"ips": [{"address": "fd00::2/64"}]})).is_err());
+    }
+
+    #[test]
+    fn missing_ferry_binaries_say_how_to_build_them() {
+        let e = check_ferry_bins(Path::new("/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("cargo build --release --workspace --bins"), "{e}");
+    }
+}

@@ -1,0 +1,343 @@
+//! Our own traffic: a UDP flood from an AF_PACKET socket (sendmmsg of
+//! prebuilt frames, qdisc bypassed) and a 1-byte TCP request/response pair.
+//! Each runs on a thread that entered the pod's network namespace.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::error::{E2eError, Result};
+use super::sys::{enter_netns, interrupted};
+use super::xdp::ifindex;
+
+/// Smallest Ethernet frame without its FCS (a "64 B" frame on the wire).
+pub const MIN_FRAME: usize = 60;
+/// UDP destination port of the flood (discard).
+pub const FLOOD_PORT: u16 = 9;
+
+/// One's complement sum folded to 16 bits (the IPv4 header checksum).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for ch in data.chunks(2) {
+        let w = u16::from_be_bytes([ch[0], *ch.get(1).unwrap_or(&0)]);
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet/IPv4/UDP frame of exactly `len` bytes (without FCS; at least
+/// [`MIN_FRAME`]), IP checksum filled, UDP checksum 0 (allowed for IPv4).
+pub fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    src_port: u16,
+    len: usize,
+) -> Vec<u8> {
+    let len = len.clamp(MIN_FRAME, 9000);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+/// Where and what to flood.
+#[derive(Debug, Clone)]
+pub struct Flood {
+    pub ns: String,
+    pub ifname: String,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub frame_len: usize,
+    /// Distinct UDP source ports (flows), so multi-queue paths spread them.
+    pub flows: u16,
+}
+
+/// A running flood; `stop` ends it and returns how many frames the socket took.
+pub struct FloodHandle {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<u64>>,
+}
+
+impl FloodHandle {
+    pub fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().map_err(|_| E2eError::setup("flood", "generator thread panicked"))?
+    }
+}
+
+const BATCH: usize = 256;
+
+fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>) -> Result<u64> {
+    enter_netns(&spec.ns)?;
+    let idx = ifindex(&spec.ifname)?;
+    // SAFETY: plain socket(2); the fd is owned by `sock` right after.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(E2eError::io("AF_PACKET socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh fd we own and close nowhere else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    // SAFETY: PACKET_QDISC_BYPASS takes an int; the pointer and size describe `one`.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(E2eError::io("PACKET_QDISC_BYPASS", std::io::Error::last_os_error()));
+    }
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = idx as i32;
+    // Protocol 0: this socket receives nothing, it only sends.
+    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(E2eError::io("bind AF_PACKET", std::io::Error::last_os_error()));
+    }
+    let flows = spec.flows.max(1);
+    let frames: Vec<Vec<u8>> = (0..flows)
+        .map(|i| udp_frame(spec.src_mac, spec.dst_mac, spec.src, spec.dst, 10_000 + i, spec.frame_len))
+        .collect();
+    let mut iovs: Vec<libc::iovec> = (0..BATCH)
+        .map(|i| {
+            let f = &frames[i % frames.len()];
+            libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero msghdr is valid (no name, no control data).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov as *mut libc::iovec;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let _ = ready.send(Ok(()));
+    let mut sent: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && !interrupted() {
+        // SAFETY: `msgs` holds BATCH headers whose iovecs point into `frames`;
+        // both outlive the call and the kernel only reads the frame bytes.
+        let n = unsafe {
+            libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT)
+        };
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => thread::yield_now(),
+                _ => return Err(E2eError::io("sendmmsg", e)),
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Start flooding; returns once the socket is ready (or failed).
+pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let st = stop.clone();
+    let handle = thread::Builder::new()
+        .name("flood".into())
+        .spawn(move || {
+            let r = flood_loop(&spec, &st, &tx);
+            if let Err(e) = &r {
+                let _ = tx.send(Err(E2eError::setup("flood", e.to_string())));
+            }
+            r
+        })
+        .map_err(|e| E2eError::io("spawn flood thread", e))?;
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok(FloodHandle { stop, handle }),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            Err(E2eError::setup("flood", "generator did not start within 5 s"))
+        }
+    }
+}
+
+/// Round-trip times (µs) of 1-byte TCP request/response exchanges between a
+/// server in `server_ns` (listening on `server_ip:port`) and a client in
+/// `client_ns`, for `duration`.
+pub fn tcp_rr(
+    server_ns: &str,
+    server_ip: Ipv4Addr,
+    port: u16,
+    client_ns: &str,
+    duration: Duration,
+) -> Result<Vec<f64>> {
+    let (tx, rx) = mpsc::channel::<Result<()>>();
+    let sns = server_ns.to_string();
+    let bound = duration + Duration::from_secs(5);
+    let server = thread::Builder::new()
+        .name("rr-server".into())
+        .spawn(move || -> Result<u64> {
+            let setup = || -> Result<TcpListener> {
+                enter_netns(&sns)?;
+                let l = TcpListener::bind((server_ip, port))
+                    .map_err(|e| E2eError::io(format!("bind {server_ip}:{port}"), e))?;
+                l.set_nonblocking(true).map_err(|e| E2eError::io("nonblocking listener", e))?;
+                Ok(l)
+            };
+            let l = match setup() {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(E2eError::setup("rr-server", e.to_string())));
+                    return Err(e);
+                }
+            };
+            let end = Instant::now() + bound;
+            let mut conn = loop {
+                match l.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > end || interrupted() {
+                            return Err(E2eError::setup("rr-server", "no client connected"));
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(E2eError::io("accept", e)),
+                }
+            };
+            conn.set_nonblocking(false).map_err(|e| E2eError::io("blocking conn", e))?;
+            conn.set_nodelay(true).map_err(|e| E2eError::io("TCP_NODELAY", e))?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| E2eError::io("read timeout", e))?;
+            let mut b = [0u8; 1];
+            let mut n = 0;
+            while Instant::now() < end {
+                match conn.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if conn.write_all(&b).is_err() {
+                            break;
+                        }
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .map_err(|e| E2eError::io("spawn rr-server", e))?;
+    rx.recv_timeout(Duration::from_secs(5))
+        .map_err(|_| E2eError::setup("rr-server", "did not start within 5 s"))??;
+    let cns = client_ns.to_string();
+    let client = thread::Builder::new()
+        .name("rr-client".into())
+        .spawn(move || -> Result<Vec<f64>> {
+            enter_netns(&cns)?;
+            let addr = SocketAddr::from((server_ip, port));
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| E2eError::io(format!("connect {addr}"), e))?;
+            c.set_nodelay(true).map_err(|e| E2eError::io("TCP_NODELAY", e))?;
+            c.set_read_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| E2eError::io("read timeout", e))?;
+            let mut rtts = Vec::with_capacity(100_000);
+            let end = Instant::now() + duration;
+            let mut b = [7u8; 1];
+            while Instant::now() < end && !interrupted() {
+                let t = Instant::now();
+                c.write_all(&b).map_err(|e| E2eError::io("rr write", e))?;
+                c.read_exact(&mut b).map_err(|e| E2eError::io("rr read", e))?;
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok(rtts)
+        })
+        .map_err(|e| E2eError::io("spawn rr-client", e))?;
+    let rtts = client.join().map_err(|_| E2eError::setup("rr-client", "panicked"))?;
+    let served = server.join().map_err(|_| E2eError::setup("rr-server", "panicked"))?;
+    let rtts = rtts?;
+    served?;
+    Ok(rtts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_asked_size_and_valid_headers() {
+        for len in [10, 60, 1400] {
+            let f = udp_frame(
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 0, 2],
+                Ipv4Addr::new(10, 99, 1, 2),
+                Ipv4Addr::new(10, 99, 1, 3),
+                10_001,
+                len,
+            );
+            assert_eq!(f.len(), len.max(MIN_FRAME));
+            assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 2]);
+            assert_eq!(&f[12..14], &[0x08, 0x00]);
+            // A correct IPv4 header sums to zero (all ones before inversion).
+            assert_eq!(checksum(&f[14..34]), 0);
+            let ip_len = u16::from_be_bytes([f[16], f[17]]) as usize;
+            assert_eq!(ip_len, f.len() - 14);
+            let udp_len = u16::from_be_bytes([f[38], f[39]]) as usize;
+            assert_eq!(udp_len, ip_len - 20);
+            assert_eq!(u16::from_be_bytes([f[34], f[35]]), 10_001);
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), FLOOD_PORT);
+        }
+    }
+
+    #[test]
+    fn checksum_matches_a_known_header() {
+        // Example header from RFC 1071 discussions (checksum b861).
+        let h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00,
+            0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0xb861);
+    }
+}

@@ -1,0 +1,234 @@
+//! The workloads, each run between pod 0 (sender/client) and pod 1
+//! (receiver/server) of a topology, returning named metrics.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::error::{E2eError, Result};
+use super::parse::{self, CpuTicks, DevCounters};
+use super::stats::percentile;
+use super::sys::{self, in_netns};
+use super::topo::{Topology, IPERF_PORT};
+use super::traffic::{self, Flood};
+
+/// Port of our TCP request/response server.
+pub const RR_PORT: u16 = 5301;
+
+/// One workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// iperf3 TCP with this many parallel streams.
+    Tcp(u32),
+    /// Our UDP flood with frames of this many bytes (L2, without FCS; 60 = "64 B").
+    Udp(usize),
+    /// ping -i 0.01 round trips.
+    Ping,
+    /// 1-byte TCP request/response round trips.
+    TcpRr,
+}
+
+impl Workload {
+    pub fn label(&self) -> String {
+        match self {
+            Workload::Tcp(n) => format!("tcp-{n}"),
+            Workload::Udp(len) if *len <= traffic::MIN_FRAME => "udp-64B".into(),
+            Workload::Udp(len) => format!("udp-{len}B"),
+            Workload::Ping => "ping".into(),
+            Workload::TcpRr => "tcp-rr".into(),
+        }
+    }
+}
+
+/// Durations and counts of one workload run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    pub tcp_secs: u32,
+    pub udp_warmup: Duration,
+    pub udp_window: Duration,
+    pub ping_count: u32,
+    pub rr_window: Duration,
+}
+
+/// Whole-machine CPU tick counters now.
+pub fn cpu_now() -> Result<CpuTicks> {
+    let t = fs::read_to_string("/proc/stat").map_err(|e| E2eError::io("read /proc/stat", e))?;
+    parse::proc_stat(&t)
+}
+
+/// CPU seconds between two readings.
+pub fn cpu_seconds(a: CpuTicks, b: CpuTicks) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    b.busy.saturating_sub(a.busy) as f64 / hz
+}
+
+/// Counters of `ifname` in namespace `ns`.
+pub fn counters(ns: &str, ifname: &str) -> Result<DevCounters> {
+    in_netns(ns, || {
+        let t = fs::read_to_string("/proc/thread-self/net/dev")
+            .map_err(|e| E2eError::io("read /proc/thread-self/net/dev", e))?;
+        parse::proc_net_dev(&t, ifname)
+    })
+}
+
+/// Run `w` on `topo`.
+pub fn run(w: Workload, topo: &Topology, p: &Params) -> Result<BTreeMap<String, f64>> {
+    let r = match w {
+        Workload::Tcp(streams) => tcp(topo, streams, p.tcp_secs),
+        Workload::Udp(len) => udp(topo, len, p.udp_warmup, p.udp_window),
+        Workload::Ping => ping(topo, p.ping_count),
+        Workload::TcpRr => rr(topo, p.rr_window),
+    };
+    r.map_err(|e| match e {
+        E2eError::Interrupted => e,
+        other => E2eError::Workload {
+            workload: w.label(),
+            topology: topo.name.clone(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>> {
+    let (tx, rx) = topo.pair();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &tx.ns.name, "iperf3", "-c", &rx.ip.to_string()])
+        .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"]);
+    let c0 = cpu_now()?;
+    let t0 = Instant::now();
+    let out = sys::run_with(cmd, None, Duration::from_secs(u64::from(secs) + 20))?;
+    let wall = t0.elapsed().as_secs_f64();
+    let c1 = cpu_now()?;
+    let r = parse::iperf3_json(&out.stdout)
+        .map_err(|e| E2eError::parse("iperf3 output", format!("{e} (stderr: {})", out.stderr.trim())))?;
+    let cpu = cpu_seconds(c0, c1);
+    let gbits = r.bytes * 8.0 / 1e9;
+    Ok(m(&[
+        ("gbit_s", r.bits_per_second / 1e9),
+        ("retransmits", r.retransmits),
+        ("cpu_s_per_gbit", if gbits > 0.0 { cpu / gbits } else { f64::NAN }),
+        ("cpu_cores", cpu / wall),
+    ]))
+}
+
+/// The flood towards pod 1: source MAC of pod 0's eth0, destination MAC of
+/// its next hop to pod 1 (resolved with one ping first if needed).
+pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
+    let (tx, rx) = topo.pair();
+    let ns = &tx.ns.name;
+    let src_mac = parse::mac(&parse::link_address(&sys::run_ok("ip", &["-n", ns, "-j", "link", "show", "eth0"])?)?)?;
+    let nh = parse::route_get_next_hop(&sys::run_ok("ip", &["-n", ns, "-j", "route", "get", &rx.ip.to_string()])?)?;
+    let lookup = || -> Result<String> {
+        parse::neigh_lladdr(&sys::run_ok("ip", &["-n", ns, "-j", "neigh", "show", &nh, "dev", "eth0"])?)
+    };
+    let lladdr = match lookup() {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = sys::run("ip", &["netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", &rx.ip.to_string()]);
+            lookup().map_err(|e| E2eError::setup(&topo.name, format!("next hop {nh} unresolved: {e}")))?
+        }
+    };
+    Ok(Flood {
+        ns: ns.clone(),
+        ifname: "eth0".into(),
+        src_mac,
+        dst_mac: parse::mac(&lladdr)?,
+        src: tx.ip,
+        dst: rx.ip,
+        frame_len,
+        flows: 8,
+    })
+}
+
+fn udp(topo: &Topology, len: usize, warmup: Duration, window: Duration) -> Result<BTreeMap<String, f64>> {
+    let spec = flood_spec(topo, len)?;
+    let (tx, rx) = topo.pair();
+    let flood = traffic::start_flood(spec)?;
+    let measured = (|| {
+        sys::sleep(warmup)?;
+        let (s0, r0, c0, t0) = (counters(&tx.ns.name, "eth0")?, counters(&rx.ns.name, "eth0")?, cpu_now()?, Instant::now());
+        sys::sleep(window)?;
+        let (s1, r1, c1, t1) = (counters(&tx.ns.name, "eth0")?, counters(&rx.ns.name, "eth0")?, cpu_now()?, Instant::now());
+        Ok::<_, E2eError>((s0, r0, c0, t0, s1, r1, c1, t1))
+    })();
+    let sent = flood.stop();
+    let (s0, r0, c0, t0, s1, r1, c1, t1) = measured?;
+    let sent = sent?;
+    if sent == 0 {
+        return Err(E2eError::setup(&topo.name, "the generator sent nothing"));
+    }
+    let dt = (t1 - t0).as_secs_f64();
+    let rx_pkts = r1.rx_packets.saturating_sub(r0.rx_packets) as f64;
+    let offered = (s1.tx_packets + s1.tx_dropped).saturating_sub(s0.tx_packets + s0.tx_dropped) as f64;
+    let rx_bytes = r1.rx_bytes.saturating_sub(r0.rx_bytes) as f64;
+    let cpu = cpu_seconds(c0, c1);
+    Ok(m(&[
+        ("rx_mpps", rx_pkts / dt / 1e6),
+        ("offered_mpps", offered / dt / 1e6),
+        ("rx_gbit_s", rx_bytes * 8.0 / dt / 1e9),
+        ("loss_pct", if offered > 0.0 { 100.0 * (1.0 - rx_pkts / offered).max(0.0) } else { f64::NAN }),
+        ("cpu_s_per_mpkt", if rx_pkts > 0.0 { cpu / (rx_pkts / 1e6) } else { f64::NAN }),
+        ("cpu_cores", cpu / dt),
+    ]))
+}
+
+fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
+    let (tx, rx) = topo.pair();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &tx.ns.name, "ping", "-n", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
+        .arg(rx.ip.to_string());
+    let out = sys::run_with(cmd, None, Duration::from_secs_f64(f64::from(count) * 0.01 + 15.0))?;
+    let times = parse::ping_times_us(&out.stdout);
+    if times.len() < (count as usize).div_ceil(2) {
+        return Err(E2eError::setup(
+            &topo.name,
+            format!("ping: only {} of {count} replies ({})", times.len(), out.stderr.trim()),
+        ));
+    }
+    Ok(m(&[
+        ("p50_us", percentile(&times, 50.0).unwrap_or(f64::NAN)),
+        ("p99_us", percentile(&times, 99.0).unwrap_or(f64::NAN)),
+    ]))
+}
+
+fn rr(topo: &Topology, window: Duration) -> Result<BTreeMap<String, f64>> {
+    let (tx, rx) = topo.pair();
+    let rtts = traffic::tcp_rr(&rx.ns.name, rx.ip, RR_PORT, &tx.ns.name, window)?;
+    if rtts.is_empty() {
+        return Err(E2eError::setup(&topo.name, "no TCP request/response completed"));
+    }
+    Ok(m(&[
+        ("p50_us", percentile(&rtts, 50.0).unwrap_or(f64::NAN)),
+        ("p99_us", percentile(&rtts, 99.0).unwrap_or(f64::NAN)),
+        ("trans_s", rtts.len() as f64 / window.as_secs_f64()),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(Workload::Tcp(4).label(), "tcp-4");
+        assert_eq!(Workload::Udp(60).label(), "udp-64B");
+        assert_eq!(Workload::Udp(1400).label(), "udp-1400B");
+        assert_eq!(Workload::Ping.label(), "ping");
+        assert_eq!(Workload::TcpRr.label(), "tcp-rr");
+    }
+
+    #[test]
+    fn cpu_clock_reads_and_advances() {
+        let a = cpu_now().unwrap();
+        let b = cpu_now().unwrap();
+        assert!(b.busy >= a.busy && b.idle >= a.idle);
+        assert_eq!(cpu_seconds(CpuTicks { busy: 100, idle: 0 }, CpuTicks { busy: 100, idle: 5 }), 0.0);
+    }
+}
