@@ -1,7 +1,8 @@
 //! ferry-cni: the `ferry` CNI plugin (spec 0.3.0 to 1.1.0).
 //!
 //! Layer: the edge between a container runtime and ferryd. Depends on
-//! ferry-api (the pod API types and wire framing), serde_json and ipnet.
+//! ferry-api (the pod API types and wire framing), serde_json, ipnet and
+//! thiserror.
 //! It reads the CNI environment and the network configuration, validates
 //! them (codes 4, 6, 7, 1), sends ONE [`PodRequest`] to ferryd over its Unix
 //! socket and prints the result in the cniVersion asked, or a CNI error.

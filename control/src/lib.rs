@@ -17,4 +17,5 @@
 
 pub mod config;
 pub mod ipam;
+pub mod netlink;
 pub mod store;

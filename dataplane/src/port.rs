@@ -92,3 +92,52 @@ pub trait PortQueue: Send + 'static {
     /// one.
     fn poll_fd(&self) -> Option<RawFd>;
 }
+
+/// What the control thread needs from an I/O adapter: frame pools for the
+/// workers (made once at start) and, per interface, the attachment that
+/// steers its traffic to us plus one queue per worker.
+pub trait PortBackend: Send + 'static {
+    type Queue: PortQueue;
+    /// Keeps the interface attached (XDP program, map); dropping it detaches.
+    type Attachment: Send + 'static;
+
+    /// One frame pool per worker.
+    fn make_pools(&mut self, workers: usize) -> Result<Vec<<Self::Queue as PortQueue>::Pool>, PortError>;
+
+    /// Attach `ifname` and create worker `i`'s queue on queue `i` of the
+    /// interface for every `i < workers`; `None` where the interface has
+    /// fewer queues than there are workers (index 0 is always `Some`).
+    fn open(
+        &mut self,
+        ifname: &str,
+        workers: usize,
+    ) -> Result<(Self::Attachment, Vec<Option<Self::Queue>>), PortError>;
+}
+
+/// Why a port could not be opened. Every variant names the interface.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("interface {ifname:?} is not a valid interface name (1-15 bytes, no '/', ':', NUL or whitespace)")]
+    BadName { ifname: String },
+    #[error("interface {ifname:?} does not exist in the dataplane's network namespace")]
+    NoSuchInterface { ifname: String },
+    #[error("interface {ifname}: loading the XDP program failed: {cause}")]
+    XdpLoad { ifname: String, cause: String },
+    #[error("interface {ifname}: attaching the XDP program failed: {cause}")]
+    XdpAttach { ifname: String, cause: String },
+    #[error("interface {ifname} queue {queue}: creating the AF_XDP socket failed: {cause}")]
+    Socket { ifname: String, queue: u32, cause: String },
+    #[error("interface {ifname} queue {queue}: registering the socket in the XSKMAP failed: {cause}")]
+    XskMap { ifname: String, queue: u32, cause: String },
+    #[error("worker {worker}: creating the frame pool (UMEM) failed: {cause}")]
+    Pool { worker: usize, cause: String },
+}
+
+/// Whether `name` is acceptable as a Linux interface name.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+}

@@ -152,7 +152,13 @@ impl Tables {
             if by_ip.contains_key(&key) {
                 continue;
             }
-            if !set_role(port, PortRole::Pod { ip: ep.ipv4, mac: ep.mac }) {
+            if !set_role(
+                port,
+                PortRole::Pod {
+                    ip: ep.ipv4,
+                    mac: ep.mac,
+                },
+            ) {
                 continue;
             }
             let entry = EndpointEntry { port, mac: ep.mac };
@@ -222,7 +228,10 @@ impl Tables {
     /// The longest-prefix route matching `ip`.
     #[inline]
     pub fn route(&self, ip: Ipv4Addr) -> Option<RouteTarget> {
-        self.routes.iter().find(|r| r.prefix.contains(&ip)).map(|r| r.target)
+        self.routes
+            .iter()
+            .find(|r| r.prefix.contains(&ip))
+            .map(|r| r.target)
     }
 
     /// Whether `ip` lies inside one of the node's pod CIDRs.
@@ -264,7 +273,9 @@ pub struct TableHandle {
 
 impl TableHandle {
     pub fn new(initial: Tables) -> Self {
-        TableHandle { current: ArcSwap::from_pointee(initial) }
+        TableHandle {
+            current: ArcSwap::from_pointee(initial),
+        }
     }
 
     /// Make `tables` the snapshot every later `load` returns.
@@ -346,8 +357,14 @@ mod tests {
             ep("dup/eth0", "fydup", [10, 88, 0, 2]),
         ];
         let routes = [
-            Route { prefix: "192.168.0.0/16".parse().unwrap(), next_hop: NextHop::Host },
-            Route { prefix: "192.168.5.0/24".parse().unwrap(), next_hop: NextHop::Blackhole },
+            Route {
+                prefix: "192.168.0.0/16".parse().unwrap(),
+                next_hop: NextHop::Host,
+            },
+            Route {
+                prefix: "192.168.5.0/24".parse().unwrap(),
+                next_hop: NextHop::Blackhole,
+            },
             Route {
                 prefix: "172.16.0.0/12".parse().unwrap(),
                 next_hop: NextHop::Endpoint("b/eth0".into()),
@@ -362,27 +379,52 @@ mod tests {
         assert_eq!(t.port_role(0), Some(PortRole::Host));
         assert_eq!(
             t.port_role(1),
-            Some(PortRole::Pod { ip: Ipv4Addr::new(10, 88, 0, 2), mac: eps[0].mac })
+            Some(PortRole::Pod {
+                ip: Ipv4Addr::new(10, 88, 0, 2),
+                mac: eps[0].mac
+            })
         );
-        assert_eq!(t.port_role(3), None, "duplicate address must not get a port role");
+        assert_eq!(
+            t.port_role(3),
+            None,
+            "duplicate address must not get a port role"
+        );
         assert_eq!(t.port_role(99), None);
         assert_eq!(t.endpoint_count(), 2);
         assert_eq!(
             t.endpoint(Ipv4Addr::new(10, 88, 0, 3)),
-            Some(EndpointEntry { port: 2, mac: eps[1].mac })
+            Some(EndpointEntry {
+                port: 2,
+                mac: eps[1].mac
+            })
         );
         assert_eq!(t.endpoint(Ipv4Addr::new(10, 88, 0, 4)), None);
         assert_eq!(
             t.host_port(),
-            Some(HostPortEntry { port: 0, kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]) })
+            Some(HostPortEntry {
+                port: 0,
+                kernel_mac: MacAddr([2, 0, 0, 0, 0, 1])
+            })
         );
-        assert_eq!(t.route(Ipv4Addr::new(192, 168, 1, 1)), Some(RouteTarget::Host));
-        assert_eq!(t.route(Ipv4Addr::new(192, 168, 5, 1)), Some(RouteTarget::Blackhole));
+        assert_eq!(
+            t.route(Ipv4Addr::new(192, 168, 1, 1)),
+            Some(RouteTarget::Host)
+        );
+        assert_eq!(
+            t.route(Ipv4Addr::new(192, 168, 5, 1)),
+            Some(RouteTarget::Blackhole)
+        );
         assert_eq!(
             t.route(Ipv4Addr::new(172, 20, 0, 1)),
-            Some(RouteTarget::Endpoint(EndpointEntry { port: 2, mac: eps[1].mac }))
+            Some(RouteTarget::Endpoint(EndpointEntry {
+                port: 2,
+                mac: eps[1].mac
+            }))
         );
-        assert_eq!(t.route(Ipv4Addr::new(172, 31, 0, 1)), Some(RouteTarget::Unresolved));
+        assert_eq!(
+            t.route(Ipv4Addr::new(172, 31, 0, 1)),
+            Some(RouteTarget::Unresolved)
+        );
         assert_eq!(t.route(Ipv4Addr::new(8, 8, 8, 8)), None);
         assert!(t.is_pod_cidr(Ipv4Addr::new(10, 88, 0, 200)));
         assert!(!t.is_pod_cidr(Ipv4Addr::new(10, 89, 0, 1)));

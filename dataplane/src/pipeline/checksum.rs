@@ -77,7 +77,11 @@ mod tests {
     fn reference(data: &[u8]) -> u16 {
         let mut s: u32 = 0;
         for c in data.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
             s += u32::from(w);
             s = (s & 0xffff) + (s >> 16);
         }
@@ -94,7 +98,9 @@ mod tests {
 
     #[test]
     fn wide_sum_matches_reference_for_all_lengths() {
-        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(131) ^ 0xa5) as u8).collect();
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(131) ^ 0xa5) as u8)
+            .collect();
         for n in 0..data.len() {
             assert_eq!(checksum(&data[..n]), reference(&data[..n]), "len {n}");
         }

@@ -64,7 +64,10 @@ pub fn endpoints() -> Vec<Endpoint> {
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route { prefix: "192.168.100.0/24".parse().unwrap(), next_hop: NextHop::Blackhole },
+        Route {
+            prefix: "192.168.100.0/24".parse().unwrap(),
+            next_hop: NextHop::Blackhole,
+        },
         Route {
             prefix: "172.20.0.0/16".parse().unwrap(),
             next_hop: NextHop::Endpoint("pod3/eth0".into()),
@@ -94,12 +97,20 @@ pub fn tables() -> Tables {
 /// Ethernet from the sender's pod MAC to the router MAC (or, for frames from
 /// the host, from the kernel MAC).
 fn eth(src: Ipv4Addr) -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
-    let src_mac = if PODS.iter().any(|(_, ip)| *ip == src) { mac_of(src) } else { KERNEL_MAC };
+    let src_mac = if PODS.iter().any(|(_, ip)| *ip == src) {
+        mac_of(src)
+    } else {
+        KERNEL_MAC
+    };
     PacketBuilder::ethernet2(src_mac, ROUTER)
 }
 
 pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> Vec<u8> {
-    let b = eth(src).ipv4(src.octets(), dst.octets(), ttl).tcp(40000, 80, 12345, 64240).ack(777).psh();
+    let b = eth(src)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .tcp(40000, 80, 12345, 64240)
+        .ack(777)
+        .psh();
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
@@ -113,14 +124,16 @@ pub fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> Vec<u
 }
 
 pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) -> Vec<u8> {
-    let b = eth(src).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(0x1234, 7);
+    let b = eth(src)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .icmpv4_echo_request(0x1234, 7);
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
 
 /// An ARP packet (by hand: 14 + 28 bytes, padded to 60 like on the wire).
-pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+pub fn arp_frame(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     let mut v = Vec::with_capacity(60);
     v.extend_from_slice(&[0xff; 6]);
     v.extend_from_slice(&sha);
@@ -155,7 +168,11 @@ pub fn ref_sum(parts: &[&[u8]]) -> u16 {
     let mut s: u32 = 0;
     for part in parts {
         for c in part.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
             s += u32::from(w);
             s = (s & 0xffff) + (s >> 16);
         }
@@ -169,7 +186,13 @@ pub fn ip_fields(frame: &[u8]) -> (usize, usize, u8, [u8; 4], [u8; 4]) {
     let ip = &frame[14..];
     let hl = usize::from(ip[0] & 0xf) * 4;
     let tl = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    (hl, tl, ip[9], ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap())
+    (
+        hl,
+        tl,
+        ip[9],
+        ip[12..16].try_into().unwrap(),
+        ip[16..20].try_into().unwrap(),
+    )
 }
 
 pub fn ip_checksum_ok(frame: &[u8]) -> bool {
@@ -179,7 +202,9 @@ pub fn ip_checksum_ok(frame: &[u8]) -> bool {
 
 fn pseudo(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> [u8; 12] {
     let l = (len as u16).to_be_bytes();
-    [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], 0, proto, l[0], l[1]]
+    [
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], 0, proto, l[0], l[1],
+    ]
 }
 
 /// Whether the TCP/UDP/ICMP checksum of the frame verifies (UDP 0 counts as

@@ -13,6 +13,8 @@ pub mod verdict;
 pub mod wire;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -50,7 +52,12 @@ impl<'a> Frame<'a> {
 /// `frames[i]`. `verdicts.len()` must be at least `frames.len()`; extra
 /// frames beyond `verdicts.len()` are left untouched.
 /// `now_ns` is the batch timestamp (monotonic nanoseconds).
-pub fn process_batch(tables: &Tables, now_ns: u64, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+pub fn process_batch(
+    tables: &Tables,
+    now_ns: u64,
+    frames: &mut [Frame<'_>],
+    verdicts: &mut [Verdict],
+) {
     let _ = now_ns;
     for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
         *verdict = process_frame(tables, frame);
@@ -120,7 +127,13 @@ enum Destination {
 
 /// The IPv4 decisions. `buf` is the whole chunk, `len` the frame length
 /// (`14 <= len <= buf.len()`); returns the verdict and the new frame length.
-fn ipv4(tables: &Tables, role: PortRole, ingress: PortId, buf: &mut [u8], len: usize) -> (Verdict, usize) {
+fn ipv4(
+    tables: &Tables,
+    role: PortRole,
+    ingress: PortId,
+    buf: &mut [u8],
+    len: usize,
+) -> (Verdict, usize) {
     let drop = |reason| (Verdict::Drop(reason), len);
     let router = tables.router_mac().octets();
     let gateway = tables.gateway();
@@ -262,7 +275,11 @@ impl Expired {
             header_len: ip.header_len(),
             data_len: ip.total_len() - ip.header_len(),
             frag_offset: ip.frag_offset(),
-            icmp_type: if is_icmp { ip.payload_mut().first().copied() } else { None },
+            icmp_type: if is_icmp {
+                ip.payload_mut().first().copied()
+            } else {
+                None
+            },
             src: ip.src(),
         }
     }
@@ -322,7 +339,10 @@ fn time_exceeded(
     icmp[..wire::ICMP_HDR_LEN].copy_from_slice(&[wire::ICMP_TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0]);
     let c = checksum::checksum(icmp);
     wire::set_u16(icmp, 2, c);
-    (reply_macs(buf, new_len, sender_mac, router, ingress), new_len)
+    (
+        reply_macs(buf, new_len, sender_mac, router, ingress),
+        new_len,
+    )
 }
 
 /// The TCP/UDP checksum rule for forwarded frames: complete a partial

@@ -1,0 +1,540 @@
+//! Unit tests: one case per decision and per drop reason, on byte fixtures.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{Icmpv4Type, SlicedPacket, TransportSlice};
+
+use super::fixtures::*;
+use super::*;
+
+const POD_A: (PortId, Ipv4Addr) = PODS[0];
+const POD_B: (PortId, Ipv4Addr) = PODS[1];
+
+fn dropped(reason: DropReason) -> Verdict {
+    Verdict::Drop(reason)
+}
+
+#[test]
+fn unknown_port_and_runt() {
+    let t = tables();
+    let f = tcp_frame(POD_A.1, POD_B.1, 64, b"x");
+    assert_eq!(run(&t, 42, &f).0, dropped(DropReason::UnknownPort));
+    assert_eq!(run(&t, POD_A.0, &f[..13]).0, dropped(DropReason::Runt));
+    assert_eq!(run(&t, POD_A.0, &[]).0, dropped(DropReason::Runt));
+    // A length beyond the buffer is clamped, never trusted.
+    let mut buf = [0u8; 10];
+    let mut frame = Frame::new(POD_A.0, &mut buf, 9000);
+    assert_eq!(process_frame(&t, &mut frame), dropped(DropReason::Runt));
+}
+
+#[test]
+fn unsupported_ethertypes() {
+    let t = tables();
+    let mut f = tcp_frame(POD_A.1, POD_B.1, 64, b"x");
+    for ethertype in [0x86ddu16, 0x88cc, 0x8100, 0x0000] {
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        assert_eq!(
+            run(&t, POD_A.0, &f).0,
+            dropped(DropReason::UnsupportedEthertype),
+            "{ethertype:#x}"
+        );
+    }
+}
+
+#[test]
+fn pod_arp_for_gateway_and_other_pods_gets_router_mac() {
+    let t = tables();
+    for target in [GW, POD_B.1, NO_POD, OUTSIDE] {
+        let req = arp_frame(1, mac_of(POD_A.1), POD_A.1, target);
+        let (v, out) = run(&t, POD_A.0, &req);
+        assert_eq!(v, Verdict::Tx(POD_A.0), "{target}");
+        assert_eq!(out.len(), req.len());
+        assert_eq!(&out[0..6], &mac_of(POD_A.1), "eth dst = requester");
+        assert_eq!(&out[6..12], &ROUTER, "eth src = router");
+        assert_eq!(&out[12..14], &[0x08, 0x06]);
+        assert_eq!(&out[20..22], &[0, 2], "reply opcode");
+        assert_eq!(&out[22..28], &ROUTER, "sender hw = router");
+        assert_eq!(&out[28..32], &target.octets(), "sender ip = asked address");
+        assert_eq!(&out[32..38], &mac_of(POD_A.1), "target hw = requester");
+        assert_eq!(&out[38..42], &POD_A.1.octets(), "target ip = requester");
+    }
+}
+
+#[test]
+fn arp_not_answered() {
+    let t = tables();
+    let own = arp_frame(1, mac_of(POD_A.1), POD_A.1, POD_A.1);
+    assert_eq!(run(&t, POD_A.0, &own).0, dropped(DropReason::ArpNotForUs));
+    // Gratuitous ARP announcing another address is still not for us.
+    let gratuitous = arp_frame(1, mac_of(POD_A.1), POD_B.1, POD_B.1);
+    assert_eq!(
+        run(&t, POD_A.0, &gratuitous).0,
+        dropped(DropReason::ArpNotForUs)
+    );
+    let reply = arp_frame(2, mac_of(POD_A.1), POD_A.1, GW);
+    assert_eq!(run(&t, POD_A.0, &reply).0, dropped(DropReason::ArpNotForUs));
+    // From the host port only endpoint addresses are answered.
+    for target in [GW, NO_POD, OUTSIDE] {
+        let req = arp_frame(1, KERNEL_MAC, GW, target);
+        assert_eq!(
+            run(&t, HOST_PORT, &req).0,
+            dropped(DropReason::ArpNotForUs),
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn host_arp_for_endpoint_gets_router_mac() {
+    let t = tables();
+    let req = arp_frame(1, KERNEL_MAC, GW, POD_B.1);
+    let (v, out) = run(&t, HOST_PORT, &req);
+    assert_eq!(v, Verdict::Tx(HOST_PORT));
+    assert_eq!(&out[0..6], &KERNEL_MAC);
+    assert_eq!(&out[22..28], &ROUTER);
+    assert_eq!(&out[28..32], &POD_B.1.octets());
+    assert_eq!(&out[38..42], &GW.octets());
+}
+
+#[test]
+fn malformed_arp() {
+    let t = tables();
+    let good = arp_frame(1, mac_of(POD_A.1), POD_A.1, GW);
+    assert_eq!(
+        run(&t, POD_A.0, &good[..14 + 27]).0,
+        dropped(DropReason::Malformed),
+        "truncated"
+    );
+    let edits: [(usize, u8); 5] = [(15, 6), (16, 0x86), (18, 8), (19, 16), (21, 3)];
+    for (at, byte) in edits {
+        let mut bad = good.clone();
+        bad[at] = byte;
+        assert_eq!(
+            run(&t, POD_A.0, &bad).0,
+            dropped(DropReason::Malformed),
+            "byte {at}"
+        );
+    }
+}
+
+#[test]
+fn malformed_ipv4_and_bad_header_checksum() {
+    let t = tables();
+    let good = tcp_frame(POD_A.1, POD_B.1, 64, b"hello");
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    cases.push(good[..14 + 19].to_vec()); // shorter than a header
+    let mut v6 = good.clone();
+    v6[14] = 0x65;
+    cases.push(v6);
+    let mut ihl4 = good.clone();
+    ihl4[14] = 0x44;
+    cases.push(ihl4);
+    let mut too_long = good.clone();
+    too_long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    cases.push(too_long);
+    let mut shorter_than_header = good.clone();
+    shorter_than_header[16..18].copy_from_slice(&19u16.to_be_bytes());
+    cases.push(shorter_than_header);
+    let mut truncated_tcp = good.clone();
+    truncated_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    cases.push(truncated_tcp);
+    for (i, mut c) in cases.into_iter().enumerate() {
+        if c.len() >= 34 {
+            fix_ip_checksum(&mut c);
+        }
+        assert_eq!(
+            run(&t, POD_A.0, &c).0,
+            dropped(DropReason::Malformed),
+            "case {i}"
+        );
+    }
+    let mut bad_sum = good.clone();
+    bad_sum[24] ^= 0x40;
+    assert_eq!(
+        run(&t, POD_A.0, &bad_sum).0,
+        dropped(DropReason::BadIpChecksum)
+    );
+}
+
+#[test]
+fn malformed_udp_length() {
+    let t = tables();
+    let good = udp_frame(POD_A.1, POD_B.1, 64, b"0123456789");
+    for ulen in [0u16, 7, 19] {
+        let mut bad = good.clone();
+        bad[38..40].copy_from_slice(&ulen.to_be_bytes());
+        assert_eq!(
+            run(&t, POD_A.0, &bad).0,
+            dropped(DropReason::Malformed),
+            "udp len {ulen}"
+        );
+    }
+}
+
+#[test]
+fn spoofed_source_from_pod() {
+    let t = tables();
+    let f = tcp_frame(Ipv4Addr::new(10, 88, 0, 99), POD_B.1, 64, b"x");
+    assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::SpoofedSource));
+    // Pod B's address on pod A's port is spoofed too.
+    let f = tcp_frame(POD_B.1, POD_A.1, 64, b"x");
+    assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::SpoofedSource));
+}
+
+fn assert_echo_reply(out: &[u8], to_mac: [u8; 6], to_ip: Ipv4Addr, payload: &[u8]) {
+    assert_eq!(&out[0..6], &to_mac);
+    assert_eq!(&out[6..12], &ROUTER);
+    assert!(ip_checksum_ok(out));
+    assert!(l4_checksum_ok(out), "icmp checksum");
+    let p = SlicedPacket::from_ethernet(out).expect("reply parses");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(ip.header().source_addr(), GW);
+    assert_eq!(ip.header().destination_addr(), to_ip);
+    assert_eq!(ip.header().ttl(), REPLY_TTL);
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+        panic!("not icmp")
+    };
+    match icmp.icmp_type() {
+        Icmpv4Type::EchoReply(e) => {
+            assert_eq!((e.id, e.seq), (0x1234, 7));
+        }
+        other => panic!("not an echo reply: {other:?}"),
+    }
+    assert_eq!(icmp.payload(), payload);
+}
+
+#[test]
+fn echo_request_to_gateway_is_answered() {
+    let t = tables();
+    let payload = b"ping payload 0123456789";
+    let req = echo_request(POD_A.1, GW, 64, payload);
+    let (v, out) = run(&t, POD_A.0, &req);
+    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(out.len(), req.len());
+    assert_echo_reply(&out, mac_of(POD_A.1), POD_A.1, payload);
+
+    // TTL 1 to the gateway is for us, not expired.
+    let (v, out) = run(&t, POD_A.0, &echo_request(POD_A.1, GW, 1, b""));
+    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_echo_reply(&out, mac_of(POD_A.1), POD_A.1, b"");
+
+    // From the host port.
+    let req = echo_request(Ipv4Addr::new(192, 168, 1, 10), GW, 64, payload);
+    let (v, out) = run(&t, HOST_PORT, &req);
+    assert_eq!(v, Verdict::Tx(HOST_PORT));
+    assert_echo_reply(&out, KERNEL_MAC, Ipv4Addr::new(192, 168, 1, 10), payload);
+
+    let mut bad = echo_request(POD_A.1, GW, 64, payload);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert_eq!(run(&t, POD_A.0, &bad).0, dropped(DropReason::BadL4Checksum));
+}
+
+#[test]
+fn pod_to_pod_tcp_is_routed_with_ttl_decrement() {
+    let t = tables();
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let f = tcp_frame(POD_A.1, POD_B.1, 64, payload);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert_eq!(&out[0..6], &mac_of(POD_B.1));
+    assert_eq!(&out[6..12], &ROUTER);
+    assert_eq!(out[22], 63, "ttl");
+    assert!(ip_checksum_ok(&out));
+    assert!(l4_checksum_ok(&out));
+    assert_eq!(
+        &out[12..22],
+        &f[12..22],
+        "only MACs, TTL and IP checksum change"
+    );
+    assert_eq!(&out[26..], &f[26..]);
+
+    // Hairpin to itself.
+    let f = udp_frame(POD_A.1, POD_A.1, 2, b"self");
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(out[22], 1);
+    assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+}
+
+#[test]
+fn host_to_pod_keeps_ttl() {
+    let t = tables();
+    let f = tcp_frame(GW, POD_B.1, 1, b"probe");
+    let (v, out) = run(&t, HOST_PORT, &f);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert_eq!(out[22], 1, "no TTL change from the host");
+    assert_eq!(&out[0..6], &mac_of(POD_B.1));
+    assert_eq!(&out[6..12], &ROUTER);
+    assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+}
+
+#[test]
+fn expired_ttl_gets_time_exceeded() {
+    let t = tables();
+    for ttl in [0u8, 1] {
+        let payload = b"0123456789abcdef";
+        let f = udp_frame(POD_A.1, POD_B.1, ttl, payload);
+        let (v, out) = run(&t, POD_A.0, &f);
+        assert_eq!(v, Verdict::Tx(POD_A.0), "ttl {ttl}");
+        assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
+        assert_eq!(&out[0..6], &mac_of(POD_A.1));
+        assert_eq!(&out[6..12], &ROUTER);
+        assert!(ip_checksum_ok(&out));
+        assert!(l4_checksum_ok(&out), "icmp checksum");
+        let p = SlicedPacket::from_ethernet(&out).expect("parses");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not ipv4")
+        };
+        assert_eq!(ip.header().source_addr(), GW);
+        assert_eq!(ip.header().destination_addr(), POD_A.1);
+        assert_eq!(ip.header().ttl(), REPLY_TTL);
+        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            panic!("not icmp")
+        };
+        assert!(
+            matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)),
+            "{:?}",
+            icmp.icmp_type()
+        );
+        assert_eq!(
+            &out[14 + 28..],
+            &f[14..14 + 28],
+            "quotes IP header + 8 bytes"
+        );
+    }
+}
+
+#[test]
+fn expired_ttl_without_icmp_error() {
+    let t = tables();
+    // No room in the buffer for the error.
+    let f = udp_frame(POD_A.1, POD_B.1, 1, b"");
+    assert_eq!(
+        run_in(&t, POD_A.0, &f, f.len()).0,
+        dropped(DropReason::TtlExceeded)
+    );
+    // About an ICMP error: never.
+    let mut err = echo_request(POD_A.1, POD_B.1, 1, b"12345678");
+    err[34] = 3;
+    assert_eq!(run(&t, POD_A.0, &err).0, dropped(DropReason::TtlExceeded));
+    // About a non-first fragment: never.
+    let mut frag = udp_frame(POD_A.1, POD_B.1, 1, b"12345678");
+    frag[20..22].copy_from_slice(&100u16.to_be_bytes());
+    fix_ip_checksum(&mut frag);
+    assert_eq!(run(&t, POD_A.0, &frag).0, dropped(DropReason::TtlExceeded));
+    // An echo request (not an error) with TTL 1 to another pod does get one.
+    let echo = echo_request(POD_A.1, POD_B.1, 1, b"12345678");
+    assert_eq!(run(&t, POD_A.0, &echo).0, Verdict::Tx(POD_A.0));
+}
+
+#[test]
+fn time_exceeded_quotes_options_and_short_payloads() {
+    let t = tables();
+    // IHL 6 (4 bytes of NOP options) and only 3 bytes of data beyond it.
+    let base = udp_frame(POD_A.1, POD_B.1, 1, b"");
+    let mut f = base[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&[0xaa, 0xbb, 0xcc]);
+    f[14] = 0x46;
+    f[16..18].copy_from_slice(&27u16.to_be_bytes());
+    f[23] = 253; // an experimental protocol: no L4 checks
+    fix_ip_checksum(&mut f);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(out.len(), 14 + 28 + 24 + 3);
+    assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+    assert_eq!(&out[42..], &f[14..]);
+}
+
+#[test]
+fn destinations_without_endpoint_or_route() {
+    let t = tables();
+    let f = tcp_frame(POD_A.1, NO_POD, 64, b"x");
+    assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::NoEndpoint));
+    let f = tcp_frame(POD_A.1, BLACKHOLED, 64, b"x");
+    assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::NoRoute));
+    let f = tcp_frame(POD_A.1, UNRESOLVED, 64, b"x");
+    assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::NoRoute));
+    // From the host, a non-endpoint would loop back to the host.
+    let f = tcp_frame(GW, OUTSIDE, 64, b"x");
+    assert_eq!(run(&t, HOST_PORT, &f).0, dropped(DropReason::NoRoute));
+    let f = tcp_frame(GW, NO_POD, 64, b"x");
+    assert_eq!(run(&t, HOST_PORT, &f).0, dropped(DropReason::NoEndpoint));
+}
+
+#[test]
+fn route_to_endpoint_delivers_to_its_pod() {
+    let t = tables();
+    let f = tcp_frame(POD_A.1, ROUTED_TO_POD3, 64, b"x");
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(PODS[2].0));
+    assert_eq!(&out[0..6], &mac_of(PODS[2].1));
+    assert_eq!(out[22], 63);
+}
+
+#[test]
+fn other_traffic_goes_to_the_host_port() {
+    let t = tables();
+    for (dst, what) in [(OUTSIDE, "outside"), (GW, "gateway tcp")] {
+        let f = tcp_frame(POD_A.1, dst, 64, b"to the node");
+        let (v, out) = run(&t, POD_A.0, &f);
+        assert_eq!(v, Verdict::Tx(HOST_PORT), "{what}");
+        assert_eq!(&out[0..6], &KERNEL_MAC);
+        assert_eq!(&out[6..12], &ROUTER);
+        assert_eq!(out[22], 64, "the kernel routes and decrements");
+        assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+    }
+    // ICMP to the gateway that is not an echo request goes to the kernel.
+    let mut reply = echo_request(POD_A.1, GW, 64, b"");
+    reply[34] = 0;
+    reply[36..38].copy_from_slice(&[0, 0]);
+    let c = !ref_sum(&[&reply[34..]]);
+    reply[36..38].copy_from_slice(&c.to_be_bytes());
+    assert!(l4_checksum_ok(&reply));
+    assert_eq!(run(&t, POD_A.0, &reply).0, Verdict::Tx(HOST_PORT));
+
+    let no_host = tables_with(false);
+    let f = tcp_frame(POD_A.1, OUTSIDE, 64, b"x");
+    assert_eq!(
+        run(&no_host, POD_A.0, &f).0,
+        dropped(DropReason::NoHostPort)
+    );
+}
+
+#[test]
+fn partial_checksums_are_completed() {
+    let t = tables();
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    for odd in [false, true] {
+        let p = if odd { &payload[..999] } else { &payload[..] };
+        for mut f in [
+            tcp_frame(POD_A.1, POD_B.1, 64, p),
+            udp_frame(POD_A.1, POD_B.1, 64, p),
+        ] {
+            let valid = f.clone();
+            make_partial(&mut f);
+            assert!(!l4_checksum_ok(&f), "fixture must really be partial");
+            let (v, out) = run(&t, POD_A.0, &f);
+            assert_eq!(v, Verdict::Tx(POD_B.0));
+            assert!(l4_checksum_ok(&out), "completed checksum verifies");
+            let at = l4_checksum_at(&out);
+            let (ours, theirs) = (&out[at..at + 2], &valid[at..at + 2]);
+            assert!(
+                ours == theirs || ours == [0xff, 0xff] || ours == [0, 0],
+                "{ours:?} vs {theirs:?}"
+            );
+            // Same on the way to the host.
+            let mut to_host = tcp_frame(POD_A.1, OUTSIDE, 64, p);
+            make_partial(&mut to_host);
+            let (v, out) = run(&t, POD_A.0, &to_host);
+            assert_eq!(v, Verdict::Tx(HOST_PORT));
+            assert!(l4_checksum_ok(&out));
+            // And from the host (the kernel's veth leaves partial sums too).
+            let mut from_host = tcp_frame(GW, POD_B.1, 64, p);
+            make_partial(&mut from_host);
+            let (v, out) = run(&t, HOST_PORT, &from_host);
+            assert_eq!(v, Verdict::Tx(POD_B.0));
+            assert!(l4_checksum_ok(&out));
+        }
+    }
+}
+
+#[test]
+fn bad_l4_checksums_are_dropped_and_udp_zero_is_kept() {
+    let t = tables();
+    let mut tcp = tcp_frame(POD_A.1, POD_B.1, 64, b"payload");
+    let at = l4_checksum_at(&tcp);
+    tcp[at] ^= 0x11;
+    assert_eq!(run(&t, POD_A.0, &tcp).0, dropped(DropReason::BadL4Checksum));
+    let mut udp = udp_frame(POD_A.1, POD_B.1, 64, b"payload");
+    let last = udp.len() - 1;
+    udp[last] ^= 0x01;
+    assert_eq!(run(&t, POD_A.0, &udp).0, dropped(DropReason::BadL4Checksum));
+    // UDP without a checksum is forwarded as is.
+    let at = l4_checksum_at(&udp);
+    udp[at..at + 2].copy_from_slice(&[0, 0]);
+    let (v, out) = run(&t, POD_A.0, &udp);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert_eq!(&out[at..at + 2], &[0, 0]);
+}
+
+#[test]
+fn fragments_are_forwarded_untouched() {
+    let t = tables();
+    // First fragment (MF set) and a later fragment: L4 bytes (and a wrong
+    // L4 checksum) are left alone.
+    for (flags_off, what) in [(0x2000u16, "first"), (0x0010, "later"), (0x2010, "middle")] {
+        let mut f = tcp_frame(POD_A.1, POD_B.1, 64, b"fragment payload");
+        let at = l4_checksum_at(&f);
+        f[at] ^= 0x55;
+        f[20..22].copy_from_slice(&flags_off.to_be_bytes());
+        fix_ip_checksum(&mut f);
+        let (v, out) = run(&t, POD_A.0, &f);
+        assert_eq!(v, Verdict::Tx(POD_B.0), "{what}");
+        assert_eq!(&out[34..], &f[34..], "{what}");
+        assert!(ip_checksum_ok(&out));
+    }
+}
+
+#[test]
+fn ethernet_padding_and_ip_options_are_kept() {
+    let t = tables();
+    let mut f = udp_frame(POD_A.1, POD_B.1, 64, b"");
+    f.resize(60, 0);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert_eq!(out.len(), 60);
+    assert!(l4_checksum_ok(&out));
+
+    // IHL 6 with a NOP option; the UDP checksum does not cover IP options.
+    let plain = udp_frame(POD_A.1, POD_B.1, 64, b"opts");
+    let mut f = plain[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&plain[34..]);
+    f[14] = 0x46;
+    let tl = (plain.len() - 14 + 4) as u16;
+    f[16..18].copy_from_slice(&tl.to_be_bytes());
+    fix_ip_checksum(&mut f);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+    assert_eq!(out[22], 63);
+}
+
+#[test]
+fn batch_writes_one_verdict_per_frame() {
+    let t = tables();
+    let inputs = [
+        (POD_A.0, tcp_frame(POD_A.1, POD_B.1, 64, b"a")),
+        (POD_A.0, arp_frame(1, mac_of(POD_A.1), POD_A.1, GW)),
+        (99, tcp_frame(POD_A.1, POD_B.1, 64, b"a")),
+        (POD_B.0, tcp_frame(POD_B.1, OUTSIDE, 64, b"b")),
+    ];
+    let mut bufs: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|(_, f)| {
+            let mut b = f.clone();
+            b.resize(CHUNK, 0);
+            b
+        })
+        .collect();
+    let mut frames: Vec<Frame<'_>> = bufs
+        .iter_mut()
+        .zip(inputs.iter())
+        .map(|(b, (port, f))| Frame::new(*port, b, f.len()))
+        .collect();
+    let mut verdicts = [Verdict::Drop(DropReason::Malformed); 4];
+    process_batch(&t, 0, &mut frames, &mut verdicts);
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Tx(POD_B.0),
+            Verdict::Tx(POD_A.0),
+            Verdict::Drop(DropReason::UnknownPort),
+            Verdict::Tx(HOST_PORT)
+        ]
+    );
+}

@@ -113,7 +113,10 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.code() as usize, i + 1, "{r:?}");
             assert_eq!(DropReason::from_code(r.code()), Some(*r));
-            assert!(r.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(r
+                .name()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         }
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
         names.sort_unstable();

@@ -163,7 +163,11 @@ impl<'a> Ipv4<'a> {
         if checksum::fold(checksum::add_bytes(0, &buf[..header_len])) != 0xffff {
             return Err(Ipv4Error::BadChecksum);
         }
-        Ok(Ipv4 { buf, header_len, total_len })
+        Ok(Ipv4 {
+            buf,
+            header_len,
+            total_len,
+        })
     }
 
     pub fn header_len(&self) -> usize {

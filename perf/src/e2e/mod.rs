@@ -314,10 +314,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         phases.insert("teardown_s".into(), t.elapsed().as_secs_f64());
         Ok(())
     })();
-    if let Err(e) = measured {
-        // Everything built was dropped (removed) on the way out.
-        return Err(e);
-    }
+    // On error everything built was already dropped (removed) on the way out.
+    measured?;
     phases.insert("total_s".into(), started.elapsed().as_secs_f64());
     meta.insert("phase_seconds".into(), json!(phases));
 

@@ -340,8 +340,13 @@ impl Topology {
         let mut p = Proc::spawn_in_ns("iperf3 server", &rx.ns.name, &args, Some(&log))?;
         let ns = rx.ns.name.clone();
         let ok = sys::wait_until(Duration::from_secs(10), || {
-            in_netns(&ns, || Ok(fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default()))
-                .map(|t| parse::tcp_listening(&t, IPERF_PORT))
+            // iperf3 listens on a dual-stack socket: it shows in tcp6.
+            in_netns(&ns, || {
+                Ok(["tcp", "tcp6"]
+                    .map(|f| fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default())
+                    .concat())
+            })
+            .map(|t| parse::tcp_listening(&t, IPERF_PORT))
                 .unwrap_or(false)
         })?;
         if !ok || !p.alive() {

@@ -1,0 +1,348 @@
+//! In-memory ports: the same ring discipline as AF_XDP copy mode, with the
+//! "kernel" side being queues of `Vec<u8>` a test reads and writes.
+//!
+//! A [`MemNetwork`] is the set of interfaces that exist; each [`MemWire`] is
+//! one interface with a number of queues. A test injects frames with
+//! [`MemWire::inject`] (as if the pod sent them) and reads what the dataplane
+//! transmitted with [`MemWire::take_sent`]. Receiving copies an injected
+//! frame into a frame taken from the queue's fill ring, as the kernel does in
+//! copy mode; with an empty fill ring the frame is dropped and counted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::port::{valid_ifname, FramePool, PortBackend, PortError, PortQueue};
+
+/// A frame of a [`MemPool`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemDesc {
+    index: u32,
+    len: u32,
+}
+
+/// Heap memory cut into equal chunks.
+pub struct MemPool {
+    base: NonNull<u8>,
+    frames: usize,
+    frame_size: usize,
+}
+
+// SAFETY: the pool owns its allocation exclusively (nothing else holds the
+// pointer); moving it to another thread moves that ownership.
+unsafe impl Send for MemPool {}
+
+impl MemPool {
+    pub fn new(frames: usize, frame_size: usize) -> MemPool {
+        let frames = frames.clamp(1, u32::MAX as usize);
+        let frame_size = frame_size.max(64);
+        let mem: Box<[u8]> = vec![0u8; frames * frame_size].into_boxed_slice();
+        let base = NonNull::from(Box::leak(mem)).cast::<u8>();
+        MemPool { base, frames, frame_size }
+    }
+}
+
+impl Drop for MemPool {
+    fn drop(&mut self) {
+        let len = self.frames * self.frame_size;
+        // SAFETY: `base` came from `Box::leak` of a `[u8]` of exactly `len`
+        // bytes in `new` and is freed only here, once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), len)) });
+    }
+}
+
+impl FramePool for MemPool {
+    type Desc = MemDesc;
+
+    fn frame_count(&self) -> usize {
+        self.frames
+    }
+
+    fn all_descs(&self) -> Vec<MemDesc> {
+        (0..self.frames as u32).map(|index| MemDesc { index, len: 0 }).collect()
+    }
+
+    fn index_of(&self, desc: &MemDesc) -> usize {
+        desc.index as usize
+    }
+
+    fn len_of(&self, desc: &MemDesc) -> usize {
+        desc.len as usize
+    }
+
+    fn set_len(&self, desc: &mut MemDesc, len: usize) {
+        desc.len = len.min(self.frame_size) as u32;
+    }
+
+    unsafe fn chunk_mut(&self, desc: &MemDesc) -> &mut [u8] {
+        // Descriptors are only made by `all_descs`, so the index is in range;
+        // clamp anyway so a forged one cannot reach outside the allocation.
+        let index = (desc.index as usize).min(self.frames - 1);
+        // SAFETY: the chunk lies inside the allocation (index < frames), and
+        // the caller guarantees (trait contract) that it owns this frame and
+        // holds no other reference into it, so the `&mut` is unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(index * self.frame_size), self.frame_size)
+        }
+    }
+}
+
+#[derive(Default)]
+struct WireQueue {
+    to_dataplane: VecDeque<Vec<u8>>,
+    from_dataplane: VecDeque<Vec<u8>>,
+}
+
+/// One in-memory interface.
+pub struct MemWire {
+    name: String,
+    queues: Vec<Mutex<WireQueue>>,
+    /// Frames that arrived with no frame in the fill ring (the kernel's
+    /// `rx_fill_ring_empty_descs`) or larger than a chunk.
+    pub rx_dropped: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemWire {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// A frame arriving from the outside on `queue` (wraps around).
+    pub fn inject(&self, queue: usize, frame: Vec<u8>) {
+        lock(&self.queues[queue % self.queues.len()]).to_dataplane.push_back(frame);
+    }
+
+    /// Everything the dataplane transmitted on this interface so far, all
+    /// queues, in queue order.
+    pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        self.queues.iter().flat_map(|q| std::mem::take(&mut lock(q).from_dataplane)).collect()
+    }
+
+    /// Frames injected and not yet received by the dataplane.
+    pub fn pending_rx(&self) -> usize {
+        self.queues.iter().map(|q| lock(q).to_dataplane.len()).sum()
+    }
+}
+
+/// The interfaces that exist, by name.
+#[derive(Clone, Default)]
+pub struct MemNetwork {
+    wires: Arc<Mutex<BTreeMap<String, Arc<MemWire>>>>,
+}
+
+impl MemNetwork {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Create (or replace) interface `name` with `queues` queues.
+    pub fn add(&self, name: &str, queues: usize) -> Arc<MemWire> {
+        let wire = Arc::new(MemWire {
+            name: name.to_string(),
+            queues: (0..queues.max(1)).map(|_| Mutex::new(WireQueue::default())).collect(),
+            rx_dropped: AtomicU64::new(0),
+        });
+        lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
+        wire
+    }
+
+    pub fn remove(&self, name: &str) {
+        lock(&self.wires).remove(name);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<MemWire>> {
+        lock(&self.wires).get(name).cloned()
+    }
+}
+
+/// Ring sizes of an in-memory queue (like a socket's).
+const MEM_RING: usize = 256;
+
+/// One worker's queue on a [`MemWire`].
+pub struct MemQueue {
+    wire: Arc<MemWire>,
+    queue: usize,
+    fill: VecDeque<MemDesc>,
+    comp: VecDeque<MemDesc>,
+}
+
+impl PortQueue for MemQueue {
+    type Pool = MemPool;
+
+    fn rx(&mut self, pool: &MemPool, out: &mut [MemDesc]) -> usize {
+        let mut q = lock(&self.wire.queues[self.queue]);
+        let mut n = 0;
+        while n < out.len() {
+            let Some(bytes) = q.to_dataplane.pop_front() else { break };
+            if bytes.len() > pool.frame_size {
+                self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(mut desc) = self.fill.pop_front() else {
+                self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            // SAFETY: `desc` came from our fill ring, which only holds frames
+            // the worker handed over and no longer references.
+            let chunk = unsafe { pool.chunk_mut(&desc) };
+            chunk[..bytes.len()].copy_from_slice(&bytes);
+            pool.set_len(&mut desc, bytes.len());
+            out[n] = desc;
+            n += 1;
+        }
+        n
+    }
+
+    fn tx_room(&mut self) -> usize {
+        MEM_RING
+    }
+
+    fn tx(&mut self, pool: &MemPool, descs: &[MemDesc]) -> usize {
+        let take = descs.len().min(MEM_RING);
+        let mut q = lock(&self.wire.queues[self.queue]);
+        for desc in &descs[..take] {
+            // SAFETY: frames handed to tx are owned by the queue until they
+            // come back through `complete`; nothing else references them.
+            let chunk = unsafe { pool.chunk_mut(desc) };
+            q.from_dataplane.push_back(chunk[..pool.len_of(desc)].to_vec());
+            self.comp.push_back(*desc);
+        }
+        take
+    }
+
+    fn kick_tx(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    fn fill_room(&mut self) -> usize {
+        MEM_RING - self.fill.len()
+    }
+
+    fn fill(&mut self, descs: &[MemDesc]) -> usize {
+        if descs.len() > self.fill_room() {
+            return 0;
+        }
+        self.fill.extend(descs.iter().copied());
+        descs.len()
+    }
+
+    fn kick_rx(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    fn complete(&mut self, out: &mut [MemDesc]) -> usize {
+        let n = out.len().min(self.comp.len());
+        for slot in &mut out[..n] {
+            *slot = self.comp.pop_front().unwrap_or_default();
+        }
+        n
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// The in-memory backend: ports are [`MemWire`]s of a [`MemNetwork`].
+pub struct MemBackend {
+    pub network: MemNetwork,
+    pub frames_per_worker: usize,
+    pub frame_size: usize,
+}
+
+impl MemBackend {
+    pub fn new(network: MemNetwork) -> Self {
+        MemBackend { network, frames_per_worker: 1024, frame_size: 2048 }
+    }
+}
+
+/// Keeps nothing attached; dropping it is the in-memory "detach".
+pub struct MemAttachment {
+    pub ifname: String,
+}
+
+impl PortBackend for MemBackend {
+    type Queue = MemQueue;
+    type Attachment = MemAttachment;
+
+    fn make_pools(&mut self, workers: usize) -> Result<Vec<MemPool>, PortError> {
+        Ok((0..workers).map(|_| MemPool::new(self.frames_per_worker, self.frame_size)).collect())
+    }
+
+    fn open(&mut self, ifname: &str, workers: usize) -> Result<(MemAttachment, Vec<Option<MemQueue>>), PortError> {
+        if !valid_ifname(ifname) {
+            return Err(PortError::BadName { ifname: ifname.to_string() });
+        }
+        let wire = self
+            .network
+            .get(ifname)
+            .ok_or_else(|| PortError::NoSuchInterface { ifname: ifname.to_string() })?;
+        let queues = (0..workers)
+            .map(|i| {
+                (i < wire.queue_count()).then(|| MemQueue {
+                    wire: Arc::clone(&wire),
+                    queue: i,
+                    fill: VecDeque::with_capacity(MEM_RING),
+                    comp: VecDeque::with_capacity(MEM_RING),
+                })
+            })
+            .collect();
+        Ok((MemAttachment { ifname: ifname.to_string() }, queues))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_fill_rx_tx_complete() {
+        let net = MemNetwork::new();
+        let wire = net.add("m0", 1);
+        let mut backend = MemBackend::new(net.clone());
+        backend.frames_per_worker = 8;
+        let pool = backend.make_pools(1).unwrap().pop().unwrap();
+        let (_att, mut queues) = backend.open("m0", 2).unwrap();
+        assert!(queues[1].is_none(), "one-queue wire gives worker 1 no queue");
+        let mut q = queues.remove(0).unwrap();
+        let free = pool.all_descs();
+        assert_eq!(free.len(), 8);
+
+        // No fill frames: the injected frame is dropped and counted.
+        wire.inject(0, vec![1, 2, 3]);
+        let mut out = [MemDesc::default(); 4];
+        assert_eq!(q.rx(&pool, &mut out), 0);
+        assert_eq!(wire.rx_dropped.load(Ordering::Relaxed), 1);
+
+        assert_eq!(q.fill(&free[..4]), 4);
+        wire.inject(0, vec![9, 8, 7, 6]);
+        assert_eq!(q.rx(&pool, &mut out), 1);
+        assert_eq!(pool.len_of(&out[0]), 4);
+        // SAFETY: out[0] just came out of rx and is owned here.
+        assert_eq!(&unsafe { pool.chunk_mut(&out[0]) }[..4], &[9, 8, 7, 6]);
+        assert_eq!(q.tx(&pool, &out[..1]), 1);
+        assert_eq!(wire.take_sent(), vec![vec![9, 8, 7, 6]]);
+        let mut done = [MemDesc::default(); 4];
+        assert_eq!(q.complete(&mut done), 1);
+        assert_eq!(pool.index_of(&done[0]), pool.index_of(&out[0]));
+    }
+
+    #[test]
+    fn missing_and_bad_interfaces_are_errors() {
+        let mut backend = MemBackend::new(MemNetwork::new());
+        assert!(matches!(backend.open("nope", 1), Err(PortError::NoSuchInterface { .. })));
+        assert!(matches!(backend.open("a/b", 1), Err(PortError::BadName { .. })));
+        assert!(matches!(backend.open("0123456789abcdef", 1), Err(PortError::BadName { .. })));
+    }
+}
