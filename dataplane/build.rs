@@ -11,7 +11,8 @@ use std::process::Command;
 const PROGRAMS: &[&str] = &["redirect"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src_dir = manifest.join("..").join("xdp-progs");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = env::var("FERRY_CLANG").unwrap_or_else(|_| "clang".to_string());

@@ -69,15 +69,24 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("parse config {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid config field `{field}`: {msg}")]
     Invalid { field: &'static str, msg: String },
 }
 
 fn invalid(field: &'static str, msg: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, msg: msg.into() }
+    ConfigError::Invalid {
+        field,
+        msg: msg.into(),
+    }
 }
 
 /// The first usable host address of a network (`10.88.0.0/16` -> `10.88.0.1`).
@@ -97,18 +106,25 @@ impl Default for Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_path_buf(), source },
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
             other => other,
         })
     }
 
     /// Parse and validate TOML text (errors carry an empty path).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
         Config::from_raw(raw)
     }
 
@@ -122,18 +138,28 @@ impl Config {
             }
         };
         let socket = nonempty_path("socket", raw.socket, DEFAULT_FERRYD_SOCKET)?;
-        let dataplane_socket =
-            nonempty_path("dataplane_socket", raw.dataplane_socket, DEFAULT_DATAPLANE_SOCKET)?;
+        let dataplane_socket = nonempty_path(
+            "dataplane_socket",
+            raw.dataplane_socket,
+            DEFAULT_DATAPLANE_SOCKET,
+        )?;
         let state_dir = nonempty_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?;
 
-        let cidr_texts = raw.pod_cidrs.unwrap_or_else(|| vec![DEFAULT_POD_CIDR.to_string()]);
+        let cidr_texts = raw
+            .pod_cidrs
+            .unwrap_or_else(|| vec![DEFAULT_POD_CIDR.to_string()]);
         if cidr_texts.is_empty() {
             return Err(invalid("pod_cidrs", "needs at least one IPv4 CIDR"));
         }
         let mut pod_cidrs: Vec<Ipv4Net> = Vec::with_capacity(cidr_texts.len());
         for text in &cidr_texts {
             let net: Ipv4Net = text.trim().parse().map_err(|_| {
-                invalid("pod_cidrs", format!("{text:?} is not an IPv4 CIDR (a.b.c.d/len; IPv6 is not supported yet)"))
+                invalid(
+                    "pod_cidrs",
+                    format!(
+                        "{text:?} is not an IPv4 CIDR (a.b.c.d/len; IPv6 is not supported yet)"
+                    ),
+                )
             })?;
             if net.network() != net.addr() {
                 return Err(invalid(
@@ -142,9 +168,15 @@ impl Config {
                 ));
             }
             if net.prefix_len() > 30 {
-                return Err(invalid("pod_cidrs", format!("{text:?} is too small for pods (at most /30)")));
+                return Err(invalid(
+                    "pod_cidrs",
+                    format!("{text:?} is too small for pods (at most /30)"),
+                ));
             }
-            if let Some(other) = pod_cidrs.iter().find(|o| o.contains(&net) || net.contains(*o)) {
+            if let Some(other) = pod_cidrs
+                .iter()
+                .find(|o| o.contains(&net) || net.contains(*o))
+            {
                 return Err(invalid("pod_cidrs", format!("{net} overlaps {other}")));
             }
             pod_cidrs.push(net);
@@ -158,7 +190,10 @@ impl Config {
                 .map_err(|_| invalid("gateway", format!("{text:?} is not an IPv4 address")))?,
         };
         let Some(gw_net) = pod_cidrs.iter().find(|n| n.contains(&gateway)) else {
-            return Err(invalid("gateway", format!("{gateway} is not inside any of pod_cidrs {pod_cidrs:?}")));
+            return Err(invalid(
+                "gateway",
+                format!("{gateway} is not inside any of pod_cidrs {pod_cidrs:?}"),
+            ));
         };
         if gateway == gw_net.network() || gateway == gw_net.broadcast() {
             return Err(invalid(
@@ -172,12 +207,20 @@ impl Config {
             return Err(invalid("mtu", format!("{mtu} is outside 68..=65535")));
         }
 
-        let host_port = raw.host_port.unwrap_or_else(|| DEFAULT_HOST_PORT.to_string());
-        validate_ifname(&host_port, 15 - HOST_PORT_DP_SUFFIX.len()).map_err(|m| invalid("host_port", m))?;
+        let host_port = raw
+            .host_port
+            .unwrap_or_else(|| DEFAULT_HOST_PORT.to_string());
+        validate_ifname(&host_port, 15 - HOST_PORT_DP_SUFFIX.len())
+            .map_err(|m| invalid("host_port", m))?;
 
-        let log_level = raw.log_level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+        let log_level = raw
+            .log_level
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
         if log_level.parse::<log::LevelFilter>().is_err() {
-            return Err(invalid("log_level", format!("{log_level:?} is not one of off|error|warn|info|debug|trace")));
+            return Err(invalid(
+                "log_level",
+                format!("{log_level:?} is not one of off|error|warn|info|debug|trace"),
+            ));
         }
 
         Ok(Config {
@@ -222,8 +265,13 @@ pub fn validate_ifname(name: &str, max: usize) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid interface name"));
     }
-    if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || *c == '\0') {
-        return Err(format!("{name:?} contains {c:?}, not allowed in an interface name"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || *c == '\0')
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}, not allowed in an interface name"
+        ));
     }
     Ok(())
 }
@@ -236,9 +284,15 @@ mod tests {
     fn empty_file_gives_documented_defaults() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.socket, PathBuf::from("/run/ferry/ferryd.sock"));
-        assert_eq!(c.dataplane_socket, PathBuf::from("/run/ferry/dataplane.sock"));
+        assert_eq!(
+            c.dataplane_socket,
+            PathBuf::from("/run/ferry/dataplane.sock")
+        );
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/ferry"));
-        assert_eq!(c.pod_cidrs, vec!["10.88.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            c.pod_cidrs,
+            vec!["10.88.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
         assert_eq!(c.gateway, Ipv4Addr::new(10, 88, 0, 1));
         assert_eq!(c.mtu, 1500);
         assert_eq!(c.host_port, "ferry0");
@@ -313,7 +367,12 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_toml_are_parse_errors() {
-        for text in ["colour = \"blue\"", "mtu = \"big\"", "pod_cidrs = [", "mtu = 1500\nmtu = 1400"] {
+        for text in [
+            "colour = \"blue\"",
+            "mtu = \"big\"",
+            "pod_cidrs = [",
+            "mtu = 1500\nmtu = 1400",
+        ] {
             let err = Config::parse(text).unwrap_err();
             assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err}");
         }

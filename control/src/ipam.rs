@@ -28,11 +28,22 @@ pub struct Pool {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error("range subnet {subnet} is not inside the node's pod CIDRs {cidrs:?}")]
-    OutsidePodCidrs { subnet: Ipv4Net, cidrs: Vec<Ipv4Net> },
+    OutsidePodCidrs {
+        subnet: Ipv4Net,
+        cidrs: Vec<Ipv4Net>,
+    },
     #[error("range {subnet}: {what} {addr} is outside the subnet's host addresses")]
-    OutsideSubnet { subnet: Ipv4Net, what: &'static str, addr: Ipv4Addr },
+    OutsideSubnet {
+        subnet: Ipv4Net,
+        what: &'static str,
+        addr: Ipv4Addr,
+    },
     #[error("range {subnet}: rangeStart {start} is after rangeEnd {end}")]
-    EmptyRange { subnet: Ipv4Net, start: Ipv4Addr, end: Ipv4Addr },
+    EmptyRange {
+        subnet: Ipv4Net,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+    },
     #[error("range {subnet} is too small for pods (at most /30)")]
     TooSmall { subnet: Ipv4Net },
 }
@@ -87,12 +98,20 @@ fn host_bounds(subnet: Ipv4Net) -> (u32, u32) {
 impl Pools {
     /// The pools for a request: its `ranges`, each inside one of the node's
     /// pod CIDRs, or the node's pod CIDRs when it names none.
-    pub fn for_request(req: &IpamRequest, pod_cidrs: &[Ipv4Net], node_gateway: Ipv4Addr) -> Result<Pools, IpamError> {
+    pub fn for_request(
+        req: &IpamRequest,
+        pod_cidrs: &[Ipv4Net],
+        node_gateway: Ipv4Addr,
+    ) -> Result<Pools, IpamError> {
         let mut pools = Vec::new();
         if req.ranges.is_empty() {
             for cidr in pod_cidrs {
                 let (first, last) = host_bounds(*cidr);
-                let gateway = if cidr.contains(&node_gateway) { node_gateway } else { first_host(*cidr) };
+                let gateway = if cidr.contains(&node_gateway) {
+                    node_gateway
+                } else {
+                    first_host(*cidr)
+                };
                 pools.push(Pool {
                     subnet: *cidr,
                     first: first.into(),
@@ -106,7 +125,10 @@ impl Pools {
         for r in &req.ranges {
             let subnet = r.subnet.trunc();
             if !pod_cidrs.iter().any(|c| c.contains(&subnet)) {
-                return Err(IpamError::OutsidePodCidrs { subnet, cidrs: pod_cidrs.to_vec() });
+                return Err(IpamError::OutsidePodCidrs {
+                    subnet,
+                    cidrs: pod_cidrs.to_vec(),
+                });
             }
             if subnet.prefix_len() > 30 {
                 return Err(IpamError::TooSmall { subnet });
@@ -119,10 +141,22 @@ impl Pools {
                     Err(IpamError::OutsideSubnet { subnet, what, addr })
                 }
             };
-            let first = r.range_start.map(|a| check("rangeStart", a)).transpose()?.unwrap_or(lo);
-            let last = r.range_end.map(|a| check("rangeEnd", a)).transpose()?.unwrap_or(hi);
+            let first = r
+                .range_start
+                .map(|a| check("rangeStart", a))
+                .transpose()?
+                .unwrap_or(lo);
+            let last = r
+                .range_end
+                .map(|a| check("rangeEnd", a))
+                .transpose()?
+                .unwrap_or(hi);
             if first > last {
-                return Err(IpamError::EmptyRange { subnet, start: first.into(), end: last.into() });
+                return Err(IpamError::EmptyRange {
+                    subnet,
+                    start: first.into(),
+                    end: last.into(),
+                });
             }
             let gateway = match r.gateway {
                 Some(gw) => {
@@ -132,7 +166,13 @@ impl Pools {
                 None if subnet.contains(&node_gateway) => node_gateway,
                 None => first_host(subnet),
             };
-            pools.push(Pool { subnet, first: first.into(), last: last.into(), gateway, node_gateway });
+            pools.push(Pool {
+                subnet,
+                first: first.into(),
+                last: last.into(),
+                gateway,
+                node_gateway,
+            });
         }
         Ok(Pools(pools))
     }
@@ -218,13 +258,21 @@ mod tests {
         Pools::for_request(&IpamRequest::default(), &cidrs, ip(gw)).unwrap()
     }
     fn range(subnet: &str, start: Option<&str>, end: Option<&str>) -> RangeSpec {
-        RangeSpec { subnet: net(subnet), range_start: start.map(ip), range_end: end.map(ip), gateway: None }
+        RangeSpec {
+            subnet: net(subnet),
+            range_start: start.map(ip),
+            range_end: end.map(ip),
+            gateway: None,
+        }
     }
     /// Allocate everything, in order, against a set.
     fn drain(pools: &Pools, taken: &mut BTreeSet<Ipv4Addr>) -> Vec<Ipv4Addr> {
         let mut out = Vec::new();
         let mut cursor = None;
-        while let Some((_, a)) = pools.pick::<Infallible>(cursor, |a| Ok(taken.contains(&a))).unwrap() {
+        while let Some((_, a)) = pools
+            .pick::<Infallible>(cursor, |a| Ok(taken.contains(&a)))
+            .unwrap()
+        {
             taken.insert(a);
             out.push(a);
             cursor = Some(a);
@@ -236,12 +284,32 @@ mod tests {
     fn node_pool_skips_network_broadcast_and_gateway() {
         let pools = node_pools(&["10.88.0.0/29"], "10.88.0.1");
         let got = drain(&pools, &mut BTreeSet::new());
-        assert_eq!(got, ["10.88.0.2", "10.88.0.3", "10.88.0.4", "10.88.0.5", "10.88.0.6"].map(ip));
+        assert_eq!(
+            got,
+            [
+                "10.88.0.2",
+                "10.88.0.3",
+                "10.88.0.4",
+                "10.88.0.5",
+                "10.88.0.6"
+            ]
+            .map(ip)
+        );
         assert_eq!(pools.size(), 5);
         // A gateway in the middle is skipped too.
         let pools = node_pools(&["10.88.0.0/29"], "10.88.0.4");
         let got = drain(&pools, &mut BTreeSet::new());
-        assert_eq!(got, ["10.88.0.1", "10.88.0.2", "10.88.0.3", "10.88.0.5", "10.88.0.6"].map(ip));
+        assert_eq!(
+            got,
+            [
+                "10.88.0.1",
+                "10.88.0.2",
+                "10.88.0.3",
+                "10.88.0.5",
+                "10.88.0.6"
+            ]
+            .map(ip)
+        );
         assert_eq!(pools.0[0].gateway, ip("10.88.0.4"));
     }
 
@@ -258,20 +326,34 @@ mod tests {
     fn ranges_honor_start_and_end() {
         let cidrs = [net("10.88.0.0/16")];
         let req = IpamRequest {
-            ranges: vec![range("10.88.1.0/24", Some("10.88.1.10"), Some("10.88.1.12"))],
+            ranges: vec![range(
+                "10.88.1.0/24",
+                Some("10.88.1.10"),
+                Some("10.88.1.12"),
+            )],
             ..Default::default()
         };
         let pools = Pools::for_request(&req, &cidrs, ip("10.88.0.1")).unwrap();
-        assert_eq!(pools.0[0].gateway, ip("10.88.1.1"), "default gateway of a range: its first host");
+        assert_eq!(
+            pools.0[0].gateway,
+            ip("10.88.1.1"),
+            "default gateway of a range: its first host"
+        );
         let got = drain(&pools, &mut BTreeSet::new());
         assert_eq!(got, ["10.88.1.10", "10.88.1.11", "10.88.1.12"].map(ip));
         assert!(!pools.0[0].contains(ip("10.88.1.9")));
         assert!(!pools.0[0].contains(ip("10.88.1.13")));
         // The node gateway inside a range is skipped and is the range's gateway.
-        let req = IpamRequest { ranges: vec![range("10.88.0.0/24", None, Some("10.88.0.3"))], ..Default::default() };
+        let req = IpamRequest {
+            ranges: vec![range("10.88.0.0/24", None, Some("10.88.0.3"))],
+            ..Default::default()
+        };
         let pools = Pools::for_request(&req, &cidrs, ip("10.88.0.1")).unwrap();
         assert_eq!(pools.0[0].gateway, ip("10.88.0.1"));
-        assert_eq!(drain(&pools, &mut BTreeSet::new()), ["10.88.0.2", "10.88.0.3"].map(ip));
+        assert_eq!(
+            drain(&pools, &mut BTreeSet::new()),
+            ["10.88.0.2", "10.88.0.3"].map(ip)
+        );
     }
 
     #[test]
@@ -283,11 +365,17 @@ mod tests {
             (range("10.0.0.0/8", None, None), "outside"),
             (range("10.88.1.0/24", Some("10.88.2.1"), None), "start"),
             (range("10.88.1.0/24", None, Some("10.88.1.255")), "end"),
-            (range("10.88.1.0/24", Some("10.88.1.9"), Some("10.88.1.8")), "empty"),
+            (
+                range("10.88.1.0/24", Some("10.88.1.9"), Some("10.88.1.8")),
+                "empty",
+            ),
             (range("10.88.1.0/31", None, None), "small"),
         ];
         for (r, what) in bad {
-            let req = IpamRequest { ranges: vec![r], ..Default::default() };
+            let req = IpamRequest {
+                ranges: vec![r],
+                ..Default::default()
+            };
             let err = Pools::for_request(&req, &cidrs, gw).unwrap_err();
             let ok = match what {
                 "outside" => matches!(err, IpamError::OutsidePodCidrs { .. }),
@@ -304,7 +392,10 @@ mod tests {
         let pools = node_pools(&["10.88.0.0/29"], "10.88.0.1");
         let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
         let pick = |taken: &BTreeSet<Ipv4Addr>, cursor| {
-            pools.pick::<Infallible>(cursor, |a| Ok(taken.contains(&a))).unwrap().map(|(_, a)| a)
+            pools
+                .pick::<Infallible>(cursor, |a| Ok(taken.contains(&a)))
+                .unwrap()
+                .map(|(_, a)| a)
         };
         // After .3 was handed out and released, the next is .4, not .3 again.
         taken.insert(ip("10.88.0.2"));

@@ -15,7 +15,11 @@
 //! - [`server`]: the pod-API Unix socket server.
 //! - [`ctl`]: ferryctl's requests and table formatting.
 
+pub mod agent;
 pub mod config;
+pub mod ctl;
+pub mod dataplane;
 pub mod ipam;
 pub mod netlink;
+pub mod server;
 pub mod store;

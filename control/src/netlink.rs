@@ -15,7 +15,9 @@ use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::route::RouteScope;
 use nix::sched::CloneFlags;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -26,9 +28,15 @@ pub enum NetlinkError {
     #[error("open netlink socket: {0}")]
     Connect(std::io::Error),
     #[error("{op}: {source}")]
-    Request { op: String, source: rtnetlink::Error },
+    Request {
+        op: String,
+        source: rtnetlink::Error,
+    },
     #[error("open network namespace {path}: {source}")]
-    OpenNetns { path: String, source: std::io::Error },
+    OpenNetns {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("enter network namespace {path}: {source}")]
     Setns { path: String, source: nix::Error },
     #[error("netns worker thread for {path}: {msg}")]
@@ -39,7 +47,10 @@ pub enum NetlinkError {
 
 impl NetlinkError {
     fn request(op: impl Into<String>, source: rtnetlink::Error) -> Self {
-        NetlinkError::Request { op: op.into(), source }
+        NetlinkError::Request {
+            op: op.into(),
+            source,
+        }
     }
 }
 
@@ -135,19 +146,42 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkErr
 }
 
 async fn set_link(handle: &Handle, op: String, msg: LinkMessage) -> Result<(), NetlinkError> {
-    handle.link().set(msg).execute().await.map_err(|e| NetlinkError::request(op, e))
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(op, e))
 }
 
 async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
-    set_link(handle, format!("set {name} up"), LinkUnspec::new_with_index(index).up().build()).await
+    set_link(
+        handle,
+        format!("set {name} up"),
+        LinkUnspec::new_with_index(index).up().build(),
+    )
+    .await
 }
 
 /// Add an IPv4 address; an address already present is fine.
-async fn add_address(handle: &Handle, index: u32, name: &str, addr: Ipv4Net) -> Result<(), NetlinkError> {
-    match handle.address().add(index, addr.addr().into(), addr.prefix_len()).execute().await {
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv4Net,
+) -> Result<(), NetlinkError> {
+    match handle
+        .address()
+        .add(index, addr.addr().into(), addr.prefix_len())
+        .execute()
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(NetlinkError::request(format!("add address {addr} to {name}"), e)),
+        Err(e) => Err(NetlinkError::request(
+            format!("add address {addr} to {name}"),
+            e,
+        )),
     }
 }
 
@@ -175,7 +209,13 @@ async fn add_route(
 
 /// A veth pair creation message with both ends' queue counts and MTU; the
 /// peer goes into the namespace `peer_netns` (an open netns fd) if given.
-fn veth_message(name: &str, peer: &str, queues: u32, mtu: u32, peer_netns: Option<&File>) -> LinkMessage {
+fn veth_message(
+    name: &str,
+    peer: &str,
+    queues: u32,
+    mtu: u32,
+    peer_netns: Option<&File>,
+) -> LinkMessage {
     use std::os::fd::AsRawFd;
     let mut peer_b = LinkUnspec::new_with_name(peer)
         .mtu(mtu)
@@ -201,7 +241,10 @@ where
     Fut: Future<Output = Result<T, NetlinkError>>,
     T: Send + 'static,
 {
-    let ns = File::open(path).map_err(|source| NetlinkError::OpenNetns { path: path.to_string(), source })?;
+    let ns = File::open(path).map_err(|source| NetlinkError::OpenNetns {
+        path: path.to_string(),
+        source,
+    })?;
     in_netns_file(ns, path, f).await
 }
 
@@ -218,23 +261,36 @@ where
         .name("ferryd-netns".into())
         .spawn(move || {
             let run = || -> Result<T, NetlinkError> {
-                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetlinkError::Setns { path: thread_path.clone(), source })?;
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetlinkError::Setns {
+                        path: thread_path.clone(),
+                        source,
+                    }
+                })?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| NetlinkError::Thread { path: thread_path.clone(), msg: e.to_string() })?;
+                    .map_err(|e| NetlinkError::Thread {
+                        path: thread_path.clone(),
+                        msg: e.to_string(),
+                    })?;
                 rt.block_on(async move {
-                    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
                     tokio::spawn(conn);
                     f(handle).await
                 })
             };
             let _ = tx.send(run());
         })
-        .map_err(|e| NetlinkError::Thread { path: owned_path.clone(), msg: e.to_string() })?;
-    rx.await
-        .map_err(|_| NetlinkError::Thread { path: owned_path, msg: "thread ended without an answer".into() })?
+        .map_err(|e| NetlinkError::Thread {
+            path: owned_path.clone(),
+            msg: e.to_string(),
+        })?;
+    rx.await.map_err(|_| NetlinkError::Thread {
+        path: owned_path,
+        msg: "thread ended without an answer".into(),
+    })?
 }
 
 /// What to build for one pod attachment.
@@ -257,7 +313,10 @@ impl PodPlumbing {
     /// The routes the pod gets (and the result reports).
     pub fn effective_routes(&self) -> Vec<RouteSpec> {
         if self.routes.is_empty() {
-            vec![RouteSpec { dst: Ipv4Net::default(), gw: Some(self.gateway) }]
+            vec![RouteSpec {
+                dst: Ipv4Net::default(),
+                gw: Some(self.gateway),
+            }]
         } else {
             self.routes.clone()
         }
@@ -325,7 +384,10 @@ impl Netlink {
         };
         if !keep {
             if k.is_some() {
-                log::info!("host port {kernel}: recreating (queues wanted {queues:?}, had {:?})", k.as_ref().and_then(|k| k.tx_queues));
+                log::info!(
+                    "host port {kernel}: recreating (queues wanted {queues:?}, had {:?})",
+                    k.as_ref().and_then(|k| k.tx_queues)
+                );
                 delete_link(h, kernel).await?;
             }
             if d.is_some() {
@@ -336,34 +398,50 @@ impl Netlink {
                 .add(veth_message(kernel, dp, q, mtu, None))
                 .execute()
                 .await
-                .map_err(|e| NetlinkError::request(format!("create host port veth {kernel}/{dp}"), e))?;
+                .map_err(|e| {
+                    NetlinkError::request(format!("create host port veth {kernel}/{dp}"), e)
+                })?;
             log::info!("host port {kernel}/{dp} created with {q} queue(s)");
         }
         for name in [kernel, dp] {
-            let link = link_by_name(h, name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
+            let link = link_by_name(h, name)
+                .await?
+                .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))?;
             if link.mtu != Some(mtu) {
-                set_link(h, format!("set {name} mtu {mtu}"), LinkUnspec::new_with_index(link.index).mtu(mtu).build())
-                    .await?;
+                set_link(
+                    h,
+                    format!("set {name} mtu {mtu}"),
+                    LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
+                )
+                .await?;
             }
             if !link.up {
                 set_up(h, link.index, name).await?;
             }
         }
-        let k = link_by_name(h, kernel).await?.ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
+        let k = link_by_name(h, kernel)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
         add_address(h, k.index, kernel, Ipv4Net::from(gateway)).await?;
         for cidr in pod_cidrs {
             add_route(h, k.index, *cidr, None, Some(gateway), RouteScope::Link)
                 .await
-                .map_err(|e| NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e))?;
+                .map_err(|e| {
+                    NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e)
+                })?;
         }
-        k.mac.ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))
+        k.mac
+            .ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))
     }
 
     /// Create the pod's veth pair and configure the pod end inside its
     /// namespace. On failure the caller undoes with [`Netlink::unplumb`].
     pub async fn plumb(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
         let h = &self.handle;
-        let ns = File::open(&p.netns).map_err(|source| NetlinkError::OpenNetns { path: p.netns.clone(), source })?;
+        let ns = File::open(&p.netns).map_err(|source| NetlinkError::OpenNetns {
+            path: p.netns.clone(),
+            source,
+        })?;
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let msg = veth_message(&p.host_ifname, &tmp, p.queues.max(1), p.mtu, Some(&ns));
         match h.link().add(msg).execute().await {
@@ -376,7 +454,10 @@ impl Netlink {
                 delete_link(h, &p.host_ifname).await?;
                 let msg = veth_message(&p.host_ifname, &tmp, p.queues.max(1), p.mtu, Some(&ns));
                 h.link().add(msg).execute().await.map_err(|e| {
-                    NetlinkError::request(format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns), e)
+                    NetlinkError::request(
+                        format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns),
+                        e,
+                    )
                 })?;
             }
             Err(e) => {
@@ -386,18 +467,28 @@ impl Netlink {
                 ))
             }
         }
-        let host = link_by_name(h, &p.host_ifname).await?.ok_or_else(|| NetlinkError::NoSuchLink(p.host_ifname.clone()))?;
+        let host = link_by_name(h, &p.host_ifname)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(p.host_ifname.clone()))?;
         set_up(h, host.index, &p.host_ifname).await?;
 
         let pod = p.clone();
         let routes = p.effective_routes();
         in_netns_file(ns, &p.netns, move |h| async move {
-            let link = link_by_name(&h, &tmp).await?.ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
+            let link = link_by_name(&h, &tmp)
+                .await?
+                .ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
             let idx = link.index;
             set_link(
                 &h,
-                format!("rename {tmp} to {} and set MAC {} in {}", pod.ifname, pod.mac, pod.netns),
-                LinkUnspec::new_with_index(idx).name(pod.ifname.clone()).address(pod.mac.octets().to_vec()).build(),
+                format!(
+                    "rename {tmp} to {} and set MAC {} in {}",
+                    pod.ifname, pod.mac, pod.netns
+                ),
+                LinkUnspec::new_with_index(idx)
+                    .name(pod.ifname.clone())
+                    .address(pod.mac.octets().to_vec())
+                    .build(),
             )
             .await?;
             add_address(&h, idx, &pod.ifname, pod.address).await?;
@@ -416,16 +507,34 @@ impl Netlink {
                     // The gateway is not on a connected subnet (e.g. a /32
                     // address): reach it on-link first, then retry.
                     Err(e) if errno(&e) == Some(libc::ENETUNREACH) && !onlink_done => e,
-                    Err(e) => return Err(NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)),
+                    Err(e) => {
+                        return Err(NetlinkError::request(
+                            format!("add route {} via {gw} in {}", r.dst, pod.netns),
+                            e,
+                        ))
+                    }
                 };
-                log::debug!("route {} via {gw}: {retry}; adding {gw}/32 scope link first", r.dst);
+                log::debug!(
+                    "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
+                    r.dst
+                );
                 add_route(&h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
                     .await
-                    .map_err(|e| NetlinkError::request(format!("add route {gw}/32 dev {} scope link", pod.ifname), e))?;
+                    .map_err(|e| {
+                        NetlinkError::request(
+                            format!("add route {gw}/32 dev {} scope link", pod.ifname),
+                            e,
+                        )
+                    })?;
                 onlink_done = true;
                 add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe)
                     .await
-                    .map_err(|e| NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e))?;
+                    .map_err(|e| {
+                        NetlinkError::request(
+                            format!("add route {} via {gw} in {}", r.dst, pod.netns),
+                            e,
+                        )
+                    })?;
             }
             Ok(())
         })
@@ -439,14 +548,22 @@ impl Netlink {
     }
 
     /// The pod interface `ifname` as seen inside `netns`; `None` if missing.
-    pub async fn pod_view(&self, netns: &str, ifname: &str) -> Result<Option<PodView>, NetlinkError> {
+    pub async fn pod_view(
+        &self,
+        netns: &str,
+        ifname: &str,
+    ) -> Result<Option<PodView>, NetlinkError> {
         let ifname = ifname.to_string();
         in_netns(netns, move |h| async move {
             let Some(link) = link_by_name(&h, &ifname).await? else {
                 return Ok(None);
             };
             let mut addrs = Vec::new();
-            let mut stream = h.address().get().set_link_index_filter(link.index).execute();
+            let mut stream = h
+                .address()
+                .get()
+                .set_link_index_filter(link.index)
+                .execute();
             while let Some(msg) = stream
                 .try_next()
                 .await
@@ -463,7 +580,11 @@ impl Netlink {
                     }
                 }
             }
-            Ok(Some(PodView { mac: link.mac, addresses: addrs, up: link.up }))
+            Ok(Some(PodView {
+                mac: link.mac,
+                addresses: addrs,
+                up: link.up,
+            }))
         })
         .await
     }

@@ -43,7 +43,11 @@ pub struct AttachmentId {
 
 impl AttachmentId {
     pub fn new(network: &str, container_id: &str, ifname: &str) -> Self {
-        AttachmentId { network: network.into(), container_id: container_id.into(), ifname: ifname.into() }
+        AttachmentId {
+            network: network.into(),
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
     }
 
     /// The endpoint id used in the table API: `<container id>/<ifname>`.
@@ -52,7 +56,10 @@ impl AttachmentId {
     }
 
     pub fn attachment_key(&self) -> AttachmentKey {
-        AttachmentKey { container_id: self.container_id.clone(), ifname: self.ifname.clone() }
+        AttachmentKey {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
     }
 
     fn key(&self) -> (&str, &str, &str) {
@@ -95,13 +102,22 @@ pub struct Record {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("create state directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("open database {path}: {source}")]
-    Open { path: PathBuf, source: Box<redb::DatabaseError> },
+    Open {
+        path: PathBuf,
+        source: Box<redb::DatabaseError>,
+    },
     #[error("database: {0}")]
     Db(Box<redb::Error>),
     #[error("corrupt record under {key}: {source}")]
-    Corrupt { key: String, source: serde_json::Error },
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 macro_rules! from_redb {
@@ -113,7 +129,13 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(redb::Error, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// Why an allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +167,15 @@ pub struct Store {
 impl Store {
     /// Open (or create) `<dir>/ferry.redb`, creating `dir` if needed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join("ferry.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: Box::new(e) })?;
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
         // Create the tables so read transactions always find them.
         let txn = db.begin_write()?;
         txn.open_table(ATTACHMENTS)?;
@@ -184,11 +212,19 @@ impl Store {
     }
 
     pub fn pending(&self) -> Result<Vec<Record>, StoreError> {
-        Ok(self.records()?.into_iter().filter(|r| r.state == State::Pending).collect())
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| r.state == State::Pending)
+            .collect())
     }
 
     pub fn ready(&self) -> Result<Vec<Record>, StoreError> {
-        Ok(self.records()?.into_iter().filter(|r| r.state == State::Ready).collect())
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| r.state == State::Ready)
+            .collect())
     }
 
     /// Number of allocated addresses that `pools` could hand out.
@@ -223,7 +259,10 @@ impl Store {
             let mut cursors = txn.open_table(CURSORS).map_err(StoreError::from)?;
             if let Some(existing) = attachments.get(id.key()).map_err(StoreError::from)? {
                 let rec = decode(&id.to_string(), existing.value())?;
-                return Err(AllocError::AlreadyExists { id: id.clone(), ip: rec.ip });
+                return Err(AllocError::AlreadyExists {
+                    id: id.clone(),
+                    ip: rec.ip,
+                });
             }
             let (pool, ip) = match requested {
                 Some(ip) => {
@@ -233,7 +272,9 @@ impl Store {
                             why: format!("not inside the allocatable ranges {}", describe(pools)),
                         });
                     };
-                    if let Some(holder) = allocations.get(u32::from(ip)).map_err(StoreError::from)? {
+                    if let Some(holder) =
+                        allocations.get(u32::from(ip)).map_err(StoreError::from)?
+                    {
                         return Err(AllocError::Unavailable {
                             ip,
                             why: format!("already allocated to {}", holder.value()),
@@ -242,23 +283,40 @@ impl Store {
                     (pool, ip)
                 }
                 None => {
-                    let cursor = cursors.get(id.network.as_str()).map_err(StoreError::from)?.map(|v| Ipv4Addr::from(v.value()));
+                    let cursor = cursors
+                        .get(id.network.as_str())
+                        .map_err(StoreError::from)?
+                        .map(|v| Ipv4Addr::from(v.value()));
                     let picked = pools.pick(cursor, |a| {
-                        allocations.get(u32::from(a)).map(|v| v.is_some()).map_err(StoreError::from)
+                        allocations
+                            .get(u32::from(a))
+                            .map(|v| v.is_some())
+                            .map_err(StoreError::from)
                     })?;
                     let Some((idx, ip)) = picked else {
-                        return Err(AllocError::Exhausted { pools: describe(pools) });
+                        return Err(AllocError::Exhausted {
+                            pools: describe(pools),
+                        });
                     };
-                    cursors.insert(id.network.as_str(), u32::from(ip)).map_err(StoreError::from)?;
+                    cursors
+                        .insert(id.network.as_str(), u32::from(ip))
+                        .map_err(StoreError::from)?;
                     (&pools.0[idx], ip)
                 }
             };
             let mut record = make(pool, ip);
             record.state = State::Pending;
-            let holder = serde_json::to_string(&id).map_err(|e| StoreError::Corrupt { key: id.to_string(), source: e })?;
-            allocations.insert(u32::from(ip), holder.as_str()).map_err(StoreError::from)?;
+            let holder = serde_json::to_string(&id).map_err(|e| StoreError::Corrupt {
+                key: id.to_string(),
+                source: e,
+            })?;
+            allocations
+                .insert(u32::from(ip), holder.as_str())
+                .map_err(StoreError::from)?;
             let value = encode(&record)?;
-            attachments.insert(id.key(), value.as_str()).map_err(StoreError::from)?;
+            attachments
+                .insert(id.key(), value.as_str())
+                .map_err(StoreError::from)?;
             record
         };
         txn.commit().map_err(StoreError::from)?;
@@ -328,7 +386,10 @@ impl Store {
                 let text = v.value();
                 serde_json::from_str(text)
                     .map(Some)
-                    .map_err(|source| StoreError::Corrupt { key: ip.to_string(), source })
+                    .map_err(|source| StoreError::Corrupt {
+                        key: ip.to_string(),
+                        source,
+                    })
             }
             None => Ok(None),
         }
@@ -336,11 +397,17 @@ impl Store {
 }
 
 fn decode(key: &str, text: &str) -> Result<Record, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { key: key.to_string(), source })
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
 }
 
 fn encode(rec: &Record) -> Result<String, StoreError> {
-    serde_json::to_string(rec).map_err(|source| StoreError::Corrupt { key: rec.id.to_string(), source })
+    serde_json::to_string(rec).map_err(|source| StoreError::Corrupt {
+        key: rec.id.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -368,7 +435,12 @@ mod tests {
 
     fn pools(cidr: &str) -> Pools {
         let cidr: Ipv4Net = cidr.parse().unwrap();
-        Pools::for_request(&IpamRequest::default(), &[cidr], crate::config::first_host(cidr)).unwrap()
+        Pools::for_request(
+            &IpamRequest::default(),
+            &[cidr],
+            crate::config::first_host(cidr),
+        )
+        .unwrap()
     }
 
     fn make(id: &AttachmentId) -> impl FnOnce(&Pool, Ipv4Addr) -> Record + '_ {
@@ -382,7 +454,11 @@ mod tests {
             netns: "/run/netns/x".into(),
             mtu: 1500,
             state: State::Ready, // overwritten to Pending by the store
-            result: PodResult { interfaces: vec![], ips: vec![], routes: vec![] },
+            result: PodResult {
+                interfaces: vec![],
+                ips: vec![],
+                routes: vec![],
+            },
         }
     }
 
@@ -398,7 +474,10 @@ mod tests {
         assert_eq!(ra.state, State::Pending);
         assert_eq!(store.holder_of(ra.ip).unwrap(), Some(a.clone()));
         // Same key again is refused.
-        assert!(matches!(store.allocate_pending(&a, &p, None, make(&a)), Err(AllocError::AlreadyExists { .. })));
+        assert!(matches!(
+            store.allocate_pending(&a, &p, None, make(&a)),
+            Err(AllocError::AlreadyExists { .. })
+        ));
         // Released address is not reused at once (cursor).
         assert_eq!(store.release(&a).unwrap().map(|r| r.ip), Some(ra.ip));
         assert_eq!(store.holder_of(ra.ip).unwrap(), None);
@@ -420,16 +499,29 @@ mod tests {
         let b = AttachmentId::new("n", "b", "eth0");
         let two: Ipv4Addr = "10.88.0.2".parse().unwrap();
         for bad in ["10.88.0.1", "10.88.0.3", "10.99.0.2"] {
-            let e = store.allocate_pending(&a, &p, Some(bad.parse().unwrap()), make(&a)).unwrap_err();
+            let e = store
+                .allocate_pending(&a, &p, Some(bad.parse().unwrap()), make(&a))
+                .unwrap_err();
             assert!(matches!(e, AllocError::Unavailable { .. }), "{bad}: {e}");
         }
-        assert_eq!(store.allocate_pending(&a, &p, Some(two), make(&a)).unwrap().ip, two);
-        let e = store.allocate_pending(&b, &p, Some(two), make(&b)).unwrap_err();
+        assert_eq!(
+            store
+                .allocate_pending(&a, &p, Some(two), make(&a))
+                .unwrap()
+                .ip,
+            two
+        );
+        let e = store
+            .allocate_pending(&b, &p, Some(two), make(&b))
+            .unwrap_err();
         assert!(matches!(e, AllocError::Unavailable { .. }), "{e}");
         assert!(e.to_string().contains("already allocated"), "{e}");
         let e = store.allocate_pending(&b, &p, None, make(&b)).unwrap_err();
         assert!(matches!(e, AllocError::Exhausted { .. }), "{e}");
-        assert!(store.get(&b).unwrap().is_none(), "a failed allocation leaves no record");
+        assert!(
+            store.get(&b).unwrap().is_none(),
+            "a failed allocation leaves no record"
+        );
     }
 
     #[test]

@@ -175,7 +175,10 @@ mod tests {
         let mut s = PortStats::default();
         a.sum_into(&mut s);
         b.sum_into(&mut s);
-        assert_eq!((s.rx_frames, s.rx_bytes, s.tx_frames, s.tx_bytes), (5, 420, 1, 60));
+        assert_eq!(
+            (s.rx_frames, s.rx_bytes, s.tx_frames, s.tx_bytes),
+            (5, 420, 1, 60)
+        );
         assert_eq!(s.drops.get("no_endpoint"), Some(&2));
         assert_eq!(s.drops.get("tx_ring_full"), Some(&1));
         assert_eq!(s.drops.len(), 2, "zero counters are left out");
@@ -191,10 +194,15 @@ mod tests {
         w.add_tx(6);
         w.add_drop(DropReason::NoTxQueue);
         let s = w.snapshot(1, Some(3));
-        assert_eq!((s.worker, s.cpu, s.busy_polls, s.idle_polls), (1, Some(3), 1, 2));
+        assert_eq!(
+            (s.worker, s.cpu, s.busy_polls, s.idle_polls),
+            (1, Some(3), 1, 2)
+        );
         assert_eq!((s.rx_frames, s.tx_frames), (7, 6));
         assert_eq!(s.drops.get("no_tx_queue"), Some(&1));
         // Every reason has its own slot.
-        assert!(DropReason::ALL.iter().all(|r| (r.code() as usize) < REASON_SLOTS));
+        assert!(DropReason::ALL
+            .iter()
+            .all(|r| (r.code() as usize) < REASON_SLOTS));
     }
 }

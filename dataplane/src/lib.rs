@@ -7,6 +7,22 @@
 //!   aya, an in-memory port for tests), behind our own port trait.
 //! - One place wires core, adapters and threads together (workers + the
 //!   table-API control server).
+//!
+//! Modules outside the core: [`port`] (our port/frame-pool traits),
+//! [`afxdp`] (XDP program via aya + AF_XDP sockets via xsk-rs: the only
+//! `unsafe` for real I/O), [`mem`] (in-memory ports for tests), [`counters`]
+//! (single-writer per-worker counters), [`worker`] (the pinned polling
+//! loops), [`control`] (table-API state, port lifecycle, publishing),
+//! [`server`] (the Unix-socket front of `control`). The core must not depend
+//! on any of them; workers must never take a lock or talk to the server.
 
 pub mod pipeline;
 pub mod tables;
+
+pub mod afxdp;
+pub mod control;
+pub mod counters;
+pub mod mem;
+pub mod port;
+pub mod server;
+pub mod worker;

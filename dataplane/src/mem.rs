@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::port::{valid_ifname, FramePool, PortBackend, PortError, PortQueue};
+use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue};
 
 /// A frame of a [`MemPool`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,7 +41,11 @@ impl MemPool {
         let frame_size = frame_size.max(64);
         let mem: Box<[u8]> = vec![0u8; frames * frame_size].into_boxed_slice();
         let base = NonNull::from(Box::leak(mem)).cast::<u8>();
-        MemPool { base, frames, frame_size }
+        MemPool {
+            base,
+            frames,
+            frame_size,
+        }
     }
 }
 
@@ -57,24 +61,14 @@ impl Drop for MemPool {
 impl FramePool for MemPool {
     type Desc = MemDesc;
 
-    fn frame_count(&self) -> usize {
-        self.frames
-    }
-
     fn all_descs(&self) -> Vec<MemDesc> {
-        (0..self.frames as u32).map(|index| MemDesc { index, len: 0 }).collect()
-    }
-
-    fn index_of(&self, desc: &MemDesc) -> usize {
-        desc.index as usize
+        (0..self.frames as u32)
+            .map(|index| MemDesc { index, len: 0 })
+            .collect()
     }
 
     fn len_of(&self, desc: &MemDesc) -> usize {
         desc.len as usize
-    }
-
-    fn set_len(&self, desc: &mut MemDesc, len: usize) {
-        desc.len = len.min(self.frame_size) as u32;
     }
 
     unsafe fn chunk_mut(&self, desc: &MemDesc) -> &mut [u8] {
@@ -85,8 +79,15 @@ impl FramePool for MemPool {
         // the caller guarantees (trait contract) that it owns this frame and
         // holds no other reference into it, so the `&mut` is unique.
         unsafe {
-            std::slice::from_raw_parts_mut(self.base.as_ptr().add(index * self.frame_size), self.frame_size)
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().add(index * self.frame_size),
+                self.frame_size,
+            )
         }
+    }
+
+    unsafe fn set_len(&self, desc: &mut MemDesc, len: usize) {
+        desc.len = len.min(self.frame_size) as u32;
     }
 }
 
@@ -120,13 +121,18 @@ impl MemWire {
 
     /// A frame arriving from the outside on `queue` (wraps around).
     pub fn inject(&self, queue: usize, frame: Vec<u8>) {
-        lock(&self.queues[queue % self.queues.len()]).to_dataplane.push_back(frame);
+        lock(&self.queues[queue % self.queues.len()])
+            .to_dataplane
+            .push_back(frame);
     }
 
     /// Everything the dataplane transmitted on this interface so far, all
     /// queues, in queue order.
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
-        self.queues.iter().flat_map(|q| std::mem::take(&mut lock(q).from_dataplane)).collect()
+        self.queues
+            .iter()
+            .flat_map(|q| std::mem::take(&mut lock(q).from_dataplane))
+            .collect()
     }
 
     /// Frames injected and not yet received by the dataplane.
@@ -150,7 +156,9 @@ impl MemNetwork {
     pub fn add(&self, name: &str, queues: usize) -> Arc<MemWire> {
         let wire = Arc::new(MemWire {
             name: name.to_string(),
-            queues: (0..queues.max(1)).map(|_| Mutex::new(WireQueue::default())).collect(),
+            queues: (0..queues.max(1))
+                .map(|_| Mutex::new(WireQueue::default()))
+                .collect(),
             rx_dropped: AtomicU64::new(0),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
@@ -171,6 +179,7 @@ const MEM_RING: usize = 256;
 
 /// One worker's queue on a [`MemWire`].
 pub struct MemQueue {
+    pool: MemPool,
     wire: Arc<MemWire>,
     queue: usize,
     fill: VecDeque<MemDesc>,
@@ -180,11 +189,18 @@ pub struct MemQueue {
 impl PortQueue for MemQueue {
     type Pool = MemPool;
 
-    fn rx(&mut self, pool: &MemPool, out: &mut [MemDesc]) -> usize {
+    fn pool(&self) -> &MemPool {
+        &self.pool
+    }
+
+    fn rx(&mut self, out: &mut [MemDesc]) -> usize {
+        let pool = &self.pool;
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
         while n < out.len() {
-            let Some(bytes) = q.to_dataplane.pop_front() else { break };
+            let Some(bytes) = q.to_dataplane.pop_front() else {
+                break;
+            };
             if bytes.len() > pool.frame_size {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -195,9 +211,11 @@ impl PortQueue for MemQueue {
             };
             // SAFETY: `desc` came from our fill ring, which only holds frames
             // the worker handed over and no longer references.
-            let chunk = unsafe { pool.chunk_mut(&desc) };
-            chunk[..bytes.len()].copy_from_slice(&bytes);
-            pool.set_len(&mut desc, bytes.len());
+            // the frame is the queue's again, so setting its length is ours too.
+            unsafe {
+                pool.chunk_mut(&desc)[..bytes.len()].copy_from_slice(&bytes);
+                pool.set_len(&mut desc, bytes.len());
+            }
             out[n] = desc;
             n += 1;
         }
@@ -208,14 +226,18 @@ impl PortQueue for MemQueue {
         MEM_RING
     }
 
-    fn tx(&mut self, pool: &MemPool, descs: &[MemDesc]) -> usize {
-        let take = descs.len().min(MEM_RING);
+    fn tx(&mut self, descs: &[MemDesc]) -> usize {
+        if descs.len() > MEM_RING {
+            return 0;
+        }
+        let (pool, take) = (&self.pool, descs.len());
         let mut q = lock(&self.wire.queues[self.queue]);
         for desc in &descs[..take] {
             // SAFETY: frames handed to tx are owned by the queue until they
             // come back through `complete`; nothing else references them.
             let chunk = unsafe { pool.chunk_mut(desc) };
-            q.from_dataplane.push_back(chunk[..pool.len_of(desc)].to_vec());
+            q.from_dataplane
+                .push_back(chunk[..pool.len_of(desc)].to_vec());
             self.comp.push_back(*desc);
         }
         take
@@ -257,13 +279,17 @@ impl PortQueue for MemQueue {
 /// The in-memory backend: ports are [`MemWire`]s of a [`MemNetwork`].
 pub struct MemBackend {
     pub network: MemNetwork,
-    pub frames_per_worker: usize,
+    pub frames_per_queue: usize,
     pub frame_size: usize,
 }
 
 impl MemBackend {
     pub fn new(network: MemNetwork) -> Self {
-        MemBackend { network, frames_per_worker: 1024, frame_size: 2048 }
+        MemBackend {
+            network,
+            frames_per_queue: 1024,
+            frame_size: 2048,
+        }
     }
 }
 
@@ -276,21 +302,26 @@ impl PortBackend for MemBackend {
     type Queue = MemQueue;
     type Attachment = MemAttachment;
 
-    fn make_pools(&mut self, workers: usize) -> Result<Vec<MemPool>, PortError> {
-        Ok((0..workers).map(|_| MemPool::new(self.frames_per_worker, self.frame_size)).collect())
-    }
-
-    fn open(&mut self, ifname: &str, workers: usize) -> Result<(MemAttachment, Vec<Option<MemQueue>>), PortError> {
+    fn open(
+        &mut self,
+        ifname: &str,
+        workers: usize,
+    ) -> Result<Opened<MemAttachment, MemQueue>, PortError> {
         if !valid_ifname(ifname) {
-            return Err(PortError::BadName { ifname: ifname.to_string() });
+            return Err(PortError::BadName {
+                ifname: ifname.to_string(),
+            });
         }
         let wire = self
             .network
             .get(ifname)
-            .ok_or_else(|| PortError::NoSuchInterface { ifname: ifname.to_string() })?;
+            .ok_or_else(|| PortError::NoSuchInterface {
+                ifname: ifname.to_string(),
+            })?;
         let queues = (0..workers)
             .map(|i| {
                 (i < wire.queue_count()).then(|| MemQueue {
+                    pool: MemPool::new(self.frames_per_queue, self.frame_size),
                     wire: Arc::clone(&wire),
                     queue: i,
                     fill: VecDeque::with_capacity(MEM_RING),
@@ -298,7 +329,12 @@ impl PortBackend for MemBackend {
                 })
             })
             .collect();
-        Ok((MemAttachment { ifname: ifname.to_string() }, queues))
+        Ok((
+            MemAttachment {
+                ifname: ifname.to_string(),
+            },
+            queues,
+        ))
     }
 }
 
@@ -311,38 +347,49 @@ mod tests {
         let net = MemNetwork::new();
         let wire = net.add("m0", 1);
         let mut backend = MemBackend::new(net.clone());
-        backend.frames_per_worker = 8;
-        let pool = backend.make_pools(1).unwrap().pop().unwrap();
+        backend.frames_per_queue = 8;
         let (_att, mut queues) = backend.open("m0", 2).unwrap();
-        assert!(queues[1].is_none(), "one-queue wire gives worker 1 no queue");
+        assert!(
+            queues[1].is_none(),
+            "one-queue wire gives worker 1 no queue"
+        );
         let mut q = queues.remove(0).unwrap();
-        let free = pool.all_descs();
+        let free = q.pool().all_descs();
         assert_eq!(free.len(), 8);
 
         // No fill frames: the injected frame is dropped and counted.
         wire.inject(0, vec![1, 2, 3]);
         let mut out = [MemDesc::default(); 4];
-        assert_eq!(q.rx(&pool, &mut out), 0);
+        assert_eq!(q.rx(&mut out), 0);
         assert_eq!(wire.rx_dropped.load(Ordering::Relaxed), 1);
 
         assert_eq!(q.fill(&free[..4]), 4);
         wire.inject(0, vec![9, 8, 7, 6]);
-        assert_eq!(q.rx(&pool, &mut out), 1);
-        assert_eq!(pool.len_of(&out[0]), 4);
+        assert_eq!(q.rx(&mut out), 1);
+        assert_eq!(q.pool().len_of(&out[0]), 4);
         // SAFETY: out[0] just came out of rx and is owned here.
-        assert_eq!(&unsafe { pool.chunk_mut(&out[0]) }[..4], &[9, 8, 7, 6]);
-        assert_eq!(q.tx(&pool, &out[..1]), 1);
+        assert_eq!(&unsafe { q.pool().chunk_mut(&out[0]) }[..4], &[9, 8, 7, 6]);
+        assert_eq!(q.tx(&out[..1]), 1);
         assert_eq!(wire.take_sent(), vec![vec![9, 8, 7, 6]]);
         let mut done = [MemDesc::default(); 4];
         assert_eq!(q.complete(&mut done), 1);
-        assert_eq!(pool.index_of(&done[0]), pool.index_of(&out[0]));
+        assert_eq!(done[0], out[0]);
     }
 
     #[test]
     fn missing_and_bad_interfaces_are_errors() {
         let mut backend = MemBackend::new(MemNetwork::new());
-        assert!(matches!(backend.open("nope", 1), Err(PortError::NoSuchInterface { .. })));
-        assert!(matches!(backend.open("a/b", 1), Err(PortError::BadName { .. })));
-        assert!(matches!(backend.open("0123456789abcdef", 1), Err(PortError::BadName { .. })));
+        assert!(matches!(
+            backend.open("nope", 1),
+            Err(PortError::NoSuchInterface { .. })
+        ));
+        assert!(matches!(
+            backend.open("a/b", 1),
+            Err(PortError::BadName { .. })
+        ));
+        assert!(matches!(
+            backend.open("0123456789abcdef", 1),
+            Err(PortError::BadName { .. })
+        ));
     }
 }

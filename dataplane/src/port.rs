@@ -2,11 +2,10 @@
 //! implementation (xsk-rs today, [`crate::mem`] in tests, a pure-Rust ring
 //! crate tomorrow) can be swapped without touching the worker loop.
 //!
-//! The model is AF_XDP's: each worker owns one [`FramePool`] (for AF_XDP, one
-//! UMEM shared by all of the worker's sockets) and one [`PortQueue`] per
-//! port. A frame is named by a descriptor (`FramePool::Desc`); moving a frame
-//! from one port to another is moving its descriptor from one queue's RX ring
-//! to another queue's TX ring, with no copy. Descriptors circulate:
+//! The model is AF_XDP's. Each worker owns one [`PortQueue`] per port (for
+//! AF_XDP: the socket bound to queue `i` of the interface, with its own
+//! UMEM, which is the queue's [`FramePool`]). A frame is named by a
+//! descriptor; descriptors circulate between the worker and the rings:
 //!
 //! ```text
 //!  free list ──fill──▶ fill ring ──kernel──▶ rx ring ──rx──▶ worker
@@ -15,32 +14,25 @@
 //!      └──complete── completion ring ◀──kernel── tx ring ◀─tx─┘
 //! ```
 //!
-//! Calls are batched: every method takes or fills a slice.
+//! A frame sent back out of the port it came in on (ARP and ICMP replies)
+//! moves by descriptor; a frame forwarded to another port is copied into a
+//! free frame of that port's pool (see `afxdp.rs` for why pools are per
+//! queue rather than per worker). Calls are batched: every method takes or
+//! fills a slice.
 
 use std::io;
 use std::os::fd::RawFd;
 
-/// A worker's frame memory. Every descriptor a queue hands out belongs to the
-/// pool the queue was created on.
+/// One queue's frame memory.
 pub trait FramePool: Send + 'static {
     /// Names one frame (its chunk, the data offset in it, the data length).
     type Desc: Copy + Default + Send + 'static;
 
-    /// Number of frames in the pool.
-    fn frame_count(&self) -> usize;
-
-    /// Descriptor of every frame, indexed by [`FramePool::index_of`]; all of
-    /// them are free when the pool is created.
+    /// Descriptor of every frame; all of them are free when the pool is made.
     fn all_descs(&self) -> Vec<Self::Desc>;
-
-    /// Dense index of the frame `desc` names (`0..frame_count()`).
-    fn index_of(&self, desc: &Self::Desc) -> usize;
 
     /// Length of the frame data.
     fn len_of(&self, desc: &Self::Desc) -> usize;
-
-    /// Set the frame data length (clamped to the chunk capacity).
-    fn set_len(&self, desc: &mut Self::Desc, len: usize);
 
     /// The frame's chunk from its data start to the end of the chunk (the
     /// frame is the first `len_of` bytes).
@@ -51,25 +43,40 @@ pub trait FramePool: Send + 'static {
     /// (or the initial free list) and has not been handed to any ring since,
     /// and the caller holds no other reference into this frame's chunk while
     /// the returned slice lives.
-    #[expect(clippy::mut_from_ref, reason = "the pool hands out disjoint chunks the caller owns; see Safety")]
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "the pool hands out disjoint chunks the caller owns; see Safety"
+    )]
     unsafe fn chunk_mut(&self, desc: &Self::Desc) -> &mut [u8];
+
+    /// Set the frame data length (clamped to the chunk capacity).
+    ///
+    /// # Safety
+    ///
+    /// As for [`FramePool::chunk_mut`]: the caller owns the frame.
+    unsafe fn set_len(&self, desc: &mut Self::Desc, len: usize);
 }
 
+type DescOf<P> = <P as FramePool>::Desc;
+
 /// One worker's queue on one port: the RX/TX rings of one AF_XDP socket plus
-/// the fill/completion rings of its (device, queue) pair.
+/// its fill/completion rings and its frame memory.
 pub trait PortQueue: Send + 'static {
     type Pool: FramePool;
 
+    /// The queue's frame memory.
+    fn pool(&self) -> &Self::Pool;
+
     /// Move up to `out.len()` received frames into `out`; returns how many.
-    fn rx(&mut self, pool: &Self::Pool, out: &mut [<Self::Pool as FramePool>::Desc]) -> usize;
+    fn rx(&mut self, out: &mut [DescOf<Self::Pool>]) -> usize;
 
     /// Free slots in the TX ring.
     fn tx_room(&mut self) -> usize;
 
-    /// Queue `descs` for transmission (one ring commit). The caller checked
-    /// [`PortQueue::tx_room`]; frames that do not fit are not taken, and the
-    /// number taken is returned.
-    fn tx(&mut self, pool: &Self::Pool, descs: &[<Self::Pool as FramePool>::Desc]) -> usize;
+    /// Queue `descs` for transmission (one ring commit). Returns how many
+    /// were taken: all of them when they fit in [`PortQueue::tx_room`],
+    /// none otherwise.
+    fn tx(&mut self, descs: &[DescOf<Self::Pool>]) -> usize;
 
     /// Tell the kernel about queued TX frames if the ring asks for it
     /// (need_wakeup). Returns whether a wake-up syscall was made.
@@ -78,31 +85,30 @@ pub trait PortQueue: Send + 'static {
     /// Free slots in the fill ring.
     fn fill_room(&mut self) -> usize;
 
-    /// Give free frames to the fill ring (one commit); returns how many were
-    /// taken (0 or all, like the rings themselves, when room was checked).
-    fn fill(&mut self, descs: &[<Self::Pool as FramePool>::Desc]) -> usize;
+    /// Give free frames to the fill ring (one commit); all or none, like
+    /// [`PortQueue::tx`].
+    fn fill(&mut self, descs: &[DescOf<Self::Pool>]) -> usize;
 
     /// Wake the kernel's receive side if the fill ring asks for it.
     fn kick_rx(&mut self) -> io::Result<bool>;
 
     /// Move up to `out.len()` transmitted frames back into `out`.
-    fn complete(&mut self, out: &mut [<Self::Pool as FramePool>::Desc]) -> usize;
+    fn complete(&mut self, out: &mut [DescOf<Self::Pool>]) -> usize;
 
     /// A descriptor to poll(2) for readability while idle, if the queue has
     /// one.
     fn poll_fd(&self) -> Option<RawFd>;
 }
 
-/// What the control thread needs from an I/O adapter: frame pools for the
-/// workers (made once at start) and, per interface, the attachment that
-/// steers its traffic to us plus one queue per worker.
+/// An opened port: its attachment and worker `i`'s queue at index `i`.
+pub type Opened<A, Q> = (A, Vec<Option<Q>>);
+
+/// What the control thread needs from an I/O adapter: per interface, the
+/// attachment that steers its traffic to us plus one queue per worker.
 pub trait PortBackend: Send + 'static {
     type Queue: PortQueue;
     /// Keeps the interface attached (XDP program, map); dropping it detaches.
     type Attachment: Send + 'static;
-
-    /// One frame pool per worker.
-    fn make_pools(&mut self, workers: usize) -> Result<Vec<<Self::Queue as PortQueue>::Pool>, PortError>;
 
     /// Attach `ifname` and create worker `i`'s queue on queue `i` of the
     /// interface for every `i < workers`; `None` where the interface has
@@ -111,7 +117,7 @@ pub trait PortBackend: Send + 'static {
         &mut self,
         ifname: &str,
         workers: usize,
-    ) -> Result<(Self::Attachment, Vec<Option<Self::Queue>>), PortError>;
+    ) -> Result<Opened<Self::Attachment, Self::Queue>, PortError>;
 }
 
 /// Why a port could not be opened. Every variant names the interface.
@@ -126,11 +132,25 @@ pub enum PortError {
     #[error("interface {ifname}: attaching the XDP program failed: {cause}")]
     XdpAttach { ifname: String, cause: String },
     #[error("interface {ifname} queue {queue}: creating the AF_XDP socket failed: {cause}")]
-    Socket { ifname: String, queue: u32, cause: String },
-    #[error("interface {ifname} queue {queue}: registering the socket in the XSKMAP failed: {cause}")]
-    XskMap { ifname: String, queue: u32, cause: String },
-    #[error("worker {worker}: creating the frame pool (UMEM) failed: {cause}")]
-    Pool { worker: usize, cause: String },
+    Socket {
+        ifname: String,
+        queue: u32,
+        cause: String,
+    },
+    #[error(
+        "interface {ifname} queue {queue}: registering the socket in the XSKMAP failed: {cause}"
+    )]
+    XskMap {
+        ifname: String,
+        queue: u32,
+        cause: String,
+    },
+    #[error("interface {ifname} queue {queue}: creating the frame pool (UMEM) failed: {cause}")]
+    Pool {
+        ifname: String,
+        queue: u32,
+        cause: String,
+    },
 }
 
 /// Whether `name` is acceptable as a Linux interface name.
@@ -139,5 +159,7 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
 }

@@ -180,7 +180,7 @@ impl Tables {
             })
             .collect();
         // Stable sort: among equal prefixes the first one given wins.
-        resolved.sort_by(|a, b| b.prefix.prefix_len().cmp(&a.prefix.prefix_len()));
+        resolved.sort_by_key(|r| std::cmp::Reverse(r.prefix.prefix_len()));
         resolved.dedup_by(|later, earlier| later.prefix == earlier.prefix);
 
         Tables {

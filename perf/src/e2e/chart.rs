@@ -83,13 +83,17 @@ pub fn render(report: &Report, path: &Path) -> Result<()> {
     }
     let areas = body.split_evenly((4, 2));
     for (area, panel) in areas.iter().zip(PANELS) {
-        draw_panel(area, panel, report)?;
+        draw_panel(&root, area, panel, report)?;
     }
     root.present().map_err(err)?;
     Ok(())
 }
 
-fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: &Panel, report: &Report) -> Result<()> {
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draw one panel into `area`; free text goes on `root`, whose coordinates are
+/// the absolute pixels that `backend_coord` returns.
+fn draw_panel(root: &Area<'_>, area: &Area<'_>, p: &Panel, report: &Report) -> Result<()> {
     let topos = &report.order;
     let ngroups = p.groups.len();
     let mut ymax: f64 = 0.0;
@@ -119,7 +123,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
     let width = 0.8 / topos.len().max(1) as f64;
     for (g, (label, case)) in p.groups.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
-        area.draw(&Text::new(
+        root.draw(&Text::new(
             label.to_string(),
             (px - 5 * label.chars().count() as i32, py + 8),
             (FONT, 16).into_font().color(&BLACK),
@@ -127,7 +131,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
         .map_err(err)?;
         let Some(r) = row(report, case, p.metric) else {
             let (nx, ny) = chart.backend_coord(&(g as f64 + 0.35, ymax * 0.5));
-            area.draw(&Text::new("no data", (nx, ny), (FONT, 16).into_font().color(&RGBColor(150, 150, 150))))
+            root.draw(&Text::new("no data", (nx, ny), (FONT, 16).into_font().color(&RGBColor(150, 150, 150))))
                 .map_err(err)?;
             continue;
         };
@@ -152,7 +156,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
                 }
             }
             let (tx, ty) = chart.backend_coord(&(x0, c.value.max.max(c.value.median)));
-            area.draw(&Text::new(
+            root.draw(&Text::new(
                 super::report::fmt_num(c.value.median),
                 (tx, ty - 16),
                 (FONT, 12).into_font().color(&BLACK),

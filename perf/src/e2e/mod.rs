@@ -62,10 +62,10 @@ impl Options {
         if self.quick {
             Params {
                 tcp_secs: 1,
-                udp_warmup: Duration::from_millis(300),
-                udp_window: Duration::from_secs(1),
-                ping_count: 100,
-                rr_window: Duration::from_secs(1),
+                udp_warmup: Duration::from_millis(200),
+                udp_window: Duration::from_millis(600),
+                ping_count: 50,
+                rr_window: Duration::from_millis(600),
             }
         } else {
             Params {
@@ -238,9 +238,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let warm = Params {
             tcp_secs: 1,
             udp_warmup: Duration::from_millis(100),
-            udp_window: Duration::from_millis(300),
-            ping_count: 20,
-            rr_window: Duration::from_millis(300),
+            udp_window: Duration::from_millis(200),
+            ping_count: 10,
+            rr_window: Duration::from_millis(200),
         };
         for tp in &topos {
             eprintln!("perf: warming up {}", tp.name);

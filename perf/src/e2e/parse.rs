@@ -61,8 +61,9 @@ pub struct CpuTicks {
     pub idle: u64,
 }
 
-/// Parse the `cpu ` line of /proc/stat: busy = user+nice+system+irq+softirq+steal,
-/// idle = idle+iowait (guest time is already inside user).
+/// Parse the `cpu ` line of /proc/stat: busy = user+nice+system+irq+softirq,
+/// idle = idle+iowait. Guest time is already inside user; steal (time the
+/// hypervisor gave to someone else) is neither.
 pub fn proc_stat(text: &str) -> Result<CpuTicks> {
     let line = text
         .lines()
@@ -78,7 +79,7 @@ pub fn proc_stat(text: &str) -> Result<CpuTicks> {
         return Err(E2eError::parse("/proc/stat", format!("too few fields in {line:?}")));
     }
     let g = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok(CpuTicks { busy: g(0) + g(1) + g(2) + g(5) + g(6) + g(7), idle: g(3) + g(4) })
+    Ok(CpuTicks { busy: g(0) + g(1) + g(2) + g(5) + g(6), idle: g(3) + g(4) })
 }
 
 /// Interface counters from /proc/net/dev.
@@ -237,7 +238,7 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
     fn proc_stat_busy_and_idle() {
         let t = "cpu  100 5 50 1000 20 3 7 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n";
         let c = proc_stat(t).unwrap();
-        assert_eq!(c, CpuTicks { busy: 100 + 5 + 50 + 3 + 7 + 1, idle: 1020 });
+        assert_eq!(c, CpuTicks { busy: 100 + 5 + 50 + 3 + 7, idle: 1020 });
         assert!(proc_stat("intr 1\n").is_err());
         assert!(proc_stat("cpu  a b c d e f g\n").is_err());
     }

@@ -104,8 +104,21 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-/// Run `cmd` with `stdin` bytes, collecting output; killed (by pid) after `timeout`.
-pub fn run_with(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Out> {
+/// Run `cmd` with `stdin` bytes, collecting output; killed (by pid) after
+/// `timeout`, or at once when a signal arrives.
+pub fn run_with(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Out> {
+    run_inner(cmd, stdin, timeout, true)
+}
+
+/// Run a cleanup command: bounded in time but not cut short by a signal
+/// (it is what runs *because* of the signal).
+pub fn run_cleanup(prog: &str, args: &[&str]) -> Result<Out> {
+    let mut c = Command::new(prog);
+    c.args(args);
+    run_inner(c, None, Duration::from_secs(30), false)
+}
+
+fn run_inner(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration, interruptible: bool) -> Result<Out> {
     let what = describe(&cmd);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -138,7 +151,7 @@ pub fn run_with(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Re
             Ok(None) => {}
             Err(e) => break Err(E2eError::io(format!("waiting for {what}"), e)),
         }
-        if interrupted() {
+        if interruptible && interrupted() {
             break Err(E2eError::Interrupted);
         }
         if Instant::now() >= end {
@@ -207,7 +220,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = run_cleanup("ip", &["netns", "del", &self.name]);
     }
 }
 
@@ -219,7 +232,10 @@ pub fn remove_stale_namespaces() -> Result<Vec<String>> {
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with("fpf-") {
-            run_ok("ip", &["netns", "del", name])?;
+            let out = run_cleanup("ip", &["netns", "del", name])?;
+            if !out.ok() {
+                return Err(E2eError::Command { cmd: format!("ip netns del {name}"), detail: out.stderr });
+            }
             removed.push(name.to_string());
         }
     }

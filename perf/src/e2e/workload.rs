@@ -189,13 +189,17 @@ fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
     if times.len() < (count as usize).div_ceil(2) {
         return Err(E2eError::setup(
             &topo.name,
-            format!("ping: only {} of {count} replies ({})", times.len(), out.stderr.trim()),
+            format!("ping: only {} of {count} replies ({})", times.len(), last_line(&out.stderr)),
         ));
     }
     Ok(m(&[
         ("p50_us", percentile(&times, 50.0).unwrap_or(f64::NAN)),
         ("p99_us", percentile(&times, 99.0).unwrap_or(f64::NAN)),
     ]))
+}
+
+fn last_line(s: &str) -> &str {
+    s.trim().lines().last().unwrap_or("")
 }
 
 fn rr(topo: &Topology, window: Duration) -> Result<BTreeMap<String, f64>> {

@@ -86,9 +86,13 @@ impl XdpRedirect {
             .ok_or_else(|| E2eError::Xdp("no map `peer`".into()))?
             .try_into()
             .map_err(|e| E2eError::Xdp(format!("map `peer`: {e}")))?;
-        map.insert(ia, ib, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))?;
-        map.insert(ib, ia, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))?;
-        Ok(())
+        // The kernel resolves a DEVMAP entry's ifindex in the network namespace of
+        // the task updating the map: update it from inside the node namespace, or
+        // the entries would name the root namespace's interfaces.
+        in_netns(node_ns, || {
+            map.insert(ia, ib, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))?;
+            map.insert(ib, ia, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))
+        })
     }
 }
 

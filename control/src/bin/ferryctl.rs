@@ -1,0 +1,121 @@
+//! ferryctl: the operator CLI. Asks ferry-dataplane (tables, counters) and
+//! ferryd (status) and prints aligned tables or JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
+use ferryd::ctl;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferryctl",
+    version,
+    about = "Inspect ferry on this node: endpoints, routes, counters, status"
+)]
+struct Args {
+    /// ferryd's pod-API socket.
+    #[arg(long, value_name = "SOCK", default_value = DEFAULT_FERRYD_SOCKET, global = true)]
+    ferryd: PathBuf,
+    /// ferry-dataplane's table-API socket.
+    #[arg(long, value_name = "SOCK", default_value = DEFAULT_DATAPLANE_SOCKET, global = true)]
+    dataplane: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Endpoints in the dataplane's tables: id, IP, MAC, host ifname, port index.
+    Endpoints,
+    /// Node settings (gateway, pod CIDRs, host port) and routes.
+    Routes,
+    /// Per-port and per-worker counters, drops by reason.
+    Stats,
+    /// ferryd's STATUS and the dataplane's table generation.
+    Status,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("encode JSON")?
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferryctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Cmd::Endpoints => {
+            let rows = ctl::endpoint_rows(&ctl::tables(&args.dataplane)?);
+            if args.json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", ctl::render_endpoints(&rows));
+            }
+        }
+        Cmd::Routes => {
+            let t = ctl::tables(&args.dataplane)?;
+            if args.json {
+                print_json(&serde_json::json!({
+                    "generation": t.generation,
+                    "node": t.node,
+                    "routes": t.routes,
+                    "ports": t.ports,
+                }))?;
+            } else {
+                print!("{}", ctl::render_routes(&t));
+            }
+        }
+        Cmd::Stats => {
+            let s = ctl::stats(&args.dataplane)?;
+            if args.json {
+                print_json(&s)?;
+            } else {
+                print!("{}", ctl::render_stats(&s));
+            }
+        }
+        Cmd::Status => {
+            let (ready, msg) = ctl::ferryd_status(&args.ferryd)?;
+            let generation = ctl::tables(&args.dataplane).map(|t| t.generation);
+            if args.json {
+                print_json(&serde_json::json!({
+                    "ready": ready,
+                    "msg": msg,
+                    "dataplane_generation": generation.as_ref().ok(),
+                    "dataplane_error": generation.as_ref().err().map(|e| e.to_string()),
+                }))?;
+            } else {
+                println!(
+                    "ferryd: {} ({msg})",
+                    if ready { "ready" } else { "NOT ready" }
+                );
+                match &generation {
+                    Ok(g) => println!("ferry-dataplane: generation {g}"),
+                    Err(e) => println!("ferry-dataplane: {e}"),
+                }
+            }
+            generation?;
+            if !ready {
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

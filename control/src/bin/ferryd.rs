@@ -1,0 +1,68 @@
+//! ferryd: the node agent. Thin: parses arguments, sets up logging and the
+//! runtime, starts the agent and the pod-API server.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferryd::agent::Agent;
+use ferryd::config::{Config, FIELDS_HELP};
+use ferryd::server;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferryd", version, about = "ferry's node agent: IPAM, pod plumbing, dataplane tables", after_help = FIELDS_HELP)]
+struct Args {
+    /// TOML configuration file (every field optional; see below).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the configuration in effect (defaults, or --config's) as TOML and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if args.print_default_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cfg.log_level))
+        .format_timestamp_millis()
+        .init();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferryd")
+        .build()
+        .context("start tokio runtime")?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    log::info!(
+        "ferryd starting: pod CIDRs {:?}, gateway {}, mtu {}, socket {}, dataplane {}",
+        cfg.pod_cidrs,
+        cfg.gateway,
+        cfg.mtu,
+        cfg.socket.display(),
+        cfg.dataplane_socket.display()
+    );
+    let socket = cfg.socket.clone();
+    let agent = Agent::start(cfg).await.context("start ferryd")?;
+    let listener = server::bind(&socket)?;
+    log::info!("serving the pod API on {}", socket.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    tokio::select! {
+        _ = server::serve(listener, agent) => {}
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! ferryctl's side: one blocking request to ferryd or ferry-dataplane, and
+//! the aligned tables it prints.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_api::pod::{Command, PodRequest, PodResponse};
+use ferry_api::table::{self, NodeSettings, Stats, TableDump};
+use ferry_api::wire::{self, WireError};
+use serde::Serialize;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach {what} at {path}: {source}")]
+    Connect {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} at {path}: {source}")]
+    Wire {
+        what: &'static str,
+        path: PathBuf,
+        source: WireError,
+    },
+    #[error("{what} answered with an error: {msg}")]
+    Refused { what: &'static str, msg: String },
+    #[error("{what} answered {got} to {asked}")]
+    Unexpected {
+        what: &'static str,
+        asked: &'static str,
+        got: String,
+    },
+}
+
+fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    what: &'static str,
+    path: &Path,
+    req: &Req,
+) -> Result<Resp, CtlError> {
+    let stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let wire_err = |source| CtlError::Wire {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| wire_err(e.into()))?;
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .map_err(|e| wire_err(e.into()))?;
+    let mut w = &stream;
+    wire::write_message(&mut w, req).map_err(wire_err)?;
+    let mut r = BufReader::new(&stream);
+    wire::read_message(&mut r).map_err(wire_err)
+}
+
+const DP: &str = "ferry-dataplane";
+
+/// The dataplane's tables (`Tables` request).
+pub fn tables(dataplane: &Path) -> Result<TableDump, CtlError> {
+    match call(DP, dataplane, &table::Request::Tables)? {
+        table::Response::Tables(t) => Ok(t),
+        table::Response::Error { message } => Err(CtlError::Refused {
+            what: DP,
+            msg: message,
+        }),
+        other => Err(CtlError::Unexpected {
+            what: DP,
+            asked: "Tables",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+/// The dataplane's counters (`Stats` request).
+pub fn stats(dataplane: &Path) -> Result<Stats, CtlError> {
+    match call(DP, dataplane, &table::Request::Stats)? {
+        table::Response::Stats(s) => Ok(s),
+        table::Response::Error { message } => Err(CtlError::Refused {
+            what: DP,
+            msg: message,
+        }),
+        other => Err(CtlError::Unexpected {
+            what: DP,
+            asked: "Stats",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+/// ferryd's STATUS: (ready, message).
+pub fn ferryd_status(ferryd: &Path) -> Result<(bool, String), CtlError> {
+    let req = PodRequest {
+        command: Command::Status,
+        network: String::new(),
+        container_id: String::new(),
+        netns: None,
+        ifname: String::new(),
+        args: Default::default(),
+        ipam: Default::default(),
+        mtu: None,
+        valid_attachments: Vec::new(),
+        prev_result: None,
+    };
+    match call("ferryd", ferryd, &req)? {
+        PodResponse::Status { ready, msg } => Ok((ready, msg)),
+        PodResponse::Error(e) => Err(CtlError::Refused {
+            what: "ferryd",
+            msg: format!("{} (code {})", e, e.code),
+        }),
+        other => Err(CtlError::Unexpected {
+            what: "ferryd",
+            asked: "STATUS",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+/// A text table with left-aligned columns separated by two spaces.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// One row of `ferryctl endpoints`.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub id: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: ferry_api::MacAddr,
+    pub host_ifname: String,
+    /// Port index in the forwarding tables, if the dataplane made the port.
+    pub port: Option<u32>,
+}
+
+pub fn endpoint_rows(t: &TableDump) -> Vec<EndpointRow> {
+    let mut rows: Vec<EndpointRow> = t
+        .endpoints
+        .iter()
+        .map(|e| EndpointRow {
+            id: e.id.clone(),
+            ip: e.ipv4,
+            mac: e.mac,
+            host_ifname: e.host_ifname.clone(),
+            port: t.ports.get(&e.host_ifname).copied(),
+        })
+        .collect();
+    rows.sort_by_key(|r| r.ip);
+    rows
+}
+
+fn opt_port(p: Option<u32>) -> String {
+    p.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn render_endpoints(rows: &[EndpointRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.ip.to_string(),
+                r.mac.to_string(),
+                r.host_ifname.clone(),
+                opt_port(r.port),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "IP", "MAC", "HOST IFNAME", "PORT"], &body)
+}
+
+fn render_node(
+    node: &Option<NodeSettings>,
+    ports: &std::collections::BTreeMap<String, u32>,
+) -> String {
+    let Some(n) = node else {
+        return "node: not synced yet\n".into();
+    };
+    let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| c.to_string()).collect();
+    let host = match &n.host_port {
+        Some(h) => format!(
+            "{} (port {}) <-> kernel {} ({})",
+            h.ifname,
+            opt_port(ports.get(&h.ifname).copied()),
+            h.kernel_ifname,
+            h.kernel_mac
+        ),
+        None => "none".into(),
+    };
+    render_table(
+        &["NODE", ""],
+        &[
+            vec!["gateway".into(), n.gateway.to_string()],
+            vec!["router mac".into(), n.router_mac.to_string()],
+            vec!["pod cidrs".into(), cidrs.join(", ")],
+            vec!["host port".into(), host],
+            vec!["mtu".into(), n.mtu.to_string()],
+        ],
+    )
+}
+
+pub fn render_routes(t: &TableDump) -> String {
+    let mut out = render_node(&t.node, &t.ports);
+    out.push('\n');
+    let body: Vec<Vec<String>> = t
+        .routes
+        .iter()
+        .map(|r| {
+            let hop = match &r.next_hop {
+                table::NextHop::Endpoint(id) => format!("endpoint {id}"),
+                table::NextHop::Host => "host".into(),
+                table::NextHop::Blackhole => "blackhole".into(),
+            };
+            vec![r.prefix.to_string(), hop]
+        })
+        .collect();
+    out.push_str(&render_table(&["PREFIX", "NEXT HOP"], &body));
+    out.push_str(&format!("\ngeneration {}\n", t.generation));
+    out
+}
+
+fn drops_text(d: &std::collections::BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn render_stats(s: &Stats) -> String {
+    let ports: Vec<Vec<String>> = s
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.endpoint.clone(),
+                if p.attached {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                p.rx_frames.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_frames.to_string(),
+                p.tx_bytes.to_string(),
+                drops_text(&p.drops),
+            ]
+        })
+        .collect();
+    let workers: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.worker.to_string(),
+                w.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                w.busy_polls.to_string(),
+                w.idle_polls.to_string(),
+                w.rx_frames.to_string(),
+                w.tx_frames.to_string(),
+                drops_text(&w.drops),
+            ]
+        })
+        .collect();
+    let mut out = render_table(
+        &[
+            "PORT",
+            "ENDPOINT",
+            "ATTACHED",
+            "RX FRAMES",
+            "RX BYTES",
+            "TX FRAMES",
+            "TX BYTES",
+            "DROPS",
+        ],
+        &ports,
+    );
+    out.push('\n');
+    out.push_str(&render_table(
+        &[
+            "WORKER",
+            "CPU",
+            "BUSY POLLS",
+            "IDLE POLLS",
+            "RX FRAMES",
+            "TX FRAMES",
+            "DROPS",
+        ],
+        &workers,
+    ));
+    out.push_str(&format!("\ngeneration {}\n", s.generation));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_api::table::{Endpoint, PortStats, WorkerStats};
+    use ferry_api::MacAddr;
+
+    use super::*;
+
+    #[test]
+    fn tables_are_aligned() {
+        let t = render_table(
+            &["A", "LONG HEADER"],
+            &[
+                vec!["xxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A     LONG HEADER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn endpoints_join_their_port_index() {
+        let ip = "10.88.0.5".parse().unwrap();
+        let t = TableDump {
+            generation: 3,
+            node: None,
+            endpoints: vec![Endpoint {
+                id: "c1/eth0".into(),
+                host_ifname: "fy0123456789a".into(),
+                ipv4: ip,
+                mac: MacAddr::for_pod(ip),
+                attachment: Default::default(),
+            }],
+            routes: vec![],
+            ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
+        };
+        let rows = endpoint_rows(&t);
+        assert_eq!(rows[0].port, Some(2));
+        let text = render_endpoints(&rows);
+        assert!(text.starts_with("ID       IP         MAC"), "{text}");
+        assert!(
+            text.contains("c1/eth0  10.88.0.5  0a:58:0a:58:00:05  fy0123456789a  2"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["ip"], "10.88.0.5");
+        assert_eq!(json[0]["port"], 2);
+        assert!(render_routes(&t).contains("not synced"));
+    }
+
+    #[test]
+    fn stats_show_nonzero_drops() {
+        let s = Stats {
+            generation: 1,
+            ports: vec![PortStats {
+                name: "ferry0dp".into(),
+                endpoint: "host".into(),
+                attached: true,
+                rx_frames: 10,
+                drops: BTreeMap::from([
+                    ("no_endpoint".to_string(), 2),
+                    ("bad_l4_checksum".to_string(), 0),
+                ]),
+                ..Default::default()
+            }],
+            workers: vec![WorkerStats {
+                worker: 0,
+                cpu: Some(1),
+                busy_polls: 5,
+                ..Default::default()
+            }],
+        };
+        let text = render_stats(&s);
+        assert!(text.contains("no_endpoint=2"), "{text}");
+        assert!(!text.contains("bad_l4_checksum"), "{text}");
+        assert!(text.contains("WORKER"), "{text}");
+    }
+
+    #[test]
+    fn unreachable_socket_is_a_clear_error() {
+        let e = tables(Path::new("/nonexistent/fyd/dataplane.sock")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot reach ferry-dataplane at /nonexistent/fyd/dataplane.sock"),
+            "{text}"
+        );
+        let e = ferryd_status(Path::new("/nonexistent/fyd/ferryd.sock")).unwrap_err();
+        assert!(e.to_string().contains("cannot reach ferryd"), "{e}");
+    }
+}

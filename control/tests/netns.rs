@@ -1,0 +1,728 @@
+//! Network-namespace tests of ferryd's agent: real veths, real netlink,
+//! a real redb store. Each test makes `fyd-node-<pid>-<n>` and
+//! `fyd-pod-<pid>-<n>-<i>` namespaces (deleted by a guard, even on failure)
+//! and runs the agent on a thread that entered the node namespace.
+//!
+//! The dataplane side is `RecordingTableServer`: a test-only table-API
+//! server that records what ferryd sends and answers Hello/Applied, so the
+//! tests can assert the Hello, Sync, upserts and removes. The real
+//! ferry-dataplane is exercised by the integration tests in itest/.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_api::pod::{self, code, IpamRequest, PodRequest, PodResponse, PodResult, RangeSpec};
+use ferry_api::table::{Request, Response};
+use ferry_api::MacAddr;
+use ferryd::agent::Agent;
+use ferryd::config::Config;
+use ferryd::netlink::host_ifname;
+use ferryd::store::{AttachmentId, Record, State, Store};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let (ok, text) = run(cmd, args);
+    assert!(ok, "{cmd} {args:?} failed: {text}");
+    text
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+    /// Only the owner deletes the namespace; views just run commands in it.
+    owned: bool,
+}
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = run("ip", &["netns", "del", &name]);
+        run_ok("ip", &["netns", "add", &name]);
+        run_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name, owned: true }
+    }
+    fn view(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+    fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_ok("ip", &full)
+    }
+    fn has_link(&self, name: &str) -> bool {
+        run("ip", &["-n", &self.name, "link", "show", "dev", name]).0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One test's world: a node namespace, pod namespaces, a state directory.
+struct World {
+    tag: String,
+    node: Netns,
+    dir: TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("fyd-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        World {
+            node: Netns::new(format!("fyd-node-{tag}")),
+            tag,
+            dir: TempDir(dir),
+        }
+    }
+    fn pod(&self, i: u32) -> Netns {
+        Netns::new(format!("fyd-pod-{}-{i}", self.tag))
+    }
+    fn dp_socket(&self) -> PathBuf {
+        self.dir.0.join("dataplane.sock")
+    }
+    fn config(&self) -> Config {
+        Config::parse(&format!(
+            "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\nstate_dir = \"{d}/state\"\n\
+             pod_cidrs = [\"10.77.0.0/24\"]\nmtu = 1400\nhost_port = \"fhp0\"\n",
+            d = self.dir.0.display()
+        ))
+        .unwrap()
+    }
+
+    /// Run `f` on a thread inside the node namespace, on a current-thread
+    /// runtime (so every thread the agent spawns starts in the node too).
+    fn in_node<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let path = self.node.path();
+        let h = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f());
+        });
+        if let Err(p) = h.join() {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+/// Test-only table-API server: records every request, answers Hello with
+/// `workers` and every update with Applied.
+#[derive(Clone)]
+struct RecordingTableServer {
+    requests: Arc<Mutex<Vec<Request>>>,
+    kick: Arc<Notify>,
+}
+
+impl RecordingTableServer {
+    fn start(path: &Path, workers: u32) -> RecordingTableServer {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        let srv = RecordingTableServer {
+            requests: Arc::default(),
+            kick: Arc::new(Notify::new()),
+        };
+        let s = srv.clone();
+        tokio::spawn(async move {
+            let mut generation = 0u64;
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                loop {
+                    let line = tokio::select! {
+                        l = lines.next_line() => l,
+                        _ = s.kick.notified() => break,
+                    };
+                    let Ok(Some(line)) = line else { break };
+                    let req: Request =
+                        serde_json::from_str(&line).expect("ferryd sent a valid table request");
+                    let resp = match &req {
+                        Request::Hello { .. } => Response::Hello {
+                            api_version: ferry_api::table::API_VERSION,
+                            workers,
+                        },
+                        _ => {
+                            generation += 1;
+                            Response::Applied { generation }
+                        }
+                    };
+                    s.requests.lock().unwrap().push(req);
+                    let mut out = serde_json::to_vec(&resp).unwrap();
+                    out.push(b'\n');
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        srv
+    }
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+    /// Close the current connection (as a dataplane restart would).
+    fn disconnect(&self) {
+        self.kick.notify_one();
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn req(command: pod::Command, container: &str, netns: Option<&str>, ifname: &str) -> PodRequest {
+    PodRequest {
+        command,
+        network: "fyd-net".into(),
+        container_id: container.into(),
+        netns: netns.map(str::to_string),
+        ifname: ifname.into(),
+        args: Default::default(),
+        ipam: IpamRequest::default(),
+        mtu: None,
+        valid_attachments: vec![],
+        prev_result: None,
+    }
+}
+
+fn ok_result(resp: PodResponse) -> PodResult {
+    match resp {
+        PodResponse::Ok { result: Some(r) } => r,
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+fn assert_ok(resp: PodResponse) {
+    assert!(
+        matches!(resp, PodResponse::Ok { result: None }),
+        "expected ok, got {resp:?}"
+    );
+}
+
+fn error_code(resp: PodResponse) -> u32 {
+    match resp {
+        PodResponse::Error(e) => {
+            assert!(!e.msg.is_empty());
+            e.code
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn add_plumbs_pod_check_passes_del_twice_succeeds() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, dp_sock, pod_path, node_ns, pod_ns) = (
+        w.config(),
+        w.dp_socket(),
+        pod.path(),
+        w.node.view(),
+        pod.view(),
+    );
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 2);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+
+        // The host port: kernel end with the gateway /32 and the CIDR route.
+        let addr = node_ns.ip(&["-4", "addr", "show", "dev", "fhp0"]);
+        assert!(addr.contains("10.77.0.1/32"), "{addr}");
+        let routes = node_ns.ip(&["-4", "route", "show"]);
+        assert!(routes.contains("10.77.0.0/24 dev fhp0"), "{routes}");
+        assert!(routes.contains("src 10.77.0.1"), "{routes}");
+        let dpend = node_ns.ip(&["-d", "link", "show", "dev", "fhp0dp"]);
+        assert!(
+            dpend.contains("numtxqueues 2") && dpend.contains("numrxqueues 2"),
+            "{dpend}"
+        );
+        assert!(dpend.contains("mtu 1400"), "{dpend}");
+
+        // Hello then Sync with the host port in the node settings.
+        let reqs = dp.requests();
+        assert!(
+            matches!(reqs[0], Request::Hello { api_version: 1 }),
+            "{reqs:?}"
+        );
+        let Request::Sync {
+            node,
+            endpoints,
+            routes,
+        } = &reqs[1]
+        else {
+            panic!("second request not Sync: {reqs:?}")
+        };
+        assert!(endpoints.is_empty() && routes.is_empty());
+        assert_eq!(node.gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(node.router_mac, MacAddr::ROUTER);
+        let hp = node.host_port.as_ref().expect("host port in Sync");
+        assert_eq!(
+            (hp.ifname.as_str(), hp.kernel_ifname.as_str()),
+            ("fhp0dp", "fhp0")
+        );
+        let link = node_ns.ip(&["link", "show", "dev", "fhp0"]);
+        assert!(
+            link.contains(&hp.kernel_mac.to_string()),
+            "{link} vs {}",
+            hp.kernel_mac
+        );
+
+        // ADD.
+        let add = req(pod::Command::Add, "ctr-a", Some(&pod_path), "eth0");
+        let result = ok_result(agent.handle(add.clone()).await);
+        let ip = Ipv4Addr::new(10, 77, 0, 2);
+        let mac = MacAddr::for_pod(ip);
+        assert_eq!(result.ips.len(), 1);
+        assert_eq!(result.ips[0].address.to_string(), "10.77.0.2/24");
+        assert_eq!(result.ips[0].gateway, Some(Ipv4Addr::new(10, 77, 0, 1)));
+        let iface = &result.interfaces[result.ips[0].interface];
+        assert_eq!(iface.name, "eth0");
+        assert_eq!(iface.mac, mac);
+        assert_eq!(iface.sandbox.as_deref(), Some(pod_path.as_str()));
+        assert_eq!(result.routes.len(), 1);
+        assert_eq!(result.routes[0].dst.to_string(), "0.0.0.0/0");
+
+        // The pod end: name, address, MAC, MTU, up, default route.
+        let shown = pod_ns.ip(&["-d", "addr", "show", "dev", "eth0"]);
+        assert!(shown.contains("10.77.0.2/24"), "{shown}");
+        assert!(shown.contains(&mac.to_string()), "{shown}");
+        assert!(shown.contains("mtu 1400"), "{shown}");
+        assert!(shown.contains("numtxqueues 2"), "{shown}");
+        assert!(
+            shown.contains("state UP") || shown.contains(",UP"),
+            "{shown}"
+        );
+        let r = pod_ns.ip(&["-4", "route", "show"]);
+        assert!(r.contains("default via 10.77.0.1 dev eth0"), "{r}");
+        // The host end: deterministic name, up, right MTU and queues.
+        let host = host_ifname("ctr-a", "eth0");
+        let hl = node_ns.ip(&["-d", "link", "show", "dev", &host]);
+        assert!(
+            hl.contains("mtu 1400") && hl.contains("numtxqueues 2"),
+            "{hl}"
+        );
+        assert!(
+            !node_ns.ip(&["-4", "route", "show"]).contains("10.77.0.2"),
+            "no kernel route to a pod"
+        );
+
+        // The dataplane got the endpoint.
+        let up = dp.requests().into_iter().find_map(|r| match r {
+            Request::UpsertEndpoint { endpoint } => Some(endpoint),
+            _ => None,
+        });
+        let ep = up.expect("UpsertEndpoint sent");
+        assert_eq!(
+            (ep.id.as_str(), ep.host_ifname.as_str(), ep.ipv4, ep.mac),
+            ("ctr-a/eth0", host.as_str(), ip, mac)
+        );
+
+        // The record is ready.
+        let id = AttachmentId::new("fyd-net", "ctr-a", "eth0");
+        assert_eq!(agent.store().get(&id).unwrap().unwrap().state, State::Ready);
+
+        // ADD again: the same result, no second upsert.
+        let n_before = dp.requests().len();
+        assert_eq!(ok_result(agent.handle(add.clone()).await), result);
+        assert_eq!(dp.requests().len(), n_before);
+
+        // CHECK, with and without prevResult; with a wrong one -> 103.
+        let mut check = req(pod::Command::Check, "ctr-a", Some(&pod_path), "eth0");
+        assert_ok(agent.handle(check.clone()).await);
+        check.prev_result = Some(result.clone());
+        assert_ok(agent.handle(check.clone()).await);
+        let mut wrong = result.clone();
+        wrong.ips[0].address = "10.77.0.9/24".parse().unwrap();
+        check.prev_result = Some(wrong);
+        assert_eq!(
+            error_code(agent.handle(check.clone()).await),
+            code::CHECK_MISMATCH
+        );
+        // CHECK of an unknown container -> 3.
+        let unknown = req(pod::Command::Check, "nobody", Some(&pod_path), "eth0");
+        assert_eq!(
+            error_code(agent.handle(unknown).await),
+            code::UNKNOWN_CONTAINER
+        );
+
+        // STATUS: ready.
+        match agent.handle(req(pod::Command::Status, "", None, "")).await {
+            PodResponse::Status { ready, msg } => assert!(ready, "{msg}"),
+            other => panic!("{other:?}"),
+        }
+
+        // DEL, then DEL again (and once more without a netns).
+        let del = req(pod::Command::Del, "ctr-a", Some(&pod_path), "eth0");
+        assert_ok(agent.handle(del.clone()).await);
+        assert!(!node_ns.has_link(&host), "host veth left after DEL");
+        assert!(!pod_ns.has_link("eth0"), "pod eth0 left after DEL");
+        assert!(agent.store().get(&id).unwrap().is_none());
+        assert_eq!(
+            agent.store().holder_of(ip).unwrap(),
+            None,
+            "address released"
+        );
+        assert!(
+            dp.requests()
+                .iter()
+                .any(|r| matches!(r, Request::RemoveEndpoint { id } if id == "ctr-a/eth0")),
+            "RemoveEndpoint sent"
+        );
+        assert_ok(agent.handle(del).await);
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-a", None, "eth0"))
+                .await,
+        );
+        // CHECK after DEL: unknown container.
+        let check = req(pod::Command::Check, "ctr-a", Some(&pod_path), "eth0");
+        assert_eq!(
+            error_code(agent.handle(check).await),
+            code::UNKNOWN_CONTAINER
+        );
+    });
+    drop(pod);
+}
+
+#[test]
+fn failed_add_leaves_no_veth_and_no_allocation() {
+    let w = World::new();
+    let pod = w.pod(1);
+    // The interface name is already taken in the pod: the rename fails midway.
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
+    let (cfg, dp_sock, pod_path, node_ns) = (w.config(), w.dp_socket(), pod.path(), w.node.view());
+    w.in_node(move || async move {
+        let _dp = RecordingTableServer::start(&dp_sock, 1);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+
+        let add = req(pod::Command::Add, "ctr-f", Some(&pod_path), "eth0");
+        assert_eq!(error_code(agent.handle(add).await), code::PLUMBING_FAILED);
+        let host = host_ifname("ctr-f", "eth0");
+        assert!(
+            !node_ns.has_link(&host),
+            "host veth left after a failed ADD"
+        );
+        let links = run_ok("ip", &["-n", &node_ns.name, "link", "show"]);
+        assert!(
+            !links.contains(": fy"),
+            "a pod veth is left in the node: {links}"
+        );
+        assert!(
+            agent.store().records().unwrap().is_empty(),
+            "a record is left"
+        );
+        assert_eq!(
+            agent
+                .store()
+                .holder_of(Ipv4Addr::new(10, 77, 0, 2))
+                .unwrap(),
+            None
+        );
+
+        // A netns path that does not exist: same, error 100 and nothing left.
+        let add = req(
+            pod::Command::Add,
+            "ctr-g",
+            Some("/run/netns/fyd-does-not-exist"),
+            "eth0",
+        );
+        assert_eq!(error_code(agent.handle(add).await), code::PLUMBING_FAILED);
+        assert!(agent.store().records().unwrap().is_empty());
+
+        // Bad requests get their codes without touching anything.
+        let mut bad = req(pod::Command::Add, "ctr-h", Some(&pod_path), "eth1");
+        bad.ipam = IpamRequest {
+            ranges: vec![RangeSpec {
+                subnet: "10.99.0.0/24".parse().unwrap(),
+                range_start: None,
+                range_end: None,
+                gateway: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            error_code(agent.handle(bad.clone()).await),
+            code::INVALID_CONFIG
+        );
+        bad.ipam = IpamRequest {
+            requested: vec![Ipv4Addr::new(10, 77, 0, 1)],
+            ..Default::default()
+        };
+        assert_eq!(
+            error_code(agent.handle(bad.clone()).await),
+            code::ADDRESS_UNAVAILABLE
+        );
+        bad.netns = None;
+        assert_eq!(error_code(agent.handle(bad).await), code::INVALID_ENV);
+
+        // An explicit request in a range works; asking for it again is 102.
+        let mut add = req(pod::Command::Add, "ctr-i", Some(&pod_path), "eth1");
+        add.ipam = IpamRequest {
+            ranges: vec![RangeSpec {
+                subnet: "10.77.0.0/24".parse().unwrap(),
+                range_start: Some(Ipv4Addr::new(10, 77, 0, 100)),
+                range_end: Some(Ipv4Addr::new(10, 77, 0, 110)),
+                gateway: None,
+            }],
+            requested: vec![Ipv4Addr::new(10, 77, 0, 105)],
+            ..Default::default()
+        };
+        let r = ok_result(agent.handle(add.clone()).await);
+        assert_eq!(r.ips[0].address.to_string(), "10.77.0.105/24");
+        let mut again = add.clone();
+        again.container_id = "ctr-j".into();
+        again.ifname = "eth2".into();
+        assert_eq!(
+            error_code(agent.handle(again).await),
+            code::ADDRESS_UNAVAILABLE
+        );
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-i", Some(&pod_path), "eth1"))
+                .await,
+        );
+    });
+    drop(pod);
+}
+
+#[test]
+fn add_without_dataplane_fails_11_and_rolls_back() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, pod_path, node_ns) = (w.config(), pod.path(), w.node.view());
+    w.in_node(move || async move {
+        let agent = Agent::start(cfg).await.unwrap();
+        // The host port exists even before the dataplane comes.
+        assert!(node_ns.has_link("fhp0") && node_ns.has_link("fhp0dp"));
+        let add = req(pod::Command::Add, "ctr-n", Some(&pod_path), "eth0");
+        let resp = agent.handle(add).await;
+        match &resp {
+            PodResponse::Error(e) => {
+                assert_eq!(e.code, code::TRY_AGAIN_LATER);
+                assert!(e.msg.contains("ferry-dataplane is not connected"), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(agent.store().records().unwrap().is_empty());
+        assert!(!node_ns.has_link(&host_ifname("ctr-n", "eth0")));
+        match agent.handle(req(pod::Command::Status, "", None, "")).await {
+            PodResponse::Status { ready, msg } => {
+                assert!(!ready);
+                assert!(msg.contains("not connected"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // DEL still succeeds.
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-n", Some(&pod_path), "eth0"))
+                .await,
+        );
+    });
+    drop(pod);
+}
+
+#[test]
+fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, dp_sock, pod_path, node_ns, pod_ns) = (
+        w.config(),
+        w.dp_socket(),
+        pod.path(),
+        w.node.view(),
+        pod.view(),
+    );
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        // First life: one ready pod.
+        let ready_ep;
+        {
+            let agent = Agent::start(cfg.clone()).await.unwrap();
+            wait_for("dataplane connection", || agent.dataplane().connected()).await;
+            let r = ok_result(
+                agent
+                    .handle(req(pod::Command::Add, "ctr-r", Some(&pod_path), "eth0"))
+                    .await,
+            );
+            ready_ep = r.ips[0].address.addr();
+        }
+        // A crash between allocation and plumbing: a pending record and a
+        // half-made veth under its deterministic name.
+        let crashed = AttachmentId::new("fyd-net", "ctr-p", "eth0");
+        let host_p = host_ifname("ctr-p", "eth0");
+        {
+            let store = Store::open(&cfg.state_dir).unwrap();
+            let pools = ferryd::ipam::Pools::for_request(
+                &IpamRequest::default(),
+                &cfg.pod_cidrs,
+                cfg.gateway,
+            )
+            .unwrap();
+            let rec = store
+                .allocate_pending(&crashed, &pools, None, |pool, ip| Record {
+                    id: crashed.clone(),
+                    ip,
+                    address: ipnet::Ipv4Net::new(ip, pool.prefix_len()).unwrap(),
+                    gateway: pool.gateway,
+                    host_ifname: host_p.clone(),
+                    mac: MacAddr::for_pod(ip),
+                    netns: pod_path.clone(),
+                    mtu: 1400,
+                    state: State::Pending,
+                    result: PodResult {
+                        interfaces: vec![],
+                        ips: vec![],
+                        routes: vec![],
+                    },
+                })
+                .unwrap();
+            assert_eq!(rec.state, State::Pending);
+        }
+        node_ns.ip(&[
+            "link", "add", &host_p, "type", "veth", "peer", "name", "fydtmp",
+        ]);
+        // The host port was lost too; restart must re-create it.
+        node_ns.ip(&["link", "del", "fhp0"]);
+
+        let before = dp.requests().len();
+        let agent = Agent::start(cfg.clone()).await.unwrap();
+        assert!(!node_ns.has_link(&host_p), "pending veth not rolled back");
+        assert!(
+            agent.store().get(&crashed).unwrap().is_none(),
+            "pending record not rolled back"
+        );
+        assert!(node_ns.has_link("fhp0"), "host port not re-created");
+        let kept = AttachmentId::new("fyd-net", "ctr-r", "eth0");
+        assert_eq!(
+            agent.store().get(&kept).unwrap().unwrap().state,
+            State::Ready
+        );
+        assert!(pod_ns.has_link("eth0"), "restart touched the ready pod");
+
+        // The new connection syncs the ready endpoint.
+        wait_for("resync", || dp.requests().len() >= before + 2).await;
+        let reqs = dp.requests();
+        let Request::Sync { endpoints, .. } = &reqs[before + 1] else {
+            panic!("no Sync after Hello: {reqs:?}")
+        };
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].ipv4, ready_ep);
+
+        // A dataplane restart (connection dropped) gets a full Sync again;
+        // a DEL made meanwhile is reconciled by it.
+        let n = dp.requests().len();
+        dp.disconnect();
+        wait_for("reconnect", || {
+            dp.requests().len() >= n + 2 && agent.dataplane().connected()
+        })
+        .await;
+        let reqs = dp.requests();
+        assert!(matches!(reqs[n], Request::Hello { .. }), "{:?}", &reqs[n..]);
+        assert!(matches!(&reqs[n + 1], Request::Sync { endpoints, .. } if endpoints.len() == 1));
+
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-r", Some(&pod_path), "eth0"))
+                .await,
+        );
+        assert!(agent.store().records().unwrap().is_empty());
+
+        // GC releases what is not listed as valid.
+        let a = ok_result(
+            agent
+                .handle(req(pod::Command::Add, "ctr-g1", Some(&pod_path), "eth0"))
+                .await,
+        );
+        let b = ok_result(
+            agent
+                .handle(req(pod::Command::Add, "ctr-g2", Some(&pod_path), "eth1"))
+                .await,
+        );
+        let mut gc = req(pod::Command::Gc, "", None, "");
+        gc.valid_attachments = vec![pod::AttachmentKey {
+            container_id: "ctr-g1".into(),
+            ifname: "eth0".into(),
+        }];
+        assert_ok(agent.handle(gc).await);
+        assert!(
+            agent
+                .store()
+                .holder_of(a.ips[0].address.addr())
+                .unwrap()
+                .is_some(),
+            "GC removed a valid one"
+        );
+        assert!(
+            agent
+                .store()
+                .holder_of(b.ips[0].address.addr())
+                .unwrap()
+                .is_none(),
+            "GC kept an invalid one"
+        );
+        assert!(!node_ns.has_link(&host_ifname("ctr-g2", "eth1")));
+        assert!(!pod_ns.has_link("eth1"));
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-g1", Some(&pod_path), "eth0"))
+                .await,
+        );
+    });
+    drop(pod);
+}

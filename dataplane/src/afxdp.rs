@@ -1,0 +1,369 @@
+//! The AF_XDP adapter: the XDP program (aya) that steers a port's frames to
+//! our sockets, and the sockets themselves (xsk-rs). All of the crate's
+//! `unsafe` for real I/O lives here.
+//!
+//! Per port: one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
+//! attached in driver mode (native XDP; generic SKB mode if the driver has
+//! none), and one socket per worker bound to queue `i` of the interface with
+//! `XDP_USE_NEED_WAKEUP` and libxdp's own program load inhibited. No copy
+//! mode flag is forced: the kernel binds zero-copy where the driver supports
+//! it and copy mode otherwise (always copy mode on veth).
+//!
+//! One UMEM per socket, not per worker. libxdp turns the UMEM's own file
+//! descriptor into the first socket created on it and never closes it while
+//! the UMEM lives, so with a per-worker UMEM the first port's socket could
+//! never be released: re-adding that interface, or adding a port after all
+//! were removed, fails with EINVAL. A UMEM per socket keeps every port
+//! independently closable (its memory comes back when the port goes) at the
+//! cost of one memcpy per frame forwarded between two ports; veth copy mode
+//! already copies twice in the kernel. Frames answered on their ingress port
+//! (ARP, ICMP echo) move without a copy.
+//!
+//! Memory per port = workers × frames_per_queue × FRAME_SIZE (2048 bytes):
+//! 1024 frames per queue (the default) is 2 MiB per worker per port, plus
+//! the four rings (4 × 512 × 16 bytes ≈ 32 KiB).
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::{fs, io};
+
+use aya::maps::XskMap;
+use aya::programs::{Xdp, XdpFlags};
+use aya::Ebpf;
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue};
+
+/// The compiled `xdp-progs/redirect.c` (see build.rs).
+static REDIRECT_PROG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
+const PROG_NAME: &str = "ferry_redirect";
+const MAP_NAME: &str = "xsks";
+/// `max_entries` of the XSKMAP: queues beyond it cannot be served.
+pub const MAX_QUEUES: u32 = 64;
+
+/// UMEM chunk size: 256 bytes of XDP headroom + 1792 bytes of frame.
+pub const FRAME_SIZE: u32 = 2048;
+/// Size of each of a socket's four rings.
+pub const RING_SIZE: u32 = 512;
+
+/// A socket's UMEM.
+pub struct XskPool {
+    umem: Umem,
+    descs: Vec<FrameDesc>,
+}
+
+impl FramePool for XskPool {
+    type Desc = FrameDesc;
+
+    fn all_descs(&self) -> Vec<FrameDesc> {
+        self.descs.clone()
+    }
+
+    fn len_of(&self, desc: &FrameDesc) -> usize {
+        desc.lengths().data()
+    }
+
+    unsafe fn chunk_mut(&self, desc: &FrameDesc) -> &mut [u8] {
+        let mut d = *desc;
+        // SAFETY: `desc` names a frame of this UMEM (descriptors only come
+        // from this pool's rings and `Umem::new`), and the caller owns the
+        // frame (trait contract), so neither the kernel nor any other
+        // reference touches its memory while the slice lives.
+        let mut data = unsafe { self.umem.data_mut(&mut d) };
+        let cap = data.cursor().buf_len();
+        let ptr = data.contents_mut().as_mut_ptr();
+        // SAFETY: `ptr` is the start of this frame's data segment, which is
+        // `cap` bytes long inside the UMEM mapping; the mapping lives as long
+        // as `self.umem`, which outlives the returned borrow of `self`.
+        unsafe { std::slice::from_raw_parts_mut(ptr, cap) }
+    }
+
+    unsafe fn set_len(&self, desc: &mut FrameDesc, len: usize) {
+        // SAFETY: as for `chunk_mut`: the frame is this UMEM's and the
+        // caller's; only the descriptor's length changes.
+        unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
+    }
+}
+
+/// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
+pub struct XskQueue {
+    tx: TxQueue,
+    rx: RxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    pool: XskPool,
+}
+
+impl PortQueue for XskQueue {
+    type Pool = XskPool;
+
+    fn pool(&self) -> &XskPool {
+        &self.pool
+    }
+
+    fn rx(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the RX ring belongs to a socket created on `self.pool`'s
+        // UMEM, so the descriptors it yields name frames of that UMEM.
+        unsafe { self.rx.consume(out) }
+    }
+
+    fn tx_room(&mut self) -> usize {
+        self.tx.nb_free(RING_SIZE) as usize
+    }
+
+    fn tx(&mut self, descs: &[FrameDesc]) -> usize {
+        // SAFETY: the caller (the worker) hands over frames of this queue's
+        // UMEM that it owns and no longer references; they are not in the
+        // fill ring (a frame is in at most one place, see port.rs).
+        unsafe { self.tx.produce(descs) }
+    }
+
+    fn kick_tx(&mut self) -> io::Result<bool> {
+        if self.tx.needs_wakeup() {
+            self.tx.wakeup()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn fill_room(&mut self) -> usize {
+        self.fill.nb_free(RING_SIZE) as usize
+    }
+
+    fn fill(&mut self, descs: &[FrameDesc]) -> usize {
+        // SAFETY: as for `tx`: frames of this UMEM, owned by the caller and
+        // in no other ring.
+        unsafe { self.fill.produce(descs) }
+    }
+
+    fn kick_rx(&mut self) -> io::Result<bool> {
+        if self.fill.needs_wakeup() {
+            self.fill.wakeup(self.rx.fd_mut(), 0)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the completion ring is this UMEM's, so its descriptors name
+        // frames of `self.pool`.
+        unsafe { self.comp.consume(out) }
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.rx.fd().as_raw_fd())
+    }
+}
+
+/// The XDP program attached to one port. Dropping it detaches the program
+/// (and frees its XSKMAP).
+pub struct XdpAttachment {
+    ifname: String,
+    ebpf: Ebpf,
+    link: Option<aya::programs::xdp::XdpLinkId>,
+    pub mode: &'static str,
+}
+
+impl Drop for XdpAttachment {
+    fn drop(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let prog: Option<&mut Xdp> = self
+            .ebpf
+            .program_mut(PROG_NAME)
+            .and_then(|p| p.try_into().ok());
+        match prog.map(|p| p.detach(link)) {
+            Some(Ok(())) => log::info!("{}: XDP program detached", self.ifname),
+            Some(Err(e)) => log::warn!("{}: detaching the XDP program failed: {e}", self.ifname),
+            None => log::warn!(
+                "{}: XDP program handle lost; it goes when the process exits",
+                self.ifname
+            ),
+        }
+    }
+}
+
+/// The real backend: XDP via aya, sockets via xsk-rs.
+pub struct AfXdpBackend {
+    pub frames_per_queue: u32,
+}
+
+impl Default for AfXdpBackend {
+    fn default() -> Self {
+        AfXdpBackend {
+            frames_per_queue: 1024,
+        }
+    }
+}
+
+/// Number of queues of `ifname` (min of RX and TX), from sysfs; `None` when
+/// sysfs does not show this namespace's interface.
+fn queue_count(ifname: &str) -> Option<u32> {
+    let dir = fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
+    let (mut rx, mut tx) = (0u32, 0u32);
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("rx-") {
+            rx += 1;
+        } else if name.starts_with("tx-") {
+            tx += 1;
+        }
+    }
+    (rx > 0 && tx > 0).then_some(rx.min(tx))
+}
+
+fn if_index(ifname: &str) -> Option<u32> {
+    let c = CString::new(ifname).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+impl AfXdpBackend {
+    fn socket(&self, ifname: &str, queue: u32) -> Result<XskQueue, PortError> {
+        let err = |cause: String| PortError::Socket {
+            ifname: ifname.to_string(),
+            queue,
+            cause,
+        };
+        let pool_err = |cause: String| PortError::Pool {
+            ifname: ifname.to_string(),
+            queue,
+            cause,
+        };
+        let ring = QueueSize::new(RING_SIZE).map_err(|e| err(e.to_string()))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| pool_err(e.to_string()))?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .frame_headroom(0)
+            .build()
+            .map_err(|e| pool_err(e.to_string()))?;
+        let frames =
+            NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN);
+        let (umem, descs) =
+            Umem::new(umem_config, frames, false).map_err(|e| pool_err(e.to_string()))?;
+        let config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let iface: Interface = ifname
+            .parse()
+            .map_err(|e: std::ffi::NulError| err(e.to_string()))?;
+        // SAFETY: the UMEM is fresh, so this socket is its only one (the
+        // shared-UMEM double-free caveat of `Socket::new` does not apply),
+        // and libxdp's program load is inhibited anyway.
+        let (tx, rx, rings) =
+            unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| err(e.to_string()))?;
+        let (fill, comp) = rings
+            .ok_or_else(|| err("libxdp returned no fill/completion rings for a new UMEM".into()))?;
+        Ok(XskQueue {
+            tx,
+            rx,
+            fill,
+            comp,
+            pool: XskPool { umem, descs },
+        })
+    }
+}
+
+impl PortBackend for AfXdpBackend {
+    type Queue = XskQueue;
+    type Attachment = XdpAttachment;
+
+    fn open(
+        &mut self,
+        ifname: &str,
+        workers: usize,
+    ) -> Result<Opened<XdpAttachment, XskQueue>, PortError> {
+        if !valid_ifname(ifname) {
+            return Err(PortError::BadName {
+                ifname: ifname.to_string(),
+            });
+        }
+        if if_index(ifname).is_none() {
+            return Err(PortError::NoSuchInterface {
+                ifname: ifname.to_string(),
+            });
+        }
+        let known_queues = queue_count(ifname);
+        let load_err = |cause: String| PortError::XdpLoad {
+            ifname: ifname.to_string(),
+            cause,
+        };
+
+        let mut ebpf = Ebpf::load(REDIRECT_PROG).map_err(|e| load_err(e.to_string()))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_NAME)
+            .ok_or_else(|| load_err(format!("program {PROG_NAME} missing from the object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
+        prog.load().map_err(|e| load_err(e.to_string()))?;
+        let (link, mode) = match prog.attach(ifname, XdpFlags::DRV_MODE) {
+            Ok(link) => (link, "driver"),
+            Err(drv) => match prog.attach(ifname, XdpFlags::SKB_MODE) {
+                Ok(link) => {
+                    log::warn!("{ifname}: native XDP failed ({drv}); using generic (SKB) mode");
+                    (link, "skb")
+                }
+                Err(skb) => {
+                    return Err(PortError::XdpAttach {
+                        ifname: ifname.to_string(),
+                        cause: format!("driver mode: {drv}; skb mode: {skb}"),
+                    })
+                }
+            },
+        };
+        // From here on, dropping `attachment` detaches the program again.
+        let mut attachment = XdpAttachment {
+            ifname: ifname.to_string(),
+            ebpf,
+            link: Some(link),
+            mode,
+        };
+
+        let mut queues = Vec::with_capacity(workers);
+        for i in 0..workers as u32 {
+            let beyond = known_queues.is_some_and(|n| i >= n) || i >= MAX_QUEUES;
+            if beyond || (i > 0 && queues.last().is_some_and(Option::is_none)) {
+                queues.push(None);
+                continue;
+            }
+            let q = match self.socket(ifname, i) {
+                Ok(q) => q,
+                // sysfs unavailable: an interface with fewer queues refuses
+                // the bind; the workers beyond get no queue.
+                Err(e) if i > 0 && known_queues.is_none() => {
+                    log::info!("{ifname}: no queue {i} ({e}); workers {i}.. get no queue on it");
+                    queues.push(None);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let map = attachment
+                .ebpf
+                .map_mut(MAP_NAME)
+                .ok_or_else(|| load_err(format!("map {MAP_NAME} missing from the object")))?;
+            let mut xsks: XskMap<_> = XskMap::try_from(map).map_err(|e| load_err(e.to_string()))?;
+            xsks.set(i, q.rx.fd().as_raw_fd(), 0)
+                .map_err(|e| PortError::XskMap {
+                    ifname: ifname.to_string(),
+                    queue: i,
+                    cause: e.to_string(),
+                })?;
+            queues.push(Some(q));
+        }
+        log::info!(
+            "{ifname}: XDP attached ({mode} mode), {} of {workers} worker queue(s) bound",
+            queues.iter().filter(|q| q.is_some()).count()
+        );
+        Ok((attachment, queues))
+    }
+}

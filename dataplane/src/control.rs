@@ -1,0 +1,836 @@
+//! The control side: table-API state, ports and workers, wired together.
+//!
+//! [`Dataplane`] owns the workers (threads + command channels), the ports
+//! (attachment + one queue per worker, made by a [`PortBackend`]) and the
+//! table-API state (node settings, endpoints, routes). Every update follows
+//! one order so traffic never meets a half-made port:
+//!
+//! 1. open new ports (attach, sockets) and hand the queues to the workers,
+//!    then wait until every worker has them (a barrier);
+//! 2. build and publish the new tables (naming the new ports, no longer
+//!    naming removed ones);
+//! 3. tell the workers to drop their queues on removed ports, wait for all
+//!    of them, then detach. Only then is a removed port id free for reuse:
+//!    workers load the tables once per batch and apply commands between
+//!    batches, so after the barrier no worker holds a snapshot naming it.
+//!
+//! `Applied { generation }` is answered after step 3, so when ferryd's ADD
+//! returns the pod's port is live in every worker.
+//!
+//! Only the control thread(s) touch this state (behind the server's Mutex);
+//! workers see only the published tables and their command channel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Sender};
+use ferry_api::table::{
+    Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump, API_VERSION,
+};
+use ipnet::Ipv4Net;
+
+use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
+use crate::port::{PortBackend, PortError};
+use crate::tables::{PortId, TableHandle, Tables};
+use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
+
+/// How long the control thread waits for every worker to apply a command.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Worker settings of a dataplane.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub workers: usize,
+    /// Core of worker `i`; `None` leaves it unpinned.
+    pub cpus: Vec<Option<usize>>,
+    pub batch: usize,
+    pub idle_timeout: Duration,
+}
+
+impl DataplaneConfig {
+    /// `workers` workers, worker `i` pinned to core `i % ncores` (or to
+    /// `cpus[i % cpus.len()]` when a list is given).
+    pub fn new(workers: usize, cpus: Option<&[usize]>, batch: usize) -> Self {
+        let workers = workers.max(1);
+        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = (0..workers)
+            .map(|i| match cpus {
+                Some(list) if !list.is_empty() => Some(list[i % list.len()]),
+                _ => Some(i % ncores),
+            })
+            .collect();
+        DataplaneConfig {
+            workers,
+            cpus,
+            batch,
+            idle_timeout: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Errors of the control side that are not about one port.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("starting worker {worker}: {source}")]
+    Spawn {
+        worker: usize,
+        source: std::io::Error,
+    },
+    #[error("worker {worker} has stopped")]
+    WorkerGone { worker: usize },
+    #[error("worker(s) {workers:?} did not apply the update within {BARRIER_TIMEOUT:?}")]
+    BarrierTimeout { workers: Vec<usize> },
+}
+
+struct WorkerHandle<Q> {
+    cmds: Sender<WorkerCmd<Q>>,
+    counters: Arc<WorkerCounters>,
+    cpu: Option<usize>,
+    join: Option<JoinHandle<()>>,
+}
+
+struct PortEntry<A> {
+    id: PortId,
+    /// Endpoint id, or "host" for the host port.
+    label: String,
+    counters: Vec<Arc<PortCounters>>,
+    /// Dropped last, after the workers let go of their queues.
+    _attachment: A,
+}
+
+/// The desired table state, as the table API describes it.
+#[derive(Clone, Default)]
+struct State {
+    node: Option<NodeSettings>,
+    endpoints: BTreeMap<String, Endpoint>,
+    routes: BTreeMap<Ipv4Net, Route>,
+}
+
+impl State {
+    /// Interface name -> label of every port this state needs.
+    fn ports(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(hp) = self.node.as_ref().and_then(|n| n.host_port.as_ref()) {
+            out.insert(hp.ifname.clone(), "host".to_string());
+        }
+        for ep in self.endpoints.values() {
+            out.entry(ep.host_ifname.clone())
+                .or_insert_with(|| ep.id.clone());
+        }
+        out
+    }
+}
+
+/// The result of one update.
+struct Outcome {
+    generation: u64,
+    failures: Vec<PortError>,
+}
+
+/// The dataplane: workers, ports, tables.
+pub struct Dataplane<B: PortBackend> {
+    backend: B,
+    workers: Vec<WorkerHandle<B::Queue>>,
+    tables: Arc<TableHandle>,
+    stop: Arc<AtomicBool>,
+    generation: u64,
+    state: State,
+    ports: BTreeMap<String, PortEntry<B::Attachment>>,
+    free_ids: BTreeSet<PortId>,
+    next_id: PortId,
+}
+
+impl<B: PortBackend> Dataplane<B> {
+    /// Start the workers (no ports yet, empty tables).
+    pub fn start(backend: B, cfg: &DataplaneConfig) -> Result<Self, ControlError> {
+        let tables = Arc::new(TableHandle::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for id in 0..cfg.workers {
+            let (tx, rx) = channel::unbounded();
+            let counters = Arc::new(new_worker_counters());
+            let cpu = cfg.cpus.get(id).copied().flatten();
+            let wcfg = WorkerConfig {
+                id,
+                batch: cfg.batch,
+                idle_timeout: cfg.idle_timeout,
+                cpu,
+            };
+            let w = Worker::<B::Queue>::new(
+                wcfg,
+                Arc::clone(&tables),
+                rx,
+                Arc::clone(&counters),
+                Arc::clone(&stop),
+            );
+            let join =
+                worker::spawn(w).map_err(|source| ControlError::Spawn { worker: id, source })?;
+            workers.push(WorkerHandle {
+                cmds: tx,
+                counters,
+                cpu,
+                join: Some(join),
+            });
+        }
+        Ok(Dataplane {
+            backend,
+            workers,
+            tables,
+            stop,
+            generation: 0,
+            state: State::default(),
+            ports: BTreeMap::new(),
+            free_ids: BTreeSet::new(),
+            next_id: 0,
+        })
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The published tables (what the workers see).
+    pub fn tables(&self) -> Arc<TableHandle> {
+        Arc::clone(&self.tables)
+    }
+
+    /// Answer one table-API request (Hello included; the server checks that
+    /// a connection said Hello first).
+    pub fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Hello { api_version } if api_version == API_VERSION => Response::Hello {
+                api_version: API_VERSION,
+                workers: self.workers.len() as u32,
+            },
+            Request::Hello { api_version } => Response::Error {
+                message: format!(
+                    "unsupported api_version {api_version}: this dataplane speaks {API_VERSION}"
+                ),
+            },
+            Request::Sync {
+                node,
+                endpoints,
+                routes,
+            } => {
+                let next = State {
+                    node: Some(node),
+                    endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
+                    routes: routes.into_iter().map(|r| (r.prefix.trunc(), r)).collect(),
+                };
+                self.respond(next, false)
+            }
+            Request::UpsertEndpoint { endpoint } => {
+                let mut next = self.state.clone();
+                next.endpoints.insert(endpoint.id.clone(), endpoint);
+                self.respond(next, true)
+            }
+            Request::RemoveEndpoint { id } => {
+                let mut next = self.state.clone();
+                next.endpoints.remove(&id);
+                self.respond(next, true)
+            }
+            Request::UpsertRoute { route } => {
+                let mut next = self.state.clone();
+                next.routes.insert(route.prefix.trunc(), route);
+                self.respond(next, true)
+            }
+            Request::RemoveRoute { prefix } => {
+                let mut next = self.state.clone();
+                next.routes.remove(&prefix.trunc());
+                self.respond(next, true)
+            }
+            Request::Stats => Response::Stats(self.stats()),
+            Request::Tables => Response::Tables(self.dump()),
+        }
+    }
+
+    fn respond(&mut self, next: State, strict: bool) -> Response {
+        match self.apply(next, strict) {
+            Ok(Outcome {
+                generation,
+                failures,
+            }) if failures.is_empty() => Response::Applied { generation },
+            Ok(Outcome {
+                generation,
+                failures,
+            }) => Response::Error {
+                message: format!(
+                    "applied as generation {generation} without these ports: {}",
+                    failures
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    /// Make the ports and tables match `next`. With `strict`, a port that
+    /// cannot be opened fails the whole update and nothing changes;
+    /// otherwise endpoints on such ports are left out and reported.
+    fn apply(&mut self, mut next: State, strict: bool) -> Result<Outcome, String> {
+        let desired = next.ports();
+        let mut opened = Vec::new();
+        let mut failures = Vec::new();
+        for (ifname, label) in &desired {
+            if let Some(p) = self.ports.get_mut(ifname) {
+                p.label.clone_from(label);
+                continue;
+            }
+            match self.backend.open(ifname, self.workers.len()) {
+                Ok((attachment, queues)) => {
+                    opened.push((ifname.clone(), label.clone(), attachment, queues))
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    failures.push((ifname.clone(), e));
+                }
+            }
+        }
+        if strict && !failures.is_empty() {
+            // `opened` is dropped here: its attachments detach again.
+            return Err(failures
+                .into_iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        next.endpoints
+            .retain(|_, ep| !failures.iter().any(|(n, _)| *n == ep.host_ifname));
+
+        // 1. New ports to the workers.
+        let added = !opened.is_empty();
+        for (ifname, label, attachment, queues) in opened {
+            let id = self.free_ids.pop_first().unwrap_or_else(|| {
+                self.next_id += 1;
+                self.next_id - 1
+            });
+            let counters: Vec<_> = (0..self.workers.len())
+                .map(|_| Arc::new(new_port_counters()))
+                .collect();
+            for ((w, queue), c) in self.workers.iter().zip(queues).zip(&counters) {
+                // A dead worker is reported by the barrier below.
+                let _ = w.cmds.send(WorkerCmd::AddPort {
+                    port: id,
+                    queue,
+                    counters: Arc::clone(c),
+                });
+            }
+            log::info!("port {id}: {ifname} ({label})");
+            self.ports.insert(
+                ifname,
+                PortEntry {
+                    id,
+                    label,
+                    counters,
+                    _attachment: attachment,
+                },
+            );
+        }
+        if added {
+            self.barrier().map_err(|e| e.to_string())?;
+        }
+
+        // 2. Publish.
+        self.generation += 1;
+        let endpoints: Vec<Endpoint> = next.endpoints.values().cloned().collect();
+        let routes: Vec<Route> = next.routes.values().cloned().collect();
+        let node = next.node.clone().unwrap_or_else(empty_node);
+        let ports = &self.ports;
+        let tables = Tables::build(self.generation, &node, &endpoints, &routes, |name| {
+            ports.get(name).map(|p| p.id)
+        });
+        self.tables.publish(tables);
+        self.state = next;
+
+        // 3. Retire ports nobody names any more.
+        let gone: Vec<String> = self
+            .ports
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            let mut retired = Vec::new();
+            for ifname in gone {
+                if let Some(p) = self.ports.remove(&ifname) {
+                    for w in &self.workers {
+                        let _ = w.cmds.send(WorkerCmd::RemovePort { port: p.id });
+                    }
+                    log::info!("port {}: {ifname} removed", p.id);
+                    retired.push(p);
+                }
+            }
+            self.barrier().map_err(|e| e.to_string())?;
+            for p in retired {
+                self.free_ids.insert(p.id);
+                // Dropping the entry detaches the XDP program.
+            }
+        }
+        Ok(Outcome {
+            generation: self.generation,
+            failures: failures.into_iter().map(|(_, e)| e).collect(),
+        })
+    }
+
+    /// Wait until every worker applied every command sent before.
+    fn barrier(&self) -> Result<(), ControlError> {
+        let (tx, rx) = channel::bounded(self.workers.len());
+        for (i, w) in self.workers.iter().enumerate() {
+            w.cmds
+                .send(WorkerCmd::Barrier { ack: tx.clone() })
+                .map_err(|_| ControlError::WorkerGone { worker: i })?;
+        }
+        drop(tx);
+        let deadline = Instant::now() + BARRIER_TIMEOUT;
+        let mut pending: BTreeSet<usize> = (0..self.workers.len()).collect();
+        while !pending.is_empty() {
+            match rx.recv_deadline(deadline) {
+                Ok(id) => {
+                    pending.remove(&id);
+                }
+                Err(channel::RecvTimeoutError::Timeout) => {
+                    return Err(ControlError::BarrierTimeout {
+                        workers: pending.into_iter().collect(),
+                    })
+                }
+                Err(channel::RecvTimeoutError::Disconnected) => {
+                    let worker = pending.first().copied().unwrap_or_default();
+                    return Err(ControlError::WorkerGone { worker });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters summed over the workers.
+    pub fn stats(&self) -> Stats {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(name, p)| {
+                let mut s = PortStats {
+                    name: name.clone(),
+                    endpoint: p.label.clone(),
+                    attached: true,
+                    ..Default::default()
+                };
+                for c in &p.counters {
+                    c.sum_into(&mut s);
+                }
+                s
+            })
+            .collect();
+        let workers = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.counters.snapshot(i as u32, w.cpu.map(|c| c as u32)))
+            .collect();
+        Stats {
+            generation: self.generation,
+            ports,
+            workers,
+        }
+    }
+
+    /// The table state and port ids.
+    pub fn dump(&self) -> TableDump {
+        TableDump {
+            generation: self.generation,
+            node: self.state.node.clone(),
+            endpoints: self.state.endpoints.values().cloned().collect(),
+            routes: self.state.routes.values().cloned().collect(),
+            ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
+        }
+    }
+
+    /// Stop the workers, then detach every port.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if let Some(j) = w.join.take() {
+                if j.join().is_err() {
+                    log::error!("worker {i} panicked");
+                }
+            }
+        }
+        self.ports.clear();
+    }
+}
+
+impl<B: PortBackend> Drop for Dataplane<B> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn empty_node() -> NodeSettings {
+    NodeSettings {
+        gateway: std::net::Ipv4Addr::UNSPECIFIED,
+        router_mac: ferry_api::MacAddr::ROUTER,
+        pod_cidrs: Vec::new(),
+        host_port: None,
+        mtu: 1500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{MemBackend, MemNetwork, MemWire};
+    use ferry_api::table::{HostPort, NextHop};
+    use ferry_api::MacAddr;
+    use std::net::Ipv4Addr;
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+    const A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+    const KERNEL_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+
+    fn node() -> NodeSettings {
+        NodeSettings {
+            gateway: GW,
+            router_mac: MacAddr::ROUTER,
+            pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
+            host_port: Some(HostPort {
+                ifname: "ferry0dp".into(),
+                kernel_ifname: "ferry0".into(),
+                kernel_mac: KERNEL_MAC,
+            }),
+            mtu: 1500,
+        }
+    }
+
+    fn ep(id: &str, ifname: &str, ip: Ipv4Addr) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            host_ifname: ifname.into(),
+            ipv4: ip,
+            mac: MacAddr::for_pod(ip),
+            attachment: Default::default(),
+        }
+    }
+
+    fn start(workers: usize, net: &MemNetwork) -> Dataplane<MemBackend> {
+        let cfg = DataplaneConfig {
+            workers,
+            cpus: vec![None; workers],
+            batch: 64,
+            idle_timeout: Duration::from_millis(1),
+        };
+        let mut backend = MemBackend::new(net.clone());
+        backend.frames_per_queue = 256;
+        Dataplane::start(backend, &cfg).expect("start")
+    }
+
+    fn arp_request(sender_mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+        let mut f = Vec::with_capacity(42);
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&sender_mac.0);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        f.extend_from_slice(&sender_mac.0);
+        f.extend_from_slice(&sender.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target.octets());
+        f
+    }
+
+    fn echo(from: Ipv4Addr, to: Ipv4Addr, seq: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(MacAddr::for_pod(from).0, MacAddr::ROUTER.0)
+            .ipv4(from.octets(), to.octets(), 64)
+            .icmpv4_echo_request(7, seq)
+            .write(&mut f, b"ferry-test-payload")
+            .unwrap();
+        f
+    }
+
+    /// What `wire` sent, waiting (bounded) for at least `n` frames.
+    fn sent(wire: &MemWire, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(wire.take_sent());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    fn wait_rx_drained(wire: &MemWire) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while wire.pending_rx() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The frame is received; give the worker a moment to finish the batch.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    fn applied(r: Response) -> u64 {
+        match r {
+            Response::Applied { generation } => generation,
+            other => panic!("expected Applied, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hello_checks_the_api_version() {
+        let net = MemNetwork::new();
+        let mut dp = start(2, &net);
+        assert_eq!(
+            dp.handle(Request::Hello {
+                api_version: API_VERSION
+            }),
+            Response::Hello {
+                api_version: API_VERSION,
+                workers: 2
+            }
+        );
+        match dp.handle(Request::Hello {
+            api_version: API_VERSION + 1,
+        }) {
+            Response::Error { message } => assert!(message.contains("api_version"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sync_creates_ports_and_traffic_flows_between_pods() {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 1);
+        let wb = net.add("fyb", 1);
+        let _host = net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        let g = applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            routes: vec![],
+        }));
+        assert_eq!(g, 1);
+        assert_eq!(
+            dp.tables().generation(),
+            1,
+            "the tables are published before Applied"
+        );
+        let dump = dp.dump();
+        assert_eq!(dump.ports.len(), 3);
+        assert_eq!(dump.endpoints.len(), 2);
+
+        // ARP for the gateway is answered on the ingress port.
+        wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));
+        let replies = sent(&wa, 1);
+        assert_eq!(replies.len(), 1, "one ARP reply");
+        assert_eq!(
+            &replies[0][0..6],
+            &MacAddr::for_pod(A).0,
+            "reply to the asking pod"
+        );
+        assert_eq!(&replies[0][6..12], &MacAddr::ROUTER.0);
+        assert_eq!(&replies[0][20..22], &[0, 2], "ARP op reply");
+
+        // A -> B is routed: MACs rewritten, TTL decremented, copied to B's port.
+        wa.inject(0, echo(A, B, 1));
+        let got = sent(&wb, 1);
+        assert_eq!(got.len(), 1);
+        let f = &got[0];
+        assert_eq!(&f[0..6], &MacAddr::for_pod(B).0);
+        assert_eq!(&f[6..12], &MacAddr::ROUTER.0);
+        assert_eq!(f[14 + 8], 63, "TTL decremented");
+        assert_eq!(&f[14 + 12..14 + 16], &A.octets());
+
+        let stats = dp.stats();
+        let pa = stats.ports.iter().find(|p| p.name == "fya").unwrap();
+        let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
+        assert_eq!(pa.endpoint, "a/eth0");
+        assert_eq!((pa.rx_frames, pa.tx_frames), (2, 1));
+        assert_eq!(pb.tx_frames, 1);
+        assert!(pb.tx_bytes >= 60);
+        assert_eq!(stats.workers.len(), 1);
+        assert_eq!(stats.workers[0].rx_frames, 2);
+        assert_eq!(stats.workers[0].tx_frames, 2);
+        assert!(stats.workers[0].busy_polls >= 1);
+    }
+
+    #[test]
+    fn upsert_with_a_missing_interface_fails_and_changes_nothing() {
+        let net = MemNetwork::new();
+        net.add("fya", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A)],
+            routes: vec![],
+        }));
+        let before = dp.generation();
+        match dp.handle(Request::UpsertEndpoint {
+            endpoint: ep("b/eth0", "fymissing", B),
+        }) {
+            Response::Error { message } => assert!(message.contains("fymissing"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dp.generation(), before);
+        assert_eq!(dp.dump().endpoints.len(), 1);
+        assert!(!dp.dump().ports.contains_key("fymissing"));
+
+        // Sync with one bad endpoint applies the rest and names the bad one.
+        match dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fymissing", B)],
+            routes: vec![],
+        }) {
+            Response::Error { message } => {
+                assert!(
+                    message.contains("fymissing") && message.contains("generation"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dp.generation(), before + 1);
+        assert_eq!(dp.dump().endpoints.len(), 1);
+    }
+
+    #[test]
+    fn removed_ports_are_retired_and_their_ids_reused() {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 1);
+        net.add("fyb", 1);
+        net.add("fyc", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(2, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            routes: vec![Route {
+                prefix: "192.168.0.0/16".parse().unwrap(),
+                next_hop: NextHop::Host,
+            }],
+        }));
+        let id_b = dp.dump().ports["fyb"];
+        let g1 = dp.generation();
+        let g2 = applied(dp.handle(Request::RemoveEndpoint {
+            id: "b/eth0".into(),
+        }));
+        assert_eq!(g2, g1 + 1);
+        assert!(!dp.dump().ports.contains_key("fyb"));
+        // Idempotent: removing again is fine and bumps the generation.
+        assert_eq!(
+            applied(dp.handle(Request::RemoveEndpoint {
+                id: "b/eth0".into()
+            })),
+            g2 + 1
+        );
+
+        // Traffic to B now has no endpoint.
+        wa.inject(0, echo(A, B, 2));
+        wait_rx_drained(&wa);
+        let stats = dp.stats();
+        let pa = stats.ports.iter().find(|p| p.name == "fya").unwrap();
+        assert_eq!(pa.drops.get("no_endpoint"), Some(&1), "{pa:?}");
+
+        // The freed id is reused for the next port.
+        applied(dp.handle(Request::UpsertEndpoint {
+            endpoint: ep("c/eth0", "fyc", B),
+        }));
+        assert_eq!(dp.dump().ports["fyc"], id_b);
+        // Routes are kept and replaced by prefix.
+        applied(dp.handle(Request::UpsertRoute {
+            route: Route {
+                prefix: "192.168.0.0/16".parse().unwrap(),
+                next_hop: NextHop::Blackhole,
+            },
+        }));
+        assert_eq!(dp.dump().routes.len(), 1);
+        assert_eq!(dp.dump().routes[0].next_hop, NextHop::Blackhole);
+        applied(dp.handle(Request::RemoveRoute {
+            prefix: "192.168.0.0/16".parse().unwrap(),
+        }));
+        assert!(dp.dump().routes.is_empty());
+    }
+
+    #[test]
+    fn a_worker_without_a_queue_on_the_egress_port_counts_no_tx_queue() {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 2);
+        let wb = net.add("fyb", 1);
+        net.add("ferry0dp", 2);
+        let mut dp = start(2, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            routes: vec![],
+        }));
+        // Queue 1 of fya is worker 1's; fyb has no queue 1.
+        wa.inject(1, echo(A, B, 3));
+        wait_rx_drained(&wa);
+        // Queue 0 goes through worker 0, which has a queue on fyb.
+        wa.inject(0, echo(A, B, 4));
+        assert_eq!(sent(&wb, 1).len(), 1);
+        let stats = dp.stats();
+        assert_eq!(
+            stats.workers[1].drops.get("no_tx_queue"),
+            Some(&1),
+            "{stats:?}"
+        );
+        let pa = stats.ports.iter().find(|p| p.name == "fya").unwrap();
+        assert_eq!(pa.rx_frames, 2);
+        assert_eq!(pa.drops.get("no_tx_queue"), Some(&1));
+    }
+
+    #[test]
+    fn shutdown_stops_workers_and_releases_ports() {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A)],
+            routes: vec![],
+        }));
+        dp.shutdown();
+        assert!(dp.dump().ports.is_empty());
+        wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(wa.take_sent().is_empty(), "nothing answers after shutdown");
+        assert_eq!(wa.pending_rx(), 1);
+    }
+
+    #[test]
+    fn sustained_traffic_recycles_frames() {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 1);
+        let wb = net.add("fyb", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            routes: vec![],
+        }));
+        // 8 x 200 frames through 256-frame pools: only works if every frame
+        // comes back (completions, drops, copies) to its free list.
+        let mut total = 0;
+        for round in 0..8u16 {
+            for i in 0..200u16 {
+                wa.inject(0, echo(A, B, round * 200 + i));
+            }
+            total += sent(&wb, 200).len();
+        }
+        assert_eq!(total, 1600);
+        assert_eq!(wa.rx_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let s = dp.stats();
+        let pb = s.ports.iter().find(|p| p.name == "fyb").unwrap();
+        assert_eq!(pb.tx_frames, 1600);
+    }
+}

@@ -1,0 +1,123 @@
+//! `ferry-dataplane`: pinned AF_XDP workers and the table-API server, in the
+//! current network namespace. Stops on SIGINT/SIGTERM: workers stop, XDP
+//! programs are detached, the socket file is removed, exit status 0.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ferry_dataplane::afxdp::AfXdpBackend;
+use ferry_dataplane::control::{Dataplane, DataplaneConfig};
+use ferry_dataplane::server;
+use ferry_dataplane::worker::MAX_BATCH;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-dataplane",
+    version,
+    about = "ferry's userspace AF_XDP dataplane"
+)]
+struct Cli {
+    /// Unix socket of the table API.
+    #[arg(long, default_value = ferry_api::pod::DEFAULT_DATAPLANE_SOCKET)]
+    socket: PathBuf,
+    /// Number of worker threads (worker i serves queue i of every port).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Cores to pin the workers to, e.g. `0,1` (worker i -> entry i mod len).
+    /// Default: worker i on core i mod the number of cores.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Frames received per queue per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Frames (2048 bytes each) in the UMEM of each worker's socket on each
+    /// port; memory per port = workers x this x 2 KiB.
+    #[arg(long, visible_alias = "frames-per-worker", default_value_t = 1024)]
+    frames_per_queue: u32,
+    /// How long an idle worker sleeps in poll(2), in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    idle_ms: u64,
+}
+
+/// Block SIGINT/SIGTERM in this thread (and every thread spawned after), so
+/// they are taken only by `wait_for_signal`.
+fn block_signals() -> Result<libc::sigset_t> {
+    // SAFETY: `set` is a plain C struct initialised by sigemptyset before
+    // use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            bail!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised signal set and `sig` a valid out
+        // pointer for the duration of the call.
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
+        if rc == 0 {
+            return sig;
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    if cli.workers == 0 || cli.workers > ferry_dataplane::afxdp::MAX_QUEUES as usize {
+        bail!(
+            "--workers must be between 1 and {}",
+            ferry_dataplane::afxdp::MAX_QUEUES
+        );
+    }
+    if cli.batch == 0 || cli.batch > MAX_BATCH {
+        bail!("--batch must be between 1 and {MAX_BATCH}");
+    }
+    let signals = block_signals()?;
+
+    let mut cfg = DataplaneConfig::new(cli.workers, cli.cpus.as_deref(), cli.batch);
+    cfg.idle_timeout = std::time::Duration::from_millis(cli.idle_ms.max(1));
+    let backend = AfXdpBackend {
+        frames_per_queue: cli.frames_per_queue,
+    };
+    let listener = server::bind(&cli.socket).context("table-API socket")?;
+    let dataplane = Dataplane::start(backend, &cfg).context("starting workers")?;
+    let dataplane = Arc::new(Mutex::new(dataplane));
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = server::spawn(listener, Arc::clone(&dataplane), Arc::clone(&stop))?;
+    log::info!(
+        "ferry-dataplane serving {} with {} worker(s) on cpus {:?}, batch {}, {} frames per queue",
+        cli.socket.display(),
+        cfg.workers,
+        cfg.cpus,
+        cfg.batch,
+        cli.frames_per_queue
+    );
+
+    let sig = wait_for_signal(&signals);
+    log::info!("signal {sig}: shutting down");
+    stop.store(true, Ordering::Relaxed);
+    if server.join().is_err() {
+        log::error!("the server thread panicked");
+    }
+    dataplane
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .shutdown();
+    if let Err(e) = std::fs::remove_file(&cli.socket) {
+        log::warn!("removing {}: {e}", cli.socket.display());
+    }
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! Worker threads: each owns one frame pool and one queue on every port, and
+//! is the only thread touching those rings.
+//!
+//! Loop: take commands from the control thread (a channel, checked once per
+//! iteration, so the hot loop takes no lock); then for every queue: reap
+//! completions, refill the fill ring, receive a batch, run the pipeline with
+//! one table snapshot and one timestamp, move each frame to the TX batch of
+//! its egress queue or back to the free list, and commit each TX batch once.
+//! A pass that found nothing sleeps in poll(2) on the queues' descriptors so
+//! an idle node does not burn a core.
+//!
+//! Frame accounting: every queue has its own pool and free list. A frame
+//! leaving by its ingress port moves by descriptor; a frame for another port
+//! is copied into a free frame of that port's pool and its own frame goes
+//! back to the ingress free list. Removing a port drops its queue and pool
+//! together, so port churn never leaks frames.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::counters::{PortCounters, WorkerCounters};
+use crate::pipeline::{process_batch, DropReason, Frame, Verdict};
+use crate::port::{FramePool, PortQueue};
+use crate::tables::{PortId, TableHandle};
+
+type DescOf<Q> = <<Q as PortQueue>::Pool as FramePool>::Desc;
+
+/// Mutable references to two different elements of a slice.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    debug_assert_ne!(a, b);
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
+    }
+}
+
+/// What the control thread tells a worker.
+pub enum WorkerCmd<Q> {
+    /// Port `port` exists; `queue` is this worker's queue on it (`None`: the
+    /// interface has no queue for this worker, TX to it is `no_tx_queue`).
+    AddPort {
+        port: PortId,
+        queue: Option<Q>,
+        counters: Arc<PortCounters>,
+    },
+    /// Drop this worker's queue on `port` (the tables no longer name it).
+    RemovePort { port: PortId },
+    /// Answer with the worker id once every earlier command is applied.
+    Barrier { ack: Sender<usize> },
+}
+
+/// Tuning of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub id: usize,
+    /// Frames received per queue per batch.
+    pub batch: usize,
+    /// How long an idle pass sleeps in poll(2).
+    pub idle_timeout: Duration,
+    /// Core to pin to (`None`: not pinned).
+    pub cpu: Option<usize>,
+}
+
+/// Largest batch accepted (bounds the per-worker scratch arrays).
+pub const MAX_BATCH: usize = 256;
+/// Refill a fill ring only when at least this many frames are missing (or
+/// it ran empty), so fill commits are batched.
+const REFILL_MIN: usize = 16;
+/// Upper bound of frames parked in one queue's fill ring (half the pool at
+/// most, so there are always frames to copy forwarded traffic into).
+const FILL_TARGET_MAX: usize = 1024;
+
+enum Slot {
+    /// Not (or no longer) a port this worker knows: TX is `port_gone`.
+    Unknown,
+    /// A port with no queue for this worker: TX is `no_tx_queue`.
+    NoQueue,
+    /// Index into `Worker::queues`.
+    Active(usize),
+}
+
+struct Active<Q: PortQueue> {
+    port: PortId,
+    queue: Q,
+    counters: Arc<PortCounters>,
+    /// Frames of this queue's pool in the worker's hands.
+    free: Vec<DescOf<Q>>,
+    /// Frames to transmit on this queue, committed once per RX batch.
+    pending: Vec<DescOf<Q>>,
+    /// Frames we gave the fill ring and have not received back.
+    in_fill: usize,
+    /// Frames in the TX ring not yet completed. Copy-mode TX sends at most
+    /// a few dozen frames per wake-up, so a queue with frames in flight is
+    /// kicked again on every pass until they complete.
+    in_tx: usize,
+    fill_target: usize,
+}
+
+/// One worker's state. Create with [`Worker::new`], run with
+/// [`Worker::run`] (or [`spawn`]).
+pub struct Worker<Q: PortQueue> {
+    cfg: WorkerConfig,
+    queues: Vec<Active<Q>>,
+    slots: Vec<Slot>,
+    tables: Arc<TableHandle>,
+    cmds: Receiver<WorkerCmd<Q>>,
+    counters: Arc<WorkerCounters>,
+    stop: Arc<AtomicBool>,
+    rx_descs: Vec<DescOf<Q>>,
+    scratch: Vec<DescOf<Q>>,
+    verdicts: Vec<Verdict>,
+    lens: Vec<usize>,
+    dirty: Vec<usize>,
+    frame_store: Vec<Frame<'static>>,
+    pollfds: Vec<libc::pollfd>,
+    start: Instant,
+}
+
+/// Reuse a frame vector's allocation for another lifetime. The vector is
+/// emptied; `filter_map` over `vec::IntoIter` collects in place (same size
+/// and alignment), so no allocation happens per batch.
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "the map changes the element lifetime, which filter cannot"
+)]
+fn recycle<'a, 'b>(v: Vec<Frame<'a>>) -> Vec<Frame<'b>> {
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+impl<Q: PortQueue> Worker<Q> {
+    pub fn new(
+        cfg: WorkerConfig,
+        tables: Arc<TableHandle>,
+        cmds: Receiver<WorkerCmd<Q>>,
+        counters: Arc<WorkerCounters>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let mut cfg = cfg;
+        cfg.batch = cfg.batch.clamp(1, MAX_BATCH);
+        Worker {
+            queues: Vec::new(),
+            slots: Vec::new(),
+            tables,
+            cmds,
+            counters,
+            stop,
+            rx_descs: vec![Default::default(); cfg.batch],
+            scratch: vec![Default::default(); MAX_BATCH],
+            verdicts: vec![Verdict::Drop(DropReason::Malformed); cfg.batch],
+            lens: vec![0; cfg.batch],
+            dirty: Vec::new(),
+            frame_store: Vec::with_capacity(cfg.batch),
+            pollfds: Vec::new(),
+            start: Instant::now(),
+            cfg,
+        }
+    }
+
+    /// Number of ports this worker has a queue on.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Run until `stop` is set or the command channel is closed.
+    pub fn run(mut self) {
+        log::info!(
+            "worker {} running (cpu {:?}, batch {})",
+            self.cfg.id,
+            self.cfg.cpu,
+            self.cfg.batch
+        );
+        while !self.stop.load(Ordering::Relaxed) {
+            if !self.apply_commands() {
+                break;
+            }
+            if self.pass() {
+                self.counters.busy_poll();
+            } else {
+                self.counters.idle_poll();
+                if !self.idle_wait() {
+                    break;
+                }
+            }
+        }
+        log::info!("worker {} stopped", self.cfg.id);
+    }
+
+    /// Apply every queued command; false when the control side is gone.
+    fn apply_commands(&mut self) -> bool {
+        loop {
+            match self.cmds.try_recv() {
+                Ok(cmd) => self.apply(cmd),
+                Err(crossbeam::channel::TryRecvError::Empty) => return true,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: WorkerCmd<Q>) {
+        match cmd {
+            WorkerCmd::AddPort {
+                port,
+                queue,
+                counters,
+            } => {
+                self.remove_port(port);
+                let idx = port as usize;
+                if self.slots.len() <= idx {
+                    self.slots.resize_with(idx + 1, || Slot::Unknown);
+                }
+                match queue {
+                    None => self.slots[idx] = Slot::NoQueue,
+                    Some(queue) => {
+                        self.slots[idx] = Slot::Active(self.queues.len());
+                        let free = queue.pool().all_descs();
+                        let fill_target = (free.len() / 2).min(FILL_TARGET_MAX);
+                        self.queues.push(Active {
+                            port,
+                            queue,
+                            counters,
+                            free,
+                            pending: Vec::with_capacity(self.cfg.batch),
+                            in_fill: 0,
+                            in_tx: 0,
+                            fill_target,
+                        });
+                        self.queues_changed();
+                        let last = self.queues.len() - 1;
+                        self.refill(last, true);
+                    }
+                }
+            }
+            WorkerCmd::RemovePort { port } => self.remove_port(port),
+            WorkerCmd::Barrier { ack } => {
+                // The control side may have given up waiting; nothing to do then.
+                let _ = ack.send(self.cfg.id);
+            }
+        }
+    }
+
+    fn remove_port(&mut self, port: PortId) {
+        let Some(slot) = self.slots.get_mut(port as usize) else {
+            return;
+        };
+        let old = std::mem::replace(slot, Slot::Unknown);
+        let Slot::Active(idx) = old else { return };
+        let gone = self.queues.swap_remove(idx);
+        if let Some(moved) = self.queues.get(idx) {
+            self.slots[moved.port as usize] = Slot::Active(idx);
+        }
+        // Closes the socket and frees its pool with every frame in it.
+        drop(gone);
+        self.queues_changed();
+    }
+
+    fn queues_changed(&mut self) {
+        self.pollfds = self
+            .queues
+            .iter()
+            .filter_map(|a| a.queue.poll_fd())
+            .map(|fd: RawFd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+    }
+
+    /// Top up queue `qi`'s fill ring from the free list.
+    fn refill(&mut self, qi: usize, force: bool) {
+        let a = &mut self.queues[qi];
+        let missing = a.fill_target.saturating_sub(a.in_fill);
+        if missing == 0 || (!force && missing < REFILL_MIN && a.in_fill > 0) {
+            return;
+        }
+        let give = missing.min(a.free.len()).min(a.queue.fill_room());
+        if give == 0 {
+            return;
+        }
+        let from = a.free.len() - give;
+        if a.queue.fill(&a.free[from..]) == give {
+            a.free.truncate(from);
+            a.in_fill += give;
+        }
+        if let Err(e) = a.queue.kick_rx() {
+            log::debug!("worker {}: rx wake-up on port {}: {e}", self.cfg.id, a.port);
+        }
+    }
+
+    /// One pass over every queue; true if any frame moved.
+    fn pass(&mut self) -> bool {
+        let mut busy = false;
+        let mut qi = 0;
+        while qi < self.queues.len() {
+            busy |= self.service(qi);
+            qi += 1;
+        }
+        busy
+    }
+
+    /// Reap, refill, receive and forward one batch on queue `qi`.
+    fn service(&mut self, qi: usize) -> bool {
+        // Completions: transmitted frames come back to their pool's free list.
+        let (done, tx_busy) = {
+            let a = &mut self.queues[qi];
+            let done = a.queue.complete(&mut self.scratch);
+            a.free.extend_from_slice(&self.scratch[..done]);
+            a.in_tx = a.in_tx.saturating_sub(done);
+            let tx_busy = a.in_tx > 0;
+            if tx_busy {
+                if let Err(e) = a.queue.kick_tx() {
+                    log::debug!("worker {}: tx wake-up on port {}: {e}", self.cfg.id, a.port);
+                }
+            }
+            (done, tx_busy)
+        };
+        self.refill(qi, false);
+
+        let batch = self.cfg.batch;
+        let n = self.queues[qi].queue.rx(&mut self.rx_descs[..batch]);
+        if n == 0 {
+            return done > 0 || tx_busy;
+        }
+        let in_port = self.queues[qi].port;
+        {
+            let a = &mut self.queues[qi];
+            a.in_fill = a.in_fill.saturating_sub(n);
+            let pool = a.queue.pool();
+            let rx_bytes: u64 = self.rx_descs[..n]
+                .iter()
+                .map(|d| pool.len_of(d) as u64)
+                .sum();
+            a.counters.add_rx(n as u64, rx_bytes);
+        }
+        self.counters.add_rx(n as u64);
+
+        // The pipeline: one snapshot, one timestamp for the whole batch.
+        {
+            let tables = self.tables.load();
+            let now_ns = self.start.elapsed().as_nanos() as u64;
+            let pool = self.queues[qi].queue.pool();
+            let mut frames: Vec<Frame<'_>> = recycle(std::mem::take(&mut self.frame_store));
+            for d in &self.rx_descs[..n] {
+                // SAFETY: `d` came out of the RX ring just now, so the worker
+                // owns the frame; every descriptor in the batch names a
+                // different frame (a ring never hands out one frame twice),
+                // so the chunks are disjoint, and they are only reached
+                // through `frames` until it is emptied below.
+                let buf = unsafe { pool.chunk_mut(d) };
+                frames.push(Frame::new(in_port, buf, pool.len_of(d)));
+            }
+            process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..n]);
+            for (len, f) in self.lens.iter_mut().zip(frames.iter()) {
+                *len = f.len;
+            }
+            self.frame_store = recycle(frames);
+        }
+
+        // Verdicts: each frame to one TX batch or back to the free list.
+        for i in 0..n {
+            let mut d = self.rx_descs[i];
+            let len = self.lens[i];
+            let mut recycled = false;
+            let drop_reason = match self.verdicts[i] {
+                Verdict::Tx(port) => match self.slots.get(port as usize) {
+                    Some(Slot::Active(j)) if *j == qi => {
+                        let a = &mut self.queues[qi];
+                        // SAFETY: the frame is the worker's (received above,
+                        // not yet handed to any ring).
+                        unsafe { a.queue.pool().set_len(&mut d, len) };
+                        if a.pending.is_empty() {
+                            self.dirty.push(qi);
+                        }
+                        a.pending.push(d);
+                        None
+                    }
+                    Some(Slot::Active(j)) => {
+                        let j = *j;
+                        let (src, dst) = two_mut(&mut self.queues, qi, j);
+                        let copied = dst.free.pop().map(|mut e| {
+                            let (sp, dp) = (src.queue.pool(), dst.queue.pool());
+                            // SAFETY: `d` is the worker's (received above, in
+                            // no ring) and `e` was just taken off the egress
+                            // free list; they live in different pools, so the
+                            // two slices do not overlap.
+                            unsafe {
+                                let from = sp.chunk_mut(&d);
+                                let to = dp.chunk_mut(&e);
+                                let len = len.min(from.len()).min(to.len());
+                                to[..len].copy_from_slice(&from[..len]);
+                                dp.set_len(&mut e, len);
+                            }
+                            e
+                        });
+                        src.free.push(d);
+                        recycled = true;
+                        match copied {
+                            Some(e) => {
+                                if dst.pending.is_empty() {
+                                    self.dirty.push(j);
+                                }
+                                dst.pending.push(e);
+                                None
+                            }
+                            None => Some(DropReason::TxRingFull),
+                        }
+                    }
+                    Some(Slot::NoQueue) => Some(DropReason::NoTxQueue),
+                    Some(Slot::Unknown) | None => Some(DropReason::PortGone),
+                },
+                Verdict::Drop(reason) => Some(reason),
+            };
+            if let Some(reason) = drop_reason {
+                let a = &mut self.queues[qi];
+                a.counters.add_drop(reason);
+                self.counters.add_drop(reason);
+                if !recycled {
+                    a.free.push(d);
+                }
+            }
+        }
+        self.flush(qi);
+        true
+    }
+
+    /// Commit every TX batch built from ingress queue `qi`'s frames: one
+    /// ring commit and at most one wake-up per egress queue.
+    fn flush(&mut self, qi: usize) {
+        while let Some(j) = self.dirty.pop() {
+            let a = &mut self.queues[j];
+            // What does not fit in the ring is dropped (tx_ring_full).
+            let want = a.pending.len().min(a.queue.tx_room());
+            let sent = if want > 0 {
+                a.queue.tx(&a.pending[..want])
+            } else {
+                0
+            };
+            let pool = a.queue.pool();
+            let sent_bytes: u64 = a.pending[..sent]
+                .iter()
+                .map(|d| pool.len_of(d) as u64)
+                .sum();
+            let unsent = a.pending.len() - sent;
+            a.free.extend_from_slice(&a.pending[sent..]);
+            a.pending.clear();
+            if sent > 0 {
+                a.in_tx += sent;
+                a.counters.add_tx(sent as u64, sent_bytes);
+                self.counters.add_tx(sent as u64);
+                if let Err(e) = a.queue.kick_tx() {
+                    log::debug!("worker {}: tx wake-up on port {}: {e}", self.cfg.id, a.port);
+                }
+            }
+            for _ in 0..unsent {
+                self.queues[qi].counters.add_drop(DropReason::TxRingFull);
+                self.counters.add_drop(DropReason::TxRingFull);
+            }
+        }
+    }
+
+    /// Sleep until a queue is readable, a command arrives (checked at least
+    /// every idle timeout) or the timeout passes. False when the control side
+    /// is gone.
+    fn idle_wait(&mut self) -> bool {
+        if self.pollfds.is_empty() {
+            return match self.cmds.recv_timeout(self.cfg.idle_timeout) {
+                Ok(cmd) => {
+                    self.apply(cmd);
+                    true
+                }
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => false,
+            };
+        }
+        let timeout = self.cfg.idle_timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pollfds` is a valid, exclusively borrowed array of
+        // `pollfds.len()` initialised pollfd structs for the duration of the
+        // call; the descriptors belong to queues this worker holds open.
+        let rc = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                timeout,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                log::warn!("worker {}: poll failed: {e}", self.cfg.id);
+                std::thread::sleep(self.cfg.idle_timeout);
+            }
+        }
+        true
+    }
+}
+
+/// Start a worker thread, pinned to `cfg.cpu` when given.
+pub fn spawn<Q: PortQueue>(worker: Worker<Q>) -> std::io::Result<JoinHandle<()>> {
+    let name = format!("ferry-worker-{}", worker.cfg.id);
+    std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(cpu) = worker.cfg.cpu {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                log::warn!("worker {}: could not pin to cpu {cpu}", worker.cfg.id);
+            }
+        }
+        worker.run();
+    })
+}

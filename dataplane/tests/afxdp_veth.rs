@@ -1,0 +1,357 @@
+//! The real dataplane binary on real veths (root, network namespaces).
+//!
+//! A throwaway node namespace holds the host ends of two pod veths and the
+//! host-port pair (`ferry0` kernel end, `ferry0dp` dataplane end); each pod
+//! namespace holds its `eth0` with the ferry MAC, a /24 and a default route
+//! via the gateway. `ferry-dataplane` runs in the node namespace; the test
+//! talks to it over its socket exactly as ferryd does (Hello, Sync), pings
+//! pod to pod, pod to gateway and node to pod through it, checks the
+//! counters, stops it, and checks that pod-to-pod traffic stops too.
+//!
+//! Everything is named `fdp-*-<pid>` and removed by a Drop guard.
+
+use std::io::BufReader;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_api::table::{Endpoint, HostPort, NodeSettings, Request, Response, Stats, API_VERSION};
+use ferry_api::{wire, MacAddr};
+
+const GW: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+
+fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn must(args: &[&str]) -> String {
+    run(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Namespaces, the socket directory and the dataplane process of one test,
+/// removed by name/pid on drop.
+struct Topo {
+    node: String,
+    pods: Vec<String>,
+    dir: PathBuf,
+    dataplane: Option<Child>,
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dataplane.take() {
+            stop(&mut child);
+        }
+        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, wait (bounded), SIGKILL if needed. Returns the exit status.
+fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: plain kill(2) on the pid of a child we spawned and have not
+    // reaped yet (so the pid cannot have been reused).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn pod_ns(topo: &Topo, name: &str, host_if: &str, ip: Ipv4Addr) {
+    let node = topo.node.as_str();
+    must(&["ip", "netns", "add", name]);
+    must(&[
+        "ip", "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
+        name,
+    ]);
+    let mac = MacAddr::for_pod(ip).to_string();
+    let cidr = format!("{ip}/24");
+    let gw = GW.to_string();
+    must(&["ip", "-n", name, "link", "set", "eth0", "address", &mac]);
+    must(&["ip", "-n", name, "addr", "add", &cidr, "dev", "eth0"]);
+    must(&["ip", "-n", name, "link", "set", "lo", "up"]);
+    must(&["ip", "-n", name, "link", "set", "eth0", "up"]);
+    must(&[
+        "ip", "-n", name, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ]);
+    must(&["ip", "-n", node, "link", "set", host_if, "up"]);
+}
+
+fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        host_ifname: host_ifname.into(),
+        ipv4: ip,
+        mac: MacAddr::for_pod(ip),
+        attachment: Default::default(),
+    }
+}
+
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &std::path::Path) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let writer = s.try_clone().unwrap();
+                    return Client {
+                        reader: BufReader::new(s),
+                        writer,
+                    };
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!("dataplane socket {}: {e}", path.display())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn call(&mut self, req: &Request) -> Response {
+        wire::write_message(&mut self.writer, req).expect("send");
+        wire::read_message(&mut self.reader).expect("reply")
+    }
+
+    fn stats(&mut self) -> Stats {
+        match self.call(&Request::Stats) {
+            Response::Stats(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn ping(ns: &str, dst: Ipv4Addr, count: &str) -> Result<String, String> {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        count,
+        "-W",
+        "1",
+        "-i",
+        "0.2",
+        &dst.to_string(),
+    ])
+}
+
+#[test]
+fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
+    let pid = std::process::id();
+    let dir = std::env::temp_dir().join(format!("fdp-{pid}"));
+    let mut topo = Topo {
+        node: format!("fdp-node-{pid}"),
+        pods: vec![format!("fdp-pa-{pid}"), format!("fdp-pb-{pid}")],
+        dir: dir.clone(),
+        dataplane: None,
+    };
+    let node = topo.node.clone();
+    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
+    must(&["ip", "netns", "add", &node]);
+    must(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+    pod_ns(&topo, &pa, "fya", A);
+    pod_ns(&topo, &pb, "fyb", B);
+    // Host port: kernel end ferry0 holds the gateway, routes the pod CIDR.
+    must(&[
+        "ip", "-n", &node, "link", "add", "ferry0", "type", "veth", "peer", "name", "ferry0dp",
+    ]);
+    must(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "10.99.0.1/32",
+        "dev",
+        "ferry0",
+    ]);
+    must(&["ip", "-n", &node, "link", "set", "ferry0", "up"]);
+    must(&["ip", "-n", &node, "link", "set", "ferry0dp", "up"]);
+    must(&[
+        "ip",
+        "-n",
+        &node,
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "dev",
+        "ferry0",
+        "src",
+        "10.99.0.1",
+    ]);
+    let link = must(&["ip", "-n", &node, "-o", "link", "show", "ferry0"]);
+    let kernel_mac: MacAddr = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .expect("ferry0 MAC");
+
+    // Without the dataplane nothing joins the pods.
+    assert!(
+        ping(&pa, B, "1").is_err(),
+        "pods must not reach each other before the dataplane runs"
+    );
+
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("dataplane.sock");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node,
+            env!("CARGO_BIN_EXE_ferry-dataplane"),
+        ])
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--cpus",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start ferry-dataplane");
+    topo.dataplane = Some(child);
+
+    let mut c = Client::connect(&sock);
+    assert_eq!(
+        c.call(&Request::Hello {
+            api_version: API_VERSION
+        }),
+        Response::Hello {
+            api_version: API_VERSION,
+            workers: 1
+        }
+    );
+    let node_settings = NodeSettings {
+        gateway: GW,
+        router_mac: MacAddr::ROUTER,
+        pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
+        host_port: Some(HostPort {
+            ifname: "ferry0dp".into(),
+            kernel_ifname: "ferry0".into(),
+            kernel_mac,
+        }),
+        mtu: 1500,
+    };
+    let reply = c.call(&Request::Sync {
+        node: node_settings,
+        endpoints: vec![endpoint("a/eth0", "fya", A), endpoint("b/eth0", "fyb", B)],
+        routes: vec![],
+    });
+    assert!(
+        matches!(reply, Response::Applied { generation: 1 }),
+        "{reply:?}"
+    );
+    let shown = must(&["ip", "-n", &node, "link", "show", "fya"]);
+    assert!(shown.contains("xdp"), "XDP attached to fya: {shown}");
+
+    // A bad endpoint is refused with the interface named.
+    match c.call(&Request::UpsertEndpoint {
+        endpoint: endpoint("x/eth0", "fynothere", Ipv4Addr::new(10, 99, 0, 9)),
+    }) {
+        Response::Error { message } => assert!(message.contains("fynothere"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+
+    let before = c.stats();
+    ping(&pa, B, "3").expect("pod A pings pod B through the dataplane");
+    ping(&pb, A, "3").expect("pod B pings pod A through the dataplane");
+    ping(&pa, GW, "3").expect("pod A pings the gateway (answered by the dataplane)");
+    ping(&node, A, "3").expect("the node pings pod A through the host port");
+    let after = c.stats();
+    let port = |s: &Stats, name: &str| {
+        s.ports
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .expect(name)
+    };
+    let (a0, a1) = (port(&before, "fya"), port(&after, "fya"));
+    let (b0, b1) = (port(&before, "fyb"), port(&after, "fyb"));
+    let (h0, h1) = (port(&before, "ferry0dp"), port(&after, "ferry0dp"));
+    assert!(
+        a1.rx_frames >= a0.rx_frames + 9,
+        "A sent >= 9 frames: {a0:?} -> {a1:?}"
+    );
+    assert!(
+        b1.tx_frames >= b0.tx_frames + 6,
+        "B got requests and replies: {b0:?} -> {b1:?}"
+    );
+    assert!(
+        a1.tx_frames >= a0.tx_frames + 9,
+        "A got replies: {a0:?} -> {a1:?}"
+    );
+    assert!(
+        h1.rx_frames >= h0.rx_frames + 3 && h1.tx_frames >= h0.tx_frames + 3,
+        "{h0:?} -> {h1:?}"
+    );
+    assert!(after.workers[0].rx_frames > before.workers[0].rx_frames);
+    assert!(
+        after.workers[0].idle_polls > 0,
+        "an idle worker sleeps in poll(2)"
+    );
+    eprintln!("stats after pings: {}", serde_json_line(&after));
+
+    // Stop: exit 0, socket gone, XDP detached, pods cut off again.
+    drop(c);
+    let mut child = topo.dataplane.take().unwrap();
+    let status = stop(&mut child).expect("dataplane exits on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(!sock.exists(), "socket file removed");
+    let shown = must(&["ip", "-n", &node, "link", "show", "fya"]);
+    assert!(!shown.contains("xdp"), "XDP detached from fya: {shown}");
+    assert!(
+        ping(&pa, B, "2").is_err(),
+        "pod-to-pod traffic stops with the dataplane"
+    );
+}
+
+fn serde_json_line(s: &Stats) -> String {
+    s.ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: rx {} tx {} drops {:?}",
+                p.name, p.rx_frames, p.tx_frames, p.drops
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
