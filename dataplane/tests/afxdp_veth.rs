@@ -327,7 +327,7 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         after.workers[0].idle_polls > 0,
         "an idle worker sleeps in poll(2)"
     );
-    eprintln!("stats after pings: {}", serde_json_line(&after));
+    eprintln!("stats after pings: {}", stats_line(&after));
 
     // Stop: exit 0, socket gone, XDP detached, pods cut off again.
     drop(c);
@@ -343,7 +343,7 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
     );
 }
 
-fn serde_json_line(s: &Stats) -> String {
+fn stats_line(s: &Stats) -> String {
     s.ports
         .iter()
         .map(|p| {
