@@ -97,7 +97,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_text() {
-        for bad in ["", "0a:58", "0a:58:0a:58:00:05:01", "zz:58:0a:58:00:05", "0a:58:0a:58:00:5"] {
+        for bad in [
+            "",
+            "0a:58",
+            "0a:58:0a:58:00:05:01",
+            "zz:58:0a:58:00:05",
+            "0a:58:0a:58:00:5",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -160,9 +160,14 @@ pub mod code {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum PodResponse {
     /// ADD: `Some(result)`; DEL/CHECK/GC: `None`.
-    Ok { result: Option<PodResult> },
+    Ok {
+        result: Option<PodResult>,
+    },
     /// STATUS: ready (ADD can be served) or why not.
-    Status { ready: bool, msg: String },
+    Status {
+        ready: bool,
+        msg: String,
+    },
     Error(PodError),
 }
 

@@ -97,14 +97,28 @@ pub enum NextHop {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Hello { api_version: u32 },
+    Hello {
+        api_version: u32,
+    },
     /// Replace the whole table state.
-    Sync { node: NodeSettings, endpoints: Vec<Endpoint>, routes: Vec<Route> },
-    UpsertEndpoint { endpoint: Endpoint },
+    Sync {
+        node: NodeSettings,
+        endpoints: Vec<Endpoint>,
+        routes: Vec<Route>,
+    },
+    UpsertEndpoint {
+        endpoint: Endpoint,
+    },
     /// Removing an unknown id is not an error (idempotent DEL).
-    RemoveEndpoint { id: String },
-    UpsertRoute { route: Route },
-    RemoveRoute { prefix: Ipv4Net },
+    RemoveEndpoint {
+        id: String,
+    },
+    UpsertRoute {
+        route: Route,
+    },
+    RemoveRoute {
+        prefix: Ipv4Net,
+    },
     /// Counters (read-only; any client, e.g. ferryctl, may ask).
     Stats,
     /// The tables as the workers see them (read-only).
@@ -114,12 +128,19 @@ pub enum Request {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
-    Hello { api_version: u32, workers: u32 },
+    Hello {
+        api_version: u32,
+        workers: u32,
+    },
     /// The update is visible to every worker from `generation` on.
-    Applied { generation: u64 },
+    Applied {
+        generation: u64,
+    },
     Stats(Stats),
     Tables(TableDump),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -172,13 +193,18 @@ mod tests {
 
     #[test]
     fn request_json_shape_is_stable() {
-        let r = Request::RemoveEndpoint { id: "abc/eth0".into() };
+        let r = Request::RemoveEndpoint {
+            id: "abc/eth0".into(),
+        };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"op":"remove_endpoint","id":"abc/eth0"}"#
         );
         let hop = NextHop::Endpoint("x/eth0".into());
-        assert_eq!(serde_json::to_string(&hop).unwrap(), r#"{"endpoint":"x/eth0"}"#);
+        assert_eq!(
+            serde_json::to_string(&hop).unwrap(),
+            r#"{"endpoint":"x/eth0"}"#
+        );
         let back: Request = serde_json::from_str(r#"{"op":"hello","api_version":1}"#).unwrap();
         assert_eq!(back, Request::Hello { api_version: 1 });
     }

@@ -56,7 +56,13 @@ mod tests {
         let mut r = io::BufReader::new(&buf[..]);
         assert_eq!(read_message::<_, Request>(&mut r).unwrap(), Request::Stats);
         assert_eq!(read_message::<_, Request>(&mut r).unwrap(), Request::Tables);
-        assert!(matches!(read_message::<_, Request>(&mut r), Err(WireError::Decode(_))));
-        assert!(matches!(read_message::<_, Request>(&mut r), Err(WireError::Closed)));
+        assert!(matches!(
+            read_message::<_, Request>(&mut r),
+            Err(WireError::Decode(_))
+        ));
+        assert!(matches!(
+            read_message::<_, Request>(&mut r),
+            Err(WireError::Closed)
+        ));
     }
 }

@@ -26,8 +26,12 @@ use crate::ipam::{IpamError, Pools};
 use crate::netlink::{host_ifname, Netlink, NetlinkError, PodPlumbing};
 use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
 
-/// How long ADD waits for the dataplane's `Applied`.
-pub const ADD_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ADD waits for the dataplane's `Applied`, queueing included.
+/// The dataplane itself gets [`REPLY_TIMEOUT`] (10 s) from the moment the
+/// upsert is sent, or the connection is dropped and the ADD fails; this
+/// outer bound only covers waiting behind other ADDs' upserts (each port
+/// the dataplane makes takes a while, and upserts go one at a time).
+pub const ADD_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

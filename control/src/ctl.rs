@@ -37,9 +37,16 @@ pub enum CtlError {
     },
 }
 
+/// Checks the reply to the greeting a protocol starts with.
+type HelloCheck<Resp> = fn(&Resp) -> Result<(), CtlError>;
+
+/// One request on a fresh connection. With `hello`, that message is sent
+/// first and its reply checked by `hello_ok` (the table API wants a `Hello`
+/// on every connection).
 fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     what: &'static str,
     path: &Path,
+    hello: Option<(&Req, HelloCheck<Resp>)>,
     req: &Req,
 ) -> Result<Resp, CtlError> {
     let stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
@@ -59,16 +66,44 @@ fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
         .set_write_timeout(Some(TIMEOUT))
         .map_err(|e| wire_err(e.into()))?;
     let mut w = &stream;
-    wire::write_message(&mut w, req).map_err(wire_err)?;
     let mut r = BufReader::new(&stream);
+    if let Some((hello, hello_ok)) = hello {
+        wire::write_message(&mut w, hello).map_err(wire_err)?;
+        let reply: Resp = wire::read_message(&mut r).map_err(wire_err)?;
+        hello_ok(&reply)?;
+    }
+    wire::write_message(&mut w, req).map_err(wire_err)?;
     wire::read_message(&mut r).map_err(wire_err)
 }
 
 const DP: &str = "ferry-dataplane";
 
+fn dp_hello_ok(reply: &table::Response) -> Result<(), CtlError> {
+    match reply {
+        table::Response::Hello { .. } => Ok(()),
+        table::Response::Error { message } => Err(CtlError::Refused {
+            what: DP,
+            msg: message.clone(),
+        }),
+        other => Err(CtlError::Unexpected {
+            what: DP,
+            asked: "Hello",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+/// A read-only table-API request, after the `Hello`.
+fn dp_call(dataplane: &Path, req: &table::Request) -> Result<table::Response, CtlError> {
+    let hello = table::Request::Hello {
+        api_version: table::API_VERSION,
+    };
+    call(DP, dataplane, Some((&hello, dp_hello_ok)), req)
+}
+
 /// The dataplane's tables (`Tables` request).
 pub fn tables(dataplane: &Path) -> Result<TableDump, CtlError> {
-    match call(DP, dataplane, &table::Request::Tables)? {
+    match dp_call(dataplane, &table::Request::Tables)? {
         table::Response::Tables(t) => Ok(t),
         table::Response::Error { message } => Err(CtlError::Refused {
             what: DP,
@@ -84,7 +119,7 @@ pub fn tables(dataplane: &Path) -> Result<TableDump, CtlError> {
 
 /// The dataplane's counters (`Stats` request).
 pub fn stats(dataplane: &Path) -> Result<Stats, CtlError> {
-    match call(DP, dataplane, &table::Request::Stats)? {
+    match dp_call(dataplane, &table::Request::Stats)? {
         table::Response::Stats(s) => Ok(s),
         table::Response::Error { message } => Err(CtlError::Refused {
             what: DP,
@@ -112,7 +147,7 @@ pub fn ferryd_status(ferryd: &Path) -> Result<(bool, String), CtlError> {
         valid_attachments: Vec::new(),
         prev_result: None,
     };
-    match call("ferryd", ferryd, &req)? {
+    match call("ferryd", ferryd, None, &req)? {
         PodResponse::Status { ready, msg } => Ok((ready, msg)),
         PodResponse::Error(e) => Err(CtlError::Refused {
             what: "ferryd",

@@ -33,6 +33,7 @@ const CHUNK: usize = 2048;
 const BATCH: usize = 64;
 const TRANSFER: usize = 1 << 20;
 const MAX_ROUNDS: u64 = 200_000;
+const PUBLISH_EVERY: u64 = 5;
 
 /// An in-memory pod link: frames the pod sent, frames for the pod.
 #[derive(Default)]
@@ -255,6 +256,7 @@ fn tcp_transfer_through_the_pipeline_with_republishes() {
     let mut chunk = vec![0u8; 8192];
 
     let mut round = 0u64;
+    let mut next_publish = PUBLISH_EVERY;
     while received < TRANSFER {
         round += 1;
         assert!(
@@ -295,11 +297,12 @@ fn tcp_transfer_through_the_pipeline_with_republishes() {
             }
         }
 
-        // Every 5 rounds the control plane publishes a new generation,
+        // Every PUBLISH_EVERY rounds the control plane publishes a new generation,
         // adding or removing pod C, and a probe checks the new table is the
         // one the next batch sees.
         let mut input: Vec<(PortId, Vec<u8>)> = Vec::new();
-        if round % 5 == 0 {
+        if round == next_publish {
+            next_publish += PUBLISH_EVERY;
             generation += 1;
             c_present = !c_present;
             handle.publish(tables(generation, c_present));

@@ -86,7 +86,11 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// global on the machine; interface names must stay under 16 bytes).
 pub fn unique_tag(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A network namespace deleted by name on drop.
@@ -99,7 +103,9 @@ impl Netns {
         let _ = run("ip", &["netns", "del", name]);
         run_ok("ip", &["netns", "add", name]);
         run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
-        Netns { name: name.to_string() }
+        Netns {
+            name: name.to_string(),
+        }
     }
     pub fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
@@ -186,7 +192,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop_inner();
         if thread::panicking() {
-            eprintln!("---- {} log ({}) ----\n{}", self.what, self.log.display(), self.log_text());
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.what,
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -212,7 +223,11 @@ impl CniOutcome {
         self.json()["code"].as_u64()
     }
     pub fn assert_ok(&self) -> &Self {
-        assert_eq!(self.exit, 0, "ferry failed: {}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.exit, 0,
+            "ferry failed: {}\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -231,7 +246,12 @@ pub fn invoke_ferry(env: &[(&str, &str)], stdin: &str) -> CniOutcome {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ferry");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     let out = wait_output_bounded(child, Duration::from_secs(60));
     CniOutcome {
         exit: out.status.code().unwrap_or(-1),
@@ -265,7 +285,11 @@ pub struct NodeOpts {
 
 impl Default for NodeOpts {
     fn default() -> Self {
-        NodeOpts { pod_cidr: "10.88.0.0/24".into(), workers: 1, ipam: None }
+        NodeOpts {
+            pod_cidr: "10.88.0.0/24".into(),
+            workers: 1,
+            ipam: None,
+        }
     }
 }
 
@@ -293,7 +317,14 @@ impl Node {
             cidr = opts.pod_cidr,
         );
         fs::write(dir.path.join("ferryd.toml"), config).expect("write ferryd config");
-        let mut node = Node { tag, opts, ferryd: None, dataplane: None, ns, dir };
+        let mut node = Node {
+            tag,
+            opts,
+            ferryd: None,
+            dataplane: None,
+            ns,
+            dir,
+        };
         node.start_dataplane();
         node.start_ferryd();
         node.wait_ready();
@@ -309,18 +340,29 @@ impl Node {
 
     fn spawn_in_ns(&self, what: &str, args: &[String]) -> Daemon {
         let log = self.dir.path.join(format!("{what}.log"));
-        let logf = fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let mut full: Vec<String> = vec!["netns".into(), "exec".into(), self.ns.name.clone()];
         full.extend_from_slice(args);
         let child = Command::new("ip")
             .args(&full)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
             .spawn()
             .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        Daemon { what: what.to_string(), child, log }
+        Daemon {
+            what: what.to_string(),
+            child,
+            log,
+        }
     }
 
     pub fn start_dataplane(&mut self) {
@@ -338,7 +380,12 @@ impl Node {
             ],
         );
         let ok = wait_until(Duration::from_secs(20), || sock.exists());
-        assert!(ok, "ferry-dataplane did not create {}:\n{}", sock.display(), d.log_text());
+        assert!(
+            ok,
+            "ferry-dataplane did not create {}:\n{}",
+            sock.display(),
+            d.log_text()
+        );
         self.dataplane = Some(d);
     }
 
@@ -362,8 +409,14 @@ impl Node {
             ok,
             "ferryd never became ready: {:?}\nferryd log:\n{}\ndataplane log:\n{}",
             self.status(),
-            self.ferryd.as_ref().map(|d| d.log_text()).unwrap_or_default(),
-            self.dataplane.as_ref().map(|d| d.log_text()).unwrap_or_default()
+            self.ferryd
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default(),
+            self.dataplane
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default()
         );
     }
 
@@ -383,11 +436,21 @@ impl Node {
     }
 
     pub fn status(&self) -> CniOutcome {
-        invoke_ferry(&[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/nonexistent")], &self.conf("1.1.0"))
+        invoke_ferry(
+            &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/nonexistent")],
+            &self.conf("1.1.0"),
+        )
     }
 
     /// ADD/CHECK/DEL for a container, as a runtime invokes it.
-    pub fn cni(&self, command: &str, container: &str, netns: &str, ifname: &str, conf: &str) -> CniOutcome {
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        conf: &str,
+    ) -> CniOutcome {
         invoke_ferry(
             &[
                 ("CNI_COMMAND", command),
@@ -395,7 +458,10 @@ impl Node {
                 ("CNI_NETNS", netns),
                 ("CNI_IFNAME", ifname),
                 ("CNI_PATH", "/opt/cni/bin"),
-                ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=itest"),
+                (
+                    "CNI_ARGS",
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=itest",
+                ),
             ],
             conf,
         )
@@ -408,13 +474,27 @@ impl Node {
         let out = self.cni("ADD", &container, &ns.path(), "eth0", &self.conf("1.0.0"));
         out.assert_ok();
         let result = out.json();
-        let addr = result["ips"][0]["address"].as_str().expect("ips[0].address").to_string();
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .expect("ips[0].address")
+            .to_string();
         let ip = addr.split('/').next().unwrap().to_string();
-        Pod { ns, container, ip, result }
+        Pod {
+            ns,
+            container,
+            ip,
+            result,
+        }
     }
 
     pub fn del_pod(&self, pod: &Pod) -> CniOutcome {
-        self.cni("DEL", &pod.container, &pod.ns.path(), "eth0", &self.conf("1.0.0"))
+        self.cni(
+            "DEL",
+            &pod.container,
+            &pod.ns.path(),
+            "eth0",
+            &self.conf("1.0.0"),
+        )
     }
 
     pub fn ferryctl(&self, args: &[&str]) -> Output {
@@ -425,13 +505,20 @@ impl Node {
             self.dataplane_socket().display().to_string(),
         ];
         full.extend(args.iter().map(|s| s.to_string()));
-        Command::new(bin("ferryctl")).args(&full).output().expect("run ferryctl")
+        Command::new(bin("ferryctl"))
+            .args(&full)
+            .output()
+            .expect("run ferryctl")
     }
 
     /// The dataplane's Stats as JSON (through ferryctl --json).
     pub fn stats(&self) -> Value {
         let out = self.ferryctl(&["stats", "--json"]);
-        assert!(out.status.success(), "ferryctl stats: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ferryctl stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("ferryctl stats --json prints JSON")
     }
 }
@@ -447,9 +534,21 @@ pub struct Pod {
 impl Pod {
     /// `ping -c count` to `dst`; true if all replies came back.
     pub fn ping(&self, dst: &str, count: u32) -> bool {
-        ns_run(&self.ns.name, &["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", dst])
-            .status
-            .success()
+        ns_run(
+            &self.ns.name,
+            &[
+                "ping",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                dst,
+            ],
+        )
+        .status
+        .success()
     }
 }
 
@@ -458,7 +557,13 @@ pub fn first_host(cidr: &str) -> String {
     let ip = cidr.split('/').next().expect("cidr");
     let o: Vec<u32> = ip.split('.').map(|p| p.parse().expect("octet")).collect();
     let n = (o[0] << 24 | o[1] << 16 | o[2] << 8 | o[3]) + 1;
-    format!("{}.{}.{}.{}", n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
+    format!(
+        "{}.{}.{}.{}",
+        n >> 24,
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255
+    )
 }
 
 /// Sum of a counter over every port of a Stats JSON.

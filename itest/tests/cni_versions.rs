@@ -16,15 +16,27 @@ fn every_version_add_check_del_del() {
         let add = node.cni("ADD", &container, &ns.path(), "eth0", &conf);
         add.assert_ok();
         let result = add.json();
-        assert_eq!(result["cniVersion"], *version, "result answered in the version asked");
+        assert_eq!(
+            result["cniVersion"], *version,
+            "result answered in the version asked"
+        );
         let ip0 = &result["ips"][0];
         let addr = ip0["address"].as_str().expect("address");
-        assert!(addr.starts_with("10.88.0.") && addr.ends_with("/24"), "{addr}");
+        assert!(
+            addr.starts_with("10.88.0.") && addr.ends_with("/24"),
+            "{addr}"
+        );
         assert_eq!(ip0["gateway"], "10.88.0.1");
         if version.starts_with("0.") {
-            assert_eq!(ip0["version"], "4", "0.3.x/0.4.0 results carry ips[].version");
+            assert_eq!(
+                ip0["version"], "4",
+                "0.3.x/0.4.0 results carry ips[].version"
+            );
         } else {
-            assert!(ip0.get("version").is_none(), "1.x results have no ips[].version");
+            assert!(
+                ip0.get("version").is_none(),
+                "1.x results have no ips[].version"
+            );
         }
         // The IP must be on the interface named by CNI_IFNAME (containerd checks this).
         let iface = ip0["interface"].as_u64().expect("ips[].interface") as usize;
@@ -42,17 +54,29 @@ fn every_version_add_check_del_del() {
         if *version != "0.3.0" && *version != "0.3.1" {
             let mut with_prev: serde_json::Value = serde_json::from_str(&conf).unwrap();
             with_prev["prevResult"] = result.clone();
-            let check = node.cni("CHECK", &container, &ns.path(), "eth0", &with_prev.to_string());
+            let check = node.cni(
+                "CHECK",
+                &container,
+                &ns.path(),
+                "eth0",
+                &with_prev.to_string(),
+            );
             check.assert_ok();
         } else {
             let check = node.cni("CHECK", &container, &ns.path(), "eth0", &conf);
-            assert_eq!(check.code(), Some(1), "CHECK before 0.4.0 is incompatible: {check:?}");
+            assert_eq!(
+                check.code(),
+                Some(1),
+                "CHECK before 0.4.0 is incompatible: {check:?}"
+            );
         }
 
-        node.cni("DEL", &container, &ns.path(), "eth0", &conf).assert_ok();
+        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+            .assert_ok();
         let gone = ns_run(&ns.name, &["ip", "link", "show", "eth0"]);
         assert!(!gone.status.success(), "eth0 still in the pod after DEL");
-        node.cni("DEL", &container, &ns.path(), "eth0", &conf).assert_ok();
+        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+            .assert_ok();
         // containerd's second DEL comes without a netns.
         node.cni("DEL", &container, "", "eth0", &conf).assert_ok();
         let _ = ip;
@@ -64,9 +88,16 @@ fn version_command_lists_supported_versions() {
     let out = invoke_ferry(&[("CNI_COMMAND", "VERSION")], "");
     out.assert_ok();
     let v = out.json();
-    let supported: Vec<&str> =
-        v["supportedVersions"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let supported: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     for version in VERSIONS {
-        assert!(supported.contains(version), "{version} missing from {supported:?}");
+        assert!(
+            supported.contains(version),
+            "{version} missing from {supported:?}"
+        );
     }
 }

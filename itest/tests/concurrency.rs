@@ -16,19 +16,32 @@ fn pool(n: u32) -> String {
 }
 
 /// ADD pods 0..n in parallel; returns (index, outcome) for each.
-fn parallel_adds(node: &Arc<Node>, pods: &Arc<Vec<Netns>>, round: &str) -> Vec<(usize, CniOutcome)> {
+fn parallel_adds(
+    node: &Arc<Node>,
+    pods: &Arc<Vec<Netns>>,
+    round: &str,
+) -> Vec<(usize, CniOutcome)> {
     let handles: Vec<_> = (0..pods.len())
         .map(|i| {
             let node = Arc::clone(node);
             let pods = Arc::clone(pods);
             let round = round.to_string();
             thread::spawn(move || {
-                let out = node.cni("ADD", &format!("{round}-{i}"), &pods[i].path(), "eth0", &node.conf("1.0.0"));
+                let out = node.cni(
+                    "ADD",
+                    &format!("{round}-{i}"),
+                    &pods[i].path(),
+                    "eth0",
+                    &node.conf("1.0.0"),
+                );
                 (i, out)
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("ADD thread")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("ADD thread"))
+        .collect()
 }
 
 fn parallel_dels(node: &Arc<Node>, pods: &Arc<Vec<Netns>>, round: &str) {
@@ -38,7 +51,13 @@ fn parallel_dels(node: &Arc<Node>, pods: &Arc<Vec<Netns>>, round: &str) {
             let pods = Arc::clone(pods);
             let round = round.to_string();
             thread::spawn(move || {
-                node.cni("DEL", &format!("{round}-{i}"), &pods[i].path(), "eth0", &node.conf("1.0.0"))
+                node.cni(
+                    "DEL",
+                    &format!("{round}-{i}"),
+                    &pods[i].path(),
+                    "eth0",
+                    &node.conf("1.0.0"),
+                )
             })
         })
         .collect();
@@ -55,16 +74,40 @@ fn ips_of(outcomes: &[(usize, CniOutcome)]) -> Vec<String> {
         .collect()
 }
 
+/// The last `n` lines of a log.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 #[test]
 fn fifty_parallel_adds_then_dels_no_duplicate_no_leak() {
     const N: usize = 50;
-    let node = Arc::new(Node::start("fc", NodeOpts { ipam: Some(pool(N as u32)), ..NodeOpts::default() }));
-    let pods: Arc<Vec<Netns>> = Arc::new((0..N).map(|i| Netns::new(&format!("{}-p{i}", node.tag))).collect());
+    let node = Arc::new(Node::start(
+        "fc",
+        NodeOpts {
+            ipam: Some(pool(N as u32)),
+            ..NodeOpts::default()
+        },
+    ));
+    let pods: Arc<Vec<Netns>> = Arc::new(
+        (0..N)
+            .map(|i| Netns::new(&format!("{}-p{i}", node.tag)))
+            .collect(),
+    );
 
     for round in ["r1", "r2"] {
         let outcomes = parallel_adds(&node, &pods, round);
         for (i, o) in &outcomes {
-            assert_eq!(o.exit, 0, "ADD {round}-{i} failed: {}", o.stdout);
+            assert_eq!(
+                o.exit,
+                0,
+                "ADD {round}-{i} failed: {o:?}\nferryd log (tail):\n{}",
+                node.ferryd
+                    .as_ref()
+                    .map(|d| tail(&d.log_text(), 40))
+                    .unwrap_or_default()
+            );
         }
         let ips = ips_of(&outcomes);
         let unique: BTreeSet<_> = ips.iter().collect();
@@ -75,17 +118,34 @@ fn fifty_parallel_adds_then_dels_no_duplicate_no_leak() {
     }
     let eps = node.ferryctl(&["endpoints", "--json"]);
     let eps: serde_json::Value = serde_json::from_slice(&eps.stdout).expect("endpoints json");
-    assert_eq!(eps.as_array().map(|a| a.len()), Some(0), "endpoints left after DEL: {eps}");
+    assert_eq!(
+        eps.as_array().map(|a| a.len()),
+        Some(0),
+        "endpoints left after DEL: {eps}"
+    );
 }
 
 #[test]
 fn ferryd_sigkill_during_add_burst_keeps_state() {
     const N: usize = 16;
-    let mut node = Node::start("fk", NodeOpts { ipam: Some(pool(N as u32)), ..NodeOpts::default() });
-    let pods: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("{}-p{i}", node.tag))).collect();
+    let mut node = Node::start(
+        "fk",
+        NodeOpts {
+            ipam: Some(pool(N as u32)),
+            ..NodeOpts::default()
+        },
+    );
+    let pods: Vec<Netns> = (0..N)
+        .map(|i| Netns::new(&format!("{}-p{i}", node.tag)))
+        .collect();
 
     // Start the burst, kill ferryd while it is under way.
-    let ferryd_pid = node.ferryd.as_ref().expect("ferryd running").pid().to_string();
+    let ferryd_pid = node
+        .ferryd
+        .as_ref()
+        .expect("ferryd running")
+        .pid()
+        .to_string();
     let outcomes = thread::scope(|s| {
         let handles: Vec<_> = (0..N)
             .map(|i| {
@@ -93,13 +153,25 @@ fn ferryd_sigkill_during_add_burst_keeps_state() {
                 let pods = &pods;
                 s.spawn(move || {
                     thread::sleep(Duration::from_millis(20 * i as u64));
-                    (i, node.cni("ADD", &format!("k-{i}"), &pods[i].path(), "eth0", &node.conf("1.0.0")))
+                    (
+                        i,
+                        node.cni(
+                            "ADD",
+                            &format!("k-{i}"),
+                            &pods[i].path(),
+                            "eth0",
+                            &node.conf("1.0.0"),
+                        ),
+                    )
                 })
             })
             .collect();
         thread::sleep(Duration::from_millis(150));
         run_ok("kill", &["-KILL", &ferryd_pid]);
-        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
     let acked: Vec<&(usize, CniOutcome)> = outcomes.iter().filter(|(_, o)| o.exit == 0).collect();
     node.ferryd.take().expect("ferryd handle").kill(); // reap it
@@ -118,19 +190,51 @@ fn ferryd_sigkill_during_add_burst_keeps_state() {
     for (i, o) in &acked {
         let mut conf: serde_json::Value = serde_json::from_str(&node.conf("1.0.0")).unwrap();
         conf["prevResult"] = o.json();
-        node.cni("CHECK", &format!("k-{i}"), &pods[*i].path(), "eth0", &conf.to_string()).assert_ok();
+        node.cni(
+            "CHECK",
+            &format!("k-{i}"),
+            &pods[*i].path(),
+            "eth0",
+            &conf.to_string(),
+        )
+        .assert_ok();
     }
     // The runtime cleans up the failed ones with DEL (must succeed), then retries them.
     for (i, o) in outcomes.iter().filter(|(_, o)| o.exit != 0) {
         let _ = o;
-        node.cni("DEL", &format!("k-{i}"), &pods[*i].path(), "eth0", &node.conf("1.0.0")).assert_ok();
-        node.cni("ADD", &format!("k-{i}"), &pods[*i].path(), "eth0", &node.conf("1.0.0")).assert_ok();
+        node.cni(
+            "DEL",
+            &format!("k-{i}"),
+            &pods[*i].path(),
+            "eth0",
+            &node.conf("1.0.0"),
+        )
+        .assert_ok();
+        node.cni(
+            "ADD",
+            &format!("k-{i}"),
+            &pods[*i].path(),
+            "eth0",
+            &node.conf("1.0.0"),
+        )
+        .assert_ok();
     }
     // All N fit in the N-address pool: nothing leaked by the crash.
     let ns = Netns::new(&format!("{}-extra", node.tag));
     let out = node.cni("ADD", "extra", &ns.path(), "eth0", &node.conf("1.0.0"));
-    assert_eq!(out.code(), Some(101), "pool should be exactly full: {out:?}");
-    for i in 0..N {
-        node.cni("DEL", &format!("k-{i}"), &pods[i].path(), "eth0", &node.conf("1.0.0")).assert_ok();
+    assert_eq!(
+        out.code(),
+        Some(101),
+        "pool should be exactly full: {out:?}"
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        node.cni(
+            "DEL",
+            &format!("k-{i}"),
+            &pod.path(),
+            "eth0",
+            &node.conf("1.0.0"),
+        )
+        .assert_ok();
     }
 }

@@ -14,11 +14,21 @@ fn pods_talk_through_the_dataplane_only() {
 
     // No Linux bridge, and no kernel route to any single pod: the kernel's
     // only pod route points at the host port.
-    let bridges = ns_run_ok(&node.ns.name, &["ip", "-d", "link", "show", "type", "bridge"]);
-    assert!(bridges.trim().is_empty(), "a bridge exists in the node: {bridges}");
+    let bridges = ns_run_ok(
+        &node.ns.name,
+        &["ip", "-d", "link", "show", "type", "bridge"],
+    );
+    assert!(
+        bridges.trim().is_empty(),
+        "a bridge exists in the node: {bridges}"
+    );
     let routes = ns_run_ok(&node.ns.name, &["ip", "-4", "route", "show"]);
     for pod in [&a, &b, &c] {
-        assert!(!routes.contains(&pod.ip), "kernel route to {} in node: {routes}", pod.ip);
+        assert!(
+            !routes.contains(&pod.ip),
+            "kernel route to {} in node: {routes}",
+            pod.ip
+        );
     }
     // The XDP program is attached to every pod host veth.
     let links = ns_run_ok(&node.ns.name, &["ip", "-d", "link", "show"]);
@@ -33,7 +43,12 @@ fn pods_talk_through_the_dataplane_only() {
     assert!(b.ping(&c.ip, 3), "b -> c");
     assert!(c.ping("10.88.0.1", 2), "c -> gateway");
     // The node reaches a pod through the host port (kubelet probes).
-    assert!(ns_run(&node.ns.name, &["ping", "-c", "2", "-W", "1", &a.ip]).status.success(), "node -> a");
+    assert!(
+        ns_run(&node.ns.name, &["ping", "-c", "2", "-W", "1", &a.ip])
+            .status
+            .success(),
+        "node -> a"
+    );
     let after = node.stats();
     assert!(
         port_counter(&after, "rx_frames") >= port_counter(&before, "rx_frames") + 12,
@@ -43,8 +58,15 @@ fn pods_talk_through_the_dataplane_only() {
     // TCP with default pod offloads (partial checksums completed by the dataplane).
     let srv = ns_run(&b.ns.name, &["iperf3", "-s", "-D", "-1", "-p", "5301"]);
     assert!(srv.status.success(), "iperf3 -s: {srv:?}");
-    let cli = ns_run(&a.ns.name, &["iperf3", "-c", &b.ip, "-p", "5301", "-t", "1", "-J"]);
-    assert!(cli.status.success(), "iperf3 a -> b: {}", String::from_utf8_lossy(&cli.stdout));
+    let cli = ns_run(
+        &a.ns.name,
+        &["iperf3", "-c", &b.ip, "-p", "5301", "-t", "1", "-J"],
+    );
+    assert!(
+        cli.status.success(),
+        "iperf3 a -> b: {}",
+        String::from_utf8_lossy(&cli.stdout)
+    );
     let j: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
     let bytes = j["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
     assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
@@ -56,12 +78,20 @@ fn pods_talk_through_the_dataplane_only() {
     node.start_dataplane();
     let back = wait_until(Duration::from_secs(20), || a.ping(&b.ip, 1));
     assert!(back, "traffic did not resume after the dataplane restart");
-    assert!(ns_run(&node.ns.name, &["ping", "-c", "1", "-W", "1", &c.ip]).status.success(), "node -> c");
+    assert!(
+        ns_run(&node.ns.name, &["ping", "-c", "1", "-W", "1", &c.ip])
+            .status
+            .success(),
+        "node -> c"
+    );
 
     // The dataplane dying hard (SIGKILL) is survived the same way.
     node.dataplane.take().unwrap().kill();
     node.start_dataplane();
-    assert!(wait_until(Duration::from_secs(20), || b.ping(&c.ip, 1)), "after SIGKILL");
+    assert!(
+        wait_until(Duration::from_secs(20), || b.ping(&c.ip, 1)),
+        "after SIGKILL"
+    );
 
     for pod in [&a, &b, &c] {
         node.del_pod(pod).assert_ok();
@@ -74,14 +104,29 @@ fn gc_releases_attachments_not_listed() {
     let a = node.add_pod(1);
     let b = node.add_pod(2);
     let mut conf: serde_json::Value = serde_json::from_str(&node.conf("1.1.0")).unwrap();
-    conf["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": a.container, "ifname": "eth0"}]);
-    let out = invoke_ferry(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")], &conf.to_string());
+    conf["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": a.container, "ifname": "eth0"}]);
+    let out = invoke_ferry(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &conf.to_string(),
+    );
     out.assert_ok();
     let eps = node.ferryctl(&["endpoints", "--json"]);
     let eps: serde_json::Value = serde_json::from_slice(&eps.stdout).expect("endpoints json");
     let text = eps.to_string();
-    assert!(text.contains(&a.ip), "GC removed a valid attachment: {text}");
-    assert!(!text.contains(&b.ip), "GC kept an attachment not listed: {text}");
-    assert!(!ns_run(&b.ns.name, &["ip", "link", "show", "eth0"]).status.success(), "b's eth0 left");
+    assert!(
+        text.contains(&a.ip),
+        "GC removed a valid attachment: {text}"
+    );
+    assert!(
+        !text.contains(&b.ip),
+        "GC kept an attachment not listed: {text}"
+    );
+    assert!(
+        !ns_run(&b.ns.name, &["ip", "link", "show", "eth0"])
+            .status
+            .success(),
+        "b's eth0 left"
+    );
     node.del_pod(&a).assert_ok();
 }

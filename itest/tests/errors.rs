@@ -7,7 +7,7 @@ fn conf(version: &str, sock: &str) -> String {
         .to_string()
 }
 
-fn add_env<'a>(netns: &'a str) -> Vec<(&'a str, &'a str)> {
+fn add_env(netns: &str) -> Vec<(&str, &str)> {
     vec![
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "c1"),
@@ -17,6 +17,9 @@ fn add_env<'a>(netns: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
+/// (description, environment, stdin, expected CNI error code)
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64);
+
 #[test]
 fn errors_without_ferryd_have_their_codes() {
     let ns = Netns::new(&unique_tag("fe"));
@@ -25,9 +28,12 @@ fn errors_without_ferryd_have_their_codes() {
     let good = conf("1.0.0", sock);
 
     // (description, env, stdin, expected code)
-    let mut cases: Vec<(&str, Vec<(&str, &str)>, String, u64)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     for var in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"] {
-        let env: Vec<_> = add_env(&path).into_iter().filter(|(k, _)| *k != var).collect();
+        let env: Vec<_> = add_env(&path)
+            .into_iter()
+            .filter(|(k, _)| *k != var)
+            .collect();
         cases.push(("missing env var", env, good.clone(), 4));
     }
     let mut env = add_env(&path);
@@ -43,15 +49,30 @@ fn errors_without_ferryd_have_their_codes() {
     env[0] = ("CNI_COMMAND", "FROB");
     cases.push(("unknown command", env, good.clone(), 4));
     cases.push(("undecodable config", add_env(&path), "{not json".into(), 6));
-    cases.push(("unsupported version", add_env(&path), conf("9.9.9", sock), 1));
+    cases.push((
+        "unsupported version",
+        add_env(&path),
+        conf("9.9.9", sock),
+        1,
+    ));
     let wrong_type = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge"});
-    cases.push(("wrong plugin type", add_env(&path), wrong_type.to_string(), 7));
+    cases.push((
+        "wrong plugin type",
+        add_env(&path),
+        wrong_type.to_string(),
+        7,
+    ));
     let v6 = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
         "ipam": {"ranges": [[{"subnet": "fd00::/64"}]]}});
     cases.push(("IPv6 range", add_env(&path), v6.to_string(), 7));
     let outside = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
         "ipam": {"ranges": [[{"subnet": "10.88.0.0/24", "rangeStart": "10.99.0.5"}]]}});
-    cases.push(("rangeStart outside subnet", add_env(&path), outside.to_string(), 7));
+    cases.push((
+        "rangeStart outside subnet",
+        add_env(&path),
+        outside.to_string(),
+        7,
+    ));
     let mut env = add_env(&path);
     env[0] = ("CNI_COMMAND", "STATUS");
     cases.push(("STATUS before 1.1.0", env, conf("1.0.0", sock), 1));
@@ -65,7 +86,10 @@ fn errors_without_ferryd_have_their_codes() {
         assert_ne!(out.exit, 0, "{what}: must fail");
         let err = out.json();
         assert_eq!(err["code"].as_u64(), Some(*code), "{what}: {}", out.stdout);
-        assert!(!err["msg"].as_str().unwrap_or("").is_empty(), "{what}: empty msg");
+        assert!(
+            !err["msg"].as_str().unwrap_or("").is_empty(),
+            "{what}: empty msg"
+        );
     }
     // STATUS with ferryd unreachable: not available (50).
     let out = invoke_ferry(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0", sock));
@@ -75,7 +99,13 @@ fn errors_without_ferryd_have_their_codes() {
 #[test]
 fn pool_exhausted_and_taken_address_are_reported() {
     let ipam = r#"{"ranges": [[{"subnet": "10.88.0.0/24", "rangeStart": "10.88.0.10", "rangeEnd": "10.88.0.11"}]]}"#;
-    let node = Node::start("fx", NodeOpts { ipam: Some(ipam.into()), ..NodeOpts::default() });
+    let node = Node::start(
+        "fx",
+        NodeOpts {
+            ipam: Some(ipam.into()),
+            ..NodeOpts::default()
+        },
+    );
     let a = node.add_pod(1);
     let b = node.add_pod(2);
     let mut ips = vec![a.ip.clone(), b.ip.clone()];
@@ -86,7 +116,9 @@ fn pool_exhausted_and_taken_address_are_reported() {
     let out = node.cni("ADD", "third", &ns.path(), "eth0", &node.conf("1.0.0"));
     assert_eq!(out.code(), Some(101), "pool exhausted: {out:?}");
     // Nothing half-made is left: no eth0 in the pod.
-    assert!(!ns_run(&ns.name, &["ip", "link", "show", "eth0"]).status.success());
+    assert!(!ns_run(&ns.name, &["ip", "link", "show", "eth0"])
+        .status
+        .success());
 
     // An explicit request for a taken address (CNI_ARGS IP=) fails with 102.
     node.del_pod(&b).assert_ok();

@@ -292,14 +292,19 @@ fn publish(c: &mut Criterion) {
             },
         );
         stop.store(true, Ordering::Relaxed);
+        // (With a name filter the benches above may not run at all, so the
+        // reader may not have loaded anything: nothing to assert here.)
         let loads = reader.join().expect("reader thread");
-        assert!(loads > 0, "the reader ran");
+        black_box(loads);
     }
     g.finish();
 }
 
 fn config() -> Criterion {
+    // No HTML plots: figures are read from the terminal, and criterion's
+    // plotter panics on the degenerate samples of a `--quick` run.
     Criterion::default()
+        .without_plots()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
 }

@@ -45,6 +45,9 @@ enum Cmd {
         /// Workers of the second ferry instance measured with the 64 B workload (0: none).
         #[arg(long, default_value_t = 2)]
         ferry_workers: u32,
+        /// Generator threads of the UDP workloads (each its own socket and 8 flows).
+        #[arg(long, default_value_t = 1)]
+        senders: u32,
     },
     /// Remove fpf-* network namespaces left by a killed run.
     Cleanup,
@@ -64,11 +67,25 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Cleanup => {
-            let removed = e2e::sys::remove_stale_namespaces().context("removing fpf-* namespaces")?;
-            println!("removed {} namespace(s): {}", removed.len(), removed.join(" "));
+            let removed =
+                e2e::sys::remove_stale_namespaces().context("removing fpf-* namespaces")?;
+            println!(
+                "removed {} namespace(s): {}",
+                removed.len(),
+                removed.join(" ")
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::E2e { quick, out, reps, topologies, bin_dir, scale_pods, ferry_workers } => {
+        Cmd::E2e {
+            quick,
+            out,
+            reps,
+            topologies,
+            bin_dir,
+            scale_pods,
+            ferry_workers,
+            senders,
+        } => {
             let mut o = e2e::Options::new(quick);
             o.out = out;
             o.reps = reps;
@@ -78,12 +95,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             o.scale_pods = scale_pods.into_iter().filter(|n| *n > 2).collect();
             o.extra_ferry_workers = (ferry_workers > 1).then_some(ferry_workers);
+            o.senders = senders.clamp(1, 64);
             match e2e::run(&o) {
                 Ok(outcome) => {
                     println!("{}", outcome.markdown);
                     println!("results in {}", outcome.dir.display());
                     if outcome.failures > 0 {
-                        eprintln!("perf: {} failure(s), listed in the report", outcome.failures);
+                        eprintln!(
+                            "perf: {} failure(s), listed in the report",
+                            outcome.failures
+                        );
                         return Ok(ExitCode::from(2));
                     }
                     Ok(ExitCode::SUCCESS)

@@ -48,12 +48,18 @@ fn tables() -> &'static Tables {
             })
             .collect();
         let routes = vec![
-            Route { prefix: "192.168.100.0/24".parse().expect("prefix"), next_hop: NextHop::Blackhole },
+            Route {
+                prefix: "192.168.100.0/24".parse().expect("prefix"),
+                next_hop: NextHop::Blackhole,
+            },
             Route {
                 prefix: "172.20.0.0/16".parse().expect("prefix"),
                 next_hop: NextHop::Endpoint("pod3/eth0".into()),
             },
-            Route { prefix: "10.88.0.128/25".parse().expect("prefix"), next_hop: NextHop::Host },
+            Route {
+                prefix: "10.88.0.128/25".parse().expect("prefix"),
+                next_hop: NextHop::Host,
+            },
         ];
         let port_of = |name: &str| -> Option<PortId> {
             if name == "ferry0dp" {
@@ -84,7 +90,9 @@ fn fix_ip_checksum(f: &mut [u8]) {
 }
 
 fn fix_l4_checksum(f: &mut [u8]) {
-    let Some((hl, tl)) = ipv4_bounds(f) else { return };
+    let Some((hl, tl)) = ipv4_bounds(f) else {
+        return;
+    };
     let at = match f[23] {
         6 if tl - hl >= 20 => 14 + hl + 16,
         17 if tl - hl >= 8 => 14 + hl + 6,
@@ -122,19 +130,29 @@ fuzz_target!(|data: &[u8]| {
         rest = &tail[n..];
     }
     let mut copies = bufs.clone();
-    let mut frames: Vec<Frame<'_>> =
-        bufs.iter_mut().zip(&specs).map(|(b, (port, n))| Frame::new(*port, b, *n)).collect();
+    let mut frames: Vec<Frame<'_>> = bufs
+        .iter_mut()
+        .zip(&specs)
+        .map(|(b, (port, n))| Frame::new(*port, b, *n))
+        .collect();
     let mut verdicts = vec![Verdict::Tx(PortId::MAX); frames.len()];
     process_batch(t, 0, &mut frames, &mut verdicts);
     for (frame, verdict) in frames.iter().zip(&verdicts) {
-        assert_ne!(*verdict, Verdict::Tx(PortId::MAX), "frame without a verdict");
+        assert_ne!(
+            *verdict,
+            Verdict::Tx(PortId::MAX),
+            "frame without a verdict"
+        );
         match verdict {
             Verdict::Tx(p) => {
                 assert!(t.port_role(*p).is_some(), "tx to unknown port {p}");
                 assert!(frame.len <= frame.buf.len(), "frame grew past its buffer");
             }
             Verdict::Drop(r) => assert!(
-                !matches!(r, DropReason::TxRingFull | DropReason::PortGone | DropReason::NoTxQueue),
+                !matches!(
+                    r,
+                    DropReason::TxRingFull | DropReason::PortGone | DropReason::NoTxQueue
+                ),
                 "the pipeline returned an I/O-layer reason {r:?}"
             ),
         }
@@ -142,6 +160,10 @@ fuzz_target!(|data: &[u8]| {
     // The batch path agrees with the single-frame reference.
     for (i, (port, n)) in specs.iter().enumerate() {
         let mut single = Frame::new(*port, &mut copies[i], *n);
-        assert_eq!(process_frame(t, &mut single), verdicts[i], "batch and frame paths disagree");
+        assert_eq!(
+            process_frame(t, &mut single),
+            verdicts[i],
+            "batch and frame paths disagree"
+        );
     }
 });

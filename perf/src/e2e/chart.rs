@@ -22,14 +22,54 @@ struct Panel {
 }
 
 const PANELS: &[Panel] = &[
-    Panel { title: "TCP throughput (Gbit/s, higher is better)", metric: "gbit_s", groups: &[("1 stream", "tcp-1"), ("4 streams", "tcp-4")] },
-    Panel { title: "UDP received (Mpps, higher is better)", metric: "rx_mpps", groups: &[("64 B", "udp-64B"), ("1400 B", "udp-1400B")] },
-    Panel { title: "Round trip p50 (µs, lower is better)", metric: "p50_us", groups: &[("ping", "ping"), ("TCP 1-byte RR", "tcp-rr")] },
-    Panel { title: "Round trip p99 (µs, lower is better)", metric: "p99_us", groups: &[("ping", "ping"), ("TCP 1-byte RR", "tcp-rr")] },
-    Panel { title: "TCP CPU cost (CPU s per Gbit, lower is better)", metric: "cpu_s_per_gbit", groups: &[("1 stream", "tcp-1"), ("4 streams", "tcp-4")] },
-    Panel { title: "UDP CPU cost (CPU s per Mpkt, lower is better)", metric: "cpu_s_per_mpkt", groups: &[("64 B", "udp-64B"), ("1400 B", "udp-1400B")] },
-    Panel { title: "64 B scale: received Mpps by pods present", metric: "rx_mpps", groups: &[("2 pods", "udp-64B"), ("16 pods", "udp-64B pods=16"), ("64 pods", "udp-64B pods=64")] },
-    Panel { title: "64 B scale: CPU s per Mpkt by pods present", metric: "cpu_s_per_mpkt", groups: &[("2 pods", "udp-64B"), ("16 pods", "udp-64B pods=16"), ("64 pods", "udp-64B pods=64")] },
+    Panel {
+        title: "TCP throughput (Gbit/s, higher is better)",
+        metric: "gbit_s",
+        groups: &[("1 stream", "tcp-1"), ("4 streams", "tcp-4")],
+    },
+    Panel {
+        title: "UDP received (Mpps, higher is better)",
+        metric: "rx_mpps",
+        groups: &[("64 B", "udp-64B"), ("1400 B", "udp-1400B")],
+    },
+    Panel {
+        title: "Round trip p50 (µs, lower is better)",
+        metric: "p50_us",
+        groups: &[("ping", "ping"), ("TCP 1-byte RR", "tcp-rr")],
+    },
+    Panel {
+        title: "Round trip p99 (µs, lower is better)",
+        metric: "p99_us",
+        groups: &[("ping", "ping"), ("TCP 1-byte RR", "tcp-rr")],
+    },
+    Panel {
+        title: "TCP CPU cost (CPU s per Gbit, lower is better)",
+        metric: "cpu_s_per_gbit",
+        groups: &[("1 stream", "tcp-1"), ("4 streams", "tcp-4")],
+    },
+    Panel {
+        title: "UDP CPU cost (CPU s per Mpkt, lower is better)",
+        metric: "cpu_s_per_mpkt",
+        groups: &[("64 B", "udp-64B"), ("1400 B", "udp-1400B")],
+    },
+    Panel {
+        title: "64 B scale: received Mpps by pods present",
+        metric: "rx_mpps",
+        groups: &[
+            ("2 pods", "udp-64B"),
+            ("16 pods", "udp-64B pods=16"),
+            ("64 pods", "udp-64B pods=64"),
+        ],
+    },
+    Panel {
+        title: "64 B scale: CPU s per Mpkt by pods present",
+        metric: "cpu_s_per_mpkt",
+        groups: &[
+            ("2 pods", "udp-64B"),
+            ("16 pods", "udp-64B pods=16"),
+            ("64 pods", "udp-64B pods=64"),
+        ],
+    },
 ];
 
 const COLORS: [RGBColor; 6] = [
@@ -45,14 +85,21 @@ fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut r = Ok(());
     ONCE.call_once(|| {
-        r = plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR)
-            .map_err(|_| E2eError::Report("the bundled font does not parse".into()));
+        r = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            epaint_default_fonts::HACK_REGULAR,
+        )
+        .map_err(|_| E2eError::Report("the bundled font does not parse".into()));
     });
     r
 }
 
 fn row<'a>(report: &'a Report, case: &str, metric: &str) -> Option<&'a Row> {
-    report.summary.iter().find(|r| r.case == case && r.metric == metric)
+    report
+        .summary
+        .iter()
+        .find(|r| r.case == case && r.metric == metric)
 }
 
 fn err<E: std::fmt::Display>(e: E) -> E2eError {
@@ -65,8 +112,16 @@ pub fn render(report: &Report, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1600, 2000)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (head, body) = root.split_vertically(90);
-    let started = report.meta.get("started").and_then(|v| v.as_str()).unwrap_or("");
-    let mode = report.meta.get("mode").and_then(|v| v.as_str()).unwrap_or("");
+    let started = report
+        .meta
+        .get("started")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let mode = report
+        .meta
+        .get("mode")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     head.draw(&Text::new(
         format!("ferry end-to-end: median with min–max over repetitions ({mode} mode, {started})"),
         (20, 12),
@@ -77,9 +132,14 @@ pub fn render(report: &Report, path: &Path) -> Result<()> {
     for (i, t) in topos.iter().enumerate() {
         let x = 20 + 220 * i as i32;
         let c = COLORS[i % COLORS.len()];
-        head.draw(&Rectangle::new([(x, 52), (x + 24, 72)], c.filled())).map_err(err)?;
-        head.draw(&Text::new(t.clone(), (x + 32, 52), (FONT, 20).into_font().color(&BLACK)))
+        head.draw(&Rectangle::new([(x, 52), (x + 24, 72)], c.filled()))
             .map_err(err)?;
+        head.draw(&Text::new(
+            t.clone(),
+            (x + 32, 52),
+            (FONT, 20).into_font().color(&BLACK),
+        ))
+        .map_err(err)?;
     }
     let areas = body.split_evenly((4, 2));
     for (area, panel) in areas.iter().zip(PANELS) {
@@ -104,7 +164,11 @@ fn draw_panel(root: &Area<'_>, area: &Area<'_>, p: &Panel, report: &Report) -> R
             }
         }
     }
-    let ymax = if ymax > 0.0 && ymax.is_finite() { ymax * 1.18 } else { 1.0 };
+    let ymax = if ymax > 0.0 && ymax.is_finite() {
+        ymax * 1.18
+    } else {
+        1.0
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(p.title, (FONT, 20))
         .margin(14)
@@ -131,18 +195,27 @@ fn draw_panel(root: &Area<'_>, area: &Area<'_>, p: &Panel, report: &Report) -> R
         .map_err(err)?;
         let Some(r) = row(report, case, p.metric) else {
             let (nx, ny) = chart.backend_coord(&(g as f64 + 0.35, ymax * 0.5));
-            root.draw(&Text::new("no data", (nx, ny), (FONT, 16).into_font().color(&RGBColor(150, 150, 150))))
-                .map_err(err)?;
+            root.draw(&Text::new(
+                "no data",
+                (nx, ny),
+                (FONT, 16).into_font().color(&RGBColor(150, 150, 150)),
+            ))
+            .map_err(err)?;
             continue;
         };
         for (i, t) in topos.iter().enumerate() {
-            let Some(c) = r.by_topology.get(t) else { continue };
+            let Some(c) = r.by_topology.get(t) else {
+                continue;
+            };
             let color = COLORS[i % COLORS.len()];
             let x0 = g as f64 + 0.1 + width * i as f64;
             let x1 = x0 + width * 0.9;
             let xm = (x0 + x1) / 2.0;
             chart
-                .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, c.value.median)], color.filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x1, c.value.median)],
+                    color.filled(),
+                )))
                 .map_err(err)?;
             if c.value.n > 1 {
                 let cap = width * 0.2;
@@ -152,7 +225,9 @@ fn draw_panel(root: &Area<'_>, area: &Area<'_>, p: &Panel, report: &Report) -> R
                     vec![(xm - cap, c.value.max), (xm + cap, c.value.max)],
                 ];
                 for seg in whisker {
-                    chart.draw_series(LineSeries::new(seg, BLACK.stroke_width(2))).map_err(err)?;
+                    chart
+                        .draw_series(LineSeries::new(seg, BLACK.stroke_width(2)))
+                        .map_err(err)?;
                 }
             }
             let (tx, ty) = chart.backend_coord(&(x0, c.value.max.max(c.value.median)));
@@ -196,11 +271,15 @@ mod tests {
             samples,
             failures: vec![],
         };
-        let dir = crate::e2e::sys::TempDir::create(&format!("chart{}", std::process::id())).unwrap();
+        let dir =
+            crate::e2e::sys::TempDir::create(&format!("chart{}", std::process::id())).unwrap();
         let p = dir.path.join("r.png");
         render(&report, &p).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-        assert!(bytes.len() > 10_000, "a 1600x2000 chart with text is not tiny");
+        assert!(
+            bytes.len() > 10_000,
+            "a 1600x2000 chart with text is not tiny"
+        );
     }
 }

@@ -35,13 +35,22 @@ pub enum E2eError {
 
 impl E2eError {
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
-        E2eError::Io { what: what.into(), source }
+        E2eError::Io {
+            what: what.into(),
+            source,
+        }
     }
     pub fn parse(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        E2eError::Parse { what: what.into(), detail: detail.into() }
+        E2eError::Parse {
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
     pub fn setup(topology: impl Into<String>, detail: impl Into<String>) -> Self {
-        E2eError::Setup { topology: topology.into(), detail: detail.into() }
+        E2eError::Setup {
+            topology: topology.into(),
+            detail: detail.into(),
+        }
     }
 }
 

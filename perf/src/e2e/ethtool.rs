@@ -38,10 +38,17 @@ fn ioctl(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
     // SAFETY: plain socket(2) call; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(E2eError::io("socket for SIOCETHTOOL", std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            "socket for SIOCETHTOOL",
+            std::io::Error::last_os_error(),
+        ));
     }
     let mut val = EthtoolValue { cmd, data };
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut val, _pad: [0; 16] };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut val,
+        _pad: [0; 16],
+    };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
     // SAFETY: `req` is a properly laid out struct ifreq (name + data pointer, padded
     // to the union's size) whose data pointer points at `val`, both alive across
@@ -51,14 +58,20 @@ fn ioctl(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
     // SAFETY: closing the fd we opened above, exactly once.
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(E2eError::io(format!("SIOCETHTOOL {cmd:#x} on {ifname}"), err));
+        return Err(E2eError::io(
+            format!("SIOCETHTOOL {cmd:#x} on {ifname}"),
+            err,
+        ));
     }
     Ok(val.data)
 }
 
 /// The main offload switches of an interface, as `name -> on/off`.
 pub fn offloads(ifname: &str) -> Result<BTreeMap<String, bool>> {
-    FEATURES.iter().map(|(cmd, name)| Ok((name.to_string(), ioctl(ifname, *cmd, 0)? != 0))).collect()
+    FEATURES
+        .iter()
+        .map(|(cmd, name)| Ok((name.to_string(), ioctl(ifname, *cmd, 0)? != 0)))
+        .collect()
 }
 
 /// Turn tx checksumming on or off (like `ethtool -K IF tx off`); the kernel

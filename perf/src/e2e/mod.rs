@@ -43,6 +43,8 @@ pub struct Options {
     pub scale_pods: Vec<usize>,
     /// Also measure the 64 B workload with a second ferry instance of this many workers.
     pub extra_ferry_workers: Option<u32>,
+    /// Generator threads of the UDP workloads (default 1).
+    pub senders: u32,
 }
 
 impl Options {
@@ -51,10 +53,14 @@ impl Options {
             quick,
             out: None,
             reps: None,
-            topologies: ["ferry", "bridge", "ptp", "xdp"].iter().map(|s| s.to_string()).collect(),
+            topologies: ["ferry", "bridge", "ptp", "xdp"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             bin_dir: topo::default_bin_dir(),
             scale_pods: vec![16, 64],
             extra_ferry_workers: Some(2),
+            senders: 1,
         }
     }
 
@@ -66,6 +72,7 @@ impl Options {
                 udp_window: Duration::from_millis(600),
                 ping_count: 50,
                 rr_window: Duration::from_millis(600),
+                senders: self.senders,
             }
         } else {
             Params {
@@ -74,10 +81,14 @@ impl Options {
                 udp_window: Duration::from_secs(3),
                 ping_count: 300,
                 rr_window: Duration::from_secs(2),
+                senders: self.senders,
             }
         }
     }
 }
+
+/// Most pods one topology can hold (each gets an address of a /24).
+pub const MAX_PODS: usize = 250;
 
 /// The workloads of the main cases, in run order.
 pub const WORKLOADS: [Workload; 6] = [
@@ -99,7 +110,10 @@ pub struct Outcome {
 
 /// `YYYYmmddTHHMMSSZ` for a time since the epoch (UTC, proleptic Gregorian).
 pub fn timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -111,7 +125,12 @@ pub fn timestamp(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
@@ -128,12 +147,21 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
             "ptp" => v.push(("ptp".into(), Kind::Ptp)),
             "xdp" => v.push(("xdp".into(), Kind::Xdp)),
             other => {
-                return Err(E2eError::setup(other, "unknown topology (choose among ferry, bridge, ptp, xdp)"))
+                return Err(E2eError::setup(
+                    other,
+                    "unknown topology (choose among ferry, bridge, ptp, xdp)",
+                ))
             }
         }
     }
     if v.is_empty() {
         return Err(E2eError::setup("-", "no topology selected"));
+    }
+    if let Some(n) = opts.scale_pods.iter().find(|n| **n > MAX_PODS) {
+        return Err(E2eError::setup(
+            "-",
+            format!("{n} pods: at most {MAX_PODS} fit a topology's /24"),
+        ));
     }
     Ok(v)
 }
@@ -141,12 +169,22 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
 fn preflight(opts: &Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(E2eError::setup("-", "perf e2e needs root (network namespaces, XDP)"));
+        return Err(E2eError::setup(
+            "-",
+            "perf e2e needs root (network namespaces, XDP)",
+        ));
     }
-    for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("iperf3", "--version", "iperf3"), ("ping", "-V", "iputils-ping")] {
+    for (tool, arg, pkg) in [
+        ("ip", "-V", "iproute2"),
+        ("iperf3", "--version", "iperf3"),
+        ("ping", "-V", "iputils-ping"),
+    ] {
         let ok = sys::run(tool, &[arg]).map(|o| o.ok()).unwrap_or(false);
         if !ok {
-            return Err(E2eError::setup("-", format!("`{tool}` is missing: apt-get install {pkg}")));
+            return Err(E2eError::setup(
+                "-",
+                format!("`{tool}` is missing: apt-get install {pkg}"),
+            ));
         }
     }
     if opts.topologies.iter().any(|t| t == "ferry") {
@@ -156,18 +194,31 @@ fn preflight(opts: &Options) -> Result<()> {
 }
 
 fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, Value> {
-    let read = |p: &str| fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
     let cpu_model = read("/proc/cpuinfo")
         .lines()
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
-    let iperf = sys::run("iperf3", &["--version"]).map(|o| o.stdout.lines().next().unwrap_or("").to_string());
+    let iperf = sys::run("iperf3", &["--version"])
+        .map(|o| o.stdout.lines().next().unwrap_or("").to_string());
     let mut m = BTreeMap::new();
     m.insert("started".into(), json!(timestamp(SystemTime::now())));
-    m.insert("mode".into(), json!(if opts.quick { "quick" } else { "default" }));
-    m.insert("cores".into(), json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    m.insert(
+        "mode".into(),
+        json!(if opts.quick { "quick" } else { "default" }),
+    );
+    m.insert(
+        "cores".into(),
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)),
+    );
     m.insert("cpu".into(), json!(cpu_model));
     m.insert("kernel".into(), json!(read("/proc/sys/kernel/osrelease")));
     m.insert("iperf3".into(), json!(iperf.unwrap_or_default()));
@@ -181,11 +232,12 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
             "ping_count": params.ping_count,
             "ping_interval_s": 0.01,
             "rr_window_s": params.rr_window.as_secs_f64(),
+            "udp_senders": params.senders,
         }),
     );
     m.insert(
         "frames".into(),
-        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; 8 UDP flows from an AF_PACKET socket (sendmmsg, qdisc bypass)"),
+        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; 8 UDP flows per sender thread, each an AF_PACKET socket in the sending pod (sendmmsg, qdisc bypass)"),
     );
     m
 }
@@ -223,8 +275,16 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
                 Err(e) => {
                     eprintln!("perf: {name} left out: {e}");
-                    topo_notes.insert(name.clone(), json!({"description": kind.describe(), "error": e.to_string()}));
-                    failures.push(Failure { topology: name.clone(), case: "setup".into(), rep: None, error: e.to_string() });
+                    topo_notes.insert(
+                        name.clone(),
+                        json!({"description": kind.describe(), "error": e.to_string()}),
+                    );
+                    failures.push(Failure {
+                        topology: name.clone(),
+                        case: "setup".into(),
+                        rep: None,
+                        error: e.to_string(),
+                    });
                 }
             }
         }
@@ -241,16 +301,27 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             udp_window: Duration::from_millis(200),
             ping_count: 10,
             rr_window: Duration::from_millis(200),
+            senders: params.senders,
         };
         for tp in &topos {
             eprintln!("perf: warming up {}", tp.name);
-            for w in [Workload::Ping, Workload::Tcp(1), Workload::Udp(traffic::MIN_FRAME), Workload::TcpRr] {
+            for w in [
+                Workload::Ping,
+                Workload::Tcp(1),
+                Workload::Udp(traffic::MIN_FRAME),
+                Workload::TcpRr,
+            ] {
                 if let Err(e) = workload::run(w, tp, &warm) {
                     if matches!(e, E2eError::Interrupted) {
                         return Err(e);
                     }
                     eprintln!("perf: warm-up: {e}");
-                    failures.push(Failure { topology: tp.name.clone(), case: format!("warm-up {}", w.label()), rep: None, error: e.to_string() });
+                    failures.push(Failure {
+                        topology: tp.name.clone(),
+                        case: format!("warm-up {}", w.label()),
+                        rep: None,
+                        error: e.to_string(),
+                    });
                 }
             }
         }
@@ -273,7 +344,11 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     measure(tp, w, rep, w.label(), &params, &mut samples, &mut failures)?;
                 }
             }
-            eprintln!("perf: repetition {} of {reps} done ({:.0} s)", rep + 1, started.elapsed().as_secs_f64());
+            eprintln!(
+                "perf: repetition {} of {reps} done ({:.0} s)",
+                rep + 1,
+                started.elapsed().as_secs_f64()
+            );
         }
         phases.insert("main_s".into(), t.elapsed().as_secs_f64());
 
@@ -288,17 +363,34 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 let g = Instant::now();
                 match tp.ensure_pods(n) {
                     Ok(()) => {
-                        eprintln!("perf: {} has {n} pods ({:.1} s)", tp.name, g.elapsed().as_secs_f64());
+                        eprintln!(
+                            "perf: {} has {n} pods ({:.1} s)",
+                            tp.name,
+                            g.elapsed().as_secs_f64()
+                        );
                         grown.push(i);
                     }
                     Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
-                    Err(e) => failures.push(Failure { topology: tp.name.clone(), case: format!("pods={n}"), rep: None, error: e.to_string() }),
+                    Err(e) => failures.push(Failure {
+                        topology: tp.name.clone(),
+                        case: format!("pods={n}"),
+                        rep: None,
+                        error: e.to_string(),
+                    }),
                 }
             }
             let case = format!("{} pods={n}", Workload::Udp(traffic::MIN_FRAME).label());
             for rep in 0..reps {
                 for &i in &grown {
-                    measure(&mut topos[i], Workload::Udp(traffic::MIN_FRAME), rep, case.clone(), &params, &mut samples, &mut failures)?;
+                    measure(
+                        &mut topos[i],
+                        Workload::Udp(traffic::MIN_FRAME),
+                        rep,
+                        case.clone(),
+                        &params,
+                        &mut samples,
+                        &mut failures,
+                    )?;
                 }
             }
         }
@@ -320,10 +412,21 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     meta.insert("phase_seconds".into(), json!(phases));
 
     let summary = report::summarize_samples(&samples);
-    let report = Report { meta, topologies: topo_notes, order, samples, failures, summary };
+    let report = Report {
+        meta,
+        topologies: topo_notes,
+        order,
+        samples,
+        failures,
+        summary,
+    };
     let markdown = report::render_markdown(&report);
     write_outputs(&out_dir, &report, &markdown)?;
-    Ok(Outcome { dir: out_dir, failures: report.failures.len(), markdown })
+    Ok(Outcome {
+        dir: out_dir,
+        failures: report.failures.len(),
+        markdown,
+    })
 }
 
 fn measure(
@@ -338,11 +441,21 @@ fn measure(
     sys::check_interrupt()?;
     let r = tp.check_alive().and_then(|_| workload::run(w, tp, params));
     match r {
-        Ok(metrics) => samples.push(Sample { topology: tp.name.clone(), case, rep, metrics }),
+        Ok(metrics) => samples.push(Sample {
+            topology: tp.name.clone(),
+            case,
+            rep,
+            metrics,
+        }),
         Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
         Err(e) => {
             eprintln!("perf: {e}");
-            failures.push(Failure { topology: tp.name.clone(), case, rep: Some(rep), error: e.to_string() });
+            failures.push(Failure {
+                topology: tp.name.clone(),
+                case,
+                rep: Some(rep),
+                error: e.to_string(),
+            });
         }
     }
     Ok(())
@@ -384,5 +497,8 @@ mod tests {
         assert!(planned(&o).is_err());
         o.topologies = vec![];
         assert!(planned(&o).is_err());
+        let mut o = Options::new(false);
+        o.scale_pods = vec![16, 251];
+        assert!(planned(&o).unwrap_err().to_string().contains("at most 250"));
     }
 }

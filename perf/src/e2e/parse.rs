@@ -10,7 +10,10 @@ pub fn ping_times_us(text: &str) -> Vec<f64> {
     text.lines()
         .filter_map(|l| {
             let rest = &l[l.find("time=")? + 5..];
-            let num: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let num: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
             let v: f64 = num.parse().ok()?;
             let unit = rest[num.len()..].trim_start();
             Some(if unit.starts_with("us") || unit.starts_with("µs") {
@@ -40,11 +43,15 @@ pub fn iperf3_json(text: &str) -> Result<Iperf> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| E2eError::parse("iperf3 JSON", format!("{e} in {:.200}", text)))?;
     if let Some(err) = v.get("error").and_then(Value::as_str) {
-        return Err(E2eError::parse("iperf3 JSON", format!("iperf3 reported: {err}")));
+        return Err(E2eError::parse(
+            "iperf3 JSON",
+            format!("iperf3 reported: {err}"),
+        ));
     }
     let recv = &v["end"]["sum_received"];
     let num = |x: &Value, what: &str| {
-        x.as_f64().ok_or_else(|| E2eError::parse("iperf3 JSON", format!("no number at {what}")))
+        x.as_f64()
+            .ok_or_else(|| E2eError::parse("iperf3 JSON", format!("no number at {what}")))
     };
     Ok(Iperf {
         bits_per_second: num(&recv["bits_per_second"], "end.sum_received.bits_per_second")?,
@@ -76,10 +83,16 @@ pub fn proc_stat(text: &str) -> Result<CpuTicks> {
         .collect::<Result<_, _>>()
         .map_err(|e| E2eError::parse("/proc/stat", format!("{e} in {line:?}")))?;
     if f.len() < 7 {
-        return Err(E2eError::parse("/proc/stat", format!("too few fields in {line:?}")));
+        return Err(E2eError::parse(
+            "/proc/stat",
+            format!("too few fields in {line:?}"),
+        ));
     }
     let g = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok(CpuTicks { busy: g(0) + g(1) + g(2) + g(5) + g(6), idle: g(3) + g(4) })
+    Ok(CpuTicks {
+        busy: g(0) + g(1) + g(2) + g(5) + g(6),
+        idle: g(3) + g(4),
+    })
 }
 
 /// Interface counters from /proc/net/dev.
@@ -96,7 +109,9 @@ pub struct DevCounters {
 /// The counters of interface `ifname` in /proc/net/dev text.
 pub fn proc_net_dev(text: &str, ifname: &str) -> Result<DevCounters> {
     for line in text.lines() {
-        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         if name.trim() != ifname {
             continue;
         }
@@ -106,7 +121,10 @@ pub fn proc_net_dev(text: &str, ifname: &str) -> Result<DevCounters> {
             .collect::<Result<_, _>>()
             .map_err(|e| E2eError::parse("/proc/net/dev", format!("{e} in {line:?}")))?;
         if f.len() < 16 {
-            return Err(E2eError::parse("/proc/net/dev", format!("too few fields in {line:?}")));
+            return Err(E2eError::parse(
+                "/proc/net/dev",
+                format!("too few fields in {line:?}"),
+            ));
         }
         return Ok(DevCounters {
             rx_bytes: f[0],
@@ -117,15 +135,20 @@ pub fn proc_net_dev(text: &str, ifname: &str) -> Result<DevCounters> {
             tx_dropped: f[11],
         });
     }
-    Err(E2eError::parse("/proc/net/dev", format!("no interface {ifname}")))
+    Err(E2eError::parse(
+        "/proc/net/dev",
+        format!("no interface {ifname}"),
+    ))
 }
 
 /// The next hop for a destination, from `ip -j route get DST`: the gateway, or the
 /// destination itself when it is on-link.
 pub fn route_get_next_hop(json: &str) -> Result<String> {
-    let v: Value =
-        serde_json::from_str(json).map_err(|e| E2eError::parse("ip -j route get", e.to_string()))?;
-    let r = v.get(0).ok_or_else(|| E2eError::parse("ip -j route get", "empty answer"))?;
+    let v: Value = serde_json::from_str(json)
+        .map_err(|e| E2eError::parse("ip -j route get", e.to_string()))?;
+    let r = v
+        .get(0)
+        .ok_or_else(|| E2eError::parse("ip -j route get", "empty answer"))?;
     r.get("gateway")
         .or_else(|| r.get("dst"))
         .and_then(Value::as_str)
@@ -164,7 +187,8 @@ pub fn mac(text: &str) -> Result<[u8; 6]> {
     }
     let mut m = [0u8; 6];
     for (b, p) in m.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|_| E2eError::parse("MAC address", text.to_string()))?;
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| E2eError::parse("MAC address", text.to_string()))?;
     }
     Ok(m)
 }
@@ -238,7 +262,13 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
     fn proc_stat_busy_and_idle() {
         let t = "cpu  100 5 50 1000 20 3 7 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n";
         let c = proc_stat(t).unwrap();
-        assert_eq!(c, CpuTicks { busy: 100 + 5 + 50 + 3 + 7, idle: 1020 });
+        assert_eq!(
+            c,
+            CpuTicks {
+                busy: 100 + 5 + 50 + 3 + 7,
+                idle: 1020
+            }
+        );
         assert!(proc_stat("intr 1\n").is_err());
         assert!(proc_stat("cpu  a b c d e f g\n").is_err());
     }
@@ -273,7 +303,10 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
         assert!(neigh_lladdr(r#"[{"dst":"10.99.1.3","dev":"eth0","state":["FAILED"]}]"#).is_err());
         let l = r#"[{"ifindex":2,"ifname":"eth0","address":"ee:ee:ee:ee:ee:ee"}]"#;
         assert_eq!(link_address(l).unwrap(), "ee:ee:ee:ee:ee:ee");
-        assert_eq!(mac("0a:58:0a:63:01:03").unwrap(), [0x0a, 0x58, 0x0a, 0x63, 1, 3]);
+        assert_eq!(
+            mac("0a:58:0a:63:01:03").unwrap(),
+            [0x0a, 0x58, 0x0a, 0x63, 1, 3]
+        );
         assert!(mac("0a:58").is_err());
         assert!(mac("zz:58:0a:63:01:03").is_err());
     }

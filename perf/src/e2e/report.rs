@@ -37,23 +37,98 @@ pub struct MetricInfo {
     pub name: &'static str,
     pub unit: &'static str,
     pub higher_is_better: bool,
+    /// Whether a ratio to the bridge means something (not for counts that are
+    /// often zero on the bridge, like losses and retransmissions).
+    pub ratio: bool,
     pub meaning: &'static str,
 }
 
 /// Every metric the harness reports, in display order.
 pub const METRICS: &[MetricInfo] = &[
-    MetricInfo { name: "gbit_s", unit: "Gbit/s", higher_is_better: true, meaning: "TCP goodput received by the server pod (iperf3)" },
-    MetricInfo { name: "retransmits", unit: "segments", higher_is_better: false, meaning: "TCP retransmissions during the run" },
-    MetricInfo { name: "rx_mpps", unit: "Mpps", higher_is_better: true, meaning: "frames received at the receiver pod's interface per second" },
-    MetricInfo { name: "offered_mpps", unit: "Mpps", higher_is_better: true, meaning: "frames the generator's socket accepted per second" },
-    MetricInfo { name: "rx_gbit_s", unit: "Gbit/s", higher_is_better: true, meaning: "received frame bits per second (L2, without FCS)" },
-    MetricInfo { name: "loss_pct", unit: "%", higher_is_better: false, meaning: "offered frames not received" },
-    MetricInfo { name: "p50_us", unit: "µs", higher_is_better: false, meaning: "median round-trip time" },
-    MetricInfo { name: "p99_us", unit: "µs", higher_is_better: false, meaning: "99th percentile round-trip time" },
-    MetricInfo { name: "trans_s", unit: "1/s", higher_is_better: true, meaning: "1-byte request/response transactions per second" },
-    MetricInfo { name: "cpu_s_per_gbit", unit: "CPU s/Gbit", higher_is_better: false, meaning: "machine CPU seconds (/proc/stat) per gigabit moved" },
-    MetricInfo { name: "cpu_s_per_mpkt", unit: "CPU s/Mpkt", higher_is_better: false, meaning: "machine CPU seconds (/proc/stat) per million frames received" },
-    MetricInfo { name: "cpu_cores", unit: "cores", higher_is_better: false, meaning: "average busy cores of the machine during the window" },
+    MetricInfo {
+        name: "gbit_s",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "TCP goodput received by the server pod (iperf3)",
+    },
+    MetricInfo {
+        name: "retransmits",
+        unit: "segments",
+        higher_is_better: false,
+        ratio: false,
+        meaning: "TCP retransmissions during the run",
+    },
+    MetricInfo {
+        name: "rx_mpps",
+        unit: "Mpps",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "frames received at the receiver pod's interface per second",
+    },
+    MetricInfo {
+        name: "offered_mpps",
+        unit: "Mpps",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "frames the generator's socket accepted per second",
+    },
+    MetricInfo {
+        name: "rx_gbit_s",
+        unit: "Gbit/s",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "received frame bits per second (L2, without FCS)",
+    },
+    MetricInfo {
+        name: "loss_pct",
+        unit: "%",
+        higher_is_better: false,
+        ratio: false,
+        meaning: "offered frames not received",
+    },
+    MetricInfo {
+        name: "p50_us",
+        unit: "µs",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "median round-trip time",
+    },
+    MetricInfo {
+        name: "p99_us",
+        unit: "µs",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "99th percentile round-trip time",
+    },
+    MetricInfo {
+        name: "trans_s",
+        unit: "1/s",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "1-byte request/response transactions per second",
+    },
+    MetricInfo {
+        name: "cpu_s_per_gbit",
+        unit: "CPU s/Gbit",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "machine CPU seconds (/proc/stat) per gigabit moved",
+    },
+    MetricInfo {
+        name: "cpu_s_per_mpkt",
+        unit: "CPU s/Mpkt",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "machine CPU seconds (/proc/stat) per million frames received",
+    },
+    MetricInfo {
+        name: "cpu_cores",
+        unit: "cores",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "average busy cores of the machine during the window",
+    },
 ];
 
 pub fn metric_info(name: &str) -> Option<&'static MetricInfo> {
@@ -113,12 +188,22 @@ pub fn summarize_samples(samples: &[Sample]) -> Vec<Row> {
             let mut by_topology = BTreeMap::new();
             for t in topos {
                 let vals = series(t);
-                let Some(value) = summarize(&vals.iter().map(|(_, v)| *v).collect::<Vec<_>>()) else {
+                let Some(value) = summarize(&vals.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+                else {
                     continue;
                 };
-                let ratio_to_bridge =
-                    if t == BASELINE { None } else { summarize(&ratios_per_rep(&vals, &base)) };
-                by_topology.insert(t.to_string(), Cell { value, ratio_to_bridge });
+                let ratio_to_bridge = if t == BASELINE || !m.ratio {
+                    None
+                } else {
+                    summarize(&ratios_per_rep(&vals, &base))
+                };
+                by_topology.insert(
+                    t.to_string(),
+                    Cell {
+                        value,
+                        ratio_to_bridge,
+                    },
+                );
             }
             rows.push(Row {
                 case: case.to_string(),
@@ -166,7 +251,12 @@ pub fn fmt_num(x: f64) -> String {
 fn cell_text(c: &Cell) -> String {
     let v = &c.value;
     let mut s = if v.n > 1 {
-        format!("{} ({}–{})", fmt_num(v.median), fmt_num(v.min), fmt_num(v.max))
+        format!(
+            "{} ({}–{})",
+            fmt_num(v.median),
+            fmt_num(v.min),
+            fmt_num(v.max)
+        )
     } else {
         fmt_num(v.median)
     };
@@ -200,8 +290,11 @@ pub fn render_markdown(r: &Report) -> String {
     }
     for case in cases {
         let rows: Vec<&Row> = r.summary.iter().filter(|x| x.case == case).collect();
-        let topos: Vec<&String> =
-            r.order.iter().filter(|t| rows.iter().any(|x| x.by_topology.contains_key(*t))).collect();
+        let topos: Vec<&String> = r
+            .order
+            .iter()
+            .filter(|t| rows.iter().any(|x| x.by_topology.contains_key(*t)))
+            .collect();
         let _ = writeln!(md, "## {case}\n");
         let _ = write!(md, "| metric |");
         for t in &topos {
@@ -216,7 +309,11 @@ pub fn render_markdown(r: &Report) -> String {
             let arrow = if row.higher_is_better { "↑" } else { "↓" };
             let _ = write!(md, "| {} ({}) {arrow} |", row.metric, row.unit);
             for t in &topos {
-                let text = row.by_topology.get(*t).map(cell_text).unwrap_or_else(|| "–".into());
+                let text = row
+                    .by_topology
+                    .get(*t)
+                    .map(cell_text)
+                    .unwrap_or_else(|| "–".into());
                 let _ = write!(md, " {text} |");
             }
             md.push('\n');
@@ -226,7 +323,11 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(md, "## Topologies\n");
     for t in &r.order {
         if let Some(v) = r.topologies.get(t) {
-            let _ = writeln!(md, "- **{t}**: {}", v.get("description").and_then(Value::as_str).unwrap_or(""));
+            let _ = writeln!(
+                md,
+                "- **{t}**: {}",
+                v.get("description").and_then(Value::as_str).unwrap_or("")
+            );
             if let Some(obj) = v.as_object() {
                 for (k, val) in obj {
                     if k != "description" {
@@ -240,7 +341,13 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(md, "\n## Failures\n");
         for f in &r.failures {
             let rep = f.rep.map(|r| format!(" rep {r}")).unwrap_or_default();
-            let _ = writeln!(md, "- {} / {}{rep}: {}", f.topology, f.case, f.error.replace('\n', " "));
+            let _ = writeln!(
+                md,
+                "- {} / {}{rep}: {}",
+                f.topology,
+                f.case,
+                f.error.replace('\n', " ")
+            );
         }
     }
     let _ = writeln!(md, "\n## Metrics\n");
@@ -265,24 +372,55 @@ mod tests {
 
     fn report() -> Report {
         let samples = vec![
-            sample("bridge", "tcp-1", 0, &[("gbit_s", 10.0), ("cpu_s_per_gbit", 0.2)]),
-            sample("ferry", "tcp-1", 0, &[("gbit_s", 5.0), ("cpu_s_per_gbit", 0.4)]),
-            sample("bridge", "tcp-1", 1, &[("gbit_s", 20.0), ("cpu_s_per_gbit", 0.1)]),
-            sample("ferry", "tcp-1", 1, &[("gbit_s", 30.0), ("cpu_s_per_gbit", 0.1)]),
+            sample(
+                "bridge",
+                "tcp-1",
+                0,
+                &[("gbit_s", 10.0), ("cpu_s_per_gbit", 0.2)],
+            ),
+            sample(
+                "ferry",
+                "tcp-1",
+                0,
+                &[("gbit_s", 5.0), ("cpu_s_per_gbit", 0.4)],
+            ),
+            sample(
+                "bridge",
+                "tcp-1",
+                1,
+                &[("gbit_s", 20.0), ("cpu_s_per_gbit", 0.1)],
+            ),
+            sample(
+                "ferry",
+                "tcp-1",
+                1,
+                &[("gbit_s", 30.0), ("cpu_s_per_gbit", 0.1)],
+            ),
             sample("bridge", "ping", 0, &[("p50_us", 40.0), ("p99_us", 90.0)]),
             sample("ferry", "ping", 0, &[("p50_us", 20.0), ("p99_us", 45.0)]),
         ];
         let summary = summarize_samples(&samples);
         Report {
-            meta: [("cores".to_string(), Value::from(2)), ("kernel".to_string(), Value::from("6.1"))]
-                .into_iter()
-                .collect(),
-            topologies: [("bridge".to_string(), serde_json::json!({"description": "Linux bridge", "bridge-nf-call-iptables": 1}))]
-                .into_iter()
-                .collect(),
+            meta: [
+                ("cores".to_string(), Value::from(2)),
+                ("kernel".to_string(), Value::from("6.1")),
+            ]
+            .into_iter()
+            .collect(),
+            topologies: [(
+                "bridge".to_string(),
+                serde_json::json!({"description": "Linux bridge", "bridge-nf-call-iptables": 1}),
+            )]
+            .into_iter()
+            .collect(),
             order: vec!["ferry".into(), "bridge".into()],
             samples,
-            failures: vec![Failure { topology: "xdp".into(), case: "tcp-1".into(), rep: Some(1), error: "boom".into() }],
+            failures: vec![Failure {
+                topology: "xdp".into(),
+                case: "tcp-1".into(),
+                rep: Some(1),
+                error: "boom".into(),
+            }],
             summary,
         }
     }
@@ -290,30 +428,66 @@ mod tests {
     #[test]
     fn rows_summarize_and_pair_ratios_per_repetition() {
         let r = report();
-        let g = r.summary.iter().find(|x| x.case == "tcp-1" && x.metric == "gbit_s").unwrap();
+        let g = r
+            .summary
+            .iter()
+            .find(|x| x.case == "tcp-1" && x.metric == "gbit_s")
+            .unwrap();
         let f = &g.by_topology["ferry"];
-        assert_eq!((f.value.median, f.value.min, f.value.max, f.value.n), (17.5, 5.0, 30.0, 2));
+        assert_eq!(
+            (f.value.median, f.value.min, f.value.max, f.value.n),
+            (17.5, 5.0, 30.0, 2)
+        );
         let ratio = f.ratio_to_bridge.unwrap();
         // rep 0: 5/10 = 0.5, rep 1: 30/20 = 1.5.
         assert_eq!((ratio.min, ratio.median, ratio.max), (0.5, 1.0, 1.5));
         assert!(g.by_topology["bridge"].ratio_to_bridge.is_none());
+        // No ratio where the bridge's value is often zero.
+        let samples = vec![
+            sample("bridge", "udp", 0, &[("loss_pct", 0.001), ("rx_mpps", 1.0)]),
+            sample("ferry", "udp", 0, &[("loss_pct", 30.0), ("rx_mpps", 2.0)]),
+        ];
+        let rows = summarize_samples(&samples);
+        assert!(
+            rows[0].metric == "rx_mpps" && rows[0].by_topology["ferry"].ratio_to_bridge.is_some()
+        );
+        assert!(
+            rows[1].metric == "loss_pct" && rows[1].by_topology["ferry"].ratio_to_bridge.is_none()
+        );
         // Metric order follows METRICS; cases keep their first-seen order.
-        let order: Vec<(&str, &str)> =
-            r.summary.iter().map(|x| (x.case.as_str(), x.metric.as_str())).collect();
+        let order: Vec<(&str, &str)> = r
+            .summary
+            .iter()
+            .map(|x| (x.case.as_str(), x.metric.as_str()))
+            .collect();
         assert_eq!(
             order,
-            vec![("tcp-1", "gbit_s"), ("tcp-1", "cpu_s_per_gbit"), ("ping", "p50_us"), ("ping", "p99_us")]
+            vec![
+                ("tcp-1", "gbit_s"),
+                ("tcp-1", "cpu_s_per_gbit"),
+                ("ping", "p50_us"),
+                ("ping", "p99_us")
+            ]
         );
     }
 
     #[test]
     fn markdown_has_a_table_per_case_with_ratios() {
         let md = render_markdown(&report());
-        assert!(md.contains("## tcp-1\n\n| metric | ferry | bridge |\n|---|---|---|\n"), "{md}");
-        assert!(md.contains("| gbit_s (Gbit/s) ↑ | 17.5 (5.00–30.0) ×1.00 | 15.0 (10.0–20.0) |"), "{md}");
+        assert!(
+            md.contains("## tcp-1\n\n| metric | ferry | bridge |\n|---|---|---|\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gbit_s (Gbit/s) ↑ | 17.5 (5.00–30.0) ×1.00 | 15.0 (10.0–20.0) |"),
+            "{md}"
+        );
         assert!(md.contains("| p50_us (µs) ↓ | 20.0 ×0.50 | 40.0 |"), "{md}");
         assert!(md.contains("- **kernel**: 6.1"), "{md}");
-        assert!(md.contains("- **bridge**: Linux bridge\n  - bridge-nf-call-iptables: 1"), "{md}");
+        assert!(
+            md.contains("- **bridge**: Linux bridge\n  - bridge-nf-call-iptables: 1"),
+            "{md}"
+        );
         assert!(md.contains("- xdp / tcp-1 rep 1: boom"), "{md}");
     }
 

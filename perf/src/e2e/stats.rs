@@ -20,8 +20,17 @@ pub fn summarize(xs: &[f64]) -> Option<Summary> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Summary { median, min: v[0], max: v[n - 1], n })
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        n,
+    })
 }
 
 /// The `p`-th percentile (0..=100) of samples, nearest-rank method: the
@@ -56,11 +65,35 @@ mod tests {
     #[test]
     fn odd_and_even_medians() {
         let s = summarize(&[3.0, 1.0, 2.0]).unwrap();
-        assert_eq!(s, Summary { median: 2.0, min: 1.0, max: 3.0, n: 3 });
+        assert_eq!(
+            s,
+            Summary {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0,
+                n: 3
+            }
+        );
         let s = summarize(&[4.0, 1.0, 3.0, 2.0]).unwrap();
-        assert_eq!(s, Summary { median: 2.5, min: 1.0, max: 4.0, n: 4 });
+        assert_eq!(
+            s,
+            Summary {
+                median: 2.5,
+                min: 1.0,
+                max: 4.0,
+                n: 4
+            }
+        );
         let s = summarize(&[7.0]).unwrap();
-        assert_eq!(s, Summary { median: 7.0, min: 7.0, max: 7.0, n: 1 });
+        assert_eq!(
+            s,
+            Summary {
+                median: 7.0,
+                min: 7.0,
+                max: 7.0,
+                n: 1
+            }
+        );
     }
 
     #[test]
@@ -68,7 +101,15 @@ mod tests {
         assert!(summarize(&[]).is_none());
         assert!(summarize(&[f64::NAN]).is_none());
         let s = summarize(&[f64::NAN, 5.0, f64::INFINITY, 1.0]).unwrap();
-        assert_eq!(s, Summary { median: 3.0, min: 1.0, max: 5.0, n: 2 });
+        assert_eq!(
+            s,
+            Summary {
+                median: 3.0,
+                min: 1.0,
+                max: 5.0,
+                n: 2
+            }
+        );
     }
 
     #[test]

@@ -118,21 +118,39 @@ pub fn run_cleanup(prog: &str, args: &[&str]) -> Result<Out> {
     run_inner(c, None, Duration::from_secs(30), false)
 }
 
-fn run_inner(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration, interruptible: bool) -> Result<Out> {
+fn run_inner(
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    interruptible: bool,
+) -> Result<Out> {
     let what = describe(&cmd);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| E2eError::Command { cmd: what.clone(), detail: format!("cannot start: {e}") })?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| E2eError::Command {
+        cmd: what.clone(),
+        detail: format!("cannot start: {e}"),
+    })?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write;
         // A plugin that exits without reading stdin is reported by its status, not here.
         let _ = pipe.write_all(data);
     }
-    let readers: Vec<_> = [child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)]
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
     .into_iter()
     .map(|p| {
         thread::spawn(move || {
@@ -155,7 +173,10 @@ fn run_inner(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration, interrup
             break Err(E2eError::Interrupted);
         }
         if Instant::now() >= end {
-            break Err(E2eError::Timeout { cmd: what.clone(), secs: timeout.as_secs_f64() });
+            break Err(E2eError::Timeout {
+                cmd: what.clone(),
+                secs: timeout.as_secs_f64(),
+            });
         }
         thread::sleep(Duration::from_millis(5));
     };
@@ -167,7 +188,11 @@ fn run_inner(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration, interrup
     let stdout = texts.next().unwrap_or_default();
     let stderr = texts.next().unwrap_or_default();
     let status = status?;
-    Ok(Out { code: status.code(), stdout, stderr })
+    Ok(Out {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Run a program with arguments (30 s bound).
@@ -183,7 +208,12 @@ pub fn run_ok(prog: &str, args: &[&str]) -> Result<String> {
     if !out.ok() {
         return Err(E2eError::Command {
             cmd: format!("{prog} {}", args.join(" ")),
-            detail: format!("exit {:?}: {}{}", out.code, out.stderr.trim(), out.stdout.trim()),
+            detail: format!(
+                "exit {:?}: {}{}",
+                out.code,
+                out.stderr.trim(),
+                out.stdout.trim()
+            ),
         });
     }
     Ok(out.stdout)
@@ -205,11 +235,16 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         if !name.starts_with("fpf-") {
-            return Err(E2eError::setup(name, "harness namespaces must be named fpf-*"));
+            return Err(E2eError::setup(
+                name,
+                "harness namespaces must be named fpf-*",
+            ));
         }
         let _ = run("ip", &["netns", "del", name]);
         run_ok("ip", &["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         run_ok("ip", &["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -234,7 +269,10 @@ pub fn remove_stale_namespaces() -> Result<Vec<String>> {
         if name.starts_with("fpf-") {
             let out = run_cleanup("ip", &["netns", "del", name])?;
             if !out.ok() {
-                return Err(E2eError::Command { cmd: format!("ip netns del {name}"), detail: out.stderr });
+                return Err(E2eError::Command {
+                    cmd: format!("ip netns del {name}"),
+                    detail: out.stderr,
+                });
             }
             removed.push(name.to_string());
         }
@@ -252,7 +290,8 @@ impl TempDir {
     pub fn create(tag: &str) -> Result<TempDir> {
         let path = std::env::temp_dir().join(format!("ferry-perf-{tag}"));
         let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).map_err(|e| E2eError::io(format!("mkdir {}", path.display()), e))?;
+        fs::create_dir_all(&path)
+            .map_err(|e| E2eError::io(format!("mkdir {}", path.display()), e))?;
         Ok(TempDir { path })
     }
 }
@@ -275,7 +314,9 @@ impl Proc {
     /// Start `args` inside network namespace `ns`, output to `log` (or discarded).
     pub fn spawn_in_ns(what: &str, ns: &str, args: &[String], log: Option<&Path>) -> Result<Proc> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(args).stdin(Stdio::null());
+        cmd.args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null());
         match log {
             Some(p) => {
                 let f = fs::OpenOptions::new()
@@ -294,7 +335,11 @@ impl Proc {
             cmd: format!("ip netns exec {ns} {}", args.join(" ")),
             detail: format!("cannot start: {e}"),
         })?;
-        Ok(Proc { what: what.to_string(), child, log: log.map(Path::to_path_buf) })
+        Ok(Proc {
+            what: what.to_string(),
+            child,
+            log: log.map(Path::to_path_buf),
+        })
     }
 
     /// Still running?
@@ -303,7 +348,11 @@ impl Proc {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = self.log.as_ref().and_then(|p| fs::read_to_string(p).ok()).unwrap_or_default();
+        let text = self
+            .log
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -344,7 +393,10 @@ pub fn enter_netns(ns: &str) -> Result<()> {
     // changes the calling thread's network namespace.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(E2eError::io(format!("setns {path}"), std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            format!("setns {path}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

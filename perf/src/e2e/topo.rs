@@ -125,14 +125,20 @@ pub fn invoke_cni(
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", node_ns]).arg(plugin);
     cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        )
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", CNI_DIR);
     if !container.is_empty() {
         cmd.env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=perf;K8S_POD_NAME=perf");
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=perf;K8S_POD_NAME=perf",
+            );
     }
     let stdin = conf.to_string();
     let out = sys::run_with(cmd, Some(stdin.as_bytes()), Duration::from_secs(60))?;
@@ -140,13 +146,19 @@ pub fn invoke_cni(
     if !out.ok() {
         return Err(E2eError::Command {
             cmd: what,
-            detail: format!("exit {:?}: {} {}", out.code, out.stdout.trim(), out.stderr.trim()),
+            detail: format!(
+                "exit {:?}: {} {}",
+                out.code,
+                out.stdout.trim(),
+                out.stderr.trim()
+            ),
         });
     }
     if out.stdout.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(&out.stdout).map_err(|e| E2eError::parse(what, format!("{e}: {}", out.stdout)))
+    serde_json::from_str(&out.stdout)
+        .map_err(|e| E2eError::parse(what, format!("{e}: {}", out.stdout)))
 }
 
 /// The pod address from a CNI result (`ips[0].address`, `a.b.c.d/len`).
@@ -182,7 +194,13 @@ fn subnet(kind: Kind) -> &'static str {
 
 impl Topology {
     /// Build the topology `kind` named `name` with `pods` pods. `run_tag` makes names unique.
-    pub fn build(name: &str, kind: Kind, run_tag: &str, pods: usize, bin_dir: &Path) -> Result<Topology> {
+    pub fn build(
+        name: &str,
+        kind: Kind,
+        run_tag: &str,
+        pods: usize,
+        bin_dir: &Path,
+    ) -> Result<Topology> {
         let tag = format!("fpf-{run_tag}-{}", short(kind));
         let dir = TempDir::create(&format!("{run_tag}-{}", short(kind)))?;
         let node = Netns::create(&format!("{tag}-n"))?;
@@ -191,16 +209,30 @@ impl Topology {
         let (backend, plugin) = match kind {
             Kind::Ferry { workers } => {
                 check_ferry_bins(bin_dir)?;
-                let (backend, conf) = start_ferry(&node, &dir.path, bin_dir, workers, subnet(kind))?;
-                (backend, Some(CniPlugin { binary: bin_dir.join("ferry"), conf }))
+                let (backend, conf) =
+                    start_ferry(&node, &dir.path, bin_dir, workers, subnet(kind))?;
+                (
+                    backend,
+                    Some(CniPlugin {
+                        binary: bin_dir.join("ferry"),
+                        conf,
+                    }),
+                )
             }
             Kind::Bridge | Kind::Ptp => {
-                let ty = if kind == Kind::Bridge { "bridge" } else { "ptp" };
+                let ty = if kind == Kind::Bridge {
+                    "bridge"
+                } else {
+                    "ptp"
+                };
                 let binary = Path::new(CNI_DIR).join(ty);
                 if !binary.is_file() || !Path::new(CNI_DIR).join("host-local").is_file() {
                     return Err(E2eError::setup(
                         name,
-                        format!("{} or host-local missing: apt-get install containernetworking-plugins", binary.display()),
+                        format!(
+                            "{} or host-local missing: apt-get install containernetworking-plugins",
+                            binary.display()
+                        ),
                     ));
                 }
                 let ipam = json!({
@@ -265,8 +297,15 @@ impl Topology {
             let container = format!("{}-c{i}", self.tag);
             let ip = match &self.plugin {
                 Some(p) => {
-                    let r = invoke_cni(&self.node.name, &p.binary, "ADD", &container, &ns.path(), &p.conf)
-                        .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
+                    let r = invoke_cni(
+                        &self.node.name,
+                        &p.binary,
+                        "ADD",
+                        &container,
+                        &ns.path(),
+                        &p.conf,
+                    )
+                    .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
                     result_ip(&r)?
                 }
                 None => self.add_xdp_pod(i, &ns)?,
@@ -281,10 +320,24 @@ impl Topology {
         let node = &self.node.name;
         sys::run_ok(
             "ip",
-            &["-n", node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.name],
+            &[
+                "-n", node, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns.name,
+            ],
         )?;
         let ip = Ipv4Addr::new(10, 99, 3, 2 + i as u8);
-        sys::run_ok("ip", &["-n", &ns.name, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        sys::run_ok(
+            "ip",
+            &[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
         sys::run_ok("ip", &["-n", &ns.name, "link", "set", "eth0", "up"])?;
         sys::run_ok("ip", &["-n", node, "link", "set", &host, "up"])?;
         if let Backend::Xdp(x) = &mut self.backend {
@@ -304,7 +357,10 @@ impl Topology {
                 if let Ok(rd) = fs::read_dir(dir) {
                     for e in rd.flatten() {
                         let v = fs::read_to_string(e.path()).unwrap_or_default();
-                        m.insert(e.file_name().to_string_lossy().into_owned(), v.trim().to_string());
+                        m.insert(
+                            e.file_name().to_string_lossy().into_owned(),
+                            v.trim().to_string(),
+                        );
                     }
                 }
                 Ok(m)
@@ -318,7 +374,8 @@ impl Topology {
                     None => json!("not loaded (/proc/sys/net/bridge absent)"),
                 },
             );
-            self.notes.insert("proc_sys_net_bridge".into(), json!(bridge));
+            self.notes
+                .insert("proc_sys_net_bridge".into(), json!(bridge));
         }
         Ok(())
     }
@@ -335,22 +392,29 @@ impl Topology {
         }
         let rx = &self.pods[1];
         let log = self.dir.path.join("iperf3-server.log");
-        let args: Vec<String> =
-            ["iperf3", "-s", "-p", &IPERF_PORT.to_string()].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["iperf3", "-s", "-p", &IPERF_PORT.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut p = Proc::spawn_in_ns("iperf3 server", &rx.ns.name, &args, Some(&log))?;
         let ns = rx.ns.name.clone();
         let ok = sys::wait_until(Duration::from_secs(10), || {
             // iperf3 listens on a dual-stack socket: it shows in tcp6.
             in_netns(&ns, || {
                 Ok(["tcp", "tcp6"]
-                    .map(|f| fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default())
+                    .map(|f| {
+                        fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()
+                    })
                     .concat())
             })
             .map(|t| parse::tcp_listening(&t, IPERF_PORT))
-                .unwrap_or(false)
+            .unwrap_or(false)
         })?;
         if !ok || !p.alive() {
-            return Err(E2eError::setup(&self.name, format!("iperf3 server did not listen: {}", p.log_tail())));
+            return Err(E2eError::setup(
+                &self.name,
+                format!("iperf3 server did not listen: {}", p.log_tail()),
+            ));
         }
         self.iperf = Some(p);
         Ok(())
@@ -361,7 +425,10 @@ impl Topology {
         if let Backend::Ferry { ferryd, dataplane } = &mut self.backend {
             for p in [dataplane, ferryd] {
                 if !p.alive() {
-                    return Err(E2eError::setup(&self.name, format!("{} exited: {}", p.what, p.log_tail())));
+                    return Err(E2eError::setup(
+                        &self.name,
+                        format!("{} exited: {}", p.what, p.log_tail()),
+                    ));
                 }
             }
         }
@@ -375,7 +442,14 @@ impl Topology {
             if sys::interrupted() {
                 return;
             }
-            let _ = invoke_cni(&self.node.name, &p.binary, "DEL", &pod.container, &pod.ns.path(), &p.conf);
+            let _ = invoke_cni(
+                &self.node.name,
+                &p.binary,
+                "DEL",
+                &pod.container,
+                &pod.ns.path(),
+                &p.conf,
+            );
         }
     }
 }
@@ -387,9 +461,20 @@ impl Drop for Topology {
     }
 }
 
-fn start_ferry(node: &Netns, dir: &Path, bin: &Path, workers: u32, cidr: &str) -> Result<(Backend, Value)> {
+fn start_ferry(
+    node: &Netns,
+    dir: &Path,
+    bin: &Path,
+    workers: u32,
+    cidr: &str,
+) -> Result<(Backend, Value)> {
     let gw = {
-        let base: Ipv4Addr = cidr.split('/').next().unwrap_or("").parse().map_err(|_| E2eError::parse("cidr", cidr))?;
+        let base: Ipv4Addr = cidr
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| E2eError::parse("cidr", cidr))?;
         Ipv4Addr::from(u32::from(base) + 1)
     };
     let sock = dir.join("ferryd.sock");
@@ -406,12 +491,24 @@ fn start_ferry(node: &Netns, dir: &Path, bin: &Path, workers: u32, cidr: &str) -
     let mut dataplane = Proc::spawn_in_ns(
         "ferry-dataplane",
         &node.name,
-        &[s(&bin.join("ferry-dataplane")), "--socket".into(), s(&dp_sock), "--workers".into(), workers.to_string()],
+        &[
+            s(&bin.join("ferry-dataplane")),
+            "--socket".into(),
+            s(&dp_sock),
+            "--workers".into(),
+            workers.to_string(),
+        ],
         Some(&dir.join("ferry-dataplane.log")),
     )?;
     let up = sys::wait_until(Duration::from_secs(20), || dp_sock.exists())?;
     if !up || !dataplane.alive() {
-        return Err(E2eError::setup("ferry", format!("ferry-dataplane did not create its socket: {}", dataplane.log_tail())));
+        return Err(E2eError::setup(
+            "ferry",
+            format!(
+                "ferry-dataplane did not create its socket: {}",
+                dataplane.log_tail()
+            ),
+        ));
     }
     let mut ferryd = Proc::spawn_in_ns(
         "ferryd",
@@ -434,7 +531,11 @@ fn start_ferry(node: &Netns, dir: &Path, bin: &Path, workers: u32, cidr: &str) -
     if !ready || !ferryd.alive() {
         return Err(E2eError::setup(
             "ferry",
-            format!("ferryd never answered STATUS ready:\n{}\n{}", ferryd.log_tail(), dataplane.log_tail()),
+            format!(
+                "ferryd never answered STATUS ready:\n{}\n{}",
+                ferryd.log_tail(),
+                dataplane.log_tail()
+            ),
         ));
     }
     Ok((Backend::Ferry { ferryd, dataplane }, conf))
@@ -455,7 +556,12 @@ mod tests {
 
     #[test]
     fn missing_ferry_binaries_say_how_to_build_them() {
-        let e = check_ferry_bins(Path::new("/nonexistent")).unwrap_err().to_string();
-        assert!(e.contains("cargo build --release --workspace --bins"), "{e}");
+        let e = check_ferry_bins(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cargo build --release --workspace --bins"),
+            "{e}"
+        );
     }
 }

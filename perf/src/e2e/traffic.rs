@@ -78,6 +78,8 @@ pub struct Flood {
     pub frame_len: usize,
     /// Distinct UDP source ports (flows), so multi-queue paths spread them.
     pub flows: u16,
+    /// The first of those source ports.
+    pub first_port: u16,
 }
 
 /// A running flood; `stop` ends it and returns how many frames the socket took.
@@ -89,7 +91,9 @@ pub struct FloodHandle {
 impl FloodHandle {
     pub fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().map_err(|_| E2eError::setup("flood", "generator thread panicked"))?
+        self.handle
+            .join()
+            .map_err(|_| E2eError::setup("flood", "generator thread panicked"))?
     }
 }
 
@@ -101,7 +105,10 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
     // SAFETY: plain socket(2); the fd is owned by `sock` right after.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(E2eError::io("AF_PACKET socket", std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            "AF_PACKET socket",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `raw` is a fresh fd we own and close nowhere else.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -117,7 +124,10 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
         )
     };
     if rc != 0 {
-        return Err(E2eError::io("PACKET_QDISC_BYPASS", std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            "PACKET_QDISC_BYPASS",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -133,16 +143,31 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
         )
     };
     if rc != 0 {
-        return Err(E2eError::io("bind AF_PACKET", std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            "bind AF_PACKET",
+            std::io::Error::last_os_error(),
+        ));
     }
     let flows = spec.flows.max(1);
     let frames: Vec<Vec<u8>> = (0..flows)
-        .map(|i| udp_frame(spec.src_mac, spec.dst_mac, spec.src, spec.dst, 10_000 + i, spec.frame_len))
+        .map(|i| {
+            udp_frame(
+                spec.src_mac,
+                spec.dst_mac,
+                spec.src,
+                spec.dst,
+                spec.first_port.wrapping_add(i),
+                spec.frame_len,
+            )
+        })
         .collect();
     let mut iovs: Vec<libc::iovec> = (0..BATCH)
         .map(|i| {
             let f = &frames[i % frames.len()];
-            libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }
+            libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            }
         })
         .collect();
     let mut msgs: Vec<libc::mmsghdr> = iovs
@@ -161,7 +186,12 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
         // SAFETY: `msgs` holds BATCH headers whose iovecs point into `frames`;
         // both outlive the call and the kernel only reads the frame bytes.
         let n = unsafe {
-            libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+            )
         };
         if n > 0 {
             sent += n as u64;
@@ -199,7 +229,10 @@ pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
         }
         Err(_) => {
             stop.store(true, Ordering::Relaxed);
-            Err(E2eError::setup("flood", "generator did not start within 5 s"))
+            Err(E2eError::setup(
+                "flood",
+                "generator did not start within 5 s",
+            ))
         }
     }
 }
@@ -224,7 +257,8 @@ pub fn tcp_rr(
                 enter_netns(&sns)?;
                 let l = TcpListener::bind((server_ip, port))
                     .map_err(|e| E2eError::io(format!("bind {server_ip}:{port}"), e))?;
-                l.set_nonblocking(true).map_err(|e| E2eError::io("nonblocking listener", e))?;
+                l.set_nonblocking(true)
+                    .map_err(|e| E2eError::io("nonblocking listener", e))?;
                 Ok(l)
             };
             let l = match setup() {
@@ -250,8 +284,10 @@ pub fn tcp_rr(
                     Err(e) => return Err(E2eError::io("accept", e)),
                 }
             };
-            conn.set_nonblocking(false).map_err(|e| E2eError::io("blocking conn", e))?;
-            conn.set_nodelay(true).map_err(|e| E2eError::io("TCP_NODELAY", e))?;
+            conn.set_nonblocking(false)
+                .map_err(|e| E2eError::io("blocking conn", e))?;
+            conn.set_nodelay(true)
+                .map_err(|e| E2eError::io("TCP_NODELAY", e))?;
             conn.set_read_timeout(Some(Duration::from_secs(2)))
                 .map_err(|e| E2eError::io("read timeout", e))?;
             let mut b = [0u8; 1];
@@ -280,7 +316,8 @@ pub fn tcp_rr(
             let addr = SocketAddr::from((server_ip, port));
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .map_err(|e| E2eError::io(format!("connect {addr}"), e))?;
-            c.set_nodelay(true).map_err(|e| E2eError::io("TCP_NODELAY", e))?;
+            c.set_nodelay(true)
+                .map_err(|e| E2eError::io("TCP_NODELAY", e))?;
             c.set_read_timeout(Some(Duration::from_secs(1)))
                 .map_err(|e| E2eError::io("read timeout", e))?;
             let mut rtts = Vec::with_capacity(100_000);
@@ -289,14 +326,19 @@ pub fn tcp_rr(
             while Instant::now() < end && !interrupted() {
                 let t = Instant::now();
                 c.write_all(&b).map_err(|e| E2eError::io("rr write", e))?;
-                c.read_exact(&mut b).map_err(|e| E2eError::io("rr read", e))?;
+                c.read_exact(&mut b)
+                    .map_err(|e| E2eError::io("rr read", e))?;
                 rtts.push(t.elapsed().as_secs_f64() * 1e6);
             }
             Ok(rtts)
         })
         .map_err(|e| E2eError::io("spawn rr-client", e))?;
-    let rtts = client.join().map_err(|_| E2eError::setup("rr-client", "panicked"))?;
-    let served = server.join().map_err(|_| E2eError::setup("rr-server", "panicked"))?;
+    let rtts = client
+        .join()
+        .map_err(|_| E2eError::setup("rr-client", "panicked"))?;
+    let served = server
+        .join()
+        .map_err(|_| E2eError::setup("rr-server", "panicked"))?;
     let rtts = rtts?;
     served?;
     Ok(rtts)
@@ -335,8 +377,8 @@ mod tests {
     fn checksum_matches_a_known_header() {
         // Example header from RFC 1071 discussions (checksum b861).
         let h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00,
-            0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(checksum(&h), 0xb861);
     }

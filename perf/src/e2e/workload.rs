@@ -49,6 +49,8 @@ pub struct Params {
     pub udp_window: Duration,
     pub ping_count: u32,
     pub rr_window: Duration,
+    /// Generator threads of the UDP workloads.
+    pub senders: u32,
 }
 
 /// Whole-machine CPU tick counters now.
@@ -78,7 +80,7 @@ pub fn counters(ns: &str, ifname: &str) -> Result<DevCounters> {
 pub fn run(w: Workload, topo: &Topology, p: &Params) -> Result<BTreeMap<String, f64>> {
     let r = match w {
         Workload::Tcp(streams) => tcp(topo, streams, p.tcp_secs),
-        Workload::Udp(len) => udp(topo, len, p.udp_warmup, p.udp_window),
+        Workload::Udp(len) => udp(topo, len, p.udp_warmup, p.udp_window, p.senders),
         Workload::Ping => ping(topo, p.ping_count),
         Workload::TcpRr => rr(topo, p.rr_window),
     };
@@ -99,21 +101,43 @@ fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
 fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &tx.ns.name, "iperf3", "-c", &rx.ip.to_string()])
-        .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"]);
+    cmd.args([
+        "netns",
+        "exec",
+        &tx.ns.name,
+        "iperf3",
+        "-c",
+        &rx.ip.to_string(),
+    ])
+    .args([
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-P",
+        &streams.to_string(),
+        "-J",
+    ]);
     let c0 = cpu_now()?;
     let t0 = Instant::now();
     let out = sys::run_with(cmd, None, Duration::from_secs(u64::from(secs) + 20))?;
     let wall = t0.elapsed().as_secs_f64();
     let c1 = cpu_now()?;
-    let r = parse::iperf3_json(&out.stdout)
-        .map_err(|e| E2eError::parse("iperf3 output", format!("{e} (stderr: {})", out.stderr.trim())))?;
+    let r = parse::iperf3_json(&out.stdout).map_err(|e| {
+        E2eError::parse(
+            "iperf3 output",
+            format!("{e} (stderr: {})", out.stderr.trim()),
+        )
+    })?;
     let cpu = cpu_seconds(c0, c1);
     let gbits = r.bytes * 8.0 / 1e9;
     Ok(m(&[
         ("gbit_s", r.bits_per_second / 1e9),
         ("retransmits", r.retransmits),
-        ("cpu_s_per_gbit", if gbits > 0.0 { cpu / gbits } else { f64::NAN }),
+        (
+            "cpu_s_per_gbit",
+            if gbits > 0.0 { cpu / gbits } else { f64::NAN },
+        ),
         ("cpu_cores", cpu / wall),
     ]))
 }
@@ -123,16 +147,42 @@ fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>
 pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
     let (tx, rx) = topo.pair();
     let ns = &tx.ns.name;
-    let src_mac = parse::mac(&parse::link_address(&sys::run_ok("ip", &["-n", ns, "-j", "link", "show", "eth0"])?)?)?;
-    let nh = parse::route_get_next_hop(&sys::run_ok("ip", &["-n", ns, "-j", "route", "get", &rx.ip.to_string()])?)?;
+    let src_mac = parse::mac(&parse::link_address(&sys::run_ok(
+        "ip",
+        &["-n", ns, "-j", "link", "show", "eth0"],
+    )?)?)?;
+    let nh = parse::route_get_next_hop(&sys::run_ok(
+        "ip",
+        &["-n", ns, "-j", "route", "get", &rx.ip.to_string()],
+    )?)?;
     let lookup = || -> Result<String> {
-        parse::neigh_lladdr(&sys::run_ok("ip", &["-n", ns, "-j", "neigh", "show", &nh, "dev", "eth0"])?)
+        parse::neigh_lladdr(&sys::run_ok(
+            "ip",
+            &["-n", ns, "-j", "neigh", "show", &nh, "dev", "eth0"],
+        )?)
     };
     let lladdr = match lookup() {
         Ok(l) => l,
         Err(_) => {
-            let _ = sys::run("ip", &["netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", &rx.ip.to_string()]);
-            lookup().map_err(|e| E2eError::setup(&topo.name, format!("next hop {nh} unresolved: {e}")))?
+            let _ = sys::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "ping",
+                    "-c",
+                    "2",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    &rx.ip.to_string(),
+                ],
+            );
+            lookup().map_err(|e| {
+                E2eError::setup(&topo.name, format!("next hop {nh} unresolved: {e}"))
+            })?
         }
     };
     Ok(Flood {
@@ -144,37 +194,86 @@ pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
         dst: rx.ip,
         frame_len,
         flows: 8,
+        first_port: 10_000,
     })
 }
 
-fn udp(topo: &Topology, len: usize, warmup: Duration, window: Duration) -> Result<BTreeMap<String, f64>> {
+fn udp(
+    topo: &Topology,
+    len: usize,
+    warmup: Duration,
+    window: Duration,
+    senders: u32,
+) -> Result<BTreeMap<String, f64>> {
     let spec = flood_spec(topo, len)?;
     let (tx, rx) = topo.pair();
-    let flood = traffic::start_flood(spec)?;
+    // One generator thread per sender, each with its own 8 flows.
+    let mut floods = Vec::new();
+    for k in 0..senders.max(1) {
+        let mut s = spec.clone();
+        s.first_port = spec.first_port + 8 * k as u16;
+        match traffic::start_flood(s) {
+            Ok(f) => floods.push(f),
+            Err(e) => {
+                for f in floods {
+                    let _ = f.stop();
+                }
+                return Err(e);
+            }
+        }
+    }
     let measured = (|| {
         sys::sleep(warmup)?;
-        let (s0, r0, c0, t0) = (counters(&tx.ns.name, "eth0")?, counters(&rx.ns.name, "eth0")?, cpu_now()?, Instant::now());
+        let (s0, r0, c0, t0) = (
+            counters(&tx.ns.name, "eth0")?,
+            counters(&rx.ns.name, "eth0")?,
+            cpu_now()?,
+            Instant::now(),
+        );
         sys::sleep(window)?;
-        let (s1, r1, c1, t1) = (counters(&tx.ns.name, "eth0")?, counters(&rx.ns.name, "eth0")?, cpu_now()?, Instant::now());
+        let (s1, r1, c1, t1) = (
+            counters(&tx.ns.name, "eth0")?,
+            counters(&rx.ns.name, "eth0")?,
+            cpu_now()?,
+            Instant::now(),
+        );
         Ok::<_, E2eError>((s0, r0, c0, t0, s1, r1, c1, t1))
     })();
-    let sent = flood.stop();
+    let stopped: Vec<Result<u64>> = floods.into_iter().map(traffic::FloodHandle::stop).collect();
     let (s0, r0, c0, t0, s1, r1, c1, t1) = measured?;
-    let sent = sent?;
+    let mut sent = 0;
+    for r in stopped {
+        sent += r?;
+    }
     if sent == 0 {
         return Err(E2eError::setup(&topo.name, "the generator sent nothing"));
     }
     let dt = (t1 - t0).as_secs_f64();
     let rx_pkts = r1.rx_packets.saturating_sub(r0.rx_packets) as f64;
-    let offered = (s1.tx_packets + s1.tx_dropped).saturating_sub(s0.tx_packets + s0.tx_dropped) as f64;
+    let offered =
+        (s1.tx_packets + s1.tx_dropped).saturating_sub(s0.tx_packets + s0.tx_dropped) as f64;
     let rx_bytes = r1.rx_bytes.saturating_sub(r0.rx_bytes) as f64;
     let cpu = cpu_seconds(c0, c1);
     Ok(m(&[
         ("rx_mpps", rx_pkts / dt / 1e6),
         ("offered_mpps", offered / dt / 1e6),
         ("rx_gbit_s", rx_bytes * 8.0 / dt / 1e9),
-        ("loss_pct", if offered > 0.0 { 100.0 * (1.0 - rx_pkts / offered).max(0.0) } else { f64::NAN }),
-        ("cpu_s_per_mpkt", if rx_pkts > 0.0 { cpu / (rx_pkts / 1e6) } else { f64::NAN }),
+        (
+            "loss_pct",
+            if offered > 0.0 {
+                100.0 * (1.0 - rx_pkts / offered).max(0.0)
+            } else {
+                f64::NAN
+            },
+        ),
+        (
+            "cpu_s_per_mpkt",
+            if rx_pkts > 0.0 {
+                cpu / (rx_pkts / 1e6)
+            } else {
+                f64::NAN
+            },
+        ),
         ("cpu_cores", cpu / dt),
     ]))
 }
@@ -182,14 +281,34 @@ fn udp(topo: &Topology, len: usize, warmup: Duration, window: Duration) -> Resul
 fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &tx.ns.name, "ping", "-n", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
-        .arg(rx.ip.to_string());
-    let out = sys::run_with(cmd, None, Duration::from_secs_f64(f64::from(count) * 0.01 + 15.0))?;
+    cmd.args([
+        "netns",
+        "exec",
+        &tx.ns.name,
+        "ping",
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+    ])
+    .arg(rx.ip.to_string());
+    let out = sys::run_with(
+        cmd,
+        None,
+        Duration::from_secs_f64(f64::from(count) * 0.01 + 15.0),
+    )?;
     let times = parse::ping_times_us(&out.stdout);
     if times.len() < (count as usize).div_ceil(2) {
         return Err(E2eError::setup(
             &topo.name,
-            format!("ping: only {} of {count} replies ({})", times.len(), last_line(&out.stderr)),
+            format!(
+                "ping: only {} of {count} replies ({})",
+                times.len(),
+                last_line(&out.stderr)
+            ),
         ));
     }
     Ok(m(&[
@@ -206,7 +325,10 @@ fn rr(topo: &Topology, window: Duration) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
     let rtts = traffic::tcp_rr(&rx.ns.name, rx.ip, RR_PORT, &tx.ns.name, window)?;
     if rtts.is_empty() {
-        return Err(E2eError::setup(&topo.name, "no TCP request/response completed"));
+        return Err(E2eError::setup(
+            &topo.name,
+            "no TCP request/response completed",
+        ));
     }
     Ok(m(&[
         ("p50_us", percentile(&rtts, 50.0).unwrap_or(f64::NAN)),
@@ -233,6 +355,12 @@ mod tests {
         let a = cpu_now().unwrap();
         let b = cpu_now().unwrap();
         assert!(b.busy >= a.busy && b.idle >= a.idle);
-        assert_eq!(cpu_seconds(CpuTicks { busy: 100, idle: 0 }, CpuTicks { busy: 100, idle: 5 }), 0.0);
+        assert_eq!(
+            cpu_seconds(
+                CpuTicks { busy: 100, idle: 0 },
+                CpuTicks { busy: 100, idle: 5 }
+            ),
+            0.0
+        );
     }
 }

@@ -17,14 +17,27 @@ pub const SOURCE: &str = include_str!("xdp_redirect.c");
 pub fn compile(dir: &Path) -> Result<Vec<u8>> {
     let src = dir.join("xdp_redirect.c");
     let obj = dir.join("xdp_redirect.o");
-    std::fs::write(&src, SOURCE).map_err(|e| E2eError::io(format!("write {}", src.display()), e))?;
+    std::fs::write(&src, SOURCE)
+        .map_err(|e| E2eError::io(format!("write {}", src.display()), e))?;
     let out = sys::run(
         "clang",
-        &["-O2", "-g", "-target", "bpf", "-c", &src.to_string_lossy(), "-o", &obj.to_string_lossy()],
+        &[
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-c",
+            &src.to_string_lossy(),
+            "-o",
+            &obj.to_string_lossy(),
+        ],
     )
     .map_err(|e| E2eError::Xdp(format!("cannot run clang (apt-get install clang): {e}")))?;
     if !out.ok() {
-        return Err(E2eError::Xdp(format!("clang failed: {}", out.stderr.trim())));
+        return Err(E2eError::Xdp(format!(
+            "clang failed: {}",
+            out.stderr.trim()
+        )));
     }
     std::fs::read(&obj).map_err(|e| E2eError::io(format!("read {}", obj.display()), e))
 }
@@ -44,14 +57,16 @@ impl std::fmt::Debug for XdpRedirect {
 impl XdpRedirect {
     /// Load both programs from a compiled object.
     pub fn load(object: &[u8]) -> Result<XdpRedirect> {
-        let mut ebpf = Ebpf::load(object).map_err(|e| E2eError::Xdp(format!("load object: {e}")))?;
+        let mut ebpf =
+            Ebpf::load(object).map_err(|e| E2eError::Xdp(format!("load object: {e}")))?;
         for name in ["xdp_redirect_peer", "xdp_pass"] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| E2eError::Xdp(format!("no program {name}")))?
                 .try_into()
                 .map_err(|e| E2eError::Xdp(format!("{name} is not XDP: {e}")))?;
-            p.load().map_err(|e| E2eError::Xdp(format!("load {name}: {e}")))?;
+            p.load()
+                .map_err(|e| E2eError::Xdp(format!("load {name}: {e}")))?;
         }
         Ok(XdpRedirect { ebpf })
     }
@@ -90,8 +105,10 @@ impl XdpRedirect {
         // the task updating the map: update it from inside the node namespace, or
         // the entries would name the root namespace's interfaces.
         in_netns(node_ns, || {
-            map.insert(ia, ib, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))?;
-            map.insert(ib, ia, None, 0).map_err(|e| E2eError::Xdp(format!("map insert: {e}")))
+            map.insert(ia, ib, None, 0)
+                .map_err(|e| E2eError::Xdp(format!("map insert: {e}")))?;
+            map.insert(ib, ia, None, 0)
+                .map_err(|e| E2eError::Xdp(format!("map insert: {e}")))
         })
     }
 }
@@ -103,7 +120,10 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
-        return Err(E2eError::io(format!("if_nametoindex {ifname}"), std::io::Error::last_os_error()));
+        return Err(E2eError::io(
+            format!("if_nametoindex {ifname}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(idx)
 }
@@ -114,7 +134,10 @@ mod tests {
 
     #[test]
     fn source_compiles_when_clang_is_present() {
-        if sys::run("clang", &["--version"]).map(|o| o.ok()).unwrap_or(false) {
+        if sys::run("clang", &["--version"])
+            .map(|o| o.ok())
+            .unwrap_or(false)
+        {
             let dir = sys::TempDir::create(&format!("xdptest{}", std::process::id())).unwrap();
             let obj = compile(&dir.path).unwrap();
             assert_eq!(&obj[..4], b"\x7fELF", "clang produced an ELF object");
