@@ -10,6 +10,16 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
 
+# The criterion benches, each run once as a test (criterion's test mode).
+cargo test -p perf --benches
+
+# The end-to-end harness in its quick mode, on the debug binaries just built:
+# CI keeps the harness working (every figure produced), not fast.
+PERF_OUT="$(mktemp -d /tmp/ferry-perf-quick.XXXXXX)"
+target/debug/perf e2e --quick --bin-dir target/debug --out "$PERF_OUT" >"$PERF_OUT/stdout.md"
+python3 scripts/perf-check.py "$PERF_OUT/results.json"
+rm -rf "$PERF_OUT"
+
 # Bounded fuzz runs of the pipeline and the CNI config parser.
 # cargo-fuzz needs -Z flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
