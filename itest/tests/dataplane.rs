@@ -130,3 +130,50 @@ fn gc_releases_attachments_not_listed() {
     );
     node.del_pod(&a).assert_ok();
 }
+
+#[test]
+fn two_workers_share_the_pod_traffic() {
+    let node = Node::start(
+        "f2",
+        NodeOpts {
+            workers: 2,
+            ..NodeOpts::default()
+        },
+    );
+    let a = node.add_pod(1);
+    let b = node.add_pod(2);
+    assert!(a.ping(&b.ip, 3), "a -> b with 2 workers");
+
+    // Eight TCP flows: the pod veth spreads them over its two queues by flow
+    // hash, so both workers (one per queue) forward frames.
+    let srv = ns_run(&b.ns.name, &["iperf3", "-s", "-D", "-1", "-p", "5302"]);
+    assert!(srv.status.success(), "iperf3 -s: {srv:?}");
+    let cli = ns_run(
+        &a.ns.name,
+        &[
+            "iperf3", "-c", &b.ip, "-p", "5302", "-t", "2", "-P", "8", "-J",
+        ],
+    );
+    assert!(
+        cli.status.success(),
+        "iperf3 a -> b: {}",
+        String::from_utf8_lossy(&cli.stdout)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let bytes = j["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
+
+    let stats = node.stats();
+    let workers = stats["workers"].as_array().expect("workers in stats");
+    assert_eq!(workers.len(), 2, "{stats}");
+    for w in workers {
+        assert!(
+            w["rx_frames"].as_u64().unwrap_or(0) > 0,
+            "worker {} forwarded nothing: {stats}",
+            w["worker"]
+        );
+    }
+    for pod in [&a, &b] {
+        node.del_pod(pod).assert_ok();
+    }
+}
