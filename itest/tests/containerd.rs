@@ -1,0 +1,147 @@
+//! ferry under a real runtime: a private containerd 1.6 (Debian's, with
+//! runc) whose `ctr run --cni` invokes the real `ferry` binary through
+//! go-cni/libcni, with busybox containers imported from an OCI tar made on
+//! the spot (no registry). Pods ping each other and exchange TCP through
+//! the dataplane; a foreground container's exit makes ctr run DEL; a
+//! detached one is cleaned up with the runtime's DEL from ctr's own libcni
+//! result cache. Nothing of the machine's /etc/cni, /opt/cni, /var/lib/cni
+//! or /run/containerd is used or made (see `itest::clients::Containerd`).
+
+use itest::clients::{self, Containerd, LibcniEnv, BUSYBOX_IMAGE};
+use itest::*;
+use serde_json::Value;
+
+/// The shipped `cni/10-ferry.conflist`, pointed at the node's ferryd.
+fn shipped_conflist(node: &Node) -> String {
+    let path = clients::workspace().join("cni/10-ferry.conflist");
+    let text = std::fs::read_to_string(&path).expect("read cni/10-ferry.conflist");
+    let mut v: Value = serde_json::from_str(&text).expect("10-ferry.conflist is JSON");
+    v["plugins"][0]["ferrydSocket"] = node.ferryd_socket().display().to_string().into();
+    v.to_string()
+}
+
+fn endpoint_ip(node: &Node, id: &str) -> Option<String> {
+    clients::endpoints(node)
+        .iter()
+        .find(|e| e["id"] == id)
+        .and_then(|e| e["ip"].as_str().map(str::to_string))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
+    let host_before = clients::host_cni_paths_present();
+    let node = Node::start("cr", NodeOpts::default());
+    let ctd = Containerd::start(&node.tag);
+    let conflist = shipped_conflist(&node);
+    ctd.install_conflist(&conflist);
+    ctd.import_busybox();
+
+    // A detached echo server: ctr sets up its network and returns.
+    let srv = ctd.run_cni(&["-d", BUSYBOX_IMAGE, "srv", "nc", "-ll", "-p", "7777", "-e", "cat"]);
+    assert!(srv.status.success(), "ctr run -d srv: {}", text(&srv));
+    let srv_key = format!("{}/eth0", ctd.cni_container_id("srv"));
+    let srv_ip = endpoint_ip(&node, &srv_key)
+        .unwrap_or_else(|| panic!("no endpoint {srv_key}: {:?}", clients::endpoints(&node)));
+    assert!(srv_ip.starts_with("10.88.0."), "{srv_ip}");
+    // ctr's libcni cached the result in the directory that covered its
+    // /var/lib/cni, not the machine's.
+    let cached = std::fs::read_dir(ctd.cni_cache_dir.join("results"))
+        .expect("ctr's libcni result cache")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .any(|c| c.contains(&srv_ip));
+    assert!(cached, "no cached result naming {srv_ip}");
+
+    // A foreground client: ping, then a TCP exchange with the echo server
+    // (retried until the server listens; every step bounded).
+    let token = format!("ferry-{}", node.tag);
+    let script = format!(
+        "ip -4 addr show dev eth0 && ping -c 3 -W 2 {srv_ip} && \
+         i=0; while [ $i -lt 50 ]; do \
+           r=$(echo {token} | timeout 5 nc {srv_ip} 7777) && [ \"$r\" = {token} ] && echo got:$r && exit 0; \
+           i=$((i+1)); sleep 0.2; \
+         done; exit 1"
+    );
+    let cli = ctd.run_cni(&["--rm", BUSYBOX_IMAGE, "cli", "sh", "-c", &script]);
+    let cli_text = text(&cli);
+    assert!(cli.status.success(), "client container failed: {cli_text}");
+    assert!(cli_text.contains(&format!("got:{token}")), "{cli_text}");
+    assert!(
+        cli_text.contains(" 0% packet loss"),
+        "ping lost packets: {cli_text}"
+    );
+    let cli_ip = cli_text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("client's eth0 address")
+        .to_string();
+    assert!(
+        cli_ip.starts_with("10.88.0.") && cli_ip != srv_ip,
+        "{cli_ip} vs {srv_ip}"
+    );
+    // Traffic went through the dataplane: its pod ports received frames.
+    assert!(port_counter(&node.stats(), "rx_frames") > 0);
+    // The container exited: ctr ran DEL and ferryd released the address.
+    let cli_key = format!("{}/eth0", ctd.cni_container_id("cli"));
+    assert_eq!(endpoint_ip(&node, &cli_key), None, "DEL did not run for cli");
+
+    // ctr runs no DEL for a detached container: the runtime's DEL, from
+    // the same libcni cache ctr wrote, releases it (and again: idempotent).
+    ctd.remove_container("srv");
+    assert!(
+        endpoint_ip(&node, &srv_key).is_some(),
+        "ctr unexpectedly ran DEL for a detached container"
+    );
+    let conf_path = ctd.cni_conf_dir.join("10-ferry.conflist");
+    let libcni = LibcniEnv {
+        conflist: conf_path,
+        plugin_dir: ctd.cni_bin_dir.clone(),
+        cache_dir: ctd.cni_cache_dir.clone(),
+    };
+    let srv_cni_id = ctd.cni_container_id("srv");
+    libcni.run("del", &srv_cni_id, "").assert_ok();
+    assert_eq!(endpoint_ip(&node, &srv_key), None, "srv still has an address");
+    libcni.run("del", &srv_cni_id, "").assert_ok();
+    assert!(
+        clients::endpoints(&node).is_empty(),
+        "addresses left: {:?}",
+        clients::endpoints(&node)
+    );
+
+    drop(ctd);
+    assert_eq!(
+        clients::host_cni_paths_present(),
+        host_before,
+        "a machine CNI/containerd path appeared"
+    );
+}
+
+/// `ctr run --cni` for each cniVersion its libcni (1.1.2) can parse: the
+/// container sees the address ferry reported, and DEL runs on exit.
+#[test]
+fn ctr_run_cni_every_version_libcni_knows() {
+    let node = Node::start("cv", NodeOpts::default());
+    let ctd = Containerd::start(&node.tag);
+    ctd.import_busybox();
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].iter().enumerate() {
+        ctd.install_conflist(&clients::conflist(&node, "ferry-ctr", version));
+        let id = format!("v{i}");
+        let out = ctd.run_cni(&["--rm", BUSYBOX_IMAGE, &id, "ip", "-4", "addr", "show", "dev", "eth0"]);
+        let t = text(&out);
+        assert!(out.status.success(), "cniVersion {version}: {t}");
+        assert!(t.contains("inet 10.88.0."), "cniVersion {version}: {t}");
+        let key = format!("{}/eth0", ctd.cni_container_id(&id));
+        assert_eq!(endpoint_ip(&node, &key), None, "cniVersion {version}: no DEL");
+    }
+}
