@@ -39,9 +39,12 @@ ensure_dir() {
     if [ -L "$e" ]; then
       cp -P "$e" "$anc/$n"
     elif [ -d "$e" ]; then
-      mkdir "$anc/$n" && mount --rbind "$e" "$anc/$n"
+      # mount(8) itself may already have made /run/mount (for utab) here.
+      mkdir -p "$anc/$n"
+      mount --rbind "$e" "$anc/$n"
     else
-      : >"$anc/$n" && mount --bind "$e" "$anc/$n"
+      [ -e "$anc/$n" ] || : >"$anc/$n"
+      mount --bind "$e" "$anc/$n"
     fi
   done
   mkdir -p "$target"

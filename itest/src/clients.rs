@@ -293,7 +293,7 @@ impl Containerd {
             .spawn()
             .expect("start containerd");
         let namespace = format!("ferry-{tag}");
-        let mut ctd = Containerd {
+        let ctd = Containerd {
             cni_conf_dir: d.join("net.d"),
             cni_bin_dir: d.join("cni-bin"),
             cni_cache_dir: d.join("cni-cache"),

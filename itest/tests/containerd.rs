@@ -60,6 +60,15 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .any(|c| c.contains(&srv_ip));
     assert!(cached, "no cached result naming {srv_ip}");
+    // While containers run, none of containerd's or ctr's mounts is visible
+    // in this (the machine's) mount namespace.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let ours = ctd.dir.path.display().to_string();
+    assert!(
+        !mountinfo.lines().any(|l| l.contains(&ours)),
+        "a mount under {ours} leaked into the host mount namespace"
+    );
+    assert_eq!(clients::host_cni_paths_present(), host_before);
 
     // A foreground client: ping, then a TCP exchange with the echo server
     // (retried until the server listens; every step bounded).
