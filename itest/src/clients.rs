@@ -127,7 +127,11 @@ impl LibcniOutcome {
         self.exit == 0 && self.report["ok"] == true
     }
     pub fn assert_ok(&self) -> &Self {
-        assert!(self.ok(), "libcni {} failed: {self:?}", self.report["action"]);
+        assert!(
+            self.ok(),
+            "libcni {} failed: {self:?}",
+            self.report["action"]
+        );
         self
     }
     pub fn error(&self) -> &str {
@@ -190,7 +194,9 @@ pub fn endpoints(node: &Node) -> Vec<Value> {
 
 /// Path of one of the helper scripts in `itest/scripts`.
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 /// Fixed paths a CNI client reads that must never be the machine's own.
@@ -282,7 +288,10 @@ impl Containerd {
             .args(["-m", "--propagation", "private"])
             .arg(script("private-mounts.sh"))
             .arg(d.join("stash"))
-            .arg(format!("/run/containerd={}", d.join("run-containerd").display()))
+            .arg(format!(
+                "/run/containerd={}",
+                d.join("run-containerd").display()
+            ))
             .arg("--")
             .arg("containerd")
             .arg("--config")
@@ -309,7 +318,11 @@ impl Containerd {
             ctd.ctr(&["version"]).status.success()
         });
         if !up {
-            let log = ctd.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default();
+            let log = ctd
+                .daemon
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default();
             panic!("containerd did not come up:\n{log}");
         }
         // CNI_PATH for ctr: only ferry.
@@ -322,7 +335,10 @@ impl Containerd {
     }
 
     pub fn log_text(&self) -> String {
-        self.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(|d| d.log_text())
+            .unwrap_or_default()
     }
 
     fn ctr_command(&self) -> Command {
@@ -361,8 +377,7 @@ impl Containerd {
     /// Install the network configuration ctr will use (the only file in its
     /// /etc/cni/net.d).
     pub fn install_conflist(&self, conflist: &str) {
-        fs::write(self.cni_conf_dir.join("10-ferry.conflist"), conflist)
-            .expect("write conflist");
+        fs::write(self.cni_conf_dir.join("10-ferry.conflist"), conflist).expect("write conflist");
     }
 
     /// Build the busybox OCI tar and import it.

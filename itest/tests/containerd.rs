@@ -46,7 +46,17 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     ctd.import_busybox();
 
     // A detached echo server: ctr sets up its network and returns.
-    let srv = ctd.run_cni(&["-d", BUSYBOX_IMAGE, "srv", "nc", "-ll", "-p", "7777", "-e", "cat"]);
+    let srv = ctd.run_cni(&[
+        "-d",
+        BUSYBOX_IMAGE,
+        "srv",
+        "nc",
+        "-ll",
+        "-p",
+        "7777",
+        "-e",
+        "cat",
+    ]);
     assert!(srv.status.success(), "ctr run -d srv: {}", text(&srv));
     let srv_key = format!("{}/eth0", ctd.cni_container_id("srv"));
     let srv_ip = endpoint_ip(&node, &srv_key)
@@ -103,7 +113,11 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     assert!(port_counter(&node.stats(), "rx_frames") > 0);
     // The container exited: ctr ran DEL and ferryd released the address.
     let cli_key = format!("{}/eth0", ctd.cni_container_id("cli"));
-    assert_eq!(endpoint_ip(&node, &cli_key), None, "DEL did not run for cli");
+    assert_eq!(
+        endpoint_ip(&node, &cli_key),
+        None,
+        "DEL did not run for cli"
+    );
 
     // ctr runs no DEL for a detached container: the runtime's DEL, from
     // the same libcni cache ctr wrote, releases it (and again: idempotent).
@@ -120,7 +134,11 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     };
     let srv_cni_id = ctd.cni_container_id("srv");
     libcni.run("del", &srv_cni_id, "").assert_ok();
-    assert_eq!(endpoint_ip(&node, &srv_key), None, "srv still has an address");
+    assert_eq!(
+        endpoint_ip(&node, &srv_key),
+        None,
+        "srv still has an address"
+    );
     libcni.run("del", &srv_cni_id, "").assert_ok();
     assert!(
         clients::endpoints(&node).is_empty(),
@@ -146,11 +164,25 @@ fn ctr_run_cni_every_version_libcni_knows() {
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].iter().enumerate() {
         ctd.install_conflist(&clients::conflist(&node, "ferry-ctr", version));
         let id = format!("v{i}");
-        let out = ctd.run_cni(&["--rm", BUSYBOX_IMAGE, &id, "ip", "-4", "addr", "show", "dev", "eth0"]);
+        let out = ctd.run_cni(&[
+            "--rm",
+            BUSYBOX_IMAGE,
+            &id,
+            "ip",
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]);
         let t = text(&out);
         assert!(out.status.success(), "cniVersion {version}: {t}");
         assert!(t.contains("inet 10.88.0."), "cniVersion {version}: {t}");
         let key = format!("{}/eth0", ctd.cni_container_id(&id));
-        assert_eq!(endpoint_ip(&node, &key), None, "cniVersion {version}: no DEL");
+        assert_eq!(
+            endpoint_ip(&node, &key),
+            None,
+            "cniVersion {version}: no DEL"
+        );
     }
 }

@@ -14,11 +14,8 @@ fn env_for(node: &Node, version: &str) -> LibcniEnv {
     let dir = node.dir.path.join(format!("libcni-{version}"));
     std::fs::create_dir_all(&dir).expect("create libcni dir");
     let conflist = dir.join("10-ferry.conflist");
-    std::fs::write(
-        &conflist,
-        clients::conflist(node, "ferry-libcni", version),
-    )
-    .expect("write conflist");
+    std::fs::write(&conflist, clients::conflist(node, "ferry-libcni", version))
+        .expect("write conflist");
     LibcniEnv {
         conflist,
         plugin_dir: clients::plugin_dir(&node.dir.path),
@@ -76,7 +73,8 @@ fn libcni_add_check_del_del_every_version() {
             // ferry did its ADD, so the runtime's DEL must undo it.
             assert!(!add.ok(), "libcni 1.1.2 unexpectedly parsed a 1.1.0 result");
             assert!(
-                add.error().contains("unsupported CNI result version \"1.1.0\""),
+                add.error()
+                    .contains("unsupported CNI result version \"1.1.0\""),
                 "unexpected libcni error: {add:?}"
             );
             assert!(
@@ -92,7 +90,10 @@ fn libcni_add_check_del_del_every_version() {
             let cur = &add.report["current"];
             let ip0 = &cur["ips"][0];
             let addr = ip0["address"].as_str().expect("ips[0].address");
-            assert!(addr.starts_with("10.88.0.") && addr.ends_with("/24"), "{addr}");
+            assert!(
+                addr.starts_with("10.88.0.") && addr.ends_with("/24"),
+                "{addr}"
+            );
             assert_eq!(ip0["gateway"], "10.88.0.1");
             let iface = ip0["interface"].as_u64().expect("ips[0].interface") as usize;
             assert_eq!(cur["interfaces"][iface]["name"], "eth0");
