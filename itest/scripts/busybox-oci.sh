@@ -2,10 +2,11 @@
 # Write an OCI image layout tar holding one layer: Debian's busybox-static
 # as /bin/busybox plus a symlink per applet. No registry involved.
 #
-#   busybox-oci.sh OUT.tar IMAGE-NAME      (e.g. docker.io/ferry/busybox:itest)
+#   busybox-oci.sh OUT.tar IMAGE-NAME [CMD-JSON]   (e.g. docker.io/ferry/busybox:itest '["sh"]')
 set -eu
 out=$1
 name=$2
+cmd=${3:-'["sh"]'}
 busybox=/bin/busybox
 [ -x "$busybox" ] || {
   echo "busybox-oci: $busybox missing: install busybox-static (scripts/setup.sh)" >&2; exit 1; }
@@ -33,8 +34,8 @@ layer=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 layer_size=$(stat -c %s "$work/layer.tar")
 mv "$work/layer.tar" "$blobs/$layer"
 
-printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-  "$arch" "$layer" >"$work/config.json"
+printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+  "$arch" "$cmd" "$layer" >"$work/config.json"
 config=$(sha256sum "$work/config.json" | cut -d' ' -f1)
 config_size=$(stat -c %s "$work/config.json")
 mv "$work/config.json" "$blobs/$config"

@@ -27,27 +27,31 @@ pub fn workspace() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Build (once per process, and only when the source is newer than the
-/// binary) the libcni driver in `itest/go/libcni-driver` into
-/// `target/go/libcni-driver`, offline against Debian's libcni sources.
-/// Panics when Go or the libcni sources are missing: `scripts/setup.sh`
-/// installs them, and a missing client must fail the suite, not skip it.
+/// The libcni driver (`itest/go/libcni-driver`), built against Debian's
+/// libcni sources.
 pub fn libcni_driver() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    go_tool("libcni-driver")
+}
+
+/// Build (once per process, when its sources are newer than the binary) the
+/// Go program `itest/go/<name>` into `target/go/<name>`, offline in GOPATH
+/// mode against Debian's Go library sources in /usr/share/gocode. Panics
+/// when Go or the sources are missing: `scripts/setup.sh` installs them, and
+/// a missing client must fail the suite, not skip it.
+pub fn go_tool(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.as_ref() {
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
         return p.clone();
     }
     let root = workspace();
-    let src = root.join("itest/go/libcni-driver");
+    let src = root.join("itest/go").join(name);
     let out_dir = root.join("target/go");
-    let out = out_dir.join("libcni-driver");
+    let out = out_dir.join(name);
     let gopath = Path::new("/usr/share/gocode");
     assert!(
-        gopath
-            .join("src/github.com/containernetworking/cni/libcni")
-            .is_dir(),
-        "libcni sources missing under {}: install golang-github-appc-cni-dev (scripts/setup.sh)",
+        gopath.join("src").is_dir(),
+        "no Go library sources under {}: run scripts/setup.sh (golang-github-appc-cni-dev, golang-google-grpc-dev)",
         gopath.display()
     );
     let newest_src = fs::read_dir(&src)
@@ -81,11 +85,11 @@ pub fn libcni_driver() -> PathBuf {
         let res = wait_output_bounded(child, Duration::from_secs(300));
         assert!(
             res.status.success(),
-            "go build of the libcni driver failed:\n{}",
+            "go build of {name} failed (scripts/setup.sh installs its Debian packages):\n{}",
             String::from_utf8_lossy(&res.stderr)
         );
     }
-    *built = Some(out.clone());
+    built.push((name.to_string(), out.clone()));
     out
 }
 
@@ -231,20 +235,46 @@ pub fn host_cni_paths_present() -> Vec<&'static str> {
 /// the daemon stopped, leftover shims of this daemon killed by pid, its
 /// cgroups removed, the temp dir deleted.
 pub struct Containerd {
-    pub dir: crate::TempDir,
-    /// containerd namespace used for everything (unique per test).
+    /// containerd namespace used by `ctr` (unique per test); the CRI plugin
+    /// always uses `k8s.io`.
     pub namespace: String,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub cni_cache_dir: PathBuf,
+    /// Cgroup parent given to CRI pod sandboxes (removed on drop).
+    pub cri_cgroup_parent: String,
+    /// Pod sandboxes started through CRI: stopped and removed on drop.
+    pub cri_sandboxes: Mutex<Vec<String>>,
+    /// `/run/netns/cni-*` entries present before the daemon started: any
+    /// other one is a CRI pod netns of ours, unmounted and removed on drop
+    /// if containerd left it (a sandbox that failed half-way). Only one
+    /// CRI-enabled daemon runs at a time in the suite.
+    cni_netns_before: Option<Vec<String>>,
+    // Field order is drop order (after `Drop::drop` ran): the daemon's
+    // network namespace and its directory go last.
     daemon: Option<crate::Daemon>,
+    pub netns: crate::Netns,
+    pub dir: crate::TempDir,
 }
+
+/// How to run a private containerd.
+pub struct ContainerdOpts<'a> {
+    /// The network configuration list, installed before the daemon starts
+    /// (the only file in its CNI config dir).
+    pub conflist: &'a str,
+    /// Turn on the CRI plugin (Kubernetes' path: containerd itself invokes
+    /// CNI for pod sandboxes; its pause image is imported on start).
+    pub cri: bool,
+}
+
+/// Image the CRI plugin uses for pod sandboxes (busybox sleeping).
+pub const PAUSE_IMAGE: &str = "docker.io/ferry/pause:itest";
 
 /// Image name the busybox OCI tar is imported as.
 pub const BUSYBOX_IMAGE: &str = "docker.io/ferry/busybox:itest";
 
 impl Containerd {
-    pub fn start(tag: &str) -> Containerd {
+    pub fn start(tag: &str, opts: ContainerdOpts) -> Containerd {
         for tool in ["containerd", "ctr", "runc", "unshare"] {
             let found = Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -272,26 +302,69 @@ impl Containerd {
         ] {
             fs::create_dir_all(d.join(sub)).expect("create containerd dirs");
         }
+        let cri = if opts.cri {
+            // restrict_oom_score_adj: the CRI plugin cannot lower its
+            // sandboxes' OOM score on these machines otherwise.
+            format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 sandbox_image = \"{PAUSE_IMAGE}\"\n\
+                 restrict_oom_score_adj = true\n\
+                 stream_server_address = \"127.0.0.1\"\n\
+                 stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                 bin_dir = \"{d}/cni-bin\"\n  conf_dir = \"{d}/net.d\"\n  max_conf_num = 1\n",
+                d = d.display()
+            )
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
+        };
         let config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{d}/containerd.sock\"\n\
              [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
              [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
             d = d.display()
         );
+        // Top-level keys must precede the tables.
+        let config = if opts.cri {
+            format!("{config}{cri}")
+        } else {
+            format!("{cri}{config}")
+        };
         fs::write(d.join("config.toml"), config).expect("write containerd config");
+        fs::write(d.join("net.d/10-ferry.conflist"), opts.conflist).expect("write conflist");
+        // CNI_PATH: ferry, and for the CRI plugin (which brings up each
+        // sandbox's `lo` through CNI) the reference loopback plugin.
+        symlink(bin("ferry"), d.join("cni-bin/ferry")).expect("link ferry");
+        if opts.cri {
+            let loopback = Path::new("/usr/lib/cni/loopback");
+            assert!(
+                loopback.exists(),
+                "{} missing: install containernetworking-plugins (scripts/setup.sh)",
+                loopback.display()
+            );
+            symlink(loopback, d.join("cni-bin/loopback")).expect("link loopback");
+        }
+        // The daemon gets a network namespace of its own (its CRI stream
+        // server listens there); pods get theirs from runc or the CRI plugin.
+        let netns = crate::Netns::new(&format!("{tag}-ctd"));
         let log = d.join("containerd.log");
         let logf = fs::File::create(&log).expect("containerd log");
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private"])
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path()))
+            .args(["unshare", "-m", "--propagation", "unchanged"])
             .arg(script("private-mounts.sh"))
+            // The CRI plugin mounts pod netns under /var/run/netns: those
+            // mounts must reach ferryd, which runs in another mount namespace.
+            .args(["--share", "/run/netns"])
             .arg(d.join("stash"))
             .arg(format!(
                 "/run/containerd={}",
                 d.join("run-containerd").display()
             ))
+            // The CRI plugin's libcni caches results in /var/lib/cni.
+            .arg(format!("/var/lib/cni={}", d.join("cni-cache").display()))
             .arg("--")
             .arg("containerd")
             .arg("--config")
@@ -306,13 +379,17 @@ impl Containerd {
             cni_conf_dir: d.join("net.d"),
             cni_bin_dir: d.join("cni-bin"),
             cni_cache_dir: d.join("cni-cache"),
-            dir,
-            namespace,
+            cri_cgroup_parent: format!("/ferry-{tag}-cri"),
+            cri_sandboxes: Mutex::new(Vec::new()),
+            cni_netns_before: opts.cri.then(cri_netns_entries),
             daemon: Some(crate::Daemon {
                 what: "containerd".into(),
                 child,
                 log,
             }),
+            netns,
+            dir,
+            namespace,
         };
         let up = crate::wait_until(Duration::from_secs(30), || {
             ctd.ctr(&["version"]).status.success()
@@ -325,8 +402,9 @@ impl Containerd {
                 .unwrap_or_default();
             panic!("containerd did not come up:\n{log}");
         }
-        // CNI_PATH for ctr: only ferry.
-        symlink(bin("ferry"), ctd.cni_bin_dir.join("ferry")).expect("link ferry");
+        if opts.cri {
+            ctd.import_image(PAUSE_IMAGE, r#"["sleep","2147483647"]"#, "k8s.io");
+        }
         ctd
     }
 
@@ -341,18 +419,17 @@ impl Containerd {
             .unwrap_or_default()
     }
 
-    fn ctr_command(&self) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(self.socket())
-            .args(["--namespace", &self.namespace]);
-        cmd
-    }
-
     /// A `ctr` command that is not `run --cni` (needs no private mounts).
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        let child = self
-            .ctr_command()
+        self.ctr_in(&self.namespace, args)
+    }
+
+    /// `ctr` in a given containerd namespace.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> std::process::Output {
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -380,14 +457,74 @@ impl Containerd {
         fs::write(self.cni_conf_dir.join("10-ferry.conflist"), conflist).expect("write conflist");
     }
 
-    /// Build the busybox OCI tar and import it.
+    /// Build the busybox OCI tar and import it for `ctr`.
     pub fn import_busybox(&self) {
-        let tar = self.dir.path.join("busybox-oci.tar");
+        self.import_image(BUSYBOX_IMAGE, r#"["sh"]"#, &self.namespace.clone());
+    }
+
+    /// Build a busybox OCI tar with a default command and import it into a
+    /// containerd namespace.
+    pub fn import_image(&self, name: &str, cmd_json: &str, namespace: &str) {
+        let tar = self.dir.path.join(format!("{namespace}-image.tar"));
         crate::run_ok(
             &script("busybox-oci.sh").display().to_string(),
-            &[&tar.display().to_string(), BUSYBOX_IMAGE],
+            &[&tar.display().to_string(), name, cmd_json],
         );
-        self.ctr_ok(&["images", "import", &tar.display().to_string()]);
+        let out = self.ctr_in(namespace, &["images", "import", &tar.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "ctr images import {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One call of the CRI client (`itest/go/cri-driver`) on this daemon.
+    pub fn cri(&self, args: &[&str]) -> CriOutcome {
+        let child = Command::new(go_tool("cri-driver"))
+            .arg("-socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cri-driver");
+        let out = wait_output_bounded(child, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "cri-driver printed non-JSON ({e}): {stdout:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        CriOutcome {
+            exit: out.status.code().unwrap_or(-1),
+            report,
+        }
+    }
+
+    /// RunPodSandbox as the kubelet does; the sandbox is stopped and removed
+    /// on drop if the test does not.
+    pub fn cri_run_pod(&self, name: &str) -> CriOutcome {
+        let uid = format!("uid-{name}");
+        let out = self.cri(&[
+            "-name",
+            name,
+            "-namespace",
+            "default",
+            "-uid",
+            &uid,
+            "-cgroup-parent",
+            &self.cri_cgroup_parent,
+            "run",
+        ]);
+        if let Some(id) = out.report["podSandboxId"].as_str() {
+            self.cri_sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_string());
+        }
+        out
     }
 
     /// Start `ctr run --cni <args>` (in its private mount namespace) and
@@ -395,7 +532,7 @@ impl Containerd {
     pub fn spawn_run_cni(&self, args: &[&str]) -> std::process::Child {
         let d = &self.dir.path;
         let mut cmd = Command::new("unshare");
-        cmd.args(["-m", "--propagation", "private"])
+        cmd.args(["-m", "--propagation", "unchanged"])
             .arg(script("private-mounts.sh"))
             .arg(d.join("stash"))
             .arg(format!("/etc/cni/net.d={}", self.cni_conf_dir.display()))
@@ -464,7 +601,13 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        let sandboxes =
+            std::mem::take(&mut *self.cri_sandboxes.lock().unwrap_or_else(|e| e.into_inner()));
         if self.daemon.is_some() {
+            for id in &sandboxes {
+                let _ = self.cri(&["-id", id, "stop"]);
+                let _ = self.cri(&["-id", id, "remove"]);
+            }
             let out = self.ctr(&["containers", "ls", "--quiet"]);
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 self.remove_container(id);
@@ -480,9 +623,11 @@ impl Drop for Containerd {
         for pid in self.shim_pids() {
             let _ = crate::run("kill", &["-KILL", &pid.to_string()]);
         }
-        // Container processes a dead shim left behind, by our cgroup name.
-        for id in fs::read_dir(Path::new("/sys/fs/cgroup/pids").join(&self.namespace))
+        // Container processes a dead shim left behind, by our cgroup names.
+        let cri_parent = self.cri_cgroup_parent.trim_start_matches('/').to_string();
+        for id in [&self.namespace, &cri_parent]
             .into_iter()
+            .filter_map(|p| fs::read_dir(Path::new("/sys/fs/cgroup/pids").join(p)).ok())
             .flatten()
             .flatten()
         {
@@ -491,10 +636,18 @@ impl Drop for Containerd {
                 let _ = crate::run("kill", &["-KILL", pid]);
             }
         }
-        // ctr's containers' cgroups (cgroupfs: /<controller>/<namespace>/<id>).
+        // ctr's containers' cgroups (cgroupfs: /<controller>/<namespace>/<id>)
+        // and the CRI sandboxes' (/<controller>/<cgroup parent>/<id>).
+        let parents = [
+            self.namespace.clone(),
+            self.cri_cgroup_parent.trim_start_matches('/').to_string(),
+        ];
         if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-            for ctl in rd.flatten() {
-                let ns_dir = ctl.path().join(&self.namespace);
+            for (ctl, parent) in rd
+                .flatten()
+                .flat_map(|c| parents.iter().map(move |p| (c.path(), p.clone())))
+            {
+                let ns_dir = ctl.join(&parent);
                 if let Ok(ids) = fs::read_dir(&ns_dir) {
                     for id in ids.flatten() {
                         if id.path().is_dir() {
@@ -505,10 +658,44 @@ impl Drop for Containerd {
                 let _ = fs::remove_dir(&ns_dir);
             }
         }
+        if let Some(before) = &self.cni_netns_before {
+            for name in cri_netns_entries() {
+                if !before.contains(&name) {
+                    let path = format!("/run/netns/{name}");
+                    let _ = crate::run("umount", &[&path]);
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
         // The daemon's mounts (snapshots, rootfs) lived in its private mount
         // namespace, gone with its last process; nothing was mounted here.
         // Removing the dir regardless of panics: nothing in it is evidence
         // that the printed log does not already show.
         let _ = fs::remove_dir_all(&self.dir.path);
+    }
+}
+
+/// Names of the CRI plugin's pod netns (`/run/netns/cni-*`).
+fn cri_netns_entries() -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("cni-"))
+        .collect()
+}
+
+/// What one CRI call printed.
+#[derive(Debug)]
+pub struct CriOutcome {
+    pub exit: i32,
+    pub report: Value,
+}
+
+impl CriOutcome {
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(self.exit, 0, "CRI call failed: {}", self.report);
+        self
     }
 }

@@ -7,7 +7,7 @@
 //! result cache. Nothing of the machine's /etc/cni, /opt/cni, /var/lib/cni
 //! or /run/containerd is used or made (see `itest::clients::Containerd`).
 
-use itest::clients::{self, Containerd, LibcniEnv, BUSYBOX_IMAGE};
+use itest::clients::{self, Containerd, ContainerdOpts, LibcniEnv, BUSYBOX_IMAGE};
 use itest::*;
 use serde_json::Value;
 
@@ -40,9 +40,13 @@ fn text(out: &std::process::Output) -> String {
 fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let host_before = clients::host_cni_paths_present();
     let node = Node::start("cr", NodeOpts::default());
-    let ctd = Containerd::start(&node.tag);
-    let conflist = shipped_conflist(&node);
-    ctd.install_conflist(&conflist);
+    let ctd = Containerd::start(
+        &node.tag,
+        ContainerdOpts {
+            conflist: &shipped_conflist(&node),
+            cri: false,
+        },
+    );
     ctd.import_busybox();
 
     // A detached echo server: ctr sets up its network and returns.
@@ -159,7 +163,13 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
 #[test]
 fn ctr_run_cni_every_version_libcni_knows() {
     let node = Node::start("cv", NodeOpts::default());
-    let ctd = Containerd::start(&node.tag);
+    let ctd = Containerd::start(
+        &node.tag,
+        ContainerdOpts {
+            conflist: &clients::conflist(&node, "ferry-ctr", "1.0.0"),
+            cri: false,
+        },
+    );
     ctd.import_busybox();
     for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].iter().enumerate() {
         ctd.install_conflist(&clients::conflist(&node, "ferry-ctr", version));
@@ -185,4 +195,111 @@ fn ctr_run_cni_every_version_libcni_knows() {
             "cniVersion {version}: no DEL"
         );
     }
+}
+
+/// The network namespace path of a CRI sandbox, from its verbose status.
+fn sandbox_netns(status: &Value) -> String {
+    status["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|nss| nss.iter().find(|n| n["type"] == "network"))
+        .and_then(|n| n["path"].as_str())
+        .unwrap_or_else(|| panic!("no network namespace in sandbox status: {status}"))
+        .to_string()
+}
+
+/// Kubernetes' path: containerd's CRI plugin invokes ferry for pod
+/// sandboxes (RunPodSandbox, StopPodSandbox, RemovePodSandbox, as the
+/// kubelet calls them), checks the result has an IP on eth0, reports it in
+/// PodSandboxStatus; the pods reach each other; stopping releases them.
+#[test]
+fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
+    let host_before = clients::host_cni_paths_present();
+    let node = Node::start("ci", NodeOpts::default());
+    let ctd = Containerd::start(
+        &node.tag,
+        ContainerdOpts {
+            conflist: &shipped_conflist(&node),
+            cri: true,
+        },
+    );
+    let version = ctd.cri(&["version"]);
+    version.assert_ok();
+    assert_eq!(version.report["runtimeName"], "containerd", "{version:?}");
+    assert_eq!(version.report["runtimeApiVersion"], "v1", "{version:?}");
+
+    let mut pods = Vec::new();
+    for name in ["web", "client"] {
+        let run = ctd.cri_run_pod(name);
+        run.assert_ok();
+        let id = run.report["podSandboxId"]
+            .as_str()
+            .expect("podSandboxId")
+            .to_string();
+        let status = ctd.cri(&["-id", &id, "status"]);
+        status.assert_ok();
+        assert_eq!(status.report["state"], "SANDBOX_READY", "{status:?}");
+        let ip = status.report["ip"]
+            .as_str()
+            .expect("sandbox ip")
+            .to_string();
+        assert!(ip.starts_with("10.88.0."), "{status:?}");
+        // ferryd's endpoint for CNI_CONTAINERID = sandbox id, CNI_IFNAME = eth0.
+        assert_eq!(
+            endpoint_ip(&node, &format!("{id}/eth0")).as_deref(),
+            Some(ip.as_str())
+        );
+        let netns = sandbox_netns(&status.report);
+        let shown = run_ok(
+            "nsenter",
+            &[
+                &format!("--net={netns}"),
+                "ip",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ],
+        );
+        assert!(shown.contains(&format!("inet {ip}/24")), "{shown}");
+        pods.push((id, ip, netns));
+    }
+
+    let ping = run(
+        "nsenter",
+        &[
+            &format!("--net={}", pods[1].2),
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &pods[0].1,
+        ],
+    );
+    assert!(
+        ping.status.success(),
+        "client sandbox cannot ping web: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    for (id, _ip, netns) in &pods {
+        ctd.cri(&["-id", id, "stop"]).assert_ok();
+        assert_eq!(
+            endpoint_ip(&node, &format!("{id}/eth0")),
+            None,
+            "StopPodSandbox did not release {id}"
+        );
+        ctd.cri(&["-id", id, "remove"]).assert_ok();
+        assert!(
+            !std::path::Path::new(netns).exists(),
+            "{netns} left after RemovePodSandbox"
+        );
+    }
+    assert!(clients::endpoints(&node).is_empty());
+
+    drop(ctd);
+    assert_eq!(clients::host_cni_paths_present(), host_before);
 }
