@@ -10,6 +10,7 @@ PKGS=(
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
   golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)
+  golang-google-grpc-dev golang-google-protobuf-dev           # real clients: CRI client (itest/go/cri-driver)
 )
 
 missing=()
