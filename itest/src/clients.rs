@@ -466,9 +466,16 @@ impl Containerd {
     /// containerd namespace.
     pub fn import_image(&self, name: &str, cmd_json: &str, namespace: &str) {
         let tar = self.dir.path.join(format!("{namespace}-image.tar"));
-        crate::run_ok(
-            &script("busybox-oci.sh").display().to_string(),
-            &[&tar.display().to_string(), name, cmd_json],
+        let out = run_bounded(
+            Command::new(script("busybox-oci.sh"))
+                .arg(&tar)
+                .args([name, cmd_json]),
+            Duration::from_secs(120),
+        );
+        assert!(
+            out.status.success(),
+            "busybox-oci.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         let out = self.ctr_in(namespace, &["images", "import", &tar.display().to_string()]);
         assert!(
@@ -673,6 +680,17 @@ impl Drop for Containerd {
         // that the printed log does not already show.
         let _ = fs::remove_dir_all(&self.dir.path);
     }
+}
+
+/// Run a command to completion within `timeout` (killed and a panic after).
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    wait_output_bounded(child, timeout)
 }
 
 /// Names of the CRI plugin's pod netns (`/run/netns/cni-*`).

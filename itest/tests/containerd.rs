@@ -10,6 +10,8 @@
 use itest::clients::{self, Containerd, ContainerdOpts, LibcniEnv, BUSYBOX_IMAGE};
 use itest::*;
 use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
 
 /// The shipped `cni/10-ferry.conflist`, pointed at the node's ferryd.
 fn shipped_conflist(node: &Node) -> String {
@@ -249,35 +251,22 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
             Some(ip.as_str())
         );
         let netns = sandbox_netns(&status.report);
-        let shown = run_ok(
-            "nsenter",
-            &[
-                &format!("--net={netns}"),
-                "ip",
-                "-4",
-                "addr",
-                "show",
-                "dev",
-                "eth0",
-            ],
+        let shown = clients::run_bounded(
+            Command::new("nsenter")
+                .arg(format!("--net={netns}"))
+                .args(["ip", "-4", "addr", "show", "dev", "eth0"]),
+            Duration::from_secs(30),
         );
+        let shown = String::from_utf8_lossy(&shown.stdout);
         assert!(shown.contains(&format!("inet {ip}/24")), "{shown}");
         pods.push((id, ip, netns));
     }
 
-    let ping = run(
-        "nsenter",
-        &[
-            &format!("--net={}", pods[1].2),
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &pods[0].1,
-        ],
+    let ping = clients::run_bounded(
+        Command::new("nsenter")
+            .arg(format!("--net={}", pods[1].2))
+            .args(["ping", "-c", "3", "-i", "0.2", "-W", "2", &pods[0].1]),
+        Duration::from_secs(60),
     );
     assert!(
         ping.status.success(),
