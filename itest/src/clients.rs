@@ -630,40 +630,39 @@ impl Drop for Containerd {
         for pid in self.shim_pids() {
             let _ = crate::run("kill", &["-KILL", &pid.to_string()]);
         }
-        // Container processes a dead shim left behind, by our cgroup names.
-        let cri_parent = self.cri_cgroup_parent.trim_start_matches('/').to_string();
-        for id in [&self.namespace, &cri_parent]
-            .into_iter()
-            .filter_map(|p| fs::read_dir(Path::new("/sys/fs/cgroup/pids").join(p)).ok())
-            .flatten()
-            .flatten()
-        {
-            let procs = fs::read_to_string(id.path().join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = crate::run("kill", &["-KILL", pid]);
-            }
-        }
-        // ctr's containers' cgroups (cgroupfs: /<controller>/<namespace>/<id>)
-        // and the CRI sandboxes' (/<controller>/<cgroup parent>/<id>).
+        // Our cgroups: ctr's containers' are <namespace>/<id>, the CRI
+        // sandboxes' <cgroup parent>/<id>, under each v1 controller
+        // (/sys/fs/cgroup/<controller>/...) or the v2 root. Processes a dead
+        // shim left in them are killed by pid, then the directories removed.
         let parents = [
             self.namespace.clone(),
             self.cri_cgroup_parent.trim_start_matches('/').to_string(),
         ];
-        if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-            for (ctl, parent) in rd
-                .flatten()
-                .flat_map(|c| parents.iter().map(move |p| (c.path(), p.clone())))
-            {
-                let ns_dir = ctl.join(&parent);
-                if let Ok(ids) = fs::read_dir(&ns_dir) {
-                    for id in ids.flatten() {
-                        if id.path().is_dir() {
-                            let _ = fs::remove_dir(id.path());
-                        }
-                    }
+        let root = Path::new("/sys/fs/cgroup");
+        let mut dirs: Vec<PathBuf> = parents.iter().map(|p| root.join(p)).collect();
+        for ctl in fs::read_dir(root).into_iter().flatten().flatten() {
+            dirs.extend(parents.iter().map(|p| ctl.path().join(p)));
+        }
+        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        for dir in &dirs {
+            for id in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let procs = fs::read_to_string(id.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.split_whitespace() {
+                    let _ = crate::run("kill", &["-KILL", pid]);
                 }
-                let _ = fs::remove_dir(&ns_dir);
             }
+        }
+        for dir in &dirs {
+            for id in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if id.path().is_dir() {
+                    // A cgroup empties only once its killed processes are
+                    // reaped; bounded retries.
+                    let _ = crate::wait_until(Duration::from_secs(5), || {
+                        fs::remove_dir(id.path()).is_ok() || !id.path().exists()
+                    });
+                }
+            }
+            let _ = fs::remove_dir(dir);
         }
         if let Some(before) = &self.cni_netns_before {
             for name in cri_netns_entries() {
