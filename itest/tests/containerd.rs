@@ -273,6 +273,51 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
         "client sandbox cannot ping web: {}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    // TCP between the sandboxes' netns: a busybox echo server in web's, a
+    // client in client's (retried until the server listens; bounded).
+    let _server = KillOnDrop(
+        Command::new("nsenter")
+            .arg(format!("--net={}", pods[0].2))
+            .args(["busybox", "nc", "-ll", "-p", "7777", "-e", "cat"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start echo server"),
+    );
+    let token = format!("ferry-cri-{}", node.tag);
+    let echo = clients::run_bounded(
+        Command::new("nsenter")
+            .arg(format!("--net={}", pods[1].2))
+            .args(["busybox", "sh", "-c"])
+            .arg(format!(
+                "i=0; while [ $i -lt 50 ]; do \
+                   r=$(echo {token} | timeout 5 busybox nc {ip} 7777) && [ \"$r\" = {token} ] && echo got:$r && exit 0; \
+                   i=$((i+1)); sleep 0.2; \
+                 done; exit 1",
+                ip = pods[0].1
+            )),
+        Duration::from_secs(90),
+    );
+    assert!(
+        echo.status.success()
+            && String::from_utf8_lossy(&echo.stdout).contains(&format!("got:{token}")),
+        "no TCP echo between the sandboxes: {echo:?}"
+    );
+    // The CRI plugin's libcni cached the results in the directory that
+    // covered its /var/lib/cni, not the machine's.
+    let cached = std::fs::read_dir(ctd.cni_cache_dir.join("results"))
+        .expect("CRI's libcni result cache")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| {
+            // libcni names them <network>-<container id>-<ifname>; the
+            // CRI plugin also caches its loopback network's.
+            pods.iter()
+                .any(|(id, _, _)| *name == format!("ferry-{id}-eth0"))
+        })
+        .count();
+    assert_eq!(cached, 2, "ferry results cached for both sandboxes");
 
     for (id, _ip, netns) in &pods {
         ctd.cri(&["-id", id, "stop"]).assert_ok();
@@ -291,4 +336,14 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
 
     drop(ctd);
     assert_eq!(clients::host_cni_paths_present(), host_before);
+}
+
+/// A helper process killed by pid (and reaped) when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
