@@ -1,11 +1,13 @@
 //! Support for driving ferry through real CNI clients: libcni (the Go
-//! library runtimes link) and containerd's `ctr run --cni`.
+//! library runtimes link, through `itest/go/libcni-driver`), containerd's
+//! `ctr run --cni`, and containerd's CRI plugin (through the minimal CRI
+//! client `itest/go/cri-driver`).
 //!
-//! Nothing here touches the machine's /etc/cni, /opt/cni or /var/lib/cni:
-//! plugin and config directories and libcni's result cache live in the
-//! test's temp dir; where a client insists on the fixed paths, it runs in a
-//! private mount namespace with temp dirs mounted over them
-//! (`itest/scripts/private-mounts.sh`).
+//! Nothing here touches the machine's /etc/cni, /opt/cni, /var/lib/cni or
+//! a system containerd: plugin and config directories and libcni's result
+//! cache live in the test's temp dir; where a client insists on the fixed
+//! paths, it runs in a private mount namespace with temp dirs mounted over
+//! them (`itest/scripts/private-mounts.sh`).
 
 use std::fs;
 use std::os::unix::fs::symlink;
