@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads=2
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --no-fail-fast -- --test-threads=2
 
 # Bounded fuzz runs of the pipeline and the CNI config parser.
 # cargo-fuzz needs -Z flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
