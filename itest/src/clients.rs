@@ -249,9 +249,11 @@ pub struct Containerd {
     pub cri_sandboxes: Mutex<Vec<String>>,
     /// `/run/netns/cni-*` entries present before the daemon started: any
     /// other one is a CRI pod netns of ours, unmounted and removed on drop
-    /// if containerd left it (a sandbox that failed half-way). Only one
-    /// CRI-enabled daemon runs at a time in the suite.
+    /// if containerd left it (a sandbox that failed half-way). That holds
+    /// because only one CRI-enabled daemon runs at a time: `_cri_serial`
+    /// (the only test binary with one is `containerd`).
     cni_netns_before: Option<Vec<String>>,
+    _cri_serial: Option<std::sync::MutexGuard<'static, ()>>,
     // Field order is drop order (after `Drop::drop` ran): the daemon's
     // network namespace and its directory go last.
     daemon: Option<crate::Daemon>,
@@ -304,6 +306,10 @@ impl Containerd {
         ] {
             fs::create_dir_all(d.join(sub)).expect("create containerd dirs");
         }
+        static CRI_SERIAL: Mutex<()> = Mutex::new(());
+        let cri_serial = opts
+            .cri
+            .then(|| CRI_SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
         let cri = if opts.cri {
             // restrict_oom_score_adj: the CRI plugin cannot lower its
             // sandboxes' OOM score on these machines otherwise.
@@ -384,6 +390,7 @@ impl Containerd {
             cri_cgroup_parent: format!("/ferry-{tag}-cri"),
             cri_sandboxes: Mutex::new(Vec::new()),
             cni_netns_before: opts.cri.then(cri_netns_entries),
+            _cri_serial: cri_serial,
             daemon: Some(crate::Daemon {
                 what: "containerd".into(),
                 child,
@@ -694,15 +701,17 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::process::Output
     wait_output_bounded(child, timeout)
 }
 
-/// Names of the CRI plugin's pod netns (`/run/netns/cni-*`).
-fn cri_netns_entries() -> Vec<String> {
-    fs::read_dir("/run/netns")
+/// Names of the CRI plugin's pod netns (`/run/netns/cni-*`), sorted.
+pub fn cri_netns_entries() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.starts_with("cni-"))
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 /// What one CRI call printed.

@@ -347,3 +347,65 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A sandbox started while ferry cannot serve it (dataplane down: ferry
+/// answers "try again later", code 11) fails through containerd's CRI
+/// without leaking an address or a netns; once the dataplane is back, the
+/// kubelet's retry succeeds.
+#[test]
+fn cri_sandbox_fails_cleanly_while_the_dataplane_is_down_then_retry_works() {
+    let mut node = Node::start("cd", NodeOpts::default());
+    let ctd = Containerd::start(
+        &node.tag,
+        ContainerdOpts {
+            conflist: &shipped_conflist(&node),
+            cri: true,
+        },
+    );
+    node.dataplane.take().expect("dataplane running").stop();
+    let down = wait_until(std::time::Duration::from_secs(30), || {
+        node.status().exit != 0
+    });
+    assert!(down, "ferryd still reports ready without its dataplane");
+
+    let netns_before = clients::cri_netns_entries();
+    let failed = ctd.cri_run_pod("early");
+    assert_ne!(
+        failed.exit, 0,
+        "RunPodSandbox succeeded without a dataplane"
+    );
+    let msg = failed.report["error"].as_str().unwrap_or_default();
+    // containerd passes on ferry's CNI error message.
+    assert!(
+        msg.contains("failed to setup network") && msg.contains("ferry-dataplane is not connected"),
+        "{msg}"
+    );
+    assert_eq!(
+        clients::cri_netns_entries(),
+        netns_before,
+        "the failed sandbox's netns was left behind"
+    );
+
+    node.start_dataplane();
+    node.wait_ready();
+    // The reconnected dataplane holds ferryd's whole store: nothing of the
+    // failed ADD may be in it.
+    assert!(
+        clients::endpoints(&node).is_empty(),
+        "the failed ADD left an endpoint: {:?}",
+        clients::endpoints(&node)
+    );
+    let run = ctd.cri_run_pod("early");
+    run.assert_ok();
+    let id = run.report["podSandboxId"].as_str().expect("podSandboxId");
+    let status = ctd.cri(&["-id", id, "status"]);
+    status.assert_ok();
+    assert_eq!(status.report["state"], "SANDBOX_READY");
+    assert_eq!(
+        endpoint_ip(&node, &format!("{id}/eth0")).as_deref(),
+        status.report["ip"].as_str()
+    );
+    ctd.cri(&["-id", id, "stop"]).assert_ok();
+    ctd.cri(&["-id", id, "remove"]).assert_ok();
+    assert!(clients::endpoints(&node).is_empty());
+}
