@@ -4,8 +4,11 @@
 //! the spot (no registry). Pods ping each other and exchange TCP through
 //! the dataplane; a foreground container's exit makes ctr run DEL; a
 //! detached one is cleaned up with the runtime's DEL from ctr's own libcni
-//! result cache. Nothing of the machine's /etc/cni, /opt/cni, /var/lib/cni
-//! or /run/containerd is used or made (see `itest::clients::Containerd`).
+//! result cache. The same containerd with its CRI plugin on is driven as
+//! the kubelet drives it (RunPodSandbox .. RemovePodSandbox, through
+//! `itest/go/cri-driver`): the plugin invokes ferry itself. Nothing of the
+//! machine's /etc/cni, /opt/cni, /var/lib/cni or /run/containerd is used or
+//! made (see `itest::clients::Containerd`).
 
 use itest::clients::{self, Containerd, ContainerdOpts, LibcniEnv, BUSYBOX_IMAGE};
 use itest::*;
