@@ -8,6 +8,9 @@ PKGS=(
   iproute2 iputils-ping procps python3                        # namespaces, veth, ping, demo JSON
   iperf3                                                      # TCP between pods
   containernetworking-plugins                                 # reference bridge plugin (baseline)
+  containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
+  golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)
+  golang-google-grpc-dev golang-google-protobuf-dev           # real clients: CRI client (itest/go/cri-driver)
 )
 
 missing=()
@@ -17,6 +20,13 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # No package may start a system service (containerd ships one; the tests
+  # run their own): Debian's policy-rc.d hook denies starts during install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

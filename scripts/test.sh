@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads=2
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --no-fail-fast -- --test-threads=2
 
 # The criterion benches, each run once as a test (criterion's test mode).
 cargo test -p perf --benches

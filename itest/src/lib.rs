@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod clients;
+
 /// Path of one of ferry's binaries.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("FERRY_BIN_DIR")
@@ -260,7 +262,9 @@ pub fn invoke_ferry(env: &[(&str, &str)], stdin: &str) -> CniOutcome {
     }
 }
 
-fn wait_output_bounded(mut child: Child, timeout: Duration) -> Output {
+/// Wait for a child (bounded), collecting its output; kills it and panics
+/// when it does not finish in time.
+pub fn wait_output_bounded(mut child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
