@@ -226,6 +226,12 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         ping(&pa, B, "1").is_err(),
         "pods must not reach each other before the dataplane runs"
     );
+    // That failed resolution left a FAILED neighbour entry for B in pod A,
+    // which the kernel keeps dropping packets on for a while; a real pod only
+    // exists once the dataplane runs, so start the pods' caches clean.
+    for pod in [&pa, &pb] {
+        must(&["ip", "-n", pod, "neigh", "flush", "all"]);
+    }
 
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("dataplane.sock");
