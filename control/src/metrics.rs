@@ -220,7 +220,11 @@ pub fn render(s: &Snapshot) -> String {
     for p in &stats.ports {
         for (reason, n) in &p.drops {
             f.sample(
-                &[("port", &p.name), ("endpoint", &p.endpoint), ("reason", reason)],
+                &[
+                    ("port", &p.name),
+                    ("endpoint", &p.endpoint),
+                    ("reason", reason),
+                ],
                 *n,
             );
         }
@@ -335,7 +339,9 @@ pub async fn gather(agent: &Agent) -> Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `GET /metrics` (`head`: `HEAD /metrics`, headers only).
-    Metrics { head: bool },
+    Metrics {
+        head: bool,
+    },
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -345,10 +351,7 @@ pub enum Route {
 /// Route a request head (everything up to the blank line). Only the request
 /// line matters; headers are ignored.
 pub fn route(head: &[u8]) -> Route {
-    let line_end = head
-        .iter()
-        .position(|b| *b == b'\n')
-        .unwrap_or(head.len());
+    let line_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
     let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
         return Route::BadRequest;
     };
@@ -436,9 +439,11 @@ fn plain(status: &str, body: &str) -> Vec<u8> {
 
 async fn serve_one(mut stream: TcpStream, agent: &Agent) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await
-    {
-        Err(_) => plain("408 Request Timeout", "no request within the time allowed\n"),
+    let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await {
+        Err(_) => plain(
+            "408 Request Timeout",
+            "no request within the time allowed\n",
+        ),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Head::Closed)) => return Ok(()),
         Ok(Ok(Head::TooLarge)) => plain(
@@ -653,7 +658,10 @@ mod tests {
         assert!(r.contains("Connection: close\r\n"), "{r}");
         assert!(r.ends_with("\r\n\r\nabc\n"), "{r}");
         let h = String::from_utf8(response("200 OK", CONTENT_TYPE, "abc\n", true)).unwrap();
-        assert!(h.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\n"), "{h}");
+        assert!(
+            h.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\n"),
+            "{h}"
+        );
         let m = String::from_utf8(plain("405 Method Not Allowed", "x")).unwrap();
         assert!(m.contains("Allow: GET, HEAD\r\n"), "{m}");
     }
