@@ -420,6 +420,29 @@ mod tests {
         }
     }
 
+    /// The installed `/etc/ferry/ferryd.toml` lists every field, commented
+    /// out at its default: uncommenting all of them must give the defaults.
+    #[test]
+    fn shipped_config_lists_every_field_at_its_default() {
+        let shipped = include_str!("../../deploy/ferryd.toml");
+        assert_eq!(Config::parse(shipped).unwrap(), Config::default());
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Config::parse(&uncommented).unwrap(), Config::default());
+        for line in Config::default().to_toml().lines() {
+            let field = line.split(" = ").next().unwrap();
+            assert!(
+                uncommented.lines().any(|l| l.starts_with(&format!("{field} = "))),
+                "deploy/ferryd.toml does not show `{field}`"
+            );
+            assert!(FIELDS_HELP.contains(&format!("  {field} ")), "--help misses {field}");
+        }
+    }
+
     #[test]
     fn ifnames_are_checked() {
         assert!(validate_ifname("eth0", 15).is_ok());
