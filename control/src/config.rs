@@ -436,10 +436,15 @@ mod tests {
         for line in Config::default().to_toml().lines() {
             let field = line.split(" = ").next().unwrap();
             assert!(
-                uncommented.lines().any(|l| l.starts_with(&format!("{field} = "))),
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{field} = "))),
                 "deploy/ferryd.toml does not show `{field}`"
             );
-            assert!(FIELDS_HELP.contains(&format!("  {field} ")), "--help misses {field}");
+            assert!(
+                FIELDS_HELP.contains(&format!("  {field} ")),
+                "--help misses {field}"
+            );
         }
     }
 
