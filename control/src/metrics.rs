@@ -29,6 +29,10 @@ pub const MAX_HEAD: usize = 8192;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing the answer may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After answering, how long and how much of the client's leftover input
+/// is read and discarded before closing.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const DRAIN_MAX: usize = 64 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The exposition format's content type.
@@ -469,7 +473,22 @@ async fn serve_one(mut stream: TcpStream, agent: &Agent) -> std::io::Result<()> 
         stream.shutdown().await
     })
     .await
-    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))?;
+    // Closing with unread input makes the kernel send a reset, which can
+    // destroy the answer before the client reads it (a refused oversized
+    // head): read and discard what the client still sends, bounded.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut sink = [0u8; 4096];
+        let mut left = DRAIN_MAX;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Bind the metrics listener.
