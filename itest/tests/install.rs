@@ -319,3 +319,66 @@ fn units_pass_systemd_analyze_verify() {
         .unwrap();
     assert!(verify.status.success(), "{}", text(&verify));
 }
+
+/// The Kubernetes init container's command, run as written with `/host`
+/// and the image's paths mapped to a temporary root and the built binaries.
+#[test]
+fn the_daemonset_init_container_installs_the_cni_plugin() {
+    let manifest = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/ferry.yaml"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = manifest.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "- /opt/ferry/scripts/install.sh")
+        .expect("init container runs install.sh");
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let argv: Vec<&str> = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.len() - l.trim_start().len() == indent && l.trim().starts_with("- "))
+        .map(|l| l.trim().trim_start_matches("- "))
+        .collect();
+    assert!(argv.contains(&"--cni-only"), "{argv:?}");
+    let tmp = TempDir::new(&unique_tag("instk8s"));
+    let host = tmp.path.join("host");
+    let from = from_dir();
+    let mapped: Vec<String> = argv
+        .iter()
+        .map(|a| match *a {
+            "/host" => host.display().to_string(),
+            "/opt/ferry/bin" => from.display().to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let out = Command::new("bash")
+        .arg(script())
+        .args(&mapped)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(is_executable(&host.join("opt/cni/bin/ferry")));
+    assert!(host.join("etc/cni/net.d/10-ferry.conflist").exists());
+    // The host paths the init container mounts are the ones it writes.
+    for mount in [
+        "mountPath: /host/opt/cni/bin",
+        "mountPath: /host/etc/cni/net.d",
+    ] {
+        assert!(manifest.contains(mount), "{mount}");
+    }
+    for host_path in [
+        "path: /opt/cni/bin",
+        "path: /etc/cni/net.d",
+        "path: /run/ferry",
+        "path: /var/lib/ferry",
+        "path: /sys/fs/bpf",
+        "path: /run/netns",
+        "path: /var/run/netns",
+    ] {
+        assert!(
+            manifest.contains(host_path),
+            "manifest lacks hostPath {host_path}"
+        );
+    }
+    assert!(manifest.contains("hostNetwork: true"));
+}
