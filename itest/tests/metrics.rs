@@ -200,10 +200,9 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     // and hangs up: each gets an answer or a closed connection, none takes
     // the server down.
     let raw = |payload: &str| -> String {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/9469; printf '%s' \"$1\" >&3; timeout 10 cat <&3; exit 0"
-        );
-        let out = ns_run(&node.ns.name, &["bash", "-c", &script, "raw", payload]);
+        let script =
+            "exec 3<>/dev/tcp/127.0.0.1/9469; printf '%s' \"$1\" >&3; timeout 10 cat <&3; exit 0";
+        let out = ns_run(&node.ns.name, &["bash", "-c", script, "raw", payload]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
