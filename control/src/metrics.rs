@@ -47,6 +47,33 @@ pub enum MetricsError {
     },
 }
 
+/// Pod-API requests served, by command and the CNI error code answered
+/// (0: success). Written by the pod-API server's tasks, once per request:
+/// far from any hot path, so a mutex is fine.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(String, u32), u64>>,
+}
+
+impl RequestCounters {
+    pub fn record(&self, command: &str, code: u32) {
+        let mut m = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m.entry((command.to_string(), code)).or_default() += 1;
+    }
+
+    /// (command, code, count), sorted.
+    pub fn snapshot(&self) -> Vec<(String, u32, u64)> {
+        let m = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter().map(|((c, k), n)| (c.clone(), *k, *n)).collect()
+    }
+}
+
 /// Address usage of one node pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolUsage {
@@ -69,6 +96,8 @@ pub struct Snapshot {
     pub endpoints: Option<u64>,
     /// Per node pool (empty when the store could not be read).
     pub pools: Vec<PoolUsage>,
+    /// Pod-API requests: (command, CNI code answered, count).
+    pub requests: Vec<(String, u32, u64)>,
 }
 
 /// A label value escaped as the exposition format wants (`\\`, `\"`, `\n`).
@@ -121,6 +150,22 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let stats = s.dataplane.as_ref().ok();
 
+    let mut f = Family::new(
+        &mut out,
+        "ferry_build_info",
+        "gauge",
+        "ferryd's version (always 1).",
+    );
+    f.sample(&[("version", env!("CARGO_PKG_VERSION"))], 1);
+    let mut f = Family::new(
+        &mut out,
+        "ferry_pod_requests_total",
+        "counter",
+        "Pod-API requests (CNI invocations) ferryd answered, by command and CNI error code (0: success).",
+    );
+    for (command, code, n) in &s.requests {
+        f.sample(&[("command", command), ("code", &code.to_string())], *n);
+    }
     let mut f = Family::new(
         &mut out,
         "ferry_dataplane_up",
@@ -292,7 +337,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// Collect a [`Snapshot`]: the dataplane's Stats and the store's counts,
 /// both read off the async workers.
-pub async fn gather(agent: &Agent) -> Snapshot {
+pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
     let socket = agent.config().dataplane_socket.clone();
     let dataplane = match tokio::task::spawn_blocking(move || ctl::stats(&socket)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -336,6 +381,7 @@ pub async fn gather(agent: &Agent) -> Snapshot {
         dataplane_connected: agent.dataplane().connected(),
         endpoints,
         pools,
+        requests: requests.snapshot(),
     }
 }
 
@@ -441,7 +487,11 @@ fn plain(status: &str, body: &str) -> Vec<u8> {
     response(status, "text/plain; charset=utf-8", body, false)
 }
 
-async fn serve_one(mut stream: TcpStream, agent: &Agent) -> std::io::Result<()> {
+async fn serve_one(
+    mut stream: TcpStream,
+    agent: &Agent,
+    requests: &RequestCounters,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let answer = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await {
         Err(_) => plain(
@@ -456,7 +506,7 @@ async fn serve_one(mut stream: TcpStream, agent: &Agent) -> std::io::Result<()> 
         ),
         Ok(Ok(Head::Complete(end))) => match route(&buf[..end]) {
             Route::Metrics { head } => {
-                let body = render(&gather(agent).await);
+                let body = render(&gather(agent, requests).await);
                 response("200 OK", CONTENT_TYPE, &body, head)
             }
             Route::NotFound => plain("404 Not Found", "not found; metrics are at /metrics\n"),
@@ -499,7 +549,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 }
 
 /// Accept connections forever, at most [`MAX_CONNECTIONS`] at once.
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>, requests: Arc<RequestCounters>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -508,8 +558,9 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let agent = Arc::clone(&agent);
+                let requests = Arc::clone(&requests);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &agent).await {
+                    if let Err(e) = serve_one(stream, &agent, &requests).await {
                         log::debug!("metrics connection from {peer}: {e}");
                     }
                     drop(permit);
@@ -570,6 +621,7 @@ mod tests {
                 size: 253,
                 allocated: 3,
             }],
+            requests: vec![("ADD".into(), 0, 3), ("ADD".into(), 11, 1)],
         }
     }
 
@@ -579,6 +631,8 @@ mod tests {
         for line in [
             "ferry_dataplane_up 1",
             "ferry_dataplane_connected 1",
+            "ferry_pod_requests_total{command=\"ADD\",code=\"0\"} 3",
+            "ferry_pod_requests_total{command=\"ADD\",code=\"11\"} 1",
             "ferry_endpoints 1",
             "ferry_ipam_addresses_free{pool=\"10.88.0.0/24\"} 250",
             "ferry_ipam_addresses_allocated{pool=\"10.88.0.0/24\"} 3",
@@ -683,6 +737,23 @@ mod tests {
         );
         let m = String::from_utf8(plain("405 Method Not Allowed", "x")).unwrap();
         assert!(m.contains("Allow: GET, HEAD\r\n"), "{m}");
+    }
+
+    #[test]
+    fn request_counters_count_by_command_and_code() {
+        let c = RequestCounters::default();
+        c.record("DEL", 0);
+        c.record("ADD", 0);
+        c.record("ADD", 0);
+        c.record("ADD", 101);
+        assert_eq!(
+            c.snapshot(),
+            vec![
+                ("ADD".to_string(), 0, 2),
+                ("ADD".to_string(), 101, 1),
+                ("DEL".to_string(), 0, 1)
+            ]
+        );
     }
 
     #[test]

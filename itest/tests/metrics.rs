@@ -96,6 +96,11 @@ fn metrics_rise_with_traffic() {
     assert_eq!(before[&format!("ferry_ipam_addresses_free{pool}")], 251);
     assert!(before["ferry_table_generation"] >= 1);
     assert_eq!(
+        before["ferry_pod_requests_total{command=\"ADD\",code=\"0\"}"],
+        2
+    );
+    assert!(before["ferry_pod_requests_total{command=\"STATUS\",code=\"0\"}"] >= 1);
+    assert_eq!(
         before["ferry_port_attached{port=\"ferry0dp\",endpoint=\"host\"}"],
         1
     );
@@ -161,6 +166,10 @@ fn metrics_rise_with_traffic() {
     assert_eq!(del["ferry_endpoints"], 1);
     assert_eq!(del[&format!("ferry_ipam_addresses_free{pool}")], 252);
     assert!(del["ferry_table_generation"] > after["ferry_table_generation"]);
+    assert_eq!(
+        del["ferry_pod_requests_total{command=\"DEL\",code=\"0\"}"],
+        1
+    );
 
     // The dataplane down: ferryd still answers, and says so.
     node.dataplane.take().unwrap().stop();

@@ -58,6 +58,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     log::info!("serving the pod API on {}", socket.display());
     // A metrics listener that cannot bind must not take pod networking
     // down with it: say so loudly and serve the pod API anyway.
+    let requests = Arc::new(metrics::RequestCounters::default());
     let metrics_task = match agent.config().metrics_listen {
         None => {
             log::info!("metrics endpoint disabled (metrics_listen = \"\")");
@@ -66,7 +67,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
-                Some(tokio::spawn(metrics::serve(l, Arc::clone(&agent))))
+                Some(tokio::spawn(metrics::serve(
+                    l,
+                    Arc::clone(&agent),
+                    Arc::clone(&requests),
+                )))
             }
             Err(e) => {
                 log::error!("{e}; continuing without the metrics endpoint");
@@ -78,7 +83,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     tokio::select! {
-        _ = server::serve(listener, agent) => {}
+        _ = server::serve(listener, agent, requests) => {}
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
     }
