@@ -382,3 +382,76 @@ fn the_daemonset_init_container_installs_the_cni_plugin() {
     }
     assert!(manifest.contains("hostNetwork: true"));
 }
+
+/// docs/config.md documents every ferryd field (as `--print-default-config`
+/// lists them), every ferry-dataplane flag (as `--help` lists them) and the
+/// conflist keys the plugin reads.
+#[test]
+fn the_config_reference_covers_every_field_and_flag() {
+    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md"))
+        .unwrap();
+    let defaults = Command::new(bin("ferryd"))
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
+    let defaults = String::from_utf8(defaults.stdout).unwrap();
+    assert!(defaults.lines().count() >= 9, "{defaults}");
+    for line in defaults.lines() {
+        let (field, value) = line.split_once(" = ").expect("key = value");
+        assert!(
+            doc.contains(&format!("| `{field}` |")),
+            "docs/config.md lacks ferryd field {field}"
+        );
+        // The default shown is the code's (the gateway's is derived).
+        let value = value.trim_matches('"');
+        if field != "gateway" {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{field}` |")))
+                .unwrap();
+            assert!(
+                row.contains(value),
+                "default of {field} is {value}, docs say: {row}"
+            );
+        }
+    }
+    let help = Command::new(bin("ferry-dataplane"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches([',', ']', '.']))
+        .filter(|w| !["--help", "--version"].contains(w))
+        .collect();
+    assert!(flags.contains(&"--log-level"), "{help}");
+    for flag in flags {
+        assert!(
+            doc.contains(&format!("`{flag}")),
+            "docs/config.md lacks ferry-dataplane {flag}"
+        );
+    }
+    for key in [
+        "cniVersion",
+        "name",
+        "type",
+        "ferrydSocket",
+        "mtu",
+        "ipam",
+        "ipam.ranges",
+        "ipam.routes",
+        "dns",
+        "runtimeConfig.ips",
+        "cni.dev/valid-attachments",
+        "prevResult",
+        "logFile",
+        "logLevel",
+    ] {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "docs/config.md lacks {key}"
+        );
+    }
+}
