@@ -29,6 +29,9 @@ Options (directories are as seen on the target system; --root is prefixed to all
   --cni-only          only the CNI plugin and the conflist (e.g. a Kubernetes init container)
   --no-systemd        do not install systemd units
   --force             replace config files edited locally (saving <config-dir>/<name>.bak)
+  --uninstall         remove what an install with the same options put there; config files
+                      edited locally are kept (and reported) unless --force; never touches
+                      ferryd's state (/var/lib/ferry)
   -h, --help          this text
 EOF
 }
@@ -45,6 +48,7 @@ SYSTEMD_DIR=/etc/systemd/system
 CNI_ONLY=0
 SYSTEMD=1
 FORCE=0
+UNINSTALL=0
 
 die() { echo "install.sh: $*" >&2; exit 2; }
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
@@ -63,6 +67,7 @@ while [ $# -gt 0 ]; do
     --cni-only) CNI_ONLY=1; shift ;;
     --no-systemd) SYSTEMD=0; shift ;;
     --force) FORCE=1; shift ;;
+    --uninstall) UNINSTALL=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown option '$1'" ;;
   esac
@@ -71,6 +76,36 @@ BIN_DIR=${BIN_DIR:-$PREFIX/bin}
 DOC_DIR=$PREFIX/share/doc/ferry
 ROOT=${ROOT%/}   # "/" -> "", "/tmp/r/" -> "/tmp/r"
 [ -z "$ROOT" ] || [ -d "$ROOT" ] || mkdir -p "$ROOT"
+
+if [ "$UNINSTALL" = 1 ]; then
+  n_removed=0 n_kept=0 n_absent=0
+  # drop DEST KIND [SHIPPED]: remove $ROOT$DEST; a config differing from
+  # SHIPPED is the operator's and stays unless --force.
+  drop() {
+    local dest=$ROOT$1 kind=$2 shipped=${3:-}
+    if [ ! -e "$dest" ]; then n_absent=$((n_absent + 1)); return; fi
+    if [ "$kind" = config ] && [ "$FORCE" = 0 ] && ! cmp -s "$shipped" "$dest"; then
+      echo "kept       $dest (edited locally; --force removes it)"; n_kept=$((n_kept + 1)); return
+    fi
+    rm -f "$dest"; echo "removed    $dest"; n_removed=$((n_removed + 1))
+  }
+  drop "$CNI_BIN_DIR/ferry" owned
+  drop "$CNI_CONF_DIR/10-ferry.conflist" config "$SRC/cni/10-ferry.conflist"
+  if [ "$CNI_ONLY" = 0 ]; then
+    for b in ferryd ferry-dataplane ferryctl; do drop "$BIN_DIR/$b" owned; done
+    drop "$CONFIG_DIR/ferryd.toml" config "$SRC/deploy/ferryd.toml"
+    drop "$CONFIG_DIR/ferry-dataplane.env" config "$SRC/deploy/ferry-dataplane.env"
+    drop "$DOC_DIR/config.md" owned
+    if [ "$SYSTEMD" = 1 ]; then
+      for u in ferry-dataplane.service ferryd.service; do drop "$SYSTEMD_DIR/$u" owned; done
+    fi
+  fi
+  echo "install.sh: $n_removed removed, $n_kept kept, $n_absent not present"
+  if [ "$CNI_ONLY" = 0 ] && [ "$SYSTEMD" = 1 ] && [ -z "$ROOT" ]; then
+    echo "install.sh: stop the services first if they run: systemctl disable --now ferryd ferry-dataplane"
+  fi
+  exit 0
+fi
 
 BINS=(ferry)
 [ "$CNI_ONLY" = 1 ] || BINS+=(ferryd ferry-dataplane ferryctl)

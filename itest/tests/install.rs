@@ -455,3 +455,38 @@ fn the_config_reference_covers_every_field_and_flag() {
         );
     }
 }
+
+#[test]
+fn uninstall_removes_what_install_put_and_keeps_edited_configs() {
+    let tmp = TempDir::new(&unique_tag("uninst"));
+    let root = tmp.path.join("root");
+    let r = root.to_str().unwrap();
+    let out = install(&["--root", r]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // State of ferryd and an operator's edit must survive.
+    let state = root.join("var/lib/ferry/ferry.redb");
+    fs::create_dir_all(state.parent().unwrap()).unwrap();
+    fs::write(&state, b"not ours to remove").unwrap();
+    let toml = root.join("etc/ferry/ferryd.toml");
+    fs::write(&toml, "mtu = 9000\n").unwrap();
+
+    let out = install(&["--root", r, "--uninstall"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("9 removed, 1 kept"), "{t}");
+    let left: Vec<PathBuf> = tree(&root).into_keys().collect();
+    assert_eq!(left, [toml.clone(), state.clone()], "{t}");
+    assert_eq!(fs::read_to_string(&toml).unwrap(), "mtu = 9000\n");
+
+    // Again: nothing left to do, still exit 0; --force takes the edit too.
+    let out = install(&["--root", r, "--uninstall"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = install(&["--root", r, "--uninstall", "--force"]);
+    assert!(
+        text(&out).contains("1 removed, 0 kept, 9 not present"),
+        "{}",
+        text(&out)
+    );
+    let left: Vec<PathBuf> = tree(&root).into_keys().collect();
+    assert_eq!(left, [state]);
+}
