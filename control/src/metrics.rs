@@ -756,6 +756,18 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_taken_address_is_a_clear_bind_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind(addr).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("bind metrics listener on {addr}: ")),
+            "{text}"
+        );
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");

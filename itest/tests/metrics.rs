@@ -228,6 +228,43 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     let again = scrape(&node);
     assert_eq!(again["ferry_dataplane_up"], 1);
 
+    // The address taken by someone else: ferryd says so and serves the pod
+    // API anyway.
+    node.ferryd.take().unwrap().stop();
+    let holder_log = node.dir.path.join("holder.log");
+    let holder = Daemon {
+        what: "port holder".into(),
+        child: std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns.name, "python3", "-c"])
+            .arg(
+                "import socket,sys,time\n\
+                 s=socket.socket()\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', 9469)); s.listen()\n\
+                 print('bound', flush=True); time.sleep(120)",
+            )
+            .stdout(fs::File::create(&holder_log).unwrap())
+            .stderr(fs::File::create(holder_log.with_extension("err")).unwrap())
+            .spawn()
+            .expect("start port holder"),
+        log: holder_log,
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || holder
+            .log_text()
+            .contains("bound")),
+        "port holder did not bind"
+    );
+    node.start_ferryd();
+    node.wait_ready();
+    let log = node.ferryd.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("bind metrics listener on 127.0.0.1:9469")
+            && log.contains("continuing without the metrics endpoint"),
+        "{log}"
+    );
+    holder.stop();
+
     // metrics_listen = "" turns the endpoint off.
     node.ferryd.take().unwrap().stop();
     let cfg = node.dir.path.join("ferryd.toml");
