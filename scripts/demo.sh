@@ -123,7 +123,7 @@ ip netns exec ferry-demo-pod1 ping -c 1 -W 1 10.88.0.200 || true
 say "metrics after traffic (before -> after)"
 metrics > "$DIR/metrics.after"
 awk 'NR == FNR { if ($1 !~ /^#/) b[$1] = $2; next }
-     /^ferry_(port_(rx|tx)_frames_total|port_drops_total|worker_(busy|idle)_polls_total|endpoints|ipam_addresses_free|table_generation)/ {
+     /^ferry_(port_(rx|tx)_frames_total|port_drops_total|worker_(busy|idle)_polls_total|endpoints|ipam_addresses_free|table_generation)/ && ($2 != 0 || b[$1] != 0) {
        printf "  %-100s %10s -> %s\n", $1, ($1 in b ? b[$1] : 0), $2 }' \
   "$DIR/metrics.before" "$DIR/metrics.after"
 before=$(awk '/^ferry_port_rx_frames_total/ { s += $2 } END { print s + 0 }' "$DIR/metrics.before")

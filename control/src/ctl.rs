@@ -478,6 +478,7 @@ mod tests {
                 ]),
                 ..Default::default()
             }],
+            drop_reasons: vec![],
             workers: vec![WorkerStats {
                 worker: 0,
                 cpu: Some(1),

@@ -145,6 +145,23 @@ impl<'a> Family<'a> {
     }
 }
 
+/// Every reason the dataplane counts, at 0 when not seen yet (so a
+/// series exists before its first drop and `rate()` sees that drop), plus
+/// any reason in `drops` the list does not name.
+fn with_zeros<'a>(
+    drops: &'a std::collections::BTreeMap<String, u64>,
+    reasons: &'a [String],
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    let known = reasons
+        .iter()
+        .map(|r| (r.as_str(), drops.get(r).copied().unwrap_or(0)));
+    let extra = drops
+        .iter()
+        .filter(|(r, _)| !reasons.contains(r))
+        .map(|(r, n)| (r.as_str(), *n));
+    known.chain(extra)
+}
+
 /// The exposition text of one scrape.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
@@ -264,17 +281,17 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "ferry_port_drops_total",
         "counter",
-        "Frames received on a dataplane port and dropped, by drop reason (reasons never seen are absent).",
+        "Frames received on a dataplane port and dropped, by drop reason.",
     );
     for p in &stats.ports {
-        for (reason, n) in &p.drops {
+        for (reason, n) in with_zeros(&p.drops, &stats.drop_reasons) {
             f.sample(
                 &[
                     ("port", &p.name),
                     ("endpoint", &p.endpoint),
                     ("reason", reason),
                 ],
-                *n,
+                n,
             );
         }
     }
@@ -324,12 +341,12 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "ferry_worker_drops_total",
         "counter",
-        "Frames a worker dropped, by drop reason (reasons never seen are absent).",
+        "Frames a worker dropped, by drop reason.",
     );
     for w in &stats.workers {
         let worker = w.worker.to_string();
-        for (reason, n) in &w.drops {
-            f.sample(&[("worker", &worker), ("reason", reason)], *n);
+        for (reason, n) in with_zeros(&w.drops, &stats.drop_reasons) {
+            f.sample(&[("worker", &worker), ("reason", reason)], n);
         }
     }
     out
@@ -613,6 +630,7 @@ mod tests {
                     tx_frames: 4,
                     drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
                 }],
+                drop_reasons: vec!["no_endpoint".into(), "runt".into()],
             }),
             dataplane_connected: true,
             endpoints: Some(1),
@@ -644,6 +662,10 @@ mod tests {
             "ferry_worker_busy_polls_total{worker=\"0\"} 5",
             "ferry_worker_idle_polls_total{worker=\"0\"} 9",
             "ferry_worker_drops_total{worker=\"0\",reason=\"no_endpoint\"} 2",
+            // Reasons not seen yet are there, at zero.
+            "ferry_port_drops_total{port=\"ferry0dp\",endpoint=\"host\",reason=\"runt\"} 0",
+            "ferry_port_drops_total{port=\"fy0123456789a\",endpoint=\"c\\\"1/eth0\",reason=\"no_endpoint\"} 0",
+            "ferry_worker_drops_total{worker=\"0\",reason=\"runt\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
         }
@@ -672,6 +694,17 @@ mod tests {
             }
         }
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn reasons_outside_the_list_are_still_reported() {
+        let drops = BTreeMap::from([("a".to_string(), 1), ("new".to_string(), 4)]);
+        let reasons = vec!["a".to_string(), "b".to_string()];
+        let got: Vec<_> = with_zeros(&drops, &reasons).collect();
+        assert_eq!(got, vec![("a", 1), ("b", 0), ("new", 4)]);
+        // An old dataplane sends no list: what it counted is all there is.
+        let got: Vec<_> = with_zeros(&drops, &[]).collect();
+        assert_eq!(got, vec![("a", 1), ("new", 4)]);
     }
 
     #[test]

@@ -105,6 +105,16 @@ fn metrics_rise_with_traffic() {
         1
     );
 
+    // Every drop reason has a series from the start, at zero.
+    let drops = format!("{a_ep},reason=\"no_endpoint\"");
+    assert!(
+        before
+            .keys()
+            .any(|k| k.starts_with("ferry_port_drops_total{") && k.contains(&drops)),
+        "no zero-valued no_endpoint series before the first drop: {before:?}"
+    );
+    assert_eq!(sum(&before, "ferry_port_drops_total", &drops), 0);
+
     assert!(a.ping(&b.ip, 3), "a -> b");
     // An address in the pod CIDR without an endpoint: dropped `no_endpoint`.
     assert!(!a.ping("10.88.0.200", 1), "ping to nobody answered");
@@ -124,7 +134,6 @@ fn metrics_rise_with_traffic() {
             "{name}{{{ep}}}: {x} -> {y}, expected +{rise}"
         );
     }
-    let drops = format!("{a_ep},reason=\"no_endpoint\"");
     assert!(
         sum(&after, "ferry_port_drops_total", &drops)
             > sum(&before, "ferry_port_drops_total", &drops),
