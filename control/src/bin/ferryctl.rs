@@ -1,5 +1,5 @@
-//! ferryctl: the operator CLI. Asks ferry-dataplane (tables, counters) and
-//! ferryd (status) and prints aligned tables or JSON.
+//! ferryctl: the operator CLI. Asks ferry-dataplane (tables, counters, drops)
+//! and ferryd (status) and prints aligned tables or JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use ferryd::ctl;
 #[command(
     name = "ferryctl",
     version,
-    about = "Inspect ferry on this node: endpoints, routes, counters, status"
+    about = "Inspect ferry on this node: endpoints, routes, counters, drops, status (tables, or --json)"
 )]
 struct Args {
     /// ferryd's pod-API socket.
