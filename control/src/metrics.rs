@@ -4,10 +4,12 @@
 //! Each scrape asks the dataplane for its `Stats` over the table API (the
 //! same read-only request `ferryctl stats` makes) and reads the store for
 //! endpoints and address usage, so nothing is cached and nothing is counted
-//! twice. [`render`] is a pure function of a [`Snapshot`]; the HTTP side is a
-//! deliberately small HTTP/1.1 server: one request per connection, the
-//! request head bounded in size and time, anything it does not understand
-//! answered with a 4xx status and the connection closed.
+//! twice; the pod-API server counts the requests it answers
+//! ([`RequestCounters`]). [`render`] is a pure function of a [`Snapshot`];
+//! the HTTP side is a deliberately small HTTP/1.1 server: one request per
+//! connection, the request head bounded in size and time, anything it does
+//! not understand answered with a 4xx (or 505) status and the connection
+//! closed.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
