@@ -3,7 +3,8 @@
 # and ferryd in a node network namespace, creates three pods by invoking the
 # `ferry` CNI binary exactly as a runtime does (env + stdin), shows ping and
 # iperf3 TCP between pods and from the node to a pod, prints ferryctl
-# counters, and tears everything down (also on failure or Ctrl-C).
+# counters and ferryd's Prometheus metrics before and after the traffic,
+# and tears everything down (also on failure or Ctrl-C).
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 PROFILE="${PROFILE:-release}"
 cargo build --workspace --bins --profile "$PROFILE"
-BIN="$PWD/target/$PROFILE"
+BIN="$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 
 NODE=ferry-demo-node
 DIR="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
@@ -57,8 +58,9 @@ gateway = "10.88.0.1"
 mtu = 1500
 CONF
 # The shipped conflist, turned into the single network config libcni hands a plugin.
-python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); p=l["plugins"][0]; p["cniVersion"]=l["cniVersion"]; p["name"]=l["name"]; p["ferrydSocket"]=sys.argv[2]; print(json.dumps(p))' \
-    cni/10-ferry.conflist "$DIR/ferryd.sock" \
+# (The plugin's log goes to $DIR/cni.log instead of /var/log/ferry/cni.log.)
+python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); p=l["plugins"][0]; p["cniVersion"]=l["cniVersion"]; p["name"]=l["name"]; p["ferrydSocket"]=sys.argv[2]; p["logFile"]=sys.argv[3]; print(json.dumps(p))' \
+    cni/10-ferry.conflist "$DIR/ferryd.sock" "$DIR/cni.log" \
   > "$DIR/net.conf"
 echo "network config given to ferry on stdin:"; cat "$DIR/net.conf"
 
@@ -73,7 +75,7 @@ for _ in $(seq 1 100); do
        | CNI_COMMAND=STATUS "$BIN/ferry" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
-[ -n "$ready" ] || { echo "ferryd not ready"; tail -20 "$DIR"/*.log; exit 1; }
+[ -n "$ready" ] || { echo "ferryd not ready"; tail -n 20 "$DIR"/*.log; exit 1; }
 echo "ferryd STATUS: ready (dataplane connected)"
 
 say "create pods: CNI ADD via the ferry binary"
@@ -91,6 +93,14 @@ ip -n "$NODE" -br link show
 ip -n "$NODE" -d link show | grep -E '^[0-9]+: fy|prog/xdp' | sed 's/^/  /'
 echo "node routes:"; ip -n "$NODE" -4 route show | sed 's/^/  /'
 
+# ferryd's Prometheus endpoint (metrics_listen, default 127.0.0.1:9469) lives
+# in the node namespace, like ferryd itself.
+metrics() { ip netns exec "$NODE" curl -sS --max-time 10 http://127.0.0.1:9469/metrics; }
+say "metrics before traffic: curl http://127.0.0.1:9469/metrics (in $NODE)"
+metrics > "$DIR/metrics.before"
+grep -E '^# (HELP|TYPE) ferry_port_rx_frames_total' "$DIR/metrics.before"
+grep -E '^ferry_(endpoints|ipam_addresses_free|table_generation|port_rx_frames_total)' "$DIR/metrics.before"
+
 say "ping pod1 -> pod2, pod2 -> pod3, pod3 -> gateway, node -> pod1"
 ip netns exec ferry-demo-pod1 ping -c 3 -i 0.2 "${IP[2]}"
 ip netns exec ferry-demo-pod2 ping -c 3 -i 0.2 "${IP[3]}"
@@ -107,8 +117,26 @@ ip netns exec ferry-demo-pod3 iperf3 -s -1 -D -p 5202
 sleep 0.3
 ip netns exec "$NODE" iperf3 -c "${IP[3]}" -p 5202 -t 2 | tail -4
 
+say "pod1 -> 10.88.0.200 (no such pod: dropped by the dataplane, reason no_endpoint)"
+ip netns exec ferry-demo-pod1 ping -c 1 -W 1 10.88.0.200 || true
+
+say "metrics after traffic (before -> after)"
+metrics > "$DIR/metrics.after"
+awk 'NR == FNR { if ($1 !~ /^#/) b[$1] = $2; next }
+     /^ferry_(port_(rx|tx)_frames_total|port_drops_total|worker_(busy|idle)_polls_total|endpoints|ipam_addresses_free|table_generation)/ && ($2 != 0 || b[$1] != 0) {
+       printf "  %-100s %10s -> %s\n", $1, ($1 in b ? b[$1] : 0), $2 }' \
+  "$DIR/metrics.before" "$DIR/metrics.after"
+before=$(awk '/^ferry_port_rx_frames_total/ { s += $2 } END { print s + 0 }' "$DIR/metrics.before")
+after=$(awk '/^ferry_port_rx_frames_total/ { s += $2 } END { print s + 0 }' "$DIR/metrics.after")
+echo "frames received on all ports: $before -> $after"
+[ "$after" -gt "$before" ] || { echo "metrics did not rise with traffic"; exit 1; }
+
 say "ferryctl endpoints"
 "$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" endpoints
 say "ferryctl stats"
 "$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" stats
+say "ferryctl drops"
+"$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" drops
+say "the CNI plugin's log ($DIR/cni.log)"
+cat "$DIR/cni.log"
 echo; echo "demo: ok"

@@ -7,6 +7,7 @@ PKGS=(
   clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config  # XDP programs, xsk-rs' bundled libxdp
   iproute2 iputils-ping procps python3                        # namespaces, veth, ping, demo JSON
   iperf3                                                      # TCP between pods
+  curl                                                        # scraping ferryd's /metrics (demo, tests)
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
   golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)

@@ -158,6 +158,11 @@ pub struct Stats {
     pub generation: u64,
     pub ports: Vec<PortStats>,
     pub workers: Vec<WorkerStats>,
+    /// Every drop-reason name the dataplane counts (the keys `drops` maps
+    /// may hold; a reason never seen is absent from them), so an exporter
+    /// can report zeros. Empty from a dataplane that predates the field.
+    #[serde(default)]
+    pub drop_reasons: Vec<String>,
 }
 
 /// Per-port counters, summed over the workers that serve the port.

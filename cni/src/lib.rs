@@ -17,6 +17,7 @@ pub mod client;
 pub mod conf;
 pub mod env;
 pub mod error;
+pub mod logfile;
 pub mod result;
 pub mod version;
 
@@ -80,7 +81,13 @@ fn execute(env: &Env, stdin: &[u8], ferryd: Ferryd<'_>) -> Result<String, CniErr
     let conf = if command == Command::Del {
         conf::parse_for_del(stdin)?
     } else {
-        conf::parse(stdin)?
+        let conf = conf::parse(stdin)?;
+        // `parse` accepted stdin as a JSON object; a log field present but
+        // wrong is a config error like any other (DEL ignores them).
+        if let Ok(serde_json::Value::Object(root)) = serde_json::from_slice(stdin) {
+            logfile::LogConf::validate(&root)?;
+        }
+        conf
     };
 
     let mut req = PodRequest {

@@ -3,12 +3,14 @@
 
 use std::io::{Read, Write};
 
+use ferry_cni::logfile::{self, LogConf};
 use ferry_cni::{client, result, CniError, CniVersion, Env};
 
 /// More than any network configuration (with prevResult) a runtime sends.
 const MAX_STDIN: u64 = 16 << 20;
 
 fn main() {
+    let started = std::time::Instant::now();
     let env = Env::from_process();
     let mut stdin = Vec::new();
     let read = if matches!(env.get("CNI_COMMAND"), Ok(None)) {
@@ -40,6 +42,20 @@ fn main() {
             client::call(path, req, client::Timeouts::default())
         }),
     };
+    let var = |k: &str| env.get(k).ok().flatten().unwrap_or("");
+    logfile::write(
+        &LogConf::peek(&stdin),
+        &logfile::Record {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            exit: code,
+            stdout: &out,
+            stdin: &stdin,
+            elapsed_ms: started.elapsed().as_millis(),
+        },
+    );
     let mut stdout = std::io::stdout().lock();
     if !out.is_empty() {
         // Nothing useful is left to do if stdout is gone; the exit code

@@ -4,7 +4,7 @@
 //! and [`Config::from_raw`] (validation into typed values), so every error
 //! names the field and the value it refused.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
@@ -16,6 +16,7 @@ pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_HOST_PORT: &str = "ferry0";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
 /// Suffix of the dataplane end of the host port (`ferry0` -> `ferry0dp`).
 pub const HOST_PORT_DP_SUFFIX: &str = "dp";
 
@@ -36,8 +37,10 @@ Configuration file (TOML, every field optional):
                     [default: 1500]
   host_port         kernel-side name of the host port veth (1-13 chars); the
                     dataplane side is <host_port>dp [default: ferry0]
-  log_level         error|warn|info|debug|trace; RUST_LOG overrides it
-                    [default: info]";
+  log_level         off|error|warn|info|debug|trace; RUST_LOG overrides it
+                    [default: info]
+  metrics_listen    address:port of the Prometheus endpoint (GET /metrics);
+                    \"\" disables it [default: 127.0.0.1:9469]";
 
 /// The file as written: everything optional, unknown fields refused.
 #[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -51,6 +54,7 @@ pub struct RawConfig {
     pub mtu: Option<i64>,
     pub host_port: Option<String>,
     pub log_level: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// Validated configuration.
@@ -64,6 +68,17 @@ pub struct Config {
     pub mtu: u32,
     pub host_port: String,
     pub log_level: String,
+    /// Where `GET /metrics` is served; `None`: disabled (`""` in the file).
+    #[serde(serialize_with = "listen_text")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `metrics_listen` as written in the file: `""` when disabled.
+fn listen_text<S: serde::Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(a) => s.serialize_str(&a.to_string()),
+        None => s.serialize_str(""),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +238,22 @@ impl Config {
             ));
         }
 
+        let listen_text = raw
+            .metrics_listen
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+        let metrics_listen = match listen_text.trim() {
+            "" => None,
+            t => Some(t.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!(
+                        "{listen_text:?} is not an address:port such as \"127.0.0.1:9469\" or \"[::]:9469\" \
+                         (\"\" disables the endpoint)"
+                    ),
+                )
+            })?),
+        };
+
         Ok(Config {
             socket,
             dataplane_socket,
@@ -232,6 +263,7 @@ impl Config {
             mtu: mtu as u32,
             host_port,
             log_level,
+            metrics_listen,
         })
     }
 
@@ -298,6 +330,7 @@ mod tests {
         assert_eq!(c.host_port, "ferry0");
         assert_eq!(c.host_port_dp(), "ferry0dp");
         assert_eq!(c.log_level, "info");
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9469".parse().unwrap()));
         assert_eq!(c.db_path(), PathBuf::from("/var/lib/ferry/ferry.redb"));
         assert_eq!(c, Config::default());
     }
@@ -314,6 +347,7 @@ mod tests {
             mtu = 9000
             host_port = "fhost"
             log_level = "debug"
+            metrics_listen = "[::]:9100"
             "#,
         )
         .unwrap();
@@ -321,6 +355,7 @@ mod tests {
         assert_eq!(c.gateway, Ipv4Addr::new(10, 2, 0, 254));
         assert_eq!(c.mtu, 9000);
         assert_eq!(c.host_port_dp(), "fhostdp");
+        assert_eq!(c.metrics_listen, Some("[::]:9100".parse().unwrap()));
         // Default gateway follows the first CIDR.
         let c = Config::parse("pod_cidrs = [\"192.168.4.0/22\"]").unwrap();
         assert_eq!(c.gateway, Ipv4Addr::new(192, 168, 4, 1));
@@ -331,6 +366,10 @@ mod tests {
         let c = Config::default();
         let again = Config::parse(&c.to_toml()).unwrap();
         assert_eq!(again, c);
+        // A disabled metrics endpoint survives the round trip too.
+        let off = Config::parse("metrics_listen = \"\"").unwrap();
+        assert_eq!(off.metrics_listen, None);
+        assert_eq!(Config::parse(&off.to_toml()).unwrap(), off);
     }
 
     #[test]
@@ -353,6 +392,9 @@ mod tests {
             ("host_port = \"a/b\"", "host_port"),
             ("log_level = \"loud\"", "log_level"),
             ("socket = \"\"", "socket"),
+            ("metrics_listen = \"9469\"", "metrics_listen"),
+            ("metrics_listen = \"localhost:9469\"", "metrics_listen"),
+            ("metrics_listen = \"127.0.0.1\"", "metrics_listen"),
         ];
         for (text, field) in cases {
             match Config::parse(text) {
@@ -375,6 +417,34 @@ mod tests {
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err}");
+        }
+    }
+
+    /// The installed `/etc/ferry/ferryd.toml` lists every field, commented
+    /// out at its default: uncommenting all of them must give the defaults.
+    #[test]
+    fn shipped_config_lists_every_field_at_its_default() {
+        let shipped = include_str!("../../deploy/ferryd.toml");
+        assert_eq!(Config::parse(shipped).unwrap(), Config::default());
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Config::parse(&uncommented).unwrap(), Config::default());
+        for line in Config::default().to_toml().lines() {
+            let field = line.split(" = ").next().unwrap();
+            assert!(
+                uncommented
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{field} = "))),
+                "deploy/ferryd.toml does not show `{field}`"
+            );
+            assert!(
+                FIELDS_HELP.contains(&format!("  {field} ")),
+                "--help misses {field}"
+            );
         }
     }
 

@@ -367,6 +367,51 @@ pub fn render_stats(s: &Stats) -> String {
     out
 }
 
+/// One row of `ferryctl drops`: frames received on a port and dropped for
+/// one reason (reasons never seen are not listed).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct DropRow {
+    pub port: String,
+    pub endpoint: String,
+    pub reason: String,
+    pub frames: u64,
+}
+
+pub fn drop_rows(s: &Stats) -> Vec<DropRow> {
+    let mut rows: Vec<DropRow> = s
+        .ports
+        .iter()
+        .flat_map(|p| {
+            p.drops
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(reason, n)| DropRow {
+                    port: p.name.clone(),
+                    endpoint: p.endpoint.clone(),
+                    reason: reason.clone(),
+                    frames: *n,
+                })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.port, &a.reason).cmp(&(&b.port, &b.reason)));
+    rows
+}
+
+pub fn render_drops(rows: &[DropRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.port.clone(),
+                r.endpoint.clone(),
+                r.reason.clone(),
+                r.frames.to_string(),
+            ]
+        })
+        .collect();
+    render_table(&["PORT", "ENDPOINT", "REASON", "FRAMES"], &body)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -433,6 +478,7 @@ mod tests {
                 ]),
                 ..Default::default()
             }],
+            drop_reasons: vec![],
             workers: vec![WorkerStats {
                 worker: 0,
                 cpu: Some(1),
@@ -444,6 +490,16 @@ mod tests {
         assert!(text.contains("no_endpoint=2"), "{text}");
         assert!(!text.contains("bad_l4_checksum"), "{text}");
         assert!(text.contains("WORKER"), "{text}");
+
+        let rows = drop_rows(&s);
+        assert_eq!(rows.len(), 1, "zero counters are not rows: {rows:?}");
+        assert_eq!(
+            render_drops(&rows),
+            "PORT      ENDPOINT  REASON       FRAMES\nferry0dp  host      no_endpoint  2\n"
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["reason"], "no_endpoint");
+        assert_eq!(json[0]["frames"], 2);
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //! - [`agent`]: ADD/DEL/CHECK/GC/STATUS on top of the above.
 //! - [`server`]: the pod-API Unix socket server.
 //! - [`ctl`]: ferryctl's requests and table formatting.
+//! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 
 pub mod agent;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
 pub mod ipam;
+pub mod metrics;
 pub mod netlink;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::agent::Agent;
+use crate::metrics::RequestCounters;
 
 /// How long a client may take to send its request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,14 +73,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Accept connections forever, one task each.
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>) {
+/// Accept connections forever, one task each; every answered request is
+/// counted in `requests` (the metrics endpoint reports them).
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>, requests: Arc<RequestCounters>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let agent = Arc::clone(&agent);
+                let requests = Arc::clone(&requests);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &agent).await {
+                    if let Err(e) = serve_one(stream, &agent, &requests).await {
                         log::debug!("pod-API connection: {e}");
                     }
                 });
@@ -126,13 +129,30 @@ async fn read_request(
     }
 }
 
-async fn serve_one(mut stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
+/// The CNI code a response stands for (0: success).
+fn response_code(r: &PodResponse) -> u32 {
+    match r {
+        PodResponse::Ok { .. } | PodResponse::Status { ready: true, .. } => 0,
+        PodResponse::Status { ready: false, .. } => code::NOT_AVAILABLE,
+        PodResponse::Error(e) => e.code,
+    }
+}
+
+async fn serve_one(
+    mut stream: UnixStream,
+    agent: &Agent,
+    requests: &RequestCounters,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.split();
     let mut reader = BufReader::new(r);
-    let response = match read_request(&mut reader).await {
-        Ok(req) => agent.handle(req).await,
-        Err(resp) => resp,
+    let (command, response) = match read_request(&mut reader).await {
+        Ok(req) => {
+            let command = format!("{:?}", req.command).to_uppercase();
+            (command, agent.handle(req).await)
+        }
+        Err(resp) => ("INVALID".to_string(), resp),
     };
+    requests.record(&command, response_code(&response));
     let mut line = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await?;

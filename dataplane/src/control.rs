@@ -440,6 +440,10 @@ impl<B: PortBackend> Dataplane<B> {
             generation: self.generation,
             ports,
             workers,
+            drop_reasons: crate::pipeline::DropReason::ALL
+                .iter()
+                .map(|r| r.name().to_string())
+                .collect(),
         }
     }
 

@@ -40,6 +40,15 @@ struct Cli {
     /// How long an idle worker sleeps in poll(2), in milliseconds.
     #[arg(long, default_value_t = 10)]
     idle_ms: u64,
+    /// Log level: off|error|warn|info|debug|trace. RUST_LOG, when set,
+    /// overrides it (and may name modules, e.g. `ferry_dataplane::worker=debug`).
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    log_level: log::LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of off|error|warn|info|debug|trace"))
 }
 
 /// Block SIGINT/SIGTERM in this thread (and every thread spawned after), so
@@ -73,8 +82,12 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(cli.log_level.as_str()),
+    )
+    .format_timestamp_millis()
+    .init();
     if cli.workers == 0 || cli.workers > ferry_dataplane::afxdp::MAX_QUEUES as usize {
         bail!(
             "--workers must be between 1 and {}",

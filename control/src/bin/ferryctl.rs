@@ -1,5 +1,5 @@
-//! ferryctl: the operator CLI. Asks ferry-dataplane (tables, counters) and
-//! ferryd (status) and prints aligned tables or JSON.
+//! ferryctl: the operator CLI. Asks ferry-dataplane (tables, counters, drops)
+//! and ferryd (status) and prints aligned tables or JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use ferryd::ctl;
 #[command(
     name = "ferryctl",
     version,
-    about = "Inspect ferry on this node: endpoints, routes, counters, status"
+    about = "Inspect ferry on this node: endpoints, routes, counters, drops, status (tables, or --json)"
 )]
 struct Args {
     /// ferryd's pod-API socket.
@@ -22,7 +22,7 @@ struct Args {
     /// ferry-dataplane's table-API socket.
     #[arg(long, value_name = "SOCK", default_value = DEFAULT_DATAPLANE_SOCKET, global = true)]
     dataplane: PathBuf,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of aligned tables (every subcommand).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -36,7 +36,10 @@ enum Cmd {
     /// Node settings (gateway, pod CIDRs, host port) and routes.
     Routes,
     /// Per-port and per-worker counters, drops by reason.
+    #[command(visible_alias = "counters")]
     Stats,
+    /// Dropped frames by port and reason (only reasons seen).
+    Drops,
     /// ferryd's STATUS and the dataplane's table generation.
     Status,
 }
@@ -89,6 +92,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&s)?;
             } else {
                 print!("{}", ctl::render_stats(&s));
+            }
+        }
+        Cmd::Drops => {
+            let rows = ctl::drop_rows(&ctl::stats(&args.dataplane)?);
+            if args.json {
+                print_json(&rows)?;
+            } else {
+                print!("{}", ctl::render_drops(&rows));
             }
         }
         Cmd::Status => {

@@ -2,12 +2,13 @@
 //! runtime, starts the agent and the pod-API server.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use ferryd::agent::Agent;
 use ferryd::config::{Config, FIELDS_HELP};
-use ferryd::server;
+use ferryd::{metrics, server};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferryd", version, about = "ferry's node agent: IPAM, pod plumbing, dataplane tables", after_help = FIELDS_HELP)]
@@ -55,13 +56,39 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let agent = Agent::start(cfg).await.context("start ferryd")?;
     let listener = server::bind(&socket)?;
     log::info!("serving the pod API on {}", socket.display());
+    // A metrics listener that cannot bind must not take pod networking
+    // down with it: say so loudly and serve the pod API anyway.
+    let requests = Arc::new(metrics::RequestCounters::default());
+    let metrics_task = match agent.config().metrics_listen {
+        None => {
+            log::info!("metrics endpoint disabled (metrics_listen = \"\")");
+            None
+        }
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => {
+                log::info!("serving Prometheus metrics on http://{addr}/metrics");
+                Some(tokio::spawn(metrics::serve(
+                    l,
+                    Arc::clone(&agent),
+                    Arc::clone(&requests),
+                )))
+            }
+            Err(e) => {
+                log::error!("{e}; continuing without the metrics endpoint");
+                None
+            }
+        },
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     tokio::select! {
-        _ = server::serve(listener, agent) => {}
+        _ = server::serve(listener, agent, requests) => {}
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
