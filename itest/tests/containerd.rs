@@ -16,12 +16,14 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
 
-/// The shipped `cni/10-ferry.conflist`, pointed at the node's ferryd.
+/// The shipped `cni/10-ferry.conflist`, pointed at the node's ferryd, its
+/// plugin log in the node's temp dir rather than the machine's /var/log.
 fn shipped_conflist(node: &Node) -> String {
     let path = clients::workspace().join("cni/10-ferry.conflist");
     let text = std::fs::read_to_string(&path).expect("read cni/10-ferry.conflist");
     let mut v: Value = serde_json::from_str(&text).expect("10-ferry.conflist is JSON");
     v["plugins"][0]["ferrydSocket"] = node.ferryd_socket().display().to_string().into();
+    v["plugins"][0]["logFile"] = node.dir.path.join("cni.log").display().to_string().into();
     v.to_string()
 }
 
