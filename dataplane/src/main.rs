@@ -34,8 +34,9 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Frames (2048 bytes each) in the UMEM of each worker's socket on each
-    /// port; memory per port = workers x this x 2 KiB.
-    #[arg(long, visible_alias = "frames-per-worker", default_value_t = 1024)]
+    /// port, at least 2048 (twice the rings' 1024 descriptors); memory per
+    /// port = workers x this x 2 KiB.
+    #[arg(long, visible_alias = "frames-per-worker", default_value_t = 2048)]
     frames_per_queue: u32,
     /// How long an idle worker sleeps in poll(2), in milliseconds.
     #[arg(long, default_value_t = 10)]
