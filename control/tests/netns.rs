@@ -232,6 +232,7 @@ fn req(command: pod::Command, container: &str, netns: Option<&str>, ifname: &str
         args: Default::default(),
         ipam: IpamRequest::default(),
         mtu: None,
+        attachment: Default::default(),
         valid_attachments: vec![],
         prev_result: None,
     }
