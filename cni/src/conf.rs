@@ -691,7 +691,10 @@ mod tests {
     #[test]
     fn bad_attachments_are_invalid_config() {
         let cases = [
-            (json!({"attachment": "macvlan"}), "`attachment` = \"macvlan\""),
+            (
+                json!({"attachment": "macvlan"}),
+                "`attachment` = \"macvlan\"",
+            ),
             (json!({"attachment": "TAP"}), "`attachment` = \"TAP\""),
             (json!({"attachment": 1}), "`attachment` must be a string"),
             (

@@ -23,3 +23,4 @@ pub mod ipam;
 pub mod netlink;
 pub mod server;
 pub mod store;
+pub mod tap;

@@ -625,6 +625,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     mac: MacAddr::for_pod(ip),
                     netns: pod_path.clone(),
                     mtu: 1400,
+                    attachment: Default::default(),
                     state: State::Pending,
                     result: PodResult {
                         interfaces: vec![],

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Sender};
 use ferry_api::table::{
-    Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump, API_VERSION,
+    Attachment, Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump,
+    API_VERSION,
 };
 use ipnet::Ipv4Net;
 
 use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
-use crate::port::{PortBackend, PortError};
+use crate::port::{PortBackend, PortError, PortKind, PortSpec};
 use crate::tables::{PortId, TableHandle, Tables};
 use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
 
@@ -110,17 +111,35 @@ struct State {
 }
 
 impl State {
-    /// Interface name -> label of every port this state needs.
-    fn ports(&self) -> BTreeMap<String, String> {
+    /// Port name -> (label, what to open) of every port this state needs.
+    fn ports(&self) -> BTreeMap<String, (String, PortSpec)> {
         let mut out = BTreeMap::new();
         if let Some(hp) = self.node.as_ref().and_then(|n| n.host_port.as_ref()) {
-            out.insert(hp.ifname.clone(), "host".to_string());
+            out.insert(
+                hp.ifname.clone(),
+                ("host".to_string(), PortSpec::xdp(&hp.ifname)),
+            );
         }
         for ep in self.endpoints.values() {
             out.entry(ep.host_ifname.clone())
-                .or_insert_with(|| ep.id.clone());
+                .or_insert_with(|| (ep.id.clone(), port_spec(ep)));
         }
         out
+    }
+}
+
+/// How the port of `ep` is opened: its tap inside the pod namespace, or
+/// its host veth here.
+fn port_spec(ep: &Endpoint) -> PortSpec {
+    match ep.attachment {
+        Attachment::Veth => PortSpec::xdp(&ep.host_ifname),
+        Attachment::Tap => PortSpec {
+            name: ep.host_ifname.clone(),
+            kind: PortKind::Tap {
+                netns: ep.netns.clone(),
+                ifname: ep.pod_ifname.clone(),
+            },
+        },
     }
 }
 
@@ -281,12 +300,12 @@ impl<B: PortBackend> Dataplane<B> {
         let desired = next.ports();
         let mut opened = Vec::new();
         let mut failures = Vec::new();
-        for (ifname, label) in &desired {
+        for (ifname, (label, spec)) in &desired {
             if let Some(p) = self.ports.get_mut(ifname) {
                 p.label.clone_from(label);
                 continue;
             }
-            match self.backend.open(ifname, self.workers.len()) {
+            match self.backend.open(spec, self.workers.len()) {
                 Ok((attachment, queues)) => {
                     opened.push((ifname.clone(), label.clone(), attachment, queues))
                 }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferry_dataplane::afxdp::AfXdpBackend;
+use ferry_dataplane::backend::NodeBackend;
 use ferry_dataplane::control::{Dataplane, DataplaneConfig};
 use ferry_dataplane::server;
+use ferry_dataplane::tap::TapBackend;
 use ferry_dataplane::worker::MAX_BATCH;
 
 #[derive(Parser, Debug)]
@@ -37,6 +39,10 @@ struct Cli {
     /// port; memory per port = workers x this x 2 KiB.
     #[arg(long, visible_alias = "frames-per-worker", default_value_t = 1024)]
     frames_per_queue: u32,
+    /// Frames (66 KiB each, room for a 64 KiB GSO frame) per worker queue
+    /// on each tap port; memory per tap = workers x this x 66 KiB.
+    #[arg(long, default_value_t = 128)]
+    tap_frames_per_queue: usize,
     /// How long an idle worker sleeps in poll(2), in milliseconds.
     #[arg(long, default_value_t = 10)]
     idle_ms: u64,
@@ -88,8 +94,13 @@ fn main() -> Result<()> {
 
     let mut cfg = DataplaneConfig::new(cli.workers, cli.cpus.as_deref(), cli.batch);
     cfg.idle_timeout = std::time::Duration::from_millis(cli.idle_ms.max(1));
-    let backend = AfXdpBackend {
-        frames_per_queue: cli.frames_per_queue,
+    let backend = NodeBackend {
+        xdp: AfXdpBackend {
+            frames_per_queue: cli.frames_per_queue,
+        },
+        tap: TapBackend {
+            frames_per_queue: cli.tap_frames_per_queue,
+        },
     };
     let listener = server::bind(&cli.socket).context("table-API socket")?;
     let dataplane = Dataplane::start(backend, &cfg).context("starting workers")?;

@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue};
+use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec};
 
 /// A frame of a [`MemPool`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -304,9 +304,11 @@ impl PortBackend for MemBackend {
 
     fn open(
         &mut self,
-        ifname: &str,
+        spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<MemAttachment, MemQueue>, PortError> {
+        // In-memory wires are found by name whatever their kind.
+        let ifname = spec.name.as_str();
         if !valid_ifname(ifname) {
             return Err(PortError::BadName {
                 ifname: ifname.to_string(),

@@ -104,7 +104,11 @@ impl Offload {
 /// the field) is complemented and stored at `csum_start + csum_offset`.
 /// A result of 0 is stored as 0xffff (the same number; for UDP, 0 would
 /// mean "no checksum").
-pub fn complete_csum(frame: &mut [u8], csum_start: usize, csum_offset: usize) -> Result<(), DropReason> {
+pub fn complete_csum(
+    frame: &mut [u8],
+    csum_start: usize,
+    csum_offset: usize,
+) -> Result<(), DropReason> {
     let at = csum_start.saturating_add(csum_offset);
     if csum_start >= frame.len() || at.saturating_add(2) > frame.len() {
         return Err(DropReason::BadOffload);
@@ -380,37 +384,67 @@ mod tests {
         complete_csum(&mut f, 34, 16).unwrap();
         let tcp_len = (f.len() - 34) as u16;
         let pseudo = checksum::pseudo_header(SRC, DST, 6, tcp_len);
-        assert_eq!(checksum::fold(checksum::add_bytes(pseudo, &f[34..])), 0xffff);
+        assert_eq!(
+            checksum::fold(checksum::add_bytes(pseudo, &f[34..])),
+            0xffff
+        );
         // Offsets outside the frame are refused, never a panic.
         let n = f.len();
         assert_eq!(complete_csum(&mut f, n, 0), Err(DropReason::BadOffload));
         assert_eq!(complete_csum(&mut f, 34, n), Err(DropReason::BadOffload));
         assert_eq!(complete_csum(&mut f, n - 1, 0), Err(DropReason::BadOffload));
-        assert_eq!(complete_csum(&mut f, usize::MAX, usize::MAX), Err(DropReason::BadOffload));
+        assert_eq!(
+            complete_csum(&mut f, usize::MAX, usize::MAX),
+            Err(DropReason::BadOffload)
+        );
     }
 
     #[test]
     fn plans_refuse_what_they_cannot_segment() {
         let f = gso_frame(&[0u8; 3000], 1, 0x10, 1, 0);
         let ok = plan_tcp4(&f, &gso_hdr(1448, 0)).unwrap();
-        assert_eq!((ok.tcp_at, ok.hdr_len, ok.end, ok.mss, ok.count), (34, 54, f.len(), 1448, 3));
+        assert_eq!(
+            (ok.tcp_at, ok.hdr_len, ok.end, ok.mss, ok.count),
+            (34, 54, f.len(), 1448, 3)
+        );
         assert_eq!(ok.seg_payload(2), 3000 - 2 * 1448);
-        let udp = Offload { gso_type: GSO_UDP, ..gso_hdr(1448, 0) };
+        let udp = Offload {
+            gso_type: GSO_UDP,
+            ..gso_hdr(1448, 0)
+        };
         assert_eq!(plan_tcp4(&f, &udp), Err(DropReason::GsoUnsupported));
-        let v6 = Offload { gso_type: GSO_TCPV6, ..gso_hdr(1448, 0) };
+        let v6 = Offload {
+            gso_type: GSO_TCPV6,
+            ..gso_hdr(1448, 0)
+        };
         assert_eq!(plan_tcp4(&f, &v6), Err(DropReason::GsoUnsupported));
         assert_eq!(plan_tcp4(&f, &gso_hdr(0, 0)), Err(DropReason::BadOffload));
-        assert_eq!(plan_tcp4(&f[..f.len() - 1], &gso_hdr(1448, 0)), Err(DropReason::BadOffload));
-        assert_eq!(plan_tcp4(&f[..40], &gso_hdr(1448, 0)), Err(DropReason::BadOffload));
+        assert_eq!(
+            plan_tcp4(&f[..f.len() - 1], &gso_hdr(1448, 0)),
+            Err(DropReason::BadOffload)
+        );
+        assert_eq!(
+            plan_tcp4(&f[..40], &gso_hdr(1448, 0)),
+            Err(DropReason::BadOffload)
+        );
         let mut udp_frame = f.clone();
         udp_frame[14 + 9] = 17;
-        assert_eq!(plan_tcp4(&udp_frame, &gso_hdr(1448, 0)), Err(DropReason::BadOffload));
+        assert_eq!(
+            plan_tcp4(&udp_frame, &gso_hdr(1448, 0)),
+            Err(DropReason::BadOffload)
+        );
         let mut frag = f.clone();
         frag[14 + 6] = 0x20; // MF
-        assert_eq!(plan_tcp4(&frag, &gso_hdr(1448, 0)), Err(DropReason::BadOffload));
+        assert_eq!(
+            plan_tcp4(&frag, &gso_hdr(1448, 0)),
+            Err(DropReason::BadOffload)
+        );
         let mut doff = f.clone();
         doff[34 + 12] = 0x40; // data offset 16 bytes
-        assert_eq!(plan_tcp4(&doff, &gso_hdr(1448, 0)), Err(DropReason::BadOffload));
+        assert_eq!(
+            plan_tcp4(&doff, &gso_hdr(1448, 0)),
+            Err(DropReason::BadOffload)
+        );
         // A segment that does not fit its buffer is refused.
         let mut small = [0u8; 1000];
         assert_eq!(write_tcp4_segment(&f, &ok, 0, &mut small), None);
