@@ -7,6 +7,7 @@ PKGS=(
   clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config  # XDP programs, xsk-rs' bundled libxdp
   iproute2 iputils-ping procps python3                        # namespaces, veth, ping, demo JSON
   iperf3                                                      # TCP between pods
+  ethtool                                                     # offload checks of tap pods (itest)
   containernetworking-plugins                                 # reference bridge plugin (baseline)
 )
 
