@@ -409,6 +409,7 @@ impl<Q: PortQueue> Worker<Q> {
                             offload,
                             &mut self.scratch,
                             &self.counters,
+                            self.cfg.id,
                         );
                         if dst.pending.first().is_some() && !self.dirty.contains(&j) {
                             self.dirty.push(j);
@@ -531,12 +532,13 @@ fn make_room<Q: PortQueue>(
     need: usize,
     scratch: &mut [DescOf<Q>],
     wc: &WorkerCounters,
+    worker: usize,
 ) {
     for _ in 0..MAKE_ROOM_ROUNDS {
         if dst.free.len() >= need && dst.pending.len() + need <= dst.queue.tx_room() {
             return;
         }
-        commit(dst, wc, usize::MAX);
+        commit(dst, wc, worker);
         let done = dst.queue.complete(scratch);
         dst.free.extend_from_slice(&scratch[..done]);
         dst.in_tx = dst.in_tx.saturating_sub(done);
@@ -557,6 +559,7 @@ fn forward<Q: PortQueue>(
     offload: Offload,
     scratch: &mut [DescOf<Q>],
     wc: &WorkerCounters,
+    worker: usize,
 ) -> Option<DropReason> {
     let takes = dst.queue.pool().takes_offload();
     let plain = !offload.is_gso() && !offload.needs_csum();
@@ -572,7 +575,7 @@ fn forward<Q: PortQueue>(
             Ok(plan) => plan,
             Err(reason) => return Some(reason),
         };
-        make_room(dst, plan.count, scratch, wc);
+        make_room(dst, plan.count, scratch, wc, worker);
         for s in 0..plan.count {
             let Some(mut e) = dst.free.pop() else {
                 return Some(DropReason::GsoTxFull);

@@ -35,7 +35,7 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Repetitions (default 3, quick 2).
     pub reps: Option<u32>,
-    /// Topologies among `ferry`, `bridge`, `ptp`, `xdp`.
+    /// Topologies among `ferry`, `ferry-tap`, `bridge`, `ptp`, `xdp`.
     pub topologies: Vec<String>,
     /// Where ferry's binaries are (default target/release).
     pub bin_dir: PathBuf,
@@ -143,13 +143,14 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
                     v.push((format!("ferry-{w}w"), Kind::Ferry { workers: w }));
                 }
             }
+            "ferry-tap" => v.push(("ferry-tap".into(), Kind::FerryTap)),
             "bridge" => v.push(("bridge".into(), Kind::Bridge)),
             "ptp" => v.push(("ptp".into(), Kind::Ptp)),
             "xdp" => v.push(("xdp".into(), Kind::Xdp)),
             other => {
                 return Err(E2eError::setup(
                     other,
-                    "unknown topology (choose among ferry, bridge, ptp, xdp)",
+                    "unknown topology (choose among ferry, ferry-tap, bridge, ptp, xdp)",
                 ))
             }
         }
@@ -187,7 +188,7 @@ fn preflight(opts: &Options) -> Result<()> {
             ));
         }
     }
-    if opts.topologies.iter().any(|t| t == "ferry") {
+    if opts.topologies.iter().any(|t| t == "ferry" || t == "ferry-tap") {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
     Ok(())
