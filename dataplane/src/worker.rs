@@ -404,14 +404,16 @@ impl<Q: PortQueue> Worker<Q> {
                         let lost = forward(
                             src,
                             dst,
-                            &d,
-                            len,
-                            offload,
+                            Outgoing {
+                                desc: &d,
+                                len,
+                                offload,
+                            },
                             &mut self.scratch,
                             &self.counters,
                             self.cfg.id,
                         );
-                        if dst.pending.first().is_some() && !self.dirty.contains(&j) {
+                        if !dst.pending.is_empty() && !self.dirty.contains(&j) {
                             self.dirty.push(j);
                         }
                         src.free.push(d);
@@ -545,6 +547,14 @@ fn make_room<Q: PortQueue>(
     }
 }
 
+/// A received frame on its way out: descriptor, length after the pipeline,
+/// offload header.
+struct Outgoing<'a, D> {
+    desc: &'a D,
+    len: usize,
+    offload: Offload,
+}
+
 /// Move frame `d` (`len` bytes, header `offload`) of `src` to `dst`: copied
 /// into free frames of `dst`'s pool and added to `dst.pending`. Towards a
 /// pool that takes offloads the frame and its header move unchanged (a
@@ -554,13 +564,16 @@ fn make_room<Q: PortQueue>(
 fn forward<Q: PortQueue>(
     src: &mut Active<Q>,
     dst: &mut Active<Q>,
-    d: &DescOf<Q>,
-    len: usize,
-    offload: Offload,
+    frame: Outgoing<'_, DescOf<Q>>,
     scratch: &mut [DescOf<Q>],
     wc: &WorkerCounters,
     worker: usize,
 ) -> Option<DropReason> {
+    let Outgoing {
+        desc: d,
+        len,
+        offload,
+    } = frame;
     let takes = dst.queue.pool().takes_offload();
     let plain = !offload.is_gso() && !offload.needs_csum();
     let sp = src.queue.pool();

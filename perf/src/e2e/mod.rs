@@ -188,7 +188,11 @@ fn preflight(opts: &Options) -> Result<()> {
             ));
         }
     }
-    if opts.topologies.iter().any(|t| t == "ferry" || t == "ferry-tap") {
+    if opts
+        .topologies
+        .iter()
+        .any(|t| t == "ferry" || t == "ferry-tap")
+    {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
     Ok(())

@@ -28,7 +28,9 @@ pub const IPERF_PORT: u16 = 5201;
 /// Which datapath a topology uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Ferry { workers: u32 },
+    Ferry {
+        workers: u32,
+    },
     /// ferry with tap pods (virtio-net offloads), one worker.
     FerryTap,
     Bridge,
