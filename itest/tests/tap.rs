@@ -57,6 +57,14 @@ fn pod_link(pod: &Pod) -> String {
     ns_run_ok(&pod.ns.name, &["ip", "-d", "link", "show", "eth0"])
 }
 
+/// TX queues the pod's tap shows (one per attached dataplane queue).
+fn tap_tx_queues(pod: &Pod) -> usize {
+    ns_run_ok(&pod.ns.name, &["ls", "/sys/class/net/eth0/queues"])
+        .split_whitespace()
+        .filter(|q| q.starts_with("tx-"))
+        .count()
+}
+
 /// A child process killed and reaped when dropped (test failures included).
 struct Reaped(Option<Child>);
 
@@ -353,6 +361,7 @@ fn dataplane_restart_keeps_the_tap_pod_and_traffic_resumes() {
     let b = add_tap_pod(&node, 2);
     let c = node.add_pod(3);
     transfer(&a.ns.name, &b.ns.name, &b.ip, 7101, 11);
+    assert_eq!(tap_tx_queues(&a), 2, "one tap queue per worker");
 
     // Two workers: two queues attached. With the dataplane gone the tap
     // stays (persistent) with its address; it only loses its carrier.
@@ -374,6 +383,7 @@ fn dataplane_restart_keeps_the_tap_pod_and_traffic_resumes() {
         wait_until(Duration::from_secs(20), || a.ping(&b.ip, 1)),
         "tap -> tap did not resume after the restart"
     );
+    assert_eq!(tap_tx_queues(&a), 2, "both queues reattached");
     transfer(&a.ns.name, &b.ns.name, &b.ip, 7102, 12);
     transfer(&c.ns.name, &a.ns.name, &a.ip, 7103, 13);
     transfer(&a.ns.name, &c.ns.name, &c.ip, 7104, 14);
