@@ -292,6 +292,13 @@ impl PortQueue for NodeQueue {
         }
     }
 
+    fn tx_direct(&mut self, frame: &[u8], offload: Offload) -> Option<bool> {
+        match &mut self.io {
+            NodeIo::Xsk { .. } => None,
+            NodeIo::Tap(io) => Some(io.write_frame(frame, offload)),
+        }
+    }
+
     fn take_tx_errors(&mut self) -> u64 {
         match &mut self.io {
             NodeIo::Xsk { .. } => 0,

@@ -118,6 +118,16 @@ pub trait PortQueue: Send + 'static {
     /// one.
     fn poll_fd(&self) -> Option<RawFd>;
 
+    /// Transmit `frame` with header `offload` right now, from the caller's
+    /// memory, if this queue can (tap queues: one `writev`, which copies
+    /// the frame into the kernel before returning). `None`: not supported,
+    /// use a frame of [`PortQueue::pool`] and [`PortQueue::tx`]. `Some(ok)`:
+    /// done, `ok` false if the kernel refused it. Saves the copy into an
+    /// egress frame.
+    fn tx_direct(&mut self, _frame: &[u8], _offload: Offload) -> Option<bool> {
+        None
+    }
+
     /// Frames taken by [`PortQueue::tx`] that the kernel then refused
     /// (tap writes), since the last call. Rings never refuse a taken frame.
     fn take_tx_errors(&mut self) -> u64 {

@@ -190,27 +190,31 @@ impl TapIo {
         n
     }
 
+    /// Write one frame with its virtio-net header; false if refused.
+    pub fn write_frame(&mut self, frame: &[u8], offload: Offload) -> bool {
+        let hdr = offload.to_bytes();
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: both iovecs point to readable memory of the given lengths
+        // that outlives the call; writev only reads them.
+        unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) >= 0 }
+    }
+
     pub fn tx(&mut self, pool: &TapPool, descs: &[TapDesc]) -> usize {
         for d in descs {
-            let hdr = d.offload.to_bytes();
             // SAFETY: the worker handed the frame over (it holds no
             // reference into it until `complete` gives it back).
             let buf = unsafe { pool.chunk_mut(d) };
             let len = pool.len_of(d).min(buf.len());
-            let iov = [
-                libc::iovec {
-                    iov_base: hdr.as_ptr() as *mut libc::c_void,
-                    iov_len: hdr.len(),
-                },
-                libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: len,
-                },
-            ];
-            // SAFETY: both iovecs point to readable memory of the given
-            // lengths that outlives the call; writev does not write to them.
-            let r = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-            if r < 0 {
+            if !self.write_frame(&buf[..len], d.offload) {
                 self.tx_errors += 1;
             }
             self.done.push(*d);
@@ -292,6 +296,10 @@ impl PortQueue for TapQueue {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.io.poll_fd())
+    }
+
+    fn tx_direct(&mut self, frame: &[u8], offload: Offload) -> Option<bool> {
+        Some(self.io.write_frame(frame, offload))
     }
 
     fn take_tx_errors(&mut self) -> u64 {

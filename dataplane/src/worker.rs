@@ -555,10 +555,11 @@ struct Outgoing<'a, D> {
     offload: Offload,
 }
 
-/// Move frame `d` (`len` bytes, header `offload`) of `src` to `dst`: copied
-/// into free frames of `dst`'s pool and added to `dst.pending`. Towards a
-/// pool that takes offloads the frame and its header move unchanged (a
-/// plain frame gets a zeroed header). Otherwise a GSO frame is segmented
+/// Move frame `d` (`len` bytes, header `offload`) of `src` to `dst`: written
+/// at once if `dst` can transmit from our memory (taps), else copied into
+/// free frames of `dst`'s pool and added to `dst.pending`. Towards a pool
+/// that takes offloads the frame and its header move unchanged (a plain
+/// frame gets a zeroed header). Otherwise a GSO frame is segmented
 /// and a partial checksum completed, in software. `d` stays the caller's.
 /// Returns the drop reason when the frame (or part of it) was lost.
 fn forward<Q: PortQueue>(
@@ -582,6 +583,19 @@ fn forward<Q: PortQueue>(
     // are of another pool).
     let from = unsafe { sp.chunk_mut(d) };
     let len = len.min(from.len());
+
+    // A tap is written straight from the ingress frame (no egress frame,
+    // no copy of ours; the kernel copies during the call).
+    if takes {
+        if let Some(written) = dst.queue.tx_direct(&from[..len], offload) {
+            if !written {
+                return Some(DropReason::TapWriteFailed);
+            }
+            dst.counters.add_tx(1, len as u64);
+            wc.add_tx(1);
+            return None;
+        }
+    }
 
     if !takes && offload.is_gso() {
         let plan = match offload::plan_tcp4(&from[..len], &offload) {
