@@ -49,6 +49,8 @@ pub struct DataplaneConfig {
     pub cpus: Vec<Option<usize>>,
     pub batch: usize,
     pub idle_timeout: Duration,
+    /// See [`WorkerConfig::idle_spin`].
+    pub idle_spin: Duration,
 }
 
 impl DataplaneConfig {
@@ -68,6 +70,7 @@ impl DataplaneConfig {
             cpus,
             batch,
             idle_timeout: Duration::from_millis(10),
+            idle_spin: Duration::ZERO,
         }
     }
 }
@@ -176,6 +179,7 @@ impl<B: PortBackend> Dataplane<B> {
                 id,
                 batch: cfg.batch,
                 idle_timeout: cfg.idle_timeout,
+                idle_spin: cfg.idle_spin,
                 cpu,
             };
             let w = Worker::<B::Queue>::new(
@@ -548,6 +552,7 @@ mod tests {
             cpus: vec![None; workers],
             batch: 64,
             idle_timeout: Duration::from_millis(1),
+            idle_spin: Duration::ZERO,
         };
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = 256;

@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// How long an idle pass sleeps in poll(2).
     pub idle_timeout: Duration,
+    /// How long to keep polling without sleeping after the last pass that
+    /// moved a frame (0: sleep at the first empty pass). Waking an idle
+    /// vCPU costs tens of µs, more than a tap frame takes to arrive in a
+    /// TCP stream; an idle node never spins (no busy pass, no spin).
+    pub idle_spin: Duration,
     /// Core to pin to (`None`: not pinned).
     pub cpu: Option<usize>,
 }
@@ -179,14 +184,24 @@ impl<Q: PortQueue> Worker<Q> {
             self.cfg.cpu,
             self.cfg.batch
         );
+        // The clock is read once per pass (never per frame), and only while
+        // spinning is enabled.
+        let mut last_busy: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             if !self.apply_commands() {
                 break;
             }
             if self.pass() {
                 self.counters.busy_poll();
+                if !self.cfg.idle_spin.is_zero() {
+                    last_busy = Some(Instant::now());
+                }
             } else {
                 self.counters.idle_poll();
+                if last_busy.is_some_and(|t| t.elapsed() < self.cfg.idle_spin) {
+                    continue;
+                }
+                last_busy = None;
                 if !self.idle_wait() {
                     break;
                 }
