@@ -501,6 +501,23 @@ impl<Q: PortQueue> Worker<Q> {
                 std::thread::sleep(self.cfg.idle_timeout);
             }
         }
+        // A descriptor in error stays in error (a tap whose device was
+        // deleted under us, until ferryd removes the port): stop polling it,
+        // or every idle wait would return at once and the worker would spin.
+        // A negative fd is ignored by poll(2); the list is rebuilt when the
+        // ports change.
+        if rc > 0 {
+            for p in &mut self.pollfds {
+                if p.fd >= 0 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    log::warn!(
+                        "worker {}: fd {} reports an error; not polled until its port changes",
+                        self.cfg.id,
+                        p.fd
+                    );
+                    p.fd = -1;
+                }
+            }
+        }
         true
     }
 }
