@@ -511,6 +511,7 @@ fn empty_node() -> NodeSettings {
 mod tests {
     use super::*;
     use crate::mem::{MemBackend, MemNetwork, MemWire};
+    use crate::pipeline::{checksum, offload, Offload};
     use ferry_api::table::{HostPort, NextHop};
     use ferry_api::MacAddr;
     use std::net::Ipv4Addr;
@@ -830,6 +831,140 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert!(wa.take_sent().is_empty(), "nothing answers after shutdown");
         assert_eq!(wa.pending_rx(), 1);
+    }
+
+    /// A TCP frame from `from` to `to` with `payload`, as a tap pod's stack
+    /// hands it over: valid IP checksum, TCP checksum left partial.
+    fn partial_tcp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(MacAddr::for_pod(from).0, MacAddr::ROUTER.0)
+            .ipv4(from.octets(), to.octets(), 64)
+            .tcp(40000, 5201, 1_000_000, 64240)
+            .ack(7)
+            .psh()
+            .write(&mut f, payload)
+            .unwrap();
+        let tcp_len = (f.len() - 34) as u16;
+        let partial = checksum::fold(checksum::pseudo_header(
+            from.octets(),
+            to.octets(),
+            6,
+            tcp_len,
+        ));
+        f[50..52].copy_from_slice(&partial.to_be_bytes());
+        f
+    }
+
+    fn sent_offloaded(wire: &MemWire, n: usize) -> Vec<(Offload, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(wire.take_sent_offloaded());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    fn checksums_ok(f: &[u8]) -> bool {
+        let mut src = [0u8; 4];
+        let mut dst = [0u8; 4];
+        src.copy_from_slice(&f[26..30]);
+        dst.copy_from_slice(&f[30..34]);
+        let pseudo = checksum::pseudo_header(src, dst, 6, (f.len() - 34) as u16);
+        checksum::fold(checksum::add_bytes(0, &f[14..34])) == 0xffff
+            && checksum::fold(checksum::add_bytes(pseudo, &f[34..])) == 0xffff
+    }
+
+    /// The worker's offload rules on in-memory ports: GSO frames go
+    /// unchanged to an offload port and are segmented towards a plain
+    /// port; partial checksums are completed only where needed; plain
+    /// frames reach an offload port with a zeroed header.
+    #[test]
+    fn gso_frames_are_kept_for_taps_and_segmented_for_plain_ports() {
+        const C: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 4);
+        let net = MemNetwork::new();
+        let wa = net.add_offloaded("fta", 1);
+        let wb = net.add("fyb", 1);
+        let wc = net.add_offloaded("ftc", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![
+                ep("a/eth0", "fta", A),
+                ep("b/eth0", "fyb", B),
+                ep("c/eth0", "ftc", C),
+            ],
+            routes: vec![],
+        }));
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let gso = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+
+        // Tap -> plain port: three segments with full checksums.
+        wa.inject_offloaded(0, gso, partial_tcp(A, B, &payload));
+        let segs = sent_offloaded(&wb, 3);
+        assert_eq!(segs.len(), 3, "one GSO frame -> 3 segments");
+        let mut joined = Vec::new();
+        for (i, (off, f)) in segs.iter().enumerate() {
+            assert_eq!(*off, Offload::NONE);
+            assert_eq!(f.len(), 54 + 1000, "segment {i}");
+            assert!(checksums_ok(f), "segment {i} checksums");
+            let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+            assert_eq!(seq, 1_000_000 + 1000 * i as u32);
+            assert_eq!(f[47] & 0x08 != 0, i == 2, "PSH only on the last segment");
+            assert_eq!(f[22], 63, "TTL decremented");
+            joined.extend_from_slice(&f[54..]);
+        }
+        assert_eq!(joined, payload);
+
+        // Tap -> tap: the frame and its header move unchanged.
+        let frame = partial_tcp(A, C, &payload);
+        wa.inject_offloaded(0, gso, frame.clone());
+        let got = sent_offloaded(&wc, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, gso, "header preserved");
+        assert_eq!(got[0].1.len(), frame.len());
+        assert_eq!(&got[0].1[54..], &frame[54..], "payload untouched");
+        assert_eq!(&got[0].1[50..52], &frame[50..52], "checksum left partial");
+
+        // Partial checksum without GSO towards a plain port: completed.
+        let csum_only = Offload {
+            gso_type: offload::GSO_NONE,
+            gso_size: 0,
+            ..gso
+        };
+        wa.inject_offloaded(0, csum_only, partial_tcp(A, B, b"small"));
+        let got = sent_offloaded(&wb, 1);
+        assert_eq!(got.len(), 1);
+        assert!(checksums_ok(&got[0].1), "checksum completed");
+
+        // Plain port -> tap: a zeroed header.
+        let mut plain = partial_tcp(B, A, b"reply");
+        let at = 50;
+        plain[at..at + 2].copy_from_slice(&[0, 0]);
+        let full = {
+            let pseudo =
+                checksum::pseudo_header(B.octets(), A.octets(), 6, (plain.len() - 34) as u16);
+            !checksum::fold(checksum::add_bytes(pseudo, &plain[34..]))
+        };
+        plain[at..at + 2].copy_from_slice(&full.to_be_bytes());
+        wb.inject(0, plain);
+        let got = sent_offloaded(&wa, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, Offload::NONE);
+
+        let stats = dp.stats();
+        let pa = stats.ports.iter().find(|p| p.name == "fta").unwrap();
+        assert!(pa.drops.is_empty(), "{pa:?}");
+        let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
+        assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
     }
 
     #[test]
