@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # ferry's main job on one simulated node: builds ferry, starts ferry-dataplane
 # and ferryd in a node network namespace, creates three pods by invoking the
-# `ferry` CNI binary exactly as a runtime does (env + stdin), shows ping and
-# iperf3 TCP between pods and from the node to a pod, prints ferryctl
-# counters and ferryd's Prometheus metrics before and after the traffic,
-# and tears everything down (also on failure or Ctrl-C).
+# `ferry` CNI binary exactly as a runtime does (env + stdin): three veth pods
+# and two tap pods (chosen by the `ferry.dev/attachment` pod annotation, as
+# containerd passes it), shows ping and iperf3 TCP between pods (veth, tap
+# and across) and from the node to a pod, prints ferryctl counters and
+# ferryd's Prometheus metrics before and after the traffic, and tears
+# everything down (also on failure or Ctrl-C).
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,16 +19,16 @@ BIN="$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 
 NODE=ferry-demo-node
 DIR="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
-PODS=(1 2 3)
+PODS=(1 2 3 4 5)   # 1-3 veth, 4-5 tap
 DP_PID="" ; FD_PID=""
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-cni() { # cni COMMAND POD  -> runs ferry as a runtime does
-  local cmd=$1 pod=$2
+cni() { # cni COMMAND POD [CONF]  -> runs ferry as a runtime does
+  local cmd=$1 pod=$2 conf=${3:-$DIR/net.conf}
   CNI_COMMAND=$cmd CNI_CONTAINERID="demo-pod$pod" CNI_NETNS="/var/run/netns/ferry-demo-pod$pod" \
   CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=pod$pod" \
-    "$BIN/ferry" < "$DIR/net.conf"
+    "$BIN/ferry" < "$conf"
 }
 
 cleanup() {
@@ -63,6 +65,10 @@ python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); p=l["plugins"][0]; 
     cni/10-ferry.conflist "$DIR/ferryd.sock" "$DIR/cni.log" \
   > "$DIR/net.conf"
 echo "network config given to ferry on stdin:"; cat "$DIR/net.conf"
+# What containerd's CRI adds for a pod annotated ferry.dev/attachment=tap.
+python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["runtimeConfig"]={"io.kubernetes.cri.pod-annotations":{"ferry.dev/attachment":"tap"}}; print(json.dumps(c))' \
+    "$DIR/net.conf" > "$DIR/net-tap.conf"
+echo "for the tap pods (annotation ferry.dev/attachment=tap):"; cat "$DIR/net-tap.conf"
 
 say "start ferry-dataplane and ferryd in $NODE"
 ip netns exec "$NODE" "$BIN/ferry-dataplane" --socket "$DIR/dataplane.sock" --workers 1 >"$DIR/dataplane.log" 2>&1 &
@@ -82,7 +88,8 @@ say "create pods: CNI ADD via the ferry binary"
 declare -A IP
 for p in "${PODS[@]}"; do
   ip netns add "ferry-demo-pod$p"
-  out=$(cni ADD "$p")
+  conf="$DIR/net.conf"; [ "$p" -ge 4 ] && conf="$DIR/net-tap.conf"
+  out=$(cni ADD "$p" "$conf")
   IP[$p]=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
   echo "pod$p -> ${IP[$p]}"
 done
@@ -111,6 +118,28 @@ say "iperf3 TCP pod1 -> pod2 (3 s)"
 ip netns exec ferry-demo-pod2 iperf3 -s -1 -D -p 5201
 sleep 0.3
 ip netns exec ferry-demo-pod1 iperf3 -c "${IP[2]}" -p 5201 -t 3 | tail -4
+
+say "tap pods: pod4 and pod5's eth0 is a persistent multi-queue tap with TSO"
+ip -n ferry-demo-pod4 -d link show eth0 | sed 's/^/  /'
+ip netns exec ferry-demo-pod4 ethtool -k eth0 | grep -E '^(tcp-segmentation-offload|tx-checksumming):' | sed 's/^/  /'
+echo "node: no link for the tap pods (the dataplane opens their queues inside the pod namespace)"
+
+say "ping tap pod4 -> tap pod5, tap pod4 -> veth pod1, veth pod2 -> tap pod5, node -> pod4"
+ip netns exec ferry-demo-pod4 ping -c 3 -i 0.2 "${IP[5]}"
+ip netns exec ferry-demo-pod4 ping -c 3 -i 0.2 "${IP[1]}"
+ip netns exec ferry-demo-pod2 ping -c 3 -i 0.2 "${IP[5]}"
+ip netns exec "$NODE" ping -c 3 -i 0.2 "${IP[4]}"
+
+for pair in "4 5 tap -> tap (GSO frames forwarded unchanged)" \
+            "4 1 tap -> veth (segmented in software)" \
+            "1 4 veth -> tap"; do
+  set -- $pair; from=$1 to=$2; shift 2
+  port=$((5300 + from * 10 + to))
+  say "iperf3 TCP pod$from -> pod$to, $* (3 s)"
+  ip netns exec "ferry-demo-pod$to" iperf3 -s -1 -D -p "$port"
+  sleep 0.3
+  ip netns exec "ferry-demo-pod$from" iperf3 -c "${IP[$to]}" -p "$port" -t 3 | tail -4
+done
 
 say "iperf3 TCP node -> pod3 (2 s)"
 ip netns exec ferry-demo-pod3 iperf3 -s -1 -D -p 5202

@@ -8,6 +8,7 @@ PKGS=(
   iproute2 iputils-ping procps python3                        # namespaces, veth, ping, demo JSON
   iperf3                                                      # TCP between pods
   curl                                                        # scraping ferryd's /metrics (demo, tests)
+  ethtool                                                     # offload checks of tap pods (itest)
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
   golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)

@@ -88,6 +88,10 @@ pub struct PodRequest {
     /// Pod interface MTU override from the network config.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// How the pod interface is made (network config `attachment`,
+    /// overridden per pod by the `ferry.dev/attachment` annotation).
+    #[serde(default)]
+    pub attachment: crate::table::Attachment,
     /// GC only: everything else on this network is released.
     #[serde(default)]
     pub valid_attachments: Vec<AttachmentKey>,

@@ -10,7 +10,8 @@
 //! visible to the workers.
 //!
 //! Ports: the dataplane owns one port per endpoint (the host end of the
-//! pod's veth, `host_ifname`) plus the host port through which it reaches
+//! pod's veth, `host_ifname`, or the pod's tap, opened inside the pod
+//! namespace) plus the host port through which it reaches
 //! the node kernel (`NodeSettings::host_port`).
 
 use std::collections::BTreeMap;
@@ -53,12 +54,37 @@ pub struct HostPort {
     pub kernel_mac: MacAddr,
 }
 
-/// How a pod is attached. Only veth exists today; tap comes later.
+/// How a pod is attached.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Attachment {
+    /// A veth pair; the dataplane drives the host end over AF_XDP.
     #[default]
     Veth,
+    /// A persistent multi-queue tap with virtio-net headers (GSO and
+    /// checksum offload). The netdev lives in the pod namespace under the
+    /// pod's ifname; the dataplane opens its queues there (see
+    /// [`Endpoint::netns`]).
+    Tap,
+}
+
+impl Attachment {
+    /// The name used in configuration (`"veth"`, `"tap"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Attachment::Veth => "veth",
+            Attachment::Tap => "tap",
+        }
+    }
+
+    /// Parse a configuration value; `None` for anything but the names.
+    pub fn from_name(name: &str) -> Option<Attachment> {
+        match name {
+            "veth" => Some(Attachment::Veth),
+            "tap" => Some(Attachment::Tap),
+            _ => None,
+        }
+    }
 }
 
 /// One pod interface.
@@ -73,6 +99,15 @@ pub struct Endpoint {
     pub mac: MacAddr,
     #[serde(default)]
     pub attachment: Attachment,
+    /// The pod's network namespace (a path the dataplane can open) and the
+    /// interface name inside it. Tap endpoints need both: the dataplane
+    /// attaches to the tap's queues by name inside that namespace, on first
+    /// open and again after a restart. Empty for veth endpoints made before
+    /// these fields existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_ifname: String,
 }
 
 /// An extra route: traffic for `prefix` goes to `next_hop`.

@@ -144,6 +144,7 @@ mod tests {
             args: BTreeMap::new(),
             ipam: IpamRequest::default(),
             mtu: None,
+            attachment: Default::default(),
             valid_attachments: vec![],
             prev_result: None,
         }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use ferry_api::pod::{
     AttachmentKey, Interface, IpConfig, PodResult, RangeSpec, RouteSpec, DEFAULT_FERRYD_SOCKET,
 };
+use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{Map, Value};
@@ -22,6 +23,11 @@ use crate::version::CniVersion;
 pub const PLUGIN_TYPE: &str = "ferry";
 /// The key libcni adds to the config of a GC call.
 pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+/// The runtimeConfig key containerd's CRI fills with the pod's annotations
+/// (when the plugin declares the capability of that name).
+pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
+/// The pod annotation choosing the attachment of one pod.
+pub const ATTACHMENT_ANNOTATION: &str = "ferry.dev/attachment";
 /// Pod interface MTU bounds (IPv4 minimum .. largest IP datagram).
 pub const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
 
@@ -37,6 +43,10 @@ pub struct NetConf {
     pub dns: Option<Map<String, Value>>,
     /// `runtimeConfig.ips` (the `ips` capability).
     pub runtime_ips: Vec<Ipv4Addr>,
+    /// How the pod interface is made: the `ferry.dev/attachment` pod
+    /// annotation if the runtime passed one, else the network's
+    /// `attachment`, else veth.
+    pub attachment: Attachment,
     /// `cni.dev/valid-attachments` (GC). `None` when the key is absent;
     /// JSON `null` reads as an empty list (libcni's nil slice).
     pub valid_attachments: Option<Vec<AttachmentKey>>,
@@ -133,6 +143,7 @@ fn parse_scoped(stdin: &[u8], scope: Scope) -> Result<NetConf, CniError> {
             ipam: IpamConf::default(),
             dns: None,
             runtime_ips: Vec::new(),
+            attachment: Attachment::default(),
             valid_attachments: None,
             prev_result: None,
         });
@@ -160,10 +171,26 @@ fn parse_scoped(stdin: &[u8], scope: Scope) -> Result<NetConf, CniError> {
 
     let dns = conf.obj_opt("dns")?.map(|o| o.map.clone());
 
-    let runtime_ips = match conf.obj_opt("runtimeConfig")? {
+    let runtime_config = conf.obj_opt("runtimeConfig")?;
+    let runtime_ips = match &runtime_config {
         None => Vec::new(),
-        Some(rc) => parse_runtime_ips(&rc)?,
+        Some(rc) => parse_runtime_ips(rc)?,
     };
+
+    let mut attachment = match conf.str_opt("attachment")? {
+        None => Attachment::default(),
+        Some(v) => parse_attachment(v, "attachment")?,
+    };
+    if let Some(annotations) = runtime_config
+        .as_ref()
+        .map(|rc| rc.obj_opt(POD_ANNOTATIONS_KEY))
+        .transpose()?
+        .flatten()
+    {
+        if let Some(v) = annotations.str_opt(ATTACHMENT_ANNOTATION)? {
+            attachment = parse_attachment(v, &annotations.field(ATTACHMENT_ANNOTATION))?;
+        }
+    }
 
     let valid_attachments = match conf.map.get(VALID_ATTACHMENTS_KEY) {
         None => None,
@@ -181,8 +208,17 @@ fn parse_scoped(stdin: &[u8], scope: Scope) -> Result<NetConf, CniError> {
         ipam,
         dns,
         runtime_ips,
+        attachment,
         valid_attachments,
         prev_result,
+    })
+}
+
+fn parse_attachment(value: &str, field: &str) -> Result<Attachment, CniError> {
+    Attachment::from_name(value).ok_or_else(|| {
+        CniError::invalid_config(format!(
+            "field `{field}` = {value:?}: expected \"veth\" (the default) or \"tap\""
+        ))
     })
 }
 
@@ -619,6 +655,69 @@ mod tests {
         assert!(c.runtime_ips.is_empty());
         assert_eq!(c.valid_attachments, None);
         assert_eq!(c.prev_result, None);
+    }
+
+    #[test]
+    fn attachment_comes_from_the_network_and_the_pod_annotation() {
+        let cases = [
+            (json!({}), Attachment::Veth),
+            (json!({"attachment": "veth"}), Attachment::Veth),
+            (json!({"attachment": "tap"}), Attachment::Tap),
+            (
+                json!({"runtimeConfig": {POD_ANNOTATIONS_KEY: {ATTACHMENT_ANNOTATION: "tap"}}}),
+                Attachment::Tap,
+            ),
+            // The pod annotation overrides the network default, both ways.
+            (
+                json!({"attachment": "tap", "runtimeConfig": {POD_ANNOTATIONS_KEY: {ATTACHMENT_ANNOTATION: "veth"}}}),
+                Attachment::Veth,
+            ),
+            // Other annotations (and none) leave the network's choice.
+            (
+                json!({"attachment": "tap", "runtimeConfig": {POD_ANNOTATIONS_KEY: {"other/key": "x"}}}),
+                Attachment::Tap,
+            ),
+            (
+                json!({"attachment": "tap", "runtimeConfig": {POD_ANNOTATIONS_KEY: null}}),
+                Attachment::Tap,
+            ),
+        ];
+        for (extra, want) in cases {
+            let c = parse(&conf(extra.clone())).unwrap_or_else(|e| panic!("{extra}: {e:?}"));
+            assert_eq!(c.attachment, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn bad_attachments_are_invalid_config() {
+        let cases = [
+            (
+                json!({"attachment": "macvlan"}),
+                "`attachment` = \"macvlan\"",
+            ),
+            (json!({"attachment": "TAP"}), "`attachment` = \"TAP\""),
+            (json!({"attachment": 1}), "`attachment` must be a string"),
+            (
+                json!({"runtimeConfig": {POD_ANNOTATIONS_KEY: {ATTACHMENT_ANNOTATION: "vhost"}}}),
+                "ferry.dev/attachment` = \"vhost\"",
+            ),
+            (
+                json!({"runtimeConfig": {POD_ANNOTATIONS_KEY: {ATTACHMENT_ANNOTATION: true}}}),
+                "ferry.dev/attachment` must be a string",
+            ),
+            (
+                json!({"runtimeConfig": {POD_ANNOTATIONS_KEY: "tap"}}),
+                "must be an object",
+            ),
+        ];
+        for (extra, msg) in cases {
+            let e = parse(&conf(extra.clone())).expect_err(&extra.to_string());
+            assert_eq!(e.code, 7, "{extra}: {e:?}");
+            assert!(e.msg.contains(msg), "{extra}: {}", e.msg);
+        }
+        // DEL does not judge the attachment (it releases whatever ADD made).
+        let del = parse_for_del(&conf(json!({"attachment": "bogus"}))).unwrap();
+        assert_eq!(del.attachment, Attachment::Veth);
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn execute(env: &Env, stdin: &[u8], ferryd: Ferryd<'_>) -> Result<String, CniErr
         args: inv.args.clone(),
         ipam: IpamRequest::default(),
         mtu: conf.mtu,
+        attachment: conf.attachment,
         valid_attachments: Vec::new(),
         prev_result: None,
     };

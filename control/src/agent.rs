@@ -23,7 +23,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::config::{validate_ifname, Config};
 use crate::dataplane::{DataplaneClient, DpError, HelloHook, REPLY_TIMEOUT};
 use crate::ipam::{IpamError, Pools};
-use crate::netlink::{host_ifname, Netlink, NetlinkError, PodPlumbing};
+use crate::netlink::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
 use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
 
 /// How long ADD waits for the dataplane's `Applied`, queueing included.
@@ -168,12 +168,32 @@ fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
 }
 
 fn endpoint_of(rec: &Record) -> Endpoint {
+    // A tap is found by the dataplane inside the pod namespace; a veth by
+    // its host end in the node namespace.
+    let (netns, pod_ifname) = match rec.attachment {
+        Attachment::Tap => (rec.netns.clone(), rec.id.ifname.clone()),
+        Attachment::Veth => (String::new(), String::new()),
+    };
     Endpoint {
         id: rec.id.endpoint_id(),
         host_ifname: rec.host_ifname.clone(),
         ipv4: rec.ip,
         mac: rec.mac,
-        attachment: Attachment::Veth,
+        attachment: rec.attachment,
+        netns,
+        pod_ifname,
+    }
+}
+
+/// Delete what plumbing made for `rec` (nothing there is fine).
+async fn unplumb_record(netlink: &Netlink, rec: &Record) -> Result<bool, NetlinkError> {
+    match rec.attachment {
+        Attachment::Veth => netlink.unplumb(&rec.host_ifname).await,
+        Attachment::Tap => {
+            netlink
+                .unplumb_tap(&rec.netns, &rec.id.container_id, &rec.id.ifname, rec.mac)
+                .await
+        }
     }
 }
 
@@ -194,7 +214,7 @@ impl Agent {
 
         for rec in store.pending()? {
             log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.ip);
-            if let Err(e) = netlink.unplumb(&rec.host_ifname).await {
+            if let Err(e) = unplumb_record(&netlink, &rec).await {
                 log::warn!("rollback of {}: delete {}: {e}", rec.id, rec.host_ifname);
             }
             store.release(&rec.id)?;
@@ -395,7 +415,11 @@ impl Agent {
             }
         }
 
-        let host = host_ifname(&id.container_id, &id.ifname);
+        let attachment = req.attachment;
+        let host = match attachment {
+            Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
+            Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
+        };
         let routes = req.ipam.routes.clone();
         let record = {
             let store = Arc::clone(&self.store);
@@ -424,6 +448,7 @@ impl Agent {
                         mac,
                         netns: netns.clone(),
                         mtu,
+                        attachment,
                         state: State::Pending,
                         result: PodResult {
                             interfaces: vec![Interface {
@@ -444,7 +469,11 @@ impl Agent {
             .await?
             .map_err(alloc_err)?
         };
-        log::info!("ADD {id}: {} in {netns} via {host}", record.address);
+        log::info!(
+            "ADD {id}: {} in {netns} via {host} ({})",
+            record.address,
+            attachment.name()
+        );
 
         let plumbing = PodPlumbing {
             container_id: id.container_id.clone(),
@@ -457,6 +486,7 @@ impl Agent {
             routes,
             mtu,
             queues: workers,
+            attachment,
         };
         if let Err(e) = self.netlink.plumb(&plumbing).await {
             self.undo(&record, false).await;
@@ -497,7 +527,7 @@ impl Agent {
                 log::debug!("undo {}: dataplane remove: {e}", rec.id);
             }
         }
-        if let Err(e) = self.netlink.unplumb(&rec.host_ifname).await {
+        if let Err(e) = unplumb_record(&self.netlink, rec).await {
             log::warn!("undo {}: delete {}: {e}", rec.id, rec.host_ifname);
             return;
         }
@@ -521,23 +551,33 @@ impl Agent {
             let (store, id) = (Arc::clone(&self.store), id.clone());
             blocking(move || store.get(&id)).await?.map_err(store_err)?
         };
-        let host = match &rec {
+        let (host, deleted) = match &rec {
             Some(r) => {
                 if let Err(e) = self.dp.remove(&id.endpoint_id(), REPLY_TIMEOUT).await {
                     // The endpoint left the synced set: the next Sync drops it.
                     log::info!("DEL {id}: dataplane: {e} (reconciled at the next sync)");
                 }
-                r.host_ifname.clone()
+                let deleted = unplumb_record(&self.netlink, r).await.map_err(|e| {
+                    err(
+                        code::PLUMBING_FAILED,
+                        format!("delete the {} of {id}", r.attachment.name()),
+                        e.to_string(),
+                    )
+                })?;
+                (r.host_ifname.clone(), deleted)
             }
-            None => host_ifname(&id.container_id, &id.ifname),
+            None => {
+                let host = host_ifname(&id.container_id, &id.ifname);
+                let deleted = self.netlink.unplumb(&host).await.map_err(|e| {
+                    err(
+                        code::PLUMBING_FAILED,
+                        format!("delete host veth {host}"),
+                        e.to_string(),
+                    )
+                })?;
+                (host, deleted)
+            }
         };
-        let deleted = self.netlink.unplumb(&host).await.map_err(|e| {
-            err(
-                code::PLUMBING_FAILED,
-                format!("delete host veth {host}"),
-                e.to_string(),
-            )
-        })?;
         if let Some(r) = rec {
             let (store, id2) = (Arc::clone(&self.store), id.clone());
             blocking(move || store.release(&id2))
@@ -546,7 +586,7 @@ impl Agent {
             log::info!(
                 "DEL {id}: released {}{}",
                 r.ip,
-                if deleted { ", veth deleted" } else { "" }
+                if deleted { ", link deleted" } else { "" }
             );
         } else if deleted {
             log::info!("DEL {id}: no record, deleted leftover {host}");
@@ -590,11 +630,16 @@ impl Agent {
                 "",
             ));
         }
-        let host = self
-            .netlink
-            .link(&rec.host_ifname)
-            .await
-            .map_err(|e| err(code::PLUMBING_FAILED, "netlink", e.to_string()))?;
+        // A tap has no host end: the pod's interface is the whole of it.
+        let host = match rec.attachment {
+            Attachment::Veth => self
+                .netlink
+                .link(&rec.host_ifname)
+                .await
+                .map_err(|e| err(code::PLUMBING_FAILED, "netlink", e.to_string()))?
+                .map(|_| ()),
+            Attachment::Tap => Some(()),
+        };
         if host.is_none() {
             return Err(mismatch(format!(
                 "host veth {} is missing",

@@ -144,6 +144,7 @@ pub fn ferryd_status(ferryd: &Path) -> Result<(bool, String), CtlError> {
         args: Default::default(),
         ipam: Default::default(),
         mtu: None,
+        attachment: Default::default(),
         valid_attachments: Vec::new(),
         prev_result: None,
     };
@@ -445,6 +446,8 @@ mod tests {
                 ipv4: ip,
                 mac: MacAddr::for_pod(ip),
                 attachment: Default::default(),
+                netns: String::new(),
+                pod_ifname: String::new(),
             }],
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),

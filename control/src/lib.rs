@@ -25,3 +25,4 @@ pub mod metrics;
 pub mod netlink;
 pub mod server;
 pub mod store;
+pub mod tap;

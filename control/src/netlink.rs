@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ferry_api::pod::RouteSpec;
+use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -43,6 +44,13 @@ pub enum NetlinkError {
     Thread { path: String, msg: String },
     #[error("interface {0} not found")]
     NoSuchLink(String),
+    #[error("create tap {name} in {netns}: {op}: {source}")]
+    Tap {
+        name: String,
+        netns: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl NetlinkError {
@@ -66,6 +74,12 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
 /// ifname). Deterministic, so DEL finds it without any state.
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("fy{}", &hash_hex(container_id, ifname)[..11])
+}
+
+/// Port name of a tap pod in the dataplane (`ft` + the same hash). No
+/// interface of this name exists: the tap itself lives in the pod.
+pub fn tap_port_name(container_id: &str, ifname: &str) -> String {
+    format!("ft{}", &hash_hex(container_id, ifname)[..11])
 }
 
 /// Temporary name of the pod end while it is created in the pod namespace.
@@ -307,6 +321,7 @@ pub struct PodPlumbing {
     pub routes: Vec<RouteSpec>,
     pub mtu: u32,
     pub queues: u32,
+    pub attachment: Attachment,
 }
 
 impl PodPlumbing {
@@ -434,9 +449,13 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))
     }
 
-    /// Create the pod's veth pair and configure the pod end inside its
-    /// namespace. On failure the caller undoes with [`Netlink::unplumb`].
+    /// Create the pod's interface (a veth pair, or a tap made inside the
+    /// pod namespace) and configure the pod end there. On failure the
+    /// caller undoes with [`Netlink::unplumb`] / [`Netlink::unplumb_tap`].
     pub async fn plumb(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+        if p.attachment == Attachment::Tap {
+            return self.plumb_tap(p).await;
+        }
         let h = &self.handle;
         let ns = File::open(&p.netns).map_err(|source| NetlinkError::OpenNetns {
             path: p.netns.clone(),
@@ -475,70 +494,62 @@ impl Netlink {
         let pod = p.clone();
         let routes = p.effective_routes();
         in_netns_file(ns, &p.netns, move |h| async move {
-            let link = link_by_name(&h, &tmp)
-                .await?
-                .ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
-            let idx = link.index;
-            set_link(
-                &h,
-                format!(
-                    "rename {tmp} to {} and set MAC {} in {}",
-                    pod.ifname, pod.mac, pod.netns
-                ),
-                LinkUnspec::new_with_index(idx)
-                    .name(pod.ifname.clone())
-                    .address(pod.mac.octets().to_vec())
-                    .build(),
-            )
-            .await?;
-            add_address(&h, idx, &pod.ifname, pod.address).await?;
-            set_up(&h, idx, &pod.ifname).await?;
-            if let Some(lo) = link_by_name(&h, "lo").await? {
-                if !lo.up {
-                    set_up(&h, lo.index, "lo").await?;
-                }
-            }
-            let mut onlink_done = false;
-            for r in routes {
-                let gw = r.gw.unwrap_or(pod.gateway);
-                let first = add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe).await;
-                let retry = match first {
-                    Ok(()) => continue,
-                    // The gateway is not on a connected subnet (e.g. a /32
-                    // address): reach it on-link first, then retry.
-                    Err(e) if errno(&e) == Some(libc::ENETUNREACH) && !onlink_done => e,
-                    Err(e) => {
-                        return Err(NetlinkError::request(
-                            format!("add route {} via {gw} in {}", r.dst, pod.netns),
-                            e,
-                        ))
-                    }
-                };
-                log::debug!(
-                    "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
-                    r.dst
-                );
-                add_route(&h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
-                    .await
-                    .map_err(|e| {
-                        NetlinkError::request(
-                            format!("add route {gw}/32 dev {} scope link", pod.ifname),
-                            e,
-                        )
-                    })?;
-                onlink_done = true;
-                add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe)
-                    .await
-                    .map_err(|e| {
-                        NetlinkError::request(
-                            format!("add route {} via {gw} in {}", r.dst, pod.netns),
-                            e,
-                        )
-                    })?;
-            }
-            Ok(())
+            configure_pod_end(&h, &tmp, &pod, routes).await
         })
         .await
+    }
+
+    /// A tap pod: create the persistent tap under the temporary name inside
+    /// the pod namespace (on the netns thread), then configure it like a
+    /// veth's pod end (rename, MAC, MTU, address, routes).
+    async fn plumb_tap(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+        let tmp = temp_peer_name(&p.container_id, &p.ifname);
+        let pod = p.clone();
+        let routes = p.effective_routes();
+        in_netns(&p.netns, move |h| async move {
+            crate::tap::create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
+                name: tmp.clone(),
+                netns: pod.netns.clone(),
+                op,
+                source,
+            })?;
+            configure_pod_end(&h, &tmp, &pod, routes).await
+        })
+        .await
+    }
+
+    /// Undo a tap pod: delete its tap inside the pod namespace, under the
+    /// temporary name or under `ifname` if it carries our `mac` (so an
+    /// interface of that name that ADD did not make is never touched).
+    /// A namespace that is gone took the tap with it. Returns whether a
+    /// link was deleted.
+    pub async fn unplumb_tap(
+        &self,
+        netns: &str,
+        container_id: &str,
+        ifname: &str,
+        mac: MacAddr,
+    ) -> Result<bool, NetlinkError> {
+        if !netns_exists(netns) {
+            return Ok(false);
+        }
+        let tmp = temp_peer_name(container_id, ifname);
+        let ifname = ifname.to_string();
+        let r = in_netns(netns, move |h| async move {
+            let mut deleted = delete_link(&h, &tmp).await?;
+            if let Some(link) = link_by_name(&h, &ifname).await? {
+                if link.mac == Some(mac) {
+                    deleted |= delete_link(&h, &ifname).await?;
+                }
+            }
+            Ok(deleted)
+        })
+        .await;
+        match r {
+            // Raced with the namespace going away.
+            Err(NetlinkError::OpenNetns { .. }) => Ok(false),
+            other => other,
+        }
     }
 
     /// Delete the pod's host veth (which removes its peer in the pod);
@@ -588,6 +599,80 @@ impl Netlink {
         })
         .await
     }
+}
+
+/// Configure a pod end that exists as `tmp` in the namespace of `h`: rename
+/// it to the pod's ifname with its MAC and MTU, add the address, bring it
+/// (and `lo`) up, add the routes.
+async fn configure_pod_end(
+    h: &Handle,
+    tmp: &str,
+    pod: &PodPlumbing,
+    routes: Vec<RouteSpec>,
+) -> Result<(), NetlinkError> {
+    let h = h.clone();
+    let tmp = tmp.to_string();
+    let pod = pod.clone();
+    let link = link_by_name(&h, &tmp)
+        .await?
+        .ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
+    let idx = link.index;
+    set_link(
+        &h,
+        format!(
+            "rename {tmp} to {} and set MAC {} in {}",
+            pod.ifname, pod.mac, pod.netns
+        ),
+        LinkUnspec::new_with_index(idx)
+            .name(pod.ifname.clone())
+            .address(pod.mac.octets().to_vec())
+            .mtu(pod.mtu)
+            .build(),
+    )
+    .await?;
+    add_address(&h, idx, &pod.ifname, pod.address).await?;
+    set_up(&h, idx, &pod.ifname).await?;
+    if let Some(lo) = link_by_name(&h, "lo").await? {
+        if !lo.up {
+            set_up(&h, lo.index, "lo").await?;
+        }
+    }
+    let mut onlink_done = false;
+    for r in routes {
+        let gw = r.gw.unwrap_or(pod.gateway);
+        let first = add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe).await;
+        let retry = match first {
+            Ok(()) => continue,
+            // The gateway is not on a connected subnet (e.g. a /32
+            // address): reach it on-link first, then retry.
+            Err(e) if errno(&e) == Some(libc::ENETUNREACH) && !onlink_done => e,
+            Err(e) => {
+                return Err(NetlinkError::request(
+                    format!("add route {} via {gw} in {}", r.dst, pod.netns),
+                    e,
+                ))
+            }
+        };
+        log::debug!(
+            "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
+            r.dst
+        );
+        add_route(&h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
+            .await
+            .map_err(|e| {
+                NetlinkError::request(
+                    format!("add route {gw}/32 dev {} scope link", pod.ifname),
+                    e,
+                )
+            })?;
+        onlink_done = true;
+        add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe)
+            .await
+            .map_err(|e| {
+                NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)
+            })?;
+    }
+    Ok(())
 }
 
 /// Whether `path` names something that can be opened as a namespace.

@@ -94,6 +94,9 @@ pub struct Record {
     pub mac: MacAddr,
     pub netns: String,
     pub mtu: u32,
+    /// veth (records from before this field existed) or tap.
+    #[serde(default)]
+    pub attachment: ferry_api::table::Attachment,
     pub state: State,
     /// What ADD answered (and answers again when repeated).
     pub result: PodResult,
@@ -453,6 +456,7 @@ mod tests {
             mac: MacAddr::for_pod(ip),
             netns: "/run/netns/x".into(),
             mtu: 1500,
+            attachment: Default::default(),
             state: State::Ready, // overwritten to Pending by the store
             result: PodResult {
                 interfaces: vec![],

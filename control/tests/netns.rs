@@ -232,6 +232,7 @@ fn req(command: pod::Command, container: &str, netns: Option<&str>, ifname: &str
         args: Default::default(),
         ipam: IpamRequest::default(),
         mtu: None,
+        attachment: Default::default(),
         valid_attachments: vec![],
         prev_result: None,
     }
@@ -624,6 +625,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     mac: MacAddr::for_pod(ip),
                     netns: pod_path.clone(),
                     mtu: 1400,
+                    attachment: Default::default(),
                     state: State::Pending,
                     result: PodResult {
                         interfaces: vec![],

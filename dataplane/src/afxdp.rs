@@ -41,7 +41,9 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue};
+use crate::port::{
+    valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+};
 
 /// The compiled `xdp-progs/redirect.c` (see build.rs).
 static REDIRECT_PROG: &[u8] =
@@ -95,13 +97,28 @@ impl FramePool for XskPool {
     }
 }
 
-/// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
-pub struct XskQueue {
+/// The four rings of one AF_XDP socket. Must be dropped before the UMEM
+/// they were made on ([`XskQueue`] and [`crate::backend::NodeQueue`]
+/// declare them first).
+pub struct XskRings {
     tx: TxQueue,
     rx: RxQueue,
     fill: FillQueue,
     comp: CompQueue,
+}
+
+/// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
+pub struct XskQueue {
+    rings: XskRings,
     pool: XskPool,
+}
+
+impl XskQueue {
+    /// The rings and the UMEM, for an owner that keeps the rings' drop
+    /// before the pool's.
+    pub fn into_parts(self) -> (XskRings, XskPool) {
+        (self.rings, self.pool)
+    }
 }
 
 impl PortQueue for XskQueue {
@@ -112,23 +129,66 @@ impl PortQueue for XskQueue {
     }
 
     fn rx(&mut self, out: &mut [FrameDesc]) -> usize {
-        // SAFETY: the RX ring belongs to a socket created on `self.pool`'s
+        self.rings.rx(out)
+    }
+
+    fn tx_room(&mut self) -> usize {
+        self.rings.tx_room()
+    }
+
+    fn tx(&mut self, descs: &[FrameDesc]) -> usize {
+        self.rings.tx(descs)
+    }
+
+    fn kick_tx(&mut self) -> io::Result<bool> {
+        self.rings.kick_tx()
+    }
+
+    fn fill_room(&mut self) -> usize {
+        self.rings.fill_room()
+    }
+
+    fn fill(&mut self, descs: &[FrameDesc]) -> usize {
+        self.rings.fill(descs)
+    }
+
+    fn kick_rx(&mut self) -> io::Result<bool> {
+        self.rings.kick_rx()
+    }
+
+    fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
+        self.rings.complete(out)
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        self.rings.poll_fd()
+    }
+}
+
+/// The ring operations of [`PortQueue`], on descriptors of the UMEM the
+/// socket was made on. Rings and UMEM only leave [`AfXdpBackend::open`]
+/// together ([`XskQueue`], split only by [`XskQueue::into_parts`] into an
+/// owner that keeps the pair), so "this UMEM" below is always the pool the
+/// caller holds beside these rings.
+impl XskRings {
+    pub fn rx(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the RX ring belongs to a socket created on this queue's
         // UMEM, so the descriptors it yields name frames of that UMEM.
         unsafe { self.rx.consume(out) }
     }
 
-    fn tx_room(&mut self) -> usize {
+    pub fn tx_room(&mut self) -> usize {
         self.tx.nb_free(RING_SIZE) as usize
     }
 
-    fn tx(&mut self, descs: &[FrameDesc]) -> usize {
+    pub fn tx(&mut self, descs: &[FrameDesc]) -> usize {
         // SAFETY: the caller (the worker) hands over frames of this queue's
         // UMEM that it owns and no longer references; they are not in the
         // fill ring (a frame is in at most one place, see port.rs).
         unsafe { self.tx.produce(descs) }
     }
 
-    fn kick_tx(&mut self) -> io::Result<bool> {
+    pub fn kick_tx(&mut self) -> io::Result<bool> {
         if self.tx.needs_wakeup() {
             self.tx.wakeup()?;
             return Ok(true);
@@ -136,17 +196,17 @@ impl PortQueue for XskQueue {
         Ok(false)
     }
 
-    fn fill_room(&mut self) -> usize {
+    pub fn fill_room(&mut self) -> usize {
         self.fill.nb_free(RING_SIZE) as usize
     }
 
-    fn fill(&mut self, descs: &[FrameDesc]) -> usize {
+    pub fn fill(&mut self, descs: &[FrameDesc]) -> usize {
         // SAFETY: as for `tx`: frames of this UMEM, owned by the caller and
         // in no other ring.
         unsafe { self.fill.produce(descs) }
     }
 
-    fn kick_rx(&mut self) -> io::Result<bool> {
+    pub fn kick_rx(&mut self) -> io::Result<bool> {
         if self.fill.needs_wakeup() {
             self.fill.wakeup(self.rx.fd_mut(), 0)?;
             return Ok(true);
@@ -154,13 +214,13 @@ impl PortQueue for XskQueue {
         Ok(false)
     }
 
-    fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
+    pub fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
         // SAFETY: the completion ring is this UMEM's, so its descriptors name
-        // frames of `self.pool`.
+        // frames of this queue's UMEM.
         unsafe { self.comp.consume(out) }
     }
 
-    fn poll_fd(&self) -> Option<RawFd> {
+    pub fn poll_fd(&self) -> Option<RawFd> {
         Some(self.rx.fd().as_raw_fd())
     }
 }
@@ -270,10 +330,7 @@ impl AfXdpBackend {
         let (fill, comp) = rings
             .ok_or_else(|| err("libxdp returned no fill/completion rings for a new UMEM".into()))?;
         Ok(XskQueue {
-            tx,
-            rx,
-            fill,
-            comp,
+            rings: XskRings { tx, rx, fill, comp },
             pool: XskPool { umem, descs },
         })
     }
@@ -285,9 +342,16 @@ impl PortBackend for AfXdpBackend {
 
     fn open(
         &mut self,
-        ifname: &str,
+        spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<XdpAttachment, XskQueue>, PortError> {
+        let ifname = spec.name.as_str();
+        if spec.kind != PortKind::Xdp {
+            return Err(PortError::Unsupported {
+                ifname: ifname.to_string(),
+                kind: "tap",
+            });
+        }
         if !valid_ifname(ifname) {
             return Err(PortError::BadName {
                 ifname: ifname.to_string(),
@@ -357,7 +421,7 @@ impl PortBackend for AfXdpBackend {
                 .map_mut(MAP_NAME)
                 .ok_or_else(|| load_err(format!("map {MAP_NAME} missing from the object")))?;
             let mut xsks: XskMap<_> = XskMap::try_from(map).map_err(|e| load_err(e.to_string()))?;
-            xsks.set(i, q.rx.fd().as_raw_fd(), 0)
+            xsks.set(i, q.rings.rx.fd().as_raw_fd(), 0)
                 .map_err(|e| PortError::XskMap {
                     ifname: ifname.to_string(),
                     queue: i,

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Sender};
 use ferry_api::table::{
-    Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump, API_VERSION,
+    Attachment, Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump,
+    API_VERSION,
 };
 use ipnet::Ipv4Net;
 
 use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
-use crate::port::{PortBackend, PortError};
+use crate::port::{PortBackend, PortError, PortKind, PortSpec};
 use crate::tables::{PortId, TableHandle, Tables};
 use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
 
@@ -48,6 +49,8 @@ pub struct DataplaneConfig {
     pub cpus: Vec<Option<usize>>,
     pub batch: usize,
     pub idle_timeout: Duration,
+    /// See [`WorkerConfig::idle_spin`].
+    pub idle_spin: Duration,
 }
 
 impl DataplaneConfig {
@@ -67,6 +70,7 @@ impl DataplaneConfig {
             cpus,
             batch,
             idle_timeout: Duration::from_millis(10),
+            idle_spin: Duration::ZERO,
         }
     }
 }
@@ -110,17 +114,35 @@ struct State {
 }
 
 impl State {
-    /// Interface name -> label of every port this state needs.
-    fn ports(&self) -> BTreeMap<String, String> {
+    /// Port name -> (label, what to open) of every port this state needs.
+    fn ports(&self) -> BTreeMap<String, (String, PortSpec)> {
         let mut out = BTreeMap::new();
         if let Some(hp) = self.node.as_ref().and_then(|n| n.host_port.as_ref()) {
-            out.insert(hp.ifname.clone(), "host".to_string());
+            out.insert(
+                hp.ifname.clone(),
+                ("host".to_string(), PortSpec::xdp(&hp.ifname)),
+            );
         }
         for ep in self.endpoints.values() {
             out.entry(ep.host_ifname.clone())
-                .or_insert_with(|| ep.id.clone());
+                .or_insert_with(|| (ep.id.clone(), port_spec(ep)));
         }
         out
+    }
+}
+
+/// How the port of `ep` is opened: its tap inside the pod namespace, or
+/// its host veth here.
+fn port_spec(ep: &Endpoint) -> PortSpec {
+    match ep.attachment {
+        Attachment::Veth => PortSpec::xdp(&ep.host_ifname),
+        Attachment::Tap => PortSpec {
+            name: ep.host_ifname.clone(),
+            kind: PortKind::Tap {
+                netns: ep.netns.clone(),
+                ifname: ep.pod_ifname.clone(),
+            },
+        },
     }
 }
 
@@ -157,6 +179,7 @@ impl<B: PortBackend> Dataplane<B> {
                 id,
                 batch: cfg.batch,
                 idle_timeout: cfg.idle_timeout,
+                idle_spin: cfg.idle_spin,
                 cpu,
             };
             let w = Worker::<B::Queue>::new(
@@ -281,12 +304,12 @@ impl<B: PortBackend> Dataplane<B> {
         let desired = next.ports();
         let mut opened = Vec::new();
         let mut failures = Vec::new();
-        for (ifname, label) in &desired {
+        for (ifname, (label, spec)) in &desired {
             if let Some(p) = self.ports.get_mut(ifname) {
                 p.label.clone_from(label);
                 continue;
             }
-            match self.backend.open(ifname, self.workers.len()) {
+            match self.backend.open(spec, self.workers.len()) {
                 Ok((attachment, queues)) => {
                     opened.push((ifname.clone(), label.clone(), attachment, queues))
                 }
@@ -492,6 +515,7 @@ fn empty_node() -> NodeSettings {
 mod tests {
     use super::*;
     use crate::mem::{MemBackend, MemNetwork, MemWire};
+    use crate::pipeline::{checksum, offload, Offload};
     use ferry_api::table::{HostPort, NextHop};
     use ferry_api::MacAddr;
     use std::net::Ipv4Addr;
@@ -522,6 +546,8 @@ mod tests {
             ipv4: ip,
             mac: MacAddr::for_pod(ip),
             attachment: Default::default(),
+            netns: String::new(),
+            pod_ifname: String::new(),
         }
     }
 
@@ -531,6 +557,7 @@ mod tests {
             cpus: vec![None; workers],
             batch: 64,
             idle_timeout: Duration::from_millis(1),
+            idle_spin: Duration::ZERO,
         };
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = 256;
@@ -808,6 +835,140 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert!(wa.take_sent().is_empty(), "nothing answers after shutdown");
         assert_eq!(wa.pending_rx(), 1);
+    }
+
+    /// A TCP frame from `from` to `to` with `payload`, as a tap pod's stack
+    /// hands it over: valid IP checksum, TCP checksum left partial.
+    fn partial_tcp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(MacAddr::for_pod(from).0, MacAddr::ROUTER.0)
+            .ipv4(from.octets(), to.octets(), 64)
+            .tcp(40000, 5201, 1_000_000, 64240)
+            .ack(7)
+            .psh()
+            .write(&mut f, payload)
+            .unwrap();
+        let tcp_len = (f.len() - 34) as u16;
+        let partial = checksum::fold(checksum::pseudo_header(
+            from.octets(),
+            to.octets(),
+            6,
+            tcp_len,
+        ));
+        f[50..52].copy_from_slice(&partial.to_be_bytes());
+        f
+    }
+
+    fn sent_offloaded(wire: &MemWire, n: usize) -> Vec<(Offload, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(wire.take_sent_offloaded());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    fn checksums_ok(f: &[u8]) -> bool {
+        let mut src = [0u8; 4];
+        let mut dst = [0u8; 4];
+        src.copy_from_slice(&f[26..30]);
+        dst.copy_from_slice(&f[30..34]);
+        let pseudo = checksum::pseudo_header(src, dst, 6, (f.len() - 34) as u16);
+        checksum::fold(checksum::add_bytes(0, &f[14..34])) == 0xffff
+            && checksum::fold(checksum::add_bytes(pseudo, &f[34..])) == 0xffff
+    }
+
+    /// The worker's offload rules on in-memory ports: GSO frames go
+    /// unchanged to an offload port and are segmented towards a plain
+    /// port; partial checksums are completed only where needed; plain
+    /// frames reach an offload port with a zeroed header.
+    #[test]
+    fn gso_frames_are_kept_for_taps_and_segmented_for_plain_ports() {
+        const C: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 4);
+        let net = MemNetwork::new();
+        let wa = net.add_offloaded("fta", 1);
+        let wb = net.add("fyb", 1);
+        let wc = net.add_offloaded("ftc", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![
+                ep("a/eth0", "fta", A),
+                ep("b/eth0", "fyb", B),
+                ep("c/eth0", "ftc", C),
+            ],
+            routes: vec![],
+        }));
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let gso = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+
+        // Tap -> plain port: three segments with full checksums.
+        wa.inject_offloaded(0, gso, partial_tcp(A, B, &payload));
+        let segs = sent_offloaded(&wb, 3);
+        assert_eq!(segs.len(), 3, "one GSO frame -> 3 segments");
+        let mut joined = Vec::new();
+        for (i, (off, f)) in segs.iter().enumerate() {
+            assert_eq!(*off, Offload::NONE);
+            assert_eq!(f.len(), 54 + 1000, "segment {i}");
+            assert!(checksums_ok(f), "segment {i} checksums");
+            let seq = u32::from_be_bytes([f[38], f[39], f[40], f[41]]);
+            assert_eq!(seq, 1_000_000 + 1000 * i as u32);
+            assert_eq!(f[47] & 0x08 != 0, i == 2, "PSH only on the last segment");
+            assert_eq!(f[22], 63, "TTL decremented");
+            joined.extend_from_slice(&f[54..]);
+        }
+        assert_eq!(joined, payload);
+
+        // Tap -> tap: the frame and its header move unchanged.
+        let frame = partial_tcp(A, C, &payload);
+        wa.inject_offloaded(0, gso, frame.clone());
+        let got = sent_offloaded(&wc, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, gso, "header preserved");
+        assert_eq!(got[0].1.len(), frame.len());
+        assert_eq!(&got[0].1[54..], &frame[54..], "payload untouched");
+        assert_eq!(&got[0].1[50..52], &frame[50..52], "checksum left partial");
+
+        // Partial checksum without GSO towards a plain port: completed.
+        let csum_only = Offload {
+            gso_type: offload::GSO_NONE,
+            gso_size: 0,
+            ..gso
+        };
+        wa.inject_offloaded(0, csum_only, partial_tcp(A, B, b"small"));
+        let got = sent_offloaded(&wb, 1);
+        assert_eq!(got.len(), 1);
+        assert!(checksums_ok(&got[0].1), "checksum completed");
+
+        // Plain port -> tap: a zeroed header.
+        let mut plain = partial_tcp(B, A, b"reply");
+        let at = 50;
+        plain[at..at + 2].copy_from_slice(&[0, 0]);
+        let full = {
+            let pseudo =
+                checksum::pseudo_header(B.octets(), A.octets(), 6, (plain.len() - 34) as u16);
+            !checksum::fold(checksum::add_bytes(pseudo, &plain[34..]))
+        };
+        plain[at..at + 2].copy_from_slice(&full.to_be_bytes());
+        wb.inject(0, plain);
+        let got = sent_offloaded(&wa, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, Offload::NONE);
+
+        let stats = dp.stats();
+        let pa = stats.ports.iter().find(|p| p.name == "fta").unwrap();
+        assert!(pa.drops.is_empty(), "{pa:?}");
+        let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
+        assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!
 //! Modules outside the core: [`port`] (our port/frame-pool traits),
 //! [`afxdp`] (XDP program via aya + AF_XDP sockets via xsk-rs: the only
-//! `unsafe` for real I/O), [`mem`] (in-memory ports for tests), [`counters`]
+//! `unsafe` for real I/O besides [`tap`]), [`tap`] (pod taps with
+//! virtio-net headers, opened inside the pod namespace), [`backend`] (both
+//! behind one port type), [`mem`] (in-memory ports for tests), [`counters`]
 //! (single-writer per-worker counters), [`worker`] (the pinned polling
 //! loops), [`control`] (table-API state, port lifecycle, publishing),
 //! [`server`] (the Unix-socket front of `control`). The core must not depend
@@ -20,9 +22,11 @@ pub mod pipeline;
 pub mod tables;
 
 pub mod afxdp;
+pub mod backend;
 pub mod control;
 pub mod counters;
 pub mod mem;
 pub mod port;
 pub mod server;
+pub mod tap;
 pub mod worker;

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferry_dataplane::afxdp::AfXdpBackend;
+use ferry_dataplane::backend::NodeBackend;
 use ferry_dataplane::control::{Dataplane, DataplaneConfig};
 use ferry_dataplane::server;
+use ferry_dataplane::tap::TapBackend;
 use ferry_dataplane::worker::MAX_BATCH;
 
 #[derive(Parser, Debug)]
@@ -38,6 +40,16 @@ struct Cli {
     /// port = workers x this x 2 KiB.
     #[arg(long, visible_alias = "frames-per-worker", default_value_t = 2048)]
     frames_per_queue: u32,
+    /// Frames (66 KiB each, room for a 64 KiB GSO frame) per worker queue
+    /// on each tap port; memory per tap = workers x this x 66 KiB.
+    #[arg(long, default_value_t = 128)]
+    tap_frames_per_queue: usize,
+    /// How long a worker keeps polling without sleeping after it last moved
+    /// a frame, in microseconds (0: sleep at the first empty pass). Off by
+    /// default: on a 2-core machine spinning takes the core the pods' own
+    /// processes need (tap TCP went from 8.5 to 6.8 Gbit/s with 50 µs).
+    #[arg(long, default_value_t = 0)]
+    idle_spin_us: u64,
     /// How long an idle worker sleeps in poll(2), in milliseconds.
     #[arg(long, default_value_t = 10)]
     idle_ms: u64,
@@ -102,8 +114,14 @@ fn main() -> Result<()> {
 
     let mut cfg = DataplaneConfig::new(cli.workers, cli.cpus.as_deref(), cli.batch);
     cfg.idle_timeout = std::time::Duration::from_millis(cli.idle_ms.max(1));
-    let backend = AfXdpBackend {
-        frames_per_queue: cli.frames_per_queue,
+    cfg.idle_spin = std::time::Duration::from_micros(cli.idle_spin_us.min(1_000_000));
+    let backend = NodeBackend {
+        xdp: AfXdpBackend {
+            frames_per_queue: cli.frames_per_queue,
+        },
+        tap: TapBackend {
+            frames_per_queue: cli.tap_frames_per_queue,
+        },
     };
     let listener = server::bind(&cli.socket).context("table-API socket")?;
     let dataplane = Dataplane::start(backend, &cfg).context("starting workers")?;

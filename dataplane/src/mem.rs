@@ -15,13 +15,16 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue};
+use crate::pipeline::Offload;
+use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec};
 
 /// A frame of a [`MemPool`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemDesc {
     index: u32,
     len: u32,
+    /// The frame's virtio-net header, on pools made with offloads.
+    offload: Offload,
 }
 
 /// Heap memory cut into equal chunks.
@@ -29,6 +32,8 @@ pub struct MemPool {
     base: NonNull<u8>,
     frames: usize,
     frame_size: usize,
+    /// Frames carry a virtio-net header (an in-memory tap).
+    offload: bool,
 }
 
 // SAFETY: the pool owns its allocation exclusively (nothing else holds the
@@ -45,7 +50,17 @@ impl MemPool {
             base,
             frames,
             frame_size,
+            offload: false,
         }
+    }
+
+    /// A pool whose frames carry offload headers, as a tap queue's do.
+    pub fn with_offload(frames: usize, frame_size: usize) -> MemPool {
+        // Not struct-update syntax: that would copy the fields out of a
+        // temporary whose Drop then frees the memory.
+        let mut pool = MemPool::new(frames, frame_size);
+        pool.offload = true;
+        pool
     }
 }
 
@@ -63,7 +78,11 @@ impl FramePool for MemPool {
 
     fn all_descs(&self) -> Vec<MemDesc> {
         (0..self.frames as u32)
-            .map(|index| MemDesc { index, len: 0 })
+            .map(|index| MemDesc {
+                index,
+                len: 0,
+                offload: Offload::NONE,
+            })
             .collect()
     }
 
@@ -89,17 +108,37 @@ impl FramePool for MemPool {
     unsafe fn set_len(&self, desc: &mut MemDesc, len: usize) {
         desc.len = len.min(self.frame_size) as u32;
     }
+
+    fn takes_offload(&self) -> bool {
+        self.offload
+    }
+
+    fn offload_of(&self, desc: &MemDesc) -> Offload {
+        if self.offload {
+            desc.offload
+        } else {
+            Offload::NONE
+        }
+    }
+
+    fn set_offload(&self, desc: &mut MemDesc, offload: Offload) {
+        if self.offload {
+            desc.offload = offload;
+        }
+    }
 }
 
 #[derive(Default)]
 struct WireQueue {
-    to_dataplane: VecDeque<Vec<u8>>,
-    from_dataplane: VecDeque<Vec<u8>>,
+    to_dataplane: VecDeque<(Offload, Vec<u8>)>,
+    from_dataplane: VecDeque<(Offload, Vec<u8>)>,
 }
 
 /// One in-memory interface.
 pub struct MemWire {
     name: String,
+    /// Frames carry virtio-net headers (an in-memory tap with offloads).
+    offload: bool,
     queues: Vec<Mutex<WireQueue>>,
     /// Frames that arrived with no frame in the fill ring (the kernel's
     /// `rx_fill_ring_empty_descs`) or larger than a chunk.
@@ -121,14 +160,27 @@ impl MemWire {
 
     /// A frame arriving from the outside on `queue` (wraps around).
     pub fn inject(&self, queue: usize, frame: Vec<u8>) {
+        self.inject_offloaded(queue, Offload::NONE, frame);
+    }
+
+    /// A frame with a virtio-net header (only kept by an offload wire).
+    pub fn inject_offloaded(&self, queue: usize, offload: Offload, frame: Vec<u8>) {
         lock(&self.queues[queue % self.queues.len()])
             .to_dataplane
-            .push_back(frame);
+            .push_back((offload, frame));
     }
 
     /// Everything the dataplane transmitted on this interface so far, all
     /// queues, in queue order.
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        self.take_sent_offloaded()
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    /// As [`MemWire::take_sent`], with each frame's header.
+    pub fn take_sent_offloaded(&self) -> Vec<(Offload, Vec<u8>)> {
         self.queues
             .iter()
             .flat_map(|q| std::mem::take(&mut lock(q).from_dataplane))
@@ -154,8 +206,18 @@ impl MemNetwork {
 
     /// Create (or replace) interface `name` with `queues` queues.
     pub fn add(&self, name: &str, queues: usize) -> Arc<MemWire> {
+        self.add_wire(name, queues, false)
+    }
+
+    /// An interface whose frames carry virtio-net headers, like a tap.
+    pub fn add_offloaded(&self, name: &str, queues: usize) -> Arc<MemWire> {
+        self.add_wire(name, queues, true)
+    }
+
+    fn add_wire(&self, name: &str, queues: usize, offload: bool) -> Arc<MemWire> {
         let wire = Arc::new(MemWire {
             name: name.to_string(),
+            offload,
             queues: (0..queues.max(1))
                 .map(|_| Mutex::new(WireQueue::default()))
                 .collect(),
@@ -198,7 +260,7 @@ impl PortQueue for MemQueue {
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
         while n < out.len() {
-            let Some(bytes) = q.to_dataplane.pop_front() else {
+            let Some((offload, bytes)) = q.to_dataplane.pop_front() else {
                 break;
             };
             if bytes.len() > pool.frame_size {
@@ -216,6 +278,7 @@ impl PortQueue for MemQueue {
                 pool.chunk_mut(&desc)[..bytes.len()].copy_from_slice(&bytes);
                 pool.set_len(&mut desc, bytes.len());
             }
+            pool.set_offload(&mut desc, offload);
             out[n] = desc;
             n += 1;
         }
@@ -237,7 +300,7 @@ impl PortQueue for MemQueue {
             // come back through `complete`; nothing else references them.
             let chunk = unsafe { pool.chunk_mut(desc) };
             q.from_dataplane
-                .push_back(chunk[..pool.len_of(desc)].to_vec());
+                .push_back((pool.offload_of(desc), chunk[..pool.len_of(desc)].to_vec()));
             self.comp.push_back(*desc);
         }
         take
@@ -304,9 +367,11 @@ impl PortBackend for MemBackend {
 
     fn open(
         &mut self,
-        ifname: &str,
+        spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<MemAttachment, MemQueue>, PortError> {
+        // In-memory wires are found by name whatever their kind.
+        let ifname = spec.name.as_str();
         if !valid_ifname(ifname) {
             return Err(PortError::BadName {
                 ifname: ifname.to_string(),
@@ -321,7 +386,15 @@ impl PortBackend for MemBackend {
         let queues = (0..workers)
             .map(|i| {
                 (i < wire.queue_count()).then(|| MemQueue {
-                    pool: MemPool::new(self.frames_per_queue, self.frame_size),
+                    // An offload wire takes 64 KiB GSO frames, like a tap.
+                    pool: if wire.offload {
+                        MemPool::with_offload(
+                            self.frames_per_queue,
+                            self.frame_size.max(crate::tap::TAP_FRAME_SIZE),
+                        )
+                    } else {
+                        MemPool::new(self.frames_per_queue, self.frame_size)
+                    },
                     wire: Arc::clone(&wire),
                     queue: i,
                     fill: VecDeque::with_capacity(MEM_RING),
@@ -348,7 +421,7 @@ mod tests {
         let wire = net.add("m0", 1);
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = 8;
-        let (_att, mut queues) = backend.open("m0", 2).unwrap();
+        let (_att, mut queues) = backend.open(&PortSpec::xdp("m0"), 2).unwrap();
         assert!(
             queues[1].is_none(),
             "one-queue wire gives worker 1 no queue"
@@ -380,15 +453,15 @@ mod tests {
     fn missing_and_bad_interfaces_are_errors() {
         let mut backend = MemBackend::new(MemNetwork::new());
         assert!(matches!(
-            backend.open("nope", 1),
+            backend.open(&PortSpec::xdp("nope"), 1),
             Err(PortError::NoSuchInterface { .. })
         ));
         assert!(matches!(
-            backend.open("a/b", 1),
+            backend.open(&PortSpec::xdp("a/b"), 1),
             Err(PortError::BadName { .. })
         ));
         assert!(matches!(
-            backend.open("0123456789abcdef", 1),
+            backend.open(&PortSpec::xdp("0123456789abcdef"), 1),
             Err(PortError::BadName { .. })
         ));
     }

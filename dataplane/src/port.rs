@@ -23,6 +23,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::pipeline::Offload;
+
 /// One queue's frame memory.
 pub trait FramePool: Send + 'static {
     /// Names one frame (its chunk, the data offset in it, the data length).
@@ -55,6 +57,23 @@ pub trait FramePool: Send + 'static {
     ///
     /// As for [`FramePool::chunk_mut`]: the caller owns the frame.
     unsafe fn set_len(&self, desc: &mut Self::Desc, len: usize);
+
+    /// Whether frames transmitted through this pool's queue may carry
+    /// offloads (GSO frames, partial checksums): true for tap queues, whose
+    /// frames travel with a virtio-net header. Frames for a pool that
+    /// cannot take them are segmented / completed by the worker first.
+    fn takes_offload(&self) -> bool {
+        false
+    }
+
+    /// The frame's offload header ([`Offload::NONE`] for pools without).
+    fn offload_of(&self, _desc: &Self::Desc) -> Offload {
+        Offload::NONE
+    }
+
+    /// Set the header the frame is transmitted with (ignored by pools
+    /// without offloads).
+    fn set_offload(&self, _desc: &mut Self::Desc, _offload: Offload) {}
 }
 
 type DescOf<P> = <P as FramePool>::Desc;
@@ -98,6 +117,50 @@ pub trait PortQueue: Send + 'static {
     /// A descriptor to poll(2) for readability while idle, if the queue has
     /// one.
     fn poll_fd(&self) -> Option<RawFd>;
+
+    /// Transmit `frame` with header `offload` right now, from the caller's
+    /// memory, if this queue can (tap queues: one `writev`, which copies
+    /// the frame into the kernel before returning). `None`: not supported,
+    /// use a frame of [`PortQueue::pool`] and [`PortQueue::tx`]. `Some(ok)`:
+    /// done, `ok` false if the kernel refused it. Saves the copy into an
+    /// egress frame.
+    fn tx_direct(&mut self, _frame: &[u8], _offload: Offload) -> Option<bool> {
+        None
+    }
+
+    /// Frames taken by [`PortQueue::tx`] that the kernel then refused
+    /// (tap writes), since the last call. Rings never refuse a taken frame.
+    fn take_tx_errors(&mut self) -> u64 {
+        0
+    }
+}
+
+/// What kind of interface a port is, and where to find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// An interface in the dataplane's namespace driven over AF_XDP (pod
+    /// host veths, the host port).
+    Xdp,
+    /// A persistent multi-queue tap named `ifname` inside the network
+    /// namespace at `netns` (the pod's), whose queues are opened there.
+    Tap { netns: String, ifname: String },
+}
+
+/// One port to open: its name in the tables (the endpoint's
+/// `host_ifname`) and its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    pub kind: PortKind,
+}
+
+impl PortSpec {
+    pub fn xdp(name: &str) -> PortSpec {
+        PortSpec {
+            name: name.to_string(),
+            kind: PortKind::Xdp,
+        }
+    }
 }
 
 /// An opened port: its attachment and worker `i`'s queue at index `i`.
@@ -110,12 +173,12 @@ pub trait PortBackend: Send + 'static {
     /// Keeps the interface attached (XDP program, map); dropping it detaches.
     type Attachment: Send + 'static;
 
-    /// Attach `ifname` and create worker `i`'s queue on queue `i` of the
+    /// Attach the port and create worker `i`'s queue on queue `i` of the
     /// interface for every `i < workers`; `None` where the interface has
     /// fewer queues than there are workers (index 0 is always `Some`).
     fn open(
         &mut self,
-        ifname: &str,
+        spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<Self::Attachment, Self::Queue>, PortError>;
 }
@@ -144,6 +207,15 @@ pub enum PortError {
         ifname: String,
         queue: u32,
         cause: String,
+    },
+    #[error("port {ifname}: this backend cannot open {kind} ports")]
+    Unsupported { ifname: String, kind: &'static str },
+    #[error("tap {ifname} in {netns}: {op}: {source}")]
+    Tap {
+        ifname: String,
+        netns: String,
+        op: &'static str,
+        source: io::Error,
     },
     #[error("interface {ifname} queue {queue}: creating the frame pool (UMEM) failed: {cause}")]
     Pool {

@@ -196,6 +196,7 @@ mod tests {
             cpus: vec![None],
             batch: 8,
             idle_timeout: Duration::from_millis(1),
+            idle_spin: Duration::ZERO,
         };
         let dp = Dataplane::start(MemBackend::new(MemNetwork::new()), &cfg).unwrap();
         let dp = Arc::new(Mutex::new(dp));

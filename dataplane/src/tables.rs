@@ -335,6 +335,8 @@ mod tests {
             ipv4: ip,
             mac: MacAddr::for_pod(ip),
             attachment: Default::default(),
+            netns: String::new(),
+            pod_ifname: String::new(),
         }
     }
 

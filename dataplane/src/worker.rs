@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::counters::{PortCounters, WorkerCounters};
-use crate::pipeline::{process_batch, DropReason, Frame, Verdict};
+use crate::pipeline::{offload, process_batch, DropReason, Frame, Offload, Verdict};
 use crate::port::{FramePool, PortQueue};
 use crate::tables::{PortId, TableHandle};
 
@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// How long an idle pass sleeps in poll(2).
     pub idle_timeout: Duration,
+    /// How long to keep polling without sleeping after the last pass that
+    /// moved a frame (0: sleep at the first empty pass). Waking an idle
+    /// vCPU costs tens of µs, more than a tap frame takes to arrive in a
+    /// TCP stream; an idle node never spins (no busy pass, no spin).
+    pub idle_spin: Duration,
     /// Core to pin to (`None`: not pinned).
     pub cpu: Option<usize>,
 }
@@ -118,6 +123,7 @@ pub struct Worker<Q: PortQueue> {
     scratch: Vec<DescOf<Q>>,
     verdicts: Vec<Verdict>,
     lens: Vec<usize>,
+    offloads: Vec<Offload>,
     dirty: Vec<usize>,
     frame_store: Vec<Frame<'static>>,
     pollfds: Vec<libc::pollfd>,
@@ -156,6 +162,7 @@ impl<Q: PortQueue> Worker<Q> {
             scratch: vec![Default::default(); MAX_BATCH],
             verdicts: vec![Verdict::Drop(DropReason::Malformed); cfg.batch],
             lens: vec![0; cfg.batch],
+            offloads: vec![Offload::NONE; cfg.batch],
             dirty: Vec::new(),
             frame_store: Vec::with_capacity(cfg.batch),
             pollfds: Vec::new(),
@@ -177,14 +184,24 @@ impl<Q: PortQueue> Worker<Q> {
             self.cfg.cpu,
             self.cfg.batch
         );
+        // The clock is read once per pass (never per frame), and only while
+        // spinning is enabled.
+        let mut last_busy: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             if !self.apply_commands() {
                 break;
             }
             if self.pass() {
                 self.counters.busy_poll();
+                if !self.cfg.idle_spin.is_zero() {
+                    last_busy = Some(Instant::now());
+                }
             } else {
                 self.counters.idle_poll();
+                if last_busy.is_some_and(|t| t.elapsed() < self.cfg.idle_spin) {
+                    continue;
+                }
+                last_busy = None;
                 if !self.idle_wait() {
                     break;
                 }
@@ -355,11 +372,22 @@ impl<Q: PortQueue> Worker<Q> {
                 // so the chunks are disjoint, and they are only reached
                 // through `frames` until it is emptied below.
                 let buf = unsafe { pool.chunk_mut(d) };
-                frames.push(Frame::new(in_port, buf, pool.len_of(d)));
+                frames.push(Frame::with_offload(
+                    in_port,
+                    buf,
+                    pool.len_of(d),
+                    pool.offload_of(d),
+                ));
             }
             process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..n]);
-            for (len, f) in self.lens.iter_mut().zip(frames.iter()) {
+            for ((len, off), f) in self
+                .lens
+                .iter_mut()
+                .zip(self.offloads.iter_mut())
+                .zip(frames.iter())
+            {
                 *len = f.len;
+                *off = f.offload;
             }
             self.frame_store = recycle(frames);
         }
@@ -368,14 +396,17 @@ impl<Q: PortQueue> Worker<Q> {
         for i in 0..n {
             let mut d = self.rx_descs[i];
             let len = self.lens[i];
+            let offload = self.offloads[i];
             let mut recycled = false;
             let drop_reason = match self.verdicts[i] {
                 Verdict::Tx(port) => match self.slots.get(port as usize) {
                     Some(Slot::Active(j)) if *j == qi => {
                         let a = &mut self.queues[qi];
+                        let pool = a.queue.pool();
                         // SAFETY: the frame is the worker's (received above,
                         // not yet handed to any ring).
-                        unsafe { a.queue.pool().set_len(&mut d, len) };
+                        unsafe { pool.set_len(&mut d, len) };
+                        pool.set_offload(&mut d, offload);
                         if a.pending.is_empty() {
                             self.dirty.push(qi);
                         }
@@ -385,33 +416,24 @@ impl<Q: PortQueue> Worker<Q> {
                     Some(Slot::Active(j)) => {
                         let j = *j;
                         let (src, dst) = two_mut(&mut self.queues, qi, j);
-                        let copied = dst.free.pop().map(|mut e| {
-                            let (sp, dp) = (src.queue.pool(), dst.queue.pool());
-                            // SAFETY: `d` is the worker's (received above, in
-                            // no ring) and `e` was just taken off the egress
-                            // free list; they live in different pools, so the
-                            // two slices do not overlap.
-                            unsafe {
-                                let from = sp.chunk_mut(&d);
-                                let to = dp.chunk_mut(&e);
-                                let len = len.min(from.len()).min(to.len());
-                                to[..len].copy_from_slice(&from[..len]);
-                                dp.set_len(&mut e, len);
-                            }
-                            e
-                        });
+                        let lost = forward(
+                            src,
+                            dst,
+                            Outgoing {
+                                desc: &d,
+                                len,
+                                offload,
+                            },
+                            &mut self.scratch,
+                            &self.counters,
+                            self.cfg.id,
+                        );
+                        if !dst.pending.is_empty() && !self.dirty.contains(&j) {
+                            self.dirty.push(j);
+                        }
                         src.free.push(d);
                         recycled = true;
-                        match copied {
-                            Some(e) => {
-                                if dst.pending.is_empty() {
-                                    self.dirty.push(j);
-                                }
-                                dst.pending.push(e);
-                                None
-                            }
-                            None => Some(DropReason::TxRingFull),
-                        }
+                        lost
                     }
                     Some(Slot::NoQueue) => Some(DropReason::NoTxQueue),
                     Some(Slot::Unknown) | None => Some(DropReason::PortGone),
@@ -436,29 +458,10 @@ impl<Q: PortQueue> Worker<Q> {
     fn flush(&mut self, qi: usize) {
         while let Some(j) = self.dirty.pop() {
             let a = &mut self.queues[j];
+            let unsent = commit(a, &self.counters, self.cfg.id);
             // What does not fit in the ring is dropped (tx_ring_full).
-            let want = a.pending.len().min(a.queue.tx_room());
-            let sent = if want > 0 {
-                a.queue.tx(&a.pending[..want])
-            } else {
-                0
-            };
-            let pool = a.queue.pool();
-            let sent_bytes: u64 = a.pending[..sent]
-                .iter()
-                .map(|d| pool.len_of(d) as u64)
-                .sum();
-            let unsent = a.pending.len() - sent;
-            a.free.extend_from_slice(&a.pending[sent..]);
+            a.free.extend_from_slice(&a.pending);
             a.pending.clear();
-            if sent > 0 {
-                a.in_tx += sent;
-                a.counters.add_tx(sent as u64, sent_bytes);
-                self.counters.add_tx(sent as u64);
-                if let Err(e) = a.queue.kick_tx() {
-                    log::debug!("worker {}: tx wake-up on port {}: {e}", self.cfg.id, a.port);
-                }
-            }
             for _ in 0..unsent {
                 self.queues[qi].counters.add_drop(DropReason::TxRingFull);
                 self.counters.add_drop(DropReason::TxRingFull);
@@ -498,8 +501,189 @@ impl<Q: PortQueue> Worker<Q> {
                 std::thread::sleep(self.cfg.idle_timeout);
             }
         }
+        // A descriptor in error stays in error (a tap whose device was
+        // deleted under us, until ferryd removes the port): stop polling it,
+        // or every idle wait would return at once and the worker would spin.
+        // A negative fd is ignored by poll(2); the list is rebuilt when the
+        // ports change.
+        if rc > 0 {
+            for p in &mut self.pollfds {
+                if p.fd >= 0 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    log::warn!(
+                        "worker {}: fd {} reports an error; not polled until its port changes",
+                        self.cfg.id,
+                        p.fd
+                    );
+                    p.fd = -1;
+                }
+            }
+        }
         true
     }
+}
+
+/// Queue `a`'s pending frames on its TX ring (as many as fit), count them
+/// and wake the kernel. The frames sent leave `a.pending`; the rest stay
+/// there, and their number is returned.
+fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -> usize {
+    let want = a.pending.len().min(a.queue.tx_room());
+    let sent = if want > 0 {
+        a.queue.tx(&a.pending[..want])
+    } else {
+        0
+    };
+    if sent > 0 {
+        let pool = a.queue.pool();
+        let sent_bytes: u64 = a.pending[..sent]
+            .iter()
+            .map(|d| pool.len_of(d) as u64)
+            .sum();
+        a.pending.drain(..sent);
+        a.in_tx += sent;
+        a.counters.add_tx(sent as u64, sent_bytes);
+        wc.add_tx(sent as u64);
+        if let Err(e) = a.queue.kick_tx() {
+            log::debug!("worker {worker}: tx wake-up on port {}: {e}", a.port);
+        }
+        let refused = a.queue.take_tx_errors();
+        for _ in 0..refused {
+            a.counters.add_drop(DropReason::TapWriteFailed);
+            wc.add_drop(DropReason::TapWriteFailed);
+        }
+    }
+    a.pending.len()
+}
+
+/// Most rounds of commit + reap [`make_room`] tries (copy-mode TX sends a
+/// few dozen frames per wake-up).
+const MAKE_ROOM_ROUNDS: usize = 8;
+
+/// Get `need` free frames and TX slots on `dst` for the segments of one
+/// GSO frame: commit what is pending and reap completions, a bounded
+/// number of times. Whatever is still missing is lost (`gso_tx_full`).
+fn make_room<Q: PortQueue>(
+    dst: &mut Active<Q>,
+    need: usize,
+    scratch: &mut [DescOf<Q>],
+    wc: &WorkerCounters,
+    worker: usize,
+) {
+    for _ in 0..MAKE_ROOM_ROUNDS {
+        if dst.free.len() >= need && dst.pending.len() + need <= dst.queue.tx_room() {
+            return;
+        }
+        commit(dst, wc, worker);
+        let done = dst.queue.complete(scratch);
+        dst.free.extend_from_slice(&scratch[..done]);
+        dst.in_tx = dst.in_tx.saturating_sub(done);
+    }
+}
+
+/// A received frame on its way out: descriptor, length after the pipeline,
+/// offload header.
+struct Outgoing<'a, D> {
+    desc: &'a D,
+    len: usize,
+    offload: Offload,
+}
+
+/// Move frame `d` (`len` bytes, header `offload`) of `src` to `dst`: written
+/// at once if `dst` can transmit from our memory (taps), else copied into
+/// free frames of `dst`'s pool and added to `dst.pending`. Towards a pool
+/// that takes offloads the frame and its header move unchanged (a plain
+/// frame gets a zeroed header). Otherwise a GSO frame is segmented
+/// and a partial checksum completed, in software. `d` stays the caller's.
+/// Returns the drop reason when the frame (or part of it) was lost.
+fn forward<Q: PortQueue>(
+    src: &mut Active<Q>,
+    dst: &mut Active<Q>,
+    frame: Outgoing<'_, DescOf<Q>>,
+    scratch: &mut [DescOf<Q>],
+    wc: &WorkerCounters,
+    worker: usize,
+) -> Option<DropReason> {
+    let Outgoing {
+        desc: d,
+        len,
+        offload,
+    } = frame;
+    let takes = dst.queue.pool().takes_offload();
+    let plain = !offload.is_gso() && !offload.needs_csum();
+    let sp = src.queue.pool();
+    // SAFETY: `d` is the worker's (received, in no ring); the slice is the
+    // only reference into its chunk while it lives (the egress frames below
+    // are of another pool).
+    let from = unsafe { sp.chunk_mut(d) };
+    let len = len.min(from.len());
+
+    // A tap is written straight from the ingress frame (no egress frame,
+    // no copy of ours; the kernel copies during the call).
+    if takes {
+        if let Some(written) = dst.queue.tx_direct(&from[..len], offload) {
+            if !written {
+                return Some(DropReason::TapWriteFailed);
+            }
+            dst.counters.add_tx(1, len as u64);
+            wc.add_tx(1);
+            return None;
+        }
+    }
+
+    if !takes && offload.is_gso() {
+        let plan = match offload::plan_tcp4(&from[..len], &offload) {
+            Ok(plan) => plan,
+            Err(reason) => return Some(reason),
+        };
+        make_room(dst, plan.count, scratch, wc, worker);
+        for s in 0..plan.count {
+            let Some(mut e) = dst.free.pop() else {
+                return Some(DropReason::GsoTxFull);
+            };
+            let dp = dst.queue.pool();
+            // SAFETY: `e` was just taken off the egress free list: the
+            // worker owns it, and it is of another pool than `d`.
+            let to = unsafe { dp.chunk_mut(&e) };
+            match offload::write_tcp4_segment(&from[..len], &plan, s, to) {
+                Some(n) => {
+                    // SAFETY: as above.
+                    unsafe { dp.set_len(&mut e, n) };
+                    dp.set_offload(&mut e, Offload::NONE);
+                    dst.pending.push(e);
+                }
+                None => {
+                    dst.free.push(e);
+                    return Some(DropReason::FrameTooBig);
+                }
+            }
+        }
+        return None;
+    }
+    if !takes && !plain {
+        let (start, at) = (
+            usize::from(offload.csum_start),
+            usize::from(offload.csum_offset),
+        );
+        if let Err(reason) = offload::complete_csum(&mut from[..len], start, at) {
+            return Some(reason);
+        }
+    }
+    let Some(mut e) = dst.free.pop() else {
+        return Some(DropReason::TxRingFull);
+    };
+    let dp = dst.queue.pool();
+    // SAFETY: `e` was just taken off the egress free list: the worker owns
+    // it, and it is of another pool than `d`.
+    let to = unsafe { dp.chunk_mut(&e) };
+    if len > to.len() {
+        dst.free.push(e);
+        return Some(DropReason::FrameTooBig);
+    }
+    to[..len].copy_from_slice(&from[..len]);
+    // SAFETY: as above.
+    unsafe { dp.set_len(&mut e, len) };
+    dp.set_offload(&mut e, if takes { offload } else { Offload::NONE });
+    dst.pending.push(e);
+    None
 }
 
 /// Start a worker thread, pinned to `cfg.cpu` when given.

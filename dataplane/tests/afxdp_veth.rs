@@ -110,6 +110,8 @@ fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
         ipv4: ip,
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
+        netns: String::new(),
+        pod_ifname: String::new(),
     }
 }
 

@@ -105,6 +105,8 @@ fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
         ipv4: ip,
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
+        netns: String::new(),
+        pod_ifname: String::new(),
     }
 }
 

@@ -52,6 +52,8 @@ fn endpoint(i: u32) -> Endpoint {
         ipv4: ip,
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
+        netns: String::new(),
+        pod_ifname: String::new(),
     }
 }
 

@@ -33,7 +33,7 @@ enum Cmd {
         /// Repetitions of every case (default 3, --quick 2).
         #[arg(long)]
         reps: Option<u32>,
-        /// Comma-separated topologies among ferry, bridge, ptp, xdp.
+        /// Comma-separated topologies among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp.
         #[arg(long, value_delimiter = ',', default_value = "ferry,bridge,ptp,xdp")]
         topologies: Vec<String>,
         /// Directory of ferry's release binaries (default: the workspace's target/release).

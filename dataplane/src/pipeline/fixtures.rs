@@ -58,6 +58,8 @@ pub fn endpoints() -> Vec<Endpoint> {
             ipv4: *ip,
             mac: MacAddr::for_pod(*ip),
             attachment: Default::default(),
+            netns: String::new(),
+            pod_ifname: String::new(),
         })
         .collect()
 }

@@ -9,6 +9,7 @@
 //! property-tested).
 
 pub mod checksum;
+pub mod offload;
 pub mod verdict;
 pub mod wire;
 
@@ -19,6 +20,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use offload::Offload;
 pub use verdict::{DropReason, Verdict};
 
 use std::net::Ipv4Addr;
@@ -33,15 +35,35 @@ const ICMP_ERROR_TOS: u8 = 0xc0;
 
 /// One received frame. `buf` is the whole chunk the frame sits in (its
 /// capacity bounds how far a reply may grow); the frame is `buf[..len]`.
+/// `offload` is its virtio-net header (tap ports; [`Offload::NONE`]
+/// elsewhere). A frame whose L4 checksum is partial per `offload`
+/// (`NEEDS_CSUM`) is forwarded with it left partial: the I/O layer
+/// completes it (or segments the frame) only if the egress port needs it.
+/// A reply the pipeline makes in place leaves with `Offload::NONE`.
 pub struct Frame<'a> {
     pub port: PortId,
     pub buf: &'a mut [u8],
     pub len: usize,
+    pub offload: Offload,
 }
 
 impl<'a> Frame<'a> {
     pub fn new(port: PortId, buf: &'a mut [u8], len: usize) -> Self {
-        Frame { port, buf, len }
+        Frame {
+            port,
+            buf,
+            len,
+            offload: Offload::NONE,
+        }
+    }
+
+    pub fn with_offload(port: PortId, buf: &'a mut [u8], len: usize, offload: Offload) -> Self {
+        Frame {
+            port,
+            buf,
+            len,
+            offload,
+        }
     }
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len.min(self.buf.len())]
@@ -74,15 +96,23 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
         Ok(eth) => eth.ethertype(),
         Err(reason) => return Verdict::Drop(reason),
     };
-    match ethertype {
+    let verdict = match ethertype {
         wire::ETHERTYPE_ARP => arp(tables, role, frame.port, &mut frame.buf[..len]),
         wire::ETHERTYPE_IPV4 => {
-            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len);
+            let partial = frame.offload.needs_csum();
+            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len, partial);
             frame.len = new_len;
             verdict
         }
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+    };
+    // Only replies made in place leave by the ingress port (a pod never
+    // reaches itself through us, and host -> host is `no_route`); they are
+    // plain frames with complete checksums.
+    if verdict == Verdict::Tx(frame.port) {
+        frame.offload = Offload::NONE;
     }
+    verdict
 }
 
 /// Proxy ARP: answer requests with the router MAC.
@@ -126,13 +156,16 @@ enum Destination {
 }
 
 /// The IPv4 decisions. `buf` is the whole chunk, `len` the frame length
-/// (`14 <= len <= buf.len()`); returns the verdict and the new frame length.
+/// (`14 <= len <= buf.len()`); `partial`: the frame's offload header says
+/// its L4 checksum is partial (left for the egress side). Returns the
+/// verdict and the new frame length.
 fn ipv4(
     tables: &Tables,
     role: PortRole,
     ingress: PortId,
     buf: &mut [u8],
     len: usize,
+    partial: bool,
 ) -> (Verdict, usize) {
     let drop = |reason| (Verdict::Drop(reason), len);
     let router = tables.router_mac().octets();
@@ -193,8 +226,10 @@ fn ipv4(
                     let expired = Expired::of(&mut ip);
                     return time_exceeded(expired, gateway, buf, len, sender_mac, router, ingress);
                 }
-                if let Err(reason) = complete_l4_checksum(&mut ip) {
-                    return drop(reason);
+                if !partial {
+                    if let Err(reason) = complete_l4_checksum(&mut ip) {
+                        return drop(reason);
+                    }
                 }
                 // Host -> pod was routed (and its TTL decremented) by the
                 // node kernel already.
@@ -211,8 +246,10 @@ fn ipv4(
                 let Some(host) = tables.host_port() else {
                     return drop(DropReason::NoHostPort);
                 };
-                if let Err(reason) = complete_l4_checksum(&mut ip) {
-                    return drop(reason);
+                if !partial {
+                    if let Err(reason) = complete_l4_checksum(&mut ip) {
+                        return drop(reason);
+                    }
                 }
                 (host.port, host.kernel_mac.octets())
             }

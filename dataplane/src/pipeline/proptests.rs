@@ -83,6 +83,8 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                         ipv4: ip,
                         mac: MacAddr::for_pod(ip),
                         attachment: Default::default(),
+                        netns: String::new(),
+                        pod_ifname: String::new(),
                     }
                 })
                 .collect();

@@ -538,3 +538,44 @@ fn batch_writes_one_verdict_per_frame() {
         ]
     );
 }
+
+/// Frames whose offload header says NEEDS_CSUM keep their partial checksum
+/// (the egress side completes or segments); replies leave plain.
+#[test]
+fn offloaded_frames_keep_partial_checksums_and_replies_drop_the_header() {
+    let t = tables();
+    let mut f = tcp_frame(POD_A.1, POD_B.1, 64, &[7u8; 300]);
+    make_partial(&mut f);
+    let at = l4_checksum_at(&f);
+    let partial = [f[at], f[at + 1]];
+    let off = Offload {
+        flags: offload::F_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Offload::NONE
+    };
+    let mut buf = f.clone();
+    buf.resize(CHUNK, 0);
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, f.len(), off);
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_B.0));
+    assert_eq!(frame.offload, off, "header kept for the egress side");
+    assert_eq!([buf[at], buf[at + 1]], partial, "checksum left partial");
+    assert_eq!(buf[14 + 8], 63, "still routed: TTL decremented");
+    assert!(ip_checksum_ok(&buf[..f.len()]));
+
+    // A garbage L4 checksum under NEEDS_CSUM is not judged here either:
+    // the field is overwritten when the checksum is completed.
+    let mut bad = f.clone();
+    bad[at] ^= 0x55;
+    bad.resize(CHUNK, 0);
+    let mut frame = Frame::with_offload(POD_A.0, &mut bad, f.len(), off);
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_B.0));
+
+    // An echo request to the gateway answered in place leaves plain.
+    let req = echo_request(POD_A.1, GW, 64, b"ping");
+    let mut buf = req.clone();
+    buf.resize(CHUNK, 0);
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), off);
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_A.0));
+    assert_eq!(frame.offload, Offload::NONE);
+}

@@ -51,6 +51,21 @@ pub enum DropReason {
     PortGone = 14,
     /// I/O layer: the worker has no TX queue on the egress port.
     NoTxQueue = 15,
+    /// A tap frame's virtio-net header does not match the frame (checksum
+    /// offsets outside it, GSO on something that is not TCP/IPv4, MSS 0).
+    BadOffload = 16,
+    /// A GSO frame of a type that cannot be segmented in software here
+    /// (UDP/USO, TCP over IPv6), towards a port without offloads.
+    GsoUnsupported = 17,
+    /// I/O layer: segments of a GSO frame that found no free frame or TX
+    /// slot on the egress port (counted once per lost segment).
+    GsoTxFull = 18,
+    /// I/O layer: a frame larger than the egress port's frames and not
+    /// segmentable (no GSO header).
+    FrameTooBig = 19,
+    /// I/O layer: the kernel refused a write to a tap queue (link down,
+    /// malformed header).
+    TapWriteFailed = 20,
 }
 
 impl DropReason {
@@ -70,6 +85,11 @@ impl DropReason {
         DropReason::TxRingFull,
         DropReason::PortGone,
         DropReason::NoTxQueue,
+        DropReason::BadOffload,
+        DropReason::GsoUnsupported,
+        DropReason::GsoTxFull,
+        DropReason::FrameTooBig,
+        DropReason::TapWriteFailed,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -90,6 +110,11 @@ impl DropReason {
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::PortGone => "port_gone",
             DropReason::NoTxQueue => "no_tx_queue",
+            DropReason::BadOffload => "bad_offload",
+            DropReason::GsoUnsupported => "gso_unsupported",
+            DropReason::GsoTxFull => "gso_tx_full",
+            DropReason::FrameTooBig => "frame_too_big",
+            DropReason::TapWriteFailed => "tap_write_failed",
         }
     }
 
@@ -125,5 +150,6 @@ mod tests {
         assert_eq!(DropReason::from_code(0), None);
         assert_eq!(DropReason::BadL4Checksum.code(), 11);
         assert_eq!(DropReason::NoTxQueue.code(), 15);
+        assert_eq!(DropReason::TapWriteFailed.code(), 20);
     }
 }

@@ -35,7 +35,7 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Repetitions (default 3, quick 2).
     pub reps: Option<u32>,
-    /// Topologies among `ferry`, `bridge`, `ptp`, `xdp`.
+    /// Topologies among `ferry`, `ferry-tap`, `ferry-tap-2w`, `bridge`, `ptp`, `xdp`.
     pub topologies: Vec<String>,
     /// Where ferry's binaries are (default target/release).
     pub bin_dir: PathBuf,
@@ -143,15 +143,15 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
                     v.push((format!("ferry-{w}w"), Kind::Ferry { workers: w }));
                 }
             }
+            "ferry-tap" => v.push(("ferry-tap".into(), Kind::FerryTap { workers: 1 })),
+            "ferry-tap-2w" => v.push(("ferry-tap-2w".into(), Kind::FerryTap { workers: 2 })),
             "bridge" => v.push(("bridge".into(), Kind::Bridge)),
             "ptp" => v.push(("ptp".into(), Kind::Ptp)),
             "xdp" => v.push(("xdp".into(), Kind::Xdp)),
-            other => {
-                return Err(E2eError::setup(
-                    other,
-                    "unknown topology (choose among ferry, bridge, ptp, xdp)",
-                ))
-            }
+            other => return Err(E2eError::setup(
+                other,
+                "unknown topology (choose among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp)",
+            )),
         }
     }
     if v.is_empty() {
@@ -187,7 +187,11 @@ fn preflight(opts: &Options) -> Result<()> {
             ));
         }
     }
-    if opts.topologies.iter().any(|t| t == "ferry") {
+    if opts
+        .topologies
+        .iter()
+        .any(|t| t == "ferry" || t == "ferry-tap")
+    {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
     Ok(())

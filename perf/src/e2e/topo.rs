@@ -28,7 +28,13 @@ pub const IPERF_PORT: u16 = 5201;
 /// Which datapath a topology uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Ferry { workers: u32 },
+    Ferry {
+        workers: u32,
+    },
+    /// ferry with tap pods (virtio-net offloads).
+    FerryTap {
+        workers: u32,
+    },
     Bridge,
     Ptp,
     Xdp,
@@ -41,6 +47,7 @@ impl Kind {
                 "ferry: ferry-dataplane ({workers} worker{}) + ferryd in the node namespace, veth pods made by the ferry CNI binary",
                 if *workers == 1 { "" } else { "s" }
             ),
+            Kind::FerryTap { workers } => format!("ferry-tap: ferry-dataplane ({workers} worker{}) + ferryd in the node namespace, tap pods (virtio-net header, TSO/checksum offload) made by the ferry CNI binary with \"attachment\": \"tap\"", if *workers == 1 { "" } else { "s" }),
             Kind::Bridge => "Linux bridge: reference `bridge` + `host-local` CNI plugins (isGateway, no masquerade)".into(),
             Kind::Ptp => "kernel routed path: reference `ptp` + `host-local` CNI plugins (/32 host routes)".into(),
             Kind::Xdp => "in-kernel XDP_REDIRECT (DEVMAP_HASH) between the two pods' host veths; XDP_PASS on the pod ends; pod tx checksum offload off (see notes)".into(),
@@ -176,6 +183,7 @@ pub fn result_ip(result: &Value) -> Result<Ipv4Addr> {
 fn short(kind: Kind) -> String {
     match kind {
         Kind::Ferry { workers } => format!("fe{workers}"),
+        Kind::FerryTap { workers } => format!("ft{workers}"),
         Kind::Bridge => "br".into(),
         Kind::Ptp => "pt".into(),
         Kind::Xdp => "xd".into(),
@@ -186,6 +194,8 @@ fn subnet(kind: Kind) -> &'static str {
     match kind {
         Kind::Ferry { workers: 1 } => "10.99.10.0/24",
         Kind::Ferry { .. } => "10.99.11.0/24",
+        Kind::FerryTap { workers: 1 } => "10.99.12.0/24",
+        Kind::FerryTap { .. } => "10.99.13.0/24",
         Kind::Bridge => "10.99.1.0/24",
         Kind::Ptp => "10.99.2.0/24",
         Kind::Xdp => "10.99.3.0/24",
@@ -207,10 +217,13 @@ impl Topology {
         let mut notes = BTreeMap::new();
         notes.insert("description".to_string(), Value::from(kind.describe()));
         let (backend, plugin) = match kind {
-            Kind::Ferry { workers } => {
+            Kind::Ferry { workers } | Kind::FerryTap { workers } => {
                 check_ferry_bins(bin_dir)?;
-                let (backend, conf) =
+                let (backend, mut conf) =
                     start_ferry(&node, &dir.path, bin_dir, workers, subnet(kind))?;
+                if matches!(kind, Kind::FerryTap { .. }) {
+                    conf["attachment"] = json!("tap");
+                }
                 (
                     backend,
                     Some(CniPlugin {

@@ -1,0 +1,464 @@
+//! The tap adapter: pod taps with virtio-net headers, one queue per worker.
+//!
+//! ferryd makes each tap pod's interface a persistent multi-queue tap
+//! (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE`) directly inside
+//! the pod's network namespace, under the pod's ifname. The dataplane
+//! attaches to it by name *from inside that namespace*: a short-lived thread
+//! `setns`es into the pod namespace, opens `/dev/net/tun` once per worker
+//! and `TUNSETIFF`s each fd onto the existing device (the tun driver looks
+//! the name up in the namespace the fd was opened in), then hands the fds
+//! back; an fd keeps working from any thread and namespace. The same path
+//! serves the first open and every reattach after a dataplane restart, so
+//! nothing has to be passed between processes (the table API carries the
+//! netns path and ifname). The device is persistent: while no queue is
+//! attached the pod sees NO-CARRIER, keeps its addresses and routes, and
+//! its TCP connections resume once the queues are back.
+//!
+//! Each queue fd is nonblocking and set up with `TUNSETVNETHDRSZ` 10 and
+//! `TUNSETOFFLOAD` (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN`):
+//! we accept partial checksums and TSO frames, so the pod's stack sends
+//! 64 KiB GSO frames, and we may write them back. Frames are read with
+//! `readv` (header into the descriptor, frame into a 66 KiB buffer) and
+//! written with `writev`, a bounded number per call: the RX batch is capped
+//! at [`TAP_RX_BATCH`] so one busy tap cannot starve the worker's other
+//! queues, and TX writes every frame it is given.
+//!
+//! Memory per tap port = workers × frames_per_queue × [`TAP_FRAME_SIZE`]
+//! (128 frames, the default, is 8.25 MiB per worker per tap; pages are
+//! only touched when used).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::mem::{MemDesc, MemPool};
+use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
+use crate::port::{
+    valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+};
+
+/// Frame buffer of a tap queue: the largest GSO frame (14 + 65535 bytes)
+/// fits, rounded up to 66 KiB.
+pub const TAP_FRAME_SIZE: usize = 66 * 1024;
+/// Most frames read from one tap queue per `rx` call.
+pub const TAP_RX_BATCH: usize = 32;
+/// What `tx_room` reports: writes are synchronous, there is no ring.
+const TAP_TX_ROOM: usize = 1 << 16;
+/// Offloads the dataplane accepts from (and sends to) the pod stack.
+pub const TAP_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+/// `TUNSETIFF` flags of every queue.
+pub const TAP_FLAGS: libc::c_int =
+    libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+
+/// A frame of a tap queue: its buffer and its virtio-net header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapDesc {
+    mem: MemDesc,
+    offload: Offload,
+}
+
+/// Heap frames of one tap queue.
+pub struct TapPool {
+    mem: MemPool,
+}
+
+impl FramePool for TapPool {
+    type Desc = TapDesc;
+
+    fn all_descs(&self) -> Vec<TapDesc> {
+        self.mem
+            .all_descs()
+            .into_iter()
+            .map(|mem| TapDesc {
+                mem,
+                offload: Offload::NONE,
+            })
+            .collect()
+    }
+
+    fn len_of(&self, desc: &TapDesc) -> usize {
+        self.mem.len_of(&desc.mem)
+    }
+
+    unsafe fn chunk_mut(&self, desc: &TapDesc) -> &mut [u8] {
+        // SAFETY: forwarded contract: the caller owns the frame.
+        unsafe { self.mem.chunk_mut(&desc.mem) }
+    }
+
+    unsafe fn set_len(&self, desc: &mut TapDesc, len: usize) {
+        // SAFETY: forwarded contract: the caller owns the frame.
+        unsafe { self.mem.set_len(&mut desc.mem, len) }
+    }
+
+    fn takes_offload(&self) -> bool {
+        true
+    }
+
+    fn offload_of(&self, desc: &TapDesc) -> Offload {
+        desc.offload
+    }
+
+    fn set_offload(&self, desc: &mut TapDesc, offload: Offload) {
+        desc.offload = offload;
+    }
+}
+
+/// The I/O half of a tap queue: a nonblocking queue fd and the frames in
+/// its hands. Its methods take the [`TapPool`] the frames belong to (the
+/// one it was made with: [`TapQueue`] keeps the pair, and
+/// [`TapQueue::into_parts`] hands both to an owner that does the same).
+pub struct TapIo {
+    fd: OwnedFd,
+    /// Free frames given to us to read into (the tap's "fill ring").
+    fill: Vec<TapDesc>,
+    /// Frames written, waiting to be handed back by `complete`.
+    done: Vec<TapDesc>,
+    tx_errors: u64,
+}
+
+/// One worker's queue of a tap.
+pub struct TapQueue {
+    io: TapIo,
+    pool: TapPool,
+}
+
+impl TapQueue {
+    fn new(fd: OwnedFd, frames: usize) -> TapQueue {
+        let frames = frames.max(2 * TAP_RX_BATCH);
+        TapQueue {
+            io: TapIo {
+                fd,
+                fill: Vec::with_capacity(frames),
+                done: Vec::with_capacity(frames),
+                tx_errors: 0,
+            },
+            pool: TapPool {
+                mem: MemPool::new(frames, TAP_FRAME_SIZE),
+            },
+        }
+    }
+
+    pub fn into_parts(self) -> (TapIo, TapPool) {
+        (self.io, self.pool)
+    }
+}
+
+impl TapIo {
+    pub fn rx(&mut self, pool: &TapPool, out: &mut [TapDesc]) -> usize {
+        let max = out.len().min(TAP_RX_BATCH);
+        let mut n = 0;
+        // Bounded: at most `max` reads, whatever they return.
+        for _ in 0..max {
+            let Some(mut d) = self.fill.pop() else { break };
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            // SAFETY: `d` was handed to us by `fill`, so the worker does not
+            // touch its chunk until `rx` returns it; nothing else does.
+            let buf = unsafe { pool.chunk_mut(&d) };
+            let iov = [
+                libc::iovec {
+                    iov_base: hdr.as_mut_ptr().cast(),
+                    iov_len: hdr.len(),
+                },
+                libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                },
+            ];
+            // SAFETY: both iovecs point to writable memory of the given
+            // lengths that outlives the call; the fd is ours and open.
+            let r = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+            if r < 0 {
+                // EAGAIN: nothing more to read. Other errors (the device
+                // went away) read as nothing; the port is removed by ferryd.
+                self.fill.push(d);
+                break;
+            }
+            let r = r as usize;
+            if r <= VNET_HDR_LEN {
+                self.fill.push(d);
+                continue;
+            }
+            d.offload = Offload::from_bytes(&hdr);
+            // SAFETY: as above, the frame is ours.
+            unsafe { pool.set_len(&mut d, r - VNET_HDR_LEN) };
+            out[n] = d;
+            n += 1;
+        }
+        n
+    }
+
+    /// Write one frame with its virtio-net header; false if refused.
+    pub fn write_frame(&mut self, frame: &[u8], offload: Offload) -> bool {
+        let hdr = offload.to_bytes();
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: both iovecs point to readable memory of the given lengths
+        // that outlives the call; writev only reads them.
+        unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) >= 0 }
+    }
+
+    pub fn tx(&mut self, pool: &TapPool, descs: &[TapDesc]) -> usize {
+        for d in descs {
+            // SAFETY: the worker handed the frame over (it holds no
+            // reference into it until `complete` gives it back).
+            let buf = unsafe { pool.chunk_mut(d) };
+            let len = pool.len_of(d).min(buf.len());
+            if !self.write_frame(&buf[..len], d.offload) {
+                self.tx_errors += 1;
+            }
+            self.done.push(*d);
+        }
+        descs.len()
+    }
+
+    pub fn tx_room(&self) -> usize {
+        TAP_TX_ROOM
+    }
+
+    pub fn fill_room(&self) -> usize {
+        self.fill.capacity() - self.fill.len()
+    }
+
+    pub fn fill(&mut self, descs: &[TapDesc]) -> usize {
+        if descs.len() > self.fill_room() {
+            return 0;
+        }
+        self.fill.extend_from_slice(descs);
+        descs.len()
+    }
+
+    pub fn complete(&mut self, out: &mut [TapDesc]) -> usize {
+        let n = out.len().min(self.done.len());
+        let from = self.done.len() - n;
+        out[..n].copy_from_slice(&self.done[from..]);
+        self.done.truncate(from);
+        n
+    }
+
+    pub fn poll_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn take_tx_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.tx_errors)
+    }
+}
+
+impl PortQueue for TapQueue {
+    type Pool = TapPool;
+
+    fn pool(&self) -> &TapPool {
+        &self.pool
+    }
+
+    fn rx(&mut self, out: &mut [TapDesc]) -> usize {
+        self.io.rx(&self.pool, out)
+    }
+
+    fn tx_room(&mut self) -> usize {
+        self.io.tx_room()
+    }
+
+    fn tx(&mut self, descs: &[TapDesc]) -> usize {
+        self.io.tx(&self.pool, descs)
+    }
+
+    fn kick_tx(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    fn fill_room(&mut self) -> usize {
+        self.io.fill_room()
+    }
+
+    fn fill(&mut self, descs: &[TapDesc]) -> usize {
+        self.io.fill(descs)
+    }
+
+    fn kick_rx(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    fn complete(&mut self, out: &mut [TapDesc]) -> usize {
+        self.io.complete(out)
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.io.poll_fd())
+    }
+
+    fn tx_direct(&mut self, frame: &[u8], offload: Offload) -> Option<bool> {
+        Some(self.io.write_frame(frame, offload))
+    }
+
+    fn take_tx_errors(&mut self) -> u64 {
+        self.io.take_tx_errors()
+    }
+}
+
+/// Opens tap ports.
+pub struct TapBackend {
+    pub frames_per_queue: usize,
+}
+
+impl Default for TapBackend {
+    fn default() -> Self {
+        TapBackend {
+            frames_per_queue: 128,
+        }
+    }
+}
+
+/// `ioctl(fd, req, arg)` with the errno as an error.
+///
+/// # Safety
+///
+/// `arg` must be what `req` expects (a pointer to a live value of the
+/// right type, or a plain integer).
+unsafe fn ioctl(fd: RawFd, req: libc::Ioctl, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: forwarded to the caller.
+    if unsafe { libc::ioctl(fd, req, arg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attach one new queue fd (opened in the current thread's namespace) to
+/// the existing multi-queue tap `ifname`, nonblocking, with a 10-byte
+/// virtio-net header and our offloads.
+pub fn attach_queue(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| ("open /dev/net/tun", e))?;
+    let fd: OwnedFd = file.into();
+    // SAFETY: ifreq is a plain C struct for which all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+    let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
+    let raw = fd.as_raw_fd();
+    // SAFETY: TUNSETIFF reads (and writes back) the ifreq we pass a pointer
+    // to; it lives across the call.
+    unsafe {
+        ioctl(
+            raw,
+            libc::TUNSETIFF,
+            &mut ifr as *mut libc::ifreq as libc::c_ulong,
+        )
+    }
+    .map_err(|e| ("TUNSETIFF", e))?;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
+    unsafe {
+        ioctl(
+            raw,
+            libc::TUNSETVNETHDRSZ,
+            &hdr_len as *const libc::c_int as libc::c_ulong,
+        )
+    }
+    .map_err(|e| ("TUNSETVNETHDRSZ", e))?;
+    // SAFETY: TUNSETOFFLOAD takes the flags as the integer argument.
+    unsafe { ioctl(raw, libc::TUNSETOFFLOAD, libc::c_ulong::from(TAP_OFFLOADS)) }
+        .map_err(|e| ("TUNSETOFFLOAD", e))?;
+    Ok(fd)
+}
+
+/// Whether `ifname` exists in the current thread's namespace.
+fn link_exists(ifname: &str) -> bool {
+    let Ok(c) = CString::new(ifname) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// Open `count` queues of the tap `ifname` inside the namespace at
+/// `netns`, on a scoped thread that enters it (setns changes only the
+/// calling thread). The tap must exist: TUNSETIFF would otherwise create a
+/// new, non-persistent one in the pod.
+pub fn open_queues(netns: &str, ifname: &str, count: usize) -> Result<Vec<OwnedFd>, PortError> {
+    let err = |op: &'static str, source: io::Error| PortError::Tap {
+        ifname: ifname.to_string(),
+        netns: netns.to_string(),
+        op,
+        source,
+    };
+    let ns = File::open(netns).map_err(|e| err("open the network namespace", e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with an fd we hold open; the
+            // thread ends right after, so no other code runs in the pod
+            // namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(err("setns", io::Error::last_os_error()));
+            }
+            if !link_exists(ifname) {
+                return Err(PortError::NoSuchInterface {
+                    ifname: format!("{ifname} (in {netns})"),
+                });
+            }
+            (0..count.max(1))
+                .map(|_| attach_queue(ifname).map_err(|(op, e)| err(op, e)))
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(err(
+                "queue thread",
+                io::Error::other("the thread opening the queues panicked"),
+            ))
+        })
+    })
+}
+
+/// What keeps a tap port open: nothing beyond its queues (the device is
+/// persistent and ferryd's to delete).
+pub struct TapAttachment;
+
+impl PortBackend for TapBackend {
+    type Queue = TapQueue;
+    type Attachment = TapAttachment;
+
+    fn open(
+        &mut self,
+        spec: &PortSpec,
+        workers: usize,
+    ) -> Result<Opened<TapAttachment, TapQueue>, PortError> {
+        let PortKind::Tap { netns, ifname } = &spec.kind else {
+            return Err(PortError::Unsupported {
+                ifname: spec.name.clone(),
+                kind: "AF_XDP",
+            });
+        };
+        if !valid_ifname(ifname) {
+            return Err(PortError::BadName {
+                ifname: ifname.clone(),
+            });
+        }
+        let fds = open_queues(netns, ifname, workers)?;
+        let queues = fds
+            .into_iter()
+            .map(|fd| Some(TapQueue::new(fd, self.frames_per_queue)))
+            .collect();
+        log::info!(
+            "{}: tap {ifname} in {netns}, {workers} queue(s) attached",
+            spec.name
+        );
+        Ok((TapAttachment, queues))
+    }
+}

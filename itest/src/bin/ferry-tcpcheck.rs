@@ -1,0 +1,152 @@
+//! `ferry-tcpcheck`: a bounded TCP bulk transfer whose bytes are checked
+//! end to end, for the integration tests (run inside namespaces with
+//! `ip netns exec`).
+//!
+//! ```text
+//! ferry-tcpcheck recv ADDR:PORT          accept one connection, read to EOF
+//! ferry-tcpcheck send ADDR:PORT BYTES SEED   send BYTES of a seeded pattern
+//! ```
+//!
+//! Both print `<bytes> <fnv1a-64 hash>` of what they moved, so a test
+//! compares the two lines. Every wait is bounded: connect retries for 10 s,
+//! each read/write times out after 30 s, the receiver gives up accepting
+//! after 30 s.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_FOR: Duration = Duration::from_secs(10);
+const ACCEPT_FOR: Duration = Duration::from_secs(30);
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// xorshift64* bytes, 8 at a time.
+fn fill(state: &mut u64, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+fn recv(addr: SocketAddr) -> Result<(u64, u64), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    // Tell the test we listen (it waits for this line before sending).
+    println!("listening");
+    let deadline = Instant::now() + ACCEPT_FOR;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(format!("no connection on {addr} within {ACCEPT_FOR:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut total, mut hash) = (0u64, Fnv::new());
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) => return Err(format!("read after {total} bytes: {e}")),
+        }
+    }
+    Ok((total, hash.0))
+}
+
+fn send(addr: SocketAddr, bytes: u64, seed: u64) -> Result<(u64, u64), String> {
+    let deadline = Instant::now() + CONNECT_FOR;
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("connect {addr}: {e}")),
+        }
+    };
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut state = seed | 1;
+    let mut buf = vec![0u8; 128 * 1024];
+    let (mut sent, mut hash) = (0u64, Fnv::new());
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len() as u64) as usize;
+        fill(&mut state, &mut buf[..n]);
+        stream
+            .write_all(&buf[..n])
+            .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+        hash.update(&buf[..n]);
+        sent += n as u64;
+    }
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    // Wait for the receiver's close so every byte is acknowledged.
+    let mut rest = [0u8; 64];
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let _ = stream.read(&mut rest);
+    Ok((sent, hash.0))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parse_addr = |s: &String| -> Result<SocketAddr, String> {
+        s.parse().map_err(|e| format!("bad address {s:?}: {e}"))
+    };
+    let r = match args.as_slice() {
+        [cmd, addr] if cmd == "recv" => parse_addr(addr).and_then(recv),
+        [cmd, addr, bytes, seed] if cmd == "send" => {
+            match (parse_addr(addr), bytes.parse::<u64>(), seed.parse::<u64>()) {
+                (Ok(a), Ok(b), Ok(s)) => send(a, b, s),
+                _ => Err(format!("bad arguments: {args:?}")),
+            }
+        }
+        _ => Err("usage: ferry-tcpcheck recv ADDR:PORT | send ADDR:PORT BYTES SEED".into()),
+    };
+    match r {
+        Ok((bytes, hash)) => {
+            println!("{bytes} {hash:016x}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-tcpcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

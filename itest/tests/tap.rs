@@ -1,0 +1,408 @@
+//! Tap pods (virtio-net offloads): the CNI lifecycle of a tap attachment,
+//! large TCP transfers verified byte for byte between tap, veth and the
+//! node, and a dataplane restart under a tap pod.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use itest::*;
+use serde_json::Value;
+
+/// Bytes per transfer: enough for thousands of 64 KiB GSO frames.
+const BYTES: u64 = 32 * 1024 * 1024;
+
+/// The network config with `"attachment": "tap"`.
+fn tap_conf(node: &Node, version: &str) -> String {
+    let mut v: Value = serde_json::from_str(&node.conf(version)).unwrap();
+    v["attachment"] = "tap".into();
+    v.to_string()
+}
+
+/// The network config (veth by default) with the pod annotation as
+/// containerd's CRI passes it in runtimeConfig.
+fn annotated_conf(node: &Node, version: &str, attachment: &str) -> String {
+    let mut v: Value = serde_json::from_str(&node.conf(version)).unwrap();
+    v["runtimeConfig"] = serde_json::json!({
+        "io.kubernetes.cri.pod-annotations": {"ferry.dev/attachment": attachment}
+    });
+    v.to_string()
+}
+
+fn add_with(node: &Node, n: u32, conf: &str) -> Pod {
+    let ns = Netns::new(&format!("{}-p{n}", node.tag));
+    let container = format!("{}-c{n}", node.tag);
+    let out = node.cni("ADD", &container, &ns.path(), "eth0", conf);
+    out.assert_ok();
+    let result = out.json();
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address")
+        .to_string();
+    let ip = addr.split('/').next().unwrap().to_string();
+    Pod {
+        ns,
+        container,
+        ip,
+        result,
+    }
+}
+
+fn add_tap_pod(node: &Node, n: u32) -> Pod {
+    add_with(node, n, &tap_conf(node, "1.0.0"))
+}
+
+/// `ip -d link show eth0` inside the pod.
+fn pod_link(pod: &Pod) -> String {
+    ns_run_ok(&pod.ns.name, &["ip", "-d", "link", "show", "eth0"])
+}
+
+/// TX queues the pod's tap shows (one per attached dataplane queue).
+fn tap_tx_queues(pod: &Pod) -> usize {
+    ns_run_ok(&pod.ns.name, &["ls", "/sys/class/net/eth0/queues"])
+        .split_whitespace()
+        .filter(|q| q.starts_with("tx-"))
+        .count()
+}
+
+/// A child process killed and reaped when dropped (test failures included).
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    /// Wait for exit within `timeout`; its stdout and whether it succeeded.
+    fn finish(mut self, timeout: Duration) -> (bool, String, String) {
+        let mut child = self.0.take().expect("child");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("process did not finish within {timeout:?}");
+                }
+            }
+        }
+        let out = child.wait_with_output().expect("output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_in(ns: &str, args: &[&str]) -> Child {
+    let tool = bin("ferry-tcpcheck").display().to_string();
+    Command::new("ip")
+        .args(["netns", "exec", ns, &tool])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry-tcpcheck")
+}
+
+/// Send `BYTES` from namespace `from` to `to_ip:port` (a receiver in
+/// namespace `to`), and check that what arrived is what was sent.
+fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
+    let mut rx_child = spawn_in(to, &["recv", &format!("0.0.0.0:{port}")]);
+    let mut first = String::new();
+    let stdout = rx_child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    // The receiver prints one line right after bind (or exits on error).
+    reader.read_line(&mut first).expect("receiver output");
+    let rx = Reaped(Some(rx_child));
+    assert_eq!(first.trim(), "listening", "receiver in {to} did not start");
+
+    let tx = Reaped(Some(spawn_in(
+        from,
+        &[
+            "send",
+            &format!("{to_ip}:{port}"),
+            &BYTES.to_string(),
+            &seed.to_string(),
+        ],
+    )));
+    let (tx_ok, tx_out, tx_err) = tx.finish(Duration::from_secs(120));
+    let (rx_ok, _, rx_err) = rx.finish(Duration::from_secs(30));
+    let mut rx_out = String::new();
+    reader.read_line(&mut rx_out).expect("receiver result");
+    assert!(tx_ok, "sender {from} -> {to_ip}: {tx_err}");
+    assert!(rx_ok, "receiver {to}: {rx_err}");
+    let want = format!("{BYTES} ");
+    assert!(tx_out.starts_with(&want), "sender sent {tx_out}");
+    assert_eq!(
+        rx_out.trim(),
+        tx_out.trim(),
+        "{from} -> {to_ip}: bytes/hash received differ from those sent"
+    );
+}
+
+/// Stats of the port of `pod` (by endpoint id).
+fn port_stats(node: &Node, pod: &Pod) -> Value {
+    let stats = node.stats();
+    let id = format!("{}/eth0", pod.container);
+    stats["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["endpoint"] == id.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no port for {id} in {stats}"))
+}
+
+#[test]
+fn tap_pod_add_check_del_del_again() {
+    let node = Node::start("ta", NodeOpts::default());
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let ns = Netns::new(&format!("{}-v{}", node.tag, version.replace('.', "")));
+        let container = format!("{}-c{}", node.tag, version.replace('.', ""));
+        let conf = tap_conf(&node, version);
+        let out = node.cni("ADD", &container, &ns.path(), "eth0", &conf);
+        out.assert_ok();
+        let result = out.json();
+        let addr = result["ips"][0]["address"].as_str().unwrap().to_string();
+        let ip = addr.split('/').next().unwrap().to_string();
+        let mac = result["interfaces"][0]["mac"].as_str().unwrap().to_string();
+
+        // The pod's eth0 is a persistent multi-queue tap with a vnet header,
+        // with the address, MAC and MTU of the result.
+        let link = ns_run_ok(&ns.name, &["ip", "-d", "link", "show", "eth0"]);
+        for want in ["tun type tap", "vnet_hdr on", "multi_queue", "persist on"] {
+            assert!(link.contains(want), "{version}: no {want:?} in {link}");
+        }
+        assert!(link.contains(&mac), "{version}: MAC {mac} not on {link}");
+        assert!(link.contains("mtu 1500"), "{version}: {link}");
+        assert!(link.contains("state UP"), "{version}: {link}");
+        let addrs = ns_run_ok(&ns.name, &["ip", "-4", "addr", "show", "eth0"]);
+        assert!(addrs.contains(&addr), "{version}: {addrs}");
+        // The pod's stack may hand it TSO frames (the dataplane took them).
+        let offloads = ns_run_ok(&ns.name, &["ethtool", "-k", "eth0"]);
+        assert!(
+            offloads.contains("tcp-segmentation-offload: on"),
+            "{version}: {offloads}"
+        );
+        // No host-side link: nothing named after the tap's port in the node.
+        let node_links = ns_run_ok(&node.ns.name, &["ip", "link", "show"]);
+        assert!(
+            !node_links.contains(": ft"),
+            "a tap port link in the node: {node_links}"
+        );
+
+        assert!(
+            ns_run(
+                &ns.name,
+                &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.88.0.1"]
+            )
+            .status
+            .success(),
+            "{version}: tap pod -> gateway"
+        );
+        assert!(
+            ns_run(&node.ns.name, &["ping", "-c", "1", "-W", "1", &ip])
+                .status
+                .success(),
+            "{version}: node -> tap pod"
+        );
+
+        let mut check: Value = serde_json::from_str(&conf).unwrap();
+        check["prevResult"] = result.clone();
+        node.cni("CHECK", &container, &ns.path(), "eth0", &check.to_string())
+            .assert_ok();
+
+        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+            .assert_ok();
+        assert!(
+            !ns_run(&ns.name, &["ip", "link", "show", "eth0"])
+                .status
+                .success(),
+            "{version}: eth0 left after DEL"
+        );
+        // DEL again (as containerd does: then without the netns).
+        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+            .assert_ok();
+        node.cni("DEL", &container, "", "eth0", &conf).assert_ok();
+        // CHECK of a deleted pod is an error, not a panic.
+        let mut check: Value = serde_json::from_str(&conf).unwrap();
+        check["prevResult"] = result.clone();
+        let out = node.cni("CHECK", &container, &ns.path(), "eth0", &check.to_string());
+        assert_ne!(out.exit, 0, "{version}: CHECK after DEL succeeded");
+    }
+
+    // The pod annotation picks tap on a veth network; a bad value is code 7
+    // and leaves nothing behind.
+    let a = add_with(&node, 1, &annotated_conf(&node, "1.0.0", "tap"));
+    assert!(pod_link(&a).contains("tun type tap"), "{}", pod_link(&a));
+    node.cni(
+        "DEL",
+        &a.container,
+        &a.ns.path(),
+        "eth0",
+        &annotated_conf(&node, "1.0.0", "tap"),
+    )
+    .assert_ok();
+    let bad = Netns::new(&format!("{}-bad", node.tag));
+    let out = node.cni(
+        "ADD",
+        "badpod",
+        &bad.path(),
+        "eth0",
+        &annotated_conf(&node, "1.0.0", "macvtap"),
+    );
+    assert_eq!(out.code(), Some(7), "{:?}", out.json());
+    assert!(
+        !ns_run(&bad.name, &["ip", "link", "show", "eth0"])
+            .status
+            .success(),
+        "a refused ADD made eth0"
+    );
+
+    // A failed ADD undoes everything: eth0 taken by another interface makes
+    // the rename fail; the tap made under the temporary name is deleted,
+    // the foreign eth0 is untouched and the address is free again.
+    let busy = Netns::new(&format!("{}-busy", node.tag));
+    ns_run_ok(
+        &busy.name,
+        &[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
+    );
+    let out = node.cni(
+        "ADD",
+        "busypod",
+        &busy.path(),
+        "eth0",
+        &tap_conf(&node, "1.0.0"),
+    );
+    assert_ne!(out.exit, 0, "ADD over an existing eth0 succeeded");
+    let links = ns_run_ok(&busy.name, &["ip", "-d", "link", "show"]);
+    assert!(!links.contains("tun type tap"), "tap left behind: {links}");
+    assert!(
+        links.contains("eth0@eth0p") && links.contains("veth"),
+        "the foreign eth0 was touched: {links}"
+    );
+    let eps = node.ferryctl(&["endpoints", "--json"]);
+    let eps = String::from_utf8_lossy(&eps.stdout);
+    assert!(!eps.contains("busypod"), "endpoint left: {eps}");
+}
+
+#[test]
+fn large_tcp_transfers_are_exact_between_tap_veth_and_node() {
+    let node = Node::start("tt", NodeOpts::default());
+    let a = add_tap_pod(&node, 1);
+    let b = add_tap_pod(&node, 2);
+    let c = node.add_pod(3); // veth
+    assert!(pod_link(&a).contains("tun type tap"));
+    assert!(!pod_link(&c).contains("tun"), "c is a veth pod");
+
+    let before = port_stats(&node, &a);
+    // tap <-> tap: GSO frames move unchanged.
+    transfer(&a.ns.name, &b.ns.name, &b.ip, 7001, 1);
+    let after = port_stats(&node, &a);
+    let frames = after["rx_frames"].as_u64().unwrap() - before["rx_frames"].as_u64().unwrap();
+    let bytes = after["rx_bytes"].as_u64().unwrap() - before["rx_bytes"].as_u64().unwrap();
+    assert!(
+        frames > 0 && bytes / frames > 4000,
+        "tap a sent {frames} frames for {bytes} bytes: no GSO frames ({after})"
+    );
+    transfer(&b.ns.name, &a.ns.name, &a.ip, 7002, 2);
+
+    // tap <-> veth: segmented in software towards the veth pod, plain
+    // frames (zeroed header) towards the tap pod.
+    transfer(&a.ns.name, &c.ns.name, &c.ip, 7003, 3);
+    transfer(&c.ns.name, &a.ns.name, &a.ip, 7004, 4);
+
+    // tap <-> node (host port): segmented towards the node kernel.
+    transfer(&a.ns.name, &node.ns.name, "10.88.0.1", 7005, 5);
+    transfer(&node.ns.name, &a.ns.name, &a.ip, 7006, 6);
+
+    for pod in [&a, &b] {
+        let s = port_stats(&node, pod);
+        for reason in [
+            "bad_offload",
+            "gso_unsupported",
+            "frame_too_big",
+            "bad_l4_checksum",
+        ] {
+            assert!(
+                s["drops"][reason].as_u64().unwrap_or(0) == 0,
+                "{reason} on {}: {s}",
+                pod.container
+            );
+        }
+    }
+    for pod in [&a, &b, &c] {
+        node.del_pod(pod).assert_ok();
+    }
+}
+
+#[test]
+fn dataplane_restart_keeps_the_tap_pod_and_traffic_resumes() {
+    let mut node = Node::start(
+        "tr",
+        NodeOpts {
+            workers: 2,
+            ..NodeOpts::default()
+        },
+    );
+    let a = add_tap_pod(&node, 1);
+    let b = add_tap_pod(&node, 2);
+    let c = node.add_pod(3);
+    transfer(&a.ns.name, &b.ns.name, &b.ip, 7101, 11);
+    assert_eq!(tap_tx_queues(&a), 2, "one tap queue per worker");
+
+    // Two workers: two queues attached. With the dataplane gone the tap
+    // stays (persistent) with its address; it only loses its carrier.
+    node.dataplane.take().unwrap().kill();
+    let link = pod_link(&a);
+    assert!(link.contains("persist on"), "{link}");
+    let addrs = ns_run_ok(&a.ns.name, &["ip", "-4", "addr", "show", "eth0"]);
+    assert!(addrs.contains(&a.ip), "address lost: {addrs}");
+    let routes = ns_run_ok(&a.ns.name, &["ip", "route", "show"]);
+    assert!(
+        routes.contains("default via 10.88.0.1"),
+        "routes lost: {routes}"
+    );
+    assert!(!a.ping(&b.ip, 1), "traffic flowed without the dataplane");
+
+    node.start_dataplane();
+    node.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(20), || a.ping(&b.ip, 1)),
+        "tap -> tap did not resume after the restart"
+    );
+    assert_eq!(tap_tx_queues(&a), 2, "both queues reattached");
+    transfer(&a.ns.name, &b.ns.name, &b.ip, 7102, 12);
+    transfer(&c.ns.name, &a.ns.name, &a.ip, 7103, 13);
+    transfer(&a.ns.name, &c.ns.name, &c.ip, 7104, 14);
+
+    // A graceful stop/start is the same.
+    node.dataplane.take().unwrap().stop();
+    node.start_dataplane();
+    node.wait_ready();
+    assert!(
+        wait_until(Duration::from_secs(20), || b.ping(&a.ip, 1)),
+        "after a graceful restart"
+    );
+    for pod in [&a, &b, &c] {
+        node.del_pod(pod).assert_ok();
+    }
+    assert!(
+        !ns_run(&a.ns.name, &["ip", "link", "show", "eth0"])
+            .status
+            .success(),
+        "tap left after DEL"
+    );
+}
