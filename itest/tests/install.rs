@@ -448,6 +448,8 @@ fn the_config_reference_covers_every_field_and_flag() {
         "prevResult",
         "logFile",
         "logLevel",
+        "attachment",
+        "runtimeConfig.io.kubernetes.cri.pod-annotations",
     ] {
         assert!(
             doc.contains(&format!("`{key}`")),
