@@ -44,6 +44,8 @@ fn tables() -> &'static Tables {
                     ipv4: ip,
                     mac: MacAddr::for_pod(ip),
                     attachment: Default::default(),
+                    netns: String::new(),
+                    pod_ifname: String::new(),
                 }
             })
             .collect();
