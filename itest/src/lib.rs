@@ -485,9 +485,14 @@ impl Node {
 
     /// Create a pod namespace and ADD it (cniVersion 1.0.0).
     pub fn add_pod(&self, n: u32) -> Pod {
+        self.add_pod_with(n, &self.conf("1.0.0"))
+    }
+
+    /// Create a pod namespace and ADD it with the network config `conf`.
+    pub fn add_pod_with(&self, n: u32, conf: &str) -> Pod {
         let ns = Netns::new(&format!("{}-p{n}", self.tag));
         let container = format!("{}-c{n}", self.tag);
-        let out = self.cni("ADD", &container, &ns.path(), "eth0", &self.conf("1.0.0"));
+        let out = self.cni("ADD", &container, &ns.path(), "eth0", conf);
         out.assert_ok();
         let result = out.json();
         let addr = result["ips"][0]["address"]

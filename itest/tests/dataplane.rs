@@ -5,6 +5,26 @@ use std::time::Duration;
 
 use itest::*;
 
+/// iperf3 TCP from `client` to a one-shot server started in `server` on
+/// `port`; asserts it ran and moved more than 1 MB.
+fn iperf3_moves_data(client: &Pod, server: &Pod, port: &str, extra: &[&str]) {
+    let srv = ns_run(&server.ns.name, &["iperf3", "-s", "-D", "-1", "-p", port]);
+    assert!(srv.status.success(), "iperf3 -s: {srv:?}");
+    let mut args = vec!["iperf3", "-c", &server.ip, "-p", port, "-J"];
+    args.extend_from_slice(extra);
+    let cli = ns_run(&client.ns.name, &args);
+    assert!(
+        cli.status.success(),
+        "iperf3 {} -> {}: {}",
+        client.ip,
+        server.ip,
+        String::from_utf8_lossy(&cli.stdout)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let bytes = j["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
+}
+
 #[test]
 fn pods_talk_through_the_dataplane_only() {
     let mut node = Node::start("fd", NodeOpts::default());
@@ -56,20 +76,7 @@ fn pods_talk_through_the_dataplane_only() {
     );
 
     // TCP with default pod offloads (partial checksums completed by the dataplane).
-    let srv = ns_run(&b.ns.name, &["iperf3", "-s", "-D", "-1", "-p", "5301"]);
-    assert!(srv.status.success(), "iperf3 -s: {srv:?}");
-    let cli = ns_run(
-        &a.ns.name,
-        &["iperf3", "-c", &b.ip, "-p", "5301", "-t", "1", "-J"],
-    );
-    assert!(
-        cli.status.success(),
-        "iperf3 a -> b: {}",
-        String::from_utf8_lossy(&cli.stdout)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
-    let bytes = j["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
+    iperf3_moves_data(&a, &b, "5301", &["-t", "1"]);
 
     // With the dataplane stopped, pod-to-pod traffic stops...
     node.dataplane.take().unwrap().stop();
@@ -146,22 +153,7 @@ fn two_workers_share_the_pod_traffic() {
 
     // Eight TCP flows: the pod veth spreads them over its two queues by flow
     // hash, so both workers (one per queue) forward frames.
-    let srv = ns_run(&b.ns.name, &["iperf3", "-s", "-D", "-1", "-p", "5302"]);
-    assert!(srv.status.success(), "iperf3 -s: {srv:?}");
-    let cli = ns_run(
-        &a.ns.name,
-        &[
-            "iperf3", "-c", &b.ip, "-p", "5302", "-t", "2", "-P", "8", "-J",
-        ],
-    );
-    assert!(
-        cli.status.success(),
-        "iperf3 a -> b: {}",
-        String::from_utf8_lossy(&cli.stdout)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
-    let bytes = j["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-    assert!(bytes > 1e6, "iperf3 moved only {bytes} bytes");
+    iperf3_moves_data(&a, &b, "5302", &["-t", "2", "-P", "8"]);
 
     let stats = node.stats();
     let workers = stats["workers"].as_array().expect("workers in stats");

@@ -29,27 +29,8 @@ fn annotated_conf(node: &Node, version: &str, attachment: &str) -> String {
     v.to_string()
 }
 
-fn add_with(node: &Node, n: u32, conf: &str) -> Pod {
-    let ns = Netns::new(&format!("{}-p{n}", node.tag));
-    let container = format!("{}-c{n}", node.tag);
-    let out = node.cni("ADD", &container, &ns.path(), "eth0", conf);
-    out.assert_ok();
-    let result = out.json();
-    let addr = result["ips"][0]["address"]
-        .as_str()
-        .expect("ips[0].address")
-        .to_string();
-    let ip = addr.split('/').next().unwrap().to_string();
-    Pod {
-        ns,
-        container,
-        ip,
-        result,
-    }
-}
-
 fn add_tap_pod(node: &Node, n: u32) -> Pod {
-    add_with(node, n, &tap_conf(node, "1.0.0"))
+    node.add_pod_with(n, &tap_conf(node, "1.0.0"))
 }
 
 /// `ip -d link show eth0` inside the pod.
@@ -243,7 +224,7 @@ fn tap_pod_add_check_del_del_again() {
 
     // The pod annotation picks tap on a veth network; a bad value is code 7
     // and leaves nothing behind.
-    let a = add_with(&node, 1, &annotated_conf(&node, "1.0.0", "tap"));
+    let a = node.add_pod_with(1, &annotated_conf(&node, "1.0.0", "tap"));
     assert!(pod_link(&a).contains("tun type tap"), "{}", pod_link(&a));
     node.cni(
         "DEL",
