@@ -48,6 +48,12 @@ enum Cmd {
         /// Generator threads of the UDP workloads (each its own socket and 8 flows).
         #[arg(long, default_value_t = 1)]
         senders: u32,
+        /// Comma-separated main-case workloads to run (default: all) among tcp-1, tcp-4, udp-64B, udp-1400B, ping, tcp-rr.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
+        /// Extra ferry-dataplane arguments for every ferry topology, e.g. `--dataplane-args='--idle-spin-us 20'` (split at spaces; recorded in the report).
+        #[arg(long, allow_hyphen_values = true)]
+        dataplane_args: Option<String>,
     },
     /// Remove fpf-* network namespaces left by a killed run.
     Cleanup,
@@ -85,6 +91,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             scale_pods,
             ferry_workers,
             senders,
+            workloads,
+            dataplane_args,
         } => {
             let mut o = e2e::Options::new(quick);
             o.out = out;
@@ -96,6 +104,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             o.scale_pods = scale_pods.into_iter().filter(|n| *n > 2).collect();
             o.extra_ferry_workers = (ferry_workers > 1).then_some(ferry_workers);
             o.senders = senders.clamp(1, 64);
+            o.workloads = workloads;
+            o.dataplane_args = dataplane_args
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             match e2e::run(&o) {
                 Ok(outcome) => {
                     println!("{}", outcome.markdown);

@@ -45,6 +45,11 @@ pub struct Options {
     pub extra_ferry_workers: Option<u32>,
     /// Generator threads of the UDP workloads (default 1).
     pub senders: u32,
+    /// Main-case workloads to run, by label (`tcp-1`, `udp-64B`, ...);
+    /// empty: all of [`WORKLOADS`].
+    pub workloads: Vec<String>,
+    /// Extra ferry-dataplane arguments of every ferry topology (tuning runs).
+    pub dataplane_args: Vec<String>,
 }
 
 impl Options {
@@ -61,6 +66,8 @@ impl Options {
             scale_pods: vec![16, 64],
             extra_ferry_workers: Some(2),
             senders: 1,
+            workloads: Vec::new(),
+            dataplane_args: Vec::new(),
         }
     }
 
@@ -227,6 +234,15 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
     m.insert("kernel".into(), json!(read("/proc/sys/kernel/osrelease")));
     m.insert("iperf3".into(), json!(iperf.unwrap_or_default()));
     m.insert("repetitions".into(), json!(reps));
+    if !opts.dataplane_args.is_empty() {
+        m.insert(
+            "dataplane_args".into(),
+            json!(opts.dataplane_args.join(" ")),
+        );
+    }
+    if !opts.workloads.is_empty() {
+        m.insert("workloads".into(), json!(opts.workloads.join(",")));
+    }
     m.insert(
         "durations".into(),
         json!({
@@ -254,6 +270,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let params = opts.params();
     let reps = opts.reps.unwrap_or(if opts.quick { 2 } else { 3 }).max(1);
     let plan = planned(opts)?;
+    let chosen = selected_workloads(&opts.workloads)?;
     let order: Vec<String> = plan.iter().map(|(n, _)| n.clone()).collect();
     let mut meta = machine_meta(opts, &params, reps);
     let out_dir = opts
@@ -272,8 +289,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let mut topos: Vec<Topology> = Vec::new();
         for (name, kind) in &plan {
             eprintln!("perf: building {name}");
-            let built = Topology::build(name, *kind, &run_tag, 2, &opts.bin_dir)
-                .and_then(|mut tp| tp.start_iperf_server().map(|_| tp));
+            let built = Topology::build(
+                name,
+                *kind,
+                &run_tag,
+                2,
+                &opts.bin_dir,
+                &opts.dataplane_args,
+            )
+            .and_then(|mut tp| tp.start_iperf_server().map(|_| tp));
             match built {
                 Ok(tp) => topos.push(tp),
                 Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
@@ -340,7 +364,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         let t = Instant::now();
         let only_64 = |tp: &Topology| matches!(tp.kind, Kind::Ferry { workers } if workers > 1);
         for rep in 0..reps {
-            for w in WORKLOADS {
+            for &w in &chosen {
                 for tp in topos.iter_mut() {
                     if only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME) {
                         continue;
@@ -433,6 +457,25 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     })
 }
 
+/// The main-case workloads named in `labels` (all when empty), in run
+/// order; an unknown label is an error naming the known ones.
+fn selected_workloads(labels: &[String]) -> Result<Vec<Workload>> {
+    if let Some(bad) = labels
+        .iter()
+        .find(|l| !WORKLOADS.iter().any(|w| w.label() == **l))
+    {
+        let known: Vec<String> = WORKLOADS.iter().map(|w| w.label()).collect();
+        return Err(E2eError::setup(
+            "-",
+            format!("unknown workload {bad:?} (known: {})", known.join(", ")),
+        ));
+    }
+    Ok(WORKLOADS
+        .into_iter()
+        .filter(|w| labels.is_empty() || labels.contains(&w.label()))
+        .collect())
+}
+
 fn measure(
     tp: &mut Topology,
     w: Workload,
@@ -504,5 +547,19 @@ mod tests {
         let mut o = Options::new(false);
         o.scale_pods = vec![16, 251];
         assert!(planned(&o).unwrap_err().to_string().contains("at most 250"));
+    }
+
+    #[test]
+    fn workloads_are_chosen_by_label_in_run_order() {
+        assert_eq!(selected_workloads(&[]).unwrap(), WORKLOADS.to_vec());
+        let some = ["ping".to_string(), "tcp-1".to_string()];
+        assert_eq!(
+            selected_workloads(&some).unwrap(),
+            vec![Workload::Tcp(1), Workload::Ping]
+        );
+        let err = selected_workloads(&["tcp-9".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tcp-9") && err.contains("udp-1400B"), "{err}");
     }
 }

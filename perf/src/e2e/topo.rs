@@ -204,12 +204,14 @@ fn subnet(kind: Kind) -> &'static str {
 
 impl Topology {
     /// Build the topology `kind` named `name` with `pods` pods. `run_tag` makes names unique.
+    /// `dataplane_args` are appended to ferry-dataplane's command line (ferry kinds only).
     pub fn build(
         name: &str,
         kind: Kind,
         run_tag: &str,
         pods: usize,
         bin_dir: &Path,
+        dataplane_args: &[String],
     ) -> Result<Topology> {
         let tag = format!("fpf-{run_tag}-{}", short(kind));
         let dir = TempDir::create(&format!("{run_tag}-{}", short(kind)))?;
@@ -219,8 +221,14 @@ impl Topology {
         let (backend, plugin) = match kind {
             Kind::Ferry { workers } | Kind::FerryTap { workers } => {
                 check_ferry_bins(bin_dir)?;
-                let (backend, mut conf) =
-                    start_ferry(&node, &dir.path, bin_dir, workers, subnet(kind))?;
+                let (backend, mut conf) = start_ferry(
+                    &node,
+                    &dir.path,
+                    bin_dir,
+                    workers,
+                    dataplane_args,
+                    subnet(kind),
+                )?;
                 if matches!(kind, Kind::FerryTap { .. }) {
                     conf["attachment"] = json!("tap");
                 }
@@ -479,6 +487,7 @@ fn start_ferry(
     dir: &Path,
     bin: &Path,
     workers: u32,
+    extra_args: &[String],
     cidr: &str,
 ) -> Result<(Backend, Value)> {
     let gw = {
@@ -501,16 +510,18 @@ fn start_ferry(
     let cfg = dir.join("ferryd.toml");
     fs::write(&cfg, config).map_err(|e| E2eError::io(format!("write {}", cfg.display()), e))?;
     let s = |p: &Path| p.display().to_string();
+    let mut args = vec![
+        s(&bin.join("ferry-dataplane")),
+        "--socket".into(),
+        s(&dp_sock),
+        "--workers".into(),
+        workers.to_string(),
+    ];
+    args.extend_from_slice(extra_args);
     let mut dataplane = Proc::spawn_in_ns(
         "ferry-dataplane",
         &node.name,
-        &[
-            s(&bin.join("ferry-dataplane")),
-            "--socket".into(),
-            s(&dp_sock),
-            "--workers".into(),
-            workers.to_string(),
-        ],
+        &args,
         Some(&dir.join("ferry-dataplane.log")),
     )?;
     let up = sys::wait_until(Duration::from_secs(20), || dp_sock.exists())?;
