@@ -299,6 +299,10 @@ impl PortQueue for NodeQueue {
         }
     }
 
+    fn fill_is_local(&self) -> bool {
+        matches!(self.io, NodeIo::Tap(_))
+    }
+
     fn take_tx_errors(&mut self) -> u64 {
         match &mut self.io {
             NodeIo::Xsk { .. } => 0,

@@ -302,6 +302,10 @@ impl PortQueue for TapQueue {
         Some(self.io.write_frame(frame, offload))
     }
 
+    fn fill_is_local(&self) -> bool {
+        true
+    }
+
     fn take_tx_errors(&mut self) -> u64 {
         self.io.take_tx_errors()
     }

@@ -295,7 +295,8 @@ impl<Q: PortQueue> Worker<Q> {
     fn refill(&mut self, qi: usize, force: bool) {
         let a = &mut self.queues[qi];
         let missing = a.fill_target.saturating_sub(a.in_fill);
-        if missing == 0 || (!force && missing < REFILL_MIN && a.in_fill > 0) {
+        let batched = !a.queue.fill_is_local();
+        if missing == 0 || (!force && batched && missing < REFILL_MIN && a.in_fill > 0) {
             return;
         }
         let give = missing.min(a.free.len()).min(a.queue.fill_room());
