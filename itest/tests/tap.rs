@@ -387,3 +387,62 @@ fn dataplane_restart_keeps_the_tap_pod_and_traffic_resumes() {
         "tap left after DEL"
     );
 }
+
+/// Idle passes of every worker so far.
+fn idle_polls(node: &Node) -> u64 {
+    node.stats()["workers"]
+        .as_array()
+        .expect("workers in stats")
+        .iter()
+        .map(|w| w["idle_polls"].as_u64().expect("idle_polls"))
+        .sum()
+}
+
+#[test]
+fn a_tap_deleted_under_the_dataplane_is_not_polled_and_the_rest_keeps_working() {
+    let node = Node::start("tx", NodeOpts::default());
+    let a = add_tap_pod(&node, 1);
+    let b = add_tap_pod(&node, 2);
+    let c = node.add_pod(3); // veth
+    assert!(
+        wait_until(Duration::from_secs(10), || a.ping(&b.ip, 1)),
+        "tap -> tap before the deletion"
+    );
+
+    // The device goes away behind ferry's back. Its queue fds then poll
+    // as POLLERR at once, forever: a worker that kept polling them would
+    // never sleep again.
+    ns_run_ok(&a.ns.name, &["ip", "link", "del", "eth0"]);
+    let dp = node.dataplane.as_ref().expect("dataplane");
+    assert!(
+        wait_until(Duration::from_secs(15), || dp
+            .log_text()
+            .contains("reports an error")),
+        "the worker never noticed the dead queue: {}",
+        dp.log_text()
+    );
+    let before = idle_polls(&node);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = idle_polls(&node) - before;
+    // Sleeping, a worker passes about once per 10 ms idle timeout (~200 in
+    // 2 s); spinning on the dead fd it passes millions of times.
+    assert!(idle < 5_000, "the worker spins: {idle} idle passes in 2 s");
+
+    // The other pods are untouched.
+    assert!(
+        wait_until(Duration::from_secs(10), || b.ping(&c.ip, 1)),
+        "tap b -> veth c after a's tap went away"
+    );
+    transfer(&b.ns.name, &c.ns.name, &c.ip, 7201, 21);
+    transfer(&c.ns.name, &b.ns.name, &b.ip, 7202, 22);
+
+    // DEL of the pod whose interface is gone still succeeds and removes
+    // its endpoint.
+    node.del_pod(&a).assert_ok();
+    let eps = node.ferryctl(&["endpoints", "--json"]);
+    let eps = String::from_utf8_lossy(&eps.stdout);
+    assert!(!eps.contains(&a.container), "endpoint left: {eps}");
+    for pod in [&b, &c] {
+        node.del_pod(pod).assert_ok();
+    }
+}
