@@ -214,7 +214,26 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames received on this port and dropped, by drop-reason name.
     pub drops: BTreeMap<String, u64>,
+    /// The kernel's own counters of the port's AF_XDP sockets
+    /// (`XDP_STATISTICS`, names in [`XSK_COUNTERS`]), summed over the
+    /// workers and refreshed by each worker about once a second: frames the
+    /// kernel dropped before ferry could see them (`rx_ring_full`,
+    /// `rx_dropped`, `rx_invalid_descs`), fill-ring and TX-ring misses, TX
+    /// descriptors it rejected. Empty for tap ports (no socket).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kernel: BTreeMap<String, u64>,
 }
+
+/// The `XDP_STATISTICS` counters of an AF_XDP socket, in the kernel's
+/// `struct xdp_statistics` order.
+pub const XSK_COUNTERS: [&str; 6] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+];
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct WorkerStats {

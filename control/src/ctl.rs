@@ -302,6 +302,27 @@ fn drops_text(d: &std::collections::BTreeMap<String, u64>) -> String {
     }
 }
 
+/// The kernel's AF_XDP counters that are frames lost (the others count
+/// ring misses, not frames), as they show in `ferryctl stats` and `drops`.
+const KERNEL_DROPS: [&str; 4] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "rx_ring_full",
+    "tx_invalid_descs",
+];
+
+/// A port's drops by reason plus its kernel-side socket drops, these named
+/// `xsk:<counter>`.
+fn port_drops(p: &ferry_api::table::PortStats) -> std::collections::BTreeMap<String, u64> {
+    let mut d = p.drops.clone();
+    for name in KERNEL_DROPS {
+        if let Some(n) = p.kernel.get(name) {
+            d.insert(format!("xsk:{name}"), *n);
+        }
+    }
+    d
+}
+
 pub fn render_stats(s: &Stats) -> String {
     let ports: Vec<Vec<String>> = s
         .ports
@@ -319,7 +340,7 @@ pub fn render_stats(s: &Stats) -> String {
                 p.rx_bytes.to_string(),
                 p.tx_frames.to_string(),
                 p.tx_bytes.to_string(),
-                drops_text(&p.drops),
+                drops_text(&port_drops(p)),
             ]
         })
         .collect();
@@ -383,14 +404,14 @@ pub fn drop_rows(s: &Stats) -> Vec<DropRow> {
         .ports
         .iter()
         .flat_map(|p| {
-            p.drops
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(move |(reason, n)| DropRow {
+            port_drops(p)
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(move |(reason, frames)| DropRow {
                     port: p.name.clone(),
                     endpoint: p.endpoint.clone(),
-                    reason: reason.clone(),
-                    frames: *n,
+                    reason,
+                    frames,
                 })
         })
         .collect();
@@ -503,6 +524,35 @@ mod tests {
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["reason"], "no_endpoint");
         assert_eq!(json[0]["frames"], 2);
+    }
+
+    #[test]
+    fn kernel_socket_drops_show_beside_the_reasons() {
+        let mut s = Stats {
+            ports: vec![PortStats {
+                name: "ferry0dp".into(),
+                endpoint: "host".into(),
+                drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
+                kernel: BTreeMap::from([
+                    ("rx_ring_full".to_string(), 7),
+                    ("rx_dropped".to_string(), 0),
+                    // A ring miss, not a lost frame: not a drop.
+                    ("rx_fill_ring_empty_descs".to_string(), 9),
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render_stats(&s);
+        assert!(text.contains("no_endpoint=2,xsk:rx_ring_full=7"), "{text}");
+        assert!(!text.contains("fill_ring"), "{text}");
+        let rows = drop_rows(&s);
+        let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, ["no_endpoint", "xsk:rx_ring_full"]);
+        assert_eq!(rows[1].frames, 7);
+        // A tap port has no socket counters: nothing extra.
+        s.ports[0].kernel.clear();
+        assert_eq!(drop_rows(&s).len(), 1);
     }
 
     #[test]

@@ -299,6 +299,24 @@ pub fn render(s: &Snapshot) -> String {
     }
     let mut f = Family::new(
         &mut out,
+        "ferry_port_xsk_total",
+        "counter",
+        "The kernel's counters of a port's AF_XDP sockets (XDP_STATISTICS), summed over workers, read by each worker about once a second; rx_ring_full, rx_dropped and rx_invalid_descs are frames lost before the dataplane saw them. Absent for tap ports.",
+    );
+    for p in &stats.ports {
+        for (counter, n) in &p.kernel {
+            f.sample(
+                &[
+                    ("port", &p.name),
+                    ("endpoint", &p.endpoint),
+                    ("counter", counter),
+                ],
+                *n,
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
         "ferry_port_attached",
         "gauge",
         "1 if the port's XDP program is attached and its AF_XDP sockets are bound.",
@@ -615,6 +633,10 @@ mod tests {
                         tx_frames: 4,
                         tx_bytes: 400,
                         drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
+                        kernel: BTreeMap::from([
+                            ("rx_ring_full".to_string(), 3),
+                            ("rx_dropped".to_string(), 0),
+                        ]),
                     },
                     PortStats {
                         name: "fy0123456789a".into(),
@@ -661,6 +683,8 @@ mod tests {
             "ferry_port_tx_bytes_total{port=\"ferry0dp\",endpoint=\"host\"} 400",
             "ferry_port_drops_total{port=\"ferry0dp\",endpoint=\"host\",reason=\"no_endpoint\"} 2",
             "ferry_port_attached{port=\"fy0123456789a\",endpoint=\"c\\\"1/eth0\"} 0",
+            "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_ring_full\"} 3",
+            "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_dropped\"} 0",
             "ferry_worker_busy_polls_total{worker=\"0\"} 5",
             "ferry_worker_idle_polls_total{worker=\"0\"} 9",
             "ferry_worker_drops_total{worker=\"0\",reason=\"no_endpoint\"} 2",

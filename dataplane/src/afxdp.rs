@@ -163,6 +163,10 @@ impl PortQueue for XskQueue {
     fn poll_fd(&self) -> Option<RawFd> {
         self.rings.poll_fd()
     }
+
+    fn kernel_stats(&self) -> Option<[u64; 6]> {
+        self.rings.kernel_stats()
+    }
 }
 
 /// The ring operations of [`PortQueue`], on descriptors of the UMEM the
@@ -222,6 +226,19 @@ impl XskRings {
 
     pub fn poll_fd(&self) -> Option<RawFd> {
         Some(self.rx.fd().as_raw_fd())
+    }
+
+    /// `getsockopt(XDP_STATISTICS)` of the socket.
+    pub fn kernel_stats(&self) -> Option<[u64; 6]> {
+        let s = self.rx.fd().xdp_statistics().ok()?;
+        Some([
+            s.rx_dropped(),
+            s.rx_invalid_descs(),
+            s.tx_invalid_descs(),
+            s.rx_ring_full(),
+            s.rx_fill_ring_empty_descs(),
+            s.tx_ring_empty_descs(),
+        ])
     }
 }
 

@@ -299,6 +299,13 @@ impl PortQueue for NodeQueue {
         }
     }
 
+    fn kernel_stats(&self) -> Option<[u64; 6]> {
+        match &self.io {
+            NodeIo::Xsk { rings, .. } => rings.kernel_stats(),
+            NodeIo::Tap(_) => None,
+        }
+    }
+
     fn fill_is_local(&self) -> bool {
         matches!(self.io, NodeIo::Tap(_))
     }

@@ -12,7 +12,7 @@
 //! same cache line.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
 
@@ -51,6 +51,10 @@ pub struct PortCountersInner {
     tx_frames: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; REASON_SLOTS],
+    /// The last `XDP_STATISTICS` read of this worker's socket (absolute
+    /// values, stored, not added), and whether there was one.
+    kernel: [AtomicU64; 6],
+    has_kernel: AtomicBool,
 }
 
 pub type PortCounters = CachePadded<PortCountersInner>;
@@ -62,6 +66,8 @@ pub fn new_port_counters() -> PortCounters {
         tx_frames: AtomicU64::new(0),
         tx_bytes: AtomicU64::new(0),
         drops: zeroed(),
+        kernel: std::array::from_fn(|_| AtomicU64::new(0)),
+        has_kernel: AtomicBool::new(false),
     })
 }
 
@@ -83,6 +89,14 @@ impl PortCountersInner {
         bump(&self.drops[slot(reason)], 1);
     }
 
+    /// Record the kernel's counters of this worker's socket on the port.
+    pub fn set_kernel(&self, values: &[u64; 6]) {
+        for (c, v) in self.kernel.iter().zip(values) {
+            c.store(*v, Relaxed);
+        }
+        self.has_kernel.store(true, Relaxed);
+    }
+
     /// Add this block's values into `into` (summing over workers).
     pub fn sum_into(&self, into: &mut ferry_api::table::PortStats) {
         into.rx_frames += self.rx_frames.load(Relaxed);
@@ -90,6 +104,11 @@ impl PortCountersInner {
         into.tx_frames += self.tx_frames.load(Relaxed);
         into.tx_bytes += self.tx_bytes.load(Relaxed);
         drops_map(&self.drops, &mut into.drops);
+        if self.has_kernel.load(Relaxed) {
+            for (name, c) in ferry_api::table::XSK_COUNTERS.iter().zip(&self.kernel) {
+                *into.kernel.entry(name.to_string()).or_default() += c.load(Relaxed);
+            }
+        }
     }
 }
 
@@ -182,6 +201,19 @@ mod tests {
         assert_eq!(s.drops.get("no_endpoint"), Some(&2));
         assert_eq!(s.drops.get("tx_ring_full"), Some(&1));
         assert_eq!(s.drops.len(), 2, "zero counters are left out");
+        assert!(s.kernel.is_empty(), "no socket counters were read");
+
+        // Socket counters are absolute: a later read replaces the earlier.
+        a.set_kernel(&[1, 0, 0, 5, 0, 0]);
+        a.set_kernel(&[1, 0, 0, 6, 2, 0]);
+        b.set_kernel(&[0, 0, 0, 1, 0, 0]);
+        let mut s = PortStats::default();
+        a.sum_into(&mut s);
+        b.sum_into(&mut s);
+        assert_eq!(s.kernel.len(), 6, "every XDP_STATISTICS counter: {s:?}");
+        assert_eq!(s.kernel["rx_ring_full"], 7);
+        assert_eq!(s.kernel["rx_dropped"], 1);
+        assert_eq!(s.kernel["rx_fill_ring_empty_descs"], 2);
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub trait PortQueue: Send + 'static {
         false
     }
 
+    /// The kernel's counters of this queue's AF_XDP socket
+    /// (`XDP_STATISTICS`, in [`ferry_api::table::XSK_COUNTERS`] order);
+    /// `None` for queues without one (taps) or when the kernel refuses.
+    fn kernel_stats(&self) -> Option<[u64; 6]> {
+        None
+    }
+
     /// Frames taken by [`PortQueue::tx`] that the kernel then refused
     /// (tap writes), since the last call. Rings never refuse a taken frame.
     fn take_tx_errors(&mut self) -> u64 {

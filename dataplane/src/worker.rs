@@ -79,6 +79,12 @@ pub const MAX_BATCH: usize = 256;
 /// Refill a fill ring only when at least this many frames are missing (or
 /// it ran empty), so fill commits are batched.
 const REFILL_MIN: usize = 16;
+/// How often a worker reads its sockets' kernel counters (XDP_STATISTICS).
+const KERNEL_STATS_EVERY: Duration = Duration::from_secs(1);
+/// Busy passes between two looks at the clock for [`KERNEL_STATS_EVERY`]
+/// (an idle pass always looks: it is about to sleep anyway).
+const KERNEL_STATS_PASSES: u32 = 1024;
+
 /// Upper bound of frames parked in one queue's fill ring (half the pool at
 /// most, so there are always frames to copy forwarded traffic into).
 const FILL_TARGET_MAX: usize = 1024;
@@ -187,11 +193,21 @@ impl<Q: PortQueue> Worker<Q> {
         // The clock is read once per pass (never per frame), and only while
         // spinning is enabled.
         let mut last_busy: Option<Instant> = None;
+        let mut kernel_read = Instant::now();
+        let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             if !self.apply_commands() {
                 break;
             }
-            if self.pass() {
+            let busy = self.pass();
+            passes = passes.wrapping_add(1);
+            if (!busy || passes.is_multiple_of(KERNEL_STATS_PASSES))
+                && kernel_read.elapsed() >= KERNEL_STATS_EVERY
+            {
+                self.read_kernel_stats();
+                kernel_read = Instant::now();
+            }
+            if busy {
                 self.counters.busy_poll();
                 if !self.cfg.idle_spin.is_zero() {
                     last_busy = Some(Instant::now());
@@ -276,6 +292,15 @@ impl<Q: PortQueue> Worker<Q> {
         // Closes the socket and frees its pool with every frame in it.
         drop(gone);
         self.queues_changed();
+    }
+
+    /// Copy every socket's kernel counters into its port counters.
+    fn read_kernel_stats(&mut self) {
+        for a in &self.queues {
+            if let Some(values) = a.queue.kernel_stats() {
+                a.counters.set_kernel(&values);
+            }
+        }
     }
 
     fn queues_changed(&mut self) {

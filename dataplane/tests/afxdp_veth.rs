@@ -314,6 +314,14 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
     let (a0, a1) = (port(&before, "fya"), port(&after, "fya"));
     let (b0, b1) = (port(&before, "fyb"), port(&after, "fyb"));
     let (h0, h1) = (port(&before, "ferry0dp"), port(&after, "ferry0dp"));
+    // The kernel's socket counters, read by the workers about once a
+    // second (the pings took longer): present on every AF_XDP port, and
+    // the kernel never saw a descriptor of ours it had to reject.
+    for p in [&a1, &b1, &h1] {
+        assert_eq!(p.kernel.len(), 6, "XDP_STATISTICS of {}: {p:?}", p.name);
+        assert_eq!(p.kernel["rx_invalid_descs"], 0, "{p:?}");
+        assert_eq!(p.kernel["tx_invalid_descs"], 0, "{p:?}");
+    }
     assert!(
         a1.rx_frames >= a0.rx_frames + 9,
         "A sent >= 9 frames: {a0:?} -> {a1:?}"

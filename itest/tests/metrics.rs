@@ -140,6 +140,25 @@ fn metrics_rise_with_traffic() {
         "no no_endpoint drop counted: {after:?}"
     );
     assert!(sum(&after, "ferry_worker_drops_total", "reason=\"no_endpoint\"") >= 1);
+    // The kernel's AF_XDP socket counters of the pod's port (read by the
+    // worker about once a second; the pings took longer than that).
+    for counter in ["rx_ring_full", "rx_dropped", "tx_invalid_descs"] {
+        let series = format!("{a_ep},counter=\"{counter}\"");
+        assert!(
+            after
+                .keys()
+                .any(|k| k.starts_with("ferry_port_xsk_total{") && k.contains(&series)),
+            "no ferry_port_xsk_total {series} series: {after:?}"
+        );
+    }
+    assert_eq!(
+        sum(
+            &after,
+            "ferry_port_xsk_total",
+            &format!("{a_ep},counter=\"tx_invalid_descs\"")
+        ),
+        0
+    );
     assert!(
         sum(&after, "ferry_worker_busy_polls_total", "worker=\"0\"")
             > sum(&before, "ferry_worker_busy_polls_total", "worker=\"0\""),
