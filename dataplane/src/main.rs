@@ -46,8 +46,9 @@ struct Cli {
     tap_frames_per_queue: usize,
     /// How long a worker keeps polling without sleeping after it last moved
     /// a frame, in microseconds (0: sleep at the first empty pass). Off by
-    /// default: on a 2-core machine spinning takes the core the pods' own
-    /// processes need (tap TCP went from 8.5 to 6.8 Gbit/s with 50 µs).
+    /// default: it costs a busy core, which a 2-core machine's pods need
+    /// (tap TCP, one stream: +5-10 % with 20-60 µs on one such machine, 8.5
+    /// -> 6.8 Gbit/s with 50 µs on another; 4 streams: no better).
     #[arg(long, default_value_t = 0)]
     idle_spin_us: u64,
     /// How long an idle worker sleeps in poll(2), in milliseconds.
