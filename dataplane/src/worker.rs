@@ -7,7 +7,8 @@
 //! one table snapshot and one timestamp, move each frame to the TX batch of
 //! its egress queue or back to the free list, and commit each TX batch once.
 //! A pass that found nothing sleeps in poll(2) on the queues' descriptors so
-//! an idle node does not burn a core.
+//! an idle node does not burn a core. About once a second a worker copies
+//! its sockets' kernel counters (XDP_STATISTICS) into its port counters.
 //!
 //! Frame accounting: every queue has its own pool and free list. A frame
 //! leaving by its ingress port moves by descriptor; a frame for another port
@@ -190,7 +191,8 @@ impl<Q: PortQueue> Worker<Q> {
             self.cfg.cpu,
             self.cfg.batch
         );
-        // The clock is read once per pass (never per frame), and only while
+        // The clock is never read per frame: only on idle passes, on every
+        // KERNEL_STATS_PASSES-th busy pass, and on busy passes while
         // spinning is enabled.
         let mut last_busy: Option<Instant> = None;
         let mut kernel_read = Instant::now();
