@@ -588,13 +588,10 @@ mod tests {
 
     /// What `wire` sent, waiting (bounded) for at least `n` frames.
     fn sent(wire: &MemWire, n: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let mut got = Vec::new();
-        while got.len() < n && Instant::now() < deadline {
-            got.extend(wire.take_sent());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        got
+        sent_offloaded(wire, n)
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect()
     }
 
     fn wait_rx_drained(wire: &MemWire) {
@@ -859,6 +856,8 @@ mod tests {
         f
     }
 
+    /// What `wire` sent with its headers, waiting (bounded) for at least
+    /// `n` frames.
     fn sent_offloaded(wire: &MemWire, n: usize) -> Vec<(Offload, Vec<u8>)> {
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut got = Vec::new();

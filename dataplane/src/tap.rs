@@ -28,10 +28,9 @@
 //! only touched when used).
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use crate::mem::{MemDesc, MemPool};
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
@@ -46,12 +45,6 @@ pub const TAP_FRAME_SIZE: usize = 66 * 1024;
 pub const TAP_RX_BATCH: usize = 32;
 /// What `tx_room` reports: writes are synchronous, there is no ring.
 const TAP_TX_ROOM: usize = 1 << 16;
-/// Offloads the dataplane accepts from (and sends to) the pod stack.
-pub const TAP_OFFLOADS: libc::c_uint =
-    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
-/// `TUNSETIFF` flags of every queue.
-pub const TAP_FLAGS: libc::c_int =
-    libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
 
 /// A frame of a tap queue: its buffer and its virtio-net header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -324,61 +317,13 @@ impl Default for TapBackend {
     }
 }
 
-/// `ioctl(fd, req, arg)` with the errno as an error.
-///
-/// # Safety
-///
-/// `arg` must be what `req` expects (a pointer to a live value of the
-/// right type, or a plain integer).
-unsafe fn ioctl(fd: RawFd, req: libc::Ioctl, arg: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: forwarded to the caller.
-    if unsafe { libc::ioctl(fd, req, arg) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Attach one new queue fd (opened in the current thread's namespace) to
 /// the existing multi-queue tap `ifname`, nonblocking, with a 10-byte
 /// virtio-net header and our offloads.
-pub fn attach_queue(ifname: &str) -> Result<OwnedFd, (&'static str, io::Error)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(|e| ("open /dev/net/tun", e))?;
-    let fd: OwnedFd = file.into();
-    // SAFETY: ifreq is a plain C struct for which all-zero is valid.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
-        *dst = src as libc::c_char;
-    }
-    ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
-    let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
-    let raw = fd.as_raw_fd();
-    // SAFETY: TUNSETIFF reads (and writes back) the ifreq we pass a pointer
-    // to; it lives across the call.
-    unsafe {
-        ioctl(
-            raw,
-            libc::TUNSETIFF,
-            &mut ifr as *mut libc::ifreq as libc::c_ulong,
-        )
-    }
-    .map_err(|e| ("TUNSETIFF", e))?;
-    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
-    unsafe {
-        ioctl(
-            raw,
-            libc::TUNSETVNETHDRSZ,
-            &hdr_len as *const libc::c_int as libc::c_ulong,
-        )
-    }
-    .map_err(|e| ("TUNSETVNETHDRSZ", e))?;
-    // SAFETY: TUNSETOFFLOAD takes the flags as the integer argument.
-    unsafe { ioctl(raw, libc::TUNSETOFFLOAD, libc::c_ulong::from(TAP_OFFLOADS)) }
-        .map_err(|e| ("TUNSETOFFLOAD", e))?;
+pub fn attach_queue(ifname: &str) -> Result<OwnedFd, ferry_tun::TunError> {
+    let fd = ferry_tun::open(ifname, 0, true)?;
+    ferry_tun::set_vnet_hdr_len(&fd, VNET_HDR_LEN)?;
+    ferry_tun::set_offloads(&fd)?;
     Ok(fd)
 }
 
