@@ -14,7 +14,6 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -448,18 +447,6 @@ impl Containerd {
         wait_output_bounded(child, Duration::from_secs(120))
     }
 
-    pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}{}\ncontainerd log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Install the network configuration ctr will use (the only file in its
     /// /etc/cni/net.d).
     pub fn install_conflist(&self, conflist: &str) {
@@ -630,12 +617,8 @@ impl Drop for Containerd {
             }
             let _ = self.ctr(&["images", "rm", BUSYBOX_IMAGE]);
         }
-        if let Some(d) = self.daemon.take() {
-            if thread::panicking() {
-                eprintln!("---- containerd log ----\n{}", d.log_text());
-            }
-            d.stop();
-        }
+        // Daemon's drop stops it (bounded) and prints its log on a panic.
+        drop(self.daemon.take());
         for pid in self.shim_pids() {
             let _ = crate::run("kill", &["-KILL", &pid.to_string()]);
         }

@@ -118,14 +118,10 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Processes a test started inside this namespace (an `iperf3 -s -D`
         // left by a failed test, say) would outlive it: stop them by pid.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if pid.parse::<u32>().is_ok() {
-                    let _ = run("kill", &["-KILL", pid]);
-                }
+        let out = run("ip", &["netns", "pids", &self.name]);
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if pid.parse::<u32>().is_ok() {
+                let _ = run("kill", &["-KILL", pid]);
             }
         }
         let _ = run("ip", &["netns", "del", &self.name]);

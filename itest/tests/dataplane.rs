@@ -10,7 +10,9 @@ use itest::*;
 fn iperf3_moves_data(client: &Pod, server: &Pod, port: &str, extra: &[&str]) {
     let srv = ns_run(&server.ns.name, &["iperf3", "-s", "-D", "-1", "-p", port]);
     assert!(srv.status.success(), "iperf3 -s: {srv:?}");
-    let mut args = vec!["iperf3", "-c", &server.ip, "-p", port, "-J"];
+    let mut args = vec![
+        "timeout", "60", "iperf3", "-c", &server.ip, "-p", port, "-J",
+    ];
     args.extend_from_slice(extra);
     let cli = ns_run(&client.ns.name, &args);
     assert!(

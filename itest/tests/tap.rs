@@ -274,8 +274,7 @@ fn tap_pod_add_check_del_del_again() {
         links.contains("eth0@eth0p") && links.contains("veth"),
         "the foreign eth0 was touched: {links}"
     );
-    let eps = node.ferryctl(&["endpoints", "--json"]);
-    let eps = String::from_utf8_lossy(&eps.stdout);
+    let eps = serde_json::to_string(&itest::clients::endpoints(&node)).unwrap();
     assert!(!eps.contains("busypod"), "endpoint left: {eps}");
 }
 
@@ -439,8 +438,7 @@ fn a_tap_deleted_under_the_dataplane_is_not_polled_and_the_rest_keeps_working() 
     // DEL of the pod whose interface is gone still succeeds and removes
     // its endpoint.
     node.del_pod(&a).assert_ok();
-    let eps = node.ferryctl(&["endpoints", "--json"]);
-    let eps = String::from_utf8_lossy(&eps.stdout);
+    let eps = serde_json::to_string(&itest::clients::endpoints(&node)).unwrap();
     assert!(!eps.contains(&a.container), "endpoint left: {eps}");
     for pod in [&b, &c] {
         node.del_pod(pod).assert_ok();

@@ -197,7 +197,7 @@ fn preflight(opts: &Options) -> Result<()> {
     if opts
         .topologies
         .iter()
-        .any(|t| t == "ferry" || t == "ferry-tap")
+        .any(|t| t == "ferry" || t.starts_with("ferry-tap"))
     {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
