@@ -1,6 +1,6 @@
 //! The AF_XDP adapter: the XDP program (aya) that steers a port's frames to
-//! our sockets, and the sockets themselves (xsk-rs). All of the crate's
-//! `unsafe` for real I/O lives here.
+//! our sockets, and the sockets themselves (xsk-rs). With `tap.rs`, where
+//! the crate's `unsafe` for real I/O lives.
 //!
 //! Per port: one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
 //! attached in driver mode (native XDP; generic SKB mode if the driver has
@@ -299,7 +299,7 @@ fn queue_count(ifname: &str) -> Option<u32> {
     (rx > 0 && tx > 0).then_some(rx.min(tx))
 }
 
-fn if_index(ifname: &str) -> Option<u32> {
+pub(crate) fn if_index(ifname: &str) -> Option<u32> {
     let c = CString::new(ifname).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };

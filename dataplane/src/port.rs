@@ -16,8 +16,9 @@
 //!
 //! A frame sent back out of the port it came in on (ARP and ICMP replies)
 //! moves by descriptor; a frame forwarded to another port is copied into a
-//! free frame of that port's pool (see `afxdp.rs` for why pools are per
-//! queue rather than per worker). Calls are batched: every method takes or
+//! free frame of that port's pool, or written straight to a tap
+//! ([`PortQueue::tx_direct`]) (see `afxdp.rs` for why pools are per queue
+//! rather than per worker). Calls are batched: every method takes or
 //! fills a slice.
 
 use std::io;

@@ -27,7 +27,6 @@
 //! (128 frames, the default, is 8.25 MiB per worker per tap; pages are
 //! only touched when used).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -46,58 +45,11 @@ pub const TAP_RX_BATCH: usize = 32;
 /// What `tx_room` reports: writes are synchronous, there is no ring.
 const TAP_TX_ROOM: usize = 1 << 16;
 
-/// A frame of a tap queue: its buffer and its virtio-net header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TapDesc {
-    mem: MemDesc,
-    offload: Offload,
-}
-
-/// Heap frames of one tap queue.
-pub struct TapPool {
-    mem: MemPool,
-}
-
-impl FramePool for TapPool {
-    type Desc = TapDesc;
-
-    fn all_descs(&self) -> Vec<TapDesc> {
-        self.mem
-            .all_descs()
-            .into_iter()
-            .map(|mem| TapDesc {
-                mem,
-                offload: Offload::NONE,
-            })
-            .collect()
-    }
-
-    fn len_of(&self, desc: &TapDesc) -> usize {
-        self.mem.len_of(&desc.mem)
-    }
-
-    unsafe fn chunk_mut(&self, desc: &TapDesc) -> &mut [u8] {
-        // SAFETY: forwarded contract: the caller owns the frame.
-        unsafe { self.mem.chunk_mut(&desc.mem) }
-    }
-
-    unsafe fn set_len(&self, desc: &mut TapDesc, len: usize) {
-        // SAFETY: forwarded contract: the caller owns the frame.
-        unsafe { self.mem.set_len(&mut desc.mem, len) }
-    }
-
-    fn takes_offload(&self) -> bool {
-        true
-    }
-
-    fn offload_of(&self, desc: &TapDesc) -> Offload {
-        desc.offload
-    }
-
-    fn set_offload(&self, desc: &mut TapDesc, offload: Offload) {
-        desc.offload = offload;
-    }
-}
+/// A frame of a tap queue: its buffer and its virtio-net header (a frame
+/// of a [`MemPool`] made [`MemPool::with_offload`]).
+pub type TapDesc = MemDesc;
+/// Heap frames of one tap queue, with offload headers.
+pub type TapPool = MemPool;
 
 /// The I/O half of a tap queue: a nonblocking queue fd and the frames in
 /// its hands. Its methods take the [`TapPool`] the frames belong to (the
@@ -128,9 +80,7 @@ impl TapQueue {
                 done: Vec::with_capacity(frames),
                 tx_errors: 0,
             },
-            pool: TapPool {
-                mem: MemPool::new(frames, TAP_FRAME_SIZE),
-            },
+            pool: MemPool::with_offload(frames, TAP_FRAME_SIZE),
         }
     }
 
@@ -174,7 +124,7 @@ impl TapIo {
                 self.fill.push(d);
                 continue;
             }
-            d.offload = Offload::from_bytes(&hdr);
+            pool.set_offload(&mut d, Offload::from_bytes(&hdr));
             // SAFETY: as above, the frame is ours.
             unsafe { pool.set_len(&mut d, r - VNET_HDR_LEN) };
             out[n] = d;
@@ -207,7 +157,7 @@ impl TapIo {
             // reference into it until `complete` gives it back).
             let buf = unsafe { pool.chunk_mut(d) };
             let len = pool.len_of(d).min(buf.len());
-            if !self.write_frame(&buf[..len], d.offload) {
+            if !self.write_frame(&buf[..len], pool.offload_of(d)) {
                 self.tx_errors += 1;
             }
             self.done.push(*d);
@@ -327,15 +277,6 @@ pub fn attach_queue(ifname: &str) -> Result<OwnedFd, ferry_tun::TunError> {
     Ok(fd)
 }
 
-/// Whether `ifname` exists in the current thread's namespace.
-fn link_exists(ifname: &str) -> bool {
-    let Ok(c) = CString::new(ifname) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
 /// Open `count` queues of the tap `ifname` inside the namespace at
 /// `netns`, on a scoped thread that enters it (setns changes only the
 /// calling thread). The tap must exist: TUNSETIFF would otherwise create a
@@ -356,7 +297,7 @@ pub fn open_queues(netns: &str, ifname: &str, count: usize) -> Result<Vec<OwnedF
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
                 return Err(err("setns", io::Error::last_os_error()));
             }
-            if !link_exists(ifname) {
+            if crate::afxdp::if_index(ifname).is_none() {
                 return Err(PortError::NoSuchInterface {
                     ifname: format!("{ifname} (in {netns})"),
                 });

@@ -12,8 +12,10 @@
 //!
 //! Frame accounting: every queue has its own pool and free list. A frame
 //! leaving by its ingress port moves by descriptor; a frame for another port
-//! is copied into a free frame of that port's pool and its own frame goes
-//! back to the ingress free list. Removing a port drops its queue and pool
+//! is copied into a free frame of that port's pool (a GSO frame for a port
+//! without offloads into several, one per segment), or written to a tap
+//! straight from the ingress frame, and its own frame goes back to the
+//! ingress free list. Removing a port drops its queue and pool
 //! together, so port churn never leaks frames.
 
 use std::os::fd::RawFd;
@@ -78,7 +80,8 @@ pub struct WorkerConfig {
 /// Largest batch accepted (bounds the per-worker scratch arrays).
 pub const MAX_BATCH: usize = 256;
 /// Refill a fill ring only when at least this many frames are missing (or
-/// it ran empty), so fill commits are batched.
+/// it ran empty), so fill commits are batched. Not for local fill lists
+/// ([`PortQueue::fill_is_local`]): those take every frame back at once.
 const REFILL_MIN: usize = 16;
 /// How often a worker reads its sockets' kernel counters (XDP_STATISTICS).
 const KERNEL_STATS_EVERY: Duration = Duration::from_secs(1);
@@ -105,7 +108,8 @@ struct Active<Q: PortQueue> {
     counters: Arc<PortCounters>,
     /// Frames of this queue's pool in the worker's hands.
     free: Vec<DescOf<Q>>,
-    /// Frames to transmit on this queue, committed once per RX batch.
+    /// Frames to transmit on this queue, committed once per RX batch (and
+    /// mid-batch by `make_room` when a GSO frame needs the room).
     pending: Vec<DescOf<Q>>,
     /// Frames we gave the fill ring and have not received back.
     in_fill: usize,
@@ -356,9 +360,7 @@ impl<Q: PortQueue> Worker<Q> {
         // Completions: transmitted frames come back to their pool's free list.
         let (done, tx_busy) = {
             let a = &mut self.queues[qi];
-            let done = a.queue.complete(&mut self.scratch);
-            a.free.extend_from_slice(&self.scratch[..done]);
-            a.in_tx = a.in_tx.saturating_sub(done);
+            let done = reap(a, &mut self.scratch);
             let tx_busy = a.in_tx > 0;
             if tx_busy {
                 if let Err(e) = a.queue.kick_tx() {
@@ -601,10 +603,16 @@ fn make_room<Q: PortQueue>(
             return;
         }
         commit(dst, wc, worker);
-        let done = dst.queue.complete(scratch);
-        dst.free.extend_from_slice(&scratch[..done]);
-        dst.in_tx = dst.in_tx.saturating_sub(done);
+        reap(dst, scratch);
     }
+}
+
+/// Take `a`'s transmitted frames back onto its free list; how many.
+fn reap<Q: PortQueue>(a: &mut Active<Q>, scratch: &mut [DescOf<Q>]) -> usize {
+    let done = a.queue.complete(scratch);
+    a.free.extend_from_slice(&scratch[..done]);
+    a.in_tx = a.in_tx.saturating_sub(done);
+    done
 }
 
 /// A received frame on its way out: descriptor, length after the pipeline,
@@ -636,7 +644,6 @@ fn forward<Q: PortQueue>(
         offload,
     } = frame;
     let takes = dst.queue.pool().takes_offload();
-    let plain = !offload.is_gso() && !offload.needs_csum();
     let sp = src.queue.pool();
     // SAFETY: `d` is the worker's (received, in no ring); the slice is the
     // only reference into its chunk while it lives (the egress frames below
@@ -675,7 +682,6 @@ fn forward<Q: PortQueue>(
                 Some(n) => {
                     // SAFETY: as above.
                     unsafe { dp.set_len(&mut e, n) };
-                    dp.set_offload(&mut e, Offload::NONE);
                     dst.pending.push(e);
                 }
                 None => {
@@ -686,7 +692,7 @@ fn forward<Q: PortQueue>(
         }
         return None;
     }
-    if !takes && !plain {
+    if !takes && offload.needs_csum() {
         let (start, at) = (
             usize::from(offload.csum_start),
             usize::from(offload.csum_offset),
@@ -709,7 +715,8 @@ fn forward<Q: PortQueue>(
     to[..len].copy_from_slice(&from[..len]);
     // SAFETY: as above.
     unsafe { dp.set_len(&mut e, len) };
-    dp.set_offload(&mut e, if takes { offload } else { Offload::NONE });
+    // Pools that take no offloads ignore the header.
+    dp.set_offload(&mut e, offload);
     dst.pending.push(e);
     None
 }

@@ -49,12 +49,7 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     pub fn new(port: PortId, buf: &'a mut [u8], len: usize) -> Self {
-        Frame {
-            port,
-            buf,
-            len,
-            offload: Offload::NONE,
-        }
+        Frame::with_offload(port, buf, len, Offload::NONE)
     }
 
     pub fn with_offload(port: PortId, buf: &'a mut [u8], len: usize, offload: Offload) -> Self {

@@ -22,8 +22,6 @@ use super::wire;
 pub const VNET_HDR_LEN: usize = 10;
 /// The L4 checksum is partial; complete it from `csum_start`.
 pub const F_NEEDS_CSUM: u8 = 1;
-/// The checksum was verified (frames to a tap: the pod need not check it).
-pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_UDP: u8 = 3;
@@ -113,7 +111,7 @@ pub fn complete_csum(
     if csum_start >= frame.len() || at.saturating_add(2) > frame.len() {
         return Err(DropReason::BadOffload);
     }
-    let mut sum = !checksum::fold(checksum::add_bytes(0, &frame[csum_start..]));
+    let mut sum = checksum::checksum(&frame[csum_start..]);
     if sum == 0 {
         sum = 0xffff;
     }

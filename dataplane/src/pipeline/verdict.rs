@@ -57,8 +57,8 @@ pub enum DropReason {
     /// A GSO frame of a type that cannot be segmented in software here
     /// (UDP/USO, TCP over IPv6), towards a port without offloads.
     GsoUnsupported = 17,
-    /// I/O layer: segments of a GSO frame that found no free frame or TX
-    /// slot on the egress port (counted once per lost segment).
+    /// I/O layer: a GSO frame some of whose segments found no free frame or
+    /// TX slot on the egress port (counted once per such frame).
     GsoTxFull = 18,
     /// I/O layer: a frame larger than the egress port's frames and not
     /// segmentable (no GSO header).
