@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, property and network-namespace integration
-# tests (the real binaries in throwaway namespaces), then bounded fuzz runs.
+# The whole test suite: unit, property, network-namespace integration and
+# real-client tests (the real binaries in throwaway namespaces), the
+# criterion benches once, perf e2e --quick (checked by perf-check.py), then
+# bounded fuzz runs.
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -102,8 +102,8 @@ pub struct Endpoint {
     /// The pod's network namespace (a path the dataplane can open) and the
     /// interface name inside it. Tap endpoints need both: the dataplane
     /// attaches to the tap's queues by name inside that namespace, on first
-    /// open and again after a restart. Empty for veth endpoints made before
-    /// these fields existed.
+    /// open and again after a restart. Set for tap endpoints only (empty,
+    /// and left out of the JSON, for veth endpoints).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub netns: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -206,7 +206,8 @@ pub struct PortStats {
     pub name: String,
     /// Endpoint id, or `"host"` for the host port.
     pub endpoint: String,
-    /// Whether the XDP program is attached and sockets are bound.
+    /// Whether the dataplane has the port open (veth: XDP attached and
+    /// sockets bound; tap: queues attached).
     pub attached: bool,
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -216,10 +217,10 @@ pub struct PortStats {
     pub drops: BTreeMap<String, u64>,
     /// The kernel's own counters of the port's AF_XDP sockets
     /// (`XDP_STATISTICS`, names in [`XSK_COUNTERS`]), summed over the
-    /// workers and refreshed by each worker about once a second: frames the
-    /// kernel dropped before ferry could see them (`rx_ring_full`,
-    /// `rx_dropped`, `rx_invalid_descs`), fill-ring and TX-ring misses, TX
-    /// descriptors it rejected. Empty for tap ports (no socket).
+    /// workers and refreshed by each worker about once a second: frames
+    /// lost ([`XSK_DROP_COUNTERS`]: the kernel dropped them before ferry saw
+    /// them, or rejected our TX descriptors) and fill/TX-ring misses. Empty
+    /// for tap ports (no socket).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kernel: BTreeMap<String, u64>,
 }
@@ -233,6 +234,15 @@ pub const XSK_COUNTERS: [&str; 6] = [
     "rx_ring_full",
     "rx_fill_ring_empty_descs",
     "tx_ring_empty_descs",
+];
+
+/// The [`XSK_COUNTERS`] that count lost frames (the others count ring
+/// misses, not frames).
+pub const XSK_DROP_COUNTERS: [&str; 4] = [
+    "rx_dropped",
+    "rx_invalid_descs",
+    "rx_ring_full",
+    "tx_invalid_descs",
 ];
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

@@ -631,16 +631,14 @@ impl Agent {
             ));
         }
         // A tap has no host end: the pod's interface is the whole of it.
-        let host = match rec.attachment {
-            Attachment::Veth => self
+        if rec.attachment == Attachment::Veth
+            && self
                 .netlink
                 .link(&rec.host_ifname)
                 .await
                 .map_err(|e| err(code::PLUMBING_FAILED, "netlink", e.to_string()))?
-                .map(|_| ()),
-            Attachment::Tap => Some(()),
-        };
-        if host.is_none() {
+                .is_none()
+        {
             return Err(mismatch(format!(
                 "host veth {} is missing",
                 rec.host_ifname

@@ -302,20 +302,11 @@ fn drops_text(d: &std::collections::BTreeMap<String, u64>) -> String {
     }
 }
 
-/// The kernel's AF_XDP counters that are frames lost (the others count
-/// ring misses, not frames), as they show in `ferryctl stats` and `drops`.
-const KERNEL_DROPS: [&str; 4] = [
-    "rx_dropped",
-    "rx_invalid_descs",
-    "rx_ring_full",
-    "tx_invalid_descs",
-];
-
 /// A port's drops by reason plus its kernel-side socket drops, these named
 /// `xsk:<counter>`.
 fn port_drops(p: &ferry_api::table::PortStats) -> std::collections::BTreeMap<String, u64> {
     let mut d = p.drops.clone();
-    for name in KERNEL_DROPS {
+    for name in ferry_api::table::XSK_DROP_COUNTERS {
         if let Some(n) = p.kernel.get(name) {
             d.insert(format!("xsk:{name}"), *n);
         }

@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`ipam`]: address pools and the choice of the next address (pure).
 //! - [`store`]: the redb store of attachments and allocations.
-//! - [`netlink`]: veth plumbing, the host port, checks (rtnetlink).
+//! - [`netlink`]: veth and tap plumbing, the host port, checks (rtnetlink).
+//! - [`tap`]: creating a pod's persistent tap (on [`ferry_tun`]).
 //! - [`dataplane`]: the table-API client task (Hello, Sync, updates).
 //! - [`agent`]: ADD/DEL/CHECK/GC/STATUS on top of the above.
 //! - [`server`]: the pod-API Unix socket server.

@@ -301,7 +301,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "ferry_port_xsk_total",
         "counter",
-        "The kernel's counters of a port's AF_XDP sockets (XDP_STATISTICS), summed over workers, read by each worker about once a second; rx_ring_full, rx_dropped and rx_invalid_descs are frames lost before the dataplane saw them. Absent for tap ports.",
+        "The kernel's counters of a port's AF_XDP sockets (XDP_STATISTICS), summed over workers, read by each worker about once a second; rx_dropped, rx_invalid_descs, rx_ring_full and tx_invalid_descs count lost frames, the others ring misses. Absent for tap ports.",
     );
     for p in &stats.ports {
         for (counter, n) in &p.kernel {
@@ -319,7 +319,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "ferry_port_attached",
         "gauge",
-        "1 if the port's XDP program is attached and its AF_XDP sockets are bound.",
+        "1 if the dataplane has the port open (veth: XDP program attached, AF_XDP sockets bound; tap: queues attached).",
     );
     for p in &stats.ports {
         f.sample(

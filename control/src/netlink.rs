@@ -1,4 +1,4 @@
-//! Plumbing with rtnetlink: pod veth pairs, the host port, checks.
+//! Plumbing with rtnetlink: pod veth pairs and taps, the host port, checks.
 //!
 //! Node-namespace operations use a [`Netlink`] handle opened in ferryd's own
 //! namespace. Operations inside a pod namespace run on a dedicated OS thread
@@ -492,9 +492,8 @@ impl Netlink {
         set_up(h, host.index, &p.host_ifname).await?;
 
         let pod = p.clone();
-        let routes = p.effective_routes();
         in_netns_file(ns, &p.netns, move |h| async move {
-            configure_pod_end(&h, &tmp, &pod, routes).await
+            configure_pod_end(&h, &tmp, &pod).await
         })
         .await
     }
@@ -505,7 +504,6 @@ impl Netlink {
     async fn plumb_tap(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let pod = p.clone();
-        let routes = p.effective_routes();
         in_netns(&p.netns, move |h| async move {
             crate::tap::create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
                 name: tmp.clone(),
@@ -513,7 +511,7 @@ impl Netlink {
                 op,
                 source,
             })?;
-            configure_pod_end(&h, &tmp, &pod, routes).await
+            configure_pod_end(&h, &tmp, &pod).await
         })
         .await
     }
@@ -530,9 +528,6 @@ impl Netlink {
         ifname: &str,
         mac: MacAddr,
     ) -> Result<bool, NetlinkError> {
-        if !netns_exists(netns) {
-            return Ok(false);
-        }
         let tmp = temp_peer_name(container_id, ifname);
         let ifname = ifname.to_string();
         let r = in_netns(netns, move |h| async move {
@@ -546,7 +541,7 @@ impl Netlink {
         })
         .await;
         match r {
-            // Raced with the namespace going away.
+            // The namespace is gone (or went away meanwhile): so is the tap.
             Err(NetlinkError::OpenNetns { .. }) => Ok(false),
             other => other,
         }
@@ -604,21 +599,13 @@ impl Netlink {
 /// Configure a pod end that exists as `tmp` in the namespace of `h`: rename
 /// it to the pod's ifname with its MAC and MTU, add the address, bring it
 /// (and `lo`) up, add the routes.
-async fn configure_pod_end(
-    h: &Handle,
-    tmp: &str,
-    pod: &PodPlumbing,
-    routes: Vec<RouteSpec>,
-) -> Result<(), NetlinkError> {
-    let h = h.clone();
-    let tmp = tmp.to_string();
-    let pod = pod.clone();
-    let link = link_by_name(&h, &tmp)
+async fn configure_pod_end(h: &Handle, tmp: &str, pod: &PodPlumbing) -> Result<(), NetlinkError> {
+    let link = link_by_name(h, tmp)
         .await?
         .ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
     let idx = link.index;
     set_link(
-        &h,
+        h,
         format!(
             "rename {tmp} to {} and set MAC {} in {}",
             pod.ifname, pod.mac, pod.netns
@@ -630,17 +617,17 @@ async fn configure_pod_end(
             .build(),
     )
     .await?;
-    add_address(&h, idx, &pod.ifname, pod.address).await?;
-    set_up(&h, idx, &pod.ifname).await?;
-    if let Some(lo) = link_by_name(&h, "lo").await? {
+    add_address(h, idx, &pod.ifname, pod.address).await?;
+    set_up(h, idx, &pod.ifname).await?;
+    if let Some(lo) = link_by_name(h, "lo").await? {
         if !lo.up {
-            set_up(&h, lo.index, "lo").await?;
+            set_up(h, lo.index, "lo").await?;
         }
     }
     let mut onlink_done = false;
-    for r in routes {
+    for r in pod.effective_routes() {
         let gw = r.gw.unwrap_or(pod.gateway);
-        let first = add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe).await;
+        let first = add_route(h, idx, r.dst, Some(gw), None, RouteScope::Universe).await;
         let retry = match first {
             Ok(()) => continue,
             // The gateway is not on a connected subnet (e.g. a /32
@@ -657,7 +644,7 @@ async fn configure_pod_end(
             "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
             r.dst
         );
-        add_route(&h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
+        add_route(h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
             .await
             .map_err(|e| {
                 NetlinkError::request(
@@ -666,7 +653,7 @@ async fn configure_pod_end(
                 )
             })?;
         onlink_done = true;
-        add_route(&h, idx, r.dst, Some(gw), None, RouteScope::Universe)
+        add_route(h, idx, r.dst, Some(gw), None, RouteScope::Universe)
             .await
             .map_err(|e| {
                 NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)

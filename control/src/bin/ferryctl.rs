@@ -31,14 +31,14 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Endpoints in the dataplane's tables: id, IP, MAC, host ifname, port index.
+    /// Endpoints in the dataplane's tables: id, IP, MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index.
     Endpoints,
     /// Node settings (gateway, pod CIDRs, host port) and routes.
     Routes,
-    /// Per-port and per-worker counters, drops by reason.
+    /// Per-port and per-worker counters, drops by reason and the kernel's AF_XDP drops (`xsk:…`).
     #[command(visible_alias = "counters")]
     Stats,
-    /// Dropped frames by port and reason (only reasons seen).
+    /// Dropped frames by port and reason, the kernel's AF_XDP drops as `xsk:<counter>` (only those seen).
     Drops,
     /// ferryd's STATUS and the dataplane's table generation.
     Status,
