@@ -152,9 +152,6 @@ fn tap_descs(descs: &[NodeDesc]) -> impl Iterator<Item = TapDesc> + '_ {
     })
 }
 
-/// Most descriptors moved per tap call through the stack array below.
-const TAP_CHUNK: usize = 64;
-
 impl PortQueue for NodeQueue {
     type Pool = NodePool;
 
@@ -172,15 +169,7 @@ impl PortQueue for NodeQueue {
                 }
                 n
             }
-            (NodeIo::Tap(io), NodePool::Tap(pool)) => {
-                let mut buf = [TapDesc::default(); TAP_CHUNK];
-                let want = out.len().min(TAP_CHUNK);
-                let n = io.rx(pool, &mut buf[..want]);
-                for (o, d) in out.iter_mut().zip(&buf[..n]) {
-                    *o = NodeDesc::Tap(*d);
-                }
-                n
-            }
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.rx(pool, out, NodeDesc::Tap),
             _ => 0,
         }
     }
@@ -198,20 +187,7 @@ impl PortQueue for NodeQueue {
                 xsk_descs(descs, scratch);
                 rings.tx(scratch)
             }
-            (NodeIo::Tap(io), NodePool::Tap(pool)) => {
-                let mut buf = [TapDesc::default(); TAP_CHUNK];
-                let mut sent = 0;
-                let mut it = tap_descs(descs).peekable();
-                while it.peek().is_some() {
-                    let mut k = 0;
-                    for d in it.by_ref().take(TAP_CHUNK) {
-                        buf[k] = d;
-                        k += 1;
-                    }
-                    sent += io.tx(pool, &buf[..k]);
-                }
-                sent
-            }
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.tx(pool, tap_descs(descs)),
             _ => 0,
         }
     }
@@ -240,18 +216,7 @@ impl PortQueue for NodeQueue {
                 if descs.len() > io.fill_room() {
                     return 0;
                 }
-                let mut buf = [TapDesc::default(); TAP_CHUNK];
-                let mut it = tap_descs(descs).peekable();
-                let mut given = 0;
-                while it.peek().is_some() {
-                    let mut k = 0;
-                    for d in it.by_ref().take(TAP_CHUNK) {
-                        buf[k] = d;
-                        k += 1;
-                    }
-                    given += io.fill(&buf[..k]);
-                }
-                given
+                io.fill(tap_descs(descs))
             }
         }
     }
@@ -273,15 +238,7 @@ impl PortQueue for NodeQueue {
                 }
                 n
             }
-            NodeIo::Tap(io) => {
-                let mut buf = [TapDesc::default(); TAP_CHUNK];
-                let want = out.len().min(TAP_CHUNK);
-                let n = io.complete(&mut buf[..want]);
-                for (o, d) in out.iter_mut().zip(&buf[..n]) {
-                    *o = NodeDesc::Tap(*d);
-                }
-                n
-            }
+            NodeIo::Tap(io) => io.complete(out, NodeDesc::Tap),
         }
     }
 

@@ -90,7 +90,9 @@ impl TapQueue {
 }
 
 impl TapIo {
-    pub fn rx(&mut self, pool: &TapPool, out: &mut [TapDesc]) -> usize {
+    /// Read up to `out.len()` (at most [`TAP_RX_BATCH`]) frames, each put
+    /// into `out` as `wrap(frame)`; how many.
+    pub fn rx<D>(&mut self, pool: &TapPool, out: &mut [D], wrap: impl Fn(TapDesc) -> D) -> usize {
         let max = out.len().min(TAP_RX_BATCH);
         let mut n = 0;
         // Bounded: at most `max` reads, whatever they return.
@@ -127,7 +129,7 @@ impl TapIo {
             pool.set_offload(&mut d, Offload::from_bytes(&hdr));
             // SAFETY: as above, the frame is ours.
             unsafe { pool.set_len(&mut d, r - VNET_HDR_LEN) };
-            out[n] = d;
+            out[n] = wrap(d);
             n += 1;
         }
         n
@@ -151,18 +153,22 @@ impl TapIo {
         unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) >= 0 }
     }
 
-    pub fn tx(&mut self, pool: &TapPool, descs: &[TapDesc]) -> usize {
+    /// Write every frame of `descs` (they come back through `complete`);
+    /// how many.
+    pub fn tx(&mut self, pool: &TapPool, descs: impl IntoIterator<Item = TapDesc>) -> usize {
+        let mut sent = 0;
         for d in descs {
             // SAFETY: the worker handed the frame over (it holds no
             // reference into it until `complete` gives it back).
-            let buf = unsafe { pool.chunk_mut(d) };
-            let len = pool.len_of(d).min(buf.len());
-            if !self.write_frame(&buf[..len], pool.offload_of(d)) {
+            let buf = unsafe { pool.chunk_mut(&d) };
+            let len = pool.len_of(&d).min(buf.len());
+            if !self.write_frame(&buf[..len], pool.offload_of(&d)) {
                 self.tx_errors += 1;
             }
-            self.done.push(*d);
+            self.done.push(d);
+            sent += 1;
         }
-        descs.len()
+        sent
     }
 
     pub fn tx_room(&self) -> usize {
@@ -173,19 +179,21 @@ impl TapIo {
         self.fill.capacity() - self.fill.len()
     }
 
-    pub fn fill(&mut self, descs: &[TapDesc]) -> usize {
-        if descs.len() > self.fill_room() {
-            return 0;
-        }
-        self.fill.extend_from_slice(descs);
-        descs.len()
+    /// Take `descs` as free frames to read into; the caller has checked
+    /// that they fit ([`TapIo::fill_room`]). How many.
+    pub fn fill(&mut self, descs: impl IntoIterator<Item = TapDesc>) -> usize {
+        let before = self.fill.len();
+        self.fill.extend(descs);
+        self.fill.len() - before
     }
 
-    pub fn complete(&mut self, out: &mut [TapDesc]) -> usize {
+    /// Hand back up to `out.len()` written frames, each as `wrap(frame)`.
+    pub fn complete<D>(&mut self, out: &mut [D], wrap: impl Fn(TapDesc) -> D) -> usize {
         let n = out.len().min(self.done.len());
         let from = self.done.len() - n;
-        out[..n].copy_from_slice(&self.done[from..]);
-        self.done.truncate(from);
+        for (o, d) in out.iter_mut().zip(self.done.drain(from..)) {
+            *o = wrap(d);
+        }
         n
     }
 
@@ -206,7 +214,7 @@ impl PortQueue for TapQueue {
     }
 
     fn rx(&mut self, out: &mut [TapDesc]) -> usize {
-        self.io.rx(&self.pool, out)
+        self.io.rx(&self.pool, out, |d| d)
     }
 
     fn tx_room(&mut self) -> usize {
@@ -214,7 +222,7 @@ impl PortQueue for TapQueue {
     }
 
     fn tx(&mut self, descs: &[TapDesc]) -> usize {
-        self.io.tx(&self.pool, descs)
+        self.io.tx(&self.pool, descs.iter().copied())
     }
 
     fn kick_tx(&mut self) -> io::Result<bool> {
@@ -226,7 +234,10 @@ impl PortQueue for TapQueue {
     }
 
     fn fill(&mut self, descs: &[TapDesc]) -> usize {
-        self.io.fill(descs)
+        if descs.len() > self.io.fill_room() {
+            return 0;
+        }
+        self.io.fill(descs.iter().copied())
     }
 
     fn kick_rx(&mut self) -> io::Result<bool> {
@@ -234,7 +245,7 @@ impl PortQueue for TapQueue {
     }
 
     fn complete(&mut self, out: &mut [TapDesc]) -> usize {
-        self.io.complete(out)
+        self.io.complete(out, |d| d)
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
