@@ -280,8 +280,33 @@ pub fn wait_output_bounded(mut child: Child, timeout: Duration) -> Output {
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
             _ => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("command did not finish within {timeout:?}");
             }
+        }
+    }
+}
+
+/// A child process killed and reaped when dropped (test failures
+/// included), unless [`ChildGuard::finish`] waited for it.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    /// Wait for exit within `timeout` (killed and a panic past it).
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        wait_output_bounded(self.0.take().expect("child"), timeout)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -280,7 +280,7 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
     );
     // TCP between the sandboxes' netns: a busybox echo server in web's, a
     // client in client's (retried until the server listens; bounded).
-    let _server = KillOnDrop(
+    let _server = ChildGuard::new(
         Command::new("nsenter")
             .arg(format!("--net={}", pods[0].2))
             .args(["busybox", "nc", "-ll", "-p", "7777", "-e", "cat"])
@@ -344,15 +344,6 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
 }
 
 /// A helper process killed by pid (and reaped) when the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A sandbox started while ferry cannot serve it (dataplane down: ferry
 /// answers "try again later", code 11) fails through containerd's CRI
 /// without leaking an address or a netns; once the dataplane is back, the

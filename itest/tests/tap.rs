@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use itest::*;
 use serde_json::Value;
@@ -46,45 +46,6 @@ fn tap_tx_queues(pod: &Pod) -> usize {
         .count()
 }
 
-/// A child process killed and reaped when dropped (test failures included).
-struct Reaped(Option<Child>);
-
-impl Reaped {
-    /// Wait for exit within `timeout`; its stdout and whether it succeeded.
-    fn finish(mut self, timeout: Duration) -> (bool, String, String) {
-        let mut child = self.0.take().expect("child");
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("process did not finish within {timeout:?}");
-                }
-            }
-        }
-        let out = child.wait_with_output().expect("output");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn spawn_in(ns: &str, args: &[&str]) -> Child {
     let tool = bin("ferry-tcpcheck").display().to_string();
     Command::new("ip")
@@ -101,15 +62,15 @@ fn spawn_in(ns: &str, args: &[&str]) -> Child {
 /// namespace `to`), and check that what arrived is what was sent.
 fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
     let mut rx_child = spawn_in(to, &["recv", &format!("0.0.0.0:{port}")]);
-    let mut first = String::new();
     let stdout = rx_child.stdout.take().expect("stdout");
+    let rx = ChildGuard::new(rx_child);
+    let mut first = String::new();
     let mut reader = BufReader::new(stdout);
     // The receiver prints one line right after bind (or exits on error).
     reader.read_line(&mut first).expect("receiver output");
-    let rx = Reaped(Some(rx_child));
     assert_eq!(first.trim(), "listening", "receiver in {to} did not start");
 
-    let tx = Reaped(Some(spawn_in(
+    let tx = ChildGuard::new(spawn_in(
         from,
         &[
             "send",
@@ -117,9 +78,15 @@ fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
             &BYTES.to_string(),
             &seed.to_string(),
         ],
-    )));
-    let (tx_ok, tx_out, tx_err) = tx.finish(Duration::from_secs(120));
-    let (rx_ok, _, rx_err) = rx.finish(Duration::from_secs(30));
+    ));
+    let tx = tx.finish(Duration::from_secs(120));
+    let rx = rx.finish(Duration::from_secs(30));
+    let (tx_ok, tx_out, tx_err) = (
+        tx.status.success(),
+        String::from_utf8_lossy(&tx.stdout),
+        String::from_utf8_lossy(&tx.stderr),
+    );
+    let (rx_ok, rx_err) = (rx.status.success(), String::from_utf8_lossy(&rx.stderr));
     let mut rx_out = String::new();
     reader.read_line(&mut rx_out).expect("receiver result");
     assert!(tx_ok, "sender {from} -> {to_ip}: {tx_err}");
