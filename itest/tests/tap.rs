@@ -114,28 +114,24 @@ fn port_stats(node: &Node, pod: &Pod) -> Value {
 #[test]
 fn tap_pod_add_check_del_del_again() {
     let node = Node::start("ta", NodeOpts::default());
-    for version in ["0.4.0", "1.0.0", "1.1.0"] {
-        let ns = Netns::new(&format!("{}-v{}", node.tag, version.replace('.', "")));
-        let container = format!("{}-c{}", node.tag, version.replace('.', ""));
+    for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let conf = tap_conf(&node, version);
-        let out = node.cni("ADD", &container, &ns.path(), "eth0", &conf);
-        out.assert_ok();
-        let result = out.json();
-        let addr = result["ips"][0]["address"].as_str().unwrap().to_string();
-        let ip = addr.split('/').next().unwrap().to_string();
-        let mac = result["interfaces"][0]["mac"].as_str().unwrap().to_string();
+        let pod = node.add_pod_with(10 + i as u32, &conf);
+        let (ns, container, ip, result) = (&pod.ns, &pod.container, &pod.ip, &pod.result);
+        let addr = result["ips"][0]["address"].as_str().unwrap();
+        let mac = result["interfaces"][0]["mac"].as_str().unwrap();
 
         // The pod's eth0 is a persistent multi-queue tap with a vnet header,
         // with the address, MAC and MTU of the result.
-        let link = ns_run_ok(&ns.name, &["ip", "-d", "link", "show", "eth0"]);
+        let link = pod_link(&pod);
         for want in ["tun type tap", "vnet_hdr on", "multi_queue", "persist on"] {
             assert!(link.contains(want), "{version}: no {want:?} in {link}");
         }
-        assert!(link.contains(&mac), "{version}: MAC {mac} not on {link}");
+        assert!(link.contains(mac), "{version}: MAC {mac} not on {link}");
         assert!(link.contains("mtu 1500"), "{version}: {link}");
         assert!(link.contains("state UP"), "{version}: {link}");
         let addrs = ns_run_ok(&ns.name, &["ip", "-4", "addr", "show", "eth0"]);
-        assert!(addrs.contains(&addr), "{version}: {addrs}");
+        assert!(addrs.contains(addr), "{version}: {addrs}");
         // The pod's stack may hand it TSO frames (the dataplane took them).
         let offloads = ns_run_ok(&ns.name, &["ethtool", "-k", "eth0"]);
         assert!(
@@ -149,17 +145,9 @@ fn tap_pod_add_check_del_del_again() {
             "a tap port link in the node: {node_links}"
         );
 
+        assert!(pod.ping("10.88.0.1", 2), "{version}: tap pod -> gateway");
         assert!(
-            ns_run(
-                &ns.name,
-                &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.88.0.1"]
-            )
-            .status
-            .success(),
-            "{version}: tap pod -> gateway"
-        );
-        assert!(
-            ns_run(&node.ns.name, &["ping", "-c", "1", "-W", "1", &ip])
+            ns_run(&node.ns.name, &["ping", "-c", "1", "-W", "1", ip])
                 .status
                 .success(),
             "{version}: node -> tap pod"
@@ -167,10 +155,11 @@ fn tap_pod_add_check_del_del_again() {
 
         let mut check: Value = serde_json::from_str(&conf).unwrap();
         check["prevResult"] = result.clone();
-        node.cni("CHECK", &container, &ns.path(), "eth0", &check.to_string())
+        let check = check.to_string();
+        node.cni("CHECK", container, &ns.path(), "eth0", &check)
             .assert_ok();
 
-        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+        node.cni("DEL", container, &ns.path(), "eth0", &conf)
             .assert_ok();
         assert!(
             !ns_run(&ns.name, &["ip", "link", "show", "eth0"])
@@ -179,13 +168,11 @@ fn tap_pod_add_check_del_del_again() {
             "{version}: eth0 left after DEL"
         );
         // DEL again (as containerd does: then without the netns).
-        node.cni("DEL", &container, &ns.path(), "eth0", &conf)
+        node.cni("DEL", container, &ns.path(), "eth0", &conf)
             .assert_ok();
-        node.cni("DEL", &container, "", "eth0", &conf).assert_ok();
+        node.cni("DEL", container, "", "eth0", &conf).assert_ok();
         // CHECK of a deleted pod is an error, not a panic.
-        let mut check: Value = serde_json::from_str(&conf).unwrap();
-        check["prevResult"] = result.clone();
-        let out = node.cni("CHECK", &container, &ns.path(), "eth0", &check.to_string());
+        let out = node.cni("CHECK", container, &ns.path(), "eth0", &check);
         assert_ne!(out.exit, 0, "{version}: CHECK after DEL succeeded");
     }
 
