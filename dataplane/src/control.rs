@@ -515,7 +515,7 @@ fn empty_node() -> NodeSettings {
 mod tests {
     use super::*;
     use crate::mem::{MemBackend, MemNetwork, MemWire};
-    use crate::pipeline::{checksum, offload, Offload};
+    use crate::pipeline::{fixtures, offload, Offload};
     use ferry_api::table::{HostPort, NextHop};
     use ferry_api::MacAddr;
     use std::net::Ipv4Addr;
@@ -845,14 +845,7 @@ mod tests {
             .psh()
             .write(&mut f, payload)
             .unwrap();
-        let tcp_len = (f.len() - 34) as u16;
-        let partial = checksum::fold(checksum::pseudo_header(
-            from.octets(),
-            to.octets(),
-            6,
-            tcp_len,
-        ));
-        f[50..52].copy_from_slice(&partial.to_be_bytes());
+        fixtures::make_partial(&mut f);
         f
     }
 
@@ -869,13 +862,7 @@ mod tests {
     }
 
     fn checksums_ok(f: &[u8]) -> bool {
-        let mut src = [0u8; 4];
-        let mut dst = [0u8; 4];
-        src.copy_from_slice(&f[26..30]);
-        dst.copy_from_slice(&f[30..34]);
-        let pseudo = checksum::pseudo_header(src, dst, 6, (f.len() - 34) as u16);
-        checksum::fold(checksum::add_bytes(0, &f[14..34])) == 0xffff
-            && checksum::fold(checksum::add_bytes(pseudo, &f[34..])) == 0xffff
+        fixtures::ip_checksum_ok(f) && fixtures::l4_checksum_ok(f)
     }
 
     /// The worker's offload rules on in-memory ports: GSO frames go
@@ -950,14 +937,7 @@ mod tests {
 
         // Plain port -> tap: a zeroed header.
         let mut plain = partial_tcp(B, A, b"reply");
-        let at = 50;
-        plain[at..at + 2].copy_from_slice(&[0, 0]);
-        let full = {
-            let pseudo =
-                checksum::pseudo_header(B.octets(), A.octets(), 6, (plain.len() - 34) as u16);
-            !checksum::fold(checksum::add_bytes(pseudo, &plain[34..]))
-        };
-        plain[at..at + 2].copy_from_slice(&full.to_be_bytes());
+        offload::complete_csum(&mut plain, 34, 16).unwrap();
         wb.inject(0, plain);
         let got = sent_offloaded(&wa, 1);
         assert_eq!(got.len(), 1);

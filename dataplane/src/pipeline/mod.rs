@@ -14,7 +14,7 @@ pub mod verdict;
 pub mod wire;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -221,10 +221,8 @@ fn ipv4(
                     let expired = Expired::of(&mut ip);
                     return time_exceeded(expired, gateway, buf, len, sender_mac, router, ingress);
                 }
-                if !partial {
-                    if let Err(reason) = complete_l4_checksum(&mut ip) {
-                        return drop(reason);
-                    }
+                if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
+                    return drop(reason);
                 }
                 // Host -> pod was routed (and its TTL decremented) by the
                 // node kernel already.
@@ -241,10 +239,8 @@ fn ipv4(
                 let Some(host) = tables.host_port() else {
                     return drop(DropReason::NoHostPort);
                 };
-                if !partial {
-                    if let Err(reason) = complete_l4_checksum(&mut ip) {
-                        return drop(reason);
-                    }
+                if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
+                    return drop(reason);
                 }
                 (host.port, host.kernel_mac.octets())
             }
@@ -380,9 +376,11 @@ fn time_exceeded(
 /// The TCP/UDP checksum rule for forwarded frames: complete a partial
 /// checksum (the field holds the folded pseudo-header sum, as Linux leaves a
 /// CHECKSUM_PARTIAL frame), keep a valid one, refuse anything else.
-/// Fragments are not touched (the L4 message is not complete here).
-fn complete_l4_checksum(ip: &mut Ipv4<'_>) -> Result<(), DropReason> {
-    if !ip.is_unfragmented() {
+/// Fragments are not touched (the L4 message is not complete here), nor
+/// frames whose virtio-net header marks the checksum partial
+/// (`offload_partial`: completed at egress if the egress needs it).
+fn complete_l4_checksum(ip: &mut Ipv4<'_>, offload_partial: bool) -> Result<(), DropReason> {
+    if offload_partial || !ip.is_unfragmented() {
         return Ok(());
     }
     let proto = ip.protocol();
