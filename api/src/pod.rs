@@ -98,6 +98,26 @@ pub struct PodRequest {
     /// CHECK only: the result the runtime holds, to compare with reality.
     #[serde(default)]
     pub prev_result: Option<PodResult>,
+    /// When the plugin stops waiting for the answer (milliseconds since
+    /// the Unix epoch). ferryd rolls back an ADD it cannot finish by then
+    /// rather than completing it behind the runtime's back. `None`: no
+    /// deadline beyond ferryd's own bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// An attachment ferryd keeps but cannot serve: its pod's namespace or
+/// link is gone (a node crash or reboot, a runtime that lost its DEL).
+/// Kept, with its address, until DEL or GC names it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StaleAttachment {
+    /// Endpoint id (`<container id>/<ifname>`).
+    pub endpoint: String,
+    /// The address the attachment still holds.
+    pub ip: std::net::IpAddr,
+    pub netns: String,
+    /// What was found missing.
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -167,12 +187,23 @@ pub enum PodResponse {
     Ok {
         result: Option<PodResult>,
     },
-    /// STATUS: ready (ADD can be served) or why not.
+    /// STATUS: ready (ADD can be served) or why not. `code` is the CNI
+    /// code of a not-ready answer (50 not available, 51 limited
+    /// connectivity); 0 or absent when ready, 50 when absent otherwise.
     Status {
         ready: bool,
         msg: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        code: u32,
+        /// Attachments whose pod is gone (they never make STATUS fail).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stale: Vec<StaleAttachment>,
     },
     Error(PodError),
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// ferryd's default socket for the pod API.

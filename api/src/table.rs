@@ -108,6 +108,26 @@ pub struct Endpoint {
     pub netns: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_ifname: String,
+    /// Identity of `netns` when ferryd opened it at ADD. Paths such as
+    /// `/proc/<pid>/ns/net` are reused by other namespaces; whoever opens
+    /// `netns` again checks that it is still this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<NetnsId>,
+}
+
+/// A network namespace's identity: device and inode of its nsfs file, as
+/// `stat` shows them. Two paths name the same namespace exactly when these
+/// agree; a namespace keeps its inode for its whole life.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl std::fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "net:[{}] (dev {})", self.ino, self.dev)
+    }
 }
 
 /// An extra route: traffic for `prefix` goes to `next_hop`.
@@ -168,14 +188,33 @@ pub enum Response {
         workers: u32,
     },
     /// The update is visible to every worker from `generation` on.
+    /// A `Sync` whose state names ports the dataplane could not open is
+    /// still applied (the rest must not wait for a pod that is gone):
+    /// `missing` names the endpoints left out, and why. Incremental
+    /// updates are all or nothing and never carry `missing`.
     Applied {
         generation: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<MissingPort>,
     },
     Stats(Stats),
     Tables(TableDump),
     Error {
         message: String,
     },
+}
+
+/// An endpoint a `Sync` was applied without: its port could not be opened
+/// (the pod's veth or tap is gone, typically because its namespace was
+/// destroyed before its DEL).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MissingPort {
+    /// Endpoint id (`<container id>/<ifname>`).
+    pub endpoint: String,
+    /// The port name (host veth or tap label).
+    pub port: String,
+    /// Why it could not be opened.
+    pub error: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]

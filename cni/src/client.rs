@@ -62,6 +62,13 @@ impl ClientError {
 /// Sends `req` to the ferryd listening at `path` and returns its answer.
 pub fn call(path: &Path, req: &PodRequest, timeouts: Timeouts) -> Result<PodResponse, ClientError> {
     let stream = connect(path, timeouts.connect)?;
+    // ferryd learns when we stop waiting, so it rolls back what it cannot
+    // finish by then instead of completing it behind the runtime's back.
+    let mut req = req.clone();
+    if req.deadline_ms.is_none() {
+        req.deadline_ms = deadline_ms(timeouts.read);
+    }
+    let req = &req;
     let send_err = |source| ClientError::Send {
         path: path.to_path_buf(),
         source,
@@ -92,6 +99,14 @@ pub fn call(path: &Path, req: &PodRequest, timeouts: Timeouts) -> Result<PodResp
             source,
         },
     })
+}
+
+/// Milliseconds since the Unix epoch, `after` from now.
+fn deadline_ms(after: Duration) -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from((now + after).as_millis()).ok()
 }
 
 /// `UnixStream::connect` blocks while the listener's backlog is full; it
@@ -147,6 +162,7 @@ mod tests {
             attachment: Default::default(),
             valid_attachments: vec![],
             prev_result: None,
+            deadline_ms: None,
         }
     }
 
@@ -185,7 +201,17 @@ mod tests {
                 details: "x".into()
             })
         );
-        assert_eq!(server.join().unwrap(), request());
+        // The request arrives as sent, plus the time the plugin stops
+        // waiting (about the read timeout from now).
+        let mut got = server.join().unwrap();
+        let deadline = got.deadline_ms.take().expect("a deadline is sent");
+        let now = deadline_ms(Duration::ZERO).unwrap();
+        let read = Timeouts::default().read.as_millis() as u64;
+        assert!(
+            deadline > now && deadline <= now + read,
+            "{deadline} vs {now}"
+        );
+        assert_eq!(got, request());
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -62,6 +62,12 @@ impl CniError {
     pub fn not_available(msg: impl Into<String>) -> Self {
         Self::new(code::NOT_AVAILABLE, msg)
     }
+
+    /// Code 51: STATUS says ADD works but pods will lack some connectivity
+    /// (the node cannot reach them: ferry's host port is missing).
+    pub fn limited_connectivity(msg: impl Into<String>) -> Self {
+        Self::new(code::LIMITED_CONNECTIVITY, msg)
+    }
 }
 
 impl From<PodError> for CniError {

@@ -102,6 +102,7 @@ fn execute(env: &Env, stdin: &[u8], ferryd: Ferryd<'_>) -> Result<String, CniErr
         attachment: conf.attachment,
         valid_attachments: Vec::new(),
         prev_result: None,
+        deadline_ms: None,
     };
     match command {
         Command::Add | Command::Check | Command::Del => {
@@ -161,13 +162,30 @@ fn execute(env: &Env, stdin: &[u8], ferryd: Ferryd<'_>) -> Result<String, CniErr
         }
         (Command::Del | Command::Check | Command::Gc, PodResponse::Ok { .. }) => Ok(String::new()),
         (Command::Status, PodResponse::Status { ready: true, .. }) => Ok(String::new()),
-        (Command::Status, PodResponse::Status { ready: false, msg }) => Err(
-            CniError::not_available(format!("ferryd is not ready: {msg}")),
-        ),
+        (
+            Command::Status,
+            PodResponse::Status {
+                ready: false,
+                msg,
+                code,
+                ..
+            },
+        ) => Err(status_error(code, msg)),
         (Command::Status, PodResponse::Ok { .. }) => {
             Err(unexpected(socket, name, "a plain success"))
         }
         (_, PodResponse::Status { .. }) => Err(unexpected(socket, name, "a STATUS answer")),
+    }
+}
+
+/// A not-ready STATUS: 51 (limited connectivity) when ferryd says so,
+/// else 50 (not available).
+fn status_error(code: u32, msg: String) -> CniError {
+    let msg = format!("ferryd is not ready: {msg}");
+    if code == ferry_api::pod::code::LIMITED_CONNECTIVITY {
+        CniError::limited_connectivity(msg)
+    } else {
+        CniError::not_available(msg)
     }
 }
 

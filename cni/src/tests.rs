@@ -89,6 +89,8 @@ impl Fake {
                 Command::Status => PodResponse::Status {
                     ready: true,
                     msg: String::new(),
+                    code: 0,
+                    stale: vec![],
                 },
                 _ => PodResponse::Ok { result: None },
             })
@@ -539,10 +541,26 @@ fn ferryd_failures_map_to_codes() {
                 Ok(PodResponse::Status {
                     ready: false,
                     msg: "dataplane disconnected".into(),
+                    code: 0,
+                    stale: vec![],
                 })
             }),
             50,
             "dataplane disconnected",
+        ),
+        (
+            "STATUS limited connectivity",
+            status_env(),
+            Box::new(|_| {
+                Ok(PodResponse::Status {
+                    ready: false,
+                    msg: "host port ferry0dp is missing".into(),
+                    code: 51,
+                    stale: vec![],
+                })
+            }),
+            51,
+            "host port ferry0dp is missing",
         ),
         (
             "ADD EOF",
@@ -603,6 +621,8 @@ fn ferryd_failures_map_to_codes() {
                 Ok(PodResponse::Status {
                     ready: true,
                     msg: String::new(),
+                    code: 0,
+                    stale: vec![],
                 })
             }),
             5,

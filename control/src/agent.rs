@@ -15,15 +15,17 @@ use std::time::Duration;
 use ferry_api::pod::{
     code, Command, Interface, IpConfig, PodError, PodRequest, PodResponse, PodResult,
 };
-use ferry_api::table::{Attachment, Endpoint, HostPort, NodeSettings};
+use ferry_api::table::{Attachment, HostPort, NodeSettings};
 use ferry_api::MacAddr;
 use ipnet::Ipv4Net;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::config::{validate_ifname, Config};
-use crate::dataplane::{DataplaneClient, DpError, HelloHook, REPLY_TIMEOUT};
+use crate::dataplane::{DataplaneClient, Desired, DpError, SyncHook, REPLY_TIMEOUT};
 use crate::ipam::{IpamError, Pools};
 use crate::netlink::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
+use crate::netns::{self, Forbidden, NetnsError};
+use crate::reconcile::{self, endpoint_of};
 use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
 
 /// How long ADD waits for the dataplane's `Applied`, queueing included.
@@ -88,6 +90,68 @@ fn dp_err(e: DpError) -> PodError {
             "ferry-dataplane did not acknowledge the endpoint",
             e.to_string(),
         ),
+    }
+}
+
+fn netns_err(e: NetnsError) -> PodError {
+    let code = match &e {
+        NetnsError::Timeout { .. } => code::TRY_AGAIN_LATER,
+        NetnsError::Io { .. } => code::IO,
+        _ => code::INVALID_ENV,
+    };
+    err(
+        code,
+        "CNI_NETNS is not a usable pod network namespace",
+        e.to_string(),
+    )
+}
+
+fn abandoned(why: String) -> PodError {
+    err(code::TRY_AGAIN_LATER, "ADD abandoned and rolled back", why)
+}
+
+/// When a request stops being wanted: past the deadline the plugin sent,
+/// or once its client hung up (the server watches the connection).
+#[derive(Debug, Clone, Default)]
+pub struct Abandon {
+    deadline: Option<std::time::SystemTime>,
+    hung_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Abandon {
+    /// `deadline_ms`: milliseconds since the Unix epoch, as in the request.
+    pub fn new(deadline_ms: Option<u64>) -> Abandon {
+        Abandon {
+            deadline: deadline_ms.map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+            hung_up: Default::default(),
+        }
+    }
+
+    /// The client closed its connection: nobody will read the answer.
+    pub fn hang_up(&self) {
+        // Relaxed: a flag read at step boundaries; no data hangs on it.
+        self.hung_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the request is no longer wanted, if it is not.
+    pub fn why(&self) -> Option<String> {
+        if self.hung_up.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("the plugin closed its connection before the answer".into());
+        }
+        match self.remaining() {
+            Some(r) if r.is_zero() => Some("the plugin's deadline passed".into()),
+            _ => None,
+        }
+    }
+
+    /// Time left before the deadline (zero once past); `None` without one.
+    pub fn remaining(&self) -> Option<Duration> {
+        let d = self.deadline?;
+        Some(
+            d.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     }
 }
 
@@ -167,21 +231,69 @@ fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
     }
 }
 
-fn endpoint_of(rec: &Record) -> Endpoint {
-    // A tap is found by the dataplane inside the pod namespace; a veth by
-    // its host end in the node namespace.
-    let (netns, pod_ifname) = match rec.attachment {
-        Attachment::Tap => (rec.netns.clone(), rec.id.ifname.clone()),
-        Attachment::Veth => (String::new(), String::new()),
+/// What the dataplane must hold, computed at each (re)connect: the host port
+/// made for its worker count, its namespace added to the forbidden ones,
+/// and the store's ready records checked against the kernel.
+async fn desired(
+    netlink: &Netlink,
+    cfg: &Config,
+    store: std::sync::Weak<Store>,
+    workers: u32,
+    dataplane_pid: Option<i32>,
+) -> Desired {
+    if let Some(pid) = dataplane_pid {
+        match netns::id_of_pid(pid) {
+            Ok(id) => netlink.forbidden().add(id, "the dataplane's"),
+            Err(e) => log::warn!("cannot identify the dataplane's network namespace: {e}"),
+        }
+    }
+    let kernel = cfg.host_port_kernel().to_string();
+    let dp_name = cfg.host_port_dp();
+    let r = netlink
+        .ensure_host_port(
+            &kernel,
+            &dp_name,
+            cfg.gateway,
+            &cfg.pod_cidrs,
+            cfg.mtu,
+            Some(workers),
+        )
+        .await;
+    let host_port = match r {
+        Ok(mac) => Some(HostPort {
+            ifname: dp_name,
+            kernel_ifname: kernel,
+            kernel_mac: mac,
+        }),
+        Err(e) => {
+            log::error!("host port for {workers} worker(s): {e}");
+            None
+        }
     };
-    Endpoint {
-        id: rec.id.endpoint_id(),
-        host_ifname: rec.host_ifname.clone(),
-        ipv4: rec.ip,
-        mac: rec.mac,
-        attachment: rec.attachment,
-        netns,
-        pod_ifname,
+    let ready = match tokio::task::spawn_blocking(move || store.upgrade().map(|s| s.ready())).await
+    {
+        Ok(None) => Vec::new(), // the agent is gone
+        Ok(Some(Ok(r))) => r,
+        Ok(Some(Err(e))) => {
+            log::error!("store: list ready attachments: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            log::error!("store task failed: {e}");
+            Vec::new()
+        }
+    };
+    let (endpoints, stale) = reconcile::desired(netlink, &ready).await;
+    log::info!(
+        "{} ready attachment(s) in the store: {} live, {} stale",
+        ready.len(),
+        endpoints.len(),
+        stale.len()
+    );
+    Desired {
+        node: node_settings(cfg, host_port),
+        endpoints,
+        stale,
     }
 }
 
@@ -191,7 +303,13 @@ async fn unplumb_record(netlink: &Netlink, rec: &Record) -> Result<bool, Netlink
         Attachment::Veth => netlink.unplumb(&rec.host_ifname).await,
         Attachment::Tap => {
             netlink
-                .unplumb_tap(&rec.netns, &rec.id.container_id, &rec.id.ifname, rec.mac)
+                .unplumb_tap(
+                    &rec.netns,
+                    rec.netns_id,
+                    &rec.id.container_id,
+                    &rec.id.ifname,
+                    rec.mac,
+                )
                 .await
         }
     }
@@ -210,7 +328,7 @@ impl Agent {
             })??;
         let store = Arc::new(store);
         log::info!("store {}", store.path().display());
-        let netlink = Netlink::connect()?;
+        let netlink = Netlink::connect(Forbidden::node())?;
 
         for rec in store.pending()? {
             log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.ip);
@@ -239,43 +357,18 @@ impl Agent {
             ),
         }
 
-        let ready: Vec<Endpoint> = store.ready()?.iter().map(endpoint_of).collect();
-        log::info!("{} ready attachment(s) in the store", ready.len());
-        let hook: HelloHook = {
-            let netlink = netlink.clone();
-            let cfg = cfg.clone();
-            Arc::new(move |workers| {
-                let netlink = netlink.clone();
-                let cfg = cfg.clone();
-                Box::pin(async move {
-                    let kernel = cfg.host_port_kernel().to_string();
-                    let dp_name = cfg.host_port_dp();
-                    let r = netlink
-                        .ensure_host_port(
-                            &kernel,
-                            &dp_name,
-                            cfg.gateway,
-                            &cfg.pod_cidrs,
-                            cfg.mtu,
-                            Some(workers),
-                        )
-                        .await;
-                    let host_port = match r {
-                        Ok(mac) => Some(HostPort {
-                            ifname: dp_name,
-                            kernel_ifname: kernel,
-                            kernel_mac: mac,
-                        }),
-                        Err(e) => {
-                            log::error!("host port for {workers} worker(s): {e}");
-                            None
-                        }
-                    };
-                    node_settings(&cfg, host_port)
-                })
+        let hook: SyncHook = {
+            // Weak: the client task may outlive the agent by a moment, and
+            // must not keep the database open (a restarted agent reopens it).
+            let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), Arc::downgrade(&store));
+            Arc::new(move |workers, dataplane_pid| {
+                let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
+                Box::pin(
+                    async move { desired(&netlink, &cfg, store, workers, dataplane_pid).await },
+                )
             })
         };
-        let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), ready, hook);
+        let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
         let node_pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
             .expect("node pools from a validated config");
         Ok(Arc::new(Agent {
@@ -300,15 +393,23 @@ impl Agent {
         &self.store
     }
 
-    /// Serve one pod-API request.
+    /// Serve one pod-API request with no client to watch (its deadline,
+    /// if it carries one, still holds).
     pub async fn handle(&self, req: PodRequest) -> PodResponse {
+        let abandon = Abandon::new(req.deadline_ms);
+        self.handle_watched(req, &abandon).await
+    }
+
+    /// Serve one pod-API request; an ADD that `abandon` says nobody waits
+    /// for any more is rolled back instead of completed.
+    pub async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse {
         let what = format!(
             "{:?} {} {}/{}",
             req.command, req.network, req.container_id, req.ifname
         );
         let r = match req.command {
             Command::Add => self
-                .add(&req)
+                .add(&req, abandon)
                 .await
                 .map(|r| PodResponse::Ok { result: Some(r) }),
             Command::Del => self
@@ -354,7 +455,7 @@ impl Agent {
         ))
     }
 
-    async fn add(&self, req: &PodRequest) -> Result<PodResult, PodError> {
+    async fn add(&self, req: &PodRequest, abandon: &Abandon) -> Result<PodResult, PodError> {
         let id = Self::attachment(req)?;
         let netns = match req.netns.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
@@ -389,6 +490,11 @@ impl Agent {
         let Some(workers) = self.dp.workers() else {
             return Err(dp_err(DpError::NotConnected));
         };
+        // The namespace is identified once, here; plumbing later opens the
+        // path again and works only if it still names this namespace.
+        let (_, netns_id) = netns::open(&netns, None, self.netlink.forbidden())
+            .await
+            .map_err(netns_err)?;
 
         let _lock = self.locks.lock(&id.container_id, &id.ifname).await;
         let existing = {
@@ -396,7 +502,28 @@ impl Agent {
             blocking(move || store.get(&id)).await?.map_err(store_err)?
         };
         if let Some(rec) = existing {
+            // A ready record whose pod is gone (stale, or its path now
+            // names another namespace) is replaced by this ADD.
+            let gone = rec.state == State::Ready
+                && (self.dp.is_stale(&id.endpoint_id())
+                    || rec.netns_id.is_some_and(|old| old != netns_id));
             match rec.state {
+                State::Ready if gone => {
+                    log::info!("{id}: replacing a stale attachment ({})", rec.ip);
+                    self.undo(&rec, true).await;
+                    let (store, id2) = (Arc::clone(&self.store), id.clone());
+                    if blocking(move || store.get(&id2))
+                        .await?
+                        .map_err(store_err)?
+                        .is_some()
+                    {
+                        return Err(err(
+                            code::PLUMBING_FAILED,
+                            "a stale attachment could not be removed",
+                            format!("{id}: see ferryd's log"),
+                        ));
+                    }
+                }
                 State::Ready if rec.netns == netns => return Ok(rec.result),
                 State::Ready => {
                     return Err(err(
@@ -447,6 +574,7 @@ impl Agent {
                         host_ifname: host.clone(),
                         mac,
                         netns: netns.clone(),
+                        netns_id: Some(netns_id),
                         mtu,
                         attachment,
                         state: State::Pending,
@@ -480,6 +608,7 @@ impl Agent {
             ifname: id.ifname.clone(),
             host_ifname: host.clone(),
             netns: netns.clone(),
+            netns_id,
             mac: record.mac,
             address: record.address,
             gateway: record.gateway,
@@ -497,9 +626,21 @@ impl Agent {
             ));
         }
 
-        if let Err(e) = self.dp.upsert(endpoint_of(&record), ADD_ACK_TIMEOUT).await {
+        if let Some(why) = abandon.why() {
+            self.undo(&record, false).await;
+            return Err(abandoned(why));
+        }
+        let wait = abandon
+            .remaining()
+            .map_or(ADD_ACK_TIMEOUT, |r| r.min(ADD_ACK_TIMEOUT));
+        if let Err(e) = self.dp.upsert(endpoint_of(&record), wait).await {
             self.undo(&record, true).await;
             return Err(dp_err(e));
+        }
+        // Last point of return: past it the runtime gets its result.
+        if let Some(why) = abandon.why() {
+            self.undo(&record, true).await;
+            return Err(abandoned(why));
         }
 
         let marked = {
@@ -646,7 +787,7 @@ impl Agent {
         }
         let view = self
             .netlink
-            .pod_view(&rec.netns, &rec.id.ifname)
+            .pod_view(&rec.netns, rec.netns_id, &rec.id.ifname)
             .await
             .map_err(|e| {
                 mismatch(format!(
@@ -740,36 +881,54 @@ impl Agent {
     }
 
     async fn status(&self) -> PodResponse {
+        let stale = self.dp.stale();
+        let not_ready = |code: u32, msg: String, stale: Vec<_>| PodResponse::Status {
+            ready: false,
+            msg,
+            code,
+            stale,
+        };
         let store = Arc::clone(&self.store);
         let pools = self.node_pools.clone();
         let allocated = match blocking(move || store.allocated_in(&pools)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                return PodResponse::Status {
-                    ready: false,
-                    msg: format!("store: {e}"),
-                }
-            }
-            Err(e) => {
-                return PodResponse::Status {
-                    ready: false,
-                    msg: e.details,
-                }
-            }
+            Ok(Err(e)) => return not_ready(code::NOT_AVAILABLE, format!("store: {e}"), stale),
+            Err(e) => return not_ready(code::NOT_AVAILABLE, e.details, stale),
         };
         let free = self.node_pools.size().saturating_sub(allocated);
-        match self.dp.workers() {
-            None => PodResponse::Status { ready: false, msg: "ferry-dataplane is not connected".into() },
-            Some(_) if free == 0 => {
-                PodResponse::Status { ready: false, msg: format!("no free address in {:?}", self.cfg.pod_cidrs) }
-            }
-            Some(w) => PodResponse::Status {
-                ready: true,
-                msg: format!(
-                    "ferry-dataplane connected ({w} worker(s), generation {}); {allocated} address(es) in use, {free} free",
-                    self.dp.generation()
-                ),
-            },
+        let Some(w) = self.dp.workers() else {
+            return not_ready(
+                code::NOT_AVAILABLE,
+                "ferry-dataplane is not connected".into(),
+                stale,
+            );
+        };
+        if free == 0 {
+            return not_ready(
+                code::NOT_AVAILABLE,
+                format!("no free address in {:?}", self.cfg.pod_cidrs),
+                stale,
+            );
+        }
+        if let Some(problem) = self.dp.host_port_problem() {
+            return not_ready(
+                code::LIMITED_CONNECTIVITY,
+                format!("the node cannot reach its pods: {problem}"),
+                stale,
+            );
+        }
+        let stale_note = match stale.len() {
+            0 => String::new(),
+            n => format!("; {n} stale attachment(s) kept until DEL or GC (pod gone)"),
+        };
+        PodResponse::Status {
+            ready: true,
+            msg: format!(
+                "ferry-dataplane connected ({w} worker(s), generation {}); {allocated} address(es) in use, {free} free{stale_note}",
+                self.dp.generation()
+            ),
+            code: 0,
+            stale,
         }
     }
 }

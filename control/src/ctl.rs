@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_api::pod::{Command, PodRequest, PodResponse};
+use ferry_api::pod::{Command, PodRequest, PodResponse, StaleAttachment};
 use ferry_api::table::{self, NodeSettings, Stats, TableDump};
 use ferry_api::wire::{self, WireError};
 use serde::Serialize;
@@ -133,8 +133,17 @@ pub fn stats(dataplane: &Path) -> Result<Stats, CtlError> {
     }
 }
 
-/// ferryd's STATUS: (ready, message).
-pub fn ferryd_status(ferryd: &Path) -> Result<(bool, String), CtlError> {
+/// ferryd's STATUS answer.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct FerrydStatus {
+    pub ready: bool,
+    pub msg: String,
+    /// Attachments whose pod is gone, kept until DEL or GC.
+    pub stale: Vec<StaleAttachment>,
+}
+
+/// ferryd's STATUS.
+pub fn ferryd_status(ferryd: &Path) -> Result<FerrydStatus, CtlError> {
     let req = PodRequest {
         command: Command::Status,
         network: String::new(),
@@ -147,9 +156,12 @@ pub fn ferryd_status(ferryd: &Path) -> Result<(bool, String), CtlError> {
         attachment: Default::default(),
         valid_attachments: Vec::new(),
         prev_result: None,
+        deadline_ms: None,
     };
     match call("ferryd", ferryd, None, &req)? {
-        PodResponse::Status { ready, msg } => Ok((ready, msg)),
+        PodResponse::Status {
+            ready, msg, stale, ..
+        } => Ok(FerrydStatus { ready, msg, stale }),
         PodResponse::Error(e) => Err(CtlError::Refused {
             what: "ferryd",
             msg: format!("{} (code {})", e, e.code),
@@ -196,26 +208,45 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRow {
     pub id: String,
-    pub ip: std::net::Ipv4Addr,
+    pub ip: std::net::IpAddr,
     pub mac: ferry_api::MacAddr,
     pub host_ifname: String,
     /// Port index in the forwarding tables, if the dataplane made the port.
     pub port: Option<u32>,
+    /// `live`, or `stale: <what is missing>` for an attachment ferryd
+    /// keeps (until DEL or GC) although its pod is gone.
+    pub state: String,
 }
 
-pub fn endpoint_rows(t: &TableDump) -> Vec<EndpointRow> {
+/// The dataplane's endpoints, then ferryd's stale attachments (which the
+/// dataplane does not hold).
+pub fn endpoint_rows(t: &TableDump, stale: &[StaleAttachment]) -> Vec<EndpointRow> {
     let mut rows: Vec<EndpointRow> = t
         .endpoints
         .iter()
         .map(|e| EndpointRow {
             id: e.id.clone(),
-            ip: e.ipv4,
+            ip: e.ipv4.into(),
             mac: e.mac,
             host_ifname: e.host_ifname.clone(),
             port: t.ports.get(&e.host_ifname).copied(),
+            state: "live".into(),
         })
         .collect();
     rows.sort_by_key(|r| r.ip);
+    for s in stale {
+        rows.push(EndpointRow {
+            id: s.endpoint.clone(),
+            ip: s.ip,
+            mac: match s.ip {
+                std::net::IpAddr::V4(ip) => ferry_api::MacAddr::for_pod(ip),
+                std::net::IpAddr::V6(_) => ferry_api::MacAddr([0; 6]),
+            },
+            host_ifname: String::new(),
+            port: None,
+            state: format!("stale: {}", s.reason),
+        });
+    }
     rows
 }
 
@@ -231,12 +262,17 @@ pub fn render_endpoints(rows: &[EndpointRow]) -> String {
                 r.id.clone(),
                 r.ip.to_string(),
                 r.mac.to_string(),
-                r.host_ifname.clone(),
+                if r.host_ifname.is_empty() {
+                    "-".into()
+                } else {
+                    r.host_ifname.clone()
+                },
                 opt_port(r.port),
+                r.state.clone(),
             ]
         })
         .collect();
-    render_table(&["ID", "IP", "MAC", "HOST IFNAME", "PORT"], &body)
+    render_table(&["ID", "IP", "MAC", "HOST IFNAME", "PORT", "STATE"], &body)
 }
 
 fn render_node(
@@ -460,21 +496,32 @@ mod tests {
                 attachment: Default::default(),
                 netns: String::new(),
                 pod_ifname: String::new(),
+                netns_id: None,
             }],
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
         };
-        let rows = endpoint_rows(&t);
+        let stale = [StaleAttachment {
+            endpoint: "gone/eth0".into(),
+            ip: "10.88.0.9".parse().unwrap(),
+            netns: "/var/run/netns/gone".into(),
+            reason: "network namespace /var/run/netns/gone is gone".into(),
+        }];
+        let rows = endpoint_rows(&t, &stale);
         assert_eq!(rows[0].port, Some(2));
+        assert_eq!(rows[0].state, "live");
+        assert_eq!(rows[1].id, "gone/eth0");
+        assert!(rows[1].state.starts_with("stale: "), "{:?}", rows[1]);
         let text = render_endpoints(&rows);
-        assert!(text.starts_with("ID       IP         MAC"), "{text}");
+        assert!(text.starts_with("ID         IP         MAC"), "{text}");
         assert!(
-            text.contains("c1/eth0  10.88.0.5  0a:58:0a:58:00:05  fy0123456789a  2"),
+            text.contains("c1/eth0    10.88.0.5  0a:58:0a:58:00:05  fy0123456789a  2     live"),
             "{text}"
         );
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["ip"], "10.88.0.5");
         assert_eq!(json[0]["port"], 2);
+        assert!(text.contains("gone/eth0  10.88.0.9"), "{text}");
         assert!(render_routes(&t).contains("not synced"));
     }
 

@@ -1,15 +1,21 @@
 //! The table-API client: ferryd's one connection to ferry-dataplane.
 //!
-//! A task owns the connection. While disconnected it retries every 500 ms;
-//! once connected it says `Hello`, lets a hook make the host port for the
-//! dataplane's worker count, sends a full `Sync`, then forwards upserts and
-//! removes one at a time, each waiting for its `Applied`.
+//! A task owns the connection. While disconnected it retries every
+//! [`RETRY`]; once connected it says `Hello`, asks the [`SyncHook`] for the
+//! desired state (which makes the host port for the dataplane's worker
+//! count and checks every stored attachment against the kernel:
+//! [`crate::reconcile`]), sends it as a full `Sync`, then forwards upserts
+//! and removes one at a time, each waiting for its `Applied`.
 //!
-//! The task also keeps the set of endpoints the dataplane must have: it
-//! starts from the store's ready records, gains an endpoint when its upsert
-//! was applied and loses it on remove (even while disconnected). Every
-//! `Sync` sends that set, so a restarted dataplane is refilled and a DEL made
-//! while it was away is reconciled.
+//! A `Sync` the dataplane applied without some ports (`missing`) is a
+//! success: those endpoints join the stale set the hook reported, and the
+//! connection serves on. Stale endpoints leave that set when they are
+//! upserted again or removed (DEL, GC).
+//!
+//! Besides what the hook computes from the store, every `Sync` carries the
+//! endpoints upserted on an earlier connection whose ADD had not yet marked
+//! them ready in the store (`inflight`), so a dataplane that reconnects in
+//! the middle of an ADD still holds that pod when the ADD returns.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,7 +25,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::table::{Endpoint, NodeSettings, Request, Response, API_VERSION};
+use std::sync::Mutex;
+
+use ferry_api::pod::StaleAttachment;
+use ferry_api::table::{Endpoint, MissingPort, NodeSettings, Request, Response, API_VERSION};
 use ferry_api::wire::MAX_MESSAGE;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,8 +36,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 
-/// Time between connection attempts.
-pub const RETRY: Duration = Duration::from_millis(500);
+/// Time between connection attempts. A Unix-socket connect costs next to
+/// nothing, and a restarted dataplane forwards nothing until ferryd has
+/// synced it: the gap after a dataplane restart is at most this long.
+pub const RETRY: Duration = Duration::from_millis(20);
 /// Longest wait for any one reply of the dataplane.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,10 +57,21 @@ pub enum DpError {
     Shutdown,
 }
 
-/// Called after each successful `Hello` with the dataplane's worker count;
-/// makes sure the host port fits and returns the node settings to sync.
-pub type HelloHook =
-    Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = NodeSettings> + Send>> + Send + Sync>;
+/// What a `Sync` must establish, as the [`SyncHook`] computes it.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub node: NodeSettings,
+    /// Live endpoints (ready in the store, present in the kernel).
+    pub endpoints: Vec<Endpoint>,
+    /// Ready records whose pod is gone: not synced, reported.
+    pub stale: Vec<StaleAttachment>,
+}
+
+/// Called after each successful `Hello` with the dataplane's worker count
+/// and pid (from the socket's peer credentials, if known): makes sure the
+/// host port fits and returns the state to sync.
+pub type SyncHook =
+    Arc<dyn Fn(u32, Option<i32>) -> Pin<Box<dyn Future<Output = Desired> + Send>> + Send + Sync>;
 
 enum Cmd {
     Upsert(Endpoint, oneshot::Sender<Result<u64, DpError>>),
@@ -62,6 +84,12 @@ struct Shared {
     workers: AtomicU32,
     /// Last generation the dataplane reported.
     generation: AtomicU64,
+    /// Endpoint id -> stale attachment, as of the last `Sync` and the
+    /// updates since.
+    stale: Mutex<BTreeMap<String, StaleAttachment>>,
+    /// Why the host port is not in the dataplane, if it is not (the node
+    /// cannot reach its pods: STATUS says "limited connectivity").
+    host_port_problem: Mutex<Option<String>>,
 }
 
 /// Handle to the client task (cheap to clone).
@@ -72,9 +100,9 @@ pub struct DataplaneClient {
 }
 
 impl DataplaneClient {
-    /// Start the client task on the current runtime. `endpoints` is what the
-    /// dataplane must hold (the store's ready records).
-    pub fn spawn(socket: PathBuf, endpoints: Vec<Endpoint>, hook: HelloHook) -> DataplaneClient {
+    /// Start the client task on the current runtime; `hook` computes what
+    /// every `Sync` sends.
+    pub fn spawn(socket: PathBuf, hook: SyncHook) -> DataplaneClient {
         let (tx, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared::default());
         let task = Task {
@@ -82,7 +110,7 @@ impl DataplaneClient {
             hook,
             rx,
             shared: Arc::clone(&shared),
-            endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            inflight: BTreeMap::new(),
         };
         tokio::spawn(task.run());
         DataplaneClient { tx, shared }
@@ -104,6 +132,21 @@ impl DataplaneClient {
 
     pub fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Relaxed)
+    }
+
+    /// Attachments kept although their pod is gone, by endpoint id.
+    pub fn stale(&self) -> Vec<StaleAttachment> {
+        lock(&self.shared.stale).values().cloned().collect()
+    }
+
+    /// Whether the endpoint `id` is stale.
+    pub fn is_stale(&self, id: &str) -> bool {
+        lock(&self.shared.stale).contains_key(id)
+    }
+
+    /// Why the dataplane has no host port, if it has none.
+    pub fn host_port_problem(&self) -> Option<String> {
+        lock(&self.shared.host_port_problem).clone()
     }
 
     /// Upsert an endpoint and wait (at most `wait`) until the dataplane
@@ -137,7 +180,13 @@ impl DataplaneClient {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Conn {
+    /// The dataplane's pid, from the socket's peer credentials.
+    peer_pid: Option<i32>,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
 }
@@ -177,10 +226,12 @@ impl Conn {
 
 struct Task {
     socket: PathBuf,
-    hook: HelloHook,
+    hook: SyncHook,
     rx: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
-    endpoints: BTreeMap<String, Endpoint>,
+    /// Endpoints applied by an upsert that the store may not list as
+    /// ready yet; dropped once a hook's answer names them, or on remove.
+    inflight: BTreeMap<String, Endpoint>,
 }
 
 /// How the connected phase ended.
@@ -198,8 +249,10 @@ impl Task {
                 let stream = UnixStream::connect(&self.socket)
                     .await
                     .map_err(|e| format!("connect {}: {e}", self.socket.display()))?;
+                let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
                 let (r, w) = stream.into_split();
                 let conn = Conn {
+                    peer_pid,
                     reader: BufReader::new(r),
                     writer: w,
                 };
@@ -268,18 +321,70 @@ impl Task {
                 )))
             }
         };
-        let node = (self.hook)(workers).await;
-        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let desired = (self.hook)(workers, conn.peer_pid).await;
+        let mut endpoints: BTreeMap<String, Endpoint> = desired
+            .endpoints
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        self.inflight.retain(|id, _| !endpoints.contains_key(id));
+        for (id, ep) in &self.inflight {
+            endpoints.insert(id.clone(), ep.clone());
+        }
+        let mut stale: BTreeMap<String, StaleAttachment> = desired
+            .stale
+            .into_iter()
+            .map(|s| (s.endpoint.clone(), s))
+            .collect();
+        let host_port = desired.node.host_port.clone();
         let n = endpoints.len();
         let req = Request::Sync {
-            node,
-            endpoints,
+            node: desired.node,
+            endpoints: endpoints.values().cloned().collect(),
             routes: Vec::new(),
         };
         match conn.call(&req).await? {
-            Response::Applied { generation } => {
+            Response::Applied {
+                generation,
+                missing,
+            } => {
                 self.shared.generation.store(generation, Ordering::Relaxed);
-                log::info!("ferry-dataplane connected: {workers} worker(s), synced {n} endpoint(s), generation {generation}");
+                let mut host_problem = match &host_port {
+                    None => Some("ferryd could not make the host port".to_string()),
+                    Some(_) => None,
+                };
+                for MissingPort {
+                    endpoint,
+                    port,
+                    error,
+                } in &missing
+                {
+                    match endpoints.get(endpoint) {
+                        Some(ep) => {
+                            log::warn!("endpoint {endpoint} is stale: port {port}: {error}");
+                            stale.insert(
+                                endpoint.clone(),
+                                StaleAttachment {
+                                    endpoint: endpoint.clone(),
+                                    ip: ep.ipv4.into(),
+                                    netns: ep.netns.clone(),
+                                    reason: format!("the dataplane cannot open {port}: {error}"),
+                                },
+                            );
+                        }
+                        None => {
+                            log::error!("host port {port} is not in the dataplane: {error}");
+                            host_problem = Some(format!("host port {port}: {error}"));
+                        }
+                    }
+                }
+                let m = missing.len();
+                *lock(&self.shared.stale) = stale;
+                *lock(&self.shared.host_port_problem) = host_problem;
+                log::info!(
+                    "ferry-dataplane connected: {workers} worker(s), synced {} endpoint(s) ({m} stale), generation {generation}",
+                    n - m.min(n)
+                );
                 Ok(workers)
             }
             Response::Error { message } => Err(DpError::Refused(format!("Sync: {message}"))),
@@ -287,6 +392,13 @@ impl Task {
                 "unexpected reply to Sync: {other:?}"
             ))),
         }
+    }
+
+    /// An endpoint removed (DEL, GC, rollback): no longer synced, no
+    /// longer stale.
+    fn forget(&mut self, id: &str) {
+        self.inflight.remove(id);
+        lock(&self.shared.stale).remove(id);
     }
 
     /// Serve commands while disconnected, for `d`. False: shutting down.
@@ -301,7 +413,7 @@ impl Task {
                         let _ = reply.send(Err(DpError::NotConnected));
                     }
                     Some(Cmd::Remove(id, reply)) => {
-                        self.endpoints.remove(&id);
+                        self.forget(&id);
                         let _ = reply.send(Err(DpError::NotConnected));
                     }
                 },
@@ -336,8 +448,9 @@ impl Task {
                         })
                         .await;
                     match r {
-                        Ok(Response::Applied { generation }) => {
-                            self.endpoints.insert(id, ep);
+                        Ok(Response::Applied { generation, .. }) => {
+                            lock(&self.shared.stale).remove(&id);
+                            self.inflight.insert(id, ep);
                             self.shared.generation.store(generation, Ordering::Relaxed);
                             let _ = reply.send(Ok(generation));
                         }
@@ -356,9 +469,9 @@ impl Task {
                     }
                 }
                 Cmd::Remove(id, reply) => {
-                    self.endpoints.remove(&id);
+                    self.forget(&id);
                     match conn.call(&Request::RemoveEndpoint { id }).await {
-                        Ok(Response::Applied { generation }) => {
+                        Ok(Response::Applied { generation, .. }) => {
                             self.shared.generation.store(generation, Ordering::Relaxed);
                             let _ = reply.send(Ok(generation));
                         }

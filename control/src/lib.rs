@@ -9,6 +9,9 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`ipam`]: address pools and the choice of the next address (pure).
 //! - [`store`]: the redb store of attachments and allocations.
+//! - [`netns`]: opening a pod namespace path safely (bounded, nsfs, not the
+//!   node's own, the same namespace as at ADD).
+//! - [`reconcile`]: which stored attachments are still alive in the kernel.
 //! - [`netlink`]: veth and tap plumbing, the host port, checks (rtnetlink).
 //! - [`tap`]: creating a pod's persistent tap (on [`ferry_tun`]).
 //! - [`dataplane`]: the table-API client task (Hello, Sync, updates).
@@ -24,6 +27,8 @@ pub mod dataplane;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;
+pub mod netns;
+pub mod reconcile;
 pub mod server;
 pub mod store;
 pub mod tap;

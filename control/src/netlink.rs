@@ -8,10 +8,9 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use ferry_api::pod::RouteSpec;
-use ferry_api::table::Attachment;
+use ferry_api::table::{Attachment, NetnsId};
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -24,6 +23,8 @@ use nix::sched::CloneFlags;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
+use crate::netns::{self, Forbidden, NetnsError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("open netlink socket: {0}")]
@@ -33,11 +34,8 @@ pub enum NetlinkError {
         op: String,
         source: rtnetlink::Error,
     },
-    #[error("open network namespace {path}: {source}")]
-    OpenNetns {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("enter network namespace {path}: {source}")]
     Setns { path: String, source: nix::Error },
     #[error("netns worker thread for {path}: {msg}")]
@@ -199,7 +197,17 @@ async fn add_address(
     }
 }
 
-/// Add (or replace) an IPv4 route out of `index`.
+/// Whether [`add_route`] may replace a route to the same destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// The route is ferry's own (the host port's pod CIDR routes).
+    Replace,
+    /// A pod's route: created, never written over something that exists
+    /// (EEXIST fails the ADD).
+    Keep,
+}
+
+/// Add an IPv4 route out of `index`.
 async fn add_route(
     handle: &Handle,
     index: u32,
@@ -207,6 +215,7 @@ async fn add_route(
     gateway: Option<Ipv4Addr>,
     src: Option<Ipv4Addr>,
     scope: RouteScope,
+    existing: Existing,
 ) -> Result<(), rtnetlink::Error> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst.network(), dst.prefix_len())
@@ -218,7 +227,12 @@ async fn add_route(
     if let Some(src) = src {
         b = b.pref_source(src);
     }
-    handle.route().add(b.build()).replace().execute().await
+    let add = handle.route().add(b.build());
+    match existing {
+        Existing::Replace => add.replace().execute().await,
+        // rtnetlink's add is NLM_F_CREATE | NLM_F_EXCL.
+        Existing::Keep => add.execute().await,
+    }
 }
 
 /// A veth pair creation message with both ends' queue counts and MTU; the
@@ -247,18 +261,22 @@ fn veth_message(
         .build()
 }
 
-/// Run `f` with a netlink handle inside the network namespace at `path`,
-/// on a dedicated OS thread (setns affects only the calling thread).
-pub async fn in_netns<F, Fut, T>(path: &str, f: F) -> Result<T, NetlinkError>
+/// Run `f` with a netlink handle inside the network namespace at `path`
+/// (opened and checked by [`netns::open`]: with `expect`, it must still be
+/// that namespace), on a dedicated OS thread (setns affects only the
+/// calling thread).
+pub async fn in_netns<F, Fut, T>(
+    path: &str,
+    expect: Option<NetnsId>,
+    forbidden: &Forbidden,
+    f: F,
+) -> Result<T, NetlinkError>
 where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, NetlinkError>>,
     T: Send + 'static,
 {
-    let ns = File::open(path).map_err(|source| NetlinkError::OpenNetns {
-        path: path.to_string(),
-        source,
-    })?;
+    let (ns, _) = netns::open(path, expect, forbidden).await?;
     in_netns_file(ns, path, f).await
 }
 
@@ -314,6 +332,9 @@ pub struct PodPlumbing {
     pub ifname: String,
     pub host_ifname: String,
     pub netns: String,
+    /// The namespace `netns` named when ADD checked it: plumbing happens
+    /// only if the path still names that one.
+    pub netns_id: NetnsId,
     pub mac: MacAddr,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -350,15 +371,22 @@ pub struct PodView {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// Namespaces no pod path may name (ferryd's, the dataplane's, pid 1's).
+    forbidden: Forbidden,
 }
 
 impl Netlink {
     /// Connect in the current namespace; the connection task is spawned on
-    /// the current tokio runtime.
-    pub fn connect() -> Result<Netlink, NetlinkError> {
+    /// the current tokio runtime. Pod namespace paths naming one of
+    /// `forbidden` are refused by every operation.
+    pub fn connect(forbidden: Forbidden) -> Result<Netlink, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, forbidden })
+    }
+
+    pub fn forbidden(&self) -> &Forbidden {
+        &self.forbidden
     }
 
     pub fn handle(&self) -> &Handle {
@@ -439,11 +467,19 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
         add_address(h, k.index, kernel, Ipv4Net::from(gateway)).await?;
         for cidr in pod_cidrs {
-            add_route(h, k.index, *cidr, None, Some(gateway), RouteScope::Link)
-                .await
-                .map_err(|e| {
-                    NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e)
-                })?;
+            add_route(
+                h,
+                k.index,
+                *cidr,
+                None,
+                Some(gateway),
+                RouteScope::Link,
+                Existing::Replace,
+            )
+            .await
+            .map_err(|e| {
+                NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e)
+            })?;
         }
         k.mac
             .ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))
@@ -457,10 +493,7 @@ impl Netlink {
             return self.plumb_tap(p).await;
         }
         let h = &self.handle;
-        let ns = File::open(&p.netns).map_err(|source| NetlinkError::OpenNetns {
-            path: p.netns.clone(),
-            source,
-        })?;
+        let (ns, _) = netns::open(&p.netns, Some(p.netns_id), &self.forbidden).await?;
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let msg = veth_message(&p.host_ifname, &tmp, p.queues.max(1), p.mtu, Some(&ns));
         match h.link().add(msg).execute().await {
@@ -504,33 +537,39 @@ impl Netlink {
     async fn plumb_tap(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let pod = p.clone();
-        in_netns(&p.netns, move |h| async move {
-            crate::tap::create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
-                name: tmp.clone(),
-                netns: pod.netns.clone(),
-                op,
-                source,
-            })?;
-            configure_pod_end(&h, &tmp, &pod).await
-        })
+        in_netns(
+            &p.netns,
+            Some(p.netns_id),
+            &self.forbidden,
+            move |h| async move {
+                crate::tap::create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
+                    name: tmp.clone(),
+                    netns: pod.netns.clone(),
+                    op,
+                    source,
+                })?;
+                configure_pod_end(&h, &tmp, &pod).await
+            },
+        )
         .await
     }
 
     /// Undo a tap pod: delete its tap inside the pod namespace, under the
     /// temporary name or under `ifname` if it carries our `mac` (so an
     /// interface of that name that ADD did not make is never touched).
-    /// A namespace that is gone took the tap with it. Returns whether a
-    /// link was deleted.
+    /// A namespace that is gone (or, by `netns_id`, is another namespace
+    /// now) took the tap with it. Returns whether a link was deleted.
     pub async fn unplumb_tap(
         &self,
         netns: &str,
+        netns_id: Option<NetnsId>,
         container_id: &str,
         ifname: &str,
         mac: MacAddr,
     ) -> Result<bool, NetlinkError> {
         let tmp = temp_peer_name(container_id, ifname);
         let ifname = ifname.to_string();
-        let r = in_netns(netns, move |h| async move {
+        let r = in_netns(netns, netns_id, &self.forbidden, move |h| async move {
             let mut deleted = delete_link(&h, &tmp).await?;
             if let Some(link) = link_by_name(&h, &ifname).await? {
                 if link.mac == Some(mac) {
@@ -542,7 +581,7 @@ impl Netlink {
         .await;
         match r {
             // The namespace is gone (or went away meanwhile): so is the tap.
-            Err(NetlinkError::OpenNetns { .. }) => Ok(false),
+            Err(NetlinkError::Netns(e)) if e.is_gone() => Ok(false),
             other => other,
         }
     }
@@ -553,14 +592,16 @@ impl Netlink {
         delete_link(&self.handle, host_ifname).await
     }
 
-    /// The pod interface `ifname` as seen inside `netns`; `None` if missing.
+    /// The pod interface `ifname` as seen inside `netns` (which must still
+    /// be `netns_id`, when given); `None` if missing.
     pub async fn pod_view(
         &self,
         netns: &str,
+        netns_id: Option<NetnsId>,
         ifname: &str,
     ) -> Result<Option<PodView>, NetlinkError> {
         let ifname = ifname.to_string();
-        in_netns(netns, move |h| async move {
+        in_netns(netns, netns_id, &self.forbidden, move |h| async move {
             let Some(link) = link_by_name(&h, &ifname).await? else {
                 return Ok(None);
             };
@@ -627,7 +668,16 @@ async fn configure_pod_end(h: &Handle, tmp: &str, pod: &PodPlumbing) -> Result<(
     let mut onlink_done = false;
     for r in pod.effective_routes() {
         let gw = r.gw.unwrap_or(pod.gateway);
-        let first = add_route(h, idx, r.dst, Some(gw), None, RouteScope::Universe).await;
+        let first = add_route(
+            h,
+            idx,
+            r.dst,
+            Some(gw),
+            None,
+            RouteScope::Universe,
+            Existing::Keep,
+        )
+        .await;
         let retry = match first {
             Ok(()) => continue,
             // The gateway is not on a connected subnet (e.g. a /32
@@ -644,27 +694,38 @@ async fn configure_pod_end(h: &Handle, tmp: &str, pod: &PodPlumbing) -> Result<(
             "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
             r.dst
         );
-        add_route(h, idx, Ipv4Net::from(gw), None, None, RouteScope::Link)
-            .await
-            .map_err(|e| {
-                NetlinkError::request(
-                    format!("add route {gw}/32 dev {} scope link", pod.ifname),
-                    e,
-                )
-            })?;
+        add_route(
+            h,
+            idx,
+            Ipv4Net::from(gw),
+            None,
+            None,
+            RouteScope::Link,
+            Existing::Keep,
+        )
+        .await
+        .map_err(|e| {
+            NetlinkError::request(
+                format!("add route {gw}/32 dev {} scope link", pod.ifname),
+                e,
+            )
+        })?;
         onlink_done = true;
-        add_route(h, idx, r.dst, Some(gw), None, RouteScope::Universe)
-            .await
-            .map_err(|e| {
-                NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)
-            })?;
+        add_route(
+            h,
+            idx,
+            r.dst,
+            Some(gw),
+            None,
+            RouteScope::Universe,
+            Existing::Keep,
+        )
+        .await
+        .map_err(|e| {
+            NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)
+        })?;
     }
     Ok(())
-}
-
-/// Whether `path` names something that can be opened as a namespace.
-pub fn netns_exists(path: &str) -> bool {
-    Path::new(path).exists()
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! The pod-API server: one JSON request line in, one JSON response line out,
 //! per connection, connections served concurrently.
+//!
+//! Who may speak: the socket is mode 0600 and every connection's peer
+//! credentials are checked (uid 0 or ferryd's own uid), at most
+//! [`MAX_CONNECTIONS`] are served at once, and a request line is at most
+//! [`MAX_REQUEST`] bytes. Binding never removes the socket of a ferryd
+//! that still answers on it. While a request is served, the connection is
+//! watched: a client that hangs up abandons its ADD, which is rolled back.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -7,15 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::pod::{code, PodError, PodRequest, PodResponse};
-use ferry_api::wire::MAX_MESSAGE;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 
-use crate::agent::Agent;
+use crate::agent::{Abandon, Agent};
 use crate::metrics::RequestCounters;
 
 /// How long a client may take to send its request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest request line (a CNI config with a prevResult is a few KiB).
+pub const MAX_REQUEST: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -34,15 +45,40 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("set mode 0660 on {path}: {source}")]
+    #[error("set mode 0600 on {path}: {source}")]
     Chmod {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is served by a running process (another ferryd?); refusing to take it over")]
+    InUse { path: PathBuf },
+}
+
+/// Remove a socket file left by a process that is gone; refuse when
+/// something still accepts connections on it. Shared by both daemons.
+pub fn remove_stale_socket(path: &Path) -> Result<bool, ServerError> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServerError::InUse {
+            path: path.to_path_buf(),
+        });
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(ServerError::RemoveStale {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether a peer with these credentials may use ferryd's socket.
+pub fn peer_allowed(peer_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Bind the pod-API socket: parent directory created, a stale socket file
-/// removed, mode 0660.
+/// removed (not a live one), mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
@@ -50,21 +86,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
             source,
         })?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => log::info!("removed stale socket {}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(ServerError::RemoveStale {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    if remove_stale_socket(path)? {
+        log::info!("removed stale socket {}", path.display());
     }
     let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
         ServerError::Chmod {
             path: path.to_path_buf(),
             source,
@@ -76,15 +105,37 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 /// Accept connections forever, one task each; every answered request is
 /// counted in `requests` (the metrics endpoint reports them).
 pub async fn serve(listener: UnixListener, agent: Arc<Agent>, requests: Arc<RequestCounters>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Accept only with a slot free: excess clients wait in the backlog
+        // (the plugin's connect is bounded) instead of costing a task each.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
+                match stream.peer_cred() {
+                    Ok(c) if peer_allowed(c.uid()) => {}
+                    Ok(c) => {
+                        log::warn!(
+                            "pod-API connection from uid {} (pid {:?}) refused: only root may ask",
+                            c.uid(),
+                            c.pid()
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        log::warn!("pod-API connection refused: peer credentials: {e}");
+                        continue;
+                    }
+                }
                 let agent = Arc::clone(&agent);
                 let requests = Arc::clone(&requests);
                 tokio::spawn(async move {
                     if let Err(e) = serve_one(stream, &agent, &requests).await {
                         log::debug!("pod-API connection: {e}");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -106,13 +157,13 @@ fn decode_error(details: String) -> PodResponse {
 
 /// Read one request line (bounded in size and time) and decode it.
 async fn read_request(
-    reader: &mut BufReader<tokio::net::unix::ReadHalf<'_>>,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
 ) -> Result<PodRequest, PodResponse> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
         REQUEST_TIMEOUT,
         (&mut *reader)
-            .take(MAX_MESSAGE as u64 + 1)
+            .take(MAX_REQUEST as u64 + 1)
             .read_until(b'\n', &mut buf),
     )
     .await;
@@ -122,8 +173,8 @@ async fn read_request(
         ))),
         Ok(Err(e)) => Err(decode_error(format!("read: {e}"))),
         Ok(Ok(0)) => Err(decode_error("connection closed before a request".into())),
-        Ok(Ok(_)) if buf.len() > MAX_MESSAGE => Err(decode_error(format!(
-            "request longer than {MAX_MESSAGE} bytes"
+        Ok(Ok(_)) if buf.len() > MAX_REQUEST => Err(decode_error(format!(
+            "request longer than {MAX_REQUEST} bytes"
         ))),
         Ok(Ok(_)) => serde_json::from_slice(&buf).map_err(|e| decode_error(e.to_string())),
     }
@@ -133,22 +184,39 @@ async fn read_request(
 fn response_code(r: &PodResponse) -> u32 {
     match r {
         PodResponse::Ok { .. } | PodResponse::Status { ready: true, .. } => 0,
+        PodResponse::Status {
+            ready: false, code, ..
+        } if *code != 0 => *code,
         PodResponse::Status { ready: false, .. } => code::NOT_AVAILABLE,
         PodResponse::Error(e) => e.code,
     }
 }
 
 async fn serve_one(
-    mut stream: UnixStream,
+    stream: UnixStream,
     agent: &Agent,
     requests: &RequestCounters,
 ) -> std::io::Result<()> {
-    let (r, mut w) = stream.split();
+    let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let (command, response) = match read_request(&mut reader).await {
         Ok(req) => {
             let command = format!("{:?}", req.command).to_uppercase();
-            (command, agent.handle(req).await)
+            let abandon = Abandon::new(req.deadline_ms);
+            // The client sends one line and then only waits: anything
+            // readable now is its hang-up (EOF) or an error.
+            let watch = {
+                let abandon = abandon.clone();
+                tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    if let Ok(0) | Err(_) = reader.read(&mut byte).await {
+                        abandon.hang_up();
+                    }
+                })
+            };
+            let response = agent.handle_watched(req, &abandon).await;
+            watch.abort();
+            (command, response)
         }
         Err(resp) => ("INVALID".to_string(), resp),
     };

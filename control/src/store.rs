@@ -93,6 +93,10 @@ pub struct Record {
     pub host_ifname: String,
     pub mac: MacAddr,
     pub netns: String,
+    /// The namespace `netns` named at ADD (absent in records from before
+    /// this field: those are checked by path only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<ferry_api::table::NetnsId>,
     pub mtu: u32,
     /// veth (records from before this field existed) or tap.
     #[serde(default)]
@@ -455,6 +459,7 @@ mod tests {
             host_ifname: "fyx".into(),
             mac: MacAddr::for_pod(ip),
             netns: "/run/netns/x".into(),
+            netns_id: None,
             mtu: 1500,
             attachment: Default::default(),
             state: State::Ready, // overwritten to Pending by the store

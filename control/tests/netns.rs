@@ -191,7 +191,10 @@ impl RecordingTableServer {
                         },
                         _ => {
                             generation += 1;
-                            Response::Applied { generation }
+                            Response::Applied {
+                                generation,
+                                missing: Vec::new(),
+                            }
                         }
                     };
                     s.requests.lock().unwrap().push(req);
@@ -235,6 +238,7 @@ fn req(command: pod::Command, container: &str, netns: Option<&str>, ifname: &str
         attachment: Default::default(),
         valid_attachments: vec![],
         prev_result: None,
+        deadline_ms: None,
     }
 }
 
@@ -400,7 +404,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
 
         // STATUS: ready.
         match agent.handle(req(pod::Command::Status, "", None, "")).await {
-            PodResponse::Status { ready, msg } => assert!(ready, "{msg}"),
+            PodResponse::Status { ready, msg, .. } => assert!(ready, "{msg}"),
             other => panic!("{other:?}"),
         }
 
@@ -475,14 +479,14 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
             None
         );
 
-        // A netns path that does not exist: same, error 100 and nothing left.
+        // A netns path that does not exist: error 4 (CNI_NETNS is bad), nothing left.
         let add = req(
             pod::Command::Add,
             "ctr-g",
             Some("/run/netns/fyd-does-not-exist"),
             "eth0",
         );
-        assert_eq!(error_code(agent.handle(add).await), code::PLUMBING_FAILED);
+        assert_eq!(error_code(agent.handle(add).await), code::INVALID_ENV);
         assert!(agent.store().records().unwrap().is_empty());
 
         // Bad requests get their codes without touching anything.
@@ -562,7 +566,7 @@ fn add_without_dataplane_fails_11_and_rolls_back() {
         assert!(agent.store().records().unwrap().is_empty());
         assert!(!node_ns.has_link(&host_ifname("ctr-n", "eth0")));
         match agent.handle(req(pod::Command::Status, "", None, "")).await {
-            PodResponse::Status { ready, msg } => {
+            PodResponse::Status { ready, msg, .. } => {
                 assert!(!ready);
                 assert!(msg.contains("not connected"), "{msg}");
             }
@@ -624,6 +628,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     host_ifname: host_p.clone(),
                     mac: MacAddr::for_pod(ip),
                     netns: pod_path.clone(),
+                    netns_id: None,
                     mtu: 1400,
                     attachment: Default::default(),
                     state: State::Pending,
@@ -691,11 +696,20 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                 .handle(req(pod::Command::Add, "ctr-g1", Some(&pod_path), "eth0"))
                 .await,
         );
-        let b = ok_result(
-            agent
-                .handle(req(pod::Command::Add, "ctr-g2", Some(&pod_path), "eth1"))
-                .await,
-        );
+        // A second interface in the same pod may not write over the first
+        // one's default route (routes are created, never replaced, as the
+        // reference plugins do): refused and rolled back.
+        let dup = req(pod::Command::Add, "ctr-g2", Some(&pod_path), "eth1");
+        assert_eq!(error_code(agent.handle(dup).await), code::PLUMBING_FAILED);
+        assert!(!pod_ns.has_link("eth1"), "refused ADD left its interface");
+        assert_eq!(agent.store().records().unwrap().len(), 1);
+        // With a route of its own it is fine.
+        let mut second = req(pod::Command::Add, "ctr-g2", Some(&pod_path), "eth1");
+        second.ipam.routes = vec![pod::RouteSpec {
+            dst: "10.200.0.0/16".parse().unwrap(),
+            gw: None,
+        }];
+        let b = ok_result(agent.handle(second).await);
         let mut gc = req(pod::Command::Gc, "", None, "");
         gc.valid_attachments = vec![pod::AttachmentKey {
             container_id: "ctr-g1".into(),

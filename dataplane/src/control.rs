@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Sender};
 use ferry_api::table::{
-    Attachment, Endpoint, NodeSettings, PortStats, Request, Response, Route, Stats, TableDump,
-    API_VERSION,
+    Attachment, Endpoint, MissingPort, NodeSettings, PortStats, Request, Response, Route, Stats,
+    TableDump, API_VERSION,
 };
 use ipnet::Ipv4Net;
 
 use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
-use crate::port::{PortBackend, PortError, PortKind, PortSpec};
+use crate::port::{PortBackend, PortKind, PortSpec};
 use crate::tables::{PortId, TableHandle, Tables};
 use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
 
@@ -149,7 +149,9 @@ fn port_spec(ep: &Endpoint) -> PortSpec {
 /// The result of one update.
 struct Outcome {
     generation: u64,
-    failures: Vec<PortError>,
+    /// Endpoints left out because their port could not be opened (only
+    /// a non-strict update, i.e. `Sync`, has any).
+    failures: Vec<MissingPort>,
 }
 
 /// The dataplane: workers, ports, tables.
@@ -279,19 +281,9 @@ impl<B: PortBackend> Dataplane<B> {
             Ok(Outcome {
                 generation,
                 failures,
-            }) if failures.is_empty() => Response::Applied { generation },
-            Ok(Outcome {
+            }) => Response::Applied {
                 generation,
-                failures,
-            }) => Response::Error {
-                message: format!(
-                    "applied as generation {generation} without these ports: {}",
-                    failures
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
+                missing: failures,
             },
             Err(message) => Response::Error { message },
         }
@@ -327,6 +319,19 @@ impl<B: PortBackend> Dataplane<B> {
                 .collect::<Vec<_>>()
                 .join("; "));
         }
+        // Every port that failed is named with what it was for (an
+        // endpoint id, or "host" for the host port).
+        let missing: Vec<MissingPort> = failures
+            .iter()
+            .map(|(ifname, e)| MissingPort {
+                endpoint: desired
+                    .get(ifname)
+                    .map(|(label, _)| label.clone())
+                    .unwrap_or_default(),
+                port: ifname.clone(),
+                error: e.to_string(),
+            })
+            .collect();
         next.endpoints
             .retain(|_, ep| !failures.iter().any(|(n, _)| *n == ep.host_ifname));
 
@@ -401,7 +406,7 @@ impl<B: PortBackend> Dataplane<B> {
         }
         Ok(Outcome {
             generation: self.generation,
-            failures: failures.into_iter().map(|(_, e)| e).collect(),
+            failures: missing,
         })
     }
 
@@ -548,6 +553,7 @@ mod tests {
             attachment: Default::default(),
             netns: String::new(),
             pod_ifname: String::new(),
+            netns_id: None,
         }
     }
 
@@ -605,7 +611,10 @@ mod tests {
 
     fn applied(r: Response) -> u64 {
         match r {
-            Response::Applied { generation } => generation,
+            Response::Applied {
+                generation,
+                missing,
+            } if missing.is_empty() => generation,
             other => panic!("expected Applied, got {other:?}"),
         }
     }
@@ -710,17 +719,23 @@ mod tests {
         assert_eq!(dp.dump().endpoints.len(), 1);
         assert!(!dp.dump().ports.contains_key("fymissing"));
 
-        // Sync with one bad endpoint applies the rest and names the bad one.
+        // Sync with one bad endpoint applies the rest: a success that names
+        // the endpoint left out (a pod whose namespace vanished must not
+        // stop the node from syncing).
         match dp.handle(Request::Sync {
             node: node(),
             endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fymissing", B)],
             routes: vec![],
         }) {
-            Response::Error { message } => {
-                assert!(
-                    message.contains("fymissing") && message.contains("generation"),
-                    "{message}"
-                )
+            Response::Applied {
+                generation,
+                missing,
+            } => {
+                assert_eq!(generation, before + 1);
+                assert_eq!(missing.len(), 1, "{missing:?}");
+                assert_eq!(missing[0].endpoint, "b/eth0");
+                assert_eq!(missing[0].port, "fymissing");
+                assert!(missing[0].error.contains("fymissing"), "{missing:?}");
             }
             other => panic!("{other:?}"),
         }

@@ -337,6 +337,7 @@ mod tests {
             attachment: Default::default(),
             netns: String::new(),
             pod_ifname: String::new(),
+            netns_id: None,
         }
     }
 

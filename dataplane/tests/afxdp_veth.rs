@@ -112,6 +112,7 @@ fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
         attachment: Default::default(),
         netns: String::new(),
         pod_ifname: String::new(),
+        netns_id: None,
     }
 }
 
@@ -284,7 +285,7 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         routes: vec![],
     });
     assert!(
-        matches!(reply, Response::Applied { generation: 1 }),
+        matches!(reply, Response::Applied { generation: 1, ref missing } if missing.is_empty()),
         "{reply:?}"
     );
     let shown = must(&["ip", "-n", &node, "link", "show", "fya"]);

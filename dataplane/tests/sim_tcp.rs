@@ -107,6 +107,7 @@ fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
         attachment: Default::default(),
         netns: String::new(),
         pod_ifname: String::new(),
+        netns_id: None,
     }
 }
 

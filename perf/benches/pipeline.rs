@@ -54,6 +54,7 @@ fn endpoint(i: u32) -> Endpoint {
         attachment: Default::default(),
         netns: String::new(),
         pod_ifname: String::new(),
+        netns_id: None,
     }
 }
 

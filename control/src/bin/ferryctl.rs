@@ -31,7 +31,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Endpoints in the dataplane's tables: id, IP, MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index.
+    /// Endpoints in the dataplane's tables: id, IP, MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index, then ferryd's stale attachments (pod gone before its DEL; kept until DEL or GC).
     Endpoints,
     /// Node settings (gateway, pod CIDRs, host port) and routes.
     Routes,
@@ -66,7 +66,17 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Cmd::Endpoints => {
-            let rows = ctl::endpoint_rows(&ctl::tables(&args.dataplane)?);
+            let tables = ctl::tables(&args.dataplane)?;
+            // Stale attachments are ferryd's to know; without ferryd the
+            // dataplane's view is still worth printing.
+            let stale = match ctl::ferryd_status(&args.ferryd) {
+                Ok(s) => s.stale,
+                Err(e) => {
+                    eprintln!("ferryctl: stale attachments unknown: {e}");
+                    Vec::new()
+                }
+            };
+            let rows = ctl::endpoint_rows(&tables, &stale);
             if args.json {
                 print_json(&rows)?;
             } else {
@@ -103,12 +113,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status => {
-            let (ready, msg) = ctl::ferryd_status(&args.ferryd)?;
+            let ctl::FerrydStatus { ready, msg, stale } = ctl::ferryd_status(&args.ferryd)?;
             let generation = ctl::tables(&args.dataplane).map(|t| t.generation);
             if args.json {
                 print_json(&serde_json::json!({
                     "ready": ready,
                     "msg": msg,
+                    "stale": stale,
                     "dataplane_generation": generation.as_ref().ok(),
                     "dataplane_error": generation.as_ref().err().map(|e| e.to_string()),
                 }))?;
@@ -120,6 +131,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 match &generation {
                     Ok(g) => println!("ferry-dataplane: generation {g}"),
                     Err(e) => println!("ferry-dataplane: {e}"),
+                }
+                for s in &stale {
+                    println!(
+                        "stale: {} {} in {}: {}",
+                        s.endpoint, s.ip, s.netns, s.reason
+                    );
                 }
             }
             generation?;

@@ -46,6 +46,7 @@ fn tables() -> &'static Tables {
                     attachment: Default::default(),
                     netns: String::new(),
                     pod_ifname: String::new(),
+                    netns_id: None,
                 }
             })
             .collect();

@@ -60,6 +60,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             attachment: Default::default(),
             netns: String::new(),
             pod_ifname: String::new(),
+            netns_id: None,
         })
         .collect()
 }

@@ -85,6 +85,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                         attachment: Default::default(),
                         netns: String::new(),
                         pod_ifname: String::new(),
+                        netns_id: None,
                     }
                 })
                 .collect();

@@ -1,0 +1,286 @@
+//! Opening a pod's network namespace from a path that comes from outside
+//! (CNI_NETNS, or a record written at ADD), so that no such path can hurt
+//! the node.
+//!
+//! Every open is checked, in this order:
+//! - bounded: the `open` runs on a thread of its own and the caller waits at
+//!   most [`OPEN_TIMEOUT`] (a path on a hung filesystem never blocks an async
+//!   runtime thread, nor ferryd's exit);
+//! - non-blocking: `O_NONBLOCK`, so a FIFO or a device opens (and is then
+//!   refused) instead of waiting for a writer;
+//! - an nsfs file of a *network* namespace (`fstatfs` magic, then the
+//!   `NS_GET_NSTYPE` ioctl);
+//! - not one of the node's own namespaces ([`Forbidden`]: ferryd's, the
+//!   dataplane's, pid 1's): a pod made there would rewrite the node's routes;
+//! - when the caller knows which namespace it means (a stored
+//!   [`NetnsId`]), still that one: `/proc/<pid>/ns/net` paths are reused.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ferry_api::table::NetnsId;
+
+/// Longest wait for the `open` of a namespace path.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `NSFS_MAGIC` from linux/magic.h.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path} does not exist")]
+    Missing { path: String },
+    #[error("{path} is not a network namespace: {what}")]
+    NotNetns { path: String, what: String },
+    #[error("{path} is {whose} network namespace; a pod cannot be attached there")]
+    Forbidden { path: String, whose: &'static str },
+    #[error("{path} is now {found}, not the namespace {expected} it named at ADD")]
+    Changed {
+        path: String,
+        expected: NetnsId,
+        found: NetnsId,
+    },
+    #[error("opening {path} did not finish within {OPEN_TIMEOUT:?}")]
+    Timeout { path: String },
+    #[error("open {path}: {msg}")]
+    Io { path: String, msg: String },
+}
+
+impl NetnsError {
+    /// The namespace named is gone (or is another one now): whatever ferry
+    /// made in it went with it.
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            NetnsError::Missing { .. } | NetnsError::Changed { .. }
+        )
+    }
+}
+
+/// The node's own namespaces, which no pod may name. Shared between the
+/// request handlers and the dataplane client (which learns the
+/// dataplane's namespace at each connect).
+#[derive(Debug, Default, Clone)]
+pub struct Forbidden {
+    ids: Arc<RwLock<Vec<(NetnsId, &'static str)>>>,
+}
+
+impl Forbidden {
+    /// ferryd's own namespace and the initial one (pid 1's). Either may be
+    /// unreadable (a restricted /proc): that one is then not known.
+    pub fn node() -> Forbidden {
+        let f = Forbidden::default();
+        for (path, whose) in [
+            ("/proc/self/ns/net", "ferryd's own"),
+            ("/proc/1/ns/net", "the initial (pid 1)"),
+        ] {
+            match id_of_path(path) {
+                Ok(id) => f.add(id, whose),
+                Err(e) => log::warn!("cannot identify {whose} network namespace: {e}"),
+            }
+        }
+        f
+    }
+
+    pub fn add(&self, id: NetnsId, whose: &'static str) {
+        let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
+        if !ids.iter().any(|(i, _)| *i == id) {
+            ids.push((id, whose));
+        }
+    }
+
+    /// Whose namespace `id` is, if it is one of the node's.
+    pub fn whose(&self, id: NetnsId) -> Option<&'static str> {
+        let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
+        ids.iter().find(|(i, _)| *i == id).map(|(_, w)| *w)
+    }
+}
+
+/// The identity of the namespace of process `pid` (for the dataplane,
+/// from its socket's peer credentials).
+pub fn id_of_pid(pid: i32) -> Result<NetnsId, NetnsError> {
+    id_of_path(&format!("/proc/{pid}/ns/net"))
+}
+
+fn id_of_path(path: &str) -> Result<NetnsId, NetnsError> {
+    let md = std::fs::metadata(path).map_err(|e| io_err(path, &e))?;
+    Ok(NetnsId {
+        dev: md.dev(),
+        ino: md.ino(),
+    })
+}
+
+fn io_err(path: &str, e: &std::io::Error) -> NetnsError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        NetnsError::Missing {
+            path: path.to_string(),
+        }
+    } else {
+        NetnsError::Io {
+            path: path.to_string(),
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// Open `path` as a pod network namespace (see the module comment for
+/// every check). With `expect`, the namespace must be that one.
+pub async fn open(
+    path: &str,
+    expect: Option<NetnsId>,
+    forbidden: &Forbidden,
+) -> Result<(File, NetnsId), NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = path.to_string();
+    std::thread::Builder::new()
+        .name("ferryd-nsopen".into())
+        .spawn(move || {
+            // The receiver is gone only after a timeout: nothing to report.
+            let _ = tx.send(open_blocking(&p));
+        })
+        .map_err(|e| NetnsError::Io {
+            path: path.to_string(),
+            msg: format!("start a thread: {e}"),
+        })?;
+    let (file, id) = match tokio::time::timeout(OPEN_TIMEOUT, rx).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) => {
+            return Err(NetnsError::Io {
+                path: path.to_string(),
+                msg: "open thread ended without an answer".into(),
+            })
+        }
+        // The thread is left to finish (or not) on its own; a
+        // non-blocking open of an nsfs file never waits.
+        Err(_) => {
+            return Err(NetnsError::Timeout {
+                path: path.to_string(),
+            })
+        }
+    };
+    check(path, id, expect, forbidden)?;
+    Ok((file, id))
+}
+
+/// The checks that need no I/O: the namespace is not the node's own, and
+/// is the one expected.
+pub fn check(
+    path: &str,
+    id: NetnsId,
+    expect: Option<NetnsId>,
+    forbidden: &Forbidden,
+) -> Result<(), NetnsError> {
+    if let Some(whose) = forbidden.whose(id) {
+        return Err(NetnsError::Forbidden {
+            path: path.to_string(),
+            whose,
+        });
+    }
+    match expect {
+        Some(expected) if expected != id => Err(NetnsError::Changed {
+            path: path.to_string(),
+            expected,
+            found: id,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The blocking part of [`open`]: open without blocking, then check that
+/// the file is a network namespace.
+pub fn open_blocking(path: &str) -> Result<(File, NetnsId), NetnsError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io_err(path, &e))?;
+    let not_netns = |what: String| NetnsError::NotNetns {
+        path: path.to_string(),
+        what,
+    };
+    let fs_type = nix::sys::statfs::fstatfs(&file)
+        .map_err(|e| not_netns(format!("fstatfs: {e}")))?
+        .filesystem_type()
+        .0 as i64;
+    if fs_type != NSFS_MAGIC {
+        return Err(not_netns(format!(
+            "not a namespace file (filesystem magic {fs_type:#x}, nsfs is {NSFS_MAGIC:#x})"
+        )));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which
+    // `file` keeps open for the duration of the call.
+    let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if nstype < 0 {
+        return Err(not_netns(format!(
+            "NS_GET_NSTYPE: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if nstype != libc::CLONE_NEWNET {
+        return Err(not_netns(format!("a namespace of type {nstype:#x}")));
+    }
+    let md = file.metadata().map_err(|e| io_err(path, &e))?;
+    Ok((
+        file,
+        NetnsId {
+            dev: md.dev(),
+            ino: md.ino(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64) -> NetnsId {
+        NetnsId { dev: 4, ino }
+    }
+
+    #[test]
+    fn own_and_changed_namespaces_are_refused() {
+        let f = Forbidden::default();
+        f.add(id(1), "ferryd's own");
+        f.add(id(1), "twice");
+        assert!(matches!(
+            check("/p", id(1), None, &f),
+            Err(NetnsError::Forbidden {
+                whose: "ferryd's own",
+                ..
+            })
+        ));
+        assert_eq!(check("/p", id(2), None, &f), Ok(()));
+        assert_eq!(check("/p", id(2), Some(id(2)), &f), Ok(()));
+        let changed = check("/p", id(3), Some(id(2)), &f).unwrap_err();
+        assert!(changed.is_gone(), "{changed}");
+        assert!(changed.to_string().contains("net:[3]"), "{changed}");
+    }
+
+    #[test]
+    fn non_namespace_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("ferryd-nsopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        for p in [&fifo, &plain] {
+            let e = open_blocking(p.to_str().unwrap()).unwrap_err();
+            assert!(matches!(e, NetnsError::NotNetns { .. }), "{e}");
+        }
+        let e = open_blocking(dir.join("absent").to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, NetnsError::Missing { .. }), "{e}");
+        // A namespace of another type is refused too.
+        let e = open_blocking("/proc/self/ns/uts").unwrap_err();
+        assert!(e.to_string().contains("type"), "{e}");
+        let (_, own) = open_blocking("/proc/self/ns/net").unwrap();
+        assert_eq!(own, id_of_path("/proc/self/ns/net").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

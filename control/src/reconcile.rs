@@ -1,0 +1,120 @@
+//! The one place where the state the dataplane must hold is computed: the
+//! store's ready attachments, each checked against the kernel.
+//!
+//! An attachment is *live* when its pod namespace is still there and still
+//! the namespace it was made in (by [`NetnsId`], since namespace paths get
+//! reused), and its link is present: the host veth in the node namespace,
+//! or the tap (with ferry's MAC) inside the pod namespace. Anything else is
+//! *stale*: the pod went away without a DEL (a node crash, a reboot, a
+//! runtime that lost track). Stale attachments keep their record and
+//! address until DEL or GC, are reported (ferryctl, STATUS, metrics), and
+//! are left out of the dataplane's tables, so one vanished pod never stops
+//! the node from serving the rest.
+//!
+//! Runs at every dataplane (re)connect, ferryd's start included.
+
+use ferry_api::pod::StaleAttachment;
+use ferry_api::table::{Attachment, Endpoint, NetnsId};
+
+use crate::netlink::{Netlink, NetlinkError};
+use crate::netns;
+use crate::store::Record;
+
+/// What the kernel says of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    /// What is missing.
+    Stale(String),
+}
+
+/// Check one ready record against the kernel. Only definite evidence
+/// makes a record stale: a netlink request that fails is logged and the
+/// record kept live.
+pub async fn check(netlink: &Netlink, rec: &Record) -> Liveness {
+    if let Err(e) = netns::open(&rec.netns, rec.netns_id, netlink.forbidden()).await {
+        return Liveness::Stale(e.to_string());
+    }
+    match rec.attachment {
+        Attachment::Veth => match netlink.link(&rec.host_ifname).await {
+            Ok(Some(_)) => Liveness::Live,
+            Ok(None) => Liveness::Stale(format!("host veth {} is missing", rec.host_ifname)),
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot check host veth {}: {e}",
+                    rec.id,
+                    rec.host_ifname
+                );
+                Liveness::Live
+            }
+        },
+        Attachment::Tap => match netlink
+            .pod_view(&rec.netns, rec.netns_id, &rec.id.ifname)
+            .await
+        {
+            Ok(Some(v)) if v.mac == Some(rec.mac) => Liveness::Live,
+            Ok(Some(_)) => Liveness::Stale(format!(
+                "{} in {} is not ferry's tap (MAC differs)",
+                rec.id.ifname, rec.netns
+            )),
+            Ok(None) => {
+                Liveness::Stale(format!("tap {} is missing in {}", rec.id.ifname, rec.netns))
+            }
+            Err(NetlinkError::Netns(e)) => Liveness::Stale(e.to_string()),
+            Err(e) => {
+                log::warn!("{}: cannot check tap {}: {e}", rec.id, rec.id.ifname);
+                Liveness::Live
+            }
+        },
+    }
+}
+
+/// The dataplane's view of a record.
+pub fn endpoint_of(rec: &Record) -> Endpoint {
+    // A tap is found by the dataplane inside the pod namespace; a veth by
+    // its host end in the node namespace.
+    let (netns, pod_ifname, netns_id) = match rec.attachment {
+        Attachment::Tap => (rec.netns.clone(), rec.id.ifname.clone(), rec.netns_id),
+        Attachment::Veth => (String::new(), String::new(), None::<NetnsId>),
+    };
+    Endpoint {
+        id: rec.id.endpoint_id(),
+        host_ifname: rec.host_ifname.clone(),
+        ipv4: rec.ip,
+        mac: rec.mac,
+        attachment: rec.attachment,
+        netns,
+        pod_ifname,
+        netns_id,
+    }
+}
+
+/// How a stale record is reported.
+pub fn stale_of(rec: &Record, reason: String) -> StaleAttachment {
+    StaleAttachment {
+        endpoint: rec.id.endpoint_id(),
+        ip: rec.ip.into(),
+        netns: rec.netns.clone(),
+        reason,
+    }
+}
+
+/// The live endpoints of `ready` and the stale records, in store order.
+pub async fn desired(netlink: &Netlink, ready: &[Record]) -> (Vec<Endpoint>, Vec<StaleAttachment>) {
+    let mut live = Vec::with_capacity(ready.len());
+    let mut stale = Vec::new();
+    for rec in ready {
+        match check(netlink, rec).await {
+            Liveness::Live => live.push(endpoint_of(rec)),
+            Liveness::Stale(why) => {
+                log::warn!(
+                    "{} ({}) is stale: {why}; kept until DEL or GC",
+                    rec.id,
+                    rec.ip
+                );
+                stale.push(stale_of(rec, why));
+            }
+        }
+    }
+    (live, stale)
+}
