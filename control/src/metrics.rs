@@ -96,6 +96,11 @@ pub struct Snapshot {
     pub dataplane_connected: bool,
     /// Ready endpoints in ferryd's store (`None`: the store could not be read).
     pub endpoints: Option<u64>,
+    /// Of those, the ones whose pod is gone (kept until DEL or GC).
+    pub stale_endpoints: u64,
+    /// Whether the dataplane lacks its host port (the node cannot reach
+    /// its pods).
+    pub host_port_missing: bool,
     /// Per node pool (empty when the store could not be read).
     pub pools: Vec<PoolUsage>,
     /// Pod-API requests: (command, CNI code answered, count).
@@ -209,6 +214,20 @@ pub fn render(s: &Snapshot) -> String {
         );
         f.sample(&[], n);
     }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_endpoints_stale",
+        "gauge",
+        "Ready endpoints whose pod is gone (namespace or link missing): kept, with their address, until DEL or GC, and not in the dataplane.",
+    );
+    f.sample(&[], s.stale_endpoints);
+    let mut f = Family::new(
+        &mut out,
+        "ferry_host_port_missing",
+        "gauge",
+        "1 if the dataplane has no host port (the node cannot reach its pods), else 0.",
+    );
+    f.sample(&[], u64::from(s.host_port_missing));
     if !s.pools.is_empty() {
         let mut f = Family::new(
             &mut out,
@@ -417,6 +436,8 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
         dataplane,
         dataplane_connected: agent.dataplane().connected(),
         endpoints,
+        stale_endpoints: agent.dataplane().stale().len() as u64,
+        host_port_missing: agent.dataplane().host_port_problem().is_some(),
         pools,
         requests: requests.snapshot(),
     }
@@ -658,6 +679,8 @@ mod tests {
             }),
             dataplane_connected: true,
             endpoints: Some(1),
+            stale_endpoints: 1,
+            host_port_missing: false,
             pools: vec![PoolUsage {
                 pool: "10.88.0.0/24".into(),
                 size: 253,
@@ -676,6 +699,8 @@ mod tests {
             "ferry_pod_requests_total{command=\"ADD\",code=\"0\"} 3",
             "ferry_pod_requests_total{command=\"ADD\",code=\"11\"} 1",
             "ferry_endpoints 1",
+            "ferry_endpoints_stale 1",
+            "ferry_host_port_missing 0",
             "ferry_ipam_addresses_free{pool=\"10.88.0.0/24\"} 250",
             "ferry_ipam_addresses_allocated{pool=\"10.88.0.0/24\"} 3",
             "ferry_table_generation 7",
