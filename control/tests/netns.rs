@@ -160,6 +160,8 @@ impl World {
 struct RecordingTableServer {
     requests: Arc<Mutex<Vec<Request>>>,
     kick: Arc<Notify>,
+    /// How long each UpsertEndpoint waits before its answer.
+    upsert_delay: Arc<Mutex<Duration>>,
 }
 
 impl RecordingTableServer {
@@ -169,6 +171,7 @@ impl RecordingTableServer {
         let srv = RecordingTableServer {
             requests: Arc::default(),
             kick: Arc::new(Notify::new()),
+            upsert_delay: Arc::default(),
         };
         let s = srv.clone();
         tokio::spawn(async move {
@@ -197,7 +200,12 @@ impl RecordingTableServer {
                             }
                         }
                     };
+                    let upsert = matches!(req, Request::UpsertEndpoint { .. });
                     s.requests.lock().unwrap().push(req);
+                    if upsert {
+                        let d = *s.upsert_delay.lock().unwrap();
+                        tokio::time::sleep(d).await;
+                    }
                     let mut out = serde_json::to_vec(&resp).unwrap();
                     out.push(b'\n');
                     if w.write_all(&out).await.is_err() {
@@ -437,6 +445,82 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             error_code(agent.handle(check).await),
             code::UNKNOWN_CONTAINER
         );
+    });
+    drop(pod);
+}
+
+/// Nothing of an attachment is left: no record, no address, no host veth.
+fn assert_nothing_left(agent: &Agent, node_ns: &Netns, container: &str) {
+    assert!(
+        agent.store().records().unwrap().is_empty(),
+        "a record is left"
+    );
+    assert!(
+        !node_ns.has_link(&host_ifname(container, "eth0")),
+        "a host veth is left"
+    );
+}
+
+#[test]
+fn adds_nobody_waits_for_are_rolled_back() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, dp_sock, pod_path, node_ns) = (w.config(), w.dp_socket(), pod.path(), w.node.view());
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        let sock = cfg.socket.clone();
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+
+        // The plugin's deadline has passed: rolled back, code 11.
+        let mut late = req(pod::Command::Add, "ctr-late", Some(&pod_path), "eth0");
+        late.deadline_ms = Some(1);
+        assert_eq!(error_code(agent.handle(late).await), code::TRY_AGAIN_LATER);
+        assert_nothing_left(&agent, &node_ns, "ctr-late");
+
+        // The plugin hangs up while the dataplane is slow to apply: the
+        // ADD is rolled back rather than completed behind its back.
+        *dp.upsert_delay.lock().unwrap() = Duration::from_millis(500);
+        let listener = ferryd::server::bind(&sock).unwrap();
+        let requests = Arc::new(ferryd::metrics::RequestCounters::default());
+        tokio::spawn(ferryd::server::serve(
+            listener,
+            Arc::clone(&agent),
+            requests,
+        ));
+        {
+            let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let mut line =
+                serde_json::to_vec(&req(pod::Command::Add, "ctr-gone", Some(&pod_path), "eth0"))
+                    .unwrap();
+            line.push(b'\n');
+            s.write_all(&line).await.unwrap();
+            wait_for("the ADD reaches the dataplane", || {
+                dp.requests()
+                    .iter()
+                    .any(|r| matches!(r, Request::UpsertEndpoint { .. }))
+            })
+            .await;
+        } // hang up
+        wait_for("the abandoned ADD is rolled back", || {
+            agent.store().records().unwrap().is_empty()
+                && dp
+                    .requests()
+                    .iter()
+                    .any(|r| matches!(r, Request::RemoveEndpoint { id } if id == "ctr-gone/eth0"))
+        })
+        .await;
+        assert_nothing_left(&agent, &node_ns, "ctr-gone");
+        // The socket is the owner's alone, and a second ferryd cannot take
+        // it over while this one serves.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&sock).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            ferryd::server::bind(&sock),
+            Err(ferryd::server::ServerError::InUse { .. })
+        ));
     });
     drop(pod);
 }
