@@ -283,7 +283,7 @@ async fn desired(
             Vec::new()
         }
     };
-    let (endpoints, stale) = reconcile::desired(netlink, &ready).await;
+    let (endpoints, stale) = reconcile::desired(netlink, &ready, workers).await;
     log::info!(
         "{} ready attachment(s) in the store: {} live, {} stale",
         ready.len(),
@@ -615,6 +615,7 @@ impl Agent {
             routes,
             mtu,
             queues: workers,
+            max_queues: crate::netlink::max_veth_queues(workers),
             attachment,
         };
         if let Err(e) = self.netlink.plumb(&plumbing).await {

@@ -42,6 +42,12 @@ pub enum NetlinkError {
     Thread { path: String, msg: String },
     #[error("interface {0} not found")]
     NoSuchLink(String),
+    #[error("{op} channels of {ifname}: {source}")]
+    Channels {
+        ifname: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("create tap {name} in {netns}: {op}: {source}")]
     Tap {
         name: String,
@@ -341,8 +347,29 @@ pub struct PodPlumbing {
     /// Routes for the pod; empty means a default route via `gateway`.
     pub routes: Vec<RouteSpec>,
     pub mtu: u32,
+    /// Queues in use: one per dataplane worker.
     pub queues: u32,
+    /// Queues a veth is created with room for ([`max_veth_queues`]), so a
+    /// dataplane restarted with more workers gets a queue each.
+    pub max_queues: u32,
     pub attachment: Attachment,
+}
+
+/// The most queues a pod veth is made with: one per CPU (the most pinned
+/// workers the dataplane runs) or the current worker count if larger. A
+/// veth's maximum is fixed at creation; its channels in use follow the
+/// worker count (`ETHTOOL_SCHANNELS`, [`Netlink::fit_veth_queues`]).
+pub fn max_veth_queues(workers: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    workers.max(u32::try_from(cpus).unwrap_or(1)).clamp(1, 64)
+}
+
+fn set_channels(ifname: &str, n: u32) -> Result<(), NetlinkError> {
+    ferry_tun::channels::set(ifname, n, n).map_err(|source| NetlinkError::Channels {
+        ifname: ifname.to_string(),
+        op: "set",
+        source,
+    })
 }
 
 impl PodPlumbing {
@@ -495,7 +522,13 @@ impl Netlink {
         let h = &self.handle;
         let (ns, _) = netns::open(&p.netns, Some(p.netns_id), &self.forbidden).await?;
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
-        let msg = veth_message(&p.host_ifname, &tmp, p.queues.max(1), p.mtu, Some(&ns));
+        let msg = veth_message(
+            &p.host_ifname,
+            &tmp,
+            p.max_queues.max(p.queues).max(1),
+            p.mtu,
+            Some(&ns),
+        );
         match h.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
@@ -504,7 +537,13 @@ impl Netlink {
                 // record of it): replace it.
                 log::warn!("{}: leftover host veth found, recreating it", p.host_ifname);
                 delete_link(h, &p.host_ifname).await?;
-                let msg = veth_message(&p.host_ifname, &tmp, p.queues.max(1), p.mtu, Some(&ns));
+                let msg = veth_message(
+                    &p.host_ifname,
+                    &tmp,
+                    p.max_queues.max(p.queues).max(1),
+                    p.mtu,
+                    Some(&ns),
+                );
                 h.link().add(msg).execute().await.map_err(|e| {
                     NetlinkError::request(
                         format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns),
@@ -522,6 +561,7 @@ impl Netlink {
         let host = link_by_name(h, &p.host_ifname)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(p.host_ifname.clone()))?;
+        set_channels(&p.host_ifname, p.queues.max(1))?;
         set_up(h, host.index, &p.host_ifname).await?;
 
         let pod = p.clone();
@@ -586,6 +626,50 @@ impl Netlink {
         }
     }
 
+    /// Make a live pod veth use `workers` queues on both ends (or as many as
+    /// it was made with, if fewer: workers beyond get no queue on it).
+    /// Returns the queue count in use. The side that shrinks goes first:
+    /// with XDP on the host end the kernel refuses a pod end sending on
+    /// more queues than the host end receives on.
+    pub async fn fit_veth_queues(
+        &self,
+        host_ifname: &str,
+        netns: &str,
+        netns_id: Option<NetnsId>,
+        pod_ifname: &str,
+        workers: u32,
+    ) -> Result<u32, NetlinkError> {
+        let get_err = |source| NetlinkError::Channels {
+            ifname: host_ifname.to_string(),
+            op: "get",
+            source,
+        };
+        let host = ferry_tun::channels::get(host_ifname).map_err(get_err)?;
+        let want = workers.min(host.max_rx).min(host.max_tx).max(1);
+        if host.rx == want && host.tx == want {
+            return Ok(want);
+        }
+        let pod_ifname = pod_ifname.to_string();
+        let pod_end = || {
+            let pod_ifname = pod_ifname.clone();
+            in_netns(netns, netns_id, &self.forbidden, move |_| async move {
+                set_channels(&pod_ifname, want)
+            })
+        };
+        if want > host.rx {
+            set_channels(host_ifname, want)?;
+            pod_end().await?;
+        } else {
+            pod_end().await?;
+            set_channels(host_ifname, want)?;
+        }
+        log::info!(
+            "{host_ifname}: {} -> {want} queue(s) for {workers} worker(s)",
+            host.rx
+        );
+        Ok(want)
+    }
+
     /// Delete the pod's host veth (which removes its peer in the pod);
     /// nothing to delete is fine. Returns whether a link was deleted.
     pub async fn unplumb(&self, host_ifname: &str) -> Result<bool, NetlinkError> {
@@ -645,6 +729,9 @@ async fn configure_pod_end(h: &Handle, tmp: &str, pod: &PodPlumbing) -> Result<(
         .await?
         .ok_or_else(|| NetlinkError::NoSuchLink(format!("{tmp} in {}", pod.netns)))?;
     let idx = link.index;
+    if pod.attachment == Attachment::Veth {
+        set_channels(tmp, pod.queues.max(1))?;
+    }
     set_link(
         h,
         format!(

@@ -89,6 +89,29 @@ pub fn endpoint_of(rec: &Record) -> Endpoint {
     }
 }
 
+/// Best effort: a veth that cannot follow keeps its queues, and workers
+/// without a queue on it count `no_tx_queue` for frames towards it.
+async fn fit_queues(netlink: &Netlink, rec: &Record, workers: u32) {
+    match netlink
+        .fit_veth_queues(
+            &rec.host_ifname,
+            &rec.netns,
+            rec.netns_id,
+            &rec.id.ifname,
+            workers,
+        )
+        .await
+    {
+        Ok(n) if n < workers => log::warn!(
+            "{}: veth {} was made with room for {n} queue(s); workers {n}.. have no queue on it",
+            rec.id,
+            rec.host_ifname
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("{}: queues of {}: {e}", rec.id, rec.host_ifname),
+    }
+}
+
 /// How a stale record is reported.
 pub fn stale_of(rec: &Record, reason: String) -> StaleAttachment {
     StaleAttachment {
@@ -100,12 +123,23 @@ pub fn stale_of(rec: &Record, reason: String) -> StaleAttachment {
 }
 
 /// The live endpoints of `ready` and the stale records, in store order.
-pub async fn desired(netlink: &Netlink, ready: &[Record]) -> (Vec<Endpoint>, Vec<StaleAttachment>) {
+/// Live veths are set to use `workers` queues (a dataplane restarted with
+/// another worker count finds a queue for each worker on every pod).
+pub async fn desired(
+    netlink: &Netlink,
+    ready: &[Record],
+    workers: u32,
+) -> (Vec<Endpoint>, Vec<StaleAttachment>) {
     let mut live = Vec::with_capacity(ready.len());
     let mut stale = Vec::new();
     for rec in ready {
         match check(netlink, rec).await {
-            Liveness::Live => live.push(endpoint_of(rec)),
+            Liveness::Live => {
+                if rec.attachment == Attachment::Veth {
+                    fit_queues(netlink, rec, workers).await;
+                }
+                live.push(endpoint_of(rec))
+            }
             Liveness::Stale(why) => {
                 log::warn!(
                     "{} ({}) is stale: {why}; kept until DEL or GC",

@@ -285,3 +285,72 @@ fn ferryd_killed_in_the_middle_of_a_del_is_consistent_after_restart() {
         assert!(stale_ids(&node).is_empty(), "round {round}");
     }
 }
+
+/// Queues the pod's eth0 uses (ethtool's current TX channel count).
+fn pod_tx_channels(pod: &Pod) -> u32 {
+    let out = ns_run_ok(&pod.ns.name, &["ethtool", "-l", "eth0"]);
+    let current = out
+        .split("Current hardware settings:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("ethtool -l eth0: {out}"));
+    current
+        .lines()
+        .find_map(|l| l.strip_prefix("TX:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no TX count in {out}"))
+}
+
+fn all_pairs_ping(pods: &[&Pod]) {
+    for a in pods {
+        for b in pods {
+            if a.container != b.container {
+                assert!(a.ping(&b.ip, 2), "{} -> {}", a.container, b.container);
+            }
+        }
+    }
+}
+
+fn no_tx_queue_drops(node: &Node) -> u64 {
+    node.stats()["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w["drops"]["no_tx_queue"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_dataplane_restarted_with_another_worker_count_serves_old_and_new_pods() {
+    let mut node = Node::start("frw", NodeOpts::default());
+    let a = node.add_pod(1);
+    let b = node.add_pod(2);
+    assert_eq!(pod_tx_channels(&a), 1);
+
+    kill_dataplane(&mut node);
+    node.opts.workers = 2;
+    node.start_dataplane();
+    node.wait_ready();
+    let c = node.add_pod(3);
+    // The veths made for one worker now use a queue per worker, as the new
+    // one does, and every pair of pods talks both ways.
+    for p in [&a, &b, &c] {
+        assert_eq!(pod_tx_channels(p), 2, "{}", p.container);
+    }
+    all_pairs_ping(&[&a, &b, &c]);
+    assert_eq!(no_tx_queue_drops(&node), 0, "no worker lacks a queue");
+
+    // And back to one worker.
+    kill_dataplane(&mut node);
+    node.opts.workers = 1;
+    node.start_dataplane();
+    node.wait_ready();
+    for p in [&a, &b, &c] {
+        assert_eq!(pod_tx_channels(p), 1, "{}", p.container);
+    }
+    all_pairs_ping(&[&a, &b, &c]);
+    for p in [&a, &b, &c] {
+        node.del_pod(p).assert_ok();
+    }
+}

@@ -5,7 +5,10 @@
 //! for taps).
 //!
 //! Layer: bottom, beside ferry-api. Only libc; calls act on the network
-//! namespace of the calling thread.
+//! namespace of the calling thread. [`channels`] holds the one other ioctl
+//! ferryd needs on a pod link: a veth's queue count.
+
+pub mod channels;
 
 use std::fs::OpenOptions;
 use std::io;
