@@ -306,6 +306,18 @@ pub(crate) fn if_index(ifname: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
+/// How ferry binds every AF_XDP socket: rings of `ring` descriptors,
+/// need_wakeup, and libxdp's own program load inhibited (ferry attaches its
+/// program itself).
+pub fn socket_config(ring: QueueSize) -> SocketConfig {
+    SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        .build()
+}
+
 impl AfXdpBackend {
     fn socket(&self, ifname: &str, queue: u32) -> Result<XskQueue, PortError> {
         let err = |cause: String| PortError::Socket {
@@ -330,12 +342,7 @@ impl AfXdpBackend {
             NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN);
         let (umem, descs) =
             Umem::new(umem_config, frames, false).map_err(|e| pool_err(e.to_string()))?;
-        let config = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
+        let config = socket_config(ring);
         let iface: Interface = ifname
             .parse()
             .map_err(|e: std::ffi::NulError| err(e.to_string()))?;

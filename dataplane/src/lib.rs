@@ -13,7 +13,8 @@
 //! `unsafe` for real I/O besides [`tap`]), [`tap`] (pod taps with
 //! virtio-net headers, opened inside the pod namespace), [`backend`] (both
 //! behind one port type), [`mem`] (in-memory ports for tests), [`counters`]
-//! (single-writer per-worker counters), [`worker`] (the pinned polling
+//! (single-writer per-worker counters), [`xdp_run`] (`BPF_PROG_TEST_RUN`
+//! of the XDP programs, for their tests), [`worker`] (the pinned polling
 //! loops), [`control`] (table-API state, port lifecycle, publishing),
 //! [`server`] (the Unix-socket front of `control`). The core must not depend
 //! on any of them; workers must never take a lock or talk to the server.
@@ -30,3 +31,4 @@ pub mod port;
 pub mod server;
 pub mod tap;
 pub mod worker;
+pub mod xdp_run;
