@@ -1,4 +1,4 @@
-//! ferryd: ferry's node agent, and the operator CLI's client code.
+//! ferryd: ferry's node agent.
 //!
 //! Layer: control plane. Depends on ferry-api (the messages), rtnetlink
 //! (plumbing in the node and pod namespaces), redb (the crash-safe store)
@@ -17,12 +17,10 @@
 //! - [`dataplane`]: the table-API client task (Hello, Sync, updates).
 //! - [`agent`]: ADD/DEL/CHECK/GC/STATUS on top of the above.
 //! - [`server`]: the pod-API Unix socket server.
-//! - [`ctl`]: ferryctl's requests and table formatting.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 
 pub mod agent;
 pub mod config;
-pub mod ctl;
 pub mod dataplane;
 pub mod ipam;
 pub mod metrics;

@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::agent::Agent;
-use crate::ctl;
 use crate::ipam::Pools;
 
 /// Largest request head (request line + headers) accepted.
@@ -395,10 +394,11 @@ pub fn render(s: &Snapshot) -> String {
 /// both read off the async workers.
 pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
     let socket = agent.config().dataplane_socket.clone();
-    let dataplane = match tokio::task::spawn_blocking(move || ctl::stats(&socket)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("stats task failed: {e}")),
-    };
+    let dataplane =
+        match tokio::task::spawn_blocking(move || ferry_api::client::stats(&socket)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("stats task failed: {e}")),
+        };
     let cfg = agent.config();
     let pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
         .map(|p| p.0)

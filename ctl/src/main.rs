@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ferry_api::client;
 use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
-use ferryd::ctl;
+use ferryctl as ctl;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,10 +67,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Cmd::Endpoints => {
-            let tables = ctl::tables(&args.dataplane)?;
+            let tables = client::tables(&args.dataplane)?;
             // Stale attachments are ferryd's to know; without ferryd the
             // dataplane's view is still worth printing.
-            let stale = match ctl::ferryd_status(&args.ferryd) {
+            let stale = match client::ferryd_status(&args.ferryd) {
                 Ok(s) => s.stale,
                 Err(e) => {
                     eprintln!("ferryctl: stale attachments unknown: {e}");
@@ -84,7 +85,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Routes => {
-            let t = ctl::tables(&args.dataplane)?;
+            let t = client::tables(&args.dataplane)?;
             if args.json {
                 print_json(&serde_json::json!({
                     "generation": t.generation,
@@ -97,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Stats => {
-            let s = ctl::stats(&args.dataplane)?;
+            let s = client::stats(&args.dataplane)?;
             if args.json {
                 print_json(&s)?;
             } else {
@@ -105,7 +106,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Drops => {
-            let rows = ctl::drop_rows(&ctl::stats(&args.dataplane)?);
+            let rows = ctl::drop_rows(&client::stats(&args.dataplane)?);
             if args.json {
                 print_json(&rows)?;
             } else {
@@ -113,8 +114,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status => {
-            let ctl::FerrydStatus { ready, msg, stale } = ctl::ferryd_status(&args.ferryd)?;
-            let generation = ctl::tables(&args.dataplane).map(|t| t.generation);
+            let client::FerrydStatus { ready, msg, stale } = client::ferryd_status(&args.ferryd)?;
+            let generation = client::tables(&args.dataplane).map(|t| t.generation);
             if args.json {
                 print_json(&serde_json::json!({
                     "ready": ready,
