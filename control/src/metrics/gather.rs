@@ -1,0 +1,61 @@
+//! Collecting a [`Snapshot`]: the dataplane's Stats and the store's counts,
+//! both read off the async workers.
+
+use std::sync::Arc;
+
+use super::{PoolUsage, RequestCounters, Snapshot};
+use crate::agent::Agent;
+use crate::ipam::Pools;
+
+/// Collect a [`Snapshot`]: the dataplane's Stats and the store's counts,
+/// both read off the async workers.
+pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
+    let socket = agent.config().dataplane_socket.clone();
+    let dataplane =
+        match tokio::task::spawn_blocking(move || ferry_api::client::stats(&socket)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("stats task failed: {e}")),
+        };
+    let cfg = agent.config();
+    let pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
+        .map(|p| p.0)
+        .unwrap_or_default();
+    let store = Arc::clone(agent.store());
+    let counts = tokio::task::spawn_blocking(move || {
+        let endpoints = store.ready()?.len() as u64;
+        let mut usage = Vec::with_capacity(pools.len());
+        for pool in pools {
+            let allocated = store.allocated_in(&Pools(vec![pool.clone()]))?;
+            usage.push(PoolUsage {
+                pool: pool.subnet.to_string(),
+                size: pool.size(),
+                allocated,
+            });
+        }
+        Ok::<_, crate::store::StoreError>((endpoints, usage))
+    })
+    .await;
+    let (endpoints, pools) = match counts {
+        Ok(Ok((n, usage))) => (Some(n), usage),
+        Ok(Err(e)) => {
+            log::warn!("metrics: reading the store: {e}");
+            (None, Vec::new())
+        }
+        Err(e) => {
+            log::warn!("metrics: store task failed: {e}");
+            (None, Vec::new())
+        }
+    };
+    if let Err(e) = &dataplane {
+        log::debug!("metrics: dataplane stats: {e}");
+    }
+    Snapshot {
+        dataplane,
+        dataplane_connected: agent.dataplane().connected(),
+        endpoints,
+        stale_endpoints: agent.dataplane().stale().len() as u64,
+        host_port_missing: agent.dataplane().host_port_problem().is_some(),
+        pools,
+        requests: requests.snapshot(),
+    }
+}

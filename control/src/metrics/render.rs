@@ -1,0 +1,434 @@
+//! The exposition text of one scrape: a pure function of a [`Snapshot`].
+
+use std::fmt::Write as _;
+
+use super::Snapshot;
+
+/// A label value escaped as the exposition format wants (`\\`, `\"`, `\n`).
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes one metric family: the HELP and TYPE lines, then its samples
+/// (a family's samples must be contiguous).
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Self {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
+        self.out.push_str(self.name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Every reason the dataplane counts, at 0 when not seen yet (so a
+/// series exists before its first drop and `rate()` sees that drop), plus
+/// any reason in `drops` the list does not name.
+fn with_zeros<'a>(
+    drops: &'a std::collections::BTreeMap<String, u64>,
+    reasons: &'a [String],
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    let known = reasons
+        .iter()
+        .map(|r| (r.as_str(), drops.get(r).copied().unwrap_or(0)));
+    let extra = drops
+        .iter()
+        .filter(|(r, _)| !reasons.contains(r))
+        .map(|(r, n)| (r.as_str(), *n));
+    known.chain(extra)
+}
+
+/// The exposition text of one scrape.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let stats = s.dataplane.as_ref().ok();
+
+    let mut f = Family::new(
+        &mut out,
+        "ferry_build_info",
+        "gauge",
+        "ferryd's version (always 1).",
+    );
+    f.sample(&[("version", env!("CARGO_PKG_VERSION"))], 1);
+    let mut f = Family::new(
+        &mut out,
+        "ferry_pod_requests_total",
+        "counter",
+        "Pod-API requests (CNI invocations) ferryd answered, by command and CNI error code (0: success).",
+    );
+    for (command, code, n) in &s.requests {
+        f.sample(&[("command", command), ("code", &code.to_string())], *n);
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_dataplane_up",
+        "gauge",
+        "1 if this scrape read the dataplane's counters over the table API, else 0.",
+    );
+    f.sample(&[], u64::from(stats.is_some()));
+    let mut f = Family::new(
+        &mut out,
+        "ferry_dataplane_connected",
+        "gauge",
+        "1 if ferryd's table-API client is connected to ferry-dataplane, else 0.",
+    );
+    f.sample(&[], u64::from(s.dataplane_connected));
+
+    if let Some(n) = s.endpoints {
+        let mut f = Family::new(
+            &mut out,
+            "ferry_endpoints",
+            "gauge",
+            "Pod endpoints ready in ferryd's store.",
+        );
+        f.sample(&[], n);
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_endpoints_stale",
+        "gauge",
+        "Ready endpoints whose pod is gone (namespace or link missing): kept, with their address, until DEL or GC, and not in the dataplane.",
+    );
+    f.sample(&[], s.stale_endpoints);
+    let mut f = Family::new(
+        &mut out,
+        "ferry_host_port_missing",
+        "gauge",
+        "1 if the dataplane has no host port (the node cannot reach its pods), else 0.",
+    );
+    f.sample(&[], u64::from(s.host_port_missing));
+    if !s.pools.is_empty() {
+        let mut f = Family::new(
+            &mut out,
+            "ferry_ipam_addresses_free",
+            "gauge",
+            "Addresses a node pool can still hand out.",
+        );
+        for p in &s.pools {
+            f.sample(&[("pool", &p.pool)], p.size.saturating_sub(p.allocated));
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_ipam_addresses_allocated",
+            "gauge",
+            "Addresses allocated from a node pool.",
+        );
+        for p in &s.pools {
+            f.sample(&[("pool", &p.pool)], p.allocated);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_ipam_addresses_size",
+            "gauge",
+            "Addresses a node pool can hand out in all (gateway excluded).",
+        );
+        for p in &s.pools {
+            f.sample(&[("pool", &p.pool)], p.size);
+        }
+    }
+
+    let Some(stats) = stats else {
+        return out;
+    };
+    let mut f = Family::new(
+        &mut out,
+        "ferry_table_generation",
+        "gauge",
+        "Generation of the dataplane's forwarding tables (bumped by every applied update).",
+    );
+    f.sample(&[], stats.generation);
+
+    type PortField = fn(&ferry_api::table::PortStats) -> u64;
+    let port_families: [(&'static str, &str, PortField); 4] = [
+        (
+            "ferry_port_rx_frames_total",
+            "Frames received on a dataplane port.",
+            |p| p.rx_frames,
+        ),
+        (
+            "ferry_port_rx_bytes_total",
+            "Bytes received on a dataplane port.",
+            |p| p.rx_bytes,
+        ),
+        (
+            "ferry_port_tx_frames_total",
+            "Frames transmitted on a dataplane port.",
+            |p| p.tx_frames,
+        ),
+        (
+            "ferry_port_tx_bytes_total",
+            "Bytes transmitted on a dataplane port.",
+            |p| p.tx_bytes,
+        ),
+    ];
+    for (name, help, get) in port_families {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for p in &stats.ports {
+            f.sample(&[("port", &p.name), ("endpoint", &p.endpoint)], get(p));
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_port_drops_total",
+        "counter",
+        "Frames received on a dataplane port and dropped, by drop reason.",
+    );
+    for p in &stats.ports {
+        for (reason, n) in with_zeros(&p.drops, &stats.drop_reasons) {
+            f.sample(
+                &[
+                    ("port", &p.name),
+                    ("endpoint", &p.endpoint),
+                    ("reason", reason),
+                ],
+                n,
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_port_xsk_total",
+        "counter",
+        "The kernel's counters of a port's AF_XDP sockets (XDP_STATISTICS), summed over workers, read by each worker about once a second; rx_dropped, rx_invalid_descs, rx_ring_full and tx_invalid_descs count lost frames, the others ring misses. Absent for tap ports.",
+    );
+    for p in &stats.ports {
+        for (counter, n) in &p.kernel {
+            f.sample(
+                &[
+                    ("port", &p.name),
+                    ("endpoint", &p.endpoint),
+                    ("counter", counter),
+                ],
+                *n,
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_port_attached",
+        "gauge",
+        "1 if the dataplane has the port open (veth: XDP program attached, AF_XDP sockets bound; tap: queues attached).",
+    );
+    for p in &stats.ports {
+        f.sample(
+            &[("port", &p.name), ("endpoint", &p.endpoint)],
+            u64::from(p.attached),
+        );
+    }
+
+    type WorkerField = fn(&ferry_api::table::WorkerStats) -> u64;
+    let worker_families: [(&'static str, &str, WorkerField); 4] = [
+        (
+            "ferry_worker_busy_polls_total",
+            "Worker loop passes that moved at least one frame.",
+            |w| w.busy_polls,
+        ),
+        (
+            "ferry_worker_idle_polls_total",
+            "Worker loop passes that found nothing to do and slept in poll(2).",
+            |w| w.idle_polls,
+        ),
+        (
+            "ferry_worker_rx_frames_total",
+            "Frames a worker received, all ports.",
+            |w| w.rx_frames,
+        ),
+        (
+            "ferry_worker_tx_frames_total",
+            "Frames a worker transmitted, all ports.",
+            |w| w.tx_frames,
+        ),
+    ];
+    for (name, help, get) in worker_families {
+        let mut f = Family::new(&mut out, name, "counter", help);
+        for w in &stats.workers {
+            f.sample(&[("worker", &w.worker.to_string())], get(w));
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ferry_worker_drops_total",
+        "counter",
+        "Frames a worker dropped, by drop reason.",
+    );
+    for w in &stats.workers {
+        let worker = w.worker.to_string();
+        for (reason, n) in with_zeros(&w.drops, &stats.drop_reasons) {
+            f.sample(&[("worker", &worker), ("reason", reason)], n);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_api::table::{PortStats, Stats, WorkerStats};
+
+    use super::super::PoolUsage;
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            dataplane: Ok(Stats {
+                generation: 7,
+                ports: vec![
+                    PortStats {
+                        name: "ferry0dp".into(),
+                        endpoint: "host".into(),
+                        attached: true,
+                        rx_frames: 10,
+                        rx_bytes: 1000,
+                        tx_frames: 4,
+                        tx_bytes: 400,
+                        drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
+                        kernel: BTreeMap::from([
+                            ("rx_ring_full".to_string(), 3),
+                            ("rx_dropped".to_string(), 0),
+                        ]),
+                    },
+                    PortStats {
+                        name: "fy0123456789a".into(),
+                        endpoint: "c\"1/eth0".into(),
+                        attached: false,
+                        ..Default::default()
+                    },
+                ],
+                workers: vec![WorkerStats {
+                    worker: 0,
+                    cpu: Some(1),
+                    busy_polls: 5,
+                    idle_polls: 9,
+                    rx_frames: 10,
+                    tx_frames: 4,
+                    drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
+                }],
+                drop_reasons: vec!["no_endpoint".into(), "runt".into()],
+            }),
+            dataplane_connected: true,
+            endpoints: Some(1),
+            stale_endpoints: 1,
+            host_port_missing: false,
+            pools: vec![PoolUsage {
+                pool: "10.88.0.0/24".into(),
+                size: 253,
+                allocated: 3,
+            }],
+            requests: vec![("ADD".into(), 0, 3), ("ADD".into(), 11, 1)],
+        }
+    }
+
+    #[test]
+    fn exposition_has_help_type_and_samples() {
+        let text = render(&snapshot());
+        for line in [
+            "ferry_dataplane_up 1",
+            "ferry_dataplane_connected 1",
+            "ferry_pod_requests_total{command=\"ADD\",code=\"0\"} 3",
+            "ferry_pod_requests_total{command=\"ADD\",code=\"11\"} 1",
+            "ferry_endpoints 1",
+            "ferry_endpoints_stale 1",
+            "ferry_host_port_missing 0",
+            "ferry_ipam_addresses_free{pool=\"10.88.0.0/24\"} 250",
+            "ferry_ipam_addresses_allocated{pool=\"10.88.0.0/24\"} 3",
+            "ferry_table_generation 7",
+            "ferry_port_rx_frames_total{port=\"ferry0dp\",endpoint=\"host\"} 10",
+            "ferry_port_tx_bytes_total{port=\"ferry0dp\",endpoint=\"host\"} 400",
+            "ferry_port_drops_total{port=\"ferry0dp\",endpoint=\"host\",reason=\"no_endpoint\"} 2",
+            "ferry_port_attached{port=\"fy0123456789a\",endpoint=\"c\\\"1/eth0\"} 0",
+            "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_ring_full\"} 3",
+            "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_dropped\"} 0",
+            "ferry_worker_busy_polls_total{worker=\"0\"} 5",
+            "ferry_worker_idle_polls_total{worker=\"0\"} 9",
+            "ferry_worker_drops_total{worker=\"0\",reason=\"no_endpoint\"} 2",
+            // Reasons not seen yet are there, at zero.
+            "ferry_port_drops_total{port=\"ferry0dp\",endpoint=\"host\",reason=\"runt\"} 0",
+            "ferry_port_drops_total{port=\"fy0123456789a\",endpoint=\"c\\\"1/eth0\",reason=\"no_endpoint\"} 0",
+            "ferry_worker_drops_total{worker=\"0\",reason=\"runt\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+        }
+        // Every sample belongs to the family announced just before it, and
+        // every family has HELP and TYPE once.
+        let mut current = "";
+        let mut seen = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge"].contains(&kind), "{line}");
+                assert!(seen.insert(name.to_string()), "family {name} twice");
+                current = name;
+                assert!(
+                    text.contains(&format!("# HELP {name} ")),
+                    "no HELP for {name}"
+                );
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{name}");
+                }
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "sample outside its family: {line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<u64>().is_ok(), "{line}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn reasons_outside_the_list_are_still_reported() {
+        let drops = BTreeMap::from([("a".to_string(), 1), ("new".to_string(), 4)]);
+        let reasons = vec!["a".to_string(), "b".to_string()];
+        let got: Vec<_> = with_zeros(&drops, &reasons).collect();
+        assert_eq!(got, vec![("a", 1), ("b", 0), ("new", 4)]);
+        // An old dataplane sends no list: what it counted is all there is.
+        let got: Vec<_> = with_zeros(&drops, &[]).collect();
+        assert_eq!(got, vec![("a", 1), ("new", 4)]);
+    }
+
+    #[test]
+    fn dataplane_down_still_reports_ferryd_side() {
+        let mut s = snapshot();
+        s.dataplane = Err("cannot reach ferry-dataplane".into());
+        s.dataplane_connected = false;
+        let text = render(&s);
+        assert!(text.contains("\nferry_dataplane_up 0\n"), "{text}");
+        assert!(text.contains("ferry_dataplane_connected 0"), "{text}");
+        assert!(text.contains("ferry_endpoints 1"), "{text}");
+        assert!(!text.contains("ferry_port_"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+}
