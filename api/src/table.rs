@@ -40,7 +40,10 @@ pub struct NodeSettings {
     pub pod_cidrs: Vec<Ipv4Net>,
     /// Where the node kernel is reached; `None` until ferryd made it.
     pub host_port: Option<HostPort>,
-    /// MTU of pod interfaces (L3 bytes).
+    /// MTU of pod interfaces (L3 bytes) unless a pod's network config
+    /// names its own ([`Endpoint::mtu`]), and of the host port: packets
+    /// routed to the node kernel larger than this are answered with ICMP
+    /// "fragmentation needed" (DF set) or dropped.
     pub mtu: u32,
 }
 
@@ -113,6 +116,30 @@ pub struct Endpoint {
     /// `netns` again checks that it is still this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<NetnsId>,
+    /// MTU of the pod's interface (L3 bytes): packets routed to the pod
+    /// larger than this are answered with ICMP "fragmentation needed" (DF
+    /// set) or dropped. `None` (a ferryd that predates the field): no
+    /// check, frames the port cannot carry are lost at egress as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// The largest pod MTU (L3 bytes) each attachment can carry, as the
+/// dataplane's frame buffers and XDP program allow. ferryd refuses an ADD
+/// whose MTU is above the limit of its attachment.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuLimits {
+    pub veth: u32,
+    pub tap: u32,
+}
+
+impl MtuLimits {
+    pub fn of(&self, attachment: Attachment) -> u32 {
+        match attachment {
+            Attachment::Veth => self.veth,
+            Attachment::Tap => self.tap,
+        }
+    }
 }
 
 /// A network namespace's identity: device and inode of its nsfs file, as
@@ -186,6 +213,11 @@ pub enum Response {
     Hello {
         api_version: u32,
         workers: u32,
+        /// What the dataplane's ports can carry; `None` from a dataplane
+        /// that predates the field (added without an API version bump:
+        /// old peers ignore it or see it absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu_limits: Option<MtuLimits>,
     },
     /// The update is visible to every worker from `generation` on.
     /// A `Sync` whose state names ports the dataplane could not open is
@@ -315,5 +347,40 @@ mod tests {
         );
         let back: Request = serde_json::from_str(r#"{"op":"hello","api_version":1}"#).unwrap();
         assert_eq!(back, Request::Hello { api_version: 1 });
+    }
+
+    #[test]
+    fn hello_mtu_limits_and_endpoint_mtu_are_optional() {
+        // A dataplane or ferryd from before the fields still parses.
+        let old: Response =
+            serde_json::from_str(r#"{"reply":"hello","api_version":1,"workers":2}"#).unwrap();
+        assert_eq!(
+            old,
+            Response::Hello {
+                api_version: 1,
+                workers: 2,
+                mtu_limits: None
+            }
+        );
+        let new = Response::Hello {
+            api_version: 1,
+            workers: 2,
+            mtu_limits: Some(MtuLimits {
+                veth: 1778,
+                tap: 65535,
+            }),
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            json,
+            r#"{"reply":"hello","api_version":1,"workers":2,"mtu_limits":{"veth":1778,"tap":65535}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), new);
+        let ep: Endpoint = serde_json::from_str(
+            r#"{"id":"a/eth0","host_ifname":"fya","ipv4":"10.0.0.2","mac":"0a:58:0a:00:00:02"}"#,
+        )
+        .unwrap();
+        assert_eq!(ep.mtu, None);
+        assert!(!serde_json::to_string(&ep).unwrap().contains("mtu"));
     }
 }

@@ -490,6 +490,21 @@ impl Agent {
         let Some(workers) = self.dp.workers() else {
             return Err(dp_err(DpError::NotConnected));
         };
+        // A pod whose MTU its port cannot carry would lose every large
+        // frame at the dataplane, silently.
+        if let Some(max) = self.dp.max_mtu(req.attachment) {
+            if mtu > max {
+                let kind = req.attachment.name();
+                return Err(err(
+                    code::INVALID_CONFIG,
+                    format!("mtu {mtu} is above the {kind} attachment's limit of {max}"),
+                    format!(
+                        "ferry-dataplane carries packets of at most {max} bytes on a {kind} port; \
+                         set mtu to {max} or less, or attach the pod otherwise"
+                    ),
+                ));
+            }
+        }
         // The namespace is identified once, here; plumbing later opens the
         // path again and works only if it still names this namespace.
         let (_, netns_id) = netns::open(&netns, None, self.netlink.forbidden())

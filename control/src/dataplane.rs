@@ -28,7 +28,9 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Endpoint, MissingPort, NodeSettings, Request, Response, API_VERSION};
+use ferry_api::table::{
+    Attachment, Endpoint, MissingPort, MtuLimits, NodeSettings, Request, Response, API_VERSION,
+};
 use ferry_api::wire::MAX_MESSAGE;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -90,6 +92,9 @@ struct Shared {
     /// Why the host port is not in the dataplane, if it is not (the node
     /// cannot reach its pods: STATUS says "limited connectivity").
     host_port_problem: Mutex<Option<String>>,
+    /// What the dataplane's ports carry, as its last `Hello` said (`None`
+    /// before the first, or from a dataplane that does not say).
+    mtu_limits: Mutex<Option<MtuLimits>>,
 }
 
 /// Handle to the client task (cheap to clone).
@@ -142,6 +147,12 @@ impl DataplaneClient {
     /// Whether the endpoint `id` is stale.
     pub fn is_stale(&self, id: &str) -> bool {
         lock(&self.shared.stale).contains_key(id)
+    }
+
+    /// The largest pod MTU the dataplane carries on `attachment`, as its
+    /// last `Hello` said; `None` when it did not say.
+    pub fn max_mtu(&self, attachment: Attachment) -> Option<u32> {
+        lock(&self.shared.mtu_limits).map(|l| l.of(attachment))
     }
 
     /// Why the dataplane has no host port, if it has none.
@@ -308,7 +319,11 @@ impl Task {
             Response::Hello {
                 api_version,
                 workers,
-            } if api_version == API_VERSION => workers.max(1),
+                mtu_limits,
+            } if api_version == API_VERSION => {
+                *lock(&self.shared.mtu_limits) = mtu_limits;
+                workers.max(1)
+            }
             Response::Hello { api_version, .. } => {
                 return Err(DpError::Refused(format!(
                     "dataplane speaks API version {api_version}, ferryd {API_VERSION}"

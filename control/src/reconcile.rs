@@ -86,6 +86,7 @@ pub fn endpoint_of(rec: &Record) -> Endpoint {
         netns,
         pod_ifname,
         netns_id,
+        mtu: Some(rec.mtu),
     }
 }
 

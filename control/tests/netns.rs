@@ -154,8 +154,14 @@ impl World {
     }
 }
 
+/// What the test dataplane says its ports carry.
+const MTU_LIMITS: ferry_api::table::MtuLimits = ferry_api::table::MtuLimits {
+    veth: 1778,
+    tap: 9000,
+};
+
 /// Test-only table-API server: records every request, answers Hello with
-/// `workers` and every update with Applied.
+/// `workers` and [`MTU_LIMITS`], and every update with Applied.
 #[derive(Clone)]
 struct RecordingTableServer {
     requests: Arc<Mutex<Vec<Request>>>,
@@ -191,6 +197,7 @@ impl RecordingTableServer {
                         Request::Hello { .. } => Response::Hello {
                             api_version: ferry_api::table::API_VERSION,
                             workers,
+                            mtu_limits: Some(MTU_LIMITS),
                         },
                         _ => {
                             generation += 1;
@@ -265,10 +272,14 @@ fn assert_ok(resp: PodResponse) {
 }
 
 fn error_code(resp: PodResponse) -> u32 {
+    pod_error(resp).code
+}
+
+fn pod_error(resp: PodResponse) -> pod::PodError {
     match resp {
         PodResponse::Error(e) => {
             assert!(!e.msg.is_empty());
-            e.code
+            e
         }
         other => panic!("expected an error, got {other:?}"),
     }
@@ -598,6 +609,22 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
         );
         bad.netns = None;
         assert_eq!(error_code(agent.handle(bad).await), code::INVALID_ENV);
+
+        // An MTU above what the pod's attachment carries: error 7 naming
+        // the limit, before anything is made.
+        let mut big = req(pod::Command::Add, "ctr-m", Some(&pod_path), "eth1");
+        big.mtu = Some(MTU_LIMITS.veth + 1);
+        let e = pod_error(agent.handle(big.clone()).await);
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("1778"), "{e:?}");
+        assert!(agent.store().records().unwrap().is_empty());
+        assert!(!node_ns.has_link(&host_ifname("ctr-m", "eth1")));
+        big.attachment = ferry_api::table::Attachment::Tap;
+        big.mtu = Some(MTU_LIMITS.tap + 1);
+        let e = pod_error(agent.handle(big).await);
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("tap") && e.msg.contains("9000"), "{e:?}");
+        assert!(agent.store().records().unwrap().is_empty());
 
         // An explicit request in a range works; asking for it again is 102.
         let mut add = req(pod::Command::Add, "ctr-i", Some(&pod_path), "eth1");

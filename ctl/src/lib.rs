@@ -332,6 +332,7 @@ mod tests {
                 netns: String::new(),
                 pod_ifname: String::new(),
                 netns_id: None,
+                mtu: None,
             }],
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),

@@ -55,6 +55,25 @@ pub const MAX_QUEUES: u32 = 64;
 
 /// UMEM chunk size: 256 bytes of XDP headroom + 1792 bytes of frame.
 pub const FRAME_SIZE: u32 = 2048;
+/// Headroom the kernel keeps in front of the frame in every chunk
+/// (`XDP_PACKET_HEADROOM`; our own `frame_headroom` is 0).
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+/// The largest pod MTU a veth on a plain (not `xdp.frags`) XDP program may
+/// have on this kernel (6.18, 4 KiB pages): "mtu greater than device
+/// maximum" above it (DESIGN.md, performance levers).
+pub const VETH_XDP_MAX_MTU: u32 = 3506;
+/// The largest pod MTU (L3 bytes) a veth port carries: a frame must fit
+/// the data segment of one chunk (sockets are bound without
+/// `XDP_USE_SG`, so larger frames are dropped by the kernel), and the XDP
+/// program caps the veth itself. 2048 - 256 - 14 = 1778.
+pub const MAX_POD_MTU: u32 = {
+    let chunk = FRAME_SIZE - XDP_PACKET_HEADROOM - crate::pipeline::wire::ETH_HDR_LEN as u32;
+    if chunk < VETH_XDP_MAX_MTU {
+        chunk
+    } else {
+        VETH_XDP_MAX_MTU
+    }
+};
 /// Size of each of a socket's four rings.
 pub const RING_SIZE: u32 = 1024;
 
@@ -364,6 +383,14 @@ impl PortBackend for AfXdpBackend {
     type Queue = XskQueue;
     type Attachment = XdpAttachment;
 
+    /// Veth ports only: a tap is not something this backend opens.
+    fn mtu_limits(&self) -> ferry_api::table::MtuLimits {
+        ferry_api::table::MtuLimits {
+            veth: MAX_POD_MTU,
+            tap: 0,
+        }
+    }
+
     fn open(
         &mut self,
         spec: &PortSpec,
@@ -458,5 +485,23 @@ impl PortBackend for AfXdpBackend {
             queues.iter().filter(|q| q.is_some()).count()
         );
         Ok((attachment, queues))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pod_mtu_is_what_one_chunk_holds() {
+        // xsk-rs computes the data segment from libxdp's own headroom.
+        let cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).unwrap())
+            .frame_headroom(0)
+            .build()
+            .unwrap();
+        assert_eq!(cfg.xdp_headroom(), XDP_PACKET_HEADROOM);
+        assert_eq!(MAX_POD_MTU, cfg.mtu() - 14);
+        const { assert!(MAX_POD_MTU <= VETH_XDP_MAX_MTU) };
     }
 }

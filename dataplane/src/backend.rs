@@ -12,6 +12,8 @@ use std::os::fd::RawFd;
 
 use xsk_rs::FrameDesc;
 
+use ferry_api::table::MtuLimits;
+
 use crate::afxdp::{AfXdpBackend, XdpAttachment, XskPool, XskQueue, XskRings};
 use crate::pipeline::Offload;
 use crate::port::{FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec};
@@ -291,6 +293,13 @@ pub struct NodeBackend {
 impl PortBackend for NodeBackend {
     type Queue = NodeQueue;
     type Attachment = NodeAttachment;
+
+    fn mtu_limits(&self) -> MtuLimits {
+        MtuLimits {
+            veth: self.xdp.mtu_limits().veth,
+            tap: self.tap.mtu_limits().tap,
+        }
+    }
 
     fn open(
         &mut self,

@@ -233,6 +233,7 @@ impl<B: PortBackend> Dataplane<B> {
             Request::Hello { api_version } if api_version == API_VERSION => Response::Hello {
                 api_version: API_VERSION,
                 workers: self.workers.len() as u32,
+                mtu_limits: Some(self.backend.mtu_limits()),
             },
             Request::Hello { api_version } => Response::Error {
                 message: format!(
@@ -521,7 +522,7 @@ mod tests {
     use super::*;
     use crate::mem::{MemBackend, MemNetwork, MemWire};
     use crate::pipeline::{fixtures, offload, Offload};
-    use ferry_api::table::{HostPort, NextHop};
+    use ferry_api::table::{HostPort, MtuLimits, NextHop};
     use ferry_api::MacAddr;
     use std::net::Ipv4Addr;
 
@@ -554,6 +555,7 @@ mod tests {
             netns: String::new(),
             pod_ifname: String::new(),
             netns_id: None,
+            mtu: None,
         }
     }
 
@@ -629,7 +631,11 @@ mod tests {
             }),
             Response::Hello {
                 api_version: API_VERSION,
-                workers: 2
+                workers: 2,
+                mtu_limits: Some(MtuLimits {
+                    veth: 2048 - 14,
+                    tap: 65535
+                }),
             }
         );
         match dp.handle(Request::Hello {
@@ -963,6 +969,54 @@ mod tests {
         assert!(pa.drops.is_empty(), "{pa:?}");
         let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
         assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
+    }
+
+    /// A GSO frame from a tap whose segments exceed the egress pod's MTU
+    /// is answered on the tap with ICMP fragmentation needed (a plain
+    /// frame), nothing reaches the pod, and the original counts as
+    /// `frag_needed` on the ingress port and the worker.
+    #[test]
+    fn too_big_for_the_egress_mtu_is_answered_on_the_ingress_and_counted() {
+        let net = MemNetwork::new();
+        let wa = net.add_offloaded("fta", 1);
+        let wb = net.add("fyb", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![
+                Endpoint {
+                    mtu: Some(9000),
+                    ..ep("a/eth0", "fta", A)
+                },
+                Endpoint {
+                    mtu: Some(1400),
+                    ..ep("b/eth0", "fyb", B)
+                },
+            ],
+            routes: vec![],
+        }));
+        let gso = fixtures::gso_tcp4;
+        let payload = vec![0x42u8; 8000];
+        wa.inject_offloaded(0, gso(8000), partial_tcp(A, B, &payload));
+        let got = sent_offloaded(&wa, 1);
+        assert_eq!(got.len(), 1, "the ICMP error comes back on the tap");
+        let (off, f) = &got[0];
+        assert_eq!(*off, Offload::NONE);
+        assert!(checksums_ok(f));
+        assert_eq!((f[34], f[35]), (3, 4), "type 3 code 4");
+        assert_eq!(u16::from_be_bytes([f[40], f[41]]), 1400, "next-hop MTU");
+        // Segments that fit go through, segmented for the plain port.
+        wa.inject_offloaded(0, gso(1360), partial_tcp(A, B, &payload[..2720]));
+        assert_eq!(sent_offloaded(&wb, 2).len(), 2);
+        assert!(wb.take_sent_offloaded().is_empty());
+
+        let stats = dp.stats();
+        let pa = stats.ports.iter().find(|p| p.name == "fta").unwrap();
+        assert_eq!(pa.drops.get("frag_needed"), Some(&1), "{pa:?}");
+        assert_eq!(pa.tx_frames, 1, "the ICMP error");
+        assert_eq!(stats.workers[0].drops.get("frag_needed"), Some(&1));
+        assert!(stats.drop_reasons.iter().any(|r| r == "too_big_no_df"));
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ferry_api::table::MtuLimits;
+
 use crate::pipeline::Offload;
 use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec};
 
@@ -364,6 +366,16 @@ pub struct MemAttachment {
 impl PortBackend for MemBackend {
     type Queue = MemQueue;
     type Attachment = MemAttachment;
+
+    /// In-memory frames have no headroom; offload wires are tap-sized.
+    fn mtu_limits(&self) -> MtuLimits {
+        MtuLimits {
+            veth: self
+                .frame_size
+                .saturating_sub(crate::pipeline::wire::ETH_HDR_LEN) as u32,
+            tap: crate::tap::MAX_POD_MTU,
+        }
+    }
 
     fn open(
         &mut self,

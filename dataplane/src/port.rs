@@ -24,6 +24,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use ferry_api::table::MtuLimits;
+
 use crate::pipeline::Offload;
 
 /// One queue's frame memory.
@@ -198,6 +200,10 @@ pub trait PortBackend: Send + 'static {
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<Self::Attachment, Self::Queue>, PortError>;
+
+    /// The largest pod MTU each kind of port carries in one frame (what
+    /// `Hello` reports, so ferryd refuses pods above it).
+    fn mtu_limits(&self) -> MtuLimits;
 }
 
 /// Why a port could not be opened. Every variant names the interface.

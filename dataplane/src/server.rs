@@ -230,7 +230,11 @@ mod tests {
             ),
             Response::Hello {
                 api_version: API_VERSION,
-                workers: 1
+                workers: 1,
+                mtu_limits: Some(ferry_api::table::MtuLimits {
+                    veth: 2048 - 14,
+                    tap: 65535
+                }),
             }
         );
         assert!(matches!(

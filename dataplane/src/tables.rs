@@ -38,6 +38,9 @@ pub struct EndpointEntry {
     pub port: PortId,
     /// The pod interface's MAC (destination MAC of frames to the pod).
     pub mac: MacAddr,
+    /// The pod interface's MTU (L3 bytes), the egress MTU of packets to
+    /// it; `None` when ferryd did not say (no check).
+    pub mtu: Option<u32>,
 }
 
 /// The host port as the pipeline needs it.
@@ -46,6 +49,9 @@ pub struct HostPortEntry {
     pub port: PortId,
     /// MAC of the kernel end of the host veth pair.
     pub kernel_mac: MacAddr,
+    /// The host port's MTU (L3 bytes, `NodeSettings::mtu`), the egress MTU
+    /// of packets to the node kernel.
+    pub mtu: u32,
 }
 
 /// A route's next hop, resolved to something the pipeline can act on.
@@ -139,6 +145,7 @@ impl Tables {
             set_role(port, PortRole::Host).then_some(HostPortEntry {
                 port,
                 kernel_mac: hp.kernel_mac,
+                mtu: node.mtu,
             })
         });
 
@@ -161,7 +168,11 @@ impl Tables {
             ) {
                 continue;
             }
-            let entry = EndpointEntry { port, mac: ep.mac };
+            let entry = EndpointEntry {
+                port,
+                mac: ep.mac,
+                mtu: ep.mtu,
+            };
             by_ip.insert(key, entry);
             by_id.entry(ep.id.as_str()).or_insert(entry);
         }
@@ -338,6 +349,7 @@ mod tests {
             netns: String::new(),
             pod_ifname: String::new(),
             netns_id: None,
+            mtu: None,
         }
     }
 
@@ -353,9 +365,13 @@ mod tests {
 
     #[test]
     fn build_resolves_ports_endpoints_and_routes() {
+        let b = Endpoint {
+            mtu: Some(1400),
+            ..ep("b/eth0", "fyb", [10, 88, 0, 3])
+        };
         let eps = [
             ep("a/eth0", "fya", [10, 88, 0, 2]),
-            ep("b/eth0", "fyb", [10, 88, 0, 3]),
+            b,
             ep("c/eth0", "fy-not-attached", [10, 88, 0, 4]),
             ep("dup/eth0", "fydup", [10, 88, 0, 2]),
         ];
@@ -398,15 +414,18 @@ mod tests {
             t.endpoint(Ipv4Addr::new(10, 88, 0, 3)),
             Some(EndpointEntry {
                 port: 2,
-                mac: eps[1].mac
+                mac: eps[1].mac,
+                mtu: Some(1400),
             })
         );
+        assert_eq!(t.endpoint(Ipv4Addr::new(10, 88, 0, 2)).unwrap().mtu, None);
         assert_eq!(t.endpoint(Ipv4Addr::new(10, 88, 0, 4)), None);
         assert_eq!(
             t.host_port(),
             Some(HostPortEntry {
                 port: 0,
-                kernel_mac: MacAddr([2, 0, 0, 0, 0, 1])
+                kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                mtu: 1500,
             })
         );
         assert_eq!(
@@ -421,7 +440,8 @@ mod tests {
             t.route(Ipv4Addr::new(172, 20, 0, 1)),
             Some(RouteTarget::Endpoint(EndpointEntry {
                 port: 2,
-                mac: eps[1].mac
+                mac: eps[1].mac,
+                mtu: Some(1400),
             }))
         );
         assert_eq!(

@@ -40,6 +40,16 @@ use crate::port::{
 /// Frame buffer of a tap queue: the largest GSO frame (14 + 65535 bytes)
 /// fits, rounded up to 66 KiB.
 pub const TAP_FRAME_SIZE: usize = 66 * 1024;
+/// The largest pod MTU (L3 bytes) a tap port carries: what a frame buffer
+/// holds after the Ethernet header, bounded by the largest IPv4 packet.
+pub const MAX_POD_MTU: u32 = {
+    let frame = (TAP_FRAME_SIZE - crate::pipeline::wire::ETH_HDR_LEN) as u32;
+    if frame < 65535 {
+        frame
+    } else {
+        65535
+    }
+};
 /// Most frames read from one tap queue per `rx` call.
 pub const TAP_RX_BATCH: usize = 32;
 /// What `tx_room` reports: writes are synchronous, there is no ring.
@@ -334,6 +344,14 @@ pub struct TapAttachment;
 impl PortBackend for TapBackend {
     type Queue = TapQueue;
     type Attachment = TapAttachment;
+
+    /// Tap ports only: a veth is not something this backend opens.
+    fn mtu_limits(&self) -> ferry_api::table::MtuLimits {
+        ferry_api::table::MtuLimits {
+            veth: 0,
+            tap: MAX_POD_MTU,
+        }
+    }
 
     fn open(
         &mut self,

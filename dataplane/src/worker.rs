@@ -428,46 +428,54 @@ impl<Q: PortQueue> Worker<Q> {
             let len = self.lens[i];
             let offload = self.offloads[i];
             let mut recycled = false;
+            // The original is counted as dropped; its ICMP error leaves by
+            // the ingress port like any reply.
+            if let Verdict::IcmpError { reason, .. } = self.verdicts[i] {
+                self.queues[qi].counters.add_drop(reason);
+                self.counters.add_drop(reason);
+            }
             let drop_reason = match self.verdicts[i] {
-                Verdict::Tx(port) => match self.slots.get(port as usize) {
-                    Some(Slot::Active(j)) if *j == qi => {
-                        let a = &mut self.queues[qi];
-                        let pool = a.queue.pool();
-                        // SAFETY: the frame is the worker's (received above,
-                        // not yet handed to any ring).
-                        unsafe { pool.set_len(&mut d, len) };
-                        pool.set_offload(&mut d, offload);
-                        if a.pending.is_empty() {
-                            self.dirty.push(qi);
+                Verdict::Tx(port) | Verdict::IcmpError { port, .. } => {
+                    match self.slots.get(port as usize) {
+                        Some(Slot::Active(j)) if *j == qi => {
+                            let a = &mut self.queues[qi];
+                            let pool = a.queue.pool();
+                            // SAFETY: the frame is the worker's (received above,
+                            // not yet handed to any ring).
+                            unsafe { pool.set_len(&mut d, len) };
+                            pool.set_offload(&mut d, offload);
+                            if a.pending.is_empty() {
+                                self.dirty.push(qi);
+                            }
+                            a.pending.push(d);
+                            None
                         }
-                        a.pending.push(d);
-                        None
-                    }
-                    Some(Slot::Active(j)) => {
-                        let j = *j;
-                        let (src, dst) = two_mut(&mut self.queues, qi, j);
-                        let lost = forward(
-                            src,
-                            dst,
-                            Outgoing {
-                                desc: &d,
-                                len,
-                                offload,
-                            },
-                            &mut self.scratch,
-                            &self.counters,
-                            self.cfg.id,
-                        );
-                        if !dst.pending.is_empty() && !self.dirty.contains(&j) {
-                            self.dirty.push(j);
+                        Some(Slot::Active(j)) => {
+                            let j = *j;
+                            let (src, dst) = two_mut(&mut self.queues, qi, j);
+                            let lost = forward(
+                                src,
+                                dst,
+                                Outgoing {
+                                    desc: &d,
+                                    len,
+                                    offload,
+                                },
+                                &mut self.scratch,
+                                &self.counters,
+                                self.cfg.id,
+                            );
+                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
+                                self.dirty.push(j);
+                            }
+                            src.free.push(d);
+                            recycled = true;
+                            lost
                         }
-                        src.free.push(d);
-                        recycled = true;
-                        lost
+                        Some(Slot::NoQueue) => Some(DropReason::NoTxQueue),
+                        Some(Slot::Unknown) | None => Some(DropReason::PortGone),
                     }
-                    Some(Slot::NoQueue) => Some(DropReason::NoTxQueue),
-                    Some(Slot::Unknown) | None => Some(DropReason::PortGone),
-                },
+                }
                 Verdict::Drop(reason) => Some(reason),
             };
             if let Some(reason) = drop_reason {

@@ -113,6 +113,7 @@ fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
         netns: String::new(),
         pod_ifname: String::new(),
         netns_id: None,
+        mtu: None,
     }
 }
 
@@ -265,7 +266,13 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         }),
         Response::Hello {
             api_version: API_VERSION,
-            workers: 1
+            workers: 1,
+            // 2048-byte chunks less 256 bytes of XDP headroom and the
+            // Ethernet header; 66 KiB tap frames hold any IPv4 packet.
+            mtu_limits: Some(ferry_api::table::MtuLimits {
+                veth: 1778,
+                tap: 65535
+            }),
         }
     );
     let node_settings = NodeSettings {

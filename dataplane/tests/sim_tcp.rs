@@ -108,6 +108,7 @@ fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
         netns: String::new(),
         pod_ifname: String::new(),
         netns_id: None,
+        mtu: None,
     }
 }
 
@@ -218,6 +219,9 @@ impl Node {
                 Verdict::Tx(HOST) => self.to_host += 1,
                 Verdict::Tx(other) => panic!("verdict for a port that does not exist: {other}"),
                 Verdict::Drop(reason) => *self.drops.entry(reason.name()).or_default() += 1,
+                Verdict::IcmpError { .. } => {
+                    panic!("no endpoint here has an MTU to exceed: {verdict:?}")
+                }
             }
             if matches!(verdict, Verdict::Tx(_)) {
                 self.forwarded += 1;

@@ -398,3 +398,93 @@ fn a_tap_deleted_under_the_dataplane_is_not_polled_and_the_rest_keeps_working() 
         node.del_pod(pod).assert_ok();
     }
 }
+
+/// A network config for `node` with `attachment` and `mtu` set.
+fn mtu_conf(node: &Node, attachment: &str, mtu: u32) -> String {
+    let mut v: Value = serde_json::from_str(&node.conf("1.0.0")).unwrap();
+    v["attachment"] = attachment.into();
+    v["mtu"] = mtu.into();
+    v.to_string()
+}
+
+/// MTU that holds: a pod MTU its attachment cannot carry is CNI error 7,
+/// and a DF TCP stream from a tap pod at MTU 9000 to a veth pod at 1400
+/// learns the path MTU from the dataplane's ICMP "fragmentation needed"
+/// and completes, byte for byte.
+#[test]
+fn a_tap_pod_finds_the_path_mtu_to_a_smaller_veth_pod() {
+    let node = Node::start("tm", NodeOpts::default());
+
+    // Above what a veth port carries (one AF_XDP chunk): refused, nothing made.
+    let ns = Netns::new(&format!("{}-p9", node.tag));
+    let container = format!("{}-c9", node.tag);
+    let out = node.cni(
+        "ADD",
+        &container,
+        &ns.path(),
+        "eth0",
+        &mtu_conf(&node, "veth", 9000),
+    );
+    assert_eq!(out.code(), Some(7), "{}", out.stdout);
+    let msg = out.json()["msg"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("1778"), "the error names the limit: {msg}");
+    assert!(
+        ns_run_ok(&ns.name, &["ip", "-o", "link", "show"])
+            .lines()
+            .all(|l| l.contains(": lo:")),
+        "the refused ADD made an interface"
+    );
+    node.cni(
+        "DEL",
+        &container,
+        &ns.path(),
+        "eth0",
+        &mtu_conf(&node, "veth", 9000),
+    )
+    .assert_ok();
+    drop(ns);
+
+    let a = node.add_pod_with(1, &mtu_conf(&node, "tap", 9000));
+    let c = node.add_pod_with(2, &mtu_conf(&node, "veth", 1400));
+    assert!(pod_link(&a).contains("mtu 9000"), "{}", pod_link(&a));
+    assert!(pod_link(&c).contains("mtu 1400"), "{}", pod_link(&c));
+    // The veth pod advertises an MSS as if its link were large (route
+    // advmss), as the far end of a narrower path does: only the ICMP
+    // error can tell the tap pod's TCP that 9000-byte packets do not fit.
+    ns_run_ok(
+        &c.ns.name,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", a.ip),
+            "dev",
+            "eth0",
+            "advmss",
+            "8960",
+        ],
+    );
+
+    let frag_needed = |pod: &Pod| {
+        port_stats(&node, pod)["drops"]["frag_needed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(frag_needed(&a), 0);
+    // Linux TCP sets DF on every segment.
+    transfer(&a.ns.name, &c.ns.name, &c.ip, 7101, 11);
+    let answered = frag_needed(&a);
+    assert!(answered > 0, "no fragmentation needed was sent");
+    let route = ns_run_ok(&a.ns.name, &["ip", "route", "get", &c.ip]);
+    assert!(
+        route.contains("mtu 1400"),
+        "the tap pod did not learn the path MTU: {route}"
+    );
+    let s = port_stats(&node, &a);
+    for reason in ["too_big_no_df", "frame_too_big", "bad_offload"] {
+        assert_eq!(s["drops"][reason].as_u64().unwrap_or(0), 0, "{reason}: {s}");
+    }
+    for pod in [&a, &c] {
+        node.del_pod(pod).assert_ok();
+    }
+}

@@ -55,6 +55,7 @@ fn endpoint(i: u32) -> Endpoint {
         netns: String::new(),
         pod_ifname: String::new(),
         netns_id: None,
+        mtu: None,
     }
 }
 

@@ -47,6 +47,8 @@ fn tables() -> &'static Tables {
                     netns: String::new(),
                     pod_ifname: String::new(),
                     netns_id: None,
+                    // Small enough for one-byte-length frames to exceed.
+                    mtu: (i == 3).then_some(100),
                 }
             })
             .collect();
@@ -149,6 +151,11 @@ fuzz_target!(|data: &[u8]| {
         match verdict {
             Verdict::Tx(p) => {
                 assert!(t.port_role(*p).is_some(), "tx to unknown port {p}");
+                assert!(frame.len <= frame.buf.len(), "frame grew past its buffer");
+            }
+            Verdict::IcmpError { port, reason } => {
+                assert_eq!(*port, frame.port, "an ICMP error leaves by the ingress port");
+                assert_eq!(*reason, DropReason::FragNeeded);
                 assert!(frame.len <= frame.buf.len(), "frame grew past its buffer");
             }
             Verdict::Drop(r) => assert!(

@@ -7,7 +7,7 @@ use etherparse::PacketBuilder;
 use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
 
-use super::{process_frame, Frame, Verdict};
+use super::{process_frame, Frame, Offload, Verdict};
 use crate::tables::{PortId, Tables};
 
 pub const GW: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
@@ -20,6 +20,14 @@ pub const PODS: [(PortId, Ipv4Addr); 3] = [
     (2, Ipv4Addr::new(10, 88, 0, 3)),
     (3, Ipv4Addr::new(10, 88, 0, 4)),
 ];
+/// MTU of the first two pods (the third has none: a ferryd that predates
+/// endpoint MTUs; nothing is checked towards it).
+pub const POD_MTU: u32 = 1500;
+/// A fourth pod with a smaller MTU than the others.
+pub const SMALL_POD: (PortId, Ipv4Addr) = (4, Ipv4Addr::new(10, 88, 0, 5));
+pub const SMALL_MTU: u32 = 1280;
+/// MTU of the host port (`NodeSettings::mtu`).
+pub const HOST_MTU: u32 = 1500;
 /// A pod address with no endpoint.
 pub const NO_POD: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 77);
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
@@ -46,12 +54,13 @@ pub fn node(with_host_port: bool) -> NodeSettings {
             kernel_ifname: "ferry0".into(),
             kernel_mac: MacAddr(KERNEL_MAC),
         }),
-        mtu: 1500,
+        mtu: HOST_MTU,
     }
 }
 
 pub fn endpoints() -> Vec<Endpoint> {
     PODS.iter()
+        .chain([&SMALL_POD])
         .map(|(port, ip)| Endpoint {
             id: format!("pod{port}/eth0"),
             host_ifname: format!("fy{port}"),
@@ -61,6 +70,11 @@ pub fn endpoints() -> Vec<Endpoint> {
             netns: String::new(),
             pod_ifname: String::new(),
             netns_id: None,
+            mtu: match *port {
+                3 => None,
+                4 => Some(SMALL_MTU),
+                _ => Some(POD_MTU),
+            },
         })
         .collect()
 }
@@ -157,9 +171,20 @@ pub fn run(tables: &Tables, port: PortId, frame: &[u8]) -> (Verdict, Vec<u8>) {
 }
 
 pub fn run_in(tables: &Tables, port: PortId, frame: &[u8], cap: usize) -> (Verdict, Vec<u8>) {
+    run_offload(tables, port, frame, cap, Offload::NONE)
+}
+
+/// As [`run_in`], for a frame that came with the virtio-net header `off`.
+pub fn run_offload(
+    tables: &Tables,
+    port: PortId,
+    frame: &[u8],
+    cap: usize,
+    off: Offload,
+) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; cap.max(frame.len())];
     buf[..frame.len()].copy_from_slice(frame);
-    let mut f = Frame::new(port, &mut buf, frame.len());
+    let mut f = Frame::with_offload(port, &mut buf, frame.len(), off);
     let verdict = process_frame(tables, &mut f);
     let len = f.len;
     buf.truncate(len);
@@ -245,6 +270,26 @@ pub fn make_partial(frame: &mut [u8]) {
     let p = ref_sum(&[&pseudo(src, dst, proto, l4_len)]);
     let at = l4_checksum_at(frame);
     frame[at..at + 2].copy_from_slice(&p.to_be_bytes());
+}
+
+/// The virtio-net header of a TCP/IPv4 GSO frame as [`tcp_frame`] builds
+/// it (20-byte IP and TCP headers), checksum partial, segments of
+/// `gso_size` payload bytes.
+pub fn gso_tcp4(gso_size: u16) -> Offload {
+    Offload {
+        flags: super::offload::F_NEEDS_CSUM,
+        gso_type: super::offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size,
+        csum_start: 34,
+        csum_offset: 16,
+    }
+}
+
+/// Clear the IPv4 DF flag (etherparse sets it) and fix the checksum.
+pub fn clear_df(frame: &mut [u8]) {
+    frame[20] &= !0x40;
+    fix_ip_checksum(frame);
 }
 
 /// Recompute the IPv4 header checksum after a test edited the header.

@@ -94,8 +94,7 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     let verdict = match ethertype {
         wire::ETHERTYPE_ARP => arp(tables, role, frame.port, &mut frame.buf[..len]),
         wire::ETHERTYPE_IPV4 => {
-            let partial = frame.offload.needs_csum();
-            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len, partial);
+            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len, &frame.offload);
             frame.len = new_len;
             verdict
         }
@@ -104,7 +103,7 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     // Only replies made in place leave by the ingress port (a pod never
     // reaches itself through us, and host -> host is `no_route`); they are
     // plain frames with complete checksums.
-    if verdict == Verdict::Tx(frame.port) {
+    if matches!(verdict, Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } if p == frame.port) {
         frame.offload = Offload::NONE;
     }
     verdict
@@ -151,17 +150,19 @@ enum Destination {
 }
 
 /// The IPv4 decisions. `buf` is the whole chunk, `len` the frame length
-/// (`14 <= len <= buf.len()`); `partial`: the frame's offload header says
-/// its L4 checksum is partial (left for the egress side). Returns the
-/// verdict and the new frame length.
+/// (`14 <= len <= buf.len()`); `offload`: the frame's virtio-net header
+/// (a partial L4 checksum is left for the egress side; a GSO frame is
+/// judged against the egress MTU by its segments). Returns the verdict and
+/// the new frame length.
 fn ipv4(
     tables: &Tables,
     role: PortRole,
     ingress: PortId,
     buf: &mut [u8],
     len: usize,
-    partial: bool,
+    offload: &Offload,
 ) -> (Verdict, usize) {
+    let partial = offload.needs_csum();
     let drop = |reason| (Verdict::Drop(reason), len);
     let router = tables.router_mac().octets();
     let gateway = tables.gateway();
@@ -169,6 +170,11 @@ fn ipv4(
         return drop(DropReason::Runt);
     };
     let sender_mac = eth.src();
+    let reply_to = ReplyTo {
+        ingress,
+        mac: sender_mac,
+        router,
+    };
 
     let (egress, new_dst_mac) = {
         let mut ip = match Ipv4::new_checked(&mut buf[wire::ETH_HDR_LEN..len]) {
@@ -218,8 +224,18 @@ fn ipv4(
         match destination {
             Destination::Pod(ep) => {
                 if from_pod && ip.ttl() <= 1 {
-                    let expired = Expired::of(&mut ip);
-                    return time_exceeded(expired, gateway, buf, len, sender_mac, router, ingress);
+                    let expired = Offending::of(&ip);
+                    return time_exceeded(expired, gateway, buf, len, reply_to);
+                }
+                if let Some(mtu) = ep.mtu {
+                    if wire_len(&ip, offload) > mtu as usize {
+                        // The node kernel drops ICMP from its own address
+                        // (the gateway) as a martian: towards it the error
+                        // comes from the pod it could not reach.
+                        let from = if from_pod { gateway } else { dst };
+                        let too_big = Offending::of(&ip);
+                        return frag_needed(too_big, mtu, from, buf, len, reply_to);
+                    }
                 }
                 if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
                     return drop(reason);
@@ -239,6 +255,10 @@ fn ipv4(
                 let Some(host) = tables.host_port() else {
                     return drop(DropReason::NoHostPort);
                 };
+                if wire_len(&ip, offload) > host.mtu as usize {
+                    let too_big = Offending::of(&ip);
+                    return frag_needed(too_big, host.mtu, gateway, buf, len, reply_to);
+                }
                 if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
                     return drop(reason);
                 }
@@ -286,61 +306,147 @@ fn echo_reply(ip: &mut Ipv4<'_>) -> Option<Result<(), DropReason>> {
     Some(Ok(()))
 }
 
-/// What the ICMP error needs to know about the expired packet.
-struct Expired {
+/// What an ICMP error needs to know about the packet it reports.
+struct Offending {
     header_len: usize,
     data_len: usize,
     frag_offset: u16,
+    dont_fragment: bool,
     /// The ICMP type, when the packet is ICMP with at least one data byte.
     icmp_type: Option<u8>,
     src: Ipv4Addr,
 }
 
-impl Expired {
-    fn of(ip: &mut Ipv4<'_>) -> Expired {
+impl Offending {
+    fn of(ip: &Ipv4<'_>) -> Offending {
         let is_icmp = ip.protocol() == wire::IP_PROTO_ICMP;
-        Expired {
+        Offending {
             header_len: ip.header_len(),
             data_len: ip.total_len() - ip.header_len(),
             frag_offset: ip.frag_offset(),
+            dont_fragment: ip.dont_fragment(),
             icmp_type: if is_icmp {
-                ip.payload_mut().first().copied()
+                ip.payload().first().copied()
             } else {
                 None
             },
             src: ip.src(),
         }
     }
+
+    /// RFC 1812 4.3.2.7: no ICMP error about a non-first fragment or about
+    /// an ICMP error.
+    fn may_be_answered(&self) -> bool {
+        self.frag_offset == 0
+            && !matches!(
+                self.icmp_type,
+                Some(
+                    wire::ICMP_DEST_UNREACHABLE
+                        | wire::ICMP_SOURCE_QUENCH
+                        | wire::ICMP_REDIRECT
+                        | wire::ICMP_TIME_EXCEEDED
+                        | wire::ICMP_PARAMETER_PROBLEM
+                )
+            )
+    }
+}
+
+/// The IPv4 length of each packet this frame becomes on the egress link:
+/// its total length, or for a GSO frame the length of one segment (as
+/// Linux checks forwarded GSO skbs, `skb_gso_validate_network_len`). The
+/// TCP header length is read from the frame; a GSO header that does not
+/// match it is the egress side's to refuse (`bad_offload`).
+fn wire_len(ip: &Ipv4<'_>, offload: &Offload) -> usize {
+    let total = ip.total_len();
+    let l4 = ip.payload();
+    let l4_hdr = match (offload.gso(), ip.protocol()) {
+        (offload::GSO_TCPV4, wire::IP_PROTO_TCP) if l4.len() >= wire::TCP_MIN_HDR_LEN => {
+            usize::from(l4[12] >> 4) * 4
+        }
+        (offload::GSO_UDP, wire::IP_PROTO_UDP) => wire::UDP_HDR_LEN,
+        _ => return total,
+    };
+    total.min(ip.header_len() + l4_hdr + usize::from(offload.gso_size))
+}
+
+/// Where an ICMP error about a frame goes: out of its ingress port, to
+/// the MAC it came from, from the router MAC.
+#[derive(Clone, Copy)]
+struct ReplyTo {
+    ingress: PortId,
+    mac: [u8; 6],
+    router: [u8; 6],
 }
 
 /// Replace the frame with an ICMP time exceeded (type 11 code 0) from the
 /// gateway to the sender, quoting the IP header and 8 bytes of data.
 fn time_exceeded(
-    ip: Expired,
+    ip: Offending,
     gateway: Ipv4Addr,
     buf: &mut [u8],
     len: usize,
-    sender_mac: [u8; 6],
-    router: [u8; 6],
-    ingress: PortId,
+    to: ReplyTo,
 ) -> (Verdict, usize) {
-    let no_error = (Verdict::Drop(DropReason::TtlExceeded), len);
-    // RFC 1812 4.3.2.7: no ICMP error about a non-first fragment or about
-    // an ICMP error.
-    if ip.frag_offset != 0 {
-        return no_error;
+    let error = (wire::ICMP_TIME_EXCEEDED, 0, [0; 4]);
+    match icmp_error(ip, error, gateway, buf, to) {
+        Some(new_len) => (Verdict::Tx(to.ingress), new_len),
+        None => (Verdict::Drop(DropReason::TtlExceeded), len),
     }
-    if matches!(
-        ip.icmp_type,
-        Some(
-            wire::ICMP_DEST_UNREACHABLE
-                | wire::ICMP_SOURCE_QUENCH
-                | wire::ICMP_REDIRECT
-                | wire::ICMP_TIME_EXCEEDED
-                | wire::ICMP_PARAMETER_PROBLEM
-        )
-    ) {
-        return no_error;
+}
+
+/// A packet larger than the egress `mtu`. DF set: replace the frame with an
+/// ICMP destination unreachable, fragmentation needed (type 3 code 4) from
+/// `from` to the sender carrying `mtu` as the next-hop MTU (RFC 1191), so
+/// its TCP lowers the path MTU instead of losing the packet. DF clear:
+/// drop it; ferry does not fragment (a fragment is a frame of its own, and
+/// the pipeline turns one frame into one frame). Either way the original
+/// counts as dropped. No rate limit: one error per offending packet, which
+/// a sender that honours it stops sending (Linux limits ICMP errors per
+/// destination; a token bucket here would need the batch clock and
+/// per-source state).
+fn frag_needed(
+    ip: Offending,
+    mtu: u32,
+    from: Ipv4Addr,
+    buf: &mut [u8],
+    len: usize,
+    to: ReplyTo,
+) -> (Verdict, usize) {
+    if !ip.dont_fragment {
+        return (Verdict::Drop(DropReason::TooBigNoDf), len);
+    }
+    let mtu = u16::try_from(mtu).unwrap_or(u16::MAX).to_be_bytes();
+    let error = (
+        wire::ICMP_DEST_UNREACHABLE,
+        wire::ICMP_FRAG_NEEDED,
+        [0, 0, mtu[0], mtu[1]],
+    );
+    match icmp_error(ip, error, from, buf, to) {
+        Some(new_len) => (
+            Verdict::IcmpError {
+                port: to.ingress,
+                reason: DropReason::FragNeeded,
+            },
+            new_len,
+        ),
+        None => (Verdict::Drop(DropReason::FragNeeded), len),
+    }
+}
+
+/// Replace the frame in `buf` with the ICMP error `(type, code, bytes 4..8
+/// of the ICMP header)` about `ip`, from `from` to the packet's source,
+/// quoting the IP header and 8 bytes of data (RFC 792, RFC 1812 4.3.2.3),
+/// addressed as `to` says. Returns the new frame length, or `None` when
+/// the error may not be sent (RFC 1812 4.3.2.7) or does not fit.
+fn icmp_error(
+    ip: Offending,
+    (icmp_type, code, rest): (u8, u8, [u8; 4]),
+    from: Ipv4Addr,
+    buf: &mut [u8],
+    to: ReplyTo,
+) -> Option<usize> {
+    if !ip.may_be_answered() {
+        return None;
     }
     let (header_len, data_len, sender) = (ip.header_len, ip.data_len, ip.src);
 
@@ -350,7 +456,7 @@ fn time_exceeded(
     let icmp_at = wire::ETH_HDR_LEN + wire::IPV4_MIN_HDR_LEN;
     let quote_at = icmp_at + wire::ICMP_HDR_LEN;
     if new_len > buf.len() {
-        return no_error;
+        return None;
     }
     // The quote moves right by 28 bytes: copy_within is a memmove.
     buf.copy_within(wire::ETH_HDR_LEN..wire::ETH_HDR_LEN + quoted, quote_at);
@@ -360,17 +466,18 @@ fn time_exceeded(
         l3_len as u16,
         REPLY_TTL,
         wire::IP_PROTO_ICMP,
-        gateway,
+        from,
         sender,
     );
     let icmp = &mut buf[icmp_at..new_len];
-    icmp[..wire::ICMP_HDR_LEN].copy_from_slice(&[wire::ICMP_TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0]);
+    icmp[..4].copy_from_slice(&[icmp_type, code, 0, 0]);
+    icmp[4..wire::ICMP_HDR_LEN].copy_from_slice(&rest);
     let c = checksum::checksum(icmp);
     wire::set_u16(icmp, 2, c);
-    (
-        reply_macs(buf, new_len, sender_mac, router, ingress),
-        new_len,
-    )
+    let mut eth = Ethernet::new_checked(&mut buf[..new_len]).ok()?;
+    eth.set_dst(to.mac);
+    eth.set_src(to.router);
+    Some(new_len)
 }
 
 /// The TCP/UDP checksum rule for forwarded frames: complete a partial

@@ -86,6 +86,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                         netns: String::new(),
                         pod_ifname: String::new(),
                         netns_id: None,
+                        mtu: None,
                     }
                 })
                 .collect();
@@ -140,7 +141,7 @@ proptest! {
         let t = tables();
         let cap = f.len() + slack;
         let (v, len, buf) = run_frame(&t, port, &f, f.len(), cap);
-        if let Verdict::Tx(p) = v {
+        if let Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } = v {
             prop_assert!(t.port_role(p).is_some());
             prop_assert!(len <= cap);
             let out = &buf[..len];
@@ -172,6 +173,7 @@ proptest! {
             match (v, t.port_role(ingress)) {
                 (_, None) => prop_assert_eq!(v, Verdict::Drop(DropReason::UnknownPort)),
                 (Verdict::Tx(p), Some(_)) => prop_assert!(t.port_role(p).is_some()),
+                (Verdict::IcmpError { port, .. }, Some(_)) => prop_assert_eq!(port, ingress),
                 (Verdict::Drop(_), Some(_)) => {}
             }
             if let (Some(PortRole::Pod { ip, .. }), Verdict::Tx(_)) = (t.port_role(ingress), v) {
@@ -246,5 +248,85 @@ proptest! {
             prop_assert_eq!(f.len, batch_lens[i]);
         }
         prop_assert_eq!(batch_bufs, single_bufs);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Frames around the egress MTUs (plain, without DF, or GSO): exactly
+    /// one verdict, and the right one; every ICMP error parses with valid
+    /// checksums and names the egress MTU.
+    #[test]
+    fn frames_around_the_egress_mtu_get_the_right_verdict(
+        kind in kind(),
+        to in 0usize..3,
+        payload_len in 0usize..1700,
+        df in any::<bool>(),
+        gso in prop::option::of(1u16..2000),
+        batch_cap_slack in 0usize..64,
+    ) {
+        let t = tables();
+        let (in_port, src) = PODS[0];
+        let (dst, out_port, mtu) = [
+            (SMALL_POD.1, SMALL_POD.0, SMALL_MTU),
+            (PODS[1].1, PODS[1].0, POD_MTU),
+            (OUTSIDE, HOST_PORT, HOST_MTU),
+        ][to];
+        let mut f = build(kind, src, dst, 64, &vec![0x5a; payload_len]);
+        if !df {
+            clear_df(&mut f);
+        }
+        let total = f.len() - 14;
+        let (off, seg) = match (kind, gso) {
+            (Kind::Tcp, Some(size)) => {
+                make_partial(&mut f);
+                (gso_tcp4(size), total.min(40 + usize::from(size)))
+            }
+            _ => (Offload::NONE, total),
+        };
+        let cap = f.len() + batch_cap_slack;
+        let mut buf = f.clone();
+        buf.resize(cap, 0);
+        let mut frame = Frame::with_offload(in_port, &mut buf, f.len(), off);
+        let mut verdicts = [Verdict::Tx(u32::MAX); 2];
+        process_batch(&t, 0, std::slice::from_mut(&mut frame), &mut verdicts);
+        prop_assert_eq!(verdicts[1], Verdict::Tx(u32::MAX), "one verdict, for the one frame");
+        let len = frame.len;
+        let out = &buf[..len];
+        match verdicts[0] {
+            Verdict::Tx(p) => {
+                prop_assert!(seg <= mtu as usize);
+                prop_assert_eq!(p, out_port);
+                prop_assert_eq!(len, f.len());
+            }
+            Verdict::IcmpError { port, reason } => {
+                prop_assert!(seg > mtu as usize && df);
+                prop_assert_eq!(port, in_port);
+                prop_assert_eq!(reason, DropReason::FragNeeded);
+                prop_assert!(ip_checksum_ok(out));
+                prop_assert!(l4_checksum_ok(out));
+                let p = etherparse::SlicedPacket::from_ethernet(out);
+                let Ok(etherparse::SlicedPacket {
+                    transport: Some(etherparse::TransportSlice::Icmpv4(icmp)),
+                    ..
+                }) = p else {
+                    return Err(TestCaseError::fail("not ICMPv4"));
+                };
+                prop_assert_eq!(
+                    icmp.icmp_type(),
+                    etherparse::Icmpv4Type::DestinationUnreachable(
+                        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                            next_hop_mtu: mtu as u16
+                        }
+                    )
+                );
+                prop_assert_eq!(&out[14 + 28..], &f[14..14 + 28], "IP header + 8 bytes quoted");
+            }
+            Verdict::Drop(reason) => {
+                prop_assert!(seg > mtu as usize && !df);
+                prop_assert_eq!(reason, DropReason::TooBigNoDf);
+            }
+        }
     }
 }

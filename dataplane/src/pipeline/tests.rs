@@ -181,8 +181,11 @@ fn spoofed_source_from_pod() {
     assert_eq!(run(&t, POD_A.0, &f).0, dropped(DropReason::SpoofedSource));
 }
 
-fn assert_echo_reply(out: &[u8], to_mac: [u8; 6], to_ip: Ipv4Addr, payload: &[u8]) {
-    assert_eq!(&out[0..6], &to_mac);
+/// `out` is an ICMP message from `from` to `to` (`to_mac`) sent by the
+/// router, with valid checksums (checked here and by etherparse); its
+/// type and its payload (what follows the 8-byte ICMP header).
+fn icmp_reply(out: &[u8], to_mac: [u8; 6], from: Ipv4Addr, to: Ipv4Addr) -> (Icmpv4Type, Vec<u8>) {
+    assert_eq!(&out[0..6], &to_mac, "eth dst = the sender");
     assert_eq!(&out[6..12], &ROUTER);
     assert!(ip_checksum_ok(out));
     assert!(l4_checksum_ok(out), "icmp checksum");
@@ -190,19 +193,23 @@ fn assert_echo_reply(out: &[u8], to_mac: [u8; 6], to_ip: Ipv4Addr, payload: &[u8
     let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
         panic!("not ipv4")
     };
-    assert_eq!(ip.header().source_addr(), GW);
-    assert_eq!(ip.header().destination_addr(), to_ip);
+    assert_eq!(ip.header().source_addr(), from);
+    assert_eq!(ip.header().destination_addr(), to);
     assert_eq!(ip.header().ttl(), REPLY_TTL);
     let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
         panic!("not icmp")
     };
-    match icmp.icmp_type() {
-        Icmpv4Type::EchoReply(e) => {
+    (icmp.icmp_type(), icmp.payload().to_vec())
+}
+
+fn assert_echo_reply(out: &[u8], to_mac: [u8; 6], to_ip: Ipv4Addr, payload: &[u8]) {
+    match icmp_reply(out, to_mac, GW, to_ip) {
+        (Icmpv4Type::EchoReply(e), body) => {
             assert_eq!((e.id, e.seq), (0x1234, 7));
+            assert_eq!(body, payload);
         }
         other => panic!("not an echo reply: {other:?}"),
     }
-    assert_eq!(icmp.payload(), payload);
 }
 
 #[test]
@@ -578,4 +585,139 @@ fn offloaded_frames_keep_partial_checksums_and_replies_drop_the_header() {
     let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), off);
     assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_A.0));
     assert_eq!(frame.offload, Offload::NONE);
+}
+
+/// `out` is an ICMP fragmentation needed to `to` (`to_mac`) from `from`
+/// carrying `mtu`, quoting the IP header and 8 data bytes of `orig`.
+fn assert_frag_needed(
+    out: &[u8],
+    orig: &[u8],
+    (to_mac, to, from): ([u8; 6], Ipv4Addr, Ipv4Addr),
+    mtu: u32,
+) {
+    let (hl, tl, ..) = ip_fields(orig);
+    let quoted = hl + (tl - hl).min(8);
+    assert_eq!(out.len(), 14 + 20 + 8 + quoted);
+    let (icmp_type, body) = icmp_reply(out, to_mac, from, to);
+    assert_eq!(
+        icmp_type,
+        Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16
+            }
+        )
+    );
+    assert_eq!(body, &orig[14..14 + quoted], "the quote");
+}
+
+fn frag_needed_on(port: PortId) -> Verdict {
+    Verdict::IcmpError {
+        port,
+        reason: DropReason::FragNeeded,
+    }
+}
+
+#[test]
+fn df_packets_larger_than_the_egress_mtu_get_frag_needed() {
+    let t = tables();
+    // 20 + 20 + 1241 = 1281 bytes towards a pod of MTU 1280.
+    let f = tcp_frame(POD_A.1, SMALL_POD.1, 64, &[1u8; 1241]);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, frag_needed_on(POD_A.0));
+    assert_frag_needed(&out, &f, (mac_of(POD_A.1), POD_A.1, GW), SMALL_MTU);
+    // Towards the node kernel: the host port's MTU.
+    let f = udp_frame(POD_A.1, OUTSIDE, 64, &[2u8; 1500 - 28 + 1]);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, frag_needed_on(POD_A.0));
+    assert_frag_needed(&out, &f, (mac_of(POD_A.1), POD_A.1, GW), HOST_MTU);
+    // From the host port: the kernel drops ICMP from its own address (the
+    // gateway), so the error comes from the pod it could not reach.
+    let f = tcp_frame(OUTSIDE, SMALL_POD.1, 63, &[3u8; 1300]);
+    let (v, out) = run(&t, HOST_PORT, &f);
+    assert_eq!(v, frag_needed_on(HOST_PORT));
+    assert_frag_needed(&out, &f, (KERNEL_MAC, OUTSIDE, SMALL_POD.1), SMALL_MTU);
+    // An echo request is not an ICMP error: it is answered too.
+    let f = echo_request(POD_A.1, SMALL_POD.1, 64, &[4u8; 1400]);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, frag_needed_on(POD_A.0));
+    assert_frag_needed(&out, &f, (mac_of(POD_A.1), POD_A.1, GW), SMALL_MTU);
+}
+
+#[test]
+fn packets_that_fit_the_egress_mtu_are_forwarded_unchanged() {
+    let t = tables();
+    for (dst, port, mtu) in [
+        (SMALL_POD, SMALL_POD.0, SMALL_MTU),
+        (POD_B, POD_B.0, POD_MTU),
+        ((HOST_PORT, OUTSIDE), HOST_PORT, HOST_MTU),
+    ] {
+        let payload = vec![5u8; mtu as usize - 40];
+        let f = tcp_frame(POD_A.1, dst.1, 64, &payload);
+        let (v, out) = run(&t, POD_A.0, &f);
+        assert_eq!(v, Verdict::Tx(port), "{dst:?}");
+        assert_eq!(out.len(), f.len());
+        // Pod -> pod is routed here; the node kernel routes the rest.
+        let ttl = if port == HOST_PORT { 64 } else { 63 };
+        assert_eq!(out[22], ttl);
+        assert_eq!(&out[23..24], &f[23..24]);
+        assert_eq!(&out[26..], &f[26..], "addresses, TCP header, payload");
+        assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+    }
+    // An endpoint without an MTU (an older ferryd) is not checked.
+    let f = udp_frame(POD_A.1, PODS[2].1, 64, &[6u8; 1700]);
+    assert_eq!(run(&t, POD_A.0, &f).0, Verdict::Tx(PODS[2].0));
+}
+
+#[test]
+fn too_big_without_df_is_dropped() {
+    let t = tables();
+    let mut f = udp_frame(POD_A.1, SMALL_POD.1, 64, &[7u8; 1300]);
+    clear_df(&mut f);
+    let (v, out) = run(&t, POD_A.0, &f);
+    assert_eq!(v, dropped(DropReason::TooBigNoDf));
+    assert_eq!(out, f, "left as it came");
+}
+
+#[test]
+fn frag_needed_is_never_sent_about_icmp_errors_or_later_fragments() {
+    let t = tables();
+    let mut err = echo_request(POD_A.1, SMALL_POD.1, 64, &[8u8; 1400]);
+    err[34] = wire::ICMP_DEST_UNREACHABLE;
+    assert_eq!(run(&t, POD_A.0, &err).0, dropped(DropReason::FragNeeded));
+    let mut frag = udp_frame(POD_A.1, SMALL_POD.1, 64, &[9u8; 1400]);
+    frag[20..22].copy_from_slice(&(0x4000u16 | 100).to_be_bytes());
+    fix_ip_checksum(&mut frag);
+    assert_eq!(run(&t, POD_A.0, &frag).0, dropped(DropReason::FragNeeded));
+}
+
+/// A GSO frame (tap pod) is judged by the size of its segments, as Linux
+/// judges a forwarded GSO skb; answered, it leaves plain.
+#[test]
+fn gso_frames_are_judged_by_their_segments() {
+    let t = tables();
+    let mut f = tcp_frame(POD_A.1, SMALL_POD.1, 64, &[10u8; 6000]);
+    make_partial(&mut f);
+    let gso = gso_tcp4;
+    let cap = f.len();
+    // 20 + 20 + 1240 = 1280: every segment fits.
+    let mut buf = f.clone();
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, f.len(), gso(1240));
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(SMALL_POD.0));
+    assert_eq!(frame.offload, gso(1240), "still a GSO frame");
+    // One byte more per segment does not.
+    let mut buf = f.clone();
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, f.len(), gso(1241));
+    assert_eq!(process_frame(&t, &mut frame), frag_needed_on(POD_A.0));
+    assert_eq!(frame.offload, Offload::NONE, "the error is a plain frame");
+    let n = frame.len;
+    assert_frag_needed(&buf[..n], &f, (mac_of(POD_A.1), POD_A.1, GW), SMALL_MTU);
+    // Without DF: dropped, header and all.
+    let mut no_df = f.clone();
+    clear_df(&mut no_df);
+    let (v, _) = run_offload(&t, POD_A.0, &no_df, cap, gso(1241));
+    assert_eq!(v, dropped(DropReason::TooBigNoDf));
+    // A GSO frame shorter than one segment is judged by its length.
+    let short = tcp_frame(POD_A.1, SMALL_POD.1, 64, &[11u8; 1000]);
+    let (v, _) = run_offload(&t, POD_A.0, &short, CHUNK, gso(8000));
+    assert_eq!(v, Verdict::Tx(SMALL_POD.0));
 }

@@ -9,6 +9,10 @@ pub enum Verdict {
     Tx(PortId),
     /// Drop it, counted under this reason.
     Drop(DropReason),
+    /// The frame was not forwarded, counted under `reason` as a drop of
+    /// the original, and was replaced in place by an ICMP error to its
+    /// sender, to transmit on `port` (its ingress port).
+    IcmpError { port: PortId, reason: DropReason },
 }
 
 /// Why a frame was dropped. Numbers are stable and never reused: they are
@@ -66,6 +70,14 @@ pub enum DropReason {
     /// I/O layer: the kernel refused a write to a tap queue (link down,
     /// malformed header).
     TapWriteFailed = 20,
+    /// An IPv4 packet with DF set larger than its egress MTU (for a GSO
+    /// frame: whose segments are): answered with ICMP "fragmentation
+    /// needed" and the egress MTU (counted also when RFC 1812 forbids the
+    /// answer: a non-first fragment, an ICMP error).
+    FragNeeded = 21,
+    /// An IPv4 packet without DF larger than its egress MTU: ferry does
+    /// not fragment.
+    TooBigNoDf = 22,
 }
 
 impl DropReason {
@@ -90,6 +102,8 @@ impl DropReason {
         DropReason::GsoTxFull,
         DropReason::FrameTooBig,
         DropReason::TapWriteFailed,
+        DropReason::FragNeeded,
+        DropReason::TooBigNoDf,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -115,6 +129,8 @@ impl DropReason {
             DropReason::GsoTxFull => "gso_tx_full",
             DropReason::FrameTooBig => "frame_too_big",
             DropReason::TapWriteFailed => "tap_write_failed",
+            DropReason::FragNeeded => "frag_needed",
+            DropReason::TooBigNoDf => "too_big_no_df",
         }
     }
 
@@ -151,5 +167,7 @@ mod tests {
         assert_eq!(DropReason::BadL4Checksum.code(), 11);
         assert_eq!(DropReason::NoTxQueue.code(), 15);
         assert_eq!(DropReason::TapWriteFailed.code(), 20);
+        assert_eq!(DropReason::FragNeeded.code(), 21);
+        assert_eq!(DropReason::TooBigNoDf.code(), 22);
     }
 }

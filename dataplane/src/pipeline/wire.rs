@@ -24,6 +24,9 @@ pub const ARP_OP_REPLY: u16 = 2;
 pub const ICMP_HDR_LEN: usize = 8;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACHABLE: u8 = 3;
+/// Code of ICMP destination unreachable: fragmentation needed and DF set
+/// (RFC 792; RFC 1191 adds the next-hop MTU in bytes 6..8).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_SOURCE_QUENCH: u8 = 4;
 pub const ICMP_REDIRECT: u8 = 5;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
@@ -186,6 +189,11 @@ impl<'a> Ipv4<'a> {
     pub fn more_fragments(&self) -> bool {
         self.buf[6] & 0x20 != 0
     }
+    /// The DF flag: the sender wants an ICMP "fragmentation needed"
+    /// rather than its packet fragmented.
+    pub fn dont_fragment(&self) -> bool {
+        self.buf[6] & 0x40 != 0
+    }
     /// Whether the whole L4 message is in this packet (not a fragment).
     pub fn is_unfragmented(&self) -> bool {
         self.frag_offset() == 0 && !self.more_fragments()
@@ -234,6 +242,11 @@ impl<'a> Ipv4<'a> {
         put16(self.buf, 10, 0);
         let c = checksum::checksum(&self.buf[..self.header_len]);
         put16(self.buf, 10, c);
+    }
+
+    /// The L4 bytes (`header_len..total_len`).
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[self.header_len..self.total_len]
     }
 
     /// The L4 bytes (`header_len..total_len`).
