@@ -23,8 +23,8 @@ use tokio::sync::OwnedMutexGuard;
 use crate::config::{validate_ifname, Config};
 use crate::dataplane::{DataplaneClient, Desired, DpError, SyncHook, REPLY_TIMEOUT};
 use crate::ipam::{IpamError, Pools};
-use crate::netlink::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
-use crate::netns::{self, Forbidden, NetnsError};
+use crate::plumbing::netns::{self, Forbidden, NetnsError};
+use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
 use crate::reconcile::{self, endpoint_of};
 use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
 
@@ -630,7 +630,7 @@ impl Agent {
             routes,
             mtu,
             queues: workers,
-            max_queues: crate::netlink::max_veth_queues(workers),
+            max_queues: crate::plumbing::max_veth_queues(workers),
             attachment,
         };
         if let Err(e) = self.netlink.plumb(&plumbing).await {

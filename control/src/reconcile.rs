@@ -16,8 +16,8 @@
 use ferry_api::pod::StaleAttachment;
 use ferry_api::table::{Attachment, Endpoint, NetnsId};
 
-use crate::netlink::{Netlink, NetlinkError};
-use crate::netns;
+use crate::plumbing::netns;
+use crate::plumbing::{Netlink, NetlinkError};
 use crate::store::Record;
 
 /// What the kernel says of one record.

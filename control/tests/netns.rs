@@ -20,7 +20,7 @@ use ferry_api::table::{Request, Response};
 use ferry_api::MacAddr;
 use ferryd::agent::Agent;
 use ferryd::config::Config;
-use ferryd::netlink::host_ifname;
+use ferryd::plumbing::host_ifname;
 use ferryd::store::{AttachmentId, Record, State, Store};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;

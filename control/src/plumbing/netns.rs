@@ -16,12 +16,17 @@
 //!   [`NetnsId`]), still that one: `/proc/<pid>/ns/net` paths are reused.
 
 use std::fs::File;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_api::table::NetnsId;
+use nix::sched::CloneFlags;
+use rtnetlink::Handle;
+
+use super::NetlinkError;
 
 /// Longest wait for the `open` of a namespace path.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,6 +237,70 @@ pub fn open_blocking(path: &str) -> Result<(File, NetnsId), NetnsError> {
             ino: md.ino(),
         },
     ))
+}
+
+/// Run `f` with a netlink handle inside the network namespace at `path`
+/// (opened and checked by [`netns::open`]: with `expect`, it must still be
+/// that namespace), on a dedicated OS thread (setns affects only the
+/// calling thread).
+pub async fn in_netns<F, Fut, T>(
+    path: &str,
+    expect: Option<NetnsId>,
+    forbidden: &Forbidden,
+    f: F,
+) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+    T: Send + 'static,
+{
+    let (ns, _) = open(path, expect, forbidden).await?;
+    in_netns_file(ns, path, f).await
+}
+
+pub(super) async fn in_netns_file<F, Fut, T>(ns: File, path: &str, f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let owned_path = path.to_string();
+    let thread_path = owned_path.clone();
+    std::thread::Builder::new()
+        .name("ferryd-netns".into())
+        .spawn(move || {
+            let run = || -> Result<T, NetlinkError> {
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetlinkError::Setns {
+                        path: thread_path.clone(),
+                        source,
+                    }
+                })?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| NetlinkError::Thread {
+                        path: thread_path.clone(),
+                        msg: e.to_string(),
+                    })?;
+                rt.block_on(async move {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+                    tokio::spawn(conn);
+                    f(handle).await
+                })
+            };
+            let _ = tx.send(run());
+        })
+        .map_err(|e| NetlinkError::Thread {
+            path: owned_path.clone(),
+            msg: e.to_string(),
+        })?;
+    rx.await.map_err(|_| NetlinkError::Thread {
+        path: owned_path,
+        msg: "thread ended without an answer".into(),
+    })?
 }
 
 #[cfg(test)]

@@ -1,0 +1,318 @@
+//! Plumbing: the kernel objects of a pod and of the node side, made with
+//! rtnetlink (never by shelling out to `ip`).
+//!
+//! Node-namespace operations use a [`Netlink`] handle opened in ferryd's own
+//! namespace. Operations inside a pod namespace run on a dedicated OS thread
+//! that `setns`es into it and opens its own netlink socket there
+//! ([`netns::in_netns`]), so no other task ever runs in a pod's namespace,
+//! and only after the path was checked ([`netns::open`]).
+//!
+//! - [`netns`]: opening a namespace path safely, and running in it.
+//! - `veth`: a veth pod (the pair, its queue count), `tap`: a tap pod,
+//!   `pod`: configuring the pod end (address, routes) and looking at it,
+//!   `host_port`: the node's side of the dataplane, `routes`: how routes
+//!   are added.
+
+use std::net::Ipv4Addr;
+
+use ferry_api::pod::RouteSpec;
+use ferry_api::table::{Attachment, NetnsId};
+use ferry_api::MacAddr;
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec};
+use sha2::{Digest, Sha256};
+
+mod host_port;
+pub mod netns;
+mod pod;
+mod routes;
+mod tap;
+mod veth;
+
+pub use netns::{in_netns, Forbidden, NetnsError};
+pub use pod::PodView;
+pub use veth::max_veth_queues;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("open netlink socket: {0}")]
+    Connect(std::io::Error),
+    #[error("{op}: {source}")]
+    Request {
+        op: String,
+        source: rtnetlink::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("enter network namespace {path}: {source}")]
+    Setns { path: String, source: nix::Error },
+    #[error("netns worker thread for {path}: {msg}")]
+    Thread { path: String, msg: String },
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+    #[error("{op} channels of {ifname}: {source}")]
+    Channels {
+        ifname: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("create tap {name} in {netns}: {op}: {source}")]
+    Tap {
+        name: String,
+        netns: String,
+        op: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl NetlinkError {
+    fn request(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+        NetlinkError::Request {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// The errno a netlink request failed with, if it was the kernel refusing.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+        _ => None,
+    }
+}
+
+/// Host end of a pod's veth: `fy` + 11 hex chars of SHA-256(container id,
+/// ifname). Deterministic, so DEL finds it without any state.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    format!("fy{}", &hash_hex(container_id, ifname)[..11])
+}
+
+/// Port name of a tap pod in the dataplane (`ft` + the same hash). No
+/// interface of this name exists: the tap itself lives in the pod.
+pub fn tap_port_name(container_id: &str, ifname: &str) -> String {
+    format!("ft{}", &hash_hex(container_id, ifname)[..11])
+}
+
+/// Temporary name of the pod end while it is created in the pod namespace.
+pub fn temp_peer_name(container_id: &str, ifname: &str) -> String {
+    format!("fyp{}", &hash_hex(container_id, ifname)[..11])
+}
+
+fn hash_hex(container_id: &str, ifname: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(container_id.as_bytes());
+    h.update([0u8]);
+    h.update(ifname.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a link looks like, from an RTM_NEWLINK answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    pub tx_queues: Option<u32>,
+    pub rx_queues: Option<u32>,
+    pub up: bool,
+}
+
+impl LinkInfo {
+    fn from_message(msg: &LinkMessage) -> LinkInfo {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            tx_queues: None,
+            rx_queues: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => info.name = n.clone(),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(a);
+                    info.mac = Some(MacAddr(m));
+                }
+                LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+                LinkAttribute::NumTxQueues(q) => info.tx_queues = Some(*q),
+                LinkAttribute::NumRxQueues(q) => info.rx_queues = Some(*q),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// A link by name in the namespace of `handle`; `None` if there is none.
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(NetlinkError::request(format!("get link {name}"), e)),
+    }
+}
+
+/// Delete a link by name; `false` if it did not exist.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(false);
+    };
+    match handle.link().del(link.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(NetlinkError::request(format!("delete link {name}"), e)),
+    }
+}
+
+async fn set_link(handle: &Handle, op: String, msg: LinkMessage) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| NetlinkError::request(op, e))
+}
+
+async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    set_link(
+        handle,
+        format!("set {name} up"),
+        LinkUnspec::new_with_index(index).up().build(),
+    )
+    .await
+}
+
+/// Add an IPv4 address; an address already present is fine.
+async fn add_address(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    addr: Ipv4Net,
+) -> Result<(), NetlinkError> {
+    match handle
+        .address()
+        .add(index, addr.addr().into(), addr.prefix_len())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(NetlinkError::request(
+            format!("add address {addr} to {name}"),
+            e,
+        )),
+    }
+}
+
+/// What to build for one pod attachment.
+#[derive(Debug, Clone)]
+pub struct PodPlumbing {
+    pub container_id: String,
+    pub ifname: String,
+    pub host_ifname: String,
+    pub netns: String,
+    /// The namespace `netns` named when ADD checked it: plumbing happens
+    /// only if the path still names that one.
+    pub netns_id: NetnsId,
+    pub mac: MacAddr,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Routes for the pod; empty means a default route via `gateway`.
+    pub routes: Vec<RouteSpec>,
+    pub mtu: u32,
+    /// Queues in use: one per dataplane worker.
+    pub queues: u32,
+    /// Queues a veth is created with room for ([`max_veth_queues`]), so a
+    /// dataplane restarted with more workers gets a queue each.
+    pub max_queues: u32,
+    pub attachment: Attachment,
+}
+
+impl PodPlumbing {
+    /// The routes the pod gets (and the result reports).
+    pub fn effective_routes(&self) -> Vec<RouteSpec> {
+        if self.routes.is_empty() {
+            vec![RouteSpec {
+                dst: Ipv4Net::default(),
+                gw: Some(self.gateway),
+            }]
+        } else {
+            self.routes.clone()
+        }
+    }
+}
+
+/// ferryd's netlink connection in the node namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+    /// Namespaces no pod path may name (ferryd's, the dataplane's, pid 1's).
+    forbidden: Forbidden,
+}
+
+impl Netlink {
+    /// Connect in the current namespace; the connection task is spawned on
+    /// the current tokio runtime. Pod namespace paths naming one of
+    /// `forbidden` are refused by every operation.
+    pub fn connect(forbidden: Forbidden) -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, forbidden })
+    }
+
+    pub fn forbidden(&self) -> &Forbidden {
+        &self.forbidden
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        link_by_name(&self.handle, name).await
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        delete_link(&self.handle, name).await
+    }
+
+    /// Create the pod's interface (a veth pair, or a tap made inside the
+    /// pod namespace) and configure the pod end there. On failure the
+    /// caller undoes with [`Netlink::unplumb`] / [`Netlink::unplumb_tap`].
+    pub async fn plumb(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+        match p.attachment {
+            Attachment::Tap => self.plumb_tap(p).await,
+            Attachment::Veth => self.plumb_veth(p).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifnames_are_deterministic_and_fit() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_eq!(a.len(), 13);
+        assert!(a.starts_with("fy"));
+        assert!(a[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abd", "eth0"));
+        // The separator keeps ("ab", "ceth0") apart from ("abc", "eth0").
+        assert_ne!(host_ifname("ab", "ceth0"), host_ifname("abc", "eth0"));
+        let t = temp_peer_name("abc", "eth0");
+        assert_eq!(t.len(), 14);
+        assert_ne!(t, a);
+    }
+}
