@@ -3,25 +3,27 @@
 //! Layer: control plane. Depends on ferry-api (the messages), rtnetlink
 //! (plumbing in the node and pod namespaces), redb (the crash-safe store)
 //! and tokio. It reaches ferry-dataplane only through the table-update API
-//! ([`dataplane`]); it must never touch AF_XDP sockets, XDP programs or the
+//! ([`dataplane_client`]); it must never touch AF_XDP sockets, XDP programs or the
 //! dataplane's tables directly, and never shells out to `ip`.
 //!
-//! - [`config`]: the TOML configuration and its validation.
+//! Layout, by layer:
+//! - [`cni`]: the CNI command handlers (ADD, DEL, CHECK, GC, STATUS; one
+//!   file each), their locks, their error codes, abandoned requests.
 //! - [`ipam`]: address pools and the choice of the next address (pure).
 //! - [`store`]: the redb store of attachments and allocations.
-//! - [`netns`]: opening a pod namespace path safely (bounded, nsfs, not the
-//!   node's own, the same namespace as at ADD).
-//! - [`reconcile`]: which stored attachments are still alive in the kernel.
-//! - [`netlink`]: veth and tap plumbing, the host port, checks (rtnetlink).
-//! - [`tap`]: creating a pod's persistent tap (on [`ferry_tun`]).
-//! - [`dataplane`]: the table-API client task (Hello, Sync, updates).
-//! - [`agent`]: ADD/DEL/CHECK/GC/STATUS on top of the above.
+//! - [`plumbing`]: the kernel objects, by rtnetlink: checked namespace
+//!   paths ([`plumbing::netns`]), veth and tap pods, the pod end, the host
+//!   port, routes.
+//! - [`reconcile`]: the one place the state the dataplane must hold is
+//!   computed (store records checked against the kernel; stale ones out).
+//! - [`dataplane_client`]: the table-API client task (Hello, Sync, updates).
+//! - [`metrics`]: the Prometheus endpoint (render, gather, http).
 //! - [`server`]: the pod-API Unix socket server.
-//! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
+//! - [`config`]: the TOML configuration and its validation.
 
-pub mod agent;
+pub mod cni;
 pub mod config;
-pub mod dataplane;
+pub mod dataplane_client;
 pub mod ipam;
 pub mod metrics;
 pub mod plumbing;

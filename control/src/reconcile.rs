@@ -11,14 +11,21 @@
 //! are left out of the dataplane's tables, so one vanished pod never stops
 //! the node from serving the rest.
 //!
-//! Runs at every dataplane (re)connect, ferryd's start included.
+//! Runs at every dataplane (re)connect, ferryd's start included
+//! ([`sync_state`], the dataplane client's sync hook).
+
+use std::sync::Weak;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Attachment, Endpoint, NetnsId};
+use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings};
+use ferry_api::MacAddr;
+
+use crate::config::Config;
+use crate::dataplane_client::Desired;
 
 use crate::plumbing::netns;
 use crate::plumbing::{Netlink, NetlinkError};
-use crate::store::Record;
+use crate::store::{Record, Store};
 
 /// What the kernel says of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,4 +159,81 @@ pub async fn desired(
         }
     }
     (live, stale)
+}
+
+/// The node settings the dataplane is synced with.
+fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
+    NodeSettings {
+        gateway: cfg.gateway,
+        router_mac: MacAddr::ROUTER,
+        pod_cidrs: cfg.pod_cidrs.clone(),
+        host_port,
+        mtu: cfg.mtu,
+    }
+}
+
+/// What the dataplane must hold, computed at each (re)connect: the host port
+/// made for its worker count, its namespace added to the forbidden ones,
+/// and the store's ready records checked against the kernel.
+pub async fn sync_state(
+    netlink: &Netlink,
+    cfg: &Config,
+    store: Weak<Store>,
+    workers: u32,
+    dataplane_pid: Option<i32>,
+) -> Desired {
+    if let Some(pid) = dataplane_pid {
+        match netns::id_of_pid(pid) {
+            Ok(id) => netlink.forbidden().add(id, "the dataplane's"),
+            Err(e) => log::warn!("cannot identify the dataplane's network namespace: {e}"),
+        }
+    }
+    let kernel = cfg.host_port_kernel().to_string();
+    let dp_name = cfg.host_port_dp();
+    let r = netlink
+        .ensure_host_port(
+            &kernel,
+            &dp_name,
+            cfg.gateway,
+            &cfg.pod_cidrs,
+            cfg.mtu,
+            Some(workers),
+        )
+        .await;
+    let host_port = match r {
+        Ok(mac) => Some(HostPort {
+            ifname: dp_name,
+            kernel_ifname: kernel,
+            kernel_mac: mac,
+        }),
+        Err(e) => {
+            log::error!("host port for {workers} worker(s): {e}");
+            None
+        }
+    };
+    let ready = match tokio::task::spawn_blocking(move || store.upgrade().map(|s| s.ready())).await
+    {
+        Ok(None) => Vec::new(), // the agent is gone
+        Ok(Some(Ok(r))) => r,
+        Ok(Some(Err(e))) => {
+            log::error!("store: list ready attachments: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            log::error!("store task failed: {e}");
+            Vec::new()
+        }
+    };
+    let (endpoints, stale) = desired(netlink, &ready, workers).await;
+    log::info!(
+        "{} ready attachment(s) in the store: {} live, {} stale",
+        ready.len(),
+        endpoints.len(),
+        stale.len()
+    );
+    Desired {
+        node: node_settings(cfg, host_port),
+        endpoints,
+        stale,
+    }
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::agent::{Abandon, Agent};
+use crate::cni::{Abandon, Agent};
 use crate::metrics::RequestCounters;
 
 /// How long a client may take to send its request line.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferry_api::pod::{self, code, IpamRequest, PodRequest, PodResponse, PodResult, RangeSpec};
 use ferry_api::table::{Request, Response};
 use ferry_api::MacAddr;
-use ferryd::agent::Agent;
+use ferryd::cni::Agent;
 use ferryd::config::Config;
 use ferryd::plumbing::host_ifname;
 use ferryd::store::{AttachmentId, Record, State, Store};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use ferryd::agent::Agent;
+use ferryd::cni::Agent;
 use ferryd::config::{Config, FIELDS_HELP};
 use ferryd::{metrics, server};
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{PoolUsage, RequestCounters, Snapshot};
-use crate::agent::Agent;
+use crate::cni::Agent;
 use crate::ipam::Pools;
 
 /// Collect a [`Snapshot`]: the dataplane's Stats and the store's counts,

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::{gather, render, RequestCounters};
-use crate::agent::Agent;
+use crate::cni::Agent;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD: usize = 8192;

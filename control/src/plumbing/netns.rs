@@ -240,7 +240,7 @@ pub fn open_blocking(path: &str) -> Result<(File, NetnsId), NetnsError> {
 }
 
 /// Run `f` with a netlink handle inside the network namespace at `path`
-/// (opened and checked by [`netns::open`]: with `expect`, it must still be
+/// (opened and checked by [`open`]: with `expect`, it must still be
 /// that namespace), on a dedicated OS thread (setns affects only the
 /// calling thread).
 pub async fn in_netns<F, Fut, T>(

@@ -63,14 +63,22 @@ impl Netlink {
         let h = &self.handle;
         let (ns, _) = netns::open(&p.netns, Some(p.netns_id), &self.forbidden).await?;
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
-        let msg = veth_message(
-            &p.host_ifname,
-            &tmp,
-            p.max_queues.max(p.queues).max(1),
-            p.mtu,
-            Some(&ns),
-        );
-        match h.link().add(msg).execute().await {
+        let pair = || {
+            veth_message(
+                &p.host_ifname,
+                &tmp,
+                p.max_queues.max(p.queues).max(1),
+                p.mtu,
+                Some(&ns),
+            )
+        };
+        let failed = |e| {
+            NetlinkError::request(
+                format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns),
+                e,
+            )
+        };
+        match h.link().add(pair()).execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 // A leftover of an earlier attempt under our deterministic
@@ -78,26 +86,9 @@ impl Netlink {
                 // record of it): replace it.
                 log::warn!("{}: leftover host veth found, recreating it", p.host_ifname);
                 delete_link(h, &p.host_ifname).await?;
-                let msg = veth_message(
-                    &p.host_ifname,
-                    &tmp,
-                    p.max_queues.max(p.queues).max(1),
-                    p.mtu,
-                    Some(&ns),
-                );
-                h.link().add(msg).execute().await.map_err(|e| {
-                    NetlinkError::request(
-                        format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns),
-                        e,
-                    )
-                })?;
+                h.link().add(pair()).execute().await.map_err(failed)?;
             }
-            Err(e) => {
-                return Err(NetlinkError::request(
-                    format!("create veth {} (peer {tmp} in {})", p.host_ifname, p.netns),
-                    e,
-                ))
-            }
+            Err(e) => return Err(failed(e)),
         }
         let host = link_by_name(h, &p.host_ifname)
             .await?

@@ -1,0 +1,252 @@
+//! ADD: allocation and a `pending` record (one transaction) -> plumbing ->
+//! dataplane upsert, wait for `Applied` -> record `ready`; any failure, or
+//! an ADD nobody waits for any more, undoes the steps done.
+
+use super::*;
+
+impl Agent {
+    pub(super) async fn add(
+        &self,
+        req: &PodRequest,
+        abandon: &Abandon,
+    ) -> Result<PodResult, PodError> {
+        let id = Self::attachment(req)?;
+        let netns = match req.netns.as_deref() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => {
+                return Err(err(
+                    code::INVALID_ENV,
+                    "ADD needs a network namespace",
+                    "CNI_NETNS is empty",
+                ))
+            }
+        };
+        let mtu = req.mtu.unwrap_or(self.cfg.mtu);
+        if !(68..=65535).contains(&mtu) {
+            return Err(err(
+                code::INVALID_CONFIG,
+                "invalid mtu",
+                format!("{mtu} is outside 68..=65535"),
+            ));
+        }
+        if req.ipam.requested.len() > 1 {
+            return Err(err(
+                code::INVALID_CONFIG,
+                "one IPv4 address per interface",
+                format!(
+                    "{} addresses requested: {:?}",
+                    req.ipam.requested.len(),
+                    req.ipam.requested
+                ),
+            ));
+        }
+        let pools = Pools::for_request(&req.ipam, &self.cfg.pod_cidrs, self.cfg.gateway)?;
+        let Some(workers) = self.dp.workers() else {
+            return Err(dp_err(DpError::NotConnected));
+        };
+        // A pod whose MTU its port cannot carry would lose every large
+        // frame at the dataplane, silently.
+        if let Some(max) = self.dp.max_mtu(req.attachment) {
+            if mtu > max {
+                let kind = req.attachment.name();
+                return Err(err(
+                    code::INVALID_CONFIG,
+                    format!("mtu {mtu} is above the {kind} attachment's limit of {max}"),
+                    format!(
+                        "ferry-dataplane carries packets of at most {max} bytes on a {kind} port; \
+                         set mtu to {max} or less, or attach the pod otherwise"
+                    ),
+                ));
+            }
+        }
+        // The namespace is identified once, here; plumbing later opens the
+        // path again and works only if it still names this namespace.
+        let (_, netns_id) = netns::open(&netns, None, self.netlink.forbidden())
+            .await
+            .map_err(netns_err)?;
+
+        let _lock = self.locks.lock(&id.container_id, &id.ifname).await;
+        let existing = {
+            let (store, id) = (Arc::clone(&self.store), id.clone());
+            blocking(move || store.get(&id)).await?.map_err(store_err)?
+        };
+        if let Some(rec) = existing {
+            // A ready record whose pod is gone (stale, or its path now
+            // names another namespace) is replaced by this ADD.
+            let gone = rec.state == State::Ready
+                && (self.dp.is_stale(&id.endpoint_id())
+                    || rec.netns_id.is_some_and(|old| old != netns_id));
+            match rec.state {
+                State::Ready if gone => {
+                    log::info!("{id}: replacing a stale attachment ({})", rec.ip);
+                    self.undo(&rec, true).await;
+                    let (store, id2) = (Arc::clone(&self.store), id.clone());
+                    if blocking(move || store.get(&id2))
+                        .await?
+                        .map_err(store_err)?
+                        .is_some()
+                    {
+                        return Err(err(
+                            code::PLUMBING_FAILED,
+                            "a stale attachment could not be removed",
+                            format!("{id}: see ferryd's log"),
+                        ));
+                    }
+                }
+                State::Ready if rec.netns == netns => return Ok(rec.result),
+                State::Ready => {
+                    return Err(err(
+                        code::PLUMBING_FAILED,
+                        "attachment exists in another network namespace",
+                        format!(
+                            "{} is attached in {}; DEL it before adding it to {netns}",
+                            id, rec.netns
+                        ),
+                    ))
+                }
+                State::Pending => {
+                    log::warn!("{id}: leftover pending record, rolling it back");
+                    self.undo(&rec, true).await;
+                }
+            }
+        }
+
+        let attachment = req.attachment;
+        let host = match attachment {
+            Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
+            Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
+        };
+        let routes = req.ipam.routes.clone();
+        let record = {
+            let store = Arc::clone(&self.store);
+            let (id, netns, host, routes) =
+                (id.clone(), netns.clone(), host.clone(), routes.clone());
+            let requested = req.ipam.requested.first().copied();
+            blocking(move || {
+                store.allocate_pending(&id, &pools, requested, |pool, ip| {
+                    let mac = MacAddr::for_pod(ip);
+                    let address =
+                        Ipv4Net::new(ip, pool.prefix_len()).expect("pool prefix is valid");
+                    let result_routes = if routes.is_empty() {
+                        vec![ferry_api::pod::RouteSpec {
+                            dst: Ipv4Net::default(),
+                            gw: Some(pool.gateway),
+                        }]
+                    } else {
+                        routes.clone()
+                    };
+                    Record {
+                        id: id.clone(),
+                        ip,
+                        address,
+                        gateway: pool.gateway,
+                        host_ifname: host.clone(),
+                        mac,
+                        netns: netns.clone(),
+                        netns_id: Some(netns_id),
+                        mtu,
+                        attachment,
+                        state: State::Pending,
+                        result: PodResult {
+                            interfaces: vec![Interface {
+                                name: id.ifname.clone(),
+                                mac,
+                                sandbox: Some(netns.clone()),
+                            }],
+                            ips: vec![IpConfig {
+                                address,
+                                gateway: Some(pool.gateway),
+                                interface: 0,
+                            }],
+                            routes: result_routes,
+                        },
+                    }
+                })
+            })
+            .await?
+            .map_err(alloc_err)?
+        };
+        log::info!(
+            "ADD {id}: {} in {netns} via {host} ({})",
+            record.address,
+            attachment.name()
+        );
+
+        let plumbing = PodPlumbing {
+            container_id: id.container_id.clone(),
+            ifname: id.ifname.clone(),
+            host_ifname: host.clone(),
+            netns: netns.clone(),
+            netns_id,
+            mac: record.mac,
+            address: record.address,
+            gateway: record.gateway,
+            routes,
+            mtu,
+            queues: workers,
+            max_queues: crate::plumbing::max_veth_queues(workers),
+            attachment,
+        };
+        if let Err(e) = self.netlink.plumb(&plumbing).await {
+            self.undo(&record, false).await;
+            return Err(err(
+                code::PLUMBING_FAILED,
+                format!("plumbing {} failed", id.ifname),
+                e.to_string(),
+            ));
+        }
+
+        if let Some(why) = abandon.why() {
+            self.undo(&record, false).await;
+            return Err(abandoned(why));
+        }
+        let wait = abandon
+            .remaining()
+            .map_or(ADD_ACK_TIMEOUT, |r| r.min(ADD_ACK_TIMEOUT));
+        if let Err(e) = self.dp.upsert(endpoint_of(&record), wait).await {
+            self.undo(&record, true).await;
+            return Err(dp_err(e));
+        }
+        // Last point of return: past it the runtime gets its result.
+        if let Some(why) = abandon.why() {
+            self.undo(&record, true).await;
+            return Err(abandoned(why));
+        }
+
+        let marked = {
+            let (store, id) = (Arc::clone(&self.store), id.clone());
+            blocking(move || store.set_state(&id, State::Ready)).await?
+        };
+        match marked {
+            Ok(true) => Ok(record.result),
+            Ok(false) => {
+                self.undo(&record, true).await;
+                Err(store_err(format!("record of {id} vanished during ADD")))
+            }
+            Err(e) => {
+                self.undo(&record, true).await;
+                Err(store_err(e))
+            }
+        }
+    }
+
+    /// Undo an attachment: dataplane (if it was told), host veth, address.
+    /// Best effort: what fails stays `pending` and is retried at start.
+    pub(super) async fn undo(&self, rec: &Record, dataplane: bool) {
+        if dataplane {
+            if let Err(e) = self.dp.remove(&rec.id.endpoint_id(), REPLY_TIMEOUT).await {
+                log::debug!("undo {}: dataplane remove: {e}", rec.id);
+            }
+        }
+        if let Err(e) = unplumb_record(&self.netlink, rec).await {
+            log::warn!("undo {}: delete {}: {e}", rec.id, rec.host_ifname);
+            return;
+        }
+        let (store, id) = (Arc::clone(&self.store), rec.id.clone());
+        match blocking(move || store.release(&id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("undo {}: release {}: {e}", rec.id, rec.ip),
+            Err(e) => log::warn!("undo {}: release {}: {}", rec.id, rec.ip, e.details),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! ADD, DEL, CHECK, GC and STATUS: the store, the plumbing and the
+//! dataplane put together, with the rollback rules that keep them agreeing.
+//!
+//! Order of an ADD: allocation + `pending` record (one transaction) ->
+//! plumbing -> dataplane upsert, wait for `Applied` -> record `ready`. Any
+//! failure undoes the steps already done, in reverse. A crash leaves a
+//! `pending` record, rolled back by [`Agent::start`].
+//! Order of a DEL: dataplane remove -> host veth deleted -> address released,
+//! so an address is only free once nothing uses it.
+//!
+//! One file per command (`add`, `del`, `check`, `gc`, `status`) on the
+//! [`Agent`]; `errors` maps every failure to its CNI code, `locks` holds
+//! the per-attachment locks, `abandon` says when nobody waits any more.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::pod::{
+    code, Command, Interface, IpConfig, PodError, PodRequest, PodResponse, PodResult,
+};
+use ferry_api::table::Attachment;
+use ferry_api::MacAddr;
+use ipnet::Ipv4Net;
+
+use crate::config::{validate_ifname, Config};
+use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT};
+use crate::ipam::{IpamError, Pools};
+use crate::plumbing::netns::{self, Forbidden, NetnsError};
+use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
+use crate::reconcile::{self, endpoint_of};
+use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
+
+mod abandon;
+mod add;
+mod check;
+mod del;
+mod errors;
+mod gc;
+mod locks;
+mod status;
+
+pub use abandon::Abandon;
+use errors::*;
+use locks::Locks;
+
+/// How long ADD waits for the dataplane's `Applied`, queueing included.
+/// The dataplane itself gets [`REPLY_TIMEOUT`] (10 s) from the moment the
+/// upsert is sent, or the connection is dropped and the ADD fails; this
+/// outer bound only covers waiting behind other ADDs' upserts (each port
+/// the dataplane makes takes a while, and upserts go one at a time).
+pub const ADD_ACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// Run a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PodError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| store_err(format!("store task failed: {e}")))
+}
+
+pub struct Agent {
+    cfg: Config,
+    store: Arc<Store>,
+    netlink: Netlink,
+    dp: DataplaneClient,
+    locks: Locks,
+    node_pools: Pools,
+}
+
+/// Delete what plumbing made for `rec` (nothing there is fine).
+async fn unplumb_record(netlink: &Netlink, rec: &Record) -> Result<bool, NetlinkError> {
+    match rec.attachment {
+        Attachment::Veth => netlink.unplumb(&rec.host_ifname).await,
+        Attachment::Tap => {
+            netlink
+                .unplumb_tap(
+                    &rec.netns,
+                    rec.netns_id,
+                    &rec.id.container_id,
+                    &rec.id.ifname,
+                    rec.mac,
+                )
+                .await
+        }
+    }
+}
+
+impl Agent {
+    /// Open the store, roll back pending records, make the host port and
+    /// start the dataplane client. Pods of ready records are not touched.
+    pub async fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let dir = cfg.state_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::CreateDir {
+                path: cfg.state_dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let store = Arc::new(store);
+        log::info!("store {}", store.path().display());
+        let netlink = Netlink::connect(Forbidden::node())?;
+
+        for rec in store.pending()? {
+            log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.ip);
+            if let Err(e) = unplumb_record(&netlink, &rec).await {
+                log::warn!("rollback of {}: delete {}: {e}", rec.id, rec.host_ifname);
+            }
+            store.release(&rec.id)?;
+        }
+
+        let kernel = cfg.host_port_kernel().to_string();
+        let dp_name = cfg.host_port_dp();
+        match netlink
+            .ensure_host_port(
+                &kernel,
+                &dp_name,
+                cfg.gateway,
+                &cfg.pod_cidrs,
+                cfg.mtu,
+                None,
+            )
+            .await
+        {
+            Ok(mac) => log::info!("host port {kernel} ({mac}) / {dp_name} ready"),
+            Err(e) => log::error!(
+                "host port {kernel}/{dp_name}: {e} (retried when the dataplane connects)"
+            ),
+        }
+
+        let hook: SyncHook = {
+            // Weak: the client task may outlive the agent by a moment, and
+            // must not keep the database open (a restarted agent reopens it).
+            let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), Arc::downgrade(&store));
+            Arc::new(move |workers, dataplane_pid| {
+                let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
+                Box::pin(async move {
+                    reconcile::sync_state(&netlink, &cfg, store, workers, dataplane_pid).await
+                })
+            })
+        };
+        let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
+        let node_pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
+            .expect("node pools from a validated config");
+        Ok(Arc::new(Agent {
+            cfg,
+            store,
+            netlink,
+            dp,
+            locks: Locks::default(),
+            node_pools,
+        }))
+    }
+
+    pub fn dataplane(&self) -> &DataplaneClient {
+        &self.dp
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Serve one pod-API request with no client to watch (its deadline,
+    /// if it carries one, still holds).
+    pub async fn handle(&self, req: PodRequest) -> PodResponse {
+        let abandon = Abandon::new(req.deadline_ms);
+        self.handle_watched(req, &abandon).await
+    }
+
+    /// Serve one pod-API request; an ADD that `abandon` says nobody waits
+    /// for any more is rolled back instead of completed.
+    pub async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse {
+        let what = format!(
+            "{:?} {} {}/{}",
+            req.command, req.network, req.container_id, req.ifname
+        );
+        let r = match req.command {
+            Command::Add => self
+                .add(&req, abandon)
+                .await
+                .map(|r| PodResponse::Ok { result: Some(r) }),
+            Command::Del => self
+                .del(&req)
+                .await
+                .map(|()| PodResponse::Ok { result: None }),
+            Command::Check => self
+                .check(&req)
+                .await
+                .map(|()| PodResponse::Ok { result: None }),
+            Command::Gc => self
+                .gc(&req)
+                .await
+                .map(|()| PodResponse::Ok { result: None }),
+            Command::Status => Ok(self.status().await),
+        };
+        match r {
+            Ok(resp) => {
+                log::debug!("{what}: ok");
+                resp
+            }
+            Err(e) => {
+                log::warn!("{what}: error {}: {} ({})", e.code, e.msg, e.details);
+                PodResponse::Error(e)
+            }
+        }
+    }
+
+    fn attachment(req: &PodRequest) -> Result<AttachmentId, PodError> {
+        if req.container_id.is_empty() {
+            return Err(err(
+                code::INVALID_ENV,
+                "missing container id",
+                "CNI_CONTAINERID is empty",
+            ));
+        }
+        validate_ifname(&req.ifname, 15)
+            .map_err(|m| err(code::INVALID_ENV, "invalid interface name", m))?;
+        Ok(AttachmentId::new(
+            &req.network,
+            &req.container_id,
+            &req.ifname,
+        ))
+    }
+}
