@@ -454,55 +454,45 @@ impl Task {
                     Some(c) => c,
                 },
             };
-            match cmd {
-                Cmd::Upsert(ep, reply) => {
-                    let id = ep.id.clone();
-                    let r = conn
-                        .call(&Request::UpsertEndpoint {
-                            endpoint: ep.clone(),
-                        })
-                        .await;
-                    match r {
-                        Ok(Response::Applied { generation, .. }) => {
-                            lock(&self.shared.stale).remove(&id);
-                            self.inflight.insert(id, ep);
-                            self.shared.generation.store(generation, Ordering::Relaxed);
-                            let _ = reply.send(Ok(generation));
-                        }
-                        Ok(Response::Error { message }) => {
-                            let _ = reply.send(Err(DpError::Refused(message)));
-                        }
-                        Ok(other) => {
-                            let why = format!("unexpected reply to UpsertEndpoint: {other:?}");
-                            let _ = reply.send(Err(DpError::Lost(why.clone())));
-                            return End::Lost(why);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e.clone()));
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                }
+            let (what, req, reply, upserted) = match cmd {
+                Cmd::Upsert(ep, reply) => (
+                    "UpsertEndpoint",
+                    Request::UpsertEndpoint {
+                        endpoint: ep.clone(),
+                    },
+                    reply,
+                    Some(ep),
+                ),
                 Cmd::Remove(id, reply) => {
                     self.forget(&id);
-                    match conn.call(&Request::RemoveEndpoint { id }).await {
-                        Ok(Response::Applied { generation, .. }) => {
-                            self.shared.generation.store(generation, Ordering::Relaxed);
-                            let _ = reply.send(Ok(generation));
-                        }
-                        Ok(Response::Error { message }) => {
-                            let _ = reply.send(Err(DpError::Refused(message)));
-                        }
-                        Ok(other) => {
-                            let why = format!("unexpected reply to RemoveEndpoint: {other:?}");
-                            let _ = reply.send(Err(DpError::Lost(why.clone())));
-                            return End::Lost(why);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e.clone()));
-                            return End::Lost(e.to_string());
-                        }
+                    (
+                        "RemoveEndpoint",
+                        Request::RemoveEndpoint { id },
+                        reply,
+                        None,
+                    )
+                }
+            };
+            match conn.call(&req).await {
+                Ok(Response::Applied { generation, .. }) => {
+                    if let Some(ep) = upserted {
+                        lock(&self.shared.stale).remove(&ep.id);
+                        self.inflight.insert(ep.id.clone(), ep);
                     }
+                    self.shared.generation.store(generation, Ordering::Relaxed);
+                    let _ = reply.send(Ok(generation));
+                }
+                Ok(Response::Error { message }) => {
+                    let _ = reply.send(Err(DpError::Refused(message)));
+                }
+                Ok(other) => {
+                    let why = format!("unexpected reply to {what}: {other:?}");
+                    let _ = reply.send(Err(DpError::Lost(why.clone())));
+                    return End::Lost(why);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.clone()));
+                    return End::Lost(e.to_string());
                 }
             }
         }

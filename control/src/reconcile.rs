@@ -188,24 +188,8 @@ pub async fn sync_state(
             Err(e) => log::warn!("cannot identify the dataplane's network namespace: {e}"),
         }
     }
-    let kernel = cfg.host_port_kernel().to_string();
-    let dp_name = cfg.host_port_dp();
-    let r = netlink
-        .ensure_host_port(
-            &kernel,
-            &dp_name,
-            cfg.gateway,
-            &cfg.pod_cidrs,
-            cfg.mtu,
-            Some(workers),
-        )
-        .await;
-    let host_port = match r {
-        Ok(mac) => Some(HostPort {
-            ifname: dp_name,
-            kernel_ifname: kernel,
-            kernel_mac: mac,
-        }),
+    let host_port = match ensure_host_port(netlink, cfg, Some(workers)).await {
+        Ok(hp) => Some(hp),
         Err(e) => {
             log::error!("host port for {workers} worker(s): {e}");
             None
@@ -236,4 +220,29 @@ pub async fn sync_state(
         endpoints,
         stale,
     }
+}
+
+/// The host port of `cfg` made (or kept), with `queues` queues if given.
+pub async fn ensure_host_port(
+    netlink: &Netlink,
+    cfg: &Config,
+    queues: Option<u32>,
+) -> Result<HostPort, NetlinkError> {
+    let kernel = cfg.host_port_kernel().to_string();
+    let dp_name = cfg.host_port_dp();
+    let mac = netlink
+        .ensure_host_port(
+            &kernel,
+            &dp_name,
+            cfg.gateway,
+            &cfg.pod_cidrs,
+            cfg.mtu,
+            queues,
+        )
+        .await?;
+    Ok(HostPort {
+        ifname: dp_name,
+        kernel_ifname: kernel,
+        kernel_mac: mac,
+    })
 }

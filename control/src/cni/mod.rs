@@ -118,23 +118,14 @@ impl Agent {
             store.release(&rec.id)?;
         }
 
-        let kernel = cfg.host_port_kernel().to_string();
-        let dp_name = cfg.host_port_dp();
-        match netlink
-            .ensure_host_port(
-                &kernel,
-                &dp_name,
-                cfg.gateway,
-                &cfg.pod_cidrs,
-                cfg.mtu,
-                None,
-            )
-            .await
-        {
-            Ok(mac) => log::info!("host port {kernel} ({mac}) / {dp_name} ready"),
-            Err(e) => log::error!(
-                "host port {kernel}/{dp_name}: {e} (retried when the dataplane connects)"
+        match reconcile::ensure_host_port(&netlink, &cfg, None).await {
+            Ok(hp) => log::info!(
+                "host port {} ({}) / {} ready",
+                hp.kernel_ifname,
+                hp.kernel_mac,
+                hp.ifname
             ),
+            Err(e) => log::error!("host port: {e} (retried when the dataplane connects)"),
         }
 
         let hook: SyncHook = {
