@@ -273,6 +273,13 @@ impl PortQueue for NodeQueue {
             NodeIo::Tap(io) => io.take_tx_errors(),
         }
     }
+
+    fn take_short_reads(&mut self) -> u64 {
+        match &mut self.io {
+            NodeIo::Xsk { .. } => 0,
+            NodeIo::Tap(io) => io.take_short_reads(),
+        }
+    }
 }
 
 /// What keeps a port attached.

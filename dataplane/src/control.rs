@@ -558,6 +558,11 @@ mod tests {
     }
 
     fn start(workers: usize, net: &MemNetwork) -> Dataplane<MemBackend> {
+        start_with_frames(workers, net, 256)
+    }
+
+    /// A dataplane whose queues have `frames` frames each.
+    fn start_with_frames(workers: usize, net: &MemNetwork, frames: usize) -> Dataplane<MemBackend> {
         let cfg = DataplaneConfig {
             workers,
             cpus: vec![None; workers],
@@ -566,7 +571,7 @@ mod tests {
             idle_spin: Duration::ZERO,
         };
         let mut backend = MemBackend::new(net.clone());
-        backend.frames_per_queue = 256;
+        backend.frames_per_queue = frames;
         Dataplane::start(backend, &cfg).expect("start")
     }
 
@@ -830,17 +835,104 @@ mod tests {
         assert_eq!(pa.drops.get("no_tx_queue"), Some(&1));
     }
 
-    #[test]
-    fn shutdown_stops_workers_and_releases_ports() {
-        let net = MemNetwork::new();
-        let wa = net.add("fya", 1);
-        net.add("ferry0dp", 1);
-        let mut dp = start(1, &net);
+    /// Sync `endpoints` with [`node`] and no routes; the generation.
+    fn sync(dp: &mut Dataplane<MemBackend>, endpoints: Vec<Endpoint>) -> u64 {
         applied(dp.handle(Request::Sync {
             node: node(),
-            endpoints: vec![ep("a/eth0", "fya", A)],
+            endpoints,
             routes: vec![],
-        }));
+        }))
+    }
+
+    /// Pod A alone on port `ifname` (a tap-like wire if it starts with
+    /// `ft`), synced, one worker.
+    fn pod_a_alone(ifname: &str) -> (Dataplane<MemBackend>, Arc<MemWire>) {
+        let net = MemNetwork::new();
+        let wa = if ifname.starts_with("ft") {
+            net.add_offloaded(ifname, 1)
+        } else {
+            net.add(ifname, 1)
+        };
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        sync(&mut dp, vec![ep("a/eth0", ifname, A)]);
+        (dp, wa)
+    }
+
+    fn port_drops(dp: &Dataplane<MemBackend>, name: &str) -> BTreeMap<String, u64> {
+        let stats = dp.stats();
+        let p = stats.ports.iter().find(|p| p.name == name).expect(name);
+        p.drops.clone()
+    }
+
+    /// Pods A (fya) and B (fyb) on a dataplane whose queues have `frames`
+    /// frames each, with B's kernel no longer completing transmissions.
+    fn a_to_stalled_b(frames: usize) -> (Dataplane<MemBackend>, Arc<MemWire>, Arc<MemWire>) {
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 1);
+        let wb = net.add("fyb", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start_with_frames(1, &net, frames);
+        sync(
+            &mut dp,
+            vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+        );
+        wb.stall_tx(true);
+        (dp, wa, wb)
+    }
+
+    /// An egress queue whose kernel stopped completing: once its TX ring
+    /// is full the rest is `tx_ring_full`; once its pool has no free frame
+    /// to copy into, `no_egress_frame`. The two are counted apart.
+    #[test]
+    fn a_full_tx_ring_and_an_empty_egress_pool_are_told_apart() {
+        // 1024 frames per queue: 512 free on fyb, more than its 256-slot
+        // TX ring holds, so the ring fills first.
+        let (dp, wa, wb) = a_to_stalled_b(1024);
+        for i in 0..300 {
+            wa.inject(0, echo(A, B, i));
+        }
+        wait_rx_drained(&wa);
+        let drops = port_drops(&dp, "fya");
+        assert_eq!(drops.get("tx_ring_full"), Some(&44), "{drops:?}");
+        assert_eq!(drops.get("no_egress_frame"), None, "{drops:?}");
+        assert_eq!(wb.take_sent().len(), 256, "the ring's worth went out");
+
+        // 64 frames per queue: 32 free on fyb, fewer than the ring holds,
+        // so the pool runs dry first.
+        let (dp, wa, _wb) = a_to_stalled_b(64);
+        // At most fya's fill ring (32 frames) at a time, so none is lost
+        // before the dataplane sees it.
+        for (burst, n) in [(0u16, 32u16), (1, 8)] {
+            for i in 0..n {
+                wa.inject(0, echo(A, B, burst * 100 + i));
+            }
+            wait_rx_drained(&wa);
+        }
+        let drops = port_drops(&dp, "fya");
+        assert_eq!(drops.get("no_egress_frame"), Some(&8), "{drops:?}");
+        assert_eq!(drops.get("tx_ring_full"), None, "{drops:?}");
+        assert_eq!(wa.rx_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let w = &dp.stats().workers[0];
+        assert_eq!(w.drops.get("no_egress_frame"), Some(&8), "{w:?}");
+    }
+
+    #[test]
+    fn short_tap_reads_are_counted_on_their_port() {
+        let (dp, wa) = pod_a_alone("fta");
+        wa.inject_offloaded(0, Offload::NONE, vec![0; 13]);
+        wa.inject_offloaded(0, Offload::NONE, Vec::new());
+        wait_rx_drained(&wa);
+        let drops = port_drops(&dp, "fta");
+        assert_eq!(drops.get("tap_short_read"), Some(&2), "{drops:?}");
+        assert_eq!(drops.len(), 1, "{drops:?}");
+        let w = &dp.stats().workers[0];
+        assert_eq!(w.drops.get("tap_short_read"), Some(&2), "{w:?}");
+    }
+
+    #[test]
+    fn shutdown_stops_workers_and_releases_ports() {
+        let (mut dp, wa) = pod_a_alone("fya");
         dp.shutdown();
         assert!(dp.dump().ports.is_empty());
         wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));

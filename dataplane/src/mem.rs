@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::pipeline::Offload;
@@ -143,6 +143,9 @@ pub struct MemWire {
     /// Frames that arrived with no frame in the fill ring (the kernel's
     /// `rx_fill_ring_empty_descs`) or larger than a chunk.
     pub rx_dropped: AtomicU64,
+    /// While set, transmitted frames are not completed (a kernel that does
+    /// not drain the TX ring): they stay in the ring, which fills up.
+    tx_stalled: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,6 +190,11 @@ impl MemWire {
             .collect()
     }
 
+    /// Stop (or resume) completing transmitted frames.
+    pub fn stall_tx(&self, stalled: bool) {
+        self.tx_stalled.store(stalled, Ordering::Relaxed);
+    }
+
     /// Frames injected and not yet received by the dataplane.
     pub fn pending_rx(&self) -> usize {
         self.queues.iter().map(|q| lock(q).to_dataplane.len()).sum()
@@ -222,6 +230,7 @@ impl MemNetwork {
                 .map(|_| Mutex::new(WireQueue::default()))
                 .collect(),
             rx_dropped: AtomicU64::new(0),
+            tx_stalled: AtomicBool::new(false),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
         wire
@@ -245,7 +254,11 @@ pub struct MemQueue {
     wire: Arc<MemWire>,
     queue: usize,
     fill: VecDeque<MemDesc>,
+    /// Frames transmitted and not yet completed: the TX ring.
     comp: VecDeque<MemDesc>,
+    /// Injected frames shorter than an Ethernet header on an offload wire
+    /// (what a tap counts as a short read), since the last take.
+    short_reads: u64,
 }
 
 impl PortQueue for MemQueue {
@@ -267,6 +280,11 @@ impl PortQueue for MemQueue {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            // A tap adapter throws such reads away itself.
+            if self.wire.offload && bytes.len() < crate::pipeline::wire::ETH_HDR_LEN {
+                self.short_reads += 1;
+                continue;
+            }
             let Some(mut desc) = self.fill.pop_front() else {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -286,11 +304,11 @@ impl PortQueue for MemQueue {
     }
 
     fn tx_room(&mut self) -> usize {
-        MEM_RING
+        MEM_RING - self.comp.len()
     }
 
     fn tx(&mut self, descs: &[MemDesc]) -> usize {
-        if descs.len() > MEM_RING {
+        if descs.len() > self.tx_room() {
             return 0;
         }
         let (pool, take) = (&self.pool, descs.len());
@@ -327,6 +345,9 @@ impl PortQueue for MemQueue {
     }
 
     fn complete(&mut self, out: &mut [MemDesc]) -> usize {
+        if self.wire.tx_stalled.load(Ordering::Relaxed) {
+            return 0;
+        }
         let n = out.len().min(self.comp.len());
         for slot in &mut out[..n] {
             *slot = self.comp.pop_front().unwrap_or_default();
@@ -336,6 +357,10 @@ impl PortQueue for MemQueue {
 
     fn poll_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    fn take_short_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.short_reads)
     }
 }
 
@@ -399,6 +424,7 @@ impl PortBackend for MemBackend {
                     queue: i,
                     fill: VecDeque::with_capacity(MEM_RING),
                     comp: VecDeque::with_capacity(MEM_RING),
+                    short_reads: 0,
                 })
             })
             .collect();

@@ -150,6 +150,14 @@ pub trait PortQueue: Send + 'static {
     fn take_tx_errors(&mut self) -> u64 {
         0
     }
+
+    /// Reads this queue threw away since the last call because they were
+    /// too short to be a frame (a tap read shorter than the virtio-net
+    /// header plus an Ethernet header); counted `tap_short_read`. Rings
+    /// never deliver one.
+    fn take_short_reads(&mut self) -> u64 {
+        0
+    }
 }
 
 /// What kind of interface a port is, and where to find it.

@@ -33,6 +33,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::mem::{MemDesc, MemPool};
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
+use crate::pipeline::wire::ETH_HDR_LEN;
 use crate::port::{
     valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
 };
@@ -44,6 +45,9 @@ pub const TAP_FRAME_SIZE: usize = 66 * 1024;
 pub const TAP_RX_BATCH: usize = 32;
 /// What `tx_room` reports: writes are synchronous, there is no ring.
 const TAP_TX_ROOM: usize = 1 << 16;
+/// The shortest read that holds a frame: the virtio-net header and an
+/// Ethernet header. Anything shorter is counted `tap_short_read`.
+const MIN_READ: usize = VNET_HDR_LEN + ETH_HDR_LEN;
 
 /// A frame of a tap queue: its buffer and its virtio-net header (a frame
 /// of a [`MemPool`] made [`MemPool::with_offload`]).
@@ -62,6 +66,8 @@ pub struct TapIo {
     /// Frames written, waiting to be handed back by `complete`.
     done: Vec<TapDesc>,
     tx_errors: u64,
+    /// Reads too short to be a frame, since the last `take_short_reads`.
+    short_reads: u64,
 }
 
 /// One worker's queue of a tap.
@@ -79,6 +85,7 @@ impl TapQueue {
                 fill: Vec::with_capacity(frames),
                 done: Vec::with_capacity(frames),
                 tx_errors: 0,
+                short_reads: 0,
             },
             pool: MemPool::with_offload(frames, TAP_FRAME_SIZE),
         }
@@ -122,7 +129,8 @@ impl TapIo {
                 break;
             }
             let r = r as usize;
-            if r <= VNET_HDR_LEN {
+            if r < MIN_READ {
+                self.short_reads += 1;
                 self.fill.push(d);
                 continue;
             }
@@ -204,6 +212,10 @@ impl TapIo {
     pub fn take_tx_errors(&mut self) -> u64 {
         std::mem::take(&mut self.tx_errors)
     }
+
+    pub fn take_short_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.short_reads)
+    }
 }
 
 impl PortQueue for TapQueue {
@@ -262,6 +274,10 @@ impl PortQueue for TapQueue {
 
     fn take_tx_errors(&mut self) -> u64 {
         self.io.take_tx_errors()
+    }
+
+    fn take_short_reads(&mut self) -> u64 {
+        self.io.take_short_reads()
     }
 }
 
@@ -361,5 +377,51 @@ impl PortBackend for TapBackend {
             spec.name
         );
         Ok((TapAttachment, queues))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// A queue on one end of a datagram socket pair: every send is one
+    /// read, as every frame is on a tap.
+    fn queue() -> (TapQueue, UnixDatagram) {
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut q = TapQueue::new(OwnedFd::from(ours), 64);
+        let free = q.pool().all_descs();
+        assert_eq!(q.fill(&free[..32]), 32);
+        (q, theirs)
+    }
+
+    #[test]
+    fn reads_too_short_for_a_frame_are_counted_and_skipped() {
+        let (mut q, peer) = queue();
+        let hdr = Offload {
+            flags: crate::pipeline::offload::F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Offload::NONE
+        }
+        .to_bytes();
+        // Shorter than the header; the header and 13 bytes; a whole frame.
+        peer.send(&hdr[..4]).unwrap();
+        let mut short = hdr.to_vec();
+        short.extend_from_slice(&[0xab; 13]);
+        peer.send(&short).unwrap();
+        let mut full = hdr.to_vec();
+        full.extend_from_slice(&[0xcd; 60]);
+        peer.send(&full).unwrap();
+
+        let mut out = [TapDesc::default(); 8];
+        assert_eq!(q.rx(&mut out), 1, "one frame among three reads");
+        assert_eq!(q.take_short_reads(), 2);
+        assert_eq!(q.take_short_reads(), 0, "taken once");
+        assert_eq!(q.pool().len_of(&out[0]), 60);
+        assert_eq!(q.pool().offload_of(&out[0]), Offload::from_bytes(&hdr));
+        // The short reads' frames went back to the fill list.
+        assert_eq!(q.fill_room(), q.io.fill.capacity() - 31);
     }
 }

@@ -373,6 +373,11 @@ impl<Q: PortQueue> Worker<Q> {
 
         let batch = self.cfg.batch;
         let n = self.queues[qi].queue.rx(&mut self.rx_descs[..batch]);
+        let short = self.queues[qi].queue.take_short_reads();
+        for _ in 0..short {
+            self.queues[qi].counters.add_drop(DropReason::TapShortRead);
+            self.counters.add_drop(DropReason::TapShortRead);
+        }
         if n == 0 {
             return done > 0 || tx_busy;
         }
@@ -702,7 +707,7 @@ fn forward<Q: PortQueue>(
         }
     }
     let Some(mut e) = dst.free.pop() else {
-        return Some(DropReason::TxRingFull);
+        return Some(DropReason::NoEgressFrame);
     };
     let dp = dst.queue.pool();
     // SAFETY: `e` was just taken off the egress free list: the worker owns

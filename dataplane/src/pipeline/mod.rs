@@ -99,6 +99,7 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
             frame.len = new_len;
             verdict
         }
+        wire::ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6Unsupported),
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
     };
     // Only replies made in place leave by the ingress port (a pod never

@@ -31,12 +31,21 @@ fn unknown_port_and_runt() {
 fn unsupported_ethertypes() {
     let t = tables();
     let mut f = tcp_frame(POD_A.1, POD_B.1, 64, b"x");
-    for ethertype in [0x86ddu16, 0x88cc, 0x8100, 0x0000] {
+    for ethertype in [0x88ccu16, 0x8100, 0x0000] {
         f[12..14].copy_from_slice(&ethertype.to_be_bytes());
         assert_eq!(
             run(&t, POD_A.0, &f).0,
             dropped(DropReason::UnsupportedEthertype),
             "{ethertype:#x}"
+        );
+    }
+    // IPv6, from a pod or from the node kernel, has a reason of its own.
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    for port in [POD_A.0, HOST_PORT] {
+        assert_eq!(
+            run(&t, port, &f).0,
+            dropped(DropReason::Ipv6Unsupported),
+            "port {port}"
         );
     }
 }

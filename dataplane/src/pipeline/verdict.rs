@@ -24,7 +24,8 @@ pub enum DropReason {
     /// A header that does not parse (ARP, IPv4, L4 lengths), or a reply that
     /// does not fit its buffer.
     Malformed = 3,
-    /// Neither ARP nor IPv4 (IPv6, LLDP, VLAN tags, ...).
+    /// Neither ARP, IPv4 nor IPv6 (LLDP, VLAN tags, ...). IPv6 has its own
+    /// reason, [`DropReason::Ipv6Unsupported`].
     UnsupportedEthertype = 4,
     /// ARP we do not answer: replies, gratuitous ARP, a pod asking for its
     /// own address, the host asking for a non-endpoint.
@@ -45,7 +46,10 @@ pub enum DropReason {
     /// TTL expired and no ICMP error was sent (not allowed by RFC 1812 or
     /// the reply does not fit the buffer).
     TtlExceeded = 12,
-    /// I/O layer: the TX ring of the egress port was full.
+    /// I/O layer: the TX ring of the egress port had no slot for the frame
+    /// when the batch was committed (the kernel is not draining it fast
+    /// enough). A frame that found no free frame to be copied into is
+    /// [`DropReason::NoEgressFrame`] instead.
     TxRingFull = 13,
     /// I/O layer: the egress port went away.
     PortGone = 14,
@@ -66,6 +70,16 @@ pub enum DropReason {
     /// I/O layer: the kernel refused a write to a tap queue (link down,
     /// malformed header).
     TapWriteFailed = 20,
+    /// I/O layer: a frame for another port found no free frame in the
+    /// egress queue's pool to be copied into (every frame is in the fill
+    /// ring, or in flight in the TX ring waiting for completion).
+    NoEgressFrame = 21,
+    /// I/O layer: a tap read shorter than the virtio-net header plus an
+    /// Ethernet header (not a frame at all).
+    TapShortRead = 22,
+    /// An IPv6 frame (ethertype 0x86DD): counted apart from other
+    /// ethertypes until ferry forwards IPv6.
+    Ipv6Unsupported = 23,
 }
 
 impl DropReason {
@@ -90,6 +104,9 @@ impl DropReason {
         DropReason::GsoTxFull,
         DropReason::FrameTooBig,
         DropReason::TapWriteFailed,
+        DropReason::NoEgressFrame,
+        DropReason::TapShortRead,
+        DropReason::Ipv6Unsupported,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -115,6 +132,9 @@ impl DropReason {
             DropReason::GsoTxFull => "gso_tx_full",
             DropReason::FrameTooBig => "frame_too_big",
             DropReason::TapWriteFailed => "tap_write_failed",
+            DropReason::NoEgressFrame => "no_egress_frame",
+            DropReason::TapShortRead => "tap_short_read",
+            DropReason::Ipv6Unsupported => "ipv6_unsupported",
         }
     }
 
@@ -151,5 +171,9 @@ mod tests {
         assert_eq!(DropReason::BadL4Checksum.code(), 11);
         assert_eq!(DropReason::NoTxQueue.code(), 15);
         assert_eq!(DropReason::TapWriteFailed.code(), 20);
+        assert_eq!(DropReason::NoEgressFrame.code(), 21);
+        assert_eq!(DropReason::TapShortRead.code(), 22);
+        assert_eq!(DropReason::Ipv6Unsupported.code(), 23);
+        assert_eq!(DropReason::Ipv6Unsupported.name(), "ipv6_unsupported");
     }
 }
