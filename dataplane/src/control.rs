@@ -848,11 +848,7 @@ mod tests {
     /// `ft`), synced, one worker.
     fn pod_a_alone(ifname: &str) -> (Dataplane<MemBackend>, Arc<MemWire>) {
         let net = MemNetwork::new();
-        let wa = if ifname.starts_with("ft") {
-            net.add_offloaded(ifname, 1)
-        } else {
-            net.add(ifname, 1)
-        };
+        let wa = wire_for(&net, ifname);
         net.add("ferry0dp", 1);
         let mut dp = start(1, &net);
         sync(&mut dp, vec![ep("a/eth0", ifname, A)]);
@@ -865,18 +861,37 @@ mod tests {
         p.drops.clone()
     }
 
-    /// Pods A (fya) and B (fyb) on a dataplane whose queues have `frames`
-    /// frames each, with B's kernel no longer completing transmissions.
-    fn a_to_stalled_b(frames: usize) -> (Dataplane<MemBackend>, Arc<MemWire>, Arc<MemWire>) {
+    /// A wire named `ifname`: tap-like (offloads) if the name starts with
+    /// `ft`, as ferry names tap ports.
+    fn wire_for(net: &MemNetwork, ifname: &str) -> Arc<MemWire> {
+        if ifname.starts_with("ft") {
+            net.add_offloaded(ifname, 1)
+        } else {
+            net.add(ifname, 1)
+        }
+    }
+
+    /// A dataplane and the wires of pods A and B.
+    type TwoPods = (Dataplane<MemBackend>, Arc<MemWire>, Arc<MemWire>);
+
+    /// Pod A on port `a_ifname` and pod B on `fyb`, synced, one worker,
+    /// `frames` frames per queue.
+    fn pods_a_b(a_ifname: &str, frames: usize) -> TwoPods {
         let net = MemNetwork::new();
-        let wa = net.add("fya", 1);
+        let wa = wire_for(&net, a_ifname);
         let wb = net.add("fyb", 1);
         net.add("ferry0dp", 1);
         let mut dp = start_with_frames(1, &net, frames);
         sync(
             &mut dp,
-            vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            vec![ep("a/eth0", a_ifname, A), ep("b/eth0", "fyb", B)],
         );
+        (dp, wa, wb)
+    }
+
+    /// [`pods_a_b`] with B's kernel no longer completing transmissions.
+    fn a_to_stalled_b(frames: usize) -> TwoPods {
+        let (dp, wa, wb) = pods_a_b("fya", frames);
         wb.stall_tx(true);
         (dp, wa, wb)
     }
@@ -1055,6 +1070,35 @@ mod tests {
         assert!(pa.drops.is_empty(), "{pa:?}");
         let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
         assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
+    }
+
+    /// A tap header pointing the checksum completion at the IP source (or
+    /// asking for a thousand segments) is dropped and counted at ingress;
+    /// nothing reaches the plain port it was routed to.
+    #[test]
+    fn forged_tap_headers_are_counted_and_never_acted_on() {
+        let (dp, wa, wb) = pods_a_b("fta", 256);
+        let at_src = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            csum_start: 26,
+            csum_offset: 0,
+            ..Offload::NONE
+        };
+        wa.inject_offloaded(0, at_src, partial_tcp(A, B, b"spoof"));
+        let tiny_mss = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        wa.inject_offloaded(0, tiny_mss, partial_tcp(A, B, &[0u8; 2000]));
+        wait_rx_drained(&wa);
+        assert!(wb.take_sent().is_empty(), "nothing forwarded");
+        let drops = port_drops(&dp, "fta");
+        assert_eq!(drops.get("bad_csum_offload"), Some(&1), "{drops:?}");
+        assert_eq!(drops.get("bad_gso_size"), Some(&1), "{drops:?}");
     }
 
     #[test]

@@ -55,8 +55,10 @@ pub enum DropReason {
     PortGone = 14,
     /// I/O layer: the worker has no TX queue on the egress port.
     NoTxQueue = 15,
-    /// A tap frame's virtio-net header does not match the frame (checksum
-    /// offsets outside it, GSO on something that is not TCP/IPv4, MSS 0).
+    /// A tap frame's virtio-net header does not fit the frame: unknown
+    /// flags, a header length beyond the frame, checksum or GSO offload on
+    /// a frame that is not an unfragmented IPv4 packet with a whole L4
+    /// header. (More precise header faults have reasons 24-26.)
     BadOffload = 16,
     /// A GSO frame of a type that cannot be segmented in software here
     /// (UDP/USO, TCP over IPv6), towards a port without offloads.
@@ -80,6 +82,19 @@ pub enum DropReason {
     /// An IPv6 frame (ethertype 0x86DD): counted apart from other
     /// ethertypes until ferry forwards IPv6.
     Ipv6Unsupported = 23,
+    /// A tap frame's partial checksum (`NEEDS_CSUM`) is not where the
+    /// frame's TCP/UDP checksum is: `csum_start` is not the L4 header, or
+    /// `csum_offset` is not 16 (TCP) / 6 (UDP), or the protocol is neither.
+    /// Completing it would write into other header fields.
+    BadCsumOffload = 24,
+    /// A tap frame's GSO type does not fit the frame: not TCPv4 on a TCP
+    /// segment (UDP GSO was never offered to the tap), or GSO without a
+    /// partial checksum.
+    BadGsoType = 25,
+    /// A tap frame's `gso_size` is below [`super::offload::MIN_GSO_SIZE`],
+    /// or the frame would be cut into more than
+    /// [`super::offload::MAX_GSO_SEGMENTS`] segments.
+    BadGsoSize = 26,
 }
 
 impl DropReason {
@@ -107,6 +122,9 @@ impl DropReason {
         DropReason::NoEgressFrame,
         DropReason::TapShortRead,
         DropReason::Ipv6Unsupported,
+        DropReason::BadCsumOffload,
+        DropReason::BadGsoType,
+        DropReason::BadGsoSize,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -135,6 +153,9 @@ impl DropReason {
             DropReason::NoEgressFrame => "no_egress_frame",
             DropReason::TapShortRead => "tap_short_read",
             DropReason::Ipv6Unsupported => "ipv6_unsupported",
+            DropReason::BadCsumOffload => "bad_csum_offload",
+            DropReason::BadGsoType => "bad_gso_type",
+            DropReason::BadGsoSize => "bad_gso_size",
         }
     }
 
@@ -175,5 +196,6 @@ mod tests {
         assert_eq!(DropReason::TapShortRead.code(), 22);
         assert_eq!(DropReason::Ipv6Unsupported.code(), 23);
         assert_eq!(DropReason::Ipv6Unsupported.name(), "ipv6_unsupported");
+        assert_eq!(DropReason::BadGsoSize.code(), 26);
     }
 }
