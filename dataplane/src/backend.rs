@@ -305,7 +305,7 @@ impl PortBackend for NodeBackend {
         workers: usize,
     ) -> Result<Opened<NodeAttachment, NodeQueue>, PortError> {
         match spec.kind {
-            PortKind::Xdp => {
+            PortKind::Xdp(_) => {
                 let (a, qs) = self.xdp.open(spec, workers)?;
                 Ok((
                     NodeAttachment::Xdp(a),

@@ -120,7 +120,7 @@ impl State {
         if let Some(hp) = self.node.as_ref().and_then(|n| n.host_port.as_ref()) {
             out.insert(
                 hp.ifname.clone(),
-                ("host".to_string(), PortSpec::xdp(&hp.ifname)),
+                ("host".to_string(), PortSpec::host_veth(&hp.ifname)),
             );
         }
         for ep in self.endpoints.values() {
@@ -135,12 +135,13 @@ impl State {
 /// its host veth here.
 fn port_spec(ep: &Endpoint) -> PortSpec {
     match ep.attachment {
-        Attachment::Veth => PortSpec::xdp(&ep.host_ifname),
+        Attachment::Veth => PortSpec::pod_veth(&ep.host_ifname),
         Attachment::Tap => PortSpec {
             name: ep.host_ifname.clone(),
             kind: PortKind::Tap {
                 netns: ep.netns.clone(),
                 ifname: ep.pod_ifname.clone(),
+                netns_id: ep.netns_id,
             },
         },
     }

@@ -447,7 +447,7 @@ mod tests {
         let wire = net.add("m0", 1);
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = 8;
-        let (_att, mut queues) = backend.open(&PortSpec::xdp("m0"), 2).unwrap();
+        let (_att, mut queues) = backend.open(&PortSpec::pod_veth("m0"), 2).unwrap();
         assert!(
             queues[1].is_none(),
             "one-queue wire gives worker 1 no queue"
@@ -479,15 +479,15 @@ mod tests {
     fn missing_and_bad_interfaces_are_errors() {
         let mut backend = MemBackend::new(MemNetwork::new());
         assert!(matches!(
-            backend.open(&PortSpec::xdp("nope"), 1),
+            backend.open(&PortSpec::pod_veth("nope"), 1),
             Err(PortError::NoSuchInterface { .. })
         ));
         assert!(matches!(
-            backend.open(&PortSpec::xdp("a/b"), 1),
+            backend.open(&PortSpec::pod_veth("a/b"), 1),
             Err(PortError::BadName { .. })
         ));
         assert!(matches!(
-            backend.open(&PortSpec::xdp("0123456789abcdef"), 1),
+            backend.open(&PortSpec::pod_veth("0123456789abcdef"), 1),
             Err(PortError::BadName { .. })
         ));
     }

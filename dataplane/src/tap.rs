@@ -27,11 +27,13 @@
 //! (128 frames, the default, is 8.25 MiB per worker per tap; pages are
 //! only touched when used).
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use ferry_api::table::NetnsId;
+
 use crate::mem::{MemDesc, MemPool};
+use crate::netns::open_pod_netns;
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::pipeline::wire::ETH_HDR_LEN;
 use crate::port::{
@@ -305,17 +307,26 @@ pub fn attach_queue(ifname: &str) -> Result<OwnedFd, ferry_tun::TunError> {
 }
 
 /// Open `count` queues of the tap `ifname` inside the namespace at
-/// `netns`, on a scoped thread that enters it (setns changes only the
-/// calling thread). The tap must exist: TUNSETIFF would otherwise create a
-/// new, non-persistent one in the pod.
-pub fn open_queues(netns: &str, ifname: &str, count: usize) -> Result<Vec<OwnedFd>, PortError> {
+/// `netns` (which must be a pod's, and `netns_id` when given: see
+/// [`crate::netns`]), on a scoped thread that enters it (setns changes only
+/// the calling thread). The tap must exist: TUNSETIFF would otherwise
+/// create a new, non-persistent one in the pod.
+pub fn open_queues(
+    netns: &str,
+    netns_id: Option<NetnsId>,
+    ifname: &str,
+    count: usize,
+) -> Result<Vec<OwnedFd>, PortError> {
     let err = |op: &'static str, source: io::Error| PortError::Tap {
         ifname: ifname.to_string(),
         netns: netns.to_string(),
         op,
         source,
     };
-    let ns = File::open(netns).map_err(|e| err("open the network namespace", e))?;
+    let ns = open_pod_netns(netns, netns_id).map_err(|source| PortError::Netns {
+        ifname: ifname.to_string(),
+        source,
+    })?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on this thread only, with an fd we hold open; the
@@ -356,7 +367,12 @@ impl PortBackend for TapBackend {
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<TapAttachment, TapQueue>, PortError> {
-        let PortKind::Tap { netns, ifname } = &spec.kind else {
+        let PortKind::Tap {
+            netns,
+            ifname,
+            netns_id,
+        } = &spec.kind
+        else {
             return Err(PortError::Unsupported {
                 ifname: spec.name.clone(),
                 kind: "AF_XDP",
@@ -367,7 +383,7 @@ impl PortBackend for TapBackend {
                 ifname: ifname.clone(),
             });
         }
-        let fds = open_queues(netns, ifname, workers)?;
+        let fds = open_queues(netns, *netns_id, ifname, workers)?;
         let queues = fds
             .into_iter()
             .map(|fd| Some(TapQueue::new(fd, self.frames_per_queue)))
