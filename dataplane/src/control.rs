@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Sender};
+use crossbeam::channel::{self, Receiver, Sender};
 use ferry_api::table::{
     Attachment, Endpoint, MissingPort, NodeSettings, PortStats, Request, Response, Route, Stats,
     TableDump, API_VERSION,
@@ -36,7 +36,7 @@ use ipnet::Ipv4Net;
 use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
 use crate::port::{PortBackend, PortKind, PortSpec};
 use crate::tables::{PortId, TableHandle, Tables};
-use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
+use crate::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
 
 /// How long the control thread waits for every worker to apply a command.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,6 +166,8 @@ pub struct Dataplane<B: PortBackend> {
     ports: BTreeMap<String, PortEntry<B::Attachment>>,
     free_ids: BTreeSet<PortId>,
     next_id: PortId,
+    /// Workers that ended unasked ([`Dataplane::failures`]).
+    failures: Receiver<WorkerFailure>,
 }
 
 impl<B: PortBackend> Dataplane<B> {
@@ -174,6 +176,7 @@ impl<B: PortBackend> Dataplane<B> {
         let tables = Arc::new(TableHandle::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(cfg.workers);
+        let (failed, failures) = channel::unbounded();
         for id in 0..cfg.workers {
             let (tx, rx) = channel::unbounded();
             let counters = Arc::new(new_worker_counters());
@@ -192,8 +195,8 @@ impl<B: PortBackend> Dataplane<B> {
                 Arc::clone(&counters),
                 Arc::clone(&stop),
             );
-            let join =
-                worker::spawn(w).map_err(|source| ControlError::Spawn { worker: id, source })?;
+            let join = worker::spawn(w, failed.clone())
+                .map_err(|source| ControlError::Spawn { worker: id, source })?;
             workers.push(WorkerHandle {
                 cmds: tx,
                 counters,
@@ -211,7 +214,17 @@ impl<B: PortBackend> Dataplane<B> {
             ports: BTreeMap::new(),
             free_ids: BTreeSet::new(),
             next_id: 0,
+            failures,
         })
+    }
+
+    /// Where a worker that panics or ends unasked is reported, once. The
+    /// failure policy is the caller's: `ferry-dataplane` exits non-zero
+    /// (its supervisor restarts it and ferryd resyncs it), because a
+    /// dataplane short of a worker has lost that worker's queues and would
+    /// fail every later update at the barrier.
+    pub fn failures(&self) -> Receiver<WorkerFailure> {
+        self.failures.clone()
     }
 
     pub fn worker_count(&self) -> usize {
@@ -507,6 +520,31 @@ impl<B: PortBackend> Drop for Dataplane<B> {
     }
 }
 
+/// Why the dataplane process ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGINT/SIGTERM: stop in order.
+    Signal(i32),
+    /// A worker died: exit non-zero at once.
+    WorkerFailed(WorkerFailure),
+}
+
+/// Wait for whichever comes first: a signal number on `signals` or a
+/// worker failure on `failures` (see [`Dataplane::failures`]).
+pub fn wait_for_end(signals: &Receiver<i32>, failures: &Receiver<WorkerFailure>) -> Ending {
+    channel::select! {
+        recv(signals) -> sig => match sig {
+            Ok(sig) => Ending::Signal(sig),
+            // The signal thread is gone: nothing can stop us in order.
+            Err(_) => Ending::Signal(libc::SIGTERM),
+        },
+        recv(failures) -> failure => Ending::WorkerFailed(failure.unwrap_or(WorkerFailure {
+            worker: 0,
+            cause: "(and every other worker) ended without a word".into(),
+        })),
+    }
+}
+
 fn empty_node() -> NodeSettings {
     NodeSettings {
         gateway: std::net::Ipv4Addr::UNSPECIFIED,
@@ -623,6 +661,61 @@ mod tests {
             } if missing.is_empty() => generation,
             other => panic!("expected Applied, got {other:?}"),
         }
+    }
+
+    /// A worker that panics is reported once, naming it; a dataplane shut
+    /// down in order reports nothing.
+    #[test]
+    fn a_worker_that_panics_is_reported_and_a_clean_stop_is_not() {
+        let (mut dp, wa) = pod_a_alone("fya");
+        let failures = dp.failures();
+        let (_signal, signals) = channel::unbounded::<i32>();
+        wa.panic_on_rx();
+        wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));
+        let ending = std::thread::scope(|s| {
+            let waiter = s.spawn(|| wait_for_end(&signals, &failures));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !waiter.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(waiter.is_finished(), "no failure reported within 5 s");
+            waiter.join().unwrap()
+        });
+        match ending {
+            Ending::WorkerFailed(f) => {
+                assert_eq!(f.worker, 0);
+                assert!(f.cause.contains("panicked"), "{f}");
+                assert!(f.cause.contains("MemWire fya"), "{f}");
+                assert!(f.to_string().starts_with("worker 0 "), "{f}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The barrier of a later update fails instead of waiting forever.
+        match dp.handle(Request::RemoveEndpoint {
+            id: "a/eth0".into(),
+        }) {
+            Response::Error { message } => assert!(message.contains("worker 0"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        dp.shutdown();
+        assert!(failures.try_recv().is_err(), "reported once");
+
+        let (mut dp, _wa) = pod_a_alone("fya");
+        let failures = dp.failures();
+        let (signal, signals) = channel::unbounded();
+        signal.send(libc::SIGTERM).unwrap();
+        assert_eq!(
+            wait_for_end(&signals, &failures),
+            Ending::Signal(libc::SIGTERM)
+        );
+        dp.shutdown();
+        assert!(
+            matches!(
+                failures.try_recv(),
+                Err(channel::TryRecvError::Disconnected)
+            ),
+            "a clean stop is no failure"
+        );
     }
 
     #[test]

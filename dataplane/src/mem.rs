@@ -146,6 +146,7 @@ pub struct MemWire {
     /// While set, transmitted frames are not completed (a kernel that does
     /// not drain the TX ring): they stay in the ring, which fills up.
     tx_stalled: AtomicBool,
+    panic_on_rx: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +191,12 @@ impl MemWire {
             .collect()
     }
 
+    /// Make the next receive on this wire panic, as a bug in a worker
+    /// would (tests of the failure policy).
+    pub fn panic_on_rx(&self) {
+        self.panic_on_rx.store(true, Ordering::Relaxed);
+    }
+
     /// Stop (or resume) completing transmitted frames.
     pub fn stall_tx(&self, stalled: bool) {
         self.tx_stalled.store(stalled, Ordering::Relaxed);
@@ -231,6 +238,7 @@ impl MemNetwork {
                 .collect(),
             rx_dropped: AtomicU64::new(0),
             tx_stalled: AtomicBool::new(false),
+            panic_on_rx: AtomicBool::new(false),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
         wire
@@ -269,6 +277,9 @@ impl PortQueue for MemQueue {
     }
 
     fn rx(&mut self, out: &mut [MemDesc]) -> usize {
+        if self.wire.panic_on_rx.swap(false, Ordering::Relaxed) {
+            panic!("MemWire {} was told to panic on receive", self.wire.name);
+        }
         let pool = &self.pool;
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
