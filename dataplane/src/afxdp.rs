@@ -2,7 +2,8 @@
 //! our sockets, and the sockets themselves (xsk-rs). With `tap.rs`, where
 //! the crate's `unsafe` for real I/O lives.
 //!
-//! Per port: one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
+//! Per port: first [`crate::link::check_veth`] (a veth; a pod's with its
+//! peer in another namespace), then one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
 //! attached in driver mode (native XDP; generic SKB mode if the driver has
 //! none), and one socket per worker bound to queue `i` of the interface with
 //! `XDP_USE_NEED_WAKEUP` and libxdp's own program load inhibited. No copy
@@ -397,12 +398,12 @@ impl PortBackend for AfXdpBackend {
         workers: usize,
     ) -> Result<Opened<XdpAttachment, XskQueue>, PortError> {
         let ifname = spec.name.as_str();
-        if spec.kind != PortKind::Xdp {
+        let PortKind::Xdp(role) = spec.kind else {
             return Err(PortError::Unsupported {
                 ifname: ifname.to_string(),
                 kind: "tap",
             });
-        }
+        };
         if !valid_ifname(ifname) {
             return Err(PortError::BadName {
                 ifname: ifname.to_string(),
@@ -413,6 +414,8 @@ impl PortBackend for AfXdpBackend {
                 ifname: ifname.to_string(),
             });
         }
+        // Before anything is attached: only ferry's veths get a program.
+        crate::link::check_veth(ifname, role)?;
         let known_queues = queue_count(ifname);
         let load_err = |cause: String| PortError::XdpLoad {
             ifname: ifname.to_string(),

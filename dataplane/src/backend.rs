@@ -275,6 +275,13 @@ impl PortQueue for NodeQueue {
             NodeIo::Tap(io) => io.take_tx_errors(),
         }
     }
+
+    fn take_short_reads(&mut self) -> u64 {
+        match &mut self.io {
+            NodeIo::Xsk { .. } => 0,
+            NodeIo::Tap(io) => io.take_short_reads(),
+        }
+    }
 }
 
 /// What keeps a port attached.
@@ -307,7 +314,7 @@ impl PortBackend for NodeBackend {
         workers: usize,
     ) -> Result<Opened<NodeAttachment, NodeQueue>, PortError> {
         match spec.kind {
-            PortKind::Xdp => {
+            PortKind::Xdp(_) => {
                 let (a, qs) = self.xdp.open(spec, workers)?;
                 Ok((
                     NodeAttachment::Xdp(a),

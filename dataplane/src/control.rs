@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Sender};
+use crossbeam::channel::{self, Receiver, Sender};
 use ferry_api::table::{
     Attachment, Endpoint, MissingPort, NodeSettings, PortStats, Request, Response, Route, Stats,
     TableDump, API_VERSION,
@@ -36,7 +36,7 @@ use ipnet::Ipv4Net;
 use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
 use crate::port::{PortBackend, PortKind, PortSpec};
 use crate::tables::{PortId, TableHandle, Tables};
-use crate::worker::{self, Worker, WorkerCmd, WorkerConfig};
+use crate::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
 
 /// How long the control thread waits for every worker to apply a command.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,7 +120,7 @@ impl State {
         if let Some(hp) = self.node.as_ref().and_then(|n| n.host_port.as_ref()) {
             out.insert(
                 hp.ifname.clone(),
-                ("host".to_string(), PortSpec::xdp(&hp.ifname)),
+                ("host".to_string(), PortSpec::host_veth(&hp.ifname)),
             );
         }
         for ep in self.endpoints.values() {
@@ -135,12 +135,13 @@ impl State {
 /// its host veth here.
 fn port_spec(ep: &Endpoint) -> PortSpec {
     match ep.attachment {
-        Attachment::Veth => PortSpec::xdp(&ep.host_ifname),
+        Attachment::Veth => PortSpec::pod_veth(&ep.host_ifname),
         Attachment::Tap => PortSpec {
             name: ep.host_ifname.clone(),
             kind: PortKind::Tap {
                 netns: ep.netns.clone(),
                 ifname: ep.pod_ifname.clone(),
+                netns_id: ep.netns_id,
             },
         },
     }
@@ -165,6 +166,8 @@ pub struct Dataplane<B: PortBackend> {
     ports: BTreeMap<String, PortEntry<B::Attachment>>,
     free_ids: BTreeSet<PortId>,
     next_id: PortId,
+    /// Workers that ended unasked ([`Dataplane::failures`]).
+    failures: Receiver<WorkerFailure>,
 }
 
 impl<B: PortBackend> Dataplane<B> {
@@ -173,6 +176,7 @@ impl<B: PortBackend> Dataplane<B> {
         let tables = Arc::new(TableHandle::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(cfg.workers);
+        let (failed, failures) = channel::unbounded();
         for id in 0..cfg.workers {
             let (tx, rx) = channel::unbounded();
             let counters = Arc::new(new_worker_counters());
@@ -191,8 +195,8 @@ impl<B: PortBackend> Dataplane<B> {
                 Arc::clone(&counters),
                 Arc::clone(&stop),
             );
-            let join =
-                worker::spawn(w).map_err(|source| ControlError::Spawn { worker: id, source })?;
+            let join = worker::spawn(w, failed.clone())
+                .map_err(|source| ControlError::Spawn { worker: id, source })?;
             workers.push(WorkerHandle {
                 cmds: tx,
                 counters,
@@ -210,7 +214,17 @@ impl<B: PortBackend> Dataplane<B> {
             ports: BTreeMap::new(),
             free_ids: BTreeSet::new(),
             next_id: 0,
+            failures,
         })
+    }
+
+    /// Where a worker that panics or ends unasked is reported, once. The
+    /// failure policy is the caller's: `ferry-dataplane` exits non-zero
+    /// (its supervisor restarts it and ferryd resyncs it), because a
+    /// dataplane short of a worker has lost that worker's queues and would
+    /// fail every later update at the barrier.
+    pub fn failures(&self) -> Receiver<WorkerFailure> {
+        self.failures.clone()
     }
 
     pub fn worker_count(&self) -> usize {
@@ -507,6 +521,31 @@ impl<B: PortBackend> Drop for Dataplane<B> {
     }
 }
 
+/// Why the dataplane process ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGINT/SIGTERM: stop in order.
+    Signal(i32),
+    /// A worker died: exit non-zero at once.
+    WorkerFailed(WorkerFailure),
+}
+
+/// Wait for whichever comes first: a signal number on `signals` or a
+/// worker failure on `failures` (see [`Dataplane::failures`]).
+pub fn wait_for_end(signals: &Receiver<i32>, failures: &Receiver<WorkerFailure>) -> Ending {
+    channel::select! {
+        recv(signals) -> sig => match sig {
+            Ok(sig) => Ending::Signal(sig),
+            // The signal thread is gone: nothing can stop us in order.
+            Err(_) => Ending::Signal(libc::SIGTERM),
+        },
+        recv(failures) -> failure => Ending::WorkerFailed(failure.unwrap_or(WorkerFailure {
+            worker: 0,
+            cause: "(and every other worker) ended without a word".into(),
+        })),
+    }
+}
+
 fn empty_node() -> NodeSettings {
     NodeSettings {
         gateway: std::net::Ipv4Addr::UNSPECIFIED,
@@ -560,6 +599,11 @@ mod tests {
     }
 
     fn start(workers: usize, net: &MemNetwork) -> Dataplane<MemBackend> {
+        start_with_frames(workers, net, 256)
+    }
+
+    /// A dataplane whose queues have `frames` frames each.
+    fn start_with_frames(workers: usize, net: &MemNetwork, frames: usize) -> Dataplane<MemBackend> {
         let cfg = DataplaneConfig {
             workers,
             cpus: vec![None; workers],
@@ -568,7 +612,7 @@ mod tests {
             idle_spin: Duration::ZERO,
         };
         let mut backend = MemBackend::new(net.clone());
-        backend.frames_per_queue = 256;
+        backend.frames_per_queue = frames;
         Dataplane::start(backend, &cfg).expect("start")
     }
 
@@ -619,6 +663,61 @@ mod tests {
             } if missing.is_empty() => generation,
             other => panic!("expected Applied, got {other:?}"),
         }
+    }
+
+    /// A worker that panics is reported once, naming it; a dataplane shut
+    /// down in order reports nothing.
+    #[test]
+    fn a_worker_that_panics_is_reported_and_a_clean_stop_is_not() {
+        let (mut dp, wa) = pod_a_alone("fya");
+        let failures = dp.failures();
+        let (_signal, signals) = channel::unbounded::<i32>();
+        wa.panic_on_rx();
+        wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));
+        let ending = std::thread::scope(|s| {
+            let waiter = s.spawn(|| wait_for_end(&signals, &failures));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !waiter.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(waiter.is_finished(), "no failure reported within 5 s");
+            waiter.join().unwrap()
+        });
+        match ending {
+            Ending::WorkerFailed(f) => {
+                assert_eq!(f.worker, 0);
+                assert!(f.cause.contains("panicked"), "{f}");
+                assert!(f.cause.contains("MemWire fya"), "{f}");
+                assert!(f.to_string().starts_with("worker 0 "), "{f}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The barrier of a later update fails instead of waiting forever.
+        match dp.handle(Request::RemoveEndpoint {
+            id: "a/eth0".into(),
+        }) {
+            Response::Error { message } => assert!(message.contains("worker 0"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        dp.shutdown();
+        assert!(failures.try_recv().is_err(), "reported once");
+
+        let (mut dp, _wa) = pod_a_alone("fya");
+        let failures = dp.failures();
+        let (signal, signals) = channel::unbounded();
+        signal.send(libc::SIGTERM).unwrap();
+        assert_eq!(
+            wait_for_end(&signals, &failures),
+            Ending::Signal(libc::SIGTERM)
+        );
+        dp.shutdown();
+        assert!(
+            matches!(
+                failures.try_recv(),
+                Err(channel::TryRecvError::Disconnected)
+            ),
+            "a clean stop is no failure"
+        );
     }
 
     #[test]
@@ -836,17 +935,119 @@ mod tests {
         assert_eq!(pa.drops.get("no_tx_queue"), Some(&1));
     }
 
-    #[test]
-    fn shutdown_stops_workers_and_releases_ports() {
-        let net = MemNetwork::new();
-        let wa = net.add("fya", 1);
-        net.add("ferry0dp", 1);
-        let mut dp = start(1, &net);
+    /// Sync `endpoints` with [`node`] and no routes; the generation.
+    fn sync(dp: &mut Dataplane<MemBackend>, endpoints: Vec<Endpoint>) -> u64 {
         applied(dp.handle(Request::Sync {
             node: node(),
-            endpoints: vec![ep("a/eth0", "fya", A)],
+            endpoints,
             routes: vec![],
-        }));
+        }))
+    }
+
+    /// Pod A alone on port `ifname` (a tap-like wire if it starts with
+    /// `ft`), synced, one worker.
+    fn pod_a_alone(ifname: &str) -> (Dataplane<MemBackend>, Arc<MemWire>) {
+        let net = MemNetwork::new();
+        let wa = wire_for(&net, ifname);
+        net.add("ferry0dp", 1);
+        let mut dp = start(1, &net);
+        sync(&mut dp, vec![ep("a/eth0", ifname, A)]);
+        (dp, wa)
+    }
+
+    fn port_drops(dp: &Dataplane<MemBackend>, name: &str) -> BTreeMap<String, u64> {
+        let stats = dp.stats();
+        let p = stats.ports.iter().find(|p| p.name == name).expect(name);
+        p.drops.clone()
+    }
+
+    /// A wire named `ifname`: tap-like (offloads) if the name starts with
+    /// `ft`, as ferry names tap ports.
+    fn wire_for(net: &MemNetwork, ifname: &str) -> Arc<MemWire> {
+        if ifname.starts_with("ft") {
+            net.add_offloaded(ifname, 1)
+        } else {
+            net.add(ifname, 1)
+        }
+    }
+
+    /// A dataplane and the wires of pods A and B.
+    type TwoPods = (Dataplane<MemBackend>, Arc<MemWire>, Arc<MemWire>);
+
+    /// Pod A on port `a_ifname` and pod B on `fyb`, synced, one worker,
+    /// `frames` frames per queue.
+    fn pods_a_b(a_ifname: &str, frames: usize) -> TwoPods {
+        let net = MemNetwork::new();
+        let wa = wire_for(&net, a_ifname);
+        let wb = net.add("fyb", 1);
+        net.add("ferry0dp", 1);
+        let mut dp = start_with_frames(1, &net, frames);
+        sync(
+            &mut dp,
+            vec![ep("a/eth0", a_ifname, A), ep("b/eth0", "fyb", B)],
+        );
+        (dp, wa, wb)
+    }
+
+    /// [`pods_a_b`] with B's kernel no longer completing transmissions.
+    fn a_to_stalled_b(frames: usize) -> TwoPods {
+        let (dp, wa, wb) = pods_a_b("fya", frames);
+        wb.stall_tx(true);
+        (dp, wa, wb)
+    }
+
+    /// An egress queue whose kernel stopped completing: once its TX ring
+    /// is full the rest is `tx_ring_full`; once its pool has no free frame
+    /// to copy into, `no_egress_frame`. The two are counted apart.
+    #[test]
+    fn a_full_tx_ring_and_an_empty_egress_pool_are_told_apart() {
+        // 1024 frames per queue: 512 free on fyb, more than its 256-slot
+        // TX ring holds, so the ring fills first.
+        let (dp, wa, wb) = a_to_stalled_b(1024);
+        for i in 0..300 {
+            wa.inject(0, echo(A, B, i));
+        }
+        wait_rx_drained(&wa);
+        let drops = port_drops(&dp, "fya");
+        assert_eq!(drops.get("tx_ring_full"), Some(&44), "{drops:?}");
+        assert_eq!(drops.get("no_egress_frame"), None, "{drops:?}");
+        assert_eq!(wb.take_sent().len(), 256, "the ring's worth went out");
+
+        // 64 frames per queue: 32 free on fyb, fewer than the ring holds,
+        // so the pool runs dry first.
+        let (dp, wa, _wb) = a_to_stalled_b(64);
+        // At most fya's fill ring (32 frames) at a time, so none is lost
+        // before the dataplane sees it.
+        for (burst, n) in [(0u16, 32u16), (1, 8)] {
+            for i in 0..n {
+                wa.inject(0, echo(A, B, burst * 100 + i));
+            }
+            wait_rx_drained(&wa);
+        }
+        let drops = port_drops(&dp, "fya");
+        assert_eq!(drops.get("no_egress_frame"), Some(&8), "{drops:?}");
+        assert_eq!(drops.get("tx_ring_full"), None, "{drops:?}");
+        assert_eq!(wa.rx_dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let w = &dp.stats().workers[0];
+        assert_eq!(w.drops.get("no_egress_frame"), Some(&8), "{w:?}");
+    }
+
+    #[test]
+    fn short_tap_reads_are_counted_on_their_port() {
+        let (dp, wa) = pod_a_alone("fta");
+        wa.inject_offloaded(0, Offload::NONE, vec![0; 13]);
+        wa.inject_offloaded(0, Offload::NONE, Vec::new());
+        wait_rx_drained(&wa);
+        let drops = port_drops(&dp, "fta");
+        assert_eq!(drops.get("tap_short_read"), Some(&2), "{drops:?}");
+        assert_eq!(drops.len(), 1, "{drops:?}");
+        let w = &dp.stats().workers[0];
+        assert_eq!(w.drops.get("tap_short_read"), Some(&2), "{w:?}");
+    }
+
+    #[test]
+    fn shutdown_stops_workers_and_releases_ports() {
+        let (mut dp, wa) = pod_a_alone("fya");
         dp.shutdown();
         assert!(dp.dump().ports.is_empty());
         wa.inject(0, arp_request(MacAddr::for_pod(A), A, GW));
@@ -1017,6 +1218,35 @@ mod tests {
         assert_eq!(pa.tx_frames, 1, "the ICMP error");
         assert_eq!(stats.workers[0].drops.get("frag_needed"), Some(&1));
         assert!(stats.drop_reasons.iter().any(|r| r == "too_big_no_df"));
+    }
+
+    /// A tap header pointing the checksum completion at the IP source (or
+    /// asking for a thousand segments) is dropped and counted at ingress;
+    /// nothing reaches the plain port it was routed to.
+    #[test]
+    fn forged_tap_headers_are_counted_and_never_acted_on() {
+        let (dp, wa, wb) = pods_a_b("fta", 256);
+        let at_src = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            csum_start: 26,
+            csum_offset: 0,
+            ..Offload::NONE
+        };
+        wa.inject_offloaded(0, at_src, partial_tcp(A, B, b"spoof"));
+        let tiny_mss = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        wa.inject_offloaded(0, tiny_mss, partial_tcp(A, B, &[0u8; 2000]));
+        wait_rx_drained(&wa);
+        assert!(wb.take_sent().is_empty(), "nothing forwarded");
+        let drops = port_drops(&dp, "fta");
+        assert_eq!(drops.get("bad_csum_offload"), Some(&1), "{drops:?}");
+        assert_eq!(drops.get("bad_gso_size"), Some(&1), "{drops:?}");
     }
 
     #[test]

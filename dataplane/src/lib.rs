@@ -11,7 +11,9 @@
 //! Modules outside the core: [`port`] (our port/frame-pool traits),
 //! [`afxdp`] (XDP program via aya + AF_XDP sockets via xsk-rs: the only
 //! `unsafe` for real I/O besides [`tap`]), [`tap`] (pod taps with
-//! virtio-net headers, opened inside the pod namespace), [`backend`] (both
+//! virtio-net headers, opened inside the pod namespace), [`link`] and
+//! [`netns`] (what an interface or a namespace path named in the table API
+//! really is, checked before anything is attached), [`backend`] (both
 //! behind one port type), [`mem`] (in-memory ports for tests), [`counters`]
 //! (single-writer per-worker counters), [`xdp_run`] (`BPF_PROG_TEST_RUN`
 //! of the XDP programs, for their tests), [`worker`] (the pinned polling
@@ -26,7 +28,9 @@ pub mod afxdp;
 pub mod backend;
 pub mod control;
 pub mod counters;
+pub mod link;
 pub mod mem;
+pub mod netns;
 pub mod port;
 pub mod server;
 pub mod tap;

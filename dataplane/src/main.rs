@@ -1,6 +1,13 @@
 //! `ferry-dataplane`: pinned AF_XDP workers and the table-API server, in the
 //! current network namespace. Stops on SIGINT/SIGTERM: workers stop, XDP
 //! programs are detached, the socket file is removed, exit status 0.
+//!
+//! Failure policy: a worker that panics or ends unasked ends the process at
+//! once with [`EXIT_WORKER_FAILED`] and a log line naming the worker. Its
+//! queues are gone with it and every later update would time out at the
+//! barrier; a fresh process (systemd `Restart=always`, or the pod's restart
+//! policy) reattaches every port from ferryd's resync instead. The exit
+//! closes every socket and XDP link, as a SIGKILL would.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferry_dataplane::afxdp::AfXdpBackend;
 use ferry_dataplane::backend::NodeBackend;
-use ferry_dataplane::control::{Dataplane, DataplaneConfig};
+use ferry_dataplane::control::{wait_for_end, Dataplane, DataplaneConfig, Ending};
 use ferry_dataplane::server;
 use ferry_dataplane::tap::TapBackend;
 use ferry_dataplane::worker::MAX_BATCH;
@@ -60,6 +67,9 @@ struct Cli {
     log_level: log::LevelFilter,
 }
 
+/// Exit status when a worker died (EX_SOFTWARE).
+const EXIT_WORKER_FAILED: i32 = 70;
+
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not one of off|error|warn|info|debug|trace"))
@@ -95,6 +105,17 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     }
 }
 
+/// A thread that takes SIGINT/SIGTERM (blocked everywhere) and passes
+/// each on, so main can wait for a signal and a worker failure at once.
+fn spawn_signal_thread(set: libc::sigset_t) -> Result<crossbeam::channel::Receiver<i32>> {
+    let (tx, rx) = crossbeam::channel::unbounded();
+    std::thread::Builder::new()
+        .name("ferry-signals".into())
+        .spawn(move || while tx.send(wait_for_signal(&set)).is_ok() {})
+        .context("starting the signal thread")?;
+    Ok(rx)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     env_logger::Builder::from_env(
@@ -126,6 +147,7 @@ fn main() -> Result<()> {
     };
     let listener = server::bind(&cli.socket).context("table-API socket")?;
     let dataplane = Dataplane::start(backend, &cfg).context("starting workers")?;
+    let failures = dataplane.failures();
     let dataplane = Arc::new(Mutex::new(dataplane));
     let stop = Arc::new(AtomicBool::new(false));
     let server = server::spawn(listener, Arc::clone(&dataplane), Arc::clone(&stop))?;
@@ -138,7 +160,17 @@ fn main() -> Result<()> {
         cli.frames_per_queue
     );
 
-    let sig = wait_for_signal(&signals);
+    let signals = spawn_signal_thread(signals)?;
+    let sig = match wait_for_end(&signals, &failures) {
+        Ending::Signal(sig) => sig,
+        Ending::WorkerFailed(failure) => {
+            log::error!(
+                "{failure}; exiting with status {EXIT_WORKER_FAILED} so that the dataplane is \
+                 restarted (ferryd then resyncs it)"
+            );
+            std::process::exit(EXIT_WORKER_FAILED);
+        }
+    };
     log::info!("signal {sig}: shutting down");
     stop.store(true, Ordering::Relaxed);
     if server.join().is_err() {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ferry_api::table::MtuLimits;
@@ -145,6 +145,10 @@ pub struct MemWire {
     /// Frames that arrived with no frame in the fill ring (the kernel's
     /// `rx_fill_ring_empty_descs`) or larger than a chunk.
     pub rx_dropped: AtomicU64,
+    /// While set, transmitted frames are not completed (a kernel that does
+    /// not drain the TX ring): they stay in the ring, which fills up.
+    tx_stalled: AtomicBool,
+    panic_on_rx: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,6 +193,17 @@ impl MemWire {
             .collect()
     }
 
+    /// Make the next receive on this wire panic, as a bug in a worker
+    /// would (tests of the failure policy).
+    pub fn panic_on_rx(&self) {
+        self.panic_on_rx.store(true, Ordering::Relaxed);
+    }
+
+    /// Stop (or resume) completing transmitted frames.
+    pub fn stall_tx(&self, stalled: bool) {
+        self.tx_stalled.store(stalled, Ordering::Relaxed);
+    }
+
     /// Frames injected and not yet received by the dataplane.
     pub fn pending_rx(&self) -> usize {
         self.queues.iter().map(|q| lock(q).to_dataplane.len()).sum()
@@ -224,6 +239,8 @@ impl MemNetwork {
                 .map(|_| Mutex::new(WireQueue::default()))
                 .collect(),
             rx_dropped: AtomicU64::new(0),
+            tx_stalled: AtomicBool::new(false),
+            panic_on_rx: AtomicBool::new(false),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
         wire
@@ -247,7 +264,11 @@ pub struct MemQueue {
     wire: Arc<MemWire>,
     queue: usize,
     fill: VecDeque<MemDesc>,
+    /// Frames transmitted and not yet completed: the TX ring.
     comp: VecDeque<MemDesc>,
+    /// Injected frames shorter than an Ethernet header on an offload wire
+    /// (what a tap counts as a short read), since the last take.
+    short_reads: u64,
 }
 
 impl PortQueue for MemQueue {
@@ -258,6 +279,9 @@ impl PortQueue for MemQueue {
     }
 
     fn rx(&mut self, out: &mut [MemDesc]) -> usize {
+        if self.wire.panic_on_rx.swap(false, Ordering::Relaxed) {
+            panic!("MemWire {} was told to panic on receive", self.wire.name);
+        }
         let pool = &self.pool;
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
@@ -267,6 +291,11 @@ impl PortQueue for MemQueue {
             };
             if bytes.len() > pool.frame_size {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // A tap adapter throws such reads away itself.
+            if self.wire.offload && bytes.len() < crate::pipeline::wire::ETH_HDR_LEN {
+                self.short_reads += 1;
                 continue;
             }
             let Some(mut desc) = self.fill.pop_front() else {
@@ -288,11 +317,11 @@ impl PortQueue for MemQueue {
     }
 
     fn tx_room(&mut self) -> usize {
-        MEM_RING
+        MEM_RING - self.comp.len()
     }
 
     fn tx(&mut self, descs: &[MemDesc]) -> usize {
-        if descs.len() > MEM_RING {
+        if descs.len() > self.tx_room() {
             return 0;
         }
         let (pool, take) = (&self.pool, descs.len());
@@ -329,6 +358,9 @@ impl PortQueue for MemQueue {
     }
 
     fn complete(&mut self, out: &mut [MemDesc]) -> usize {
+        if self.wire.tx_stalled.load(Ordering::Relaxed) {
+            return 0;
+        }
         let n = out.len().min(self.comp.len());
         for slot in &mut out[..n] {
             *slot = self.comp.pop_front().unwrap_or_default();
@@ -338,6 +370,10 @@ impl PortQueue for MemQueue {
 
     fn poll_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    fn take_short_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.short_reads)
     }
 }
 
@@ -411,6 +447,7 @@ impl PortBackend for MemBackend {
                     queue: i,
                     fill: VecDeque::with_capacity(MEM_RING),
                     comp: VecDeque::with_capacity(MEM_RING),
+                    short_reads: 0,
                 })
             })
             .collect();
@@ -433,7 +470,7 @@ mod tests {
         let wire = net.add("m0", 1);
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = 8;
-        let (_att, mut queues) = backend.open(&PortSpec::xdp("m0"), 2).unwrap();
+        let (_att, mut queues) = backend.open(&PortSpec::pod_veth("m0"), 2).unwrap();
         assert!(
             queues[1].is_none(),
             "one-queue wire gives worker 1 no queue"
@@ -465,15 +502,15 @@ mod tests {
     fn missing_and_bad_interfaces_are_errors() {
         let mut backend = MemBackend::new(MemNetwork::new());
         assert!(matches!(
-            backend.open(&PortSpec::xdp("nope"), 1),
+            backend.open(&PortSpec::pod_veth("nope"), 1),
             Err(PortError::NoSuchInterface { .. })
         ));
         assert!(matches!(
-            backend.open(&PortSpec::xdp("a/b"), 1),
+            backend.open(&PortSpec::pod_veth("a/b"), 1),
             Err(PortError::BadName { .. })
         ));
         assert!(matches!(
-            backend.open(&PortSpec::xdp("0123456789abcdef"), 1),
+            backend.open(&PortSpec::pod_veth("0123456789abcdef"), 1),
             Err(PortError::BadName { .. })
         ));
     }

@@ -152,17 +152,41 @@ pub trait PortQueue: Send + 'static {
     fn take_tx_errors(&mut self) -> u64 {
         0
     }
+
+    /// Reads this queue threw away since the last call because they were
+    /// too short to be a frame (a tap read shorter than the virtio-net
+    /// header plus an Ethernet header); counted `tap_short_read`. Rings
+    /// never deliver one.
+    fn take_short_reads(&mut self) -> u64 {
+        0
+    }
+}
+
+/// Which veth an AF_XDP port is; decides what is checked before an XDP
+/// program is attached to it ([`crate::link::check_veth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VethRole {
+    /// A pod's host veth: its peer must be in another namespace.
+    Pod,
+    /// The host port (`NodeSettings::host_port`): both ends are in the
+    /// dataplane's namespace.
+    Host,
 }
 
 /// What kind of interface a port is, and where to find it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortKind {
-    /// An interface in the dataplane's namespace driven over AF_XDP (pod
-    /// host veths, the host port).
-    Xdp,
+    /// A veth in the dataplane's namespace driven over AF_XDP (pod host
+    /// veths, the host port).
+    Xdp(VethRole),
     /// A persistent multi-queue tap named `ifname` inside the network
-    /// namespace at `netns` (the pod's), whose queues are opened there.
-    Tap { netns: String, ifname: String },
+    /// namespace at `netns` (the pod's), whose queues are opened there;
+    /// `netns_id`, when known, is the namespace `netns` must still be.
+    Tap {
+        netns: String,
+        ifname: String,
+        netns_id: Option<ferry_api::table::NetnsId>,
+    },
 }
 
 /// One port to open: its name in the tables (the endpoint's
@@ -174,10 +198,19 @@ pub struct PortSpec {
 }
 
 impl PortSpec {
-    pub fn xdp(name: &str) -> PortSpec {
+    /// A pod's host veth.
+    pub fn pod_veth(name: &str) -> PortSpec {
         PortSpec {
             name: name.to_string(),
-            kind: PortKind::Xdp,
+            kind: PortKind::Xdp(VethRole::Pod),
+        }
+    }
+
+    /// The host port's dataplane end.
+    pub fn host_veth(name: &str) -> PortSpec {
+        PortSpec {
+            name: name.to_string(),
+            kind: PortKind::Xdp(VethRole::Host),
         }
     }
 }
@@ -213,6 +246,19 @@ pub enum PortError {
     BadName { ifname: String },
     #[error("interface {ifname:?} does not exist in the dataplane's network namespace")]
     NoSuchInterface { ifname: String },
+    #[error(
+        "interface {ifname} is not a veth (kind: {kind}); the dataplane drives only ferry's veths"
+    )]
+    NotVeth { ifname: String, kind: String },
+    #[error("interface {ifname} is a veth whose peer is in the dataplane's own network namespace, not a pod's host veth")]
+    PeerHere { ifname: String },
+    #[error("interface {ifname}: asking the kernel what it is (RTM_GETLINK): {source}")]
+    LinkQuery { ifname: String, source: io::Error },
+    #[error("tap {ifname}: {source}")]
+    Netns {
+        ifname: String,
+        source: crate::netns::NetnsError,
+    },
     #[error("interface {ifname}: loading the XDP program failed: {cause}")]
     XdpLoad { ifname: String, cause: String },
     #[error("interface {ifname}: attaching the XDP program failed: {cause}")]

@@ -27,12 +27,15 @@
 //! (128 frames, the default, is 8.25 MiB per worker per tap; pages are
 //! only touched when used).
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use ferry_api::table::NetnsId;
+
 use crate::mem::{MemDesc, MemPool};
+use crate::netns::open_pod_netns;
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
+use crate::pipeline::wire::ETH_HDR_LEN;
 use crate::port::{
     valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
 };
@@ -54,6 +57,9 @@ pub const MAX_POD_MTU: u32 = {
 pub const TAP_RX_BATCH: usize = 32;
 /// What `tx_room` reports: writes are synchronous, there is no ring.
 const TAP_TX_ROOM: usize = 1 << 16;
+/// The shortest read that holds a frame: the virtio-net header and an
+/// Ethernet header. Anything shorter is counted `tap_short_read`.
+const MIN_READ: usize = VNET_HDR_LEN + ETH_HDR_LEN;
 
 /// A frame of a tap queue: its buffer and its virtio-net header (a frame
 /// of a [`MemPool`] made [`MemPool::with_offload`]).
@@ -72,6 +78,8 @@ pub struct TapIo {
     /// Frames written, waiting to be handed back by `complete`.
     done: Vec<TapDesc>,
     tx_errors: u64,
+    /// Reads too short to be a frame, since the last `take_short_reads`.
+    short_reads: u64,
 }
 
 /// One worker's queue of a tap.
@@ -89,6 +97,7 @@ impl TapQueue {
                 fill: Vec::with_capacity(frames),
                 done: Vec::with_capacity(frames),
                 tx_errors: 0,
+                short_reads: 0,
             },
             pool: MemPool::with_offload(frames, TAP_FRAME_SIZE),
         }
@@ -132,7 +141,8 @@ impl TapIo {
                 break;
             }
             let r = r as usize;
-            if r <= VNET_HDR_LEN {
+            if r < MIN_READ {
+                self.short_reads += 1;
                 self.fill.push(d);
                 continue;
             }
@@ -214,6 +224,10 @@ impl TapIo {
     pub fn take_tx_errors(&mut self) -> u64 {
         std::mem::take(&mut self.tx_errors)
     }
+
+    pub fn take_short_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.short_reads)
+    }
 }
 
 impl PortQueue for TapQueue {
@@ -273,6 +287,10 @@ impl PortQueue for TapQueue {
     fn take_tx_errors(&mut self) -> u64 {
         self.io.take_tx_errors()
     }
+
+    fn take_short_reads(&mut self) -> u64 {
+        self.io.take_short_reads()
+    }
 }
 
 /// Opens tap ports.
@@ -299,17 +317,26 @@ pub fn attach_queue(ifname: &str) -> Result<OwnedFd, ferry_tun::TunError> {
 }
 
 /// Open `count` queues of the tap `ifname` inside the namespace at
-/// `netns`, on a scoped thread that enters it (setns changes only the
-/// calling thread). The tap must exist: TUNSETIFF would otherwise create a
-/// new, non-persistent one in the pod.
-pub fn open_queues(netns: &str, ifname: &str, count: usize) -> Result<Vec<OwnedFd>, PortError> {
+/// `netns` (which must be a pod's, and `netns_id` when given: see
+/// [`crate::netns`]), on a scoped thread that enters it (setns changes only
+/// the calling thread). The tap must exist: TUNSETIFF would otherwise
+/// create a new, non-persistent one in the pod.
+pub fn open_queues(
+    netns: &str,
+    netns_id: Option<NetnsId>,
+    ifname: &str,
+    count: usize,
+) -> Result<Vec<OwnedFd>, PortError> {
     let err = |op: &'static str, source: io::Error| PortError::Tap {
         ifname: ifname.to_string(),
         netns: netns.to_string(),
         op,
         source,
     };
-    let ns = File::open(netns).map_err(|e| err("open the network namespace", e))?;
+    let ns = open_pod_netns(netns, netns_id).map_err(|source| PortError::Netns {
+        ifname: ifname.to_string(),
+        source,
+    })?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on this thread only, with an fd we hold open; the
@@ -358,7 +385,12 @@ impl PortBackend for TapBackend {
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<TapAttachment, TapQueue>, PortError> {
-        let PortKind::Tap { netns, ifname } = &spec.kind else {
+        let PortKind::Tap {
+            netns,
+            ifname,
+            netns_id,
+        } = &spec.kind
+        else {
             return Err(PortError::Unsupported {
                 ifname: spec.name.clone(),
                 kind: "AF_XDP",
@@ -369,7 +401,7 @@ impl PortBackend for TapBackend {
                 ifname: ifname.clone(),
             });
         }
-        let fds = open_queues(netns, ifname, workers)?;
+        let fds = open_queues(netns, *netns_id, ifname, workers)?;
         let queues = fds
             .into_iter()
             .map(|fd| Some(TapQueue::new(fd, self.frames_per_queue)))
@@ -379,5 +411,51 @@ impl PortBackend for TapBackend {
             spec.name
         );
         Ok((TapAttachment, queues))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    /// A queue on one end of a datagram socket pair: every send is one
+    /// read, as every frame is on a tap.
+    fn queue() -> (TapQueue, UnixDatagram) {
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut q = TapQueue::new(OwnedFd::from(ours), 64);
+        let free = q.pool().all_descs();
+        assert_eq!(q.fill(&free[..32]), 32);
+        (q, theirs)
+    }
+
+    #[test]
+    fn reads_too_short_for_a_frame_are_counted_and_skipped() {
+        let (mut q, peer) = queue();
+        let hdr = Offload {
+            flags: crate::pipeline::offload::F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Offload::NONE
+        }
+        .to_bytes();
+        // Shorter than the header; the header and 13 bytes; a whole frame.
+        peer.send(&hdr[..4]).unwrap();
+        let mut short = hdr.to_vec();
+        short.extend_from_slice(&[0xab; 13]);
+        peer.send(&short).unwrap();
+        let mut full = hdr.to_vec();
+        full.extend_from_slice(&[0xcd; 60]);
+        peer.send(&full).unwrap();
+
+        let mut out = [TapDesc::default(); 8];
+        assert_eq!(q.rx(&mut out), 1, "one frame among three reads");
+        assert_eq!(q.take_short_reads(), 2);
+        assert_eq!(q.take_short_reads(), 0, "taken once");
+        assert_eq!(q.pool().len_of(&out[0]), 60);
+        assert_eq!(q.pool().offload_of(&out[0]), Offload::from_bytes(&hdr));
+        // The short reads' frames went back to the fill list.
+        assert_eq!(q.fill_room(), q.io.fill.capacity() - 31);
     }
 }

@@ -373,6 +373,11 @@ impl<Q: PortQueue> Worker<Q> {
 
         let batch = self.cfg.batch;
         let n = self.queues[qi].queue.rx(&mut self.rx_descs[..batch]);
+        let short = self.queues[qi].queue.take_short_reads();
+        for _ in 0..short {
+            self.queues[qi].counters.add_drop(DropReason::TapShortRead);
+            self.counters.add_drop(DropReason::TapShortRead);
+        }
         if n == 0 {
             return done > 0 || tx_busy;
         }
@@ -710,7 +715,7 @@ fn forward<Q: PortQueue>(
         }
     }
     let Some(mut e) = dst.free.pop() else {
-        return Some(DropReason::TxRingFull);
+        return Some(DropReason::NoEgressFrame);
     };
     let dp = dst.queue.pool();
     // SAFETY: `e` was just taken off the egress free list: the worker owns
@@ -729,15 +734,52 @@ fn forward<Q: PortQueue>(
     None
 }
 
-/// Start a worker thread, pinned to `cfg.cpu` when given.
-pub fn spawn<Q: PortQueue>(worker: Worker<Q>) -> std::io::Result<JoinHandle<()>> {
-    let name = format!("ferry-worker-{}", worker.cfg.id);
+/// A worker thread that ended without being asked to (it panicked, or its
+/// loop returned while the stop flag was clear). The dataplane cannot go on
+/// without it: its queues are gone and every later update would wait for
+/// it at the barrier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker {worker} {cause}")]
+pub struct WorkerFailure {
+    pub worker: usize,
+    /// "panicked: <message>" or what else happened.
+    pub cause: String,
+}
+
+/// The message of a panic payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Start a worker thread, pinned to `cfg.cpu` when given. If the worker
+/// ends without its stop flag set (a panic included), a [`WorkerFailure`]
+/// is sent on `failures` as the thread's last act.
+pub fn spawn<Q: PortQueue>(
+    worker: Worker<Q>,
+    failures: Sender<WorkerFailure>,
+) -> std::io::Result<JoinHandle<()>> {
+    let id = worker.cfg.id;
+    let stop = Arc::clone(&worker.stop);
+    let name = format!("ferry-worker-{id}");
     std::thread::Builder::new().name(name).spawn(move || {
         if let Some(cpu) = worker.cfg.cpu {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                log::warn!("worker {}: could not pin to cpu {cpu}", worker.cfg.id);
+                log::warn!("worker {id}: could not pin to cpu {cpu}");
             }
         }
-        worker.run();
+        // Unwind safety: on a panic the worker (its queues and frames) is
+        // dropped during the unwind and nothing of it is used again.
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+        let cause = match ended {
+            Err(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+            Ok(()) if !stop.load(Ordering::Relaxed) => "stopped without being asked to".into(),
+            Ok(()) => return,
+        };
+        // Nobody listening means the dataplane is gone already.
+        let _ = failures.send(WorkerFailure { worker: id, cause });
     })
 }

@@ -54,6 +54,23 @@ struct Topo {
     dataplane: Option<Child>,
 }
 
+impl Topo {
+    /// Node namespace `fdp-<tag>node-<pid>` (made, `lo` up) and the names
+    /// `fdp-<tag><pod>-<pid>` of the pod namespaces (made by [`pod_ns`]).
+    fn new(tag: &str, pods: &[&str]) -> Topo {
+        let pid = std::process::id();
+        let topo = Topo {
+            node: format!("fdp-{tag}node-{pid}"),
+            pods: pods.iter().map(|p| format!("fdp-{tag}{p}-{pid}")).collect(),
+            dir: std::env::temp_dir().join(format!("fdp-{tag}{pid}")),
+            dataplane: None,
+        };
+        must(&["ip", "netns", "add", &topo.node]);
+        must(&["ip", "-n", &topo.node, "link", "set", "lo", "up"]);
+        topo
+    }
+}
+
 impl Drop for Topo {
     fn drop(&mut self) {
         if let Some(mut child) = self.dataplane.take() {
@@ -173,42 +190,28 @@ fn ping(ns: &str, dst: Ipv4Addr, count: &str) -> Result<String, String> {
     ])
 }
 
-#[test]
-fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
-    let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("fdp-{pid}"));
-    let mut topo = Topo {
-        node: format!("fdp-node-{pid}"),
-        pods: vec![format!("fdp-pa-{pid}"), format!("fdp-pb-{pid}")],
-        dir: dir.clone(),
-        dataplane: None,
-    };
-    let node = topo.node.clone();
-    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
-    must(&["ip", "netns", "add", &node]);
-    must(&["ip", "-n", &node, "link", "set", "lo", "up"]);
-    pod_ns(&topo, &pa, "fya", A);
-    pod_ns(&topo, &pb, "fyb", B);
-    // Host port: kernel end ferry0 holds the gateway, routes the pod CIDR.
+/// The host-port pair in `node`: kernel end `ferry0` holds the gateway and
+/// routes the pod CIDR, `ferry0dp` is the dataplane's. Returns ferry0's MAC.
+fn host_port(node: &str) -> MacAddr {
     must(&[
-        "ip", "-n", &node, "link", "add", "ferry0", "type", "veth", "peer", "name", "ferry0dp",
+        "ip", "-n", node, "link", "add", "ferry0", "type", "veth", "peer", "name", "ferry0dp",
     ]);
     must(&[
         "ip",
         "-n",
-        &node,
+        node,
         "addr",
         "add",
         "10.99.0.1/32",
         "dev",
         "ferry0",
     ]);
-    must(&["ip", "-n", &node, "link", "set", "ferry0", "up"]);
-    must(&["ip", "-n", &node, "link", "set", "ferry0dp", "up"]);
+    must(&["ip", "-n", node, "link", "set", "ferry0", "up"]);
+    must(&["ip", "-n", node, "link", "set", "ferry0dp", "up"]);
     must(&[
         "ip",
         "-n",
-        &node,
+        node,
         "route",
         "add",
         "10.99.0.0/24",
@@ -217,33 +220,38 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         "src",
         "10.99.0.1",
     ]);
-    let link = must(&["ip", "-n", &node, "-o", "link", "show", "ferry0"]);
-    let kernel_mac: MacAddr = link
-        .split_whitespace()
+    let link = must(&["ip", "-n", node, "-o", "link", "show", "ferry0"]);
+    link.split_whitespace()
         .skip_while(|w| *w != "link/ether")
         .nth(1)
         .and_then(|m| m.parse().ok())
-        .expect("ferry0 MAC");
+        .expect("ferry0 MAC")
+}
 
-    // Without the dataplane nothing joins the pods.
-    assert!(
-        ping(&pa, B, "1").is_err(),
-        "pods must not reach each other before the dataplane runs"
-    );
-    // That failed resolution left a FAILED neighbour entry for B in pod A,
-    // which the kernel keeps dropping packets on for a while; a real pod only
-    // exists once the dataplane runs, so start the pods' caches clean.
-    for pod in [&pa, &pb] {
-        must(&["ip", "-n", pod, "neigh", "flush", "all"]);
+fn node_settings(host_ifname: &str, kernel_mac: MacAddr) -> NodeSettings {
+    NodeSettings {
+        gateway: GW,
+        router_mac: MacAddr::ROUTER,
+        pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
+        host_port: Some(HostPort {
+            ifname: host_ifname.into(),
+            kernel_ifname: "ferry0".into(),
+            kernel_mac,
+        }),
+        mtu: 1500,
     }
+}
 
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("dataplane.sock");
+/// Start ferry-dataplane (one worker) in the topology's node namespace,
+/// with its socket in the topology's directory; connect and say Hello.
+fn start_dataplane(topo: &mut Topo) -> (PathBuf, Client) {
+    std::fs::create_dir_all(&topo.dir).unwrap();
+    let sock = topo.dir.join("dataplane.sock");
     let child = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &node,
+            &topo.node,
             env!("CARGO_BIN_EXE_ferry-dataplane"),
         ])
         .args([
@@ -258,7 +266,6 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         .spawn()
         .expect("start ferry-dataplane");
     topo.dataplane = Some(child);
-
     let mut c = Client::connect(&sock);
     assert_eq!(
         c.call(&Request::Hello {
@@ -275,19 +282,33 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
             }),
         }
     );
-    let node_settings = NodeSettings {
-        gateway: GW,
-        router_mac: MacAddr::ROUTER,
-        pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
-        host_port: Some(HostPort {
-            ifname: "ferry0dp".into(),
-            kernel_ifname: "ferry0".into(),
-            kernel_mac,
-        }),
-        mtu: 1500,
-    };
+    (sock, c)
+}
+
+#[test]
+fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
+    let mut topo = Topo::new("", &["pa", "pb"]);
+    let node = topo.node.clone();
+    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
+    pod_ns(&topo, &pa, "fya", A);
+    pod_ns(&topo, &pb, "fyb", B);
+    let kernel_mac = host_port(&node);
+
+    // Without the dataplane nothing joins the pods.
+    assert!(
+        ping(&pa, B, "1").is_err(),
+        "pods must not reach each other before the dataplane runs"
+    );
+    // That failed resolution left a FAILED neighbour entry for B in pod A,
+    // which the kernel keeps dropping packets on for a while; a real pod only
+    // exists once the dataplane runs, so start the pods' caches clean.
+    for pod in [&pa, &pb] {
+        must(&["ip", "-n", pod, "neigh", "flush", "all"]);
+    }
+
+    let (sock, mut c) = start_dataplane(&mut topo);
     let reply = c.call(&Request::Sync {
-        node: node_settings,
+        node: node_settings("ferry0dp", kernel_mac),
         endpoints: vec![endpoint("a/eth0", "fya", A), endpoint("b/eth0", "fyb", B)],
         routes: vec![],
     });
@@ -378,4 +399,99 @@ fn stats_line(s: &Stats) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Links that are not ferry's, and namespace paths that are not a pod's,
+/// are refused by the table API with the reason named, and the node's own
+/// links never get an XDP program.
+#[test]
+fn ports_that_are_not_ferrys_are_refused() {
+    let mut topo = Topo::new("rf", &["pa"]);
+    let node = topo.node.clone();
+    let pa = topo.pods[0].clone();
+    pod_ns(&topo, &pa, "fya", A);
+    let kernel_mac = host_port(&node);
+    must(&["ip", "-n", &node, "link", "add", "fyifb", "type", "ifb"]);
+    must(&["ip", "-n", &node, "link", "add", "fybr", "type", "bridge"]);
+    must(&[
+        "ip", "-n", &node, "link", "add", "fyself", "type", "veth", "peer", "name", "fyselfp",
+    ]);
+    must(&[
+        "ip", "-n", &node, "tuntap", "add", "mode", "tap", "name", "fytap",
+    ]);
+    for l in ["fyifb", "fybr", "fyself", "fyselfp"] {
+        must(&["ip", "-n", &node, "link", "set", l, "up"]);
+    }
+    let (_sock, mut c) = start_dataplane(&mut topo);
+
+    // A host port that is not a veth: the Sync names it as missing.
+    match c.call(&Request::Sync {
+        node: node_settings("lo", kernel_mac),
+        endpoints: vec![endpoint("a/eth0", "fya", A)],
+        routes: vec![],
+    }) {
+        Response::Applied { missing, .. } => {
+            assert_eq!(missing.len(), 1, "{missing:?}");
+            assert_eq!(missing[0].endpoint, "host");
+            assert!(missing[0].error.contains("not a veth"), "{missing:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The real host port (a veth with its peer here) and a pod veth are fine.
+    let reply = c.call(&Request::Sync {
+        node: node_settings("ferry0dp", kernel_mac),
+        endpoints: vec![endpoint("a/eth0", "fya", A)],
+        routes: vec![],
+    });
+    assert!(
+        matches!(&reply, Response::Applied { missing, .. } if missing.is_empty()),
+        "{reply:?}"
+    );
+
+    let refused = |c: &mut Client, ep: Endpoint, why: &str| match c
+        .call(&Request::UpsertEndpoint { endpoint: ep })
+    {
+        Response::Error { message } => assert!(message.contains(why), "{why}: {message}"),
+        other => panic!("{why}: {other:?}"),
+    };
+    let ip = Ipv4Addr::new(10, 99, 0, 9);
+    for ifname in ["lo", "fyifb", "fybr", "fytap"] {
+        refused(&mut c, endpoint("x/eth0", ifname, ip), "not a veth");
+    }
+    refused(
+        &mut c,
+        endpoint("x/eth0", "fyself", ip),
+        "dataplane's own network namespace",
+    );
+
+    // Tap endpoints whose namespace path is not a pod's.
+    let fifo = topo.dir.join("fifo");
+    must(&["mkfifo", fifo.to_str().unwrap()]);
+    let tap = |netns: &str, netns_id| Endpoint {
+        attachment: ferry_api::table::Attachment::Tap,
+        netns: netns.into(),
+        pod_ifname: "eth0".into(),
+        netns_id,
+        ..endpoint("t/eth0", "ftx", ip)
+    };
+    let started = Instant::now();
+    refused(
+        &mut c,
+        tap(fifo.to_str().unwrap(), None),
+        "not a network namespace",
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "a FIFO blocked");
+    refused(&mut c, tap("/proc/self/ns/net", None), "dataplane's own");
+    refused(&mut c, tap("/proc/self/ns/uts", None), "another type");
+    let pod_path = format!("/run/netns/{pa}");
+    let wrong = ferry_api::table::NetnsId { dev: 1, ino: 1 };
+    refused(&mut c, tap(&pod_path, Some(wrong)), "not net:[1]");
+
+    // Only the two veths that are ferry's carry a program.
+    let links = must(&["ip", "-n", &node, "-o", "link", "show"]);
+    for line in links.lines() {
+        let name = line.split(": ").nth(1).unwrap_or_default();
+        let mine = name.starts_with("fya@") || name.starts_with("ferry0dp@");
+        assert_eq!(line.contains(" xdp"), mine, "{line}");
+    }
 }

@@ -161,7 +161,11 @@ fuzz_target!(|data: &[u8]| {
             Verdict::Drop(r) => assert!(
                 !matches!(
                     r,
-                    DropReason::TxRingFull | DropReason::PortGone | DropReason::NoTxQueue
+                    DropReason::TxRingFull
+                        | DropReason::PortGone
+                        | DropReason::NoTxQueue
+                        | DropReason::NoEgressFrame
+                        | DropReason::TapShortRead
                 ),
                 "the pipeline returned an I/O-layer reason {r:?}"
             ),

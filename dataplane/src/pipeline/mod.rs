@@ -91,6 +91,13 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
         Ok(eth) => eth.ethertype(),
         Err(reason) => return Verdict::Drop(reason),
     };
+    if matches!(ethertype, wire::ETHERTYPE_ARP | wire::ETHERTYPE_IPV4) {
+        // A tap's header is trusted only once it fits the frame (the egress
+        // side writes where it points).
+        if let Err(reason) = offload::check(&frame.buf[..len], &frame.offload) {
+            return Verdict::Drop(reason);
+        }
+    }
     let verdict = match ethertype {
         wire::ETHERTYPE_ARP => arp(tables, role, frame.port, &mut frame.buf[..len]),
         wire::ETHERTYPE_IPV4 => {
@@ -98,6 +105,7 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
             frame.len = new_len;
             verdict
         }
+        wire::ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6Unsupported),
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
     };
     // Only replies made in place leave by the ingress port (a pod never

@@ -22,6 +22,10 @@ use super::wire;
 pub const VNET_HDR_LEN: usize = 10;
 /// The L4 checksum is partial; complete it from `csum_start`.
 pub const F_NEEDS_CSUM: u8 = 1;
+/// The sender's device already validated the checksum (the kernel sets it
+/// on tap reads of `CHECKSUM_UNNECESSARY` frames). Accepted and not acted
+/// on: the pipeline checks complete checksums itself.
+pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_UDP: u8 = 3;
@@ -97,6 +101,115 @@ impl Offload {
     }
 }
 
+/// Smallest `gso_size` accepted from a tap: 48 bytes, Linux's own floor
+/// for the MSS it sends with (`net.ipv4.tcp_min_snd_mss`, default 48, the
+/// fix for CVE-2019-11479: a peer advertising a tiny MSS made the sender
+/// cut data into 8-byte segments). A pod's stack never builds GSO frames
+/// with a smaller one, so a smaller value is a forged header; with it one
+/// 64 KiB frame would become thousands of segments.
+pub const MIN_GSO_SIZE: u16 = 48;
+
+/// Most segments one GSO frame may be cut into. A 64 KiB frame at the
+/// classic minimum MSS of 536 (RFC 879) with timestamp options (524
+/// bytes) makes 126, so every TCP peer of sane MSS fits; 128 is also the
+/// cap recent kernels put on a UDP GSO frame written by user space
+/// (`UDP_MAX_SEGMENTS`), and an eighth of the egress TX ring (1024), so
+/// segmenting one frame never needs more than a few ring commits. A pod
+/// whose peer forces a smaller MSS has its 64 KiB frames refused
+/// (`bad_gso_size`); its stack then stalls on that connection, which is
+/// the price of bounding the work one frame can cost.
+pub const MAX_GSO_SEGMENTS: usize = 128;
+
+/// Where the L4 header of an unfragmented IPv4 frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ipv4L4 {
+    /// Offset of the L4 header (= Ethernet + IPv4 header).
+    at: usize,
+    proto: u8,
+    /// End of the IP packet in the frame (14 + IPv4 total length).
+    end: usize,
+}
+
+/// The IPv4 layout of `frame`, if it is an unfragmented IPv4 packet whose
+/// header and total length lie inside the frame.
+fn ipv4_l4(frame: &[u8]) -> Option<Ipv4L4> {
+    let l3 = wire::ETH_HDR_LEN;
+    if frame.len() < l3 + wire::IPV4_MIN_HDR_LEN
+        || wire::get_u16(frame, 12) != wire::ETHERTYPE_IPV4
+        || frame[l3] >> 4 != 4
+    {
+        return None;
+    }
+    let ip_hdr = usize::from(frame[l3] & 0x0f) * 4;
+    let total = usize::from(wire::get_u16(frame, l3 + 2));
+    let frag = wire::get_u16(frame, l3 + 6) & 0x3fff;
+    if ip_hdr < wire::IPV4_MIN_HDR_LEN || frag != 0 || total < ip_hdr || l3 + total > frame.len() {
+        return None;
+    }
+    Some(Ipv4L4 {
+        at: l3 + ip_hdr,
+        proto: frame[l3 + 9],
+        end: l3 + total,
+    })
+}
+
+/// Check a tap frame's virtio-net header against the frame, before the
+/// pipeline trusts it. A header that asks for nothing (no partial
+/// checksum, no GSO) is fine on any frame. Otherwise the frame must be an
+/// unfragmented IPv4 TCP/UDP packet and:
+/// - a partial checksum must be the L4 checksum: `csum_start` at the L4
+///   header, `csum_offset` 16 (TCP) or 6 (UDP), the whole L4 header inside
+///   the packet. The egress side writes the completed sum at
+///   `csum_start + csum_offset`: anywhere else it would rewrite fields the
+///   pipeline already judged (source address, TTL, destination). The
+///   kernel holds headers written to a tap to part of this (`csum_offset`
+///   16 for TCP GSO, 6 for UDP GSO);
+/// - GSO must be TCPv4 on TCP with a partial checksum (the tap offers
+///   TSO only; the virtio spec requires `NEEDS_CSUM` with GSO), `gso_size`
+///   at least [`MIN_GSO_SIZE`], at most [`MAX_GSO_SEGMENTS`] segments.
+///
+/// `hdr_len` is only bounded by the frame: the kernel fills it with the
+/// length of the skb's linear part, which may hold payload too.
+pub fn check(frame: &[u8], off: &Offload) -> Result<(), DropReason> {
+    if off.flags & !(F_NEEDS_CSUM | F_DATA_VALID) != 0 {
+        return Err(DropReason::BadOffload);
+    }
+    if !off.needs_csum() && off.gso_type == GSO_NONE {
+        return Ok(());
+    }
+    if usize::from(off.hdr_len) > frame.len() {
+        return Err(DropReason::BadOffload);
+    }
+    let ip = ipv4_l4(frame).ok_or(DropReason::BadOffload)?;
+    let (l4_min, csum_at) = match ip.proto {
+        wire::IP_PROTO_TCP => (wire::TCP_MIN_HDR_LEN, wire::TCP_CHECKSUM_OFFSET),
+        wire::IP_PROTO_UDP => (wire::UDP_HDR_LEN, wire::UDP_CHECKSUM_OFFSET),
+        _ => (0, usize::MAX),
+    };
+    if off.needs_csum()
+        && (csum_at == usize::MAX
+            || usize::from(off.csum_start) != ip.at
+            || usize::from(off.csum_offset) != csum_at
+            || ip.at + l4_min > ip.end)
+    {
+        return Err(DropReason::BadCsumOffload);
+    }
+    if off.gso_type == GSO_NONE {
+        return Ok(());
+    }
+    if !off.needs_csum() || off.gso() != GSO_TCPV4 || ip.proto != wire::IP_PROTO_TCP {
+        return Err(DropReason::BadGsoType);
+    }
+    if off.gso_size < MIN_GSO_SIZE {
+        return Err(DropReason::BadGsoSize);
+    }
+    let plan = plan_tcp4(frame, off)?;
+    if plan.count > MAX_GSO_SEGMENTS {
+        return Err(DropReason::BadGsoSize);
+    }
+    Ok(())
+}
+
 /// Complete a partial checksum in place: the ones-complement sum over
 /// `frame[csum_start..]` (which includes the pseudo-header sum already in
 /// the field) is complemented and stored at `csum_start + csum_offset`.
@@ -154,27 +267,14 @@ pub fn plan_tcp4(frame: &[u8], off: &Offload) -> Result<TcpGso, DropReason> {
     if off.gso() != GSO_TCPV4 {
         return Err(DropReason::GsoUnsupported);
     }
-    let l3 = wire::ETH_HDR_LEN;
-    if frame.len() < l3 + wire::IPV4_MIN_HDR_LEN
-        || wire::get_u16(frame, 12) != wire::ETHERTYPE_IPV4
-        || frame[l3] >> 4 != 4
-    {
+    let Some(ip) = ipv4_l4(frame) else {
+        return Err(DropReason::BadOffload);
+    };
+    if ip.proto != wire::IP_PROTO_TCP || ip.at + wire::TCP_MIN_HDR_LEN > ip.end {
         return Err(DropReason::BadOffload);
     }
-    let ip_hdr = usize::from(frame[l3] & 0x0f) * 4;
-    let total = usize::from(wire::get_u16(frame, l3 + 2));
-    let frag = wire::get_u16(frame, l3 + 6) & 0x3fff;
-    if ip_hdr < wire::IPV4_MIN_HDR_LEN
-        || frame[l3 + 9] != wire::IP_PROTO_TCP
-        || frag != 0
-        || total < ip_hdr + wire::TCP_MIN_HDR_LEN
-        || l3 + total > frame.len()
-    {
-        return Err(DropReason::BadOffload);
-    }
-    let tcp_at = l3 + ip_hdr;
+    let (tcp_at, end) = (ip.at, ip.end);
     let tcp_hdr = usize::from(frame[tcp_at + 12] >> 4) * 4;
-    let end = l3 + total;
     let hdr_len = tcp_at + tcp_hdr;
     if tcp_hdr < wire::TCP_MIN_HDR_LEN || hdr_len > end {
         return Err(DropReason::BadOffload);
@@ -453,8 +553,248 @@ mod tests {
         assert_eq!(write_tcp4_segment(&f, &ok, 3, &mut [0u8; 2048]), None);
     }
 
+    fn csum_hdr(start: u16, offset: u16) -> Offload {
+        Offload {
+            flags: F_NEEDS_CSUM,
+            csum_start: start,
+            csum_offset: offset,
+            ..Offload::NONE
+        }
+    }
+
+    /// The GSO frame as a UDP datagram (protocol 17; the bytes after the
+    /// IP header are long enough for a UDP header).
+    fn as_udp(mut f: Vec<u8>) -> Vec<u8> {
+        f[14 + 9] = 17;
+        f
+    }
+
+    #[test]
+    fn headers_are_checked_against_the_frame() {
+        use DropReason::*;
+        let tcp = gso_frame(&[0u8; 3000], 1, 0x10, 1, 0);
+        let udp = as_udp(tcp.clone());
+        let mut icmp = tcp.clone();
+        icmp[14 + 9] = 1;
+        let mut frag = tcp.clone();
+        frag[14 + 6] = 0x20; // MF
+        let mut arp = tcp.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        // 10 bytes of TCP header left inside the IP packet.
+        let mut cut = gso_frame(&[], 1, 0x10, 1, 0);
+        cut[14 + 3] = 30;
+        let gso = gso_hdr(1448, 0);
+        let with = |f: fn(&mut Offload)| {
+            let mut h = gso;
+            f(&mut h);
+            h
+        };
+        type Case<'a> = (&'a str, &'a [u8], Offload, Result<(), DropReason>);
+        let cases: &[Case<'_>] = &[
+            ("plain header, any bytes", b"junk", Offload::NONE, Ok(())),
+            (
+                "data-valid alone",
+                b"",
+                Offload {
+                    flags: F_DATA_VALID,
+                    ..Offload::NONE
+                },
+                Ok(()),
+            ),
+            ("TCP GSO", &tcp, gso, Ok(())),
+            (
+                "TCP GSO with ECN",
+                &tcp,
+                with(|h| h.gso_type |= GSO_ECN),
+                Ok(()),
+            ),
+            ("TCP partial", &tcp, csum_hdr(34, 16), Ok(())),
+            ("UDP partial", &udp, csum_hdr(34, 6), Ok(())),
+            (
+                "data-valid with a partial checksum",
+                &tcp,
+                with(|h| h.flags |= F_DATA_VALID),
+                Ok(()),
+            ),
+            (
+                "unknown flag",
+                &tcp,
+                with(|h| h.flags |= 4),
+                Err(BadOffload),
+            ),
+            (
+                "hdr_len beyond the frame",
+                &tcp,
+                with(|h| h.hdr_len = 3055),
+                Err(BadOffload),
+            ),
+            ("partial on ARP", &arp, csum_hdr(34, 16), Err(BadOffload)),
+            (
+                "partial on a fragment",
+                &frag,
+                csum_hdr(34, 16),
+                Err(BadOffload),
+            ),
+            (
+                "partial on a runt",
+                &tcp[..30],
+                csum_hdr(34, 16),
+                Err(BadOffload),
+            ),
+            (
+                "start inside the IP header",
+                &tcp,
+                csum_hdr(33, 17),
+                Err(BadCsumOffload),
+            ),
+            (
+                "start at the IP source",
+                &tcp,
+                csum_hdr(26, 0),
+                Err(BadCsumOffload),
+            ),
+            (
+                "start before the L4 header",
+                &tcp,
+                csum_hdr(30, 16),
+                Err(BadCsumOffload),
+            ),
+            (
+                "start past the L4 header",
+                &tcp,
+                csum_hdr(35, 15),
+                Err(BadCsumOffload),
+            ),
+            (
+                "UDP offset on TCP",
+                &tcp,
+                csum_hdr(34, 6),
+                Err(BadCsumOffload),
+            ),
+            (
+                "TCP offset on UDP",
+                &udp,
+                csum_hdr(34, 16),
+                Err(BadCsumOffload),
+            ),
+            (
+                "partial on ICMP",
+                &icmp,
+                csum_hdr(34, 2),
+                Err(BadCsumOffload),
+            ),
+            (
+                "TCP header cut",
+                &cut,
+                csum_hdr(34, 16),
+                Err(BadCsumOffload),
+            ),
+            ("UFO", &tcp, with(|h| h.gso_type = GSO_UDP), Err(BadGsoType)),
+            ("USO", &tcp, with(|h| h.gso_type = 5), Err(BadGsoType)),
+            (
+                "TCPv6 on IPv4",
+                &tcp,
+                with(|h| h.gso_type = GSO_TCPV6),
+                Err(BadGsoType),
+            ),
+            (
+                "ECN alone",
+                &tcp,
+                with(|h| h.gso_type = GSO_ECN),
+                Err(BadGsoType),
+            ),
+            (
+                "GSO without a partial checksum",
+                &tcp,
+                with(|h| h.flags = 0),
+                Err(BadGsoType),
+            ),
+            (
+                "TCP GSO on UDP",
+                &udp,
+                Offload {
+                    csum_offset: 6,
+                    ..gso
+                },
+                Err(BadGsoType),
+            ),
+            ("MSS 0", &tcp, with(|h| h.gso_size = 0), Err(BadGsoSize)),
+            (
+                "MSS below the floor",
+                &tcp,
+                with(|h| h.gso_size = 47),
+                Err(BadGsoSize),
+            ),
+            ("MSS at the floor", &tcp, with(|h| h.gso_size = 48), Ok(())),
+        ];
+        for (what, frame, hdr, want) in cases {
+            assert_eq!(check(frame, hdr), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_gso_frame_makes_at_most_128_segments() {
+        let floor = gso_hdr(MIN_GSO_SIZE, 0);
+        let mss = usize::from(MIN_GSO_SIZE);
+        let most = gso_frame(&vec![0u8; MAX_GSO_SEGMENTS * mss], 1, 0x10, 1, 0);
+        assert_eq!(check(&most, &floor), Ok(()));
+        let more = gso_frame(&vec![0u8; MAX_GSO_SEGMENTS * mss + 1], 1, 0x10, 1, 0);
+        assert_eq!(check(&more, &floor), Err(DropReason::BadGsoSize));
+        // The largest frame at MSS 536 less timestamp options passes.
+        let big = gso_frame(&vec![0u8; 65535 - 20 - 32], 1, 0x10, 1, 12);
+        assert_eq!(check(&big, &gso_hdr(524, 12)), Ok(()));
+        assert_eq!(
+            check(&big, &gso_hdr(511, 12)),
+            Err(DropReason::BadGsoSize),
+            "129 segments"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A header that passes `check` is safe for the egress side:
+        /// completing its checksum writes only the L4 checksum field, and
+        /// segmenting it stays within the floor and the cap.
+        #[test]
+        fn headers_that_pass_only_touch_the_l4_checksum(
+            len in 0usize..4000,
+            udp in any::<bool>(),
+            // Mostly plausible values (repeated to weigh them), so that a
+            // good share of the cases passes `check`.
+            flags in prop::sample::select(vec![0u8, 1, 1, 1, 3, 4, 5]),
+            gso_type in prop::sample::select(vec![0u8, 0, 1, 1, 0x81, 3, 4, 5, 0x80]),
+            gso_size in prop::sample::select(vec![0u16, 1, 47, 48, 100, 1448, 1448, 9000]),
+            start in prop::sample::select(vec![34u16, 34, 34, 0, 26, 33, 35]),
+            offset in prop::sample::select(vec![16u16, 6, 16, 6, 0, 15, 17]),
+        ) {
+            let mut f = gso_frame(&vec![0x5au8; len], 7, 0x18, 3, 0);
+            if udp {
+                f = as_udp(f);
+            }
+            let hdr = Offload {
+                flags,
+                gso_type,
+                hdr_len: 54,
+                gso_size,
+                csum_start: start,
+                csum_offset: offset,
+            };
+            if check(&f, &hdr).is_ok() && hdr.needs_csum() {
+                let field = 34 + if udp { 6 } else { 16 };
+                prop_assert_eq!((usize::from(start), usize::from(start + offset)), (34, field));
+                let mut done = f.clone();
+                complete_csum(&mut done, 34, field - 34).unwrap();
+                prop_assert_eq!(&done[..field], &f[..field]);
+                prop_assert_eq!(&done[field + 2..], &f[field + 2..]);
+                if hdr.is_gso() {
+                    prop_assert!(!udp);
+                    let plan = plan_tcp4(&f, &hdr).unwrap();
+                    prop_assert!(plan.count <= MAX_GSO_SEGMENTS);
+                    prop_assert!(plan.mss >= usize::from(MIN_GSO_SIZE));
+                }
+            }
+        }
 
         /// Every segment equals the reference: length, sequence number,
         /// flags (FIN/PSH on the last only, CWR on the first only), IP id,
@@ -502,6 +842,7 @@ mod tests {
             cap in 0usize..400,
         ) {
             let off = Offload::from_bytes(&hdr);
+            let _ = check(&bytes, &off);
             let mut b = bytes.clone();
             let _ = complete_csum(&mut b, usize::from(off.csum_start), usize::from(off.csum_offset));
             if let Ok(plan) = plan_tcp4(&bytes, &off) {

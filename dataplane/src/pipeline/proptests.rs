@@ -157,6 +157,33 @@ proptest! {
         }
     }
 
+    /// Whatever header a tap frame carries, a frame forwarded with a
+    /// header that asks for work (a partial checksum, GSO) carries one
+    /// that fits it: the egress side can trust it.
+    #[test]
+    fn forwarded_frames_carry_only_checked_headers(
+        (port, f) in mutated_frame(),
+        hdr in any::<[u8; offload::VNET_HDR_LEN]>(),
+        fix_offsets in any::<bool>(),
+    ) {
+        let t = tables();
+        let mut off = Offload::from_bytes(&hdr);
+        if fix_offsets {
+            // Often right where it matters, so deeper checks are reached.
+            off.flags &= offload::F_NEEDS_CSUM | offload::F_DATA_VALID;
+            off.csum_start = 34;
+            off.csum_offset = if f.get(23) == Some(&17) { 6 } else { 16 };
+        }
+        let mut buf = f.clone();
+        buf.resize(CHUNK, 0);
+        let mut frame = Frame::with_offload(port, &mut buf, f.len(), off);
+        let v = process_frame(&t, &mut frame);
+        if let Verdict::Tx(_) = v {
+            let (len, out_off) = (frame.len, frame.offload);
+            prop_assert_eq!(offload::check(&buf[..len], &out_off), Ok(()));
+        }
+    }
+
     #[test]
     fn random_tables_only_send_to_known_ports(
         t in random_tables(),
@@ -263,7 +290,7 @@ proptest! {
         to in 0usize..3,
         payload_len in 0usize..1700,
         df in any::<bool>(),
-        gso in prop::option::of(1u16..2000),
+        gso in prop::option::of(super::offload::MIN_GSO_SIZE..2000),
         batch_cap_slack in 0usize..64,
     ) {
         let t = tables();

@@ -31,12 +31,21 @@ fn unknown_port_and_runt() {
 fn unsupported_ethertypes() {
     let t = tables();
     let mut f = tcp_frame(POD_A.1, POD_B.1, 64, b"x");
-    for ethertype in [0x86ddu16, 0x88cc, 0x8100, 0x0000] {
+    for ethertype in [0x88ccu16, 0x8100, 0x0000] {
         f[12..14].copy_from_slice(&ethertype.to_be_bytes());
         assert_eq!(
             run(&t, POD_A.0, &f).0,
             dropped(DropReason::UnsupportedEthertype),
             "{ethertype:#x}"
+        );
+    }
+    // IPv6, from a pod or from the node kernel, has a reason of its own.
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    for port in [POD_A.0, HOST_PORT] {
+        assert_eq!(
+            run(&t, port, &f).0,
+            dropped(DropReason::Ipv6Unsupported),
+            "port {port}"
         );
     }
 }
@@ -578,11 +587,17 @@ fn offloaded_frames_keep_partial_checksums_and_replies_drop_the_header() {
     let mut frame = Frame::with_offload(POD_A.0, &mut bad, f.len(), off);
     assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_B.0));
 
-    // An echo request to the gateway answered in place leaves plain.
+    // An echo request to the gateway answered in place leaves plain (the
+    // header of an ICMP frame can only say DATA_VALID: a partial checksum
+    // on it is refused, see `bad_offload_headers_are_dropped`).
     let req = echo_request(POD_A.1, GW, 64, b"ping");
     let mut buf = req.clone();
     buf.resize(CHUNK, 0);
-    let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), off);
+    let valid = Offload {
+        flags: offload::F_DATA_VALID,
+        ..Offload::NONE
+    };
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), valid);
     assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_A.0));
     assert_eq!(frame.offload, Offload::NONE);
 }
@@ -720,4 +735,52 @@ fn gso_frames_are_judged_by_their_segments() {
     let short = tcp_frame(POD_A.1, SMALL_POD.1, 64, &[11u8; 1000]);
     let (v, _) = run_offload(&t, POD_A.0, &short, CHUNK, gso(8000));
     assert_eq!(v, Verdict::Tx(SMALL_POD.0));
+}
+
+/// A tap header that does not fit its frame is a counted drop before any
+/// decision: the egress side writes where it points.
+#[test]
+fn bad_offload_headers_are_dropped() {
+    let t = tables();
+    let mut f = tcp_frame(POD_A.1, POD_B.1, 64, &[7u8; 3000]);
+    make_partial(&mut f);
+    let gso = Offload {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let run_with = |frame: &[u8], off: Offload| {
+        // A tap frame's buffer holds a whole GSO frame.
+        let mut buf = frame.to_vec();
+        buf.resize(frame.len().max(CHUNK), 0);
+        let mut fr = Frame::with_offload(POD_A.0, &mut buf, frame.len(), off);
+        process_frame(&t, &mut fr)
+    };
+    assert_eq!(run_with(&f, gso), Verdict::Tx(POD_B.0));
+    // Completing this "checksum" would overwrite the source address
+    // after the anti-spoofing check.
+    let at_src = Offload {
+        gso_type: offload::GSO_NONE,
+        gso_size: 0,
+        csum_start: 26,
+        csum_offset: 0,
+        ..gso
+    };
+    assert_eq!(run_with(&f, at_src), dropped(DropReason::BadCsumOffload));
+    let udp_gso = Offload {
+        gso_type: offload::GSO_UDP,
+        ..gso
+    };
+    assert_eq!(run_with(&f, udp_gso), dropped(DropReason::BadGsoType));
+    let tiny = Offload { gso_size: 8, ..gso };
+    assert_eq!(run_with(&f, tiny), dropped(DropReason::BadGsoSize));
+    let arp = arp_frame(1, mac_of(POD_A.1), POD_A.1, GW);
+    assert_eq!(run_with(&arp, gso), dropped(DropReason::BadOffload));
+    // IPv6 is IPv6 whatever its header says.
+    let mut v6 = f.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(run_with(&v6, gso), dropped(DropReason::Ipv6Unsupported));
 }

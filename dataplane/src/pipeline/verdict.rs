@@ -28,7 +28,8 @@ pub enum DropReason {
     /// A header that does not parse (ARP, IPv4, L4 lengths), or a reply that
     /// does not fit its buffer.
     Malformed = 3,
-    /// Neither ARP nor IPv4 (IPv6, LLDP, VLAN tags, ...).
+    /// Neither ARP, IPv4 nor IPv6 (LLDP, VLAN tags, ...). IPv6 has its own
+    /// reason, [`DropReason::Ipv6Unsupported`].
     UnsupportedEthertype = 4,
     /// ARP we do not answer: replies, gratuitous ARP, a pod asking for its
     /// own address, the host asking for a non-endpoint.
@@ -49,14 +50,19 @@ pub enum DropReason {
     /// TTL expired and no ICMP error was sent (not allowed by RFC 1812 or
     /// the reply does not fit the buffer).
     TtlExceeded = 12,
-    /// I/O layer: the TX ring of the egress port was full.
+    /// I/O layer: the TX ring of the egress port had no slot for the frame
+    /// when the batch was committed (the kernel is not draining it fast
+    /// enough). A frame that found no free frame to be copied into is
+    /// [`DropReason::NoEgressFrame`] instead.
     TxRingFull = 13,
     /// I/O layer: the egress port went away.
     PortGone = 14,
     /// I/O layer: the worker has no TX queue on the egress port.
     NoTxQueue = 15,
-    /// A tap frame's virtio-net header does not match the frame (checksum
-    /// offsets outside it, GSO on something that is not TCP/IPv4, MSS 0).
+    /// A tap frame's virtio-net header does not fit the frame: unknown
+    /// flags, a header length beyond the frame, checksum or GSO offload on
+    /// a frame that is not an unfragmented IPv4 packet with a whole L4
+    /// header. (More precise header faults have reasons 24-26.)
     BadOffload = 16,
     /// A GSO frame of a type that cannot be segmented in software here
     /// (UDP/USO, TCP over IPv6), towards a port without offloads.
@@ -70,14 +76,37 @@ pub enum DropReason {
     /// I/O layer: the kernel refused a write to a tap queue (link down,
     /// malformed header).
     TapWriteFailed = 20,
+    /// I/O layer: a frame for another port found no free frame in the
+    /// egress queue's pool to be copied into (every frame is in the fill
+    /// ring, or in flight in the TX ring waiting for completion).
+    NoEgressFrame = 21,
+    /// I/O layer: a tap read shorter than the virtio-net header plus an
+    /// Ethernet header (not a frame at all).
+    TapShortRead = 22,
+    /// An IPv6 frame (ethertype 0x86DD): counted apart from other
+    /// ethertypes until ferry forwards IPv6.
+    Ipv6Unsupported = 23,
+    /// A tap frame's partial checksum (`NEEDS_CSUM`) is not where the
+    /// frame's TCP/UDP checksum is: `csum_start` is not the L4 header, or
+    /// `csum_offset` is not 16 (TCP) / 6 (UDP), or the protocol is neither.
+    /// Completing it would write into other header fields.
+    BadCsumOffload = 24,
+    /// A tap frame's GSO type does not fit the frame: not TCPv4 on a TCP
+    /// segment (UDP GSO was never offered to the tap), or GSO without a
+    /// partial checksum.
+    BadGsoType = 25,
+    /// A tap frame's `gso_size` is below [`super::offload::MIN_GSO_SIZE`],
+    /// or the frame would be cut into more than
+    /// [`super::offload::MAX_GSO_SEGMENTS`] segments.
+    BadGsoSize = 26,
     /// An IPv4 packet with DF set larger than its egress MTU (for a GSO
     /// frame: whose segments are): answered with ICMP "fragmentation
     /// needed" and the egress MTU (counted also when RFC 1812 forbids the
     /// answer: a non-first fragment, an ICMP error).
-    FragNeeded = 21,
+    FragNeeded = 27,
     /// An IPv4 packet without DF larger than its egress MTU: ferry does
     /// not fragment.
-    TooBigNoDf = 22,
+    TooBigNoDf = 28,
 }
 
 impl DropReason {
@@ -102,6 +131,12 @@ impl DropReason {
         DropReason::GsoTxFull,
         DropReason::FrameTooBig,
         DropReason::TapWriteFailed,
+        DropReason::NoEgressFrame,
+        DropReason::TapShortRead,
+        DropReason::Ipv6Unsupported,
+        DropReason::BadCsumOffload,
+        DropReason::BadGsoType,
+        DropReason::BadGsoSize,
         DropReason::FragNeeded,
         DropReason::TooBigNoDf,
     ];
@@ -129,6 +164,12 @@ impl DropReason {
             DropReason::GsoTxFull => "gso_tx_full",
             DropReason::FrameTooBig => "frame_too_big",
             DropReason::TapWriteFailed => "tap_write_failed",
+            DropReason::NoEgressFrame => "no_egress_frame",
+            DropReason::TapShortRead => "tap_short_read",
+            DropReason::Ipv6Unsupported => "ipv6_unsupported",
+            DropReason::BadCsumOffload => "bad_csum_offload",
+            DropReason::BadGsoType => "bad_gso_type",
+            DropReason::BadGsoSize => "bad_gso_size",
             DropReason::FragNeeded => "frag_needed",
             DropReason::TooBigNoDf => "too_big_no_df",
         }
@@ -167,7 +208,12 @@ mod tests {
         assert_eq!(DropReason::BadL4Checksum.code(), 11);
         assert_eq!(DropReason::NoTxQueue.code(), 15);
         assert_eq!(DropReason::TapWriteFailed.code(), 20);
-        assert_eq!(DropReason::FragNeeded.code(), 21);
-        assert_eq!(DropReason::TooBigNoDf.code(), 22);
+        assert_eq!(DropReason::NoEgressFrame.code(), 21);
+        assert_eq!(DropReason::TapShortRead.code(), 22);
+        assert_eq!(DropReason::Ipv6Unsupported.code(), 23);
+        assert_eq!(DropReason::Ipv6Unsupported.name(), "ipv6_unsupported");
+        assert_eq!(DropReason::BadGsoSize.code(), 26);
+        assert_eq!(DropReason::FragNeeded.code(), 27);
+        assert_eq!(DropReason::TooBigNoDf.code(), 28);
     }
 }

@@ -11,6 +11,7 @@ use super::DropReason;
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 pub const IPV4_MIN_HDR_LEN: usize = 20;
 pub const IP_PROTO_ICMP: u8 = 1;
