@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ferry_dataplane::afxdp::AfXdpBackend;
-use ferry_dataplane::backend::NodeBackend;
+use ferry_dataplane::control::server;
 use ferry_dataplane::control::{wait_for_end, Dataplane, DataplaneConfig, Ending};
-use ferry_dataplane::server;
-use ferry_dataplane::tap::TapBackend;
-use ferry_dataplane::worker::MAX_BATCH;
+use ferry_dataplane::engine::worker::MAX_BATCH;
+use ferry_dataplane::io::afxdp::AfXdpBackend;
+use ferry_dataplane::io::backend::NodeBackend;
+use ferry_dataplane::io::tap::TapBackend;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,7 +62,7 @@ struct Cli {
     #[arg(long, default_value_t = 10)]
     idle_ms: u64,
     /// Log level: off|error|warn|info|debug|trace. RUST_LOG, when set,
-    /// overrides it (and may name modules, e.g. `ferry_dataplane::worker=debug`).
+    /// overrides it (and may name modules, e.g. `ferry_dataplane::engine::worker=debug`).
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: log::LevelFilter,
 }
@@ -123,10 +123,10 @@ fn main() -> Result<()> {
     )
     .format_timestamp_millis()
     .init();
-    if cli.workers == 0 || cli.workers > ferry_dataplane::afxdp::MAX_QUEUES as usize {
+    if cli.workers == 0 || cli.workers > ferry_dataplane::io::afxdp::MAX_QUEUES as usize {
         bail!(
             "--workers must be between 1 and {}",
-            ferry_dataplane::afxdp::MAX_QUEUES
+            ferry_dataplane::io::afxdp::MAX_QUEUES
         );
     }
     if cli.batch == 0 || cli.batch > MAX_BATCH {

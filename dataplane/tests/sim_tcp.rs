@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use ferry_api::table::{Endpoint, HostPort, NodeSettings};
 use ferry_api::MacAddr;
-use ferry_dataplane::pipeline::{process_batch, DropReason, Frame, Verdict};
-use ferry_dataplane::tables::{PortId, TableHandle, Tables};
+use ferry_dataplane::core::pipeline::{process_batch, DropReason, Frame, Verdict};
+use ferry_dataplane::core::tables::{PortId, TableHandle, Tables};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;

@@ -12,7 +12,7 @@ use std::process::Command;
 use aya::maps::XskMap;
 use aya::programs::Xdp;
 use aya::Ebpf;
-use ferry_dataplane::xdp_run::{self, Ingress, XDP_PASS, XDP_REDIRECT};
+use ferry_dataplane::io::xdp_run::{self, Ingress, XDP_PASS, XDP_REDIRECT};
 use xsk_rs::config::{FrameSize, Interface, QueueSize, UmemConfig};
 use xsk_rs::{Socket, Umem};
 
@@ -129,7 +129,7 @@ fn frames_on_a_bound_queue_are_redirected_and_the_rest_pass() {
             .build()
             .unwrap();
         let (umem, _descs) = Umem::new(umem_config, NonZeroU32::new(128).unwrap(), false).unwrap();
-        let config = ferry_dataplane::afxdp::socket_config(ring);
+        let config = ferry_dataplane::io::afxdp::socket_config(ring);
         let iface: Interface = "fxa".parse().unwrap();
         // SAFETY: a fresh UMEM whose only socket this is; libxdp's own
         // program load is inhibited.

@@ -20,8 +20,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use etherparse::PacketBuilder;
 use ferry_api::table::{Endpoint, HostPort, NodeSettings};
 use ferry_api::MacAddr;
-use ferry_dataplane::pipeline::{process_batch, DropReason, Frame, Verdict};
-use ferry_dataplane::tables::{PortId, TableHandle, Tables};
+use ferry_dataplane::core::pipeline::{process_batch, DropReason, Frame, Verdict};
+use ferry_dataplane::core::tables::{PortId, TableHandle, Tables};
 
 const CHUNK: usize = 2048;
 const HEADERS: usize = 64;

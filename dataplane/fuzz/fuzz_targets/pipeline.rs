@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 
 use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
-use ferry_dataplane::pipeline::checksum;
-use ferry_dataplane::pipeline::{process_batch, process_frame, DropReason, Frame, Verdict};
-use ferry_dataplane::tables::{PortId, Tables};
+use ferry_dataplane::core::wire::checksum;
+use ferry_dataplane::core::pipeline::{process_batch, process_frame, DropReason, Frame, Verdict};
+use ferry_dataplane::core::tables::{PortId, Tables};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_FRAMES: usize = 64;

@@ -2,7 +2,7 @@
 //! our sockets, and the sockets themselves (xsk-rs). With `tap.rs`, where
 //! the crate's `unsafe` for real I/O lives.
 //!
-//! Per port: first [`crate::link::check_veth`] (a veth; a pod's with its
+//! Per port: first [`crate::io::link::check_veth`] (a veth; a pod's with its
 //! peer in another namespace), then one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
 //! attached in driver mode (native XDP; generic SKB mode if the driver has
 //! none), and one socket per worker bound to queue `i` of the interface with
@@ -42,7 +42,7 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use crate::port::{
+use crate::io::port::{
     valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
 };
 
@@ -68,7 +68,7 @@ pub const VETH_XDP_MAX_MTU: u32 = 3506;
 /// `XDP_USE_SG`, so larger frames are dropped by the kernel), and the XDP
 /// program caps the veth itself. 2048 - 256 - 14 = 1778.
 pub const MAX_POD_MTU: u32 = {
-    let chunk = FRAME_SIZE - XDP_PACKET_HEADROOM - crate::pipeline::wire::ETH_HDR_LEN as u32;
+    let chunk = FRAME_SIZE - XDP_PACKET_HEADROOM - crate::core::wire::ETH_HDR_LEN as u32;
     if chunk < VETH_XDP_MAX_MTU {
         chunk
     } else {
@@ -118,7 +118,7 @@ impl FramePool for XskPool {
 }
 
 /// The four rings of one AF_XDP socket. Must be dropped before the UMEM
-/// they were made on ([`XskQueue`] and [`crate::backend::NodeQueue`]
+/// they were made on ([`XskQueue`] and [`crate::io::backend::NodeQueue`]
 /// declare them first).
 pub struct XskRings {
     tx: TxQueue,
@@ -415,7 +415,7 @@ impl PortBackend for AfXdpBackend {
             });
         }
         // Before anything is attached: only ferry's veths get a program.
-        crate::link::check_veth(ifname, role)?;
+        crate::io::link::check_veth(ifname, role)?;
         let known_queues = queue_count(ifname);
         let load_err = |cause: String| PortError::XdpLoad {
             ifname: ifname.to_string(),

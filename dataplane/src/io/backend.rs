@@ -14,10 +14,10 @@ use xsk_rs::FrameDesc;
 
 use ferry_api::table::MtuLimits;
 
-use crate::afxdp::{AfXdpBackend, XdpAttachment, XskPool, XskQueue, XskRings};
-use crate::pipeline::Offload;
-use crate::port::{FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec};
-use crate::tap::{TapAttachment, TapBackend, TapDesc, TapIo, TapPool, TapQueue};
+use crate::core::pipeline::Offload;
+use crate::io::afxdp::{AfXdpBackend, XdpAttachment, XskPool, XskQueue, XskRings};
+use crate::io::port::{FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec};
+use crate::io::tap::{TapAttachment, TapBackend, TapDesc, TapIo, TapPool, TapQueue};
 
 /// A frame of a [`NodePool`].
 #[derive(Debug, Clone, Copy)]

@@ -20,6 +20,8 @@
 //! Only the control thread(s) touch this state (behind the server's Mutex);
 //! workers see only the published tables and their command channel.
 
+pub mod server;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,10 +35,12 @@ use ferry_api::table::{
 };
 use ipnet::Ipv4Net;
 
-use crate::counters::{new_port_counters, new_worker_counters, PortCounters, WorkerCounters};
-use crate::port::{PortBackend, PortKind, PortSpec};
-use crate::tables::{PortId, TableHandle, Tables};
-use crate::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
+use crate::core::tables::{PortId, TableHandle, Tables};
+use crate::engine::counters::{
+    new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
+};
+use crate::engine::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
+use crate::io::port::{PortBackend, PortKind, PortSpec};
 
 /// How long the control thread waits for every worker to apply a command.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -483,7 +487,7 @@ impl<B: PortBackend> Dataplane<B> {
             generation: self.generation,
             ports,
             workers,
-            drop_reasons: crate::pipeline::DropReason::ALL
+            drop_reasons: crate::core::pipeline::DropReason::ALL
                 .iter()
                 .map(|r| r.name().to_string())
                 .collect(),
@@ -559,8 +563,9 @@ fn empty_node() -> NodeSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::{MemBackend, MemNetwork, MemWire};
-    use crate::pipeline::{fixtures, offload, Offload};
+    use crate::core::offload;
+    use crate::core::pipeline::{fixtures, Offload};
+    use crate::sim::{MemBackend, MemNetwork, MemWire};
     use ferry_api::table::{HostPort, MtuLimits, NextHop};
     use ferry_api::MacAddr;
     use std::net::Ipv4Addr;

@@ -32,11 +32,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use ferry_api::table::NetnsId;
 
-use crate::mem::{MemDesc, MemPool};
-use crate::netns::open_pod_netns;
-use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
-use crate::pipeline::wire::ETH_HDR_LEN;
-use crate::port::{
+use crate::core::offload::{Offload, VNET_HDR_LEN};
+use crate::core::wire::ETH_HDR_LEN;
+use crate::io::netns::open_pod_netns;
+use crate::io::pool::{MemDesc, MemPool};
+use crate::io::port::{
     valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
 };
 
@@ -46,7 +46,7 @@ pub const TAP_FRAME_SIZE: usize = 66 * 1024;
 /// The largest pod MTU (L3 bytes) a tap port carries: what a frame buffer
 /// holds after the Ethernet header, bounded by the largest IPv4 packet.
 pub const MAX_POD_MTU: u32 = {
-    let frame = (TAP_FRAME_SIZE - crate::pipeline::wire::ETH_HDR_LEN) as u32;
+    let frame = (TAP_FRAME_SIZE - crate::core::wire::ETH_HDR_LEN) as u32;
     if frame < 65535 {
         frame
     } else {
@@ -318,7 +318,7 @@ pub fn attach_queue(ifname: &str) -> Result<OwnedFd, ferry_tun::TunError> {
 
 /// Open `count` queues of the tap `ifname` inside the namespace at
 /// `netns` (which must be a pod's, and `netns_id` when given: see
-/// [`crate::netns`]), on a scoped thread that enters it (setns changes only
+/// [`crate::io::netns`]), on a scoped thread that enters it (setns changes only
 /// the calling thread). The tap must exist: TUNSETIFF would otherwise
 /// create a new, non-persistent one in the pod.
 pub fn open_queues(
@@ -345,7 +345,7 @@ pub fn open_queues(
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
                 return Err(err("setns", io::Error::last_os_error()));
             }
-            if crate::afxdp::if_index(ifname).is_none() {
+            if crate::io::afxdp::if_index(ifname).is_none() {
                 return Err(PortError::NoSuchInterface {
                     ifname: format!("{ifname} (in {netns})"),
                 });
@@ -434,7 +434,7 @@ mod tests {
     fn reads_too_short_for_a_frame_are_counted_and_skipped() {
         let (mut q, peer) = queue();
         let hdr = Offload {
-            flags: crate::pipeline::offload::F_NEEDS_CSUM,
+            flags: crate::core::offload::F_NEEDS_CSUM,
             csum_start: 34,
             csum_offset: 16,
             ..Offload::NONE

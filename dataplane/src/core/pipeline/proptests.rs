@@ -290,7 +290,7 @@ proptest! {
         to in 0usize..3,
         payload_len in 0usize..1700,
         df in any::<bool>(),
-        gso in prop::option::of(super::offload::MIN_GSO_SIZE..2000),
+        gso in prop::option::of(crate::core::offload::MIN_GSO_SIZE..2000),
         batch_cap_slack in 0usize..64,
     ) {
         let t = tables();

@@ -1,5 +1,5 @@
 //! The port abstraction the workers drive: our own small trait so the ring
-//! implementation (xsk-rs today, [`crate::mem`] in tests, a pure-Rust ring
+//! implementation (xsk-rs today, [`crate::sim`] in tests, a pure-Rust ring
 //! crate tomorrow) can be swapped without touching the worker loop.
 //!
 //! The model is AF_XDP's. Each worker owns one [`PortQueue`] per port (for
@@ -26,7 +26,7 @@ use std::os::fd::RawFd;
 
 use ferry_api::table::MtuLimits;
 
-use crate::pipeline::Offload;
+use crate::core::pipeline::Offload;
 
 /// One queue's frame memory.
 pub trait FramePool: Send + 'static {
@@ -163,7 +163,7 @@ pub trait PortQueue: Send + 'static {
 }
 
 /// Which veth an AF_XDP port is; decides what is checked before an XDP
-/// program is attached to it ([`crate::link::check_veth`]).
+/// program is attached to it ([`crate::io::link::check_veth`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VethRole {
     /// A pod's host veth: its peer must be in another namespace.
@@ -257,7 +257,7 @@ pub enum PortError {
     #[error("tap {ifname}: {source}")]
     Netns {
         ifname: String,
-        source: crate::netns::NetnsError,
+        source: crate::io::netns::NetnsError,
     },
     #[error("interface {ifname}: loading the XDP program failed: {cause}")]
     XdpLoad { ifname: String, cause: String },

@@ -19,7 +19,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::port::{PortError, VethRole};
+use crate::io::port::{PortError, VethRole};
 
 /// How long to wait for the kernel's answer (it is queued before `send`
 /// returns; this only bounds the unexpected).

@@ -5,8 +5,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::checksum;
-use super::DropReason;
+pub mod checksum;
+
+use super::verdict::DropReason;
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;

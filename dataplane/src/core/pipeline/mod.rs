@@ -8,10 +8,8 @@
 //! of [`wire`]; no input can make the pipeline panic (fuzzed and
 //! property-tested).
 
-pub mod checksum;
-pub mod offload;
-pub mod verdict;
-pub mod wire;
+use crate::core::wire::checksum;
+use crate::core::{offload, verdict, wire};
 
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -25,7 +23,7 @@ pub use verdict::{DropReason, Verdict};
 
 use std::net::Ipv4Addr;
 
-use crate::tables::{EndpointEntry, PortId, PortRole, RouteTarget, Tables};
+use crate::core::tables::{EndpointEntry, PortId, PortRole, RouteTarget, Tables};
 use wire::{Arp, Ethernet, Ipv4, Ipv4Error};
 
 /// TTL of the packets the pipeline originates (echo replies, ICMP errors).

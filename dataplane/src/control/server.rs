@@ -30,7 +30,7 @@ use ferry_api::table::{Request, Response};
 use ferry_api::wire::{self, WireError};
 
 use crate::control::Dataplane;
-use crate::port::PortBackend;
+use crate::io::port::PortBackend;
 
 /// How often the accept loop looks at the stop flag.
 const ACCEPT_TICK: Duration = Duration::from_millis(100);
@@ -298,7 +298,7 @@ pub fn serve_connection<B: PortBackend>(stream: UnixStream, dataplane: Arc<Mutex
 mod tests {
     use super::*;
     use crate::control::DataplaneConfig;
-    use crate::mem::{MemBackend, MemNetwork};
+    use crate::sim::{MemBackend, MemNetwork};
     use ferry_api::table::API_VERSION;
     use std::io::Write;
 

@@ -1,6 +1,6 @@
 //! Verdicts and numbered drop reasons.
 
-use crate::tables::PortId;
+use crate::core::tables::PortId;
 
 /// What happens to one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

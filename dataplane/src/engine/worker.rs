@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::counters::{PortCounters, WorkerCounters};
-use crate::pipeline::{offload, process_batch, DropReason, Frame, Offload, Verdict};
-use crate::port::{FramePool, PortQueue};
-use crate::tables::{PortId, TableHandle};
+use crate::core::offload;
+use crate::core::pipeline::{process_batch, DropReason, Frame, Offload, Verdict};
+use crate::core::tables::{PortId, TableHandle};
+use crate::engine::counters::{PortCounters, WorkerCounters};
+use crate::io::port::{FramePool, PortQueue};
 
 type DescOf<Q> = <<Q as PortQueue>::Pool as FramePool>::Desc;
 

@@ -13,9 +13,9 @@
 //! Pure: no I/O, no allocation. Segments are written into buffers the caller
 //! owns (free frames of the egress pool), one call per segment.
 
-use super::checksum;
 use super::verdict::DropReason;
 use super::wire;
+use super::wire::checksum;
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`), as set on the
 /// tap with TUNSETVNETHDRSZ.

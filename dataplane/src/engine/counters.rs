@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
 
-use crate::pipeline::DropReason;
+use crate::core::pipeline::DropReason;
 
 /// One slot per drop-reason code (codes are dense from 1; slot 0 unused).
 pub const REASON_SLOTS: usize = DropReason::ALL.len() + 1;

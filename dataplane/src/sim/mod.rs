@@ -11,124 +11,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ferry_api::table::MtuLimits;
 
-use crate::pipeline::Offload;
-use crate::port::{valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec};
-
-/// A frame of a [`MemPool`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MemDesc {
-    index: u32,
-    len: u32,
-    /// The frame's virtio-net header, on pools made with offloads.
-    offload: Offload,
-}
-
-/// Heap memory cut into equal chunks.
-pub struct MemPool {
-    base: NonNull<u8>,
-    frames: usize,
-    frame_size: usize,
-    /// Frames carry a virtio-net header (an in-memory tap).
-    offload: bool,
-}
-
-// SAFETY: the pool owns its allocation exclusively (nothing else holds the
-// pointer); moving it to another thread moves that ownership.
-unsafe impl Send for MemPool {}
-
-impl MemPool {
-    pub fn new(frames: usize, frame_size: usize) -> MemPool {
-        let frames = frames.clamp(1, u32::MAX as usize);
-        let frame_size = frame_size.max(64);
-        let mem: Box<[u8]> = vec![0u8; frames * frame_size].into_boxed_slice();
-        let base = NonNull::from(Box::leak(mem)).cast::<u8>();
-        MemPool {
-            base,
-            frames,
-            frame_size,
-            offload: false,
-        }
-    }
-
-    /// A pool whose frames carry offload headers, as a tap queue's do.
-    pub fn with_offload(frames: usize, frame_size: usize) -> MemPool {
-        // Not struct-update syntax: that would copy the fields out of a
-        // temporary whose Drop then frees the memory.
-        let mut pool = MemPool::new(frames, frame_size);
-        pool.offload = true;
-        pool
-    }
-}
-
-impl Drop for MemPool {
-    fn drop(&mut self) {
-        let len = self.frames * self.frame_size;
-        // SAFETY: `base` came from `Box::leak` of a `[u8]` of exactly `len`
-        // bytes in `new` and is freed only here, once.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), len)) });
-    }
-}
-
-impl FramePool for MemPool {
-    type Desc = MemDesc;
-
-    fn all_descs(&self) -> Vec<MemDesc> {
-        (0..self.frames as u32)
-            .map(|index| MemDesc {
-                index,
-                len: 0,
-                offload: Offload::NONE,
-            })
-            .collect()
-    }
-
-    fn len_of(&self, desc: &MemDesc) -> usize {
-        desc.len as usize
-    }
-
-    unsafe fn chunk_mut(&self, desc: &MemDesc) -> &mut [u8] {
-        // Descriptors are only made by `all_descs`, so the index is in range;
-        // clamp anyway so a forged one cannot reach outside the allocation.
-        let index = (desc.index as usize).min(self.frames - 1);
-        // SAFETY: the chunk lies inside the allocation (index < frames), and
-        // the caller guarantees (trait contract) that it owns this frame and
-        // holds no other reference into it, so the `&mut` is unique.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.as_ptr().add(index * self.frame_size),
-                self.frame_size,
-            )
-        }
-    }
-
-    unsafe fn set_len(&self, desc: &mut MemDesc, len: usize) {
-        desc.len = len.min(self.frame_size) as u32;
-    }
-
-    fn takes_offload(&self) -> bool {
-        self.offload
-    }
-
-    fn offload_of(&self, desc: &MemDesc) -> Offload {
-        if self.offload {
-            desc.offload
-        } else {
-            Offload::NONE
-        }
-    }
-
-    fn set_offload(&self, desc: &mut MemDesc, offload: Offload) {
-        if self.offload {
-            desc.offload = offload;
-        }
-    }
-}
+use crate::core::pipeline::Offload;
+use crate::io::pool::{MemDesc, MemPool};
+use crate::io::port::{
+    valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec,
+};
 
 #[derive(Default)]
 struct WireQueue {
@@ -289,12 +181,12 @@ impl PortQueue for MemQueue {
             let Some((offload, bytes)) = q.to_dataplane.pop_front() else {
                 break;
             };
-            if bytes.len() > pool.frame_size {
+            if bytes.len() > pool.frame_size() {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             // A tap adapter throws such reads away itself.
-            if self.wire.offload && bytes.len() < crate::pipeline::wire::ETH_HDR_LEN {
+            if self.wire.offload && bytes.len() < crate::core::wire::ETH_HDR_LEN {
                 self.short_reads += 1;
                 continue;
             }
@@ -408,8 +300,8 @@ impl PortBackend for MemBackend {
         MtuLimits {
             veth: self
                 .frame_size
-                .saturating_sub(crate::pipeline::wire::ETH_HDR_LEN) as u32,
-            tap: crate::tap::MAX_POD_MTU,
+                .saturating_sub(crate::core::wire::ETH_HDR_LEN) as u32,
+            tap: crate::io::tap::MAX_POD_MTU,
         }
     }
 
@@ -438,7 +330,7 @@ impl PortBackend for MemBackend {
                     pool: if wire.offload {
                         MemPool::with_offload(
                             self.frames_per_queue,
-                            self.frame_size.max(crate::tap::TAP_FRAME_SIZE),
+                            self.frame_size.max(crate::io::tap::TAP_FRAME_SIZE),
                         )
                     } else {
                         MemPool::new(self.frames_per_queue, self.frame_size)

@@ -8,7 +8,7 @@ use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
 
 use super::{process_frame, Frame, Offload, Verdict};
-use crate::tables::{PortId, Tables};
+use crate::core::tables::{PortId, Tables};
 
 pub const GW: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 pub const HOST_PORT: PortId = 0;
@@ -277,8 +277,8 @@ pub fn make_partial(frame: &mut [u8]) {
 /// `gso_size` payload bytes.
 pub fn gso_tcp4(gso_size: u16) -> Offload {
     Offload {
-        flags: super::offload::F_NEEDS_CSUM,
-        gso_type: super::offload::GSO_TCPV4,
+        flags: crate::core::offload::F_NEEDS_CSUM,
+        gso_type: crate::core::offload::GSO_TCPV4,
         hdr_len: 54,
         gso_size,
         csum_start: 34,
