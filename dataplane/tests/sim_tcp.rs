@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use ferry_api::table::{Endpoint, HostPort, NodeSettings};
 use ferry_api::MacAddr;
+use ferry_dataplane::core::offload::{self, EgressCaps, Finished};
 use ferry_dataplane::core::pipeline::{process_batch, DropReason, Frame, Verdict};
 use ferry_dataplane::core::tables::{PortId, TableHandle, Tables};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -211,10 +212,21 @@ impl Node {
             .collect();
         let mut verdicts = vec![Verdict::Drop(DropReason::Malformed); frames.len()];
         process_batch(&tables, now_ns, &mut frames, &mut verdicts);
-        for (frame, verdict) in frames.iter().zip(&verdicts) {
-            match *verdict {
-                Verdict::Tx(PORT_A) => a.to_pod.push_back(frame.bytes().to_vec()),
-                Verdict::Tx(PORT_B) => b.to_pod.push_back(frame.bytes().to_vec()),
+        for (frame, verdict) in frames.iter_mut().zip(&verdicts) {
+            // What leaves towards a pod's veth: finished as the worker does.
+            let (csum, off) = (frame.csum, frame.offload);
+            let len = frame.len;
+            let bytes = &mut frame.room_mut()[..len];
+            let finished = offload::finish(bytes, csum, &off, EgressCaps::default());
+            assert!(matches!(finished, Ok(Finished::Send(_))), "{finished:?}");
+            let bytes = bytes.to_vec();
+            let to = match *verdict {
+                Verdict::Reply => Verdict::Tx(frame.port),
+                v => v,
+            };
+            match to {
+                Verdict::Tx(PORT_A) => a.to_pod.push_back(bytes),
+                Verdict::Tx(PORT_B) => b.to_pod.push_back(bytes),
                 Verdict::Tx(PORT_C) => self.to_c += 1,
                 Verdict::Tx(HOST) => self.to_host += 1,
                 Verdict::Tx(other) => panic!("verdict for a port that does not exist: {other}"),
@@ -222,6 +234,7 @@ impl Node {
                 Verdict::IcmpError { .. } => {
                     panic!("no endpoint here has an MTU to exceed: {verdict:?}")
                 }
+                Verdict::Reply => unreachable!("mapped to its ingress port above"),
             }
             if matches!(verdict, Verdict::Tx(_)) {
                 self.forwarded += 1;

@@ -1170,6 +1170,22 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, Offload::NONE);
 
+        // A plain port's partial checksum (a veth's CHECKSUM_PARTIAL
+        // frame) towards a tap: left partial, the header says where.
+        let partial = partial_tcp(B, A, b"partial");
+        wb.inject(0, partial.clone());
+        let got = sent_offloaded(&wa, 1);
+        assert_eq!(got.len(), 1);
+        let (off, f) = &got[0];
+        assert_eq!(
+            (off.flags, off.csum_start, off.csum_offset),
+            (offload::F_NEEDS_CSUM, 34, 16)
+        );
+        assert_eq!(&f[50..52], &partial[50..52], "checksum left partial");
+        let mut completed = f.clone();
+        offload::complete_csum(&mut completed, 34, 16).unwrap();
+        assert!(checksums_ok(&completed), "the header completes it");
+
         let stats = dp.stats();
         let pa = stats.ports.iter().find(|p| p.name == "fta").unwrap();
         assert!(pa.drops.is_empty(), "{pa:?}");

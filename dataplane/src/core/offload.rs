@@ -23,8 +23,8 @@ pub const VNET_HDR_LEN: usize = 10;
 /// The L4 checksum is partial; complete it from `csum_start`.
 pub const F_NEEDS_CSUM: u8 = 1;
 /// The sender's device already validated the checksum (the kernel sets it
-/// on tap reads of `CHECKSUM_UNNECESSARY` frames). Accepted and not acted
-/// on: the pipeline checks complete checksums itself.
+/// on tap reads of `CHECKSUM_UNNECESSARY` frames): the frame's checksum
+/// state is [`CsumState::Complete`], not checked again.
 pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
@@ -99,6 +99,141 @@ impl Offload {
     pub fn is_gso(&self) -> bool {
         self.gso() != GSO_NONE
     }
+}
+
+/// The state of a frame's TCP/UDP checksum, classified once at ingress
+/// ([`CsumState::at_ingress`], then by the pipeline for
+/// [`CsumState::Unknown`]) and acted on once at egress ([`finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsumState {
+    /// Nothing to finish: the L4 checksum is complete (verified by the
+    /// pipeline, or vouched for by the sending device: `DATA_VALID`, as
+    /// Linux takes `CHECKSUM_UNNECESSARY`), or there is none to compute
+    /// (not TCP/UDP, a fragment, UDP without a checksum, a reply made in
+    /// place).
+    Complete,
+    /// The field at `start + offset` holds the folded pseudo-header sum;
+    /// the ones-complement sum from `start` to the end of the L4 segment
+    /// completes it. `start` is the L4 header and `offset` the checksum
+    /// field of TCP (16) or UDP (6): checked at ingress
+    /// ([`check`] for tap headers, the pipeline for the rest).
+    Partial { start: u16, offset: u16 },
+    /// Not known yet: a frame of a port without offload metadata (AF_XDP
+    /// veths). Its field is either complete or partial (a pod's veth
+    /// offloads leave `CHECKSUM_PARTIAL` frames as they are); the pipeline
+    /// finds out which, once, or drops it `bad_l4_checksum`.
+    Unknown,
+}
+
+impl CsumState {
+    /// What the ingress port's metadata says: a tap's `NEEDS_CSUM` is
+    /// partial where the header points, `DATA_VALID` is complete, and no
+    /// metadata (AF_XDP, or a tap frame without flags) is for the pipeline
+    /// to find out.
+    pub fn at_ingress(off: &Offload) -> CsumState {
+        if off.needs_csum() {
+            CsumState::Partial {
+                start: off.csum_start,
+                offset: off.csum_offset,
+            }
+        } else if off.flags & F_DATA_VALID != 0 {
+            CsumState::Complete
+        } else {
+            CsumState::Unknown
+        }
+    }
+}
+
+/// What an egress port can take instead of finished frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EgressCaps {
+    /// Frames travel with a virtio-net header (taps): partial checksums
+    /// and GSO frames leave as they are, for the receiving kernel.
+    pub offload: bool,
+    /// The device completes a partial checksum from per-frame TX metadata
+    /// (AF_XDP `XDP_TXMD_FLAGS_CHECKSUM`, Linux 6.8+). No port sets it yet:
+    /// the hook for that mode, in which [`finish`] leaves a non-GSO frame
+    /// partial and returns the header naming `csum_start`/`csum_offset`
+    /// for the queue to turn into metadata.
+    pub tx_csum: bool,
+}
+
+/// How a frame leaves, as [`finish`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Send the frame as it now is, with this header (ignored by ports
+    /// that take none; [`Offload::NONE`] unless the port takes offloads
+    /// or has `tx_csum`).
+    Send(Offload),
+    /// Cut it into segments with [`write_tcp4_segment`], each complete.
+    Segment(TcpGso),
+}
+
+/// The one place a frame is finished for its egress port: a port that
+/// takes offloads gets the frame unchanged with a header that says what is
+/// partial; otherwise a GSO frame is segmented and a partial checksum is
+/// completed in place (left partial with `tx_csum`). `frame` is the frame's
+/// data; `csum` its checksum state after the pipeline; `off` its header.
+pub fn finish(
+    frame: &mut [u8],
+    csum: CsumState,
+    off: &Offload,
+    caps: EgressCaps,
+) -> Result<Finished, DropReason> {
+    let header = header_for(csum, off);
+    if caps.offload {
+        return Ok(Finished::Send(header));
+    }
+    if off.is_gso() {
+        return plan_tcp4(frame, off).map(Finished::Segment);
+    }
+    match csum {
+        CsumState::Partial { .. } if caps.tx_csum => Ok(Finished::Send(header)),
+        CsumState::Partial { start, offset } => {
+            complete_l4(frame, usize::from(start), usize::from(offset))?;
+            Ok(Finished::Send(Offload::NONE))
+        }
+        CsumState::Complete | CsumState::Unknown => Ok(Finished::Send(Offload::NONE)),
+    }
+}
+
+/// The header a frame leaves with towards a port that takes one: its own
+/// (GSO fields, `DATA_VALID`) with `NEEDS_CSUM` and the checksum position
+/// set from `csum`, so a frame whose partial checksum was found by the
+/// pipeline (a veth's) stays partial too.
+fn header_for(csum: CsumState, off: &Offload) -> Offload {
+    let mut h = *off;
+    match csum {
+        CsumState::Partial { start, offset } => {
+            h.flags |= F_NEEDS_CSUM;
+            h.csum_start = start;
+            h.csum_offset = offset;
+        }
+        CsumState::Complete | CsumState::Unknown => {
+            h.flags &= !F_NEEDS_CSUM;
+            h.csum_start = 0;
+            h.csum_offset = 0;
+        }
+    }
+    h
+}
+
+/// Complete the partial L4 checksum at `start + offset` of an IPv4 frame,
+/// summing the L4 segment only: up to the IP total length (trailing
+/// Ethernet padding is not part of it), for UDP up to its own length.
+fn complete_l4(frame: &mut [u8], start: usize, offset: usize) -> Result<(), DropReason> {
+    let ip = ipv4_l4(frame).ok_or(DropReason::BadOffload)?;
+    if ip.at != start {
+        return Err(DropReason::BadOffload);
+    }
+    let mut end = ip.end;
+    if ip.proto == wire::IP_PROTO_UDP && start + wire::UDP_HDR_LEN <= end {
+        let udp_len = usize::from(wire::get_u16(frame, start + 4));
+        if udp_len >= wire::UDP_HDR_LEN {
+            end = end.min(start + udp_len);
+        }
+    }
+    complete_csum(&mut frame[..end], start, offset)
 }
 
 /// Smallest `gso_size` accepted from a tap: 48 bytes, Linux's own floor

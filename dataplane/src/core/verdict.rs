@@ -5,13 +5,20 @@ use crate::core::tables::PortId;
 /// What happens to one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Transmit the (possibly rewritten) frame on this port.
+    /// Forward the (possibly rewritten) frame out of this port.
     Tx(PortId),
+    /// The frame was answered in place (ARP reply, ICMP echo reply, ICMP
+    /// time exceeded): send it back out of its ingress port. Distinct from
+    /// `Tx(ingress)`, which would be forwarding to a port that happens to
+    /// be the ingress (hairpin); a reply is a plain frame with complete
+    /// checksums.
+    Reply,
     /// Drop it, counted under this reason.
     Drop(DropReason),
     /// The frame was not forwarded, counted under `reason` as a drop of
     /// the original, and was replaced in place by an ICMP error to its
-    /// sender, to transmit on `port` (its ingress port).
+    /// sender, to transmit on `port` (its ingress port) like a
+    /// [`Verdict::Reply`].
     IcmpError { port: PortId, reason: DropReason },
 }
 

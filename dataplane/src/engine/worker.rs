@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::core::offload;
-use crate::core::pipeline::{process_batch, DropReason, Frame, Offload, Verdict};
+use crate::core::offload::{self, EgressCaps, Finished};
+use crate::core::pipeline::{process_batch, CsumState, DropReason, Frame, Offload, Verdict};
 use crate::core::tables::{PortId, TableHandle};
 use crate::engine::counters::{PortCounters, WorkerCounters};
 use crate::io::port::{FramePool, PortQueue};
@@ -134,8 +134,8 @@ pub struct Worker<Q: PortQueue> {
     rx_descs: Vec<DescOf<Q>>,
     scratch: Vec<DescOf<Q>>,
     verdicts: Vec<Verdict>,
-    lens: Vec<usize>,
-    offloads: Vec<Offload>,
+    /// Each frame as the pipeline left it, for the egress side.
+    outgoing: Vec<Outgoing>,
     dirty: Vec<usize>,
     frame_store: Vec<Frame<'static>>,
     pollfds: Vec<libc::pollfd>,
@@ -173,8 +173,7 @@ impl<Q: PortQueue> Worker<Q> {
             rx_descs: vec![Default::default(); cfg.batch],
             scratch: vec![Default::default(); MAX_BATCH],
             verdicts: vec![Verdict::Drop(DropReason::Malformed); cfg.batch],
-            lens: vec![0; cfg.batch],
-            offloads: vec![Offload::NONE; cfg.batch],
+            outgoing: vec![Outgoing::default(); cfg.batch],
             dirty: Vec::new(),
             frame_store: Vec::with_capacity(cfg.batch),
             pollfds: Vec::new(),
@@ -407,32 +406,31 @@ impl<Q: PortQueue> Worker<Q> {
                 // different frame (a ring never hands out one frame twice),
                 // so the chunks are disjoint, and they are only reached
                 // through `frames` until it is emptied below.
-                let buf = unsafe { pool.chunk_mut(d) };
-                frames.push(Frame::with_offload(
+                let (buf, headroom) = unsafe { pool.buffer_mut(d) };
+                frames.push(Frame::in_buffer(
                     in_port,
                     buf,
+                    headroom,
                     pool.len_of(d),
                     pool.offload_of(d),
                 ));
             }
             process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..n]);
-            for ((len, off), f) in self
-                .lens
-                .iter_mut()
-                .zip(self.offloads.iter_mut())
-                .zip(frames.iter())
-            {
-                *len = f.len;
-                *off = f.offload;
+            for (out, f) in self.outgoing.iter_mut().zip(frames.iter()) {
+                *out = Outgoing {
+                    start: f.headroom,
+                    len: f.len,
+                    offload: f.offload,
+                    csum: f.csum,
+                };
             }
             self.frame_store = recycle(frames);
         }
 
         // Verdicts: each frame to one TX batch or back to the free list.
         for i in 0..n {
-            let mut d = self.rx_descs[i];
-            let len = self.lens[i];
-            let offload = self.offloads[i];
+            let d = self.rx_descs[i];
+            let out = self.outgoing[i];
             let mut recycled = false;
             // The original is counted as dropped; its ICMP error leaves by
             // the ingress port like any reply.
@@ -440,49 +438,46 @@ impl<Q: PortQueue> Worker<Q> {
                 self.queues[qi].counters.add_drop(reason);
                 self.counters.add_drop(reason);
             }
-            let drop_reason = match self.verdicts[i] {
-                Verdict::Tx(port) | Verdict::IcmpError { port, .. } => {
-                    match self.slots.get(port as usize) {
-                        Some(Slot::Active(j)) if *j == qi => {
-                            let a = &mut self.queues[qi];
-                            let pool = a.queue.pool();
-                            // SAFETY: the frame is the worker's (received above,
-                            // not yet handed to any ring).
-                            unsafe { pool.set_len(&mut d, len) };
-                            pool.set_offload(&mut d, offload);
-                            if a.pending.is_empty() {
-                                self.dirty.push(qi);
-                            }
-                            a.pending.push(d);
-                            None
-                        }
-                        Some(Slot::Active(j)) => {
-                            let j = *j;
-                            let (src, dst) = two_mut(&mut self.queues, qi, j);
-                            let lost = forward(
-                                src,
-                                dst,
-                                Outgoing {
-                                    desc: &d,
-                                    len,
-                                    offload,
-                                },
-                                &mut self.scratch,
-                                &self.counters,
-                                self.cfg.id,
-                            );
-                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
-                                self.dirty.push(j);
-                            }
-                            src.free.push(d);
-                            recycled = true;
-                            lost
-                        }
-                        Some(Slot::NoQueue) => Some(DropReason::NoTxQueue),
-                        Some(Slot::Unknown) | None => Some(DropReason::PortGone),
+            let egress = match self.verdicts[i] {
+                Verdict::Reply | Verdict::IcmpError { .. } => Ok(qi),
+                Verdict::Tx(port) => match self.slots.get(port as usize) {
+                    Some(Slot::Active(j)) => Ok(*j),
+                    Some(Slot::NoQueue) => Err(DropReason::NoTxQueue),
+                    Some(Slot::Unknown) | None => Err(DropReason::PortGone),
+                },
+                Verdict::Drop(reason) => Err(reason),
+            };
+            let drop_reason = match egress {
+                // Replies and ICMP errors made in place, and frames
+                // forwarded to the port they came from (hairpin): back out
+                // of the ingress queue, by descriptor.
+                Ok(j) if j == qi => {
+                    let a = &mut self.queues[qi];
+                    let was_idle = a.pending.is_empty();
+                    let lost = send_back(a, d, out);
+                    if was_idle && !a.pending.is_empty() {
+                        self.dirty.push(qi);
                     }
+                    lost
                 }
-                Verdict::Drop(reason) => Some(reason),
+                Ok(j) => {
+                    let (src, dst) = two_mut(&mut self.queues, qi, j);
+                    let lost = forward(
+                        src,
+                        dst,
+                        (&d, out),
+                        &mut self.scratch,
+                        &self.counters,
+                        self.cfg.id,
+                    );
+                    if !dst.pending.is_empty() && !self.dirty.contains(&j) {
+                        self.dirty.push(j);
+                    }
+                    src.free.push(d);
+                    recycled = true;
+                    lost
+                }
+                Err(reason) => Some(reason),
             };
             if let Some(reason) = drop_reason {
                 let a = &mut self.queues[qi];
@@ -629,90 +624,140 @@ fn reap<Q: PortQueue>(a: &mut Active<Q>, scratch: &mut [DescOf<Q>]) -> usize {
     done
 }
 
-/// A received frame on its way out: descriptor, length after the pipeline,
-/// offload header.
-struct Outgoing<'a, D> {
-    desc: &'a D,
+/// A received frame on its way out, as the pipeline left it: where its
+/// data starts in the frame's buffer ([`FramePool::buffer_mut`]), its
+/// length, header and checksum state.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    start: usize,
     len: usize,
     offload: Offload,
+    csum: CsumState,
 }
 
-/// Move frame `d` (`len` bytes, header `offload`) of `src` to `dst`: written
-/// at once if `dst` can transmit from our memory (taps), else copied into
-/// free frames of `dst`'s pool and added to `dst.pending`. Towards a pool
-/// that takes offloads the frame and its header move unchanged (a plain
-/// frame gets a zeroed header). Otherwise a GSO frame is segmented
-/// and a partial checksum completed, in software. `d` stays the caller's.
-/// Returns the drop reason when the frame (or part of it) was lost.
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing {
+            start: 0,
+            len: 0,
+            offload: Offload::NONE,
+            csum: CsumState::Unknown,
+        }
+    }
+}
+
+/// What a queue's pool takes instead of finished frames. AF_XDP TX
+/// checksum metadata (`EgressCaps::tx_csum`) is not used yet.
+fn caps_of<P: FramePool>(pool: &P) -> EgressCaps {
+    EgressCaps {
+        offload: pool.takes_offload(),
+        tx_csum: false,
+    }
+}
+
+/// Send frame `d` of `a` back out of `a` (a reply, or a frame forwarded
+/// to the port it came from): finished for `a` in place and queued by
+/// descriptor. Returns the drop reason when it cannot leave; `d` is then
+/// still the caller's.
+fn send_back<Q: PortQueue>(
+    a: &mut Active<Q>,
+    mut d: DescOf<Q>,
+    out: Outgoing,
+) -> Option<DropReason> {
+    let pool = a.queue.pool();
+    // SAFETY: the frame is the worker's (received, in no ring); this is the
+    // only reference into its chunk until it is queued below.
+    let (buf, data_at) = unsafe { pool.buffer_mut(&d) };
+    let start = out.start.min(buf.len());
+    let len = out.len.min(buf.len() - start);
+    let frame = &mut buf[start..start + len];
+    let header = match offload::finish(frame, out.csum, &out.offload, caps_of(pool)) {
+        Ok(Finished::Send(header)) => header,
+        // Only tap frames are GSO, and taps take them as they are.
+        Ok(Finished::Segment(_)) => return Some(DropReason::GsoUnsupported),
+        Err(reason) => return Some(reason),
+    };
+    if start != data_at {
+        // A header was prepended: the descriptor names the data start its
+        // pool gave the frame, so the frame moves there (no stage does this
+        // on a frame sent back yet; a pool able to move a descriptor's data
+        // start would save the move).
+        if data_at + len > buf.len() {
+            return Some(DropReason::FrameTooBig);
+        }
+        buf.copy_within(start..start + len, data_at);
+    }
+    // SAFETY: as above.
+    unsafe { pool.set_len(&mut d, len) };
+    pool.set_offload(&mut d, header);
+    a.pending.push(d);
+    None
+}
+
+/// Move frame `d` of `src` to `dst`, finished for `dst` by
+/// [`offload::finish`]: written at once if `dst` can transmit from our
+/// memory (taps), else copied into free frames of `dst`'s pool and added
+/// to `dst.pending` (a GSO frame for a port without offloads cut into
+/// segments, one frame each). `d` stays the caller's. Returns the drop
+/// reason when the frame (or part of it) was lost.
 fn forward<Q: PortQueue>(
     src: &mut Active<Q>,
     dst: &mut Active<Q>,
-    frame: Outgoing<'_, DescOf<Q>>,
+    (d, out): (&DescOf<Q>, Outgoing),
     scratch: &mut [DescOf<Q>],
     wc: &WorkerCounters,
     worker: usize,
 ) -> Option<DropReason> {
-    let Outgoing {
-        desc: d,
-        len,
-        offload,
-    } = frame;
-    let takes = dst.queue.pool().takes_offload();
+    let caps = caps_of(dst.queue.pool());
     let sp = src.queue.pool();
     // SAFETY: `d` is the worker's (received, in no ring); the slice is the
     // only reference into its chunk while it lives (the egress frames below
     // are of another pool).
-    let from = unsafe { sp.chunk_mut(d) };
-    let len = len.min(from.len());
+    let (buf, _) = unsafe { sp.buffer_mut(d) };
+    let start = out.start.min(buf.len());
+    let from = &mut buf[start..];
+    let len = out.len.min(from.len());
+    let from = &mut from[..len];
+
+    let header = match offload::finish(from, out.csum, &out.offload, caps) {
+        Ok(Finished::Send(header)) => header,
+        Ok(Finished::Segment(plan)) => {
+            make_room(dst, plan.count, scratch, wc, worker);
+            for s in 0..plan.count {
+                let Some(mut e) = dst.free.pop() else {
+                    return Some(DropReason::GsoTxFull);
+                };
+                let dp = dst.queue.pool();
+                // SAFETY: `e` was just taken off the egress free list: the
+                // worker owns it, and it is of another pool than `d`.
+                let to = unsafe { dp.chunk_mut(&e) };
+                match offload::write_tcp4_segment(from, &plan, s, to) {
+                    Some(n) => {
+                        // SAFETY: as above.
+                        unsafe { dp.set_len(&mut e, n) };
+                        dst.pending.push(e);
+                    }
+                    None => {
+                        dst.free.push(e);
+                        return Some(DropReason::FrameTooBig);
+                    }
+                }
+            }
+            return None;
+        }
+        Err(reason) => return Some(reason),
+    };
 
     // A tap is written straight from the ingress frame (no egress frame,
     // no copy of ours; the kernel copies during the call).
-    if takes {
-        if let Some(written) = dst.queue.tx_direct(&from[..len], offload) {
+    if caps.offload {
+        if let Some(written) = dst.queue.tx_direct(from, header) {
             if !written {
                 return Some(DropReason::TapWriteFailed);
             }
             dst.counters.add_tx(1, len as u64);
             wc.add_tx(1);
             return None;
-        }
-    }
-
-    if !takes && offload.is_gso() {
-        let plan = match offload::plan_tcp4(&from[..len], &offload) {
-            Ok(plan) => plan,
-            Err(reason) => return Some(reason),
-        };
-        make_room(dst, plan.count, scratch, wc, worker);
-        for s in 0..plan.count {
-            let Some(mut e) = dst.free.pop() else {
-                return Some(DropReason::GsoTxFull);
-            };
-            let dp = dst.queue.pool();
-            // SAFETY: `e` was just taken off the egress free list: the
-            // worker owns it, and it is of another pool than `d`.
-            let to = unsafe { dp.chunk_mut(&e) };
-            match offload::write_tcp4_segment(&from[..len], &plan, s, to) {
-                Some(n) => {
-                    // SAFETY: as above.
-                    unsafe { dp.set_len(&mut e, n) };
-                    dst.pending.push(e);
-                }
-                None => {
-                    dst.free.push(e);
-                    return Some(DropReason::FrameTooBig);
-                }
-            }
-        }
-        return None;
-    }
-    if !takes && offload.needs_csum() {
-        let (start, at) = (
-            usize::from(offload.csum_start),
-            usize::from(offload.csum_offset),
-        );
-        if let Err(reason) = offload::complete_csum(&mut from[..len], start, at) {
-            return Some(reason);
         }
     }
     let Some(mut e) = dst.free.pop() else {
@@ -726,11 +771,11 @@ fn forward<Q: PortQueue>(
         dst.free.push(e);
         return Some(DropReason::FrameTooBig);
     }
-    to[..len].copy_from_slice(&from[..len]);
+    to[..len].copy_from_slice(from);
     // SAFETY: as above.
     unsafe { dp.set_len(&mut e, len) };
     // Pools that take no offloads ignore the header.
-    dp.set_offload(&mut e, offload);
+    dp.set_offload(&mut e, header);
     dst.pending.push(e);
     None
 }

@@ -58,7 +58,17 @@ pub const MAX_QUEUES: u32 = 64;
 pub const FRAME_SIZE: u32 = 2048;
 /// Headroom the kernel keeps in front of the frame in every chunk
 /// (`XDP_PACKET_HEADROOM`; our own `frame_headroom` is 0).
+///
+/// It is also the frames' headroom for us ([`FramePool::buffer_mut`]):
+/// a chunk is laid out as the UMEM's `frame_headroom` (0), then these 256
+/// bytes, then the data (xsk-rs `UmemConfig`, the kernel's
+/// `xp_init_xskb_addr`), so they are the bytes right in front of the data,
+/// and once a descriptor is out of the RX ring the whole chunk is ours
+/// (copy mode writes only the data; our XDP program moves neither the data
+/// start nor metadata into it). A `frame_headroom` would sit at the start
+/// of the chunk, 256 bytes away from the data, and only shorten it.
 pub const XDP_PACKET_HEADROOM: u32 = 256;
+const _: () = assert!(XDP_PACKET_HEADROOM as usize >= crate::core::pipeline::FRAME_HEADROOM);
 /// The largest pod MTU a veth on a plain (not `xdp.frags`) XDP program may
 /// have on this kernel (6.18, 4 KiB pages): "mtu greater than device
 /// maximum" above it (DESIGN.md, performance levers).
@@ -108,6 +118,21 @@ impl FramePool for XskPool {
         // `cap` bytes long inside the UMEM mapping; the mapping lives as long
         // as `self.umem`, which outlives the returned borrow of `self`.
         unsafe { std::slice::from_raw_parts_mut(ptr, cap) }
+    }
+
+    unsafe fn buffer_mut(&self, desc: &FrameDesc) -> (&mut [u8], usize) {
+        // The chunk starts at the aligned offset below the data (aligned
+        // mode: chunks of FRAME_SIZE, a power of two, from the UMEM's start).
+        let headroom = desc.addr() % FRAME_SIZE as usize;
+        // SAFETY: as for `chunk_mut`.
+        let data = unsafe { self.chunk_mut(desc) };
+        let len = headroom + data.len();
+        // SAFETY: the `headroom` bytes in front of the data segment are the
+        // start of the same chunk of the UMEM mapping (see above), owned by
+        // the caller like the rest of the frame (trait contract); the
+        // slice ends where the data segment does.
+        let whole = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().sub(headroom), len) };
+        (whole, headroom)
     }
 
     unsafe fn set_len(&self, desc: &mut FrameDesc, len: usize) {

@@ -54,6 +54,24 @@ pub trait FramePool: Send + 'static {
     )]
     unsafe fn chunk_mut(&self, desc: &Self::Desc) -> &mut [u8];
 
+    /// The frame's whole buffer and where its data starts in it: the bytes
+    /// before are headroom, free for headers prepended in place
+    /// ([`crate::core::pipeline::Frame::prepend`]); from the data start on
+    /// it is [`FramePool::chunk_mut`]'s slice.
+    ///
+    /// # Safety
+    ///
+    /// As for [`FramePool::chunk_mut`]: the caller owns the frame and holds
+    /// no other reference into its chunk while the slice lives.
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "the pool hands out disjoint chunks the caller owns; see Safety"
+    )]
+    unsafe fn buffer_mut(&self, desc: &Self::Desc) -> (&mut [u8], usize) {
+        // SAFETY: the caller's guarantees are passed on unchanged.
+        (unsafe { self.chunk_mut(desc) }, 0)
+    }
+
     /// Set the frame data length (clamped to the chunk capacity).
     ///
     /// # Safety

@@ -295,7 +295,8 @@ impl PortBackend for MemBackend {
     type Queue = MemQueue;
     type Attachment = MemAttachment;
 
-    /// In-memory frames have no headroom; offload wires are tap-sized.
+    /// `frame_size` is what an in-memory frame holds after its headroom;
+    /// offload wires are tap-sized.
     fn mtu_limits(&self) -> MtuLimits {
         MtuLimits {
             veth: self

@@ -175,6 +175,9 @@ pub fn run_in(tables: &Tables, port: PortId, frame: &[u8], cap: usize) -> (Verdi
 }
 
 /// As [`run_in`], for a frame that came with the virtio-net header `off`.
+/// What is forwarded is finished as for a veth egress
+/// ([`crate::core::offload::finish`] without offloads: a partial checksum
+/// completed, GSO left as it is), so the bytes are what the receiver gets.
 pub fn run_offload(
     tables: &Tables,
     port: PortId,
@@ -187,8 +190,25 @@ pub fn run_offload(
     let mut f = Frame::with_offload(port, &mut buf, frame.len(), off);
     let verdict = process_frame(tables, &mut f);
     let len = f.len;
+    if matches!(verdict, Verdict::Tx(_)) && !f.offload.is_gso() {
+        finish_for_veth(&mut f);
+    }
     buf.truncate(len);
     (verdict, buf)
+}
+
+/// Finish a forwarded frame for an egress port without offloads, as the
+/// worker does; panics if that refuses the frame (the pipeline forwards
+/// only frames whose checksum state was checked).
+pub fn finish_for_veth(f: &mut Frame<'_>) {
+    use crate::core::offload::{finish, EgressCaps, Finished};
+    let (csum, off, len) = (f.csum, f.offload, f.len);
+    let data = &mut f.room_mut()[..len];
+    let finished = finish(data, csum, &off, EgressCaps::default());
+    assert!(
+        matches!(finished, Ok(Finished::Send(Offload::NONE))),
+        "{finished:?}"
+    );
 }
 
 /// Plain 16-bit ones-complement sum, folded (reference, not the pipeline's).

@@ -18,7 +18,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use offload::Offload;
+pub use offload::{CsumState, Offload};
 pub use verdict::{DropReason, Verdict};
 
 use std::net::Ipv4Addr;
@@ -31,35 +31,85 @@ pub const REPLY_TTL: u8 = 64;
 /// TOS of ICMP errors (internetwork control, as Linux sends them).
 const ICMP_ERROR_TOS: u8 = 0xc0;
 
-/// One received frame. `buf` is the whole chunk the frame sits in (its
-/// capacity bounds how far a reply may grow); the frame is `buf[..len]`.
+/// Headroom every frame buffer of the I/O layer keeps in front of the
+/// data, so an outer header is prepended in place ([`Frame::prepend`])
+/// instead of moving the frame: at least a VXLAN encapsulation
+/// ([`VXLAN_OVERHEAD`]), a whole number of cache lines.
+pub const FRAME_HEADROOM: usize = 64;
+/// Outer Ethernet + IPv4 + UDP + VXLAN headers.
+pub const VXLAN_OVERHEAD: usize = 50;
+const _: () = assert!(FRAME_HEADROOM >= VXLAN_OVERHEAD && FRAME_HEADROOM.is_multiple_of(64));
+
+/// One received frame. `buf` is the whole buffer the frame sits in: the
+/// data is `buf[headroom..headroom + len]`, the bytes before it are free
+/// for headers to prepend, those after it bound how far a reply may grow.
 /// `offload` is its virtio-net header (tap ports; [`Offload::NONE`]
-/// elsewhere). A frame whose L4 checksum is partial per `offload`
-/// (`NEEDS_CSUM`) is forwarded with it left partial: the I/O layer
-/// completes it (or segments the frame) only if the egress port needs it.
-/// A reply the pipeline makes in place leaves with `Offload::NONE`.
+/// elsewhere) and `csum` the state of its L4 checksum, classified from the
+/// header when the frame is made and, for [`CsumState::Unknown`], by the
+/// pipeline. A partial checksum is forwarded partial: the egress side
+/// ([`offload::finish`]) completes it (or segments the frame) only if the
+/// egress port needs it. A reply the pipeline makes in place leaves with
+/// `Offload::NONE` and a complete checksum.
 pub struct Frame<'a> {
     pub port: PortId,
     pub buf: &'a mut [u8],
+    pub headroom: usize,
     pub len: usize,
     pub offload: Offload,
+    pub csum: CsumState,
 }
 
 impl<'a> Frame<'a> {
+    /// A plain frame at the start of `buf` (no headroom).
     pub fn new(port: PortId, buf: &'a mut [u8], len: usize) -> Self {
         Frame::with_offload(port, buf, len, Offload::NONE)
     }
 
+    /// A frame at the start of `buf` that came with the header `offload`.
     pub fn with_offload(port: PortId, buf: &'a mut [u8], len: usize, offload: Offload) -> Self {
+        Frame::in_buffer(port, buf, 0, len, offload)
+    }
+
+    /// A frame whose data starts `headroom` bytes into `buf` (clamped to
+    /// the buffer), with its checksum state classified from `offload`.
+    pub fn in_buffer(
+        port: PortId,
+        buf: &'a mut [u8],
+        headroom: usize,
+        len: usize,
+        offload: Offload,
+    ) -> Self {
         Frame {
             port,
+            headroom: headroom.min(buf.len()),
             buf,
             len,
+            csum: CsumState::at_ingress(&offload),
             offload,
         }
     }
+
+    /// The frame's bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len.min(self.buf.len())]
+        let data = &self.buf[self.headroom..];
+        &data[..self.len.min(data.len())]
+    }
+
+    /// The buffer from the frame's first byte to the end (the frame is its
+    /// first `len` bytes).
+    pub fn room_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.headroom..]
+    }
+
+    /// Grow the frame by `n` bytes at the front, taken from the headroom,
+    /// without moving it; the new first `n` bytes are returned to be
+    /// written. `None` (the frame unchanged) when the headroom is smaller.
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        let at = self.headroom.checked_sub(n)?;
+        let len = self.len.min(self.buf.len() - self.headroom);
+        self.headroom = at;
+        self.len = len + n;
+        Some(&mut self.buf[at..at + n])
     }
 }
 
@@ -84,39 +134,46 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     let Some(role) = tables.port_role(frame.port) else {
         return Verdict::Drop(DropReason::UnknownPort);
     };
-    let len = frame.len.min(frame.buf.len());
-    let ethertype = match Ethernet::new_checked(&mut frame.buf[..len]) {
+    let buf = &mut frame.buf[frame.headroom..];
+    let len = frame.len.min(buf.len());
+    let ethertype = match Ethernet::new_checked(&mut buf[..len]) {
         Ok(eth) => eth.ethertype(),
         Err(reason) => return Verdict::Drop(reason),
     };
     if matches!(ethertype, wire::ETHERTYPE_ARP | wire::ETHERTYPE_IPV4) {
         // A tap's header is trusted only once it fits the frame (the egress
         // side writes where it points).
-        if let Err(reason) = offload::check(&frame.buf[..len], &frame.offload) {
+        if let Err(reason) = offload::check(&buf[..len], &frame.offload) {
             return Verdict::Drop(reason);
         }
     }
     let verdict = match ethertype {
-        wire::ETHERTYPE_ARP => arp(tables, role, frame.port, &mut frame.buf[..len]),
+        wire::ETHERTYPE_ARP => arp(tables, role, &mut buf[..len]),
         wire::ETHERTYPE_IPV4 => {
-            let (verdict, new_len) = ipv4(tables, role, frame.port, frame.buf, len, &frame.offload);
+            let (verdict, new_len) = ipv4(
+                tables,
+                role,
+                frame.port,
+                buf,
+                len,
+                (&frame.offload, &mut frame.csum),
+            );
             frame.len = new_len;
             verdict
         }
         wire::ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6Unsupported),
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
     };
-    // Only replies made in place leave by the ingress port (a pod never
-    // reaches itself through us, and host -> host is `no_route`); they are
-    // plain frames with complete checksums.
-    if matches!(verdict, Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } if p == frame.port) {
+    // Replies made in place are plain frames with complete checksums.
+    if matches!(verdict, Verdict::Reply | Verdict::IcmpError { .. }) {
         frame.offload = Offload::NONE;
+        frame.csum = CsumState::Complete;
     }
     verdict
 }
 
 /// Proxy ARP: answer requests with the router MAC.
-fn arp(tables: &Tables, role: PortRole, ingress: PortId, frame: &mut [u8]) -> Verdict {
+fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
     let router = tables.router_mac().octets();
     let Ok(mut eth) = Ethernet::new_checked(frame) else {
         return Verdict::Drop(DropReason::Runt);
@@ -146,7 +203,7 @@ fn arp(tables: &Tables, role: PortRole, ingress: PortId, frame: &mut [u8]) -> Ve
     };
     eth.set_dst(requester);
     eth.set_src(router);
-    Verdict::Tx(ingress)
+    Verdict::Reply
 }
 
 /// Where an IPv4 packet goes after the table lookups.
@@ -155,10 +212,11 @@ enum Destination {
     Host,
 }
 
-/// The IPv4 decisions. `buf` is the whole chunk, `len` the frame length
-/// (`14 <= len <= buf.len()`); `offload`: the frame's virtio-net header
-/// (a partial L4 checksum is left for the egress side; a GSO frame is
-/// judged against the egress MTU by its segments). Returns the verdict and
+/// The IPv4 decisions. `buf` is the buffer from the frame's start, `len`
+/// the frame length (`14 <= len <= buf.len()`); `offload`: the frame's
+/// virtio-net header (a GSO frame is judged against the egress MTU by its
+/// segments); `csum`: its checksum state, classified here if unknown (a
+/// partial checksum is left for the egress side). Returns the verdict and
 /// the new frame length.
 fn ipv4(
     tables: &Tables,
@@ -166,9 +224,8 @@ fn ipv4(
     ingress: PortId,
     buf: &mut [u8],
     len: usize,
-    offload: &Offload,
+    (offload, csum): (&Offload, &mut CsumState),
 ) -> (Verdict, usize) {
-    let partial = offload.needs_csum();
     let drop = |reason| (Verdict::Drop(reason), len);
     let router = tables.router_mac().octets();
     let gateway = tables.gateway();
@@ -203,7 +260,11 @@ fn ipv4(
             match echo_reply(&mut ip) {
                 Some(Ok(())) => {
                     drop_view(ip);
-                    return (reply_macs(buf, len, sender_mac, router, ingress), len);
+                    let verdict = match set_macs(buf, len, sender_mac, router) {
+                        Ok(()) => Verdict::Reply,
+                        Err(reason) => Verdict::Drop(reason),
+                    };
+                    return (verdict, len);
                 }
                 Some(Err(reason)) => return drop(reason),
                 // Other ICMP for the gateway: the node kernel owns it.
@@ -243,7 +304,7 @@ fn ipv4(
                         return frag_needed(too_big, mtu, from, buf, len, reply_to);
                     }
                 }
-                if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
+                if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
                     return drop(reason);
                 }
                 // Host -> pod was routed (and its TTL decremented) by the
@@ -265,29 +326,29 @@ fn ipv4(
                     let too_big = Offending::of(&ip);
                     return frag_needed(too_big, host.mtu, gateway, buf, len, reply_to);
                 }
-                if let Err(reason) = complete_l4_checksum(&mut ip, partial) {
+                if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
                     return drop(reason);
                 }
                 (host.port, host.kernel_mac.octets())
             }
         }
     };
-    (reply_macs(buf, len, new_dst_mac, router, egress), len)
+    let verdict = match set_macs(buf, len, new_dst_mac, router) {
+        Ok(()) => Verdict::Tx(egress),
+        Err(reason) => Verdict::Drop(reason),
+    };
+    (verdict, len)
 }
 
 /// End a view's borrow explicitly (readability at early returns).
 fn drop_view(_ip: Ipv4<'_>) {}
 
-/// Set the Ethernet addresses of `buf[..len]` and transmit on `port`.
-fn reply_macs(buf: &mut [u8], len: usize, dst: [u8; 6], src: [u8; 6], port: PortId) -> Verdict {
-    match Ethernet::new_checked(&mut buf[..len]) {
-        Ok(mut eth) => {
-            eth.set_dst(dst);
-            eth.set_src(src);
-            Verdict::Tx(port)
-        }
-        Err(reason) => Verdict::Drop(reason),
-    }
+/// Set the Ethernet addresses of `buf[..len]`.
+fn set_macs(buf: &mut [u8], len: usize, dst: [u8; 6], src: [u8; 6]) -> Result<(), DropReason> {
+    let mut eth = Ethernet::new_checked(&mut buf[..len])?;
+    eth.set_dst(dst);
+    eth.set_src(src);
+    Ok(())
 }
 
 /// If `ip` (unfragmented ICMP) is an echo request, turn it into the echo
@@ -395,7 +456,7 @@ fn time_exceeded(
 ) -> (Verdict, usize) {
     let error = (wire::ICMP_TIME_EXCEEDED, 0, [0; 4]);
     match icmp_error(ip, error, gateway, buf, to) {
-        Some(new_len) => (Verdict::Tx(to.ingress), new_len),
+        Some(new_len) => (Verdict::Reply, new_len),
         None => (Verdict::Drop(DropReason::TtlExceeded), len),
     }
 }
@@ -486,19 +547,27 @@ fn icmp_error(
     Some(new_len)
 }
 
-/// The TCP/UDP checksum rule for forwarded frames: complete a partial
-/// checksum (the field holds the folded pseudo-header sum, as Linux leaves a
-/// CHECKSUM_PARTIAL frame), keep a valid one, refuse anything else.
-/// Fragments are not touched (the L4 message is not complete here), nor
-/// frames whose virtio-net header marks the checksum partial
-/// (`offload_partial`: completed at egress if the egress needs it).
-fn complete_l4_checksum(ip: &mut Ipv4<'_>, offload_partial: bool) -> Result<(), DropReason> {
-    if offload_partial || !ip.is_unfragmented() {
+/// The TCP/UDP checksum rule for forwarded frames whose checksum state is
+/// [`CsumState::Unknown`] (a frame of a veth), decided once here: a field
+/// holding the folded pseudo-header sum (as Linux leaves a
+/// `CHECKSUM_PARTIAL` frame) is [`CsumState::Partial`], left for the
+/// egress side to complete if the egress port needs it; a valid checksum is
+/// [`CsumState::Complete`]; anything else is refused. Fragments are
+/// complete as far as we are concerned (the L4 message is not whole here).
+/// A known state (a tap's header) is not judged again.
+fn classify_l4_checksum(ip: &mut Ipv4<'_>, csum: &mut CsumState) -> Result<(), DropReason> {
+    if *csum != CsumState::Unknown {
+        return Ok(());
+    }
+    if !ip.is_unfragmented() {
+        *csum = CsumState::Complete;
         return Ok(());
     }
     let proto = ip.protocol();
     let src = ip.src_octets();
     let dst = ip.dst_octets();
+    // The L4 header follows the IP header; both fit a u16 (total <= 65535).
+    let start = (wire::ETH_HDR_LEN + ip.header_len()) as u16;
     let payload = ip.payload_mut();
     let (field_at, l4_len) = match proto {
         wire::IP_PROTO_TCP => {
@@ -517,31 +586,32 @@ fn complete_l4_checksum(ip: &mut Ipv4<'_>, offload_partial: bool) -> Result<(), 
             }
             if wire::get_u16(payload, wire::UDP_CHECKSUM_OFFSET) == 0 {
                 // UDP over IPv4 without a checksum.
+                *csum = CsumState::Complete;
                 return Ok(());
             }
             (wire::UDP_CHECKSUM_OFFSET, udp_len)
         }
-        _ => return Ok(()),
+        _ => {
+            *csum = CsumState::Complete;
+            return Ok(());
+        }
     };
     // l4_len <= total_len <= 65535.
-    let segment = &mut payload[..l4_len];
+    let segment = &payload[..l4_len];
     let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u16);
     let partial = checksum::fold(pseudo);
     let field = wire::get_u16(segment, field_at);
     // 0x0000 and 0xffff are the same number in ones' complement; a TCP
     // field of 0 can only mean a partial sum of 0xffff (UDP 0 = no checksum
     // was handled above).
-    let is_partial = field == partial || (field == 0 && partial == 0xffff);
-    if is_partial {
-        wire::set_u16(segment, field_at, 0);
-        let mut full = !checksum::fold(checksum::add_bytes(pseudo, segment));
-        if proto == wire::IP_PROTO_UDP && full == 0 {
-            // RFC 768: a computed 0 is sent as all ones.
-            full = 0xffff;
-        }
-        wire::set_u16(segment, field_at, full);
+    if field == partial || (field == 0 && partial == 0xffff) {
+        *csum = CsumState::Partial {
+            start,
+            offset: field_at as u16,
+        };
         Ok(())
     } else if checksum::fold(checksum::add_bytes(pseudo, segment)) == 0xffff {
+        *csum = CsumState::Complete;
         Ok(())
     } else {
         Err(DropReason::BadL4Checksum)

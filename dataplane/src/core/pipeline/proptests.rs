@@ -117,6 +117,9 @@ fn run_frame(
     buf[..n].copy_from_slice(&bytes[..n]);
     let mut f = Frame::new(port, &mut buf, claimed);
     let v = process_frame(t, &mut f);
+    if matches!(v, Verdict::Tx(_)) {
+        finish_for_veth(&mut f);
+    }
     let len = f.len;
     (v, len, buf)
 }
@@ -132,6 +135,8 @@ proptest! {
         let (v, len, _) = run_frame(&t, port, &bytes, claimed, cap);
         if let Verdict::Tx(p) = v {
             prop_assert!(t.port_role(p).is_some());
+        }
+        if matches!(v, Verdict::Tx(_) | Verdict::Reply | Verdict::IcmpError { .. }) {
             prop_assert!(len >= 14 && len <= cap);
         }
     }
@@ -141,7 +146,12 @@ proptest! {
         let t = tables();
         let cap = f.len() + slack;
         let (v, len, buf) = run_frame(&t, port, &f, f.len(), cap);
-        if let Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } = v {
+        let sent = match v {
+            Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } => Some(p),
+            Verdict::Reply => Some(port),
+            Verdict::Drop(_) => None,
+        };
+        if let Some(p) = sent {
             prop_assert!(t.port_role(p).is_some());
             prop_assert!(len <= cap);
             let out = &buf[..len];
@@ -201,6 +211,7 @@ proptest! {
                 (_, None) => prop_assert_eq!(v, Verdict::Drop(DropReason::UnknownPort)),
                 (Verdict::Tx(p), Some(_)) => prop_assert!(t.port_role(p).is_some()),
                 (Verdict::IcmpError { port, .. }, Some(_)) => prop_assert_eq!(port, ingress),
+                (Verdict::Reply, Some(_)) => prop_assert!(matches!(kind, Kind::Echo) || ttl <= 1),
                 (Verdict::Drop(_), Some(_)) => {}
             }
             if let (Some(PortRole::Pod { ip, .. }), Verdict::Tx(_)) = (t.port_role(ingress), v) {
@@ -354,6 +365,7 @@ proptest! {
                 prop_assert!(seg > mtu as usize && !df);
                 prop_assert_eq!(reason, DropReason::TooBigNoDf);
             }
+            Verdict::Reply => prop_assert!(false, "nothing here is answered in place"),
         }
     }
 }

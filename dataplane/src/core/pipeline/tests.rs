@@ -56,7 +56,7 @@ fn pod_arp_for_gateway_and_other_pods_gets_router_mac() {
     for target in [GW, POD_B.1, NO_POD, OUTSIDE] {
         let req = arp_frame(1, mac_of(POD_A.1), POD_A.1, target);
         let (v, out) = run(&t, POD_A.0, &req);
-        assert_eq!(v, Verdict::Tx(POD_A.0), "{target}");
+        assert_eq!(v, Verdict::Reply, "{target}");
         assert_eq!(out.len(), req.len());
         assert_eq!(&out[0..6], &mac_of(POD_A.1), "eth dst = requester");
         assert_eq!(&out[6..12], &ROUTER, "eth src = router");
@@ -98,7 +98,7 @@ fn host_arp_for_endpoint_gets_router_mac() {
     let t = tables();
     let req = arp_frame(1, KERNEL_MAC, GW, POD_B.1);
     let (v, out) = run(&t, HOST_PORT, &req);
-    assert_eq!(v, Verdict::Tx(HOST_PORT));
+    assert_eq!(v, Verdict::Reply);
     assert_eq!(&out[0..6], &KERNEL_MAC);
     assert_eq!(&out[22..28], &ROUTER);
     assert_eq!(&out[28..32], &POD_B.1.octets());
@@ -227,19 +227,19 @@ fn echo_request_to_gateway_is_answered() {
     let payload = b"ping payload 0123456789";
     let req = echo_request(POD_A.1, GW, 64, payload);
     let (v, out) = run(&t, POD_A.0, &req);
-    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(v, Verdict::Reply);
     assert_eq!(out.len(), req.len());
     assert_echo_reply(&out, mac_of(POD_A.1), POD_A.1, payload);
 
     // TTL 1 to the gateway is for us, not expired.
     let (v, out) = run(&t, POD_A.0, &echo_request(POD_A.1, GW, 1, b""));
-    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(v, Verdict::Reply);
     assert_echo_reply(&out, mac_of(POD_A.1), POD_A.1, b"");
 
     // From the host port.
     let req = echo_request(Ipv4Addr::new(192, 168, 1, 10), GW, 64, payload);
     let (v, out) = run(&t, HOST_PORT, &req);
-    assert_eq!(v, Verdict::Tx(HOST_PORT));
+    assert_eq!(v, Verdict::Reply);
     assert_echo_reply(&out, KERNEL_MAC, Ipv4Addr::new(192, 168, 1, 10), payload);
 
     let mut bad = echo_request(POD_A.1, GW, 64, payload);
@@ -294,7 +294,7 @@ fn expired_ttl_gets_time_exceeded() {
         let payload = b"0123456789abcdef";
         let f = udp_frame(POD_A.1, POD_B.1, ttl, payload);
         let (v, out) = run(&t, POD_A.0, &f);
-        assert_eq!(v, Verdict::Tx(POD_A.0), "ttl {ttl}");
+        assert_eq!(v, Verdict::Reply, "ttl {ttl}");
         assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8);
         assert_eq!(&out[0..6], &mac_of(POD_A.1));
         assert_eq!(&out[6..12], &ROUTER);
@@ -343,7 +343,7 @@ fn expired_ttl_without_icmp_error() {
     assert_eq!(run(&t, POD_A.0, &frag).0, dropped(DropReason::TtlExceeded));
     // An echo request (not an error) with TTL 1 to another pod does get one.
     let echo = echo_request(POD_A.1, POD_B.1, 1, b"12345678");
-    assert_eq!(run(&t, POD_A.0, &echo).0, Verdict::Tx(POD_A.0));
+    assert_eq!(run(&t, POD_A.0, &echo).0, Verdict::Reply);
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn time_exceeded_quotes_options_and_short_payloads() {
     f[23] = 253; // an experimental protocol: no L4 checks
     fix_ip_checksum(&mut f);
     let (v, out) = run(&t, POD_A.0, &f);
-    assert_eq!(v, Verdict::Tx(POD_A.0));
+    assert_eq!(v, Verdict::Reply);
     assert_eq!(out.len(), 14 + 28 + 24 + 3);
     assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
     assert_eq!(&out[42..], &f[14..]);
@@ -548,7 +548,7 @@ fn batch_writes_one_verdict_per_frame() {
         verdicts,
         [
             Verdict::Tx(POD_B.0),
-            Verdict::Tx(POD_A.0),
+            Verdict::Reply,
             Verdict::Drop(DropReason::UnknownPort),
             Verdict::Tx(HOST_PORT)
         ]
@@ -598,7 +598,7 @@ fn offloaded_frames_keep_partial_checksums_and_replies_drop_the_header() {
         ..Offload::NONE
     };
     let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), valid);
-    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_A.0));
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Reply);
     assert_eq!(frame.offload, Offload::NONE);
 }
 
@@ -783,4 +783,150 @@ fn bad_offload_headers_are_dropped() {
     let mut v6 = f.clone();
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
     assert_eq!(run_with(&v6, gso), dropped(DropReason::Ipv6Unsupported));
+}
+
+#[test]
+fn prepend_takes_the_headroom_and_refuses_beyond_it() {
+    let mut buf = vec![0u8; FRAME_HEADROOM + 100];
+    buf[FRAME_HEADROOM..FRAME_HEADROOM + 4].copy_from_slice(b"data");
+    let mut f = Frame::in_buffer(POD_A.0, &mut buf, FRAME_HEADROOM, 4, Offload::NONE);
+    assert!(
+        f.prepend(FRAME_HEADROOM + 1).is_none(),
+        "more than the headroom"
+    );
+    assert_eq!(
+        (f.headroom, f.len),
+        (FRAME_HEADROOM, 4),
+        "unchanged when refused"
+    );
+    let outer = f.prepend(VXLAN_OVERHEAD).expect("a VXLAN header fits");
+    assert_eq!(outer.len(), VXLAN_OVERHEAD);
+    outer.fill(0xee);
+    assert_eq!(f.len, VXLAN_OVERHEAD + 4);
+    assert_eq!(
+        &f.bytes()[VXLAN_OVERHEAD..],
+        b"data",
+        "the frame did not move"
+    );
+    let rest = FRAME_HEADROOM - VXLAN_OVERHEAD;
+    assert!(f.prepend(rest + 1).is_none());
+    assert!(f.prepend(rest).is_some(), "up to the whole headroom");
+    assert_eq!(f.headroom, 0);
+    assert!(f.prepend(1).is_none());
+    // The pipeline reads the frame where it starts, not the buffer's start.
+    let req = arp_frame(1, mac_of(POD_A.1), POD_A.1, GW);
+    let mut buf = vec![0u8; FRAME_HEADROOM + CHUNK];
+    buf[FRAME_HEADROOM..][..req.len()].copy_from_slice(&req);
+    let mut f = Frame::in_buffer(POD_A.0, &mut buf, FRAME_HEADROOM, req.len(), Offload::NONE);
+    assert_eq!(process_frame(&tables(), &mut f), Verdict::Reply);
+    assert!(
+        buf[..FRAME_HEADROOM].iter().all(|b| *b == 0),
+        "headroom untouched"
+    );
+}
+
+/// Checksum state: classified once (a veth's partial checksum found by
+/// the pipeline, a tap's taken from its header, DATA_VALID trusted), then
+/// finished by the egress port's capabilities.
+#[test]
+fn checksum_state_is_classified_once_and_finished_by_the_egress() {
+    use crate::core::offload::{finish, EgressCaps, Finished};
+    let t = tables();
+    let tap = EgressCaps {
+        offload: true,
+        tx_csum: false,
+    };
+    let veth = EgressCaps::default();
+    let partial_at = CsumState::Partial {
+        start: 34,
+        offset: 16,
+    };
+    // A veth frame with a partial checksum: classified partial, left so.
+    let mut f = tcp_frame(POD_A.1, POD_B.1, 64, &[3u8; 200]);
+    make_partial(&mut f);
+    let mut buf = f.clone();
+    let mut frame = Frame::new(POD_A.0, &mut buf, f.len());
+    assert_eq!(frame.csum, CsumState::Unknown);
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_B.0));
+    assert_eq!(frame.csum, partial_at);
+    assert!(
+        !l4_checksum_ok(frame.bytes()),
+        "not completed by the pipeline"
+    );
+    // Towards a tap: as it is, with a header saying so.
+    let mut to_tap = frame.bytes().to_vec();
+    let Ok(Finished::Send(h)) = finish(&mut to_tap, frame.csum, &frame.offload, tap) else {
+        panic!("a tap takes it")
+    };
+    assert_eq!(
+        (h.flags, h.csum_start, h.csum_offset),
+        (offload::F_NEEDS_CSUM, 34, 16)
+    );
+    assert_eq!(to_tap, frame.bytes(), "untouched");
+    assert_eq!(
+        offload::check(&to_tap, &h),
+        Ok(()),
+        "the header fits the frame"
+    );
+    // The hook for AF_XDP TX checksum metadata leaves it partial too.
+    let with_md = EgressCaps {
+        offload: false,
+        tx_csum: true,
+    };
+    let mut md = frame.bytes().to_vec();
+    assert!(
+        matches!(finish(&mut md, frame.csum, &frame.offload, with_md), Ok(Finished::Send(h)) if h.needs_csum())
+    );
+    // Towards a veth: completed, over the L4 segment only (padding after
+    // the IP packet is not summed).
+    let mut padded = frame.bytes().to_vec();
+    padded.extend_from_slice(&[0xab; 7]);
+    assert_eq!(
+        finish(&mut padded, frame.csum, &frame.offload, veth),
+        Ok(Finished::Send(Offload::NONE))
+    );
+    assert!(l4_checksum_ok(&padded[..f.len()]));
+
+    // A complete checksum is verified once and then left alone.
+    let f = udp_frame(POD_A.1, POD_B.1, 64, b"complete");
+    let mut buf = f.clone();
+    let mut frame = Frame::new(POD_A.0, &mut buf, f.len());
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Tx(POD_B.0));
+    assert_eq!(frame.csum, CsumState::Complete);
+    let before = frame.bytes().to_vec();
+    let mut out = before.clone();
+    assert_eq!(
+        finish(&mut out, frame.csum, &frame.offload, veth),
+        Ok(Finished::Send(Offload::NONE))
+    );
+    assert_eq!(out, before);
+    assert!(
+        matches!(finish(&mut out, frame.csum, &frame.offload, tap), Ok(Finished::Send(h)) if h == Offload::NONE)
+    );
+
+    // Tap headers: NEEDS_CSUM is partial where it points, DATA_VALID is
+    // complete (not checked again), nothing is for the pipeline.
+    let needs = Offload {
+        flags: offload::F_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Offload::NONE
+    };
+    assert_eq!(CsumState::at_ingress(&needs), partial_at);
+    let valid = Offload {
+        flags: offload::F_DATA_VALID,
+        ..Offload::NONE
+    };
+    assert_eq!(CsumState::at_ingress(&valid), CsumState::Complete);
+    assert_eq!(CsumState::at_ingress(&Offload::NONE), CsumState::Unknown);
+
+    // Replies are complete and plain, whatever the request carried.
+    let req = echo_request(POD_A.1, GW, 64, b"ping");
+    let mut buf = req.clone();
+    let mut frame = Frame::with_offload(POD_A.0, &mut buf, req.len(), valid);
+    assert_eq!(process_frame(&t, &mut frame), Verdict::Reply);
+    assert_eq!(
+        (frame.csum, frame.offload),
+        (CsumState::Complete, Offload::NONE)
+    );
 }
