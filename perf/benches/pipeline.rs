@@ -151,12 +151,12 @@ fn cases() -> Vec<Case> {
         Case {
             name: "arp_for_gateway",
             template: arp_for_gateway(),
-            expect: Verdict::Tx(1),
+            expect: Verdict::Reply,
         },
         Case {
             name: "icmp_echo_gateway",
             template: echo_to_gateway(),
-            expect: Verdict::Tx(1),
+            expect: Verdict::Reply,
         },
         Case {
             name: "drop_no_endpoint",
