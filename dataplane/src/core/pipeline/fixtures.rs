@@ -320,3 +320,51 @@ pub fn fix_ip_checksum(frame: &mut [u8]) {
     let c = !ref_sum(&[&frame[14..14 + hl]]);
     frame[24..26].copy_from_slice(&c.to_be_bytes());
 }
+
+/// Recompute the TCP/UDP/ICMP checksum after a test edited the frame (the
+/// L4 segment is what the IP total length, and for UDP its own length,
+/// say; nothing is done when those lie beyond the frame). With `partial`,
+/// a TCP/UDP field gets the folded pseudo-header sum instead (a veth's
+/// `CHECKSUM_PARTIAL` frame).
+pub fn fix_l4_checksum(frame: &mut [u8], partial: bool) {
+    let (hl, tl, proto, src, dst) = ip_fields(frame);
+    if tl < hl || 14 + tl > frame.len() {
+        return;
+    }
+    let l4 = 14 + hl..14 + tl;
+    let (at, len) = match proto {
+        6 if tl - hl >= 20 => (16, tl - hl),
+        17 if tl - hl >= 8 => {
+            let ulen = usize::from(u16::from_be_bytes([
+                frame[l4.start + 4],
+                frame[l4.start + 5],
+            ]));
+            if !(8..=tl - hl).contains(&ulen) {
+                return;
+            }
+            (6, ulen)
+        }
+        1 if tl - hl >= 4 => {
+            frame[l4.start + 2..l4.start + 4].fill(0);
+            let c = !ref_sum(&[&frame[l4.clone()]]);
+            frame[l4.start + 2..l4.start + 4].copy_from_slice(&c.to_be_bytes());
+            return;
+        }
+        _ => return,
+    };
+    let field = l4.start + at;
+    if partial {
+        let p = ref_sum(&[&pseudo(src, dst, proto, len)]);
+        frame[field..field + 2].copy_from_slice(&p.to_be_bytes());
+        return;
+    }
+    frame[field..field + 2].fill(0);
+    let mut c = !ref_sum(&[
+        &pseudo(src, dst, proto, len),
+        &frame[l4.start..l4.start + len],
+    ]);
+    if proto == 17 && c == 0 {
+        c = 0xffff;
+    }
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
