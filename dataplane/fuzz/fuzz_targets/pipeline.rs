@@ -1,12 +1,20 @@
-//! Fuzz the pipeline entry: arbitrary bytes as frames on a fixed small
-//! table. Input layout: a sequence of records `[port][slack][len][bytes...]`
-//! (one byte each for port, slack and len), so one input exercises a batch
-//! of frames on different ports with different buffer capacities. Bits 7
-//! and 6 of the port byte ask the harness to fix the IPv4 header checksum
-//! and the TCP/UDP checksum first, so the fuzzer gets past checksum
-//! validation into the forwarding and rewriting code.
+//! Fuzz the pipeline entry and the egress finishing after it: arbitrary
+//! bytes as frames on a fixed small table. Input layout: a sequence of
+//! records `[port][slack][len]([virtio header: 10 bytes])[bytes...]` (one
+//! byte each for port, slack and len), so one input exercises a batch of
+//! frames on different ports with different buffer capacities. Bits 7 and
+//! 6 of the port byte ask the harness to fix the IPv4 header checksum and
+//! the TCP/UDP checksum first, so the fuzzer gets past checksum validation
+//! into the forwarding and rewriting code; bit 5 says a virtio-net header
+//! follows (the frame came from a tap), bit 4 puts its checksum offsets
+//! where the frame's L4 checksum is, so the offload checks pass more often.
+//! Every frame sits behind [`FRAME_HEADROOM`] bytes of headroom.
 //! Properties checked beyond "no panic": one verdict per frame, a Tx only to
-//! a port the tables know, and the frame length within its buffer.
+//! a port the tables know, the frame length within its buffer; then every
+//! forwarded frame is finished for a tap (its header must pass
+//! `offload::check`) and for a veth (checksum completed or the GSO frame
+//! cut into 2 KiB segments), and what the veth gets has valid checksums
+//! unless the sender vouched for them (`DATA_VALID`).
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -14,8 +22,11 @@ use std::sync::OnceLock;
 
 use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
+use ferry_dataplane::core::offload::{self, EgressCaps, Finished, Offload, VNET_HDR_LEN};
+use ferry_dataplane::core::pipeline::{
+    process_batch, process_frame, CsumState, DropReason, Frame, Verdict, FRAME_HEADROOM,
+};
 use ferry_dataplane::core::wire::checksum;
-use ferry_dataplane::core::pipeline::{process_batch, process_frame, DropReason, Frame, Verdict};
 use ferry_dataplane::core::tables::{PortId, Tables};
 use libfuzzer_sys::fuzz_target;
 
@@ -112,37 +123,123 @@ fn fix_l4_checksum(f: &mut [u8]) {
     f[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Whether an unfragmented TCP/UDP IPv4 frame's checksums verify (true
+/// for anything else: nothing to check).
+fn checksums_ok(f: &[u8]) -> bool {
+    let Some((hl, tl)) = ipv4_bounds(f) else {
+        return true;
+    };
+    if checksum::fold(checksum::add_bytes(0, &f[14..14 + hl])) != 0xffff {
+        return false;
+    }
+    if u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0 {
+        return true;
+    }
+    let l4 = &f[14 + hl..14 + tl];
+    let len = match f[23] {
+        6 if l4.len() >= 20 => l4.len(),
+        17 if l4.len() >= 8 => {
+            if l4[6..8] == [0, 0] {
+                return true;
+            }
+            usize::from(u16::from_be_bytes([l4[4], l4[5]])).min(l4.len())
+        }
+        _ => return true,
+    };
+    let src: [u8; 4] = f[26..30].try_into().expect("4 bytes");
+    let dst: [u8; 4] = f[30..34].try_into().expect("4 bytes");
+    let pseudo = checksum::pseudo_header(src, dst, f[23], len as u16);
+    checksum::fold(checksum::add_bytes(pseudo, &l4[..len])) == 0xffff
+}
+
+/// Finish a forwarded frame as the worker would, towards a tap and
+/// towards a veth, and check what each gets.
+fn check_egress(frame: &Frame<'_>, ingress_offload: &Offload) {
+    let bytes = frame.bytes();
+    let tap = EgressCaps {
+        offload: true,
+        tx_csum: false,
+    };
+    let mut to_tap = bytes.to_vec();
+    match offload::finish(&mut to_tap, frame.csum, &frame.offload, tap) {
+        Ok(Finished::Send(h)) => {
+            assert_eq!(offload::check(&to_tap, &h), Ok(()), "a tap gets a header that fits");
+            assert_eq!(to_tap, bytes, "a tap gets the frame unchanged");
+        }
+        other => panic!("a tap takes every frame as it is: {other:?}"),
+    }
+    let trusted = ingress_offload.flags & offload::F_DATA_VALID != 0 && !ingress_offload.needs_csum();
+    let mut to_veth = bytes.to_vec();
+    match offload::finish(&mut to_veth, frame.csum, &frame.offload, EgressCaps::default()) {
+        Ok(Finished::Send(h)) => {
+            assert_eq!(h, Offload::NONE, "a veth takes no header");
+            if !trusted && frame.csum != CsumState::Unknown {
+                assert!(checksums_ok(&to_veth), "a veth gets valid checksums");
+            }
+        }
+        Ok(Finished::Segment(plan)) => {
+            let mut seg = vec![0u8; 2048];
+            for i in 0..plan.count {
+                if let Some(n) = offload::write_tcp4_segment(&to_veth, &plan, i, &mut seg) {
+                    assert!(checksums_ok(&seg[..n]), "segment {i} has valid checksums");
+                }
+            }
+        }
+        // Refused at egress (a GSO type the segmenter cannot cut): counted,
+        // not sent.
+        Err(_) => {}
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let t = tables();
     let mut rest = data;
     let mut bufs: Vec<Vec<u8>> = Vec::new();
-    let mut specs: Vec<(PortId, usize)> = Vec::new();
+    let mut specs: Vec<(PortId, usize, Offload)> = Vec::new();
     while let [port, slack, len, tail @ ..] = rest {
         if specs.len() == MAX_FRAMES {
             break;
         }
+        let mut tail = tail;
+        let mut off = Offload::NONE;
+        if port & 0x20 != 0 {
+            let Some((hdr, after)) = tail.split_first_chunk::<VNET_HDR_LEN>() else {
+                break;
+            };
+            off = Offload::from_bytes(hdr);
+            tail = after;
+        }
         let n = usize::from(*len).min(tail.len());
-        let mut buf = tail[..n].to_vec();
+        let mut frame = tail[..n].to_vec();
         if port & 0x80 != 0 {
-            fix_ip_checksum(&mut buf);
+            fix_ip_checksum(&mut frame);
         }
         if port & 0x40 != 0 {
-            fix_l4_checksum(&mut buf);
+            fix_l4_checksum(&mut frame);
         }
-        buf.resize(n + usize::from(*slack), 0);
+        if port & 0x10 != 0 {
+            if let Some((hl, _)) = ipv4_bounds(&frame) {
+                off.flags &= offload::F_NEEDS_CSUM | offload::F_DATA_VALID;
+                off.csum_start = (14 + hl) as u16;
+                off.csum_offset = if frame[23] == 17 { 6 } else { 16 };
+            }
+        }
+        let mut buf = vec![0u8; FRAME_HEADROOM];
+        buf.extend_from_slice(&frame);
+        buf.resize(FRAME_HEADROOM + n + usize::from(*slack), 0);
         bufs.push(buf);
-        specs.push((PortId::from(*port % 5), n));
+        specs.push((PortId::from((*port & 0x0f) % 5), n, off));
         rest = &tail[n..];
     }
     let mut copies = bufs.clone();
     let mut frames: Vec<Frame<'_>> = bufs
         .iter_mut()
         .zip(&specs)
-        .map(|(b, (port, n))| Frame::new(*port, b, *n))
+        .map(|(b, (port, n, off))| Frame::in_buffer(*port, b, FRAME_HEADROOM, *n, *off))
         .collect();
     let mut verdicts = vec![Verdict::Tx(PortId::MAX); frames.len()];
     process_batch(t, 0, &mut frames, &mut verdicts);
-    for (frame, verdict) in frames.iter().zip(&verdicts) {
+    for ((frame, verdict), (_, _, off)) in frames.iter().zip(&verdicts).zip(&specs) {
         assert_ne!(
             *verdict,
             Verdict::Tx(PortId::MAX),
@@ -151,12 +248,17 @@ fuzz_target!(|data: &[u8]| {
         match verdict {
             Verdict::Tx(p) => {
                 assert!(t.port_role(*p).is_some(), "tx to unknown port {p}");
-                assert!(frame.len <= frame.buf.len(), "frame grew past its buffer");
+                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
+                check_egress(frame, off);
+            }
+            Verdict::Reply => {
+                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
+                assert_eq!((frame.csum, frame.offload), (CsumState::Complete, Offload::NONE));
             }
             Verdict::IcmpError { port, reason } => {
                 assert_eq!(*port, frame.port, "an ICMP error leaves by the ingress port");
                 assert_eq!(*reason, DropReason::FragNeeded);
-                assert!(frame.len <= frame.buf.len(), "frame grew past its buffer");
+                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
             }
             Verdict::Drop(r) => assert!(
                 !matches!(
@@ -172,8 +274,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The batch path agrees with the single-frame reference.
-    for (i, (port, n)) in specs.iter().enumerate() {
-        let mut single = Frame::new(*port, &mut copies[i], *n);
+    for (i, (port, n, off)) in specs.iter().enumerate() {
+        let mut single = Frame::in_buffer(*port, &mut copies[i], FRAME_HEADROOM, *n, *off);
         assert_eq!(
             process_frame(t, &mut single),
             verdicts[i],
