@@ -5,7 +5,9 @@
 //!   depends only on ferry-api types. [`core::wire`] (checked views of the
 //!   protocols, checksums), [`core::pipeline`] (the pure function from a
 //!   batch of frames, a table snapshot and a timestamp to one verdict per
-//!   frame), [`core::offload`] (virtio-net headers, segmentation),
+//!   frame), [`core::offload`] (virtio-net headers, the checksum state and
+//!   the one function that finishes a frame for its egress port,
+//!   segmentation),
 //!   [`core::verdict`] (verdicts and numbered drop reasons),
 //!   [`core::tables`] (the immutable tables the workers read, and their
 //!   publication).
