@@ -520,16 +520,41 @@ impl PortBackend for AfXdpBackend {
 mod tests {
     use super::*;
 
-    #[test]
-    fn max_pod_mtu_is_what_one_chunk_holds() {
-        // xsk-rs computes the data segment from libxdp's own headroom.
-        let cfg = UmemConfig::builder()
+    /// The UMEM layout the sockets use.
+    fn umem_config() -> UmemConfig {
+        UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).unwrap())
             .frame_headroom(0)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn max_pod_mtu_is_what_one_chunk_holds() {
+        // xsk-rs computes the data segment from libxdp's own headroom.
+        let cfg = umem_config();
         assert_eq!(cfg.xdp_headroom(), XDP_PACKET_HEADROOM);
         assert_eq!(MAX_POD_MTU, cfg.mtu() - 14);
         const { assert!(MAX_POD_MTU <= VETH_XDP_MAX_MTU) };
+    }
+
+    #[test]
+    fn frames_are_handed_out_from_the_chunk_start_with_the_xdp_headroom() {
+        let cfg = umem_config();
+        let (umem, descs) = Umem::new(cfg, NonZeroU32::new(4).unwrap(), false).unwrap();
+        let pool = XskPool { umem, descs };
+        for d in pool.all_descs() {
+            // SAFETY: a fresh UMEM: every frame is ours, one at a time.
+            let (buf, headroom) = unsafe { pool.buffer_mut(&d) };
+            assert_eq!(headroom, XDP_PACKET_HEADROOM as usize);
+            assert_eq!(buf.len(), FRAME_SIZE as usize, "the whole chunk");
+            let data_ptr = buf[headroom..].as_ptr();
+            // SAFETY: as above.
+            assert_eq!(
+                data_ptr,
+                unsafe { pool.chunk_mut(&d) }.as_ptr(),
+                "data right after it"
+            );
+        }
     }
 }
