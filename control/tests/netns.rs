@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_api::pod::{self, code, IpamRequest, PodRequest, PodResponse, PodResult, RangeSpec};
-use ferry_api::table::{Request, Response};
+use ferry_api::table::{MissingPort, Request, Response};
 use ferry_api::MacAddr;
 use ferryd::cni::Agent;
 use ferryd::config::Config;
@@ -168,6 +168,8 @@ struct RecordingTableServer {
     kick: Arc<Notify>,
     /// How long each UpsertEndpoint waits before its answer.
     upsert_delay: Arc<Mutex<Duration>>,
+    /// What every Sync answer names as missing.
+    sync_missing: Arc<Mutex<Vec<MissingPort>>>,
 }
 
 impl RecordingTableServer {
@@ -178,6 +180,7 @@ impl RecordingTableServer {
             requests: Arc::default(),
             kick: Arc::new(Notify::new()),
             upsert_delay: Arc::default(),
+            sync_missing: Arc::default(),
         };
         let s = srv.clone();
         tokio::spawn(async move {
@@ -199,6 +202,13 @@ impl RecordingTableServer {
                             workers,
                             mtu_limits: Some(MTU_LIMITS),
                         },
+                        Request::Sync { .. } => {
+                            generation += 1;
+                            Response::Applied {
+                                generation,
+                                missing: s.sync_missing.lock().unwrap().clone(),
+                            }
+                        }
                         _ => {
                             generation += 1;
                             Response::Applied {
@@ -532,6 +542,79 @@ fn adds_nobody_waits_for_are_rolled_back() {
             ferryd::server::bind(&sock),
             Err(ferryd::server::ServerError::InUse { .. })
         ));
+    });
+    drop(pod);
+}
+
+fn status_of(resp: PodResponse) -> (bool, u32, Vec<pod::StaleAttachment>) {
+    match resp {
+        PodResponse::Status {
+            ready, code, stale, ..
+        } => (ready, code, stale),
+        other => panic!("expected a STATUS answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_partial_sync_is_a_success_that_names_what_is_missing() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, dp_sock, pod_path) = (w.config(), w.dp_socket(), pod.path());
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+        let r = ok_result(
+            agent
+                .handle(req(pod::Command::Add, "ctr-m", Some(&pod_path), "eth0"))
+                .await,
+        );
+        let status = || req(pod::Command::Status, "", None, "");
+        assert_eq!(status_of(agent.handle(status()).await).1, 0);
+
+        // The restarted dataplane cannot open the pod's port nor the host
+        // port: still connected and serving, the pod reported stale and
+        // STATUS "limited connectivity" (51).
+        *dp.sync_missing.lock().unwrap() = vec![
+            MissingPort {
+                endpoint: "ctr-m/eth0".into(),
+                port: host_ifname("ctr-m", "eth0"),
+                error: "interface does not exist".into(),
+            },
+            MissingPort {
+                endpoint: "host".into(),
+                port: "fhp0dp".into(),
+                error: "interface does not exist".into(),
+            },
+        ];
+        let n = dp.requests().len();
+        dp.disconnect();
+        wait_for("resync", || {
+            dp.requests().len() >= n + 2 && agent.dataplane().connected()
+        })
+        .await;
+        let (ready, code, stale) = status_of(agent.handle(status()).await);
+        assert!(!ready);
+        assert_eq!(code, code::LIMITED_CONNECTIVITY);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(stale[0].endpoint, "ctr-m/eth0");
+        assert_eq!(stale[0].ip, std::net::IpAddr::V4(r.ips[0].address.addr()));
+
+        // All ports back: ready again, nothing stale.
+        dp.sync_missing.lock().unwrap().clear();
+        let n = dp.requests().len();
+        dp.disconnect();
+        wait_for("resync", || {
+            dp.requests().len() >= n + 2 && agent.dataplane().connected()
+        })
+        .await;
+        let (ready, code, stale) = status_of(agent.handle(status()).await);
+        assert!(ready && code == 0 && stale.is_empty(), "{code} {stale:?}");
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-m", Some(&pod_path), "eth0"))
+                .await,
+        );
     });
     drop(pod);
 }
