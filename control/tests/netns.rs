@@ -360,7 +360,10 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         let mac = MacAddr::for_pod(ip);
         assert_eq!(result.ips.len(), 1);
         assert_eq!(result.ips[0].address.to_string(), "10.77.0.2/24");
-        assert_eq!(result.ips[0].gateway, Some(Ipv4Addr::new(10, 77, 0, 1)));
+        assert_eq!(
+            result.ips[0].gateway,
+            Some(Ipv4Addr::new(10, 77, 0, 1).into())
+        );
         let iface = &result.interfaces[result.ips[0].interface];
         assert_eq!(iface.name, "eth0");
         assert_eq!(iface.mac, mac);
@@ -598,7 +601,7 @@ fn a_partial_sync_is_a_success_that_names_what_is_missing() {
         assert_eq!(code, code::LIMITED_CONNECTIVITY);
         assert_eq!(stale.len(), 1, "{stale:?}");
         assert_eq!(stale[0].endpoint, "ctr-m/eth0");
-        assert_eq!(stale[0].ip, std::net::IpAddr::V4(r.ips[0].address.addr()));
+        assert_eq!(stale[0].ip, r.ips[0].address.addr());
 
         // All ports back: ready again, nothing stale.
         dp.sync_missing.lock().unwrap().clear();
@@ -682,8 +685,40 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
             error_code(agent.handle(bad.clone()).await),
             code::INVALID_CONFIG
         );
+        // The pod API carries any family; ferryd serves IPv4 only so far,
+        // and says so with code 7 for a range, a route or an address asked.
+        let v6_range = RangeSpec {
+            subnet: "fd00:77::/64".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        };
+        let v6_route = pod::RouteSpec {
+            dst: "::/0".parse().unwrap(),
+            gw: Some("fd00:77::1".parse().unwrap()),
+        };
+        for ipam in [
+            IpamRequest {
+                ranges: vec![v6_range],
+                ..Default::default()
+            },
+            IpamRequest {
+                routes: vec![v6_route],
+                ..Default::default()
+            },
+            IpamRequest {
+                requested: vec!["fd00:77::5".parse().unwrap()],
+                ..Default::default()
+            },
+        ] {
+            bad.ipam = ipam;
+            let resp = agent.handle(bad.clone()).await;
+            assert!(format!("{resp:?}").contains("IPv6"), "{resp:?}");
+            assert_eq!(error_code(resp), code::INVALID_CONFIG);
+            assert_eq!(agent.store().records().unwrap().len(), 0);
+        }
         bad.ipam = IpamRequest {
-            requested: vec![Ipv4Addr::new(10, 77, 0, 1)],
+            requested: vec![Ipv4Addr::new(10, 77, 0, 1).into()],
             ..Default::default()
         };
         assert_eq!(
@@ -714,11 +749,11 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
         add.ipam = IpamRequest {
             ranges: vec![RangeSpec {
                 subnet: "10.77.0.0/24".parse().unwrap(),
-                range_start: Some(Ipv4Addr::new(10, 77, 0, 100)),
-                range_end: Some(Ipv4Addr::new(10, 77, 0, 110)),
+                range_start: Some(Ipv4Addr::new(10, 77, 0, 100).into()),
+                range_end: Some(Ipv4Addr::new(10, 77, 0, 110).into()),
                 gateway: None,
             }],
-            requested: vec![Ipv4Addr::new(10, 77, 0, 105)],
+            requested: vec![Ipv4Addr::new(10, 77, 0, 105).into()],
             ..Default::default()
         };
         let r = ok_result(agent.handle(add.clone()).await);
@@ -913,7 +948,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(a.ips[0].address.addr())
+                .holder_of(v4(a.ips[0].address.addr()))
                 .unwrap()
                 .is_some(),
             "GC removed a valid one"
@@ -921,7 +956,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(b.ips[0].address.addr())
+                .holder_of(v4(b.ips[0].address.addr()))
                 .unwrap()
                 .is_none(),
             "GC kept an invalid one"
@@ -935,4 +970,12 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         );
     });
     drop(pod);
+}
+
+/// The IPv4 address of a result's (family-generic) address.
+fn v4(a: std::net::IpAddr) -> Ipv4Addr {
+    match a {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("ferryd handed out IPv6 {a}"),
+    }
 }
