@@ -6,9 +6,12 @@
 //!
 //! Layer: bottom, beside ferry-api. Only libc; calls act on the network
 //! namespace of the calling thread. [`channels`] holds the one other ioctl
-//! ferryd needs on a pod link: a veth's queue count.
+//! ferryd needs on a pod link: a veth's queue count; [`netns`] opens a path
+//! that should be a network namespace without trusting it (both processes
+//! open pod namespaces named by someone else).
 
 pub mod channels;
+pub mod netns;
 
 use std::fs::OpenOptions;
 use std::io;
