@@ -178,7 +178,10 @@ struct Counts {
     del_retries: u64,
     second_dels: u64,
     kills: BTreeMap<Daemon, u64>,
+    /// Kills that came while the ADD or DEL started with them was still running.
     kills_in_flight: u64,
+    /// Kills meant to land during an ADD or DEL that had already returned.
+    kills_after_op: u64,
     restarts_ready_ms: Vec<f64>,
     reachable_checks: u64,
     vanished: u64,
@@ -230,6 +233,8 @@ struct Churn {
     pods: Vec<Pod>,
     next_id: u64,
     counts: Counts,
+    /// Moving average of an ADD's or DEL's duration, seconds.
+    op_secs: f64,
     violations: Vec<(Kind2, String)>,
     /// Problems of the state checks already listed as violations.
     seen_problems: BTreeSet<String>,
@@ -319,7 +324,11 @@ impl Churn {
 
     fn run_job(&mut self, job: Job) -> Result<()> {
         let (call, cmd, container, netns) = self.call_of(&job);
+        let t = Instant::now();
         let r = call.invoke(cmd, &container, &netns);
+        // A moving average of how long an ADD or DEL takes, so that a kill
+        // meant to land during one does.
+        self.op_secs = 0.8 * self.op_secs + 0.2 * t.elapsed().as_secs_f64();
         self.finish(job, r)
     }
 
@@ -547,7 +556,9 @@ impl Churn {
         } else {
             None
         };
-        let before = self.rng.secs(0.0, 0.15);
+        // Into the ADD or DEL: anywhere in its usual length (most of its
+        // time is ferryd's and the dataplane's, so that is where it lands).
+        let before = self.rng.secs(0.0, self.op_secs);
         let down = self.rng.secs(0.0, 0.3);
         let restart_order_flipped = self.rng.chance(0.5);
         let call = job.as_ref().map(|j| self.call_of(j));
@@ -562,15 +573,20 @@ impl Churn {
             down.as_millis()
         ));
         let topo = &mut self.topo;
+        let sent = Instant::now();
         let (result, killed_at) = thread::scope(|s| -> Result<_> {
-            let h = call.map(|(call, cmd, c, ns)| s.spawn(move || call.invoke(cmd, &c, &ns)));
+            let h = call.map(|(call, cmd, c, ns)| {
+                s.spawn(move || (call.invoke(cmd, &c, &ns), Instant::now()))
+            });
             if h.is_some() {
                 sys::sleep(before)?;
             }
+            // The moment of the first SIGKILL (reaping a dataplane takes a
+            // while: the kernel tears its sockets down).
+            let killed_at = Instant::now();
             for d in &which {
                 topo.kill_daemon(*d)?;
             }
-            let killed_at = Instant::now();
             sys::sleep(down)?;
             if restart_order_flipped {
                 which.reverse();
@@ -579,8 +595,12 @@ impl Churn {
                 topo.start_daemon(*d)?;
             }
             let r = h.map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(E2eError::setup("churn", "CNI thread panicked")))
+                h.join().unwrap_or_else(|_| {
+                    (
+                        Err(E2eError::setup("churn", "CNI thread panicked")),
+                        Instant::now(),
+                    )
+                })
             });
             Ok((r, killed_at))
         })?;
@@ -601,8 +621,24 @@ impl Churn {
         self.counts
             .restarts_ready_ms
             .push(killed_at.elapsed().as_secs_f64() * 1e3);
-        if let (Some(job), Some(r)) = (job, result) {
-            self.counts.kills_in_flight += 1;
+        if let (Some(job), Some((r, returned))) = (job, result) {
+            // Counted only if the plugin had not returned yet when the kill came.
+            let ms = |a: Instant, b: Instant| a.saturating_duration_since(b).as_millis();
+            if returned > killed_at {
+                self.counts.kills_in_flight += 1;
+                self.log(format!(
+                    "  the plugin returned {} ms after the kill ({} ms after it was started)",
+                    ms(returned, killed_at),
+                    ms(returned, sent)
+                ));
+            } else {
+                self.counts.kills_after_op += 1;
+                self.log(format!(
+                    "  the plugin had returned {} ms before the kill ({} ms after it was started)",
+                    ms(killed_at, returned),
+                    ms(returned, sent)
+                ));
+            }
             self.finish(job, r)?;
         }
         let after = format!("killing {}", names.join(" + "));
@@ -909,6 +945,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         pods: Vec::new(),
         next_id: 0,
         counts: Counts::default(),
+        op_secs: 0.1,
         violations: Vec::new(),
         seen_problems: BTreeSet::new(),
         started: Instant::now(),
@@ -1043,12 +1080,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         ),
     );
     row(
-        "SIGKILLs ferryd / ferry-dataplane (ADD/DEL in flight)",
+        "SIGKILLs ferryd / ferry-dataplane (kill events with an ADD/DEL in flight; aimed at one that had already returned)",
         format!(
-            "{} / {} ({})",
+            "{} / {} ({}; {})",
             kills(Daemon::Ferryd),
             kills(Daemon::Dataplane),
-            counts.kills_in_flight
+            counts.kills_in_flight,
+            counts.kills_after_op
         ),
     );
     row(

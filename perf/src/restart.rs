@@ -53,6 +53,9 @@ pub struct Sample {
     pub pods: &'static str,
     pub rep: u32,
     pub ping: PingCount,
+    /// From the SIGKILL until the process was reaped (its sockets torn down).
+    pub reaped_ms: f64,
+    /// From the SIGKILL until `ferryctl status` said ready again.
     pub ready_ms: f64,
 }
 
@@ -101,7 +104,7 @@ pub fn run(opts: &Options) -> Result<String> {
             sys::check_interrupt()?;
             let topo = &mut t;
             let pods = &pods;
-            let (pings, ready_ms) = thread::scope(|s| -> Result<_> {
+            let (pings, reaped_ms, ready_ms) = thread::scope(|s| -> Result<_> {
                 let runs: Vec<_> = pairs
                     .iter()
                     .map(|(_, a, b)| {
@@ -110,8 +113,9 @@ pub fn run(opts: &Options) -> Result<String> {
                     })
                     .collect();
                 sys::sleep(opts.kill_after)?;
-                topo.kill_daemon(daemon)?;
                 let killed = Instant::now();
+                topo.kill_daemon(daemon)?;
+                let reaped_ms = killed.elapsed().as_secs_f64() * 1e3;
                 topo.start_daemon(daemon)?;
                 let ready = sys::wait_until(Duration::from_secs(30), || topo.ferry_ready())?;
                 let ready_ms = killed.elapsed().as_secs_f64() * 1e3;
@@ -132,11 +136,11 @@ pub fn run(opts: &Options) -> Result<String> {
                             .unwrap_or_else(|_| Err(E2eError::setup("ping", "thread panicked")))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Ok((pings, ready_ms))
+                Ok((pings, reaped_ms, ready_ms))
             })?;
             for ((pods, _, _), ping) in pairs.iter().zip(pings) {
                 eprintln!(
-                    "restart: {} rep {rep} {pods} pods: {} of {} lost, longest outage {} packets, ready after {ready_ms:.0} ms",
+                    "restart: {} rep {rep} {pods} pods: {} of {} lost, longest outage {} packets, reaped after {reaped_ms:.0} ms, ready after {ready_ms:.0} ms",
                     daemon.name(),
                     ping.lost(),
                     ping.transmitted,
@@ -147,6 +151,7 @@ pub fn run(opts: &Options) -> Result<String> {
                     pods,
                     rep,
                     ping,
+                    reaped_ms,
                     ready_ms,
                 });
             }
@@ -170,11 +175,11 @@ pub fn report(opts: &Options, samples: &[Sample]) -> String {
         opts.workers,
         opts.kill_after.as_secs_f64()
     );
-    let _ = writeln!(md, "| daemon killed | pods | rep | sent | lost | gap (lost × 10 ms) | longest outage | kill → ready |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| daemon killed | pods | rep | sent | lost | gap (lost × 10 ms) | longest outage | kill → reaped | kill → ready |\n|---|---|---|---|---|---|---|---|---|");
     for s in samples {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} ms | {} ms | {:.0} ms |",
+            "| {} | {} | {} | {} | {} | {} ms | {} ms | {:.0} ms | {:.0} ms |",
             s.daemon.name(),
             s.pods,
             s.rep,
@@ -182,10 +187,11 @@ pub fn report(opts: &Options, samples: &[Sample]) -> String {
             s.ping.lost(),
             s.ping.lost() * 10,
             s.ping.longest_gap() * 10,
+            s.reaped_ms,
             s.ready_ms
         );
     }
-    let _ = writeln!(md, "\nMedians over {} repetition(s):\n\n| daemon killed | pods | lost | gap | longest outage | kill → ready | goal |\n|---|---|---|---|---|---|---|", opts.reps);
+    let _ = writeln!(md, "\nMedians over {} repetition(s):\n\n| daemon killed | pods | lost | gap | longest outage | kill → reaped | kill → ready | goal |\n|---|---|---|---|---|---|---|---|", opts.reps);
     for daemon in [Daemon::Dataplane, Daemon::Ferryd] {
         for pods in ["veth", "tap"] {
             let these: Vec<&Sample> = samples
@@ -206,10 +212,11 @@ pub fn report(opts: &Options, samples: &[Sample]) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {pods} | {lost:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {goal}: {} |",
+                "| {} | {pods} | {lost:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {goal}: {} |",
                 daemon.name(),
                 lost * 10.0,
                 med(&|s| s.ping.longest_gap() as f64) * 10.0,
+                med(&|s| s.reaped_ms),
                 med(&|s| s.ready_ms),
                 if met { "met" } else { "NOT met" }
             );
