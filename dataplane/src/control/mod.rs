@@ -589,19 +589,7 @@ mod tests {
         }
     }
 
-    fn ep(id: &str, ifname: &str, ip: Ipv4Addr) -> Endpoint {
-        Endpoint {
-            id: id.into(),
-            host_ifname: ifname.into(),
-            ipv4: ip,
-            mac: MacAddr::for_pod(ip),
-            attachment: Default::default(),
-            netns: String::new(),
-            pod_ifname: String::new(),
-            netns_id: None,
-            mtu: None,
-        }
-    }
+    use crate::sim::veth_endpoint as ep;
 
     fn start(workers: usize, net: &MemNetwork) -> Dataplane<MemBackend> {
         start_with_frames(workers, net, 256)

@@ -6,3 +6,6 @@
 
 pub mod counters;
 pub mod worker;
+
+#[cfg(test)]
+mod tests;

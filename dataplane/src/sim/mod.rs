@@ -7,6 +7,14 @@
 //! transmitted with [`MemWire::take_sent`]. Receiving copies an injected
 //! frame into a frame taken from the queue's fill ring, as the kernel does in
 //! copy mode; with an empty fill ring the frame is dropped and counted.
+//!
+//! [`SimNode`] drives one real worker over such ports pass by pass, with a
+//! fake clock, and checks after every pass that no frame was lost or
+//! duplicated.
+
+mod node;
+
+pub use node::{SimNode, PASS_NS};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -40,6 +48,11 @@ pub struct MemWire {
     /// While set, transmitted frames are not completed (a kernel that does
     /// not drain the TX ring): they stay in the ring, which fills up.
     tx_stalled: AtomicBool,
+    /// While set, transmitted frames are counted ([`MemWire::sent_count`])
+    /// instead of copied out, so the "kernel" side allocates nothing (the
+    /// no-allocation test measures the worker alone).
+    discard_sent: AtomicBool,
+    sent: AtomicU64,
     panic_on_rx: AtomicBool,
 }
 
@@ -96,6 +109,16 @@ impl MemWire {
         self.tx_stalled.store(stalled, Ordering::Relaxed);
     }
 
+    /// Count transmitted frames instead of keeping them (or keep them again).
+    pub fn discard_sent(&self, discard: bool) {
+        self.discard_sent.store(discard, Ordering::Relaxed);
+    }
+
+    /// Frames transmitted on this interface, kept or not.
+    pub fn sent_count(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Frames injected and not yet received by the dataplane.
     pub fn pending_rx(&self) -> usize {
         self.queues.iter().map(|q| lock(q).to_dataplane.len()).sum()
@@ -132,6 +155,8 @@ impl MemNetwork {
                 .collect(),
             rx_dropped: AtomicU64::new(0),
             tx_stalled: AtomicBool::new(false),
+            discard_sent: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
             panic_on_rx: AtomicBool::new(false),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
@@ -144,6 +169,22 @@ impl MemNetwork {
 
     pub fn get(&self, name: &str) -> Option<Arc<MemWire>> {
         lock(&self.wires).get(name).cloned()
+    }
+}
+
+/// A veth pod's endpoint `id` on port `ifname` at `ip`, with the pod MAC
+/// ferry gives that address and no MTU.
+pub fn veth_endpoint(id: &str, ifname: &str, ip: std::net::Ipv4Addr) -> ferry_api::table::Endpoint {
+    ferry_api::table::Endpoint {
+        id: id.into(),
+        host_ifname: ifname.into(),
+        ipv4: ip,
+        mac: ferry_api::MacAddr::for_pod(ip),
+        attachment: Default::default(),
+        netns: String::new(),
+        pod_ifname: String::new(),
+        netns_id: None,
+        mtu: None,
     }
 }
 
@@ -241,11 +282,16 @@ impl PortQueue for MemQueue {
 
     fn tx(&mut self, frames: &mut Vec<Owned<MemDesc>>, n: usize) -> usize {
         let room = self.tx_room();
-        let mut q = lock(&self.wire.queues[self.queue]);
+        let wire = &self.wire;
+        let discard = wire.discard_sent.load(Ordering::Relaxed);
+        let mut q = lock(&wire.queues[self.queue]);
         Self::take_into(&self.pool, frames, 0..n, room, &mut self.comp, |pool, f| {
-            let (len, offload) = (pool.len_of(f), pool.offload_of(f));
-            q.from_dataplane
-                .push_back((offload, pool.buf_mut(f)[..len].to_vec()));
+            wire.sent.fetch_add(1, Ordering::Relaxed);
+            if !discard {
+                let (len, offload) = (pool.len_of(f), pool.offload_of(f));
+                q.from_dataplane
+                    .push_back((offload, pool.buf_mut(f)[..len].to_vec()));
+            }
         })
     }
 
