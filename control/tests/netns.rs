@@ -327,7 +327,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         // Hello then Sync with the host port in the node settings.
         let reqs = dp.requests();
         assert!(
-            matches!(reqs[0], Request::Hello { api_version: 1 }),
+            matches!(reqs[0], Request::Hello { api_version: ferry_api::table::API_VERSION }),
             "{reqs:?}"
         );
         let Request::Sync {
@@ -339,7 +339,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             panic!("second request not Sync: {reqs:?}")
         };
         assert!(endpoints.is_empty() && routes.is_empty());
-        assert_eq!(node.gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(node.gateway4(), Some(Ipv4Addr::new(10, 77, 0, 1)));
         assert_eq!(node.router_mac, MacAddr::ROUTER);
         let hp = node.host_port.as_ref().expect("host port in Sync");
         assert_eq!(
@@ -402,7 +402,12 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         });
         let ep = up.expect("UpsertEndpoint sent");
         assert_eq!(
-            (ep.id.as_str(), ep.host_ifname.as_str(), ep.ipv4, ep.mac),
+            (
+                ep.id.as_str(),
+                ep.host_ifname.as_str(),
+                ep.ipv4().unwrap(),
+                ep.mac
+            ),
             ("ctr-a/eth0", host.as_str(), ip, mac)
         );
 
@@ -834,7 +839,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     .handle(req(pod::Command::Add, "ctr-r", Some(&pod_path), "eth0"))
                     .await,
             );
-            ready_ep = r.ips[0].address.addr();
+            ready_ep = v4(r.ips[0].address.addr());
         }
         // A crash between allocation and plumbing: a pending record and a
         // half-made veth under its deterministic name.
@@ -898,7 +903,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
             panic!("no Sync after Hello: {reqs:?}")
         };
         assert_eq!(endpoints.len(), 1);
-        assert_eq!(endpoints[0].ipv4, ready_ep);
+        assert_eq!(endpoints[0].ipv4(), Some(ready_ep));
 
         // A dataplane restart (connection dropped) gets a full Sync again;
         // a DEL made meanwhile is reconciled by it.

@@ -79,7 +79,7 @@ fn endpoint(port: &str, ip: Ipv4Addr) -> Endpoint {
 
 fn tables() -> Tables {
     let node = NodeSettings {
-        gateway: GW,
+        gateways: vec![GW.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
         host_port: None,

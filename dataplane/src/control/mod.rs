@@ -33,7 +33,7 @@ use ferry_api::table::{
     Attachment, Endpoint, MissingPort, NodeSettings, PortStats, Request, Response, Route, Stats,
     TableDump, API_VERSION,
 };
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::core::tables::{PortId, TableHandle, Tables};
 use crate::engine::counters::{
@@ -114,7 +114,7 @@ struct PortEntry<A> {
 struct State {
     node: Option<NodeSettings>,
     endpoints: BTreeMap<String, Endpoint>,
-    routes: BTreeMap<Ipv4Net, Route>,
+    routes: BTreeMap<IpNet, Route>,
 }
 
 impl State {
@@ -552,7 +552,7 @@ pub fn wait_for_end(signals: &Receiver<i32>, failures: &Receiver<WorkerFailure>)
 
 fn empty_node() -> NodeSettings {
     NodeSettings {
-        gateway: std::net::Ipv4Addr::UNSPECIFIED,
+        gateways: Vec::new(),
         router_mac: ferry_api::MacAddr::ROUTER,
         pod_cidrs: Vec::new(),
         host_port: None,
@@ -577,7 +577,7 @@ mod tests {
 
     fn node() -> NodeSettings {
         NodeSettings {
-            gateway: GW,
+            gateways: vec![GW.into()],
             router_mac: MacAddr::ROUTER,
             pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
             host_port: Some(HostPort {

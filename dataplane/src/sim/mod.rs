@@ -178,7 +178,7 @@ pub fn veth_endpoint(id: &str, ifname: &str, ip: std::net::Ipv4Addr) -> ferry_ap
     ferry_api::table::Endpoint {
         id: id.into(),
         host_ifname: ifname.into(),
-        ipv4: ip,
+        ips: vec![ip.into()],
         mac: ferry_api::MacAddr::for_pod(ip),
         attachment: Default::default(),
         netns: String::new(),
