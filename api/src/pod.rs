@@ -7,9 +7,9 @@
 //! [`PodError`] carrying the CNI error code to report.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
@@ -26,22 +26,26 @@ pub enum Command {
 
 /// A range to allocate from, as in host-local's `ipam.ranges`.
 /// `subnet` must lie inside one of the node's pod CIDRs.
+///
+/// Addresses in the pod API are family-generic (`IpNet`, `IpAddr`) so IPv6
+/// arrives without changing the messages; ferryd answers error 7 for a
+/// family it does not serve.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RangeSpec {
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range_start: Option<Ipv4Addr>,
+    pub range_start: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range_end: Option<Ipv4Addr>,
+    pub range_end: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gw: Option<Ipv4Addr>,
+    pub gw: Option<IpAddr>,
 }
 
 /// IPAM part of the request, already parsed from the network config,
@@ -57,7 +61,7 @@ pub struct IpamRequest {
     pub routes: Vec<RouteSpec>,
     /// Specific addresses asked for; ADD fails if one is not free.
     #[serde(default)]
-    pub requested: Vec<Ipv4Addr>,
+    pub requested: Vec<IpAddr>,
 }
 
 /// An attachment as named by `cni.dev/valid-attachments` (GC).
@@ -131,8 +135,8 @@ pub struct Interface {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
     /// Index into `PodResult::interfaces`.
     pub interface: usize,
 }

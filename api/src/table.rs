@@ -15,29 +15,31 @@
 //! the node kernel (`NodeSettings::host_port`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
 
-/// Bumped on any incompatible change of these messages.
-pub const API_VERSION: u32 = 1;
+/// Bumped on any incompatible change of these messages. 2: addresses are
+/// family-generic (`ips`, `gateways`, `IpNet` prefixes and pod CIDRs), so
+/// IPv6 and tunnels arrive without another break.
+pub const API_VERSION: u32 = 2;
 
 /// Node-wide settings of the router the dataplane plays for the pods.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
-    /// The pods' default gateway; the dataplane answers ARP and ICMP echo
-    /// for it.
-    pub gateway: Ipv4Addr,
+    /// The pods' default gateways, one per family served; the dataplane
+    /// answers ARP and ICMP echo for the IPv4 one.
+    pub gateways: Vec<IpAddr>,
     /// The MAC the dataplane uses as source on every frame it sends and in
     /// every ARP reply.
     pub router_mac: MacAddr,
     /// The node's pod CIDRs. A destination inside one of them without an
     /// endpoint is dropped (`no_endpoint`); outside all of them it goes to
     /// the node kernel through the host port.
-    pub pod_cidrs: Vec<Ipv4Net>,
+    pub pod_cidrs: Vec<IpNet>,
     /// Where the node kernel is reached; `None` until ferryd made it.
     pub host_port: Option<HostPort>,
     /// MTU of pod interfaces (L3 bytes) unless a pod's network config
@@ -97,7 +99,8 @@ pub struct Endpoint {
     pub id: String,
     /// The host end of the pod's link, in the node namespace.
     pub host_ifname: String,
-    pub ipv4: Ipv4Addr,
+    /// The pod's addresses on this interface (one per family).
+    pub ips: Vec<IpAddr>,
     /// MAC of the pod's own interface (destination of frames to the pod).
     pub mac: MacAddr,
     #[serde(default)]
@@ -142,6 +145,34 @@ impl MtuLimits {
     }
 }
 
+impl NodeSettings {
+    /// The IPv4 gateway, if one is served.
+    pub fn gateway4(&self) -> Option<Ipv4Addr> {
+        self.gateways.iter().find_map(|g| match g {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv4 pod CIDRs.
+    pub fn pod_cidrs4(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        self.pod_cidrs.iter().filter_map(|c| match c {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+    }
+}
+
+impl Endpoint {
+    /// The endpoint's IPv4 address, if it has one.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.ips.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+    }
+}
+
 /// A network namespace's identity: device and inode of its nsfs file, as
 /// `stat` shows them. Two paths name the same namespace exactly when these
 /// agree; a namespace keeps its inode for its whole life.
@@ -161,7 +192,7 @@ impl std::fmt::Display for NetnsId {
 /// (Pod /32s are implied by the endpoints and need no route.)
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     pub next_hop: NextHop,
 }
 
@@ -199,7 +230,7 @@ pub enum Request {
         route: Route,
     },
     RemoveRoute {
-        prefix: Ipv4Net,
+        prefix: IpNet,
     },
     /// Counters (read-only; any client, e.g. ferryctl, may ask).
     Stats,
@@ -377,10 +408,36 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), new);
         let ep: Endpoint = serde_json::from_str(
-            r#"{"id":"a/eth0","host_ifname":"fya","ipv4":"10.0.0.2","mac":"0a:58:0a:00:00:02"}"#,
+            r#"{"id":"a/eth0","host_ifname":"fya","ips":["10.0.0.2"],"mac":"0a:58:0a:00:00:02"}"#,
         )
         .unwrap();
         assert_eq!(ep.mtu, None);
         assert!(!serde_json::to_string(&ep).unwrap().contains("mtu"));
+    }
+
+    #[test]
+    fn addresses_are_family_generic() {
+        let ep: Endpoint = serde_json::from_str(
+            r#"{"id":"a/eth0","host_ifname":"fya","ips":["fd00::2","10.0.0.2"],"mac":"0a:58:0a:00:00:02"}"#,
+        )
+        .unwrap();
+        assert_eq!(ep.ipv4(), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        let node: NodeSettings = serde_json::from_str(
+            r#"{"gateways":["fd00::1","10.0.0.1"],"router_mac":"ee:ee:ee:ee:ee:ee","pod_cidrs":["fd00::/64","10.0.0.0/24"],"host_port":null,"mtu":1500}"#,
+        )
+        .unwrap();
+        assert_eq!(node.gateway4(), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            node.pod_cidrs4().collect::<Vec<_>>(),
+            vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"remove_route","prefix":"fd00:1::/64"}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::RemoveRoute {
+                prefix: IpNet::V6(_)
+            }
+        ));
     }
 }

@@ -350,11 +350,12 @@ fn parse_range(range: &Obj<'_>) -> Result<RangeSpec, CniError> {
             )));
         }
     }
+    // The pod API is family-generic; this parser still takes IPv4 only.
     Ok(RangeSpec {
-        subnet,
-        range_start,
-        range_end,
-        gateway,
+        subnet: subnet.into(),
+        range_start: range_start.map(IpAddr::V4),
+        range_end: range_end.map(IpAddr::V4),
+        gateway: gateway.map(IpAddr::V4),
     })
 }
 
@@ -368,7 +369,10 @@ fn parse_route(route: &Obj<'_>) -> Result<RouteSpec, CniError> {
         None => None,
         Some(text) => Some(parse_addr(text, &route.field("gw"))?),
     };
-    Ok(RouteSpec { dst, gw })
+    Ok(RouteSpec {
+        dst: dst.into(),
+        gw: gw.map(IpAddr::V4),
+    })
 }
 
 fn parse_runtime_ips(rc: &Obj<'_>) -> Result<Vec<Ipv4Addr>, CniError> {
@@ -506,8 +510,8 @@ pub fn parse_prev_result(prev: &Value, version: CniVersion) -> Result<PodResult,
             )));
         }
         ips.push(IpConfig {
-            address,
-            gateway,
+            address: address.into(),
+            gateway: gateway.map(IpAddr::V4),
             interface,
         });
     }
@@ -747,9 +751,9 @@ mod tests {
             vec![
                 RangeSpec {
                     subnet: "10.88.0.0/24".parse().unwrap(),
-                    range_start: Some(Ipv4Addr::new(10, 88, 0, 10)),
-                    range_end: Some(Ipv4Addr::new(10, 88, 0, 200)),
-                    gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                    range_start: Some(Ipv4Addr::new(10, 88, 0, 10).into()),
+                    range_end: Some(Ipv4Addr::new(10, 88, 0, 200).into()),
+                    gateway: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
                 },
                 RangeSpec {
                     subnet: "10.89.0.0/16".parse().unwrap(),
@@ -768,7 +772,7 @@ mod tests {
                 },
                 RouteSpec {
                     dst: "192.168.1.0/24".parse().unwrap(),
-                    gw: Some(Ipv4Addr::new(10, 88, 0, 254))
+                    gw: Some(Ipv4Addr::new(10, 88, 0, 254).into())
                 },
             ]
         );
@@ -1071,12 +1075,12 @@ mod tests {
             }],
             ips: vec![IpConfig {
                 address: "10.88.0.5/16".parse().unwrap(),
-                gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                gateway: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
                 interface: 0,
             }],
             routes: vec![RouteSpec {
                 dst: "0.0.0.0/0".parse().unwrap(),
-                gw: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                gw: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
             }],
         };
         assert_eq!(

@@ -34,7 +34,11 @@ pub fn add_result(
         .map(|ip| {
             let mut o = Map::new();
             if version.result_has_ip_version() {
-                o.insert("version".into(), json!("4"));
+                let family = match ip.address {
+                    ipnet::IpNet::V4(_) => "4",
+                    ipnet::IpNet::V6(_) => "6",
+                };
+                o.insert("version".into(), json!(family));
             }
             o.insert("interface".into(), json!(ip.interface));
             o.insert("address".into(), json!(ip.address.to_string()));
@@ -118,12 +122,12 @@ mod tests {
             }],
             ips: vec![IpConfig {
                 address: "10.88.0.5/16".parse().unwrap(),
-                gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                gateway: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
                 interface: 0,
             }],
             routes: vec![RouteSpec {
                 dst: "0.0.0.0/0".parse().unwrap(),
-                gw: Some(Ipv4Addr::new(10, 88, 0, 1)),
+                gw: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
             }],
         }
     }

@@ -52,12 +52,12 @@ fn pod_result() -> PodResult {
         }],
         ips: vec![IpConfig {
             address: "10.88.0.5/16".parse().unwrap(),
-            gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+            gateway: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
             interface: 0,
         }],
         routes: vec![RouteSpec {
             dst: "0.0.0.0/0".parse().unwrap(),
-            gw: Some(Ipv4Addr::new(10, 88, 0, 1)),
+            gw: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
         }],
     }
 }
@@ -184,7 +184,7 @@ fn add_copies_dns_and_ipam_from_the_config() {
     assert_eq!(req.ipam.ranges.len(), 1);
     assert_eq!(
         req.ipam.ranges[0].gateway,
-        Some(Ipv4Addr::new(10, 88, 0, 1))
+        Some(Ipv4Addr::new(10, 88, 0, 1).into())
     );
     assert_eq!(
         req.ipam.routes,

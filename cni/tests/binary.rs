@@ -138,12 +138,12 @@ fn add_and_del_round_trip_over_the_socket() {
         }],
         ips: vec![IpConfig {
             address: "10.88.0.5/16".parse().unwrap(),
-            gateway: Some(Ipv4Addr::new(10, 88, 0, 1)),
+            gateway: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
             interface: 0,
         }],
         routes: vec![RouteSpec {
             dst: "0.0.0.0/0".parse().unwrap(),
-            gw: Some(Ipv4Addr::new(10, 88, 0, 1)),
+            gw: Some(Ipv4Addr::new(10, 88, 0, 1).into()),
         }],
     };
     // Serves two connections (ADD, then DEL), one request each.

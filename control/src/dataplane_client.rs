@@ -381,7 +381,9 @@ impl Task {
                                 endpoint.clone(),
                                 StaleAttachment {
                                     endpoint: endpoint.clone(),
-                                    ip: ep.ipv4.into(),
+                                    ip: ep.ips.first().copied().unwrap_or(std::net::IpAddr::V4(
+                                        std::net::Ipv4Addr::UNSPECIFIED,
+                                    )),
                                     netns: ep.netns.clone(),
                                     reason: format!("the dataplane cannot open {port}: {error}"),
                                 },

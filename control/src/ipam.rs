@@ -46,6 +46,30 @@ pub enum IpamError {
     },
     #[error("range {subnet} is too small for pods (at most /30)")]
     TooSmall { subnet: Ipv4Net },
+    #[error("{what} {value} is IPv6: ferryd serves IPv4 pods only so far")]
+    Ipv6 { what: &'static str, value: String },
+}
+
+/// The IPv4 network of a family-generic one from the pod API.
+pub fn v4_net(n: ipnet::IpNet, what: &'static str) -> Result<Ipv4Net, IpamError> {
+    match n {
+        ipnet::IpNet::V4(n) => Ok(n),
+        ipnet::IpNet::V6(_) => Err(IpamError::Ipv6 {
+            what,
+            value: n.to_string(),
+        }),
+    }
+}
+
+/// The IPv4 address of a family-generic one from the pod API.
+pub fn v4_addr(a: std::net::IpAddr, what: &'static str) -> Result<Ipv4Addr, IpamError> {
+    match a {
+        std::net::IpAddr::V4(a) => Ok(a),
+        std::net::IpAddr::V6(_) => Err(IpamError::Ipv6 {
+            what,
+            value: a.to_string(),
+        }),
+    }
 }
 
 impl Pool {
@@ -123,7 +147,7 @@ impl Pools {
             return Ok(Pools(pools));
         }
         for r in &req.ranges {
-            let subnet = r.subnet.trunc();
+            let subnet = v4_net(r.subnet, "range subnet")?.trunc();
             if !pod_cidrs.iter().any(|c| c.contains(&subnet)) {
                 return Err(IpamError::OutsidePodCidrs {
                     subnet,
@@ -141,13 +165,17 @@ impl Pools {
                     Err(IpamError::OutsideSubnet { subnet, what, addr })
                 }
             };
-            let first = r
-                .range_start
+            let v4 = |a: Option<std::net::IpAddr>, what| a.map(|a| v4_addr(a, what)).transpose();
+            let (range_start, range_end, range_gateway) = (
+                v4(r.range_start, "rangeStart")?,
+                v4(r.range_end, "rangeEnd")?,
+                v4(r.gateway, "range gateway")?,
+            );
+            let first = range_start
                 .map(|a| check("rangeStart", a))
                 .transpose()?
                 .unwrap_or(lo);
-            let last = r
-                .range_end
+            let last = range_end
                 .map(|a| check("rangeEnd", a))
                 .transpose()?
                 .unwrap_or(hi);
@@ -158,7 +186,7 @@ impl Pools {
                     end: last.into(),
                 });
             }
-            let gateway = match r.gateway {
+            let gateway = match range_gateway {
                 Some(gw) => {
                     check("gateway", gw)?;
                     gw
@@ -259,9 +287,9 @@ mod tests {
     }
     fn range(subnet: &str, start: Option<&str>, end: Option<&str>) -> RangeSpec {
         RangeSpec {
-            subnet: net(subnet),
-            range_start: start.map(ip),
-            range_end: end.map(ip),
+            subnet: net(subnet).into(),
+            range_start: start.map(|a| ip(a).into()),
+            range_end: end.map(|a| ip(a).into()),
             gateway: None,
         }
     }

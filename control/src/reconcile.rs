@@ -87,7 +87,7 @@ pub fn endpoint_of(rec: &Record) -> Endpoint {
     Endpoint {
         id: rec.id.endpoint_id(),
         host_ifname: rec.host_ifname.clone(),
-        ipv4: rec.ip,
+        ips: vec![rec.ip.into()],
         mac: rec.mac,
         attachment: rec.attachment,
         netns,
@@ -164,9 +164,9 @@ pub async fn desired(
 /// The node settings the dataplane is synced with.
 fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
     NodeSettings {
-        gateway: cfg.gateway,
+        gateways: vec![cfg.gateway.into()],
         router_mac: MacAddr::ROUTER,
-        pod_cidrs: cfg.pod_cidrs.clone(),
+        pod_cidrs: cfg.pod_cidrs.iter().map(|&c| c.into()).collect(),
         host_port,
         mtu: cfg.mtu,
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_api::pod::{self, code, IpamRequest, PodRequest, PodResponse, PodResult, RangeSpec};
-use ferry_api::table::{Request, Response};
+use ferry_api::table::{MissingPort, Request, Response};
 use ferry_api::MacAddr;
 use ferryd::cni::Agent;
 use ferryd::config::Config;
@@ -168,6 +168,8 @@ struct RecordingTableServer {
     kick: Arc<Notify>,
     /// How long each UpsertEndpoint waits before its answer.
     upsert_delay: Arc<Mutex<Duration>>,
+    /// What every Sync answer names as missing.
+    sync_missing: Arc<Mutex<Vec<MissingPort>>>,
 }
 
 impl RecordingTableServer {
@@ -178,6 +180,7 @@ impl RecordingTableServer {
             requests: Arc::default(),
             kick: Arc::new(Notify::new()),
             upsert_delay: Arc::default(),
+            sync_missing: Arc::default(),
         };
         let s = srv.clone();
         tokio::spawn(async move {
@@ -199,6 +202,13 @@ impl RecordingTableServer {
                             workers,
                             mtu_limits: Some(MTU_LIMITS),
                         },
+                        Request::Sync { .. } => {
+                            generation += 1;
+                            Response::Applied {
+                                generation,
+                                missing: s.sync_missing.lock().unwrap().clone(),
+                            }
+                        }
                         _ => {
                             generation += 1;
                             Response::Applied {
@@ -317,7 +327,12 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         // Hello then Sync with the host port in the node settings.
         let reqs = dp.requests();
         assert!(
-            matches!(reqs[0], Request::Hello { api_version: 1 }),
+            matches!(
+                reqs[0],
+                Request::Hello {
+                    api_version: ferry_api::table::API_VERSION
+                }
+            ),
             "{reqs:?}"
         );
         let Request::Sync {
@@ -329,7 +344,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             panic!("second request not Sync: {reqs:?}")
         };
         assert!(endpoints.is_empty() && routes.is_empty());
-        assert_eq!(node.gateway, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(node.gateway4(), Some(Ipv4Addr::new(10, 77, 0, 1)));
         assert_eq!(node.router_mac, MacAddr::ROUTER);
         let hp = node.host_port.as_ref().expect("host port in Sync");
         assert_eq!(
@@ -350,7 +365,10 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         let mac = MacAddr::for_pod(ip);
         assert_eq!(result.ips.len(), 1);
         assert_eq!(result.ips[0].address.to_string(), "10.77.0.2/24");
-        assert_eq!(result.ips[0].gateway, Some(Ipv4Addr::new(10, 77, 0, 1)));
+        assert_eq!(
+            result.ips[0].gateway,
+            Some(Ipv4Addr::new(10, 77, 0, 1).into())
+        );
         let iface = &result.interfaces[result.ips[0].interface];
         assert_eq!(iface.name, "eth0");
         assert_eq!(iface.mac, mac);
@@ -389,7 +407,12 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         });
         let ep = up.expect("UpsertEndpoint sent");
         assert_eq!(
-            (ep.id.as_str(), ep.host_ifname.as_str(), ep.ipv4, ep.mac),
+            (
+                ep.id.as_str(),
+                ep.host_ifname.as_str(),
+                ep.ipv4().unwrap(),
+                ep.mac
+            ),
             ("ctr-a/eth0", host.as_str(), ip, mac)
         );
 
@@ -536,6 +559,79 @@ fn adds_nobody_waits_for_are_rolled_back() {
     drop(pod);
 }
 
+fn status_of(resp: PodResponse) -> (bool, u32, Vec<pod::StaleAttachment>) {
+    match resp {
+        PodResponse::Status {
+            ready, code, stale, ..
+        } => (ready, code, stale),
+        other => panic!("expected a STATUS answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_partial_sync_is_a_success_that_names_what_is_missing() {
+    let w = World::new();
+    let pod = w.pod(1);
+    let (cfg, dp_sock, pod_path) = (w.config(), w.dp_socket(), pod.path());
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+        let r = ok_result(
+            agent
+                .handle(req(pod::Command::Add, "ctr-m", Some(&pod_path), "eth0"))
+                .await,
+        );
+        let status = || req(pod::Command::Status, "", None, "");
+        assert_eq!(status_of(agent.handle(status()).await).1, 0);
+
+        // The restarted dataplane cannot open the pod's port nor the host
+        // port: still connected and serving, the pod reported stale and
+        // STATUS "limited connectivity" (51).
+        *dp.sync_missing.lock().unwrap() = vec![
+            MissingPort {
+                endpoint: "ctr-m/eth0".into(),
+                port: host_ifname("ctr-m", "eth0"),
+                error: "interface does not exist".into(),
+            },
+            MissingPort {
+                endpoint: "host".into(),
+                port: "fhp0dp".into(),
+                error: "interface does not exist".into(),
+            },
+        ];
+        let n = dp.requests().len();
+        dp.disconnect();
+        wait_for("resync", || {
+            dp.requests().len() >= n + 2 && agent.dataplane().connected()
+        })
+        .await;
+        let (ready, code, stale) = status_of(agent.handle(status()).await);
+        assert!(!ready);
+        assert_eq!(code, code::LIMITED_CONNECTIVITY);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert_eq!(stale[0].endpoint, "ctr-m/eth0");
+        assert_eq!(stale[0].ip, r.ips[0].address.addr());
+
+        // All ports back: ready again, nothing stale.
+        dp.sync_missing.lock().unwrap().clear();
+        let n = dp.requests().len();
+        dp.disconnect();
+        wait_for("resync", || {
+            dp.requests().len() >= n + 2 && agent.dataplane().connected()
+        })
+        .await;
+        let (ready, code, stale) = status_of(agent.handle(status()).await);
+        assert!(ready && code == 0 && stale.is_empty(), "{code} {stale:?}");
+        assert_ok(
+            agent
+                .handle(req(pod::Command::Del, "ctr-m", Some(&pod_path), "eth0"))
+                .await,
+        );
+    });
+    drop(pod);
+}
+
 #[test]
 fn failed_add_leaves_no_veth_and_no_allocation() {
     let w = World::new();
@@ -599,8 +695,40 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
             error_code(agent.handle(bad.clone()).await),
             code::INVALID_CONFIG
         );
+        // The pod API carries any family; ferryd serves IPv4 only so far,
+        // and says so with code 7 for a range, a route or an address asked.
+        let v6_range = RangeSpec {
+            subnet: "fd00:77::/64".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        };
+        let v6_route = pod::RouteSpec {
+            dst: "::/0".parse().unwrap(),
+            gw: Some("fd00:77::1".parse().unwrap()),
+        };
+        for ipam in [
+            IpamRequest {
+                ranges: vec![v6_range],
+                ..Default::default()
+            },
+            IpamRequest {
+                routes: vec![v6_route],
+                ..Default::default()
+            },
+            IpamRequest {
+                requested: vec!["fd00:77::5".parse().unwrap()],
+                ..Default::default()
+            },
+        ] {
+            bad.ipam = ipam;
+            let resp = agent.handle(bad.clone()).await;
+            assert!(format!("{resp:?}").contains("IPv6"), "{resp:?}");
+            assert_eq!(error_code(resp), code::INVALID_CONFIG);
+            assert_eq!(agent.store().records().unwrap().len(), 0);
+        }
         bad.ipam = IpamRequest {
-            requested: vec![Ipv4Addr::new(10, 77, 0, 1)],
+            requested: vec![Ipv4Addr::new(10, 77, 0, 1).into()],
             ..Default::default()
         };
         assert_eq!(
@@ -631,11 +759,11 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
         add.ipam = IpamRequest {
             ranges: vec![RangeSpec {
                 subnet: "10.77.0.0/24".parse().unwrap(),
-                range_start: Some(Ipv4Addr::new(10, 77, 0, 100)),
-                range_end: Some(Ipv4Addr::new(10, 77, 0, 110)),
+                range_start: Some(Ipv4Addr::new(10, 77, 0, 100).into()),
+                range_end: Some(Ipv4Addr::new(10, 77, 0, 110).into()),
                 gateway: None,
             }],
-            requested: vec![Ipv4Addr::new(10, 77, 0, 105)],
+            requested: vec![Ipv4Addr::new(10, 77, 0, 105).into()],
             ..Default::default()
         };
         let r = ok_result(agent.handle(add.clone()).await);
@@ -716,7 +844,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     .handle(req(pod::Command::Add, "ctr-r", Some(&pod_path), "eth0"))
                     .await,
             );
-            ready_ep = r.ips[0].address.addr();
+            ready_ep = v4(r.ips[0].address.addr());
         }
         // A crash between allocation and plumbing: a pending record and a
         // half-made veth under its deterministic name.
@@ -780,7 +908,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
             panic!("no Sync after Hello: {reqs:?}")
         };
         assert_eq!(endpoints.len(), 1);
-        assert_eq!(endpoints[0].ipv4, ready_ep);
+        assert_eq!(endpoints[0].ipv4(), Some(ready_ep));
 
         // A dataplane restart (connection dropped) gets a full Sync again;
         // a DEL made meanwhile is reconciled by it.
@@ -830,7 +958,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(a.ips[0].address.addr())
+                .holder_of(v4(a.ips[0].address.addr()))
                 .unwrap()
                 .is_some(),
             "GC removed a valid one"
@@ -838,7 +966,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(b.ips[0].address.addr())
+                .holder_of(v4(b.ips[0].address.addr()))
                 .unwrap()
                 .is_none(),
             "GC kept an invalid one"
@@ -852,4 +980,12 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         );
     });
     drop(pod);
+}
+
+/// The IPv4 address of a result's (family-generic) address.
+fn v4(a: std::net::IpAddr) -> Ipv4Addr {
+    match a {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("ferryd handed out IPv6 {a}"),
+    }
 }

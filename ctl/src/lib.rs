@@ -61,7 +61,11 @@ pub fn endpoint_rows(t: &TableDump, stale: &[StaleAttachment]) -> Vec<EndpointRo
         .iter()
         .map(|e| EndpointRow {
             id: e.id.clone(),
-            ip: e.ipv4.into(),
+            ip: e
+                .ips
+                .first()
+                .copied()
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
             mac: e.mac,
             host_ifname: e.host_ifname.clone(),
             port: t.ports.get(&e.host_ifname).copied(),
@@ -131,7 +135,14 @@ fn render_node(
     render_table(
         &["NODE", ""],
         &[
-            vec!["gateway".into(), n.gateway.to_string()],
+            vec![
+                "gateway".into(),
+                n.gateways
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ],
             vec!["router mac".into(), n.router_mac.to_string()],
             vec!["pod cidrs".into(), cidrs.join(", ")],
             vec!["host port".into(), host],
@@ -319,14 +330,14 @@ mod tests {
 
     #[test]
     fn endpoints_join_their_port_index() {
-        let ip = "10.88.0.5".parse().unwrap();
+        let ip: std::net::Ipv4Addr = "10.88.0.5".parse().unwrap();
         let t = TableDump {
             generation: 3,
             node: None,
             endpoints: vec![Endpoint {
                 id: "c1/eth0".into(),
                 host_ifname: "fy0123456789a".into(),
-                ipv4: ip,
+                ips: vec![(ip).into()],
                 mac: MacAddr::for_pod(ip),
                 attachment: Default::default(),
                 netns: String::new(),

@@ -124,7 +124,7 @@ fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
     Endpoint {
         id: id.into(),
         host_ifname: host_ifname.into(),
-        ipv4: ip,
+        ips: vec![(ip).into()],
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
         netns: String::new(),
@@ -230,7 +230,7 @@ fn host_port(node: &str) -> MacAddr {
 
 fn node_settings(host_ifname: &str, kernel_mac: MacAddr) -> NodeSettings {
     NodeSettings {
-        gateway: GW,
+        gateways: vec![GW.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: vec!["10.99.0.0/24".parse().unwrap()],
         host_port: Some(HostPort {

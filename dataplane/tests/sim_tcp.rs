@@ -103,7 +103,7 @@ fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
     Endpoint {
         id: format!("pod{port}/eth0"),
         host_ifname: format!("fy{port}"),
-        ipv4: ip,
+        ips: vec![(ip).into()],
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
         netns: String::new(),
@@ -115,7 +115,7 @@ fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
 
 fn node() -> NodeSettings {
     NodeSettings {
-        gateway: GW,
+        gateways: vec![GW.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: vec!["10.88.0.0/24".parse().expect("cidr")],
         host_port: Some(HostPort {

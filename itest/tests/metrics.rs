@@ -315,3 +315,34 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
         node.ferryd.as_ref().unwrap().log_text()
     );
 }
+
+/// With metrics on every address (the shipped DaemonSet's 0.0.0.0), the
+/// node scrapes its metrics at the gateway address, and a pod asking the
+/// same address gets nothing: the node's counters are not the pods'.
+#[test]
+fn metrics_on_every_address_are_not_served_to_pods() {
+    let mut node = Node::start("fmp", NodeOpts::default());
+    node.ferryd.take().unwrap().stop();
+    let cfg = node.dir.path.join("ferryd.toml");
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str("metrics_listen = \"0.0.0.0:9469\"\n");
+    fs::write(&cfg, text).unwrap();
+    node.start_ferryd();
+    node.wait_ready();
+    let pod = node.add_pod(1);
+    let gw = itest::first_host(&node.opts.pod_cidr);
+    let url = format!("http://{gw}:9469/metrics");
+    let from_node = ns_run(&node.ns.name, &["curl", "-sf", "--max-time", "5", &url]);
+    assert!(
+        String::from_utf8_lossy(&from_node.stdout).contains("ferry_dataplane_up 1"),
+        "the node scrapes its gateway address"
+    );
+    assert!(pod.ping(&gw, 1), "the pod reaches the node");
+    let from_pod = ns_run(&pod.ns.name, &["curl", "-sf", "--max-time", "5", &url]);
+    assert!(
+        !from_pod.status.success() && from_pod.stdout.is_empty(),
+        "a pod read the node's metrics: {}",
+        String::from_utf8_lossy(&from_pod.stdout)
+    );
+    node.del_pod(&pod).assert_ok();
+}

@@ -31,7 +31,7 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 3);
 
 fn node() -> NodeSettings {
     NodeSettings {
-        gateway: GW,
+        gateways: vec![GW.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: vec!["10.88.0.0/16".parse().expect("cidr")],
         host_port: Some(HostPort {
@@ -49,7 +49,7 @@ fn endpoint(i: u32) -> Endpoint {
     Endpoint {
         id: format!("pod{i}/eth0"),
         host_ifname: format!("fy{}", i + 1),
-        ipv4: ip,
+        ips: vec![(ip).into()],
         mac: MacAddr::for_pod(ip),
         attachment: Default::default(),
         netns: String::new(),

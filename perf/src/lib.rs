@@ -10,4 +10,6 @@
 //! - [`e2e`]: the end-to-end harness (`perf e2e`), ferry against the kernel
 //!   paths on the same machine in the same run.
 
+pub mod churn;
 pub mod e2e;
+pub mod restart;

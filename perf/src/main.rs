@@ -3,15 +3,18 @@
 //! `perf e2e [--quick]` builds every topology (ferry, the Linux bridge, the
 //! kernel routed path, an in-kernel XDP redirect) in network namespaces of its
 //! own, runs the same workloads through each and writes results.json,
-//! results.md and results.png. `perf cleanup` removes `fpf-*` namespaces left
-//! by a run that was SIGKILLed.
+//! results.md and results.png. `perf churn --minutes N` is a soak: ADD/DEL
+//! churn with traffic while the daemons are SIGKILLed at random, then a leak
+//! check. `perf restart` measures the traffic gap of a daemon's SIGKILL and
+//! restart. `perf cleanup` removes `fpf-*` namespaces left by a run that was
+//! SIGKILLed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use perf::e2e::{self, error::E2eError};
+use perf::e2e::{self, error::E2eError, topo::default_bin_dir};
 
 #[derive(Parser)]
 #[command(name = "perf", about = "ferry vs the kernel, side by side, in one run")]
@@ -55,6 +58,45 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         dataplane_args: Option<String>,
     },
+    /// Soak: ADD/DEL churn with traffic while ferryd and ferry-dataplane are SIGKILLed at random; then check nothing leaked.
+    Churn {
+        /// Minutes of churn (the final DEL and checks follow); 0.5 for a short run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Target number of live pods.
+        #[arg(long, default_value_t = 8)]
+        pods: usize,
+        /// Seed of the random choices (printed at the start; default from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds between kills, LO-HI (shrunk for short runs).
+        #[arg(long, default_value = "10-40")]
+        kill_every: String,
+        /// Share of pods made with "attachment": "tap".
+        #[arg(long, default_value_t = 0.4)]
+        tap_share: f64,
+        /// ferry-dataplane workers.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// Directory of ferry's binaries (default: the workspace's target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Traffic gap of a SIGKILL + restart of ferry-dataplane, then of ferryd: 100 Hz ping between veth pods and between tap pods.
+    Restart {
+        /// Kill + restart cycles per daemon.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Pings per cycle (10 ms apart).
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// ferry-dataplane workers.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// Directory of ferry's binaries (default: the workspace's target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Remove fpf-* network namespaces left by a killed run.
     Cleanup,
 }
@@ -69,9 +111,80 @@ fn main() -> ExitCode {
     }
 }
 
+fn interrupted() -> anyhow::Result<ExitCode> {
+    eprintln!("perf: interrupted; every namespace and process made was removed");
+    Ok(ExitCode::from(130))
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
+    let (lo, hi) = s
+        .split_once('-')
+        .with_context(|| format!("--kill-every {s:?}: expected LO-HI seconds, e.g. 10-40"))?;
+    let (lo, hi): (f64, f64) = (lo.trim().parse()?, hi.trim().parse()?);
+    anyhow::ensure!(
+        lo > 0.0 && hi >= lo,
+        "--kill-every {s:?}: need 0 < LO <= HI"
+    );
+    Ok((lo, hi))
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Churn {
+            minutes,
+            pods,
+            seed,
+            kill_every,
+            tap_share,
+            workers,
+            bin_dir,
+        } => {
+            let o = perf::churn::Options {
+                minutes,
+                pods: pods.clamp(2, 200),
+                seed,
+                kill_every: parse_range(&kill_every)?,
+                tap_share: tap_share.clamp(0.0, 1.0),
+                workers: workers.max(1),
+                bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
+            };
+            match perf::churn::run(&o) {
+                Ok(out) => {
+                    println!("{}", out.summary);
+                    if out.violations.is_empty() {
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        eprintln!("perf churn: {} violation(s)", out.violations.len());
+                        Ok(ExitCode::from(2))
+                    }
+                }
+                Err(E2eError::Interrupted) => interrupted(),
+                Err(e) => Err(e).context("perf churn"),
+            }
+        }
+        Cmd::Restart {
+            reps,
+            count,
+            workers,
+            bin_dir,
+        } => {
+            let o = perf::restart::Options {
+                reps: reps.max(1),
+                count: count.max(400),
+                workers: workers.max(1),
+                bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
+                ..Default::default()
+            };
+            match perf::restart::run(&o) {
+                Ok(md) => {
+                    println!("{md}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(E2eError::Interrupted) => interrupted(),
+                Err(e) => Err(e).context("perf restart"),
+            }
+        }
         Cmd::Cleanup => {
             let removed =
                 e2e::sys::remove_stale_namespaces().context("removing fpf-* namespaces")?;
@@ -123,10 +236,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(E2eError::Interrupted) => {
-                    eprintln!("perf: interrupted; every namespace and process made was removed");
-                    Ok(ExitCode::from(130))
-                }
+                Err(E2eError::Interrupted) => interrupted(),
                 Err(e) => Err(e).context("perf e2e"),
             }
         }

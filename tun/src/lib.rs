@@ -6,9 +6,12 @@
 //!
 //! Layer: bottom, beside ferry-api. Only libc; calls act on the network
 //! namespace of the calling thread. [`channels`] holds the one other ioctl
-//! ferryd needs on a pod link: a veth's queue count.
+//! ferryd needs on a pod link: a veth's queue count; [`netns`] opens a path
+//! that should be a network namespace without trusting it (both processes
+//! open pod namespaces named by someone else).
 
 pub mod channels;
+pub mod netns;
 
 use std::fs::OpenOptions;
 use std::io;
@@ -23,6 +26,13 @@ pub const TAP_FLAGS: libc::c_int =
 /// stack: partial checksums and TSO, so the pod sends 64 KiB GSO frames.
 pub const TAP_OFFLOADS: libc::c_uint =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// Most segments a pod's tap may put in one GSO frame (`gso_max_segs`,
+/// set by ferryd when it makes the tap). The dataplane refuses a frame
+/// that would be cut into more (`bad_gso_size`, its `MAX_GSO_SEGMENTS`),
+/// so without this cap a pod whose peer forces a small MSS would build
+/// 64 KiB frames the dataplane drops, and that connection would stall.
+pub const TAP_GSO_MAX_SEGS: u32 = 128;
 
 /// A failed step: which one (`"TUNSETIFF"`, ...) and the errno.
 pub type TunError = (&'static str, io::Error);

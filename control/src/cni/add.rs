@@ -40,6 +40,12 @@ impl Agent {
                 ),
             ));
         }
+        let requested_ip = req
+            .ipam
+            .requested
+            .first()
+            .map(|a| v4_addr(*a, "requested address"))
+            .transpose()?;
         let pools = Pools::for_request(&req.ipam, &self.cfg.pod_cidrs, self.cfg.gateway)?;
         let Some(workers) = self.dp.workers() else {
             return Err(dp_err(DpError::NotConnected));
@@ -116,12 +122,22 @@ impl Agent {
             Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
             Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
         };
-        let routes = req.ipam.routes.clone();
+        let routes = req
+            .ipam
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(PodRoute {
+                    dst: v4_net(r.dst, "route dst")?,
+                    gw: r.gw.map(|g| v4_addr(g, "route gw")).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<PodRoute>, IpamError>>()?;
         let record = {
             let store = Arc::clone(&self.store);
             let (id, netns, host, routes) =
                 (id.clone(), netns.clone(), host.clone(), routes.clone());
-            let requested = req.ipam.requested.first().copied();
+            let requested = requested_ip;
             blocking(move || {
                 store.allocate_pending(&id, &pools, requested, |pool, ip| {
                     let mac = MacAddr::for_pod(ip);
@@ -129,11 +145,17 @@ impl Agent {
                         Ipv4Net::new(ip, pool.prefix_len()).expect("pool prefix is valid");
                     let result_routes = if routes.is_empty() {
                         vec![ferry_api::pod::RouteSpec {
-                            dst: Ipv4Net::default(),
-                            gw: Some(pool.gateway),
+                            dst: Ipv4Net::default().into(),
+                            gw: Some(pool.gateway.into()),
                         }]
                     } else {
-                        routes.clone()
+                        routes
+                            .iter()
+                            .map(|r| ferry_api::pod::RouteSpec {
+                                dst: r.dst.into(),
+                                gw: r.gw.map(Into::into),
+                            })
+                            .collect()
                     };
                     Record {
                         id: id.clone(),
@@ -154,8 +176,8 @@ impl Agent {
                                 sandbox: Some(netns.clone()),
                             }],
                             ips: vec![IpConfig {
-                                address,
-                                gateway: Some(pool.gateway),
+                                address: address.into(),
+                                gateway: Some(pool.gateway.into()),
                                 interface: 0,
                             }],
                             routes: result_routes,

@@ -90,8 +90,8 @@ impl Agent {
             return Err(mismatch(format!("{} is down", rec.id.ifname)));
         }
         if let Some(prev) = &req.prev_result {
-            let want: BTreeSet<Ipv4Net> = rec.result.ips.iter().map(|i| i.address).collect();
-            let got: BTreeSet<Ipv4Net> = prev.ips.iter().map(|i| i.address).collect();
+            let want: BTreeSet<IpNet> = rec.result.ips.iter().map(|i| i.address).collect();
+            let got: BTreeSet<IpNet> = prev.ips.iter().map(|i| i.address).collect();
             if want != got {
                 return Err(mismatch(format!(
                     "prevResult has addresses {got:?}, ferryd assigned {want:?}"

@@ -21,13 +21,13 @@ use ferry_api::pod::{
 };
 use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::{validate_ifname, Config};
 use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT};
-use crate::ipam::{IpamError, Pools};
+use crate::ipam::{v4_addr, v4_net, IpamError, Pools};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
-use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing};
+use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing, PodRoute};
 use crate::reconcile::{self, endpoint_of};
 use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
 

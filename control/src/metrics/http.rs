@@ -208,6 +208,14 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, requests: Arc<Reque
             return;
         };
         match listener.accept().await {
+            Ok((_, peer))
+                if from_a_pod(peer.ip(), &agent.config().pod_cidrs, agent.config().gateway) =>
+            {
+                // Pods reach the node's addresses through the host port
+                // with their own source address: the node's counters are
+                // not theirs to read, whatever metrics_listen says.
+                log::debug!("metrics connection from pod address {peer} refused");
+            }
             Ok((stream, peer)) => {
                 let agent = Arc::clone(&agent);
                 let requests = Arc::clone(&requests);
@@ -226,9 +234,38 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, requests: Arc<Reque
     }
 }
 
+/// Whether `peer` is a pod's address: inside one of the node's pod CIDRs,
+/// and not the gateway (the node's own address on the host port).
+pub fn from_a_pod(
+    peer: std::net::IpAddr,
+    pod_cidrs: &[ipnet::Ipv4Net],
+    gateway: std::net::Ipv4Addr,
+) -> bool {
+    let std::net::IpAddr::V4(peer) = peer else {
+        return false;
+    };
+    peer != gateway && pod_cidrs.iter().any(|c| c.contains(&peer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_are_told_apart_from_the_node() {
+        let cidrs = ["10.88.0.0/24".parse().unwrap()];
+        for (peer, pod) in [
+            ("10.88.0.7", true),
+            ("10.88.0.254", true),
+            ("10.88.0.1", false),
+            ("127.0.0.1", false),
+            ("192.168.1.5", false),
+            ("::1", false),
+        ] {
+            let gw = "10.88.0.1".parse().unwrap();
+            assert_eq!(from_a_pod(peer.parse().unwrap(), &cidrs, gw), pod, "{peer}");
+        }
+    }
 
     #[test]
     fn requests_are_routed() {

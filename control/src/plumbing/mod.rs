@@ -15,7 +15,6 @@
 
 use std::net::Ipv4Addr;
 
-use ferry_api::pod::RouteSpec;
 use ferry_api::table::{Attachment, NetnsId};
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
@@ -227,7 +226,7 @@ pub struct PodPlumbing {
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
     /// Routes for the pod; empty means a default route via `gateway`.
-    pub routes: Vec<RouteSpec>,
+    pub routes: Vec<PodRoute>,
     pub mtu: u32,
     /// Queues in use: one per dataplane worker.
     pub queues: u32,
@@ -237,11 +236,20 @@ pub struct PodPlumbing {
     pub attachment: Attachment,
 }
 
+/// A route in a pod, of the family ferryd plumbs (the pod API's routes are
+/// family-generic; ADD refuses the others with error 7 before plumbing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodRoute {
+    pub dst: Ipv4Net,
+    /// `None`: via the pod's gateway.
+    pub gw: Option<Ipv4Addr>,
+}
+
 impl PodPlumbing {
     /// The routes the pod gets (and the result reports).
-    pub fn effective_routes(&self) -> Vec<RouteSpec> {
+    pub fn effective_routes(&self) -> Vec<PodRoute> {
         if self.routes.is_empty() {
-            vec![RouteSpec {
+            vec![PodRoute {
                 dst: Ipv4Net::default(),
                 gw: Some(self.gateway),
             }]

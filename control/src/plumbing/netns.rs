@@ -17,8 +17,7 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,11 +29,6 @@ use super::NetlinkError;
 
 /// Longest wait for the `open` of a namespace path.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `NSFS_MAGIC` from linux/magic.h.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-/// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetnsError {
@@ -199,44 +193,14 @@ pub fn check(
 /// The blocking part of [`open`]: open without blocking, then check that
 /// the file is a network namespace.
 pub fn open_blocking(path: &str) -> Result<(File, NetnsId), NetnsError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| io_err(path, &e))?;
-    let not_netns = |what: String| NetnsError::NotNetns {
-        path: path.to_string(),
-        what,
-    };
-    let fs_type = nix::sys::statfs::fstatfs(&file)
-        .map_err(|e| not_netns(format!("fstatfs: {e}")))?
-        .filesystem_type()
-        .0 as i64;
-    if fs_type != NSFS_MAGIC {
-        return Err(not_netns(format!(
-            "not a namespace file (filesystem magic {fs_type:#x}, nsfs is {NSFS_MAGIC:#x})"
-        )));
+    match ferry_tun::netns::open(path) {
+        Ok((file, dev, ino)) => Ok((file, NetnsId { dev, ino })),
+        Err(ferry_tun::netns::OpenError::Io(e)) => Err(io_err(path, &e)),
+        Err(ferry_tun::netns::OpenError::NotNetns(what)) => Err(NetnsError::NotNetns {
+            path: path.to_string(),
+            what,
+        }),
     }
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which
-    // `file` keeps open for the duration of the call.
-    let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-    if nstype < 0 {
-        return Err(not_netns(format!(
-            "NS_GET_NSTYPE: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    if nstype != libc::CLONE_NEWNET {
-        return Err(not_netns(format!("a namespace of type {nstype:#x}")));
-    }
-    let md = file.metadata().map_err(|e| io_err(path, &e))?;
-    Ok((
-        file,
-        NetnsId {
-            dev: md.dev(),
-            ino: md.ino(),
-        },
-    ))
 }
 
 /// Run `f` with a netlink handle inside the network namespace at `path`

@@ -6,6 +6,7 @@ use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec};
 
@@ -39,17 +40,20 @@ pub(super) async fn configure_pod_end(
     if pod.attachment == Attachment::Veth {
         set_channels(tmp, pod.queues.max(1))?;
     }
+    let mut link = LinkUnspec::new_with_index(idx)
+        .name(pod.ifname.clone())
+        .address(pod.mac.octets().to_vec())
+        .mtu(pod.mtu);
+    if pod.attachment == Attachment::Tap {
+        link = link.append_extra_attribute(LinkAttribute::GsoMaxSegs(ferry_tun::TAP_GSO_MAX_SEGS));
+    }
     set_link(
         h,
         format!(
             "rename {tmp} to {} and set MAC {} in {}",
             pod.ifname, pod.mac, pod.netns
         ),
-        LinkUnspec::new_with_index(idx)
-            .name(pod.ifname.clone())
-            .address(pod.mac.octets().to_vec())
-            .mtu(pod.mtu)
-            .build(),
+        link.build(),
     )
     .await?;
     add_address(h, idx, &pod.ifname, pod.address).await?;

@@ -36,7 +36,7 @@ fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(|| {
         let node = NodeSettings {
-            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            gateways: vec![Ipv4Addr::new(10, 88, 0, 1).into()],
             router_mac: MacAddr::ROUTER,
             pod_cidrs: vec!["10.88.0.0/24".parse().expect("cidr")],
             host_port: Some(HostPort {
@@ -52,7 +52,7 @@ fn tables() -> &'static Tables {
                 Endpoint {
                     id: format!("pod{i}/eth0"),
                     host_ifname: format!("fy{i}"),
-                    ipv4: ip,
+                    ips: vec![(ip).into()],
                     mac: MacAddr::for_pod(ip),
                     attachment: Default::default(),
                     netns: String::new(),

@@ -155,17 +155,16 @@ impl Tables {
             let Some(port) = port_of(&ep.host_ifname) else {
                 continue;
             };
-            let key = u32::from(ep.ipv4);
+            // The pipeline routes IPv4 so far: an endpoint without an IPv4
+            // address is not reachable through it yet.
+            let Some(ip) = ep.ipv4() else {
+                continue;
+            };
+            let key = u32::from(ip);
             if by_ip.contains_key(&key) {
                 continue;
             }
-            if !set_role(
-                port,
-                PortRole::Pod {
-                    ip: ep.ipv4,
-                    mac: ep.mac,
-                },
-            ) {
+            if !set_role(port, PortRole::Pod { ip, mac: ep.mac }) {
                 continue;
             }
             let entry = EndpointEntry {
@@ -179,8 +178,12 @@ impl Tables {
 
         let mut resolved: Vec<RouteEntry> = routes
             .iter()
-            .map(|r| RouteEntry {
-                prefix: r.prefix.trunc(),
+            .filter_map(|r| match r.prefix {
+                ipnet::IpNet::V4(prefix) => Some((prefix, r)),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .map(|(prefix, r)| RouteEntry {
+                prefix: prefix.trunc(),
                 target: match &r.next_hop {
                     NextHop::Endpoint(id) => by_id
                         .get(id.as_str())
@@ -197,9 +200,9 @@ impl Tables {
         Tables {
             generation,
             node: NodeView {
-                gateway: node.gateway,
+                gateway: node.gateway4().unwrap_or(Ipv4Addr::UNSPECIFIED),
                 router_mac: node.router_mac,
-                pod_cidrs: node.pod_cidrs.iter().map(Ipv4Net::trunc).collect(),
+                pod_cidrs: node.pod_cidrs4().map(|c| c.trunc()).collect(),
                 host_port,
             },
             endpoints: by_ip,
@@ -326,7 +329,7 @@ mod tests {
 
     fn node() -> NodeSettings {
         NodeSettings {
-            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            gateways: vec![Ipv4Addr::new(10, 88, 0, 1).into()],
             router_mac: MacAddr::ROUTER,
             pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
             host_port: Some(HostPort {
@@ -343,7 +346,7 @@ mod tests {
         Endpoint {
             id: id.into(),
             host_ifname: ifname.into(),
-            ipv4: ip,
+            ips: vec![(ip).into()],
             mac: MacAddr::for_pod(ip),
             attachment: Default::default(),
             netns: String::new(),

@@ -30,9 +30,7 @@ use crate::core::offload::{self, EgressCaps, Finished};
 use crate::core::pipeline::{process_batch, CsumState, DropReason, Frame, Offload, Verdict};
 use crate::core::tables::{PortId, TableHandle};
 use crate::engine::counters::{PortCounters, WorkerCounters};
-use crate::io::port::{FramePool, PortQueue};
-
-type DescOf<Q> = <<Q as PortQueue>::Pool as FramePool>::Desc;
+use crate::io::port::{FrameOf, FramePool, Owned, PortQueue, RingFrames};
 
 /// Mutable references to two different elements of a slice.
 fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
@@ -107,11 +105,13 @@ struct Active<Q: PortQueue> {
     port: PortId,
     queue: Q,
     counters: Arc<PortCounters>,
-    /// Frames of this queue's pool in the worker's hands.
-    free: Vec<DescOf<Q>>,
+    /// Frames of this queue's pool in the worker's hands. Its capacity is
+    /// the pool's size, so it never grows.
+    free: Vec<FrameOf<Q>>,
     /// Frames to transmit on this queue, committed once per RX batch (and
-    /// mid-batch by `make_room` when a GSO frame needs the room).
-    pending: Vec<DescOf<Q>>,
+    /// mid-batch by `make_room` when a GSO frame needs the room). Capacity:
+    /// the pool's size.
+    pending: Vec<FrameOf<Q>>,
     /// Frames we gave the fill ring and have not received back.
     in_fill: usize,
     /// Frames in the TX ring not yet completed. Copy-mode TX sends at most
@@ -131,8 +131,8 @@ pub struct Worker<Q: PortQueue> {
     cmds: Receiver<WorkerCmd<Q>>,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
-    rx_descs: Vec<DescOf<Q>>,
-    scratch: Vec<DescOf<Q>>,
+    /// The frames of the RX batch being processed (empty between passes).
+    rx: Vec<FrameOf<Q>>,
     verdicts: Vec<Verdict>,
     /// Each frame as the pipeline left it, for the egress side.
     outgoing: Vec<Outgoing>,
@@ -170,8 +170,7 @@ impl<Q: PortQueue> Worker<Q> {
             cmds,
             counters,
             stop,
-            rx_descs: vec![Default::default(); cfg.batch],
-            scratch: vec![Default::default(); MAX_BATCH],
+            rx: Vec::with_capacity(cfg.batch),
             verdicts: vec![Verdict::Drop(DropReason::Malformed); cfg.batch],
             outgoing: vec![Outgoing::default(); cfg.batch],
             dirty: Vec::new(),
@@ -187,6 +186,30 @@ impl<Q: PortQueue> Worker<Q> {
         self.queues.len()
     }
 
+    /// One pass, deterministically: apply every queued command, then
+    /// service every queue once (reap, refill, receive one batch, forward,
+    /// commit), with `now_ns` as the pipeline's timestamp. No clock, no
+    /// sleep, no thread: [`Worker::run`] calls it in a loop, tests call it
+    /// directly.
+    pub fn step(&mut self, now_ns: u64) -> PassOutcome {
+        if !self.apply_commands() {
+            return PassOutcome::Disconnected;
+        }
+        if self.pass(now_ns) {
+            PassOutcome::Busy
+        } else {
+            PassOutcome::Idle
+        }
+    }
+
+    /// Where every queue's frames are, by port. Between passes (the only
+    /// time `&self` can look) the worker holds no RX batch, so each
+    /// census is [`FrameCensus::conserved`] unless a frame was lost or
+    /// duplicated.
+    pub fn census(&self) -> impl Iterator<Item = (PortId, FrameCensus)> + '_ {
+        self.queues.iter().map(|a| (a.port, census_of(a)))
+    }
+
     /// Run until `stop` is set or the command channel is closed.
     pub fn run(mut self) {
         log::info!(
@@ -195,17 +218,21 @@ impl<Q: PortQueue> Worker<Q> {
             self.cfg.cpu,
             self.cfg.batch
         );
-        // The clock is never read per frame: only on idle passes, on every
-        // KERNEL_STATS_PASSES-th busy pass, and on busy passes while
-        // spinning is enabled.
-        let mut last_busy: Option<Instant> = None;
+        // The clock is never read per frame: once per pass (the pipeline's
+        // timestamp, and the idle spin's reference), and for the kernel
+        // counters on idle passes and every KERNEL_STATS_PASSES-th busy
+        // pass.
+        let mut last_busy: Option<u64> = None;
+        let spin = self.cfg.idle_spin.as_nanos() as u64;
         let mut kernel_read = Instant::now();
         let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
-            if !self.apply_commands() {
-                break;
-            }
-            let busy = self.pass();
+            let now = self.start.elapsed().as_nanos() as u64;
+            let busy = match self.step(now) {
+                PassOutcome::Busy => true,
+                PassOutcome::Idle => false,
+                PassOutcome::Disconnected => break,
+            };
             passes = passes.wrapping_add(1);
             if (!busy || passes.is_multiple_of(KERNEL_STATS_PASSES))
                 && kernel_read.elapsed() >= KERNEL_STATS_EVERY
@@ -215,12 +242,12 @@ impl<Q: PortQueue> Worker<Q> {
             }
             if busy {
                 self.counters.busy_poll();
-                if !self.cfg.idle_spin.is_zero() {
-                    last_busy = Some(Instant::now());
+                if spin > 0 {
+                    last_busy = Some(now);
                 }
             } else {
                 self.counters.idle_poll();
-                if last_busy.is_some_and(|t| t.elapsed() < self.cfg.idle_spin) {
+                if last_busy.is_some_and(|t| now.saturating_sub(t) < spin) {
                     continue;
                 }
                 last_busy = None;
@@ -257,16 +284,20 @@ impl<Q: PortQueue> Worker<Q> {
                 }
                 match queue {
                     None => self.slots[idx] = Slot::NoQueue,
-                    Some(queue) => {
+                    Some(mut queue) => {
                         self.slots[idx] = Slot::Active(self.queues.len());
-                        let free = queue.pool().all_descs();
+                        // Room for every frame of the pool, so moving
+                        // frames between these lists never allocates.
+                        let frames = queue.pool().frame_count();
+                        let mut free = Vec::with_capacity(frames);
+                        queue.take_frames(&mut free);
                         let fill_target = (free.len() / 2).min(FILL_TARGET_MAX);
                         self.queues.push(Active {
                             port,
                             queue,
                             counters,
                             free,
-                            pending: Vec::with_capacity(self.cfg.batch),
+                            pending: Vec::with_capacity(frames),
                             in_fill: 0,
                             in_tx: 0,
                             fill_target,
@@ -295,6 +326,13 @@ impl<Q: PortQueue> Worker<Q> {
         if let Some(moved) = self.queues.get(idx) {
             self.slots[moved.port as usize] = Slot::Active(idx);
         }
+        // Every frame is in the queue's rings or the worker's lists of it
+        // (none in the RX batch: commands are applied between passes).
+        debug_assert!(
+            census_of(&gone).conserved(),
+            "port {port}: {:?}",
+            census_of(&gone)
+        );
         // Closes the socket and frees its pool with every frame in it.
         drop(gone);
         self.queues_changed();
@@ -334,9 +372,7 @@ impl<Q: PortQueue> Worker<Q> {
         if give == 0 {
             return;
         }
-        let from = a.free.len() - give;
-        if a.queue.fill(&a.free[from..]) == give {
-            a.free.truncate(from);
+        if a.queue.fill(&mut a.free, give) == give {
             a.in_fill += give;
         }
         if let Err(e) = a.queue.kick_rx() {
@@ -345,22 +381,22 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// One pass over every queue; true if any frame moved.
-    fn pass(&mut self) -> bool {
+    fn pass(&mut self, now_ns: u64) -> bool {
         let mut busy = false;
         let mut qi = 0;
         while qi < self.queues.len() {
-            busy |= self.service(qi);
+            busy |= self.service(qi, now_ns);
             qi += 1;
         }
         busy
     }
 
     /// Reap, refill, receive and forward one batch on queue `qi`.
-    fn service(&mut self, qi: usize) -> bool {
+    fn service(&mut self, qi: usize, now_ns: u64) -> bool {
         // Completions: transmitted frames come back to their pool's free list.
         let (done, tx_busy) = {
             let a = &mut self.queues[qi];
-            let done = reap(a, &mut self.scratch);
+            let done = reap(a);
             let tx_busy = a.in_tx > 0;
             if tx_busy {
                 if let Err(e) = a.queue.kick_tx() {
@@ -372,7 +408,8 @@ impl<Q: PortQueue> Worker<Q> {
         self.refill(qi, false);
 
         let batch = self.cfg.batch;
-        let n = self.queues[qi].queue.rx(&mut self.rx_descs[..batch]);
+        debug_assert!(self.rx.is_empty(), "the last batch was not consumed");
+        let n = self.queues[qi].queue.rx(&mut self.rx, batch);
         let short = self.queues[qi].queue.take_short_reads();
         for _ in 0..short {
             self.queues[qi].counters.add_drop(DropReason::TapShortRead);
@@ -386,10 +423,7 @@ impl<Q: PortQueue> Worker<Q> {
             let a = &mut self.queues[qi];
             a.in_fill = a.in_fill.saturating_sub(n);
             let pool = a.queue.pool();
-            let rx_bytes: u64 = self.rx_descs[..n]
-                .iter()
-                .map(|d| pool.len_of(d) as u64)
-                .sum();
+            let rx_bytes: u64 = self.rx.iter().map(|f| pool.len_of(f) as u64).sum();
             a.counters.add_rx(n as u64, rx_bytes);
         }
         self.counters.add_rx(n as u64);
@@ -397,23 +431,13 @@ impl<Q: PortQueue> Worker<Q> {
         // The pipeline: one snapshot, one timestamp for the whole batch.
         {
             let tables = self.tables.load();
-            let now_ns = self.start.elapsed().as_nanos() as u64;
             let pool = self.queues[qi].queue.pool();
             let mut frames: Vec<Frame<'_>> = recycle(std::mem::take(&mut self.frame_store));
-            for d in &self.rx_descs[..n] {
-                // SAFETY: `d` came out of the RX ring just now, so the worker
-                // owns the frame; every descriptor in the batch names a
-                // different frame (a ring never hands out one frame twice),
-                // so the chunks are disjoint, and they are only reached
-                // through `frames` until it is emptied below.
-                let (buf, headroom) = unsafe { pool.buffer_mut(d) };
-                frames.push(Frame::in_buffer(
-                    in_port,
-                    buf,
-                    headroom,
-                    pool.len_of(d),
-                    pool.offload_of(d),
-                ));
+            // Each token is borrowed mutably once: the buffers are disjoint.
+            for f in self.rx.iter_mut() {
+                let (len, offload) = (pool.len_of(f), pool.offload_of(f));
+                let (buf, headroom) = pool.buffer_mut(f);
+                frames.push(Frame::in_buffer(in_port, buf, headroom, len, offload));
             }
             process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..n]);
             for (out, f) in self.outgoing.iter_mut().zip(frames.iter()) {
@@ -427,11 +451,11 @@ impl<Q: PortQueue> Worker<Q> {
             self.frame_store = recycle(frames);
         }
 
-        // Verdicts: each frame to one TX batch or back to the free list.
-        for i in 0..n {
-            let d = self.rx_descs[i];
+        // Verdicts: each frame (token) to one TX batch or back to the free
+        // list; the compiler sees that each goes to at most one place.
+        let mut rx = std::mem::take(&mut self.rx);
+        for (i, frame) in rx.drain(..).enumerate() {
             let out = self.outgoing[i];
-            let mut recycled = false;
             // The original is counted as dropped; its ICMP error leaves by
             // the ingress port like any reply.
             if let Verdict::IcmpError { reason, .. } = self.verdicts[i] {
@@ -450,44 +474,37 @@ impl<Q: PortQueue> Worker<Q> {
             let drop_reason = match egress {
                 // Replies and ICMP errors made in place, and frames
                 // forwarded to the port they came from (hairpin): back out
-                // of the ingress queue, by descriptor.
+                // of the ingress queue, by token.
                 Ok(j) if j == qi => {
                     let a = &mut self.queues[qi];
                     let was_idle = a.pending.is_empty();
-                    let lost = send_back(a, d, out);
+                    let lost = send_back(a, frame, out);
                     if was_idle && !a.pending.is_empty() {
                         self.dirty.push(qi);
                     }
                     lost
                 }
                 Ok(j) => {
+                    let mut frame = frame;
                     let (src, dst) = two_mut(&mut self.queues, qi, j);
-                    let lost = forward(
-                        src,
-                        dst,
-                        (&d, out),
-                        &mut self.scratch,
-                        &self.counters,
-                        self.cfg.id,
-                    );
+                    let lost = forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
                     if !dst.pending.is_empty() && !self.dirty.contains(&j) {
                         self.dirty.push(j);
                     }
-                    src.free.push(d);
-                    recycled = true;
+                    src.free.push(frame);
                     lost
                 }
-                Err(reason) => Some(reason),
+                Err(reason) => {
+                    self.queues[qi].free.push(frame);
+                    Some(reason)
+                }
             };
             if let Some(reason) = drop_reason {
-                let a = &mut self.queues[qi];
-                a.counters.add_drop(reason);
+                self.queues[qi].counters.add_drop(reason);
                 self.counters.add_drop(reason);
-                if !recycled {
-                    a.free.push(d);
-                }
             }
         }
+        self.rx = rx;
         self.flush(qi);
         true
     }
@@ -499,8 +516,7 @@ impl<Q: PortQueue> Worker<Q> {
             let a = &mut self.queues[j];
             let unsent = commit(a, &self.counters, self.cfg.id);
             // What does not fit in the ring is dropped (tx_ring_full).
-            a.free.extend_from_slice(&a.pending);
-            a.pending.clear();
+            a.free.append(&mut a.pending);
             for _ in 0..unsent {
                 self.queues[qi].counters.add_drop(DropReason::TxRingFull);
                 self.counters.add_drop(DropReason::TxRingFull);
@@ -522,30 +538,22 @@ impl<Q: PortQueue> Worker<Q> {
                 Err(RecvTimeoutError::Disconnected) => false,
             };
         }
-        let timeout = self.cfg.idle_timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `pollfds` is a valid, exclusively borrowed array of
-        // `pollfds.len()` initialised pollfd structs for the duration of the
-        // call; the descriptors belong to queues this worker holds open.
-        let rc = unsafe {
-            libc::poll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                timeout,
-            )
-        };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                log::warn!("worker {}: poll failed: {e}", self.cfg.id);
-                std::thread::sleep(self.cfg.idle_timeout);
+        let ready = match crate::io::poll::poll(&mut self.pollfds, self.cfg.idle_timeout) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::warn!("worker {}: poll failed: {e}", self.cfg.id);
+                    std::thread::sleep(self.cfg.idle_timeout);
+                }
+                0
             }
-        }
+        };
         // A descriptor in error stays in error (a tap whose device was
         // deleted under us, until ferryd removes the port): stop polling it,
         // or every idle wait would return at once and the worker would spin.
         // A negative fd is ignored by poll(2); the list is rebuilt when the
         // ports change.
-        if rc > 0 {
+        if ready > 0 {
             for p in &mut self.pollfds {
                 if p.fd >= 0 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
                     log::warn!(
@@ -566,18 +574,18 @@ impl<Q: PortQueue> Worker<Q> {
 /// there, and their number is returned.
 fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -> usize {
     let want = a.pending.len().min(a.queue.tx_room());
+    let pool = a.queue.pool();
+    let sent_bytes: u64 = a.pending[..want]
+        .iter()
+        .map(|f| pool.len_of(f) as u64)
+        .sum();
+    // All `want` frames or none (the room was measured just now).
     let sent = if want > 0 {
-        a.queue.tx(&a.pending[..want])
+        a.queue.tx(&mut a.pending, want)
     } else {
         0
     };
     if sent > 0 {
-        let pool = a.queue.pool();
-        let sent_bytes: u64 = a.pending[..sent]
-            .iter()
-            .map(|d| pool.len_of(d) as u64)
-            .sum();
-        a.pending.drain(..sent);
         a.in_tx += sent;
         a.counters.add_tx(sent as u64, sent_bytes);
         wc.add_tx(sent as u64);
@@ -600,28 +608,67 @@ const MAKE_ROOM_ROUNDS: usize = 8;
 /// Get `need` free frames and TX slots on `dst` for the segments of one
 /// GSO frame: commit what is pending and reap completions, a bounded
 /// number of times. Whatever is still missing is lost (`gso_tx_full`).
-fn make_room<Q: PortQueue>(
-    dst: &mut Active<Q>,
-    need: usize,
-    scratch: &mut [DescOf<Q>],
-    wc: &WorkerCounters,
-    worker: usize,
-) {
+fn make_room<Q: PortQueue>(dst: &mut Active<Q>, need: usize, wc: &WorkerCounters, worker: usize) {
     for _ in 0..MAKE_ROOM_ROUNDS {
         if dst.free.len() >= need && dst.pending.len() + need <= dst.queue.tx_room() {
             return;
         }
         commit(dst, wc, worker);
-        reap(dst, scratch);
+        reap(dst);
     }
 }
 
 /// Take `a`'s transmitted frames back onto its free list; how many.
-fn reap<Q: PortQueue>(a: &mut Active<Q>, scratch: &mut [DescOf<Q>]) -> usize {
-    let done = a.queue.complete(scratch);
-    a.free.extend_from_slice(&scratch[..done]);
+fn reap<Q: PortQueue>(a: &mut Active<Q>) -> usize {
+    let done = a.queue.complete(&mut a.free, MAX_BATCH);
     a.in_tx = a.in_tx.saturating_sub(done);
     done
+}
+
+/// Where queue `a`'s frames are.
+fn census_of<Q: PortQueue>(a: &Active<Q>) -> FrameCensus {
+    FrameCensus {
+        pool: a.queue.pool().frame_count(),
+        rings: a.queue.ring_frames(),
+        free: a.free.len(),
+        pending: a.pending.len(),
+    }
+}
+
+/// What one [`Worker::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOutcome {
+    /// Some frame moved (received, transmitted or completed).
+    Busy,
+    /// Nothing to do.
+    Idle,
+    /// The control side is gone: the worker should end.
+    Disconnected,
+}
+
+/// Where one queue's frames are between passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCensus {
+    /// Frames in the pool.
+    pub pool: usize,
+    /// In the adapter's rings.
+    pub rings: RingFrames,
+    /// On the worker's free list.
+    pub free: usize,
+    /// Waiting in the worker's TX batch (none after a pass).
+    pub pending: usize,
+}
+
+impl FrameCensus {
+    /// Frames found somewhere.
+    pub fn counted(&self) -> usize {
+        self.rings.fill_or_rx + self.rings.tx_or_completion + self.free + self.pending
+    }
+
+    /// Every frame found once: none lost, none twice.
+    pub fn conserved(&self) -> bool {
+        self.counted() == self.pool
+    }
 }
 
 /// A received frame on its way out, as the pipeline left it: where its
@@ -655,30 +702,46 @@ fn caps_of<P: FramePool>(pool: &P) -> EgressCaps {
     }
 }
 
-/// Send frame `d` of `a` back out of `a` (a reply, or a frame forwarded
-/// to the port it came from): finished for `a` in place and queued by
-/// descriptor. Returns the drop reason when it cannot leave; `d` is then
-/// still the caller's.
+/// Send `frame` of `a` back out of `a` (a reply, or a frame forwarded to
+/// the port it came from): finished for `a` in place and queued by token
+/// on `a.pending`, or, with the drop reason returned when it cannot leave,
+/// given back to `a.free`.
 fn send_back<Q: PortQueue>(
     a: &mut Active<Q>,
-    mut d: DescOf<Q>,
+    mut frame: FrameOf<Q>,
     out: Outgoing,
 ) -> Option<DropReason> {
-    let pool = a.queue.pool();
-    // SAFETY: the frame is the worker's (received, in no ring); this is the
-    // only reference into its chunk until it is queued below.
-    let (buf, data_at) = unsafe { pool.buffer_mut(&d) };
+    match finish_in_place(a.queue.pool(), &mut frame, out) {
+        None => {
+            a.pending.push(frame);
+            None
+        }
+        Some(reason) => {
+            a.free.push(frame);
+            Some(reason)
+        }
+    }
+}
+
+/// [`send_back`]'s work on the frame: finish it for its own pool and set
+/// its length and header.
+fn finish_in_place<P: FramePool>(
+    pool: &P,
+    frame: &mut Owned<P::Desc>,
+    out: Outgoing,
+) -> Option<DropReason> {
+    let (buf, data_at) = pool.buffer_mut(frame);
     let start = out.start.min(buf.len());
     let len = out.len.min(buf.len() - start);
-    let frame = &mut buf[start..start + len];
-    let header = match offload::finish(frame, out.csum, &out.offload, caps_of(pool)) {
+    let data = &mut buf[start..start + len];
+    let header = match offload::finish(data, out.csum, &out.offload, caps_of(pool)) {
         Ok(Finished::Send(header)) => header,
         // Only tap frames are GSO, and taps take them as they are.
         Ok(Finished::Segment(_)) => return Some(DropReason::GsoUnsupported),
         Err(reason) => return Some(reason),
     };
     if start != data_at {
-        // A header was prepended: the descriptor names the data start its
+        // A header was prepended: the token names the data start its
         // pool gave the frame, so the frame moves there (no stage does this
         // on a frame sent back yet; a pool able to move a descriptor's data
         // start would save the move).
@@ -687,33 +750,30 @@ fn send_back<Q: PortQueue>(
         }
         buf.copy_within(start..start + len, data_at);
     }
-    // SAFETY: as above.
-    unsafe { pool.set_len(&mut d, len) };
-    pool.set_offload(&mut d, header);
-    a.pending.push(d);
+    pool.set_len(frame, len);
+    pool.set_offload(frame, header);
     None
 }
 
-/// Move frame `d` of `src` to `dst`, finished for `dst` by
+/// Move `frame` of `src` to `dst`, finished for `dst` by
 /// [`offload::finish`]: written at once if `dst` can transmit from our
 /// memory (taps), else copied into free frames of `dst`'s pool and added
 /// to `dst.pending` (a GSO frame for a port without offloads cut into
-/// segments, one frame each). `d` stays the caller's. Returns the drop
-/// reason when the frame (or part of it) was lost.
+/// segments, one frame each). `frame` stays the caller's. Returns the
+/// drop reason when the frame (or part of it) was lost.
 fn forward<Q: PortQueue>(
     src: &mut Active<Q>,
     dst: &mut Active<Q>,
-    (d, out): (&DescOf<Q>, Outgoing),
-    scratch: &mut [DescOf<Q>],
+    frame: &mut FrameOf<Q>,
+    out: Outgoing,
     wc: &WorkerCounters,
     worker: usize,
 ) -> Option<DropReason> {
     let caps = caps_of(dst.queue.pool());
     let sp = src.queue.pool();
-    // SAFETY: `d` is the worker's (received, in no ring); the slice is the
-    // only reference into its chunk while it lives (the egress frames below
-    // are of another pool).
-    let (buf, _) = unsafe { sp.buffer_mut(d) };
+    // The egress frames below are of another pool: `buf` is the only
+    // reference into the ingress chunk.
+    let (buf, _) = sp.buffer_mut(frame);
     let start = out.start.min(buf.len());
     let from = &mut buf[start..];
     let len = out.len.min(from.len());
@@ -722,19 +782,16 @@ fn forward<Q: PortQueue>(
     let header = match offload::finish(from, out.csum, &out.offload, caps) {
         Ok(Finished::Send(header)) => header,
         Ok(Finished::Segment(plan)) => {
-            make_room(dst, plan.count, scratch, wc, worker);
+            make_room(dst, plan.count, wc, worker);
             for s in 0..plan.count {
                 let Some(mut e) = dst.free.pop() else {
                     return Some(DropReason::GsoTxFull);
                 };
                 let dp = dst.queue.pool();
-                // SAFETY: `e` was just taken off the egress free list: the
-                // worker owns it, and it is of another pool than `d`.
-                let to = unsafe { dp.chunk_mut(&e) };
+                let to = dp.buf_mut(&mut e);
                 match offload::write_tcp4_segment(from, &plan, s, to) {
                     Some(n) => {
-                        // SAFETY: as above.
-                        unsafe { dp.set_len(&mut e, n) };
+                        dp.set_len(&mut e, n);
                         dst.pending.push(e);
                     }
                     None => {
@@ -764,16 +821,13 @@ fn forward<Q: PortQueue>(
         return Some(DropReason::NoEgressFrame);
     };
     let dp = dst.queue.pool();
-    // SAFETY: `e` was just taken off the egress free list: the worker owns
-    // it, and it is of another pool than `d`.
-    let to = unsafe { dp.chunk_mut(&e) };
+    let to = dp.buf_mut(&mut e);
     if len > to.len() {
         dst.free.push(e);
         return Some(DropReason::FrameTooBig);
     }
     to[..len].copy_from_slice(from);
-    // SAFETY: as above.
-    unsafe { dp.set_len(&mut e, len) };
+    dp.set_len(&mut e, len);
     // Pools that take no offloads ignore the header.
     dp.set_offload(&mut e, header);
     dst.pending.push(e);

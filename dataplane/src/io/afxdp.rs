@@ -42,8 +42,10 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use crate::io::backend::NodeQueue;
 use crate::io::port::{
-    valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+    valid_ifname, Holds, Opened, Owned, PoolId, PortBackend, PortError, PortKind, PortSpec,
+    RingFrames,
 };
 
 /// The compiled `xdp-progs/redirect.c` (see build.rs).
@@ -91,26 +93,55 @@ pub const RING_SIZE: u32 = 1024;
 /// A socket's UMEM.
 pub struct XskPool {
     umem: Umem,
+    /// Every frame, until [`XskPool::take_frames`] issues their tokens.
     descs: Vec<FrameDesc>,
+    frames: usize,
+    id: PoolId,
 }
 
-impl FramePool for XskPool {
-    type Desc = FrameDesc;
-
-    fn all_descs(&self) -> Vec<FrameDesc> {
-        self.descs.clone()
+impl XskPool {
+    pub fn id(&self) -> PoolId {
+        self.id
     }
 
-    fn len_of(&self, desc: &FrameDesc) -> usize {
-        desc.lengths().data()
+    pub fn frame_count(&self) -> usize {
+        self.frames
     }
 
-    unsafe fn chunk_mut(&self, desc: &FrameDesc) -> &mut [u8] {
+    /// Push a token of every frame onto `out` the first time; nothing
+    /// later. How many.
+    pub fn take_frames<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>) -> usize {
+        let descs = std::mem::take(&mut self.descs);
+        out.reserve(descs.len());
+        for d in &descs {
+            // SAFETY: `Umem::new` returns each frame's descriptor once; the
+            // list is emptied here, so each gets one token, and no ring
+            // holds any frame yet.
+            out.push(unsafe { Owned::from_raw(D::wrap(*d), self.id) });
+        }
+        descs.len()
+    }
+
+    fn own<'a, D: Holds<FrameDesc>>(&self, frame: &'a Owned<D>) -> Option<&'a FrameDesc> {
+        (frame.pool() == self.id)
+            .then(|| frame.desc().get())
+            .flatten()
+    }
+
+    pub fn frame_len<D: Holds<FrameDesc>>(&self, frame: &Owned<D>) -> usize {
+        self.own(frame).map_or(0, |d| d.lengths().data())
+    }
+
+    pub fn frame_buf<'a, D: Holds<FrameDesc>>(&'a self, frame: &'a mut Owned<D>) -> &'a mut [u8] {
+        let Some(desc) = self.own(frame) else {
+            return &mut [];
+        };
         let mut d = *desc;
-        // SAFETY: `desc` names a frame of this UMEM (descriptors only come
-        // from this pool's rings and `Umem::new`), and the caller owns the
-        // frame (trait contract), so neither the kernel nor any other
-        // reference touches its memory while the slice lives.
+        // SAFETY: `d` names a frame of this UMEM (the pool id is checked
+        // above; descriptors come only from this UMEM's rings and
+        // `Umem::new`), and `frame` is its only token, so neither the
+        // kernel (no ring holds it) nor any other reference touches its
+        // memory while the `&mut` borrow of the token lasts.
         let mut data = unsafe { self.umem.data_mut(&mut d) };
         let cap = data.cursor().buf_len();
         let ptr = data.contents_mut().as_mut_ptr();
@@ -120,25 +151,41 @@ impl FramePool for XskPool {
         unsafe { std::slice::from_raw_parts_mut(ptr, cap) }
     }
 
-    unsafe fn buffer_mut(&self, desc: &FrameDesc) -> (&mut [u8], usize) {
+    /// The frame's whole chunk and where its data starts in it: the
+    /// [`XDP_PACKET_HEADROOM`] in front of the data is ours once the frame
+    /// is out of the RX ring. Empty and 0 for a token of another pool.
+    pub fn frame_buffer<'a, D: Holds<FrameDesc>>(
+        &'a self,
+        frame: &'a mut Owned<D>,
+    ) -> (&'a mut [u8], usize) {
         // The chunk starts at the aligned offset below the data (aligned
         // mode: chunks of FRAME_SIZE, a power of two, from the UMEM's start).
-        let headroom = desc.addr() % FRAME_SIZE as usize;
-        // SAFETY: as for `chunk_mut`.
-        let data = unsafe { self.chunk_mut(desc) };
+        let Some(headroom) = self.own(frame).map(|d| d.addr() % FRAME_SIZE as usize) else {
+            return (&mut [], 0);
+        };
+        let data = self.frame_buf(frame);
         let len = headroom + data.len();
         // SAFETY: the `headroom` bytes in front of the data segment are the
-        // start of the same chunk of the UMEM mapping (see above), owned by
-        // the caller like the rest of the frame (trait contract); the
-        // slice ends where the data segment does.
+        // start of the same chunk of the UMEM mapping (see
+        // `XDP_PACKET_HEADROOM`), which no ring holds while the token
+        // exists, so they are the token's like the rest of the frame; the
+        // slice ends where the data segment does, and borrows the token
+        // mutably for as long as `data` did.
         let whole = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().sub(headroom), len) };
         (whole, headroom)
     }
 
-    unsafe fn set_len(&self, desc: &mut FrameDesc, len: usize) {
-        // SAFETY: as for `chunk_mut`: the frame is this UMEM's and the
-        // caller's; only the descriptor's length changes.
-        unsafe { self.umem.data_mut(desc) }.cursor().set_pos(len);
+    pub fn set_frame_len<D: Holds<FrameDesc>>(&self, frame: &mut Owned<D>, len: usize) {
+        if frame.pool() != self.id {
+            return;
+        }
+        // SAFETY: only the length is changed, never the frame named.
+        let Some(d) = (unsafe { frame.desc_mut() }).get_mut() else {
+            return;
+        };
+        // SAFETY: as for `frame_buf`: the frame is this UMEM's and the
+        // token's; only the descriptor's length changes.
+        unsafe { self.umem.data_mut(d) }.cursor().set_pos(len);
     }
 }
 
@@ -150,6 +197,14 @@ pub struct XskRings {
     rx: RxQueue,
     fill: FillQueue,
     comp: CompQueue,
+    /// The UMEM's pool id: tokens made from these rings are of that pool.
+    pool: PoolId,
+    /// Bare descriptors of one ring call (xsk-rs takes and fills slices).
+    scratch: Vec<FrameDesc>,
+    /// Frames given to the fill ring and not yet received.
+    in_fill: usize,
+    /// Frames given to the TX ring and not yet completed.
+    in_tx: usize,
 }
 
 /// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
@@ -160,81 +215,85 @@ pub struct XskQueue {
 
 impl XskQueue {
     /// The rings and the UMEM, for an owner that keeps the rings' drop
-    /// before the pool's.
+    /// before the pool's ([`crate::io::backend::NodeQueue`], the one port
+    /// type the workers drive).
     pub fn into_parts(self) -> (XskRings, XskPool) {
         (self.rings, self.pool)
     }
 }
 
-impl PortQueue for XskQueue {
-    type Pool = XskPool;
-
-    fn pool(&self) -> &XskPool {
-        &self.pool
+/// Copy the bare descriptors of `frames` into `scratch`; false (and
+/// `scratch` unusable) if one is not a frame of pool `pool`, which no ring
+/// of that UMEM may be given.
+fn bare<D: Holds<FrameDesc>>(
+    frames: &[Owned<D>],
+    pool: PoolId,
+    scratch: &mut Vec<FrameDesc>,
+) -> bool {
+    scratch.clear();
+    for f in frames {
+        match f.desc().get() {
+            Some(d) if f.pool() == pool => scratch.push(*d),
+            _ => {
+                debug_assert!(false, "a frame of another pool handed to an AF_XDP ring");
+                return false;
+            }
+        }
     }
+    true
+}
 
-    fn rx(&mut self, out: &mut [FrameDesc]) -> usize {
-        self.rings.rx(out)
-    }
-
-    fn tx_room(&mut self) -> usize {
-        self.rings.tx_room()
-    }
-
-    fn tx(&mut self, descs: &[FrameDesc]) -> usize {
-        self.rings.tx(descs)
-    }
-
-    fn kick_tx(&mut self) -> io::Result<bool> {
-        self.rings.kick_tx()
-    }
-
-    fn fill_room(&mut self) -> usize {
-        self.rings.fill_room()
-    }
-
-    fn fill(&mut self, descs: &[FrameDesc]) -> usize {
-        self.rings.fill(descs)
-    }
-
-    fn kick_rx(&mut self) -> io::Result<bool> {
-        self.rings.kick_rx()
-    }
-
-    fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
-        self.rings.complete(out)
-    }
-
-    fn poll_fd(&self) -> Option<RawFd> {
-        self.rings.poll_fd()
-    }
-
-    fn kernel_stats(&self) -> Option<[u64; 6]> {
-        self.rings.kernel_stats()
+/// Push a token for each of `descs` onto `out`.
+///
+/// # Safety
+///
+/// `descs` were just consumed from the RX or completion ring of pool
+/// `pool`'s UMEM. The kernel hands a frame back once per time it was given
+/// one, and it was given each by consuming its token (`fill`, `tx`), so
+/// these are the frames' only tokens.
+unsafe fn adopt<D: Holds<FrameDesc>>(descs: &[FrameDesc], pool: PoolId, out: &mut Vec<Owned<D>>) {
+    for d in descs {
+        // SAFETY: the caller's contract, above.
+        out.push(unsafe { Owned::from_raw(D::wrap(*d), pool) });
     }
 }
 
-/// The ring operations of [`PortQueue`], on descriptors of the UMEM the
-/// socket was made on. Rings and UMEM only leave [`AfXdpBackend::open`]
-/// together ([`XskQueue`], split only by [`XskQueue::into_parts`] into an
-/// owner that keeps the pair), so "this UMEM" below is always the pool the
-/// caller holds beside these rings.
+/// The ring operations of [`PortQueue`](crate::io::port::PortQueue), on
+/// tokens of the UMEM the socket was made on. Rings and UMEM only leave
+/// [`AfXdpBackend::open`] together ([`XskQueue`], split only by
+/// [`XskQueue::into_parts`] into an owner that keeps the pair), so "this
+/// UMEM" below is always the pool the caller holds beside these rings.
 impl XskRings {
-    pub fn rx(&mut self, out: &mut [FrameDesc]) -> usize {
+    pub fn rx<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>, max: usize) -> usize {
+        self.scratch.resize(max, FrameDesc::default());
         // SAFETY: the RX ring belongs to a socket created on this queue's
         // UMEM, so the descriptors it yields name frames of that UMEM.
-        unsafe { self.rx.consume(out) }
+        let n = unsafe { self.rx.consume(&mut self.scratch[..max]) };
+        // SAFETY: just consumed from this UMEM's RX ring.
+        unsafe { adopt(&self.scratch[..n], self.pool, out) };
+        self.in_fill = self.in_fill.saturating_sub(n);
+        n
     }
 
     pub fn tx_room(&mut self) -> usize {
         self.tx.nb_free(RING_SIZE) as usize
     }
 
-    pub fn tx(&mut self, descs: &[FrameDesc]) -> usize {
-        // SAFETY: the caller (the worker) hands over frames of this queue's
-        // UMEM that it owns and no longer references; they are not in the
-        // fill ring (a frame is in at most one place, see port.rs).
-        unsafe { self.tx.produce(descs) }
+    pub fn tx<D: Holds<FrameDesc>>(&mut self, frames: &mut Vec<Owned<D>>, n: usize) -> usize {
+        if n == 0 || n > frames.len() || !bare(&frames[..n], self.pool, &mut self.scratch) {
+            return 0;
+        }
+        // SAFETY: the descriptors are of this UMEM (checked by `bare`) and
+        // their tokens are consumed below exactly when the ring took them,
+        // so no one else references these frames while the kernel has them.
+        let sent = unsafe { self.tx.produce(&self.scratch) };
+        if sent == n {
+            frames.drain(..n);
+            self.in_tx += n;
+            n
+        } else {
+            0
+        }
     }
 
     pub fn kick_tx(&mut self) -> io::Result<bool> {
@@ -249,10 +308,24 @@ impl XskRings {
         self.fill.nb_free(RING_SIZE) as usize
     }
 
-    pub fn fill(&mut self, descs: &[FrameDesc]) -> usize {
-        // SAFETY: as for `tx`: frames of this UMEM, owned by the caller and
-        // in no other ring.
-        unsafe { self.fill.produce(descs) }
+    pub fn fill<D: Holds<FrameDesc>>(&mut self, free: &mut Vec<Owned<D>>, n: usize) -> usize {
+        if n == 0 || n > free.len() {
+            return 0;
+        }
+        let from = free.len() - n;
+        if !bare(&free[from..], self.pool, &mut self.scratch) {
+            return 0;
+        }
+        // SAFETY: as for `tx`: frames of this UMEM whose tokens are
+        // consumed exactly when the ring took them.
+        let given = unsafe { self.fill.produce(&self.scratch) };
+        if given == n {
+            free.truncate(from);
+            self.in_fill += n;
+            n
+        } else {
+            0
+        }
     }
 
     pub fn kick_rx(&mut self) -> io::Result<bool> {
@@ -263,10 +336,23 @@ impl XskRings {
         Ok(false)
     }
 
-    pub fn complete(&mut self, out: &mut [FrameDesc]) -> usize {
+    pub fn complete<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>, max: usize) -> usize {
+        self.scratch.resize(max, FrameDesc::default());
         // SAFETY: the completion ring is this UMEM's, so its descriptors name
         // frames of this queue's UMEM.
-        unsafe { self.comp.consume(out) }
+        let n = unsafe { self.comp.consume(&mut self.scratch[..max]) };
+        // SAFETY: just consumed from this UMEM's completion ring.
+        unsafe { adopt(&self.scratch[..n], self.pool, out) };
+        self.in_tx = self.in_tx.saturating_sub(n);
+        n
+    }
+
+    /// Frames the kernel holds, by the rings' two sides.
+    pub fn ring_frames(&self) -> RingFrames {
+        RingFrames {
+            fill_or_rx: self.in_fill,
+            tx_or_completion: self.in_tx,
+        }
     }
 
     pub fn poll_fd(&self) -> Option<RawFd> {
@@ -398,15 +484,30 @@ impl AfXdpBackend {
             unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| err(e.to_string()))?;
         let (fill, comp) = rings
             .ok_or_else(|| err("libxdp returned no fill/completion rings for a new UMEM".into()))?;
+        let id = PoolId::fresh();
         Ok(XskQueue {
-            rings: XskRings { tx, rx, fill, comp },
-            pool: XskPool { umem, descs },
+            rings: XskRings {
+                tx,
+                rx,
+                fill,
+                comp,
+                pool: id,
+                scratch: Vec::with_capacity(RING_SIZE as usize),
+                in_fill: 0,
+                in_tx: 0,
+            },
+            pool: XskPool {
+                umem,
+                frames: descs.len(),
+                descs,
+                id,
+            },
         })
     }
 }
 
 impl PortBackend for AfXdpBackend {
-    type Queue = XskQueue;
+    type Queue = NodeQueue;
     type Attachment = XdpAttachment;
 
     /// Veth ports only: a tap is not something this backend opens.
@@ -421,7 +522,7 @@ impl PortBackend for AfXdpBackend {
         &mut self,
         spec: &PortSpec,
         workers: usize,
-    ) -> Result<Opened<XdpAttachment, XskQueue>, PortError> {
+    ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {
         let ifname = spec.name.as_str();
         let PortKind::Xdp(role) = spec.kind else {
             return Err(PortError::Unsupported {
@@ -506,7 +607,7 @@ impl PortBackend for AfXdpBackend {
                     queue: i,
                     cause: e.to_string(),
                 })?;
-            queues.push(Some(q));
+            queues.push(Some(NodeQueue::from(q)));
         }
         log::info!(
             "{ifname}: XDP attached ({mode} mode), {} of {workers} worker queue(s) bound",
@@ -542,19 +643,20 @@ mod tests {
     fn frames_are_handed_out_from_the_chunk_start_with_the_xdp_headroom() {
         let cfg = umem_config();
         let (umem, descs) = Umem::new(cfg, NonZeroU32::new(4).unwrap(), false).unwrap();
-        let pool = XskPool { umem, descs };
-        for d in pool.all_descs() {
-            // SAFETY: a fresh UMEM: every frame is ours, one at a time.
-            let (buf, headroom) = unsafe { pool.buffer_mut(&d) };
+        let mut pool = XskPool {
+            umem,
+            descs,
+            frames: 4,
+            id: PoolId::fresh(),
+        };
+        let mut frames: Vec<Owned<FrameDesc>> = Vec::new();
+        assert_eq!(pool.take_frames(&mut frames), 4);
+        for f in &mut frames {
+            let data_ptr = pool.frame_buf(f).as_ptr();
+            let (buf, headroom) = pool.frame_buffer(f);
             assert_eq!(headroom, XDP_PACKET_HEADROOM as usize);
             assert_eq!(buf.len(), FRAME_SIZE as usize, "the whole chunk");
-            let data_ptr = buf[headroom..].as_ptr();
-            // SAFETY: as above.
-            assert_eq!(
-                data_ptr,
-                unsafe { pool.chunk_mut(&d) }.as_ptr(),
-                "data right after it"
-            );
+            assert_eq!(buf[headroom..].as_ptr(), data_ptr, "data right after it");
         }
     }
 }

@@ -2,10 +2,8 @@
 //! for tap pods, behind one [`PortBackend`] so a worker serves both kinds
 //! with one loop (a frame from any port can leave by any port).
 //!
-//! A queue is either kind; descriptors carry their kind. AF_XDP rings take
-//! slices of xsk-rs descriptors, so AF_XDP calls go through a per-queue
-//! scratch array (a copy of 32-byte descriptors per batch, no allocation
-//! after the first batch).
+//! A queue is either kind; descriptors carry their kind, tokens their pool
+//! (see [`Owned`]), and each adapter serves the enum through [`Holds`].
 
 use std::io;
 use std::os::fd::RawFd;
@@ -16,7 +14,10 @@ use ferry_api::table::MtuLimits;
 
 use crate::core::pipeline::Offload;
 use crate::io::afxdp::{AfXdpBackend, XdpAttachment, XskPool, XskQueue, XskRings};
-use crate::io::port::{FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec};
+use crate::io::port::{
+    FramePool, Holds, Opened, Owned, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+    RingFrames,
+};
 use crate::io::tap::{TapAttachment, TapBackend, TapDesc, TapIo, TapPool, TapQueue};
 
 /// A frame of a [`NodePool`].
@@ -26,53 +27,76 @@ pub enum NodeDesc {
     Tap(TapDesc),
 }
 
-impl Default for NodeDesc {
-    fn default() -> Self {
-        NodeDesc::Xsk(FrameDesc::default())
-    }
+/// Each adapter's descriptor lives in its own variant.
+macro_rules! node_desc_holds {
+    ($variant:ident, $raw:ty) => {
+        impl Holds<$raw> for NodeDesc {
+            fn wrap(raw: $raw) -> Self {
+                NodeDesc::$variant(raw)
+            }
+            fn get(&self) -> Option<&$raw> {
+                match self {
+                    NodeDesc::$variant(d) => Some(d),
+                    _ => None,
+                }
+            }
+            fn get_mut(&mut self) -> Option<&mut $raw> {
+                match self {
+                    NodeDesc::$variant(d) => Some(d),
+                    _ => None,
+                }
+            }
+        }
+    };
 }
+node_desc_holds!(Xsk, FrameDesc);
+node_desc_holds!(Tap, TapDesc);
 
+/// The frame memory of a [`NodeQueue`]. A token of one kind (or of
+/// another pool) reaches nothing in a pool of the other: each pool checks
+/// the token's pool id and kind.
 pub enum NodePool {
     Xsk(XskPool),
     Tap(TapPool),
 }
 
+type Frame = Owned<NodeDesc>;
+
 impl FramePool for NodePool {
     type Desc = NodeDesc;
 
-    fn all_descs(&self) -> Vec<NodeDesc> {
+    fn frame_count(&self) -> usize {
         match self {
-            NodePool::Xsk(p) => p.all_descs().into_iter().map(NodeDesc::Xsk).collect(),
-            NodePool::Tap(p) => p.all_descs().into_iter().map(NodeDesc::Tap).collect(),
+            NodePool::Xsk(p) => p.frame_count(),
+            NodePool::Tap(p) => p.frame_count(),
         }
     }
 
-    fn len_of(&self, desc: &NodeDesc) -> usize {
-        match (self, desc) {
-            (NodePool::Xsk(p), NodeDesc::Xsk(d)) => p.len_of(d),
-            (NodePool::Tap(p), NodeDesc::Tap(d)) => p.len_of(d),
-            _ => 0,
+    fn len_of(&self, frame: &Frame) -> usize {
+        match self {
+            NodePool::Xsk(p) => p.frame_len(frame),
+            NodePool::Tap(p) => p.frame_len(frame),
         }
     }
 
-    unsafe fn chunk_mut(&self, desc: &NodeDesc) -> &mut [u8] {
-        match (self, desc) {
-            // SAFETY: forwarded contract: the caller owns the frame.
-            (NodePool::Xsk(p), NodeDesc::Xsk(d)) => unsafe { p.chunk_mut(d) },
-            // SAFETY: as above.
-            (NodePool::Tap(p), NodeDesc::Tap(d)) => unsafe { p.chunk_mut(d) },
-            // A descriptor of the other kind names no frame of this pool.
-            _ => &mut [],
+    fn buf_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
+        match self {
+            NodePool::Xsk(p) => p.frame_buf(frame),
+            NodePool::Tap(p) => p.frame_buf(frame),
         }
     }
 
-    unsafe fn set_len(&self, desc: &mut NodeDesc, len: usize) {
-        match (self, desc) {
-            // SAFETY: forwarded contract: the caller owns the frame.
-            (NodePool::Xsk(p), NodeDesc::Xsk(d)) => unsafe { p.set_len(d, len) },
-            // SAFETY: as above.
-            (NodePool::Tap(p), NodeDesc::Tap(d)) => unsafe { p.set_len(d, len) },
-            _ => {}
+    fn buffer_mut<'a>(&'a self, frame: &'a mut Frame) -> (&'a mut [u8], usize) {
+        match self {
+            NodePool::Xsk(p) => p.frame_buffer(frame),
+            NodePool::Tap(p) => p.frame_buffer(frame),
+        }
+    }
+
+    fn set_len(&self, frame: &mut Frame, len: usize) {
+        match self {
+            NodePool::Xsk(p) => p.set_frame_len(frame, len),
+            NodePool::Tap(p) => p.set_frame_len(frame, len),
         }
     }
 
@@ -80,29 +104,18 @@ impl FramePool for NodePool {
         matches!(self, NodePool::Tap(_))
     }
 
-    fn offload_of(&self, desc: &NodeDesc) -> Offload {
-        match desc {
-            NodeDesc::Tap(d) => match self {
-                NodePool::Tap(p) => p.offload_of(d),
-                NodePool::Xsk(_) => Offload::NONE,
-            },
-            NodeDesc::Xsk(_) => Offload::NONE,
+    fn offload_of(&self, frame: &Frame) -> Offload {
+        match self {
+            NodePool::Tap(p) => p.frame_offload(frame),
+            NodePool::Xsk(_) => Offload::NONE,
         }
     }
 
-    fn set_offload(&self, desc: &mut NodeDesc, offload: Offload) {
-        if let (NodePool::Tap(p), NodeDesc::Tap(d)) = (self, desc) {
-            p.set_offload(d, offload);
+    fn set_offload(&self, frame: &mut Frame, offload: Offload) {
+        if let NodePool::Tap(p) = self {
+            p.set_frame_offload(frame, offload);
         }
     }
-}
-
-enum NodeIo {
-    Xsk {
-        rings: XskRings,
-        scratch: Vec<FrameDesc>,
-    },
-    Tap(TapIo),
 }
 
 /// One worker's queue on one port of either kind. `io` is declared before
@@ -113,14 +126,16 @@ pub struct NodeQueue {
     pool: NodePool,
 }
 
+enum NodeIo {
+    Xsk(XskRings),
+    Tap(TapIo),
+}
+
 impl From<XskQueue> for NodeQueue {
     fn from(q: XskQueue) -> NodeQueue {
         let (rings, pool) = q.into_parts();
         NodeQueue {
-            io: NodeIo::Xsk {
-                rings,
-                scratch: Vec::new(),
-            },
+            io: NodeIo::Xsk(rings),
             pool: NodePool::Xsk(pool),
         }
     }
@@ -136,24 +151,6 @@ impl From<TapQueue> for NodeQueue {
     }
 }
 
-/// Copy descriptors of kind `Xsk` out of `descs` into `scratch`; frames
-/// of the other kind (never handed to this queue by the worker) are left
-/// out.
-fn xsk_descs(descs: &[NodeDesc], scratch: &mut Vec<FrameDesc>) {
-    scratch.clear();
-    scratch.extend(descs.iter().filter_map(|d| match d {
-        NodeDesc::Xsk(x) => Some(*x),
-        NodeDesc::Tap(_) => None,
-    }));
-}
-
-fn tap_descs(descs: &[NodeDesc]) -> impl Iterator<Item = TapDesc> + '_ {
-    descs.iter().filter_map(|d| match d {
-        NodeDesc::Tap(t) => Some(*t),
-        NodeDesc::Xsk(_) => None,
-    })
-}
-
 impl PortQueue for NodeQueue {
     type Pool = NodePool;
 
@@ -161,106 +158,97 @@ impl PortQueue for NodeQueue {
         &self.pool
     }
 
-    fn rx(&mut self, out: &mut [NodeDesc]) -> usize {
+    fn take_frames(&mut self, out: &mut Vec<Frame>) -> usize {
+        match &mut self.pool {
+            NodePool::Xsk(p) => p.take_frames(out),
+            NodePool::Tap(p) => p.take_frames(out),
+        }
+    }
+
+    fn rx(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
         match (&mut self.io, &self.pool) {
-            (NodeIo::Xsk { rings, scratch }, _) => {
-                scratch.resize(out.len(), FrameDesc::default());
-                let n = rings.rx(&mut scratch[..out.len()]);
-                for (o, d) in out.iter_mut().zip(&scratch[..n]) {
-                    *o = NodeDesc::Xsk(*d);
-                }
-                n
-            }
-            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.rx(pool, out, NodeDesc::Tap),
+            (NodeIo::Xsk(rings), _) => rings.rx(out, max),
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.rx(pool, out, max),
             _ => 0,
         }
     }
 
     fn tx_room(&mut self) -> usize {
         match &mut self.io {
-            NodeIo::Xsk { rings, .. } => rings.tx_room(),
+            NodeIo::Xsk(rings) => rings.tx_room(),
             NodeIo::Tap(io) => io.tx_room(),
         }
     }
 
-    fn tx(&mut self, descs: &[NodeDesc]) -> usize {
+    fn tx(&mut self, frames: &mut Vec<Frame>, n: usize) -> usize {
         match (&mut self.io, &self.pool) {
-            (NodeIo::Xsk { rings, scratch }, _) => {
-                xsk_descs(descs, scratch);
-                rings.tx(scratch)
-            }
-            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.tx(pool, tap_descs(descs)),
+            (NodeIo::Xsk(rings), _) => rings.tx(frames, n),
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.tx(pool, frames, n),
             _ => 0,
         }
     }
 
     fn kick_tx(&mut self) -> io::Result<bool> {
         match &mut self.io {
-            NodeIo::Xsk { rings, .. } => rings.kick_tx(),
+            NodeIo::Xsk(rings) => rings.kick_tx(),
             NodeIo::Tap(_) => Ok(false),
         }
     }
 
     fn fill_room(&mut self) -> usize {
         match &mut self.io {
-            NodeIo::Xsk { rings, .. } => rings.fill_room(),
+            NodeIo::Xsk(rings) => rings.fill_room(),
             NodeIo::Tap(io) => io.fill_room(),
         }
     }
 
-    fn fill(&mut self, descs: &[NodeDesc]) -> usize {
-        match &mut self.io {
-            NodeIo::Xsk { rings, scratch } => {
-                xsk_descs(descs, scratch);
-                rings.fill(scratch)
-            }
-            NodeIo::Tap(io) => {
-                if descs.len() > io.fill_room() {
-                    return 0;
-                }
-                io.fill(tap_descs(descs))
-            }
+    fn fill(&mut self, free: &mut Vec<Frame>, n: usize) -> usize {
+        match (&mut self.io, &self.pool) {
+            (NodeIo::Xsk(rings), _) => rings.fill(free, n),
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.fill(pool, free, n),
+            _ => 0,
         }
     }
 
     fn kick_rx(&mut self) -> io::Result<bool> {
         match &mut self.io {
-            NodeIo::Xsk { rings, .. } => rings.kick_rx(),
+            NodeIo::Xsk(rings) => rings.kick_rx(),
             NodeIo::Tap(_) => Ok(false),
         }
     }
 
-    fn complete(&mut self, out: &mut [NodeDesc]) -> usize {
-        match &mut self.io {
-            NodeIo::Xsk { rings, scratch } => {
-                scratch.resize(out.len(), FrameDesc::default());
-                let n = rings.complete(&mut scratch[..out.len()]);
-                for (o, d) in out.iter_mut().zip(&scratch[..n]) {
-                    *o = NodeDesc::Xsk(*d);
-                }
-                n
-            }
-            NodeIo::Tap(io) => io.complete(out, NodeDesc::Tap),
+    fn complete(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
+        match (&mut self.io, &self.pool) {
+            (NodeIo::Xsk(rings), _) => rings.complete(out, max),
+            (NodeIo::Tap(io), NodePool::Tap(pool)) => io.complete(pool, out, max),
+            _ => 0,
+        }
+    }
+
+    fn ring_frames(&self) -> RingFrames {
+        match &self.io {
+            NodeIo::Xsk(rings) => rings.ring_frames(),
+            NodeIo::Tap(io) => io.ring_frames(),
         }
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
         match &self.io {
-            NodeIo::Xsk { rings, .. } => rings.poll_fd(),
+            NodeIo::Xsk(rings) => rings.poll_fd(),
             NodeIo::Tap(io) => Some(io.poll_fd()),
         }
     }
 
     fn tx_direct(&mut self, frame: &[u8], offload: Offload) -> Option<bool> {
         match &mut self.io {
-            NodeIo::Xsk { .. } => None,
+            NodeIo::Xsk(_) => None,
             NodeIo::Tap(io) => Some(io.write_frame(frame, offload)),
         }
     }
 
     fn kernel_stats(&self) -> Option<[u64; 6]> {
         match &self.io {
-            NodeIo::Xsk { rings, .. } => rings.kernel_stats(),
+            NodeIo::Xsk(rings) => rings.kernel_stats(),
             NodeIo::Tap(_) => None,
         }
     }
@@ -271,14 +259,14 @@ impl PortQueue for NodeQueue {
 
     fn take_tx_errors(&mut self) -> u64 {
         match &mut self.io {
-            NodeIo::Xsk { .. } => 0,
+            NodeIo::Xsk(_) => 0,
             NodeIo::Tap(io) => io.take_tx_errors(),
         }
     }
 
     fn take_short_reads(&mut self) -> u64 {
         match &mut self.io {
-            NodeIo::Xsk { .. } => 0,
+            NodeIo::Xsk(_) => 0,
             NodeIo::Tap(io) => io.take_short_reads(),
         }
     }
@@ -316,17 +304,11 @@ impl PortBackend for NodeBackend {
         match spec.kind {
             PortKind::Xdp(_) => {
                 let (a, qs) = self.xdp.open(spec, workers)?;
-                Ok((
-                    NodeAttachment::Xdp(a),
-                    qs.into_iter().map(|q| q.map(NodeQueue::from)).collect(),
-                ))
+                Ok((NodeAttachment::Xdp(a), qs))
             }
             PortKind::Tap { .. } => {
                 let (a, qs) = self.tap.open(spec, workers)?;
-                Ok((
-                    NodeAttachment::Tap(a),
-                    qs.into_iter().map(|q| q.map(NodeQueue::from)).collect(),
-                ))
+                Ok((NodeAttachment::Tap(a), qs))
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod afxdp;
 pub mod backend;
 pub mod link;
 pub mod netns;
+pub mod poll;
 pub mod pool;
 pub mod port;
 pub mod tap;

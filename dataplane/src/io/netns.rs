@@ -15,15 +15,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 
 use ferry_api::table::NetnsId;
-
-/// `NSFS_MAGIC` (linux/magic.h).
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-/// `NS_GET_NSTYPE` (linux/nsfs.h): `_IO(0xb7, 0x3)`.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 /// A namespace path that was refused, and why.
 #[derive(Debug, thiserror::Error)]
@@ -64,31 +58,6 @@ fn node_namespaces() -> Vec<(NetnsId, &'static str)> {
     .collect()
 }
 
-/// Whether `file` is a network namespace, by filesystem and by type.
-fn netns_type(file: &File) -> Result<(), String> {
-    // SAFETY: all-zero is a valid `statfs` (plain integers), filled by the
-    // call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a writable statfs and the fd is open for the call.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return Err(format!("fstatfs: {}", io::Error::last_os_error()));
-    }
-    let magic = st.f_type as i64;
-    if magic != NSFS_MAGIC {
-        return Err(format!(
-            "not a namespace file (filesystem magic {magic:#x}, nsfs is {NSFS_MAGIC:#x})"
-        ));
-    }
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which
-    // `file` keeps open for the call.
-    let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-    match nstype {
-        t if t == libc::CLONE_NEWNET => Ok(()),
-        t if t < 0 => Err(format!("NS_GET_NSTYPE: {}", io::Error::last_os_error())),
-        t => Err(format!("a namespace of another type ({t:#x})")),
-    }
-}
-
 /// Open `path` as a pod's network namespace; with `expect`, it must be
 /// that namespace. See the module comment for every check.
 pub fn open_pod_netns(path: &str, expect: Option<NetnsId>) -> Result<File, NetnsError> {
@@ -99,13 +68,11 @@ pub fn open_pod_netns(path: &str, expect: Option<NetnsId>) -> Result<File, Netns
 }
 
 fn open_checked(path: &str, expect: Option<NetnsId>) -> Result<File, NetnsFault> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(NetnsFault::Open)?;
-    netns_type(&file).map_err(NetnsFault::NotNetns)?;
-    let found = id_of(&file.metadata().map_err(NetnsFault::Open)?);
+    let (file, dev, ino) = ferry_tun::netns::open(path).map_err(|e| match e {
+        ferry_tun::netns::OpenError::Io(e) => NetnsFault::Open(e),
+        ferry_tun::netns::OpenError::NotNetns(what) => NetnsFault::NotNetns(what),
+    })?;
+    let found = NetnsId { dev, ino };
     if let Some((_, whose)) = node_namespaces().into_iter().find(|(id, _)| *id == found) {
         return Err(NetnsFault::Node(whose));
     }

@@ -3,15 +3,18 @@
 //! it (a tap has no UMEM), and so do the in-memory test ports ([`crate::sim`]).
 //! Each chunk is [`FRAME_HEADROOM`] bytes of headroom, then the frame's
 //! `frame_size` bytes: the data always starts after the headroom, so
-//! readers and writers of [`FramePool::chunk_mut`] never see it.
+//! readers and writers of [`FramePool::buf_mut`] never see it;
+//! [`FramePool::buffer_mut`] hands out the whole chunk, for headers
+//! prepended in place.
 
 use std::ptr::NonNull;
 
 use crate::core::pipeline::{Offload, FRAME_HEADROOM};
-use crate::io::port::FramePool;
+use crate::io::port::{FramePool, Holds, Owned, PoolId};
 
-/// A frame of a [`MemPool`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A frame of a [`MemPool`]. Only the pool makes one, and the index
+/// cannot be changed from outside, so a descriptor always names a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemDesc {
     index: u32,
     len: u32,
@@ -27,6 +30,9 @@ pub struct MemPool {
     frame_size: usize,
     /// Frames carry a virtio-net header (an in-memory tap).
     offload: bool,
+    id: PoolId,
+    /// The tokens of every frame were handed out ([`MemPool::take_frames`]).
+    issued: bool,
 }
 
 // SAFETY: the pool owns its allocation exclusively (nothing else holds the
@@ -44,12 +50,18 @@ impl MemPool {
             frames,
             frame_size,
             offload: false,
+            id: PoolId::fresh(),
+            issued: false,
         }
     }
 
     /// Bytes of data each frame holds (after its headroom).
     pub fn frame_size(&self) -> usize {
         self.frame_size
+    }
+
+    pub fn id(&self) -> PoolId {
+        self.id
     }
 
     /// A pool whose frames carry offload headers, as a tap queue's do.
@@ -59,6 +71,100 @@ impl MemPool {
         let mut pool = MemPool::new(frames, frame_size);
         pool.offload = true;
         pool
+    }
+
+    /// Push a token of every frame onto `out` (as `D::wrap` of the frame)
+    /// the first time; nothing later. How many.
+    pub fn take_frames<D: Holds<MemDesc>>(&mut self, out: &mut Vec<Owned<D>>) -> usize {
+        if std::mem::replace(&mut self.issued, true) {
+            return 0;
+        }
+        out.reserve(self.frames);
+        for index in 0..self.frames as u32 {
+            let desc = MemDesc {
+                index,
+                len: 0,
+                offload: Offload::NONE,
+            };
+            // SAFETY: each index is issued once, here, and only on the
+            // first call (`issued`); no ring holds any frame yet.
+            out.push(unsafe { Owned::from_raw(D::wrap(desc), self.id) });
+        }
+        self.frames
+    }
+
+    /// The descriptor of `frame` if it is one of this pool's.
+    fn own<'a, D: Holds<MemDesc>>(&self, frame: &'a Owned<D>) -> Option<&'a MemDesc> {
+        (frame.pool() == self.id)
+            .then(|| frame.desc().get())
+            .flatten()
+    }
+
+    fn own_mut<'a, D: Holds<MemDesc>>(&self, frame: &'a mut Owned<D>) -> Option<&'a mut MemDesc> {
+        if frame.pool() != self.id {
+            return None;
+        }
+        // SAFETY: only the length and header are changed through it, never
+        // the index.
+        unsafe { frame.desc_mut() }.get_mut()
+    }
+
+    pub fn frame_len<D: Holds<MemDesc>>(&self, frame: &Owned<D>) -> usize {
+        self.own(frame).map_or(0, |d| d.len as usize)
+    }
+
+    /// The frame's data room: its chunk after the headroom.
+    pub fn frame_buf<'a, D: Holds<MemDesc>>(&'a self, frame: &'a mut Owned<D>) -> &'a mut [u8] {
+        let (chunk, headroom) = self.frame_buffer(frame);
+        &mut chunk[headroom..]
+    }
+
+    /// The frame's whole chunk, headroom included, and where the data
+    /// starts in it ([`FRAME_HEADROOM`]; empty and 0 for a token of
+    /// another pool).
+    pub fn frame_buffer<'a, D: Holds<MemDesc>>(
+        &'a self,
+        frame: &'a mut Owned<D>,
+    ) -> (&'a mut [u8], usize) {
+        let Some(d) = self.own(frame) else {
+            return (&mut [], 0);
+        };
+        // Descriptors are only made by `take_frames`, so the index is in
+        // range; clamp anyway.
+        let index = (d.index as usize).min(self.frames - 1);
+        let stride = self.stride();
+        // SAFETY: the chunk lies inside the allocation (index < frames),
+        // which lives as long as `self`. `frame` is the only token of this
+        // chunk (`Owned::from_raw`'s contract, and the pool id checked
+        // above) and no ring holds the frame while its token exists, so
+        // the `&mut` borrow of the token makes this `&mut` unique.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(index * stride), stride)
+        };
+        (chunk, FRAME_HEADROOM)
+    }
+
+    pub fn set_frame_len<D: Holds<MemDesc>>(&self, frame: &mut Owned<D>, len: usize) {
+        let size = self.frame_size;
+        if let Some(d) = self.own_mut(frame) {
+            d.len = len.min(size) as u32;
+        }
+    }
+
+    pub fn frame_offload<D: Holds<MemDesc>>(&self, frame: &Owned<D>) -> Offload {
+        match self.own(frame) {
+            Some(d) if self.offload => d.offload,
+            _ => Offload::NONE,
+        }
+    }
+
+    pub fn set_frame_offload<D: Holds<MemDesc>>(&self, frame: &mut Owned<D>, offload: Offload) {
+        let on = self.offload;
+        if let Some(d) = self.own_mut(frame) {
+            if on {
+                d.offload = offload;
+            }
+        }
     }
 }
 
@@ -76,79 +182,40 @@ impl MemPool {
     fn stride(&self) -> usize {
         FRAME_HEADROOM + self.frame_size
     }
-
-    /// The whole chunk of `desc`, headroom included.
-    ///
-    /// # Safety
-    ///
-    /// As for [`FramePool::chunk_mut`].
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "the pool hands out disjoint chunks the caller owns; see Safety"
-    )]
-    unsafe fn whole_chunk(&self, desc: &MemDesc) -> &mut [u8] {
-        // Descriptors are only made by `all_descs`, so the index is in range;
-        // clamp anyway so a forged one cannot reach outside the allocation.
-        let index = (desc.index as usize).min(self.frames - 1);
-        // SAFETY: the chunk lies inside the allocation (index < frames), and
-        // the caller guarantees (trait contract) that it owns this frame and
-        // holds no other reference into it, so the `&mut` is unique.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.as_ptr().add(index * self.stride()),
-                self.stride(),
-            )
-        }
-    }
 }
 
 impl FramePool for MemPool {
     type Desc = MemDesc;
 
-    fn all_descs(&self) -> Vec<MemDesc> {
-        (0..self.frames as u32)
-            .map(|index| MemDesc {
-                index,
-                len: 0,
-                offload: Offload::NONE,
-            })
-            .collect()
+    fn frame_count(&self) -> usize {
+        self.frames
     }
 
-    fn len_of(&self, desc: &MemDesc) -> usize {
-        desc.len as usize
+    fn len_of(&self, frame: &Owned<MemDesc>) -> usize {
+        self.frame_len(frame)
     }
 
-    unsafe fn chunk_mut(&self, desc: &MemDesc) -> &mut [u8] {
-        // SAFETY: the caller's guarantees (trait contract) are passed on.
-        let chunk = unsafe { self.whole_chunk(desc) };
-        &mut chunk[FRAME_HEADROOM..]
+    fn buf_mut<'a>(&'a self, frame: &'a mut Owned<MemDesc>) -> &'a mut [u8] {
+        self.frame_buf(frame)
     }
 
-    unsafe fn buffer_mut(&self, desc: &MemDesc) -> (&mut [u8], usize) {
-        // SAFETY: as for `chunk_mut`.
-        (unsafe { self.whole_chunk(desc) }, FRAME_HEADROOM)
+    fn buffer_mut<'a>(&'a self, frame: &'a mut Owned<MemDesc>) -> (&'a mut [u8], usize) {
+        self.frame_buffer(frame)
     }
 
-    unsafe fn set_len(&self, desc: &mut MemDesc, len: usize) {
-        desc.len = len.min(self.frame_size) as u32;
+    fn set_len(&self, frame: &mut Owned<MemDesc>, len: usize) {
+        self.set_frame_len(frame, len);
     }
 
     fn takes_offload(&self) -> bool {
         self.offload
     }
 
-    fn offload_of(&self, desc: &MemDesc) -> Offload {
-        if self.offload {
-            desc.offload
-        } else {
-            Offload::NONE
-        }
+    fn offload_of(&self, frame: &Owned<MemDesc>) -> Offload {
+        self.frame_offload(frame)
     }
 
-    fn set_offload(&self, desc: &mut MemDesc, offload: Offload) {
-        if self.offload {
-            desc.offload = offload;
-        }
+    fn set_offload(&self, frame: &mut Owned<MemDesc>, offload: Offload) {
+        self.set_frame_offload(frame, offload);
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! The model is AF_XDP's. Each worker owns one [`PortQueue`] per port (for
 //! AF_XDP: the socket bound to queue `i` of the interface, with its own
-//! UMEM, which is the queue's [`FramePool`]). A frame is named by a
-//! descriptor; descriptors circulate between the worker and the rings:
+//! UMEM, which is the queue's [`FramePool`]). A frame in the worker's
+//! hands is an [`Owned`] token (one per frame, not copyable); in a ring it
+//! is a bare descriptor. Frames circulate between the worker and the rings:
 //!
 //! ```text
 //!  free list ──fill──▶ fill ring ──kernel──▶ rx ring ──rx──▶ worker
@@ -15,69 +16,135 @@
 //! ```
 //!
 //! A frame sent back out of the port it came in on (ARP and ICMP replies)
-//! moves by descriptor; a frame forwarded to another port is copied into a
+//! moves by token; a frame forwarded to another port is copied into a
 //! free frame of that port's pool, or written straight to a tap
 //! ([`PortQueue::tx_direct`]) (see `afxdp.rs` for why pools are per queue
-//! rather than per worker). Calls are batched: every method takes or
-//! fills a slice.
+//! rather than per worker). Calls are batched: every method takes from or
+//! pushes onto one of the worker's vectors, whose capacity is the pool's
+//! size, so moving frames never allocates.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_api::table::MtuLimits;
 
 use crate::core::pipeline::Offload;
 
-/// One queue's frame memory.
-pub trait FramePool: Send + 'static {
-    /// Names one frame (its chunk, the data offset in it, the data length).
-    type Desc: Copy + Default + Send + 'static;
+/// Which pool a frame belongs to: unique per pool made in this process
+/// (never reused), so a token of one pool can never reach another pool's
+/// memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolId(u64);
 
-    /// Descriptor of every frame; all of them are free when the pool is made.
-    fn all_descs(&self) -> Vec<Self::Desc>;
+impl PoolId {
+    /// An id no other pool has had.
+    pub fn fresh() -> PoolId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Relaxed: only uniqueness matters, which the atomic add gives.
+        PoolId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
-    /// Length of the frame data.
-    fn len_of(&self, desc: &Self::Desc) -> usize;
+/// One frame in the worker's hands: the only name of that frame while it
+/// exists. Neither `Copy` nor `Clone`; made only by the I/O layer when a
+/// frame comes out of a ring (RX, completion) or out of a new pool
+/// ([`PortQueue::take_frames`]), and consumed when it goes back into one
+/// ([`PortQueue::tx`], [`PortQueue::fill`]). So "a frame is in exactly one
+/// place" is a property of the types, and `&mut` to a token is `&mut` to
+/// its frame: [`FramePool::buf_mut`] is safe. A token dropped is a frame
+/// lost to its pool until the pool goes (never unsound; the frame
+/// conservation checks of the tests catch it).
+#[derive(Debug)]
+#[must_use = "a frame dropped is lost to its pool"]
+pub struct Owned<D> {
+    desc: D,
+    pool: PoolId,
+}
 
-    /// The frame's chunk from its data start to the end of the chunk (the
-    /// frame is the first `len_of` bytes).
+impl<D> Owned<D> {
+    /// The token of the frame `desc` of pool `pool`.
     ///
     /// # Safety
     ///
-    /// The caller owns the frame: it came out of an RX or completion ring
-    /// (or the initial free list) and has not been handed to any ring since,
-    /// and the caller holds no other reference into this frame's chunk while
-    /// the returned slice lives.
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "the pool hands out disjoint chunks the caller owns; see Safety"
-    )]
-    unsafe fn chunk_mut(&self, desc: &Self::Desc) -> &mut [u8];
+    /// `desc` names a frame of `pool` that no other live token names and
+    /// that no ring (nor the kernel) will touch until the token is given
+    /// back through [`Owned::into_raw`].
+    pub unsafe fn from_raw(desc: D, pool: PoolId) -> Owned<D> {
+        Owned { desc, pool }
+    }
+
+    /// Give the frame up (to a ring): the descriptor is all that is left.
+    pub fn into_raw(self) -> D {
+        self.desc
+    }
+
+    pub fn pool(&self) -> PoolId {
+        self.pool
+    }
+
+    pub fn desc(&self) -> &D {
+        &self.desc
+    }
+
+    /// The descriptor, to change its length or header.
+    ///
+    /// # Safety
+    ///
+    /// The caller does not change which frame (chunk) it names.
+    pub unsafe fn desc_mut(&mut self) -> &mut D {
+        &mut self.desc
+    }
+}
+
+/// A descriptor type that may hold an adapter's own descriptor `R` (the
+/// node backend's enum holds either AF_XDP or tap descriptors), so one
+/// adapter implementation serves its own queues and the enum's.
+pub trait Holds<R>: Sized {
+    fn wrap(raw: R) -> Self;
+    fn get(&self) -> Option<&R>;
+    fn get_mut(&mut self) -> Option<&mut R>;
+}
+
+impl<T> Holds<T> for T {
+    fn wrap(raw: T) -> T {
+        raw
+    }
+    fn get(&self) -> Option<&T> {
+        Some(self)
+    }
+    fn get_mut(&mut self) -> Option<&mut T> {
+        Some(self)
+    }
+}
+
+/// One queue's frame memory. Frames are reached through their tokens.
+pub trait FramePool: Send + 'static {
+    /// Names one frame (its chunk, the data offset in it, the data length).
+    type Desc: Send + 'static;
+
+    /// Frames in the pool.
+    fn frame_count(&self) -> usize;
+
+    /// Length of the frame data.
+    fn len_of(&self, frame: &Owned<Self::Desc>) -> usize;
+
+    /// The frame's chunk from its data start to the end of the chunk (the
+    /// frame is the first `len_of` bytes). Empty for a token of another
+    /// pool.
+    fn buf_mut<'a>(&'a self, frame: &'a mut Owned<Self::Desc>) -> &'a mut [u8];
 
     /// The frame's whole buffer and where its data starts in it: the bytes
     /// before are headroom, free for headers prepended in place
     /// ([`crate::core::pipeline::Frame::prepend`]); from the data start on
-    /// it is [`FramePool::chunk_mut`]'s slice.
-    ///
-    /// # Safety
-    ///
-    /// As for [`FramePool::chunk_mut`]: the caller owns the frame and holds
-    /// no other reference into its chunk while the slice lives.
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "the pool hands out disjoint chunks the caller owns; see Safety"
-    )]
-    unsafe fn buffer_mut(&self, desc: &Self::Desc) -> (&mut [u8], usize) {
-        // SAFETY: the caller's guarantees are passed on unchanged.
-        (unsafe { self.chunk_mut(desc) }, 0)
+    /// it is [`FramePool::buf_mut`]'s slice. Pools without headroom keep
+    /// this default (no headroom). Empty for a token of another pool.
+    fn buffer_mut<'a>(&'a self, frame: &'a mut Owned<Self::Desc>) -> (&'a mut [u8], usize) {
+        (self.buf_mut(frame), 0)
     }
 
     /// Set the frame data length (clamped to the chunk capacity).
-    ///
-    /// # Safety
-    ///
-    /// As for [`FramePool::chunk_mut`]: the caller owns the frame.
-    unsafe fn set_len(&self, desc: &mut Self::Desc, len: usize);
+    fn set_len(&self, frame: &mut Owned<Self::Desc>, len: usize);
 
     /// Whether frames transmitted through this pool's queue may carry
     /// offloads (GSO frames, partial checksums): true for tap queues, whose
@@ -88,35 +155,56 @@ pub trait FramePool: Send + 'static {
     }
 
     /// The frame's offload header ([`Offload::NONE`] for pools without).
-    fn offload_of(&self, _desc: &Self::Desc) -> Offload {
+    fn offload_of(&self, _frame: &Owned<Self::Desc>) -> Offload {
         Offload::NONE
     }
 
     /// Set the header the frame is transmitted with (ignored by pools
     /// without offloads).
-    fn set_offload(&self, _desc: &mut Self::Desc, _offload: Offload) {}
+    fn set_offload(&self, _frame: &mut Owned<Self::Desc>, _offload: Offload) {}
 }
 
-type DescOf<P> = <P as FramePool>::Desc;
+/// The token type of queue `Q`'s frames.
+pub type FrameOf<Q> = Owned<<<Q as PortQueue>::Pool as FramePool>::Desc>;
+
+/// Where a queue's frames are on the adapter's side (the worker knows the
+/// rest): for the frame conservation checks of the tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RingFrames {
+    /// In the fill ring, or received into the RX ring and not yet taken
+    /// (AF_XDP cannot tell the two apart without reading the rings).
+    pub fill_or_rx: usize,
+    /// In the TX ring, or sent and waiting in the completion ring.
+    pub tx_or_completion: usize,
+}
 
 /// One worker's queue on one port: the RX/TX rings of one AF_XDP socket plus
 /// its fill/completion rings and its frame memory.
+///
+/// Frames move as [`Owned`] tokens in the worker's own vectors, so no call
+/// allocates: `rx` and `complete` push onto the caller's vector, `tx` and
+/// `fill` take from it.
 pub trait PortQueue: Send + 'static {
     type Pool: FramePool;
 
     /// The queue's frame memory.
     fn pool(&self) -> &Self::Pool;
 
-    /// Move up to `out.len()` received frames into `out`; returns how many.
-    fn rx(&mut self, out: &mut [DescOf<Self::Pool>]) -> usize;
+    /// Push a token for every frame of the pool onto `out`, the first time
+    /// it is called (the pool is new, every frame free); nothing later.
+    /// How many.
+    fn take_frames(&mut self, out: &mut Vec<FrameOf<Self>>) -> usize;
+
+    /// Push up to `max` received frames onto `out`; how many.
+    fn rx(&mut self, out: &mut Vec<FrameOf<Self>>, max: usize) -> usize;
 
     /// Free slots in the TX ring.
     fn tx_room(&mut self) -> usize;
 
-    /// Queue `descs` for transmission (one ring commit). Returns how many
-    /// were taken: all of them when they fit in [`PortQueue::tx_room`],
-    /// none otherwise.
-    fn tx(&mut self, descs: &[DescOf<Self::Pool>]) -> usize;
+    /// Queue the first `n` frames of `frames` for transmission, in order
+    /// (one ring commit), removing them from `frames`: all of them when
+    /// they fit in [`PortQueue::tx_room`], none otherwise. How many.
+    fn tx(&mut self, frames: &mut Vec<FrameOf<Self>>, n: usize) -> usize;
 
     /// Tell the kernel about queued TX frames if the ring asks for it
     /// (need_wakeup). Returns whether a wake-up syscall was made.
@@ -125,15 +213,19 @@ pub trait PortQueue: Send + 'static {
     /// Free slots in the fill ring.
     fn fill_room(&mut self) -> usize;
 
-    /// Give free frames to the fill ring (one commit); all or none, like
+    /// Give the last `n` frames of `free` (a free list is a stack) to the
+    /// fill ring (one commit), removing them; all or none, like
     /// [`PortQueue::tx`].
-    fn fill(&mut self, descs: &[DescOf<Self::Pool>]) -> usize;
+    fn fill(&mut self, free: &mut Vec<FrameOf<Self>>, n: usize) -> usize;
 
     /// Wake the kernel's receive side if the fill ring asks for it.
     fn kick_rx(&mut self) -> io::Result<bool>;
 
-    /// Move up to `out.len()` transmitted frames back into `out`.
-    fn complete(&mut self, out: &mut [DescOf<Self::Pool>]) -> usize;
+    /// Push up to `max` transmitted frames back onto `out`; how many.
+    fn complete(&mut self, out: &mut Vec<FrameOf<Self>>, max: usize) -> usize;
+
+    /// How many of the pool's frames the adapter holds, by place.
+    fn ring_frames(&self) -> RingFrames;
 
     /// A descriptor to poll(2) for readability while idle, if the queue has
     /// one.

@@ -34,10 +34,11 @@ use ferry_api::table::NetnsId;
 
 use crate::core::offload::{Offload, VNET_HDR_LEN};
 use crate::core::wire::ETH_HDR_LEN;
+use crate::io::backend::NodeQueue;
 use crate::io::netns::open_pod_netns;
 use crate::io::pool::{MemDesc, MemPool};
 use crate::io::port::{
-    valid_ifname, FramePool, Opened, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+    valid_ifname, Holds, Opened, Owned, PortBackend, PortError, PortKind, PortSpec, RingFrames,
 };
 
 /// Frame buffer of a tap queue: the largest GSO frame (14 + 65535 bytes)
@@ -103,24 +104,34 @@ impl TapQueue {
         }
     }
 
+    /// The I/O half and the pool, for an owner that keeps them together
+    /// ([`crate::io::backend::NodeQueue`], the one port type the workers
+    /// drive).
     pub fn into_parts(self) -> (TapIo, TapPool) {
         (self.io, self.pool)
     }
 }
 
 impl TapIo {
-    /// Read up to `out.len()` (at most [`TAP_RX_BATCH`]) frames, each put
-    /// into `out` as `wrap(frame)`; how many.
-    pub fn rx<D>(&mut self, pool: &TapPool, out: &mut [D], wrap: impl Fn(TapDesc) -> D) -> usize {
-        let max = out.len().min(TAP_RX_BATCH);
+    /// Read up to `max` (at most [`TAP_RX_BATCH`]) frames, each pushed onto
+    /// `out` as a token of `pool`; how many.
+    pub fn rx<D: Holds<TapDesc>>(
+        &mut self,
+        pool: &TapPool,
+        out: &mut Vec<Owned<D>>,
+        max: usize,
+    ) -> usize {
+        let max = max.min(TAP_RX_BATCH);
         let mut n = 0;
         // Bounded: at most `max` reads, whatever they return.
         for _ in 0..max {
-            let Some(mut d) = self.fill.pop() else { break };
+            let Some(d) = self.fill.pop() else { break };
+            // SAFETY: `d` was given to us by `fill` (its token consumed
+            // there) and is in no list of ours any more; if the read fails
+            // it goes back to the fill list and this token is dropped.
+            let mut frame = unsafe { Owned::from_raw(D::wrap(d), pool.id()) };
             let mut hdr = [0u8; VNET_HDR_LEN];
-            // SAFETY: `d` was handed to us by `fill`, so the worker does not
-            // touch its chunk until `rx` returns it; nothing else does.
-            let buf = unsafe { pool.chunk_mut(&d) };
+            let buf = pool.frame_buf(&mut frame);
             let iov = [
                 libc::iovec {
                     iov_base: hdr.as_mut_ptr().cast(),
@@ -146,10 +157,9 @@ impl TapIo {
                 self.fill.push(d);
                 continue;
             }
-            pool.set_offload(&mut d, Offload::from_bytes(&hdr));
-            // SAFETY: as above, the frame is ours.
-            unsafe { pool.set_len(&mut d, r - VNET_HDR_LEN) };
-            out[n] = wrap(d);
+            pool.set_frame_offload(&mut frame, Offload::from_bytes(&hdr));
+            pool.set_frame_len(&mut frame, r - VNET_HDR_LEN);
+            out.push(frame);
             n += 1;
         }
         n
@@ -173,22 +183,26 @@ impl TapIo {
         unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) >= 0 }
     }
 
-    /// Write every frame of `descs` (they come back through `complete`);
-    /// how many.
-    pub fn tx(&mut self, pool: &TapPool, descs: impl IntoIterator<Item = TapDesc>) -> usize {
-        let mut sent = 0;
-        for d in descs {
-            // SAFETY: the worker handed the frame over (it holds no
-            // reference into it until `complete` gives it back).
-            let buf = unsafe { pool.chunk_mut(&d) };
-            let len = pool.len_of(&d).min(buf.len());
-            if !self.write_frame(&buf[..len], pool.offload_of(&d)) {
+    /// Write the first `n` frames of `frames` (they come back through
+    /// `complete`); how many.
+    pub fn tx<D: Holds<TapDesc>>(
+        &mut self,
+        pool: &TapPool,
+        frames: &mut Vec<Owned<D>>,
+        n: usize,
+    ) -> usize {
+        let n = n.min(frames.len());
+        for mut frame in frames.drain(..n) {
+            let len = pool.frame_len(&frame);
+            let offload = pool.frame_offload(&frame);
+            let buf = pool.frame_buf(&mut frame);
+            let len = len.min(buf.len());
+            if !self.write_frame(&buf[..len], offload) {
                 self.tx_errors += 1;
             }
-            self.done.push(d);
-            sent += 1;
+            keep_raw(pool, frame, &mut self.done);
         }
-        sent
+        n
     }
 
     pub fn tx_room(&self) -> usize {
@@ -199,22 +213,47 @@ impl TapIo {
         self.fill.capacity() - self.fill.len()
     }
 
-    /// Take `descs` as free frames to read into; the caller has checked
-    /// that they fit ([`TapIo::fill_room`]). How many.
-    pub fn fill(&mut self, descs: impl IntoIterator<Item = TapDesc>) -> usize {
-        let before = self.fill.len();
-        self.fill.extend(descs);
-        self.fill.len() - before
-    }
-
-    /// Hand back up to `out.len()` written frames, each as `wrap(frame)`.
-    pub fn complete<D>(&mut self, out: &mut [D], wrap: impl Fn(TapDesc) -> D) -> usize {
-        let n = out.len().min(self.done.len());
-        let from = self.done.len() - n;
-        for (o, d) in out.iter_mut().zip(self.done.drain(from..)) {
-            *o = wrap(d);
+    /// Take the last `n` frames of `free` to read into: all if they fit in
+    /// [`TapIo::fill_room`], none otherwise. How many.
+    pub fn fill<D: Holds<TapDesc>>(
+        &mut self,
+        pool: &TapPool,
+        free: &mut Vec<Owned<D>>,
+        n: usize,
+    ) -> usize {
+        if n > self.fill_room() || n > free.len() {
+            return 0;
+        }
+        let from = free.len() - n;
+        for frame in free.drain(from..) {
+            keep_raw(pool, frame, &mut self.fill);
         }
         n
+    }
+
+    /// Push up to `max` written frames back onto `out` as tokens of `pool`.
+    pub fn complete<D: Holds<TapDesc>>(
+        &mut self,
+        pool: &TapPool,
+        out: &mut Vec<Owned<D>>,
+        max: usize,
+    ) -> usize {
+        let n = max.min(self.done.len());
+        let from = self.done.len() - n;
+        for d in self.done.drain(from..) {
+            // SAFETY: `done` holds frames whose tokens `tx` consumed, each
+            // once; draining removes them, so each gets one token.
+            out.push(unsafe { Owned::from_raw(D::wrap(d), pool.id()) });
+        }
+        n
+    }
+
+    /// Frames in our fill list and written-not-completed list.
+    pub fn ring_frames(&self) -> RingFrames {
+        RingFrames {
+            fill_or_rx: self.fill.len(),
+            tx_or_completion: self.done.len(),
+        }
     }
 
     pub fn poll_fd(&self) -> RawFd {
@@ -230,66 +269,15 @@ impl TapIo {
     }
 }
 
-impl PortQueue for TapQueue {
-    type Pool = TapPool;
-
-    fn pool(&self) -> &TapPool {
-        &self.pool
-    }
-
-    fn rx(&mut self, out: &mut [TapDesc]) -> usize {
-        self.io.rx(&self.pool, out, |d| d)
-    }
-
-    fn tx_room(&mut self) -> usize {
-        self.io.tx_room()
-    }
-
-    fn tx(&mut self, descs: &[TapDesc]) -> usize {
-        self.io.tx(&self.pool, descs.iter().copied())
-    }
-
-    fn kick_tx(&mut self) -> io::Result<bool> {
-        Ok(false)
-    }
-
-    fn fill_room(&mut self) -> usize {
-        self.io.fill_room()
-    }
-
-    fn fill(&mut self, descs: &[TapDesc]) -> usize {
-        if descs.len() > self.io.fill_room() {
-            return 0;
-        }
-        self.io.fill(descs.iter().copied())
-    }
-
-    fn kick_rx(&mut self) -> io::Result<bool> {
-        Ok(false)
-    }
-
-    fn complete(&mut self, out: &mut [TapDesc]) -> usize {
-        self.io.complete(out, |d| d)
-    }
-
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.io.poll_fd())
-    }
-
-    fn tx_direct(&mut self, frame: &[u8], offload: Offload) -> Option<bool> {
-        Some(self.io.write_frame(frame, offload))
-    }
-
-    fn fill_is_local(&self) -> bool {
-        true
-    }
-
-    fn take_tx_errors(&mut self) -> u64 {
-        self.io.take_tx_errors()
-    }
-
-    fn take_short_reads(&mut self) -> u64 {
-        self.io.take_short_reads()
+/// Consume `frame`'s token, keeping its descriptor in `list` (our fill or
+/// done list). A token of another pool or kind is not ours to keep: it is
+/// dropped (the frame is lost to its own pool, never aliased here).
+fn keep_raw<D: Holds<TapDesc>>(pool: &TapPool, frame: Owned<D>, list: &mut Vec<TapDesc>) {
+    let ours = frame.pool() == pool.id();
+    debug_assert!(ours, "a frame of another pool handed to a tap queue");
+    let d = frame.into_raw();
+    if let (true, Some(raw)) = (ours, d.get()) {
+        list.push(*raw);
     }
 }
 
@@ -369,7 +357,7 @@ pub fn open_queues(
 pub struct TapAttachment;
 
 impl PortBackend for TapBackend {
-    type Queue = TapQueue;
+    type Queue = NodeQueue;
     type Attachment = TapAttachment;
 
     /// Tap ports only: a veth is not something this backend opens.
@@ -384,7 +372,7 @@ impl PortBackend for TapBackend {
         &mut self,
         spec: &PortSpec,
         workers: usize,
-    ) -> Result<Opened<TapAttachment, TapQueue>, PortError> {
+    ) -> Result<Opened<TapAttachment, NodeQueue>, PortError> {
         let PortKind::Tap {
             netns,
             ifname,
@@ -404,7 +392,7 @@ impl PortBackend for TapBackend {
         let fds = open_queues(netns, *netns_id, ifname, workers)?;
         let queues = fds
             .into_iter()
-            .map(|fd| Some(TapQueue::new(fd, self.frames_per_queue)))
+            .map(|fd| Some(NodeQueue::from(TapQueue::new(fd, self.frames_per_queue))))
             .collect();
         log::info!(
             "{}: tap {ifname} in {netns}, {workers} queue(s) attached",
@@ -417,22 +405,30 @@ impl PortBackend for TapBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::port::{FramePool, PortQueue};
     use std::os::unix::net::UnixDatagram;
 
     /// A queue on one end of a datagram socket pair: every send is one
-    /// read, as every frame is on a tap.
-    fn queue() -> (TapQueue, UnixDatagram) {
+    /// read, as every frame is on a tap. 64 frames, 32 of them given to
+    /// the fill list; the other 32 are returned.
+    fn queue() -> (
+        NodeQueue,
+        UnixDatagram,
+        Vec<crate::io::port::FrameOf<NodeQueue>>,
+    ) {
         let (ours, theirs) = UnixDatagram::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let mut q = TapQueue::new(OwnedFd::from(ours), 64);
-        let free = q.pool().all_descs();
-        assert_eq!(q.fill(&free[..32]), 32);
-        (q, theirs)
+        let mut q = NodeQueue::from(TapQueue::new(OwnedFd::from(ours), 64));
+        let mut free = Vec::new();
+        assert_eq!(q.take_frames(&mut free), 64);
+        assert_eq!(q.take_frames(&mut free), 0, "tokens are issued once");
+        assert_eq!(q.fill(&mut free, 32), 32);
+        (q, theirs, free)
     }
 
     #[test]
     fn reads_too_short_for_a_frame_are_counted_and_skipped() {
-        let (mut q, peer) = queue();
+        let (mut q, peer, free) = queue();
         let hdr = Offload {
             flags: crate::core::offload::F_NEEDS_CSUM,
             csum_start: 34,
@@ -449,13 +445,36 @@ mod tests {
         full.extend_from_slice(&[0xcd; 60]);
         peer.send(&full).unwrap();
 
-        let mut out = [TapDesc::default(); 8];
-        assert_eq!(q.rx(&mut out), 1, "one frame among three reads");
+        let mut out = Vec::new();
+        assert_eq!(q.rx(&mut out, 8), 1, "one frame among three reads");
         assert_eq!(q.take_short_reads(), 2);
         assert_eq!(q.take_short_reads(), 0, "taken once");
         assert_eq!(q.pool().len_of(&out[0]), 60);
         assert_eq!(q.pool().offload_of(&out[0]), Offload::from_bytes(&hdr));
+        assert_eq!(&q.pool().buf_mut(&mut out[0])[..60], &[0xcd; 60]);
         // The short reads' frames went back to the fill list.
-        assert_eq!(q.fill_room(), q.io.fill.capacity() - 31);
+        let rings = q.ring_frames();
+        assert_eq!(rings.fill_or_rx, 31);
+        assert_eq!(rings.fill_or_rx + out.len() + free.len(), 64);
+    }
+
+    /// A frame written comes back through `complete`, once.
+    #[test]
+    fn written_frames_come_back_once() {
+        let (mut q, peer, mut free) = queue();
+        let mut f = free.pop().unwrap();
+        q.pool().buf_mut(&mut f)[..3].copy_from_slice(b"abc");
+        q.pool().set_len(&mut f, 3);
+        let mut pending = vec![f];
+        assert_eq!(q.tx(&mut pending, 1), 1);
+        assert!(pending.is_empty());
+        let mut got = [0u8; 64];
+        let n = peer.recv(&mut got).unwrap();
+        assert_eq!(&got[VNET_HDR_LEN..n], b"abc");
+        assert_eq!(q.ring_frames().tx_or_completion, 1);
+        let mut back = Vec::new();
+        assert_eq!(q.complete(&mut back, 8), 1);
+        assert_eq!(q.complete(&mut back, 8), 0);
+        assert_eq!(q.ring_frames().tx_or_completion, 0);
     }
 }

@@ -7,6 +7,14 @@
 //! transmitted with [`MemWire::take_sent`]. Receiving copies an injected
 //! frame into a frame taken from the queue's fill ring, as the kernel does in
 //! copy mode; with an empty fill ring the frame is dropped and counted.
+//!
+//! [`SimNode`] drives one real worker over such ports pass by pass, with a
+//! fake clock, and checks after every pass that no frame was lost or
+//! duplicated.
+
+mod node;
+
+pub use node::{SimNode, PASS_NS};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -19,7 +27,7 @@ use ferry_api::table::MtuLimits;
 use crate::core::pipeline::Offload;
 use crate::io::pool::{MemDesc, MemPool};
 use crate::io::port::{
-    valid_ifname, FramePool, Opened, PortBackend, PortError, PortQueue, PortSpec,
+    valid_ifname, FramePool, Opened, Owned, PortBackend, PortError, PortQueue, PortSpec, RingFrames,
 };
 
 #[derive(Default)]
@@ -40,6 +48,11 @@ pub struct MemWire {
     /// While set, transmitted frames are not completed (a kernel that does
     /// not drain the TX ring): they stay in the ring, which fills up.
     tx_stalled: AtomicBool,
+    /// While set, transmitted frames are counted ([`MemWire::sent_count`])
+    /// instead of copied out, so the "kernel" side allocates nothing (the
+    /// no-allocation test measures the worker alone).
+    discard_sent: AtomicBool,
+    sent: AtomicU64,
     panic_on_rx: AtomicBool,
 }
 
@@ -96,6 +109,16 @@ impl MemWire {
         self.tx_stalled.store(stalled, Ordering::Relaxed);
     }
 
+    /// Count transmitted frames instead of keeping them (or keep them again).
+    pub fn discard_sent(&self, discard: bool) {
+        self.discard_sent.store(discard, Ordering::Relaxed);
+    }
+
+    /// Frames transmitted on this interface, kept or not.
+    pub fn sent_count(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Frames injected and not yet received by the dataplane.
     pub fn pending_rx(&self) -> usize {
         self.queues.iter().map(|q| lock(q).to_dataplane.len()).sum()
@@ -132,6 +155,8 @@ impl MemNetwork {
                 .collect(),
             rx_dropped: AtomicU64::new(0),
             tx_stalled: AtomicBool::new(false),
+            discard_sent: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
             panic_on_rx: AtomicBool::new(false),
         });
         lock(&self.wires).insert(name.to_string(), Arc::clone(&wire));
@@ -144,6 +169,22 @@ impl MemNetwork {
 
     pub fn get(&self, name: &str) -> Option<Arc<MemWire>> {
         lock(&self.wires).get(name).cloned()
+    }
+}
+
+/// A veth pod's endpoint `id` on port `ifname` at `ip`, with the pod MAC
+/// ferry gives that address and no MTU.
+pub fn veth_endpoint(id: &str, ifname: &str, ip: std::net::Ipv4Addr) -> ferry_api::table::Endpoint {
+    ferry_api::table::Endpoint {
+        id: id.into(),
+        host_ifname: ifname.into(),
+        ips: vec![ip.into()],
+        mac: ferry_api::MacAddr::for_pod(ip),
+        attachment: Default::default(),
+        netns: String::new(),
+        pod_ifname: String::new(),
+        netns_id: None,
+        mtu: None,
     }
 }
 
@@ -163,6 +204,31 @@ pub struct MemQueue {
     short_reads: u64,
 }
 
+impl MemQueue {
+    /// Move the first `n` frames of `frames` (all if `n` fit in `room`,
+    /// else none) into `ring` as bare descriptors; `each` sees every frame
+    /// first. How many.
+    fn take_into(
+        pool: &MemPool,
+        frames: &mut Vec<Owned<MemDesc>>,
+        range: std::ops::Range<usize>,
+        room: usize,
+        ring: &mut VecDeque<MemDesc>,
+        mut each: impl FnMut(&MemPool, &mut Owned<MemDesc>),
+    ) -> usize {
+        let n = range.len();
+        if n > room || range.end > frames.len() {
+            return 0;
+        }
+        for mut f in frames.drain(range) {
+            assert_eq!(f.pool(), pool.id(), "a frame of another pool");
+            each(pool, &mut f);
+            ring.push_back(f.into_raw());
+        }
+        n
+    }
+}
+
 impl PortQueue for MemQueue {
     type Pool = MemPool;
 
@@ -170,14 +236,18 @@ impl PortQueue for MemQueue {
         &self.pool
     }
 
-    fn rx(&mut self, out: &mut [MemDesc]) -> usize {
+    fn take_frames(&mut self, out: &mut Vec<Owned<MemDesc>>) -> usize {
+        self.pool.take_frames(out)
+    }
+
+    fn rx(&mut self, out: &mut Vec<Owned<MemDesc>>, max: usize) -> usize {
         if self.wire.panic_on_rx.swap(false, Ordering::Relaxed) {
             panic!("MemWire {} was told to panic on receive", self.wire.name);
         }
         let pool = &self.pool;
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
-        while n < out.len() {
+        while n < max {
             let Some((offload, bytes)) = q.to_dataplane.pop_front() else {
                 break;
             };
@@ -190,19 +260,17 @@ impl PortQueue for MemQueue {
                 self.short_reads += 1;
                 continue;
             }
-            let Some(mut desc) = self.fill.pop_front() else {
+            let Some(desc) = self.fill.pop_front() else {
                 self.wire.rx_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            // SAFETY: `desc` came from our fill ring, which only holds frames
-            // the worker handed over and no longer references.
-            // the frame is the queue's again, so setting its length is ours too.
-            unsafe {
-                pool.chunk_mut(&desc)[..bytes.len()].copy_from_slice(&bytes);
-                pool.set_len(&mut desc, bytes.len());
-            }
-            pool.set_offload(&mut desc, offload);
-            out[n] = desc;
+            // SAFETY: `desc` came out of our fill ring, into which `fill`
+            // moved it by consuming its token; popped, it is in no ring.
+            let mut frame = unsafe { Owned::from_raw(desc, pool.id()) };
+            pool.buf_mut(&mut frame)[..bytes.len()].copy_from_slice(&bytes);
+            pool.set_len(&mut frame, bytes.len());
+            pool.set_offload(&mut frame, offload);
+            out.push(frame);
             n += 1;
         }
         n
@@ -212,21 +280,19 @@ impl PortQueue for MemQueue {
         MEM_RING - self.comp.len()
     }
 
-    fn tx(&mut self, descs: &[MemDesc]) -> usize {
-        if descs.len() > self.tx_room() {
-            return 0;
-        }
-        let (pool, take) = (&self.pool, descs.len());
-        let mut q = lock(&self.wire.queues[self.queue]);
-        for desc in &descs[..take] {
-            // SAFETY: frames handed to tx are owned by the queue until they
-            // come back through `complete`; nothing else references them.
-            let chunk = unsafe { pool.chunk_mut(desc) };
-            q.from_dataplane
-                .push_back((pool.offload_of(desc), chunk[..pool.len_of(desc)].to_vec()));
-            self.comp.push_back(*desc);
-        }
-        take
+    fn tx(&mut self, frames: &mut Vec<Owned<MemDesc>>, n: usize) -> usize {
+        let room = self.tx_room();
+        let wire = &self.wire;
+        let discard = wire.discard_sent.load(Ordering::Relaxed);
+        let mut q = lock(&wire.queues[self.queue]);
+        Self::take_into(&self.pool, frames, 0..n, room, &mut self.comp, |pool, f| {
+            wire.sent.fetch_add(1, Ordering::Relaxed);
+            if !discard {
+                let (len, offload) = (pool.len_of(f), pool.offload_of(f));
+                q.from_dataplane
+                    .push_back((offload, pool.buf_mut(f)[..len].to_vec()));
+            }
+        })
     }
 
     fn kick_tx(&mut self) -> io::Result<bool> {
@@ -237,27 +303,37 @@ impl PortQueue for MemQueue {
         MEM_RING - self.fill.len()
     }
 
-    fn fill(&mut self, descs: &[MemDesc]) -> usize {
-        if descs.len() > self.fill_room() {
+    fn fill(&mut self, free: &mut Vec<Owned<MemDesc>>, n: usize) -> usize {
+        let room = self.fill_room();
+        let Some(from) = free.len().checked_sub(n) else {
             return 0;
-        }
-        self.fill.extend(descs.iter().copied());
-        descs.len()
+        };
+        let range = from..free.len();
+        Self::take_into(&self.pool, free, range, room, &mut self.fill, |_, _| {})
     }
 
     fn kick_rx(&mut self) -> io::Result<bool> {
         Ok(false)
     }
 
-    fn complete(&mut self, out: &mut [MemDesc]) -> usize {
+    fn complete(&mut self, out: &mut Vec<Owned<MemDesc>>, max: usize) -> usize {
         if self.wire.tx_stalled.load(Ordering::Relaxed) {
             return 0;
         }
-        let n = out.len().min(self.comp.len());
-        for slot in &mut out[..n] {
-            *slot = self.comp.pop_front().unwrap_or_default();
+        let n = max.min(self.comp.len());
+        for d in self.comp.drain(..n) {
+            // SAFETY: `comp` holds frames whose tokens `tx` consumed, each
+            // once; draining removes them, so each gets one token.
+            out.push(unsafe { Owned::from_raw(d, self.pool.id()) });
         }
         n
+    }
+
+    fn ring_frames(&self) -> RingFrames {
+        RingFrames {
+            fill_or_rx: self.fill.len(),
+            tx_or_completion: self.comp.len(),
+        }
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
@@ -369,26 +445,40 @@ mod tests {
             "one-queue wire gives worker 1 no queue"
         );
         let mut q = queues.remove(0).unwrap();
-        let free = q.pool().all_descs();
-        assert_eq!(free.len(), 8);
+        let mut free = Vec::new();
+        assert_eq!(q.take_frames(&mut free), 8);
+        assert_eq!(q.take_frames(&mut free), 0, "tokens are issued once");
 
         // No fill frames: the injected frame is dropped and counted.
         wire.inject(0, vec![1, 2, 3]);
-        let mut out = [MemDesc::default(); 4];
-        assert_eq!(q.rx(&mut out), 0);
+        let mut got = Vec::new();
+        assert_eq!(q.rx(&mut got, 4), 0);
         assert_eq!(wire.rx_dropped.load(Ordering::Relaxed), 1);
 
-        assert_eq!(q.fill(&free[..4]), 4);
+        assert_eq!(q.fill(&mut free, 4), 4);
+        assert_eq!((free.len(), q.ring_frames().fill_or_rx), (4, 4));
         wire.inject(0, vec![9, 8, 7, 6]);
-        assert_eq!(q.rx(&mut out), 1);
-        assert_eq!(q.pool().len_of(&out[0]), 4);
-        // SAFETY: out[0] just came out of rx and is owned here.
-        assert_eq!(&unsafe { q.pool().chunk_mut(&out[0]) }[..4], &[9, 8, 7, 6]);
-        assert_eq!(q.tx(&out[..1]), 1);
+        assert_eq!(q.rx(&mut got, 4), 1);
+        assert_eq!(q.pool().len_of(&got[0]), 4);
+        assert_eq!(&q.pool().buf_mut(&mut got[0])[..4], &[9, 8, 7, 6]);
+        assert_eq!(q.tx(&mut got, 1), 1);
+        assert!(got.is_empty(), "the token went into the ring");
         assert_eq!(wire.take_sent(), vec![vec![9, 8, 7, 6]]);
-        let mut done = [MemDesc::default(); 4];
-        assert_eq!(q.complete(&mut done), 1);
-        assert_eq!(done[0], out[0]);
+        assert_eq!(q.ring_frames().tx_or_completion, 1);
+        assert_eq!(q.complete(&mut free, 4), 1);
+        assert_eq!(q.complete(&mut free, 4), 0, "completed once");
+        assert_eq!(free.len() + q.ring_frames().fill_or_rx, 8);
+    }
+
+    /// A token of another pool reaches none of this pool's memory.
+    #[test]
+    fn a_token_of_another_pool_reaches_nothing() {
+        let mut a = MemPool::new(2, 64);
+        let b = MemPool::new(2, 64);
+        let mut frames = Vec::new();
+        a.take_frames::<MemDesc>(&mut frames);
+        assert!(b.buf_mut(&mut frames[0]).is_empty());
+        assert_eq!(a.buf_mut(&mut frames[0]).len(), 64);
     }
 
     #[test]

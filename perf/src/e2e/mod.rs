@@ -173,19 +173,20 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
     Ok(v)
 }
 
-fn preflight(opts: &Options) -> Result<()> {
+/// Root and the tools every command needs (`ip`, `ping`, and `extra`), or
+/// an error saying what to install; `what` names the command.
+pub fn preflight_root(what: &str, extra: &[(&str, &str, &str)]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(E2eError::setup(
             "-",
-            "perf e2e needs root (network namespaces, XDP)",
+            format!("{what} needs root (network namespaces, XDP)"),
         ));
     }
-    for (tool, arg, pkg) in [
-        ("ip", "-V", "iproute2"),
-        ("iperf3", "--version", "iperf3"),
-        ("ping", "-V", "iputils-ping"),
-    ] {
+    for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("ping", "-V", "iputils-ping")]
+        .iter()
+        .chain(extra)
+    {
         let ok = sys::run(tool, &[arg]).map(|o| o.ok()).unwrap_or(false);
         if !ok {
             return Err(E2eError::setup(
@@ -194,6 +195,11 @@ fn preflight(opts: &Options) -> Result<()> {
             ));
         }
     }
+    Ok(())
+}
+
+fn preflight(opts: &Options) -> Result<()> {
+    preflight_root("perf e2e", &[("iperf3", "--version", "iperf3")])?;
     if opts
         .topologies
         .iter()

@@ -27,6 +27,73 @@ pub fn ping_times_us(text: &str) -> Vec<f64> {
         .collect()
 }
 
+/// What a `ping` run counted: packets transmitted, replies received, and
+/// the `icmp_seq` of every reply (in the order printed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PingCount {
+    pub transmitted: u64,
+    pub received: u64,
+    pub reply_seqs: Vec<u64>,
+}
+
+impl PingCount {
+    pub fn lost(&self) -> u64 {
+        self.transmitted.saturating_sub(self.received)
+    }
+
+    /// The longest run of consecutive sequence numbers without a reply,
+    /// among `1..=transmitted` (the outage, in packets).
+    pub fn longest_gap(&self) -> u64 {
+        let mut seen = self.reply_seqs.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut prev = 0;
+        let mut longest = 0;
+        for s in seen.iter().copied().filter(|s| *s <= self.transmitted) {
+            longest = longest.max(s.saturating_sub(prev + 1));
+            prev = s;
+        }
+        longest.max(self.transmitted.saturating_sub(prev))
+    }
+}
+
+/// Counts from `ping` output: the `N packets transmitted, M received` line
+/// and the `icmp_seq=` of each `bytes from` reply line.
+pub fn ping_count(text: &str) -> Result<PingCount> {
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .ok_or_else(|| E2eError::parse("ping output", format!("no summary line in {text:?}")))?;
+    let num_before = |word: &str| -> Option<u64> {
+        let head = &summary[..summary.find(word)?];
+        head.split([' ', ','])
+            .rfind(|w| !w.is_empty())?
+            .parse()
+            .ok()
+    };
+    let (Some(transmitted), Some(received)) =
+        (num_before(" packets transmitted"), num_before(" received"))
+    else {
+        return Err(E2eError::parse("ping summary", summary));
+    };
+    let reply_seqs = text
+        .lines()
+        .filter(|l| l.contains(" bytes from "))
+        .filter_map(|l| {
+            let rest = &l[l.find("icmp_seq=")? + 9..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    Ok(PingCount {
+        transmitted,
+        received,
+        reply_seqs,
+    })
+}
+
 /// What one iperf3 TCP client run measured (from its `-J` output).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Iperf {
@@ -225,6 +292,30 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
         for (a, b) in t.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn ping_counts_losses_and_the_longest_outage() {
+        let c = ping_count(PING).unwrap();
+        assert_eq!((c.transmitted, c.received, c.lost()), (4, 4, 0));
+        assert_eq!(c.longest_gap(), 0);
+        let text = "64 bytes from 10.0.0.3: icmp_seq=1 ttl=63 time=0.1 ms
+64 bytes from 10.0.0.3: icmp_seq=2 ttl=63 time=0.1 ms
+64 bytes from 10.0.0.3: icmp_seq=6 ttl=63 time=0.1 ms
+64 bytes from 10.0.0.3: icmp_seq=8 ttl=63 time=0.1 ms
+
+--- 10.0.0.3 ping statistics ---
+10 packets transmitted, 4 received, 60% packet loss, time 90ms
+";
+        let c = ping_count(text).unwrap();
+        assert_eq!((c.transmitted, c.received, c.lost()), (10, 4, 6));
+        assert_eq!(c.reply_seqs, vec![1, 2, 6, 8]);
+        // 3,4,5 missing (3), 7 (1), 9,10 at the end (2).
+        assert_eq!(c.longest_gap(), 3);
+        let none = "--- x ping statistics ---\n5 packets transmitted, 0 received, +5 errors, 100% packet loss\n";
+        let c = ping_count(none).unwrap();
+        assert_eq!((c.lost(), c.longest_gap()), (5, 5));
+        assert!(ping_count("ping: connect: Network is unreachable").is_err());
     }
 
     #[test]

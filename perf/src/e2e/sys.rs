@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -308,6 +308,9 @@ pub struct Proc {
     pub what: String,
     pub child: Child,
     pub log: Option<PathBuf>,
+    /// Where and how it was started, for [`Proc::respawn`].
+    ns: String,
+    args: Vec<String>,
 }
 
 impl Proc {
@@ -339,7 +342,69 @@ impl Proc {
             what: what.to_string(),
             child,
             log: log.map(Path::to_path_buf),
+            ns: ns.to_string(),
+            args: args.to_vec(),
         })
+    }
+
+    /// Start the same command line again in the same namespace (output
+    /// appended to the same log). The old process must be gone (reaped).
+    pub fn respawn(&mut self) -> Result<()> {
+        if self.alive() {
+            return Err(E2eError::setup(
+                &self.ns,
+                format!("{} is still running: not started twice", self.what),
+            ));
+        }
+        let fresh = Proc::spawn_in_ns(&self.what, &self.ns, &self.args, self.log.as_deref())?;
+        // The old value's Drop finds its child reaped and does nothing.
+        *self = fresh;
+        Ok(())
+    }
+
+    /// The pid (`ip netns exec` execs the program, so it is the program's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL by pid, then reap (bounded: a SIGKILLed process exits).
+    pub fn kill_now(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout`: its exit status, or `None` when it
+    /// had to be SIGKILLed (or had already been reaped).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if !self.alive() {
+            return None;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the pid of our own child that has not been reaped
+            // yet (alive() above said it is running), so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.kill_now();
+        None
+    }
+
+    /// Open file descriptors (entries of /proc/<pid>/fd); `None` once gone.
+    pub fn fd_count(&mut self) -> Option<usize> {
+        if !self.alive() {
+            return None;
+        }
+        fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .ok()
+            .map(|d| d.count())
     }
 
     /// Still running?
@@ -358,23 +423,7 @@ impl Proc {
     }
 
     fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the pid of our own child that has not been reaped
-            // yet (try_wait above said it is running), so the pid is still ours.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if !self.alive() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.terminate(Duration::from_secs(5));
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -63,11 +63,50 @@ pub struct Pod {
     pub ip: Ipv4Addr,
 }
 
+/// A CNI plugin and its network config, ready to invoke in a node namespace.
+#[derive(Debug, Clone)]
+pub struct CniCall {
+    node: String,
+    binary: PathBuf,
+    conf: Value,
+}
+
+impl CniCall {
+    /// Invoke it as a runtime does; `netns` empty: no CNI_NETNS (a DEL after
+    /// the pod's namespace is gone).
+    pub fn invoke(&self, command: &str, container: &str, netns: &str) -> Result<Value> {
+        invoke_cni(
+            &self.node,
+            &self.binary,
+            command,
+            container,
+            netns,
+            &self.conf,
+        )
+    }
+}
+
 /// How to invoke a CNI plugin for this topology.
 #[derive(Debug)]
 struct CniPlugin {
     binary: PathBuf,
     conf: Value,
+}
+
+/// One of ferry's two daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Daemon {
+    Ferryd,
+    Dataplane,
+}
+
+impl Daemon {
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Ferryd => "ferryd",
+            Daemon::Dataplane => "ferry-dataplane",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,6 +115,8 @@ enum Backend {
         // Field order is drop order: ferryd before the dataplane.
         ferryd: Proc,
         dataplane: Proc,
+        /// `ferryctl --ferryd S --dataplane D`, the arguments included.
+        ctl: Vec<String>,
     },
     Cni,
     Xdp(XdpRedirect),
@@ -105,7 +146,7 @@ pub fn default_bin_dir() -> PathBuf {
 
 /// Check that ferry's binaries exist in `dir`.
 pub fn check_ferry_bins(dir: &Path) -> Result<()> {
-    for b in ["ferry", "ferryd", "ferry-dataplane"] {
+    for b in ["ferry", "ferryd", "ferry-dataplane", "ferryctl"] {
         if !dir.join(b).is_file() {
             return Err(E2eError::setup(
                 "ferry",
@@ -118,6 +159,18 @@ pub fn check_ferry_bins(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One ferry node with no pods, for the commands that drive ferry alone
+/// (`perf churn`, `perf restart`, named by `what`): root and the tools
+/// checked, the binaries found, the signal handlers installed, the daemons
+/// up and ready.
+pub fn ferry_node(what: &str, workers: u32, bin_dir: &Path) -> Result<Topology> {
+    super::preflight_root(what, &[])?;
+    check_ferry_bins(bin_dir)?;
+    sys::install_signal_handlers()?;
+    let run_tag = format!("{}", std::process::id() % 100_000);
+    Topology::build("ferry", Kind::Ferry { workers }, &run_tag, 0, bin_dir, &[])
 }
 
 /// Invoke a CNI plugin inside `node_ns` exactly as a runtime does (env + stdin).
@@ -138,9 +191,11 @@ pub fn invoke_cni(
         )
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", CNI_DIR);
+    if !netns.is_empty() {
+        cmd.env("CNI_NETNS", netns);
+    }
     if !container.is_empty() {
         cmd.env("CNI_CONTAINERID", container)
-            .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",
@@ -368,9 +423,10 @@ impl Topology {
     }
 
     fn record_notes(&mut self) -> Result<()> {
-        let p0 = &self.pods[0].ns.name;
-        let off = in_netns(p0, || ethtool::offloads("eth0"))?;
-        self.notes.insert("pod_eth0_offloads".into(), json!(off));
+        if let Some(p0) = self.pods.first() {
+            let off = in_netns(&p0.ns.name, || ethtool::offloads("eth0"))?;
+            self.notes.insert("pod_eth0_offloads".into(), json!(off));
+        }
         if self.kind == Kind::Bridge {
             let bridge = in_netns(&self.node.name, || {
                 let dir = Path::new("/proc/sys/net/bridge");
@@ -443,7 +499,10 @@ impl Topology {
 
     /// Check the daemons still run (ferry); an error names the one that died.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Backend::Ferry { ferryd, dataplane } = &mut self.backend {
+        if let Backend::Ferry {
+            ferryd, dataplane, ..
+        } = &mut self.backend
+        {
             for p in [dataplane, ferryd] {
                 if !p.alive() {
                     return Err(E2eError::setup(
@@ -454,6 +513,105 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The prefix of every namespace name of this run: `fpf-<run>-`.
+    pub fn run_prefix(&self) -> String {
+        let topo = format!("-{}", short(self.kind));
+        format!("{}-", self.tag.strip_suffix(&topo).unwrap_or(&self.tag))
+    }
+
+    /// A name for a namespace of this topology: `fpf-<run>-<topology>-<suffix>`.
+    pub fn ns_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.tag)
+    }
+
+    fn daemon(&mut self, d: Daemon) -> Result<&mut Proc> {
+        match &mut self.backend {
+            Backend::Ferry {
+                ferryd, dataplane, ..
+            } => Ok(match d {
+                Daemon::Ferryd => ferryd,
+                Daemon::Dataplane => dataplane,
+            }),
+            _ => Err(E2eError::setup(&self.name, "not a ferry topology")),
+        }
+    }
+
+    /// SIGKILL one of ferry's daemons (by pid) and reap it.
+    pub fn kill_daemon(&mut self, d: Daemon) -> Result<()> {
+        self.daemon(d)?.kill_now();
+        Ok(())
+    }
+
+    /// Start a daemon that was killed or stopped again, with the same command
+    /// line; returns at once (readiness is the caller's to wait for).
+    pub fn start_daemon(&mut self, d: Daemon) -> Result<()> {
+        self.daemon(d)?.respawn()
+    }
+
+    /// SIGTERM a daemon and wait up to `timeout`: its exit status, `None` if
+    /// it had to be SIGKILLed.
+    pub fn stop_daemon(&mut self, d: Daemon, timeout: Duration) -> Result<Option<ExitStatus>> {
+        Ok(self.daemon(d)?.terminate(timeout))
+    }
+
+    /// The daemon's pid and open fds, while it runs.
+    pub fn daemon_fds(&mut self, d: Daemon) -> Result<Option<(u32, usize)>> {
+        let p = self.daemon(d)?;
+        Ok(p.fd_count().map(|n| (p.pid(), n)))
+    }
+
+    /// The last lines of a daemon's log.
+    pub fn daemon_log_tail(&mut self, d: Daemon) -> String {
+        self.daemon(d).map(|p| p.log_tail()).unwrap_or_default()
+    }
+
+    /// The `ferry` plugin of this topology, with `"attachment"` set in its
+    /// network config when given: owned, so it can be invoked from another
+    /// thread while this one kills and restarts the daemons.
+    pub fn ferry_plugin(&self, attachment: Option<&str>) -> Result<CniCall> {
+        let p = self
+            .plugin
+            .as_ref()
+            .filter(|_| matches!(self.backend, Backend::Ferry { .. }))
+            .ok_or_else(|| E2eError::setup(&self.name, "not a ferry topology"))?;
+        let mut conf = p.conf.clone();
+        if let Some(a) = attachment {
+            conf["attachment"] = json!(a);
+        }
+        Ok(CniCall {
+            node: self.node.name.clone(),
+            binary: p.binary.clone(),
+            conf,
+        })
+    }
+
+    /// ferryd answers STATUS ready (`ferryctl status` exit 0: connected to the
+    /// dataplane and synced) and the dataplane answers its table API.
+    pub fn ferry_ready(&self) -> bool {
+        matches!(self.ferryctl_json(&["status"]), Ok((v, Some(0))) if v["ready"] == json!(true))
+    }
+
+    /// `ferryctl --json <args>` against this topology's daemons (10 s bound):
+    /// the parsed JSON and the exit code (ferryctl status exits 2 when not ready).
+    pub fn ferryctl_json(&self, args: &[&str]) -> Result<(Value, Option<i32>)> {
+        let Backend::Ferry { ctl, .. } = &self.backend else {
+            return Err(E2eError::setup(&self.name, "not a ferry topology"));
+        };
+        let mut cmd = Command::new(&ctl[0]);
+        cmd.args(&ctl[1..]).arg("--json").args(args);
+        let out = sys::run_with(cmd, None, Duration::from_secs(10))?;
+        let what = format!("ferryctl {}", args.join(" "));
+        if out.stdout.trim().is_empty() {
+            return Err(E2eError::Command {
+                cmd: what,
+                detail: format!("exit {:?}: {}", out.code, out.stderr.trim()),
+            });
+        }
+        let v = serde_json::from_str(&out.stdout)
+            .map_err(|e| E2eError::parse(what, format!("{e}: {}", out.stdout)))?;
+        Ok((v, out.code))
     }
 
     /// DEL every pod through its plugin (best effort, skipped after a signal).
@@ -562,7 +720,21 @@ fn start_ferry(
             ),
         ));
     }
-    Ok((Backend::Ferry { ferryd, dataplane }, conf))
+    let ctl = vec![
+        s(&bin.join("ferryctl")),
+        "--ferryd".into(),
+        s(&sock),
+        "--dataplane".into(),
+        s(&dp_sock),
+    ];
+    Ok((
+        Backend::Ferry {
+            ferryd,
+            dataplane,
+            ctl,
+        },
+        conf,
+    ))
 }
 
 #[cfg(test)]

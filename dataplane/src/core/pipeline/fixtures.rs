@@ -46,7 +46,7 @@ pub fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
 
 pub fn node(with_host_port: bool) -> NodeSettings {
     NodeSettings {
-        gateway: GW,
+        gateways: vec![GW.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
         host_port: with_host_port.then(|| HostPort {
@@ -64,7 +64,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         .map(|(port, ip)| Endpoint {
             id: format!("pod{port}/eth0"),
             host_ifname: format!("fy{port}"),
-            ipv4: *ip,
+            ips: vec![(*ip).into()],
             mac: MacAddr::for_pod(*ip),
             attachment: Default::default(),
             netns: String::new(),

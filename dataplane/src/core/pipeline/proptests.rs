@@ -80,7 +80,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                     Endpoint {
                         id: format!("p{last}/eth0"),
                         host_ifname: format!("fy{port}"),
-                        ipv4: ip,
+                        ips: vec![(ip).into()],
                         mac: MacAddr::for_pod(ip),
                         attachment: Default::default(),
                         netns: String::new(),
@@ -91,7 +91,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                 })
                 .collect();
             let node = NodeSettings {
-                gateway: GW,
+                gateways: vec![GW.into()],
                 router_mac: MacAddr::ROUTER,
                 pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
                 host_port: host.then(|| HostPort {
