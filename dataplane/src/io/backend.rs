@@ -297,7 +297,7 @@ impl PortBackend for NodeBackend {
     }
 
     fn open(
-        &mut self,
+        &self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<NodeAttachment, NodeQueue>, PortError> {

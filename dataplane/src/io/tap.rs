@@ -369,7 +369,7 @@ impl PortBackend for TapBackend {
     }
 
     fn open(
-        &mut self,
+        &self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<TapAttachment, NodeQueue>, PortError> {
