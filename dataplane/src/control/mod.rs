@@ -40,7 +40,7 @@ use crate::engine::counters::{
     new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
 };
 use crate::engine::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
-use crate::io::port::{Opened, PortBackend, PortError, PortKind, PortSpec};
+use crate::io::port::{PortBackend, PortKind, PortSpec};
 
 /// How long the control thread waits for every worker to apply a command.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -315,16 +315,12 @@ impl<B: PortBackend> Dataplane<B> {
         let desired = next.ports();
         let mut opened = Vec::new();
         let mut failures = Vec::new();
-        let mut to_open = Vec::new();
         for (ifname, (label, spec)) in &desired {
-            match self.ports.get_mut(ifname) {
-                Some(p) => p.label.clone_from(label),
-                None => to_open.push((ifname, label, spec)),
+            if let Some(p) = self.ports.get_mut(ifname) {
+                p.label.clone_from(label);
+                continue;
             }
-        }
-        let results = open_ports(&self.backend, &to_open, self.workers.len());
-        for ((ifname, label, _), r) in to_open.into_iter().zip(results) {
-            match r {
+            match self.backend.open(spec, self.workers.len()) {
                 Ok((attachment, queues)) => {
                     opened.push((ifname.clone(), label.clone(), attachment, queues))
                 }
@@ -552,45 +548,6 @@ pub fn wait_for_end(signals: &Receiver<i32>, failures: &Receiver<WorkerFailure>)
             cause: "(and every other worker) ended without a word".into(),
         })),
     }
-}
-
-/// Ports opened at once by one update. Opening a port waits mostly on the
-/// kernel (XDP attach, socket bind and their RCU grace periods), not on a
-/// CPU, so a restarted dataplane refilled with many pods opens them side by
-/// side: measured here, a veth port takes 25-70 ms to open, one by one that
-/// is seconds for a full node.
-const OPEN_PARALLEL: usize = 8;
-
-/// Open `ports` with the backend, [`OPEN_PARALLEL`] at a time; results in
-/// the order given.
-fn open_ports<B: PortBackend>(
-    backend: &B,
-    ports: &[(&String, &String, &PortSpec)],
-    workers: usize,
-) -> Vec<Result<Opened<B::Attachment, B::Queue>, PortError>> {
-    if ports.len() <= 1 {
-        return ports
-            .iter()
-            .map(|(_, _, spec)| backend.open(spec, workers))
-            .collect();
-    }
-    let mut out = Vec::with_capacity(ports.len());
-    for chunk in ports.chunks(OPEN_PARALLEL) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(_, _, spec)| s.spawn(move || backend.open(spec, workers)))
-                .collect();
-            for (h, (ifname, _, _)) in handles.into_iter().zip(chunk) {
-                out.push(h.join().unwrap_or_else(|_| {
-                    Err(PortError::Panicked {
-                        ifname: (*ifname).clone(),
-                    })
-                }));
-            }
-        });
-    }
-    out
 }
 
 fn empty_node() -> NodeSettings {

@@ -519,7 +519,7 @@ impl PortBackend for AfXdpBackend {
     }
 
     fn open(
-        &self,
+        &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {

@@ -297,7 +297,7 @@ impl PortBackend for NodeBackend {
     }
 
     fn open(
-        &self,
+        &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<NodeAttachment, NodeQueue>, PortError> {

@@ -330,7 +330,7 @@ pub type Opened<A, Q> = (A, Vec<Option<Q>>);
 
 /// What the control thread needs from an I/O adapter: per interface, the
 /// attachment that steers its traffic to us plus one queue per worker.
-pub trait PortBackend: Send + Sync + 'static {
+pub trait PortBackend: Send + 'static {
     type Queue: PortQueue;
     /// Keeps the interface attached (XDP program, map); dropping it detaches.
     type Attachment: Send + 'static;
@@ -339,7 +339,7 @@ pub trait PortBackend: Send + Sync + 'static {
     /// interface for every `i < workers`; `None` where the interface has
     /// fewer queues than there are workers (index 0 is always `Some`).
     fn open(
-        &self,
+        &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<Self::Attachment, Self::Queue>, PortError>;
@@ -354,8 +354,6 @@ pub trait PortBackend: Send + Sync + 'static {
 pub enum PortError {
     #[error("interface {ifname:?} is not a valid interface name (1-15 bytes, no '/', ':', NUL or whitespace)")]
     BadName { ifname: String },
-    #[error("interface {ifname}: opening the port panicked")]
-    Panicked { ifname: String },
     #[error("interface {ifname:?} does not exist in the dataplane's network namespace")]
     NoSuchInterface { ifname: String },
     #[error(

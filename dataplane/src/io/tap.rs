@@ -369,7 +369,7 @@ impl PortBackend for TapBackend {
     }
 
     fn open(
-        &self,
+        &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<TapAttachment, NodeQueue>, PortError> {

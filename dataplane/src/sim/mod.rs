@@ -383,7 +383,7 @@ impl PortBackend for MemBackend {
     }
 
     fn open(
-        &self,
+        &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<MemAttachment, MemQueue>, PortError> {
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn missing_and_bad_interfaces_are_errors() {
-        let backend = MemBackend::new(MemNetwork::new());
+        let mut backend = MemBackend::new(MemNetwork::new());
         assert!(matches!(
             backend.open(&PortSpec::pod_veth("nope"), 1),
             Err(PortError::NoSuchInterface { .. })
