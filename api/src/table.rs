@@ -164,6 +164,22 @@ impl NodeSettings {
 }
 
 impl Endpoint {
+    /// A veth pod's endpoint `id` on the host end `host_ifname`, at `ip`
+    /// with the MAC ferry gives that address, no MTU of its own.
+    pub fn veth(id: impl Into<String>, host_ifname: impl Into<String>, ip: Ipv4Addr) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            host_ifname: host_ifname.into(),
+            ips: vec![ip.into()],
+            mac: MacAddr::for_pod(ip),
+            attachment: Attachment::Veth,
+            netns: String::new(),
+            pod_ifname: String::new(),
+            netns_id: None,
+            mtu: None,
+        }
+    }
+
     /// The endpoint's IPv4 address, if it has one.
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
         self.ips.iter().find_map(|a| match a {

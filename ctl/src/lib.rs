@@ -312,7 +312,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use ferry_api::table::{Endpoint, PortStats, WorkerStats};
-    use ferry_api::MacAddr;
 
     use super::*;
 
@@ -334,17 +333,7 @@ mod tests {
         let t = TableDump {
             generation: 3,
             node: None,
-            endpoints: vec![Endpoint {
-                id: "c1/eth0".into(),
-                host_ifname: "fy0123456789a".into(),
-                ips: vec![(ip).into()],
-                mac: MacAddr::for_pod(ip),
-                attachment: Default::default(),
-                netns: String::new(),
-                pod_ifname: String::new(),
-                netns_id: None,
-                mtu: None,
-            }],
+            endpoints: vec![Endpoint::veth("c1/eth0", "fy0123456789a", ip)],
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
         };

@@ -121,17 +121,7 @@ fn pod_ns(topo: &Topo, name: &str, host_if: &str, ip: Ipv4Addr) {
 }
 
 fn endpoint(id: &str, host_ifname: &str, ip: Ipv4Addr) -> Endpoint {
-    Endpoint {
-        id: id.into(),
-        host_ifname: host_ifname.into(),
-        ips: vec![(ip).into()],
-        mac: MacAddr::for_pod(ip),
-        attachment: Default::default(),
-        netns: String::new(),
-        pod_ifname: String::new(),
-        netns_id: None,
-        mtu: None,
-    }
+    Endpoint::veth(id, host_ifname, ip)
 }
 
 struct Client {

@@ -15,7 +15,7 @@ use ferry_api::table::{Endpoint, NodeSettings};
 use ferry_api::MacAddr;
 use ferry_dataplane::core::offload::{Offload, F_NEEDS_CSUM, GSO_TCPV4};
 use ferry_dataplane::core::tables::Tables;
-use ferry_dataplane::sim::{veth_endpoint, SimNode};
+use ferry_dataplane::sim::SimNode;
 
 /// Counts allocations (and reallocations) made by the current thread.
 struct Counting;
@@ -73,7 +73,7 @@ const NOBODY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 77);
 fn endpoint(port: &str, ip: Ipv4Addr) -> Endpoint {
     Endpoint {
         mtu: Some(9000),
-        ..veth_endpoint(&format!("{port}/eth0"), port, ip)
+        ..Endpoint::veth(format!("{port}/eth0"), port, ip)
     }
 }
 

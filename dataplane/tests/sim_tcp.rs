@@ -100,17 +100,7 @@ fn pod_iface(ip: Ipv4Addr, dev: &mut QueueDevice) -> Interface {
 }
 
 fn endpoint(ip: Ipv4Addr, port: PortId) -> Endpoint {
-    Endpoint {
-        id: format!("pod{port}/eth0"),
-        host_ifname: format!("fy{port}"),
-        ips: vec![(ip).into()],
-        mac: MacAddr::for_pod(ip),
-        attachment: Default::default(),
-        netns: String::new(),
-        pod_ifname: String::new(),
-        netns_id: None,
-        mtu: None,
-    }
+    Endpoint::veth(format!("pod{port}/eth0"), format!("fy{port}"), ip)
 }
 
 fn node() -> NodeSettings {

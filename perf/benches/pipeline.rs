@@ -46,17 +46,7 @@ fn node() -> NodeSettings {
 /// The i-th endpoint: 10.88.0.2 upwards, port i + 1.
 fn endpoint(i: u32) -> Endpoint {
     let ip = Ipv4Addr::from(u32::from(POD_A) + i);
-    Endpoint {
-        id: format!("pod{i}/eth0"),
-        host_ifname: format!("fy{}", i + 1),
-        ips: vec![(ip).into()],
-        mac: MacAddr::for_pod(ip),
-        attachment: Default::default(),
-        netns: String::new(),
-        pod_ifname: String::new(),
-        netns_id: None,
-        mtu: None,
-    }
+    Endpoint::veth(format!("pod{i}/eth0"), format!("fy{}", i + 1), ip)
 }
 
 fn port_of(name: &str) -> Option<PortId> {

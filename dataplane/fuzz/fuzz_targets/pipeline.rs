@@ -50,16 +50,9 @@ fn tables() -> &'static Tables {
             .map(|i| {
                 let ip = Ipv4Addr::new(10, 88, 0, 1 + i);
                 Endpoint {
-                    id: format!("pod{i}/eth0"),
-                    host_ifname: format!("fy{i}"),
-                    ips: vec![(ip).into()],
-                    mac: MacAddr::for_pod(ip),
-                    attachment: Default::default(),
-                    netns: String::new(),
-                    pod_ifname: String::new(),
-                    netns_id: None,
                     // Small enough for one-byte-length frames to exceed.
                     mtu: (i == 3).then_some(100),
+                    ..Endpoint::veth(format!("pod{i}/eth0"), format!("fy{i}"), ip)
                 }
             })
             .collect();

@@ -589,7 +589,11 @@ mod tests {
         }
     }
 
-    use crate::sim::veth_endpoint as ep;
+    use ferry_api::table::Endpoint;
+
+    fn ep(id: &str, ifname: &str, ip: std::net::Ipv4Addr) -> Endpoint {
+        Endpoint::veth(id, ifname, ip)
+    }
 
     fn start(workers: usize, net: &MemNetwork) -> Dataplane<MemBackend> {
         start_with_frames(workers, net, 256)

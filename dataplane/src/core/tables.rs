@@ -343,17 +343,7 @@ mod tests {
 
     fn ep(id: &str, ifname: &str, ip: [u8; 4]) -> Endpoint {
         let ip = Ipv4Addr::from(ip);
-        Endpoint {
-            id: id.into(),
-            host_ifname: ifname.into(),
-            ips: vec![(ip).into()],
-            mac: MacAddr::for_pod(ip),
-            attachment: Default::default(),
-            netns: String::new(),
-            pod_ifname: String::new(),
-            netns_id: None,
-            mtu: None,
-        }
+        Endpoint::veth(id, ifname, ip)
     }
 
     fn ports(name: &str) -> Option<PortId> {

@@ -172,22 +172,6 @@ impl MemNetwork {
     }
 }
 
-/// A veth pod's endpoint `id` on port `ifname` at `ip`, with the pod MAC
-/// ferry gives that address and no MTU.
-pub fn veth_endpoint(id: &str, ifname: &str, ip: std::net::Ipv4Addr) -> ferry_api::table::Endpoint {
-    ferry_api::table::Endpoint {
-        id: id.into(),
-        host_ifname: ifname.into(),
-        ips: vec![ip.into()],
-        mac: ferry_api::MacAddr::for_pod(ip),
-        attachment: Default::default(),
-        netns: String::new(),
-        pod_ifname: String::new(),
-        netns_id: None,
-        mtu: None,
-    }
-}
-
 /// Ring sizes of an in-memory queue (like a socket's).
 const MEM_RING: usize = 256;
 

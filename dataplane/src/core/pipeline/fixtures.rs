@@ -62,19 +62,12 @@ pub fn endpoints() -> Vec<Endpoint> {
     PODS.iter()
         .chain([&SMALL_POD])
         .map(|(port, ip)| Endpoint {
-            id: format!("pod{port}/eth0"),
-            host_ifname: format!("fy{port}"),
-            ips: vec![(*ip).into()],
-            mac: MacAddr::for_pod(*ip),
-            attachment: Default::default(),
-            netns: String::new(),
-            pod_ifname: String::new(),
-            netns_id: None,
             mtu: match *port {
                 3 => None,
                 4 => Some(SMALL_MTU),
                 _ => Some(POD_MTU),
             },
+            ..Endpoint::veth(format!("pod{port}/eth0"), format!("fy{port}"), *ip)
         })
         .collect()
 }

@@ -77,17 +77,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                 .iter()
                 .map(|(last, port)| {
                     let ip = Ipv4Addr::new(10, 88, 0, *last);
-                    Endpoint {
-                        id: format!("p{last}/eth0"),
-                        host_ifname: format!("fy{port}"),
-                        ips: vec![(ip).into()],
-                        mac: MacAddr::for_pod(ip),
-                        attachment: Default::default(),
-                        netns: String::new(),
-                        pod_ifname: String::new(),
-                        netns_id: None,
-                        mtu: None,
-                    }
+                    Endpoint::veth(format!("p{last}/eth0"), format!("fy{port}"), ip)
                 })
                 .collect();
             let node = NodeSettings {
