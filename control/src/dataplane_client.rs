@@ -163,26 +163,24 @@ impl DataplaneClient {
     /// Upsert an endpoint and wait (at most `wait`) until the dataplane
     /// applied it; returns the generation from which it is visible.
     pub async fn upsert(&self, ep: Endpoint, wait: Duration) -> Result<u64, DpError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Upsert(ep, tx))
-            .await
-            .map_err(|_| DpError::Shutdown)?;
-        match timeout(wait, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(DpError::Shutdown),
-            Err(_) => Err(DpError::Timeout(wait)),
-        }
+        self.command(|tx| Cmd::Upsert(ep, tx), wait).await
     }
 
     /// Remove an endpoint. The endpoint leaves the synced set at once, so
     /// even when this fails (not connected), the next `Sync` drops it.
     pub async fn remove(&self, id: &str, wait: Duration) -> Result<u64, DpError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Remove(id.to_string(), tx))
+        self.command(|tx| Cmd::Remove(id.to_string(), tx), wait)
             .await
-            .map_err(|_| DpError::Shutdown)?;
+    }
+
+    /// Hand one command to the task and wait (at most `wait`) for its answer.
+    async fn command(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<u64, DpError>>) -> Cmd,
+        wait: Duration,
+    ) -> Result<u64, DpError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(cmd(tx)).await.map_err(|_| DpError::Shutdown)?;
         match timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(DpError::Shutdown),

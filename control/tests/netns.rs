@@ -559,6 +559,17 @@ fn adds_nobody_waits_for_are_rolled_back() {
     drop(pod);
 }
 
+/// Drop the dataplane connection and wait until ferryd said Hello and
+/// synced again.
+async fn resync(dp: &RecordingTableServer, agent: &Agent) {
+    let n = dp.requests().len();
+    dp.disconnect();
+    wait_for("resync", || {
+        dp.requests().len() >= n + 2 && agent.dataplane().connected()
+    })
+    .await;
+}
+
 fn status_of(resp: PodResponse) -> (bool, u32, Vec<pod::StaleAttachment>) {
     match resp {
         PodResponse::Status {
@@ -600,12 +611,7 @@ fn a_partial_sync_is_a_success_that_names_what_is_missing() {
                 error: "interface does not exist".into(),
             },
         ];
-        let n = dp.requests().len();
-        dp.disconnect();
-        wait_for("resync", || {
-            dp.requests().len() >= n + 2 && agent.dataplane().connected()
-        })
-        .await;
+        resync(&dp, &agent).await;
         let (ready, code, stale) = status_of(agent.handle(status()).await);
         assert!(!ready);
         assert_eq!(code, code::LIMITED_CONNECTIVITY);
@@ -615,12 +621,7 @@ fn a_partial_sync_is_a_success_that_names_what_is_missing() {
 
         // All ports back: ready again, nothing stale.
         dp.sync_missing.lock().unwrap().clear();
-        let n = dp.requests().len();
-        dp.disconnect();
-        wait_for("resync", || {
-            dp.requests().len() >= n + 2 && agent.dataplane().connected()
-        })
-        .await;
+        resync(&dp, &agent).await;
         let (ready, code, stale) = status_of(agent.handle(status()).await);
         assert!(ready && code == 0 && stale.is_empty(), "{code} {stale:?}");
         assert_ok(

@@ -439,6 +439,19 @@ impl Node {
         self.ferryd = Some(d);
     }
 
+    /// Stop ferryd, add `line` to its config, start it again and wait
+    /// until it is ready.
+    pub fn restart_ferryd_with(&mut self, line: &str) {
+        self.ferryd.take().expect("ferryd running").stop();
+        let cfg = self.dir.path.join("ferryd.toml");
+        let mut text = fs::read_to_string(&cfg).expect("read ferryd config");
+        text.push_str(line);
+        text.push('\n');
+        fs::write(&cfg, text).expect("write ferryd config");
+        self.start_ferryd();
+        self.wait_ready();
+    }
+
     /// Wait until ferryd answers STATUS ready (dataplane connected).
     pub fn wait_ready(&self) {
         let ok = wait_until(Duration::from_secs(30), || self.status().exit == 0);
@@ -469,6 +482,13 @@ impl Node {
         if let Some(ipam) = &self.opts.ipam {
             v["ipam"] = serde_json::from_str(ipam).expect("ipam JSON");
         }
+        v.to_string()
+    }
+
+    /// The network config for a cniVersion with `"attachment": "tap"`.
+    pub fn tap_conf(&self, version: &str) -> String {
+        let mut v: Value = serde_json::from_str(&self.conf(version)).expect("conf is JSON");
+        v["attachment"] = "tap".into();
         v.to_string()
     }
 

@@ -294,13 +294,7 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     holder.stop();
 
     // metrics_listen = "" turns the endpoint off.
-    node.ferryd.take().unwrap().stop();
-    let cfg = node.dir.path.join("ferryd.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str("metrics_listen = \"\"\n");
-    fs::write(&cfg, text).unwrap();
-    node.start_ferryd();
-    node.wait_ready();
+    node.restart_ferryd_with("metrics_listen = \"\"");
     assert!(
         curl(&node, &[URL]).is_none(),
         "metrics served while disabled"
@@ -322,13 +316,7 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
 #[test]
 fn metrics_on_every_address_are_not_served_to_pods() {
     let mut node = Node::start("fmp", NodeOpts::default());
-    node.ferryd.take().unwrap().stop();
-    let cfg = node.dir.path.join("ferryd.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str("metrics_listen = \"0.0.0.0:9469\"\n");
-    fs::write(&cfg, text).unwrap();
-    node.start_ferryd();
-    node.wait_ready();
+    node.restart_ferryd_with("metrics_listen = \"0.0.0.0:9469\"");
     let pod = node.add_pod(1);
     let gw = itest::first_host(&node.opts.pod_cidr);
     let url = format!("http://{gw}:9469/metrics");

@@ -61,12 +61,6 @@ fn addresses_in_use(node: &Node) -> u64 {
         .unwrap_or_else(|| panic!("no address count in {msg:?}"))
 }
 
-fn tap_conf(node: &Node) -> String {
-    let mut v: Value = serde_json::from_str(&node.conf("1.0.0")).unwrap();
-    v["attachment"] = "tap".into();
-    v.to_string()
-}
-
 /// Delete a pod's namespace behind ferry's back (the pod is gone, its
 /// DEL never came). The guard's own delete later finds nothing.
 fn vanish(pod: &Pod) {
@@ -133,7 +127,7 @@ fn a_vanished_pod_namespace_does_not_stop_adds_after_a_dataplane_restart() {
 fn a_node_reboot_leaves_ferryd_ready_within_seconds() {
     let mut node = Node::start("frb", NodeOpts::default());
     let veth = node.add_pod(1);
-    let tap = node.add_pod_with(2, &tap_conf(&node));
+    let tap = node.add_pod_with(2, &node.tap_conf("1.0.0"));
     assert!(veth.ping(&tap.ip, 1));
 
     // The reboot: both daemons die, every namespace (node and pods) goes,

@@ -12,13 +12,6 @@ use serde_json::Value;
 /// Bytes per transfer: enough for thousands of 64 KiB GSO frames.
 const BYTES: u64 = 32 * 1024 * 1024;
 
-/// The network config with `"attachment": "tap"`.
-fn tap_conf(node: &Node, version: &str) -> String {
-    let mut v: Value = serde_json::from_str(&node.conf(version)).unwrap();
-    v["attachment"] = "tap".into();
-    v.to_string()
-}
-
 /// The network config (veth by default) with the pod annotation as
 /// containerd's CRI passes it in runtimeConfig.
 fn annotated_conf(node: &Node, version: &str, attachment: &str) -> String {
@@ -30,7 +23,7 @@ fn annotated_conf(node: &Node, version: &str, attachment: &str) -> String {
 }
 
 fn add_tap_pod(node: &Node, n: u32) -> Pod {
-    node.add_pod_with(n, &tap_conf(node, "1.0.0"))
+    node.add_pod_with(n, &node.tap_conf("1.0.0"))
 }
 
 /// `ip -d link show eth0` inside the pod.
@@ -115,7 +108,7 @@ fn port_stats(node: &Node, pod: &Pod) -> Value {
 fn tap_pod_add_check_del_del_again() {
     let node = Node::start("ta", NodeOpts::default());
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
-        let conf = tap_conf(&node, version);
+        let conf = node.tap_conf(version);
         let pod = node.add_pod_with(10 + i as u32, &conf);
         let (ns, container, ip, result) = (&pod.ns, &pod.container, &pod.ip, &pod.result);
         let addr = result["ips"][0]["address"].as_str().unwrap();
@@ -226,7 +219,7 @@ fn tap_pod_add_check_del_del_again() {
         "busypod",
         &busy.path(),
         "eth0",
-        &tap_conf(&node, "1.0.0"),
+        &node.tap_conf("1.0.0"),
     );
     assert_ne!(out.exit, 0, "ADD over an existing eth0 succeeded");
     let links = ns_run_ok(&busy.name, &["ip", "-d", "link", "show"]);

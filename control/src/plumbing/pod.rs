@@ -1,6 +1,8 @@
 //! The pod end: configuring it inside the pod namespace (name, MAC, MTU,
 //! address, routes), and looking at it (CHECK, reconcile).
 
+use std::net::Ipv4Addr;
+
 use ferry_api::table::{Attachment, NetnsId};
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
@@ -63,30 +65,30 @@ pub(super) async fn configure_pod_end(
             set_up(h, lo.index, "lo").await?;
         }
     }
-    let mut onlink_done = false;
-    for r in pod.effective_routes() {
-        let gw = r.gw.unwrap_or(pod.gateway);
-        let first = add_route(
+    // A pod's routes are created, never written over one that exists.
+    let via = |dst: Ipv4Net, gw: Ipv4Addr| {
+        add_route(
             h,
             idx,
-            r.dst,
+            dst,
             Some(gw),
             None,
             RouteScope::Universe,
             Existing::Keep,
         )
-        .await;
-        let retry = match first {
+    };
+    let failed = |dst: Ipv4Net, gw: Ipv4Addr, e| {
+        NetlinkError::request(format!("add route {dst} via {gw} in {}", pod.netns), e)
+    };
+    let mut onlink_done = false;
+    for r in pod.effective_routes() {
+        let gw = r.gw.unwrap_or(pod.gateway);
+        let retry = match via(r.dst, gw).await {
             Ok(()) => continue,
             // The gateway is not on a connected subnet (e.g. a /32
             // address): reach it on-link first, then retry.
             Err(e) if errno(&e) == Some(libc::ENETUNREACH) && !onlink_done => e,
-            Err(e) => {
-                return Err(NetlinkError::request(
-                    format!("add route {} via {gw} in {}", r.dst, pod.netns),
-                    e,
-                ))
-            }
+            Err(e) => return Err(failed(r.dst, gw, e)),
         };
         log::debug!(
             "route {} via {gw}: {retry}; adding {gw}/32 scope link first",
@@ -109,19 +111,7 @@ pub(super) async fn configure_pod_end(
             )
         })?;
         onlink_done = true;
-        add_route(
-            h,
-            idx,
-            r.dst,
-            Some(gw),
-            None,
-            RouteScope::Universe,
-            Existing::Keep,
-        )
-        .await
-        .map_err(|e| {
-            NetlinkError::request(format!("add route {} via {gw} in {}", r.dst, pod.netns), e)
-        })?;
+        via(r.dst, gw).await.map_err(|e| failed(r.dst, gw, e))?;
     }
     Ok(())
 }

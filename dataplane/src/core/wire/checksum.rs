@@ -79,19 +79,9 @@ pub fn update16(hc: u16, old: u16, new: u16) -> u16 {
 mod tests {
     use super::*;
 
-    /// Straightforward 16-bit reference.
+    /// The checksum by the straightforward 16-bit reference sum.
     fn reference(data: &[u8]) -> u16 {
-        let mut s: u32 = 0;
-        for c in data.chunks(2) {
-            let w = if c.len() == 2 {
-                u16::from_be_bytes([c[0], c[1]])
-            } else {
-                u16::from(c[0]) << 8
-            };
-            s += u32::from(w);
-            s = (s & 0xffff) + (s >> 16);
-        }
-        !(s as u16)
+        !crate::core::pipeline::fixtures::ref_sum(&[data])
     }
 
     #[test]
