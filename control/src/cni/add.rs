@@ -67,7 +67,7 @@ impl Agent {
         }
         // The namespace is identified once, here; plumbing later opens the
         // path again and works only if it still names this namespace.
-        let (_, netns_id) = netns::open(&netns, None, self.netlink.forbidden())
+        let (netns_file, netns_id) = netns::open(&netns, None, self.netlink.forbidden())
             .await
             .map_err(netns_err)?;
 
@@ -199,7 +199,6 @@ impl Agent {
             ifname: id.ifname.clone(),
             host_ifname: host.clone(),
             netns: netns.clone(),
-            netns_id,
             mac: record.mac,
             address: record.address,
             gateway: record.gateway,
@@ -209,7 +208,7 @@ impl Agent {
             max_queues: crate::plumbing::max_veth_queues(workers),
             attachment,
         };
-        if let Err(e) = self.netlink.plumb(&plumbing).await {
+        if let Err(e) = self.netlink.plumb(&plumbing, netns_file).await {
             self.undo(&record, false).await;
             return Err(err(
                 code::PLUMBING_FAILED,

@@ -15,7 +15,7 @@
 
 use std::net::Ipv4Addr;
 
-use ferry_api::table::{Attachment, NetnsId};
+use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -219,9 +219,6 @@ pub struct PodPlumbing {
     pub ifname: String,
     pub host_ifname: String,
     pub netns: String,
-    /// The namespace `netns` named when ADD checked it: plumbing happens
-    /// only if the path still names that one.
-    pub netns_id: NetnsId,
     pub mac: MacAddr,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -296,10 +293,12 @@ impl Netlink {
     /// Create the pod's interface (a veth pair, or a tap made inside the
     /// pod namespace) and configure the pod end there. On failure the
     /// caller undoes with [`Netlink::unplumb`] / [`Netlink::unplumb_tap`].
-    pub async fn plumb(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+    /// `ns` is the pod namespace ADD opened and checked ([`netns::open`]):
+    /// plumbing works on it, never on a second lookup of the path.
+    pub async fn plumb(&self, p: &PodPlumbing, ns: std::fs::File) -> Result<(), NetlinkError> {
         match p.attachment {
-            Attachment::Tap => self.plumb_tap(p).await,
-            Attachment::Veth => self.plumb_veth(p).await,
+            Attachment::Tap => self.plumb_tap(p, ns).await,
+            Attachment::Veth => self.plumb_veth(p, ns).await,
         }
     }
 }

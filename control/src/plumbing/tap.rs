@@ -11,7 +11,7 @@
 use ferry_api::table::NetnsId;
 use ferry_api::MacAddr;
 
-use super::netns::in_netns;
+use super::netns::{in_netns, in_netns_file};
 use super::pod::configure_pod_end;
 use super::{delete_link, link_by_name, temp_peer_name, Netlink, NetlinkError, PodPlumbing};
 
@@ -29,23 +29,22 @@ impl Netlink {
     /// A tap pod: create the persistent tap under the temporary name inside
     /// the pod namespace (on the netns thread), then configure it like a
     /// veth's pod end (rename, MAC, MTU, address, routes).
-    pub(super) async fn plumb_tap(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+    pub(super) async fn plumb_tap(
+        &self,
+        p: &PodPlumbing,
+        ns: std::fs::File,
+    ) -> Result<(), NetlinkError> {
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let pod = p.clone();
-        in_netns(
-            &p.netns,
-            Some(p.netns_id),
-            &self.forbidden,
-            move |h| async move {
-                create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
-                    name: tmp.clone(),
-                    netns: pod.netns.clone(),
-                    op,
-                    source,
-                })?;
-                configure_pod_end(&h, &tmp, &pod).await
-            },
-        )
+        in_netns_file(ns, &p.netns, move |h| async move {
+            create_persistent(&tmp).map_err(|(op, source)| NetlinkError::Tap {
+                name: tmp.clone(),
+                netns: pod.netns.clone(),
+                op,
+                source,
+            })?;
+            configure_pod_end(&h, &tmp, &pod).await
+        })
         .await
     }
 

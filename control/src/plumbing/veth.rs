@@ -7,7 +7,7 @@ use ferry_api::table::NetnsId;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
-use super::netns::{self, in_netns, in_netns_file};
+use super::netns::{in_netns, in_netns_file};
 use super::pod::configure_pod_end;
 use super::{
     delete_link, errno, link_by_name, set_up, temp_peer_name, Netlink, NetlinkError, PodPlumbing,
@@ -59,9 +59,8 @@ pub(super) fn set_channels(ifname: &str, n: u32) -> Result<(), NetlinkError> {
 impl Netlink {
     /// A veth pod: the pair, its peer made in the pod namespace and
     /// configured there, the host end up with one queue per worker.
-    pub(super) async fn plumb_veth(&self, p: &PodPlumbing) -> Result<(), NetlinkError> {
+    pub(super) async fn plumb_veth(&self, p: &PodPlumbing, ns: File) -> Result<(), NetlinkError> {
         let h = &self.handle;
-        let (ns, _) = netns::open(&p.netns, Some(p.netns_id), &self.forbidden).await?;
         let tmp = temp_peer_name(&p.container_id, &p.ifname);
         let pair = || {
             veth_message(
