@@ -8,7 +8,6 @@
 //! that still answers on it. While a request is served, the connection is
 //! watched: a client that hangs up abandons its ADD, which is rolled back.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,24 +51,8 @@ pub enum ServerError {
     },
     #[error("{path} is served by a running process (another ferryd?); refusing to take it over")]
     InUse { path: PathBuf },
-}
-
-/// Remove a socket file left by a process that is gone; refuse when
-/// something still accepts connections on it. Shared by both daemons.
-pub fn remove_stale_socket(path: &Path) -> Result<bool, ServerError> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServerError::InUse {
-            path: path.to_path_buf(),
-        });
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(ServerError::RemoveStale {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
 }
 
 /// Whether a peer with these credentials may use ferryd's socket.
@@ -80,26 +63,24 @@ pub fn peer_allowed(peer_uid: u32) -> bool {
 /// Bind the pod-API socket: parent directory created, a stale socket file
 /// removed (not a live one), mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    if remove_stale_socket(path)? {
+    use ferry_api::wire::BindError as B;
+    let (listener, removed) = ferry_api::wire::bind_private(path).map_err(|e| match e {
+        B::Dir { path, source } => ServerError::CreateDir { path, source },
+        B::InUse { path } => ServerError::InUse { path },
+        B::NotASocket { path } => ServerError::NotASocket { path },
+        B::Stale { path, source } => ServerError::RemoveStale { path, source },
+        B::Bind { path, source } => ServerError::Bind { path, source },
+        B::Chmod { path, source } => ServerError::Chmod { path, source },
+    })?;
+    if removed {
         log::info!("removed stale socket {}", path.display());
     }
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+    let bind_err = |source| ServerError::Bind {
         path: path.to_path_buf(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        ServerError::Chmod {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    UnixListener::from_std(listener).map_err(bind_err)
 }
 
 /// Accept connections forever, one task each; every answered request is

@@ -15,10 +15,8 @@
 //! interleave (one update at a time), while Stats/Tables work from any
 //! connection. The Mutex is the control side's only: workers never take it.
 
-use std::fs;
 use std::io::{self, BufReader, BufWriter};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -59,44 +57,20 @@ pub enum ServerError {
 }
 
 /// Bind `path`: create its directory, replace a stale socket file (one no
-/// process answers on), refuse a live one; the socket is mode 0600.
+/// process answers on), refuse a live one; the socket is mode 0600
+/// ([`wire::bind_private`]).
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|source| ServerError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse {
-                    path: path.to_path_buf(),
-                });
-            }
-            fs::remove_file(path).map_err(|source| ServerError::Stale {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        Ok(_) => {
-            return Err(ServerError::NotASocket {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-        ServerError::Chmod {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    use wire::BindError as B;
+    wire::bind_private(path)
+        .map(|(listener, _)| listener)
+        .map_err(|e| match e {
+            B::Dir { path, source } => ServerError::Dir { path, source },
+            B::InUse { path } => ServerError::InUse { path },
+            B::NotASocket { path } => ServerError::NotASocket { path },
+            B::Stale { path, source } => ServerError::Stale { path, source },
+            B::Bind { path, source } => ServerError::Bind { path, source },
+            B::Chmod { path, source } => ServerError::Chmod { path, source },
+        })
 }
 
 /// Whether a peer with uid `peer` may use the table API of a dataplane
@@ -297,6 +271,9 @@ pub fn serve_connection<B: PortBackend>(stream: UnixStream, dataplane: Arc<Mutex
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
     use crate::control::DataplaneConfig;
     use crate::sim::{MemBackend, MemNetwork};
     use ferry_api::table::API_VERSION;
