@@ -24,7 +24,7 @@ pub const HOST_PORT_DP_SUFFIX: &str = "dp";
 pub const FIELDS_HELP: &str = "\
 Configuration file (TOML, every field optional):
   socket            pod-API Unix socket the `ferry` CNI binary talks to
-                    [default: /run/ferry/ferryd.sock]
+                    (mode 0600, uid 0 or ferryd's own) [default: /run/ferry/ferryd.sock]
   dataplane_socket  ferry-dataplane's table-API socket
                     [default: /run/ferry/dataplane.sock]
   state_dir         directory of the crash-safe store (ferry.redb)
@@ -33,14 +33,16 @@ Configuration file (TOML, every field optional):
                     [default: [\"10.88.0.0/16\"]]
   gateway           the pods' default gateway, inside one of pod_cidrs
                     [default: first host address of the first CIDR]
-  mtu               MTU of pod interfaces and of the host port, 68..=65535
-                    [default: 1500]
+  mtu               MTU of pod interfaces and of the host port, 68..=65535;
+                    ADD refuses a pod MTU above what its attachment carries
+                    (the dataplane says: veth 1778, tap 65535) [default: 1500]
   host_port         kernel-side name of the host port veth (1-13 chars); the
                     dataplane side is <host_port>dp [default: ferry0]
   log_level         off|error|warn|info|debug|trace; RUST_LOG overrides it
                     [default: info]
   metrics_listen    address:port of the Prometheus endpoint (GET /metrics);
-                    \"\" disables it [default: 127.0.0.1:9469]";
+                    \"\" disables it; connections from pod addresses are
+                    refused [default: 127.0.0.1:9469]";
 
 /// The file as written: everything optional, unknown fields refused.
 #[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]

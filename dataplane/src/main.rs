@@ -29,7 +29,7 @@ use ferry_dataplane::io::tap::TapBackend;
     about = "ferry's userspace AF_XDP dataplane"
 )]
 struct Cli {
-    /// Unix socket of the table API.
+    /// Unix socket of the table API (made mode 0600; only peers of uid 0 or the dataplane's own uid are served).
     #[arg(long, default_value = ferry_api::pod::DEFAULT_DATAPLANE_SOCKET)]
     socket: PathBuf,
     /// Number of worker threads (worker i serves queue i of every port).
