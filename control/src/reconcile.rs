@@ -39,22 +39,26 @@ pub enum Liveness {
 /// makes a record stale: a netlink request that fails is logged and the
 /// record kept live.
 pub async fn check(netlink: &Netlink, rec: &Record) -> Liveness {
-    if let Err(e) = netns::open(&rec.netns, rec.netns_id, netlink.forbidden()).await {
-        return Liveness::Stale(e.to_string());
-    }
     match rec.attachment {
-        Attachment::Veth => match netlink.link(&rec.host_ifname).await {
-            Ok(Some(_)) => Liveness::Live,
-            Ok(None) => Liveness::Stale(format!("host veth {} is missing", rec.host_ifname)),
-            Err(e) => {
-                log::warn!(
-                    "{}: cannot check host veth {}: {e}",
-                    rec.id,
-                    rec.host_ifname
-                );
-                Liveness::Live
+        // The pod namespace, then the host end in the node. (A tap's check
+        // opens the namespace itself, with the same checks, in `pod_view`.)
+        Attachment::Veth => {
+            if let Err(e) = netns::open(&rec.netns, rec.netns_id, netlink.forbidden()).await {
+                return Liveness::Stale(e.to_string());
             }
-        },
+            match netlink.link(&rec.host_ifname).await {
+                Ok(Some(_)) => Liveness::Live,
+                Ok(None) => Liveness::Stale(format!("host veth {} is missing", rec.host_ifname)),
+                Err(e) => {
+                    log::warn!(
+                        "{}: cannot check host veth {}: {e}",
+                        rec.id,
+                        rec.host_ifname
+                    );
+                    Liveness::Live
+                }
+            }
+        }
         Attachment::Tap => match netlink
             .pod_view(&rec.netns, rec.netns_id, &rec.id.ifname)
             .await
