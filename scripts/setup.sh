@@ -9,6 +9,7 @@ PKGS=(
   iperf3                                                      # TCP between pods
   curl                                                        # scraping ferryd's /metrics (demo, tests)
   ethtool                                                     # offload checks of tap pods (itest)
+  nftables                                                    # masquerade of pod traffic leaving the cluster (ferryd, uplink mode)
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
   golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)

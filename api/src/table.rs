@@ -47,7 +47,66 @@ pub struct NodeSettings {
     /// routed to the node kernel larger than this are answered with ICMP
     /// "fragmentation needed" (DF set) or dropped.
     pub mtu: u32,
+    /// The node's NIC towards the other nodes and how pod traffic crosses
+    /// it; `None`: a single node (nothing leaves but through the host
+    /// port). Only ferryd names the uplink, and only here: an endpoint
+    /// naming it is refused like any interface that is not ferry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<Uplink>,
 }
+
+/// The uplink: the node's own NIC, shared with the node kernel. The
+/// dataplane binds AF_XDP sockets to its queues and attaches a classifying
+/// XDP program that redirects only ferry's traffic (VXLAN to `address` and
+/// the overlay port, or in direct mode packets to the node's pod CIDRs);
+/// everything else passes to the kernel.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub ifname: String,
+    /// The node's address on the uplink: the outer source of VXLAN packets
+    /// and the destination the classifier matches.
+    pub address: Ipv4Addr,
+    pub overlay: Overlay,
+    /// When the uplink's channel count is not the worker count, set it to
+    /// the worker count (`ETHTOOL_SCHANNELS`, as `ethtool -L combined`);
+    /// `false`: use it as it is (see ARCHITECTURE.md "Uplink").
+    #[serde(default)]
+    pub set_channels: bool,
+}
+
+/// How pod traffic reaches a peer node.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Overlay {
+    /// Encapsulated in VXLAN (RFC 7348) to the peer's address.
+    Vxlan { vni: u32, port: u16 },
+    /// Routed as it is to the peer's MAC on the uplink (host-gw): peers
+    /// must be on the uplink's link.
+    Direct,
+}
+
+impl Overlay {
+    /// What the overlay takes of the uplink MTU: VXLAN puts an outer IPv4
+    /// (20), UDP (8) and VXLAN (8) header and the inner Ethernet header
+    /// (14) around the pod's IP packet, 50 bytes (Flannel's and Cilium's
+    /// figure); direct routing nothing.
+    pub fn mtu_overhead(&self) -> u32 {
+        match self {
+            Overlay::Vxlan { .. } => 50,
+            Overlay::Direct => 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Overlay::Vxlan { .. } => "vxlan",
+            Overlay::Direct => "direct",
+        }
+    }
+}
+
+/// IANA's VXLAN port (Flannel's default is Linux's legacy 8472).
+pub const VXLAN_PORT: u16 = 4789;
 
 /// The veth pair that joins the dataplane to the node kernel: the dataplane
 /// drives `ifname`; the kernel end (`kernel_ifname`, holding the gateway
@@ -221,6 +280,9 @@ pub enum NextHop {
     Host,
     /// Drop (counted as `no_route`).
     Blackhole,
+    /// A peer node, by its uplink address: encapsulated to it (VXLAN) or
+    /// sent to its MAC on the uplink (direct), as `Uplink::overlay` says.
+    Node(IpAddr),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -304,6 +366,26 @@ pub struct TableDump {
     pub routes: Vec<Route>,
     /// Port name -> port index used in the forwarding tables.
     pub ports: BTreeMap<String, u32>,
+    /// The MAC each peer node is reached at on the uplink (the peer's own,
+    /// or its gateway's when it is off-link), as the dataplane resolved
+    /// it from the node kernel's neighbour table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// How the dataplane reaches one peer node on the uplink.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The peer node's address.
+    pub node: IpAddr,
+    /// Where its frames go on the uplink: the peer itself (on-link) or
+    /// the gateway the node kernel routes it through.
+    pub next_hop: IpAddr,
+    /// `None` while unresolved (frames to it are dropped
+    /// `neighbour_unresolved`).
+    pub mac: Option<MacAddr>,
+    /// Why it is unresolved, or the kernel's neighbour state.
+    pub state: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -327,6 +409,10 @@ pub struct PortStats {
     /// Whether the dataplane has the port open (veth: XDP attached and
     /// sockets bound; tap: queues attached).
     pub attached: bool,
+    /// How the port is driven: the XDP attach and socket bind mode
+    /// (`native-zerocopy`, `native-copy`, `generic-copy`) or `tap`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub tx_frames: u64,

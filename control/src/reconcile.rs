@@ -173,6 +173,7 @@ fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
         pod_cidrs: cfg.pod_cidrs.iter().map(|&c| c.into()).collect(),
         host_port,
         mtu: cfg.mtu,
+        uplink: None,
     }
 }
 

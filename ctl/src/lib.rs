@@ -162,6 +162,7 @@ pub fn render_routes(t: &TableDump) -> String {
                 table::NextHop::Endpoint(id) => format!("endpoint {id}"),
                 table::NextHop::Host => "host".into(),
                 table::NextHop::Blackhole => "blackhole".into(),
+                table::NextHop::Node(addr) => format!("node {addr}"),
             };
             vec![r.prefix.to_string(), hop]
         })
@@ -336,6 +337,7 @@ mod tests {
             endpoints: vec![Endpoint::veth("c1/eth0", "fy0123456789a", ip)],
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
+            neighbours: vec![],
         };
         let stale = [StaleAttachment {
             endpoint: "gone/eth0".into(),

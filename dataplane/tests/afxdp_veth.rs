@@ -229,6 +229,7 @@ fn node_settings(host_ifname: &str, kernel_mac: MacAddr) -> NodeSettings {
             kernel_mac,
         }),
         mtu: 1500,
+        uplink: None,
     }
 }
 

@@ -84,6 +84,7 @@ fn tables() -> Tables {
         pod_cidrs: vec!["10.88.0.0/24".parse().unwrap()],
         host_port: None,
         mtu: 1500,
+        uplink: None,
     };
     let eps = [endpoint("ft1", TAP), endpoint("fy2", PLAIN)];
     Tables::build(1, &node, &eps, &[], |name| match name {

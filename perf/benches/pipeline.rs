@@ -40,6 +40,7 @@ fn node() -> NodeSettings {
             kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         }),
         mtu: 1500,
+        uplink: None,
     }
 }
 

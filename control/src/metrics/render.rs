@@ -306,6 +306,7 @@ mod tests {
                         name: "ferry0dp".into(),
                         endpoint: "host".into(),
                         attached: true,
+                        mode: "native-copy".into(),
                         rx_frames: 10,
                         rx_bytes: 1000,
                         tx_frames: 4,

@@ -45,6 +45,7 @@ fn tables() -> &'static Tables {
                 kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             }),
             mtu: 1500,
+            uplink: None,
         };
         let endpoints: Vec<Endpoint> = (1..=3u8)
             .map(|i| {

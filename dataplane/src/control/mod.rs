@@ -502,6 +502,7 @@ impl<B: PortBackend> Dataplane<B> {
             endpoints: self.state.endpoints.values().cloned().collect(),
             routes: self.state.routes.values().cloned().collect(),
             ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
+            neighbours: Vec::new(),
         }
     }
 
@@ -557,6 +558,7 @@ fn empty_node() -> NodeSettings {
         pod_cidrs: Vec::new(),
         host_port: None,
         mtu: 1500,
+        uplink: None,
     }
 }
 
@@ -586,6 +588,7 @@ mod tests {
                 kernel_mac: KERNEL_MAC,
             }),
             mtu: 1500,
+            uplink: None,
         }
     }
 

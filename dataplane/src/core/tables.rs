@@ -190,6 +190,7 @@ impl Tables {
                         .map_or(RouteTarget::Unresolved, |e| RouteTarget::Endpoint(*e)),
                     NextHop::Host => RouteTarget::Host,
                     NextHop::Blackhole => RouteTarget::Blackhole,
+                    NextHop::Node(_) => RouteTarget::Unresolved,
                 },
             })
             .collect();
@@ -338,6 +339,7 @@ mod tests {
                 kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             }),
             mtu: 1500,
+            uplink: None,
         }
     }
 

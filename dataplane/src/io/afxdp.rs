@@ -507,6 +507,10 @@ impl AfXdpBackend {
 }
 
 impl PortBackend for AfXdpBackend {
+    fn mode_of(attachment: &XdpAttachment) -> String {
+        attachment.mode.to_string()
+    }
+
     type Queue = NodeQueue;
     type Attachment = XdpAttachment;
 

@@ -296,13 +296,20 @@ impl PortBackend for NodeBackend {
         }
     }
 
+    fn mode_of(attachment: &NodeAttachment) -> String {
+        match attachment {
+            NodeAttachment::Xdp(a) => a.mode.to_string(),
+            NodeAttachment::Tap(_) => "tap".to_string(),
+        }
+    }
+
     fn open(
         &mut self,
         spec: &PortSpec,
         workers: usize,
     ) -> Result<Opened<NodeAttachment, NodeQueue>, PortError> {
         match spec.kind {
-            PortKind::Xdp(_) => {
+            PortKind::Xdp(_) | PortKind::Uplink(_) => {
                 let (a, qs) = self.xdp.open(spec, workers)?;
                 Ok((NodeAttachment::Xdp(a), qs))
             }

@@ -34,6 +34,20 @@ pub struct LinkFacts {
     pub kind: Option<String>,
     /// `IFLA_LINK_NETNSID`: the link's peer is in another namespace.
     pub peer_netnsid: Option<i32>,
+    /// `IFLA_ADDRESS`, when it is a 6-byte MAC.
+    pub mac: Option<ferry_api::MacAddr>,
+    /// `IFLA_MTU`.
+    pub mtu: Option<u32>,
+}
+
+/// MAC and MTU of `ifname` (the uplink), `None` when there is no such
+/// link or it has no Ethernet address.
+pub fn link_info(ifname: &str) -> Option<crate::io::port::LinkInfo> {
+    let facts = facts(ifname).ok()??;
+    Some(crate::io::port::LinkInfo {
+        mac: facts.mac?,
+        mtu: facts.mtu?,
+    })
 }
 
 /// The facts of the link `ifname` in the calling thread's network
@@ -80,6 +94,8 @@ fn parse(reply: &[u8]) -> io::Result<Option<LinkFacts>> {
             let mut facts = LinkFacts {
                 kind: None,
                 peer_netnsid: None,
+                mac: None,
+                mtu: None,
             };
             for attr in link.attributes {
                 match attr {
@@ -91,6 +107,12 @@ fn parse(reply: &[u8]) -> io::Result<Option<LinkFacts>> {
                         }
                     }
                     LinkAttribute::LinkNetNsId(id) => facts.peer_netnsid = Some(id),
+                    LinkAttribute::Address(a) => {
+                        facts.mac = <[u8; 6]>::try_from(a.as_slice())
+                            .ok()
+                            .map(ferry_api::MacAddr)
+                    }
+                    LinkAttribute::Mtu(m) => facts.mtu = Some(m),
                     _ => {}
                 }
             }
@@ -149,6 +171,8 @@ mod tests {
         LinkFacts {
             kind: kind.map(str::to_string),
             peer_netnsid,
+            mac: None,
+            mtu: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod afxdp;
 pub mod backend;
 pub mod link;
+pub mod neigh;
 pub mod netns;
 pub mod poll;
 pub mod pool;

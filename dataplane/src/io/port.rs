@@ -297,6 +297,32 @@ pub enum PortKind {
         ifname: String,
         netns_id: Option<ferry_api::table::NetnsId>,
     },
+    /// The node's uplink NIC (named by ferryd's `NodeSettings::uplink`
+    /// only): the classifying XDP program, one socket per queue.
+    Uplink(UplinkSpec),
+}
+
+/// What the uplink's classifier sends to the sockets; everything else
+/// passes to the node kernel. A change of any of it reopens the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkSpec {
+    /// The node's address on the uplink.
+    pub address: std::net::Ipv4Addr,
+    /// VXLAN mode: UDP to `address` and this port is ferry's.
+    pub vxlan_port: Option<u16>,
+    /// Direct mode: packets to these prefixes (the node's pod CIDRs) are
+    /// ferry's. Empty in VXLAN mode.
+    pub local_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Set the uplink's channel count to the worker count when they differ.
+    pub set_channels: bool,
+}
+
+/// What the dataplane must know of the uplink link itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub mac: ferry_api::MacAddr,
+    /// The link's MTU (L3 bytes).
+    pub mtu: u32,
 }
 
 /// One port to open: its name in the tables (the endpoint's
@@ -347,6 +373,30 @@ pub trait PortBackend: Send + 'static {
     /// The largest pod MTU each kind of port carries in one frame (what
     /// `Hello` reports, so ferryd refuses pods above it).
     fn mtu_limits(&self) -> MtuLimits;
+
+    /// How an opened port is driven, for operators (`PortStats::mode`):
+    /// `native-zerocopy`, `native-copy`, `generic-copy`, `tap`, `mem`.
+    fn mode_of(attachment: &Self::Attachment) -> String;
+
+    /// MAC and MTU of the interface `ifname` (the uplink), `None` when it
+    /// is not there. The kernel's answer unless a backend has its own
+    /// links.
+    fn link_info(&self, ifname: &str) -> Option<LinkInfo> {
+        crate::io::link::link_info(ifname)
+    }
+
+    /// How each peer in `peers` is reached on the uplink `ifname`: the next
+    /// hop the node kernel routes it through and that hop's MAC from the
+    /// kernel's neighbour table, asking the kernel to resolve what it does
+    /// not know yet (the answer then says unresolved; a later call sees
+    /// it). One entry per peer, in order.
+    fn resolve_neighbours(
+        &mut self,
+        ifname: &str,
+        peers: &[std::net::Ipv4Addr],
+    ) -> Vec<ferry_api::table::Neighbour> {
+        crate::io::neigh::resolve(ifname, peers)
+    }
 }
 
 /// Why a port could not be opened. Every variant names the interface.

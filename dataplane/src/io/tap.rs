@@ -357,6 +357,10 @@ pub fn open_queues(
 pub struct TapAttachment;
 
 impl PortBackend for TapBackend {
+    fn mode_of(_: &TapAttachment) -> String {
+        "tap".to_string()
+    }
+
     type Queue = NodeQueue;
     type Attachment = TapAttachment;
 

@@ -22,12 +22,16 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use ferry_api::table::MtuLimits;
+use std::net::Ipv4Addr;
+
+use ferry_api::table::{MtuLimits, Neighbour};
+use ferry_api::MacAddr;
 
 use crate::core::pipeline::Offload;
 use crate::io::pool::{MemDesc, MemPool};
 use crate::io::port::{
-    valid_ifname, FramePool, Opened, Owned, PortBackend, PortError, PortQueue, PortSpec, RingFrames,
+    valid_ifname, FramePool, LinkInfo, Opened, Owned, PortBackend, PortError, PortQueue, PortSpec,
+    RingFrames,
 };
 
 #[derive(Default)]
@@ -129,11 +133,29 @@ impl MemWire {
 #[derive(Clone, Default)]
 pub struct MemNetwork {
     wires: Arc<Mutex<BTreeMap<String, Arc<MemWire>>>>,
+    /// MAC and MTU of interfaces that have them (the uplink).
+    links: Arc<Mutex<BTreeMap<String, LinkInfo>>>,
+    /// The "kernel's" neighbour table: peer address -> MAC.
+    neighbours: Arc<Mutex<BTreeMap<Ipv4Addr, MacAddr>>>,
 }
 
 impl MemNetwork {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Give interface `name` a MAC and an MTU (what `link_info` answers).
+    pub fn set_link(&self, name: &str, info: LinkInfo) {
+        lock(&self.links).insert(name.to_string(), info);
+    }
+
+    /// Set (`Some`) or forget (`None`) the MAC of peer `ip`, as the
+    /// kernel's neighbour table would learn or lose it.
+    pub fn set_neighbour(&self, ip: Ipv4Addr, mac: Option<MacAddr>) {
+        match mac {
+            Some(mac) => lock(&self.neighbours).insert(ip, mac),
+            None => lock(&self.neighbours).remove(&ip),
+        };
     }
 
     /// Create (or replace) interface `name` with `queues` queues.
@@ -364,6 +386,37 @@ impl PortBackend for MemBackend {
                 .saturating_sub(crate::core::wire::ETH_HDR_LEN) as u32,
             tap: crate::io::tap::MAX_POD_MTU,
         }
+    }
+
+    fn mode_of(_: &MemAttachment) -> String {
+        "mem".to_string()
+    }
+
+    fn link_info(&self, ifname: &str) -> Option<LinkInfo> {
+        lock(&self.network.links).get(ifname).copied()
+    }
+
+    /// Every peer is on-link; its MAC is what `MemNetwork::set_neighbour`
+    /// said.
+    fn resolve_neighbours(&mut self, _ifname: &str, peers: &[Ipv4Addr]) -> Vec<Neighbour> {
+        let table = lock(&self.network.neighbours);
+        peers
+            .iter()
+            .map(|&p| {
+                let mac = table.get(&p).copied();
+                Neighbour {
+                    node: p.into(),
+                    next_hop: p.into(),
+                    mac,
+                    state: if mac.is_some() {
+                        "reachable"
+                    } else {
+                        "incomplete"
+                    }
+                    .to_string(),
+                }
+            })
+            .collect()
     }
 
     fn open(

@@ -55,6 +55,7 @@ pub fn node(with_host_port: bool) -> NodeSettings {
             kernel_mac: MacAddr(KERNEL_MAC),
         }),
         mtu: HOST_MTU,
+        uplink: None,
     }
 }
 

@@ -90,6 +90,7 @@ fn random_tables() -> impl Strategy<Value = Tables> {
                     kernel_mac: MacAddr(KERNEL_MAC),
                 }),
                 mtu: 1500,
+                uplink: None,
             };
             Tables::build(generation, &node, &endpoints, &routes(), port_of)
         })
