@@ -1304,6 +1304,120 @@ mod tests {
         assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
     }
 
+    /// Two dataplanes joined uplink to uplink (in memory), VXLAN between
+    /// them: a tap pod's 64 KiB-style GSO frame on A reaches a veth pod on
+    /// B as segments, each encapsulated on its own with valid headers;
+    /// frames wait for the peer's MAC (`neighbour_unresolved`) until the
+    /// neighbour table has it, and the dump shows it.
+    #[test]
+    fn two_nodes_carry_a_gso_frame_through_vxlan() {
+        use crate::core::wire::vxlan::{Outer, OUTER_LEN};
+        use crate::io::port::LinkInfo;
+        use ferry_api::table::{Overlay, Uplink};
+        const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 1);
+        const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 2);
+        const POD_B: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 5);
+        let (mac_a, mac_b) = (MacAddr([2, 0xa, 0, 0, 0, 1]), MacAddr([2, 0xb, 0, 0, 0, 2]));
+        let overlay = Overlay::Vxlan { vni: 1, port: 4789 };
+        let with_uplink = |mut n: NodeSettings, address| {
+            n.uplink = Some(Uplink {
+                ifname: "up0".into(),
+                address,
+                overlay,
+                set_channels: false,
+            });
+            n
+        };
+        let peer = |cidr: &str, node: Ipv4Addr| Route {
+            prefix: cidr.parse().unwrap(),
+            next_hop: NextHop::Node(node.into()),
+        };
+
+        let net_a = MemNetwork::new();
+        let wa = net_a.add_offloaded("fta", 1);
+        net_a.add("ferry0dp", 1);
+        let up_a = net_a.add("up0", 1);
+        net_a.set_link(
+            "up0",
+            LinkInfo {
+                mac: mac_a,
+                mtu: 1500,
+            },
+        );
+        let mut dp_a = start(1, &net_a);
+        applied(dp_a.handle(Request::Sync {
+            node: with_uplink(node(), NODE_A),
+            endpoints: vec![ep("a/eth0", "fta", A)],
+            routes: vec![peer("10.98.0.0/24", NODE_B)],
+        }));
+
+        let net_b = MemNetwork::new();
+        let wb = net_b.add("fyb", 1);
+        net_b.add("ferry0dp", 1);
+        let up_b = net_b.add("up0", 1);
+        net_b.set_link(
+            "up0",
+            LinkInfo {
+                mac: mac_b,
+                mtu: 1500,
+            },
+        );
+        net_b.set_neighbour(NODE_A, Some(mac_a));
+        let mut dp_b = start(1, &net_b);
+        let mut node_b = with_uplink(node(), NODE_B);
+        node_b.gateways = vec![Ipv4Addr::new(10, 98, 0, 1).into()];
+        node_b.pod_cidrs = vec!["10.98.0.0/24".parse().unwrap()];
+        applied(dp_b.handle(Request::Sync {
+            node: node_b,
+            endpoints: vec![ep("b/eth0", "fyb", POD_B)],
+            routes: vec![peer("10.99.0.0/24", NODE_A)],
+        }));
+
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let gso = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        // B's MAC is not known on A yet.
+        wa.inject_offloaded(0, gso, partial_tcp(A, POD_B, &payload));
+        wait_for("neighbour_unresolved on A", || {
+            port_drops(&dp_a, "fta").get("neighbour_unresolved") == Some(&1)
+        });
+        assert_eq!(dp_a.dump().neighbours[0].mac, None);
+        net_a.set_neighbour(NODE_B, Some(mac_b));
+        dp_a.refresh_neighbours();
+        assert_eq!(dp_a.dump().neighbours[0].mac, Some(mac_b));
+
+        wa.inject_offloaded(0, gso, partial_tcp(A, POD_B, &payload));
+        let wire = sent(&up_a, 3);
+        assert_eq!(wire.len(), 3, "one GSO frame -> 3 encapsulated segments");
+        for (i, f) in wire.iter().enumerate() {
+            assert_eq!(f.len(), OUTER_LEN + 54 + 1000, "segment {i}");
+            assert_eq!(&f[..6], &mac_b.0);
+            let o = Outer::parse(f, NODE_B, 4789, 1).expect("valid outer headers");
+            assert_eq!((o.src, o.inner_len), (NODE_A, 54 + 1000));
+            assert!(checksums_ok(&f[OUTER_LEN..]), "segment {i} inner checksums");
+            up_b.inject(0, f.clone());
+        }
+        let delivered = sent(&wb, 3);
+        let joined: Vec<u8> = delivered.iter().flat_map(|f| f[54..].to_vec()).collect();
+        assert_eq!(joined, payload);
+        assert!(delivered
+            .iter()
+            .all(|f| checksums_ok(f) && f[..6] == MacAddr::for_pod(POD_B).0));
+
+        let stats = dp_a.stats();
+        let up = stats.ports.iter().find(|p| p.name == "up0").unwrap();
+        assert_eq!(
+            (up.endpoint.as_str(), up.mode.as_str(), up.tx_frames),
+            (UPLINK_LABEL, "mem", 3)
+        );
+    }
+
     /// A GSO frame from a tap whose segments exceed the egress pod's MTU
     /// is answered on the tap with ICMP fragmentation needed (a plain
     /// frame), nothing reaches the pod, and the original counts as

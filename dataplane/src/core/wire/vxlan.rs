@@ -156,8 +156,11 @@ pub fn write_outer(out: &mut [u8], t: &Tunnel, inner: &[u8], src_port: u16) {
 /// `outer` (`OUTER_LEN` bytes, as [`write_outer`] made it) for the inner
 /// frame `inner`. An inner frame that is not IPv4 leaves id, TOS and DF 0.
 pub fn fix_outer(outer: &mut [u8], inner: &[u8]) {
-    let udp_len = (UDP_HDR_LEN + VXLAN_HDR_LEN + inner.len()).min(usize::from(u16::MAX));
-    let total = (IPV4_MIN_HDR_LEN + udp_len).min(usize::from(u16::MAX));
+    // A GSO frame's outer header is rewritten per segment; until then its
+    // lengths are clamped to what the fields hold, consistently.
+    let total =
+        (IPV4_MIN_HDR_LEN + UDP_HDR_LEN + VXLAN_HDR_LEN + inner.len()).min(usize::from(u16::MAX));
+    let udp_len = total - IPV4_MIN_HDR_LEN;
     let (tos, id, df) = match inner_ipv4(inner) {
         Some(i) => (i[1], be16(i, 4), be16(i, 6) & 0x4000),
         None => (0, 0, 0),
