@@ -41,7 +41,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::{fs, io};
 
 use aya::maps::XskMap;
@@ -419,6 +419,16 @@ pub struct XdpAttachment {
     /// `native-zerocopy`, `native-copy` or `generic-copy`: how the program
     /// is attached (driver or SKB XDP) and the sockets bound.
     pub mode: &'static str,
+}
+
+impl XdpAttachment {
+    /// The attached program, for `BPF_PROG_TEST_RUN`
+    /// ([`crate::io::xdp_run::run`]): what it does with a crafted frame on
+    /// this port, as it is configured.
+    pub fn program_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let prog: &Xdp = self.ebpf.program(self.prog)?.try_into().ok()?;
+        Some(prog.fd().ok()?.as_fd())
+    }
 }
 
 impl Drop for XdpAttachment {
