@@ -1,4 +1,7 @@
-//! Compiles the XDP programs in `xdp-progs/` with clang into OUT_DIR.
+//! Compiles the XDP programs in `xdp-progs/` with clang into OUT_DIR:
+//! `redirect` (pod veths and the host port) and `uplink` (the node's NIC,
+//! classifying), both including the shared map structs of
+//! `xdp-progs/ferry_maps.h`.
 //!
 //! Debian's clang targets BPF out of the box; headers come from
 //! linux-libc-dev (`asm/types.h` under the multiarch include directory) and
@@ -8,7 +11,9 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["redirect"];
+const PROGRAMS: &[&str] = &["redirect", "uplink"];
+/// Headers the programs include from `xdp-progs/`.
+const HEADERS: &[&str] = &["ferry_maps.h"];
 
 fn main() {
     let manifest =
@@ -19,6 +24,9 @@ fn main() {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_string());
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
     println!("cargo:rerun-if-env-changed=FERRY_CLANG");
+    for header in HEADERS {
+        println!("cargo:rerun-if-changed={}", src_dir.join(header).display());
+    }
 
     for prog in PROGRAMS {
         let src = src_dir.join(format!("{prog}.c"));

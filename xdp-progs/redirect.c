@@ -6,18 +6,14 @@
 //
 // Built by dataplane/build.rs with `clang -O2 -g -target bpf`; loaded and
 // attached by ferry-dataplane (aya), one copy of the program and its map per
-// port. The map has no Rust-side key/value struct: keys are queue indices
-// (u32) and values are socket fds, written with aya's XskMap.
+// port. The map (`xsks`, ferry_maps.h) has no Rust-side key/value struct:
+// keys are queue indices (u32) and values are socket fds, written with
+// aya's XskMap.
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-struct {
-	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u32);
-} xsks SEC(".maps");
+#include "ferry_maps.h"
 
 SEC("xdp")
 int ferry_redirect(struct xdp_md *ctx)

@@ -1,14 +1,23 @@
-//! The AF_XDP adapter: the XDP program (aya) that steers a port's frames to
+//! The AF_XDP adapter: the XDP programs (aya) that steer a port's frames to
 //! our sockets, and the sockets themselves (xsk-rs). With `tap.rs`, where
 //! the crate's `unsafe` for real I/O lives.
 //!
-//! Per port: first [`crate::io::link::check_veth`] (a veth; a pod's with its
-//! peer in another namespace), then one copy of `xdp-progs/redirect.c` and its `xsks` XSKMAP,
-//! attached in driver mode (native XDP; generic SKB mode if the driver has
-//! none), and one socket per worker bound to queue `i` of the interface with
-//! `XDP_USE_NEED_WAKEUP` and libxdp's own program load inhibited. No copy
-//! mode flag is forced: the kernel binds zero-copy where the driver supports
-//! it and copy mode otherwise (always copy mode on veth).
+//! Per port, first the checks of its kind: a pod veth or the host port
+//! must pass [`crate::io::link::check_veth`] (a veth; a pod's with its peer
+//! in another namespace) and gets `xdp-progs/redirect.c` (every frame to
+//! the socket); the uplink must pass [`crate::io::uplink::check_name`] and
+//! the channel policy ([`crate::io::uplink::fit_channels`]) and gets
+//! `xdp-progs/uplink.c` (only ferry's traffic to the sockets), its maps
+//! filled before it is attached. Then, the same for both
+//! ([`AfXdpBackend::attach_and_bind`]): one copy of the program and its
+//! `xsks` XSKMAP, and one socket per worker bound to queue `i` of the
+//! interface with `XDP_USE_NEED_WAKEUP` and libxdp's own program load
+//! inhibited, down a mode ladder (OVS's): attach native (driver) XDP; on
+//! the uplink, bind the first socket `XDP_ZEROCOPY` and, if the driver
+//! refuses, `XDP_COPY`; if native attach fails, generic (SKB) XDP and copy
+//! mode. The mode is reported as `native-zerocopy`, `native-copy` or
+//! `generic-copy` ([`XdpAttachment::mode`]). Veth ports skip the zero-copy
+//! attempt (veth has no zero-copy, and a failed bind costs a UMEM).
 //!
 //! One UMEM per socket, not per worker. libxdp turns the UMEM's own file
 //! descriptor into the first socket created on it and never closes it while
@@ -18,7 +27,8 @@
 //! independently closable (its memory comes back when the port goes) at the
 //! cost of one memcpy per frame forwarded between two ports; veth copy mode
 //! already copies twice in the kernel. Frames answered on their ingress port
-//! (ARP, ICMP echo) move without a copy.
+//! (ARP, ICMP echo) move without a copy. The uplink's sockets have the same
+//! UMEM and frame layout (2 KiB chunks).
 //!
 //! Memory per port = workers × frames_per_queue × FRAME_SIZE (2048 bytes):
 //! 2048 frames per queue (the default, and the least taken: twice the ring
@@ -31,7 +41,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::{fs, io};
 
 use aya::maps::XskMap;
@@ -51,8 +61,34 @@ use crate::io::port::{
 /// The compiled `xdp-progs/redirect.c` (see build.rs).
 static REDIRECT_PROG: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
-const PROG_NAME: &str = "ferry_redirect";
+const REDIRECT_NAME: &str = "ferry_redirect";
+/// The XSKMAP of both programs, keyed by RX queue.
 const MAP_NAME: &str = "xsks";
+
+/// One of the programs of `xdp-progs/`: its object and its function.
+#[derive(Clone, Copy)]
+struct Program {
+    object: &'static [u8],
+    name: &'static str,
+}
+
+const REDIRECT: Program = Program {
+    object: REDIRECT_PROG,
+    name: REDIRECT_NAME,
+};
+const UPLINK: Program = Program {
+    object: crate::io::uplink::UPLINK_PROG,
+    name: crate::io::uplink::PROG_NAME,
+};
+
+/// How a port's sockets are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// `XDP_ZEROCOPY`: the driver's rings fill the UMEM directly.
+    ZeroCopy,
+    /// `XDP_COPY`: the kernel copies each frame into the UMEM.
+    Copy,
+}
 /// `max_entries` of the XSKMAP: queues beyond it cannot be served.
 pub const MAX_QUEUES: u32 = 64;
 
@@ -374,12 +410,25 @@ impl XskRings {
 }
 
 /// The XDP program attached to one port. Dropping it detaches the program
-/// (and frees its XSKMAP).
+/// (and frees its maps).
 pub struct XdpAttachment {
     ifname: String,
     ebpf: Ebpf,
+    prog: &'static str,
     link: Option<aya::programs::xdp::XdpLinkId>,
+    /// `native-zerocopy`, `native-copy` or `generic-copy`: how the program
+    /// is attached (driver or SKB XDP) and the sockets bound.
     pub mode: &'static str,
+}
+
+impl XdpAttachment {
+    /// The attached program, for `BPF_PROG_TEST_RUN`
+    /// ([`crate::io::xdp_run::run`]): what it does with a crafted frame on
+    /// this port, as it is configured.
+    pub fn program_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let prog: &Xdp = self.ebpf.program(self.prog)?.try_into().ok()?;
+        Some(prog.fd().ok()?.as_fd())
+    }
 }
 
 impl Drop for XdpAttachment {
@@ -387,7 +436,7 @@ impl Drop for XdpAttachment {
         let Some(link) = self.link.take() else { return };
         let prog: Option<&mut Xdp> = self
             .ebpf
-            .program_mut(PROG_NAME)
+            .program_mut(self.prog)
             .and_then(|p| p.try_into().ok());
         match prog.map(|p| p.detach(link)) {
             Some(Ok(())) => log::info!("{}: XDP program detached", self.ifname),
@@ -415,7 +464,7 @@ impl Default for AfXdpBackend {
 
 /// Number of queues of `ifname` (min of RX and TX), from sysfs; `None` when
 /// sysfs does not show this namespace's interface.
-fn queue_count(ifname: &str) -> Option<u32> {
+pub(crate) fn queue_count(ifname: &str) -> Option<u32> {
     let dir = fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
     let (mut rx, mut tx) = (0u32, 0u32);
     for entry in dir.flatten() {
@@ -437,20 +486,39 @@ pub(crate) fn if_index(ifname: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// How ferry binds every AF_XDP socket: rings of `ring` descriptors,
-/// need_wakeup, and libxdp's own program load inhibited (ferry attaches its
-/// program itself).
+/// How ferry binds a copy-mode AF_XDP socket (every veth port's).
 pub fn socket_config(ring: QueueSize) -> SocketConfig {
+    socket_config_in(ring, BindMode::Copy)
+}
+
+/// How ferry binds every AF_XDP socket: rings of `ring` descriptors,
+/// need_wakeup, the copy or zero-copy flag of `mode`, and libxdp's own
+/// program load inhibited (ferry attaches its program itself).
+pub fn socket_config_in(ring: QueueSize, mode: BindMode) -> SocketConfig {
+    let copy = match mode {
+        BindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
+        BindMode::Copy => BindFlags::XDP_COPY,
+    };
     SocketConfig::builder()
         .rx_queue_size(ring)
         .tx_queue_size(ring)
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | copy)
         .build()
 }
 
+/// The mode string of a port attached natively or not whose sockets are
+/// bound `bind`.
+fn mode_name(native: bool, bind: BindMode) -> &'static str {
+    match (native, bind) {
+        (true, BindMode::ZeroCopy) => "native-zerocopy",
+        (true, BindMode::Copy) => "native-copy",
+        (false, _) => "generic-copy",
+    }
+}
+
 impl AfXdpBackend {
-    fn socket(&self, ifname: &str, queue: u32) -> Result<XskQueue, PortError> {
+    fn socket(&self, ifname: &str, queue: u32, bind: BindMode) -> Result<XskQueue, PortError> {
         let err = |cause: String| PortError::Socket {
             ifname: ifname.to_string(),
             queue,
@@ -473,7 +541,7 @@ impl AfXdpBackend {
             NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN);
         let (umem, descs) =
             Umem::new(umem_config, frames, false).map_err(|e| pool_err(e.to_string()))?;
-        let config = socket_config(ring);
+        let config = socket_config_in(ring, bind);
         let iface: Interface = ifname
             .parse()
             .map_err(|e: std::ffi::NulError| err(e.to_string()))?;
@@ -528,48 +596,97 @@ impl PortBackend for AfXdpBackend {
         workers: usize,
     ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {
         let ifname = spec.name.as_str();
-        let PortKind::Xdp(role) = spec.kind else {
-            return Err(PortError::Unsupported {
-                ifname: ifname.to_string(),
-                kind: "tap",
-            });
-        };
         if !valid_ifname(ifname) {
             return Err(PortError::BadName {
                 ifname: ifname.to_string(),
             });
         }
-        if if_index(ifname).is_none() {
-            return Err(PortError::NoSuchInterface {
+        match &spec.kind {
+            PortKind::Uplink(uplink) => {
+                crate::io::uplink::check_name(ifname)?;
+                exists(ifname)?;
+                let want = u32::try_from(workers).unwrap_or(u32::MAX);
+                let fit = crate::io::uplink::fit_channels(ifname, want, uplink.set_channels)?;
+                self.attach_and_bind(
+                    ifname,
+                    UPLINK,
+                    |ebpf| crate::io::uplink::configure(ifname, ebpf, uplink),
+                    true,
+                    Some(fit.now),
+                    workers,
+                )
+            }
+            PortKind::Xdp(role) => {
+                exists(ifname)?;
+                // Before anything is attached: only ferry's veths get a program.
+                crate::io::link::check_veth(ifname, *role)?;
+                self.attach_and_bind(
+                    ifname,
+                    REDIRECT,
+                    |_| Ok(()),
+                    false,
+                    queue_count(ifname),
+                    workers,
+                )
+            }
+            PortKind::Tap { .. } => Err(PortError::Unsupported {
                 ifname: ifname.to_string(),
-            });
+                kind: "tap",
+            }),
         }
-        // Before anything is attached: only ferry's veths get a program.
-        crate::io::link::check_veth(ifname, role)?;
-        let known_queues = queue_count(ifname);
+    }
+}
+
+fn exists(ifname: &str) -> Result<(), PortError> {
+    match if_index(ifname) {
+        Some(_) => Ok(()),
+        None => Err(PortError::NoSuchInterface {
+            ifname: ifname.to_string(),
+        }),
+    }
+}
+
+impl AfXdpBackend {
+    /// What every AF_XDP port has in common, once its own checks passed:
+    /// load `program`, fill its maps (`configure`, before it can see a
+    /// frame), attach it down the mode ladder (module comment; the
+    /// zero-copy rung only when `try_zerocopy`), and bind worker `i`'s
+    /// socket to queue `i` for every `i` below `queues` (when known) and
+    /// [`MAX_QUEUES`], registering each in `xsks`. Workers beyond get
+    /// `None`; when `queues` is unknown, the first refused bind beyond
+    /// queue 0 ends the bound ones.
+    fn attach_and_bind(
+        &self,
+        ifname: &str,
+        program: Program,
+        configure: impl FnOnce(&mut Ebpf) -> Result<(), PortError>,
+        try_zerocopy: bool,
+        queues: Option<u32>,
+        workers: usize,
+    ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {
         let load_err = |cause: String| PortError::XdpLoad {
             ifname: ifname.to_string(),
             cause,
         };
-
-        let mut ebpf = Ebpf::load(REDIRECT_PROG).map_err(|e| load_err(e.to_string()))?;
+        let mut ebpf = Ebpf::load(program.object).map_err(|e| load_err(e.to_string()))?;
+        configure(&mut ebpf)?;
         let prog: &mut Xdp = ebpf
-            .program_mut(PROG_NAME)
-            .ok_or_else(|| load_err(format!("program {PROG_NAME} missing from the object")))?
+            .program_mut(program.name)
+            .ok_or_else(|| load_err(format!("program {} missing from the object", program.name)))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
         prog.load().map_err(|e| load_err(e.to_string()))?;
-        let (link, mode) = match prog.attach(ifname, XdpFlags::DRV_MODE) {
-            Ok(link) => (link, "driver"),
+        let (link, native) = match prog.attach(ifname, XdpFlags::DRV_MODE) {
+            Ok(link) => (link, true),
             Err(drv) => match prog.attach(ifname, XdpFlags::SKB_MODE) {
                 Ok(link) => {
                     log::warn!("{ifname}: native XDP failed ({drv}); using generic (SKB) mode");
-                    (link, "skb")
+                    (link, false)
                 }
                 Err(skb) => {
                     return Err(PortError::XdpAttach {
                         ifname: ifname.to_string(),
-                        cause: format!("driver mode: {drv}; skb mode: {skb}"),
+                        cause: format!("native (driver) mode: {drv}; generic (skb) mode: {skb}"),
                     })
                 }
             },
@@ -578,24 +695,38 @@ impl PortBackend for AfXdpBackend {
         let mut attachment = XdpAttachment {
             ifname: ifname.to_string(),
             ebpf,
+            prog: program.name,
             link: Some(link),
-            mode,
+            mode: mode_name(native, BindMode::Copy),
         };
 
-        let mut queues = Vec::with_capacity(workers);
+        let mut bind = if native && try_zerocopy {
+            BindMode::ZeroCopy
+        } else {
+            BindMode::Copy
+        };
+        let mut sockets = Vec::with_capacity(workers);
         for i in 0..workers as u32 {
-            let beyond = known_queues.is_some_and(|n| i >= n) || i >= MAX_QUEUES;
-            if beyond || (i > 0 && queues.last().is_some_and(Option::is_none)) {
-                queues.push(None);
+            let beyond = queues.is_some_and(|n| i >= n) || i >= MAX_QUEUES;
+            if beyond || (i > 0 && sockets.last().is_some_and(Option::is_none)) {
+                sockets.push(None);
                 continue;
             }
-            let q = match self.socket(ifname, i) {
+            let socket = match self.socket(ifname, i, bind) {
+                Err(e) if i == 0 && bind == BindMode::ZeroCopy => {
+                    log::info!("{ifname}: no zero-copy AF_XDP ({e}); binding in copy mode");
+                    bind = BindMode::Copy;
+                    self.socket(ifname, i, bind)
+                }
+                other => other,
+            };
+            let q = match socket {
                 Ok(q) => q,
                 // sysfs unavailable: an interface with fewer queues refuses
                 // the bind; the workers beyond get no queue.
-                Err(e) if i > 0 && known_queues.is_none() => {
+                Err(e) if i > 0 && queues.is_none() => {
                     log::info!("{ifname}: no queue {i} ({e}); workers {i}.. get no queue on it");
-                    queues.push(None);
+                    sockets.push(None);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -611,13 +742,22 @@ impl PortBackend for AfXdpBackend {
                     queue: i,
                     cause: e.to_string(),
                 })?;
-            queues.push(Some(NodeQueue::from(q)));
+            sockets.push(Some(NodeQueue::from(q)));
         }
+        attachment.mode = mode_name(native, bind);
+        let bound = sockets.iter().filter(|q| q.is_some()).count();
         log::info!(
-            "{ifname}: XDP attached ({mode} mode), {} of {workers} worker queue(s) bound",
-            queues.iter().filter(|q| q.is_some()).count()
+            "{ifname}: XDP {} attached ({}), {bound} of {workers} worker queue(s) bound{}",
+            program.name,
+            attachment.mode,
+            match queues {
+                Some(n) if n as usize > bound => format!(
+                    "; queues {bound}..{n} have no socket (their frames pass to the kernel)"
+                ),
+                _ => String::new(),
+            }
         );
-        Ok((attachment, queues))
+        Ok((attachment, sockets))
     }
 }
 

@@ -11,4 +11,5 @@ pub mod poll;
 pub mod pool;
 pub mod port;
 pub mod tap;
+pub mod uplink;
 pub mod xdp_run;

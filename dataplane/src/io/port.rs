@@ -452,6 +452,17 @@ pub enum PortError {
         queue: u32,
         cause: String,
     },
+    #[error("interface {ifname} cannot be the uplink: it is {reason}")]
+    NotUplink {
+        ifname: String,
+        reason: &'static str,
+    },
+    #[error("uplink {ifname}: {op}: {source}")]
+    Channels {
+        ifname: String,
+        op: &'static str,
+        source: io::Error,
+    },
 }
 
 /// Whether `name` is acceptable as a Linux interface name.

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// ferry's XDP maps that Rust writes: the `xsks` socket map of every port
+// program, and the key and value structs of the uplink's maps, the one
+// place they are declared on the C side. Their Rust mirrors live in
+// dataplane/src/io/uplink.rs, whose tests check these sizes and offsets
+// against the compiled object's BTF; the asserts below keep this side from
+// drifting on its own. Byte order is the wire's where the type says __be*.
+
+#ifndef FERRY_MAPS_H
+#define FERRY_MAPS_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+// Every port program's socket map: key the RX queue index, value an
+// AF_XDP socket fd (written with aya's XskMap; no struct of our own).
+// Each object that includes this has its own copy.
+#define FERRY_XSKS_MAX 64
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, FERRY_XSKS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+// The uplink classifier's configuration (`uplink_cfg`, one entry, key 0).
+struct uplink_cfg {
+	// The node's address on the uplink: VXLAN packets must be sent to it.
+	__be32 node_addr;
+	// VXLAN UDP destination port; 0: VXLAN off.
+	__be16 vxlan_port;
+	// Non-zero: direct mode, packets to `local_cidrs` are ferry's.
+	__u8 direct;
+	__u8 pad;
+};
+
+// A key of the `local_cidrs` LPM trie: an IPv4 prefix.
+struct lpm_v4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+_Static_assert(sizeof(struct uplink_cfg) == 8, "uplink_cfg size");
+_Static_assert(__builtin_offsetof(struct uplink_cfg, node_addr) == 0, "node_addr");
+_Static_assert(__builtin_offsetof(struct uplink_cfg, vxlan_port) == 4, "vxlan_port");
+_Static_assert(__builtin_offsetof(struct uplink_cfg, direct) == 6, "direct");
+_Static_assert(__builtin_offsetof(struct uplink_cfg, pad) == 7, "pad");
+_Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key size");
+_Static_assert(__builtin_offsetof(struct lpm_v4_key, prefixlen) == 0, "prefixlen");
+_Static_assert(__builtin_offsetof(struct lpm_v4_key, addr) == 4, "addr");
+
+#endif
