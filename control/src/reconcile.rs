@@ -172,7 +172,7 @@ fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
         router_mac: MacAddr::ROUTER,
         pod_cidrs: cfg.pod_cidrs.iter().map(|&c| c.into()).collect(),
         host_port,
-        mtu: cfg.mtu,
+        mtu: cfg.mtu(),
         uplink: None,
     }
 }
@@ -241,7 +241,7 @@ pub async fn ensure_host_port(
             &dp_name,
             cfg.gateway,
             &cfg.pod_cidrs,
-            cfg.mtu,
+            cfg.mtu(),
             queues,
         )
         .await?;

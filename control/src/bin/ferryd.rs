@@ -48,7 +48,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         "ferryd starting: pod CIDRs {:?}, gateway {}, mtu {}, socket {}, dataplane {}",
         cfg.pod_cidrs,
         cfg.gateway,
-        cfg.mtu,
+        cfg.mtu(),
         cfg.socket.display(),
         cfg.dataplane_socket.display()
     );

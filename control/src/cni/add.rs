@@ -21,7 +21,7 @@ impl Agent {
                 ))
             }
         };
-        let mtu = req.mtu.unwrap_or(self.cfg.mtu);
+        let mtu = req.mtu.unwrap_or(self.cfg.mtu());
         if !(68..=65535).contains(&mtu) {
             return Err(err(
                 code::INVALID_CONFIG,
