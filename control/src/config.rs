@@ -390,6 +390,17 @@ impl Config {
         self.mtu_setting.is_none()
     }
 
+    /// The MTU of an interface whose attachment carries at most `limit`
+    /// (the dataplane's `mtu_limits`, if it said): a written `mtu` as it is
+    /// (ADD refuses it when above), a derived one lowered to `limit`.
+    pub fn default_mtu(&self, limit: Option<u32>) -> u32 {
+        match (self.mtu_setting, limit) {
+            (Some(m), _) => m,
+            (None, Some(l)) => self.mtu().min(l),
+            (None, None) => self.mtu(),
+        }
+    }
+
     /// The uplink checked against what the node says of it (link present,
     /// its addresses and MTU): `node_address` filled in and checked, peers
     /// checked against the node address and, in direct mode, against the
