@@ -11,6 +11,10 @@ use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+mod uplink;
+
+pub use uplink::{Peer, UplinkConfig, UplinkFacts, DEFAULT_VNI, MAX_VNI, OFF_LINK_PEER};
+
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 pub const DEFAULT_MTU: u32 = 1500;
@@ -35,52 +39,115 @@ Configuration file (TOML, every field optional):
                     [default: first host address of the first CIDR]
   mtu               MTU of pod interfaces and of the host port, 68..=65535;
                     ADD refuses a pod MTU above what its attachment carries
-                    (the dataplane says: veth 1778, tap 65535) [default: 1500]
+                    (the dataplane says: veth 1778, tap 65535)
+                    [default: 1500; with an uplink: the uplink's MTU less the
+                    overlay's overhead (vxlan 50, direct 0), lowered to the
+                    attachment's limit]
   host_port         kernel-side name of the host port veth (1-13 chars); the
                     dataplane side is <host_port>dp [default: ferry0]
   log_level         off|error|warn|info|debug|trace; RUST_LOG overrides it
                     [default: info]
   metrics_listen    address:port of the Prometheus endpoint (GET /metrics);
                     \"\" disables it; connections from pod addresses are
-                    refused [default: 127.0.0.1:9469]";
+                    refused [default: 127.0.0.1:9469]
+  uplink            the node's NIC towards the other nodes, e.g. \"eth0\"; must
+                    exist in ferryd's network namespace and not be one of
+                    ferry's own links (host port, fy*/ft*) [default: none:
+                    a single node, nothing leaves but through the host port]
+  node_address      the node's IPv4 address on the uplink (VXLAN source,
+                    what peers send to); must be one of the uplink's
+                    [default: the uplink's first IPv4 address]
+  masquerade        pod traffic to addresses outside the cluster (node and
+                    peer pod CIDRs) leaves with the node's address: an
+                    nftables table `ip ferry` in the node namespace, loaded
+                    with `nft -f -` [default: true with an uplink]
+  [overlay]         (only with uplink) how pod traffic reaches peers:
+    mode            \"vxlan\" (encapsulated, peers anywhere routable) or
+                    \"direct\" (host-gw: routed to the peer's MAC; every peer
+                    must be inside a subnet of the uplink) [default: vxlan]
+    vni             VXLAN network identifier, 0..=16777215 [default: 1]
+    port            VXLAN UDP port, 1..=65535 [default: 4789]
+    set_channels    set the uplink's channel count to the dataplane's
+                    worker count (ethtool -L) when they differ [default: false]
+  [[peers]]         (only with uplink) one table per peer node:
+    address         the peer's uplink address (not the node's, no duplicates)
+    pod_cidr        the peer's pod CIDR, overlapping neither pod_cidrs nor
+                    another peer's [default: no peers]";
 
 /// The file as written: everything optional, unknown fields refused.
-#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+/// Also what [`Config::to_toml`] writes, so a printed configuration reads
+/// back as the same [`Config`].
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dataplane_socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<RawOverlay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<RawPeer>>,
+}
+
+/// `[overlay]` as written.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverlay {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_channels: Option<bool>,
+}
+
+/// One `[[peers]]` table as written (both fields required).
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    pub address: String,
+    pub pod_cidr: String,
 }
 
 /// Validated configuration.
-#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub socket: PathBuf,
     pub dataplane_socket: PathBuf,
     pub state_dir: PathBuf,
     pub pod_cidrs: Vec<Ipv4Net>,
     pub gateway: Ipv4Addr,
-    pub mtu: u32,
+    /// `mtu` as written; `None`: derived ([`Config::mtu`]).
+    pub mtu_setting: Option<u32>,
     pub host_port: String,
     pub log_level: String,
     /// Where `GET /metrics` is served; `None`: disabled (`""` in the file).
-    #[serde(serialize_with = "listen_text")]
     pub metrics_listen: Option<SocketAddr>,
-}
-
-/// `metrics_listen` as written in the file: `""` when disabled.
-fn listen_text<S: serde::Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(a) => s.serialize_str(&a.to_string()),
-        None => s.serialize_str(""),
-    }
+    /// `None`: a single node (no uplink, no peers, no masquerade).
+    pub uplink: Option<UplinkConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,10 +286,11 @@ impl Config {
             ));
         }
 
-        let mtu = raw.mtu.unwrap_or(i64::from(DEFAULT_MTU));
-        if !(68..=65535).contains(&mtu) {
-            return Err(invalid("mtu", format!("{mtu} is outside 68..=65535")));
-        }
+        let mtu_setting = match raw.mtu {
+            None => None,
+            Some(mtu) if (68..=65535).contains(&mtu) => Some(mtu as u32),
+            Some(mtu) => return Err(invalid("mtu", format!("{mtu} is outside 68..=65535"))),
+        };
 
         let host_port = raw
             .host_port
@@ -256,17 +324,104 @@ impl Config {
             })?),
         };
 
+        let uplink_fields = RawConfig {
+            uplink: raw.uplink,
+            node_address: raw.node_address,
+            masquerade: raw.masquerade,
+            overlay: raw.overlay,
+            peers: raw.peers,
+            ..RawConfig::default()
+        };
+        let uplink = UplinkConfig::from_raw(&uplink_fields, &pod_cidrs, &host_port)?;
+
         Ok(Config {
             socket,
             dataplane_socket,
             state_dir,
             pod_cidrs,
             gateway,
-            mtu: mtu as u32,
+            mtu_setting,
             host_port,
             log_level,
             metrics_listen,
+            uplink,
         })
+    }
+
+    /// The file that reads back as this configuration (defaults written
+    /// out, the uplink's fields only with an uplink).
+    pub fn to_raw(&self) -> RawConfig {
+        let uplink = self.uplink.as_ref();
+        RawConfig {
+            socket: Some(self.socket.clone()),
+            dataplane_socket: Some(self.dataplane_socket.clone()),
+            state_dir: Some(self.state_dir.clone()),
+            pod_cidrs: Some(self.pod_cidrs.iter().map(ToString::to_string).collect()),
+            gateway: Some(self.gateway.to_string()),
+            mtu: self.mtu_setting.map(i64::from),
+            host_port: Some(self.host_port.clone()),
+            log_level: Some(self.log_level.clone()),
+            metrics_listen: Some(
+                self.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+            uplink: uplink.map(|u| u.ifname.clone()),
+            node_address: uplink.and_then(|u| u.node_address).map(|a| a.to_string()),
+            masquerade: uplink.map(|u| u.masquerade),
+            overlay: uplink.map(UplinkConfig::raw_overlay),
+            peers: uplink.map(|u| u.peers.iter().copied().map(Peer::to_raw).collect()),
+        }
+    }
+
+    /// MTU of pod interfaces (unless the CNI config says otherwise) and of
+    /// the host port: `mtu` when written; else, with an uplink whose MTU
+    /// is known ([`Config::resolve`]), the uplink's MTU less the overlay's
+    /// overhead; else [`DEFAULT_MTU`].
+    pub fn mtu(&self) -> u32 {
+        self.mtu_setting
+            .or_else(|| self.uplink.as_ref().and_then(UplinkConfig::derived_mtu))
+            .unwrap_or(DEFAULT_MTU)
+    }
+
+    /// Whether [`Config::mtu`] is derived rather than written: a derived
+    /// MTU is lowered to an attachment's limit instead of failing the ADD.
+    pub fn mtu_is_derived(&self) -> bool {
+        self.mtu_setting.is_none()
+    }
+
+    /// The MTU of an interface whose attachment carries at most `limit`
+    /// (the dataplane's `mtu_limits`, if it said): a written `mtu` as it is
+    /// (ADD refuses it when above), a derived one lowered to `limit`.
+    pub fn default_mtu(&self, limit: Option<u32>) -> u32 {
+        match (self.mtu_setting, limit) {
+            (Some(m), _) => m,
+            (None, Some(l)) => self.mtu().min(l),
+            (None, None) => self.mtu(),
+        }
+    }
+
+    /// The uplink checked against what the node says of it (link present,
+    /// its addresses and MTU): `node_address` filled in and checked, peers
+    /// checked against the node address and, in direct mode, against the
+    /// uplink's subnets. `facts` is `None` when the link does not exist.
+    /// Without an uplink, the configuration as it is.
+    pub fn resolve(&self, facts: Option<&UplinkFacts>) -> Result<Config, ConfigError> {
+        let mut cfg = self.clone();
+        if let Some(u) = cfg.uplink.as_mut() {
+            u.resolve(facts, self.mtu_setting)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Every pod CIDR of the cluster this node knows: its own, then the
+    /// peers'.
+    pub fn cluster_cidrs(&self) -> Vec<Ipv4Net> {
+        let mut all = self.pod_cidrs.clone();
+        if let Some(u) = &self.uplink {
+            all.extend(u.peers.iter().map(|p| p.pod_cidr));
+        }
+        all
     }
 
     /// Kernel end of the host port (`ferry0`).
@@ -286,8 +441,8 @@ impl Config {
 
     /// This configuration as a TOML document (`--print-default-config`).
     pub fn to_toml(&self) -> String {
-        // Serializing plain strings, paths and numbers cannot fail.
-        toml::to_string(self).unwrap_or_default()
+        // Serializing plain strings, paths, numbers and tables cannot fail.
+        toml::to_string(&self.to_raw()).unwrap_or_default()
     }
 }
 
@@ -328,7 +483,9 @@ mod tests {
             vec!["10.88.0.0/16".parse::<Ipv4Net>().unwrap()]
         );
         assert_eq!(c.gateway, Ipv4Addr::new(10, 88, 0, 1));
-        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.mtu(), 1500);
+        assert_eq!(c.mtu_setting, None);
+        assert_eq!(c.uplink, None);
         assert_eq!(c.host_port, "ferry0");
         assert_eq!(c.host_port_dp(), "ferry0dp");
         assert_eq!(c.log_level, "info");
@@ -355,7 +512,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.pod_cidrs.len(), 2);
         assert_eq!(c.gateway, Ipv4Addr::new(10, 2, 0, 254));
-        assert_eq!(c.mtu, 9000);
+        assert_eq!(c.mtu(), 9000);
         assert_eq!(c.host_port_dp(), "fhostdp");
         assert_eq!(c.metrics_listen, Some("[::]:9100".parse().unwrap()));
         // Default gateway follows the first CIDR.
@@ -434,7 +591,12 @@ mod tests {
             .filter(|l| l.contains(" = ") && !l.starts_with(' '))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert_eq!(Config::parse(&uncommented).unwrap(), Config::default());
+        let mut shown = Config::parse(&uncommented).unwrap();
+        // `mtu` unset is derived; shown at its single-node value.
+        assert_eq!(shown.mtu_setting, Some(DEFAULT_MTU));
+        shown.mtu_setting = None;
+        assert_eq!(shown, Config::default());
+        assert!(FIELDS_HELP.contains("  mtu "), "--help misses mtu");
         for line in Config::default().to_toml().lines() {
             let field = line.split(" = ").next().unwrap();
             assert!(
@@ -447,6 +609,43 @@ mod tests {
                 FIELDS_HELP.contains(&format!("  {field} ")),
                 "--help misses {field}"
             );
+        }
+    }
+
+    /// The several-nodes example in `deploy/ferryd.toml` (lines "# key = ",
+    /// "# [table]") is a valid configuration, and --help names its fields.
+    #[test]
+    fn shipped_uplink_example_parses() {
+        let shipped = include_str!("../../deploy/ferryd.toml");
+        let example: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&format!("pod_cidrs = [\"10.70.1.0/24\"]\n{example}")).unwrap();
+        let u = c.uplink.as_ref().expect("the example sets an uplink");
+        assert_eq!(u.peers.len(), 1);
+        for field in [
+            "uplink",
+            "node_address",
+            "masquerade",
+            "[overlay]",
+            "mode",
+            "vni",
+            "port",
+            "set_channels",
+            "[[peers]]",
+            "address",
+            "pod_cidr",
+        ] {
+            assert!(
+                FIELDS_HELP.contains(&format!("  {field} ")),
+                "--help misses {field}"
+            );
+            assert!(example.contains(field), "the example misses {field}");
         }
     }
 

@@ -29,7 +29,8 @@ use std::sync::Mutex;
 
 use ferry_api::pod::StaleAttachment;
 use ferry_api::table::{
-    Attachment, Endpoint, MissingPort, MtuLimits, NodeSettings, Request, Response, API_VERSION,
+    Attachment, Endpoint, MissingPort, MtuLimits, NodeSettings, Request, Response, Route,
+    API_VERSION,
 };
 use ferry_api::wire::MAX_MESSAGE;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,6 +43,8 @@ use tokio::time::{sleep_until, timeout, Instant};
 /// nothing, and a restarted dataplane forwards nothing until ferryd has
 /// synced it: the gap after a dataplane restart is at most this long.
 pub const RETRY: Duration = Duration::from_millis(20);
+/// How `Applied { missing }` and `Stats` name the uplink's port.
+pub const UPLINK_ENDPOINT: &str = "uplink";
 /// Longest wait for any one reply of the dataplane.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,15 +68,25 @@ pub struct Desired {
     pub node: NodeSettings,
     /// Live endpoints (ready in the store, present in the kernel).
     pub endpoints: Vec<Endpoint>,
+    /// Routes beside the endpoints' (a peer node's pod CIDR each).
+    pub routes: Vec<Route>,
     /// Ready records whose pod is gone: not synced, reported.
     pub stale: Vec<StaleAttachment>,
 }
 
-/// Called after each successful `Hello` with the dataplane's worker count
-/// and pid (from the socket's peer credentials, if known): makes sure the
-/// host port fits and returns the state to sync.
+/// What the dataplane said in its `Hello`, and who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub workers: u32,
+    /// From the socket's peer credentials, if known.
+    pub pid: Option<i32>,
+    pub mtu_limits: Option<MtuLimits>,
+}
+
+/// Called after each successful `Hello`: makes sure the host port fits
+/// and returns the state to sync.
 pub type SyncHook =
-    Arc<dyn Fn(u32, Option<i32>) -> Pin<Box<dyn Future<Output = Desired> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Hello) -> Pin<Box<dyn Future<Output = Desired> + Send>> + Send + Sync>;
 
 enum Cmd {
     Upsert(Endpoint, oneshot::Sender<Result<u64, DpError>>),
@@ -92,6 +105,9 @@ struct Shared {
     /// Why the host port is not in the dataplane, if it is not (the node
     /// cannot reach its pods: STATUS says "limited connectivity").
     host_port_problem: Mutex<Option<String>>,
+    /// Why the uplink is not in the dataplane, if it is configured and not
+    /// (pods cannot reach other nodes: "limited connectivity" too).
+    uplink_problem: Mutex<Option<String>>,
     /// What the dataplane's ports carry, as its last `Hello` said (`None`
     /// before the first, or from a dataplane that does not say).
     mtu_limits: Mutex<Option<MtuLimits>>,
@@ -158,6 +174,11 @@ impl DataplaneClient {
     /// Why the dataplane has no host port, if it has none.
     pub fn host_port_problem(&self) -> Option<String> {
         lock(&self.shared.host_port_problem).clone()
+    }
+
+    /// Why the dataplane has no uplink port although one is configured.
+    pub fn uplink_problem(&self) -> Option<String> {
+        lock(&self.shared.uplink_problem).clone()
     }
 
     /// Upsert an endpoint and wait (at most `wait`) until the dataplane
@@ -334,7 +355,13 @@ impl Task {
                 )))
             }
         };
-        let desired = (self.hook)(workers, conn.peer_pid).await;
+        let mtu_limits = *lock(&self.shared.mtu_limits);
+        let desired = (self.hook)(Hello {
+            workers,
+            pid: conn.peer_pid,
+            mtu_limits,
+        })
+        .await;
         let mut endpoints: BTreeMap<String, Endpoint> = desired
             .endpoints
             .into_iter()
@@ -350,11 +377,12 @@ impl Task {
             .map(|s| (s.endpoint.clone(), s))
             .collect();
         let host_port = desired.node.host_port.clone();
+        let uplink = desired.node.uplink.as_ref().map(|u| u.ifname.clone());
         let n = endpoints.len();
         let req = Request::Sync {
             node: desired.node,
             endpoints: endpoints.values().cloned().collect(),
-            routes: Vec::new(),
+            routes: desired.routes,
         };
         match conn.call(&req).await? {
             Response::Applied {
@@ -366,6 +394,7 @@ impl Task {
                     None => Some("ferryd could not make the host port".to_string()),
                     Some(_) => None,
                 };
+                let mut uplink_problem = None;
                 for MissingPort {
                     endpoint,
                     port,
@@ -373,6 +402,10 @@ impl Task {
                 } in &missing
                 {
                     match endpoints.get(endpoint) {
+                        None if endpoint == UPLINK_ENDPOINT => {
+                            log::error!("uplink {port} is not in the dataplane: {error}");
+                            uplink_problem = Some(format!("uplink {port}: {error}"));
+                        }
                         Some(ep) => {
                             log::warn!("endpoint {endpoint} is stale: port {port}: {error}");
                             stale.insert(
@@ -396,6 +429,10 @@ impl Task {
                 let m = missing.len();
                 *lock(&self.shared.stale) = stale;
                 *lock(&self.shared.host_port_problem) = host_problem;
+                if let (None, Some(name)) = (&uplink_problem, &uplink) {
+                    log::info!("uplink {name} is in the dataplane");
+                }
+                *lock(&self.shared.uplink_problem) = uplink_problem;
                 log::info!(
                     "ferry-dataplane connected: {workers} worker(s), synced {} endpoint(s) ({m} stale), generation {generation}",
                     n - m.min(n)

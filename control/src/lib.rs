@@ -4,7 +4,9 @@
 //! (plumbing in the node and pod namespaces), redb (the crash-safe store)
 //! and tokio. It reaches ferry-dataplane only through the table-update API
 //! ([`dataplane_client`]); it must never touch AF_XDP sockets, XDP programs or the
-//! dataplane's tables directly, and never shells out to `ip`.
+//! dataplane's tables directly, and never shells out to `ip` (nftables has
+//! no stable netlink library here, so the masquerade table is loaded with
+//! `nft -f -`).
 //!
 //! Layout, by layer:
 //! - [`cni`]: the CNI command handlers (ADD, DEL, CHECK, GC, STATUS; one
@@ -13,7 +15,9 @@
 //! - [`store`]: the redb store of attachments and allocations.
 //! - [`plumbing`]: the kernel objects, by rtnetlink: checked namespace
 //!   paths ([`plumbing::netns`]), veth and tap pods, the pod end, the host
-//!   port, routes.
+//!   port, routes, and the node kernel's side of an uplink
+//!   ([`plumbing::uplink`]: peer routes, forwarding, the nftables
+//!   masquerade, the one place ferryd runs a program, `nft`).
 //! - [`reconcile`]: the one place the state the dataplane must hold is
 //!   computed (store records checked against the kernel; stale ones out).
 //! - [`dataplane_client`]: the table-API client task (Hello, Sync, updates).

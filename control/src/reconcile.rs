@@ -17,11 +17,11 @@
 use std::sync::Weak;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings};
+use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NextHop, NodeSettings, Route};
 use ferry_api::MacAddr;
 
 use crate::config::Config;
-use crate::dataplane_client::Desired;
+use crate::dataplane_client::{Desired, Hello};
 
 use crate::plumbing::netns;
 use crate::plumbing::{Netlink, NetlinkError};
@@ -165,16 +165,30 @@ pub async fn desired(
     (live, stale)
 }
 
-/// The node settings the dataplane is synced with.
-fn node_settings(cfg: &Config, host_port: Option<HostPort>) -> NodeSettings {
+/// The node settings the dataplane is synced with; `host_mtu` is the host
+/// port's ([`Config::default_mtu`] for a veth).
+pub fn node_settings(cfg: &Config, host_port: Option<HostPort>, host_mtu: u32) -> NodeSettings {
     NodeSettings {
         gateways: vec![cfg.gateway.into()],
         router_mac: MacAddr::ROUTER,
         pod_cidrs: cfg.pod_cidrs.iter().map(|&c| c.into()).collect(),
         host_port,
-        mtu: cfg.mtu,
-        uplink: None,
+        mtu: host_mtu,
+        uplink: cfg.uplink.as_ref().and_then(|u| u.api()),
     }
+}
+
+/// The routes the dataplane is synced with: each peer's pod CIDR to that
+/// peer node.
+pub fn peer_routes(cfg: &Config) -> Vec<Route> {
+    cfg.uplink
+        .iter()
+        .flat_map(|u| &u.peers)
+        .map(|p| Route {
+            prefix: p.pod_cidr.into(),
+            next_hop: NextHop::Node(p.address.into()),
+        })
+        .collect()
 }
 
 /// What the dataplane must hold, computed at each (re)connect: the host port
@@ -184,16 +198,19 @@ pub async fn sync_state(
     netlink: &Netlink,
     cfg: &Config,
     store: Weak<Store>,
-    workers: u32,
-    dataplane_pid: Option<i32>,
+    hello: Hello,
 ) -> Desired {
-    if let Some(pid) = dataplane_pid {
+    let workers = hello.workers;
+    // The host port is a veth: a derived MTU stays within what the
+    // dataplane's veth frames carry.
+    let host_mtu = cfg.default_mtu(hello.mtu_limits.map(|l| l.veth));
+    if let Some(pid) = hello.pid {
         match netns::id_of_pid(pid) {
             Ok(id) => netlink.forbidden().add(id, "the dataplane's"),
             Err(e) => log::warn!("cannot identify the dataplane's network namespace: {e}"),
         }
     }
-    let host_port = match ensure_host_port(netlink, cfg, Some(workers)).await {
+    let host_port = match ensure_host_port(netlink, cfg, Some(workers), host_mtu).await {
         Ok(hp) => Some(hp),
         Err(e) => {
             log::error!("host port for {workers} worker(s): {e}");
@@ -221,33 +238,174 @@ pub async fn sync_state(
         stale.len()
     );
     Desired {
-        node: node_settings(cfg, host_port),
+        node: node_settings(cfg, host_port, host_mtu),
         endpoints,
+        routes: peer_routes(cfg),
         stale,
     }
 }
 
-/// The host port of `cfg` made (or kept), with `queues` queues if given.
+/// The node kernel's part of an uplink, in ferryd's namespace: IPv4
+/// forwarding on (pod traffic leaving the cluster is routed by the node
+/// kernel) and ferry's nftables table loaded (`masquerade`), or removed
+/// when not wanted. Blocking (runs `nft`). Returns what failed, for
+/// STATUS; never fails ferryd.
+pub fn node_kernel(cfg: &Config) -> Vec<String> {
+    use crate::plumbing::uplink::{
+        apply_nft, enable_ip_forward, masquerade_ruleset, remove_ruleset,
+    };
+    let mut problems = Vec::new();
+    let Some(u) = &cfg.uplink else {
+        // A single node never needs it; one left by an earlier uplink
+        // configuration goes (nftables absent: there is none).
+        if let Err(e) = apply_nft(&remove_ruleset()) {
+            log::debug!("remove nftables table ip ferry: {e}");
+        }
+        return problems;
+    };
+    match enable_ip_forward() {
+        Ok(true) => log::info!(
+            "net.ipv4.ip_forward = 1 (was 0): the node routes pod traffic leaving the cluster"
+        ),
+        Ok(false) => log::info!("net.ipv4.ip_forward is already 1"),
+        Err(e) => {
+            log::error!("cannot turn on net.ipv4.ip_forward: {e}; pod traffic leaving the cluster is not routed");
+            problems.push(format!("net.ipv4.ip_forward: {e}"));
+        }
+    }
+    let cluster = cfg.cluster_cidrs();
+    if u.masquerade {
+        match apply_nft(&masquerade_ruleset(&cluster)) {
+            Ok(()) => log::info!(
+                "masquerade: nftables table ip ferry, pod traffic from {cluster:?} to elsewhere leaves as {}",
+                u.ifname
+            ),
+            Err(e) => {
+                log::error!("masquerade: {e}; pods cannot reach addresses outside the cluster");
+                problems.push(format!("masquerade: {e}"));
+            }
+        }
+    } else if let Err(e) = apply_nft(&remove_ruleset()) {
+        log::debug!("masquerade off; remove nftables table ip ferry: {e}");
+    }
+    problems
+}
+
+/// The host port of `cfg` made (or kept), with `queues` queues if given
+/// and MTU `mtu`, and the kernel's routes to the peers' pod CIDRs through
+/// it (ferry's routes to pod CIDRs no longer configured removed).
 pub async fn ensure_host_port(
     netlink: &Netlink,
     cfg: &Config,
     queues: Option<u32>,
+    mtu: u32,
 ) -> Result<HostPort, NetlinkError> {
     let kernel = cfg.host_port_kernel().to_string();
     let dp_name = cfg.host_port_dp();
     let mac = netlink
-        .ensure_host_port(
-            &kernel,
-            &dp_name,
-            cfg.gateway,
-            &cfg.pod_cidrs,
-            cfg.mtu,
-            queues,
-        )
+        .ensure_host_port(&kernel, &dp_name, cfg.gateway, &cfg.pod_cidrs, mtu, queues)
+        .await?;
+    let peers: Vec<_> = cfg
+        .uplink
+        .iter()
+        .flat_map(|u| &u.peers)
+        .map(|p| p.pod_cidr)
+        .collect();
+    netlink
+        .ensure_peer_routes(&kernel, cfg.gateway, &cfg.pod_cidrs, &peers)
         .await?;
     Ok(HostPort {
         ifname: dp_name,
         kernel_ifname: kernel,
         kernel_mac: mac,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ferry_api::table::{Overlay, Uplink};
+
+    use super::*;
+    use crate::config::UplinkFacts;
+
+    fn two_node() -> Config {
+        Config::parse(
+            r#"
+            pod_cidrs = ["10.70.1.0/24"]
+            uplink = "up0"
+            [[peers]]
+            address = "192.168.70.2"
+            pod_cidr = "10.70.2.0/24"
+            [[peers]]
+            address = "192.168.70.3"
+            pod_cidr = "10.70.3.0/24"
+            "#,
+        )
+        .unwrap()
+        .resolve(Some(&UplinkFacts {
+            mtu: 1500,
+            addresses: vec!["192.168.70.1/24".parse().unwrap()],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn node_settings_carry_the_uplink_and_routes_the_peers() {
+        let cfg = two_node();
+        let host_mtu = cfg.default_mtu(Some(1778));
+        assert_eq!(host_mtu, 1450, "uplink 1500 less VXLAN's 50");
+        let n = node_settings(&cfg, None, host_mtu);
+        assert_eq!(n.mtu, 1450);
+        assert_eq!(
+            n.uplink,
+            Some(Uplink {
+                ifname: "up0".into(),
+                address: Ipv4Addr::new(192, 168, 70, 1),
+                overlay: Overlay::Vxlan { vni: 1, port: 4789 },
+                set_channels: false,
+            })
+        );
+        assert_eq!(
+            peer_routes(&cfg),
+            vec![
+                Route {
+                    prefix: "10.70.2.0/24".parse().unwrap(),
+                    next_hop: NextHop::Node("192.168.70.2".parse().unwrap()),
+                },
+                Route {
+                    prefix: "10.70.3.0/24".parse().unwrap(),
+                    next_hop: NextHop::Node("192.168.70.3".parse().unwrap()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_node_syncs_as_before() {
+        let cfg = Config::default();
+        let n = node_settings(&cfg, None, cfg.default_mtu(Some(1778)));
+        assert_eq!(n.uplink, None);
+        assert_eq!(n.mtu, 1500);
+        assert!(peer_routes(&cfg).is_empty());
+    }
+
+    #[test]
+    fn derived_mtus_stay_within_the_attachment_written_ones_do_not() {
+        let jumbo = Config::parse("uplink = \"up0\"")
+            .unwrap()
+            .resolve(Some(&UplinkFacts {
+                mtu: 9000,
+                addresses: vec!["192.168.70.1/24".parse().unwrap()],
+            }))
+            .unwrap();
+        assert_eq!(jumbo.default_mtu(Some(1778)), 1778, "veth");
+        assert_eq!(jumbo.default_mtu(Some(65535)), 8950, "tap");
+        assert_eq!(jumbo.default_mtu(None), 8950, "limits unknown");
+        let mut written = jumbo.clone();
+        written.mtu_setting = Some(9000);
+        // Written: as it is; ADD refuses it above the limit.
+        assert_eq!(written.default_mtu(Some(1778)), 9000);
+    }
 }

@@ -123,12 +123,15 @@ impl World {
         self.dir.0.join("dataplane.sock")
     }
     fn config(&self) -> Config {
+        self.config_with("mtu = 1400\n").unwrap()
+    }
+    /// The test's sockets, state, pod CIDR and host port, plus `extra`.
+    fn config_with(&self, extra: &str) -> Result<Config, ferryd::config::ConfigError> {
         Config::parse(&format!(
             "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\nstate_dir = \"{d}/state\"\n\
-             pod_cidrs = [\"10.77.0.0/24\"]\nmtu = 1400\nhost_port = \"fhp0\"\n",
+             pod_cidrs = [\"10.77.0.0/24\"]\nhost_port = \"fhp0\"\nmetrics_listen = \"\"\n{extra}",
             d = self.dir.0.display()
         ))
-        .unwrap()
     }
 
     /// Run `f` on a thread inside the node namespace, on a current-thread
@@ -631,6 +634,114 @@ fn a_partial_sync_is_a_success_that_names_what_is_missing() {
         );
     });
     drop(pod);
+}
+
+const UPLINK: &str = "uplink = \"up0\"\n\
+    [[peers]]\naddress = \"192.168.70.2\"\npod_cidr = \"10.70.2.0/24\"\n\
+    [[peers]]\naddress = \"192.168.71.3\"\npod_cidr = \"10.70.3.0/24\"\n";
+
+/// An uplink (a veth `up0` of the node namespace standing in for the NIC):
+/// the Sync carries it and a route per peer, the node kernel gets the peer
+/// routes through the host port, forwarding and the masquerade table, the
+/// MTU follows the uplink, and a dataplane without the uplink port makes
+/// STATUS answer 51.
+#[test]
+fn an_uplink_reaches_the_sync_and_the_node_kernel() {
+    let w = World::new();
+    w.node
+        .ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    w.node.ip(&["addr", "add", "192.168.70.1/24", "dev", "up0"]);
+    w.node.ip(&["link", "set", "up0", "up"]);
+    let node = w.node.view();
+    let (cfg, dp_sock) = (w.config_with(UPLINK).unwrap(), w.dp_socket());
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+        let sync = dp
+            .requests()
+            .into_iter()
+            .find_map(|r| match r {
+                Request::Sync { node, routes, .. } => Some((node, routes)),
+                _ => None,
+            })
+            .expect("a Sync");
+        let (settings, routes) = sync;
+        let up = settings.uplink.expect("the uplink in the Sync");
+        assert_eq!(up.ifname, "up0");
+        assert_eq!(up.address, Ipv4Addr::new(192, 168, 70, 1));
+        assert_eq!(settings.mtu, 1450, "veth MTU 1500 less VXLAN's 50");
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        assert_eq!(
+            routes[0].next_hop,
+            ferry_api::table::NextHop::Node("192.168.70.2".parse().unwrap())
+        );
+
+        let kernel_routes = node.ip(&["route"]);
+        for want in [
+            "10.70.2.0/24 dev fhp0",
+            "10.70.3.0/24 dev fhp0",
+            "10.77.0.0/24 dev fhp0",
+        ] {
+            assert!(kernel_routes.contains(want), "{want}: {kernel_routes}");
+        }
+        assert!(node.ip(&["link", "show", "fhp0"]).contains("mtu 1450"));
+        let forward = run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node.name,
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward",
+            ],
+        );
+        assert_eq!(forward.trim(), "1");
+        let (have_nft, _) = run("nft", &["--version"]);
+        if have_nft {
+            let table = run_ok(
+                "ip",
+                &[
+                    "netns", "exec", &node.name, "nft", "list", "table", "ip", "ferry",
+                ],
+            );
+            assert!(table.contains("masquerade"), "{table}");
+            assert!(table.contains("10.70.3.0/24"), "{table}");
+        }
+
+        let status = || req(pod::Command::Status, "", None, "");
+        let (ready, code, _) = status_of(agent.handle(status()).await);
+        assert!(ready && code == 0, "{code}");
+        *dp.sync_missing.lock().unwrap() = vec![MissingPort {
+            endpoint: "uplink".into(),
+            port: "up0".into(),
+            error: "not a NIC the dataplane can drive".into(),
+        }];
+        resync(&dp, &agent).await;
+        let (ready, code, stale) = status_of(agent.handle(status()).await);
+        assert!(!ready);
+        assert_eq!(code, code::LIMITED_CONNECTIVITY);
+        assert!(stale.is_empty(), "the uplink is no pod: {stale:?}");
+        dp.sync_missing.lock().unwrap().clear();
+        resync(&dp, &agent).await;
+        assert_eq!(status_of(agent.handle(status()).await).1, 0);
+    });
+    // A configuration the node refuses stops the agent before it makes
+    // anything (a fresh namespace: no host port appears).
+    let w = World::new();
+    w.node
+        .ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    w.node.ip(&["addr", "add", "192.168.70.1/24", "dev", "up0"]);
+    let node = w.node.view();
+    let direct = format!("{UPLINK}[overlay]\nmode = \"direct\"\n");
+    let cfg = w.config_with(&direct).unwrap();
+    w.in_node(move || async move {
+        match Agent::start(cfg).await {
+            Err(e) => assert!(e.to_string().contains(ferryd::config::OFF_LINK_PEER), "{e}"),
+            Ok(_) => panic!("direct mode with an off-link peer was accepted"),
+        }
+        assert!(!node.has_link("fhp0"), "the host port was made");
+    });
 }
 
 #[test]

@@ -5,8 +5,12 @@
 //! Layer: an operator tool on ferry-api alone; it knows nothing of netlink,
 //! AF_XDP or ferryd's store.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{self, NodeSettings, Stats, TableDump};
+use ferry_api::table::{self, NodeSettings, Overlay, Stats, TableDump};
+use ferry_api::MacAddr;
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// A text table with left-aligned columns separated by two spaces.
@@ -147,8 +151,152 @@ fn render_node(
             vec!["pod cidrs".into(), cidrs.join(", ")],
             vec!["host port".into(), host],
             vec!["mtu".into(), n.mtu.to_string()],
+            vec![
+                "uplink".into(),
+                match &n.uplink {
+                    Some(u) => {
+                        format!("{} ({}), {}", u.ifname, u.address, overlay_text(&u.overlay))
+                    }
+                    None => "none".into(),
+                },
+            ],
         ],
     )
+}
+
+fn overlay_text(o: &Overlay) -> String {
+    match o {
+        Overlay::Vxlan { vni, port } => format!("overlay vxlan vni {vni} port {port}"),
+        Overlay::Direct => "overlay direct".into(),
+    }
+}
+
+/// The uplink as `ferryctl peers` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct UplinkView {
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub overlay: Overlay,
+    /// How the dataplane drives it (`native-copy`, ...); `missing`: no
+    /// port on it; `unknown`: its counters could not be read.
+    pub mode: String,
+}
+
+/// One row of `ferryctl peers`: a peer node, the pod CIDRs routed to it
+/// and how the dataplane reaches it on the uplink.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub node: IpAddr,
+    pub pod_cidrs: Vec<IpNet>,
+    /// The peer itself (on-link) or its gateway; `None`: no neighbour
+    /// listed for it.
+    pub next_hop: Option<IpAddr>,
+    pub mac: Option<MacAddr>,
+    /// The kernel's neighbour state or why it is unresolved.
+    pub state: String,
+}
+
+/// `ferryctl peers --json`.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct PeersView {
+    pub uplink: Option<UplinkView>,
+    pub peers: Vec<PeerRow>,
+}
+
+/// The row of `node`, added (nothing known yet) if there is none.
+fn peer_entry(peers: &mut Vec<PeerRow>, node: IpAddr) -> &mut PeerRow {
+    let i = match peers.iter().position(|p| p.node == node) {
+        Some(i) => i,
+        None => {
+            peers.push(PeerRow {
+                node,
+                pod_cidrs: Vec::new(),
+                next_hop: None,
+                mac: None,
+                state: "not listed by the dataplane".into(),
+            });
+            peers.len() - 1
+        }
+    };
+    &mut peers[i]
+}
+
+/// The uplink and the peers from the dataplane's tables (routes to
+/// `NextHop::Node`, neighbours) and, for the uplink's mode, its stats.
+pub fn peers_view(t: &TableDump, stats: Option<&Stats>) -> PeersView {
+    let uplink = t.node.as_ref().and_then(|n| n.uplink.as_ref()).map(|u| {
+        let mode =
+            match stats {
+                None => "unknown".to_string(),
+                Some(s) => s.ports.iter().find(|p| p.endpoint == "uplink").map_or(
+                    "missing".to_string(),
+                    |p| {
+                        if p.mode.is_empty() {
+                            "unknown".to_string()
+                        } else {
+                            p.mode.clone()
+                        }
+                    },
+                ),
+            };
+        UplinkView {
+            ifname: u.ifname.clone(),
+            address: u.address,
+            overlay: u.overlay,
+            mode,
+        }
+    });
+    let mut peers: Vec<PeerRow> = Vec::new();
+    for r in &t.routes {
+        if let table::NextHop::Node(node) = r.next_hop {
+            peer_entry(&mut peers, node).pod_cidrs.push(r.prefix);
+        }
+    }
+    for n in &t.neighbours {
+        let p = peer_entry(&mut peers, n.node);
+        p.next_hop = Some(n.next_hop);
+        p.mac = n.mac;
+        p.state = n.state.clone();
+    }
+    peers.sort_by_key(|p| p.node);
+    PeersView { uplink, peers }
+}
+
+pub fn render_peers(v: &PeersView) -> String {
+    let mut out = match &v.uplink {
+        Some(u) => format!(
+            "uplink {} ({}), {}, mode {}\n\n",
+            u.ifname,
+            u.address,
+            overlay_text(&u.overlay),
+            u.mode
+        ),
+        None => "uplink: none (a single node)\n\n".into(),
+    };
+    let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    let body: Vec<Vec<String>> = v
+        .peers
+        .iter()
+        .map(|p| {
+            let cidrs: Vec<String> = p.pod_cidrs.iter().map(ToString::to_string).collect();
+            vec![
+                p.node.to_string(),
+                if cidrs.is_empty() {
+                    "-".into()
+                } else {
+                    cidrs.join(",")
+                },
+                dash(p.next_hop.map(|h| h.to_string())),
+                dash(p.mac.map(|m| m.to_string())),
+                p.state.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(
+        &["NODE", "POD CIDR", "NEXT HOP", "MAC", "STATE"],
+        &body,
+    ));
+    out
 }
 
 pub fn render_routes(t: &TableDump) -> String {
@@ -210,6 +358,11 @@ pub fn render_stats(s: &Stats) -> String {
                 } else {
                     "no".into()
                 },
+                if p.mode.is_empty() {
+                    "-".into()
+                } else {
+                    p.mode.clone()
+                },
                 p.rx_frames.to_string(),
                 p.rx_bytes.to_string(),
                 p.tx_frames.to_string(),
@@ -238,6 +391,7 @@ pub fn render_stats(s: &Stats) -> String {
             "PORT",
             "ENDPOINT",
             "ATTACHED",
+            "MODE",
             "RX FRAMES",
             "RX BYTES",
             "TX FRAMES",
@@ -364,6 +518,94 @@ mod tests {
     }
 
     #[test]
+    fn peers_join_routes_and_neighbours() {
+        let node = NodeSettings {
+            gateways: vec!["10.70.1.1".parse().unwrap()],
+            router_mac: MacAddr::ROUTER,
+            pod_cidrs: vec!["10.70.1.0/24".parse().unwrap()],
+            host_port: None,
+            mtu: 1450,
+            uplink: Some(table::Uplink {
+                ifname: "up0".into(),
+                address: "192.168.70.1".parse().unwrap(),
+                overlay: Overlay::Vxlan { vni: 1, port: 4789 },
+                set_channels: false,
+            }),
+        };
+        let t = TableDump {
+            generation: 4,
+            node: Some(node),
+            endpoints: vec![],
+            routes: vec![
+                table::Route {
+                    prefix: "10.70.3.0/24".parse().unwrap(),
+                    next_hop: table::NextHop::Node("192.168.71.3".parse().unwrap()),
+                },
+                table::Route {
+                    prefix: "10.70.2.0/24".parse().unwrap(),
+                    next_hop: table::NextHop::Node("192.168.70.2".parse().unwrap()),
+                },
+            ],
+            ports: BTreeMap::new(),
+            neighbours: vec![
+                table::Neighbour {
+                    node: "192.168.70.2".parse().unwrap(),
+                    next_hop: "192.168.70.2".parse().unwrap(),
+                    mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+                    state: "reachable".into(),
+                },
+                table::Neighbour {
+                    node: "192.168.71.3".parse().unwrap(),
+                    next_hop: "192.168.70.254".parse().unwrap(),
+                    mac: None,
+                    state: "incomplete".into(),
+                },
+            ],
+        };
+        let stats = Stats {
+            ports: vec![PortStats {
+                name: "up0".into(),
+                endpoint: "uplink".into(),
+                mode: "native-copy".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let v = peers_view(&t, Some(&stats));
+        assert_eq!(v.uplink.as_ref().unwrap().mode, "native-copy");
+        assert_eq!(
+            render_peers(&v),
+            "uplink up0 (192.168.70.1), overlay vxlan vni 1 port 4789, mode native-copy\n\n\
+             NODE          POD CIDR      NEXT HOP        MAC                STATE\n\
+             192.168.70.2  10.70.2.0/24  192.168.70.2    02:00:00:00:00:02  reachable\n\
+             192.168.71.3  10.70.3.0/24  192.168.70.254  -                  incomplete\n"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["uplink"]["overlay"]["mode"], "vxlan");
+        assert_eq!(json["uplink"]["mode"], "native-copy");
+        assert_eq!(json["peers"][0]["pod_cidrs"][0], "10.70.2.0/24");
+        assert_eq!(json["peers"][1]["mac"], serde_json::Value::Null);
+        // Without stats the mode is unknown; without the port, missing.
+        assert_eq!(peers_view(&t, None).uplink.unwrap().mode, "unknown");
+        let missing = peers_view(&t, Some(&Stats::default()));
+        assert_eq!(missing.uplink.unwrap().mode, "missing");
+        // The routes view shows the uplink too.
+        assert!(
+            render_routes(&t).contains("up0 (192.168.70.1), overlay vxlan vni 1 port 4789"),
+            "{}",
+            render_routes(&t)
+        );
+        assert!(render_routes(&t).contains("node 192.168.70.2"));
+        // A single node.
+        let single = peers_view(&TableDump::default(), None);
+        assert_eq!(single.uplink, None);
+        assert_eq!(
+            render_peers(&single),
+            "uplink: none (a single node)\n\nNODE  POD CIDR  NEXT HOP  MAC  STATE\n"
+        );
+    }
+
+    #[test]
     fn stats_show_nonzero_drops() {
         let s = Stats {
             generation: 1,
@@ -390,6 +632,7 @@ mod tests {
         assert!(text.contains("no_endpoint=2"), "{text}");
         assert!(!text.contains("bad_l4_checksum"), "{text}");
         assert!(text.contains("WORKER"), "{text}");
+        assert!(text.contains("ATTACHED  MODE"), "{text}");
 
         let rows = drop_rows(&s);
         assert_eq!(rows.len(), 1, "zero counters are not rows: {rows:?}");

@@ -14,7 +14,7 @@ use ferryctl as ctl;
 #[command(
     name = "ferryctl",
     version,
-    about = "Inspect ferry on this node: endpoints, routes, counters, drops, status (tables, or --json)"
+    about = "Inspect ferry on this node: endpoints, routes, peers, counters, drops, status (tables, or --json)"
 )]
 struct Args {
     /// ferryd's pod-API socket.
@@ -34,9 +34,11 @@ struct Args {
 enum Cmd {
     /// Endpoints in the dataplane's tables: id, IP, MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index, then ferryd's stale attachments (pod gone before its DEL; kept until DEL or GC).
     Endpoints,
-    /// Node settings (gateway, pod CIDRs, host port) and routes.
+    /// Node settings (gateway, pod CIDRs, host port, uplink) and routes.
     Routes,
-    /// Per-port and per-worker counters, drops by reason and the kernel's AF_XDP drops (`xsk:…`).
+    /// The uplink (interface, address, overlay, how the dataplane drives it) and the peer nodes: pod CIDR, next hop, MAC and neighbour state as the dataplane resolved them.
+    Peers,
+    /// Per-port (with how the dataplane drives it: native-copy, tap, ...) and per-worker counters, drops by reason and the kernel's AF_XDP drops (`xsk:…`).
     #[command(visible_alias = "counters")]
     Stats,
     /// Dropped frames by port and reason, the kernel's AF_XDP drops as `xsk:<counter>` (only those seen).
@@ -95,6 +97,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 print!("{}", ctl::render_routes(&t));
+            }
+        }
+        Cmd::Peers => {
+            let t = client::tables(&args.dataplane)?;
+            // The uplink's mode is in the counters; without them the rest
+            // is still worth printing.
+            let stats = match client::stats(&args.dataplane) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("ferryctl: uplink mode unknown: {e}");
+                    None
+                }
+            };
+            let view = ctl::peers_view(&t, stats.as_ref());
+            if args.json {
+                print_json(&view)?;
+            } else {
+                print!("{}", ctl::render_peers(&view));
             }
         }
         Cmd::Stats => {

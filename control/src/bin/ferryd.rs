@@ -45,10 +45,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     log::info!(
-        "ferryd starting: pod CIDRs {:?}, gateway {}, mtu {}, socket {}, dataplane {}",
+        "ferryd starting: pod CIDRs {:?}, gateway {}, mtu {}, uplink {}, socket {}, dataplane {}",
         cfg.pod_cidrs,
         cfg.gateway,
-        cfg.mtu,
+        cfg.mtu_setting
+            .map_or_else(|| "unset".to_string(), |m| m.to_string()),
+        cfg.uplink.as_ref().map_or("none", |u| u.ifname.as_str()),
         cfg.socket.display(),
         cfg.dataplane_socket.display()
     );

@@ -21,7 +21,11 @@ impl Agent {
                 ))
             }
         };
-        let mtu = req.mtu.unwrap_or(self.cfg.mtu);
+        // The network config's mtu, else ferryd's: written, or derived from
+        // the uplink and lowered to what the attachment carries.
+        let mtu = req
+            .mtu
+            .unwrap_or_else(|| self.cfg.default_mtu(self.dp.max_mtu(req.attachment)));
         if !(68..=65535).contains(&mtu) {
             return Err(err(
                 code::INVALID_CONFIG,

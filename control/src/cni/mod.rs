@@ -23,7 +23,7 @@ use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{validate_ifname, Config};
+use crate::config::{validate_ifname, Config, ConfigError};
 use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT};
 use crate::ipam::{v4_addr, v4_net, IpamError, Pools};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
@@ -57,6 +57,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Run a blocking store call off the async workers.
@@ -75,6 +77,10 @@ pub struct Agent {
     dp: DataplaneClient,
     locks: Locks,
     node_pools: Pools,
+    /// What the node kernel could not be made to do for the uplink
+    /// (forwarding, masquerade), found at start: STATUS says "limited
+    /// connectivity" while any is there.
+    node_problems: Vec<String>,
 }
 
 /// Delete what plumbing made for `rec` (nothing there is fine).
@@ -99,6 +105,29 @@ impl Agent {
     /// Open the store, roll back pending records, make the host port and
     /// start the dataplane client. Pods of ready records are not touched.
     pub async fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        // The uplink is checked against the node before anything is made
+        // or changed: a configuration it refuses stops ferryd here.
+        let netlink = Netlink::connect(Forbidden::node())?;
+        let cfg = match &cfg.uplink {
+            None => cfg,
+            Some(u) => {
+                let facts = netlink.uplink_facts(&u.ifname).await?;
+                let cfg = cfg.resolve(facts.as_ref())?;
+                if let Some(u) = &cfg.uplink {
+                    log::info!(
+                        "uplink {} (MTU {}), node address {}, overlay {:?}, {} peer(s), masquerade {}; pod MTU {}",
+                        u.ifname,
+                        u.link_mtu.unwrap_or_default(),
+                        u.node_address.map(|a| a.to_string()).unwrap_or_default(),
+                        u.overlay,
+                        u.peers.len(),
+                        if u.masquerade { "on" } else { "off" },
+                        cfg.mtu()
+                    );
+                }
+                cfg
+            }
+        };
         let dir = cfg.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -108,7 +137,6 @@ impl Agent {
             })??;
         let store = Arc::new(store);
         log::info!("store {}", store.path().display());
-        let netlink = Netlink::connect(Forbidden::node())?;
 
         for rec in store.pending()? {
             log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.ip);
@@ -118,7 +146,7 @@ impl Agent {
             store.release(&rec.id)?;
         }
 
-        match reconcile::ensure_host_port(&netlink, &cfg, None).await {
+        match reconcile::ensure_host_port(&netlink, &cfg, None, cfg.default_mtu(None)).await {
             Ok(hp) => log::info!(
                 "host port {} ({}) / {} ready",
                 hp.kernel_ifname,
@@ -132,12 +160,16 @@ impl Agent {
             // Weak: the client task may outlive the agent by a moment, and
             // must not keep the database open (a restarted agent reopens it).
             let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), Arc::downgrade(&store));
-            Arc::new(move |workers, dataplane_pid| {
+            Arc::new(move |hello| {
                 let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
-                Box::pin(async move {
-                    reconcile::sync_state(&netlink, &cfg, store, workers, dataplane_pid).await
-                })
+                Box::pin(async move { reconcile::sync_state(&netlink, &cfg, store, hello).await })
             })
+        };
+        let node_problems = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || reconcile::node_kernel(&cfg))
+                .await
+                .unwrap_or_else(|e| vec![format!("node kernel setup task failed: {e}")])
         };
         let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
         let node_pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
@@ -149,6 +181,7 @@ impl Agent {
             dp,
             locks: Locks::default(),
             node_pools,
+            node_problems,
         }))
     }
 

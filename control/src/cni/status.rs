@@ -40,6 +40,23 @@ impl Agent {
                 stale,
             );
         }
+        if let Some(problem) = self.dp.uplink_problem() {
+            return not_ready(
+                code::LIMITED_CONNECTIVITY,
+                format!("pods cannot reach other nodes: {problem}"),
+                stale,
+            );
+        }
+        if !self.node_problems.is_empty() {
+            return not_ready(
+                code::LIMITED_CONNECTIVITY,
+                format!(
+                    "pods cannot reach beyond the cluster: {}",
+                    self.node_problems.join("; ")
+                ),
+                stale,
+            );
+        }
         let stale_note = match stale.len() {
             0 => String::new(),
             n => format!("; {n} stale attachment(s) kept until DEL or GC (pod gone)"),

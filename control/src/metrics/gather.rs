@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{PoolUsage, RequestCounters, Snapshot};
+use super::{peer_states, PoolUsage, RequestCounters, Snapshot, UplinkInfo};
 use crate::cni::Agent;
 use crate::ipam::Pools;
 
@@ -49,6 +49,30 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
     if let Err(e) = &dataplane {
         log::debug!("metrics: dataplane stats: {e}");
     }
+    // The neighbours are in the dataplane's table dump: asked only when
+    // there are peers to report.
+    let peers: Vec<std::net::IpAddr> = cfg
+        .uplink
+        .iter()
+        .flat_map(|u| &u.peers)
+        .map(|p| p.address.into())
+        .collect();
+    let neighbours = if peers.is_empty() {
+        Vec::new()
+    } else {
+        let socket = cfg.dataplane_socket.clone();
+        match tokio::task::spawn_blocking(move || ferry_api::client::tables(&socket)).await {
+            Ok(Ok(t)) => t.neighbours,
+            Ok(Err(e)) => {
+                log::debug!("metrics: dataplane tables: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                log::debug!("metrics: tables task failed: {e}");
+                Vec::new()
+            }
+        }
+    };
     Snapshot {
         dataplane,
         dataplane_connected: agent.dataplane().connected(),
@@ -57,5 +81,11 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
         host_port_missing: agent.dataplane().host_port_problem().is_some(),
         pools,
         requests: requests.snapshot(),
+        uplink: cfg.uplink.as_ref().map(|u| UplinkInfo {
+            ifname: u.ifname.clone(),
+            overlay: u.overlay.name().to_string(),
+            missing: agent.dataplane().uplink_problem(),
+        }),
+        peers: peer_states(&peers, &neighbours),
     }
 }

@@ -80,6 +80,50 @@ pub struct Snapshot {
     pub pools: Vec<PoolUsage>,
     /// Pod-API requests: (command, CNI code answered, count).
     pub requests: Vec<(String, u32, u64)>,
+    /// The configured uplink, if any.
+    pub uplink: Option<UplinkInfo>,
+    /// Each configured peer and how the dataplane reaches it.
+    pub peers: Vec<PeerState>,
+}
+
+/// The configured uplink, for `ferry_uplink_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkInfo {
+    pub ifname: String,
+    /// `vxlan` or `direct`.
+    pub overlay: String,
+    /// Why the dataplane has no port on it, if it has none.
+    pub missing: Option<String>,
+}
+
+/// One peer node as the dataplane's neighbour table says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    pub node: std::net::IpAddr,
+    /// Where its frames go on the uplink; `None` if the dataplane lists
+    /// no neighbour for it (yet).
+    pub next_hop: Option<std::net::IpAddr>,
+    pub resolved: bool,
+}
+
+/// The configured peers (in order) joined with the dataplane's neighbours
+/// (`Tables::neighbours`); a peer the dataplane does not list is
+/// unresolved.
+pub fn peer_states(
+    peers: &[std::net::IpAddr],
+    neighbours: &[ferry_api::table::Neighbour],
+) -> Vec<PeerState> {
+    peers
+        .iter()
+        .map(|&node| {
+            let n = neighbours.iter().find(|n| n.node == node);
+            PeerState {
+                node,
+                next_hop: n.map(|n| n.next_hop),
+                resolved: n.is_some_and(|n| n.mac.is_some()),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

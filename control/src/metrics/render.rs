@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Snapshot;
+use crate::dataplane_client::UPLINK_ENDPOINT;
 
 /// A label value escaped as the exposition format wants (`\\`, `\"`, `\n`).
 fn escape(v: &str) -> String {
@@ -155,6 +156,62 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if let Some(u) = &s.uplink {
+        // The mode is the dataplane's port's; "missing" when it has none,
+        // "unknown" when its counters could not be read.
+        let mode = match stats {
+            None => "unknown",
+            Some(st) => st
+                .ports
+                .iter()
+                .find(|p| p.endpoint == UPLINK_ENDPOINT)
+                .map_or("missing", |p| {
+                    if p.mode.is_empty() {
+                        "unknown"
+                    } else {
+                        p.mode.as_str()
+                    }
+                }),
+        };
+        let mut f = Family::new(
+            &mut out,
+            "ferry_uplink_info",
+            "gauge",
+            "The configured uplink (always 1): its interface, the overlay (vxlan|direct) and how the dataplane drives it (native-zerocopy|native-copy|generic-copy; missing: no port on it).",
+        );
+        f.sample(
+            &[
+                ("ifname", &u.ifname),
+                ("overlay", &u.overlay),
+                ("mode", mode),
+            ],
+            1,
+        );
+        let mut f = Family::new(
+            &mut out,
+            "ferry_uplink_missing",
+            "gauge",
+            "1 if an uplink is configured and the dataplane reported it could not open it (pods cannot reach other nodes), else 0.",
+        );
+        f.sample(&[], u64::from(u.missing.is_some()));
+    }
+    if !s.peers.is_empty() {
+        let mut f = Family::new(
+            &mut out,
+            "ferry_peer_resolved",
+            "gauge",
+            "1 if the dataplane knows the MAC a configured peer node is reached at on the uplink (next_hop: the peer or its gateway; \"\" while not listed), else 0: frames to it are dropped.",
+        );
+        for p in &s.peers {
+            let node = p.node.to_string();
+            let hop = p.next_hop.map(|h| h.to_string()).unwrap_or_default();
+            f.sample(
+                &[("node", &node), ("next_hop", &hop)],
+                u64::from(p.resolved),
+            );
+        }
+    }
+
     let Some(stats) = stats else {
         return out;
     };
@@ -292,9 +349,9 @@ pub fn render(s: &Snapshot) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ferry_api::table::{PortStats, Stats, WorkerStats};
+    use ferry_api::table::{Neighbour, PortStats, Stats, WorkerStats};
 
-    use super::super::PoolUsage;
+    use super::super::{peer_states, PoolUsage, UplinkInfo};
     use super::*;
 
     fn snapshot() -> Snapshot {
@@ -345,7 +402,69 @@ mod tests {
                 allocated: 3,
             }],
             requests: vec![("ADD".into(), 0, 3), ("ADD".into(), 11, 1)],
+            uplink: None,
+            peers: vec![],
         }
+    }
+
+    fn two_node() -> Snapshot {
+        let mut s = snapshot();
+        if let Ok(st) = s.dataplane.as_mut() {
+            st.ports.push(PortStats {
+                name: "up0".into(),
+                endpoint: "uplink".into(),
+                attached: true,
+                mode: "native-copy".into(),
+                ..Default::default()
+            });
+        }
+        s.uplink = Some(UplinkInfo {
+            ifname: "up0".into(),
+            overlay: "vxlan".into(),
+            missing: None,
+        });
+        let neighbours = [Neighbour {
+            node: "192.168.70.2".parse().unwrap(),
+            next_hop: "192.168.70.2".parse().unwrap(),
+            mac: Some(ferry_api::MacAddr([2, 0, 0, 0, 0, 2])),
+            state: "reachable".into(),
+        }];
+        s.peers = peer_states(
+            &[
+                "192.168.70.2".parse().unwrap(),
+                "192.168.71.3".parse().unwrap(),
+            ],
+            &neighbours,
+        );
+        s
+    }
+
+    #[test]
+    fn uplink_and_peers_are_reported() {
+        let text = render(&two_node());
+        for line in [
+            "ferry_uplink_info{ifname=\"up0\",overlay=\"vxlan\",mode=\"native-copy\"} 1",
+            "ferry_uplink_missing 0",
+            "ferry_peer_resolved{node=\"192.168.70.2\",next_hop=\"192.168.70.2\"} 1",
+            "ferry_peer_resolved{node=\"192.168.71.3\",next_hop=\"\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+        }
+        // The uplink port the dataplane does not have.
+        let mut s = two_node();
+        if let Ok(st) = s.dataplane.as_mut() {
+            st.ports.retain(|p| p.endpoint != "uplink");
+        }
+        s.uplink.as_mut().unwrap().missing = Some("uplink up0: no such device".into());
+        let text = render(&s);
+        assert!(text.contains("mode=\"missing\"} 1\n"), "{text}");
+        assert!(text.contains("\nferry_uplink_missing 1\n"), "{text}");
+        s.dataplane = Err("down".into());
+        assert!(render(&s).contains("mode=\"unknown\"} 1\n"));
+        // A single node has none of these families.
+        let single = render(&snapshot());
+        assert!(!single.contains("ferry_uplink"), "{single}");
+        assert!(!single.contains("ferry_peer"), "{single}");
     }
 
     #[test]

@@ -6,10 +6,9 @@ use std::net::Ipv4Addr;
 
 use ferry_api::MacAddr;
 use ipnet::Ipv4Net;
-use netlink_packet_route::route::RouteScope;
 use rtnetlink::LinkUnspec;
 
-use super::routes::{add_route, Existing};
+use super::routes::replace_pod_cidr_route;
 use super::veth::veth_message;
 use super::{add_address, delete_link, link_by_name, set_link, set_up, Netlink, NetlinkError};
 
@@ -80,19 +79,7 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
         add_address(h, k.index, kernel, Ipv4Net::from(gateway)).await?;
         for cidr in pod_cidrs {
-            add_route(
-                h,
-                k.index,
-                *cidr,
-                None,
-                Some(gateway),
-                RouteScope::Link,
-                Existing::Replace,
-            )
-            .await
-            .map_err(|e| {
-                NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e)
-            })?;
+            replace_pod_cidr_route(h, k.index, kernel, *cidr, gateway).await?;
         }
         k.mac
             .ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))

@@ -10,7 +10,9 @@
 //! - [`netns`]: opening a namespace path safely, and running in it.
 //! - `veth`: a veth pod (the pair, its queue count), `tap`: a tap pod,
 //!   `pod`: configuring the pod end (address, routes) and looking at it,
-//!   `host_port`: the node's side of the dataplane, `routes`: how routes
+//!   `host_port`: the node's side of the dataplane, [`uplink`]: the node
+//!   kernel's side of several nodes (uplink facts, peer routes, forwarding,
+//!   masquerade), `routes`: how routes
 //!   are added.
 
 use std::net::Ipv4Addr;
@@ -28,6 +30,7 @@ pub mod netns;
 mod pod;
 mod routes;
 mod tap;
+pub mod uplink;
 mod veth;
 
 pub use netns::{in_netns, Forbidden, NetnsError};

@@ -7,6 +7,8 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
+use super::NetlinkError;
+
 /// Whether [`add_route`] may replace a route to the same destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Existing {
@@ -43,4 +45,26 @@ pub(super) async fn add_route(
         // rtnetlink's add is NLM_F_CREATE | NLM_F_EXCL.
         Existing::Keep => add.execute().await,
     }
+}
+
+/// A route of ferry's own to a pod CIDR (the node's or a peer's) out of the
+/// host port's kernel end: `cidr dev kernel src gateway`, replaced if there.
+pub(super) async fn replace_pod_cidr_route(
+    handle: &Handle,
+    index: u32,
+    kernel: &str,
+    cidr: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<(), NetlinkError> {
+    add_route(
+        handle,
+        index,
+        cidr,
+        None,
+        Some(gateway),
+        RouteScope::Link,
+        Existing::Replace,
+    )
+    .await
+    .map_err(|e| NetlinkError::request(format!("add route {cidr} dev {kernel} src {gateway}"), e))
 }
