@@ -8,7 +8,9 @@
 //! into the forwarding and rewriting code; bit 5 says a virtio-net header
 //! follows (the frame came from a tap), bit 4 puts its checksum offsets
 //! where the frame's L4 checksum is, so the offload checks pass more often.
-//! Every frame sits behind [`FRAME_HEADROOM`] bytes of headroom.
+//! Every frame sits behind [`FRAME_HEADROOM`] bytes of headroom. Port 4 is
+//! the uplink (VXLAN, a resolved and an unresolved peer), so frames there
+//! are decapsulated and frames to the peers' CIDRs encapsulated.
 //! Properties checked beyond "no panic": one verdict per frame, a Tx only to
 //! a port the tables know, the frame length within its buffer; then every
 //! forwarded frame is finished for a tap (its header must pass
@@ -20,17 +22,20 @@
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Route};
+use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Overlay, Route, Uplink};
 use ferry_api::MacAddr;
 use ferry_dataplane::core::offload::{self, EgressCaps, Finished, Offload, VNET_HDR_LEN};
 use ferry_dataplane::core::pipeline::{
     process_batch, process_frame, CsumState, DropReason, Frame, Verdict, FRAME_HEADROOM,
 };
+use ferry_dataplane::core::tables::{Links, PortId, Tables};
 use ferry_dataplane::core::wire::checksum;
-use ferry_dataplane::core::tables::{PortId, Tables};
+use ferry_dataplane::core::wire::vxlan::{Outer, OUTER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_FRAMES: usize = 64;
+/// The node's address on the uplink (port 4, VXLAN on 4789, VNI 1).
+const UPLINK_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 1);
 
 fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
@@ -45,7 +50,12 @@ fn tables() -> &'static Tables {
                 kernel_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             }),
             mtu: 1500,
-            uplink: None,
+            uplink: Some(Uplink {
+                ifname: "up0".into(),
+                address: UPLINK_ADDRESS,
+                overlay: Overlay::Vxlan { vni: 1, port: 4789 },
+                set_channels: false,
+            }),
         };
         let endpoints: Vec<Endpoint> = (1..=3u8)
             .map(|i| {
@@ -70,14 +80,34 @@ fn tables() -> &'static Tables {
                 prefix: "10.88.0.128/25".parse().expect("prefix"),
                 next_hop: NextHop::Host,
             },
+            // A peer node with a resolved MAC, and one without.
+            Route {
+                prefix: "10.89.0.0/24".parse().expect("prefix"),
+                next_hop: NextHop::Node(Ipv4Addr::new(192, 168, 70, 2).into()),
+            },
+            Route {
+                prefix: "10.90.0.0/24".parse().expect("prefix"),
+                next_hop: NextHop::Node(Ipv4Addr::new(192, 168, 70, 3).into()),
+            },
         ];
         let port_of = |name: &str| -> Option<PortId> {
-            if name == "ferry0dp" {
-                return Some(0);
+            match name {
+                "ferry0dp" => Some(0),
+                "up0" => Some(4),
+                _ => name.strip_prefix("fy")?.parse().ok(),
             }
-            name.strip_prefix("fy")?.parse().ok()
         };
-        Tables::build(1, &node, &endpoints, &routes, port_of)
+        let links = Links {
+            uplink: Some((MacAddr([2, 0, 0, 0, 0, 0x10]), 1500)),
+            uplink_frame_mtu: 1778,
+            neighbours: [(
+                Ipv4Addr::new(192, 168, 70, 2),
+                MacAddr([2, 0, 0, 0, 0, 0x20]),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        Tables::build_with(1, &node, &endpoints, &routes, port_of, &links)
     })
 }
 
@@ -149,7 +179,15 @@ fn checksums_ok(f: &[u8]) -> bool {
 /// Finish a forwarded frame as the worker would, towards a tap and
 /// towards a veth, and check what each gets.
 fn check_egress(frame: &Frame<'_>, ingress_offload: &Offload) {
-    let bytes = frame.bytes();
+    let all = frame.bytes();
+    // An encapsulated frame: valid outer headers to the peer, and the
+    // inner frame is what the egress side finishes.
+    if frame.outer > 0 {
+        assert_eq!(frame.outer, OUTER_LEN);
+        let o = Outer::parse(all, Ipv4Addr::new(192, 168, 70, 2), 4789, 1);
+        assert!(o.is_ok_and(|o| o.src == UPLINK_ADDRESS && o.inner_at == OUTER_LEN));
+    }
+    let bytes = &all[frame.outer..];
     let tap = EgressCaps {
         offload: true,
         tx_csum: false,
@@ -157,14 +195,24 @@ fn check_egress(frame: &Frame<'_>, ingress_offload: &Offload) {
     let mut to_tap = bytes.to_vec();
     match offload::finish(&mut to_tap, frame.csum, &frame.offload, tap) {
         Ok(Finished::Send(h)) => {
-            assert_eq!(offload::check(&to_tap, &h), Ok(()), "a tap gets a header that fits");
+            assert_eq!(
+                offload::check(&to_tap, &h),
+                Ok(()),
+                "a tap gets a header that fits"
+            );
             assert_eq!(to_tap, bytes, "a tap gets the frame unchanged");
         }
         other => panic!("a tap takes every frame as it is: {other:?}"),
     }
-    let trusted = ingress_offload.flags & offload::F_DATA_VALID != 0 && !ingress_offload.needs_csum();
+    let trusted =
+        ingress_offload.flags & offload::F_DATA_VALID != 0 && !ingress_offload.needs_csum();
     let mut to_veth = bytes.to_vec();
-    match offload::finish(&mut to_veth, frame.csum, &frame.offload, EgressCaps::default()) {
+    match offload::finish(
+        &mut to_veth,
+        frame.csum,
+        &frame.offload,
+        EgressCaps::default(),
+    ) {
         Ok(Finished::Send(h)) => {
             assert_eq!(h, Offload::NONE, "a veth takes no header");
             if !trusted && frame.csum != CsumState::Unknown {
@@ -242,17 +290,32 @@ fuzz_target!(|data: &[u8]| {
         match verdict {
             Verdict::Tx(p) => {
                 assert!(t.port_role(*p).is_some(), "tx to unknown port {p}");
-                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
+                assert!(
+                    frame.headroom + frame.len <= frame.buf.len(),
+                    "frame grew past its buffer"
+                );
                 check_egress(frame, off);
             }
             Verdict::Reply => {
-                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
-                assert_eq!((frame.csum, frame.offload), (CsumState::Complete, Offload::NONE));
+                assert!(
+                    frame.headroom + frame.len <= frame.buf.len(),
+                    "frame grew past its buffer"
+                );
+                assert_eq!(
+                    (frame.csum, frame.offload),
+                    (CsumState::Complete, Offload::NONE)
+                );
             }
             Verdict::IcmpError { port, reason } => {
-                assert_eq!(*port, frame.port, "an ICMP error leaves by the ingress port");
+                assert_eq!(
+                    *port, frame.port,
+                    "an ICMP error leaves by the ingress port"
+                );
                 assert_eq!(*reason, DropReason::FragNeeded);
-                assert!(frame.headroom + frame.len <= frame.buf.len(), "frame grew past its buffer");
+                assert!(
+                    frame.headroom + frame.len <= frame.buf.len(),
+                    "frame grew past its buffer"
+                );
             }
             Verdict::Drop(r) => assert!(
                 !matches!(

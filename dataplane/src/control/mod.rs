@@ -30,17 +30,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use ferry_api::table::{
-    Attachment, Endpoint, MissingPort, NodeSettings, PortStats, Request, Response, Route, Stats,
-    TableDump, API_VERSION,
+    Attachment, Endpoint, MissingPort, Neighbour, NextHop, NodeSettings, Overlay, PortStats,
+    Request, Response, Route, Stats, TableDump, API_VERSION,
 };
 use ipnet::IpNet;
 
-use crate::core::tables::{PortId, TableHandle, Tables};
+use crate::core::tables::{Links, PortId, TableHandle, Tables};
 use crate::engine::counters::{
     new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
 };
 use crate::engine::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
-use crate::io::port::{PortBackend, PortKind, PortSpec};
+use crate::io::port::{PortBackend, PortKind, PortSpec, UplinkSpec};
 
 /// How long the control thread waits for every worker to apply a command.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,8 +102,10 @@ struct WorkerHandle<Q> {
 
 struct PortEntry<A> {
     id: PortId,
-    /// Endpoint id, or "host" for the host port.
+    /// Endpoint id, or "host" for the host port, "uplink" for the uplink.
     label: String,
+    /// What it was opened as: a port whose spec changes is reopened.
+    spec: PortSpec,
     counters: Vec<Arc<PortCounters>>,
     /// Dropped last, after the workers let go of their queues.
     _attachment: A,
@@ -127,11 +129,57 @@ impl State {
                 ("host".to_string(), PortSpec::host_veth(&hp.ifname)),
             );
         }
+        if let Some((node, up)) = self
+            .node
+            .as_ref()
+            .and_then(|n| Some((n, n.uplink.as_ref()?)))
+        {
+            let spec = PortSpec {
+                name: up.ifname.clone(),
+                kind: PortKind::Uplink(uplink_spec(node, up)),
+            };
+            out.insert(up.ifname.clone(), (UPLINK_LABEL.to_string(), spec));
+        }
         for ep in self.endpoints.values() {
             out.entry(ep.host_ifname.clone())
                 .or_insert_with(|| (ep.id.clone(), port_spec(ep)));
         }
         out
+    }
+
+    /// The peer nodes the routes name (IPv4: the overlay's family), each
+    /// once.
+    fn peers(&self) -> Vec<std::net::Ipv4Addr> {
+        let set: BTreeSet<_> = self
+            .routes
+            .values()
+            .filter_map(|r| match r.next_hop {
+                NextHop::Node(std::net::IpAddr::V4(a)) => Some(a),
+                _ => None,
+            })
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The label of the uplink port (`PortStats::endpoint`, `MissingPort`).
+pub const UPLINK_LABEL: &str = "uplink";
+
+/// What the uplink's classifier must send to the sockets.
+fn uplink_spec(node: &NodeSettings, up: &ferry_api::table::Uplink) -> UplinkSpec {
+    match up.overlay {
+        Overlay::Vxlan { port, .. } => UplinkSpec {
+            address: up.address,
+            vxlan_port: Some(port),
+            local_cidrs: Vec::new(),
+            set_channels: up.set_channels,
+        },
+        Overlay::Direct => UplinkSpec {
+            address: up.address,
+            vxlan_port: None,
+            local_cidrs: node.pod_cidrs4().map(|c| c.trunc()).collect(),
+            set_channels: up.set_channels,
+        },
     }
 }
 
@@ -172,6 +220,10 @@ pub struct Dataplane<B: PortBackend> {
     next_id: PortId,
     /// Workers that ended unasked ([`Dataplane::failures`]).
     failures: Receiver<WorkerFailure>,
+    /// The uplink's MAC and MTU and the peers' MACs, as last resolved.
+    links: Links,
+    /// How each peer is reached, as last resolved (for the dump).
+    neighbours: Vec<Neighbour>,
 }
 
 impl<B: PortBackend> Dataplane<B> {
@@ -219,6 +271,8 @@ impl<B: PortBackend> Dataplane<B> {
             free_ids: BTreeSet::new(),
             next_id: 0,
             failures,
+            links: Links::default(),
+            neighbours: Vec::new(),
         })
     }
 
@@ -313,6 +367,32 @@ impl<B: PortBackend> Dataplane<B> {
     /// otherwise endpoints on such ports are left out and reported.
     fn apply(&mut self, mut next: State, strict: bool) -> Result<Outcome, String> {
         let desired = next.ports();
+        // A port whose spec changed (the uplink's classifier settings) is
+        // closed before it is opened again: one interface takes one
+        // program and one socket per queue.
+        let changed: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|(name, p)| desired.get(*name).is_some_and(|(_, spec)| *spec != p.spec))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !changed.is_empty() {
+            let mut without = self.state.clone();
+            without
+                .endpoints
+                .retain(|_, ep| !changed.contains(&ep.host_ifname));
+            if let Some(node) = without.node.as_mut() {
+                if node
+                    .uplink
+                    .as_ref()
+                    .is_some_and(|u| changed.contains(&u.ifname))
+                {
+                    node.uplink = None;
+                }
+            }
+            self.publish_state(&without);
+            self.retire(changed)?;
+        }
         let mut opened = Vec::new();
         let mut failures = Vec::new();
         for (ifname, (label, spec)) in &desired {
@@ -321,9 +401,13 @@ impl<B: PortBackend> Dataplane<B> {
                 continue;
             }
             match self.backend.open(spec, self.workers.len()) {
-                Ok((attachment, queues)) => {
-                    opened.push((ifname.clone(), label.clone(), attachment, queues))
-                }
+                Ok((attachment, queues)) => opened.push((
+                    ifname.clone(),
+                    label.clone(),
+                    spec.clone(),
+                    attachment,
+                    queues,
+                )),
                 Err(e) => {
                     log::warn!("{e}");
                     failures.push((ifname.clone(), e));
@@ -353,10 +437,21 @@ impl<B: PortBackend> Dataplane<B> {
             .collect();
         next.endpoints
             .retain(|_, ep| !failures.iter().any(|(n, _)| *n == ep.host_ifname));
+        if let Some(node) = next.node.as_mut() {
+            if node
+                .uplink
+                .as_ref()
+                .is_some_and(|u| failures.iter().any(|(n, _)| *n == u.ifname))
+            {
+                // Kept in the state (a later Sync retries it); the tables
+                // see no uplink, so traffic to peers counts `no_uplink`.
+                log::warn!("the uplink could not be opened; peers are unreachable");
+            }
+        }
 
         // 1. New ports to the workers.
         let added = !opened.is_empty();
-        for (ifname, label, attachment, queues) in opened {
+        for (ifname, label, spec, attachment, queues) in opened {
             let id = self.free_ids.pop_first().unwrap_or_else(|| {
                 self.next_id += 1;
                 self.next_id - 1
@@ -378,6 +473,7 @@ impl<B: PortBackend> Dataplane<B> {
                 PortEntry {
                     id,
                     label,
+                    spec,
                     counters,
                     _attachment: attachment,
                 },
@@ -388,16 +484,10 @@ impl<B: PortBackend> Dataplane<B> {
         }
 
         // 2. Publish.
-        self.generation += 1;
-        let endpoints: Vec<Endpoint> = next.endpoints.values().cloned().collect();
-        let routes: Vec<Route> = next.routes.values().cloned().collect();
-        let node = next.node.clone().unwrap_or_else(empty_node);
-        let ports = &self.ports;
-        let tables = Tables::build(self.generation, &node, &endpoints, &routes, |name| {
-            ports.get(name).map(|p| p.id)
-        });
-        self.tables.publish(tables);
         self.state = next;
+        self.refresh_links();
+        let state = self.state.clone();
+        self.publish_state(&state);
 
         // 3. Retire ports nobody names any more.
         let gone: Vec<String> = self
@@ -406,27 +496,105 @@ impl<B: PortBackend> Dataplane<B> {
             .filter(|k| !desired.contains_key(*k))
             .cloned()
             .collect();
-        if !gone.is_empty() {
-            let mut retired = Vec::new();
-            for ifname in gone {
-                if let Some(p) = self.ports.remove(&ifname) {
-                    for w in &self.workers {
-                        let _ = w.cmds.send(WorkerCmd::RemovePort { port: p.id });
-                    }
-                    log::info!("port {}: {ifname} removed", p.id);
-                    retired.push(p);
-                }
-            }
-            self.barrier().map_err(|e| e.to_string())?;
-            for p in retired {
-                self.free_ids.insert(p.id);
-                // Dropping the entry detaches the XDP program.
-            }
-        }
+        self.retire(gone)?;
         Ok(Outcome {
             generation: self.generation,
             failures: missing,
         })
+    }
+
+    /// Withdraw the ports `names` from the workers, wait for all of them,
+    /// then detach (dropping the entries) and free their ids.
+    fn retire(&mut self, names: Vec<String>) -> Result<(), String> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut retired = Vec::new();
+        for ifname in names {
+            if let Some(p) = self.ports.remove(&ifname) {
+                for w in &self.workers {
+                    let _ = w.cmds.send(WorkerCmd::RemovePort { port: p.id });
+                }
+                log::info!("port {}: {ifname} removed", p.id);
+                retired.push(p);
+            }
+        }
+        self.barrier().map_err(|e| e.to_string())?;
+        for p in retired {
+            self.free_ids.insert(p.id);
+            // Dropping the entry detaches the XDP program.
+        }
+        Ok(())
+    }
+
+    /// Build the tables of `state` with the ports and links as they are
+    /// and publish them as a new generation.
+    fn publish_state(&mut self, state: &State) {
+        self.generation += 1;
+        let endpoints: Vec<Endpoint> = state.endpoints.values().cloned().collect();
+        let routes: Vec<Route> = state.routes.values().cloned().collect();
+        let node = state.node.clone().unwrap_or_else(empty_node);
+        let ports = &self.ports;
+        let tables = Tables::build_with(
+            self.generation,
+            &node,
+            &endpoints,
+            &routes,
+            |name| ports.get(name).map(|p| p.id),
+            &self.links,
+        );
+        self.tables.publish(tables);
+    }
+
+    /// Ask the I/O layer again about the uplink and how each peer is
+    /// reached; `true` when that changed what the tables hold.
+    fn refresh_links(&mut self) -> bool {
+        let before = self.links.clone();
+        let Some(up) = self.state.node.as_ref().and_then(|n| n.uplink.clone()) else {
+            self.links = Links::default();
+            self.neighbours.clear();
+            return before.uplink.is_some();
+        };
+        let neighbours = self
+            .backend
+            .resolve_neighbours(&up.ifname, &self.state.peers());
+        // Direct routing sends to the peer itself: a peer the kernel routes
+        // through a gateway is off-link, a configuration error ferryd
+        // refuses; its frames are dropped `neighbour_unresolved`.
+        let direct = matches!(up.overlay, Overlay::Direct);
+        self.links = Links {
+            uplink: self.backend.link_info(&up.ifname).map(|l| (l.mac, l.mtu)),
+            uplink_frame_mtu: self.backend.mtu_limits().veth,
+            neighbours: neighbours
+                .iter()
+                .filter(|n| !direct || n.next_hop == n.node)
+                .filter_map(|n| match (n.node, n.mac) {
+                    (std::net::IpAddr::V4(node), Some(mac)) => Some((node, mac)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        if neighbours != self.neighbours {
+            for n in &neighbours {
+                match n.mac {
+                    Some(mac) => {
+                        log::info!("peer {} via {} at {mac} ({})", n.node, n.next_hop, n.state)
+                    }
+                    None => log::warn!("peer {} via {}: {}", n.node, n.next_hop, n.state),
+                }
+            }
+            self.neighbours = neighbours;
+        }
+        before.uplink != self.links.uplink || before.neighbours != self.links.neighbours
+    }
+
+    /// Re-resolve the uplink and the peers (the server calls this about
+    /// twice a second) and publish new tables if that changed them.
+    pub fn refresh_neighbours(&mut self) {
+        if self.refresh_links() {
+            let state = self.state.clone();
+            self.publish_state(&state);
+        }
     }
 
     /// Wait until every worker applied every command sent before.
@@ -469,6 +637,7 @@ impl<B: PortBackend> Dataplane<B> {
                     name: name.clone(),
                     endpoint: p.label.clone(),
                     attached: true,
+                    mode: B::mode_of(&p._attachment),
                     ..Default::default()
                 };
                 for c in &p.counters {
@@ -502,7 +671,7 @@ impl<B: PortBackend> Dataplane<B> {
             endpoints: self.state.endpoints.values().cloned().collect(),
             routes: self.state.routes.values().cloned().collect(),
             ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
-            neighbours: Vec::new(),
+            neighbours: self.neighbours.clone(),
         }
     }
 
@@ -1133,6 +1302,120 @@ mod tests {
         assert!(pa.drops.is_empty(), "{pa:?}");
         let pb = stats.ports.iter().find(|p| p.name == "fyb").unwrap();
         assert_eq!(pb.tx_frames, 4, "3 segments + 1 completed frame");
+    }
+
+    /// Two dataplanes joined uplink to uplink (in memory), VXLAN between
+    /// them: a tap pod's 64 KiB-style GSO frame on A reaches a veth pod on
+    /// B as segments, each encapsulated on its own with valid headers;
+    /// frames wait for the peer's MAC (`neighbour_unresolved`) until the
+    /// neighbour table has it, and the dump shows it.
+    #[test]
+    fn two_nodes_carry_a_gso_frame_through_vxlan() {
+        use crate::core::wire::vxlan::{Outer, OUTER_LEN};
+        use crate::io::port::LinkInfo;
+        use ferry_api::table::{Overlay, Uplink};
+        const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 1);
+        const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 2);
+        const POD_B: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 5);
+        let (mac_a, mac_b) = (MacAddr([2, 0xa, 0, 0, 0, 1]), MacAddr([2, 0xb, 0, 0, 0, 2]));
+        let overlay = Overlay::Vxlan { vni: 1, port: 4789 };
+        let with_uplink = |mut n: NodeSettings, address| {
+            n.uplink = Some(Uplink {
+                ifname: "up0".into(),
+                address,
+                overlay,
+                set_channels: false,
+            });
+            n
+        };
+        let peer = |cidr: &str, node: Ipv4Addr| Route {
+            prefix: cidr.parse().unwrap(),
+            next_hop: NextHop::Node(node.into()),
+        };
+
+        let net_a = MemNetwork::new();
+        let wa = net_a.add_offloaded("fta", 1);
+        net_a.add("ferry0dp", 1);
+        let up_a = net_a.add("up0", 1);
+        net_a.set_link(
+            "up0",
+            LinkInfo {
+                mac: mac_a,
+                mtu: 1500,
+            },
+        );
+        let mut dp_a = start(1, &net_a);
+        applied(dp_a.handle(Request::Sync {
+            node: with_uplink(node(), NODE_A),
+            endpoints: vec![ep("a/eth0", "fta", A)],
+            routes: vec![peer("10.98.0.0/24", NODE_B)],
+        }));
+
+        let net_b = MemNetwork::new();
+        let wb = net_b.add("fyb", 1);
+        net_b.add("ferry0dp", 1);
+        let up_b = net_b.add("up0", 1);
+        net_b.set_link(
+            "up0",
+            LinkInfo {
+                mac: mac_b,
+                mtu: 1500,
+            },
+        );
+        net_b.set_neighbour(NODE_A, Some(mac_a));
+        let mut dp_b = start(1, &net_b);
+        let mut node_b = with_uplink(node(), NODE_B);
+        node_b.gateways = vec![Ipv4Addr::new(10, 98, 0, 1).into()];
+        node_b.pod_cidrs = vec!["10.98.0.0/24".parse().unwrap()];
+        applied(dp_b.handle(Request::Sync {
+            node: node_b,
+            endpoints: vec![ep("b/eth0", "fyb", POD_B)],
+            routes: vec![peer("10.99.0.0/24", NODE_A)],
+        }));
+
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let gso = Offload {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1000,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        // B's MAC is not known on A yet.
+        wa.inject_offloaded(0, gso, partial_tcp(A, POD_B, &payload));
+        wait_for("neighbour_unresolved on A", || {
+            port_drops(&dp_a, "fta").get("neighbour_unresolved") == Some(&1)
+        });
+        assert_eq!(dp_a.dump().neighbours[0].mac, None);
+        net_a.set_neighbour(NODE_B, Some(mac_b));
+        dp_a.refresh_neighbours();
+        assert_eq!(dp_a.dump().neighbours[0].mac, Some(mac_b));
+
+        wa.inject_offloaded(0, gso, partial_tcp(A, POD_B, &payload));
+        let wire = sent(&up_a, 3);
+        assert_eq!(wire.len(), 3, "one GSO frame -> 3 encapsulated segments");
+        for (i, f) in wire.iter().enumerate() {
+            assert_eq!(f.len(), OUTER_LEN + 54 + 1000, "segment {i}");
+            assert_eq!(&f[..6], &mac_b.0);
+            let o = Outer::parse(f, NODE_B, 4789, 1).expect("valid outer headers");
+            assert_eq!((o.src, o.inner_len), (NODE_A, 54 + 1000));
+            assert!(checksums_ok(&f[OUTER_LEN..]), "segment {i} inner checksums");
+            up_b.inject(0, f.clone());
+        }
+        let delivered = sent(&wb, 3);
+        let joined: Vec<u8> = delivered.iter().flat_map(|f| f[54..].to_vec()).collect();
+        assert_eq!(joined, payload);
+        assert!(delivered
+            .iter()
+            .all(|f| checksums_ok(f) && f[..6] == MacAddr::for_pod(POD_B).0));
+
+        let stats = dp_a.stats();
+        let up = stats.ports.iter().find(|p| p.name == "up0").unwrap();
+        assert_eq!(
+            (up.endpoint.as_str(), up.mode.as_str(), up.tx_frames),
+            (UPLINK_LABEL, "mem", 3)
+        );
     }
 
     /// A GSO frame from a tap whose segments exceed the egress pod's MTU

@@ -162,10 +162,32 @@ pub fn spawn<B: PortBackend>(
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, ServerError> {
     listener.set_nonblocking(true).map_err(ServerError::Spawn)?;
+    {
+        let (dp, stop) = (Arc::clone(&dataplane), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("ferry-neigh".into())
+            .spawn(move || neighbour_loop(dp, stop))
+            .map_err(ServerError::Spawn)?;
+    }
     std::thread::Builder::new()
         .name("ferry-control".into())
         .spawn(move || accept_loop(listener, dataplane, stop))
         .map_err(ServerError::Spawn)
+}
+
+/// How often the uplink's peers are resolved again: a changed MAC (a peer
+/// replaced, a gateway failed over) reaches the tables within this.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_millis(500);
+
+/// Follow the peers' MACs until `stop` ([`Dataplane::refresh_neighbours`]).
+fn neighbour_loop<B: PortBackend>(dataplane: Arc<Mutex<Dataplane<B>>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(NEIGHBOUR_REFRESH);
+        dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refresh_neighbours();
+    }
 }
 
 fn accept_loop<B: PortBackend>(

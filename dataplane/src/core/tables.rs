@@ -7,12 +7,12 @@
 //! workers take it once per batch with [`TableHandle::load`] and drop it
 //! before the next batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
-use ferry_api::table::{Endpoint, NextHop, NodeSettings, Route};
+use ferry_api::table::{Endpoint, NextHop, NodeSettings, Overlay, Route};
 use ferry_api::MacAddr;
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
@@ -30,6 +30,42 @@ pub enum PortRole {
     Pod { ip: Ipv4Addr, mac: MacAddr },
     /// The port to the node kernel.
     Host,
+    /// The node's uplink NIC: frames from peer nodes (VXLAN, or routed
+    /// in direct mode) and only those (its XDP program passes the rest to
+    /// the kernel).
+    Uplink,
+}
+
+/// How pod traffic crosses the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encap {
+    Vxlan { vni: u32, port: u16 },
+    Direct,
+}
+
+/// The uplink as the pipeline needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UplinkEntry {
+    pub port: PortId,
+    /// The uplink's own MAC (source of every frame sent on it).
+    pub mac: MacAddr,
+    /// The node's address on it (outer source; what VXLAN must be sent to).
+    pub address: Ipv4Addr,
+    pub encap: Encap,
+    /// The largest inner IPv4 packet a peer is sent (L3 bytes): the
+    /// uplink's MTU less the overlay's overhead, and no more than one
+    /// frame of the uplink's sockets holds.
+    pub mtu: u32,
+}
+
+/// A peer node as a route's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHop {
+    /// The peer's address on the uplink (outer destination in VXLAN mode).
+    pub node: Ipv4Addr,
+    /// The MAC frames for it are sent to on the uplink (the peer's, or its
+    /// gateway's); `None` while unresolved.
+    pub mac: Option<MacAddr>,
 }
 
 /// Where frames for one pod address go.
@@ -67,6 +103,8 @@ pub enum RouteTarget {
     /// is not (yet) attached: dropped as `no_route` rather than silently
     /// falling through to a less specific rule.
     Unresolved,
+    /// A peer node, through the uplink.
+    Node(PeerHop),
 }
 
 /// One extra route.
@@ -84,6 +122,8 @@ pub struct NodeView {
     pub pod_cidrs: Vec<Ipv4Net>,
     /// `None` when ferryd made no host port yet or its port is not attached.
     pub host_port: Option<HostPortEntry>,
+    /// `None` on a single node, or while the uplink is not attached.
+    pub uplink: Option<UplinkEntry>,
 }
 
 impl Default for NodeView {
@@ -93,8 +133,23 @@ impl Default for NodeView {
             router_mac: MacAddr::ROUTER,
             pod_cidrs: Vec::new(),
             host_port: None,
+            uplink: None,
         }
     }
+}
+
+/// What the I/O layer knows of the links, for [`Tables::build_with`]: the
+/// uplink's MAC and MTU, the largest frame its sockets carry, and the MAC
+/// each peer node is reached at.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// MAC and MTU (L3 bytes) of the uplink; `None` while unknown.
+    pub uplink: Option<(MacAddr, u32)>,
+    /// The largest L3 packet one uplink frame holds (the AF_XDP chunk's
+    /// room less the Ethernet header); 0 = no limit of its own.
+    pub uplink_frame_mtu: u32,
+    /// Peer node address -> MAC on the uplink (resolved peers only).
+    pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
 }
 
 /// One immutable version of the tables.
@@ -127,6 +182,28 @@ impl Tables {
         routes: &[Route],
         port_of: impl Fn(&str) -> Option<PortId>,
     ) -> Tables {
+        Tables::build_with(
+            generation,
+            node,
+            endpoints,
+            routes,
+            port_of,
+            &Links::default(),
+        )
+    }
+
+    /// [`Tables::build`] with what the I/O layer knows of the uplink and
+    /// the peers (`links`). The uplink is in the tables only when its port
+    /// is attached and its MAC and MTU are known; a route to a peer node
+    /// carries the peer's MAC when `links` has it.
+    pub fn build_with(
+        generation: u64,
+        node: &NodeSettings,
+        endpoints: &[Endpoint],
+        routes: &[Route],
+        port_of: impl Fn(&str) -> Option<PortId>,
+        links: &Links,
+    ) -> Tables {
         let mut ports: Vec<Option<PortRole>> = Vec::new();
         let mut set_role = |port: PortId, role: PortRole| -> bool {
             let idx = port as usize;
@@ -146,6 +223,27 @@ impl Tables {
                 port,
                 kernel_mac: hp.kernel_mac,
                 mtu: node.mtu,
+            })
+        });
+
+        let uplink = node.uplink.as_ref().and_then(|up| {
+            let port = port_of(&up.ifname)?;
+            let (mac, link_mtu) = links.uplink?;
+            let encap = match up.overlay {
+                Overlay::Vxlan { vni, port } => Encap::Vxlan { vni, port },
+                Overlay::Direct => Encap::Direct,
+            };
+            let overhead = up.overlay.mtu_overhead();
+            let mut mtu = link_mtu;
+            if links.uplink_frame_mtu > 0 {
+                mtu = mtu.min(links.uplink_frame_mtu);
+            }
+            set_role(port, PortRole::Uplink).then_some(UplinkEntry {
+                port,
+                mac,
+                address: up.address,
+                encap,
+                mtu: mtu.saturating_sub(overhead),
             })
         });
 
@@ -190,7 +288,12 @@ impl Tables {
                         .map_or(RouteTarget::Unresolved, |e| RouteTarget::Endpoint(*e)),
                     NextHop::Host => RouteTarget::Host,
                     NextHop::Blackhole => RouteTarget::Blackhole,
-                    NextHop::Node(_) => RouteTarget::Unresolved,
+                    NextHop::Node(std::net::IpAddr::V4(peer)) => RouteTarget::Node(PeerHop {
+                        node: *peer,
+                        mac: links.neighbours.get(peer).copied(),
+                    }),
+                    // An IPv6 peer address: the overlay is IPv4 so far.
+                    NextHop::Node(std::net::IpAddr::V6(_)) => RouteTarget::Unresolved,
                 },
             })
             .collect();
@@ -205,6 +308,7 @@ impl Tables {
                 router_mac: node.router_mac,
                 pod_cidrs: node.pod_cidrs4().map(|c| c.trunc()).collect(),
                 host_port,
+                uplink,
             },
             endpoints: by_ip,
             ports,
@@ -226,6 +330,10 @@ impl Tables {
 
     pub fn host_port(&self) -> Option<HostPortEntry> {
         self.node.host_port
+    }
+
+    pub fn uplink(&self) -> Option<UplinkEntry> {
+        self.node.uplink
     }
 
     /// The role of `port`, `None` for a port the tables do not know.

@@ -114,6 +114,27 @@ pub enum DropReason {
     /// An IPv4 packet without DF larger than its egress MTU: ferry does
     /// not fragment.
     TooBigNoDf = 28,
+    /// From the uplink in VXLAN mode: not a VXLAN packet we take (not
+    /// IPv4/UDP, a bad outer IPv4 checksum, a fragment, lengths that do
+    /// not add up, the VNI flag clear, no inner Ethernet header).
+    VxlanMalformed = 29,
+    /// VXLAN to another address or UDP port than this node's.
+    VxlanNotForUs = 30,
+    /// VXLAN with a VNI other than the configured one.
+    VxlanWrongVni = 31,
+    /// From the uplink: the inner source is not inside a peer node's pod
+    /// CIDR, or (VXLAN) not inside the one of the peer that sent it.
+    UnknownPeer = 32,
+    /// From the uplink for an address that is neither a pod of this node
+    /// nor its gateway: ferry does not carry traffic through a node.
+    NotLocal = 33,
+    /// For a peer node whose MAC on the uplink is not (yet) known.
+    NeighbourUnresolved = 34,
+    /// For a peer node while no uplink is attached.
+    NoUplink = 35,
+    /// The frame's buffer has no room in front for the outer headers
+    /// (every I/O pool keeps `FRAME_HEADROOM`, so only a bug gets here).
+    NoHeadroom = 36,
 }
 
 impl DropReason {
@@ -146,6 +167,14 @@ impl DropReason {
         DropReason::BadGsoSize,
         DropReason::FragNeeded,
         DropReason::TooBigNoDf,
+        DropReason::VxlanMalformed,
+        DropReason::VxlanNotForUs,
+        DropReason::VxlanWrongVni,
+        DropReason::UnknownPeer,
+        DropReason::NotLocal,
+        DropReason::NeighbourUnresolved,
+        DropReason::NoUplink,
+        DropReason::NoHeadroom,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -179,6 +208,14 @@ impl DropReason {
             DropReason::BadGsoSize => "bad_gso_size",
             DropReason::FragNeeded => "frag_needed",
             DropReason::TooBigNoDf => "too_big_no_df",
+            DropReason::VxlanMalformed => "vxlan_malformed",
+            DropReason::VxlanNotForUs => "vxlan_not_for_us",
+            DropReason::VxlanWrongVni => "vxlan_wrong_vni",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::NotLocal => "not_local",
+            DropReason::NeighbourUnresolved => "neighbour_unresolved",
+            DropReason::NoUplink => "no_uplink",
+            DropReason::NoHeadroom => "no_headroom",
         }
     }
 
@@ -222,5 +259,7 @@ mod tests {
         assert_eq!(DropReason::BadGsoSize.code(), 26);
         assert_eq!(DropReason::FragNeeded.code(), 27);
         assert_eq!(DropReason::TooBigNoDf.code(), 28);
+        assert_eq!(DropReason::VxlanMalformed.code(), 29);
+        assert_eq!(DropReason::NoHeadroom.code(), 36);
     }
 }

@@ -29,6 +29,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::core::offload::{self, EgressCaps, Finished};
 use crate::core::pipeline::{process_batch, CsumState, DropReason, Frame, Offload, Verdict};
 use crate::core::tables::{PortId, TableHandle};
+use crate::core::wire::vxlan;
 use crate::engine::counters::{PortCounters, WorkerCounters};
 use crate::io::port::{FrameOf, FramePool, Owned, PortQueue, RingFrames};
 
@@ -446,6 +447,7 @@ impl<Q: PortQueue> Worker<Q> {
                     len: f.len,
                     offload: f.offload,
                     csum: f.csum,
+                    outer: f.outer,
                 };
             }
             self.frame_store = recycle(frames);
@@ -680,6 +682,9 @@ struct Outgoing {
     len: usize,
     offload: Offload,
     csum: CsumState,
+    /// Outer header bytes at `start` (`Frame::outer`); `offload` and
+    /// `csum` are of the frame after them.
+    outer: usize,
 }
 
 impl Default for Outgoing {
@@ -689,6 +694,7 @@ impl Default for Outgoing {
             len: 0,
             offload: Offload::NONE,
             csum: CsumState::Unknown,
+            outer: 0,
         }
     }
 }
@@ -734,7 +740,8 @@ fn finish_in_place<P: FramePool>(
     let start = out.start.min(buf.len());
     let len = out.len.min(buf.len() - start);
     let data = &mut buf[start..start + len];
-    let header = match offload::finish(data, out.csum, &out.offload, caps_of(pool)) {
+    let inner = &mut data[out.outer.min(len)..];
+    let header = match offload::finish(inner, out.csum, &out.offload, caps_of(pool)) {
         Ok(Finished::Send(header)) => header,
         // Only tap frames are GSO, and taps take them as they are.
         Ok(Finished::Segment(_)) => return Some(DropReason::GsoUnsupported),
@@ -778,8 +785,11 @@ fn forward<Q: PortQueue>(
     let from = &mut buf[start..];
     let len = out.len.min(from.len());
     let from = &mut from[..len];
+    // An encapsulated frame is finished (and segmented) as its inner
+    // frame; each segment gets its own copy of the outer headers.
+    let (outer, inner) = from.split_at_mut(out.outer.min(len));
 
-    let header = match offload::finish(from, out.csum, &out.offload, caps) {
+    let header = match offload::finish(inner, out.csum, &out.offload, caps) {
         Ok(Finished::Send(header)) => header,
         Ok(Finished::Segment(plan)) => {
             make_room(dst, plan.count, wc, worker);
@@ -789,7 +799,7 @@ fn forward<Q: PortQueue>(
                 };
                 let dp = dst.queue.pool();
                 let to = dp.buf_mut(&mut e);
-                match offload::write_tcp4_segment(from, &plan, s, to) {
+                match write_segment(outer, inner, &plan, s, to) {
                     Some(n) => {
                         dp.set_len(&mut e, n);
                         dst.pending.push(e);
@@ -804,6 +814,7 @@ fn forward<Q: PortQueue>(
         }
         Err(reason) => return Some(reason),
     };
+    let from: &[u8] = from;
 
     // A tap is written straight from the ingress frame (no egress frame,
     // no copy of ours; the kernel copies during the call).
@@ -832,6 +843,28 @@ fn forward<Q: PortQueue>(
     dp.set_offload(&mut e, header);
     dst.pending.push(e);
     None
+}
+
+/// Write segment `s` of `inner` (cut as `plan` says) into `to`, behind a
+/// copy of `outer` adjusted to the segment (nothing when `outer` is
+/// empty). Returns the bytes written, `None` when `to` is too small.
+fn write_segment(
+    outer: &[u8],
+    inner: &[u8],
+    plan: &offload::TcpGso,
+    s: usize,
+    to: &mut [u8],
+) -> Option<usize> {
+    if to.len() < outer.len() {
+        return None;
+    }
+    let (head, rest) = to.split_at_mut(outer.len());
+    let n = offload::write_tcp4_segment(inner, plan, s, rest)?;
+    if !outer.is_empty() {
+        head.copy_from_slice(outer);
+        vxlan::fix_outer(head, &rest[..n]);
+    }
+    Some(outer.len() + n)
 }
 
 /// A worker thread that ended without being asked to (it panicked, or its

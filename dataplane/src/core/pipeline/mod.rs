@@ -14,6 +14,8 @@ use crate::core::{offload, verdict, wire};
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
+mod overlay_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -23,7 +25,10 @@ pub use verdict::{DropReason, Verdict};
 
 use std::net::Ipv4Addr;
 
-use crate::core::tables::{EndpointEntry, PortId, PortRole, RouteTarget, Tables};
+use crate::core::tables::{
+    Encap, EndpointEntry, PeerHop, PortId, PortRole, RouteTarget, Tables, UplinkEntry,
+};
+use wire::vxlan::{self, Outer, OuterError, Tunnel, OUTER_LEN};
 use wire::{Arp, Ethernet, Ipv4, Ipv4Error};
 
 /// TTL of the packets the pipeline originates (echo replies, ICMP errors).
@@ -57,6 +62,12 @@ pub struct Frame<'a> {
     pub len: usize,
     pub offload: Offload,
     pub csum: CsumState,
+    /// Bytes of outer headers at the front of the frame (a VXLAN
+    /// encapsulation the pipeline prepended); `offload` and `csum`
+    /// describe the frame after them, the inner one, which is what the
+    /// egress side finishes (and segments, each segment behind its own
+    /// copy of the outer headers, [`vxlan::fix_outer`]).
+    pub outer: usize,
 }
 
 impl<'a> Frame<'a> {
@@ -86,6 +97,7 @@ impl<'a> Frame<'a> {
             len,
             csum: CsumState::at_ingress(&offload),
             offload,
+            outer: 0,
         }
     }
 
@@ -134,6 +146,15 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     let Some(role) = tables.port_role(frame.port) else {
         return Verdict::Drop(DropReason::UnknownPort);
     };
+    // From a peer node: in VXLAN mode, take the outer headers off first
+    // (the rest of the pipeline sees the inner frame).
+    let peer = match role {
+        PortRole::Uplink => match decap(tables, frame) {
+            Ok(peer) => peer,
+            Err(reason) => return Verdict::Drop(reason),
+        },
+        _ => None,
+    };
     let buf = &mut frame.buf[frame.headroom..];
     let len = frame.len.min(buf.len());
     let ethertype = match Ethernet::new_checked(&mut buf[..len]) {
@@ -150,16 +171,19 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     let verdict = match ethertype {
         wire::ETHERTYPE_ARP => arp(tables, role, &mut buf[..len]),
         wire::ETHERTYPE_IPV4 => {
-            let (verdict, new_len) = ipv4(
+            let (verdict, new_len, tunnel) = ipv4(
                 tables,
-                role,
+                (role, peer),
                 frame.port,
                 buf,
                 len,
                 (&frame.offload, &mut frame.csum),
             );
             frame.len = new_len;
-            verdict
+            match tunnel {
+                Some(t) => encap(frame, &t).map_or_else(Verdict::Drop, |()| verdict),
+                None => verdict,
+            }
         }
         wire::ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6Unsupported),
         _ => Verdict::Drop(DropReason::UnsupportedEthertype),
@@ -192,7 +216,15 @@ fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
         let target = arp.target_ip();
         let answer = match role {
             PortRole::Pod { ip, .. } => target != ip && target != arp.sender_ip(),
-            PortRole::Host => tables.endpoint(target).is_some(),
+            // The node kernel routes the pod CIDRs, local and remote, onto
+            // the host port and asks for each address there.
+            PortRole::Host => {
+                tables.endpoint(target).is_some()
+                    || matches!(tables.route(target), Some(RouteTarget::Node(_)))
+            }
+            // ARP on the uplink is the node kernel's (the classifier passes
+            // it); one inside a VXLAN packet is nobody's.
+            PortRole::Uplink => false,
         };
         if !answer {
             return Verdict::Drop(DropReason::ArpNotForUs);
@@ -210,23 +242,40 @@ fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
 enum Destination {
     Pod(EndpointEntry),
     Host,
+    /// A peer node's pod CIDR, through the uplink.
+    Node(PeerHop),
+}
+
+/// Where an IPv4 packet came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A local pod (its source checked): the pipeline routes it, TTL and
+    /// all.
+    Pod,
+    /// The node kernel (it routed the packet already).
+    Host,
+    /// A peer node's pod or kernel, through the uplink: delivered here,
+    /// never routed on.
+    Peer,
 }
 
 /// The IPv4 decisions. `buf` is the buffer from the frame's start, `len`
-/// the frame length (`14 <= len <= buf.len()`); `offload`: the frame's
-/// virtio-net header (a GSO frame is judged against the egress MTU by its
-/// segments); `csum`: its checksum state, classified here if unknown (a
-/// partial checksum is left for the egress side). Returns the verdict and
-/// the new frame length.
+/// the frame length (`14 <= len <= buf.len()`); `role` the ingress port's,
+/// with the outer source of a VXLAN packet (`peer`); `offload`: the
+/// frame's virtio-net header (a GSO frame is judged against the egress MTU
+/// by its segments); `csum`: its checksum state, classified here if
+/// unknown (a partial checksum is left for the egress side). Returns the
+/// verdict, the new frame length, and the tunnel to encapsulate the frame
+/// in when it goes to a peer node in VXLAN mode.
 fn ipv4(
     tables: &Tables,
-    role: PortRole,
+    (role, peer): (PortRole, Option<Ipv4Addr>),
     ingress: PortId,
     buf: &mut [u8],
     len: usize,
     (offload, csum): (&Offload, &mut CsumState),
-) -> (Verdict, usize) {
-    let drop = |reason| (Verdict::Drop(reason), len);
+) -> (Verdict, usize, Option<Tunnel>) {
+    let drop = |reason| (Verdict::Drop(reason), len, None);
     let router = tables.router_mac().octets();
     let gateway = tables.gateway();
     let Ok(eth) = Ethernet::new_checked(&mut buf[..len]) else {
@@ -238,25 +287,42 @@ fn ipv4(
         mac: sender_mac,
         router,
     };
+    let no_tunnel = |(verdict, len): (Verdict, usize)| (verdict, len, None);
 
-    let (egress, new_dst_mac) = {
+    let (egress, new_dst_mac, new_src_mac, tunnel) = {
         let mut ip = match Ipv4::new_checked(&mut buf[wire::ETH_HDR_LEN..len]) {
             Ok(ip) => ip,
             Err(Ipv4Error::Malformed) => return drop(DropReason::Malformed),
             Err(Ipv4Error::BadChecksum) => return drop(DropReason::BadIpChecksum),
         };
-        let from_pod = match role {
+        let origin = match role {
             PortRole::Pod { ip: pod_ip, .. } => {
                 if ip.src() != pod_ip {
                     return drop(DropReason::SpoofedSource);
                 }
-                true
+                Origin::Pod
             }
-            PortRole::Host => false,
+            PortRole::Host => Origin::Host,
+            PortRole::Uplink => {
+                // Only a peer's pods (and its kernel, from its gateway
+                // address) send to us; through VXLAN, only from the peer
+                // that owns the source's CIDR.
+                match tables.route(ip.src()) {
+                    Some(RouteTarget::Node(hop)) if peer.is_none_or(|p| p == hop.node) => {
+                        Origin::Peer
+                    }
+                    _ => return drop(DropReason::UnknownPeer),
+                }
+            }
         };
+        let from_pod = origin == Origin::Pod;
         let dst = ip.dst();
 
-        if dst == gateway && ip.protocol() == wire::IP_PROTO_ICMP && ip.is_unfragmented() {
+        if dst == gateway
+            && origin != Origin::Peer
+            && ip.protocol() == wire::IP_PROTO_ICMP
+            && ip.is_unfragmented()
+        {
             match echo_reply(&mut ip) {
                 Some(Ok(())) => {
                     drop_view(ip);
@@ -264,7 +330,7 @@ fn ipv4(
                         Ok(()) => Verdict::Reply,
                         Err(reason) => Verdict::Drop(reason),
                     };
-                    return (verdict, len);
+                    return (verdict, len, None);
                 }
                 Some(Err(reason)) => return drop(reason),
                 // Other ICMP for the gateway: the node kernel owns it.
@@ -280,6 +346,7 @@ fn ipv4(
             match tables.route(dst) {
                 Some(RouteTarget::Endpoint(ep)) => Destination::Pod(ep),
                 Some(RouteTarget::Host) => Destination::Host,
+                Some(RouteTarget::Node(hop)) => Destination::Node(hop),
                 Some(RouteTarget::Blackhole | RouteTarget::Unresolved) => {
                     return drop(DropReason::NoRoute)
                 }
@@ -287,35 +354,52 @@ fn ipv4(
                 None => Destination::Host,
             }
         };
+        // A peer's packet is delivered here or nowhere.
+        if origin == Origin::Peer && !(matches!(destination, Destination::Pod(_)) || dst == gateway)
+        {
+            return drop(DropReason::NotLocal);
+        }
 
         match destination {
             Destination::Pod(ep) => {
                 if from_pod && ip.ttl() <= 1 {
                     let expired = Offending::of(&ip);
-                    return time_exceeded(expired, gateway, buf, len, reply_to);
+                    return no_tunnel(time_exceeded(expired, gateway, buf, len, reply_to));
                 }
                 if let Some(mtu) = ep.mtu {
                     if wire_len(&ip, offload) > mtu as usize {
+                        if origin == Origin::Peer {
+                            // The error would have to go back through the
+                            // tunnel; the peer's pods are sized to the
+                            // overlay MTU, so only a pod MTU below it gets
+                            // here.
+                            let reason = if ip.dont_fragment() {
+                                DropReason::FragNeeded
+                            } else {
+                                DropReason::TooBigNoDf
+                            };
+                            return drop(reason);
+                        }
                         // The node kernel drops ICMP from its own address
                         // (the gateway) as a martian: towards it the error
                         // comes from the pod it could not reach.
                         let from = if from_pod { gateway } else { dst };
                         let too_big = Offending::of(&ip);
-                        return frag_needed(too_big, mtu, from, buf, len, reply_to);
+                        return no_tunnel(frag_needed(too_big, mtu, from, buf, len, reply_to));
                     }
                 }
                 if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
                     return drop(reason);
                 }
                 // Host -> pod was routed (and its TTL decremented) by the
-                // node kernel already.
+                // node kernel already; a peer's packet by the peer.
                 if from_pod {
                     ip.decrement_ttl();
                 }
-                (ep.port, ep.mac.octets())
+                (ep.port, ep.mac.octets(), router, None)
             }
             Destination::Host => {
-                if !from_pod {
+                if origin == Origin::Host {
                     // The kernel sent it to us; sending it back would loop.
                     return drop(DropReason::NoRoute);
                 }
@@ -323,21 +407,107 @@ fn ipv4(
                     return drop(DropReason::NoHostPort);
                 };
                 if wire_len(&ip, offload) > host.mtu as usize {
+                    if origin == Origin::Peer {
+                        return drop(DropReason::FragNeeded);
+                    }
                     let too_big = Offending::of(&ip);
-                    return frag_needed(too_big, host.mtu, gateway, buf, len, reply_to);
+                    return no_tunnel(frag_needed(too_big, host.mtu, gateway, buf, len, reply_to));
                 }
                 if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
                     return drop(reason);
                 }
-                (host.port, host.kernel_mac.octets())
+                (host.port, host.kernel_mac.octets(), router, None)
+            }
+            Destination::Node(hop) => {
+                if from_pod && ip.ttl() <= 1 {
+                    let expired = Offending::of(&ip);
+                    return no_tunnel(time_exceeded(expired, gateway, buf, len, reply_to));
+                }
+                let Some(up) = tables.uplink() else {
+                    return drop(DropReason::NoUplink);
+                };
+                if wire_len(&ip, offload) > up.mtu as usize {
+                    let from = if from_pod { gateway } else { dst };
+                    let too_big = Offending::of(&ip);
+                    return no_tunnel(frag_needed(too_big, up.mtu, from, buf, len, reply_to));
+                }
+                let Some(mac) = hop.mac else {
+                    return drop(DropReason::NeighbourUnresolved);
+                };
+                if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
+                    return drop(reason);
+                }
+                if from_pod {
+                    ip.decrement_ttl();
+                }
+                to_peer(&up, hop.node, mac.octets(), router)
             }
         }
     };
-    let verdict = match set_macs(buf, len, new_dst_mac, router) {
+    let verdict = match set_macs(buf, len, new_dst_mac, new_src_mac) {
         Ok(()) => Verdict::Tx(egress),
         Err(reason) => Verdict::Drop(reason),
     };
-    (verdict, len)
+    (verdict, len, tunnel)
+}
+
+/// Egress port and MACs of a packet for the peer `node` reached at `mac`:
+/// in direct mode the frame itself goes to the peer's MAC from the
+/// uplink's; in VXLAN mode the inner frame goes router to router and the
+/// tunnel carries the uplink's addresses.
+fn to_peer(
+    up: &UplinkEntry,
+    node: Ipv4Addr,
+    mac: [u8; 6],
+    router: [u8; 6],
+) -> (PortId, [u8; 6], [u8; 6], Option<Tunnel>) {
+    match up.encap {
+        Encap::Direct => (up.port, mac, up.mac.octets(), None),
+        Encap::Vxlan { vni, port } => {
+            let tunnel = Tunnel {
+                src_mac: up.mac.octets(),
+                dst_mac: mac,
+                src: up.address,
+                dst: node,
+                port,
+                vni,
+            };
+            (up.port, router, router, Some(tunnel))
+        }
+    }
+}
+
+/// Take the VXLAN headers off a frame from the uplink (VXLAN mode): the
+/// frame becomes the inner one, and the outer source is returned. In
+/// direct mode frames are not encapsulated: `None`.
+fn decap(tables: &Tables, frame: &mut Frame<'_>) -> Result<Option<Ipv4Addr>, DropReason> {
+    let Some(up) = tables.uplink() else {
+        return Err(DropReason::UnknownPort);
+    };
+    let Encap::Vxlan { vni, port } = up.encap else {
+        return Ok(None);
+    };
+    let outer = Outer::parse(frame.bytes(), up.address, port, vni).map_err(|e| match e {
+        OuterError::Malformed => DropReason::VxlanMalformed,
+        OuterError::NotForUs => DropReason::VxlanNotForUs,
+        OuterError::WrongVni => DropReason::VxlanWrongVni,
+    })?;
+    frame.headroom += outer.inner_at;
+    frame.len = outer.inner_len;
+    Ok(Some(outer.src))
+}
+
+/// Put the outer headers of `tunnel` in front of the frame, in its
+/// headroom (the frame does not move).
+fn encap(frame: &mut Frame<'_>, tunnel: &Tunnel) -> Result<(), DropReason> {
+    if frame.prepend(OUTER_LEN).is_none() {
+        return Err(DropReason::NoHeadroom);
+    }
+    let end = frame.headroom + frame.len;
+    let (outer, inner) = frame.buf[frame.headroom..end].split_at_mut(OUTER_LEN);
+    vxlan::write_outer(outer, tunnel, inner, vxlan::flow_port(inner));
+    frame.outer = OUTER_LEN;
+    Ok(())
 }
 
 /// End a view's borrow explicitly (readability at early returns).

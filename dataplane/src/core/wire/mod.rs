@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 
 pub mod checksum;
+pub mod vxlan;
 
 use super::verdict::DropReason;
 
