@@ -11,13 +11,7 @@
 # (with BIN set to the binaries it built); alone it installs and builds first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${BIN:-}" ]; then
-  ./scripts/setup.sh
-  export PATH="$HOME/.cargo/bin:$PATH"
-  PROFILE="${PROFILE:-release}"
-  cargo build --workspace --bins --profile "$PROFILE"
-  BIN="$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
-fi
+[ -n "${BIN:-}" ] || . scripts/build.sh   # setup, build, BIN
 
 FAB=ferry-demo-fab
 NODES=(1 2)

@@ -12,12 +12,7 @@
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-
-PROFILE="${PROFILE:-release}"
-cargo build --workspace --bins --profile "$PROFILE"
-BIN="$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+. scripts/build.sh   # setup, build, BIN
 
 NODE=ferry-demo-node
 DIR="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
