@@ -163,6 +163,17 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Whether the process has exited (a zombie not reaped yet counts),
+    /// without reaping it.
+    pub fn exited(&self) -> bool {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        match stat.rsplit_once(") ") {
+            Some((_, rest)) => rest.starts_with('Z') || rest.starts_with('X'),
+            None => true,
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let _ = run("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
     }
@@ -535,7 +546,11 @@ impl Node {
 
     /// Wait until ferryd answers STATUS ready (dataplane connected).
     pub fn wait_ready(&self) {
-        let ok = wait_until(Duration::from_secs(30), || self.status().exit == 0);
+        // A ferryd that exited (a config it refuses, say) never gets ready.
+        let gone = || self.ferryd.as_ref().is_some_and(|d| d.exited());
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.status().exit == 0 || gone()
+        }) && !gone();
         assert!(
             ok,
             "ferryd never became ready: {:?}\nferryd log:\n{}\ndataplane log:\n{}",
