@@ -603,21 +603,29 @@ fn ferryctl_reports_the_uplink_port_and_peers(prefix: &str, overlay: Overlay) {
         };
         let json: Value =
             serde_json::from_str(&peers_of(true)).expect("ferryctl peers --json prints JSON");
+        assert_eq!(json["uplink"]["ifname"], UPLINK, "{}: {json}", n.tag);
+        assert_eq!(json["uplink"]["mode"], "native-copy", "{}: {json}", n.tag);
+        assert_eq!(
+            json["uplink"]["overlay"]["mode"],
+            overlay.name(),
+            "{}: {json}",
+            n.tag
+        );
         let table = peers_of(false);
+        let rows = json["peers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(rows.len(), NODES as usize - 1, "{}: {json}", n.tag);
         for peer in c.nodes.iter().filter(|p| p.index != n.index) {
             let mac = peer.uplink_mac();
-            let text = json.to_string();
-            assert!(
-                text.contains(&format!("\"{}\"", peer.address)),
-                "{}: peer {} missing: {json}",
-                n.tag,
-                peer.address
-            );
-            assert!(
-                text.contains(&mac),
-                "{}: peer {}'s MAC {mac} missing: {json}",
-                n.tag,
-                peer.address
+            let row = rows
+                .iter()
+                .find(|r| r["node"] == peer.address.as_str())
+                .unwrap_or_else(|| panic!("{}: peer {} missing: {json}", n.tag, peer.address));
+            assert_eq!(row["mac"], mac.as_str(), "{}: {row}", n.tag);
+            assert_eq!(
+                row["pod_cidrs"][0],
+                peer.opts.pod_cidr.as_str(),
+                "{}: {row}",
+                n.tag
             );
             assert!(
                 table.contains(&peer.address) && table.contains(&mac),
