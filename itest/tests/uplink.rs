@@ -461,9 +461,15 @@ fn vxlan_pods_learn_the_path_mtu_the_overlay_leaves() {
 // The node's own traffic, and dataplane restarts.
 
 in_both_modes!(
-    vxlan_node_traffic_survives_the_dataplane_and_pods_resume,
-    direct_node_traffic_survives_the_dataplane_and_pods_resume,
-    node_traffic_survives_the_dataplane_and_pods_resume
+    vxlan_node_traffic_survives_the_dataplane,
+    direct_node_traffic_survives_the_dataplane,
+    node_traffic_survives_the_dataplane
+);
+
+in_both_modes!(
+    vxlan_pod_traffic_resumes_after_dataplane_restarts,
+    direct_pod_traffic_resumes_after_dataplane_restarts,
+    pod_traffic_resumes_after_dataplane_restarts
 );
 
 /// TCP between node addresses and ARP on the uplink, node 1 <-> node 2.
@@ -511,41 +517,67 @@ fn pods_resume(c: &Cluster, from: &Pod, to: &Pod, when: &str) -> Duration {
     t.elapsed()
 }
 
-fn node_traffic_survives_the_dataplane_and_pods_resume(prefix: &str, overlay: Overlay) {
+/// The node's own traffic on the uplink (TCP between node addresses, ARP,
+/// the outside) with node 1's dataplane running, stopped (SIGTERM: it
+/// detaches), restarted, killed (SIGKILL: whatever it left attached must
+/// pass the node's traffic) and restarted; the node has pods all along.
+fn node_traffic_survives_the_dataplane(prefix: &str, overlay: Overlay) {
+    let mut c = three_nodes(prefix, Some(overlay));
+    let p1 = c.node(1).add_pod(VETH);
+    let t1 = c.node(1).add_tap_pod(TAP);
+
+    assert_node_traffic(&c, "ferry running", 1);
+    c.node_mut(1).dataplane.take().expect("dataplane").stop();
+    assert_node_traffic(&c, "dataplane stopped", 2);
+    c.node_mut(1).start_dataplane();
+    c.node(1).wait_ready();
+    assert_node_traffic(&c, "dataplane restarted", 3);
+    c.node_mut(1).dataplane.take().expect("dataplane").kill();
+    assert_node_traffic(&c, "dataplane killed", 4);
+    c.node_mut(1).start_dataplane();
+    c.node(1).wait_ready();
+    assert_node_traffic(&c, "dataplane restarted after SIGKILL", 5);
+
+    c.node(1).del_pod(&p1).assert_ok();
+    c.node(1).del_pod(&t1).assert_ok();
+}
+
+/// Cross-node pod traffic to node 1 stops with its dataplane and comes back
+/// by itself (ferryd resyncs the restarted dataplane), after a SIGTERM and
+/// after a SIGKILL, veth and tap pods.
+fn pod_traffic_resumes_after_dataplane_restarts(prefix: &str, overlay: Overlay) {
     let mut c = three_nodes(prefix, Some(overlay));
     let p1 = c.node(1).add_pod(VETH);
     let t1 = c.node(1).add_tap_pod(TAP);
     let p2 = c.node(2).add_pod(VETH);
+    assert_reaches("pod 2 -> pod 1", &p2.ns.name, &p1.ip);
+    assert_reaches("pod 2 -> tap pod 1", &p2.ns.name, &t1.ip);
 
-    assert_node_traffic(&c, "ferry running", 1);
-    assert_reaches("running: pod 2 -> pod 1", &p2.ns.name, &p1.ip);
-    assert_reaches("running: pod 2 -> tap pod 1", &p2.ns.name, &t1.ip);
-
-    // SIGTERM: the dataplane leaves the uplink to the kernel.
-    c.node_mut(1).dataplane.take().expect("dataplane").stop();
-    assert_node_traffic(&c, "dataplane stopped", 2);
-    assert!(
-        !p2.ping(&p1.ip, 1),
-        "pod traffic reached node 1 without its dataplane"
-    );
-    c.node_mut(1).start_dataplane();
-    pods_resume(&c, &p2, &p1, "after SIGTERM");
-    pods_resume(&c, &p2, &t1, "after SIGTERM (tap)");
-    assert_node_traffic(&c, "dataplane restarted", 3);
-
-    // SIGKILL: whatever the dataplane left attached must still pass the
-    // node's traffic.
-    c.node_mut(1).dataplane.take().expect("dataplane").kill();
-    assert_node_traffic(&c, "dataplane killed", 4);
-    assert!(
-        !p2.ping(&p1.ip, 1),
-        "pod traffic reached node 1 without its dataplane"
-    );
-    c.node_mut(1).start_dataplane();
-    pods_resume(&c, &p2, &p1, "after SIGKILL");
-    pods_resume(&c, &p2, &t1, "after SIGKILL (tap)");
-    assert_reaches("after SIGKILL: pod 1 -> pod 2", &p1.ns.name, &p2.ip);
-    assert_node_traffic(&c, "dataplane restarted after SIGKILL", 5);
+    for (signal, sigkill) in [("SIGTERM", false), ("SIGKILL", true)] {
+        let dp = c.node_mut(1).dataplane.take().expect("dataplane");
+        if sigkill {
+            dp.kill();
+        } else {
+            dp.stop();
+        }
+        assert!(
+            !p2.ping(&p1.ip, 1),
+            "{signal}: pod traffic reached node 1 without its dataplane"
+        );
+        c.node_mut(1).start_dataplane();
+        pods_resume(&c, &p2, &p1, &format!("after {signal}"));
+        pods_resume(&c, &p2, &t1, &format!("after {signal} (tap)"));
+        assert_reaches(
+            &format!("after {signal}: pod 1 -> pod 2"),
+            &p1.ns.name,
+            &p2.ip,
+        );
+        assert_reaches(
+            &format!("after {signal}: tap pod 1 -> pod 2"),
+            &t1.ns.name,
+            &p2.ip,
+        );
+    }
 
     c.node(1).del_pod(&p1).assert_ok();
     c.node(1).del_pod(&t1).assert_ok();
