@@ -100,7 +100,8 @@ CONF
   PID[fd$n]=$!
   ready=""
   for _ in $(seq 1 100); do
-    if CNI_COMMAND=STATUS "$BIN/ferry" < "$D/net1.conf" >/dev/null 2>&1; then ready=1; break; fi
+    # STATUS is CNI 1.1.0.
+    if sed 's/"1.0.0"/"1.1.0"/' "$D/net1.conf" | CNI_COMMAND=STATUS "$BIN/ferry" >/dev/null 2>&1; then ready=1; break; fi
     kill -0 "${PID[fd$n]}" 2>/dev/null || break   # ferryd exited (a config it refuses, say)
     sleep 0.2
   done
