@@ -289,18 +289,26 @@ in_both_modes!(
 fn tcp_transfers_are_exact_across_nodes(prefix: &str, overlay: Overlay) {
     let c = three_nodes(prefix, Some(overlay));
     let pods = pods_everywhere(&c);
-    let (veth, tap) = (|i: usize| &pods[i].0, |i: usize| &pods[i].1);
+    let (veth, tap) = (
+        |i: u32| (i, &pods[i as usize - 1].0),
+        |i: u32| (i, &pods[i as usize - 1].1),
+    );
     let cases = [
-        ("veth 1 -> veth 2", veth(0), veth(1)),
-        ("veth 2 -> veth 1", veth(1), veth(0)),
-        ("tap 1 -> veth 2", tap(0), veth(1)),
-        ("veth 3 -> tap 1", veth(2), tap(0)),
-        ("tap 2 -> tap 3", tap(1), tap(2)),
-        ("tap 3 -> tap 1", tap(2), tap(0)),
+        ("veth 1 -> veth 2", veth(1), veth(2)),
+        ("veth 2 -> veth 1", veth(2), veth(1)),
+        ("tap 1 -> veth 2", tap(1), veth(2)),
+        ("veth 3 -> tap 1", veth(3), tap(1)),
+        ("tap 2 -> tap 3", tap(2), tap(3)),
+        ("tap 3 -> tap 1", tap(3), tap(1)),
     ];
-    for (k, (what, from, to)) in cases.into_iter().enumerate() {
+    let uplink_bytes = |i: u32, field: &str| {
+        let port = uplink_port(c.node(i)).expect("uplink port in stats");
+        port[field].as_u64().unwrap_or(0)
+    };
+    for (k, (what, (i, from), (j, to))) in cases.into_iter().enumerate() {
         let t = Instant::now();
         assert_reaches(what, &from.ns.name, &to.ip);
+        let (sent, received) = (uplink_bytes(i, "tx_bytes"), uplink_bytes(j, "rx_bytes"));
         transfer(
             &from.ns.name,
             &to.ns.name,
@@ -308,6 +316,14 @@ fn tcp_transfers_are_exact_across_nodes(prefix: &str, overlay: Overlay) {
             7400 + k as u16,
             k as u64 + 1,
         );
+        // It crossed ferry's uplink ports, not some path around them.
+        for (node, field, before) in [(i, "tx_bytes", sent), (j, "rx_bytes", received)] {
+            let moved = uplink_bytes(node, field) - before;
+            assert!(
+                moved >= TRANSFER_BYTES,
+                "{what}: only {moved} bytes in {field} of node {node}'s uplink port"
+            );
+        }
         eprintln!("{overlay:?} {what}: 32 MB in {:?}", t.elapsed());
     }
     del_pods(&c, &pods);
