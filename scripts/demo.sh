@@ -6,16 +6,13 @@
 # containerd passes it), shows ping and iperf3 TCP between pods (veth, tap
 # and across) and from the node to a pod, prints ferryctl counters and
 # ferryd's Prometheus metrics before and after the traffic, and tears
-# everything down (also on failure or Ctrl-C).
+# everything down (also on failure or Ctrl-C). Then the two-node part,
+# scripts/demo-cluster.sh: pods on two nodes talking over VXLAN
+# (FERRY_DEMO_CLUSTER=0 skips it).
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-
-PROFILE="${PROFILE:-release}"
-cargo build --workspace --bins --profile "$PROFILE"
-BIN="$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+. scripts/build.sh   # setup, build, BIN
 
 NODE=ferry-demo-node
 DIR="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
@@ -169,3 +166,10 @@ say "ferryctl drops"
 say "the CNI plugin's log ($DIR/cni.log)"
 cat "$DIR/cni.log"
 echo; echo "demo: ok"
+
+# The one node goes before the two-node part starts (its own names, its own teardown).
+if [ "${FERRY_DEMO_CLUSTER:-1}" != 0 ]; then
+  cleanup
+  trap - EXIT INT TERM
+  BIN="$BIN" exec ./scripts/demo-cluster.sh
+fi

@@ -11,7 +11,7 @@
 //! are looked up in `$FERRY_BIN_DIR` or the workspace's `target/debug`.
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod clients;
+pub mod cluster;
 
 /// Path of one of ferry's binaries.
 pub fn bin(name: &str) -> PathBuf {
@@ -160,6 +161,17 @@ pub struct Daemon {
 impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process has exited (a zombie not reaped yet counts),
+    /// without reaping it.
+    pub fn exited(&self) -> bool {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        match stat.rsplit_once(") ") {
+            Some((_, rest)) => rest.starts_with('Z') || rest.starts_with('X'),
+            None => true,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -311,6 +323,64 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `ferry-tcpcheck ARGS` inside namespace `ns`, stdout and stderr piped.
+pub fn tcpcheck_in(ns: &str, args: &[&str]) -> Child {
+    let tool = bin("ferry-tcpcheck").display().to_string();
+    Command::new("ip")
+        .args(["netns", "exec", ns, &tool])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry-tcpcheck")
+}
+
+/// Bytes per [`transfer`]: enough for thousands of 64 KiB GSO frames.
+pub const TRANSFER_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Send `TRANSFER_BYTES` from namespace `from` to `to_ip:port` (a receiver in
+/// namespace `to`), and check that what arrived is what was sent.
+pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
+    let mut rx_child = tcpcheck_in(to, &["recv", &format!("0.0.0.0:{port}")]);
+    let stdout = rx_child.stdout.take().expect("stdout");
+    let rx = ChildGuard::new(rx_child);
+    let mut first = String::new();
+    let mut reader = BufReader::new(stdout);
+    // The receiver prints one line right after bind (or exits on error).
+    reader.read_line(&mut first).expect("receiver output");
+    assert_eq!(first.trim(), "listening", "receiver in {to} did not start");
+
+    let tx = ChildGuard::new(tcpcheck_in(
+        from,
+        &[
+            "send",
+            &format!("{to_ip}:{port}"),
+            &TRANSFER_BYTES.to_string(),
+            &seed.to_string(),
+        ],
+    ));
+    let tx = tx.finish(Duration::from_secs(120));
+    let rx = rx.finish(Duration::from_secs(30));
+    let (tx_ok, tx_out, tx_err) = (
+        tx.status.success(),
+        String::from_utf8_lossy(&tx.stdout),
+        String::from_utf8_lossy(&tx.stderr),
+    );
+    let (rx_ok, rx_err) = (rx.status.success(), String::from_utf8_lossy(&rx.stderr));
+    let mut rx_out = String::new();
+    reader.read_line(&mut rx_out).expect("receiver result");
+    assert!(tx_ok, "sender {from} -> {to_ip}: {tx_err}");
+    assert!(rx_ok, "receiver {to}: {rx_err}");
+    let want = format!("{TRANSFER_BYTES} ");
+    assert!(tx_out.starts_with(&want), "sender sent {tx_out}");
+    assert_eq!(
+        rx_out.trim(),
+        tx_out.trim(),
+        "{from} -> {to_ip}: bytes/hash received differ from those sent"
+    );
+}
+
 /// Settings of a simulated node.
 #[derive(Clone, Debug)]
 pub struct NodeOpts {
@@ -318,6 +388,11 @@ pub struct NodeOpts {
     pub workers: u32,
     /// Extra `ipam` object for the network config (JSON), if any.
     pub ipam: Option<String>,
+    /// ferryd's `mtu`; `None` leaves it out (ferryd's default, which an
+    /// uplink's overlay lowers).
+    pub mtu: Option<u32>,
+    /// More ferryd.toml text, after the fields above (an uplink, peers).
+    pub extra_config: String,
 }
 
 impl Default for NodeOpts {
@@ -326,6 +401,8 @@ impl Default for NodeOpts {
             pod_cidr: "10.88.0.0/24".into(),
             workers: 1,
             ipam: None,
+            mtu: Some(1500),
+            extra_config: String::new(),
         }
     }
 }
@@ -343,29 +420,44 @@ pub struct Node {
 
 impl Node {
     pub fn start(prefix: &str, opts: NodeOpts) -> Node {
-        let tag = unique_tag(prefix);
+        let mut node = Node::create(unique_tag(prefix), opts);
+        node.launch();
+        node
+    }
+
+    /// The node namespace and ferryd.toml, named after `tag`, with no
+    /// daemon running yet (for what must be in the namespace before
+    /// ferryd starts, as an uplink); [`Node::launch`] starts them.
+    pub fn create(tag: String, opts: NodeOpts) -> Node {
         let dir = TempDir::new(&tag);
         let ns = Netns::new(&format!("{tag}-node"));
         let gateway = first_host(&opts.pod_cidr);
-        let config = format!(
+        let mut config = format!(
             "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\n\
-             state_dir = \"{d}/state\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gateway}\"\nmtu = 1500\n",
+             state_dir = \"{d}/state\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gateway}\"\n",
             d = dir.path.display(),
             cidr = opts.pod_cidr,
         );
+        if let Some(mtu) = opts.mtu {
+            config.push_str(&format!("mtu = {mtu}\n"));
+        }
+        config.push_str(&opts.extra_config);
         fs::write(dir.path.join("ferryd.toml"), config).expect("write ferryd config");
-        let mut node = Node {
+        Node {
             tag,
             opts,
             ferryd: None,
             dataplane: None,
             ns,
             dir,
-        };
-        node.start_dataplane();
-        node.start_ferryd();
-        node.wait_ready();
-        node
+        }
+    }
+
+    /// Start ferry-dataplane and ferryd and wait until ferryd is ready.
+    pub fn launch(&mut self) {
+        self.start_dataplane();
+        self.start_ferryd();
+        self.wait_ready();
     }
 
     pub fn ferryd_socket(&self) -> PathBuf {
@@ -454,7 +546,11 @@ impl Node {
 
     /// Wait until ferryd answers STATUS ready (dataplane connected).
     pub fn wait_ready(&self) {
-        let ok = wait_until(Duration::from_secs(30), || self.status().exit == 0);
+        // A ferryd that exited (a config it refuses, say) never gets ready.
+        let gone = || self.ferryd.as_ref().is_some_and(|d| d.exited());
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.status().exit == 0 || gone()
+        }) && !gone();
         assert!(
             ok,
             "ferryd never became ready: {:?}\nferryd log:\n{}\ndataplane log:\n{}",
@@ -549,6 +645,11 @@ impl Node {
         }
     }
 
+    /// Create a pod namespace and ADD it as a tap pod (cniVersion 1.0.0).
+    pub fn add_tap_pod(&self, n: u32) -> Pod {
+        self.add_pod_with(n, &self.tap_conf("1.0.0"))
+    }
+
     pub fn del_pod(&self, pod: &Pod) -> CniOutcome {
         self.cni(
             "DEL",
@@ -596,22 +697,17 @@ pub struct Pod {
 impl Pod {
     /// `ping -c count` to `dst`; true if all replies came back.
     pub fn ping(&self, dst: &str, count: u32) -> bool {
-        ns_run(
-            &self.ns.name,
-            &[
-                "ping",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                dst,
-            ],
-        )
+        ns_ping(&self.ns.name, dst, count)
+    }
+}
+
+/// `ping -c count` to `dst` from namespace `ns` (0.2 s apart, 1 s for each
+/// reply); true if all replies came back.
+pub fn ns_ping(ns: &str, dst: &str, count: u32) -> bool {
+    let count = count.to_string();
+    ns_run(ns, &["ping", "-c", &count, "-i", "0.2", "-W", "1", dst])
         .status
         .success()
-    }
 }
 
 /// First host address of an IPv4 CIDR written as text (a.b.c.d/len).

@@ -2,15 +2,10 @@
 //! large TCP transfers verified byte for byte between tap, veth and the
 //! node, and a dataplane restart under a tap pod.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use itest::*;
 use serde_json::Value;
-
-/// Bytes per transfer: enough for thousands of 64 KiB GSO frames.
-const BYTES: u64 = 32 * 1024 * 1024;
 
 /// The network config (veth by default) with the pod annotation as
 /// containerd's CRI passes it in runtimeConfig.
@@ -20,10 +15,6 @@ fn annotated_conf(node: &Node, version: &str, attachment: &str) -> String {
         "io.kubernetes.cri.pod-annotations": {"ferry.dev/attachment": attachment}
     });
     v.to_string()
-}
-
-fn add_tap_pod(node: &Node, n: u32) -> Pod {
-    node.add_pod_with(n, &node.tap_conf("1.0.0"))
 }
 
 /// `ip -d link show eth0` inside the pod.
@@ -37,60 +28,6 @@ fn tap_tx_queues(pod: &Pod) -> usize {
         .split_whitespace()
         .filter(|q| q.starts_with("tx-"))
         .count()
-}
-
-fn spawn_in(ns: &str, args: &[&str]) -> Child {
-    let tool = bin("ferry-tcpcheck").display().to_string();
-    Command::new("ip")
-        .args(["netns", "exec", ns, &tool])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferry-tcpcheck")
-}
-
-/// Send `BYTES` from namespace `from` to `to_ip:port` (a receiver in
-/// namespace `to`), and check that what arrived is what was sent.
-fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
-    let mut rx_child = spawn_in(to, &["recv", &format!("0.0.0.0:{port}")]);
-    let stdout = rx_child.stdout.take().expect("stdout");
-    let rx = ChildGuard::new(rx_child);
-    let mut first = String::new();
-    let mut reader = BufReader::new(stdout);
-    // The receiver prints one line right after bind (or exits on error).
-    reader.read_line(&mut first).expect("receiver output");
-    assert_eq!(first.trim(), "listening", "receiver in {to} did not start");
-
-    let tx = ChildGuard::new(spawn_in(
-        from,
-        &[
-            "send",
-            &format!("{to_ip}:{port}"),
-            &BYTES.to_string(),
-            &seed.to_string(),
-        ],
-    ));
-    let tx = tx.finish(Duration::from_secs(120));
-    let rx = rx.finish(Duration::from_secs(30));
-    let (tx_ok, tx_out, tx_err) = (
-        tx.status.success(),
-        String::from_utf8_lossy(&tx.stdout),
-        String::from_utf8_lossy(&tx.stderr),
-    );
-    let (rx_ok, rx_err) = (rx.status.success(), String::from_utf8_lossy(&rx.stderr));
-    let mut rx_out = String::new();
-    reader.read_line(&mut rx_out).expect("receiver result");
-    assert!(tx_ok, "sender {from} -> {to_ip}: {tx_err}");
-    assert!(rx_ok, "receiver {to}: {rx_err}");
-    let want = format!("{BYTES} ");
-    assert!(tx_out.starts_with(&want), "sender sent {tx_out}");
-    assert_eq!(
-        rx_out.trim(),
-        tx_out.trim(),
-        "{from} -> {to_ip}: bytes/hash received differ from those sent"
-    );
 }
 
 /// Stats of the port of `pod` (by endpoint id).
@@ -235,8 +172,8 @@ fn tap_pod_add_check_del_del_again() {
 #[test]
 fn large_tcp_transfers_are_exact_between_tap_veth_and_node() {
     let node = Node::start("tt", NodeOpts::default());
-    let a = add_tap_pod(&node, 1);
-    let b = add_tap_pod(&node, 2);
+    let a = node.add_tap_pod(1);
+    let b = node.add_tap_pod(2);
     let c = node.add_pod(3); // veth
     assert!(pod_link(&a).contains("tun type tap"));
     assert!(!pod_link(&c).contains("tun"), "c is a veth pod");
@@ -296,8 +233,8 @@ fn dataplane_restart_keeps_the_tap_pod_and_traffic_resumes() {
             ..NodeOpts::default()
         },
     );
-    let a = add_tap_pod(&node, 1);
-    let b = add_tap_pod(&node, 2);
+    let a = node.add_tap_pod(1);
+    let b = node.add_tap_pod(2);
     let c = node.add_pod(3);
     transfer(&a.ns.name, &b.ns.name, &b.ip, 7101, 11);
     assert_eq!(tap_tx_queues(&a), 2, "one tap queue per worker");
@@ -359,8 +296,8 @@ fn idle_polls(node: &Node) -> u64 {
 #[test]
 fn a_tap_deleted_under_the_dataplane_is_not_polled_and_the_rest_keeps_working() {
     let node = Node::start("tx", NodeOpts::default());
-    let a = add_tap_pod(&node, 1);
-    let b = add_tap_pod(&node, 2);
+    let a = node.add_tap_pod(1);
+    let b = node.add_tap_pod(2);
     let c = node.add_pod(3); // veth
     assert!(
         wait_until(Duration::from_secs(10), || a.ping(&b.ip, 1)),

@@ -5,12 +5,17 @@
 //! ```text
 //! ferry-tcpcheck recv ADDR:PORT          accept one connection, read to EOF
 //! ferry-tcpcheck send ADDR:PORT BYTES SEED   send BYTES of a seeded pattern
+//! ferry-tcpcheck peer-server ADDR:PORT SECS  answer each connection with
+//!                                            the address it came from
+//! ferry-tcpcheck ask ADDR:PORT               connect, print the answer
 //! ```
 //!
-//! Both print `<bytes> <fnv1a-64 hash>` of what they moved, so a test
-//! compares the two lines. Every wait is bounded: connect retries for 10 s,
-//! each read/write times out after 30 s, the receiver gives up accepting
-//! after 30 s.
+//! `recv` and `send` print `<bytes> <fnv1a-64 hash>` of what they moved, so
+//! a test compares the two lines. `peer-server` (the world outside the
+//! cluster, telling whether it saw a pod or its masquerading node) prints
+//! `listening`, then one line per connection, and exits after SECS. Every
+//! wait is bounded: connect retries for 10 s, each read/write times out
+//! after 30 s, the receiver gives up accepting after 30 s.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -124,11 +129,63 @@ fn send(addr: SocketAddr, bytes: u64, seed: u64) -> Result<(u64, u64), String> {
     Ok((sent, hash.0))
 }
 
+/// Answer every connection for `secs` with its peer's address
+/// (`a.b.c.d:port\n`), printing each.
+fn peer_server(addr: SocketAddr, secs: u64) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    println!("listening");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                println!("{peer}");
+                let _ = s
+                    .set_nonblocking(false)
+                    .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
+                    .and_then(|()| s.write_all(format!("{peer}\n").as_bytes()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// One connection to `addr` (no retry: the test retries), read to EOF.
+fn ask(addr: SocketAddr) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    Ok(answer)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parse_addr = |s: &String| -> Result<SocketAddr, String> {
         s.parse().map_err(|e| format!("bad address {s:?}: {e}"))
     };
+    match args.as_slice() {
+        [cmd, addr, secs] if cmd == "peer-server" => {
+            let r = match (parse_addr(addr), secs.parse::<u64>()) {
+                (Ok(a), Ok(secs)) => peer_server(a, secs),
+                _ => Err(format!("bad arguments: {args:?}")),
+            };
+            return exit(r.map(|()| String::new()));
+        }
+        [cmd, addr] if cmd == "ask" => return exit(parse_addr(addr).and_then(ask)),
+        _ => {}
+    }
     let r = match args.as_slice() {
         [cmd, addr] if cmd == "recv" => parse_addr(addr).and_then(recv),
         [cmd, addr, bytes, seed] if cmd == "send" => {
@@ -137,11 +194,20 @@ fn main() -> ExitCode {
                 _ => Err(format!("bad arguments: {args:?}")),
             }
         }
-        _ => Err("usage: ferry-tcpcheck recv ADDR:PORT | send ADDR:PORT BYTES SEED".into()),
+        _ => Err(
+            "usage: ferry-tcpcheck recv ADDR:PORT | send ADDR:PORT BYTES SEED \
+                  | peer-server ADDR:PORT SECS | ask ADDR:PORT"
+                .into(),
+        ),
     };
+    exit(r.map(|(bytes, hash)| format!("{bytes} {hash:016x}\n")))
+}
+
+/// Print what a command has to say (stdout) or its error (stderr).
+fn exit(r: Result<String, String>) -> ExitCode {
     match r {
-        Ok((bytes, hash)) => {
-            println!("{bytes} {hash:016x}");
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
