@@ -9,6 +9,8 @@
 //! `nft -f -`).
 //!
 //! Layout, by layer:
+//! - [`cluster`]: the datastore nodes share (the [`cluster::Datastore`]
+//!   trait; etcd and the embedded single node) and the peer routes it gives.
 //! - [`cni`]: the CNI command handlers (ADD, DEL, CHECK, GC, STATUS; one
 //!   file each), their locks, their error codes, abandoned requests.
 //! - [`ipam`]: address pools and the choice of the next address (pure).
@@ -25,6 +27,7 @@
 //! - [`server`]: the pod-API Unix socket server.
 //! - [`config`]: the TOML configuration and its validation.
 
+pub mod cluster;
 pub mod cni;
 pub mod config;
 pub mod dataplane_client;

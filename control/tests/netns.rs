@@ -8,6 +8,8 @@
 //! tests can assert the Hello, Sync, upserts and removes. The real
 //! ferry-dataplane is exercised by the integration tests in itest/.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,19 +143,7 @@ impl World {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()>,
     {
-        let path = self.node.path();
-        let h = std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(f());
-        });
-        if let Err(p) = h.join() {
-            std::panic::resume_unwind(p);
-        }
+        common::in_netns(self.node.path(), f)
     }
 }
 

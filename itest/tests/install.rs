@@ -398,7 +398,10 @@ fn the_config_reference_covers_every_field_and_flag() {
     // `mtu` has no fixed default (the uplink's less the overlay's, or
     // 1500), so it is not printed; docs/config.md still has its row.
     assert!(defaults.lines().count() >= 8, "{defaults}");
-    assert!(doc.contains("| `mtu` |"), "docs/config.md lacks ferryd field mtu");
+    assert!(
+        doc.contains("| `mtu` |"),
+        "docs/config.md lacks ferryd field mtu"
+    );
     for line in defaults.lines() {
         let (field, value) = line.split_once(" = ").expect("key = value");
         assert!(
