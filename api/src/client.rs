@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pod::{Command, PodRequest, PodResponse, StaleAttachment};
+use crate::pod::{ClusterView, Command, PodRequest, PodResponse, StaleAttachment};
 use crate::table::{self, Stats, TableDump};
 use crate::wire::{self, WireError};
 
@@ -143,6 +143,9 @@ pub struct FerrydStatus {
     pub msg: String,
     /// Attachments whose pod is gone, kept until DEL or GC.
     pub stale: Vec<StaleAttachment>,
+    /// The cluster as the node sees it, if ferryd says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
 }
 
 /// ferryd's STATUS.
@@ -163,8 +166,17 @@ pub fn ferryd_status(ferryd: &Path) -> Result<FerrydStatus, ClientError> {
     };
     match call("ferryd", ferryd, None, &req)? {
         PodResponse::Status {
-            ready, msg, stale, ..
-        } => Ok(FerrydStatus { ready, msg, stale }),
+            ready,
+            msg,
+            stale,
+            cluster,
+            ..
+        } => Ok(FerrydStatus {
+            ready,
+            msg,
+            stale,
+            cluster,
+        }),
         PodResponse::Error(e) => Err(ClientError::Refused {
             what: "ferryd",
             msg: format!("{} (code {})", e, e.code),

@@ -11,6 +11,8 @@ pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+    /// No MAC (not known, or not one).
+    pub const ZERO: MacAddr = MacAddr([0; 6]);
     /// The router MAC every pod sees for its gateway (Calico's convention;
     /// locally administered, unicast).
     pub const ROUTER: MacAddr = MacAddr([0xee; 6]);

@@ -202,8 +202,48 @@ pub enum PodResponse {
         /// Attachments whose pod is gone (they never make STATUS fail).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         stale: Vec<StaleAttachment>,
+        /// The cluster as this node sees it (`None` from a ferryd that
+        /// does not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterView>,
     },
     Error(PodError),
+}
+
+/// The cluster as a node sees it (STATUS, `ferryctl nodes`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// What the datastore is (`embedded ...`, `etcd http://...`).
+    pub datastore: String,
+    /// Whether the datastore answered the last call.
+    pub reachable: bool,
+    /// Why it did not, or what else is wrong with this node's claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Unix seconds since when `reachable` has been what it is.
+    pub since: u64,
+    /// This node; `None` while it holds no block yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeView>,
+    /// The other nodes, by block.
+    #[serde(default)]
+    pub peers: Vec<NodeView>,
+}
+
+/// One node of a [`ClusterView`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub address: IpAddr,
+    pub block: IpNet,
+    pub vtep_mac: MacAddr,
+    /// `vxlan` or `direct`.
+    pub overlay: String,
+    pub vni: u32,
+    /// Unix seconds of its last renewal (0: never, or not kept in a lease).
+    pub renewed: u64,
+    /// `self`, `routed`, or `refused: <why>`.
+    pub route: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -91,6 +91,7 @@ impl Fake {
                     msg: String::new(),
                     code: 0,
                     stale: vec![],
+                    cluster: None,
                 },
                 _ => PodResponse::Ok { result: None },
             })
@@ -543,6 +544,7 @@ fn ferryd_failures_map_to_codes() {
                     msg: "dataplane disconnected".into(),
                     code: 0,
                     stale: vec![],
+                    cluster: None,
                 })
             }),
             50,
@@ -557,6 +559,7 @@ fn ferryd_failures_map_to_codes() {
                     msg: "host port ferry0dp is missing".into(),
                     code: 51,
                     stale: vec![],
+                    cluster: None,
                 })
             }),
             51,
@@ -623,6 +626,7 @@ fn ferryd_failures_map_to_codes() {
                     msg: String::new(),
                     code: 0,
                     stale: vec![],
+                    cluster: None,
                 })
             }),
             5,

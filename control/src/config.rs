@@ -11,8 +11,10 @@ use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod uplink;
 
+pub use cluster::{hostname, ClusterConfig, RawCluster};
 pub use uplink::{Peer, UplinkConfig, UplinkFacts, DEFAULT_VNI, MAX_VNI, OFF_LINK_PEER};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
@@ -72,7 +74,24 @@ Configuration file (TOML, every field optional):
   [[peers]]         (only with uplink) one table per peer node:
     address         the peer's uplink address (not the node's, no duplicates)
     pod_cidr        the peer's pod CIDR, overlapping neither pod_cidrs nor
-                    another peer's [default: no peers]";
+                    another peer's [default: no peers]
+  [cluster]         (needs uplink; then no pod_cidrs, gateway or [[peers]])
+                    nodes find each other through etcd: each claims a block
+                    of the cluster CIDR (its pod CIDR, gateway its first
+                    host) in a lease, and routes to every other node's
+                    [default: none: the embedded single node]
+    endpoints       etcd's client URLs, e.g. [\"http://10.0.0.1:2379\"]
+                    (required; all http:// or all https://)
+    cidr            the cluster's pod CIDR, e.g. \"10.244.0.0/16\" (required;
+                    every node the same)
+    block_len       prefix length of a node's block, cidr's..=30 [default: 24]
+    node_name       this node's name in the datastore [default: the hostname]
+    prefix          etcd key prefix [default: /ferry]
+    lease_ttl_s     seconds a claim outlives its node; renewed every quarter
+                    of it, >= 10 [default: 86400]
+    ca_file         PEM CA of etcd's certificate (required with https://)
+    cert_file       PEM client certificate (with key_file) [default: none]
+    key_file        PEM key of cert_file [default: none]";
 
 /// The file as written: everything optional, unknown fields refused.
 /// Also what [`Config::to_toml`] writes, so a printed configuration reads
@@ -108,6 +127,8 @@ pub struct RawConfig {
     pub overlay: Option<RawOverlay>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<RawPeer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[overlay]` as written.
@@ -148,6 +169,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `None`: a single node (no uplink, no peers, no masquerade).
     pub uplink: Option<UplinkConfig>,
+    /// `None`: the embedded single node (or `[[peers]]` written by hand);
+    /// else `pod_cidrs` is the block claimed from the cluster CIDR
+    /// ([`Config::with_block`]; until then the CIDR's first block).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,9 +254,40 @@ impl Config {
         )?;
         let state_dir = nonempty_path("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?;
 
-        let cidr_texts = raw
-            .pod_cidrs
-            .unwrap_or_else(|| vec![DEFAULT_POD_CIDR.to_string()]);
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(ClusterConfig::from_raw)
+            .transpose()?;
+        if let Some(k) = &cluster {
+            if raw.uplink.is_none() {
+                return Err(invalid(
+                    "cluster",
+                    "needs `uplink` (the node's NIC the other nodes are reached through)",
+                ));
+            }
+            for (field, set) in [
+                ("pod_cidrs", raw.pod_cidrs.is_some()),
+                ("gateway", raw.gateway.is_some()),
+                ("peers", raw.peers.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "comes from the datastore with [cluster] (a /{} block of {}); remove it",
+                            k.block_len, k.cidr
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let cidr_texts = match &cluster {
+            Some(k) => Some(vec![k.first_block().to_string()]),
+            None => raw.pod_cidrs,
+        };
+        let cidr_texts = cidr_texts.unwrap_or_else(|| vec![DEFAULT_POD_CIDR.to_string()]);
         if cidr_texts.is_empty() {
             return Err(invalid("pod_cidrs", "needs at least one IPv4 CIDR"));
         }
@@ -332,7 +388,13 @@ impl Config {
             peers: raw.peers,
             ..RawConfig::default()
         };
-        let uplink = UplinkConfig::from_raw(&uplink_fields, &pod_cidrs, &host_port)?;
+        // With [cluster], a node address anywhere in the cluster CIDR would
+        // be routed to pods.
+        let own_cidrs = match &cluster {
+            Some(k) => vec![k.cidr],
+            None => pod_cidrs.clone(),
+        };
+        let uplink = UplinkConfig::from_raw(&uplink_fields, &own_cidrs, &host_port)?;
 
         Ok(Config {
             socket,
@@ -345,7 +407,18 @@ impl Config {
             log_level,
             metrics_listen,
             uplink,
+            cluster,
         })
+    }
+
+    /// This configuration with `block` (claimed from the cluster) as its
+    /// pod CIDR and the block's first host as the gateway.
+    pub fn with_block(&self, block: Ipv4Net) -> Config {
+        Config {
+            pod_cidrs: vec![block],
+            gateway: first_host(block),
+            ..self.clone()
+        }
     }
 
     /// The file that reads back as this configuration (defaults written
@@ -356,8 +429,11 @@ impl Config {
             socket: Some(self.socket.clone()),
             dataplane_socket: Some(self.dataplane_socket.clone()),
             state_dir: Some(self.state_dir.clone()),
-            pod_cidrs: Some(self.pod_cidrs.iter().map(ToString::to_string).collect()),
-            gateway: Some(self.gateway.to_string()),
+            pod_cidrs: self
+                .cluster
+                .is_none()
+                .then(|| self.pod_cidrs.iter().map(ToString::to_string).collect()),
+            gateway: self.cluster.is_none().then(|| self.gateway.to_string()),
             mtu: self.mtu_setting.map(i64::from),
             host_port: Some(self.host_port.clone()),
             log_level: Some(self.log_level.clone()),
@@ -370,7 +446,10 @@ impl Config {
             node_address: uplink.and_then(|u| u.node_address).map(|a| a.to_string()),
             masquerade: uplink.map(|u| u.masquerade),
             overlay: uplink.map(UplinkConfig::raw_overlay),
-            peers: uplink.map(|u| u.peers.iter().copied().map(Peer::to_raw).collect()),
+            peers: uplink
+                .filter(|_| self.cluster.is_none())
+                .map(|u| u.peers.iter().copied().map(Peer::to_raw).collect()),
+            cluster: self.cluster.as_ref().map(ClusterConfig::to_raw),
         }
     }
 
@@ -415,13 +494,32 @@ impl Config {
     }
 
     /// Every pod CIDR of the cluster this node knows: its own, then the
-    /// peers'.
+    /// peers'; with [cluster], the cluster CIDR (every block, now or later).
     pub fn cluster_cidrs(&self) -> Vec<Ipv4Net> {
+        if let Some(k) = &self.cluster {
+            return vec![k.cidr];
+        }
         let mut all = self.pod_cidrs.clone();
         if let Some(u) = &self.uplink {
             all.extend(u.peers.iter().map(|p| p.pod_cidr));
         }
         all
+    }
+
+    /// The node kernel's routes through the host port beside its own pod
+    /// CIDRs': each `[[peers]]` pod CIDR, or with [cluster] the cluster CIDR
+    /// once (the dataplane routes each peer's block; blocks nobody holds
+    /// are dropped there, not sent out of the node's default route).
+    pub fn kernel_peer_cidrs(&self) -> Vec<Ipv4Net> {
+        match &self.cluster {
+            Some(k) => vec![k.cidr],
+            None => self
+                .uplink
+                .iter()
+                .flat_map(|u| &u.peers)
+                .map(|p| p.pod_cidr)
+                .collect(),
+        }
     }
 
     /// Kernel end of the host port (`ferry0`).
@@ -612,19 +710,33 @@ mod tests {
         }
     }
 
-    /// The several-nodes example in `deploy/ferryd.toml` (lines "# key = ",
-    /// "# [table]") is a valid configuration, and --help names its fields.
-    #[test]
-    fn shipped_uplink_example_parses() {
-        let shipped = include_str!("../../deploy/ferryd.toml");
-        let example: String = shipped
-            .lines()
+    /// An example in `deploy/ferryd.toml`: its lines "# key = " and
+    /// "# [table]", uncommented.
+    fn example_of(text: &str) -> String {
+        text.lines()
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| {
                 l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
             })
             .map(|l| format!("{l}\n"))
-            .collect();
+            .collect()
+    }
+
+    /// The shipped file's two examples: several nodes by hand, and a
+    /// cluster through etcd.
+    fn shipped_examples() -> (String, String) {
+        let shipped = include_str!("../../deploy/ferryd.toml");
+        let (by_hand, cluster) = shipped
+            .split_once("# --- A cluster through etcd")
+            .expect("deploy/ferryd.toml has the cluster example");
+        (example_of(by_hand), example_of(cluster))
+    }
+
+    /// The several-nodes example is a valid configuration, and --help
+    /// names its fields.
+    #[test]
+    fn shipped_uplink_example_parses() {
+        let (example, _) = shipped_examples();
         let c = Config::parse(&format!("pod_cidrs = [\"10.70.1.0/24\"]\n{example}")).unwrap();
         let u = c.uplink.as_ref().expect("the example sets an uplink");
         assert_eq!(u.peers.len(), 1);
@@ -646,6 +758,38 @@ mod tests {
                 "--help misses {field}"
             );
             assert!(example.contains(field), "the example misses {field}");
+        }
+    }
+
+    /// The cluster example, on the uplink of the first (without its
+    /// hand-written peers), is a valid configuration; --help names its
+    /// fields.
+    #[test]
+    fn shipped_cluster_example_parses() {
+        let (by_hand, cluster) = shipped_examples();
+        let uplink = by_hand.split("[[peers]]").next().unwrap();
+        let c = Config::parse(&format!("{uplink}{cluster}")).unwrap();
+        let k = c.cluster.as_ref().expect("the example sets [cluster]");
+        assert_eq!(k.cidr, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(k.node_name, "node-a");
+        assert!(k.ca_file.is_some() && k.cert_file.is_some() && k.key_file.is_some());
+        for field in [
+            "[cluster]",
+            "endpoints",
+            "cidr",
+            "block_len",
+            "node_name",
+            "prefix",
+            "lease_ttl_s",
+            "ca_file",
+            "cert_file",
+            "key_file",
+        ] {
+            assert!(
+                FIELDS_HELP.contains(&format!("  {field} ")),
+                "--help misses {field}"
+            );
+            assert!(cluster.contains(field), "the example misses {field}");
         }
     }
 

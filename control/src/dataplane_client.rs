@@ -33,6 +33,7 @@ use ferry_api::table::{
     API_VERSION,
 };
 use ferry_api::wire::MAX_MESSAGE;
+use ipnet::IpNet;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -91,6 +92,9 @@ pub type SyncHook =
 enum Cmd {
     Upsert(Endpoint, oneshot::Sender<Result<u64, DpError>>),
     Remove(String, oneshot::Sender<Result<u64, DpError>>),
+    /// A route's change; the route set itself is the hook's (the next
+    /// `Sync` carries it), so nothing is remembered here.
+    Route(Request, oneshot::Sender<Result<u64, DpError>>),
 }
 
 #[derive(Default)]
@@ -191,6 +195,19 @@ impl DataplaneClient {
     /// even when this fails (not connected), the next `Sync` drops it.
     pub async fn remove(&self, id: &str, wait: Duration) -> Result<u64, DpError> {
         self.command(|tx| Cmd::Remove(id.to_string(), tx), wait)
+            .await
+    }
+
+    /// Add or replace a route (a peer's block). Not connected: the next
+    /// `Sync` carries the hook's routes instead.
+    pub async fn upsert_route(&self, route: Route, wait: Duration) -> Result<u64, DpError> {
+        self.command(|tx| Cmd::Route(Request::UpsertRoute { route }, tx), wait)
+            .await
+    }
+
+    /// Take a route away (removing an unknown prefix is not an error).
+    pub async fn remove_route(&self, prefix: IpNet, wait: Duration) -> Result<u64, DpError> {
+        self.command(|tx| Cmd::Route(Request::RemoveRoute { prefix }, tx), wait)
             .await
     }
 
@@ -468,6 +485,9 @@ impl Task {
                         self.forget(&id);
                         let _ = reply.send(Err(DpError::NotConnected));
                     }
+                    Some(Cmd::Route(_, reply)) => {
+                        let _ = reply.send(Err(DpError::NotConnected));
+                    }
                 },
             }
         }
@@ -509,6 +529,7 @@ impl Task {
                         None,
                     )
                 }
+                Cmd::Route(req, reply) => ("a route update", req, reply, None),
             };
             match conn.call(&req).await {
                 Ok(Response::Applied { generation, .. }) => {

@@ -193,12 +193,14 @@ pub fn peer_routes(cfg: &Config) -> Vec<Route> {
 
 /// What the dataplane must hold, computed at each (re)connect: the host port
 /// made for its worker count, its namespace added to the forbidden ones,
-/// and the store's ready records checked against the kernel.
+/// the store's ready records checked against the kernel, and `routes` (the
+/// peers' blocks, as the cluster member holds them now).
 pub async fn sync_state(
     netlink: &Netlink,
     cfg: &Config,
     store: Weak<Store>,
     hello: Hello,
+    routes: Vec<Route>,
 ) -> Desired {
     let workers = hello.workers;
     // The host port is a veth: a derived MTU stays within what the
@@ -240,7 +242,7 @@ pub async fn sync_state(
     Desired {
         node: node_settings(cfg, host_port, host_mtu),
         endpoints,
-        routes: peer_routes(cfg),
+        routes,
         stale,
     }
 }
@@ -305,12 +307,7 @@ pub async fn ensure_host_port(
     let mac = netlink
         .ensure_host_port(&kernel, &dp_name, cfg.gateway, &cfg.pod_cidrs, mtu, queues)
         .await?;
-    let peers: Vec<_> = cfg
-        .uplink
-        .iter()
-        .flat_map(|u| &u.peers)
-        .map(|p| p.pod_cidr)
-        .collect();
+    let peers = cfg.kernel_peer_cidrs();
     netlink
         .ensure_peer_routes(&kernel, cfg.gateway, &cfg.pod_cidrs, &peers)
         .await?;

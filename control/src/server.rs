@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::pod::{code, PodError, PodRequest, PodResponse};
+use ferry_api::pod::{code, Command, PodError, PodRequest, PodResponse};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::cluster::member::Member;
 use crate::cni::{Abandon, Agent};
 use crate::metrics::RequestCounters;
 
@@ -83,9 +84,58 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     UnixListener::from_std(listener).map_err(bind_err)
 }
 
-/// Accept connections forever, one task each; every answered request is
-/// counted in `requests` (the metrics endpoint reports them).
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>, requests: Arc<RequestCounters>) {
+/// Who answers pod-API requests: the [`Agent`], or while the node joins
+/// its cluster, [`Joining`].
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse;
+}
+
+#[async_trait::async_trait]
+impl Handler for Agent {
+    async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse {
+        Agent::handle_watched(self, req, abandon).await
+    }
+}
+
+/// The answers of a ferryd that holds no block yet: STATUS says why (code
+/// 50, with the datastore's error), everything else is "try again later"
+/// (code 11): no address can be given out before the node has a block.
+pub struct Joining(pub Arc<Member>);
+
+#[async_trait::async_trait]
+impl Handler for Joining {
+    async fn handle_watched(&self, req: PodRequest, _abandon: &Abandon) -> PodResponse {
+        let view = self.0.view();
+        let why = format!(
+            "ferryd is joining the cluster through {} and holds no pod CIDR yet: {}",
+            view.datastore,
+            view.error.as_deref().unwrap_or("waiting for the datastore")
+        );
+        match req.command {
+            Command::Status => PodResponse::Status {
+                ready: false,
+                msg: why,
+                code: code::NOT_AVAILABLE,
+                stale: Vec::new(),
+                cluster: Some(view),
+            },
+            _ => PodResponse::Error(PodError {
+                code: code::TRY_AGAIN_LATER,
+                msg: "ferryd is joining the cluster".into(),
+                details: why,
+            }),
+        }
+    }
+}
+
+/// Accept connections until dropped, one task each; every answered
+/// request is counted in `requests` (the metrics endpoint reports them).
+pub async fn serve<H: Handler>(
+    listener: &UnixListener,
+    agent: Arc<H>,
+    requests: Arc<RequestCounters>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // Accept only with a slot free: excess clients wait in the backlog
@@ -113,7 +163,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>, requests: Arc<Requ
                 let agent = Arc::clone(&agent);
                 let requests = Arc::clone(&requests);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &agent, &requests).await {
+                    if let Err(e) = serve_one(stream, &*agent, &requests).await {
                         log::debug!("pod-API connection: {e}");
                     }
                     drop(slot);
@@ -173,9 +223,9 @@ fn response_code(r: &PodResponse) -> u32 {
     }
 }
 
-async fn serve_one(
+async fn serve_one<H: Handler>(
     stream: UnixStream,
-    agent: &Agent,
+    agent: &H,
     requests: &RequestCounters,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();

@@ -510,11 +510,8 @@ fn adds_nobody_waits_for_are_rolled_back() {
         *dp.upsert_delay.lock().unwrap() = Duration::from_millis(500);
         let listener = ferryd::server::bind(&sock).unwrap();
         let requests = Arc::new(ferryd::metrics::RequestCounters::default());
-        tokio::spawn(ferryd::server::serve(
-            listener,
-            Arc::clone(&agent),
-            requests,
-        ));
+        let server_agent = Arc::clone(&agent);
+        tokio::spawn(async move { ferryd::server::serve(&listener, server_agent, requests).await });
         {
             let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
             let mut line =

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ferry_api::pod::StaleAttachment;
+use ferry_api::pod::{ClusterView, NodeView, StaleAttachment};
 use ferry_api::table::{self, NodeSettings, Overlay, Stats, TableDump};
 use ferry_api::MacAddr;
 use ipnet::IpNet;
@@ -296,6 +296,82 @@ pub fn render_peers(v: &PeersView) -> String {
         &["NODE", "POD CIDR", "NEXT HOP", "MAC", "STATE"],
         &body,
     ));
+    out
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `5s`, `3m`, `2h`, `4d` ago; `-` for never.
+pub fn age(then: u64, now: u64) -> String {
+    if then == 0 {
+        return "-".into();
+    }
+    let s = now.saturating_sub(then);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// One line on the datastore: what it is and whether it answers.
+pub fn cluster_line(c: &ClusterView) -> String {
+    let state = if c.reachable {
+        "reachable".to_string()
+    } else {
+        "UNREACHABLE".to_string()
+    };
+    let mut line = format!("datastore: {} ({state}", c.datastore);
+    if c.since != 0 {
+        line.push_str(&format!(
+            " since {}s ago",
+            unix_now().saturating_sub(c.since)
+        ));
+    }
+    line.push(')');
+    if let Some(e) = &c.error {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
+
+/// `ferryctl nodes`: this node first, then the peers by block.
+pub fn render_nodes(c: &ClusterView, now: u64) -> String {
+    let row = |n: &NodeView| {
+        vec![
+            n.name.clone(),
+            n.block.to_string(),
+            n.address.to_string(),
+            n.vtep_mac.to_string(),
+            if n.overlay == "vxlan" {
+                format!("vxlan vni {}", n.vni)
+            } else {
+                n.overlay.clone()
+            },
+            age(n.renewed, now),
+            n.route.clone(),
+        ]
+    };
+    let body: Vec<Vec<String>> = c.node.iter().chain(&c.peers).map(row).collect();
+    let mut out = render_table(
+        &[
+            "NODE", "BLOCK", "ADDRESS", "VTEP MAC", "OVERLAY", "RENEWED", "ROUTE",
+        ],
+        &body,
+    );
+    if c.node.is_none() {
+        out.push_str("(this node holds no block yet)\n");
+    }
+    out.push('\n');
+    out.push_str(&cluster_line(c));
+    out.push('\n');
     out
 }
 
@@ -672,5 +748,76 @@ mod tests {
         // A tap port has no socket counters: nothing extra.
         s.ports[0].kernel.clear();
         assert_eq!(drop_rows(&s).len(), 1);
+    }
+
+    fn node(name: &str, block: &str, addr: [u8; 4], route: &str, renewed: u64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            address: IpAddr::V4(Ipv4Addr::from(addr)),
+            block: block.parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, addr[3]]),
+            overlay: "vxlan".into(),
+            vni: 1,
+            renewed,
+            route: route.into(),
+        }
+    }
+
+    #[test]
+    fn nodes_list_this_node_first_and_say_whether_the_datastore_answers() {
+        let now = 1_000_000;
+        let mut c = ClusterView {
+            datastore: "etcd http://10.99.0.1:2379".into(),
+            reachable: true,
+            error: None,
+            since: 0,
+            node: Some(node(
+                "a",
+                "10.244.0.0/24",
+                [192, 168, 70, 1],
+                "self",
+                now - 5,
+            )),
+            peers: vec![
+                node("b", "10.244.1.0/24", [192, 168, 70, 2], "routed", now - 300),
+                node(
+                    "c",
+                    "10.244.2.0/24",
+                    [192, 168, 70, 3],
+                    "refused: it runs overlay direct vni 0, the cluster vxlan vni 1",
+                    0,
+                ),
+            ],
+        };
+        let text = render_nodes(&c, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NODE  BLOCK"), "{text}");
+        assert!(
+            lines[1].starts_with("a ") && lines[1].contains("5s") && lines[1].ends_with("self"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("10.244.1.0/24")
+                && lines[2].contains("5m")
+                && lines[2].contains("vxlan vni 1"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains(" - ") && lines[3].contains("refused: it runs overlay direct"),
+            "{text}"
+        );
+        assert!(
+            text.contains("datastore: etcd http://10.99.0.1:2379 (reachable)"),
+            "{text}"
+        );
+        c.reachable = false;
+        c.error = Some("datastore unreachable: list: connection refused".into());
+        c.node = None;
+        let text = render_nodes(&c, now);
+        assert!(text.contains("(UNREACHABLE"), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(text.contains("holds no block yet"), "{text}");
+        assert_eq!(age(now - 7200, now), "2h");
+        assert_eq!(age(now - 3 * 86_400, now), "3d");
     }
 }

@@ -45,6 +45,8 @@ enum Cmd {
     Drops,
     /// ferryd's STATUS and the dataplane's table generation.
     Status,
+    /// The cluster's nodes as ferryd knows them: name, block (pod CIDR), uplink address, VTEP MAC, overlay, last renewal, and whether this node routes to it (self, routed, refused: why); then the datastore and whether it answers.
+    Nodes,
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -133,14 +135,31 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print!("{}", ctl::render_drops(&rows));
             }
         }
+        Cmd::Nodes => {
+            let status = client::ferryd_status(&args.ferryd)?;
+            let Some(view) = status.cluster else {
+                anyhow::bail!("ferryd did not say which nodes it knows (an older ferryd?)");
+            };
+            if args.json {
+                print_json(&view)?;
+            } else {
+                print!("{}", ctl::render_nodes(&view, ctl::unix_now()));
+            }
+        }
         Cmd::Status => {
-            let client::FerrydStatus { ready, msg, stale } = client::ferryd_status(&args.ferryd)?;
+            let client::FerrydStatus {
+                ready,
+                msg,
+                stale,
+                cluster,
+            } = client::ferryd_status(&args.ferryd)?;
             let generation = client::tables(&args.dataplane).map(|t| t.generation);
             if args.json {
                 print_json(&serde_json::json!({
                     "ready": ready,
                     "msg": msg,
                     "stale": stale,
+                    "cluster": cluster,
                     "dataplane_generation": generation.as_ref().ok(),
                     "dataplane_error": generation.as_ref().err().map(|e| e.to_string()),
                 }))?;
@@ -158,6 +177,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "stale: {} {} in {}: {}",
                         s.endpoint, s.ip, s.netns, s.reason
                     );
+                }
+                if let Some(c) = &cluster {
+                    println!("{}", ctl::cluster_line(c));
                 }
             }
             generation?;

@@ -54,6 +54,10 @@ impl Datastore for Embedded {
         Ok(())
     }
 
+    async fn release_node(&self, _name: &str) -> Result<Vec<Ipv4Net>, DsError> {
+        Ok(Vec::new())
+    }
+
     async fn list(&self) -> Result<Listing, DsError> {
         Ok(Listing {
             nodes: self.peers.clone(),

@@ -331,6 +331,28 @@ impl Datastore for Etcd {
         Ok(())
     }
 
+    async fn release_node(&self, name: &str) -> Result<Vec<Ipv4Net>, DsError> {
+        let mut released = Vec::new();
+        for kv in self.list_kvs().await? {
+            let Ok(rec) = record_of(&self.prefix, &kv) else {
+                continue;
+            };
+            if rec.name != name {
+                continue;
+            }
+            let mut c = self.client.clone();
+            if kv.lease() != 0 {
+                // The lease holds only this block's key: revoking it is
+                // the node's whole claim gone at once.
+                bounded("revoke lease", c.lease_revoke(kv.lease())).await?;
+            } else {
+                bounded("delete block", c.delete(kv.key().to_vec(), None)).await?;
+            }
+            released.push(rec.block);
+        }
+        Ok(released)
+    }
+
     async fn list(&self) -> Result<Listing, DsError> {
         let mut c = self.client.clone();
         let resp = bounded(

@@ -9,10 +9,9 @@
 //! implementation (Node objects' `spec.podCIDR`, a watch on Nodes) would be
 //! a third, and nothing else changes.
 //!
-//! Not yet wired into the agent: the next step is a member task that claims
-//! the block at start, renews it, watches the other nodes and turns each
-//! change into dataplane routes through [`PeerTable`] (ARCHITECTURE.md,
-//! "The cluster datastore").
+//! [`member::Member`] is this node's side: it claims the block at start,
+//! renews it, watches the other nodes and turns each change into dataplane
+//! routes through [`PeerTable`] (ARCHITECTURE.md, "The cluster datastore").
 //!
 //! This file holds the pure part: the records, the choice of a block, and
 //! the checks a peer's record passes before it becomes a route.
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod embedded;
 pub mod etcd;
 pub mod local;
+pub mod member;
 
 /// A node's record in the datastore: what its peers need to reach its pods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +151,9 @@ pub trait Datastore: Send + Sync {
     async fn renew(&self, claim: &Claim, now: u64) -> Result<bool, DsError>;
     /// Give the block up (the node leaves the cluster).
     async fn release(&self, claim: &Claim) -> Result<(), DsError>;
+    /// Give up every block held under `name` (`ferryd --leave`, without
+    /// the claim at hand); returns them.
+    async fn release_node(&self, name: &str) -> Result<Vec<Ipv4Net>, DsError>;
     /// Every node's record.
     async fn list(&self) -> Result<Listing, DsError>;
     /// Changes after `revision`, one batch per call to `next`.

@@ -23,7 +23,8 @@ use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{validate_ifname, Config, ConfigError};
+use crate::cluster::member::Member;
+use crate::config::{validate_ifname, Config, ConfigError, UplinkFacts};
 use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT};
 use crate::ipam::{v4_addr, v4_net, IpamError, Pools};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
@@ -81,6 +82,15 @@ pub struct Agent {
     /// (forwarding, masquerade), found at start: STATUS says "limited
     /// connectivity" while any is there.
     node_problems: Vec<String>,
+    member: Arc<Member>,
+}
+
+/// What [`Agent::prepare`] found.
+pub struct Prepared {
+    pub netlink: Netlink,
+    pub cfg: Config,
+    pub facts: Option<UplinkFacts>,
+    pub uplink_mac: Option<MacAddr>,
 }
 
 /// Delete what plumbing made for `rec` (nothing there is fine).
@@ -102,32 +112,60 @@ async fn unplumb_record(netlink: &Netlink, rec: &Record) -> Result<bool, Netlink
 }
 
 impl Agent {
-    /// Open the store, roll back pending records, make the host port and
-    /// start the dataplane client. Pods of ready records are not touched.
-    pub async fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
-        // The uplink is checked against the node before anything is made
-        // or changed: a configuration it refuses stops ferryd here.
+    /// The configuration checked against the node before anything is made
+    /// or changed (a configuration it refuses stops ferryd here): the
+    /// uplink's address and MTU filled in. Returns the netlink handle, the
+    /// resolved configuration and what the node says of the uplink.
+    pub async fn prepare(cfg: Config) -> Result<Prepared, AgentError> {
         let netlink = Netlink::connect(Forbidden::node())?;
-        let cfg = match &cfg.uplink {
-            None => cfg,
-            Some(u) => {
-                let facts = netlink.uplink_facts(&u.ifname).await?;
-                let cfg = cfg.resolve(facts.as_ref())?;
-                if let Some(u) = &cfg.uplink {
-                    log::info!(
-                        "uplink {} (MTU {}), node address {}, overlay {:?}, {} peer(s), masquerade {}; pod MTU {}",
-                        u.ifname,
-                        u.link_mtu.unwrap_or_default(),
-                        u.node_address.map(|a| a.to_string()).unwrap_or_default(),
-                        u.overlay,
-                        u.peers.len(),
-                        if u.masquerade { "on" } else { "off" },
-                        cfg.mtu()
-                    );
-                }
-                cfg
-            }
+        let Some(u) = &cfg.uplink else {
+            return Ok(Prepared {
+                netlink,
+                cfg,
+                facts: None,
+                uplink_mac: None,
+            });
         };
+        let facts = netlink.uplink_facts(&u.ifname).await?;
+        let uplink_mac = netlink.link_mac(&u.ifname).await?;
+        let cfg = cfg.resolve(facts.as_ref())?;
+        if let Some(u) = &cfg.uplink {
+            log::info!(
+                "uplink {} (MTU {}), node address {}, overlay {:?}, {} peer(s), masquerade {}; pod MTU {}",
+                u.ifname,
+                u.link_mtu.unwrap_or_default(),
+                u.node_address.map(|a| a.to_string()).unwrap_or_default(),
+                u.overlay,
+                u.peers.len(),
+                if u.masquerade { "on" } else { "off" },
+                cfg.mtu()
+            );
+        }
+        Ok(Prepared {
+            netlink,
+            cfg,
+            facts,
+            uplink_mac,
+        })
+    }
+
+    /// A single node (its peers, if any, from the configuration): prepared
+    /// and started.
+    pub async fn start(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let p = Agent::prepare(cfg).await?;
+        let member = Member::embedded(&p.cfg);
+        Agent::start_with(p.netlink, p.cfg, member).await
+    }
+
+    /// Open the store, roll back pending records, make the host port and
+    /// start the dataplane client and the member's task. Pods of ready
+    /// records are not touched. `cfg` is prepared ([`Agent::prepare`]) and
+    /// holds the member's block as its pod CIDR.
+    pub async fn start_with(
+        netlink: Netlink,
+        cfg: Config,
+        member: Arc<Member>,
+    ) -> Result<Arc<Agent>, AgentError> {
         let dir = cfg.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -160,9 +198,13 @@ impl Agent {
             // Weak: the client task may outlive the agent by a moment, and
             // must not keep the database open (a restarted agent reopens it).
             let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), Arc::downgrade(&store));
+            let member = Arc::clone(&member);
             Arc::new(move |hello| {
                 let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
-                Box::pin(async move { reconcile::sync_state(&netlink, &cfg, store, hello).await })
+                let routes = member.routes();
+                Box::pin(async move {
+                    reconcile::sync_state(&netlink, &cfg, store, hello, routes).await
+                })
             })
         };
         let node_problems = {
@@ -172,6 +214,7 @@ impl Agent {
                 .unwrap_or_else(|e| vec![format!("node kernel setup task failed: {e}")])
         };
         let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
+        member.spawn(dp.clone());
         let node_pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
             .expect("node pools from a validated config");
         Ok(Arc::new(Agent {
@@ -182,7 +225,13 @@ impl Agent {
             locks: Locks::default(),
             node_pools,
             node_problems,
+            member,
         }))
+    }
+
+    /// This node in the cluster (the embedded single node included).
+    pub fn member(&self) -> &Arc<Member> {
+        &self.member
     }
 
     pub fn dataplane(&self) -> &DataplaneClient {

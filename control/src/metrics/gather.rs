@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{peer_states, PoolUsage, RequestCounters, Snapshot, UplinkInfo};
+use super::{peer_states, ClusterInfo, PoolUsage, RequestCounters, Snapshot, UplinkInfo};
 use crate::cni::Agent;
 use crate::ipam::Pools;
 
@@ -51,12 +51,24 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
     }
     // The neighbours are in the dataplane's table dump: asked only when
     // there are peers to report.
-    let peers: Vec<std::net::IpAddr> = cfg
-        .uplink
-        .iter()
-        .flat_map(|u| &u.peers)
-        .map(|p| p.address.into())
+    let peers: Vec<std::net::IpAddr> = agent
+        .member()
+        .peer_addresses()
+        .into_iter()
+        .map(Into::into)
         .collect();
+    let cluster = cfg.cluster.as_ref().map(|_| {
+        let v = agent.member().view();
+        let routed = v.peers.iter().filter(|p| p.route == "routed").count() as u64;
+        ClusterInfo {
+            datastore: v.datastore,
+            reachable: v.reachable,
+            since: v.since,
+            block: v.node.map(|n| n.block.to_string()),
+            peers_routed: routed,
+            peers_refused: v.peers.len() as u64 - routed,
+        }
+    });
     let neighbours = if peers.is_empty() {
         Vec::new()
     } else {
@@ -87,5 +99,6 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
             missing: agent.dataplane().uplink_problem(),
         }),
         peers: peer_states(&peers, &neighbours),
+        cluster,
     }
 }

@@ -84,6 +84,20 @@ pub struct Snapshot {
     pub uplink: Option<UplinkInfo>,
     /// Each configured peer and how the dataplane reaches it.
     pub peers: Vec<PeerState>,
+    /// With `[cluster]`: the datastore and the peers it gave.
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// A `[cluster]` node's datastore and peers, for `ferry_cluster_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub datastore: String,
+    pub reachable: bool,
+    /// Unix seconds since when `reachable` has been what it is.
+    pub since: u64,
+    pub block: Option<String>,
+    pub peers_routed: u64,
+    pub peers_refused: u64,
 }
 
 /// The configured uplink, for `ferry_uplink_info`.

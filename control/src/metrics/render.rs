@@ -212,6 +212,40 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if let Some(c) = &s.cluster {
+        let mut f = Family::new(
+            &mut out,
+            "ferry_cluster_datastore_reachable",
+            "gauge",
+            "1 if the cluster's datastore answered ferryd's last call, else 0 (forwarding goes on with the peers last known; new nodes are not learnt).",
+        );
+        f.sample(&[("datastore", &c.datastore)], u64::from(c.reachable));
+        let mut f = Family::new(
+            &mut out,
+            "ferry_cluster_datastore_state_since_seconds",
+            "gauge",
+            "Unix time since when ferry_cluster_datastore_reachable has had its value.",
+        );
+        f.sample(&[], c.since);
+        let mut f = Family::new(
+            &mut out,
+            "ferry_cluster_block_info",
+            "gauge",
+            "The pod CIDR block this node holds in the cluster (always 1; absent while it holds none).",
+        );
+        if let Some(b) = &c.block {
+            f.sample(&[("block", b)], 1);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_cluster_peers",
+            "gauge",
+            "Other nodes in the datastore: routed (their block is in the dataplane's routes) or refused (their record breaks the cluster's rules; see ferryctl nodes).",
+        );
+        f.sample(&[("state", "routed")], c.peers_routed);
+        f.sample(&[("state", "refused")], c.peers_refused);
+    }
+
     let Some(stats) = stats else {
         return out;
     };
@@ -404,6 +438,7 @@ mod tests {
             requests: vec![("ADD".into(), 0, 3), ("ADD".into(), 11, 1)],
             uplink: None,
             peers: vec![],
+            cluster: None,
         }
     }
 
@@ -465,6 +500,30 @@ mod tests {
         let single = render(&snapshot());
         assert!(!single.contains("ferry_uplink"), "{single}");
         assert!(!single.contains("ferry_peer"), "{single}");
+        assert!(!single.contains("ferry_cluster"), "{single}");
+    }
+
+    #[test]
+    fn a_cluster_node_reports_its_datastore_block_and_peers() {
+        let mut s = two_node();
+        s.cluster = Some(super::super::ClusterInfo {
+            datastore: "etcd http://10.99.0.1:2379".into(),
+            reachable: false,
+            since: 1_700_000_000,
+            block: Some("10.244.3.0/24".into()),
+            peers_routed: 2,
+            peers_refused: 1,
+        });
+        let text = render(&s);
+        for line in [
+            "ferry_cluster_datastore_reachable{datastore=\"etcd http://10.99.0.1:2379\"} 0",
+            "ferry_cluster_datastore_state_since_seconds 1700000000",
+            "ferry_cluster_block_info{block=\"10.244.3.0/24\"} 1",
+            "ferry_cluster_peers{state=\"routed\"} 2",
+            "ferry_cluster_peers{state=\"refused\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?}:\n{text}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_api::MacAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
@@ -199,6 +200,13 @@ fn kernel_route(msg: RouteMessage) -> Option<(u32, KernelRoute)> {
 impl Netlink {
     /// The uplink's MTU and IPv4 addresses; `None` if there is no such
     /// link in ferryd's namespace.
+    /// The MAC of `ifname`, if the link is there and has one.
+    pub async fn link_mac(&self, ifname: &str) -> Result<Option<MacAddr>, NetlinkError> {
+        Ok(link_by_name(&self.handle, ifname)
+            .await?
+            .and_then(|l| l.mac))
+    }
+
     pub async fn uplink_facts(&self, ifname: &str) -> Result<Option<UplinkFacts>, NetlinkError> {
         let Some(link) = link_by_name(&self.handle, ifname).await? else {
             return Ok(None);
