@@ -10,7 +10,7 @@ PKGS=(
   curl                                                        # scraping ferryd's /metrics (demo, tests)
   ethtool                                                     # offload checks of tap pods (itest)
   nftables                                                    # masquerade of pod traffic leaving the cluster (ferryd, uplink mode)
-  etcd-server etcd-client protobuf-compiler libprotobuf-dev   # cluster datastore: etcd 3.4 for tests/demo/perf; protoc and its well-known .proto files for the etcd-client crate
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl   # cluster datastore: etcd 3.4 for tests/demo/perf; protoc and its well-known .proto files for the etcd-client crate; openssl makes the TLS tests' certificates
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)
   golang-go golang-github-appc-cni-dev                        # real clients: libcni driver (itest/tests/libcni.rs)

@@ -27,6 +27,7 @@ use std::ops::{Deref, DerefMut};
 use std::process::ChildStdout;
 use std::time::Duration;
 
+use crate::etcd::EtcdServer;
 use crate::{
     ns_run_ok, run_ok, tcpcheck_in, unique_tag, wait_output_bounded, ChildGuard, Netns, Node,
     NodeOpts,
@@ -68,7 +69,22 @@ pub struct ClusterOpts {
     /// node of its own, its uplink just a NIC of the node kernel).
     pub overlay: Option<Overlay>,
     pub workers: u32,
+    /// `Some`: nodes find each other through an etcd on the fabric
+    /// (`[cluster]`) instead of `[[peers]]` written by hand.
+    pub etcd: Option<EtcdOpts>,
 }
+
+/// The etcd a cluster's nodes share.
+#[derive(Clone, Debug)]
+pub struct EtcdOpts {
+    /// HTTPS with client certificates.
+    pub tls: bool,
+    /// The nodes' `lease_ttl_s`.
+    pub lease_ttl_s: u32,
+}
+
+/// The cluster CIDR of the etcd clusters.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 impl ClusterOpts {
     /// `nodes` nodes, 2 workers each, pod traffic across in `overlay`.
@@ -77,8 +93,51 @@ impl ClusterOpts {
             nodes,
             overlay,
             workers: 2,
+            etcd: None,
         }
     }
+
+    /// `nodes` nodes that find each other through etcd.
+    pub fn with_etcd(nodes: u32, overlay: Overlay, tls: bool) -> ClusterOpts {
+        ClusterOpts {
+            etcd: Some(EtcdOpts {
+                tls,
+                lease_ttl_s: 60,
+            }),
+            ..ClusterOpts::new(nodes, Some(overlay))
+        }
+    }
+}
+
+/// Node `me`'s name in the datastore.
+pub fn node_name(me: u32) -> String {
+    format!("n{me}")
+}
+
+/// The `[cluster]` table for node `me` on `etcd` (its TLS files if any).
+pub fn cluster_table(me: u32, etcd: &EtcdServer, lease_ttl_s: u32) -> String {
+    let mut t = format!(
+        "\n[cluster]\nendpoints = [\"{}\"]\ncidr = \"{CLUSTER_CIDR}\"\nnode_name = \"{}\"\nlease_ttl_s = {lease_ttl_s}\n",
+        etcd.url(),
+        node_name(me)
+    );
+    if let Some(tls) = &etcd.tls {
+        t.push_str(&format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display()
+        ));
+    }
+    t
+}
+
+/// The ferryd.toml text of a `[cluster]` node `me`: its uplink and overlay,
+/// no peers (etcd has them).
+pub fn etcd_node_config(me: u32, overlay: Overlay, etcd: &EtcdServer, lease_ttl_s: u32) -> String {
+    let mut text = uplink_config(me, 0, overlay);
+    text.push_str(&cluster_table(me, etcd, lease_ttl_s));
+    text
 }
 
 /// Node `i`'s address on the fabric.
@@ -247,6 +306,7 @@ pub struct Cluster {
     pub tag: String,
     // Field order is drop order (see the module comment).
     pub nodes: Vec<ClusterNode>,
+    pub etcd: Option<EtcdServer>,
     pub outside: Outside,
     pub fabric: Fabric,
 }
@@ -258,14 +318,23 @@ impl Cluster {
         let tag = unique_tag(prefix);
         let fabric = Fabric::new(&tag);
         let outside = Outside::start(&tag, &fabric);
+        let etcd = opts
+            .etcd
+            .as_ref()
+            .map(|e| EtcdServer::start(&tag, &fabric, e.tls));
         let mut nodes: Vec<ClusterNode> = Vec::new();
         for i in 1..=opts.nodes {
-            let extra_config = opts
-                .overlay
-                .map(|o| uplink_config(i, opts.nodes, o))
-                .unwrap_or_default();
+            let extra_config = match (opts.overlay, &etcd, &opts.etcd) {
+                (Some(o), Some(server), Some(e)) => etcd_node_config(i, o, server, e.lease_ttl_s),
+                (Some(o), _, _) => uplink_config(i, opts.nodes, o),
+                (None, _, _) => String::new(),
+            };
             let node_opts = NodeOpts {
-                pod_cidr: pod_cidr(i),
+                pod_cidr: if etcd.is_some() {
+                    String::new()
+                } else {
+                    pod_cidr(i)
+                },
                 workers: opts.workers,
                 ipam: None,
                 // ferryd's default: the uplink MTU less the overlay's.
@@ -287,6 +356,7 @@ impl Cluster {
         Cluster {
             tag,
             nodes,
+            etcd,
             outside,
             fabric,
         }

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod clients;
 pub mod cluster;
+pub mod etcd;
 
 /// Path of one of ferry's binaries.
 pub fn bin(name: &str) -> PathBuf {
@@ -384,6 +385,7 @@ pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
 /// Settings of a simulated node.
 #[derive(Clone, Debug)]
 pub struct NodeOpts {
+    /// `""`: none written (a `[cluster]` node claims its block).
     pub pod_cidr: String,
     pub workers: u32,
     /// Extra `ipam` object for the network config (JSON), if any.
@@ -431,13 +433,19 @@ impl Node {
     pub fn create(tag: String, opts: NodeOpts) -> Node {
         let dir = TempDir::new(&tag);
         let ns = Netns::new(&format!("{tag}-node"));
-        let gateway = first_host(&opts.pod_cidr);
         let mut config = format!(
             "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\n\
-             state_dir = \"{d}/state\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gateway}\"\n",
+             state_dir = \"{d}/state\"\n",
             d = dir.path.display(),
-            cidr = opts.pod_cidr,
         );
+        // No pod CIDR: a [cluster] node, whose block comes from etcd.
+        if !opts.pod_cidr.is_empty() {
+            let gateway = first_host(&opts.pod_cidr);
+            config.push_str(&format!(
+                "pod_cidrs = [\"{}\"]\ngateway = \"{gateway}\"\n",
+                opts.pod_cidr
+            ));
+        }
         if let Some(mtu) = opts.mtu {
             config.push_str(&format!("mtu = {mtu}\n"));
         }

@@ -295,7 +295,11 @@ impl Member {
                 .try_claim(&settings, &me, saved.as_ref().and_then(|s| s.block))
                 .await
             {
-                Ok(block) => return block,
+                Ok(block) => {
+                    let peers = saved.map(|s| s.peers).unwrap_or_default();
+                    self.first_listing(peers).await;
+                    return block;
+                }
                 Err(e) => {
                     self.set_reachable(Err(&e));
                     if let (DsError::Unreachable(_), Some(s)) = (&e, &saved) {
@@ -321,6 +325,23 @@ impl Member {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// The peers before the dataplane's first `Sync`: a restarted ferryd
+    /// must hand the dataplane the routes it already has, or it would
+    /// forward nothing to the peers until the task's first listing. The
+    /// saved peers if the datastore does not answer now.
+    async fn first_listing(&self, saved: Vec<NodeRecord>) {
+        let nodes = match self.ds.list().await {
+            Ok(l) => l.nodes,
+            Err(e) => {
+                self.set_reachable(Err(&e));
+                saved
+            }
+        };
+        let mut i = lock(&self.inner);
+        let rules = i.rules.clone();
+        i.table.replace(&rules, nodes);
     }
 
     /// Settings checked, then a claim; on success it is this node's.
