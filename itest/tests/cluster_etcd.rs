@@ -130,6 +130,20 @@ fn ping_result(ping: ChildGuard) -> (u32, u32) {
     (nums[0], nums[1])
 }
 
+/// ferryd's metrics, scraped with curl inside the node namespace.
+fn metrics(n: &Node) -> String {
+    ns_run_ok(
+        &n.ns.name,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:9469/metrics",
+        ],
+    )
+}
+
 fn in_block(ip: &str, block: &str) -> bool {
     let ip: std::net::Ipv4Addr = ip.parse().expect("pod IP");
     let net: ipnet::Ipv4Net = block.parse().expect("block");
@@ -195,6 +209,31 @@ fn join_talk(prefix: &str, overlay: Overlay, leave_and_rejoin: bool) {
                 assert_reaches(a, b);
             }
         }
+    }
+    // A node reaches the pods of the others (the kernel routes the cluster
+    // CIDR into the host port, the dataplane the peers' blocks).
+    for (i, p) in pods.iter().enumerate() {
+        let from = c.node(i as u32 % 3 + 1);
+        assert!(
+            wait_until(Duration::from_secs(10), || ns_ping(
+                from.ns_name(),
+                &p.ip,
+                1
+            )),
+            "node {} -> pod {}",
+            from.tag,
+            p.ip
+        );
+    }
+    let m = metrics(c.node(1));
+    for line in [
+        "ferry_cluster_peers{state=\"routed\"} 2",
+        &format!("ferry_cluster_block_info{{block=\"{}\"}} 1", blocks[0]),
+    ] {
+        assert!(
+            m.lines().any(|l| l == line),
+            "no {line:?} in the metrics:\n{m}"
+        );
     }
     if !leave_and_rejoin {
         for (n, p) in c.nodes.iter().zip(&pods) {
@@ -302,6 +341,12 @@ fn etcd_and_ferryd_failures_cost_no_packet_and_the_cluster_converges() {
             .log_text()
             .contains("datastore unreachable"),
         "the log does not say the datastore is unreachable"
+    );
+    let m = metrics(c.node(1));
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ferry_cluster_datastore_reachable{") && l.ends_with("} 0")),
+        "the metrics do not say the datastore is unreachable:\n{m}"
     );
     // ADD is still served from the node's own block.
     let p3 = c.node(1).add_pod(3);
