@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# ferry between two nodes: a fabric namespace whose Linux bridge br0 stands
-# for the physical switch, two node namespaces cabled to it by their uplink
-# up0 (192.168.70.1 and .2), each running ferry-dataplane (2 workers) and
-# ferryd configured with the uplink, VXLAN and the other node as its peer.
+# ferry between two nodes through etcd: a fabric namespace whose Linux bridge
+# br0 stands for the physical switch, an etcd server (Debian's etcd 3.4) in a
+# namespace of its own on it (192.168.70.250), two node namespaces cabled to
+# it by their uplink up0 (192.168.70.1 and .2), each running ferry-dataplane
+# (2 workers) and ferryd with [cluster]: each claims a /24 of 10.244.0.0/16
+# from etcd and learns the other's block there (VXLAN between them).
 # A veth and a tap pod on each node, made by the `ferry` CNI binary as a
 # runtime does; cross-node ping and iperf3 (veth and tap), a node pinging a
 # remote pod, `ferryctl peers` and the uplink port's counters; teardown by
@@ -14,6 +16,8 @@ cd "$(dirname "$0")/.."
 [ -n "${BIN:-}" ] || . scripts/build.sh   # setup, build, BIN
 
 FAB=ferry-demo-fab
+ETCD_NS=ferry-demo-etcd
+ETCD=http://192.168.70.250:2379
 NODES=(1 2)
 PODS=(1 2)          # on every node: 1 veth, 2 tap
 DIR="$(mktemp -d /tmp/ferry-demo-cluster.XXXXXX)"
@@ -46,9 +50,10 @@ cleanup() {
     for p in "${PODS[@]}"; do ip netns del "$(pod "$n" "$p")" 2>/dev/null; done
     ip netns del "$(node "$n")" 2>/dev/null
   done
+  ip netns del "$ETCD_NS" 2>/dev/null
   ip netns del "$FAB" 2>/dev/null
   rm -rf "$DIR"
-  echo "removed the fabric, node and pod namespaces, daemons and $DIR"
+  echo "removed the fabric, etcd, node and pod namespaces, daemons and $DIR"
 }
 trap cleanup EXIT INT TERM
 
@@ -58,9 +63,26 @@ ip netns add "$FAB"
 ip -n "$FAB" link add br0 type bridge
 ip -n "$FAB" link set br0 up
 
+say "etcd on the fabric: $ETCD (namespace $ETCD_NS, data in $DIR/etcd)"
+ip netns del "$ETCD_NS" 2>/dev/null || true
+ip netns add "$ETCD_NS"
+ip -n "$ETCD_NS" link set lo up
+ip -n "$FAB" link add etcd type veth peer name eth0 netns "$ETCD_NS"
+ip -n "$FAB" link set etcd master br0 up
+ip -n "$ETCD_NS" addr add 192.168.70.250/24 dev eth0
+ip -n "$ETCD_NS" link set eth0 up
+ip netns exec "$ETCD_NS" etcd --name demo --data-dir "$DIR/etcd" \
+  --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster demo=http://127.0.0.1:2380 >"$DIR/etcd.log" 2>&1 &
+PID[etcd]=$!
+etcdctl_() { ip netns exec "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints="$ETCD" --command-timeout=5s "$@"; }
+for _ in $(seq 1 100); do etcdctl_ endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+etcdctl_ endpoint health
+
 for n in "${NODES[@]}"; do
   NS=$(node "$n"); D="$DIR/n$n"; mkdir -p "$D"
-  say "node $NS: uplink up0 = 192.168.70.$n/24 on br0, pods from 10.70.$n.0/24"
+  say "node $NS: uplink up0 = 192.168.70.$n/24 on br0, its pods' block claimed from etcd"
   ip netns del "$NS" 2>/dev/null || true
   ip netns add "$NS"
   ip -n "$NS" link set lo up
@@ -70,12 +92,10 @@ for n in "${NODES[@]}"; do
   ip -n "$FAB" link set "n$n" master br0 up
   ip -n "$NS" addr add "192.168.70.$n/24" dev up0
   ip -n "$NS" link set up0 up
-  peer=$((3 - n))
   cat > "$D/ferryd.toml" <<CONF
 socket = "$D/ferryd.sock"
 dataplane_socket = "$D/dataplane.sock"
 state_dir = "$D/state"
-pod_cidrs = ["10.70.$n.0/24"]
 metrics_listen = ""
 uplink = "up0"
 node_address = "192.168.70.$n"
@@ -87,9 +107,10 @@ vni = 1
 port = 4789
 set_channels = true
 
-[[peers]]
-address = "192.168.70.$peer"
-pod_cidr = "10.70.$peer.0/24"
+[cluster]
+endpoints = ["$ETCD"]
+cidr = "10.244.0.0/16"
+node_name = "demo-n$n"
 CONF
   echo "ferryd.toml:"; sed 's/^/  /' "$D/ferryd.toml"
   echo '{"cniVersion":"1.0.0","name":"ferry","type":"ferry","ferrydSocket":"'"$D/ferryd.sock"'"}' > "$D/net1.conf"
@@ -139,9 +160,13 @@ for pair in "11 21 veth n1 -> veth n2 (VXLAN)" "12 22 tap n1 -> tap n2 (VXLAN, G
 done
 
 for n in "${NODES[@]}"; do
-  say "ferryctl peers on $(node "$n")"
+  say "ferryctl nodes and peers on $(node "$n")"
+  ctl "$n" nodes
+  echo
   ctl "$n" peers
 done
+say "what etcd holds (keys under /ferry)"
+etcdctl_ get --prefix /ferry --keys-only | sed '/^$/d'
 say "ferryctl stats on $(node 1)"
 ctl 1 stats
 echo; echo "demo-cluster: ok"
