@@ -518,3 +518,71 @@ fn tls_to_etcd_works_and_a_wrong_ca_or_dead_endpoint_is_a_clear_error() {
     c.node(1).del_pod(&p1).assert_ok();
     c.node(2).del_pod(&p2).assert_ok();
 }
+
+/// Eight ferryd started at once on a cluster CIDR of four blocks: four
+/// hold one each, never the same, and the four others say in STATUS that
+/// every block is held. (No dataplanes: the claim is ferryd's alone.)
+#[test]
+fn many_ferryd_starting_at_once_never_share_a_block() {
+    let tag = unique_tag("em");
+    let fabric = itest::cluster::Fabric::new(&tag);
+    let etcd = itest::etcd::EtcdServer::start(&tag, &fabric, false);
+    let mut nodes: Vec<Node> = (1..=8)
+        .map(|i| {
+            let table = itest::cluster::cluster_table(i, &etcd, 60)
+                .replace(CLUSTER_CIDR, "10.245.0.0/26")
+                .replace("[cluster]\n", "[cluster]\nblock_len = 28\n");
+            let opts = NodeOpts {
+                pod_cidr: String::new(),
+                workers: 1,
+                ipam: None,
+                mtu: None,
+                extra_config: format!("uplink = \"{UPLINK}\"\nmetrics_listen = \"\"\n{table}"),
+            };
+            let n = Node::create(format!("{tag}n{i}"), opts);
+            fabric.plug(&format!("n{i}"), &n.ns.name, UPLINK, &node_address(10 + i));
+            n
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start_ferryd();
+    }
+    let mut blocks: Vec<String> = Vec::new();
+    wait_for(
+        "every ferryd holds a block or says none is free",
+        Duration::from_secs(60),
+        || {
+            blocks.clear();
+            nodes.iter().all(|n| {
+                let out = n.ferryctl(&["nodes", "--json"]);
+                let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+                    return false;
+                };
+                match v["node"]["block"].as_str() {
+                    Some(b) => {
+                        blocks.push(b.to_string());
+                        true
+                    }
+                    None => v["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("no free block")),
+                }
+            })
+        },
+    );
+    let mut distinct = blocks.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(blocks.len(), 4, "four blocks, four holders: {blocks:?}");
+    assert_eq!(distinct.len(), 4, "a block held twice: {blocks:?}");
+    let keys = etcd.etcdctl_ok(&["get", "--prefix", "/ferry/blocks/", "--keys-only"]);
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 4, "{keys}");
+    let full = nodes
+        .iter()
+        .find(|n| {
+            let s = n.status();
+            s.code() == Some(50) && s.stdout.contains("no free block of 10.245.0.0/26")
+        })
+        .is_some();
+    assert!(full, "no ferryd without a block says why in STATUS");
+}
