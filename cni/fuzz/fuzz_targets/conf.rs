@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         ]);
         let (code, out) = run(&env, data, &|_, req| {
             Ok(match req.command {
-                Command::Status => PodResponse::Status { ready: true, msg: String::new(), code: 0, stale: vec![] },
+                Command::Status => PodResponse::Status { ready: true, msg: String::new(), code: 0, stale: vec![], cluster: None },
                 _ => PodResponse::Ok { result: None },
             })
         });
