@@ -153,3 +153,46 @@ fn settings_mismatch_names_both_sides() {
         "{m}"
     );
 }
+
+/// The single node goes through the same member: its routes are its
+/// `[[peers]]`, exactly as the configuration says, and its view lists it
+/// and them.
+#[test]
+fn the_embedded_member_routes_the_configured_peers() {
+    let cfg = crate::config::Config::parse(
+        r#"
+        pod_cidrs = ["10.70.1.0/24"]
+        uplink = "up0"
+        node_address = "192.168.70.1"
+        [[peers]]
+        address = "192.168.70.2"
+        pod_cidr = "10.70.2.0/24"
+        [[peers]]
+        address = "192.168.70.3"
+        pod_cidr = "10.70.3.0/24"
+        "#,
+    )
+    .unwrap();
+    let m = member::Member::embedded(&cfg);
+    assert_eq!(m.routes(), crate::reconcile::peer_routes(&cfg));
+    assert_eq!(m.block(), Some(net("10.70.1.0/24")));
+    let v = m.view();
+    assert!(v.reachable && v.error.is_none());
+    assert!(v.datastore.starts_with("embedded"));
+    assert_eq!(v.node.as_ref().map(|n| n.route.as_str()), Some("self"));
+    let peers: Vec<(String, &str)> = v
+        .peers
+        .iter()
+        .map(|p| (p.block.to_string(), p.route.as_str()))
+        .collect();
+    assert_eq!(
+        peers,
+        [
+            ("10.70.2.0/24".to_string(), "routed"),
+            ("10.70.3.0/24".to_string(), "routed")
+        ]
+    );
+    // A single node without an uplink has no peers at all.
+    let single = member::Member::embedded(&crate::config::Config::default());
+    assert!(single.routes().is_empty() && single.view().peers.is_empty());
+}
