@@ -403,8 +403,12 @@ fn etcd_and_ferryd_failures_cost_no_packet_and_the_cluster_converges() {
     let rev = etcd.revision().to_string();
     etcd.etcdctl_ok(&["compact", &rev]);
     c.node(2).ferryd.as_ref().unwrap().signal("CONT");
-    wait_for("the stopped ferryd learns the new node", CONVERGE, || {
+    // The watch delivers the three puts one by one: wait for all of them.
+    wait_for("the stopped ferryd learns the new nodes", CONVERGE, || {
         routed(c.node(2)).contains(&("n9".to_string(), "10.244.99.0/24".to_string()))
+            && view(c.node(2))["peers"]
+                .as_array()
+                .is_some_and(|peers| peers.iter().any(|p| p["name"] == "n8"))
     });
     let v = view(c.node(2));
     let n8 = v["peers"]
