@@ -189,20 +189,15 @@ impl Etcd {
     /// Whether `lease` is alive (a keep-alive answered with a TTL > 0).
     async fn keep_alive(&self, lease: i64) -> Result<bool, DsError> {
         let mut c = self.client.clone();
-        let attempt = async {
-            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
-            Ok(Ok(Some(r))) => Ok(r.ttl() > 0),
+        // Opening the stream is the keep-alive: etcd-client sends one and
+        // reads its answer (a TTL of 0 is its "lease not found"). Sending
+        // another on the keeper renewed twice per period.
+        match tokio::time::timeout(CALL_TIMEOUT, c.lease_keep_alive(lease)).await {
+            Ok(Ok(_)) => Ok(true),
             // etcd answers a keep-alive of an expired or revoked lease with
-            // "lease not found".
+            // TTL 0, which etcd-client reports as "lease not found".
             Ok(Err(e)) if chain(&e).contains("lease not found") => Ok(false),
             Ok(Err(e)) => Err(unreachable("lease keep-alive", e)),
-            Ok(Ok(None)) => Err(DsError::Unreachable(
-                "lease keep-alive: stream closed".into(),
-            )),
             Err(_) => Err(DsError::Unreachable(format!(
                 "lease keep-alive: no answer within {CALL_TIMEOUT:?}"
             ))),
