@@ -339,9 +339,22 @@ impl Member {
                 saved
             }
         };
-        let mut i = lock(&self.inner);
-        let rules = i.rules.clone();
-        i.table.replace(&rules, nodes);
+        let updates = {
+            let mut i = lock(&self.inner);
+            let rules = i.rules.clone();
+            i.table.replace(&rules, nodes)
+        };
+        // Not pushed: the dataplane's first Sync carries them. Logged like
+        // every later change, so the log says when this node routed a peer.
+        for u in updates {
+            if let RouteUpdate::Upsert(route) = u {
+                log::info!(
+                    "route {} -> {:?} (first listing: the dataplane's first sync carries it)",
+                    route.prefix,
+                    route.next_hop
+                );
+            }
+        }
     }
 
     /// Settings checked, then a claim; on success it is this node's.
