@@ -9,7 +9,9 @@
 //! - `benches/`: criterion micro-benchmarks.
 //! - [`e2e`]: the end-to-end harness (`perf e2e`), ferry against the kernel
 //!   paths on the same machine in the same run.
+//! - [`cluster`]: `perf cluster`, what the etcd datastore costs per node.
 
 pub mod churn;
+pub mod cluster;
 pub mod e2e;
 pub mod restart;

@@ -6,11 +6,13 @@
 //! results.md and results.png. `perf churn --minutes N` is a soak: ADD/DEL
 //! churn with traffic while the daemons are SIGKILLed at random, then a leak
 //! check. `perf restart` measures the traffic gap of a daemon's SIGKILL and
-//! restart. `perf cleanup` removes `fpf-*` namespaces left by a run that was
+//! restart. `perf cluster` runs N ferryd through one etcd and measures
+//! what the datastore costs per node. `perf cleanup` removes `fpf-*` namespaces left by a run that was
 //! SIGKILLed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -93,6 +95,27 @@ enum Cmd {
         /// ferry-dataplane workers.
         #[arg(long, default_value_t = 1)]
         workers: u32,
+        /// Directory of ferry's binaries (default: the workspace's target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// N ferryd through one etcd: cluster formation, etcd load per node, change propagation, join/leave, a dead node's lease.
+    Cluster {
+        /// Comma-separated cluster sizes (each on a fresh etcd; at most 200).
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        nodes: Vec<u32>,
+        /// lease_ttl_s of every node (≥ 10; renewed every ttl/4).
+        #[arg(long, default_value_t = 10)]
+        lease_ttl_s: u32,
+        /// Seconds of the quiet window in which etcd's load is measured.
+        #[arg(long, default_value_t = 20)]
+        window: u64,
+        /// Put/delete probes of a record per cluster size.
+        #[arg(long, default_value_t = 10)]
+        probes: u32,
+        /// Write the Markdown report to this file too.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Directory of ferry's binaries (default: the workspace's target/release).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -183,6 +206,34 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
                 Err(E2eError::Interrupted) => interrupted(),
                 Err(e) => Err(e).context("perf restart"),
+            }
+        }
+        Cmd::Cluster {
+            nodes,
+            lease_ttl_s,
+            window,
+            probes,
+            out,
+            bin_dir,
+        } => {
+            let o = perf::cluster::Options {
+                nodes,
+                lease_ttl_s: lease_ttl_s.max(10),
+                window: Duration::from_secs(window.max(1)),
+                probes: probes.max(1),
+                bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
+            };
+            match perf::cluster::run(&o) {
+                Ok(md) => {
+                    println!("{md}");
+                    if let Some(p) = out {
+                        std::fs::write(&p, &md)
+                            .with_context(|| format!("write {}", p.display()))?;
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(E2eError::Interrupted) => interrupted(),
+                Err(e) => Err(e).context("perf cluster"),
             }
         }
         Cmd::Cleanup => {
