@@ -146,7 +146,8 @@ fn held_block(log: &str) -> Option<String> {
     })
 }
 
-/// One HTTP/1.1 request to etcd from inside its namespace; the status and
+/// One HTTP/1.0 request (so the answer is never chunked) to etcd from
+/// inside its namespace; the status and
 /// body, and how long the round trip took (ms).
 fn etcd_http(ns: &str, method: &str, path: &str, body: &str) -> Result<(u16, String, f64)> {
     let (ns, method, path, body) = (
@@ -164,7 +165,7 @@ fn etcd_http(ns: &str, method: &str, path: &str, body: &str) -> Result<(u16, Str
             .map_err(io)?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .map_err(io)?;
