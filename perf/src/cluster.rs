@@ -16,7 +16,6 @@
 //! the same run), a real join and `ferryd --leave` of one more node, and how
 //! long a SIGKILLed node's block stays routed elsewhere (its lease).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
@@ -113,6 +112,16 @@ pub fn metric(text: &str, name: &str) -> f64 {
             let base = key.split('{').next()?;
             (base == name).then(|| value.parse::<f64>().ok())?
         })
+        .sum()
+}
+
+/// The sum of gRPC server counter `name` for method `method` (any other labels).
+pub fn grpc_count(text: &str, name: &str, method: &str) -> f64 {
+    let label = format!("grpc_method=\"{method}\"");
+    let start = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&start) && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
 
@@ -453,6 +462,9 @@ pub struct Figures {
     /// last node to route every other block (ms).
     pub claimed_ms: f64,
     pub meshed_ms: f64,
+    /// etcd transactions until the quiet window (claims, their retries
+    /// on a block taken meanwhile, the first renewals).
+    pub formation_txns: f64,
     /// Quiet window rates (per second) and gauges.
     pub puts_s: f64,
     pub renewals_s: f64,
@@ -539,18 +551,9 @@ fn measure(n: u32, opts: &Options) -> Result<Figures> {
     f.puts_s = rate("etcd_debugging_mvcc_put_total");
     f.renewals_s = rate("etcd_debugging_lease_renewed_total");
     f.expected_renewals_s = f64::from(n) / (f64::from(opts.lease_ttl_s) / 4.0);
-    f.keepalive_msgs_s = {
-        let ka = |t: &str| {
-            t.lines()
-                .filter(|l| {
-                    l.starts_with("grpc_server_msg_received_total{")
-                        && l.contains("grpc_method=\"LeaseKeepAlive\"")
-                })
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum::<f64>()
-        };
-        (ka(&m1) - ka(&m0)) / secs
-    };
+    let ka = |t: &str| grpc_count(t, "grpc_server_msg_received_total", "LeaseKeepAlive");
+    f.keepalive_msgs_s = (ka(&m1) - ka(&m0)) / secs;
+    f.formation_txns = grpc_count(&m0, "grpc_server_handled_total", "Txn");
     f.watchers = metric(&m1, "etcd_debugging_mvcc_watcher_total");
     f.etcd_rx_kib_s = rate("etcd_network_client_grpc_received_bytes_total") / 1024.0;
     f.etcd_tx_kib_s = rate("etcd_network_client_grpc_sent_bytes_total") / 1024.0;
@@ -667,127 +670,99 @@ fn max(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(f64::NAN, f64::max)
 }
 
-/// The Markdown report: one column per N.
-pub fn report(opts: &Options, all: &[Figures]) -> String {
-    let mut rows: BTreeMap<usize, (String, Vec<String>)> = BTreeMap::new();
-    let mut row = |i: usize, label: &str, v: String| {
-        rows.entry(i)
-            .or_insert_with(|| (label.to_string(), Vec::new()))
-            .1
-            .push(v);
-    };
-    for f in all {
-        row(
-            0,
+/// "p50 / p99 / max" of latency samples.
+fn spread(xs: &[f64]) -> String {
+    format!("{} / {} / {:.1}", pct(xs, 50.0), pct(xs, 99.0), max(xs))
+}
+
+/// The rows of one N: (label, value).
+fn rows_of(f: &Figures) -> Vec<(&'static str, String)> {
+    let ms_to_s = |xs: &[f64]| xs.iter().map(|x| x / 1000.0).collect::<Vec<_>>();
+    let dead = ms_to_s(&f.dead_removed_ms);
+    vec![
+        (
             "all started at once: last node holding a block (ms)",
             format!("{:.0}", f.claimed_ms),
-        );
-        row(
-            1,
+        ),
+        (
             "all started at once: every node routing every other block (ms)",
             format!("{:.0}", f.meshed_ms),
-        );
-        row(2, "etcd puts /s (quiet)", format!("{:.2}", f.puts_s));
-        row(
-            3,
+        ),
+        (
+            "etcd transactions until then (claims and their retries, first renewals)",
+            format!("{:.0}", f.formation_txns),
+        ),
+        ("etcd puts /s (quiet)", format!("{:.2}", f.puts_s)),
+        (
             "etcd lease renewals /s (expected N/(ttl/4))",
             format!("{:.2} ({:.2})", f.renewals_s, f.expected_renewals_s),
-        );
-        row(
-            4,
+        ),
+        (
             "etcd LeaseKeepAlive messages /s",
             format!("{:.2}", f.keepalive_msgs_s),
-        );
-        row(5, "etcd watchers", format!("{:.0}", f.watchers));
-        row(
-            6,
+        ),
+        ("etcd watchers", format!("{:.0}", f.watchers)),
+        (
             "etcd client traffic in / out (KiB/s)",
             format!("{:.1} / {:.1}", f.etcd_rx_kib_s, f.etcd_tx_kib_s),
-        );
-        row(
-            7,
+        ),
+        (
             "etcd CPU (% of a core) / RSS (MiB) / db (KiB)",
             format!(
                 "{:.1} / {:.0} / {:.0}",
                 f.etcd_cpu_pct, f.etcd_rss_mib, f.etcd_db_kib
             ),
-        );
-        row(
-            8,
+        ),
+        (
             "ferryd CPU, mean / max (% of a core)",
             format!(
                 "{:.2} / {:.2}",
                 mean(&f.ferryd_cpu_pct),
                 max(&f.ferryd_cpu_pct)
             ),
-        );
-        row(
-            9,
+        ),
+        (
             "ferryd RSS, mean / max (MiB)",
             format!(
                 "{:.1} / {:.1}",
                 mean(&f.ferryd_rss_mib),
                 max(&f.ferryd_rss_mib)
             ),
-        );
-        row(
-            10,
-            "baseline: etcd put/delete round trip p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                pct(&f.put_rtt_ms, 50.0),
-                pct(&f.put_rtt_ms, 99.0)
-            ),
-        );
-        row(
-            11,
+        ),
+        (
+            "baseline: etcd put/delete round trip p50 / p99 / max (ms)",
+            spread(&f.put_rtt_ms),
+        ),
+        (
             "record put → routed on a node, p50 / p99 / max (ms)",
-            format!(
-                "{} / {} / {:.0}",
-                pct(&f.add_ms, 50.0),
-                pct(&f.add_ms, 99.0),
-                max(&f.add_ms)
-            ),
-        );
-        row(
-            12,
+            spread(&f.add_ms),
+        ),
+        (
             "record deleted → route removed on a node, p50 / p99 / max (ms)",
-            format!(
-                "{} / {} / {:.0}",
-                pct(&f.del_ms, 50.0),
-                pct(&f.del_ms, 99.0),
-                max(&f.del_ms)
-            ),
-        );
-        row(
-            13,
+            spread(&f.del_ms),
+        ),
+        (
             "one more ferryd: its claim (ms)",
             format!("{:.0}", f.join_claim_ms),
-        );
-        row(
-            14,
-            "… its block routed on every node, p50 / max (ms)",
-            format!(
-                "{} / {:.0}",
-                pct(&f.join_routed_ms, 50.0),
-                max(&f.join_routed_ms)
-            ),
-        );
-        row(
-            15,
-            "`ferryd --leave` → removed on every node, p50 / max (ms)",
-            format!("{} / {:.0}", pct(&f.leave_ms, 50.0), max(&f.leave_ms)),
-        );
-        row(
-            16,
-            "SIGKILLed node → its block removed elsewhere, p50 / max (s)",
-            format!(
-                "{:.1} / {:.1}",
-                stats::percentile(&f.dead_removed_ms, 50.0).unwrap_or(f64::NAN) / 1000.0,
-                max(&f.dead_removed_ms) / 1000.0
-            ),
-        );
-    }
+        ),
+        (
+            "… its block routed on every node, p50 / p99 / max (ms)",
+            spread(&f.join_routed_ms),
+        ),
+        (
+            "`ferryd --leave` → removed on every node, p50 / p99 / max (ms)",
+            spread(&f.leave_ms),
+        ),
+        (
+            "SIGKILLed node → its block removed elsewhere, p50 / p99 / max (s)",
+            spread(&dead),
+        ),
+    ]
+}
+
+/// The Markdown report: one column per N.
+pub fn report(opts: &Options, all: &[Figures]) -> String {
+    let per_n: Vec<Vec<(&str, String)>> = all.iter().map(rows_of).collect();
     let mut md = String::from("# perf cluster\n\n");
     let _ = writeln!(
         md,
@@ -803,7 +778,8 @@ pub fn report(opts: &Options, all: &[Figures]) -> String {
     md.push_str("\n|---|");
     md.push_str(&"---:|".repeat(all.len()));
     md.push('\n');
-    for (label, vs) in rows.values() {
+    for (i, (label, _)) in per_n.first().into_iter().flatten().enumerate() {
+        let vs: Vec<&str> = per_n.iter().map(|rows| rows[i].1.as_str()).collect();
         let _ = writeln!(md, "| {label} | {} |", vs.join(" | "));
     }
     if let [a, .., b] = all {
@@ -849,6 +825,10 @@ mod tests {
         assert_eq!(metric(text, "x_total"), 3.0);
         assert_eq!(metric(text, "y"), 7.5);
         assert_eq!(metric(text, "z"), 0.0);
+        let grpc = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\"} 4\n\
+                    grpc_server_handled_total{grpc_code=\"Unknown\",grpc_method=\"Txn\"} 1\n\
+                    grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\"} 9\n";
+        assert_eq!(grpc_count(grpc, "grpc_server_handled_total", "Txn"), 5.0);
     }
 
     #[test]
