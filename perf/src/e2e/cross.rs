@@ -111,6 +111,26 @@ pub fn ferry_uplink_config(a: &Addressing, me: usize, overlay: Overlay) -> Strin
     text
 }
 
+/// The cores of this machine (1 if unknown).
+pub fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// ferry-dataplane's extra arguments on node `i` of a machine with `cores`
+/// cores: `extra` plus `--cpus <i mod cores>` unless `extra` pins already.
+/// Without it both nodes' worker 0 would share core 0 (the dataplane's
+/// default pinning is by worker index), which no two real nodes do.
+pub fn node_dataplane_args(extra: &[String], i: usize, cores: usize) -> Vec<String> {
+    let mut args = extra.to_vec();
+    if !extra
+        .iter()
+        .any(|a| a == "--cpus" || a.starts_with("--cpus="))
+    {
+        args.extend(["--cpus".to_string(), (i % cores.max(1)).to_string()]);
+    }
+    args
+}
+
 /// The MAC of node `i`'s VXLAN device (fixed, so that the peer's static
 /// entries can be written before both devices exist).
 pub fn vtep_mac(i: usize) -> String {
@@ -283,6 +303,21 @@ mod tests {
         assert!(a.find("node_address").unwrap() < a.find("[overlay]").unwrap());
         // ferryd derives the pod MTU itself.
         assert!(!a.contains("mtu"), "{a}");
+    }
+
+    #[test]
+    fn each_node_pins_its_worker_to_a_core_of_its_own() {
+        let none: Vec<String> = Vec::new();
+        assert_eq!(node_dataplane_args(&none, 0, 2), vec!["--cpus", "0"]);
+        assert_eq!(node_dataplane_args(&none, 1, 2), vec!["--cpus", "1"]);
+        assert_eq!(node_dataplane_args(&none, 1, 1), vec!["--cpus", "0"]);
+        let given = vec!["--idle-spin-us".to_string(), "20".into(), "--cpus=1".into()];
+        assert_eq!(node_dataplane_args(&given, 0, 2), given);
+        let spin = vec!["--idle-spin-us".to_string(), "20".into()];
+        assert_eq!(
+            node_dataplane_args(&spin, 1, 4),
+            vec!["--idle-spin-us", "20", "--cpus", "1"]
+        );
     }
 
     #[test]

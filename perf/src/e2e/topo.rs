@@ -65,7 +65,7 @@ impl Kind {
             Kind::Ptp => "kernel routed path: reference `ptp` + `host-local` CNI plugins (/32 host routes)".into(),
             Kind::Xdp => "in-kernel XDP_REDIRECT (DEVMAP_HASH) between the two pods' host veths; XDP_PASS on the pod ends; pod tx checksum offload off (see notes)".into(),
             Kind::FerryCross { overlay, tap } => format!(
-                "two nodes on a fabric bridge, pod 0 on node A, pod 1 on node B: in each node ferry-dataplane (1 worker) + ferryd with uplink up0 (veth, 2 queues, set_channels), [overlay] mode = \"{}\", the other node a static [[peers]], pod MTU derived by ferryd; {} pods made by the ferry CNI binary",
+                "two nodes on a fabric bridge, pod 0 on node A, pod 1 on node B: in each node ferry-dataplane (1 worker, node A's pinned to core 0, node B's to core 1) + ferryd with uplink up0 (veth, 2 queues, set_channels), [overlay] mode = \"{}\", the other node a static [[peers]], pod MTU derived by ferryd; {} pods made by the ferry CNI binary",
                 overlay.mode(),
                 if *tap { "tap (\"attachment\": \"tap\")" } else { "veth" }
             ),
@@ -948,16 +948,11 @@ fn cross_node(
         Kind::FerryCross { overlay, tap } => {
             check_ferry_bins(bin_dir)?;
             let uplink = cross::ferry_uplink_config(a, i, overlay);
-            let (backend, mut conf) = start_ferry(
-                node,
-                &dir,
-                bin_dir,
-                1,
-                dataplane_args,
-                &a.pod_cidr(i),
-                Some(&uplink),
-            )
-            .map_err(|e| E2eError::setup(topology, format!("node {}: {e}", ["A", "B"][i])))?;
+            let args = cross::node_dataplane_args(dataplane_args, i, cross::machine_cores());
+            let (backend, mut conf) =
+                start_ferry(node, &dir, bin_dir, 1, &args, &a.pod_cidr(i), Some(&uplink)).map_err(
+                    |e| E2eError::setup(topology, format!("node {}: {e}", ["A", "B"][i])),
+                )?;
             if tap {
                 conf["attachment"] = json!("tap");
             }
