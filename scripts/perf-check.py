@@ -3,6 +3,9 @@
 plan measured on each topology, every metric of the case with at least one
 sample, and no failure recorded. Exit 1 (with the list) otherwise.
 
+    perf-check.py RESULTS.json              # the default run (ferry,bridge,ptp,xdp)
+    perf-check.py --two-node RESULTS.json   # a run of the two-node topologies
+
 It checks that the harness works, not how fast anything is."""
 import json
 import sys
@@ -15,44 +18,76 @@ METRICS = {
     "ping": ["p50_us", "p99_us"],
     "tcp-rr": ["p50_us", "p99_us", "trans_s"],
 }
-# Counts that are often 0 on the bridge: the harness gives them no ratio.
-NO_RATIO = {"retransmits", "loss_pct"}
+# Counts that are often 0 on the baseline, and figures the baseline has not:
+# the harness gives them no ratio.
+NO_RATIO = {"retransmits", "loss_pct", "dataplane_cores"}
 TOPOLOGIES = ["ferry", "bridge", "ptp", "xdp"]
 
+# Two-node runs: no 1400 B flood, no scale cases; the CPU split beside the
+# machine's; ratios to kernel-vxlan.
+CROSS_CASES = ["tcp-1", "tcp-4", "udp-64B", "ping", "tcp-rr"]
+CROSS_TOPOLOGIES = ["ferry-vxlan", "ferry-vxlan-tap", "ferry-direct", "kernel-vxlan",
+                    "kernel-hostgw"]
+CROSS_BASELINE = "kernel-vxlan"
+CPU_SPLIT = ["softirq_cores"]
+FERRY_CPU_SPLIT = ["dataplane_cores"]
 
-def metrics_of(case):
+
+def metrics_of(case, two_node=False, topology=""):
     if case == "tcp-rr":
-        return METRICS["tcp-rr"]
-    return METRICS[case.split("-")[0]]
+        base = METRICS["tcp-rr"]
+    else:
+        base = METRICS[case.split("-")[0]]
+    if two_node and case.split("-")[0] in ("tcp", "udp") and case != "tcp-rr":
+        base = base + CPU_SPLIT + (FERRY_CPU_SPLIT if topology.startswith("ferry") else [])
+    return base
 
 
-def main(path):
-    r = json.load(open(path))
+def check(r, two_node):
     have = {(s["case"], s["metric"]): s["by_topology"] for s in r["summary"]}
     missing = []
-    for case in CASES:
-        topos = TOPOLOGIES + (["ferry-2w"] if case == "udp-64B" else [])
-        for metric in metrics_of(case):
-            by = have.get((case, metric), {})
-            for t in topos:
+    if two_node:
+        cases, baseline, ratio_key = CROSS_CASES, CROSS_BASELINE, "ratio_to_kernel_vxlan"
+    else:
+        cases, baseline, ratio_key = CASES, "bridge", "ratio_to_bridge"
+    for case in cases:
+        if two_node:
+            topos = CROSS_TOPOLOGIES
+        else:
+            topos = TOPOLOGIES + (["ferry-2w"] if case == "udp-64B" else [])
+        for t in topos:
+            for metric in metrics_of(case, two_node, t):
+                by = have.get((case, metric), {})
                 if by.get(t, {}).get("n", 0) < 1:
                     missing.append(f"{case} / {metric} / {t}")
-                elif t != "bridge" and metric not in NO_RATIO and "ratio_to_bridge" not in by[t]:
-                    missing.append(f"{case} / {metric} / {t}: no ratio to the bridge")
+                elif t != baseline and metric not in NO_RATIO and ratio_key not in by[t]:
+                    missing.append(f"{case} / {metric} / {t}: no ratio to {baseline}")
     for f in r["failures"]:
         missing.append(f"failure: {f}")
     for key in ["cores", "kernel"]:
         if key not in r["meta"]:
             missing.append(f"meta.{key}")
+    return cases, topos, missing
+
+
+def main(argv):
+    two_node = "--two-node" in argv
+    paths = [a for a in argv if a != "--two-node"]
+    if len(paths) != 1:
+        print(__doc__)
+        return 1
+    path = paths[0]
+    r = json.load(open(path))
+    cases, topos, missing = check(r, two_node)
     if missing:
         print("perf-check: incomplete results in", path)
         for m in missing:
             print("  missing:", m)
         return 1
     print(f"perf-check: every figure present in {path} "
-          f"({len(CASES)} cases x {len(TOPOLOGIES)} topologies)")
+          f"({len(cases)} cases x {len(topos)} topologies)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

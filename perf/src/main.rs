@@ -1,7 +1,8 @@
 //! `perf`: ferry's end-to-end benchmark harness.
 //!
 //! `perf e2e [--quick]` builds every topology (ferry, the Linux bridge, the
-//! kernel routed path, an in-kernel XDP redirect) in network namespaces of its
+//! kernel routed path, an in-kernel XDP redirect; on request two-node ones,
+//! ferry's overlays beside Flannel's kernel paths) in network namespaces of its
 //! own, runs the same workloads through each and writes results.json,
 //! results.md and results.png. `perf churn --minutes N` is a soak: ADD/DEL
 //! churn with traffic while the daemons are SIGKILLed at random, then a leak
@@ -38,7 +39,7 @@ enum Cmd {
         /// Repetitions of every case (default 3, --quick 2).
         #[arg(long)]
         reps: Option<u32>,
-        /// Comma-separated topologies among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp.
+        /// Comma-separated topologies among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp (one node, compared with bridge) and ferry-vxlan, ferry-vxlan-tap, ferry-direct, kernel-vxlan, kernel-hostgw (two nodes on a fabric, compared with kernel-vxlan; no udp-1400B, no scale cases).
         #[arg(long, value_delimiter = ',', default_value = "ferry,bridge,ptp,xdp")]
         topologies: Vec<String>,
         /// Directory of ferry's release binaries (default: the workspace's target/release).

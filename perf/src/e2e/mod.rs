@@ -4,6 +4,7 @@
 //! results.json, results.md and results.png.
 
 pub mod chart;
+pub mod cross;
 pub mod error;
 pub mod ethtool;
 pub mod parse;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use cross::Overlay;
 use error::{E2eError, Result};
 use report::{Failure, Report, Sample};
 use topo::{Kind, Topology};
@@ -35,7 +37,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Repetitions (default 3, quick 2).
     pub reps: Option<u32>,
-    /// Topologies among `ferry`, `ferry-tap`, `ferry-tap-2w`, `bridge`, `ptp`, `xdp`.
+    /// Topologies among `ferry`, `ferry-tap`, `ferry-tap-2w`, `bridge`, `ptp`, `xdp`
+    /// (one node) and the two-node [`report::CROSS_TOPOLOGIES`].
     pub topologies: Vec<String>,
     /// Where ferry's binaries are (default target/release).
     pub bin_dir: PathBuf,
@@ -107,6 +110,16 @@ pub const WORKLOADS: [Workload; 6] = [
     Workload::TcpRr,
 ];
 
+/// The workloads of the two-node topologies (pod on node A to pod on node
+/// B): the main cases but the 1400 B flood.
+pub const CROSS_WORKLOADS: [Workload; 5] = [
+    Workload::Tcp(1),
+    Workload::Tcp(4),
+    Workload::Udp(traffic::MIN_FRAME),
+    Workload::Ping,
+    Workload::TcpRr,
+];
+
 /// What a finished run left.
 #[derive(Debug)]
 pub struct Outcome {
@@ -155,9 +168,26 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
             "bridge" => v.push(("bridge".into(), Kind::Bridge)),
             "ptp" => v.push(("ptp".into(), Kind::Ptp)),
             "xdp" => v.push(("xdp".into(), Kind::Xdp)),
+            "ferry-vxlan" | "ferry-vxlan-tap" | "ferry-direct" | "kernel-vxlan" | "kernel-hostgw" => {
+                let overlay = if t.ends_with("direct") || t.ends_with("hostgw") {
+                    Overlay::Direct
+                } else {
+                    Overlay::Vxlan
+                };
+                let kind = if t.starts_with("ferry") {
+                    Kind::FerryCross {
+                        overlay,
+                        tap: t.ends_with("-tap"),
+                    }
+                } else {
+                    Kind::KernelCross { overlay }
+                };
+                v.push((t.clone(), kind));
+            }
             other => return Err(E2eError::setup(
                 other,
-                "unknown topology (choose among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp)",
+                "unknown topology (choose among ferry, ferry-tap, ferry-tap-2w, bridge, ptp, xdp; \
+                 two nodes: ferry-vxlan, ferry-vxlan-tap, ferry-direct, kernel-vxlan, kernel-hostgw)",
             )),
         }
     }
@@ -200,11 +230,7 @@ pub fn preflight_root(what: &str, extra: &[(&str, &str, &str)]) -> Result<()> {
 
 fn preflight(opts: &Options) -> Result<()> {
     preflight_root("perf e2e", &[("iperf3", "--version", "iperf3")])?;
-    if opts
-        .topologies
-        .iter()
-        .any(|t| t == "ferry" || t.starts_with("ferry-tap"))
-    {
+    if opts.topologies.iter().any(|t| t.starts_with("ferry")) {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
     Ok(())
@@ -372,7 +398,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         for rep in 0..reps {
             for &w in &chosen {
                 for tp in topos.iter_mut() {
-                    if only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME) {
+                    if only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME)
+                        || tp.kind.two_node() && !CROSS_WORKLOADS.contains(&w)
+                    {
                         continue;
                     }
                     measure(tp, w, rep, w.label(), &params, &mut samples, &mut failures)?;
@@ -391,7 +419,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         for &n in &opts.scale_pods {
             let mut grown = Vec::new();
             for (i, tp) in topos.iter_mut().enumerate() {
-                if only_64(tp) {
+                // Two-node topologies: the pods across are the point, not their count.
+                if only_64(tp) || tp.kind.two_node() {
                     continue;
                 }
                 let g = Instant::now();
@@ -553,6 +582,45 @@ mod tests {
         let mut o = Options::new(false);
         o.scale_pods = vec![16, 251];
         assert!(planned(&o).unwrap_err().to_string().contains("at most 250"));
+    }
+
+    #[test]
+    fn two_node_topologies_are_named_and_compared_with_kernel_vxlan() {
+        let mut o = Options::new(false);
+        o.topologies = report::CROSS_TOPOLOGIES.map(String::from).to_vec();
+        let plan = planned(&o).unwrap();
+        let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, report::CROSS_TOPOLOGIES);
+        assert!(plan.iter().all(|(_, k)| k.two_node()));
+        assert_eq!(
+            plan[1].1,
+            Kind::FerryCross {
+                overlay: Overlay::Vxlan,
+                tap: true
+            }
+        );
+        assert_eq!(
+            plan[2].1,
+            Kind::FerryCross {
+                overlay: Overlay::Direct,
+                tap: false
+            }
+        );
+        assert_eq!(
+            plan[4].1,
+            Kind::KernelCross {
+                overlay: Overlay::Direct
+            }
+        );
+        assert!(plan
+            .iter()
+            .all(|(n, _)| report::baseline_of(n) == report::CROSS_BASELINE));
+        // The defaults are single-node and compared with the bridge.
+        let d = planned(&Options::new(false)).unwrap();
+        assert!(d
+            .iter()
+            .all(|(n, k)| !k.two_node() && report::baseline_of(n) == "bridge"));
+        assert!(CROSS_WORKLOADS.iter().all(|w| WORKLOADS.contains(w)));
     }
 
     #[test]

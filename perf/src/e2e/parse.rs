@@ -133,6 +133,8 @@ pub fn iperf3_json(text: &str) -> Result<Iperf> {
 pub struct CpuTicks {
     pub busy: u64,
     pub idle: u64,
+    /// The softirq part of `busy` (the kernel's forwarding, on its paths).
+    pub softirq: u64,
 }
 
 /// Parse the `cpu ` line of /proc/stat: busy = user+nice+system+irq+softirq,
@@ -159,6 +161,7 @@ pub fn proc_stat(text: &str) -> Result<CpuTicks> {
     Ok(CpuTicks {
         busy: g(0) + g(1) + g(2) + g(5) + g(6),
         idle: g(3) + g(4),
+        softirq: g(6),
     })
 }
 
@@ -244,6 +247,30 @@ pub fn link_address(json: &str) -> Result<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| E2eError::parse("ip -j link", format!("no address in {v}")))
+}
+
+/// The `mtu` of the first link of `ip -j link show` output.
+pub fn link_mtu(json: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    v.get(0)?.get("mtu")?.as_u64()
+}
+
+/// CPU time of a process (all its threads) from `/proc/<pid>/stat`, in
+/// clock ticks: utime + stime (fields 14 and 15, counted after the
+/// parenthesized command name, which may hold spaces and parentheses).
+pub fn pid_stat_ticks(text: &str) -> Result<u64> {
+    let rest = text
+        .rfind(')')
+        .map(|i| &text[i + 1..])
+        .ok_or_else(|| E2eError::parse("/proc/<pid>/stat", "no `(comm)`"))?;
+    // After `)`: state is field 3, so utime (14) is the 12th of the rest.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| -> Result<u64> {
+        f.get(i).and_then(|x| x.parse().ok()).ok_or_else(|| {
+            E2eError::parse("/proc/<pid>/stat", format!("field {} in {rest:?}", i + 3))
+        })
+    };
+    Ok(num(11)? + num(12)?)
 }
 
 /// `aa:bb:cc:dd:ee:ff` to bytes.
@@ -357,11 +384,20 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
             c,
             CpuTicks {
                 busy: 100 + 5 + 50 + 3 + 7,
-                idle: 1020
+                idle: 1020,
+                softirq: 7,
             }
         );
         assert!(proc_stat("intr 1\n").is_err());
         assert!(proc_stat("cpu  a b c d e f g\n").is_err());
+    }
+
+    #[test]
+    fn process_cpu_ticks_survive_odd_command_names() {
+        let t = "4242 (ferry dp (w0)) S 1 4242 4242 0 -1 4194560 100 0 0 0 700 300 0 0 20 0 3 0 5 1 1\n";
+        assert_eq!(pid_stat_ticks(t).unwrap(), 1000);
+        assert!(pid_stat_ticks("4242 (x) S 1").is_err());
+        assert!(pid_stat_ticks("no parens").is_err());
     }
 
     const DEV: &str = "Inter-|   Receive                                                |  Transmit
@@ -392,8 +428,10 @@ rtt min/avg/max/mdev = 0.045/3.326/12.000/5.000 ms
         let n = r#"[{"dst":"10.99.1.3","dev":"eth0","lladdr":"0a:58:0a:63:01:03","state":["REACHABLE"]}]"#;
         assert_eq!(neigh_lladdr(n).unwrap(), "0a:58:0a:63:01:03");
         assert!(neigh_lladdr(r#"[{"dst":"10.99.1.3","dev":"eth0","state":["FAILED"]}]"#).is_err());
-        let l = r#"[{"ifindex":2,"ifname":"eth0","address":"ee:ee:ee:ee:ee:ee"}]"#;
+        let l = r#"[{"ifindex":2,"ifname":"eth0","mtu":1450,"address":"ee:ee:ee:ee:ee:ee"}]"#;
         assert_eq!(link_address(l).unwrap(), "ee:ee:ee:ee:ee:ee");
+        assert_eq!(link_mtu(l), Some(1450));
+        assert_eq!(link_mtu("[]"), None);
         assert_eq!(
             mac("0a:58:0a:63:01:03").unwrap(),
             [0x0a, 0x58, 0x0a, 0x63, 1, 3]

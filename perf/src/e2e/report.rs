@@ -1,5 +1,6 @@
 //! The results of a run: raw samples, their summaries (median/min/max and
-//! per-repetition ratios to the bridge) and the Markdown rendering.
+//! per-repetition ratios to a baseline: the bridge for single-node
+//! topologies, kernel-vxlan for two-node ones) and the Markdown rendering.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,8 +10,28 @@ use serde_json::Value;
 
 use super::stats::{ratios_per_rep, summarize, Summary};
 
-/// The topology every ratio is taken against.
+/// The topology the ratios of single-node topologies are taken against.
 pub const BASELINE: &str = "bridge";
+/// The topology the ratios of two-node topologies are taken against.
+pub const CROSS_BASELINE: &str = "kernel-vxlan";
+/// The two-node topologies, by name (pod 0 and pod 1 on two nodes).
+pub const CROSS_TOPOLOGIES: [&str; 5] = [
+    "ferry-vxlan",
+    "ferry-vxlan-tap",
+    "ferry-direct",
+    "kernel-vxlan",
+    "kernel-hostgw",
+];
+
+/// The topology `topology`'s ratios are taken against: a two-node
+/// topology is compared with another two-node one, never with the bridge.
+pub fn baseline_of(topology: &str) -> &'static str {
+    if CROSS_TOPOLOGIES.contains(&topology) {
+        CROSS_BASELINE
+    } else {
+        BASELINE
+    }
+}
 
 /// One measurement: one workload on one topology in one repetition.
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +150,20 @@ pub const METRICS: &[MetricInfo] = &[
         ratio: true,
         meaning: "average busy cores of the machine during the window",
     },
+    MetricInfo {
+        name: "softirq_cores",
+        unit: "cores",
+        higher_is_better: false,
+        ratio: true,
+        meaning: "two-node topologies: the softirq part of cpu_cores (/proc/stat), where the kernel forwards, bridges and (de)capsulates, on both nodes and the fabric",
+    },
+    MetricInfo {
+        name: "dataplane_cores",
+        unit: "cores",
+        higher_is_better: false,
+        ratio: false,
+        meaning: "two-node ferry topologies: CPU of both nodes' ferry-dataplane processes (/proc/<pid>/stat utime+stime, all threads) per wall second; part of cpu_cores",
+    },
 ];
 
 pub fn metric_info(name: &str) -> Option<&'static MetricInfo> {
@@ -140,9 +175,23 @@ pub fn metric_info(name: &str) -> Option<&'static MetricInfo> {
 pub struct Cell {
     #[serde(flatten)]
     pub value: Summary,
-    /// value / bridge value, per repetition, summarized; absent for the bridge itself.
+    /// value / bridge value, per repetition, summarized: single-node
+    /// topologies but the bridge itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_bridge: Option<Summary>,
+    /// value / kernel-vxlan value, per repetition, summarized: two-node
+    /// topologies but kernel-vxlan itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_kernel_vxlan: Option<Summary>,
+}
+
+impl Cell {
+    /// The ratio to this topology's baseline, whichever it is.
+    pub fn ratio(&self) -> Option<&Summary> {
+        self.ratio_to_bridge
+            .as_ref()
+            .or(self.ratio_to_kernel_vxlan.as_ref())
+    }
 }
 
 /// One row of the summary: a metric of a case on every topology.
@@ -184,7 +233,6 @@ pub fn summarize_samples(samples: &[Sample]) -> Vec<Row> {
             if topos.is_empty() {
                 continue;
             }
-            let base = series(BASELINE);
             let mut by_topology = BTreeMap::new();
             for t in topos {
                 let vals = series(t);
@@ -192,16 +240,23 @@ pub fn summarize_samples(samples: &[Sample]) -> Vec<Row> {
                 else {
                     continue;
                 };
-                let ratio_to_bridge = if t == BASELINE || !m.ratio {
+                let base = baseline_of(t);
+                let ratio = if t == base || !m.ratio {
                     None
                 } else {
-                    summarize(&ratios_per_rep(&vals, &base))
+                    summarize(&ratios_per_rep(&vals, &series(base)))
+                };
+                let (ratio_to_bridge, ratio_to_kernel_vxlan) = if base == BASELINE {
+                    (ratio, None)
+                } else {
+                    (None, ratio)
                 };
                 by_topology.insert(
                     t.to_string(),
                     Cell {
                         value,
                         ratio_to_bridge,
+                        ratio_to_kernel_vxlan,
                     },
                 );
             }
@@ -260,7 +315,7 @@ fn cell_text(c: &Cell) -> String {
     } else {
         fmt_num(v.median)
     };
-    if let Some(r) = &c.ratio_to_bridge {
+    if let Some(r) = c.ratio() {
         let _ = write!(s, " ×{:.2}", r.median);
     }
     s
@@ -280,7 +335,10 @@ pub fn render_markdown(r: &Report) -> String {
     let _ = writeln!(
         md,
         "\nCells: median (min–max) over the repetitions; ×r = median over repetitions of \
-         (value / bridge value in the same repetition).\n"
+         (value / baseline value in the same repetition). The baseline is the bridge for \
+         single-node topologies and {CROSS_BASELINE} for two-node ones ({}: pod 0 on node A, \
+         pod 1 on node B).\n",
+        CROSS_TOPOLOGIES.join(", ")
     );
     let mut cases: Vec<&str> = Vec::new();
     for row in &r.summary {
@@ -469,6 +527,44 @@ mod tests {
                 ("ping", "p99_us")
             ]
         );
+    }
+
+    #[test]
+    fn two_node_topologies_are_compared_with_kernel_vxlan() {
+        let samples = vec![
+            sample("bridge", "tcp-1", 0, &[("gbit_s", 10.0)]),
+            sample("ferry", "tcp-1", 0, &[("gbit_s", 5.0)]),
+            sample("kernel-vxlan", "tcp-1", 0, &[("gbit_s", 4.0)]),
+            sample("ferry-vxlan", "tcp-1", 0, &[("gbit_s", 2.0)]),
+            sample("kernel-hostgw", "tcp-1", 0, &[("gbit_s", 8.0)]),
+            sample("ferry-vxlan", "tcp-1", 0, &[("dataplane_cores", 1.5)]),
+        ];
+        let rows = summarize_samples(&samples);
+        let by = &rows
+            .iter()
+            .find(|r| r.metric == "gbit_s")
+            .unwrap()
+            .by_topology;
+        let r = |t: &str| by[t].ratio().map(|s| s.median);
+        assert_eq!(by["ferry"].ratio_to_bridge.unwrap().median, 0.5);
+        assert!(by["ferry"].ratio_to_kernel_vxlan.is_none());
+        assert_eq!(by["ferry-vxlan"].ratio_to_kernel_vxlan.unwrap().median, 0.5);
+        assert!(by["ferry-vxlan"].ratio_to_bridge.is_none());
+        assert_eq!(r("kernel-hostgw"), Some(2.0));
+        assert_eq!((r("bridge"), r("kernel-vxlan")), (None, None));
+        // A figure the baseline has not (dataplane CPU): no ratio.
+        let dp = &rows.iter().find(|r| r.metric == "dataplane_cores").unwrap();
+        assert!(dp.by_topology["ferry-vxlan"].ratio().is_none());
+        for t in CROSS_TOPOLOGIES {
+            assert_eq!(baseline_of(t), "kernel-vxlan");
+        }
+        assert_eq!(baseline_of("ferry-tap-2w"), "bridge");
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert!(json["by_topology"]["ferry-vxlan"]["ratio_to_kernel_vxlan"].is_object());
+        assert!(json["by_topology"]["ferry"]["ratio_to_bridge"].is_object());
+        assert!(json["by_topology"]["ferry"]
+            .get("ratio_to_kernel_vxlan")
+            .is_none());
     }
 
     #[test]

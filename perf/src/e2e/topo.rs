@@ -4,6 +4,8 @@
 //! - ferry: the real `ferry-dataplane` and `ferryd` in the node, pods made by the real `ferry`.
 //! - bridge / ptp: Debian's reference plugins (with host-local IPAM) through the CNI protocol.
 //! - xdp: our own veth pairs and an in-kernel XDP_REDIRECT between the two talking pods.
+//! - two-node topologies ([`Kind::FerryCross`], [`Kind::KernelCross`]): two node namespaces on
+//!   a fabric ([`super::cross`]), pod 0 on node A, pod 1 on node B.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::cross::{self, Addressing, Fabric, Overlay};
 use super::error::{E2eError, Result};
 use super::ethtool;
 use super::parse;
@@ -38,6 +41,16 @@ pub enum Kind {
     Bridge,
     Ptp,
     Xdp,
+    /// Two nodes, ferry on each (1 worker), veth or tap pods.
+    FerryCross {
+        overlay: Overlay,
+        tap: bool,
+    },
+    /// Two nodes, the kernel's Flannel-style path (vxlan or host-gw), pods
+    /// on the reference bridge plugin.
+    KernelCross {
+        overlay: Overlay,
+    },
 }
 
 impl Kind {
@@ -51,7 +64,25 @@ impl Kind {
             Kind::Bridge => "Linux bridge: reference `bridge` + `host-local` CNI plugins (isGateway, no masquerade)".into(),
             Kind::Ptp => "kernel routed path: reference `ptp` + `host-local` CNI plugins (/32 host routes)".into(),
             Kind::Xdp => "in-kernel XDP_REDIRECT (DEVMAP_HASH) between the two pods' host veths; XDP_PASS on the pod ends; pod tx checksum offload off (see notes)".into(),
+            Kind::FerryCross { overlay, tap } => format!(
+                "two nodes on a fabric bridge, pod 0 on node A, pod 1 on node B: in each node ferry-dataplane (1 worker, node A's pinned to core 0, node B's to core 1) + ferryd with uplink up0 (veth, 2 queues, set_channels), [overlay] mode = \"{}\", the other node a static [[peers]], pod MTU derived by ferryd; {} pods made by the ferry CNI binary",
+                overlay.mode(),
+                if *tap { "tap (\"attachment\": \"tap\")" } else { "veth" }
+            ),
+            Kind::KernelCross { overlay: Overlay::Vxlan } => format!(
+                "two nodes on a fabric bridge, pod 0 on node A, pod 1 on node B: Flannel's vxlan backend built by hand in each node ({} VNI {} port {} nolearning on up0, route to the other node's pod /24 via its VTEP onlink, static neigh + bridge fdb entries), pods on the reference bridge + host-local plugins (a /24 per node, MTU {})",
+                cross::VXLAN_DEV, cross::VNI, cross::VXLAN_PORT, cross::VXLAN_POD_MTU
+            ),
+            Kind::KernelCross { overlay: Overlay::Direct } => format!(
+                "two nodes on a fabric bridge, pod 0 on node A, pod 1 on node B: Flannel's host-gw backend built by hand in each node (route other node's pod /24 via its address on up0), pods on the reference bridge + host-local plugins (a /24 per node, MTU {})",
+                cross::UPLINK_MTU
+            ),
         }
+    }
+
+    /// Whether pod 0 and pod 1 are on two nodes.
+    pub fn two_node(&self) -> bool {
+        matches!(self, Kind::FerryCross { .. } | Kind::KernelCross { .. })
     }
 }
 
@@ -61,6 +92,8 @@ pub struct Pod {
     pub ns: Netns,
     pub container: String,
     pub ip: Ipv4Addr,
+    /// On node B of a two-node topology (else on the only node, or node A).
+    pub on_b: bool,
 }
 
 /// A CNI plugin and its network config, ready to invoke in a node namespace.
@@ -88,7 +121,7 @@ impl CniCall {
 
 /// How to invoke a CNI plugin for this topology.
 #[derive(Debug)]
-struct CniPlugin {
+pub(super) struct CniPlugin {
     binary: PathBuf,
     conf: Value,
 }
@@ -110,7 +143,7 @@ impl Daemon {
 }
 
 #[derive(Debug)]
-enum Backend {
+pub(super) enum Backend {
     Ferry {
         // Field order is drop order: ferryd before the dataplane.
         ferryd: Proc,
@@ -134,9 +167,26 @@ pub struct Topology {
     pub pods: Vec<Pod>,
     plugin: Option<CniPlugin>,
     backend: Backend,
+    /// Node B and the fabric of a two-node topology.
+    remote: Option<Remote>,
+    /// The node namespace (node A of a two-node topology).
     pub node: Netns,
     pub dir: TempDir,
     tag: String,
+}
+
+/// The second node of a two-node topology and the fabric between the two.
+#[derive(Debug)]
+struct Remote {
+    // Field order is drop order: node B's daemons, node B, then the fabric.
+    plugin: CniPlugin,
+    backend: Backend,
+    node: Netns,
+    #[expect(
+        dead_code,
+        reason = "held only: dropping it deletes the fabric namespace"
+    )]
+    fabric: Fabric,
 }
 
 /// Where ferry's release binaries are.
@@ -242,6 +292,32 @@ fn short(kind: Kind) -> String {
         Kind::Bridge => "br".into(),
         Kind::Ptp => "pt".into(),
         Kind::Xdp => "xd".into(),
+        Kind::FerryCross { overlay, tap } => {
+            format!("f{}{}", cross_short(overlay), if tap { "t" } else { "v" })
+        }
+        Kind::KernelCross { overlay } => format!("k{}", cross_short(overlay)),
+    }
+}
+
+fn cross_short(o: Overlay) -> &'static str {
+    match o {
+        Overlay::Vxlan => "vx",
+        Overlay::Direct => "hg",
+    }
+}
+
+/// The fabric subnet and pod /24s of a two-node topology (each its own, so
+/// that names in a report's notes never mean two things).
+fn addressing(kind: Kind) -> Addressing {
+    let direct = |o: Overlay| u8::from(o == Overlay::Direct);
+    let k = match kind {
+        Kind::FerryCross { overlay, tap } => 2 * direct(overlay) + u8::from(tap),
+        Kind::KernelCross { overlay } => 4 + direct(overlay),
+        _ => 6,
+    };
+    Addressing {
+        fabric: 71 + k,
+        pods: 20 + 2 * k,
     }
 }
 
@@ -254,6 +330,8 @@ fn subnet(kind: Kind) -> &'static str {
         Kind::Bridge => "10.99.1.0/24",
         Kind::Ptp => "10.99.2.0/24",
         Kind::Xdp => "10.99.3.0/24",
+        // Two-node topologies: see `addressing`.
+        Kind::FerryCross { .. } | Kind::KernelCross { .. } => "-",
     }
 }
 
@@ -270,9 +348,13 @@ impl Topology {
     ) -> Result<Topology> {
         let tag = format!("fpf-{run_tag}-{}", short(kind));
         let dir = TempDir::create(&format!("{run_tag}-{}", short(kind)))?;
-        let node = Netns::create(&format!("{tag}-n"))?;
+        let node = Netns::create(&format!(
+            "{tag}-{}",
+            if kind.two_node() { "na" } else { "n" }
+        ))?;
         let mut notes = BTreeMap::new();
         notes.insert("description".to_string(), Value::from(kind.describe()));
+        let mut remote = None;
         let (backend, plugin) = match kind {
             Kind::Ferry { workers } | Kind::FerryTap { workers } => {
                 check_ferry_bins(bin_dir)?;
@@ -283,6 +365,7 @@ impl Topology {
                     workers,
                     dataplane_args,
                     subnet(kind),
+                    None,
                 )?;
                 if matches!(kind, Kind::FerryTap { .. }) {
                     conf["attachment"] = json!("tap");
@@ -301,39 +384,52 @@ impl Topology {
                 } else {
                     "ptp"
                 };
-                let binary = Path::new(CNI_DIR).join(ty);
-                if !binary.is_file() || !Path::new(CNI_DIR).join("host-local").is_file() {
-                    return Err(E2eError::setup(
-                        name,
-                        format!(
-                            "{} or host-local missing: apt-get install containernetworking-plugins",
-                            binary.display()
-                        ),
-                    ));
-                }
-                let ipam = json!({
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet(kind)}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": dir.path.join("ipam").display().to_string(),
-                });
-                let mut conf = json!({
-                    "cniVersion": "1.0.0",
-                    "name": format!("fpf-{ty}"),
-                    "type": ty,
-                    "ipMasq": false,
-                    "mtu": 1500,
-                    "ipam": ipam,
-                });
-                if kind == Kind::Bridge {
-                    conf["bridge"] = json!("fpfbr0");
-                    conf["isGateway"] = json!(true);
-                }
-                (Backend::Cni, Some(CniPlugin { binary, conf }))
+                let plugin =
+                    reference_plugin(name, ty, subnet(kind), 1500, &dir.path.join("ipam"))?;
+                (Backend::Cni, Some(plugin))
             }
             Kind::Xdp => {
                 let obj = super::xdp::compile(&dir.path)?;
                 (Backend::Xdp(XdpRedirect::load(&obj)?), None)
+            }
+            Kind::FerryCross { .. } | Kind::KernelCross { .. } => {
+                let a = addressing(kind);
+                let fabric = Fabric::create(&format!("{tag}-fab"))?;
+                let node_b = Netns::create(&format!("{tag}-nb"))?;
+                fabric.plug("pa", &node.name, a.node_address(0))?;
+                fabric.plug("pb", &node_b.name, a.node_address(1))?;
+                let (backend, plugin) =
+                    cross_node(name, kind, &a, 0, &node, &dir.path, bin_dir, dataplane_args)?;
+                let (b_backend, b_plugin) = cross_node(
+                    name,
+                    kind,
+                    &a,
+                    1,
+                    &node_b,
+                    &dir.path,
+                    bin_dir,
+                    dataplane_args,
+                )?;
+                notes.insert(
+                    "nodes".into(),
+                    json!(format!(
+                        "A {}: up0 {}/24, pods {}; B {}: up0 {}/24, pods {}; fabric {} (br0)",
+                        node.name,
+                        a.node_address(0),
+                        a.pod_cidr(0),
+                        node_b.name,
+                        a.node_address(1),
+                        a.pod_cidr(1),
+                        fabric.ns.name
+                    )),
+                );
+                remote = Some(Remote {
+                    plugin: b_plugin,
+                    backend: b_backend,
+                    node: node_b,
+                    fabric,
+                });
+                (backend, Some(plugin))
             }
         };
         let mut t = Topology {
@@ -344,6 +440,7 @@ impl Topology {
             pods: Vec::new(),
             plugin,
             backend,
+            remote,
             node,
             dir,
             tag,
@@ -364,31 +461,55 @@ impl Topology {
         Ok(t)
     }
 
-    /// Create pods until there are `n` (pods beyond the first two only exist).
+    /// Create pods until there are `n` (pods beyond the first two only
+    /// exist). On a two-node topology odd pods go to node B: pod 0 (the
+    /// sender) on A, pod 1 (the receiver) on B.
     pub fn ensure_pods(&mut self, n: usize) -> Result<()> {
         while self.pods.len() < n {
             sys::check_interrupt()?;
             let i = self.pods.len();
+            let on_b = self.remote.is_some() && i % 2 == 1;
             let ns = Netns::create(&format!("{}-p{i}", self.tag))?;
             let container = format!("{}-c{i}", self.tag);
-            let ip = match &self.plugin {
-                Some(p) => {
-                    let r = invoke_cni(
-                        &self.node.name,
-                        &p.binary,
-                        "ADD",
-                        &container,
-                        &ns.path(),
-                        &p.conf,
-                    )
-                    .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
+            let ip = match self.plugin_on(on_b) {
+                Some((node, p)) => {
+                    let r = invoke_cni(node, &p.binary, "ADD", &container, &ns.path(), &p.conf)
+                        .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
                     result_ip(&r)?
                 }
                 None => self.add_xdp_pod(i, &ns)?,
             };
-            self.pods.push(Pod { ns, container, ip });
+            self.pods.push(Pod {
+                ns,
+                container,
+                ip,
+                on_b,
+            });
         }
         Ok(())
+    }
+
+    /// The node namespace and CNI plugin of pods on node A (or the only
+    /// node) or node B; `None` for the xdp topology (no plugin).
+    fn plugin_on(&self, on_b: bool) -> Option<(&str, &CniPlugin)> {
+        match (&self.remote, on_b) {
+            (Some(r), true) => Some((&r.node.name, &r.plugin)),
+            _ => self.plugin.as_ref().map(|p| (self.node.name.as_str(), p)),
+        }
+    }
+
+    /// The pids of every ferry-dataplane of this topology (both nodes of a
+    /// two-node one; none for the kernel's paths).
+    pub fn dataplane_pids(&self) -> Vec<u32> {
+        let remote = self.remote.as_ref().map(|r| &r.backend);
+        [Some(&self.backend), remote]
+            .into_iter()
+            .flatten()
+            .filter_map(|b| match b {
+                Backend::Ferry { dataplane, .. } => Some(dataplane.pid()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn add_xdp_pod(&mut self, i: usize, ns: &Netns) -> Result<Ipv4Addr> {
@@ -427,7 +548,13 @@ impl Topology {
             let off = in_netns(&p0.ns.name, || ethtool::offloads("eth0"))?;
             self.notes.insert("pod_eth0_offloads".into(), json!(off));
         }
-        if self.kind == Kind::Bridge {
+        if let Some(p0) = self.pods.first() {
+            let link = sys::run_ok("ip", &["-n", &p0.ns.name, "-j", "link", "show", "eth0"])?;
+            if let Some(mtu) = parse::link_mtu(&link) {
+                self.notes.insert("pod_eth0_mtu".into(), json!(mtu));
+            }
+        }
+        if matches!(self.kind, Kind::Bridge | Kind::KernelCross { .. }) {
             let bridge = in_netns(&self.node.name, || {
                 let dir = Path::new("/proc/sys/net/bridge");
                 let mut m = BTreeMap::new();
@@ -499,16 +626,22 @@ impl Topology {
 
     /// Check the daemons still run (ferry); an error names the one that died.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Backend::Ferry {
-            ferryd, dataplane, ..
-        } = &mut self.backend
+        let remote = self.remote.as_mut().map(|r| (&mut r.backend, " on node B"));
+        for (backend, on) in [Some((&mut self.backend, "")), remote]
+            .into_iter()
+            .flatten()
         {
-            for p in [dataplane, ferryd] {
-                if !p.alive() {
-                    return Err(E2eError::setup(
-                        &self.name,
-                        format!("{} exited: {}", p.what, p.log_tail()),
-                    ));
+            if let Backend::Ferry {
+                ferryd, dataplane, ..
+            } = backend
+            {
+                for p in [dataplane, ferryd] {
+                    if !p.alive() {
+                        return Err(E2eError::setup(
+                            &self.name,
+                            format!("{}{on} exited: {}", p.what, p.log_tail()),
+                        ));
+                    }
                 }
             }
         }
@@ -616,13 +749,15 @@ impl Topology {
 
     /// DEL every pod through its plugin (best effort, skipped after a signal).
     fn del_pods(&mut self) {
-        let Some(p) = &self.plugin else { return };
         for pod in self.pods.iter().rev() {
             if sys::interrupted() {
                 return;
             }
+            let Some((node, p)) = self.plugin_on(pod.on_b) else {
+                return;
+            };
             let _ = invoke_cni(
-                &self.node.name,
+                node,
                 &p.binary,
                 "DEL",
                 &pod.container,
@@ -647,24 +782,11 @@ fn start_ferry(
     workers: u32,
     extra_args: &[String],
     cidr: &str,
+    uplink: Option<&str>,
 ) -> Result<(Backend, Value)> {
-    let gw = {
-        let base: Ipv4Addr = cidr
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .parse()
-            .map_err(|_| E2eError::parse("cidr", cidr))?;
-        Ipv4Addr::from(u32::from(base) + 1)
-    };
     let sock = dir.join("ferryd.sock");
     let dp_sock = dir.join("dataplane.sock");
-    let config = format!(
-        "socket = \"{}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gw}\"\nmtu = 1500\n",
-        sock.display(),
-        dp_sock.display(),
-        dir.join("state").display()
-    );
+    let config = ferryd_config(dir, cidr, uplink)?;
     let cfg = dir.join("ferryd.toml");
     fs::write(&cfg, config).map_err(|e| E2eError::io(format!("write {}", cfg.display()), e))?;
     let s = |p: &Path| p.display().to_string();
@@ -737,9 +859,185 @@ fn start_ferry(
     ))
 }
 
+/// ferryd.toml for a node whose files live in `dir`, pods from `cidr`
+/// (gateway its first host address). Without `uplink` (the uplink part of a
+/// two-node topology, [`cross::ferry_uplink_config`]) a single node with pod
+/// MTU 1500; with it, ferryd derives the MTU from the uplink.
+fn ferryd_config(dir: &Path, cidr: &str, uplink: Option<&str>) -> Result<String> {
+    let base: Ipv4Addr = cidr
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| E2eError::parse("cidr", cidr))?;
+    let gw = Ipv4Addr::from(u32::from(base) + 1);
+    let mut text = format!(
+        "socket = \"{}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gw}\"\n",
+        dir.join("ferryd.sock").display(),
+        dir.join("dataplane.sock").display(),
+        dir.join("state").display()
+    );
+    match uplink {
+        None => text.push_str("mtu = 1500\n"),
+        Some(u) => text.push_str(u),
+    }
+    Ok(text)
+}
+
+/// A reference plugin (`bridge` on `cni0`-like `fpfbr0` with isGateway, or
+/// `ptp`) with host-local IPAM from `subnet` (state in `ipam_dir`), no
+/// masquerade, pod MTU `mtu`.
+fn reference_plugin(
+    topology: &str,
+    ty: &str,
+    subnet: &str,
+    mtu: u32,
+    ipam_dir: &Path,
+) -> Result<CniPlugin> {
+    let binary = Path::new(CNI_DIR).join(ty);
+    if !binary.is_file() || !Path::new(CNI_DIR).join("host-local").is_file() {
+        return Err(E2eError::setup(
+            topology,
+            format!(
+                "{} or host-local missing: apt-get install containernetworking-plugins",
+                binary.display()
+            ),
+        ));
+    }
+    let ipam = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": subnet}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": ipam_dir.display().to_string(),
+    });
+    let mut conf = json!({
+        "cniVersion": "1.0.0",
+        "name": format!("fpf-{ty}"),
+        "type": ty,
+        "ipMasq": false,
+        "mtu": mtu,
+        "ipam": ipam,
+    });
+    if ty == "bridge" {
+        conf["bridge"] = json!("fpfbr0");
+        conf["isGateway"] = json!(true);
+    }
+    Ok(CniPlugin { binary, conf })
+}
+
+/// Set up node `i` (0 = A, 1 = B) of a two-node topology, its uplink
+/// already plugged: ferry's daemons (files under `dir/<a|b>`) or the
+/// kernel's path; the plugin that makes its pods.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per node, all of it the node's"
+)]
+fn cross_node(
+    topology: &str,
+    kind: Kind,
+    a: &Addressing,
+    i: usize,
+    node: &Netns,
+    dir: &Path,
+    bin_dir: &Path,
+    dataplane_args: &[String],
+) -> Result<(Backend, CniPlugin)> {
+    let dir = dir.join(["a", "b"][i]);
+    fs::create_dir_all(&dir).map_err(|e| E2eError::io(format!("mkdir {}", dir.display()), e))?;
+    match kind {
+        Kind::FerryCross { overlay, tap } => {
+            check_ferry_bins(bin_dir)?;
+            let uplink = cross::ferry_uplink_config(a, i, overlay);
+            let args = cross::node_dataplane_args(dataplane_args, i, cross::machine_cores());
+            let (backend, mut conf) =
+                start_ferry(node, &dir, bin_dir, 1, &args, &a.pod_cidr(i), Some(&uplink)).map_err(
+                    |e| E2eError::setup(topology, format!("node {}: {e}", ["A", "B"][i])),
+                )?;
+            if tap {
+                conf["attachment"] = json!("tap");
+            }
+            let binary = bin_dir.join("ferry");
+            Ok((backend, CniPlugin { binary, conf }))
+        }
+        Kind::KernelCross { overlay } => {
+            cross::run_all(&cross::kernel_node_commands(a, i, &node.name, overlay))?;
+            let mtu = cross::kernel_pod_mtu(overlay);
+            let plugin =
+                reference_plugin(topology, "bridge", &a.pod_cidr(i), mtu, &dir.join("ipam"))?;
+            Ok((Backend::Cni, plugin))
+        }
+        _ => Err(E2eError::setup(topology, "not a two-node topology")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ferryd_config_of_a_single_node_and_of_a_two_node_one() {
+        let d = Path::new("/tmp/x");
+        let one = ferryd_config(d, "10.99.10.0/24", None).unwrap();
+        assert_eq!(
+            one,
+            "socket = \"/tmp/x/ferryd.sock\"\ndataplane_socket = \"/tmp/x/dataplane.sock\"\n\
+             state_dir = \"/tmp/x/state\"\npod_cidrs = [\"10.99.10.0/24\"]\ngateway = \"10.99.10.1\"\n\
+             mtu = 1500\n"
+        );
+        let a = addressing(Kind::FerryCross {
+            overlay: Overlay::Vxlan,
+            tap: false,
+        });
+        let up = cross::ferry_uplink_config(&a, 0, Overlay::Vxlan);
+        let two = ferryd_config(d, &a.pod_cidr(0), Some(&up)).unwrap();
+        assert!(two.ends_with(&up) && !two.contains("mtu"), "{two}");
+        assert!(two.contains("gateway = \"10.99.20.1\"\n"), "{two}");
+        assert!(ferryd_config(d, "nope", None).is_err());
+    }
+
+    #[test]
+    fn two_node_topologies_have_names_and_addresses_of_their_own() {
+        let kinds = [
+            Kind::FerryCross {
+                overlay: Overlay::Vxlan,
+                tap: false,
+            },
+            Kind::FerryCross {
+                overlay: Overlay::Vxlan,
+                tap: true,
+            },
+            Kind::FerryCross {
+                overlay: Overlay::Direct,
+                tap: false,
+            },
+            Kind::FerryCross {
+                overlay: Overlay::Direct,
+                tap: true,
+            },
+            Kind::KernelCross {
+                overlay: Overlay::Vxlan,
+            },
+            Kind::KernelCross {
+                overlay: Overlay::Direct,
+            },
+        ];
+        let mut shorts: Vec<String> = kinds.iter().map(|k| short(*k)).collect();
+        let mut fabrics: Vec<u8> = kinds.iter().map(|k| addressing(*k).fabric).collect();
+        let mut pods: Vec<u8> = kinds.iter().map(|k| addressing(*k).pods).collect();
+        for v in [&mut fabrics, &mut pods] {
+            v.sort();
+            v.dedup();
+            assert_eq!(v.len(), kinds.len());
+        }
+        // Each topology's two pod /24s stay clear of the next one's and of the single-node ones.
+        assert!(pods.windows(2).all(|w| w[1] >= w[0] + 2) && pods[0] > 13);
+        shorts.push(short(Kind::Ferry { workers: 1 }));
+        shorts.push(short(Kind::Xdp));
+        shorts.sort();
+        shorts.dedup();
+        assert_eq!(shorts.len(), kinds.len() + 2);
+        assert!(kinds.iter().all(Kind::two_node) && !Kind::Bridge.two_node());
+    }
 
     #[test]
     fn cni_result_address() {

@@ -61,10 +61,60 @@ pub fn cpu_now() -> Result<CpuTicks> {
 
 /// CPU seconds between two readings.
 pub fn cpu_seconds(a: CpuTicks, b: CpuTicks) -> f64 {
+    tick_seconds(b.busy.saturating_sub(a.busy))
+}
+
+fn tick_seconds(ticks: u64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    b.busy.saturating_sub(a.busy) as f64 / hz
+    ticks as f64 / hz
+}
+
+/// The CPU counters of a measurement window: the machine's (/proc/stat,
+/// which covers both nodes of a two-node topology, the fabric and the
+/// generator alike) and, on two-node topologies, the ferry-dataplane
+/// processes of both nodes (/proc/<pid>/stat utime + stime, every thread).
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    machine: CpuTicks,
+    dataplanes: Option<u64>,
+}
+
+fn cpu_reading(topo: &Topology) -> Result<CpuReading> {
+    let machine = cpu_now()?;
+    let pids = topo.dataplane_pids();
+    let dataplanes = if topo.kind.two_node() && !pids.is_empty() {
+        let mut sum = 0;
+        for pid in pids {
+            let p = format!("/proc/{pid}/stat");
+            let t = fs::read_to_string(&p).map_err(|e| E2eError::io(format!("read {p}"), e))?;
+            sum += parse::pid_stat_ticks(&t)?;
+        }
+        Some(sum)
+    } else {
+        None
+    };
+    Ok(CpuReading {
+        machine,
+        dataplanes,
+    })
+}
+
+/// The split of the window's CPU that two-node topologies report beside
+/// the machine's: `softirq_cores` (the machine's softirq time, where the
+/// kernel paths forward and decapsulate) and `dataplane_cores` (both
+/// nodes' ferry-dataplane processes), each per wall second.
+fn cpu_split(topo: &Topology, a: CpuReading, b: CpuReading, wall: f64) -> Vec<(&'static str, f64)> {
+    if !topo.kind.two_node() || wall <= 0.0 {
+        return Vec::new();
+    }
+    let soft = tick_seconds(b.machine.softirq.saturating_sub(a.machine.softirq));
+    let mut v = vec![("softirq_cores", soft / wall)];
+    if let (Some(x), Some(y)) = (a.dataplanes, b.dataplanes) {
+        v.push(("dataplane_cores", tick_seconds(y.saturating_sub(x)) / wall));
+    }
+    v
 }
 
 /// Counters of `ifname` in namespace `ns`.
@@ -118,20 +168,20 @@ fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>
         &streams.to_string(),
         "-J",
     ]);
-    let c0 = cpu_now()?;
+    let c0 = cpu_reading(topo)?;
     let t0 = Instant::now();
     let out = sys::run_with(cmd, None, Duration::from_secs(u64::from(secs) + 20))?;
     let wall = t0.elapsed().as_secs_f64();
-    let c1 = cpu_now()?;
+    let c1 = cpu_reading(topo)?;
     let r = parse::iperf3_json(&out.stdout).map_err(|e| {
         E2eError::parse(
             "iperf3 output",
             format!("{e} (stderr: {})", out.stderr.trim()),
         )
     })?;
-    let cpu = cpu_seconds(c0, c1);
+    let cpu = cpu_seconds(c0.machine, c1.machine);
     let gbits = r.bytes * 8.0 / 1e9;
-    Ok(m(&[
+    let mut out = m(&[
         ("gbit_s", r.bits_per_second / 1e9),
         ("retransmits", r.retransmits),
         (
@@ -139,7 +189,9 @@ fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>
             if gbits > 0.0 { cpu / gbits } else { f64::NAN },
         ),
         ("cpu_cores", cpu / wall),
-    ]))
+    ]);
+    out.extend(m(&cpu_split(topo, c0, c1, wall)));
+    Ok(out)
 }
 
 /// The flood towards pod 1: source MAC of pod 0's eth0, destination MAC of
@@ -227,14 +279,14 @@ fn udp(
         let (s0, r0, c0, t0) = (
             counters(&tx.ns.name, "eth0")?,
             counters(&rx.ns.name, "eth0")?,
-            cpu_now()?,
+            cpu_reading(topo)?,
             Instant::now(),
         );
         sys::sleep(window)?;
         let (s1, r1, c1, t1) = (
             counters(&tx.ns.name, "eth0")?,
             counters(&rx.ns.name, "eth0")?,
-            cpu_now()?,
+            cpu_reading(topo)?,
             Instant::now(),
         );
         Ok::<_, E2eError>((s0, r0, c0, t0, s1, r1, c1, t1))
@@ -253,8 +305,8 @@ fn udp(
     let offered =
         (s1.tx_packets + s1.tx_dropped).saturating_sub(s0.tx_packets + s0.tx_dropped) as f64;
     let rx_bytes = r1.rx_bytes.saturating_sub(r0.rx_bytes) as f64;
-    let cpu = cpu_seconds(c0, c1);
-    Ok(m(&[
+    let cpu = cpu_seconds(c0.machine, c1.machine);
+    let mut out = m(&[
         ("rx_mpps", rx_pkts / dt / 1e6),
         ("offered_mpps", offered / dt / 1e6),
         ("rx_gbit_s", rx_bytes * 8.0 / dt / 1e9),
@@ -275,7 +327,9 @@ fn udp(
             },
         ),
         ("cpu_cores", cpu / dt),
-    ]))
+    ]);
+    out.extend(m(&cpu_split(topo, c0, c1, dt)));
+    Ok(out)
 }
 
 fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
@@ -357,8 +411,15 @@ mod tests {
         assert!(b.busy >= a.busy && b.idle >= a.idle);
         assert_eq!(
             cpu_seconds(
-                CpuTicks { busy: 100, idle: 0 },
-                CpuTicks { busy: 100, idle: 5 }
+                CpuTicks {
+                    busy: 100,
+                    ..CpuTicks::default()
+                },
+                CpuTicks {
+                    busy: 100,
+                    idle: 5,
+                    softirq: 0
+                }
             ),
             0.0
         );
