@@ -145,6 +145,9 @@ fn main() -> Result<()> {
             frames_per_queue: cli.tap_frames_per_queue,
         },
     };
+    // Parse the kernel's BTF for the XDP loader while ferryd connects and
+    // reconciles (the first port open waits for it if it is not done).
+    std::thread::spawn(ferry_dataplane::io::afxdp::prepare_loader);
     let listener = server::bind(&cli.socket).context("table-API socket")?;
     let dataplane = Dataplane::start(backend, &cfg).context("starting workers")?;
     let failures = dataplane.failures();
