@@ -9,9 +9,11 @@
 //! - `benches/`: criterion micro-benchmarks.
 //! - [`e2e`]: the end-to-end harness (`perf e2e`), ferry against the kernel
 //!   paths on the same machine in the same run.
+//! - [`cni`]: `perf cni`, ADD/DEL latency against bridge + host-local.
 //! - [`cluster`]: `perf cluster`, what the etcd datastore costs per node.
 
 pub mod churn;
 pub mod cluster;
+pub mod cni;
 pub mod e2e;
 pub mod restart;

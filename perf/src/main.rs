@@ -7,7 +7,8 @@
 //! results.md and results.png. `perf churn --minutes N` is a soak: ADD/DEL
 //! churn with traffic while the daemons are SIGKILLed at random, then a leak
 //! check. `perf restart` measures the traffic gap of a daemon's SIGKILL and
-//! restart. `perf cluster` runs N ferryd through one etcd and measures
+//! restart. `perf cni` times ADD and DEL against bridge + host-local.
+//! `perf cluster` runs N ferryd through one etcd and measures
 //! what the datastore costs per node. `perf cleanup` removes `fpf-*` namespaces left by a run that was
 //! SIGKILLed.
 
@@ -96,6 +97,21 @@ enum Cmd {
         /// ferry-dataplane workers.
         #[arg(long, default_value_t = 1)]
         workers: u32,
+        /// Directory of ferry's binaries (default: the workspace's target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// CNI ADD/DEL latency, sequential and parallel: ferry (veth, tap) against bridge + host-local.
+    Cni {
+        /// Pods added one at a time per topology.
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+        /// ADDs at once in the parallel phase.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Rounds of the parallel phase.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Directory of ferry's binaries (default: the workspace's target/release).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -207,6 +223,27 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
                 Err(E2eError::Interrupted) => interrupted(),
                 Err(e) => Err(e).context("perf restart"),
+            }
+        }
+        Cmd::Cni {
+            pods,
+            parallel,
+            rounds,
+            bin_dir,
+        } => {
+            let o = perf::cni::Options {
+                pods: pods.clamp(1, 100),
+                parallel: parallel.clamp(1, 32),
+                rounds: rounds.max(1),
+                bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
+            };
+            match perf::cni::run(&o) {
+                Ok(md) => {
+                    println!("{md}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(E2eError::Interrupted) => interrupted(),
+                Err(e) => Err(e).context("perf cni"),
             }
         }
         Cmd::Cluster {

@@ -704,19 +704,27 @@ impl Topology {
     /// network config when given: owned, so it can be invoked from another
     /// thread while this one kills and restarts the daemons.
     pub fn ferry_plugin(&self, attachment: Option<&str>) -> Result<CniCall> {
+        if !matches!(self.backend, Backend::Ferry { .. }) {
+            return Err(E2eError::setup(&self.name, "not a ferry topology"));
+        }
+        let mut call = self.cni_call()?;
+        if let Some(a) = attachment {
+            call.conf["attachment"] = json!(a);
+        }
+        Ok(call)
+    }
+
+    /// The topology's own CNI plugin and config (node A's on a two-node
+    /// topology), as an owned call; an error for the xdp topology.
+    pub fn cni_call(&self) -> Result<CniCall> {
         let p = self
             .plugin
             .as_ref()
-            .filter(|_| matches!(self.backend, Backend::Ferry { .. }))
-            .ok_or_else(|| E2eError::setup(&self.name, "not a ferry topology"))?;
-        let mut conf = p.conf.clone();
-        if let Some(a) = attachment {
-            conf["attachment"] = json!(a);
-        }
+            .ok_or_else(|| E2eError::setup(&self.name, "no CNI plugin in this topology"))?;
         Ok(CniCall {
             node: self.node.name.clone(),
             binary: p.binary.clone(),
-            conf,
+            conf: p.conf.clone(),
         })
     }
 
