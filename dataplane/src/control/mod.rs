@@ -40,6 +40,7 @@ use crate::engine::counters::{
     new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
 };
 use crate::engine::worker::{self, Worker, WorkerCmd, WorkerConfig, WorkerFailure};
+use crate::io::poll::Waker;
 use crate::io::port::{PortBackend, PortKind, PortSpec, UplinkSpec};
 
 /// How long the control thread waits for every worker to apply a command.
@@ -95,9 +96,22 @@ pub enum ControlError {
 
 struct WorkerHandle<Q> {
     cmds: Sender<WorkerCmd<Q>>,
+    /// Written after every command, so an idle worker takes it at once.
+    waker: Option<Arc<Waker>>,
     counters: Arc<WorkerCounters>,
     cpu: Option<usize>,
     join: Option<JoinHandle<()>>,
+}
+
+impl<Q> WorkerHandle<Q> {
+    /// Queue `cmd` for the worker and wake it.
+    fn send(&self, cmd: WorkerCmd<Q>) -> Result<(), channel::SendError<WorkerCmd<Q>>> {
+        self.cmds.send(cmd)?;
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+        Ok(())
+    }
 }
 
 struct PortEntry<A> {
@@ -244,17 +258,28 @@ impl<B: PortBackend> Dataplane<B> {
                 idle_spin: cfg.idle_spin,
                 cpu,
             };
-            let w = Worker::<B::Queue>::new(
+            let waker = match Waker::new() {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    log::warn!("worker {id}: no eventfd ({e}); commands wait for its idle timeout");
+                    None
+                }
+            };
+            let mut w = Worker::<B::Queue>::new(
                 wcfg,
                 Arc::clone(&tables),
                 rx,
                 Arc::clone(&counters),
                 Arc::clone(&stop),
             );
+            if let Some(waker) = &waker {
+                w = w.with_waker(Arc::clone(waker));
+            }
             let join = worker::spawn(w, failed.clone())
                 .map_err(|source| ControlError::Spawn { worker: id, source })?;
             workers.push(WorkerHandle {
                 cmds: tx,
+                waker,
                 counters,
                 cpu,
                 join: Some(join),
@@ -461,7 +486,7 @@ impl<B: PortBackend> Dataplane<B> {
                 .collect();
             for ((w, queue), c) in self.workers.iter().zip(queues).zip(&counters) {
                 // A dead worker is reported by the barrier below.
-                let _ = w.cmds.send(WorkerCmd::AddPort {
+                let _ = w.send(WorkerCmd::AddPort {
                     port: id,
                     queue,
                     counters: Arc::clone(c),
@@ -513,7 +538,7 @@ impl<B: PortBackend> Dataplane<B> {
         for ifname in names {
             if let Some(p) = self.ports.remove(&ifname) {
                 for w in &self.workers {
-                    let _ = w.cmds.send(WorkerCmd::RemovePort { port: p.id });
+                    let _ = w.send(WorkerCmd::RemovePort { port: p.id });
                 }
                 log::info!("port {}: {ifname} removed", p.id);
                 retired.push(p);
@@ -601,8 +626,7 @@ impl<B: PortBackend> Dataplane<B> {
     fn barrier(&self) -> Result<(), ControlError> {
         let (tx, rx) = channel::bounded(self.workers.len());
         for (i, w) in self.workers.iter().enumerate() {
-            w.cmds
-                .send(WorkerCmd::Barrier { ack: tx.clone() })
+            w.send(WorkerCmd::Barrier { ack: tx.clone() })
                 .map_err(|_| ControlError::WorkerGone { worker: i })?;
         }
         drop(tx);

@@ -140,6 +140,8 @@ pub struct Worker<Q: PortQueue> {
     dirty: Vec<usize>,
     frame_store: Vec<Frame<'static>>,
     pollfds: Vec<libc::pollfd>,
+    /// Polled last in `pollfds`: the control thread's wake-up for a command.
+    waker: Option<Arc<crate::io::poll::Waker>>,
     start: Instant,
 }
 
@@ -177,6 +179,7 @@ impl<Q: PortQueue> Worker<Q> {
             dirty: Vec::new(),
             frame_store: Vec::with_capacity(cfg.batch),
             pollfds: Vec::new(),
+            waker: None,
             start: Instant::now(),
             cfg,
         }
@@ -348,11 +351,20 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    /// Wake on `waker` too when idle: the control thread writes it after
+    /// every command.
+    pub fn with_waker(mut self, waker: Arc<crate::io::poll::Waker>) -> Self {
+        self.waker = Some(waker);
+        self.queues_changed();
+        self
+    }
+
     fn queues_changed(&mut self) {
         self.pollfds = self
             .queues
             .iter()
             .filter_map(|a| a.queue.poll_fd())
+            .chain(self.waker.as_ref().map(|w| w.fd()))
             .map(|fd: RawFd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -556,6 +568,15 @@ impl<Q: PortQueue> Worker<Q> {
         // A negative fd is ignored by poll(2); the list is rebuilt when the
         // ports change.
         if ready > 0 {
+            if let Some(w) = &self.waker {
+                if self
+                    .pollfds
+                    .last()
+                    .is_some_and(|p| p.fd == w.fd() && p.revents & libc::POLLIN != 0)
+                {
+                    w.clear();
+                }
+            }
             for p in &mut self.pollfds {
                 if p.fd >= 0 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
                     log::warn!(
