@@ -338,7 +338,13 @@ impl<Q: PortQueue> Worker<Q> {
             census_of(&gone)
         );
         // Closes the socket and frees its pool with every frame in it.
+        let t = Instant::now();
         drop(gone);
+        log::debug!(
+            "worker {}: port {port} closed in {:?}",
+            self.cfg.id,
+            t.elapsed()
+        );
         self.queues_changed();
     }
 
