@@ -19,18 +19,25 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::e2e::cross::{Fabric, UPLINK};
 use crate::e2e::error::{E2eError, Result};
-use crate::e2e::stats;
 use crate::e2e::sys::{self, in_netns, Netns, Proc, TempDir};
-use crate::e2e::topo;
+use crate::e2e::{parse, stats, topo, workload};
 
 /// The fabric's /24: nodes are `.1`..`.N+1`, etcd `.250`, the probe record `.254`.
-const FABRIC: &str = "10.72.0";
+const FABRIC: [u8; 3] = [10, 72, 0];
+const ETCD_HOST: u8 = 250;
+const PROBE_HOST: u8 = 254;
+
+/// Host `host` of the fabric's /24.
+fn fabric_addr(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(FABRIC[0], FABRIC[1], FABRIC[2], host)
+}
 const ETCD_PORT: u16 = 2379;
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The block of the probe record: the last of the CIDR, never claimed by
@@ -192,19 +199,12 @@ fn etcd_http(ns: &str, method: &str, path: &str, body: &str) -> Result<(u16, Str
     })
 }
 
-/// utime + stime of `pid`, in seconds.
+/// utime + stime of `pid`, in seconds (0 when it cannot be read).
 fn cpu_s(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks / if hz > 0 { hz as f64 } else { 100.0 }
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse::pid_stat_ticks(&t).ok())
+        .map_or(0.0, workload::tick_seconds)
 }
 
 /// Resident memory of `pid` in MiB.
@@ -253,57 +253,21 @@ struct Bed {
     nodes: Vec<ClusterNode>,
     etcd: Proc,
     etcd_ns: Netns,
-    fabric: Netns,
+    fabric: Fabric,
     dir: TempDir,
     tag: String,
-}
-
-fn cable(fabric: &Netns, port: &str, ns: &Netns, ifname: &str, address: &str) -> Result<()> {
-    sys::run_ok(
-        "ip",
-        &[
-            "-n",
-            &fabric.name,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            &ns.name,
-        ],
-    )?;
-    sys::run_ok(
-        "ip",
-        &[
-            "-n",
-            &fabric.name,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ],
-    )?;
-    let cidr = format!("{address}/24");
-    sys::run_ok("ip", &["-n", &ns.name, "addr", "add", &cidr, "dev", ifname])?;
-    sys::run_ok("ip", &["-n", &ns.name, "link", "set", ifname, "up"])?;
-    sys::run_ok("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
-    Ok(())
 }
 
 /// ferryd.toml of node `i`: its uplink, VXLAN, `[cluster]` on the bed's etcd.
 pub fn node_config(dir: &Path, i: u32, lease_ttl_s: u32) -> String {
     let d = dir.display();
+    let address = fabric_addr(u8::try_from(i).unwrap_or(u8::MAX));
+    let etcd = fabric_addr(ETCD_HOST);
     format!(
         "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\nstate_dir = \"{d}/state\"\n\
-         uplink = \"up0\"\nnode_address = \"{FABRIC}.{i}\"\nmasquerade = false\n\n\
+         uplink = \"{UPLINK}\"\nnode_address = \"{address}\"\nmasquerade = false\n\n\
          [overlay]\nmode = \"vxlan\"\nvni = 1\nport = 4789\n\n\
-         [cluster]\nendpoints = [\"http://{FABRIC}.250:{ETCD_PORT}\"]\ncidr = \"{CLUSTER_CIDR}\"\n\
+         [cluster]\nendpoints = [\"http://{etcd}:{ETCD_PORT}\"]\ncidr = \"{CLUSTER_CIDR}\"\n\
          node_name = \"n{i}\"\nlease_ttl_s = {lease_ttl_s}\n"
     )
 }
@@ -313,22 +277,18 @@ impl Bed {
     fn create(n: u32, opts: &Options) -> Result<Bed> {
         let tag = format!("fpf-{}-cl{n}", std::process::id());
         let dir = TempDir::create(&format!("cluster-{n}"))?;
-        let fabric = Netns::create(&format!("{tag}-fab"))?;
-        sys::run_ok(
-            "ip",
-            &["-n", &fabric.name, "link", "add", "br0", "type", "bridge"],
-        )?;
-        sys::run_ok("ip", &["-n", &fabric.name, "link", "set", "br0", "up"])?;
+        let fabric = Fabric::create(&format!("{tag}-fab"))?;
         let etcd_ns = Netns::create(&format!("{tag}-etcd"))?;
-        cable(&fabric, "etcd", &etcd_ns, "eth0", &format!("{FABRIC}.250"))?;
+        fabric.plug("etcd", &etcd_ns.name, fabric_addr(ETCD_HOST))?;
         let data = dir.path.join("etcd-data");
-        let client = format!("http://{FABRIC}.250:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}");
+        let etcd_addr = fabric_addr(ETCD_HOST);
+        let client = format!("http://{etcd_addr}:{ETCD_PORT},http://127.0.0.1:{ETCD_PORT}");
         let peer = "http://127.0.0.1:2380".to_string();
         #[rustfmt::skip]
         let args: Vec<String> = [
             "etcd", "--name", "perf", "--data-dir", &data.display().to_string(),
             "--listen-client-urls", &client,
-            "--advertise-client-urls", &format!("http://{FABRIC}.250:{ETCD_PORT}"),
+            "--advertise-client-urls", &format!("http://{etcd_addr}:{ETCD_PORT}"),
             "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer,
             "--initial-cluster", &format!("perf={peer}"),
         ].iter().map(|s| s.to_string()).collect();
@@ -364,13 +324,8 @@ impl Bed {
 
     fn add_node(&mut self, i: u32, opts: &Options) -> Result<()> {
         let ns = Netns::create(&format!("{}-n{i}", self.tag))?;
-        cable(
-            &self.fabric,
-            &format!("p{i}"),
-            &ns,
-            "up0",
-            &format!("{FABRIC}.{i}"),
-        )?;
+        let address = fabric_addr(u8::try_from(i).unwrap_or(u8::MAX));
+        self.fabric.plug(&format!("p{i}"), &ns.name, address)?;
         let dir = self.dir.path.join(format!("n{i}"));
         fs::create_dir_all(&dir)
             .map_err(|e| E2eError::io(format!("mkdir {}", dir.display()), e))?;
@@ -569,8 +524,9 @@ fn measure(n: u32, opts: &Options) -> Result<Figures> {
 
     // Probes: a record put, then deleted, seen by every node.
     let key = format!("/ferry/blocks/{}", PROBE_BLOCK.replace('/', "-"));
+    let probe = fabric_addr(PROBE_HOST);
     let record = format!(
-        "{{\"name\":\"probe\",\"address\":\"{FABRIC}.254\",\"block\":\"{PROBE_BLOCK}\",\"vtep_mac\":\"02:00:00:00:00:fe\",\"overlay\":\"vxlan\",\"vni\":1,\"renewed\":0}}"
+        "{{\"name\":\"probe\",\"address\":\"{probe}\",\"block\":\"{PROBE_BLOCK}\",\"vtep_mac\":\"02:00:00:00:00:fe\",\"overlay\":\"vxlan\",\"vni\":1,\"renewed\":0}}"
     );
     let add_needle = format!("route {PROBE_BLOCK} -> ");
     let del_needle = format!("route {PROBE_BLOCK} removed");

@@ -156,6 +156,26 @@ fn interrupted() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(130))
 }
 
+/// A Markdown report printed (and written to `out`, if given), or why
+/// there is none: `what` names the subcommand in the error.
+fn markdown(
+    what: &str,
+    report: Result<String, E2eError>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    match report {
+        Ok(md) => {
+            println!("{md}");
+            if let Some(p) = out {
+                std::fs::write(&p, &md).with_context(|| format!("write {}", p.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(E2eError::Interrupted) => interrupted(),
+        Err(e) => Err(e).context(what.to_string()),
+    }
+}
+
 fn parse_range(s: &str) -> anyhow::Result<(f64, f64)> {
     let (lo, hi) = s
         .split_once('-')
@@ -216,14 +236,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
                 ..Default::default()
             };
-            match perf::restart::run(&o) {
-                Ok(md) => {
-                    println!("{md}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(E2eError::Interrupted) => interrupted(),
-                Err(e) => Err(e).context("perf restart"),
-            }
+            markdown("perf restart", perf::restart::run(&o), None)
         }
         Cmd::Cni {
             pods,
@@ -237,14 +250,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 rounds: rounds.max(1),
                 bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
             };
-            match perf::cni::run(&o) {
-                Ok(md) => {
-                    println!("{md}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(E2eError::Interrupted) => interrupted(),
-                Err(e) => Err(e).context("perf cni"),
-            }
+            markdown("perf cni", perf::cni::run(&o), None)
         }
         Cmd::Cluster {
             nodes,
@@ -261,18 +267,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 probes: probes.max(1),
                 bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
             };
-            match perf::cluster::run(&o) {
-                Ok(md) => {
-                    println!("{md}");
-                    if let Some(p) = out {
-                        std::fs::write(&p, &md)
-                            .with_context(|| format!("write {}", p.display()))?;
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(E2eError::Interrupted) => interrupted(),
-                Err(e) => Err(e).context("perf cluster"),
-            }
+            markdown("perf cluster", perf::cluster::run(&o), out)
         }
         Cmd::Cleanup => {
             let removed =

@@ -64,7 +64,8 @@ pub fn cpu_seconds(a: CpuTicks, b: CpuTicks) -> f64 {
     tick_seconds(b.busy.saturating_sub(a.busy))
 }
 
-fn tick_seconds(ticks: u64) -> f64 {
+/// Clock ticks (`_SC_CLK_TCK`) in seconds.
+pub fn tick_seconds(ticks: u64) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
