@@ -213,6 +213,22 @@ impl NodeSettings {
         })
     }
 
+    /// The IPv6 gateway, if one is served.
+    pub fn gateway6(&self) -> Option<std::net::Ipv6Addr> {
+        self.gateways.iter().find_map(|g| match g {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// The IPv6 pod CIDRs.
+    pub fn pod_cidrs6(&self) -> impl Iterator<Item = ipnet::Ipv6Net> + '_ {
+        self.pod_cidrs.iter().filter_map(|c| match c {
+            IpNet::V6(n) => Some(*n),
+            IpNet::V4(_) => None,
+        })
+    }
+
     /// The IPv4 pod CIDRs.
     pub fn pod_cidrs4(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         self.pod_cidrs.iter().filter_map(|c| match c {
@@ -237,6 +253,14 @@ impl Endpoint {
             netns_id: None,
             mtu: None,
         }
+    }
+
+    /// The endpoint's IPv6 address, if it has one.
+    pub fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        self.ips.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        })
     }
 
     /// The endpoint's IPv4 address, if it has one.

@@ -8,7 +8,7 @@
 //! frame moves unchanged to another tap port (header preserved); towards a
 //! port that only carries MTU-sized frames with full checksums (an AF_XDP
 //! veth port, the host port) it is cut into segments with
-//! [`write_tcp4_segment`], or completed with [`complete_csum`].
+//! [`write_tcp_segment`], or completed with [`complete_csum`].
 //!
 //! Pure: no I/O, no allocation. Segments are written into buffers the caller
 //! owns (free frames of the egress pool), one call per segment.
@@ -16,6 +16,7 @@
 use super::verdict::DropReason;
 use super::wire;
 use super::wire::checksum;
+use super::wire::ipv6::{self, IPV6_HDR_LEN};
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`), as set on the
 /// tap with TUNSETVNETHDRSZ.
@@ -165,7 +166,7 @@ pub enum Finished {
     /// that take none; [`Offload::NONE`] unless the port takes offloads
     /// or has `tx_csum`).
     Send(Offload),
-    /// Cut it into segments with [`write_tcp4_segment`], each complete.
+    /// Cut it into segments with [`write_tcp_segment`], each complete.
     Segment(TcpGso),
 }
 
@@ -185,7 +186,7 @@ pub fn finish(
         return Ok(Finished::Send(header));
     }
     if off.is_gso() {
-        return plan_tcp4(frame, off).map(Finished::Segment);
+        return plan_tcp(frame, off).map(Finished::Segment);
     }
     match csum {
         CsumState::Partial { .. } if caps.tx_csum => Ok(Finished::Send(header)),
@@ -222,7 +223,7 @@ fn header_for(csum: CsumState, off: &Offload) -> Offload {
 /// summing the L4 segment only: up to the IP total length (trailing
 /// Ethernet padding is not part of it), for UDP up to its own length.
 fn complete_l4(frame: &mut [u8], start: usize, offset: usize) -> Result<(), DropReason> {
-    let ip = ipv4_l4(frame).ok_or(DropReason::BadOffload)?;
+    let ip = ip_l4(frame).ok_or(DropReason::BadOffload)?;
     if ip.at != start {
         return Err(DropReason::BadOffload);
     }
@@ -255,43 +256,79 @@ pub const MIN_GSO_SIZE: u16 = 48;
 /// the price of bounding the work one frame can cost.
 pub const MAX_GSO_SEGMENTS: usize = 128;
 
-/// Where the L4 header of an unfragmented IPv4 frame is.
+/// Where the L4 header of an unfragmented IPv4 frame, or an IPv6 frame
+/// without extension headers, is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ipv4L4 {
-    /// Offset of the L4 header (= Ethernet + IPv4 header).
+struct IpL4 {
+    /// Offset of the L4 header (= Ethernet + IP header).
     at: usize,
     proto: u8,
-    /// End of the IP packet in the frame (14 + IPv4 total length).
+    /// End of the IP packet in the frame (14 + IP total length).
     end: usize,
+    v6: bool,
 }
 
-/// The IPv4 layout of `frame`, if it is an unfragmented IPv4 packet whose
+impl IpL4 {
+    /// The GSO type of TCP segmentation for this family.
+    fn gso_tcp(&self) -> u8 {
+        if self.v6 {
+            GSO_TCPV6
+        } else {
+            GSO_TCPV4
+        }
+    }
+}
+
+/// The L3 layout of `frame`: an unfragmented IPv4 packet, or an IPv6
+/// packet whose upper layer follows the fixed header (offloads with
+/// extension headers are refused: Linux builds none for TCP/UDP), whose
 /// header and total length lie inside the frame.
-fn ipv4_l4(frame: &[u8]) -> Option<Ipv4L4> {
+fn ip_l4(frame: &[u8]) -> Option<IpL4> {
     let l3 = wire::ETH_HDR_LEN;
-    if frame.len() < l3 + wire::IPV4_MIN_HDR_LEN
-        || wire::get_u16(frame, 12) != wire::ETHERTYPE_IPV4
-        || frame[l3] >> 4 != 4
-    {
+    if frame.len() < l3 + wire::IPV4_MIN_HDR_LEN {
         return None;
     }
-    let ip_hdr = usize::from(frame[l3] & 0x0f) * 4;
-    let total = usize::from(wire::get_u16(frame, l3 + 2));
-    let frag = wire::get_u16(frame, l3 + 6) & 0x3fff;
-    if ip_hdr < wire::IPV4_MIN_HDR_LEN || frag != 0 || total < ip_hdr || l3 + total > frame.len() {
-        return None;
+    match (wire::get_u16(frame, 12), frame[l3] >> 4) {
+        (wire::ETHERTYPE_IPV4, 4) => {
+            let ip_hdr = usize::from(frame[l3] & 0x0f) * 4;
+            let total = usize::from(wire::get_u16(frame, l3 + 2));
+            let frag = wire::get_u16(frame, l3 + 6) & 0x3fff;
+            if ip_hdr < wire::IPV4_MIN_HDR_LEN
+                || frag != 0
+                || total < ip_hdr
+                || l3 + total > frame.len()
+            {
+                return None;
+            }
+            Some(IpL4 {
+                at: l3 + ip_hdr,
+                proto: frame[l3 + 9],
+                end: l3 + total,
+                v6: false,
+            })
+        }
+        (wire::ETHERTYPE_IPV6, 6) if frame.len() >= l3 + IPV6_HDR_LEN => {
+            let end = l3 + IPV6_HDR_LEN + usize::from(wire::get_u16(frame, l3 + 4));
+            let proto = frame[l3 + 6];
+            if end > frame.len() || !matches!(proto, wire::IP_PROTO_TCP | wire::IP_PROTO_UDP) {
+                return None;
+            }
+            Some(IpL4 {
+                at: l3 + IPV6_HDR_LEN,
+                proto,
+                end,
+                v6: true,
+            })
+        }
+        _ => None,
     }
-    Some(Ipv4L4 {
-        at: l3 + ip_hdr,
-        proto: frame[l3 + 9],
-        end: l3 + total,
-    })
 }
 
 /// Check a tap frame's virtio-net header against the frame, before the
 /// pipeline trusts it. A header that asks for nothing (no partial
 /// checksum, no GSO) is fine on any frame. Otherwise the frame must be an
-/// unfragmented IPv4 TCP/UDP packet and:
+/// unfragmented IPv4 TCP/UDP packet, or an IPv6 one without extension
+/// headers, and:
 /// - a partial checksum must be the L4 checksum: `csum_start` at the L4
 ///   header, `csum_offset` 16 (TCP) or 6 (UDP), the whole L4 header inside
 ///   the packet. The egress side writes the completed sum at
@@ -299,9 +336,10 @@ fn ipv4_l4(frame: &[u8]) -> Option<Ipv4L4> {
 ///   pipeline already judged (source address, TTL, destination). The
 ///   kernel holds headers written to a tap to part of this (`csum_offset`
 ///   16 for TCP GSO, 6 for UDP GSO);
-/// - GSO must be TCPv4 on TCP with a partial checksum (the tap offers
-///   TSO only; the virtio spec requires `NEEDS_CSUM` with GSO), `gso_size`
-///   at least [`MIN_GSO_SIZE`], at most [`MAX_GSO_SEGMENTS`] segments.
+/// - GSO must be TCPv4 (IPv4) or TCPv6 (IPv6) on TCP with a partial
+///   checksum (the tap offers TSO only; the virtio spec requires
+///   `NEEDS_CSUM` with GSO), `gso_size` at least [`MIN_GSO_SIZE`], at most
+///   [`MAX_GSO_SEGMENTS`] segments.
 ///
 /// `hdr_len` is only bounded by the frame: the kernel fills it with the
 /// length of the skb's linear part, which may hold payload too.
@@ -315,7 +353,7 @@ pub fn check(frame: &[u8], off: &Offload) -> Result<(), DropReason> {
     if usize::from(off.hdr_len) > frame.len() {
         return Err(DropReason::BadOffload);
     }
-    let ip = ipv4_l4(frame).ok_or(DropReason::BadOffload)?;
+    let ip = ip_l4(frame).ok_or(DropReason::BadOffload)?;
     let (l4_min, csum_at) = match ip.proto {
         wire::IP_PROTO_TCP => (wire::TCP_MIN_HDR_LEN, wire::TCP_CHECKSUM_OFFSET),
         wire::IP_PROTO_UDP => (wire::UDP_HDR_LEN, wire::UDP_CHECKSUM_OFFSET),
@@ -332,13 +370,13 @@ pub fn check(frame: &[u8], off: &Offload) -> Result<(), DropReason> {
     if off.gso_type == GSO_NONE {
         return Ok(());
     }
-    if !off.needs_csum() || off.gso() != GSO_TCPV4 || ip.proto != wire::IP_PROTO_TCP {
+    if !off.needs_csum() || off.gso() != ip.gso_tcp() || ip.proto != wire::IP_PROTO_TCP {
         return Err(DropReason::BadGsoType);
     }
     if off.gso_size < MIN_GSO_SIZE {
         return Err(DropReason::BadGsoSize);
     }
-    let plan = plan_tcp4(frame, off)?;
+    let plan = plan_tcp(frame, off)?;
     if plan.count > MAX_GSO_SEGMENTS {
         return Err(DropReason::BadGsoSize);
     }
@@ -367,8 +405,8 @@ pub fn complete_csum(
     Ok(())
 }
 
-/// A checked TCP/IPv4 GSO frame, ready to be cut into segments.
-/// Invariants (checked by [`plan_tcp4`]): `hdr_len <= end <= frame.len()`,
+/// A checked TCP GSO frame (IPv4 or IPv6), ready to be cut into segments.
+/// Invariants (checked by [`plan_tcp`]): `hdr_len <= end <= frame.len()`,
 /// `mss >= 1`, `count == max(1, ceil((end - hdr_len) / mss))`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpGso {
@@ -380,6 +418,8 @@ pub struct TcpGso {
     pub end: usize,
     pub mss: usize,
     pub count: usize,
+    /// TCP over IPv6 (`GSO_TCPV6`); else over IPv4.
+    pub v6: bool,
 }
 
 impl TcpGso {
@@ -395,16 +435,20 @@ impl TcpGso {
     }
 }
 
-/// Check that `frame` is a TCP/IPv4 GSO frame as `off` describes it.
-/// Other GSO types are `gso_unsupported`; inconsistent headers are
+/// Check that `frame` is a TCP GSO frame as `off` describes it: TCPv4
+/// over IPv4 or TCPv6 over IPv6. Other GSO types are `gso_unsupported`;
+/// inconsistent headers (a GSO type of the other family among them) are
 /// `bad_offload`.
-pub fn plan_tcp4(frame: &[u8], off: &Offload) -> Result<TcpGso, DropReason> {
-    if off.gso() != GSO_TCPV4 {
+pub fn plan_tcp(frame: &[u8], off: &Offload) -> Result<TcpGso, DropReason> {
+    if !matches!(off.gso(), GSO_TCPV4 | GSO_TCPV6) {
         return Err(DropReason::GsoUnsupported);
     }
-    let Some(ip) = ipv4_l4(frame) else {
+    let Some(ip) = ip_l4(frame) else {
         return Err(DropReason::BadOffload);
     };
+    if off.gso() != ip.gso_tcp() {
+        return Err(DropReason::BadOffload);
+    }
     if ip.proto != wire::IP_PROTO_TCP || ip.at + wire::TCP_MIN_HDR_LEN > ip.end {
         return Err(DropReason::BadOffload);
     }
@@ -426,6 +470,7 @@ pub fn plan_tcp4(frame: &[u8], off: &Offload) -> Result<TcpGso, DropReason> {
         end,
         mss,
         count,
+        v6: ip.v6,
     })
 }
 
@@ -433,10 +478,11 @@ pub fn plan_tcp4(frame: &[u8], off: &Offload) -> Result<TcpGso, DropReason> {
 /// length, or `None` when `i >= count` or it does not fit `out`.
 ///
 /// Each segment carries the headers of the GSO frame with: IPv4 total
-/// length of the segment, IP id `id + i`, a fresh IP header checksum; TCP
+/// length of the segment, IP id `id + i`, a fresh IP header checksum (for
+/// IPv6: the payload length of the segment); TCP
 /// sequence number `seq + i * mss`, FIN and PSH only on the last segment,
 /// CWR only on the first, and a full TCP checksum.
-pub fn write_tcp4_segment(frame: &[u8], plan: &TcpGso, i: usize, out: &mut [u8]) -> Option<usize> {
+pub fn write_tcp_segment(frame: &[u8], plan: &TcpGso, i: usize, out: &mut [u8]) -> Option<usize> {
     if i >= plan.count || plan.end > frame.len() {
         return None;
     }
@@ -451,14 +497,19 @@ pub fn write_tcp4_segment(frame: &[u8], plan: &TcpGso, i: usize, out: &mut [u8])
     out[..plan.hdr_len].copy_from_slice(&frame[..plan.hdr_len]);
     out[plan.hdr_len..].copy_from_slice(&frame[from..from + payload]);
 
-    // IPv4: length, id, checksum.
     let ip_len = len - l3;
-    wire::set_u16(out, l3 + 2, ip_len as u16);
-    let id = wire::get_u16(frame, l3 + 4).wrapping_add(i as u16);
-    wire::set_u16(out, l3 + 4, id);
-    wire::set_u16(out, l3 + 10, 0);
-    let ip_sum = checksum::checksum(&out[l3..plan.tcp_at]);
-    wire::set_u16(out, l3 + 10, ip_sum);
+    if plan.v6 {
+        // IPv6: payload length (no header checksum, no id).
+        wire::set_u16(out, l3 + 4, (ip_len - IPV6_HDR_LEN) as u16);
+    } else {
+        // IPv4: length, id, checksum.
+        wire::set_u16(out, l3 + 2, ip_len as u16);
+        let id = wire::get_u16(frame, l3 + 4).wrapping_add(i as u16);
+        wire::set_u16(out, l3 + 4, id);
+        wire::set_u16(out, l3 + 10, 0);
+        let ip_sum = checksum::checksum(&out[l3..plan.tcp_at]);
+        wire::set_u16(out, l3 + 10, ip_sum);
+    }
 
     // TCP: sequence number, flags, checksum.
     let t = plan.tcp_at;
@@ -474,12 +525,22 @@ pub fn write_tcp4_segment(frame: &[u8], plan: &TcpGso, i: usize, out: &mut [u8])
     }
     out[t + TCP_FLAGS_AT] = flags;
     wire::set_u16(out, t + wire::TCP_CHECKSUM_OFFSET, 0);
-    let mut src = [0u8; 4];
-    let mut dst = [0u8; 4];
-    src.copy_from_slice(&out[l3 + 12..l3 + 16]);
-    dst.copy_from_slice(&out[l3 + 16..l3 + 20]);
     let tcp_len = len - t;
-    let pseudo = checksum::pseudo_header(src, dst, wire::IP_PROTO_TCP, tcp_len as u16);
+    let pseudo = if plan.v6 {
+        let addr = |at: usize| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&out[at..at + 16]);
+            std::net::Ipv6Addr::from(a)
+        };
+        let (src, dst) = (addr(l3 + 8), addr(l3 + 24));
+        ipv6::pseudo_header(&src, &dst, wire::IP_PROTO_TCP, tcp_len as u32)
+    } else {
+        let mut src = [0u8; 4];
+        let mut dst = [0u8; 4];
+        src.copy_from_slice(&out[l3 + 12..l3 + 16]);
+        dst.copy_from_slice(&out[l3 + 16..l3 + 20]);
+        checksum::pseudo_header(src, dst, wire::IP_PROTO_TCP, tcp_len as u16)
+    };
     let sum = !checksum::fold(checksum::add_bytes(pseudo, &out[t..]));
     wire::set_u16(out, t + wire::TCP_CHECKSUM_OFFSET, sum);
     Some(len)
@@ -639,7 +700,7 @@ mod tests {
     #[test]
     fn plans_refuse_what_they_cannot_segment() {
         let f = gso_frame(&[0u8; 3000], 1, 0x10, 1, 0);
-        let ok = plan_tcp4(&f, &gso_hdr(1448, 0)).unwrap();
+        let ok = plan_tcp(&f, &gso_hdr(1448, 0)).unwrap();
         assert_eq!(
             (ok.tcp_at, ok.hdr_len, ok.end, ok.mss, ok.count),
             (34, 54, f.len(), 1448, 3)
@@ -649,43 +710,44 @@ mod tests {
             gso_type: GSO_UDP,
             ..gso_hdr(1448, 0)
         };
-        assert_eq!(plan_tcp4(&f, &udp), Err(DropReason::GsoUnsupported));
+        assert_eq!(plan_tcp(&f, &udp), Err(DropReason::GsoUnsupported));
         let v6 = Offload {
             gso_type: GSO_TCPV6,
             ..gso_hdr(1448, 0)
         };
-        assert_eq!(plan_tcp4(&f, &v6), Err(DropReason::GsoUnsupported));
-        assert_eq!(plan_tcp4(&f, &gso_hdr(0, 0)), Err(DropReason::BadOffload));
+        // TCPv6 segmentation of an IPv4 frame: the header lies.
+        assert_eq!(plan_tcp(&f, &v6), Err(DropReason::BadOffload));
+        assert_eq!(plan_tcp(&f, &gso_hdr(0, 0)), Err(DropReason::BadOffload));
         assert_eq!(
-            plan_tcp4(&f[..f.len() - 1], &gso_hdr(1448, 0)),
+            plan_tcp(&f[..f.len() - 1], &gso_hdr(1448, 0)),
             Err(DropReason::BadOffload)
         );
         assert_eq!(
-            plan_tcp4(&f[..40], &gso_hdr(1448, 0)),
+            plan_tcp(&f[..40], &gso_hdr(1448, 0)),
             Err(DropReason::BadOffload)
         );
         let mut udp_frame = f.clone();
         udp_frame[14 + 9] = 17;
         assert_eq!(
-            plan_tcp4(&udp_frame, &gso_hdr(1448, 0)),
+            plan_tcp(&udp_frame, &gso_hdr(1448, 0)),
             Err(DropReason::BadOffload)
         );
         let mut frag = f.clone();
         frag[14 + 6] = 0x20; // MF
         assert_eq!(
-            plan_tcp4(&frag, &gso_hdr(1448, 0)),
+            plan_tcp(&frag, &gso_hdr(1448, 0)),
             Err(DropReason::BadOffload)
         );
         let mut doff = f.clone();
         doff[34 + 12] = 0x40; // data offset 16 bytes
         assert_eq!(
-            plan_tcp4(&doff, &gso_hdr(1448, 0)),
+            plan_tcp(&doff, &gso_hdr(1448, 0)),
             Err(DropReason::BadOffload)
         );
         // A segment that does not fit its buffer is refused.
         let mut small = [0u8; 1000];
-        assert_eq!(write_tcp4_segment(&f, &ok, 0, &mut small), None);
-        assert_eq!(write_tcp4_segment(&f, &ok, 3, &mut [0u8; 2048]), None);
+        assert_eq!(write_tcp_segment(&f, &ok, 0, &mut small), None);
+        assert_eq!(write_tcp_segment(&f, &ok, 3, &mut [0u8; 2048]), None);
     }
 
     fn csum_hdr(start: u16, offset: u16) -> Offload {
@@ -924,7 +986,7 @@ mod tests {
                 prop_assert_eq!(&done[field + 2..], &f[field + 2..]);
                 if hdr.is_gso() {
                     prop_assert!(!udp);
-                    let plan = plan_tcp4(&f, &hdr).unwrap();
+                    let plan = plan_tcp(&f, &hdr).unwrap();
                     prop_assert!(plan.count <= MAX_GSO_SEGMENTS);
                     prop_assert!(plan.mss >= usize::from(MIN_GSO_SIZE));
                 }
@@ -948,12 +1010,12 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
             // A GSO frame is never SYN/RST; keep those bits as the sender set them anyway.
             let f = gso_frame(&payload, seq, flags, id, options);
-            let plan = plan_tcp4(&f, &gso_hdr(mss as u16, options)).unwrap();
+            let plan = plan_tcp(&f, &gso_hdr(mss as u16, options)).unwrap();
             prop_assert_eq!(plan.count, len.div_ceil(mss).max(1));
             let mut joined = Vec::new();
             let mut out = vec![0u8; 2048];
             for i in 0..plan.count {
-                let n = write_tcp4_segment(&f, &plan, i, &mut out).unwrap();
+                let n = write_tcp_segment(&f, &plan, i, &mut out).unwrap();
                 let want = reference_segment(&payload, seq, flags, id, mss, i, plan.count, options);
                 prop_assert_eq!(n, want.len(), "segment {} length", i);
                 prop_assert_eq!(&out[..n], &want[..], "segment {}", i);
@@ -980,9 +1042,9 @@ mod tests {
             let _ = check(&bytes, &off);
             let mut b = bytes.clone();
             let _ = complete_csum(&mut b, usize::from(off.csum_start), usize::from(off.csum_offset));
-            if let Ok(plan) = plan_tcp4(&bytes, &off) {
+            if let Ok(plan) = plan_tcp(&bytes, &off) {
                 let mut out = vec![0u8; cap];
-                if let Some(n) = write_tcp4_segment(&bytes, &plan, i, &mut out) {
+                if let Some(n) = write_tcp_segment(&bytes, &plan, i, &mut out) {
                     prop_assert!(n <= cap && n == plan.seg_len(i));
                 }
             }

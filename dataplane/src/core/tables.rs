@@ -8,13 +8,13 @@
 //! before the next batch.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use ferry_api::table::{Endpoint, NextHop, NodeSettings, Overlay, Route};
 use ferry_api::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
 
 /// Index of a port in the dataplane (pod host veth or host port).
@@ -26,8 +26,13 @@ pub type PortId = u32;
 /// What the pipeline knows about one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortRole {
-    /// A pod's host veth; the pod has this address.
-    Pod { ip: Ipv4Addr, mac: MacAddr },
+    /// A pod's port; the pod has these addresses (one per family it
+    /// was given) and this MAC.
+    Pod {
+        ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
+        mac: MacAddr,
+    },
     /// The port to the node kernel.
     Host,
     /// The node's uplink NIC: frames from peer nodes (VXLAN, or routed
@@ -107,10 +112,10 @@ pub enum RouteTarget {
     Node(PeerHop),
 }
 
-/// One extra route.
+/// One extra route, for IPv4 (`N = Ipv4Net`) or IPv6 prefixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub prefix: Ipv4Net,
+pub struct RouteEntry<N = Ipv4Net> {
+    pub prefix: N,
     pub target: RouteTarget,
 }
 
@@ -118,8 +123,11 @@ pub struct RouteEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub gateway: Ipv4Addr,
+    /// The IPv6 gateway, when the node serves IPv6 pods.
+    pub gateway6: Option<Ipv6Addr>,
     pub router_mac: MacAddr,
     pub pod_cidrs: Vec<Ipv4Net>,
+    pub pod_cidrs6: Vec<Ipv6Net>,
     /// `None` when ferryd made no host port yet or its port is not attached.
     pub host_port: Option<HostPortEntry>,
     /// `None` on a single node, or while the uplink is not attached.
@@ -130,8 +138,10 @@ impl Default for NodeView {
     fn default() -> Self {
         NodeView {
             gateway: Ipv4Addr::UNSPECIFIED,
+            gateway6: None,
             router_mac: MacAddr::ROUTER,
             pod_cidrs: Vec::new(),
+            pod_cidrs6: Vec::new(),
             host_port: None,
             uplink: None,
         }
@@ -160,10 +170,14 @@ pub struct Tables {
     /// Keyed by the address as a big-endian `u32`: FxHash of a `u32` is one
     /// multiplication, which is what a per-packet lookup wants.
     endpoints: FxHashMap<u32, EndpointEntry>,
+    /// IPv6 pod addresses, keyed as a big-endian `u128`.
+    endpoints6: FxHashMap<u128, EndpointEntry>,
     ports: Vec<Option<PortRole>>,
     /// Sorted by prefix length, longest first, so the first match is the
     /// longest-prefix match.
     routes: Vec<RouteEntry>,
+    /// The IPv6 routes, in the same order.
+    routes6: Vec<RouteEntry<Ipv6Net>>,
 }
 
 impl Tables {
@@ -248,21 +262,29 @@ impl Tables {
         });
 
         let mut by_ip: FxHashMap<u32, EndpointEntry> = FxHashMap::default();
+        let mut by_ip6: FxHashMap<u128, EndpointEntry> = FxHashMap::default();
         let mut by_id: HashMap<&str, EndpointEntry> = HashMap::new();
         for ep in endpoints {
             let Some(port) = port_of(&ep.host_ifname) else {
                 continue;
             };
-            // The pipeline routes IPv4 so far: an endpoint without an IPv4
-            // address is not reachable through it yet.
-            let Some(ip) = ep.ipv4() else {
-                continue;
-            };
-            let key = u32::from(ip);
-            if by_ip.contains_key(&key) {
+            let ip = ep.ipv4();
+            let ip6 = ep.ipv6();
+            // An address another endpoint holds already: this endpoint is
+            // left out whole (ferryd never sends that).
+            let taken = ip.is_some_and(|a| by_ip.contains_key(&u32::from(a)))
+                || ip6.is_some_and(|a| by_ip6.contains_key(&u128::from(a)));
+            if taken || (ip.is_none() && ip6.is_none()) {
                 continue;
             }
-            if !set_role(port, PortRole::Pod { ip, mac: ep.mac }) {
+            if !set_role(
+                port,
+                PortRole::Pod {
+                    ip,
+                    ip6,
+                    mac: ep.mac,
+                },
+            ) {
                 continue;
             }
             let entry = EndpointEntry {
@@ -270,49 +292,65 @@ impl Tables {
                 mac: ep.mac,
                 mtu: ep.mtu,
             };
-            by_ip.insert(key, entry);
+            if let Some(a) = ip {
+                by_ip.insert(u32::from(a), entry);
+            }
+            if let Some(a) = ip6 {
+                by_ip6.insert(u128::from(a), entry);
+            }
             by_id.entry(ep.id.as_str()).or_insert(entry);
         }
 
-        let mut resolved: Vec<RouteEntry> = routes
-            .iter()
-            .filter_map(|r| match r.prefix {
-                ipnet::IpNet::V4(prefix) => Some((prefix, r)),
-                ipnet::IpNet::V6(_) => None,
-            })
-            .map(|(prefix, r)| RouteEntry {
-                prefix: prefix.trunc(),
-                target: match &r.next_hop {
-                    NextHop::Endpoint(id) => by_id
-                        .get(id.as_str())
-                        .map_or(RouteTarget::Unresolved, |e| RouteTarget::Endpoint(*e)),
-                    NextHop::Host => RouteTarget::Host,
-                    NextHop::Blackhole => RouteTarget::Blackhole,
-                    NextHop::Node(std::net::IpAddr::V4(peer)) => RouteTarget::Node(PeerHop {
-                        node: *peer,
-                        mac: links.neighbours.get(peer).copied(),
-                    }),
-                    // An IPv6 peer address: the overlay is IPv4 so far.
-                    NextHop::Node(std::net::IpAddr::V6(_)) => RouteTarget::Unresolved,
-                },
-            })
-            .collect();
+        let target = |hop: &NextHop| match hop {
+            NextHop::Endpoint(id) => by_id
+                .get(id.as_str())
+                .map_or(RouteTarget::Unresolved, |e| RouteTarget::Endpoint(*e)),
+            NextHop::Host => RouteTarget::Host,
+            NextHop::Blackhole => RouteTarget::Blackhole,
+            NextHop::Node(IpAddr::V4(peer)) => RouteTarget::Node(PeerHop {
+                node: *peer,
+                mac: links.neighbours.get(peer).copied(),
+            }),
+            // An IPv6 peer address: the overlay is IPv4 so far.
+            NextHop::Node(IpAddr::V6(_)) => RouteTarget::Unresolved,
+        };
+        let mut resolved: Vec<RouteEntry> = Vec::new();
+        let mut resolved6: Vec<RouteEntry<Ipv6Net>> = Vec::new();
+        for r in routes {
+            let target = target(&r.next_hop);
+            match r.prefix {
+                IpNet::V4(p) => resolved.push(RouteEntry {
+                    prefix: p.trunc(),
+                    target,
+                }),
+                IpNet::V6(p) => resolved6.push(RouteEntry {
+                    prefix: p.trunc(),
+                    target,
+                }),
+            }
+        }
         // Stable sort: among equal prefixes the first one given wins.
         resolved.sort_by_key(|r| std::cmp::Reverse(r.prefix.prefix_len()));
         resolved.dedup_by(|later, earlier| later.prefix == earlier.prefix);
+        resolved6.sort_by_key(|r| std::cmp::Reverse(r.prefix.prefix_len()));
+        resolved6.dedup_by(|later, earlier| later.prefix == earlier.prefix);
 
         Tables {
             generation,
             node: NodeView {
                 gateway: node.gateway4().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                gateway6: node.gateway6(),
                 router_mac: node.router_mac,
                 pod_cidrs: node.pod_cidrs4().map(|c| c.trunc()).collect(),
+                pod_cidrs6: node.pod_cidrs6().map(|c| c.trunc()).collect(),
                 host_port,
                 uplink,
             },
             endpoints: by_ip,
+            endpoints6: by_ip6,
             ports,
             routes: resolved,
+            routes6: resolved6,
         }
     }
 
@@ -363,6 +401,32 @@ impl Tables {
         self.node.pod_cidrs.iter().any(|c| c.contains(&ip))
     }
 
+    /// The IPv6 gateway, if the node serves IPv6.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.node.gateway6
+    }
+
+    /// The endpoint owning IPv6 `ip`.
+    #[inline]
+    pub fn endpoint6(&self, ip: Ipv6Addr) -> Option<EndpointEntry> {
+        self.endpoints6.get(&u128::from(ip)).copied()
+    }
+
+    /// The longest-prefix IPv6 route matching `ip`.
+    #[inline]
+    pub fn route6(&self, ip: Ipv6Addr) -> Option<RouteTarget> {
+        self.routes6
+            .iter()
+            .find(|r| r.prefix.contains(&ip))
+            .map(|r| r.target)
+    }
+
+    /// Whether `ip` lies inside one of the node's IPv6 pod CIDRs.
+    #[inline]
+    pub fn is_pod_cidr6(&self, ip: Ipv6Addr) -> bool {
+        self.node.pod_cidrs6.iter().any(|c| c.contains(&ip))
+    }
+
     /// Number of endpoints in the snapshot (those with an attached port).
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
@@ -371,6 +435,11 @@ impl Tables {
     /// The routes, longest prefix first.
     pub fn routes(&self) -> &[RouteEntry] {
         &self.routes
+    }
+
+    /// The IPv6 routes, longest prefix first.
+    pub fn routes6(&self) -> &[RouteEntry<Ipv6Net>] {
+        &self.routes6
     }
 }
 
@@ -502,7 +571,8 @@ mod tests {
         assert_eq!(
             t.port_role(1),
             Some(PortRole::Pod {
-                ip: Ipv4Addr::new(10, 88, 0, 2),
+                ip: Some(Ipv4Addr::new(10, 88, 0, 2)),
+                ip6: None,
                 mac: eps[0].mac
             })
         );

@@ -90,8 +90,8 @@ pub enum DropReason {
     /// I/O layer: a tap read shorter than the virtio-net header plus an
     /// Ethernet header (not a frame at all).
     TapShortRead = 22,
-    /// An IPv6 frame (ethertype 0x86DD): counted apart from other
-    /// ethertypes until ferry forwards IPv6.
+    /// An IPv6 frame (ethertype 0x86DD) on a node that serves no IPv6
+    /// (no IPv6 gateway in its settings).
     Ipv6Unsupported = 23,
     /// A tap frame's partial checksum (`NEEDS_CSUM`) is not where the
     /// frame's TCP/UDP checksum is: `csum_start` is not the L4 header, or
@@ -135,6 +135,34 @@ pub enum DropReason {
     /// The frame's buffer has no room in front for the outer headers
     /// (every I/O pool keeps `FRAME_HEADROOM`, so only a bug gets here).
     NoHeadroom = 36,
+    /// A neighbour solicitation for an address ferry does not answer for
+    /// (a pod asking for itself, the node kernel for an address that is no
+    /// pod's), or a neighbour advertisement or redirect (ferry never
+    /// solicits; nobody redirects its pods).
+    NdNotForUs = 37,
+    /// A duplicate-address-detection probe (a neighbour solicitation from
+    /// `::`): never answered, so a pod's own address is never "taken".
+    NdDad = 38,
+    /// A router solicitation: ferry sends no router advertisements (pods
+    /// get their addresses and routes from the CNI result).
+    RouterSolicit = 39,
+    /// Neighbour discovery that fails RFC 4861's checks (hop limit not
+    /// 255, code not 0, too short, bad checksum), or a router
+    /// advertisement from a pod or the node kernel.
+    NdInvalid = 40,
+    /// To an IPv6 multicast address other than neighbour discovery's (MLD
+    /// reports, mDNS, ...): ferry forwards no multicast.
+    Ipv6Multicast = 41,
+    /// From or to a link-local address, other than neighbour discovery:
+    /// link-local packets are never routed (RFC 4291 2.5.6).
+    Ipv6LinkLocal = 42,
+    /// More than `wire::ipv6::MAX_EXT_HEADERS` IPv6 extension headers
+    /// before the upper layer.
+    Ipv6ExtHeaders = 43,
+    /// An IPv6 packet larger than its egress MTU: answered with ICMPv6
+    /// "packet too big" and the egress MTU (counted also when RFC 4443
+    /// forbids the answer).
+    PacketTooBig = 44,
 }
 
 impl DropReason {
@@ -175,6 +203,14 @@ impl DropReason {
         DropReason::NeighbourUnresolved,
         DropReason::NoUplink,
         DropReason::NoHeadroom,
+        DropReason::NdNotForUs,
+        DropReason::NdDad,
+        DropReason::RouterSolicit,
+        DropReason::NdInvalid,
+        DropReason::Ipv6Multicast,
+        DropReason::Ipv6LinkLocal,
+        DropReason::Ipv6ExtHeaders,
+        DropReason::PacketTooBig,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -216,6 +252,14 @@ impl DropReason {
             DropReason::NeighbourUnresolved => "neighbour_unresolved",
             DropReason::NoUplink => "no_uplink",
             DropReason::NoHeadroom => "no_headroom",
+            DropReason::NdNotForUs => "nd_not_for_us",
+            DropReason::NdDad => "nd_dad",
+            DropReason::RouterSolicit => "router_solicit",
+            DropReason::NdInvalid => "nd_invalid",
+            DropReason::Ipv6Multicast => "ipv6_multicast",
+            DropReason::Ipv6LinkLocal => "ipv6_link_local",
+            DropReason::Ipv6ExtHeaders => "ipv6_ext_headers",
+            DropReason::PacketTooBig => "packet_too_big",
         }
     }
 

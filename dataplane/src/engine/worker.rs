@@ -894,7 +894,7 @@ fn write_segment(
         return None;
     }
     let (head, rest) = to.split_at_mut(outer.len());
-    let n = offload::write_tcp4_segment(inner, plan, s, rest)?;
+    let n = offload::write_tcp_segment(inner, plan, s, rest)?;
     if !outer.is_empty() {
         head.copy_from_slice(outer);
         vxlan::fix_outer(head, &rest[..n]);

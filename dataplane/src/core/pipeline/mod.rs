@@ -13,6 +13,9 @@ use crate::core::{offload, verdict, wire};
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod ipv6;
+#[cfg(test)]
+mod ipv6_tests;
 #[cfg(test)]
 mod overlay_tests;
 #[cfg(test)]
@@ -161,17 +164,26 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
         Ok(eth) => eth.ethertype(),
         Err(reason) => return Verdict::Drop(reason),
     };
-    if matches!(ethertype, wire::ETHERTYPE_ARP | wire::ETHERTYPE_IPV4) {
+    if matches!(
+        ethertype,
+        wire::ETHERTYPE_ARP | wire::ETHERTYPE_IPV4 | wire::ETHERTYPE_IPV6
+    ) {
         // A tap's header is trusted only once it fits the frame (the egress
         // side writes where it points).
         if let Err(reason) = offload::check(&buf[..len], &frame.offload) {
             return Verdict::Drop(reason);
         }
     }
-    let verdict = match ethertype {
-        wire::ETHERTYPE_ARP => arp(tables, role, &mut buf[..len]),
-        wire::ETHERTYPE_IPV4 => {
-            let (verdict, new_len, tunnel) = ipv4(
+    let l3 = match ethertype {
+        wire::ETHERTYPE_ARP => None,
+        wire::ETHERTYPE_IPV4 => Some(ipv4 as L3Decision),
+        wire::ETHERTYPE_IPV6 => Some(ipv6::ipv6 as L3Decision),
+        _ => return Verdict::Drop(DropReason::UnsupportedEthertype),
+    };
+    let verdict = match l3 {
+        None => arp(tables, role, &mut buf[..len]),
+        Some(decide) => {
+            let (verdict, new_len, tunnel) = decide(
                 tables,
                 (role, peer),
                 frame.port,
@@ -185,8 +197,6 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
                 None => verdict,
             }
         }
-        wire::ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6Unsupported),
-        _ => Verdict::Drop(DropReason::UnsupportedEthertype),
     };
     // Replies made in place are plain frames with complete checksums.
     if matches!(verdict, Verdict::Reply | Verdict::IcmpError { .. }) {
@@ -195,6 +205,19 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     }
     verdict
 }
+
+/// The decisions of one IP family ([`ipv4`], `ipv6::ipv6`): tables,
+/// ingress role and VXLAN peer, ingress port, the buffer from the frame's
+/// start, the frame length, its offload header and checksum state; the
+/// verdict, new frame length and tunnel to encapsulate in.
+type L3Decision = fn(
+    &Tables,
+    (PortRole, Option<Ipv4Addr>),
+    PortId,
+    &mut [u8],
+    usize,
+    (&Offload, &mut CsumState),
+) -> (Verdict, usize, Option<Tunnel>);
 
 /// Proxy ARP: answer requests with the router MAC.
 fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
@@ -215,7 +238,9 @@ fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
         }
         let target = arp.target_ip();
         let answer = match role {
-            PortRole::Pod { ip, .. } => target != ip && target != arp.sender_ip(),
+            PortRole::Pod { ip, .. } => {
+                ip.is_some_and(|ip| target != ip) && target != arp.sender_ip()
+            }
             // The node kernel routes the pod CIDRs, local and remote, onto
             // the host port and asks for each address there.
             PortRole::Host => {
@@ -259,6 +284,40 @@ enum Origin {
     Peer,
 }
 
+/// Where a packet goes, by the lookups of its family for its
+/// destination: the gateway is the node kernel's; then the pod owning the
+/// address, the longest route, nothing inside a pod CIDR (`no_endpoint`),
+/// the node kernel outside them. A peer's packet is delivered here or
+/// nowhere (`not_local`).
+fn destination(
+    origin: Origin,
+    to_gateway: bool,
+    endpoint: impl FnOnce() -> Option<EndpointEntry>,
+    route: impl FnOnce() -> Option<RouteTarget>,
+    in_pod_cidr: impl FnOnce() -> bool,
+) -> Result<Destination, DropReason> {
+    let destination = if to_gateway {
+        Destination::Host
+    } else if let Some(ep) = endpoint() {
+        Destination::Pod(ep)
+    } else {
+        match route() {
+            Some(RouteTarget::Endpoint(ep)) => Destination::Pod(ep),
+            Some(RouteTarget::Host) => Destination::Host,
+            Some(RouteTarget::Node(hop)) => Destination::Node(hop),
+            Some(RouteTarget::Blackhole | RouteTarget::Unresolved) => {
+                return Err(DropReason::NoRoute)
+            }
+            None if in_pod_cidr() => return Err(DropReason::NoEndpoint),
+            None => Destination::Host,
+        }
+    };
+    if origin == Origin::Peer && !(matches!(destination, Destination::Pod(_)) || to_gateway) {
+        return Err(DropReason::NotLocal);
+    }
+    Ok(destination)
+}
+
 /// The IPv4 decisions. `buf` is the buffer from the frame's start, `len`
 /// the frame length (`14 <= len <= buf.len()`); `role` the ingress port's,
 /// with the outer source of a VXLAN packet (`peer`); `offload`: the
@@ -297,7 +356,7 @@ fn ipv4(
         };
         let origin = match role {
             PortRole::Pod { ip: pod_ip, .. } => {
-                if ip.src() != pod_ip {
+                if Some(ip.src()) != pod_ip {
                     return drop(DropReason::SpoofedSource);
                 }
                 Origin::Pod
@@ -338,27 +397,16 @@ fn ipv4(
             }
         }
 
-        let destination = if dst == gateway {
-            Destination::Host
-        } else if let Some(ep) = tables.endpoint(dst) {
-            Destination::Pod(ep)
-        } else {
-            match tables.route(dst) {
-                Some(RouteTarget::Endpoint(ep)) => Destination::Pod(ep),
-                Some(RouteTarget::Host) => Destination::Host,
-                Some(RouteTarget::Node(hop)) => Destination::Node(hop),
-                Some(RouteTarget::Blackhole | RouteTarget::Unresolved) => {
-                    return drop(DropReason::NoRoute)
-                }
-                None if tables.is_pod_cidr(dst) => return drop(DropReason::NoEndpoint),
-                None => Destination::Host,
-            }
+        let destination = match destination(
+            origin,
+            dst == gateway,
+            || tables.endpoint(dst),
+            || tables.route(dst),
+            || tables.is_pod_cidr(dst),
+        ) {
+            Ok(d) => d,
+            Err(reason) => return drop(reason),
         };
-        // A peer's packet is delivered here or nowhere.
-        if origin == Origin::Peer && !(matches!(destination, Destination::Pod(_)) || dst == gateway)
-        {
-            return drop(DropReason::NotLocal);
-        }
 
         match destination {
             Destination::Pod(ep) => {
@@ -767,22 +815,34 @@ fn classify_l4_checksum(ip: &mut Ipv4<'_>, csum: &mut CsumState) -> Result<(), D
         }
     };
     // l4_len <= total_len <= 65535.
-    let segment = &payload[..l4_len];
     let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u16);
+    *csum = classify_segment(pseudo, &payload[..l4_len], field_at, start)?;
+    Ok(())
+}
+
+/// The checksum state of a whole forwarded TCP/UDP `segment` (either
+/// family) whose pseudo-header sums to `pseudo`, with its checksum field
+/// at `field_at` and the segment at `start` in the frame: partial when the
+/// field holds the folded pseudo-header sum, complete when it verifies,
+/// refused otherwise.
+fn classify_segment(
+    pseudo: u64,
+    segment: &[u8],
+    field_at: usize,
+    start: u16,
+) -> Result<CsumState, DropReason> {
     let partial = checksum::fold(pseudo);
     let field = wire::get_u16(segment, field_at);
     // 0x0000 and 0xffff are the same number in ones' complement; a TCP
     // field of 0 can only mean a partial sum of 0xffff (UDP 0 = no checksum
-    // was handled above).
+    // was handled by the caller).
     if field == partial || (field == 0 && partial == 0xffff) {
-        *csum = CsumState::Partial {
+        Ok(CsumState::Partial {
             start,
             offset: field_at as u16,
-        };
-        Ok(())
+        })
     } else if checksum::fold(checksum::add_bytes(pseudo, segment)) == 0xffff {
-        *csum = CsumState::Complete;
-        Ok(())
+        Ok(CsumState::Complete)
     } else {
         Err(DropReason::BadL4Checksum)
     }

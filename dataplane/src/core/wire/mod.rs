@@ -6,7 +6,10 @@
 use std::net::Ipv4Addr;
 
 pub mod checksum;
+pub mod ipv6;
 pub mod vxlan;
+
+pub use ipv6::{Ipv6, Ipv6Error};
 
 use super::verdict::DropReason;
 

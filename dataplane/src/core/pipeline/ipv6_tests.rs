@@ -1,0 +1,516 @@
+//! IPv6 through the pipeline: a dual-stack node (the IPv4 fixture's pods
+//! with an IPv6 address each, one IPv6-only pod), frames built with
+//! etherparse or by hand, checksums checked with the fixtures' reference
+//! sum, not the pipeline's.
+
+use std::net::Ipv6Addr;
+
+use etherparse::PacketBuilder;
+use ferry_api::table::{Endpoint, NextHop, Route};
+use ferry_api::MacAddr;
+
+use super::fixtures::{
+    self, mac_of, ref_sum, run, run_offload, CHUNK, HOST_PORT, KERNEL_MAC, ROUTER,
+};
+use super::{DropReason, Offload, Verdict};
+use crate::core::offload::{self, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
+use crate::core::tables::{PortId, Tables};
+
+const GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 1);
+const fn pod6(n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, n)
+}
+/// The IPv6 address of fixture pod `port` (ports 1-4).
+const fn v6_of(port: PortId) -> Ipv6Addr {
+    pod6(port as u16 + 1)
+}
+/// An IPv6-only pod.
+const ONLY6: (PortId, Ipv6Addr) = (5, pod6(0x66));
+const ONLY6_MAC: [u8; 6] = [0x0a, 0x58, 0, 0, 0, 0x66];
+const NO_POD6: Ipv6Addr = pod6(0x77);
+const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const BLACKHOLED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdead, 0, 0, 0, 0, 0, 1);
+const ROUTED6_TO_POD3: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x20, 0, 1, 0, 0, 0, 1);
+
+fn tables6() -> Tables {
+    let mut node = fixtures::node(true);
+    node.gateways.push(GW6.into());
+    node.pod_cidrs.push("fd00:88::/64".parse().unwrap());
+    let mut eps: Vec<Endpoint> = fixtures::endpoints()
+        .into_iter()
+        .map(|mut e| {
+            let port = fixtures::port_of(&e.host_ifname).unwrap();
+            e.ips.push(v6_of(port).into());
+            e
+        })
+        .collect();
+    eps.push(Endpoint {
+        ips: vec![ONLY6.1.into()],
+        mac: MacAddr(ONLY6_MAC),
+        mtu: Some(1500),
+        ..Endpoint::veth("pod5/eth0", "fy5", std::net::Ipv4Addr::UNSPECIFIED)
+    });
+    let mut routes = fixtures::routes();
+    routes.push(Route {
+        prefix: "fd00:dead::/32".parse().unwrap(),
+        next_hop: NextHop::Blackhole,
+    });
+    routes.push(Route {
+        prefix: "fd00:20::/32".parse().unwrap(),
+        next_hop: NextHop::Endpoint("pod3/eth0".into()),
+    });
+    Tables::build(1, &node, &eps, &routes, fixtures::port_of)
+}
+
+fn mac6(src: Ipv6Addr) -> [u8; 6] {
+    match (1..=4).find(|p| v6_of(*p) == src) {
+        Some(p) => mac_of(
+            fixtures::PODS
+                .iter()
+                .chain([&fixtures::SMALL_POD])
+                .nth(p as usize - 1)
+                .unwrap()
+                .1,
+        ),
+        None if src == ONLY6.1 => ONLY6_MAC,
+        None => KERNEL_MAC,
+    }
+}
+
+fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac6(src), ROUTER)
+        .ipv6(src.octets(), dst.octets(), hops)
+        .tcp(40000, 80, 12345, 64240)
+        .ack(777)
+        .psh();
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac6(src), ROUTER)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .udp(5353, 53);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac6(src), ROUTER)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6_echo_request(0x1234, 7);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn pseudo6(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(src);
+    p.extend_from_slice(dst);
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, proto]);
+    p
+}
+
+/// Whether the upper-layer checksum of the (extension-header-free) IPv6
+/// frame verifies.
+fn l4_ok6(f: &[u8]) -> bool {
+    let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let l4 = &f[54..54 + plen];
+    ref_sum(&[&pseudo6(&f[22..38], &f[38..54], f[20], plen), l4]) == 0xffff
+}
+
+/// An ICMPv6 message from `src` to `dst` with hop limit `hops`, by hand.
+fn icmp6(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hops: u8, msg: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x33, 0x33, 0xff, 0, 0, 1]);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, hops]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    let mut m = msg.to_vec();
+    m[2..4].fill(0);
+    let c = !ref_sum(&[&pseudo6(&src.octets(), &dst.octets(), 58, m.len()), &m]);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&m);
+    f
+}
+
+/// A neighbour solicitation for `target` from `src` (with a source
+/// link-layer address option), to the target's solicited-node group.
+fn ns(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr, hops: u8) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&t);
+    m.extend_from_slice(&[1, 1]);
+    m.extend_from_slice(&src_mac);
+    icmp6(src_mac, src, group, hops, &m)
+}
+
+fn addr_at(f: &[u8], at: usize) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap())
+}
+
+#[test]
+fn pod_to_pod_is_routed_with_the_hop_limit_decremented() {
+    let t = tables6();
+    let (v, out) = run(&t, 1, &tcp6(v6_of(1), v6_of(2), 64, b"hello six"));
+    assert_eq!(v, Verdict::Tx(2));
+    assert_eq!(&out[..6], &mac_of(fixtures::PODS[1].1));
+    assert_eq!(&out[6..12], &ROUTER);
+    assert_eq!(out[21], 63, "hop limit");
+    assert!(l4_ok6(&out));
+
+    // A route to a pod, and the IPv6-only pod both ways.
+    let (v, _) = run(&t, 1, &tcp6(v6_of(1), ROUTED6_TO_POD3, 64, b"x"));
+    assert_eq!(v, Verdict::Tx(3));
+    let (v, out) = run(&t, 1, &udp6(v6_of(1), ONLY6.1, b"to the v6-only pod"));
+    assert_eq!(v, Verdict::Tx(ONLY6.0));
+    assert_eq!(&out[..6], &ONLY6_MAC);
+    let (v, _) = run(&t, ONLY6.0, &udp6(ONLY6.1, v6_of(2), b"from it"));
+    assert_eq!(v, Verdict::Tx(2));
+}
+
+#[test]
+fn a_partial_checksum_is_found_and_completed() {
+    let t = tables6();
+    let mut f = tcp6(v6_of(1), v6_of(2), 64, &[7u8; 700]);
+    let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let p = ref_sum(&[&pseudo6(&f[22..38], &f[38..54], 6, plen)]);
+    f[54 + 16..54 + 18].copy_from_slice(&p.to_be_bytes());
+    assert!(!l4_ok6(&f));
+    let (v, out) = run(&t, 1, &f);
+    assert_eq!(v, Verdict::Tx(2));
+    assert!(l4_ok6(&out), "completed for the veth egress");
+
+    // A bad checksum is neither.
+    let mut bad = tcp6(v6_of(1), v6_of(2), 64, b"data");
+    bad[54 + 16] ^= 0x5a;
+    assert_eq!(run(&t, 1, &bad).0, Verdict::Drop(DropReason::BadL4Checksum));
+    // UDP without a checksum is refused over IPv6.
+    let mut zero = udp6(v6_of(1), v6_of(2), b"data");
+    zero[54 + 6..54 + 8].fill(0);
+    assert_eq!(
+        run(&t, 1, &zero).0,
+        Verdict::Drop(DropReason::BadL4Checksum)
+    );
+}
+
+#[test]
+fn the_node_and_the_outside_go_through_the_host_port() {
+    let t = tables6();
+    for dst in [OUTSIDE6, GW6] {
+        let (v, out) = run(&t, 1, &tcp6(v6_of(1), dst, 64, b"up"));
+        assert_eq!(v, Verdict::Tx(HOST_PORT), "{dst}");
+        assert_eq!(&out[..6], &KERNEL_MAC);
+        assert_eq!(out[21], 64, "the kernel routes it on and decrements");
+    }
+    // From the node kernel to a pod: routed by the kernel already.
+    let (v, out) = run(&t, HOST_PORT, &tcp6(GW6, v6_of(2), 63, b"probe"));
+    assert_eq!(v, Verdict::Tx(2));
+    assert_eq!(out[21], 63);
+    // Back to the kernel would loop.
+    let (v, _) = run(&t, HOST_PORT, &tcp6(GW6, OUTSIDE6, 64, b"loop"));
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(
+        run(&t, 1, &tcp6(v6_of(1), NO_POD6, 64, b"")).0,
+        Verdict::Drop(DropReason::NoEndpoint)
+    );
+    assert_eq!(
+        run(&t, 1, &tcp6(v6_of(1), BLACKHOLED6, 64, b"")).0,
+        Verdict::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn sources_are_checked() {
+    let t = tables6();
+    let (v, _) = run(&t, 1, &tcp6(v6_of(2), v6_of(3), 64, b"spoof"));
+    assert_eq!(v, Verdict::Drop(DropReason::SpoofedSource));
+    // An IPv6-only pod sends no IPv4, not even from 0.0.0.0 or another's.
+    for src in [std::net::Ipv4Addr::UNSPECIFIED, fixtures::PODS[0].1] {
+        let f = fixtures::udp_frame(src, fixtures::PODS[1].1, 64, b"v4");
+        assert_eq!(
+            run(&t, ONLY6.0, &f).0,
+            Verdict::Drop(DropReason::SpoofedSource)
+        );
+    }
+    // A link-local source is never routed.
+    let ll: Ipv6Addr = "fe80::858:aff:fe58:2".parse().unwrap();
+    let (v, _) = run(&t, 1, &tcp6(ll, v6_of(2), 64, b"ll"));
+    assert_eq!(v, Verdict::Drop(DropReason::Ipv6LinkLocal));
+}
+
+#[test]
+fn hop_limit_one_gets_time_exceeded_from_the_gateway() {
+    let t = tables6();
+    let sent = tcp6(v6_of(1), v6_of(2), 1, b"expiring");
+    let (v, out) = run(&t, 1, &sent);
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&out[..6], &mac_of(fixtures::PODS[0].1));
+    assert_eq!(&out[6..12], &ROUTER);
+    assert_eq!(out[20], 58);
+    assert_eq!(addr_at(&out, 22), GW6);
+    assert_eq!(addr_at(&out, 38), v6_of(1));
+    assert_eq!((out[54], out[55]), (3, 0));
+    assert_eq!(&out[62..], &sent[14..], "the whole packet is quoted");
+    assert!(l4_ok6(&out));
+    // Not to the kernel: it routes (and expires) its own.
+    let (v, _) = run(&t, 1, &tcp6(v6_of(1), OUTSIDE6, 1, b""));
+    assert_eq!(v, Verdict::Tx(HOST_PORT));
+}
+
+#[test]
+fn too_big_gets_packet_too_big_with_the_egress_mtu() {
+    let t = tables6();
+    let small = v6_of(fixtures::SMALL_POD.0);
+    let sent = tcp6(v6_of(1), small, 64, &[1u8; 1300]);
+    let (v, out) = run(&t, 1, &sent);
+    assert_eq!(
+        v,
+        Verdict::IcmpError {
+            port: 1,
+            reason: DropReason::PacketTooBig
+        }
+    );
+    assert_eq!((out[54], out[55]), (2, 0));
+    assert_eq!(
+        u32::from_be_bytes(out[58..62].try_into().unwrap()),
+        fixtures::SMALL_MTU
+    );
+    assert_eq!(out.len() - 14, 1280, "quoted up to the minimum MTU");
+    assert_eq!(&out[62..], &sent[14..14 + 1280 - 48]);
+    assert_eq!(addr_at(&out, 22), GW6);
+    assert!(l4_ok6(&out));
+    // At the MTU it passes.
+    let fits = tcp6(v6_of(1), small, 64, &[1u8; 1280 - 60]);
+    assert_eq!(run(&t, 1, &fits).0, Verdict::Tx(fixtures::SMALL_POD.0));
+    // No error about an ICMPv6 error.
+    let mut err = icmp6(
+        mac6(v6_of(1)),
+        v6_of(1),
+        small,
+        64,
+        &[1, 4, 0, 0, 0, 0, 0, 0],
+    );
+    err.extend(std::iter::repeat_n(0, 1300));
+    let plen = (err.len() - 54) as u16;
+    err[18..20].copy_from_slice(&plen.to_be_bytes());
+    assert_eq!(run(&t, 1, &err).0, Verdict::Drop(DropReason::PacketTooBig));
+}
+
+#[test]
+fn the_gateway_answers_echo() {
+    let t = tables6();
+    let (v, out) = run(&t, 1, &echo6(v6_of(1), GW6, b"ping6"));
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&out[..6], &mac_of(fixtures::PODS[0].1));
+    assert_eq!(addr_at(&out, 22), GW6);
+    assert_eq!(addr_at(&out, 38), v6_of(1));
+    assert_eq!(out[54], 129);
+    assert!(l4_ok6(&out));
+    let mut bad = echo6(v6_of(1), GW6, b"ping6");
+    bad[60] ^= 1;
+    assert_eq!(run(&t, 1, &bad).0, Verdict::Drop(DropReason::BadL4Checksum));
+}
+
+#[test]
+fn neighbour_solicitations_are_answered_with_the_router_mac() {
+    let t = tables6();
+    let pod_mac = mac6(v6_of(1));
+    let ll: Ipv6Addr = "fe80::858:aff:fe58:2".parse().unwrap();
+    for (src, target) in [
+        (v6_of(1), GW6),
+        (ll, GW6),
+        (v6_of(1), v6_of(2)),
+        (v6_of(1), OUTSIDE6),
+    ] {
+        let (v, out) = run(&t, 1, &ns(pod_mac, src, target, 255));
+        assert_eq!(v, Verdict::Reply, "{src} asks for {target}");
+        assert_eq!(&out[..6], &pod_mac);
+        assert_eq!(&out[6..12], &ROUTER);
+        assert_eq!(out.len(), 14 + 40 + 32);
+        assert_eq!(out[21], 255);
+        assert_eq!(addr_at(&out, 22), target);
+        assert_eq!(addr_at(&out, 38), src);
+        assert_eq!(out[54], 136);
+        assert_eq!(out[58], 0xe0, "router, solicited, override");
+        assert_eq!(addr_at(&out, 62), target);
+        assert_eq!(&out[78..80], &[2, 1]);
+        assert_eq!(&out[80..86], &ROUTER);
+        assert!(l4_ok6(&out));
+    }
+    let no = |f: &[u8], port| run(&t, port, f).0;
+    // For itself, as a DAD probe, with a forged hop limit.
+    assert_eq!(
+        no(&ns(pod_mac, v6_of(1), v6_of(1), 255), 1),
+        Verdict::Drop(DropReason::NdNotForUs)
+    );
+    assert_eq!(
+        no(&ns(pod_mac, Ipv6Addr::UNSPECIFIED, v6_of(1), 255), 1),
+        Verdict::Drop(DropReason::NdDad)
+    );
+    assert_eq!(
+        no(&ns(pod_mac, v6_of(1), GW6, 64), 1),
+        Verdict::Drop(DropReason::NdInvalid)
+    );
+    // The node kernel asks for pods only.
+    let (v, out) = run(&t, HOST_PORT, &ns(KERNEL_MAC, GW6, v6_of(2), 255));
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&out[..6], &KERNEL_MAC);
+    assert_eq!(
+        no(&ns(KERNEL_MAC, GW6, NO_POD6, 255), HOST_PORT),
+        Verdict::Drop(DropReason::NdNotForUs)
+    );
+}
+
+#[test]
+fn other_link_scoped_traffic_is_dropped_by_reason() {
+    let t = tables6();
+    let pod_mac = mac6(v6_of(1));
+    let ll: Ipv6Addr = "fe80::858:aff:fe58:2".parse().unwrap();
+    let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
+    let rs = icmp6(pod_mac, ll, all_routers, 255, &[133, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(run(&t, 1, &rs).0, Verdict::Drop(DropReason::RouterSolicit));
+    let ra = icmp6(
+        pod_mac,
+        ll,
+        "ff02::1".parse().unwrap(),
+        255,
+        &[134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(run(&t, 1, &ra).0, Verdict::Drop(DropReason::NdInvalid));
+    let mld = icmp6(
+        pod_mac,
+        ll,
+        "ff02::16".parse().unwrap(),
+        1,
+        &[143, 0, 0, 0, 0, 0, 0, 0],
+    );
+    assert_eq!(run(&t, 1, &mld).0, Verdict::Drop(DropReason::Ipv6Multicast));
+    let mdns = udp6(v6_of(1), "ff02::fb".parse().unwrap(), b"mdns");
+    assert_eq!(
+        run(&t, 1, &mdns).0,
+        Verdict::Drop(DropReason::Ipv6Multicast)
+    );
+    let na = icmp6(
+        pod_mac,
+        v6_of(1),
+        GW6,
+        255,
+        &[
+            136, 0, 0, 0, 0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    // A unicast NA to the gateway is not link-scoped: the kernel's.
+    assert_eq!(run(&t, 1, &na).0, Verdict::Tx(HOST_PORT));
+    // One from a link-local source is ND, and never solicited.
+    let na = icmp6(
+        pod_mac,
+        ll,
+        "ff02::1".parse().unwrap(),
+        255,
+        &[
+            136, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    assert_eq!(run(&t, 1, &na).0, Verdict::Drop(DropReason::NdNotForUs));
+}
+
+#[test]
+fn extension_headers_are_walked_or_refused() {
+    let t = tables6();
+    // TCP behind a destination-options header.
+    let plain = tcp6(v6_of(1), v6_of(2), 64, b"behind options");
+    let mut f = plain[..54].to_vec();
+    f[20] = 60;
+    f.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&plain[54..]);
+    let plen = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    let (v, out) = run(&t, 1, &f);
+    assert_eq!(v, Verdict::Tx(2));
+    assert_eq!(&out[62..], &plain[54..]);
+    // Nine of them.
+    let mut f = plain[..54].to_vec();
+    f[20] = 60;
+    for i in 0..9 {
+        f.extend_from_slice(&[if i == 8 { 6 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend_from_slice(&plain[54..]);
+    let plen = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    assert_eq!(run(&t, 1, &f).0, Verdict::Drop(DropReason::Ipv6ExtHeaders));
+    // One that runs past the packet.
+    let mut f = plain[..54].to_vec();
+    f[20] = 60;
+    f.extend_from_slice(&[6, 200, 0, 0, 0, 0, 0, 0]);
+    f[18..20].copy_from_slice(&8u16.to_be_bytes());
+    assert_eq!(run(&t, 1, &f).0, Verdict::Drop(DropReason::Malformed));
+}
+
+#[test]
+fn a_node_without_ipv6_drops_it_by_its_own_reason() {
+    let t = fixtures::tables();
+    let (v, _) = run(&t, 1, &tcp6(v6_of(1), v6_of(2), 64, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::Ipv6Unsupported));
+}
+
+/// A TCPv6 GSO frame from a tap: the header is accepted, and segmenting it
+/// for a veth gives MSS-sized segments with valid checksums and payload
+/// lengths; a TCPv4 type on it is refused.
+#[test]
+fn tcpv6_gso_from_a_tap_is_segmented() {
+    let t = tables6();
+    let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let mut f = tcp6(v6_of(1), v6_of(2), 64, &payload);
+    let plen = f.len() - 54;
+    let p = ref_sum(&[&pseudo6(&f[22..38], &f[38..54], 6, plen)]);
+    f[54 + 16..54 + 18].copy_from_slice(&p.to_be_bytes());
+    let gso = Offload {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV6,
+        hdr_len: 74,
+        gso_size: 1440,
+        csum_start: 54,
+        csum_offset: 16,
+    };
+    assert_eq!(offload::check(&f, &gso), Ok(()));
+    let v4_type = Offload {
+        gso_type: GSO_TCPV4,
+        ..gso
+    };
+    assert_eq!(offload::check(&f, &v4_type), Err(DropReason::BadGsoType));
+
+    let (v, out) = run_offload(&t, 1, &f, f.len().max(CHUNK), gso);
+    assert_eq!(v, Verdict::Tx(2));
+    let plan = offload::plan_tcp(&out, &gso).unwrap();
+    assert_eq!(plan.count, 4);
+    let mut joined = Vec::new();
+    for i in 0..plan.count {
+        let mut seg = vec![0u8; 2048];
+        let n = offload::write_tcp_segment(&out, &plan, i, &mut seg).unwrap();
+        seg.truncate(n);
+        assert_eq!(usize::from(u16::from_be_bytes([seg[18], seg[19]])), n - 54);
+        assert!(n - 14 <= 1500, "segment {i} fits the MTU");
+        assert!(l4_ok6(&seg), "segment {i}");
+        assert_eq!(seg[21], 63);
+        joined.extend_from_slice(&seg[74..]);
+    }
+    assert_eq!(joined, payload);
+}
