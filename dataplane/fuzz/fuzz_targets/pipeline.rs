@@ -11,6 +11,8 @@
 //! Every frame sits behind [`FRAME_HEADROOM`] bytes of headroom. Port 4 is
 //! the uplink (VXLAN, a resolved and an unresolved peer), so frames there
 //! are decapsulated and frames to the peers' CIDRs encapsulated.
+//! Pods 1 and 3 are dual-stack, pod 2 IPv6-only; bit 6 fixes TCP, UDP and
+//! ICMPv6 checksums of IPv6 frames too.
 //! Properties checked beyond "no panic": one verdict per frame, a Tx only to
 //! a port the tables know, the frame length within its buffer; then every
 //! forwarded frame is finished for a tap (its header must pass
@@ -19,7 +21,7 @@
 //! unless the sender vouched for them (`DATA_VALID`).
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use ferry_api::table::{Endpoint, HostPort, NextHop, NodeSettings, Overlay, Route, Uplink};
@@ -29,8 +31,8 @@ use ferry_dataplane::core::pipeline::{
     process_batch, process_frame, CsumState, DropReason, Frame, Verdict, FRAME_HEADROOM,
 };
 use ferry_dataplane::core::tables::{Links, PortId, Tables};
-use ferry_dataplane::core::wire::checksum;
 use ferry_dataplane::core::wire::vxlan::{Outer, OUTER_LEN};
+use ferry_dataplane::core::wire::{checksum, ipv6};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_FRAMES: usize = 64;
@@ -41,9 +43,15 @@ fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(|| {
         let node = NodeSettings {
-            gateways: vec![Ipv4Addr::new(10, 88, 0, 1).into()],
+            gateways: vec![
+                Ipv4Addr::new(10, 88, 0, 1).into(),
+                "fd00:88::1".parse::<Ipv6Addr>().expect("gateway").into(),
+            ],
             router_mac: MacAddr::ROUTER,
-            pod_cidrs: vec!["10.88.0.0/24".parse().expect("cidr")],
+            pod_cidrs: vec![
+                "10.88.0.0/24".parse().expect("cidr"),
+                "fd00:88::/64".parse().expect("cidr"),
+            ],
             host_port: Some(HostPort {
                 ifname: "ferry0dp".into(),
                 kernel_ifname: "ferry0".into(),
@@ -60,11 +68,18 @@ fn tables() -> &'static Tables {
         let endpoints: Vec<Endpoint> = (1..=3u8)
             .map(|i| {
                 let ip = Ipv4Addr::new(10, 88, 0, 1 + i);
-                Endpoint {
+                let ip6 = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 1 + u16::from(i));
+                let mut ep = Endpoint {
                     // Small enough for one-byte-length frames to exceed.
                     mtu: (i == 3).then_some(100),
                     ..Endpoint::veth(format!("pod{i}/eth0"), format!("fy{i}"), ip)
+                };
+                // Pod 2 is IPv6-only; the others dual-stack.
+                if i == 2 {
+                    ep.ips.clear();
                 }
+                ep.ips.push(ip6.into());
+                ep
             })
             .collect();
         let routes = vec![
@@ -88,6 +103,11 @@ fn tables() -> &'static Tables {
             Route {
                 prefix: "10.90.0.0/24".parse().expect("prefix"),
                 next_hop: NextHop::Node(Ipv4Addr::new(192, 168, 70, 3).into()),
+            },
+            // The resolved peer's IPv6 pods, through the IPv4 overlay.
+            Route {
+                prefix: "fd00:89::/64".parse().expect("prefix"),
+                next_hop: NextHop::Node(Ipv4Addr::new(192, 168, 70, 2).into()),
             },
         ];
         let port_of = |name: &str| -> Option<PortId> {
@@ -129,51 +149,82 @@ fn fix_ip_checksum(f: &mut [u8]) {
     }
 }
 
-fn fix_l4_checksum(f: &mut [u8]) {
-    let Some((hl, tl)) = ipv4_bounds(f) else {
-        return;
-    };
-    let at = match f[23] {
-        6 if tl - hl >= 20 => 14 + hl + 16,
-        17 if tl - hl >= 8 => 14 + hl + 6,
-        _ => return,
-    };
-    let src: [u8; 4] = f[26..30].try_into().expect("4 bytes");
-    let dst: [u8; 4] = f[30..34].try_into().expect("4 bytes");
-    f[at..at + 2].copy_from_slice(&[0, 0]);
-    let l4 = &f[14 + hl..14 + tl];
-    let pseudo = checksum::pseudo_header(src, dst, f[23], l4.len() as u16);
-    let c = !checksum::fold(checksum::add_bytes(pseudo, l4));
-    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+/// The upper layer of an unfragmented IPv4 frame or an IPv6 frame without
+/// extension headers: (offset, end, protocol).
+fn l4_bounds(f: &[u8]) -> Option<(usize, usize, u8)> {
+    if let Some((hl, tl)) = ipv4_bounds(f) {
+        let unfragmented = u16::from_be_bytes([f[20], f[21]]) & 0x3fff == 0;
+        return unfragmented.then_some((14 + hl, 14 + tl, f[23]));
+    }
+    if f.len() < 54 || f[12..14] != [0x86, 0xdd] || f[14] >> 4 != 6 {
+        return None;
+    }
+    let end = 54 + usize::from(u16::from_be_bytes([f[18], f[19]]));
+    (end <= f.len()).then_some((54, end, f[20]))
 }
 
-/// Whether an unfragmented TCP/UDP IPv4 frame's checksums verify (true
-/// for anything else: nothing to check).
+/// The pseudo-header sum of the frame's family for an upper layer of
+/// `len` bytes.
+fn pseudo(f: &[u8], proto: u8, len: usize) -> u64 {
+    if f[12..14] == [0x86, 0xdd] {
+        let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).expect("16"));
+        return ipv6::pseudo_header(&addr(22), &addr(38), proto, len as u32);
+    }
+    let src: [u8; 4] = f[26..30].try_into().expect("4 bytes");
+    let dst: [u8; 4] = f[30..34].try_into().expect("4 bytes");
+    checksum::pseudo_header(src, dst, proto, len as u16)
+}
+
+/// Where the checksum field of a TCP, UDP or (IPv6) ICMPv6 upper layer
+/// of `len` bytes is.
+fn checksum_field(proto: u8, v6: bool, len: usize) -> Option<usize> {
+    match proto {
+        6 if len >= 20 => Some(16),
+        17 if len >= 8 => Some(6),
+        58 if v6 && len >= 4 => Some(2),
+        _ => None,
+    }
+}
+
+fn fix_l4_checksum(f: &mut [u8]) {
+    let Some((at, end, proto)) = l4_bounds(f) else {
+        return;
+    };
+    let v6 = f[12..14] == [0x86, 0xdd];
+    let Some(field) = checksum_field(proto, v6, end - at) else {
+        return;
+    };
+    let field = at + field;
+    f[field..field + 2].copy_from_slice(&[0, 0]);
+    let sum = pseudo(f, proto, end - at);
+    let c = !checksum::fold(checksum::add_bytes(sum, &f[at..end]));
+    f[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Whether an unfragmented TCP/UDP frame's checksums verify, IPv4 or IPv6
+/// (true for anything else: nothing to check).
 fn checksums_ok(f: &[u8]) -> bool {
-    let Some((hl, tl)) = ipv4_bounds(f) else {
+    if let Some((hl, _)) = ipv4_bounds(f) {
+        if checksum::fold(checksum::add_bytes(0, &f[14..14 + hl])) != 0xffff {
+            return false;
+        }
+    }
+    let Some((at, end, proto)) = l4_bounds(f) else {
         return true;
     };
-    if checksum::fold(checksum::add_bytes(0, &f[14..14 + hl])) != 0xffff {
-        return false;
-    }
-    if u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0 {
-        return true;
-    }
-    let l4 = &f[14 + hl..14 + tl];
-    let len = match f[23] {
+    let l4 = &f[at..end];
+    let len = match proto {
         6 if l4.len() >= 20 => l4.len(),
         17 if l4.len() >= 8 => {
             if l4[6..8] == [0, 0] {
-                return true;
+                // No checksum: allowed over IPv4 only.
+                return f[12..14] != [0x86, 0xdd];
             }
             usize::from(u16::from_be_bytes([l4[4], l4[5]])).min(l4.len())
         }
         _ => return true,
     };
-    let src: [u8; 4] = f[26..30].try_into().expect("4 bytes");
-    let dst: [u8; 4] = f[30..34].try_into().expect("4 bytes");
-    let pseudo = checksum::pseudo_header(src, dst, f[23], len as u16);
-    checksum::fold(checksum::add_bytes(pseudo, &l4[..len])) == 0xffff
+    checksum::fold(checksum::add_bytes(pseudo(f, proto, len), &l4[..len])) == 0xffff
 }
 
 /// Finish a forwarded frame as the worker would, towards a tap and
@@ -222,7 +273,7 @@ fn check_egress(frame: &Frame<'_>, ingress_offload: &Offload) {
         Ok(Finished::Segment(plan)) => {
             let mut seg = vec![0u8; 2048];
             for i in 0..plan.count {
-                if let Some(n) = offload::write_tcp4_segment(&to_veth, &plan, i, &mut seg) {
+                if let Some(n) = offload::write_tcp_segment(&to_veth, &plan, i, &mut seg) {
                     assert!(checksums_ok(&seg[..n]), "segment {i} has valid checksums");
                 }
             }
@@ -311,7 +362,10 @@ fuzz_target!(|data: &[u8]| {
                     *port, frame.port,
                     "an ICMP error leaves by the ingress port"
                 );
-                assert_eq!(*reason, DropReason::FragNeeded);
+                assert!(matches!(
+                    reason,
+                    DropReason::FragNeeded | DropReason::PacketTooBig
+                ));
                 assert!(
                     frame.headroom + frame.len <= frame.buf.len(),
                     "frame grew past its buffer"
