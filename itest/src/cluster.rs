@@ -335,6 +335,7 @@ impl Cluster {
                 } else {
                     pod_cidr(i)
                 },
+                pod_cidr6: None,
                 workers: opts.workers,
                 ipam: None,
                 // ferryd's default: the uplink MTU less the overlay's.

@@ -343,7 +343,15 @@ pub const TRANSFER_BYTES: u64 = 32 * 1024 * 1024;
 /// Send `TRANSFER_BYTES` from namespace `from` to `to_ip:port` (a receiver in
 /// namespace `to`), and check that what arrived is what was sent.
 pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
-    let mut rx_child = tcpcheck_in(to, &["recv", &format!("0.0.0.0:{port}")]);
+    // The receiver listens on the wildcard of `to_ip`'s family; an IPv6
+    // destination is written in brackets for the sender.
+    let (any, to_ip) = if to_ip.contains(':') && !to_ip.starts_with('[') {
+        ("[::]", format!("[{to_ip}]"))
+    } else {
+        ("0.0.0.0", to_ip.to_string())
+    };
+    let to_ip = to_ip.as_str();
+    let mut rx_child = tcpcheck_in(to, &["recv", &format!("{any}:{port}")]);
     let stdout = rx_child.stdout.take().expect("stdout");
     let rx = ChildGuard::new(rx_child);
     let mut first = String::new();
@@ -387,6 +395,9 @@ pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
 pub struct NodeOpts {
     /// `""`: none written (a `[cluster]` node claims its block).
     pub pod_cidr: String,
+    /// An IPv6 pod CIDR beside `pod_cidr` (a dual-stack node; its
+    /// gateway is ferryd's default, the CIDR's first address).
+    pub pod_cidr6: Option<String>,
     pub workers: u32,
     /// Extra `ipam` object for the network config (JSON), if any.
     pub ipam: Option<String>,
@@ -401,6 +412,7 @@ impl Default for NodeOpts {
     fn default() -> Self {
         NodeOpts {
             pod_cidr: "10.88.0.0/24".into(),
+            pod_cidr6: None,
             workers: 1,
             ipam: None,
             mtu: Some(1500),
@@ -441,8 +453,13 @@ impl Node {
         // No pod CIDR: a [cluster] node, whose block comes from etcd.
         if !opts.pod_cidr.is_empty() {
             let gateway = first_host(&opts.pod_cidr);
+            let cidr6 = opts
+                .pod_cidr6
+                .as_ref()
+                .map(|c| format!(", \"{c}\""))
+                .unwrap_or_default();
             config.push_str(&format!(
-                "pod_cidrs = [\"{}\"]\ngateway = \"{gateway}\"\n",
+                "pod_cidrs = [\"{}\"{cidr6}]\ngateway = \"{gateway}\"\n",
                 opts.pod_cidr
             ));
         }

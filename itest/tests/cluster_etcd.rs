@@ -468,10 +468,9 @@ fn tls_to_etcd_works_and_a_wrong_ca_or_dead_endpoint_is_a_clear_error() {
     );
     let opts = NodeOpts {
         pod_cidr: String::new(),
-        workers: 1,
-        ipam: None,
         mtu: None,
         extra_config: config,
+        ..NodeOpts::default()
     };
     let mut n3 = Node::create(format!("{}n3", c.tag), opts);
     c.fabric.plug("n3", &n3.ns.name, UPLINK, &node_address(3));
@@ -538,10 +537,9 @@ fn many_ferryd_starting_at_once_never_share_a_block() {
                 .replace("[cluster]\n", "[cluster]\nblock_len = 28\n");
             let opts = NodeOpts {
                 pod_cidr: String::new(),
-                workers: 1,
-                ipam: None,
                 mtu: None,
                 extra_config: format!("uplink = \"{UPLINK}\"\nmetrics_listen = \"\"\n{table}"),
+                ..NodeOpts::default()
             };
             let n = Node::create(format!("{tag}n{i}"), opts);
             fabric.plug(&format!("n{i}"), &n.ns.name, UPLINK, &node_address(10 + i));
