@@ -494,17 +494,18 @@ fn sysctl_in(ns: &Netns, path: &str) -> String {
 #[test]
 fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
     let w = World::new();
-    let (pod, pod6) = (w.pod(1), w.pod(2));
+    let (pod, pod6, podt) = (w.pod(1), w.pod(2), w.pod(3));
     let cfg = w
         .config_cidrs(r#"["10.77.0.0/24", "fd00:77::/64"]"#, "mtu = 1400\n")
         .unwrap();
-    let (dp_sock, pod_path, pod6_path, node_ns, pod_ns, pod6_ns) = (
+    let (dp_sock, pod_path, pod6_path, node_ns, pod_ns, pod6_ns, tap_ns) = (
         w.dp_socket(),
         pod.path(),
         pod6.path(),
         w.node.view(),
         pod.view(),
         pod6.view(),
+        podt.view(),
     );
     w.in_node(move || async move {
         let dp = RecordingTableServer::start(&dp_sock, 1);
@@ -628,8 +629,23 @@ fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
         let r6 = pod6_ns.ip(&["-6", "route", "show"]);
         assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
 
+        // A dual-stack tap pod is configured the same way.
+        let mut addt = req(pod::Command::Add, "ctr-t", Some(&tap_ns.path()), "eth0");
+        addt.attachment = ferry_api::table::Attachment::Tap;
+        let rt = ok_result(agent.handle(addt).await);
+        assert_eq!(rt.ips.len(), 2, "{rt:?}");
+        let shown = tap_ns.ip(&["addr", "show", "dev", "eth0"]);
+        let tap6 = rt.ips[1].address.to_string();
+        let line6 = shown
+            .lines()
+            .find(|l| l.contains(&tap6))
+            .unwrap_or_else(|| panic!("no {tap6}: {shown}"));
+        assert!(!line6.contains("tentative"), "{shown}");
+        let r6 = tap_ns.ip(&["-6", "route", "show"]);
+        assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+
         // DEL frees both families and removes every link.
-        for (ctr, ns) in [("ctr-d", &pod_ns), ("ctr-6", &pod6_ns)] {
+        for (ctr, ns) in [("ctr-d", &pod_ns), ("ctr-6", &pod6_ns), ("ctr-t", &tap_ns)] {
             let del = req(pod::Command::Del, ctr, Some(&ns.path()), "eth0");
             assert_ok(agent.handle(del).await);
             assert!(!ns.has_link("eth0"), "{ctr}: pod eth0 left after DEL");
@@ -640,7 +656,7 @@ fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
         }
         assert!(agent.store().records().unwrap().is_empty());
     });
-    drop((pod, pod6));
+    drop((pod, pod6, podt));
 }
 
 /// Nothing of an attachment is left: no record, no address, no host veth.
