@@ -1,7 +1,7 @@
 //! Ethernet MAC address, serialized as the usual `aa:bb:cc:dd:ee:ff` text.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -23,6 +23,20 @@ impl MacAddr {
     pub fn for_pod(ip: Ipv4Addr) -> MacAddr {
         let o = ip.octets();
         MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    }
+
+    /// The MAC of a pod by its first address: [`MacAddr::for_pod`] for
+    /// IPv4; for IPv6 (a pod without an IPv4 address) `0a:58:` followed by
+    /// the address's last four bytes, as OVN-Kubernetes does. Both are
+    /// locally administered unicast and recomputable from the store.
+    pub fn for_pod_ip(ip: IpAddr) -> MacAddr {
+        match ip {
+            IpAddr::V4(v4) => MacAddr::for_pod(v4),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                MacAddr([0x0a, 0x58, o[12], o[13], o[14], o[15]])
+            }
+        }
     }
 
     pub fn octets(self) -> [u8; 6] {
@@ -95,6 +109,17 @@ mod tests {
         let j = serde_json::to_string(&m).unwrap();
         assert_eq!(j, "\"0a:58:0a:58:00:05\"");
         assert_eq!(serde_json::from_str::<MacAddr>(&j).unwrap(), m);
+    }
+
+    #[test]
+    fn pod_macs_by_family() {
+        let v4 = Ipv4Addr::new(10, 88, 0, 5);
+        assert_eq!(MacAddr::for_pod_ip(v4.into()), MacAddr::for_pod(v4));
+        let v6: IpAddr = "fd00:10:88::a:7".parse().unwrap();
+        let m = MacAddr::for_pod_ip(v6);
+        assert_eq!(m.to_string(), "0a:58:00:0a:00:07");
+        // Locally administered (bit 1), unicast (bit 0 clear).
+        assert_eq!(m.0[0] & 0b11, 0b10);
     }
 
     #[test]

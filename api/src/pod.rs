@@ -27,9 +27,10 @@ pub enum Command {
 /// A range to allocate from, as in host-local's `ipam.ranges`.
 /// `subnet` must lie inside one of the node's pod CIDRs.
 ///
-/// Addresses in the pod API are family-generic (`IpNet`, `IpAddr`) so IPv6
-/// arrives without changing the messages; ferryd answers error 7 for a
-/// family it does not serve.
+/// Addresses in the pod API are family-generic (`IpNet`, `IpAddr`). The
+/// ranges of one family form one range set (host-local's inner list): a
+/// pod gets one address from the IPv4 ranges and one from the IPv6 ranges
+/// of a request; ferryd answers error 7 for a family the node does not serve.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RangeSpec {
     pub subnet: IpNet,
@@ -59,7 +60,8 @@ pub struct IpamRequest {
     /// default route via the gateway.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
-    /// Specific addresses asked for; ADD fails if one is not free.
+    /// Specific addresses asked for, at most one per family; ADD fails if
+    /// one is not free.
     #[serde(default)]
     pub requested: Vec<IpAddr>,
 }
@@ -117,11 +119,36 @@ pub struct PodRequest {
 pub struct StaleAttachment {
     /// Endpoint id (`<container id>/<ifname>`).
     pub endpoint: String,
-    /// The address the attachment still holds.
+    /// The address the attachment still holds (its IPv4 one if it has one).
     pub ip: std::net::IpAddr,
+    /// Every address it holds, one per family (absent from a ferryd that
+    /// predates IPv6: then `ip` is the only one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
     pub netns: String,
     /// What was found missing.
     pub reason: String,
+}
+
+impl StaleAttachment {
+    /// `ips` as the attachment holds them (IPv4 first); `ip` is the first.
+    pub fn new(
+        endpoint: String,
+        ips: Vec<std::net::IpAddr>,
+        netns: String,
+        reason: String,
+    ) -> StaleAttachment {
+        StaleAttachment {
+            endpoint,
+            ip: ips
+                .first()
+                .copied()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            ips,
+            netns,
+            reason,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! unsupported `cniVersion` is code 1. Unknown fields are ignored (runtimes
 //! add their own).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ferry_api::pod::{
@@ -12,10 +12,10 @@ use ferry_api::pod::{
 };
 use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::env::parse_ipv4_maybe_cidr;
+use crate::env::parse_ip_maybe_cidr;
 use crate::error::CniError;
 use crate::version::CniVersion;
 
@@ -41,8 +41,8 @@ pub struct NetConf {
     pub ipam: IpamConf,
     /// `dns`, copied verbatim into the ADD result.
     pub dns: Option<Map<String, Value>>,
-    /// `runtimeConfig.ips` (the `ips` capability).
-    pub runtime_ips: Vec<Ipv4Addr>,
+    /// `runtimeConfig.ips` (the `ips` capability), either family.
+    pub runtime_ips: Vec<IpAddr>,
     /// How the pod interface is made: the `ferry.dev/attachment` pod
     /// annotation if the runtime passed one, else the network's
     /// `attachment`, else veth.
@@ -56,9 +56,11 @@ pub struct NetConf {
 }
 
 /// `ipam` of the config (type absent or "ferry"); both lists may be empty,
-/// in which case ferryd uses its own pool and a default route.
+/// in which case ferryd uses its own pools and a default route per family.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IpamConf {
+    /// The ranges of every range set; each set is of one family and the
+    /// sets of different families, so ferryd tells them apart by family.
     pub ranges: Vec<RangeSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -271,13 +273,14 @@ fn parse_ipam(ipam: &Obj<'_>) -> Result<IpamConf, CniError> {
     }
     let mut out = IpamConf::default();
     if let Some(sets) = ipam.arr_opt("ranges")? {
-        if sets.len() > 1 {
+        if sets.len() > 2 {
             return Err(CniError::invalid_config(format!(
-                "field `ipam.ranges` has {} range sets: ferry gives a pod one IPv4 address, so it takes one \
-                 range set (put several ranges in it: \"ranges\": [[{{...}}, {{...}}]])",
+                "field `ipam.ranges` has {} range sets: ferry gives a pod one address per family, so it takes \
+                 at most two, an IPv4 one and an IPv6 one (\"ranges\": [[{{IPv4...}}], [{{IPv6...}}]])",
                 sets.len()
             )));
         }
+        let mut families: Vec<bool> = Vec::new();
         for (i, set) in sets.iter().enumerate() {
             let path = format!("ipam.ranges[{i}]");
             let Value::Array(ranges) = set else {
@@ -291,10 +294,30 @@ fn parse_ipam(ipam: &Obj<'_>) -> Result<IpamConf, CniError> {
                     "field `{path}` is an empty range set; give at least one {{\"subnet\": ...}}"
                 )));
             }
+            let first = out.ranges.len();
             for (j, range) in ranges.iter().enumerate() {
                 let range = Obj::at(range, format!("{path}[{j}]"))?;
                 out.ranges.push(parse_range(&range)?);
             }
+            let v4 = out.ranges[first].subnet.addr().is_ipv4();
+            if let Some(other) = out.ranges[first..]
+                .iter()
+                .find(|r| r.subnet.addr().is_ipv4() != v4)
+            {
+                return Err(CniError::invalid_config(format!(
+                    "field `{path}` mixes families ({} and {}): a range set is of one family; put the IPv6 \
+                     ranges in a range set of their own",
+                    out.ranges[first].subnet, other.subnet
+                )));
+            }
+            if families.contains(&v4) {
+                return Err(CniError::invalid_config(format!(
+                    "field `{path}` is a second IPv{} range set: ferry gives a pod one address per family \
+                     (put several ranges in one set)",
+                    if v4 { 4 } else { 6 }
+                )));
+            }
+            families.push(v4);
         }
     }
     if let Some(routes) = ipam.arr_opt("routes")? {
@@ -318,14 +341,15 @@ fn parse_range(range: &Obj<'_>) -> Result<RangeSpec, CniError> {
             subnet.trunc()
         )));
     }
-    if subnet.prefix_len() > 30 {
+    let max = subnet.max_prefix_len() - 2;
+    if subnet.prefix_len() > max {
         return Err(CniError::invalid_config(format!(
             "field `{}` = {subnet_text:?} is too small to allocate pod addresses from; expected a prefix of \
-             /30 or shorter",
+             /{max} or shorter",
             range.field("subnet")
         )));
     }
-    let inside = |key: &str| -> Result<Option<Ipv4Addr>, CniError> {
+    let inside = |key: &str| -> Result<Option<IpAddr>, CniError> {
         let Some(text) = range.str_opt(key)? else {
             return Ok(None);
         };
@@ -350,12 +374,11 @@ fn parse_range(range: &Obj<'_>) -> Result<RangeSpec, CniError> {
             )));
         }
     }
-    // The pod API is family-generic; this parser still takes IPv4 only.
     Ok(RangeSpec {
-        subnet: subnet.into(),
-        range_start: range_start.map(IpAddr::V4),
-        range_end: range_end.map(IpAddr::V4),
-        gateway: gateway.map(IpAddr::V4),
+        subnet,
+        range_start,
+        range_end,
+        gateway,
     })
 }
 
@@ -369,13 +392,17 @@ fn parse_route(route: &Obj<'_>) -> Result<RouteSpec, CniError> {
         None => None,
         Some(text) => Some(parse_addr(text, &route.field("gw"))?),
     };
-    Ok(RouteSpec {
-        dst: dst.into(),
-        gw: gw.map(IpAddr::V4),
-    })
+    if let Some(gw) = gw.filter(|gw| gw.is_ipv4() != dst.addr().is_ipv4()) {
+        return Err(CniError::invalid_config(format!(
+            "field `{}` = \"{gw}\" is not of the family of `{}` = {dst_text:?}",
+            route.field("gw"),
+            route.field("dst")
+        )));
+    }
+    Ok(RouteSpec { dst, gw })
 }
 
-fn parse_runtime_ips(rc: &Obj<'_>) -> Result<Vec<Ipv4Addr>, CniError> {
+fn parse_runtime_ips(rc: &Obj<'_>) -> Result<Vec<IpAddr>, CniError> {
     let Some(ips) = rc.arr_opt("ips")? else {
         return Ok(Vec::new());
     };
@@ -389,7 +416,7 @@ fn parse_runtime_ips(rc: &Obj<'_>) -> Result<Vec<Ipv4Addr>, CniError> {
                     kind(v)
                 ))
             })?;
-            parse_ipv4_maybe_cidr(text).map_err(|why| {
+            parse_ip_maybe_cidr(text).map_err(|why| {
                 CniError::invalid_config(format!("field `{field}` = {text:?} {why}"))
             })
         })
@@ -420,7 +447,8 @@ static EMPTY: Vec<Value> = Vec::new();
 
 /// Reads `prevResult` (as the runtime converted it to the config's
 /// cniVersion) into the version-neutral result CHECK compares with. For
-/// 0.3.x/0.4.0 each `ips[]` may carry `version`, which must say "4".
+/// 0.3.x/0.4.0 each `ips[]` may carry `version`, which must be the family
+/// of its address ("4" or "6").
 pub fn parse_prev_result(prev: &Value, version: CniVersion) -> Result<PodResult, CniError> {
     let prev = Obj::at(prev, "prevResult".to_string())?;
     let mut interfaces = Vec::new();
@@ -453,34 +481,26 @@ pub fn parse_prev_result(prev: &Value, version: CniVersion) -> Result<PodResult,
     let mut ips = Vec::new();
     for (i, v) in prev.arr_opt("ips")?.unwrap_or(&EMPTY).iter().enumerate() {
         let ip = Obj::at(v, format!("prevResult.ips[{i}]"))?;
-        // 0.3.x/0.4.0 results carry `version`; when absent (or in 1.x) the
-        // family is taken from the address below.
-        let family = ip.str_opt("version")?;
-        if let Some(family) = family.filter(|f| *f != "4") {
-            return Err(CniError::invalid_config(format!(
-                "field `{}` = {family:?} (cniVersion {version}): ferry only assigns IPv4 (\"4\"); IPv6 not \
-                 supported yet",
-                ip.field("version")
-            )));
-        }
         let addr_text = ip.str_opt("address")?.ok_or_else(|| {
             CniError::invalid_config(format!("field `{}` is missing", ip.field("address")))
         })?;
-        let address = match addr_text.parse::<IpNet>() {
-            Ok(IpNet::V4(n)) => n,
-            Ok(IpNet::V6(_)) => {
-                return Err(CniError::invalid_config(format!(
-                    "field `{}` = {addr_text:?} is IPv6: IPv6 not supported yet",
-                    ip.field("address")
-                )))
-            }
-            Err(_) => {
-                return Err(CniError::invalid_config(format!(
-                "field `{}` = {addr_text:?} is not an address with prefix (e.g. \"10.88.0.5/16\")",
+        let address = addr_text.parse::<IpNet>().map_err(|_| {
+            CniError::invalid_config(format!(
+                "field `{}` = {addr_text:?} is not an address with prefix (e.g. \"10.88.0.5/16\" or \
+                 \"fd00::5/64\")",
                 ip.field("address")
-            )))
-            }
-        };
+            ))
+        })?;
+        // 0.3.x/0.4.0 results carry `version`; when absent (or in 1.x) the
+        // family is the address's.
+        let family = if address.addr().is_ipv4() { "4" } else { "6" };
+        if let Some(v) = ip.str_opt("version")?.filter(|v| *v != family) {
+            return Err(CniError::invalid_config(format!(
+                "field `{}` = {v:?} (cniVersion {version}) does not match the IPv{family} address {addr_text:?}; \
+                 expected \"{family}\"",
+                ip.field("version")
+            )));
+        }
         let gateway = match ip.str_opt("gateway")? {
             None => None,
             Some(text) => Some(parse_addr(text, &ip.field("gateway"))?),
@@ -510,8 +530,8 @@ pub fn parse_prev_result(prev: &Value, version: CniVersion) -> Result<PodResult,
             )));
         }
         ips.push(IpConfig {
-            address: address.into(),
-            gateway: gateway.map(IpAddr::V4),
+            address,
+            gateway,
             interface,
         });
     }
@@ -527,30 +547,22 @@ pub fn parse_prev_result(prev: &Value, version: CniVersion) -> Result<PodResult,
     })
 }
 
-/// `a.b.c.d/len` as an IPv4 network; the error names `field`.
-fn parse_net(text: &str, field: &str) -> Result<Ipv4Net, CniError> {
-    match text.parse::<IpNet>() {
-        Ok(IpNet::V4(n)) => Ok(n),
-        Ok(IpNet::V6(_)) => Err(CniError::invalid_config(format!(
-            "field `{field}` = {text:?} is IPv6: IPv6 not supported yet"
-        ))),
-        Err(_) => Err(CniError::invalid_config(format!(
-            "field `{field}` = {text:?} is not a CIDR; expected e.g. \"10.88.0.0/16\""
-        ))),
-    }
+/// A CIDR of either family; the error names `field`.
+fn parse_net(text: &str, field: &str) -> Result<IpNet, CniError> {
+    text.parse::<IpNet>().map_err(|_| {
+        CniError::invalid_config(format!(
+            "field `{field}` = {text:?} is not a CIDR; expected e.g. \"10.88.0.0/16\" or \"fd00::/64\""
+        ))
+    })
 }
 
-/// `a.b.c.d` as an IPv4 address; the error names `field`.
-fn parse_addr(text: &str, field: &str) -> Result<Ipv4Addr, CniError> {
-    match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => Ok(a),
-        Ok(IpAddr::V6(_)) => Err(CniError::invalid_config(format!(
-            "field `{field}` = {text:?} is IPv6: IPv6 not supported yet"
-        ))),
-        Err(_) => Err(CniError::invalid_config(format!(
-            "field `{field}` = {text:?} is not an IPv4 address; expected e.g. \"10.88.0.1\""
-        ))),
-    }
+/// An address of either family; the error names `field`.
+fn parse_addr(text: &str, field: &str) -> Result<IpAddr, CniError> {
+    text.parse::<IpAddr>().map_err(|_| {
+        CniError::invalid_config(format!(
+            "field `{field}` = {text:?} is not an IP address; expected e.g. \"10.88.0.1\" or \"fd00::1\""
+        ))
+    })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -635,6 +647,8 @@ impl<'a> Obj<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use serde_json::json;
 
     use super::*;
@@ -779,7 +793,7 @@ mod tests {
         assert_eq!(c.dns.unwrap()["options"], json!(["ndots:5"]));
         assert_eq!(
             c.runtime_ips,
-            vec![Ipv4Addr::new(10, 88, 0, 9), Ipv4Addr::new(10, 88, 0, 11)]
+            vec![IpAddr::from([10, 88, 0, 9]), IpAddr::from([10, 88, 0, 11])]
         );
         assert_eq!(
             c.valid_attachments,
@@ -901,10 +915,22 @@ mod tests {
                 "empty range set",
             ),
             (
-                "two range sets",
+                "two IPv4 range sets",
                 json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.1.0.0/24"}]]}}),
                 7,
-                "2 range sets",
+                "second IPv4 range set",
+            ),
+            (
+                "two IPv6 range sets",
+                json!({"ipam": {"ranges": [[{"subnet": "fd00::/64"}], [{"subnet": "fd01::/64"}]]}}),
+                7,
+                "second IPv6 range set",
+            ),
+            (
+                "three range sets",
+                json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}], [{"subnet": "fd01::/64"}]]}}),
+                7,
+                "at most two",
             ),
             (
                 "no subnet",
@@ -913,10 +939,10 @@ mod tests {
                 "`ipam.ranges[0][0].subnet` is missing",
             ),
             (
-                "ipv6 subnet",
-                json!({"ipam": {"ranges": [[{"subnet": "fd00::/64"}]]}}),
+                "mixed families in one range set",
+                json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}}),
                 7,
-                "IPv6 not supported yet",
+                "mixes families",
             ),
             (
                 "bad subnet",
@@ -961,10 +987,10 @@ mod tests {
                 "rangeStart <= rangeEnd",
             ),
             (
-                "ipv6 gateway",
+                "ipv6 gateway of an ipv4 range",
                 json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "fd00::1"}]]}}),
                 7,
-                "IPv6 not supported yet",
+                "outside the range's subnet",
             ),
             (
                 "route no dst",
@@ -973,10 +999,10 @@ mod tests {
                 "`ipam.routes[0].dst` is missing",
             ),
             (
-                "route ipv6",
-                json!({"ipam": {"routes": [{"dst": "::/0"}]}}),
+                "route with a gateway of the other family",
+                json!({"ipam": {"routes": [{"dst": "::/0", "gw": "10.0.0.1"}]}}),
                 7,
-                "IPv6 not supported yet",
+                "is not of the family",
             ),
             (
                 "route bad gw",
@@ -1009,10 +1035,10 @@ mod tests {
                 "runtimeConfig.ips[0]` = \"10.0.0.300/24\"",
             ),
             (
-                "runtime ip v6",
-                json!({"runtimeConfig": {"ips": ["fd00::5/64"]}}),
+                "ipv6 subnet too small",
+                json!({"ipam": {"ranges": [[{"subnet": "fd00::/127"}]]}}),
                 7,
-                "IPv6 not supported yet",
+                "/126 or shorter",
             ),
             (
                 "attachments not array",
@@ -1114,14 +1140,14 @@ mod tests {
                 "`prevResult` must be an object",
             ),
             (
-                "ipv6 version",
+                "version 6 of an IPv4 address",
                 Box::new(|p| p["ips"][0]["version"] = json!("6")),
-                "IPv6 not supported yet",
+                "does not match the IPv4 address",
             ),
             (
-                "ipv6 address",
+                "version 4 of an IPv6 address",
                 Box::new(|p| p["ips"][0]["address"] = json!("fd00::5/64")),
-                "IPv6 not supported yet",
+                "does not match the IPv6 address",
             ),
             (
                 "bare address",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use crate::error::CniError;
@@ -214,9 +214,10 @@ impl Invocation {
         })
     }
 
-    /// Addresses asked for with `IP=a.b.c.d[,e.f.g.h]` in CNI_ARGS
-    /// (host-local's convention; a `/prefix` is accepted and ignored).
-    pub fn requested_ips(&self) -> Result<Vec<Ipv4Addr>, CniError> {
+    /// Addresses asked for with `IP=a.b.c.d[,fd00::9]` in CNI_ARGS
+    /// (host-local's convention, one per family for a dual-stack pod; a
+    /// `/prefix` is accepted and ignored).
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
         let Some(list) = self.args.get("IP") else {
             return Ok(Vec::new());
         };
@@ -224,7 +225,7 @@ impl Invocation {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|item| {
-                parse_ipv4_maybe_cidr(item).map_err(|why| {
+                parse_ip_maybe_cidr(item).map_err(|why| {
                     CniError::invalid_env(format!("CNI_ARGS IP={list:?}: {item:?} {why}"))
                 })
             })
@@ -232,20 +233,18 @@ impl Invocation {
     }
 }
 
-/// Parses `a.b.c.d` or `a.b.c.d/len` to the IPv4 address; the error says
-/// what is wrong with the text (to be prefixed by where it came from).
-pub fn parse_ipv4_maybe_cidr(s: &str) -> Result<Ipv4Addr, String> {
-    let addr: IpAddr = match s.split_once('/') {
+/// Parses an address of either family, alone or with a `/len`, to the
+/// address; the error says what is wrong with the text (to be prefixed by
+/// where it came from).
+pub fn parse_ip_maybe_cidr(s: &str) -> Result<IpAddr, String> {
+    match s.split_once('/') {
         Some(_) => s.parse::<ipnet::IpNet>().map(|n| n.addr()).map_err(|_| {
-            "is not an IP address or CIDR (expected e.g. 10.88.0.9 or 10.88.0.9/24)".to_string()
-        })?,
+            "is not an IP address or CIDR (expected e.g. 10.88.0.9, 10.88.0.9/24 or fd00::9/64)"
+                .to_string()
+        }),
         None => s
             .parse::<IpAddr>()
-            .map_err(|_| "is not an IP address (expected e.g. 10.88.0.9)".to_string())?,
-    };
-    match addr {
-        IpAddr::V4(v4) => Ok(v4),
-        IpAddr::V6(_) => Err("is IPv6: IPv6 not supported yet".to_string()),
+            .map_err(|_| "is not an IP address (expected e.g. 10.88.0.9 or fd00::9)".to_string()),
     }
 }
 
@@ -319,6 +318,8 @@ pub fn parse_cni_args(raw: &str) -> Result<BTreeMap<String, String>, CniError> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
@@ -507,9 +508,15 @@ mod tests {
             inv.requested_ips().unwrap(),
             vec![Ipv4Addr::new(10, 88, 0, 9), Ipv4Addr::new(10, 88, 0, 10)]
         );
+        // Dual stack, as host-local takes it: one address per family.
+        let inv = Invocation::from_env(&with(ADD, "CNI_ARGS", Some("IP=10.88.0.9/24,fd00::9/64")))
+            .unwrap();
+        let want: Vec<IpAddr> = vec![[10, 88, 0, 9].into(), "fd00::9".parse().unwrap()];
+        assert_eq!(inv.requested_ips().unwrap(), want);
         for (bad, needle) in [
             ("IP=10.88.0.300", "not an IP address"),
-            ("IP=fd00::1", "IPv6 not supported yet"),
+            ("IP=fd00::zz", "not an IP address"),
+            ("IP=fd00::1/129", "not an IP address or CIDR"),
         ] {
             let inv = Invocation::from_env(&with(ADD, "CNI_ARGS", Some(bad))).unwrap();
             let e = inv.requested_ips().unwrap_err();

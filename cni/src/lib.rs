@@ -124,7 +124,7 @@ fn execute(env: &Env, stdin: &[u8], ferryd: Ferryd<'_>) -> Result<String, CniErr
             req.ipam = IpamRequest {
                 ranges: conf.ipam.ranges.clone(),
                 routes: conf.ipam.routes.clone(),
-                requested: requested.into_iter().map(std::net::IpAddr::V4).collect(),
+                requested,
             };
             if command == Command::Check {
                 let prev = conf.prev_result.as_ref().ok_or_else(|| {

@@ -152,6 +152,44 @@ mod tests {
     }
 
     #[test]
+    fn both_families_in_every_version() {
+        let mut r = sample();
+        r.ips.push(IpConfig {
+            address: "fd00::5/64".parse().unwrap(),
+            gateway: Some("fd00::1".parse().unwrap()),
+            interface: 0,
+        });
+        r.routes.push(RouteSpec {
+            dst: "::/0".parse().unwrap(),
+            gw: Some("fd00::1".parse().unwrap()),
+        });
+        for v in CniVersion::ALL {
+            let out = add_result(&r, v, None);
+            let versions: Vec<&Value> = out["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|ip| &ip["version"])
+                .collect();
+            if v < CniVersion::V1_0_0 {
+                assert_eq!(versions, [&json!("4"), &json!("6")], "{v}");
+            } else {
+                assert!(
+                    versions.iter().all(|x| x.is_null()),
+                    "{v}: no version in 1.x"
+                );
+            }
+            assert_eq!(out["ips"][1]["address"], json!("fd00::5/64"), "{v}");
+            assert_eq!(out["ips"][1]["gateway"], json!("fd00::1"), "{v}");
+            assert_eq!(
+                out["routes"][1],
+                json!({"dst": "::/0", "gw": "fd00::1"}),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
     fn omits_empty_fields_and_copies_dns() {
         let bare = PodResult {
             interfaces: vec![Interface {

@@ -168,6 +168,84 @@ fn add_prints_the_result_in_every_version() {
     }
 }
 
+/// What ferryd answers a dual-stack ADD with.
+fn dual_stack_result() -> PodResult {
+    let mut r = pod_result();
+    let gw6: std::net::IpAddr = "fd00::1".parse().unwrap();
+    r.ips.push(IpConfig {
+        address: "fd00::5/64".parse().unwrap(),
+        gateway: Some(gw6),
+        interface: 0,
+    });
+    r.routes.push(RouteSpec {
+        dst: "::/0".parse().unwrap(),
+        gw: Some(gw6),
+    });
+    r
+}
+
+#[test]
+fn dual_stack_add_and_check_in_every_version() {
+    for v in CniVersion::ALL {
+        let fake = Fake::answering(|_| {
+            Ok(PodResponse::Ok {
+                result: Some(dual_stack_result()),
+            })
+        });
+        let ranges = json!([[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd00::/64", "rangeStart": "fd00::10", "gateway": "fd00::1"}]]);
+        let (code, out) = fake.run(
+            &env("ADD", &[("CNI_ARGS", "IgnoreUnknown=1;IP=10.88.0.9,fd00::9")]),
+            &conf(
+                v.as_str(),
+                json!({"ipam": {"ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]},
+                       "runtimeConfig": {"ips": ["fd00::9/64"]}}),
+            ),
+        );
+        assert_eq!(code, 0, "{v}: {out}");
+        let mut ip4 = json!({"interface": 0, "address": "10.88.0.5/16", "gateway": "10.88.0.1"});
+        let mut ip6 = json!({"interface": 0, "address": "fd00::5/64", "gateway": "fd00::1"});
+        if v < CniVersion::V1_0_0 {
+            ip4["version"] = json!("4");
+            ip6["version"] = json!("6");
+        }
+        let printed = json_out(&out);
+        assert_eq!(printed["ips"], json!([ip4, ip6]), "{v}");
+        assert_eq!(
+            printed["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}, {"dst": "::/0", "gw": "fd00::1"}]),
+            "{v}"
+        );
+        let req = fake.only_request();
+        assert_eq!(req.ipam.ranges.len(), 2, "{v}");
+        assert_eq!(req.ipam.ranges[1].subnet.to_string(), "fd00::/64");
+        assert_eq!(
+            req.ipam.ranges[1].range_start,
+            Some("fd00::10".parse().unwrap())
+        );
+        assert_eq!(req.ipam.routes[1].dst.to_string(), "::/0");
+        // CNI_ARGS first, the runtime's duplicate not twice.
+        let want: Vec<std::net::IpAddr> = vec![[10, 88, 0, 9].into(), "fd00::9".parse().unwrap()];
+        assert_eq!(req.ipam.requested, want, "{v}");
+
+        // CHECK (0.4.0 and later) with that result as prevResult: both
+        // families reach ferryd, version-neutral.
+        if v < CniVersion::V0_4_0 {
+            continue;
+        }
+        let fake = Fake::ok();
+        let (code, out) = fake.run(
+            &env("CHECK", &[]),
+            &conf(v.as_str(), json!({"prevResult": printed})),
+        );
+        assert_eq!((code, out.as_str()), (0, ""), "{v}");
+        assert_eq!(
+            fake.only_request().prev_result,
+            Some(dual_stack_result()),
+            "{v}"
+        );
+    }
+}
+
 #[test]
 fn add_copies_dns_and_ipam_from_the_config() {
     let fake = Fake::ok();
@@ -272,11 +350,11 @@ fn invalid_input_is_reported_with_its_code_and_never_reaches_ferryd() {
             "CNI_ARGS IP=\"10.88.0.x\"",
         ),
         (
-            "CNI_ARGS IPv6",
-            env("ADD", &[("CNI_ARGS", "IP=fd00::2")]),
+            "CNI_ARGS bad IPv6",
+            env("ADD", &[("CNI_ARGS", "IP=10.88.0.9,fd00::zz")]),
             ok11.clone(),
             4,
-            "IPv6 not supported yet",
+            "\"fd00::zz\" is not an IP address",
         ),
         (
             "bad JSON",
@@ -328,14 +406,14 @@ fn invalid_input_is_reported_with_its_code_and_never_reaches_ferryd() {
             "GC needs cniVersion 1.1.0",
         ),
         (
-            "IPv6 subnet",
+            "a range set of both families",
             env("ADD", &[]),
             conf(
                 "1.1.0",
-                json!({"ipam": {"ranges": [[{"subnet": "fd00::/64"}]]}}),
+                json!({"ipam": {"ranges": [[{"subnet": "10.88.0.0/16"}, {"subnet": "fd00::/64"}]]}}),
             ),
             7,
-            "IPv6 not supported yet",
+            "mixes families",
         ),
         (
             "range outside subnet",
@@ -362,14 +440,14 @@ fn invalid_input_is_reported_with_its_code_and_never_reaches_ferryd() {
             "required prevResult missing",
         ),
         (
-            "CHECK with IPv6 prevResult",
+            "CHECK with an IPv6 prevResult labelled version 4",
             env("CHECK", &[]),
             conf(
-                "1.0.0",
-                json!({"prevResult": {"interfaces": [{"name": "eth0", "mac": "0a:58:0a:58:00:05"}], "ips": [{"address": "fd00::5/64", "interface": 0}]}}),
+                "0.4.0",
+                json!({"prevResult": {"interfaces": [{"name": "eth0", "mac": "0a:58:0a:58:00:05"}], "ips": [{"version": "4", "address": "fd00::5/64", "interface": 0}]}}),
             ),
             7,
-            "IPv6 not supported yet",
+            "does not match the IPv6 address",
         ),
         (
             "GC without attachments",

@@ -4,11 +4,11 @@
 //! and [`Config::from_raw`] (validation into typed values), so every error
 //! names the field and the value it refused.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 mod cluster;
@@ -35,10 +35,17 @@ Configuration file (TOML, every field optional):
                     [default: /run/ferry/dataplane.sock]
   state_dir         directory of the crash-safe store (ferry.redb)
                     [default: /var/lib/ferry]
-  pod_cidrs         IPv4 CIDRs pods get addresses from, e.g. [\"10.88.0.0/16\"]
+  pod_cidrs         CIDRs pods get addresses from: one or more IPv4 CIDRs (at
+                    most /30) and at most one IPv6 CIDR (at most /126); with
+                    an IPv6 CIDR every pod gets one address of each family
+                    (dual stack), e.g. [\"10.88.0.0/16\", \"fd00:10:88::/64\"].
+                    An IPv4 CIDR is required (no IPv6-only nodes yet)
                     [default: [\"10.88.0.0/16\"]]
-  gateway           the pods' default gateway, inside one of pod_cidrs
-                    [default: first host address of the first CIDR]
+  gateway           the pods' IPv4 default gateway, inside one of pod_cidrs
+                    [default: first host address of the first IPv4 CIDR]
+  gateway6          the pods' IPv6 default gateway, inside the IPv6 CIDR and
+                    not its subnet-router anycast (::0) address; only with
+                    an IPv6 CIDR [default: the CIDR's first host, ::1]
   mtu               MTU of pod interfaces and of the host port, 68..=65535;
                     ADD refuses a pod MTU above what its attachment carries
                     (the dataplane says: veth 1778, tap 65535)
@@ -110,6 +117,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_port: Option<String>,
@@ -159,8 +168,11 @@ pub struct Config {
     pub socket: PathBuf,
     pub dataplane_socket: PathBuf,
     pub state_dir: PathBuf,
+    /// The IPv4 CIDRs of `pod_cidrs`.
     pub pod_cidrs: Vec<Ipv4Net>,
     pub gateway: Ipv4Addr,
+    /// The IPv6 CIDR of `pod_cidrs` and its gateway; `None`: IPv4 pods only.
+    pub ipv6: Option<Ipv6Pods>,
     /// `mtu` as written; `None`: derived ([`Config::mtu`]).
     pub mtu_setting: Option<u32>,
     pub host_port: String,
@@ -173,6 +185,14 @@ pub struct Config {
     /// else `pod_cidrs` is the block claimed from the cluster CIDR
     /// ([`Config::with_block`]; until then the CIDR's first block).
     pub cluster: Option<ClusterConfig>,
+}
+
+/// The node's IPv6 pods: the CIDR their addresses come from and the
+/// gateway (held by the host port's kernel end, never handed out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pods {
+    pub cidr: Ipv6Net,
+    pub gateway: Ipv6Addr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,10 +220,9 @@ fn invalid(field: &'static str, msg: impl Into<String>) -> ConfigError {
 
 /// The first usable host address of a network (`10.88.0.0/16` -> `10.88.0.1`).
 pub fn first_host(net: Ipv4Net) -> Ipv4Addr {
-    if net.prefix_len() >= 31 {
-        net.network()
-    } else {
-        Ipv4Addr::from(u32::from(net.network()).wrapping_add(1))
+    match crate::ipam::first_host(net.into()) {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("the first host of an IPv4 network is IPv4"),
     }
 }
 
@@ -269,6 +288,7 @@ impl Config {
             for (field, set) in [
                 ("pod_cidrs", raw.pod_cidrs.is_some()),
                 ("gateway", raw.gateway.is_some()),
+                ("gateway6", raw.gateway6.is_some()),
                 ("peers", raw.peers.is_some()),
             ] {
                 if set {
@@ -291,13 +311,13 @@ impl Config {
         if cidr_texts.is_empty() {
             return Err(invalid("pod_cidrs", "needs at least one IPv4 CIDR"));
         }
-        let mut pod_cidrs: Vec<Ipv4Net> = Vec::with_capacity(cidr_texts.len());
+        let mut nets: Vec<IpNet> = Vec::with_capacity(cidr_texts.len());
         for text in &cidr_texts {
-            let net: Ipv4Net = text.trim().parse().map_err(|_| {
+            let net: IpNet = text.trim().parse().map_err(|_| {
                 invalid(
                     "pod_cidrs",
                     format!(
-                        "{text:?} is not an IPv4 CIDR (a.b.c.d/len; IPv6 is not supported yet)"
+                        "{text:?} is not a CIDR (a.b.c.d/len or an IPv6 prefix such as fd00::/64)"
                     ),
                 )
             })?;
@@ -307,27 +327,51 @@ impl Config {
                     format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
                 ));
             }
-            if net.prefix_len() > 30 {
+            if net.prefix_len() > crate::ipam::max_pool_prefix(&net) {
                 return Err(invalid(
                     "pod_cidrs",
-                    format!("{text:?} is too small for pods (at most /30)"),
+                    format!(
+                        "{text:?} is too small for pods (at most /{})",
+                        crate::ipam::max_pool_prefix(&net)
+                    ),
                 ));
             }
-            if let Some(other) = pod_cidrs
-                .iter()
-                .find(|o| o.contains(&net) || net.contains(*o))
-            {
+            if let Some(other) = nets.iter().find(|o| o.contains(&net) || net.contains(*o)) {
                 return Err(invalid("pod_cidrs", format!("{net} overlaps {other}")));
             }
-            pod_cidrs.push(net);
+            nets.push(net);
+        }
+        let (mut pod_cidrs, mut cidrs6): (Vec<Ipv4Net>, Vec<Ipv6Net>) = (Vec::new(), Vec::new());
+        for net in nets {
+            match net {
+                IpNet::V4(n) => pod_cidrs.push(n),
+                IpNet::V6(n) => cidrs6.push(n),
+            }
+        }
+        if pod_cidrs.is_empty() {
+            return Err(invalid(
+                "pod_cidrs",
+                format!(
+                    "{cidr_texts:?} has no IPv4 CIDR: IPv6-only nodes are not supported yet \
+                     (add an IPv4 CIDR beside the IPv6 one)"
+                ),
+            ));
+        }
+        if cidrs6.len() > 1 {
+            return Err(invalid(
+                "pod_cidrs",
+                format!("{cidrs6:?}: at most one IPv6 CIDR (a pod gets one address per family)"),
+            ));
         }
 
         let gateway = match raw.gateway {
             None => first_host(pod_cidrs[0]),
-            Some(text) => text
-                .trim()
-                .parse::<Ipv4Addr>()
-                .map_err(|_| invalid("gateway", format!("{text:?} is not an IPv4 address")))?,
+            Some(text) => text.trim().parse::<Ipv4Addr>().map_err(|_| {
+                invalid(
+                    "gateway",
+                    format!("{text:?} is not an IPv4 address (the IPv6 gateway is `gateway6`)"),
+                )
+            })?,
         };
         let Some(gw_net) = pod_cidrs.iter().find(|n| n.contains(&gateway)) else {
             return Err(invalid(
@@ -341,6 +385,35 @@ impl Config {
                 format!("{gateway} is the network or broadcast address of {gw_net}"),
             ));
         }
+        let ipv6 = match (cidrs6.first(), raw.gateway6) {
+            (None, None) => None,
+            (None, Some(text)) => {
+                return Err(invalid(
+                    "gateway6",
+                    format!("{text:?} needs an IPv6 CIDR in pod_cidrs"),
+                ))
+            }
+            (Some(&cidr), text) => {
+                let gateway = match text {
+                    None => match crate::ipam::first_host(cidr.into()) {
+                        IpAddr::V6(a) => a,
+                        IpAddr::V4(_) => unreachable!("the first host of an IPv6 network is IPv6"),
+                    },
+                    Some(text) => text.trim().parse::<Ipv6Addr>().map_err(|_| {
+                        invalid("gateway6", format!("{text:?} is not an IPv6 address"))
+                    })?,
+                };
+                if !cidr.contains(&gateway) || gateway == cidr.network() {
+                    return Err(invalid(
+                        "gateway6",
+                        format!(
+                            "{gateway} is not a host address of {cidr} (its ::0 is the subnet-router anycast)"
+                        ),
+                    ));
+                }
+                Some(Ipv6Pods { cidr, gateway })
+            }
+        };
 
         let mtu_setting = match raw.mtu {
             None => None,
@@ -402,6 +475,7 @@ impl Config {
             state_dir,
             pod_cidrs,
             gateway,
+            ipv6,
             mtu_setting,
             host_port,
             log_level,
@@ -432,8 +506,9 @@ impl Config {
             pod_cidrs: self
                 .cluster
                 .is_none()
-                .then(|| self.pod_cidrs.iter().map(ToString::to_string).collect()),
+                .then(|| self.pod_nets().iter().map(ToString::to_string).collect()),
             gateway: self.cluster.is_none().then(|| self.gateway.to_string()),
+            gateway6: self.ipv6.map(|v6| v6.gateway.to_string()),
             mtu: self.mtu_setting.map(i64::from),
             host_port: Some(self.host_port.clone()),
             log_level: Some(self.log_level.clone()),
@@ -491,6 +566,19 @@ impl Config {
             u.resolve(facts, self.mtu_setting)?;
         }
         Ok(cfg)
+    }
+
+    /// The node's pod CIDRs of both families (IPv4 first), as the table
+    /// API and IPAM take them.
+    pub fn pod_nets(&self) -> Vec<IpNet> {
+        let v4 = self.pod_cidrs.iter().map(|&c| IpNet::from(c));
+        v4.chain(self.ipv6.map(|v6| v6.cidr.into())).collect()
+    }
+
+    /// The pods' gateways, one per family served (IPv4 first).
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        let v4 = std::iter::once(IpAddr::from(self.gateway));
+        v4.chain(self.ipv6.map(|v6| v6.gateway.into())).collect()
     }
 
     /// Every pod CIDR of the cluster this node knows: its own, then the
@@ -619,6 +707,42 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pod_cidrs_parse_and_round_trip() {
+        let c = Config::parse(r#"pod_cidrs = ["10.88.0.0/16", "fd00:10:88::/64"]"#).unwrap();
+        assert_eq!(
+            c.pod_cidrs,
+            vec!["10.88.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
+        let v6 = c.ipv6.expect("an IPv6 CIDR");
+        assert_eq!(v6.cidr, "fd00:10:88::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(v6.gateway, "fd00:10:88::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            c.gateways(),
+            vec![
+                IpAddr::from(Ipv4Addr::new(10, 88, 0, 1)),
+                "fd00:10:88::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.pod_nets().len(), 2);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        // The IPv6 CIDR may come first; the gateway may be set.
+        let c = Config::parse(
+            r#"
+            pod_cidrs = ["fd00:1::/120", "10.1.0.0/24"]
+            gateway6 = "fd00:1::fe"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.gateway, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(
+            c.ipv6.unwrap().gateway,
+            "fd00:1::fe".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        assert_eq!(Config::default().ipv6, None);
+    }
+
+    #[test]
     fn default_config_round_trips_through_toml() {
         let c = Config::default();
         let again = Config::parse(&c.to_toml()).unwrap();
@@ -633,6 +757,30 @@ mod tests {
     fn bad_configs_name_the_field() {
         let cases: &[(&str, &str)] = &[
             ("pod_cidrs = [\"fd00::/64\"]", "pod_cidrs"),
+            (
+                "pod_cidrs = [\"10.0.0.0/8\", \"fd00::/64\", \"fd01::/64\"]",
+                "pod_cidrs",
+            ),
+            ("pod_cidrs = [\"10.0.0.0/8\", \"fd00::/127\"]", "pod_cidrs"),
+            ("pod_cidrs = [\"10.0.0.0/8\", \"fd00::1/64\"]", "pod_cidrs"),
+            (
+                "pod_cidrs = [\"10.0.0.0/8\", \"fd00::/48\", \"fd00::/64\"]",
+                "pod_cidrs",
+            ),
+            ("gateway6 = \"fd00::1\"", "gateway6"),
+            ("gateway = \"fd00::1\"", "gateway"),
+            (
+                "pod_cidrs = [\"10.0.0.0/8\", \"fd00::/64\"]\ngateway6 = \"fd01::1\"",
+                "gateway6",
+            ),
+            (
+                "pod_cidrs = [\"10.0.0.0/8\", \"fd00::/64\"]\ngateway6 = \"fd00::\"",
+                "gateway6",
+            ),
+            (
+                "pod_cidrs = [\"10.0.0.0/8\", \"fd00::/64\"]\ngateway6 = \"10.0.0.1\"",
+                "gateway6",
+            ),
             ("pod_cidrs = [\"10.88.0.5/16\"]", "pod_cidrs"),
             ("pod_cidrs = []", "pod_cidrs"),
             ("pod_cidrs = [\"10.0.0.0/8\", \"10.1.0.0/16\"]", "pod_cidrs"),

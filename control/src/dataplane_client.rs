@@ -427,14 +427,12 @@ impl Task {
                             log::warn!("endpoint {endpoint} is stale: port {port}: {error}");
                             stale.insert(
                                 endpoint.clone(),
-                                StaleAttachment {
-                                    endpoint: endpoint.clone(),
-                                    ip: ep.ips.first().copied().unwrap_or(std::net::IpAddr::V4(
-                                        std::net::Ipv4Addr::UNSPECIFIED,
-                                    )),
-                                    netns: ep.netns.clone(),
-                                    reason: format!("the dataplane cannot open {port}: {error}"),
-                                },
+                                StaleAttachment::new(
+                                    endpoint.clone(),
+                                    ep.ips.clone(),
+                                    ep.netns.clone(),
+                                    format!("the dataplane cannot open {port}: {error}"),
+                                ),
                             );
                         }
                         None => {

@@ -91,7 +91,7 @@ pub fn endpoint_of(rec: &Record) -> Endpoint {
     Endpoint {
         id: rec.id.endpoint_id(),
         host_ifname: rec.host_ifname.clone(),
-        ips: vec![rec.ip.into()],
+        ips: rec.ips(),
         mac: rec.mac,
         attachment: rec.attachment,
         netns,
@@ -126,12 +126,7 @@ async fn fit_queues(netlink: &Netlink, rec: &Record, workers: u32) {
 
 /// How a stale record is reported.
 pub fn stale_of(rec: &Record, reason: String) -> StaleAttachment {
-    StaleAttachment {
-        endpoint: rec.id.endpoint_id(),
-        ip: rec.ip.into(),
-        netns: rec.netns.clone(),
-        reason,
-    }
+    StaleAttachment::new(rec.id.endpoint_id(), rec.ips(), rec.netns.clone(), reason)
 }
 
 /// The live endpoints of `ready` and the stale records, in store order.
@@ -156,7 +151,7 @@ pub async fn desired(
                 log::warn!(
                     "{} ({}) is stale: {why}; kept until DEL or GC",
                     rec.id,
-                    rec.ip
+                    rec.addrs
                 );
                 stale.push(stale_of(rec, why));
             }
@@ -169,9 +164,9 @@ pub async fn desired(
 /// port's ([`Config::default_mtu`] for a veth).
 pub fn node_settings(cfg: &Config, host_port: Option<HostPort>, host_mtu: u32) -> NodeSettings {
     NodeSettings {
-        gateways: vec![cfg.gateway.into()],
+        gateways: cfg.gateways(),
         router_mac: MacAddr::ROUTER,
-        pod_cidrs: cfg.pod_cidrs.iter().map(|&c| c.into()).collect(),
+        pod_cidrs: cfg.pod_nets(),
         host_port,
         mtu: host_mtu,
         uplink: cfg.uplink.as_ref().and_then(|u| u.api()),
@@ -305,7 +300,14 @@ pub async fn ensure_host_port(
     let kernel = cfg.host_port_kernel().to_string();
     let dp_name = cfg.host_port_dp();
     let mac = netlink
-        .ensure_host_port(&kernel, &dp_name, cfg.gateway, &cfg.pod_cidrs, mtu, queues)
+        .ensure_host_port(
+            &kernel,
+            &dp_name,
+            &cfg.gateways(),
+            &cfg.pod_nets(),
+            mtu,
+            queues,
+        )
         .await?;
     let peers = cfg.kernel_peer_cidrs();
     netlink
@@ -377,6 +379,63 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_dual_stack_node_syncs_both_families() {
+        let cfg = Config::parse(r#"pod_cidrs = ["10.88.0.0/16", "fd00:10:88::/64"]"#).unwrap();
+        let n = node_settings(&cfg, None, 1500);
+        assert_eq!(
+            n.gateways,
+            vec![
+                "10.88.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "fd00:10:88::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            n.pod_cidrs,
+            vec![
+                "10.88.0.0/16".parse::<ipnet::IpNet>().unwrap(),
+                "fd00:10:88::/64".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_and_stale_reports_carry_every_address() {
+        use crate::store::{Addresses, AttachmentId, PodAddress, State};
+        let rec = |addresses: &[(&str, &str)]| Record {
+            id: AttachmentId::new("n", "c", "eth0"),
+            addrs: Addresses {
+                addresses: addresses
+                    .iter()
+                    .map(|(a, g)| PodAddress {
+                        address: a.parse().unwrap(),
+                        gateway: g.parse().unwrap(),
+                    })
+                    .collect(),
+            },
+            host_ifname: "fyx".into(),
+            mac: MacAddr::ZERO,
+            netns: "/run/netns/p".into(),
+            netns_id: None,
+            mtu: 1500,
+            attachment: Attachment::Veth,
+            state: State::Ready,
+            result: ferry_api::pod::PodResult {
+                interfaces: vec![],
+                ips: vec![],
+                routes: vec![],
+            },
+        };
+        let dual = rec(&[("10.88.0.2/16", "10.88.0.1"), ("fd00::2/64", "fd00::1")]);
+        let ips: Vec<std::net::IpAddr> =
+            vec!["10.88.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        assert_eq!(endpoint_of(&dual).ips, ips);
+        let s = stale_of(&dual, "gone".into());
+        assert_eq!((s.ip, s.ips), (ips[0], ips.clone()));
+        let v6 = rec(&[("fd00::2/64", "fd00::1")]);
+        assert_eq!(stale_of(&v6, "gone".into()).ip, ips[1]);
     }
 
     #[test]

@@ -129,9 +129,17 @@ impl World {
     }
     /// The test's sockets, state, pod CIDR and host port, plus `extra`.
     fn config_with(&self, extra: &str) -> Result<Config, ferryd::config::ConfigError> {
+        self.config_cidrs(r#"["10.77.0.0/24"]"#, extra)
+    }
+    /// [`World::config_with`] with `pod_cidrs` of its own.
+    fn config_cidrs(
+        &self,
+        pod_cidrs: &str,
+        extra: &str,
+    ) -> Result<Config, ferryd::config::ConfigError> {
         Config::parse(&format!(
             "socket = \"{d}/ferryd.sock\"\ndataplane_socket = \"{d}/dataplane.sock\"\nstate_dir = \"{d}/state\"\n\
-             pod_cidrs = [\"10.77.0.0/24\"]\nhost_port = \"fhp0\"\nmetrics_listen = \"\"\n{extra}",
+             pod_cidrs = {pod_cidrs}\nhost_port = \"fhp0\"\nmetrics_listen = \"\"\n{extra}",
             d = self.dir.0.display()
         ))
     }
@@ -450,7 +458,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         assert!(!pod_ns.has_link("eth0"), "pod eth0 left after DEL");
         assert!(agent.store().get(&id).unwrap().is_none());
         assert_eq!(
-            agent.store().holder_of(ip).unwrap(),
+            agent.store().holder_of(ip.into()).unwrap(),
             None,
             "address released"
         );
@@ -474,6 +482,181 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         );
     });
     drop(pod);
+}
+
+/// A sysctl as the namespace `ns` sees it (/proc/sys/net is per namespace).
+fn sysctl_in(ns: &Netns, path: &str) -> String {
+    run_ok("ip", &["netns", "exec", &ns.name, "cat", path])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
+    let w = World::new();
+    let (pod, pod6, podt) = (w.pod(1), w.pod(2), w.pod(3));
+    let cfg = w
+        .config_cidrs(r#"["10.77.0.0/24", "fd00:77::/64"]"#, "mtu = 1400\n")
+        .unwrap();
+    let (dp_sock, pod_path, pod6_path, node_ns, pod_ns, pod6_ns, tap_ns) = (
+        w.dp_socket(),
+        pod.path(),
+        pod6.path(),
+        w.node.view(),
+        pod.view(),
+        pod6.view(),
+        podt.view(),
+    );
+    w.in_node(move || async move {
+        let dp = RecordingTableServer::start(&dp_sock, 1);
+        let agent = Agent::start(cfg).await.unwrap();
+        wait_for("dataplane connection", || agent.dataplane().connected()).await;
+
+        // The host port's kernel end: both gateways, both CIDR routes.
+        let addr = node_ns.ip(&["-6", "addr", "show", "dev", "fhp0"]);
+        let gw_line = addr
+            .lines()
+            .find(|l| l.contains("fd00:77::1/128"))
+            .unwrap_or_else(|| panic!("no IPv6 gateway on fhp0: {addr}"));
+        assert!(!gw_line.contains("tentative"), "nodad: {addr}");
+        let routes = node_ns.ip(&["-6", "route", "show"]);
+        assert!(routes.contains("fd00:77::/64 dev fhp0"), "{routes}");
+        assert!(node_ns
+            .ip(&["-4", "addr", "show", "dev", "fhp0"])
+            .contains("10.77.0.1/32"));
+
+        // The Sync carries both families.
+        let Some(Request::Sync { node, .. }) = dp.requests().get(1).cloned() else {
+            panic!("no Sync: {:?}", dp.requests())
+        };
+        let gw6: std::net::IpAddr = "fd00:77::1".parse().unwrap();
+        assert_eq!(node.gateways, vec![Ipv4Addr::new(10, 77, 0, 1).into(), gw6]);
+        assert_eq!(
+            node.pod_cidrs,
+            vec![
+                "10.77.0.0/24".parse::<ipnet::IpNet>().unwrap(),
+                "fd00:77::/64".parse().unwrap()
+            ]
+        );
+
+        // ADD: one address per family, a default route per family.
+        let add = req(pod::Command::Add, "ctr-d", Some(&pod_path), "eth0");
+        let result = ok_result(agent.handle(add).await);
+        let got: Vec<String> = result.ips.iter().map(|i| i.address.to_string()).collect();
+        assert_eq!(got, ["10.77.0.2/24", "fd00:77::2/64"]);
+        assert_eq!(result.ips[1].gateway, Some(gw6));
+        let routes: Vec<String> = result
+            .routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw))
+            .collect();
+        assert_eq!(
+            routes,
+            ["0.0.0.0/0 Some(10.77.0.1)", "::/0 Some(fd00:77::1)"]
+        );
+        let v4 = Ipv4Addr::new(10, 77, 0, 2);
+        let v6: std::net::IpAddr = "fd00:77::2".parse().unwrap();
+        let mac = MacAddr::for_pod(v4);
+        assert_eq!(
+            result.interfaces[0].mac, mac,
+            "the IPv4 address names the MAC"
+        );
+
+        // The pod end: both addresses, the IPv6 one usable at once (nodad),
+        // both default routes; no DAD and no RAs on the interface.
+        let shown = pod_ns.ip(&["addr", "show", "dev", "eth0"]);
+        assert!(shown.contains("10.77.0.2/24"), "{shown}");
+        let line6 = shown
+            .lines()
+            .find(|l| l.contains("fd00:77::2/64"))
+            .unwrap_or_else(|| panic!("no IPv6 address: {shown}"));
+        assert!(
+            !line6.contains("tentative") && !line6.contains("dadfailed"),
+            "{shown}"
+        );
+        assert!(!shown.contains("dadfailed"), "{shown}");
+        let r4 = pod_ns.ip(&["-4", "route", "show"]);
+        assert!(r4.contains("default via 10.77.0.1 dev eth0"), "{r4}");
+        let r6 = pod_ns.ip(&["-6", "route", "show"]);
+        assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+        for key in ["accept_dad", "accept_ra"] {
+            let path = format!("/proc/sys/net/ipv6/conf/eth0/{key}");
+            assert_eq!(sysctl_in(&pod_ns, &path), "0", "{key}");
+        }
+
+        // The dataplane's endpoint holds both addresses.
+        let ep = dp
+            .requests()
+            .into_iter()
+            .find_map(|r| match r {
+                Request::UpsertEndpoint { endpoint } => Some(endpoint),
+                _ => None,
+            })
+            .expect("UpsertEndpoint sent");
+        assert_eq!(ep.ips, vec![std::net::IpAddr::from(v4), v6]);
+        assert_eq!(ep.mac, mac);
+
+        // CHECK with an IPv6 prevResult passes; without the IPv6 default
+        // route it is a mismatch.
+        let mut check = req(pod::Command::Check, "ctr-d", Some(&pod_path), "eth0");
+        check.prev_result = Some(result.clone());
+        assert_ok(agent.handle(check.clone()).await);
+        pod_ns.ip(&["-6", "route", "del", "default"]);
+        let e = pod_error(agent.handle(check.clone()).await);
+        assert_eq!(e.code, code::CHECK_MISMATCH, "{e:?}");
+        assert!(e.details.contains("::/0"), "{e:?}");
+
+        // An IPv6-only pod (its network's one range set is IPv6): one
+        // address, a MAC of its own, the IPv6 default route only.
+        let mut add6 = req(pod::Command::Add, "ctr-6", Some(&pod6_path), "eth0");
+        add6.ipam.ranges = vec![RangeSpec {
+            subnet: "fd00:77::/64".parse().unwrap(),
+            range_start: Some("fd00:77::100".parse().unwrap()),
+            range_end: None,
+            gateway: None,
+        }];
+        let r6only = ok_result(agent.handle(add6).await);
+        let only: std::net::IpAddr = "fd00:77::100".parse().unwrap();
+        assert_eq!(r6only.ips.len(), 1, "{r6only:?}");
+        assert_eq!(r6only.ips[0].address.addr(), only);
+        assert_eq!(r6only.interfaces[0].mac, MacAddr::for_pod_ip(only));
+        assert_eq!(r6only.routes.len(), 1);
+        let shown = pod6_ns.ip(&["addr", "show", "dev", "eth0"]);
+        assert!(
+            shown.contains("fd00:77::100/64") && !shown.contains("inet "),
+            "{shown}"
+        );
+        let r6 = pod6_ns.ip(&["-6", "route", "show"]);
+        assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+
+        // A dual-stack tap pod is configured the same way.
+        let mut addt = req(pod::Command::Add, "ctr-t", Some(&tap_ns.path()), "eth0");
+        addt.attachment = ferry_api::table::Attachment::Tap;
+        let rt = ok_result(agent.handle(addt).await);
+        assert_eq!(rt.ips.len(), 2, "{rt:?}");
+        let shown = tap_ns.ip(&["addr", "show", "dev", "eth0"]);
+        let tap6 = rt.ips[1].address.to_string();
+        let line6 = shown
+            .lines()
+            .find(|l| l.contains(&tap6))
+            .unwrap_or_else(|| panic!("no {tap6}: {shown}"));
+        assert!(!line6.contains("tentative"), "{shown}");
+        let r6 = tap_ns.ip(&["-6", "route", "show"]);
+        assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+
+        // DEL frees both families and removes every link.
+        for (ctr, ns) in [("ctr-d", &pod_ns), ("ctr-6", &pod6_ns), ("ctr-t", &tap_ns)] {
+            let del = req(pod::Command::Del, ctr, Some(&ns.path()), "eth0");
+            assert_ok(agent.handle(del).await);
+            assert!(!ns.has_link("eth0"), "{ctr}: pod eth0 left after DEL");
+            assert!(!node_ns.has_link(&host_ifname(ctr, "eth0")), "{ctr}");
+        }
+        for ip in [v4.into(), v6, only] {
+            assert_eq!(agent.store().holder_of(ip).unwrap(), None, "{ip} released");
+        }
+        assert!(agent.store().records().unwrap().is_empty());
+    });
+    drop((pod, pod6, podt));
 }
 
 /// Nothing of an attachment is left: no record, no address, no host veth.
@@ -764,7 +947,7 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
         assert_eq!(
             agent
                 .store()
-                .holder_of(Ipv4Addr::new(10, 77, 0, 2))
+                .holder_of(Ipv4Addr::new(10, 77, 0, 2).into())
                 .unwrap(),
             None
         );
@@ -794,8 +977,9 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
             error_code(agent.handle(bad.clone()).await),
             code::INVALID_CONFIG
         );
-        // The pod API carries any family; ferryd serves IPv4 only so far,
-        // and says so with code 7 for a range, a route or an address asked.
+        // This node serves IPv4 only: an IPv6 range (outside its CIDRs), a
+        // route or an address asked of a family the pod gets no address of
+        // is code 7.
         let v6_range = RangeSpec {
             subnet: "fd00:77::/64".parse().unwrap(),
             range_start: None,
@@ -822,7 +1006,6 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
         ] {
             bad.ipam = ipam;
             let resp = agent.handle(bad.clone()).await;
-            assert!(format!("{resp:?}").contains("IPv6"), "{resp:?}");
             assert_eq!(error_code(resp), code::INVALID_CONFIG);
             assert_eq!(agent.store().records().unwrap().len(), 0);
         }
@@ -951,20 +1134,23 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         let host_p = host_ifname("ctr-p", "eth0");
         {
             let store = Store::open(&cfg.state_dir).unwrap();
-            let pools = ferryd::ipam::Pools::for_request(
+            let pools = ferryd::ipam::PoolSets::for_request(
                 &IpamRequest::default(),
-                &cfg.pod_cidrs,
-                cfg.gateway,
+                &cfg.pod_nets(),
+                &cfg.gateways(),
             )
             .unwrap();
             let rec = store
-                .allocate_pending(&crashed, &pools, None, |pool, ip| Record {
+                .allocate_pending(&crashed, &pools, &[], |chosen| Record {
                     id: crashed.clone(),
-                    ip,
-                    address: ipnet::Ipv4Net::new(ip, pool.prefix_len()).unwrap(),
-                    gateway: pool.gateway,
+                    addrs: ferryd::store::Addresses {
+                        addresses: chosen
+                            .iter()
+                            .map(|(pool, ip)| ferryd::store::PodAddress::new(pool, *ip))
+                            .collect(),
+                    },
                     host_ifname: host_p.clone(),
-                    mac: MacAddr::for_pod(ip),
+                    mac: MacAddr::for_pod_ip(chosen[0].1),
                     netns: pod_path.clone(),
                     netns_id: None,
                     mtu: 1400,
@@ -1057,7 +1243,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(v4(a.ips[0].address.addr()))
+                .holder_of(a.ips[0].address.addr())
                 .unwrap()
                 .is_some(),
             "GC removed a valid one"
@@ -1065,7 +1251,7 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
         assert!(
             agent
                 .store()
-                .holder_of(v4(b.ips[0].address.addr()))
+                .holder_of(b.ips[0].address.addr())
                 .unwrap()
                 .is_none(),
             "GC kept an invalid one"

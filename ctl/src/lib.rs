@@ -81,10 +81,7 @@ pub fn endpoint_rows(t: &TableDump, stale: &[StaleAttachment]) -> Vec<EndpointRo
         rows.push(EndpointRow {
             id: s.endpoint.clone(),
             ip: s.ip,
-            mac: match s.ip {
-                std::net::IpAddr::V4(ip) => ferry_api::MacAddr::for_pod(ip),
-                std::net::IpAddr::V6(_) => ferry_api::MacAddr([0; 6]),
-            },
+            mac: ferry_api::MacAddr::for_pod_ip(s.ip),
             host_ifname: String::new(),
             port: None,
             state: format!("stale: {}", s.reason),
@@ -569,12 +566,12 @@ mod tests {
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
             neighbours: vec![],
         };
-        let stale = [StaleAttachment {
-            endpoint: "gone/eth0".into(),
-            ip: "10.88.0.9".parse().unwrap(),
-            netns: "/var/run/netns/gone".into(),
-            reason: "network namespace /var/run/netns/gone is gone".into(),
-        }];
+        let stale = [StaleAttachment::new(
+            "gone/eth0".into(),
+            vec!["10.88.0.9".parse().unwrap()],
+            "/var/run/netns/gone".into(),
+            "network namespace /var/run/netns/gone is gone".into(),
+        )];
         let rows = endpoint_rows(&t, &stale);
         assert_eq!(rows[0].port, Some(2));
         assert_eq!(rows[0].state, "live");

@@ -62,9 +62,17 @@ fn errors_without_ferryd_have_their_codes() {
         wrong_type.to_string(),
         7,
     ));
-    let v6 = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
-        "ipam": {"ranges": [[{"subnet": "fd00::/64"}]]}});
-    cases.push(("IPv6 range", add_env(&path), v6.to_string(), 7));
+    let mixed = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
+        "ipam": {"ranges": [[{"subnet": "10.88.0.0/24"}, {"subnet": "fd00::/64"}]]}});
+    cases.push((
+        "range set of both families",
+        add_env(&path),
+        mixed.to_string(),
+        7,
+    ));
+    let two_v6 = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
+        "ipam": {"ranges": [[{"subnet": "fd00::/64"}], [{"subnet": "fd01::/64"}]]}});
+    cases.push(("two IPv6 range sets", add_env(&path), two_v6.to_string(), 7));
     let outside = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "ferry",
         "ipam": {"ranges": [[{"subnet": "10.88.0.0/24", "rangeStart": "10.99.0.5"}]]}});
     cases.push((
@@ -148,4 +156,15 @@ fn pool_exhausted_and_taken_address_are_reported() {
     );
     out.assert_ok();
     assert_eq!(out.json()["ips"][0]["address"], "10.88.0.11/24");
+
+    // This node serves IPv4 only: an IPv6 range (outside its CIDRs) is
+    // refused by ferryd with 7, and nothing is made.
+    let mut v6: serde_json::Value = serde_json::from_str(&node.conf("1.0.0")).unwrap();
+    v6["ipam"] = serde_json::json!({"ranges": [[{"subnet": "fd00::/64"}]]});
+    let ns4 = Netns::new(&format!("{}-p4", node.tag));
+    let out = node.cni("ADD", "v6", &ns4.path(), "eth0", &v6.to_string());
+    assert_eq!(out.code(), Some(7), "IPv6 range on an IPv4 node: {out:?}");
+    assert!(!ns_run(&ns4.name, &["ip", "link", "show", "eth0"])
+        .status
+        .success());
 }

@@ -33,24 +33,33 @@ impl Agent {
                 format!("{mtu} is outside 68..=65535"),
             ));
         }
-        if req.ipam.requested.len() > 1 {
+        let requested = req.ipam.requested.clone();
+        if requested
+            .iter()
+            .enumerate()
+            .any(|(i, a)| requested[..i].iter().any(|b| b.is_ipv4() == a.is_ipv4()))
+        {
             return Err(err(
                 code::INVALID_CONFIG,
-                "one IPv4 address per interface",
+                "one address per family per interface",
+                format!("addresses requested: {requested:?}"),
+            ));
+        }
+        let pools = PoolSets::for_request(&req.ipam, &self.cfg.pod_nets(), &self.cfg.gateways())?;
+        if let Some(a) = requested
+            .iter()
+            .find(|a| !pools.0.iter().any(|s| s.is_ipv4() == a.is_ipv4()))
+        {
+            return Err(err(
+                code::INVALID_CONFIG,
+                "requested address of a family the pod gets no address of",
                 format!(
-                    "{} addresses requested: {:?}",
-                    req.ipam.requested.len(),
-                    req.ipam.requested
+                    "{a} is IPv{} but no range of the request (or of the node) is",
+                    if a.is_ipv4() { 4 } else { 6 }
                 ),
             ));
         }
-        let requested_ip = req
-            .ipam
-            .requested
-            .first()
-            .map(|a| v4_addr(*a, "requested address"))
-            .transpose()?;
-        let pools = Pools::for_request(&req.ipam, &self.cfg.pod_cidrs, self.cfg.gateway)?;
+        let routes = pod_routes_of(req, &pools)?;
         let Some(workers) = self.dp.workers() else {
             return Err(dp_err(DpError::NotConnected));
         };
@@ -88,7 +97,7 @@ impl Agent {
                     || rec.netns_id.is_some_and(|old| old != netns_id));
             match rec.state {
                 State::Ready if gone => {
-                    log::info!("{id}: replacing a stale attachment ({})", rec.ip);
+                    log::info!("{id}: replacing a stale attachment ({})", rec.addrs);
                     self.undo(&rec, true).await;
                     let (store, id2) = (Arc::clone(&self.store), id.clone());
                     if blocking(move || store.get(&id2))
@@ -126,46 +135,30 @@ impl Agent {
             Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
             Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
         };
-        let routes = req
-            .ipam
-            .routes
-            .iter()
-            .map(|r| {
-                Ok(PodRoute {
-                    dst: v4_net(r.dst, "route dst")?,
-                    gw: r.gw.map(|g| v4_addr(g, "route gw")).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<PodRoute>, IpamError>>()?;
         let record = {
             let store = Arc::clone(&self.store);
             let (id, netns, host, routes) =
                 (id.clone(), netns.clone(), host.clone(), routes.clone());
-            let requested = requested_ip;
             blocking(move || {
-                store.allocate_pending(&id, &pools, requested, |pool, ip| {
-                    let mac = MacAddr::for_pod(ip);
-                    let address =
-                        Ipv4Net::new(ip, pool.prefix_len()).expect("pool prefix is valid");
-                    let result_routes = if routes.is_empty() {
-                        vec![ferry_api::pod::RouteSpec {
-                            dst: Ipv4Net::default().into(),
-                            gw: Some(pool.gateway.into()),
-                        }]
-                    } else {
-                        routes
-                            .iter()
-                            .map(|r| ferry_api::pod::RouteSpec {
-                                dst: r.dst.into(),
-                                gw: r.gw.map(Into::into),
-                            })
-                            .collect()
-                    };
+                store.allocate_pending(&id, &pools, &requested, |chosen| {
+                    let addresses: Vec<PodAddress> = chosen
+                        .iter()
+                        .map(|(pool, ip)| PodAddress::new(pool, *ip))
+                        .collect();
+                    // The IPv4 address names the MAC when there is one.
+                    let mac = MacAddr::for_pod_ip(chosen[0].1);
+                    let result_routes = crate::plumbing::pod_routes(&addresses, &routes)
+                        .iter()
+                        .map(|r| ferry_api::pod::RouteSpec {
+                            dst: r.dst,
+                            gw: r.gw,
+                        })
+                        .collect();
                     Record {
                         id: id.clone(),
-                        ip,
-                        address,
-                        gateway: pool.gateway,
+                        addrs: Addresses {
+                            addresses: addresses.clone(),
+                        },
                         host_ifname: host.clone(),
                         mac,
                         netns: netns.clone(),
@@ -179,11 +172,14 @@ impl Agent {
                                 mac,
                                 sandbox: Some(netns.clone()),
                             }],
-                            ips: vec![IpConfig {
-                                address: address.into(),
-                                gateway: Some(pool.gateway.into()),
-                                interface: 0,
-                            }],
+                            ips: addresses
+                                .iter()
+                                .map(|a| IpConfig {
+                                    address: a.address,
+                                    gateway: Some(a.gateway),
+                                    interface: 0,
+                                })
+                                .collect(),
                             routes: result_routes,
                         },
                     }
@@ -194,7 +190,7 @@ impl Agent {
         };
         log::info!(
             "ADD {id}: {} in {netns} via {host} ({})",
-            record.address,
+            record.addrs,
             attachment.name()
         );
 
@@ -204,8 +200,7 @@ impl Agent {
             host_ifname: host.clone(),
             netns: netns.clone(),
             mac: record.mac,
-            address: record.address,
-            gateway: record.gateway,
+            addresses: record.addrs.addresses.clone(),
             routes,
             mtu,
             queues: workers,
@@ -270,8 +265,42 @@ impl Agent {
         let (store, id) = (Arc::clone(&self.store), rec.id.clone());
         match blocking(move || store.release(&id)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => log::warn!("undo {}: release {}: {e}", rec.id, rec.ip),
-            Err(e) => log::warn!("undo {}: release {}: {}", rec.id, rec.ip, e.details),
+            Ok(Err(e)) => log::warn!("undo {}: release {}: {e}", rec.id, rec.addrs),
+            Err(e) => log::warn!("undo {}: release {}: {}", rec.id, rec.addrs, e.details),
         }
     }
+}
+
+/// The request's routes, each of a family the pod gets an address of, its
+/// `gw` (if any) of the same family.
+fn pod_routes_of(req: &PodRequest, pools: &PoolSets) -> Result<Vec<PodRoute>, PodError> {
+    req.ipam
+        .routes
+        .iter()
+        .map(|r| {
+            let v4 = r.dst.addr().is_ipv4();
+            if r.gw.is_some_and(|gw| gw.is_ipv4() != v4) {
+                return Err(err(
+                    code::INVALID_CONFIG,
+                    "invalid route",
+                    format!("route {} has a gateway of the other family", r.dst),
+                ));
+            }
+            if !pools.0.iter().any(|s| s.is_ipv4() == v4) {
+                return Err(err(
+                    code::INVALID_CONFIG,
+                    "invalid route",
+                    format!(
+                        "route {} is IPv{} but the pod gets no address of that family",
+                        r.dst,
+                        if v4 { 4 } else { 6 }
+                    ),
+                ));
+            }
+            Ok(PodRoute {
+                dst: r.dst.trunc(),
+                gw: r.gw,
+            })
+        })
+        .collect()
 }

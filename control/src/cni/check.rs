@@ -80,10 +80,31 @@ impl Agent {
                 rec.mac
             )));
         }
-        if !view.addresses.contains(&rec.address) {
+        if let Some(a) = rec
+            .addrs
+            .addresses
+            .iter()
+            .find(|a| !view.addresses.contains(&a.address))
+        {
             return Err(mismatch(format!(
-                "{} lacks {} (has {:?})",
-                rec.id.ifname, rec.address, view.addresses
+                "{} lacks {} (has {:?}; an IPv6 address that failed duplicate address \
+                 detection does not count)",
+                rec.id.ifname, a.address, view.addresses
+            )));
+        }
+        if let Some(r) = rec
+            .result
+            .routes
+            .iter()
+            .find(|r| !view.has_route(r.dst, r.gw))
+        {
+            return Err(mismatch(format!(
+                "{} in {} lacks its route {}{} (has {:?})",
+                rec.id.ifname,
+                rec.netns,
+                r.dst,
+                r.gw.map(|g| format!(" via {g}")).unwrap_or_default(),
+                view.routes
             )));
         }
         if !view.up {

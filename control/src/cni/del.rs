@@ -49,7 +49,7 @@ impl Agent {
                 .map_err(store_err)?;
             log::info!(
                 "DEL {id}: released {}{}",
-                r.ip,
+                r.addrs,
                 if deleted { ", link deleted" } else { "" }
             );
         } else if deleted {

@@ -26,7 +26,7 @@ impl Agent {
             log::info!(
                 "GC {}: not in valid attachments, releasing {}",
                 rec.id,
-                rec.ip
+                rec.addrs
             );
             if let Err(e) = self.release_attachment(&rec.id).await {
                 failed.push(format!("{}: {} ({})", rec.id, e.msg, e.details));

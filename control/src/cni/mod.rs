@@ -21,16 +21,16 @@ use ferry_api::pod::{
 };
 use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::cluster::member::Member;
 use crate::config::{validate_ifname, Config, ConfigError, UplinkFacts};
 use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT};
-use crate::ipam::{v4_addr, v4_net, IpamError, Pools};
+use crate::ipam::{IpamError, PodAddress, PoolSets};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
 use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing, PodRoute};
 use crate::reconcile::{self, endpoint_of};
-use crate::store::{AllocError, AttachmentId, Record, State, Store, StoreError};
+use crate::store::{Addresses, AllocError, AttachmentId, Record, State, Store, StoreError};
 
 mod abandon;
 mod add;
@@ -77,7 +77,7 @@ pub struct Agent {
     netlink: Netlink,
     dp: DataplaneClient,
     locks: Locks,
-    node_pools: Pools,
+    node_pools: PoolSets,
     /// What the node kernel could not be made to do for the uplink
     /// (forwarding, masquerade), found at start: STATUS says "limited
     /// connectivity" while any is there.
@@ -177,7 +177,7 @@ impl Agent {
         log::info!("store {}", store.path().display());
 
         for rec in store.pending()? {
-            log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.ip);
+            log::info!("rolling back unfinished ADD of {} ({})", rec.id, rec.addrs);
             if let Err(e) = unplumb_record(&netlink, &rec).await {
                 log::warn!("rollback of {}: delete {}: {e}", rec.id, rec.host_ifname);
             }
@@ -215,8 +215,9 @@ impl Agent {
         };
         let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
         member.spawn(dp.clone());
-        let node_pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
-            .expect("node pools from a validated config");
+        let node_pools =
+            PoolSets::for_request(&Default::default(), &cfg.pod_nets(), &cfg.gateways())
+                .expect("node pools from a validated config");
         Ok(Arc::new(Agent {
             cfg,
             store,

@@ -15,12 +15,41 @@ impl Agent {
         };
         let store = Arc::clone(&self.store);
         let pools = self.node_pools.clone();
-        let allocated = match blocking(move || store.allocated_in(&pools)).await {
-            Ok(Ok(n)) => n,
+        // Per range set (family): addresses in use and free. A pod needs an
+        // address of every family: one set without a free address fails
+        // every ADD.
+        let usage = blocking(move || {
+            let mut usage = Vec::new();
+            for set in &pools.0 {
+                let allocated = store.allocated_in(|ip| set.pool_of(ip).is_some())?;
+                let free = set.size().saturating_sub(allocated);
+                let subnets: Vec<IpNet> = set.0.iter().map(|p| p.subnet).collect();
+                usage.push((set.is_ipv4(), allocated, free, subnets));
+            }
+            Ok::<_, StoreError>(usage)
+        });
+        let usage = match usage.await {
+            Ok(Ok(usage)) => usage,
             Ok(Err(e)) => return not_ready(code::NOT_AVAILABLE, format!("store: {e}"), stale),
             Err(e) => return not_ready(code::NOT_AVAILABLE, e.details, stale),
         };
-        let free = self.node_pools.size().saturating_sub(allocated);
+        let full: Vec<IpNet> = usage
+            .iter()
+            .filter(|u| u.2 == 0)
+            .flat_map(|u| u.3.clone())
+            .collect();
+        let in_use = usage
+            .iter()
+            .map(|(v4, allocated, free, _)| {
+                let family = match (usage.len(), v4) {
+                    (1, _) => "",
+                    (_, true) => " (IPv4)",
+                    (_, false) => " (IPv6)",
+                };
+                format!("{allocated} address(es) in use, {free} free{family}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let Some(w) = self.dp.workers() else {
             return not_ready(
                 code::NOT_AVAILABLE,
@@ -28,10 +57,10 @@ impl Agent {
                 stale,
             );
         };
-        if free == 0 {
+        if !full.is_empty() {
             return not_ready(
                 code::NOT_AVAILABLE,
-                format!("no free address in {:?}", self.cfg.pod_cidrs),
+                format!("no free address in {full:?}"),
                 stale,
             );
         }
@@ -83,7 +112,7 @@ impl Agent {
         PodResponse::Status {
             ready: true,
             msg: format!(
-                "ferry-dataplane connected ({w} worker(s), generation {}); {allocated} address(es) in use, {free} free{stale_note}{cluster_note}",
+                "ferry-dataplane connected ({w} worker(s), generation {}); {in_use}{stale_note}{cluster_note}",
                 self.dp.generation()
             ),
             code: 0,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{peer_states, ClusterInfo, PoolUsage, RequestCounters, Snapshot, UplinkInfo};
 use crate::cni::Agent;
-use crate::ipam::Pools;
+use crate::ipam::PoolSets;
 
 /// Collect a [`Snapshot`]: the dataplane's Stats and the store's counts,
 /// both read off the async workers.
@@ -17,15 +17,16 @@ pub async fn gather(agent: &Agent, requests: &RequestCounters) -> Snapshot {
             Err(e) => Err(format!("stats task failed: {e}")),
         };
     let cfg = agent.config();
-    let pools = Pools::for_request(&Default::default(), &cfg.pod_cidrs, cfg.gateway)
-        .map(|p| p.0)
-        .unwrap_or_default();
+    let pools: Vec<_> =
+        PoolSets::for_request(&Default::default(), &cfg.pod_nets(), &cfg.gateways())
+            .map(|s| s.pools().cloned().collect())
+            .unwrap_or_default();
     let store = Arc::clone(agent.store());
     let counts = tokio::task::spawn_blocking(move || {
         let endpoints = store.ready()?.len() as u64;
         let mut usage = Vec::with_capacity(pools.len());
         for pool in pools {
-            let allocated = store.allocated_in(&Pools(vec![pool.clone()]))?;
+            let allocated = store.allocated_in(|ip| pool.contains(ip))?;
             usage.push(PoolUsage {
                 pool: pool.subnet.to_string(),
                 size: pool.size(),

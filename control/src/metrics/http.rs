@@ -209,7 +209,11 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, requests: Arc<Reque
         };
         match listener.accept().await {
             Ok((_, peer))
-                if from_a_pod(peer.ip(), &agent.config().pod_cidrs, agent.config().gateway) =>
+                if from_a_pod(
+                    peer.ip(),
+                    &agent.config().pod_nets(),
+                    &agent.config().gateways(),
+                ) =>
             {
                 // Pods reach the node's addresses through the host port
                 // with their own source address: the node's counters are
@@ -234,17 +238,17 @@ pub async fn serve(listener: TcpListener, agent: Arc<Agent>, requests: Arc<Reque
     }
 }
 
-/// Whether `peer` is a pod's address: inside one of the node's pod CIDRs,
-/// and not the gateway (the node's own address on the host port).
+/// Whether `peer` is a pod's address: inside one of the node's pod CIDRs
+/// (either family; an IPv4-mapped IPv6 peer of a dual-stack socket counts
+/// as its IPv4 address), and not a gateway (the node's own addresses on
+/// the host port).
 pub fn from_a_pod(
     peer: std::net::IpAddr,
-    pod_cidrs: &[ipnet::Ipv4Net],
-    gateway: std::net::Ipv4Addr,
+    pod_cidrs: &[ipnet::IpNet],
+    gateways: &[std::net::IpAddr],
 ) -> bool {
-    let std::net::IpAddr::V4(peer) = peer else {
-        return false;
-    };
-    peer != gateway && pod_cidrs.iter().any(|c| c.contains(&peer))
+    let peer = peer.to_canonical();
+    !gateways.contains(&peer) && pod_cidrs.iter().any(|c| c.contains(&peer))
 }
 
 #[cfg(test)]
@@ -253,7 +257,14 @@ mod tests {
 
     #[test]
     fn pods_are_told_apart_from_the_node() {
-        let cidrs = ["10.88.0.0/24".parse().unwrap()];
+        let cidrs = [
+            "10.88.0.0/24".parse().unwrap(),
+            "fd00:10:88::/64".parse().unwrap(),
+        ];
+        let gws = [
+            "10.88.0.1".parse().unwrap(),
+            "fd00:10:88::1".parse().unwrap(),
+        ];
         for (peer, pod) in [
             ("10.88.0.7", true),
             ("10.88.0.254", true),
@@ -261,9 +272,16 @@ mod tests {
             ("127.0.0.1", false),
             ("192.168.1.5", false),
             ("::1", false),
+            ("fd00:10:88::7", true),
+            ("fd00:10:88::1", false),
+            ("::ffff:10.88.0.7", true),
+            ("fd00:99::7", false),
         ] {
-            let gw = "10.88.0.1".parse().unwrap();
-            assert_eq!(from_a_pod(peer.parse().unwrap(), &cidrs, gw), pod, "{peer}");
+            assert_eq!(
+                from_a_pod(peer.parse().unwrap(), &cidrs, &gws),
+                pod,
+                "{peer}"
+            );
         }
     }
 

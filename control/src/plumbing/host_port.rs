@@ -2,10 +2,10 @@
 //! kernel (the kernel end holds the gateway address and the pod CIDR
 //! routes; the dataplane drives the other end).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ferry_api::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::LinkUnspec;
 
 use super::routes::replace_pod_cidr_route;
@@ -14,16 +14,17 @@ use super::{add_address, delete_link, link_by_name, set_link, set_up, Netlink, N
 
 impl Netlink {
     /// Make sure the host port exists: a veth pair `kernel` / `dp`, both up
-    /// with `mtu`, `kernel` holding `gateway/32` and a route to each pod CIDR
-    /// `dev kernel src gateway`. With `queues` given, a pair with another
+    /// with `mtu`, `kernel` holding each of `gateways` (one per family, as
+    /// /32 or /128, IPv6 `nodad`) and a route to each pod CIDR `dev kernel
+    /// src <its family's gateway>`. With `queues` given, a pair with another
     /// queue count is recreated; without, an existing pair is kept and a
     /// new one gets one queue. Returns the MAC of the kernel end.
     pub async fn ensure_host_port(
         &self,
         kernel: &str,
         dp: &str,
-        gateway: Ipv4Addr,
-        pod_cidrs: &[Ipv4Net],
+        gateways: &[IpAddr],
+        pod_cidrs: &[IpNet],
         mtu: u32,
         queues: Option<u32>,
     ) -> Result<MacAddr, NetlinkError> {
@@ -77,9 +78,17 @@ impl Netlink {
         let k = link_by_name(h, kernel)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
-        add_address(h, k.index, kernel, Ipv4Net::from(gateway)).await?;
+        for gw in gateways {
+            add_address(h, k.index, kernel, IpNet::from(*gw)).await?;
+        }
         for cidr in pod_cidrs {
-            replace_pod_cidr_route(h, k.index, kernel, *cidr, gateway).await?;
+            // The configuration has a gateway of every pod CIDR's family.
+            if let Some(gw) = gateways
+                .iter()
+                .find(|g| g.is_ipv4() == cidr.addr().is_ipv4())
+            {
+                replace_pod_cidr_route(h, k.index, kernel, *cidr, *gw).await?;
+            }
         }
         k.mac
             .ok_or_else(|| NetlinkError::NoSuchLink(format!("{kernel} (no MAC address)")))

@@ -15,12 +15,13 @@
 //!   masquerade), `routes`: how routes
 //!   are added.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ferry_api::table::Attachment;
 use ferry_api::MacAddr;
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressHeaderFlags;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkUnspec};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,8 @@ mod veth;
 pub use netns::{in_netns, Forbidden, NetnsError};
 pub use pod::PodView;
 pub use veth::max_veth_queues;
+
+use crate::ipam::{default_route_of, PodAddress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -193,19 +196,20 @@ async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkEr
     .await
 }
 
-/// Add an IPv4 address; an address already present is fine.
+/// Add an address; an address already present is fine. An IPv6 address
+/// is added `nodad` (IFA_F_NODAD): usable at once, never `tentative`; the
+/// addresses are ferry's to hand out, so nobody else on the link has them.
 async fn add_address(
     handle: &Handle,
     index: u32,
     name: &str,
-    addr: Ipv4Net,
+    addr: IpNet,
 ) -> Result<(), NetlinkError> {
-    match handle
-        .address()
-        .add(index, addr.addr().into(), addr.prefix_len())
-        .execute()
-        .await
-    {
+    let mut req = handle.address().add(index, addr.addr(), addr.prefix_len());
+    if addr.addr().is_ipv6() {
+        req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    }
+    match req.execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(NetlinkError::request(
@@ -223,9 +227,10 @@ pub struct PodPlumbing {
     pub host_ifname: String,
     pub netns: String,
     pub mac: MacAddr,
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    /// Routes for the pod; empty means a default route via `gateway`.
+    /// One per family, each with its gateway.
+    pub addresses: Vec<PodAddress>,
+    /// Routes for the pod; empty means a default route per family via
+    /// that family's gateway.
     pub routes: Vec<PodRoute>,
     pub mtu: u32,
     /// Queues in use: one per dataplane worker.
@@ -236,26 +241,49 @@ pub struct PodPlumbing {
     pub attachment: Attachment,
 }
 
-/// A route in a pod, of the family ferryd plumbs (the pod API's routes are
-/// family-generic; ADD refuses the others with error 7 before plumbing).
+/// A route in a pod (ADD checked that the pod has an address of its
+/// family, and that `gw` is of that family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodRoute {
-    pub dst: Ipv4Net,
-    /// `None`: via the pod's gateway.
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    /// `None`: via the pod's gateway of the route's family.
+    pub gw: Option<IpAddr>,
+}
+
+/// The routes a pod gets and its result reports: `given`, or a default
+/// route per family of `addresses` via that family's gateway.
+pub fn pod_routes(addresses: &[PodAddress], given: &[PodRoute]) -> Vec<PodRoute> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    addresses
+        .iter()
+        .map(|a| PodRoute {
+            dst: default_route_of(a.gateway),
+            gw: Some(a.gateway),
+        })
+        .collect()
 }
 
 impl PodPlumbing {
-    /// The routes the pod gets (and the result reports).
-    pub fn effective_routes(&self) -> Vec<PodRoute> {
-        if self.routes.is_empty() {
-            vec![PodRoute {
-                dst: Ipv4Net::default(),
-                gw: Some(self.gateway),
-            }]
-        } else {
-            self.routes.clone()
-        }
+    /// The routes the pod gets, each with the gateway it goes via.
+    pub fn effective_routes(&self) -> Vec<(IpNet, IpAddr)> {
+        pod_routes(&self.addresses, &self.routes)
+            .into_iter()
+            .filter_map(|r| {
+                let family_gw = || {
+                    self.addresses
+                        .iter()
+                        .find(|a| a.gateway.is_ipv4() == r.dst.addr().is_ipv4())
+                        .map(|a| a.gateway)
+                };
+                Some((r.dst, r.gw.or_else(family_gw)?))
+            })
+            .collect()
+    }
+
+    pub fn has_ipv6(&self) -> bool {
+        self.addresses.iter().any(|a| a.address.addr().is_ipv6())
     }
 }
 

@@ -1,9 +1,9 @@
 //! How routes are added: a pod's are created and never written over
 //! something that exists; the host port's are ferry's own and replaced.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -19,25 +19,31 @@ pub(super) enum Existing {
     Keep,
 }
 
-/// Add an IPv4 route out of `index`.
+/// Add a route out of `index` (either family; `gateway` and `src` of the
+/// family of `dst`, which the callers ensure).
 pub(super) async fn add_route(
     handle: &Handle,
     index: u32,
-    dst: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-    src: Option<Ipv4Addr>,
+    dst: IpNet,
+    gateway: Option<IpAddr>,
+    src: Option<IpAddr>,
     scope: RouteScope,
     existing: Existing,
 ) -> Result<(), rtnetlink::Error> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+    // A family mismatch the builder refuses (the callers prevent it).
+    fn invalid(e: impl std::fmt::Display) -> rtnetlink::Error {
+        rtnetlink::Error::InvalidNla(e.to_string())
+    }
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.network(), dst.prefix_len())
+        .map_err(invalid)?
         .output_interface(index)
         .scope(scope);
     if let Some(gw) = gateway {
-        b = b.gateway(gw);
+        b = b.gateway(gw).map_err(invalid)?;
     }
     if let Some(src) = src {
-        b = b.pref_source(src);
+        b = b.pref_source(src).map_err(invalid)?;
     }
     let add = handle.route().add(b.build());
     match existing {
@@ -53,8 +59,8 @@ pub(super) async fn replace_pod_cidr_route(
     handle: &Handle,
     index: u32,
     kernel: &str,
-    cidr: Ipv4Net,
-    gateway: Ipv4Addr,
+    cidr: IpNet,
+    gateway: IpAddr,
 ) -> Result<(), NetlinkError> {
     add_route(
         handle,

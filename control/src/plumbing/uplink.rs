@@ -263,7 +263,7 @@ impl Netlink {
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
         for cidr in peers {
-            replace_pod_cidr_route(h, k.index, kernel, *cidr, gateway).await?;
+            replace_pod_cidr_route(h, k.index, kernel, (*cidr).into(), gateway.into()).await?;
         }
         let mut stream = h
             .route()
