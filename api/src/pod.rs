@@ -263,6 +263,9 @@ pub struct NodeView {
     pub name: String,
     pub address: IpAddr,
     pub block: IpNet,
+    /// Its IPv6 block, in a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block6: Option<IpNet>,
     pub vtep_mac: MacAddr,
     /// `vxlan` or `direct`.
     pub overlay: String,

@@ -82,6 +82,9 @@ Configuration file (TOML, every field optional):
     address         the peer's uplink address (not the node's, no duplicates)
     pod_cidr        the peer's pod CIDR, overlapping neither pod_cidrs nor
                     another peer's [default: no peers]
+    pod_cidr6       the peer's IPv6 pod CIDR (a dual-stack peer), likewise;
+                    routed to its address over the IPv4 overlay
+                    [default: none]
   [cluster]         (needs uplink; then no pod_cidrs, gateway or [[peers]])
                     nodes find each other through etcd: each claims a block
                     of the cluster CIDR (its pod CIDR, gateway its first
@@ -92,6 +95,14 @@ Configuration file (TOML, every field optional):
     cidr            the cluster's pod CIDR, e.g. \"10.244.0.0/16\" (required;
                     every node the same)
     block_len       prefix length of a node's block, cidr's..=30 [default: 24]
+    cidr6           the cluster's IPv6 pod CIDR, e.g. \"fd00:10:244::/48\":
+                    a dual-stack cluster (every node the same); a node's
+                    IPv6 block is the one with its IPv4 block's index, held
+                    by the same claim, its first host the IPv6 gateway
+                    [default: none: IPv4 pods only]
+    block_len6      prefix length of a node's IPv6 block, at least cidr6's
+                    plus the bits that number the IPv4 blocks, at most 126
+                    [default: 64]
     node_name       this node's name in the datastore [default: the hostname]
     prefix          etcd key prefix [default: /ferry]
     lease_ttl_s     seconds a claim outlives its node; renewed every quarter
@@ -160,6 +171,9 @@ pub struct RawOverlay {
 pub struct RawPeer {
     pub address: String,
     pub pod_cidr: String,
+    /// The peer's IPv6 pod CIDR (a dual-stack peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<String>,
 }
 
 /// Validated configuration.
@@ -193,6 +207,16 @@ pub struct Config {
 pub struct Ipv6Pods {
     pub cidr: Ipv6Net,
     pub gateway: Ipv6Addr,
+}
+
+impl Ipv6Pods {
+    /// The pods of `cidr` with its first host (`::1`) as their gateway.
+    pub fn with_first_host(cidr: Ipv6Net) -> Ipv6Pods {
+        Ipv6Pods {
+            cidr,
+            gateway: Ipv6Addr::from(u128::from(cidr.network()) + 1),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -395,10 +419,7 @@ impl Config {
             }
             (Some(&cidr), text) => {
                 let gateway = match text {
-                    None => match crate::ipam::first_host(cidr.into()) {
-                        IpAddr::V6(a) => a,
-                        IpAddr::V4(_) => unreachable!("the first host of an IPv6 network is IPv6"),
-                    },
+                    None => Ipv6Pods::with_first_host(cidr).gateway,
                     Some(text) => text.trim().parse::<Ipv6Addr>().map_err(|_| {
                         invalid("gateway6", format!("{text:?} is not an IPv6 address"))
                     })?,
@@ -413,6 +434,12 @@ impl Config {
                 }
                 Some(Ipv6Pods { cidr, gateway })
             }
+        };
+        // A dual-stack cluster node: until the claim, the IPv6 block of the
+        // first IPv4 block stands in, as that block does.
+        let ipv6 = match &cluster {
+            Some(k) => k.block6(k.first_block()).map(Ipv6Pods::with_first_host),
+            None => ipv6,
         };
 
         let mtu_setting = match raw.mtu {
@@ -467,7 +494,11 @@ impl Config {
             Some(k) => vec![k.cidr],
             None => pod_cidrs.clone(),
         };
-        let uplink = UplinkConfig::from_raw(&uplink_fields, &own_cidrs, &host_port)?;
+        let own6 = match &cluster {
+            Some(k) => k.v6.map(|v6| v6.cidr),
+            None => ipv6.map(|v6| v6.cidr),
+        };
+        let uplink = UplinkConfig::from_raw(&uplink_fields, (&own_cidrs, own6), &host_port)?;
 
         Ok(Config {
             socket,
@@ -488,9 +519,14 @@ impl Config {
     /// This configuration with `block` (claimed from the cluster) as its
     /// pod CIDR and the block's first host as the gateway.
     pub fn with_block(&self, block: Ipv4Net) -> Config {
+        let ipv6 = match &self.cluster {
+            Some(k) => k.block6(block).map(Ipv6Pods::with_first_host),
+            None => self.ipv6,
+        };
         Config {
             pod_cidrs: vec![block],
             gateway: first_host(block),
+            ipv6,
             ..self.clone()
         }
     }
@@ -508,7 +544,10 @@ impl Config {
                 .is_none()
                 .then(|| self.pod_nets().iter().map(ToString::to_string).collect()),
             gateway: self.cluster.is_none().then(|| self.gateway.to_string()),
-            gateway6: self.ipv6.map(|v6| v6.gateway.to_string()),
+            gateway6: self
+                .ipv6
+                .filter(|_| self.cluster.is_none())
+                .map(|v6| v6.gateway.to_string()),
             mtu: self.mtu_setting.map(i64::from),
             host_port: Some(self.host_port.clone()),
             log_level: Some(self.log_level.clone()),
@@ -606,6 +645,20 @@ impl Config {
                 .iter()
                 .flat_map(|u| &u.peers)
                 .map(|p| p.pod_cidr)
+                .collect(),
+        }
+    }
+
+    /// [`Config::kernel_peer_cidrs`] for IPv6: each peer's `pod_cidr6`,
+    /// or with [cluster] its `cidr6`.
+    pub fn kernel_peer_cidrs6(&self) -> Vec<Ipv6Net> {
+        match &self.cluster {
+            Some(k) => k.v6.map(|v6| v6.cidr).into_iter().collect(),
+            None => self
+                .uplink
+                .iter()
+                .flat_map(|u| &u.peers)
+                .filter_map(|p| p.pod_cidr6)
                 .collect(),
         }
     }

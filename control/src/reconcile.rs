@@ -17,7 +17,7 @@
 use std::sync::Weak;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NextHop, NodeSettings, Route};
+use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings, Route};
 use ferry_api::MacAddr;
 
 use crate::config::Config;
@@ -179,10 +179,7 @@ pub fn peer_routes(cfg: &Config) -> Vec<Route> {
     cfg.uplink
         .iter()
         .flat_map(|u| &u.peers)
-        .map(|p| Route {
-            prefix: p.pod_cidr.into(),
-            next_hop: NextHop::Node(p.address.into()),
-        })
+        .flat_map(|p| crate::cluster::node_routes(p.address, p.pod_cidr, p.pod_cidr6))
         .collect()
 }
 
@@ -313,6 +310,11 @@ pub async fn ensure_host_port(
     netlink
         .ensure_peer_routes(&kernel, cfg.gateway, &cfg.pod_cidrs, &peers)
         .await?;
+    if let Some(v6) = cfg.ipv6 {
+        netlink
+            .ensure_peer_routes6(&kernel, v6.gateway, &cfg.kernel_peer_cidrs6())
+            .await?;
+    }
     Ok(HostPort {
         ifname: dp_name,
         kernel_ifname: kernel,
@@ -371,11 +373,11 @@ mod tests {
             vec![
                 Route {
                     prefix: "10.70.2.0/24".parse().unwrap(),
-                    next_hop: NextHop::Node("192.168.70.2".parse().unwrap()),
+                    next_hop: ferry_api::table::NextHop::Node("192.168.70.2".parse().unwrap()),
                 },
                 Route {
                     prefix: "10.70.3.0/24".parse().unwrap(),
-                    next_hop: NextHop::Node("192.168.70.3".parse().unwrap()),
+                    next_hop: ferry_api::table::NextHop::Node("192.168.70.3".parse().unwrap()),
                 },
             ]
         );

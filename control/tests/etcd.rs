@@ -142,6 +142,7 @@ fn settings() -> ClusterSettings {
         block_len: 24,
         overlay: "vxlan".into(),
         vni: 1,
+        v6: None,
     }
 }
 
@@ -150,6 +151,7 @@ fn me(i: u8) -> NodeRecord {
         name: format!("node{i}"),
         address: std::net::Ipv4Addr::new(192, 168, 70, i),
         block: "0.0.0.0/32".parse().unwrap(),
+        block6: None,
         vtep_mac: MacAddr([2, 0, 0, 0, 0, i]),
         overlay: "vxlan".into(),
         vni: 1,

@@ -344,7 +344,10 @@ pub fn render_nodes(c: &ClusterView, now: u64) -> String {
     let row = |n: &NodeView| {
         vec![
             n.name.clone(),
-            n.block.to_string(),
+            match n.block6 {
+                Some(b6) => format!("{} {b6}", n.block),
+                None => n.block.to_string(),
+            },
             n.address.to_string(),
             n.vtep_mac.to_string(),
             if n.overlay == "vxlan" {
@@ -752,6 +755,7 @@ mod tests {
             name: name.into(),
             address: IpAddr::V4(Ipv4Addr::from(addr)),
             block: block.parse().unwrap(),
+            block6: None,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, addr[3]]),
             overlay: "vxlan".into(),
             vni: 1,

@@ -255,6 +255,7 @@ impl Datastore for Etcd {
             if lease != 0 && self.keep_alive(lease).await? {
                 let record = NodeRecord {
                     block: rec.block,
+                    block6: settings.block6(rec.block),
                     ..me.clone()
                 };
                 let key = self.block_key(rec.block);
@@ -280,6 +281,7 @@ impl Datastore for Etcd {
             }
             let record = NodeRecord {
                 block,
+                block6: settings.block6(block),
                 ..me.clone()
             };
             let key = self.block_key(block);

@@ -74,6 +74,7 @@ fn view_of(r: &NodeRecord, route: String) -> NodeView {
         name: r.name.clone(),
         address: IpAddr::V4(r.address),
         block: r.block.into(),
+        block6: r.block6.map(Into::into),
         vtep_mac: r.vtep_mac,
         overlay: r.overlay.clone(),
         vni: r.vni,
@@ -97,6 +98,7 @@ impl Member {
                 .and_then(|u| u.node_address)
                 .unwrap_or(Ipv4Addr::UNSPECIFIED),
             block: cfg.pod_cidrs[0],
+            block6: cfg.ipv6.map(|v6| v6.cidr),
             vtep_mac: MacAddr::ZERO,
             overlay: overlay.clone(),
             vni,
@@ -110,6 +112,7 @@ impl Member {
                 name: p.address.to_string(),
                 address: p.address,
                 block: p.pod_cidr,
+                block6: p.pod_cidr6,
                 vtep_mac: MacAddr::ZERO,
                 overlay: overlay.clone(),
                 vni,
@@ -165,11 +168,13 @@ impl Member {
             block_len: k.block_len,
             overlay: overlay.clone(),
             vni,
+            v6: k.v6,
         };
         let me = NodeRecord {
             name: k.node_name.clone(),
             address: u.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED),
             block: k.first_block(),
+            block6: k.block6(k.first_block()),
             vtep_mac,
             overlay,
             vni,
@@ -388,6 +393,7 @@ impl Member {
         {
             let mut i = lock(&self.inner);
             i.rules.me.block = block;
+            i.rules.me.block6 = claim.record.block6;
             i.claim = Some(claim);
         }
         self.set_reachable(Ok(()));

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use ferry_api::table::{NextHop, Route};
 use ferry_api::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub mod embedded;
@@ -40,6 +40,12 @@ pub struct NodeRecord {
     pub address: Ipv4Addr,
     /// The pod CIDR it holds.
     pub block: Ipv4Net,
+    /// Its IPv6 pod CIDR, in a dual-stack cluster: the block of the
+    /// cluster's IPv6 CIDR with the index of `block` ([`Cidr6::block_of`]),
+    /// held by the same claim. Absent from the records of an IPv4 cluster
+    /// (which older ferryds read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block6: Option<Ipv6Net>,
     /// The MAC of its uplink (the VTEP).
     pub vtep_mac: MacAddr,
     /// `"vxlan"` or `"direct"`.
@@ -59,17 +65,66 @@ pub struct ClusterSettings {
     pub block_len: u8,
     pub overlay: String,
     pub vni: u32,
+    /// The IPv6 pods of a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<Cidr6>,
+}
+
+/// A dual-stack cluster's IPv6 pod CIDR and the length of a node's IPv6
+/// block. A node does not claim an IPv6 block of its own: its IPv6 block
+/// is the one with the index its IPv4 block has in the IPv4 CIDR, so one
+/// claim (one transaction, one lease) holds both and they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cidr6 {
+    pub cidr: Ipv6Net,
+    pub block_len: u8,
+}
+
+impl Cidr6 {
+    /// The IPv6 block of the IPv4 `block` of `cidr` (blocks of
+    /// `block_len`): `None` when `block` is not one of them or the IPv6
+    /// CIDR has fewer blocks (the configuration refuses that).
+    pub fn block_of(&self, cidr: Ipv4Net, block_len: u8, block: Ipv4Net) -> Option<Ipv6Net> {
+        if !cidr.contains(&block) || block.prefix_len() != block_len || block.trunc() != block {
+            return None;
+        }
+        let index = u128::from(
+            (u32::from(block.network()) - u32::from(cidr.network()))
+                .checked_shr(32 - u32::from(block_len))
+                .unwrap_or(0),
+        );
+        let bits6 = u32::from(self.block_len - self.cidr.prefix_len());
+        if bits6 < 128 && index >> bits6 != 0 {
+            return None;
+        }
+        let offset = index.checked_shl(128 - u32::from(self.block_len))?;
+        let network = u128::from(self.cidr.network()) | offset;
+        Ipv6Net::new(network.into(), self.block_len).ok()
+    }
 }
 
 impl ClusterSettings {
+    /// The IPv6 block of the IPv4 `block`, in a dual-stack cluster.
+    pub fn block6(&self, block: Ipv4Net) -> Option<Ipv6Net> {
+        self.v6
+            .and_then(|v6| v6.block_of(self.cidr, self.block_len, block))
+    }
+
     /// Why `other` (the datastore's) cannot be joined with `self` (this
     /// node's configuration), if it cannot.
     pub fn mismatch(&self, other: &ClusterSettings) -> Option<String> {
+        let v6 = |s: &ClusterSettings| {
+            s.v6.map_or_else(
+                || "no IPv6".to_string(),
+                |v6| format!("cidr6 {} block_len6 {}", v6.cidr, v6.block_len),
+            )
+        };
         (self != other).then(|| {
             format!(
-                "the cluster's settings are cidr {} block_len {} overlay {} vni {}; this node is configured with cidr {} block_len {} overlay {} vni {}",
-                other.cidr, other.block_len, other.overlay, other.vni,
-                self.cidr, self.block_len, self.overlay, self.vni
+                "the cluster's settings are cidr {} block_len {} {} overlay {} vni {}; this node is configured with cidr {} block_len {} {} overlay {} vni {}",
+                other.cidr, other.block_len, v6(other), other.overlay, other.vni,
+                self.cidr, self.block_len, v6(self), self.overlay, self.vni
             )
         })
     }
@@ -229,6 +284,17 @@ impl PeerRules {
                     r.block, s.block_len, s.cidr
                 ));
             }
+            if r.block6 != s.block6(r.block) {
+                return Some(match s.block6(r.block) {
+                    Some(want) => format!(
+                        "its IPv6 block is {}, not {want} (the one of block {})",
+                        r.block6
+                            .map_or_else(|| "absent".to_string(), |b| b.to_string()),
+                        r.block
+                    ),
+                    None => "it has an IPv6 block in an IPv4 cluster".to_string(),
+                });
+            }
             if r.overlay != s.overlay || r.vni != s.vni {
                 return Some(format!(
                     "it runs overlay {} vni {}, the cluster {} vni {}",
@@ -241,6 +307,11 @@ impl PeerRules {
             || self.me.block.contains(&r.block)
         {
             return Some(format!("block {} is this node's", r.block));
+        }
+        if let (Some(theirs), Some(mine)) = (r.block6, self.me.block6) {
+            if theirs.contains(&mine) || mine.contains(&theirs) {
+                return Some(format!("IPv6 block {theirs} is this node's"));
+            }
         }
         if r.address == self.me.address {
             return Some(format!("address {} is this node's", r.address));
@@ -284,14 +355,36 @@ pub struct PeerTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteUpdate {
     Upsert(Route),
-    Remove(Ipv4Net),
+    Remove(IpNet),
 }
 
-fn route_of(r: &NodeRecord) -> Route {
-    Route {
-        prefix: r.block.into(),
-        next_hop: NextHop::Node(r.address.into()),
-    }
+/// The routes a peer node gives: its block, and its IPv6 block if it is
+/// dual-stack, both to its address (the overlay is IPv4).
+pub fn node_routes(address: Ipv4Addr, block: Ipv4Net, block6: Option<Ipv6Net>) -> Vec<Route> {
+    let blocks = std::iter::once(IpNet::from(block)).chain(block6.map(IpNet::from));
+    blocks
+        .map(|prefix| Route {
+            prefix,
+            next_hop: NextHop::Node(address.into()),
+        })
+        .collect()
+}
+
+fn routes_of(r: &NodeRecord) -> Vec<Route> {
+    node_routes(r.address, r.block, r.block6)
+}
+
+/// The updates that turn the routes `was` into `now`.
+fn route_diff(was: &[Route], now: &[Route]) -> Vec<RouteUpdate> {
+    let gone = was
+        .iter()
+        .filter(|w| !now.iter().any(|n| n.prefix == w.prefix))
+        .map(|w| RouteUpdate::Remove(w.prefix));
+    let new = now
+        .iter()
+        .filter(|n| !was.contains(n))
+        .map(|n| RouteUpdate::Upsert(n.clone()));
+    gone.chain(new).collect()
 }
 
 impl PeerTable {
@@ -312,7 +405,7 @@ impl PeerTable {
         self.peers
             .values()
             .filter(|p| p.state == RouteState::Routed)
-            .map(|p| route_of(&p.record))
+            .flat_map(|p| routes_of(&p.record))
             .collect()
     }
 
@@ -349,13 +442,7 @@ impl PeerTable {
                 b
             }
         };
-        let now = self.routed(block);
-        match (was, now) {
-            (Some(a), Some(b)) if a == b => Vec::new(),
-            (_, Some(r)) => vec![RouteUpdate::Upsert(r)],
-            (Some(_), None) => vec![RouteUpdate::Remove(block)],
-            (None, None) => Vec::new(),
-        }
+        route_diff(&was, &self.routed(block))
     }
 
     /// Replace everything with a listing; returns the route updates.
@@ -364,28 +451,18 @@ impl PeerTable {
         for r in nodes {
             next.apply(rules, Change::Put(r));
         }
-        let mut updates = Vec::new();
-        for (block, _) in self.peers.iter() {
-            if self.routed(*block).is_some() && next.routed(*block).is_none() {
-                updates.push(RouteUpdate::Remove(*block));
-            }
-        }
-        for (block, _) in next.peers.iter() {
-            if let Some(r) = next.routed(*block) {
-                if self.routed(*block).as_ref() != Some(&r) {
-                    updates.push(RouteUpdate::Upsert(r));
-                }
-            }
-        }
+        let updates = route_diff(&self.routes(), &next.routes());
         *self = next;
         updates
     }
 
-    fn routed(&self, block: Ipv4Net) -> Option<Route> {
+    /// The routes of the peer holding `block` (none unless it is routed).
+    fn routed(&self, block: Ipv4Net) -> Vec<Route> {
         self.peers
             .get(&block)
             .filter(|p| p.state == RouteState::Routed)
-            .map(|p| route_of(&p.record))
+            .map(|p| routes_of(&p.record))
+            .unwrap_or_default()
     }
 }
 

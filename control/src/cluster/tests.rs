@@ -9,6 +9,7 @@ fn rec(name: &str, addr: &str, block: &str) -> NodeRecord {
         name: name.into(),
         address: addr.parse().unwrap(),
         block: net(block),
+        block6: None,
         vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         overlay: "vxlan".into(),
         vni: 1,
@@ -23,6 +24,7 @@ fn rules(on_link: Option<Vec<Ipv4Net>>) -> PeerRules {
             block_len: 24,
             overlay: "vxlan".into(),
             vni: 1,
+            v6: None,
         }),
         me: rec("n1", "192.168.70.1", "10.70.1.0/24"),
         on_link,
@@ -72,7 +74,7 @@ fn peers_become_routes_and_go_away_with_their_record() {
     );
     assert_eq!(
         t.apply(&r, Change::Gone(net("10.70.2.0/24"))),
-        vec![RouteUpdate::Remove(net("10.70.2.0/24"))]
+        vec![RouteUpdate::Remove(net("10.70.2.0/24").into())]
     );
     assert!(t.is_empty());
     // Gone for a block nobody held: nothing.
@@ -134,7 +136,7 @@ fn a_listing_replaces_the_table_with_the_least_route_churn() {
         ],
     );
     assert_eq!(up.len(), 2, "{up:?}");
-    assert!(up.contains(&RouteUpdate::Remove(net("10.70.3.0/24"))));
+    assert!(up.contains(&RouteUpdate::Remove(net("10.70.3.0/24").into())));
     assert!(up.iter().any(|u| matches!(u, RouteUpdate::Upsert(x) if x.prefix == "10.70.4.0/24".parse::<ipnet::IpNet>().unwrap())));
     assert_eq!(t.addresses().len(), 2);
 }
@@ -195,4 +197,100 @@ fn the_embedded_member_routes_the_configured_peers() {
     // A single node without an uplink has no peers at all.
     let single = member::Member::embedded(&crate::config::Config::default());
     assert!(single.routes().is_empty() && single.view().peers.is_empty());
+}
+
+fn dual_stack_rules() -> PeerRules {
+    let mut r = rules(None);
+    let s = r.settings.as_mut().unwrap();
+    s.v6 = Some(Cidr6 {
+        cidr: "fd00:70::/48".parse().unwrap(),
+        block_len: 64,
+    });
+    r.me.block6 = s.block6(r.me.block);
+    r
+}
+
+#[test]
+fn a_node_s_ipv6_block_is_the_one_with_its_ipv4_block_s_index() {
+    let r = dual_stack_rules();
+    let s = r.settings.as_ref().unwrap();
+    let six = |t: &str| t.parse::<Ipv6Net>().ok();
+    assert_eq!(s.block6(net("10.70.0.0/24")), six("fd00:70::/64"));
+    assert_eq!(s.block6(net("10.70.1.0/24")), six("fd00:70:0:1::/64"));
+    assert_eq!(s.block6(net("10.70.255.0/24")), six("fd00:70:0:ff::/64"));
+    // Not a block of the cluster: none.
+    for bad in ["10.71.0.0/24", "10.70.0.0/25", "10.70.0.128/24"] {
+        assert_eq!(s.block6(bad.parse().unwrap()), None, "{bad}");
+    }
+    // Fewer IPv6 blocks than IPv4 ones: the ones past the end have none.
+    let tight = Cidr6 {
+        cidr: "fd00:70::/60".parse().unwrap(),
+        block_len: 64,
+    };
+    assert_eq!(
+        tight.block_of(net("10.70.0.0/16"), 24, net("10.70.15.0/24")),
+        six("fd00:70:0:f::/64")
+    );
+    assert_eq!(
+        tight.block_of(net("10.70.0.0/16"), 24, net("10.70.16.0/24")),
+        None
+    );
+    // An IPv4 cluster has no IPv6 blocks.
+    assert_eq!(
+        rules(None).settings.unwrap().block6(net("10.70.1.0/24")),
+        None
+    );
+}
+
+#[test]
+fn a_dual_stack_peer_gives_two_routes_and_its_ipv6_block_is_checked() {
+    let r = dual_stack_rules();
+    let s = r.settings.clone().unwrap();
+    let mut peer = rec("n2", "192.168.70.2", "10.70.2.0/24");
+    peer.block6 = s.block6(peer.block);
+    let mut t = PeerTable::default();
+    let up = t.apply(&r, Change::Put(peer.clone()));
+    let to_n2 = NextHop::Node("192.168.70.2".parse::<Ipv4Addr>().unwrap().into());
+    assert_eq!(
+        up,
+        vec![
+            RouteUpdate::Upsert(Route {
+                prefix: "10.70.2.0/24".parse().unwrap(),
+                next_hop: to_n2.clone(),
+            }),
+            RouteUpdate::Upsert(Route {
+                prefix: "fd00:70:0:2::/64".parse().unwrap(),
+                next_hop: to_n2,
+            }),
+        ]
+    );
+    assert_eq!(t.routes().len(), 2);
+    // Renewed unchanged: nothing to do; gone: both routes go.
+    assert!(t.apply(&r, Change::Put(peer.clone())).is_empty());
+    let down = t.apply(&r, Change::Gone(peer.block));
+    assert_eq!(
+        down,
+        vec![
+            RouteUpdate::Remove("10.70.2.0/24".parse().unwrap()),
+            RouteUpdate::Remove("fd00:70:0:2::/64".parse().unwrap()),
+        ]
+    );
+    // A record whose IPv6 block is not its block's, or that lacks one, is
+    // refused, and an IPv6 block in an IPv4 cluster too.
+    for block6 in [Some("fd00:70:0:9::/64".parse().unwrap()), None] {
+        let odd = NodeRecord {
+            block6,
+            ..peer.clone()
+        };
+        assert!(
+            r.refuse(&odd).is_some_and(|why| why.contains("IPv6 block")),
+            "{block6:?}"
+        );
+    }
+    assert!(rules(None)
+        .refuse(&peer)
+        .is_some_and(|why| why.contains("IPv4 cluster")));
+    // Settings differ by their IPv6 side too.
+    let v4 = rules(None).settings.unwrap();
+    assert!(s.mismatch(&v4).is_some_and(|m| m.contains("no IPv6")));
 }

@@ -9,16 +9,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, ConfigError};
 use crate::cluster::etcd::EtcdOptions;
+use crate::cluster::Cidr6;
 
 /// Flannel's subnet lease: a day, renewed well before it ends.
 pub const DEFAULT_LEASE_TTL_S: i64 = 86_400;
 pub const MIN_LEASE_TTL_S: i64 = 10;
 pub const DEFAULT_BLOCK_LEN: i64 = 24;
+/// A node's IPv6 block: a /64, as Flannel's `IPv6SubnetLen`.
+pub const DEFAULT_BLOCK_LEN6: i64 = 64;
 pub const DEFAULT_PREFIX: &str = "/ferry";
 
 /// `[cluster]` as written.
@@ -31,6 +34,10 @@ pub struct RawCluster {
     pub cidr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_len: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_len6: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +58,8 @@ pub struct ClusterConfig {
     pub endpoints: Vec<String>,
     pub cidr: Ipv4Net,
     pub block_len: u8,
+    /// A dual-stack cluster's IPv6 pods (`cidr6`, `block_len6`).
+    pub v6: Option<Cidr6>,
     pub node_name: String,
     pub prefix: String,
     pub lease_ttl: Duration,
@@ -105,7 +114,52 @@ fn check_endpoint(e: &str) -> Result<bool, String> {
     Ok(tls)
 }
 
+/// The IPv6 side of a dual-stack cluster: `cidr6` and `block_len6`, with
+/// room for an IPv6 block for every IPv4 block of `cidr` (a node's IPv6
+/// block is the one with its IPv4 block's index).
+fn cidr6(
+    text: &str,
+    block_len6: Option<i64>,
+    cidr: Ipv4Net,
+    block_len: u8,
+) -> Result<Cidr6, ConfigError> {
+    let net: Ipv6Net = text.trim().parse().map_err(|_| {
+        invalid(
+            "cluster.cidr6",
+            format!("{text:?} is not an IPv6 prefix such as \"fd00:10:244::/56\""),
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(invalid(
+            "cluster.cidr6",
+            format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    let len = block_len6.unwrap_or(DEFAULT_BLOCK_LEN6);
+    let blocks_bits = i64::from(block_len - cidr.prefix_len());
+    let least = i64::from(net.prefix_len()) + blocks_bits;
+    if !(least..=126).contains(&len) {
+        return Err(invalid(
+            "cluster.block_len6",
+            format!(
+                "{len} must be between {least} (cidr6's length {} plus the {blocks_bits} bits that number the /{block_len} blocks of {cidr}) and 126",
+                net.prefix_len()
+            ),
+        ));
+    }
+    Ok(Cidr6 {
+        cidr: net,
+        block_len: len as u8,
+    })
+}
+
 impl ClusterConfig {
+    /// The IPv6 block of the IPv4 `block`, in a dual-stack cluster.
+    pub fn block6(&self, block: Ipv4Net) -> Option<Ipv6Net> {
+        self.v6
+            .and_then(|v6| v6.block_of(self.cidr, self.block_len, block))
+    }
+
     pub(super) fn from_raw(raw: &RawCluster) -> Result<ClusterConfig, ConfigError> {
         let endpoints = raw.endpoints.clone().unwrap_or_default();
         if endpoints.is_empty() {
@@ -155,6 +209,14 @@ impl ClusterConfig {
                 ),
             ));
         }
+
+        let v6 = match &raw.cidr6 {
+            None if raw.block_len6.is_some() => {
+                return Err(invalid("cluster.block_len6", "goes with cidr6"))
+            }
+            None => None,
+            Some(text) => Some(cidr6(text, raw.block_len6, cidr, block_len as u8)?),
+        };
 
         let node_name = raw.node_name.clone().unwrap_or_else(hostname);
         check_node_name(&node_name).map_err(|m| invalid("cluster.node_name", m))?;
@@ -207,6 +269,7 @@ impl ClusterConfig {
             endpoints,
             cidr,
             block_len: block_len as u8,
+            v6,
             node_name,
             prefix,
             lease_ttl: Duration::from_secs(ttl as u64),
@@ -221,6 +284,8 @@ impl ClusterConfig {
             endpoints: Some(self.endpoints.clone()),
             cidr: Some(self.cidr.to_string()),
             block_len: Some(i64::from(self.block_len)),
+            cidr6: self.v6.map(|v6| v6.cidr.to_string()),
+            block_len6: self.v6.map(|v6| i64::from(v6.block_len)),
             node_name: Some(self.node_name.clone()),
             prefix: Some(self.prefix.clone()),
             lease_ttl_s: Some(self.lease_ttl.as_secs() as i64),
@@ -408,5 +473,35 @@ mod tests {
             "uplink = \"up0\"\nnode_address = \"10.244.9.9\"",
         );
         assert_eq!(field_of(&inside).0, "node_address");
+    }
+
+    #[test]
+    fn a_dual_stack_cluster_derives_the_ipv6_block_from_the_claim() {
+        let text = CLUSTER.replace(
+            "cidr = \"10.244.0.0/16\"",
+            "cidr = \"10.244.0.0/16\"\ncidr6 = \"fd00:10:244::/48\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        let v6 = c.ipv6.expect("the first block's IPv6 block stands in");
+        assert_eq!(v6.cidr, "fd00:10:244::/64".parse().unwrap());
+        let b = c.with_block("10.244.7.0/24".parse().unwrap());
+        let v6 = b.ipv6.unwrap();
+        assert_eq!(v6.cidr, "fd00:10:244:7::/64".parse().unwrap());
+        assert_eq!(
+            v6.gateway,
+            "fd00:10:244:7::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+
+        // Too few IPv6 blocks for the IPv4 ones, a block length without a
+        // CIDR, a gateway6 (it comes from the block), an IPv4 cidr6.
+        let few = text.replace("fd00:10:244::/48\"", "fd00:10:244::/60\"");
+        assert_eq!(field_of(&few).0, "cluster.block_len6");
+        let lone = CLUSTER.replace("node_name", "block_len6 = 64\nnode_name");
+        assert_eq!(field_of(&lone).0, "cluster.block_len6");
+        let gw = format!("gateway6 = \"fd00:10:244::1\"\n{text}");
+        assert_eq!(field_of(&gw).0, "gateway6");
+        let v4 = text.replace("fd00:10:244::/48", "10.245.0.0/16");
+        assert_eq!(field_of(&v4).0, "cluster.cidr6");
     }
 }

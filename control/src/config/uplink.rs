@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use ferry_api::table::{Overlay, Uplink, VXLAN_PORT};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::HOST_PORT_DP_SUFFIX;
 use super::{invalid, validate_ifname, ConfigError, RawConfig, RawOverlay, RawPeer};
@@ -29,6 +29,9 @@ pub struct Peer {
     /// The peer's address on its uplink.
     pub address: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR, if it is dual-stack (routed to `address` too:
+    /// the overlay is IPv4).
+    pub pod_cidr6: Option<Ipv6Net>,
 }
 
 impl Peer {
@@ -36,6 +39,7 @@ impl Peer {
         RawPeer {
             address: self.address.to_string(),
             pod_cidr: self.pod_cidr.to_string(),
+            pod_cidr6: self.pod_cidr6.map(|c| c.to_string()),
         }
     }
 }
@@ -154,9 +158,53 @@ fn check_ifname(name: &str, host_port: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Peer `i`'s IPv6 pod CIDR, overlapping neither this node's (`own6`)
+/// nor an earlier peer's.
+fn peer_cidr6(
+    i: usize,
+    text: &str,
+    own6: Option<Ipv6Net>,
+    peers: &[Peer],
+) -> Result<Ipv6Net, ConfigError> {
+    let field = "peers.pod_cidr6";
+    let net: Ipv6Net = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid(field, format!("peer {i}: {text:?} is not an IPv6 prefix")))?;
+    if net.trunc() != net {
+        return Err(invalid(
+            field,
+            format!(
+                "peer {i}: {text:?} has host bits set; did you mean {}?",
+                net.trunc()
+            ),
+        ));
+    }
+    let overlaps = |o: &Ipv6Net| o.contains(&net) || net.contains(o);
+    if let Some(own) = own6.filter(overlaps) {
+        return Err(invalid(
+            field,
+            format!("peer {i}: {net} overlaps this node's IPv6 pod CIDR {own}"),
+        ));
+    }
+    if let Some(other) = peers
+        .iter()
+        .find(|o| o.pod_cidr6.as_ref().is_some_and(overlaps))
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "peer {i}: {net} overlaps the IPv6 pod CIDR of peer {}",
+                other.address
+            ),
+        ));
+    }
+    Ok(net)
+}
+
 fn peers_from_raw(
     raw: &[RawPeer],
-    pod_cidrs: &[Ipv4Net],
+    (pod_cidrs, own6): (&[Ipv4Net], Option<Ipv6Net>),
     node_address: Option<Ipv4Addr>,
 ) -> Result<Vec<Peer>, ConfigError> {
     let mut peers: Vec<Peer> = Vec::with_capacity(raw.len());
@@ -206,7 +254,16 @@ fn peers_from_raw(
                 format!("peer {i}: {address} is listed twice"),
             ));
         }
-        peers.push(Peer { address, pod_cidr });
+        let pod_cidr6 = p
+            .pod_cidr6
+            .as_deref()
+            .map(|t| peer_cidr6(i, t, own6, &peers))
+            .transpose()?;
+        peers.push(Peer {
+            address,
+            pod_cidr,
+            pod_cidr6,
+        });
     }
     // A node's address inside a pod CIDR would be routed to pods.
     for (i, p) in peers.iter().enumerate() {
@@ -233,7 +290,7 @@ impl UplinkConfig {
     /// of the uplink's other fields may be set).
     pub(super) fn from_raw(
         raw: &RawConfig,
-        pod_cidrs: &[Ipv4Net],
+        (pod_cidrs, own6): (&[Ipv4Net], Option<Ipv6Net>),
         host_port: &str,
     ) -> Result<Option<UplinkConfig>, ConfigError> {
         let Some(ifname) = raw.uplink.as_deref() else {
@@ -268,7 +325,11 @@ impl UplinkConfig {
             ));
         }
         let (overlay, set_channels) = overlay_from_raw(raw.overlay.as_ref())?;
-        let peers = peers_from_raw(raw.peers.as_deref().unwrap_or(&[]), pod_cidrs, node_address)?;
+        let peers = peers_from_raw(
+            raw.peers.as_deref().unwrap_or(&[]),
+            (pod_cidrs, own6),
+            node_address,
+        )?;
         Ok(Some(UplinkConfig {
             ifname: ifname.to_string(),
             node_address,
@@ -441,6 +502,43 @@ mod tests {
             Err(ConfigError::Invalid { field, msg }) => (field, msg),
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_dual_stack_peer_has_its_ipv6_cidr_checked() {
+        let base = "pod_cidrs = [\"10.70.1.0/24\", \"fd00:70:1::/64\"]\nuplink = \"up0\"\n";
+        let peer = |a: &str, c6: &str| {
+            format!("[[peers]]\naddress = \"{a}\"\npod_cidr = \"10.70.{}.0/24\"\npod_cidr6 = \"{c6}\"\n", &a[11..])
+        };
+        let ok = format!(
+            "{base}{}{}",
+            peer("192.168.70.2", "fd00:70:2::/64"),
+            peer("192.168.70.3", "fd00:70:3::/64")
+        );
+        let c = Config::parse(&ok).unwrap();
+        let u = c.uplink.as_ref().unwrap();
+        assert_eq!(
+            u.peers[1].pod_cidr6,
+            Some("fd00:70:3::/64".parse().unwrap())
+        );
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+        for (bad, why) in [
+            (peer("192.168.70.2", "fd00:70:1::/80"), "this node's"),
+            (peer("192.168.70.2", "fd00:70:2::1/64"), "host bits"),
+            (peer("192.168.70.2", "10.9.9.0/24"), "not an IPv6"),
+        ] {
+            let (field, msg) = field_of(Config::parse(&format!("{base}{bad}")));
+            assert_eq!(field, "peers.pod_cidr6");
+            assert!(msg.contains(why), "{msg}");
+        }
+        let twice = format!(
+            "{base}{}{}",
+            peer("192.168.70.2", "fd00:70:2::/64"),
+            peer("192.168.70.3", "fd00:70:2::/72")
+        );
+        assert!(field_of(Config::parse(&twice))
+            .1
+            .contains("peer 192.168.70.2"));
     }
 
     #[test]

@@ -248,6 +248,25 @@ impl Netlink {
         }))
     }
 
+    /// Routes to the peers' IPv6 pod CIDRs `dev kernel src gateway`
+    /// (replaced if there). Routes to IPv6 CIDRs no longer a peer's are not
+    /// removed yet (they stay until the host port is remade).
+    pub async fn ensure_peer_routes6(
+        &self,
+        kernel: &str,
+        gateway: std::net::Ipv6Addr,
+        peers: &[ipnet::Ipv6Net],
+    ) -> Result<(), NetlinkError> {
+        let h = &self.handle;
+        let k = link_by_name(h, kernel)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
+        for cidr in peers {
+            replace_pod_cidr_route(h, k.index, kernel, (*cidr).into(), gateway.into()).await?;
+        }
+        Ok(())
+    }
+
     /// Routes to the peers' pod CIDRs `dev kernel src gateway` (replaced if
     /// there), and ferry's routes out of `kernel` to any CIDR in neither
     /// `pod_cidrs` nor `peers` removed.
