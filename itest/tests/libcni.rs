@@ -160,21 +160,6 @@ fn result_addr(result: &Value, v6: bool) -> String {
         .to_string()
 }
 
-/// The addresses ferryd's endpoint `id` holds, if it has one.
-fn endpoint_addrs(node: &Node, id: &str) -> Option<Vec<String>> {
-    clients::endpoints(node)
-        .iter()
-        .find(|e| e["id"] == id)
-        .map(|e| {
-            e["ips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|ip| ip.as_str().map(str::to_string))
-                .collect()
-        })
-}
-
 /// Two pods on a dual-stack node through libcni: one with a 0.4.0 conflist
 /// whose `ipam.ranges` asks for both families (host-local style, one range
 /// set each), one with a 1.0.0 conflist that takes the node's pools. Each
@@ -259,7 +244,7 @@ fn libcni_dual_stack_add_check_ping_del() {
         );
         let id = format!("{container}/eth0");
         assert_eq!(
-            endpoint_addrs(&node, &id),
+            clients::endpoint_ips(&node, &id),
             Some(vec![ip4.clone(), ip6.clone()]),
             "ferryd's endpoint {id}"
         );
@@ -290,7 +275,10 @@ fn libcni_dual_stack_add_check_ping_del() {
         assert!(!gone.status.success(), "eth0 still in the pod after DEL");
         // Neither a live endpoint nor a stale attachment: ferryd holds
         // neither address any more.
-        assert_eq!(endpoint_addrs(&node, &format!("{container}/eth0")), None);
+        assert_eq!(
+            clients::endpoint_ips(&node, &format!("{container}/eth0")),
+            None
+        );
         env.run("del", container, &ns.path()).assert_ok();
     }
     assert!(endpoint_ids(&node).is_empty(), "endpoints leaked");
