@@ -30,20 +30,6 @@ fn shipped_conflist(node: &Node) -> String {
     v.to_string()
 }
 
-const CIDR6: &str = "fd00:88::/64";
-const GW6: &str = "fd00:88::1";
-
-/// A node with an IPv6 pool beside the IPv4 one.
-fn dual_stack_node(prefix: &str) -> Node {
-    Node::start(
-        prefix,
-        NodeOpts {
-            pod_cidr6: Some(CIDR6.into()),
-            ..NodeOpts::default()
-        },
-    )
-}
-
 /// ferryd's endpoint `id` must hold one IPv4 and one IPv6 pod address:
 /// they are returned in that order.
 fn dual_stack_ips(node: &Node, id: &str) -> (String, String) {
@@ -76,7 +62,7 @@ fn text(out: &std::process::Output) -> String {
 #[test]
 fn ctr_run_cni_dual_stack_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let host_before = clients::host_cni_paths_present();
-    let node = dual_stack_node("cr");
+    let node = Node::start("cr", NodeOpts::dual_stack());
     let ctd = Containerd::start(
         &node.tag,
         ContainerdOpts {
@@ -126,7 +112,7 @@ fn ctr_run_cni_dual_stack_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let token = format!("ferry-{}", node.tag);
     let script = format!(
         "ip -4 addr show dev eth0 && ip -6 addr show dev eth0 && \
-         ping -c 3 -W 2 {srv_ip} && ping -6 -c 3 -W 2 {srv_ip6} && ping -6 -c 2 -W 2 {GW6} && \
+         ping -c 3 -W 2 {srv_ip} && ping -6 -c 3 -W 2 {srv_ip6} && ping -6 -c 2 -W 2 {GATEWAY6} && \
          i=0; while [ $i -lt 50 ]; do \
            r=$(echo {token} | timeout 5 nc {srv_ip} 7777) && [ \"$r\" = {token} ] && echo got:$r && exit 0; \
            i=$((i+1)); sleep 0.2; \
@@ -273,7 +259,7 @@ fn sandbox_netns(status: &Value) -> String {
 #[test]
 fn cri_dual_stack_pod_sandboxes_get_addresses_talk_and_release_them() {
     let host_before = clients::host_cni_paths_present();
-    let node = dual_stack_node("ci");
+    let node = Node::start("ci", NodeOpts::dual_stack());
     let ctd = Containerd::start(
         &node.tag,
         ContainerdOpts {
@@ -320,7 +306,7 @@ fn cri_dual_stack_pod_sandboxes_get_addresses_talk_and_release_them() {
     }
 
     // client -> web over both families, client -> the node over IPv6.
-    for dst in [pods[0].1.as_str(), pods[0].2.as_str(), GW6] {
+    for dst in [pods[0].1.as_str(), pods[0].2.as_str(), GATEWAY6] {
         let ping = clients::run_bounded(
             Command::new("nsenter")
                 .arg(format!("--net={}", pods[1].3))

@@ -144,8 +144,6 @@ fn libcni_add_check_del_del_every_version() {
     assert!(endpoint_ids(&node).is_empty(), "endpoints leaked");
 }
 
-const CIDR6: &str = "fd00:88::/64";
-
 /// The address (prefix length dropped) of one family among a result's
 /// `ips`.
 fn result_addr(result: &Value, v6: bool) -> String {
@@ -168,17 +166,11 @@ fn result_addr(result: &Value, v6: bool) -> String {
 /// families, and DEL leaves ferryd holding nothing of either.
 #[test]
 fn libcni_dual_stack_add_check_ping_del() {
-    let node = Node::start(
-        "ld",
-        NodeOpts {
-            pod_cidr6: Some(CIDR6.into()),
-            ..NodeOpts::default()
-        },
-    );
+    let node = Node::start("ld", NodeOpts::dual_stack());
     let mut ranged: Value =
         serde_json::from_str(&clients::conflist(&node, "ferry-libcni", "0.4.0")).unwrap();
     ranged["plugins"][0]["ipam"] = serde_json::json!({
-        "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": CIDR6}]],
+        "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": POD_CIDR6}]],
     });
     let envs = [
         ("0.4.0", env_with(&node, "0.4.0", &ranged.to_string())),
@@ -205,7 +197,7 @@ fn libcni_dual_stack_add_check_ping_del() {
             let iface = ip["interface"].as_u64().expect("ips[].interface") as usize;
             assert_eq!(cur["interfaces"][iface]["name"], "eth0", "{cur}");
             let gw = if ip["address"].as_str().unwrap_or("").contains(':') {
-                "fd00:88::1"
+                GATEWAY6
             } else {
                 "10.88.0.1"
             };
