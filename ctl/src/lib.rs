@@ -47,7 +47,11 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRow {
     pub id: String,
+    /// The first of `ips` (the IPv4 one of a dual-stack pod), kept for
+    /// readers of the JSON that predate IPv6.
     pub ip: std::net::IpAddr,
+    /// Every address the endpoint holds, one per family, IPv4 first.
+    pub ips: Vec<std::net::IpAddr>,
     pub mac: ferry_api::MacAddr,
     pub host_ifname: String,
     /// Port index in the forwarding tables, if the dataplane made the port.
@@ -70,6 +74,7 @@ pub fn endpoint_rows(t: &TableDump, stale: &[StaleAttachment]) -> Vec<EndpointRo
                 .first()
                 .copied()
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            ips: e.ips.clone(),
             mac: e.mac,
             host_ifname: e.host_ifname.clone(),
             port: t.ports.get(&e.host_ifname).copied(),
@@ -81,6 +86,12 @@ pub fn endpoint_rows(t: &TableDump, stale: &[StaleAttachment]) -> Vec<EndpointRo
         rows.push(EndpointRow {
             id: s.endpoint.clone(),
             ip: s.ip,
+            // A ferryd that predates IPv6 reports `ip` alone.
+            ips: if s.ips.is_empty() {
+                vec![s.ip]
+            } else {
+                s.ips.clone()
+            },
             mac: ferry_api::MacAddr::for_pod_ip(s.ip),
             host_ifname: String::new(),
             port: None,
@@ -100,7 +111,11 @@ pub fn render_endpoints(rows: &[EndpointRow]) -> String {
         .map(|r| {
             vec![
                 r.id.clone(),
-                r.ip.to_string(),
+                r.ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 r.mac.to_string(),
                 if r.host_ifname.is_empty() {
                     "-".into()
@@ -588,9 +603,48 @@ mod tests {
         );
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["ip"], "10.88.0.5");
+        assert_eq!(json[0]["ips"], serde_json::json!(["10.88.0.5"]));
         assert_eq!(json[0]["port"], 2);
         assert!(text.contains("gone/eth0  10.88.0.9"), "{text}");
+        assert_eq!(json[1]["ips"], serde_json::json!(["10.88.0.9"]));
         assert!(render_routes(&t).contains("not synced"));
+    }
+
+    /// A dual-stack endpoint shows both addresses (IPv4 first), live or
+    /// stale; `ip` stays the IPv4 one.
+    #[test]
+    fn dual_stack_endpoints_show_both_addresses() {
+        let mut e = Endpoint::veth("c2/eth0", "fy0123456789b", "10.88.0.6".parse().unwrap());
+        e.ips.push("fd00:88::6".parse().unwrap());
+        let t = TableDump {
+            generation: 1,
+            node: None,
+            endpoints: vec![e],
+            routes: vec![],
+            ports: BTreeMap::new(),
+            neighbours: vec![],
+        };
+        let stale = [StaleAttachment::new(
+            "gone/eth0".into(),
+            vec!["10.88.0.9".parse().unwrap(), "fd00:88::9".parse().unwrap()],
+            "/var/run/netns/gone".into(),
+            "network namespace /var/run/netns/gone is gone".into(),
+        )];
+        let rows = endpoint_rows(&t, &stale);
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["ip"], "10.88.0.6");
+        assert_eq!(
+            json[0]["ips"],
+            serde_json::json!(["10.88.0.6", "fd00:88::6"])
+        );
+        assert_eq!(json[1]["ip"], "10.88.0.9");
+        assert_eq!(
+            json[1]["ips"],
+            serde_json::json!(["10.88.0.9", "fd00:88::9"])
+        );
+        let text = render_endpoints(&rows);
+        assert!(text.contains("c2/eth0    10.88.0.6,fd00:88::6  "), "{text}");
+        assert!(text.contains("gone/eth0  10.88.0.9,fd00:88::9  "), "{text}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Endpoints in the dataplane's tables: id, IP, MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index, then ferryd's stale attachments (pod gone before its DEL; kept until DEL or GC).
+    /// Endpoints in the dataplane's tables: id, addresses (IPv4 first; `ips` in the JSON, `ip` the first), MAC, port name (a veth pod's host ifname; `ft…` for a tap pod), port index, then ferryd's stale attachments (pod gone before its DEL; kept until DEL or GC).
     Endpoints,
     /// Node settings (gateway, pod CIDRs, host port, uplink) and routes.
     Routes,

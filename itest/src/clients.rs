@@ -197,6 +197,20 @@ pub fn endpoints(node: &Node) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
+/// The addresses ferryd's endpoint `id` (`<container id>/<ifname>`) holds,
+/// IPv4 first, as `ferryctl endpoints` reports them (live or stale); `None`
+/// when ferryd holds no such endpoint.
+pub fn endpoint_ips(node: &Node, id: &str) -> Option<Vec<String>> {
+    endpoints(node).iter().find(|e| e["id"] == id).map(|e| {
+        e["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.as_str().map(str::to_string))
+            .collect()
+    })
+}
+
 /// Path of one of the helper scripts in `itest/scripts`.
 pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -408,6 +408,21 @@ pub struct NodeOpts {
     pub extra_config: String,
 }
 
+/// The IPv6 pod CIDR of dual-stack test nodes ([`NodeOpts::dual_stack`]).
+pub const POD_CIDR6: &str = "fd00:88::/64";
+/// Their IPv6 gateway (ferryd's default: the CIDR's first address).
+pub const GATEWAY6: &str = "fd00:88::1";
+
+impl NodeOpts {
+    /// The default node with [`POD_CIDR6`] beside its IPv4 pool.
+    pub fn dual_stack() -> NodeOpts {
+        NodeOpts {
+            pod_cidr6: Some(POD_CIDR6.into()),
+            ..NodeOpts::default()
+        }
+    }
+}
+
 impl Default for NodeOpts {
     fn default() -> Self {
         NodeOpts {

@@ -6,7 +6,10 @@
 //! detached one is cleaned up with the runtime's DEL from ctr's own libcni
 //! result cache. The same containerd with its CRI plugin on is driven as
 //! the kubelet drives it (RunPodSandbox .. RemovePodSandbox, through
-//! `itest/go/cri-driver`): the plugin invokes ferry itself. Nothing of the
+//! `itest/go/cri-driver`): the plugin invokes ferry itself. The `ctr run`
+//! and CRI pod tests run on a dual-stack node with the shipped conflist
+//! (the node's pools: both families): containers and sandboxes get both
+//! addresses and ping over IPv6 too. Nothing of the
 //! machine's /etc/cni, /opt/cni, /var/lib/cni or /run/containerd is used or
 //! made (see `itest::clients::Containerd`).
 
@@ -27,6 +30,19 @@ fn shipped_conflist(node: &Node) -> String {
     v.to_string()
 }
 
+/// ferryd's endpoint `id` must hold one IPv4 and one IPv6 pod address:
+/// they are returned in that order.
+fn dual_stack_ips(node: &Node, id: &str) -> (String, String) {
+    let ips = clients::endpoint_ips(node, id)
+        .unwrap_or_else(|| panic!("no endpoint {id}: {:?}", clients::endpoints(node)));
+    match ips.as_slice() {
+        [ip4, ip6] if ip4.starts_with("10.88.0.") && ip6.starts_with("fd00:88::") => {
+            (ip4.clone(), ip6.clone())
+        }
+        _ => panic!("endpoint {id} does not hold one address per family: {ips:?}"),
+    }
+}
+
 fn endpoint_ip(node: &Node, id: &str) -> Option<String> {
     clients::endpoints(node)
         .iter()
@@ -44,9 +60,9 @@ fn text(out: &std::process::Output) -> String {
 }
 
 #[test]
-fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
+fn ctr_run_cni_dual_stack_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let host_before = clients::host_cni_paths_present();
-    let node = Node::start("cr", NodeOpts::default());
+    let node = Node::start("cr", NodeOpts::dual_stack());
     let ctd = Containerd::start(
         &node.tag,
         ContainerdOpts {
@@ -70,17 +86,15 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     ]);
     assert!(srv.status.success(), "ctr run -d srv: {}", text(&srv));
     let srv_key = format!("{}/eth0", ctd.cni_container_id("srv"));
-    let srv_ip = endpoint_ip(&node, &srv_key)
-        .unwrap_or_else(|| panic!("no endpoint {srv_key}: {:?}", clients::endpoints(&node)));
-    assert!(srv_ip.starts_with("10.88.0."), "{srv_ip}");
-    // ctr's libcni cached the result in the directory that covered its
-    // /var/lib/cni, not the machine's.
+    let (srv_ip, srv_ip6) = dual_stack_ips(&node, &srv_key);
+    // ctr's libcni cached the result (both addresses) in the directory
+    // that covered its /var/lib/cni, not the machine's.
     let cached = std::fs::read_dir(ctd.cni_cache_dir.join("results"))
         .expect("ctr's libcni result cache")
         .flatten()
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .any(|c| c.contains(&srv_ip));
-    assert!(cached, "no cached result naming {srv_ip}");
+        .any(|c| c.contains(&format!("{srv_ip}/24")) && c.contains(&format!("{srv_ip6}/64")));
+    assert!(cached, "no cached result naming {srv_ip} and {srv_ip6}");
     // While containers run, none of containerd's or ctr's mounts is visible
     // in this (the machine's) mount namespace.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -91,11 +105,14 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     );
     assert_eq!(clients::host_cni_paths_present(), host_before);
 
-    // A foreground client: ping, then a TCP exchange with the echo server
-    // (retried until the server listens; every step bounded).
+    // A foreground client: both addresses on its eth0, ping over both
+    // families (the server, and the node's IPv6 gateway), then a TCP
+    // exchange with the echo server (retried until the server listens;
+    // every step bounded).
     let token = format!("ferry-{}", node.tag);
     let script = format!(
-        "ip -4 addr show dev eth0 && ping -c 3 -W 2 {srv_ip} && \
+        "ip -4 addr show dev eth0 && ip -6 addr show dev eth0 && \
+         ping -c 3 -W 2 {srv_ip} && ping -6 -c 3 -W 2 {srv_ip6} && ping -6 -c 2 -W 2 {GATEWAY6} && \
          i=0; while [ $i -lt 50 ]; do \
            r=$(echo {token} | timeout 5 nc {srv_ip} 7777) && [ \"$r\" = {token} ] && echo got:$r && exit 0; \
            i=$((i+1)); sleep 0.2; \
@@ -105,9 +122,10 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let cli_text = text(&cli);
     assert!(cli.status.success(), "client container failed: {cli_text}");
     assert!(cli_text.contains(&format!("got:{token}")), "{cli_text}");
-    assert!(
-        cli_text.contains(" 0% packet loss"),
-        "ping lost packets: {cli_text}"
+    assert_eq!(
+        cli_text.matches(" 0% packet loss").count(),
+        3,
+        "a ping lost packets: {cli_text}"
     );
     let cli_ip = cli_text
         .split_whitespace()
@@ -119,6 +137,20 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     assert!(
         cli_ip.starts_with("10.88.0.") && cli_ip != srv_ip,
         "{cli_ip} vs {srv_ip}"
+    );
+    let cli_ip6 = cli_text
+        .lines()
+        .filter(|l| l.contains("scope global"))
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|w| *w == "inet6")?;
+            w.next()?.split('/').next()
+        })
+        .expect("client's global IPv6 address on eth0")
+        .to_string();
+    assert!(
+        cli_ip6.starts_with("fd00:88::") && cli_ip6 != srv_ip6,
+        "{cli_ip6} vs {srv_ip6}"
     );
     // Traffic went through the dataplane: its pod ports received frames.
     assert!(port_counter(&node.stats(), "rx_frames") > 0);
@@ -146,9 +178,9 @@ fn ctr_run_cni_pods_ping_and_talk_tcp_and_del_frees_addresses() {
     let srv_cni_id = ctd.cni_container_id("srv");
     libcni.run("del", &srv_cni_id, "").assert_ok();
     assert_eq!(
-        endpoint_ip(&node, &srv_key),
+        clients::endpoint_ips(&node, &srv_key),
         None,
-        "srv still has an address"
+        "srv still holds an address"
     );
     libcni.run("del", &srv_cni_id, "").assert_ok();
     assert!(
@@ -218,10 +250,16 @@ fn sandbox_netns(status: &Value) -> String {
 /// sandboxes (RunPodSandbox, StopPodSandbox, RemovePodSandbox, as the
 /// kubelet calls them), checks the result has an IP on eth0, reports it in
 /// PodSandboxStatus; the pods reach each other; stopping releases them.
+/// On a dual-stack node: the IPv4 address is the sandbox's `ip` (the CRI
+/// plugin prefers IPv4), the IPv6 one its only `additional_ips`, and the
+/// sandboxes reach each other and the node over IPv6. No kubelet-side
+/// setting is involved: the pod CIDRs the kubelet passes in
+/// UpdateRuntimeConfig only fill containerd's `conf_template`, unused when
+/// a conflist is installed; ferry allocates from ferryd's pools.
 #[test]
-fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
+fn cri_dual_stack_pod_sandboxes_get_addresses_talk_and_release_them() {
     let host_before = clients::host_cni_paths_present();
-    let node = Node::start("ci", NodeOpts::default());
+    let node = Node::start("ci", NodeOpts::dual_stack());
     let ctd = Containerd::start(
         &node.tag,
         ContainerdOpts {
@@ -245,44 +283,47 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
         let status = ctd.cri(&["-id", &id, "status"]);
         status.assert_ok();
         assert_eq!(status.report["state"], "SANDBOX_READY", "{status:?}");
-        let ip = status.report["ip"]
-            .as_str()
-            .expect("sandbox ip")
-            .to_string();
-        assert!(ip.starts_with("10.88.0."), "{status:?}");
-        // ferryd's endpoint for CNI_CONTAINERID = sandbox id, CNI_IFNAME = eth0.
+        // ferryd's endpoint for CNI_CONTAINERID = sandbox id, CNI_IFNAME
+        // = eth0, and what containerd reports of it.
+        let (ip, ip6) = dual_stack_ips(&node, &format!("{id}/eth0"));
+        assert_eq!(status.report["ip"], ip.as_str(), "{status:?}");
         assert_eq!(
-            endpoint_ip(&node, &format!("{id}/eth0")).as_deref(),
-            Some(ip.as_str())
+            status.report["additionalIps"],
+            serde_json::json!([ip6]),
+            "{status:?}"
         );
         let netns = sandbox_netns(&status.report);
         let shown = clients::run_bounded(
             Command::new("nsenter")
                 .arg(format!("--net={netns}"))
-                .args(["ip", "-4", "addr", "show", "dev", "eth0"]),
+                .args(["ip", "addr", "show", "dev", "eth0"]),
             Duration::from_secs(30),
         );
         let shown = String::from_utf8_lossy(&shown.stdout);
         assert!(shown.contains(&format!("inet {ip}/24")), "{shown}");
-        pods.push((id, ip, netns));
+        assert!(shown.contains(&format!("inet6 {ip6}/64")), "{shown}");
+        pods.push((id, ip, ip6, netns));
     }
 
-    let ping = clients::run_bounded(
-        Command::new("nsenter")
-            .arg(format!("--net={}", pods[1].2))
-            .args(["ping", "-c", "3", "-i", "0.2", "-W", "2", &pods[0].1]),
-        Duration::from_secs(60),
-    );
-    assert!(
-        ping.status.success(),
-        "client sandbox cannot ping web: {}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
+    // client -> web over both families, client -> the node over IPv6.
+    for dst in [pods[0].1.as_str(), pods[0].2.as_str(), GATEWAY6] {
+        let ping = clients::run_bounded(
+            Command::new("nsenter")
+                .arg(format!("--net={}", pods[1].3))
+                .args(["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]),
+            Duration::from_secs(60),
+        );
+        assert!(
+            ping.status.success(),
+            "client sandbox cannot ping {dst}: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
     // TCP between the sandboxes' netns: a busybox echo server in web's, a
     // client in client's (retried until the server listens; bounded).
     let _server = ChildGuard::new(
         Command::new("nsenter")
-            .arg(format!("--net={}", pods[0].2))
+            .arg(format!("--net={}", pods[0].3))
             .args(["busybox", "nc", "-ll", "-p", "7777", "-e", "cat"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -293,7 +334,7 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
     let token = format!("ferry-cri-{}", node.tag);
     let echo = clients::run_bounded(
         Command::new("nsenter")
-            .arg(format!("--net={}", pods[1].2))
+            .arg(format!("--net={}", pods[1].3))
             .args(["busybox", "sh", "-c"])
             .arg(format!(
                 "i=0; while [ $i -lt 50 ]; do \
@@ -319,15 +360,15 @@ fn cri_pod_sandboxes_get_addresses_talk_and_release_them() {
             // libcni names them <network>-<container id>-<ifname>; the
             // CRI plugin also caches its loopback network's.
             pods.iter()
-                .any(|(id, _, _)| *name == format!("ferry-{id}-eth0"))
+                .any(|(id, _, _, _)| *name == format!("ferry-{id}-eth0"))
         })
         .count();
     assert_eq!(cached, 2, "ferry results cached for both sandboxes");
 
-    for (id, _ip, netns) in &pods {
+    for (id, _ip, _ip6, netns) in &pods {
         ctd.cri(&["-id", id, "stop"]).assert_ok();
         assert_eq!(
-            endpoint_ip(&node, &format!("{id}/eth0")),
+            clients::endpoint_ips(&node, &format!("{id}/eth0")),
             None,
             "StopPodSandbox did not release {id}"
         );

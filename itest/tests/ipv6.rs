@@ -9,17 +9,10 @@ use std::time::Duration;
 use itest::*;
 use serde_json::Value;
 
-const CIDR6: &str = "fd00:88::/64";
-const GW6: &str = "fd00:88::1";
+const GW6: &str = GATEWAY6;
 
 fn dual_stack(prefix: &str) -> Node {
-    Node::start(
-        prefix,
-        NodeOpts {
-            pod_cidr6: Some(CIDR6.into()),
-            ..NodeOpts::default()
-        },
-    )
+    Node::start(prefix, NodeOpts::dual_stack())
 }
 
 /// The pod's IPv6 address from its ADD result.

@@ -198,7 +198,8 @@ func main() {
 		// PodSandboxStatusRequest{pod_sandbox_id=1, verbose=2}.
 		f := call("PodSandboxStatus", varint(str(nil, 1, *id), 2, 1))
 		// PodSandboxStatusResponse{status=1, info=2 (map<string,string>)};
-		// PodSandboxStatus{id=1, state=3, network=5{ip=1}}.
+		// PodSandboxStatus{id=1, state=3, network=5};
+		// PodSandboxNetworkStatus{ip=1, additional_ips=2 (repeated PodIP{ip=1})}.
 		st := f.sub(1)
 		out["id"] = st.str(1)
 		if st.uint(3) == 0 {
@@ -206,7 +207,18 @@ func main() {
 		} else {
 			out["state"] = "SANDBOX_NOTREADY"
 		}
-		out["ip"] = st.sub(5).str(1)
+		network := st.sub(5)
+		out["ip"] = network.str(1)
+		additional := []string{}
+		for _, e := range network[2] {
+			b, _ := e.([]byte)
+			podIP, err := decode(b)
+			if err != nil {
+				fail(fmt.Errorf("PodSandboxStatus: decode additional_ips: %w", err))
+			}
+			additional = append(additional, podIP.str(1))
+		}
+		out["additionalIps"] = additional
 		info := map[string]interface{}{}
 		for _, e := range f[2] {
 			b, _ := e.([]byte)
