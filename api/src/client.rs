@@ -175,7 +175,7 @@ pub fn ferryd_status(ferryd: &Path) -> Result<FerrydStatus, ClientError> {
             ready,
             msg,
             stale,
-            cluster,
+            cluster: cluster.map(|c| *c),
         }),
         PodResponse::Error(e) => Err(ClientError::Refused {
             what: "ferryd",

@@ -232,7 +232,7 @@ pub enum PodResponse {
         /// The cluster as this node sees it (`None` from a ferryd that
         /// does not say).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        cluster: Option<ClusterView>,
+        cluster: Option<Box<ClusterView>>,
     },
     Error(PodError),
 }

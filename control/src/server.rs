@@ -118,7 +118,7 @@ impl Handler for Joining {
                 msg: why,
                 code: code::NOT_AVAILABLE,
                 stale: Vec::new(),
-                cluster: Some(view),
+                cluster: Some(Box::new(view)),
             },
             _ => PodResponse::Error(PodError {
                 code: code::TRY_AGAIN_LATER,

@@ -553,7 +553,7 @@ impl Member {
                 }
                 RouteUpdate::Remove(block) => (
                     format!("route {block} removed"),
-                    dp.remove_route(block.into(), REPLY_TIMEOUT).await,
+                    dp.remove_route(block, REPLY_TIMEOUT).await,
                 ),
             };
             match r {

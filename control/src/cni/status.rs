@@ -11,7 +11,7 @@ impl Agent {
             msg,
             code,
             stale,
-            cluster: Some(self.member.view()),
+            cluster: Some(Box::new(self.member.view())),
         };
         let store = Arc::clone(&self.store);
         let pools = self.node_pools.clone();
@@ -117,7 +117,7 @@ impl Agent {
             ),
             code: 0,
             stale,
-            cluster: Some(cluster),
+            cluster: Some(Box::new(cluster)),
         }
     }
 }
