@@ -42,6 +42,12 @@ struct lpm_v4_key {
 	__be32 addr;
 };
 
+// A key of the `local_cidrs6` LPM trie: an IPv6 prefix.
+struct lpm_v6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
 _Static_assert(sizeof(struct uplink_cfg) == 8, "uplink_cfg size");
 _Static_assert(__builtin_offsetof(struct uplink_cfg, node_addr) == 0, "node_addr");
 _Static_assert(__builtin_offsetof(struct uplink_cfg, vxlan_port) == 4, "vxlan_port");
@@ -50,5 +56,7 @@ _Static_assert(__builtin_offsetof(struct uplink_cfg, pad) == 7, "pad");
 _Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key size");
 _Static_assert(__builtin_offsetof(struct lpm_v4_key, prefixlen) == 0, "prefixlen");
 _Static_assert(__builtin_offsetof(struct lpm_v4_key, addr) == 4, "addr");
+_Static_assert(sizeof(struct lpm_v6_key) == 20, "lpm_v6_key size");
+_Static_assert(__builtin_offsetof(struct lpm_v6_key, addr) == 4, "v6 addr");
 
 #endif

@@ -8,9 +8,11 @@
 //     UDP, not a fragment (offset 0, MF clear: a VXLAN header is only in a
 //     first fragment, and ferry does not reassemble), to the VXLAN port; or
 //   - direct on (`uplink_cfg.direct`): sent to an address inside one of the
-//     node's pod CIDRs (`local_cidrs`).
-// ARP, IPv6, VLAN-tagged frames, anything to the node other than VXLAN
-// (SSH, the API server, kubelet), fragments and truncated frames pass.
+//     node's pod CIDRs (`local_cidrs`), or IPv6 with a complete fixed
+//     header to one inside its IPv6 pod CIDRs (`local_cidrs6`).
+// ARP, other IPv6 (neighbour discovery, the node's own), VLAN-tagged
+// frames, anything to the node other than VXLAN (SSH, the API server,
+// kubelet), fragments and truncated frames pass.
 //
 // The redirect's fallback is XDP_PASS: a queue without a socket, or a
 // dataplane that died (the kernel removes a closed socket from the map),
@@ -23,6 +25,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -48,6 +51,36 @@ struct {
 	__type(value, __u8);
 } local_cidrs SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_v6_key);
+	__type(value, __u8);
+} local_cidrs6 SEC(".maps");
+
+// Direct mode, IPv6: a packet to one of the node's IPv6 pod CIDRs, whole
+// in the frame as its payload length says, is ferry's.
+static __always_inline int ipv6_direct(struct xdp_md *ctx, struct ethhdr *eth, void *end)
+{
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct uplink_cfg *cfg;
+	struct lpm_v6_key key = { .prefixlen = 128 };
+	__u32 zero = 0;
+
+	if ((void *)(ip6 + 1) > end || ip6->version != 6)
+		return XDP_PASS;
+	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
+		return XDP_PASS;
+	cfg = bpf_map_lookup_elem(&uplink_cfg, &zero);
+	if (!cfg || !cfg->direct)
+		return XDP_PASS;
+	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(key.addr));
+	if (bpf_map_lookup_elem(&local_cidrs6, &key))
+		return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	return XDP_PASS;
+}
+
 SEC("xdp")
 int ferry_uplink(struct xdp_md *ctx)
 {
@@ -60,7 +93,11 @@ int ferry_uplink(struct xdp_md *ctx)
 	__u32 zero = 0;
 	__u32 hdr_len, tot_len;
 
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return ipv6_direct(ctx, eth, end);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
 	ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)

@@ -320,6 +320,58 @@ fn vxlan_cases() -> Vec<(String, Vec<u8>, u32)> {
     cases
 }
 
+/// An IPv6 frame to `dst` whose fixed header says `payload_len` bytes
+/// follow (carrying `payload`).
+fn ipv6_to(dst: &str, next: u8, payload_len: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = eth([0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&payload_len.to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(
+        &"fd00:244:2::5"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    f.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Direct mode, IPv6: packets to the node's IPv6 pod CIDR are ferry's;
+/// neighbour discovery, other destinations and truncated packets pass.
+fn direct6_cases() -> Vec<(String, Vec<u8>, u32)> {
+    let seg = tcp(80);
+    let len = seg.len() as u16;
+    vec![
+        (
+            "ipv6 tcp to a local pod".into(),
+            ipv6_to("fd00:244:1::5", 6, len, &seg),
+            XDP_REDIRECT,
+        ),
+        (
+            "ipv6 to another node's pods".into(),
+            ipv6_to("fd00:244:2::5", 6, len, &seg),
+            XDP_PASS,
+        ),
+        (
+            "neighbour solicitation".into(),
+            ipv6_to("ff02::1:ff00:5", 58, 24, &[135; 24]),
+            XDP_PASS,
+        ),
+        (
+            "ipv6 payload length beyond the frame".into(),
+            ipv6_to("fd00:244:1::5", 6, len + 1, &seg),
+            XDP_PASS,
+        ),
+        (
+            "ipv6 header cut short".into(),
+            ipv6_to("fd00:244:1::5", 6, len, &seg)[..ETH + 39].to_vec(),
+            XDP_PASS,
+        ),
+    ]
+}
+
 fn direct_cases() -> Vec<(String, Vec<u8>, u32)> {
     let pod = Ipv4Addr::new(10, 244, 1, 5);
     let to_pod = Ip::to(pod, 6, tcp(80));
@@ -454,12 +506,20 @@ fn only_ferrys_traffic_is_redirected() {
         let (attachment, queues) = open(&mut backend, spec(Some(VXLAN), &[]));
         let prog = attachment.program_fd().expect("the program");
         check(prog, ifindex, "vxlan", &vxlan_cases());
+        // In VXLAN mode IPv6 pods' traffic comes inside VXLAN: bare IPv6
+        // to them is the kernel's.
+        let bare6: Vec<_> = direct6_cases()
+            .into_iter()
+            .map(|(what, f, _)| (what, f, XDP_PASS))
+            .collect();
+        check(prog, ifindex, "vxlan, bare ipv6", &bare6);
         drop((queues, attachment));
 
-        let cidrs = ["10.244.1.0/24", "10.244.9.128/25"];
+        let cidrs = ["10.244.1.0/24", "10.244.9.128/25", "fd00:244:1::/64"];
         let (attachment, queues) = open(&mut backend, spec(None, &cidrs));
         let prog = attachment.program_fd().expect("the program");
         check(prog, ifindex, "direct", &direct_cases());
+        check(prog, ifindex, "direct ipv6", &direct6_cases());
 
         // The socket closed (a dataplane that died): ferry's frames pass.
         drop(queues);

@@ -191,7 +191,7 @@ fn uplink_spec(node: &NodeSettings, up: &ferry_api::table::Uplink) -> UplinkSpec
         Overlay::Direct => UplinkSpec {
             address: up.address,
             vxlan_port: None,
-            local_cidrs: node.pod_cidrs4().map(|c| c.trunc()).collect(),
+            local_cidrs: node.pod_cidrs.iter().map(|c| c.trunc()).collect(),
             set_channels: up.set_channels,
         },
     }

@@ -310,9 +310,9 @@ pub struct UplinkSpec {
     pub address: std::net::Ipv4Addr,
     /// VXLAN mode: UDP to `address` and this port is ferry's.
     pub vxlan_port: Option<u16>,
-    /// Direct mode: packets to these prefixes (the node's pod CIDRs) are
-    /// ferry's. Empty in VXLAN mode.
-    pub local_cidrs: Vec<ipnet::Ipv4Net>,
+    /// Direct mode: packets to these prefixes (the node's pod CIDRs, both
+    /// families) are ferry's. Empty in VXLAN mode.
+    pub local_cidrs: Vec<ipnet::IpNet>,
     /// Set the uplink's channel count to the worker count when they differ.
     pub set_channels: bool,
 }

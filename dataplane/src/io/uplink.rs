@@ -13,7 +13,8 @@
 //!   ferry traffic passes to the kernel (which drops VXLAN it has no device
 //!   for);
 //! - the classifier `xdp-progs/uplink.c` and its maps: `uplink_cfg`
-//!   ([`UplinkCfg`]) and `local_cidrs` ([`LpmV4Key`]), filled from the
+//!   ([`UplinkCfg`]), `local_cidrs` ([`LpmV4Key`]) and `local_cidrs6`
+//!   ([`LpmV6Key`]), filled from the
 //!   [`UplinkSpec`] before the program is attached ([`configure`]). Only
 //!   ferry's traffic (VXLAN to the node address, or in direct mode packets
 //!   to the node's pod CIDRs) reaches the sockets; the rest, and everything
@@ -37,7 +38,8 @@ pub static UPLINK_PROG: &[u8] =
 pub const PROG_NAME: &str = "ferry_uplink";
 pub const CFG_MAP: &str = "uplink_cfg";
 pub const CIDR_MAP: &str = "local_cidrs";
-/// `max_entries` of `local_cidrs`.
+pub const CIDR6_MAP: &str = "local_cidrs6";
+/// `max_entries` of `local_cidrs` (and of `local_cidrs6`).
 pub const MAX_LOCAL_CIDRS: usize = 256;
 
 /// `struct uplink_cfg` of `ferry_maps.h`: network-order fields as bytes.
@@ -62,7 +64,18 @@ pub struct LpmV4Key {
     pub addr: [u8; 4],
 }
 
+/// `struct lpm_v6_key` of `ferry_maps.h`: an IPv6 prefix.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LpmV6Key {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
 const _: () = {
+    assert!(size_of::<LpmV6Key>() == 20);
+    assert!(offset_of!(LpmV6Key, addr) == 4);
+    assert!(size_of::<Key<[u8; 16]>>() == size_of::<LpmV6Key>());
     assert!(size_of::<UplinkCfg>() == 8);
     assert!(offset_of!(UplinkCfg, node_addr) == 0);
     assert!(offset_of!(UplinkCfg, vxlan_port) == 4);
@@ -230,24 +243,46 @@ pub fn configure(ifname: &str, ebpf: &mut Ebpf, spec: &UplinkSpec) -> Result<(),
     cfg.set(0, UplinkCfg::from_spec(spec), 0)
         .map_err(|e| err(CFG_MAP, e.to_string()))?;
 
-    if spec.local_cidrs.len() > MAX_LOCAL_CIDRS {
-        return Err(err(
-            CIDR_MAP,
-            format!(
-                "{} pod CIDRs, the map holds {MAX_LOCAL_CIDRS}",
-                spec.local_cidrs.len()
-            ),
-        ));
+    let (v4, v6): (Vec<ipnet::IpNet>, Vec<ipnet::IpNet>) = spec
+        .local_cidrs
+        .iter()
+        .partition(|n| matches!(n, ipnet::IpNet::V4(_)));
+    for (name, nets) in [(CIDR_MAP, &v4), (CIDR6_MAP, &v6)] {
+        if nets.len() > MAX_LOCAL_CIDRS {
+            return Err(err(
+                name,
+                format!("{} pod CIDRs, the map holds {MAX_LOCAL_CIDRS}", nets.len()),
+            ));
+        }
     }
     let map = ebpf
         .map_mut(CIDR_MAP)
         .ok_or_else(|| err(CIDR_MAP, "missing from the object".into()))?;
     let mut cidrs: LpmTrie<_, [u8; 4], u8> =
         LpmTrie::try_from(map).map_err(|e| err(CIDR_MAP, e.to_string()))?;
-    for net in &spec.local_cidrs {
-        cidrs
-            .insert(&LpmV4Key::of(*net).to_aya(), 1, 0)
-            .map_err(|e| err(CIDR_MAP, format!("{net}: {e}")))?;
+    for net in &v4 {
+        if let ipnet::IpNet::V4(n) = net {
+            cidrs
+                .insert(&LpmV4Key::of(*n).to_aya(), 1, 0)
+                .map_err(|e| err(CIDR_MAP, format!("{net}: {e}")))?;
+        }
+    }
+    let map = ebpf
+        .map_mut(CIDR6_MAP)
+        .ok_or_else(|| err(CIDR6_MAP, "missing from the object".into()))?;
+    let mut cidrs6: LpmTrie<_, [u8; 16], u8> =
+        LpmTrie::try_from(map).map_err(|e| err(CIDR6_MAP, e.to_string()))?;
+    for net in &v6 {
+        if let ipnet::IpNet::V6(n) = net {
+            let n = n.trunc();
+            cidrs6
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                    1,
+                    0,
+                )
+                .map_err(|e| err(CIDR6_MAP, format!("{net}: {e}")))?;
+        }
     }
     Ok(())
 }
@@ -314,6 +349,7 @@ mod tests {
             [node_addr, vxlan_port, direct, pad]
         );
         same_layout!("lpm_v4_key", LpmV4Key, [prefixlen, addr]);
+        same_layout!("lpm_v6_key", LpmV6Key, [prefixlen, addr]);
     }
 
     /// Just enough of ELF and BTF to read struct layouts (aya's BTF parser
