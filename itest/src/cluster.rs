@@ -72,6 +72,9 @@ pub struct ClusterOpts {
     /// `Some`: nodes find each other through an etcd on the fabric
     /// (`[cluster]`) instead of `[[peers]]` written by hand.
     pub etcd: Option<EtcdOpts>,
+    /// Dual-stack nodes: node N's IPv6 pod CIDR is [`pod_cidr6`] (or with
+    /// etcd, the cluster's [`CLUSTER_CIDR6`] gives the blocks).
+    pub dual_stack: bool,
 }
 
 /// The etcd a cluster's nodes share.
@@ -85,6 +88,8 @@ pub struct EtcdOpts {
 
 /// The cluster CIDR of the etcd clusters.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Their IPv6 CIDR, when dual-stack (node blocks /64, by IPv4 block index).
+pub const CLUSTER_CIDR6: &str = "fd00:244::/48";
 
 impl ClusterOpts {
     /// `nodes` nodes, 2 workers each, pod traffic across in `overlay`.
@@ -94,6 +99,7 @@ impl ClusterOpts {
             overlay,
             workers: 2,
             etcd: None,
+            dual_stack: false,
         }
     }
 
@@ -150,9 +156,19 @@ pub fn pod_cidr(i: u32) -> String {
     format!("10.70.{i}.0/24")
 }
 
+/// Node `i`'s IPv6 pod CIDR (dual-stack clusters).
+pub fn pod_cidr6(i: u32) -> String {
+    format!("fd00:70:{i}::/64")
+}
+
 /// The ferryd.toml text that makes node `me` of `nodes` a cluster node:
 /// its uplink, the overlay and every other node as a peer.
 pub fn uplink_config(me: u32, nodes: u32, overlay: Overlay) -> String {
+    uplink_config_with(me, nodes, overlay, false)
+}
+
+/// [`uplink_config`], with each peer's [`pod_cidr6`] when `dual_stack`.
+pub fn uplink_config_with(me: u32, nodes: u32, overlay: Overlay, dual_stack: bool) -> String {
     let mut text = format!(
         "uplink = \"{UPLINK}\"\nnode_address = \"{}\"\nmasquerade = true\n\n[overlay]\nmode = \"{}\"\n",
         node_address(me),
@@ -168,6 +184,9 @@ pub fn uplink_config(me: u32, nodes: u32, overlay: Overlay) -> String {
             node_address(peer),
             pod_cidr(peer)
         ));
+        if dual_stack {
+            text.push_str(&format!("pod_cidr6 = \"{}\"\n", pod_cidr6(peer)));
+        }
     }
     text
 }
@@ -324,18 +343,22 @@ impl Cluster {
             .map(|e| EtcdServer::start(&tag, &fabric, e.tls));
         let mut nodes: Vec<ClusterNode> = Vec::new();
         for i in 1..=opts.nodes {
-            let extra_config = match (opts.overlay, &etcd, &opts.etcd) {
+            let mut extra_config = match (opts.overlay, &etcd, &opts.etcd) {
                 (Some(o), Some(server), Some(e)) => etcd_node_config(i, o, server, e.lease_ttl_s),
-                (Some(o), _, _) => uplink_config(i, opts.nodes, o),
+                (Some(o), _, _) => uplink_config_with(i, opts.nodes, o, opts.dual_stack),
                 (None, _, _) => String::new(),
             };
+            if opts.dual_stack && etcd.is_some() {
+                // The [cluster] table is the config's last.
+                extra_config.push_str(&format!("cidr6 = \"{CLUSTER_CIDR6}\"\n"));
+            }
             let node_opts = NodeOpts {
                 pod_cidr: if etcd.is_some() {
                     String::new()
                 } else {
                     pod_cidr(i)
                 },
-                pod_cidr6: None,
+                pod_cidr6: (opts.dual_stack && etcd.is_none()).then(|| pod_cidr6(i)),
                 workers: opts.workers,
                 ipam: None,
                 // ferryd's default: the uplink MTU less the overlay's.

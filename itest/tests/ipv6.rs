@@ -159,3 +159,70 @@ fn hop_limit_mtu_and_source_are_enforced_over_ipv6() {
         node.stats()
     );
 }
+
+/// Dual-stack nodes on a fabric: IPv6 pods reach the other node's pods
+/// inside the IPv4 overlay (VXLAN) and routed as they are (direct), the
+/// node kernel reaches remote IPv6 pods, and a 32 MB transfer crosses.
+#[test]
+fn ipv6_pods_cross_nodes_in_both_overlays() {
+    use itest::cluster::{pod_cidr6, Cluster, ClusterOpts, Overlay};
+    for (i, overlay) in [Overlay::Vxlan, Overlay::Direct].into_iter().enumerate() {
+        let c = Cluster::start(
+            &format!("v6x{i}"),
+            ClusterOpts {
+                dual_stack: true,
+                ..ClusterOpts::new(2, Some(overlay))
+            },
+        );
+        let a = c.node(1).add_pod(1);
+        let b = c.node(2).add_pod(1);
+        let t = c.node(2).add_tap_pod(2);
+        let (a6, b6, t6) = (ip6(&a), ip6(&b), ip6(&t));
+        assert!(a6.starts_with(&pod_cidr6(1)[..10]), "{a6}");
+        let o = overlay.name();
+        assert!(
+            wait_until(Duration::from_secs(10), || ping6_ok(&a.ns.name, &b6)),
+            "{o}: {a6} -> {b6}\n{}",
+            c.node(1).stats()
+        );
+        assert!(ping6_ok(&t.ns.name, &a6), "{o}: tap {t6} -> {a6}");
+        // The node kernel reaches a remote pod (its route to the peer's
+        // IPv6 block goes through the host port).
+        assert!(ping6_ok(&c.node(1).ns.name, &b6), "{o}: node 1 -> {b6}");
+        transfer(&a.ns.name, &b.ns.name, &b6, 7301, 31);
+        transfer(&t.ns.name, &a.ns.name, &a6, 7302, 32);
+        assert_eq!(drops(&c.node(2), "unknown_peer"), 0, "{o}");
+    }
+}
+
+/// Dual-stack through etcd: each node's IPv6 block comes with its IPv4
+/// claim, the records carry it, and pods reach each other over IPv6.
+#[test]
+fn ipv6_blocks_come_with_the_etcd_claim() {
+    use itest::cluster::{Cluster, ClusterOpts, Overlay, CLUSTER_CIDR6};
+    let c = Cluster::start(
+        "v6e",
+        ClusterOpts {
+            dual_stack: true,
+            ..ClusterOpts::with_etcd(2, Overlay::Vxlan, false)
+        },
+    );
+    let a = c.node(1).add_pod(1);
+    let b = c.node(2).add_pod(1);
+    let (a6, b6) = (ip6(&a), ip6(&b));
+    let prefix = &CLUSTER_CIDR6[..9];
+    assert!(
+        a6.starts_with(prefix) && b6.starts_with(prefix),
+        "{a6} {b6}"
+    );
+    let block = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().segments()[..4].to_vec();
+    assert_ne!(block(&a6), block(&b6), "one /64 block per node: {a6} {b6}");
+    assert!(
+        wait_until(Duration::from_secs(15), || ping6_ok(&a.ns.name, &b6)),
+        "{a6} -> {b6}"
+    );
+    assert!(ping6_ok(&b.ns.name, &a6));
+    let out = c.node(1).ferryctl(&["nodes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches(prefix).count() >= 2, "ferryctl nodes: {text}");
+}
