@@ -191,7 +191,7 @@ fn ipv6_pods_cross_nodes_in_both_overlays() {
         assert!(ping6_ok(&c.node(1).ns.name, &b6), "{o}: node 1 -> {b6}");
         transfer(&a.ns.name, &b.ns.name, &b6, 7301, 31);
         transfer(&t.ns.name, &a.ns.name, &a6, 7302, 32);
-        assert_eq!(drops(&c.node(2), "unknown_peer"), 0, "{o}");
+        assert_eq!(drops(c.node(2), "unknown_peer"), 0, "{o}");
     }
 }
 
