@@ -495,6 +495,23 @@ pub struct Stats {
     /// can report zeros. Empty from a dataplane that predates the field.
     #[serde(default)]
     pub drop_reasons: Vec<String>,
+    /// The connection table of service flows, once there are services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackStats>,
+}
+
+/// The connection table's size and counters.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConntrackStats {
+    pub capacity: u64,
+    /// Live and not yet swept entries (two per flow, plus one per
+    /// session-affinity client).
+    pub entries: u64,
+    pub inserts: u64,
+    /// New flows refused because the table was full (`ct_full` drops).
+    pub insert_failed: u64,
+    /// Entries swept after their timeout.
+    pub expired: u64,
 }
 
 /// Per-port counters, summed over the workers that serve the port.

@@ -754,6 +754,7 @@ mod tests {
                 ..Default::default()
             }],
             drop_reasons: vec![],
+            conntrack: None,
             workers: vec![WorkerStats {
                 worker: 0,
                 cpu: Some(1),

@@ -156,6 +156,18 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if let Some(ct) = stats.and_then(|st| st.conntrack) {
+        for (name, kind, help, value) in [
+            ("ferry_conntrack_capacity", "gauge", "Entries the dataplane's connection table of service flows holds at most (two per flow).", ct.capacity),
+            ("ferry_conntrack_entries", "gauge", "Entries in the connection table (live, or expired and not yet swept).", ct.entries),
+            ("ferry_conntrack_inserts_total", "counter", "Entries put in the connection table.", ct.inserts),
+            ("ferry_conntrack_insert_failed_total", "counter", "New service flows refused because the connection table was full of live flows (dropped ct_full).", ct.insert_failed),
+            ("ferry_conntrack_expired_total", "counter", "Connection-table entries swept after their timeout.", ct.expired),
+        ] {
+            Family::new(&mut out, name, kind, help).sample(&[], value);
+        }
+    }
+
     if let Some(u) = &s.uplink {
         // The mode is the dataplane's port's; "missing" when it has none,
         // "unknown" when its counters could not be read.
@@ -425,6 +437,13 @@ mod tests {
                     drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
                 }],
                 drop_reasons: vec!["no_endpoint".into(), "runt".into()],
+                conntrack: Some(ferry_api::table::ConntrackStats {
+                    capacity: 262144,
+                    entries: 4,
+                    inserts: 9,
+                    insert_failed: 1,
+                    expired: 5,
+                }),
             }),
             dataplane_connected: true,
             endpoints: Some(1),
@@ -532,6 +551,9 @@ mod tests {
         for line in [
             "ferry_dataplane_up 1",
             "ferry_dataplane_connected 1",
+            "# TYPE ferry_conntrack_insert_failed_total counter",
+            "ferry_conntrack_insert_failed_total 1",
+            "ferry_conntrack_entries 4",
             "ferry_pod_requests_total{command=\"ADD\",code=\"0\"} 3",
             "ferry_pod_requests_total{command=\"ADD\",code=\"11\"} 1",
             "ferry_endpoints 1",

@@ -747,6 +747,16 @@ impl<B: PortBackend> Dataplane<B> {
                 .iter()
                 .map(|r| r.name().to_string())
                 .collect(),
+            conntrack: self.conntrack.as_ref().map(|ct| {
+                let c = ct.stats();
+                ferry_api::table::ConntrackStats {
+                    capacity: c.capacity,
+                    entries: c.entries,
+                    inserts: c.inserts,
+                    insert_failed: c.insert_failed,
+                    expired: c.expired,
+                }
+            }),
         }
     }
 
@@ -1194,6 +1204,86 @@ mod tests {
         let pa = stats.ports.iter().find(|p| p.name == "fya").unwrap();
         assert_eq!(pa.rx_frames, 2);
         assert_eq!(pa.drops.get("no_tx_queue"), Some(&1));
+    }
+
+    /// A TCP segment from `from:sport` to `to:dport`.
+    fn segment(from: Ipv4Addr, sport: u16, to: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2(MacAddr::for_pod(from).0, MacAddr::ROUTER.0)
+            .ipv4(from.octets(), to.octets(), 64)
+            .tcp(sport, dport, 1, 64240);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut f, b"svc").unwrap();
+        f
+    }
+
+    /// The two directions of a service flow meet the same translation
+    /// though different workers get them: the client's packets arrive on
+    /// queue 0 (worker 0), the backend's replies on queue 1 (worker 1).
+    #[test]
+    fn both_directions_of_a_service_flow_find_one_entry_across_workers() {
+        use ferry_api::table::{Backend, L4Proto, ServicePort};
+        let net = MemNetwork::new();
+        let wa = net.add("fya", 2);
+        let wb = net.add("fyb", 2);
+        net.add("ferry0dp", 2);
+        let mut dp = start(2, &net);
+        applied(dp.handle(Request::Sync {
+            node: node(),
+            endpoints: vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+            routes: vec![],
+        }));
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        applied(dp.handle(Request::SyncServices {
+            services: vec![ServicePort {
+                id: "default/web:80/TCP".into(),
+                vip: vip.into(),
+                port: 80,
+                protocol: L4Proto::Tcp,
+                backends: vec![Backend {
+                    ip: B.into(),
+                    port: 8080,
+                }],
+                affinity_timeout_s: None,
+                seed: 1,
+            }],
+        }));
+        assert_eq!(dp.dump().services.len(), 1);
+        for sport in 40000..40010u16 {
+            wa.inject(0, segment(A, sport, vip, 80, true));
+            let to_b = sent(&wb, 1);
+            let f = &to_b[0];
+            assert_eq!(&f[30..34], &B.octets(), "to the backend");
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), 8080);
+            wb.inject(1, segment(B, 8080, A, sport, false));
+            let to_a = sent(&wa, 1);
+            let r = &to_a[0];
+            assert_eq!(&r[26..30], &vip.octets(), "from the ClusterIP");
+            assert_eq!(u16::from_be_bytes([r[34], r[35]]), 80);
+            assert_eq!(u16::from_be_bytes([r[36], r[37]]), sport);
+        }
+        let s = dp.stats();
+        assert!(
+            s.workers[0].rx_frames >= 10 && s.workers[1].rx_frames >= 10,
+            "{s:?}"
+        );
+        let ct = s.conntrack.expect("conntrack stats");
+        assert_eq!(
+            (ct.entries, ct.inserts, ct.insert_failed),
+            (20, 20, 0),
+            "{ct:?}"
+        );
+        // The services go with a Sync of everything else untouched, and
+        // away with RemoveService.
+        sync(
+            &mut dp,
+            vec![ep("a/eth0", "fya", A), ep("b/eth0", "fyb", B)],
+        );
+        assert_eq!(dp.dump().services.len(), 1);
+        applied(dp.handle(Request::RemoveService {
+            id: "default/web:80/TCP".into(),
+        }));
+        assert!(dp.dump().services.is_empty());
     }
 
     /// Sync `endpoints` with [`node`] and no routes; the generation.
