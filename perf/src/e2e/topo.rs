@@ -581,11 +581,16 @@ impl Topology {
                 on_b,
             });
         }
-        if self.dual_stack {
-            // The new pods' duplicate-address detection runs at once; wait
-            // for all of them together.
-            for p in &self.pods[first_new..] {
-                wait_dad_done(&self.name, &p.ns.name, Duration::from_secs(10))?;
+        if self.dual_stack && self.pods.len() > first_new {
+            // Duplicate-address detection of every new address runs at once;
+            // wait for all of them together. The reference plugins (1.1.1)
+            // hand a pod's address over settled but leave the gateway they
+            // put on the node's side (the bridge, ptp's host veths) tentative
+            // for about a second.
+            let gateway_side = matches!(self.kind, Kind::Bridge | Kind::Ptp);
+            let nodes = gateway_side.then_some(&self.node);
+            for ns in self.pods[first_new..].iter().map(|p| &p.ns).chain(nodes) {
+                wait_dad_done(&self.name, &ns.name, Duration::from_secs(10))?;
             }
         }
         Ok(())
@@ -1063,8 +1068,8 @@ fn reference_plugin(
 
 /// Wait (up to `timeout`) until no IPv6 address in namespace `ns` is
 /// tentative: the kernel neither sends from nor answers for an address
-/// whose duplicate-address detection runs (about 1 s after it is added),
-/// and the reference plugins add theirs with it (ferry's come `nodad`).
+/// whose duplicate-address detection runs (about 1 s after it is added;
+/// ferry's come `nodad`, the xdp topology's too).
 fn wait_dad_done(topology: &str, ns: &str, timeout: Duration) -> Result<()> {
     let tentative = || sys::run_ok("ip", &["-n", ns, "-6", "addr", "show", "tentative"]);
     let done = sys::wait_until(timeout, || tentative().is_ok_and(|t| t.trim().is_empty()))?;
