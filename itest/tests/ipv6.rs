@@ -83,7 +83,10 @@ fn dual_stack_pods_reach_each_other_and_the_node() {
     for (from, to) in [(&a, &b6), (&a, &t6), (&t, &a6), (&b, &GW6.to_string())] {
         assert!(ping6_ok(&from.ns.name, to), "{} -> {to}", from.ip);
     }
-    assert!(a.ping(&b.ip, 1) && t.ping(&a.ip, 1), "IPv4 still works beside");
+    assert!(
+        a.ping(&b.ip, 1) && t.ping(&a.ip, 1),
+        "IPv4 still works beside"
+    );
     // The node reaches the pods over IPv6 (kubelet probes).
     for pod6 in [&a6, &t6] {
         assert!(ping6_ok(&node.ns.name, pod6), "node -> {pod6}");
@@ -143,12 +146,22 @@ fn hop_limit_mtu_and_source_are_enforced_over_ipv6() {
     let before = drops(&node, "spoofed_source");
     ns_run_ok(
         &a.ns.name,
-        &["ip", "-6", "addr", "add", "fd00:88::99/128", "dev", "eth0", "nodad"],
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:88::99/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
     );
     let out = ping6(&a.ns.name, &b6, &["-I", "fd00:88::99"]);
     assert!(!out.status.success(), "a spoofed source got an answer");
     assert!(
-        wait_until(Duration::from_secs(5), || drops(&node, "spoofed_source") > before),
+        wait_until(Duration::from_secs(5), || drops(&node, "spoofed_source")
+            > before),
         "spoofed source not counted: {}",
         node.stats()
     );
