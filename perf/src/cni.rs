@@ -118,7 +118,7 @@ pub fn run(opts: &Options) -> Result<String> {
     ];
     let mut under = Vec::new();
     for (name, kind) in kinds {
-        let topo = Topology::build(name, kind, &tag, 0, &opts.bin_dir, &[])?;
+        let topo = Topology::build(name, kind, &tag, 0, &opts.bin_dir, &[], false)?;
         let call = topo.cni_call()?;
         under.push(Under {
             topo,

@@ -58,6 +58,9 @@ enum Cmd {
         /// Comma-separated main-case workloads to run (default: all) among tcp-1, tcp-4, udp-64B, udp-1400B, ping, tcp-rr.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+        /// IP family of the main cases: 4, 6 or both (each workload over IPv4, then IPv6). With 6 the single-node topologies are built dual-stack (ferry: an IPv6 pod CIDR; bridge, ptp: two host-local range sets) and the IPv6 cases are reported as <workload>-v6 (udp-64B-v6 sends 62-byte frames, the smallest IPv6/UDP); not with two-node topologies. Scale cases stay IPv4.
+        #[arg(long, default_value = "4")]
+        family: String,
         /// Extra ferry-dataplane arguments for every ferry topology, e.g. `--dataplane-args='--idle-spin-us 20'` (split at spaces; recorded in the report).
         #[arg(long, allow_hyphen_values = true)]
         dataplane_args: Option<String>,
@@ -289,6 +292,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             ferry_workers,
             senders,
             workloads,
+            family,
             dataplane_args,
         } => {
             let mut o = e2e::Options::new(quick);
@@ -302,6 +306,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             o.extra_ferry_workers = (ferry_workers > 1).then_some(ferry_workers);
             o.senders = senders.clamp(1, 64);
             o.workloads = workloads;
+            o.families = e2e::workload::Family::parse_choice(&family).context("--family")?;
             o.dataplane_args = dataplane_args
                 .unwrap_or_default()
                 .split_whitespace()

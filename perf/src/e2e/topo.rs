@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use super::error::{E2eError, Result};
 use super::ethtool;
 use super::parse;
 use super::sys::{self, in_netns, Netns, Proc, TempDir};
+use super::workload::Family;
 use super::xdp::XdpRedirect;
 
 /// Where Debian's containernetworking-plugins live.
@@ -86,14 +87,28 @@ impl Kind {
     }
 }
 
-/// One pod: its namespace (interface eth0) and address.
+/// One pod: its namespace (interface eth0) and addresses.
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
     pub container: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack topology.
+    pub ip6: Option<Ipv6Addr>,
     /// On node B of a two-node topology (else on the only node, or node A).
     pub on_b: bool,
+}
+
+impl Pod {
+    /// Its address of `family`; an error if the topology is IPv4-only.
+    pub fn addr(&self, family: Family) -> Result<IpAddr> {
+        match family {
+            Family::V4 => Ok(self.ip.into()),
+            Family::V6 => self.ip6.map(IpAddr::from).ok_or_else(|| {
+                E2eError::setup(&self.ns.name, "no IPv6 address (an IPv4-only topology)")
+            }),
+        }
+    }
 }
 
 /// A CNI plugin and its network config, ready to invoke in a node namespace.
@@ -173,6 +188,8 @@ pub struct Topology {
     pub node: Netns,
     pub dir: TempDir,
     tag: String,
+    /// Pods get an IPv6 address too.
+    dual_stack: bool,
 }
 
 /// The second node of a two-node topology and the fabric between the two.
@@ -220,7 +237,15 @@ pub fn ferry_node(what: &str, workers: u32, bin_dir: &Path) -> Result<Topology> 
     check_ferry_bins(bin_dir)?;
     sys::install_signal_handlers()?;
     let run_tag = format!("{}", std::process::id() % 100_000);
-    Topology::build("ferry", Kind::Ferry { workers }, &run_tag, 0, bin_dir, &[])
+    Topology::build(
+        "ferry",
+        Kind::Ferry { workers },
+        &run_tag,
+        0,
+        bin_dir,
+        &[],
+        false,
+    )
 }
 
 /// Invoke a CNI plugin inside `node_ns` exactly as a runtime does (env + stdin).
@@ -273,16 +298,41 @@ pub fn invoke_cni(
         .map_err(|e| E2eError::parse(what, format!("{e}: {}", out.stdout)))
 }
 
-/// The pod address from a CNI result (`ips[0].address`, `a.b.c.d/len`).
+/// The pod's addresses in a CNI result (`ips[].address`, `addr/len`), in order.
+fn result_addrs(result: &Value) -> Result<Vec<IpAddr>> {
+    let mut v = Vec::new();
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let addr = ip["address"]
+            .as_str()
+            .ok_or_else(|| E2eError::parse("CNI result", format!("no address in {ip}")))?;
+        let a = addr
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| E2eError::parse("CNI result", format!("bad address {addr}")))?;
+        v.push(a);
+    }
+    Ok(v)
+}
+
+/// The pod's IPv4 address from a CNI result (the first one listed).
 pub fn result_ip(result: &Value) -> Result<Ipv4Addr> {
-    let addr = result["ips"][0]["address"]
-        .as_str()
-        .ok_or_else(|| E2eError::parse("CNI result", format!("no ips[0].address in {result}")))?;
-    addr.split('/')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| E2eError::parse("CNI result", format!("bad address {addr}")))
+    result_addrs(result)?
+        .into_iter()
+        .find_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| E2eError::parse("CNI result", format!("no IPv4 address in {result}")))
+}
+
+/// The pod's IPv6 address from a CNI result, if it lists one.
+pub fn result_ip6(result: &Value) -> Result<Option<Ipv6Addr>> {
+    Ok(result_addrs(result)?.into_iter().find_map(|a| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }))
 }
 
 fn short(kind: Kind) -> String {
@@ -335,9 +385,18 @@ fn subnet(kind: Kind) -> &'static str {
     }
 }
 
+/// The IPv6 /64 of a single-node topology beside its `10.99.N.0/24`:
+/// `fd00:99:N::/64` (gateway `::1`, as ferryd and host-local default to);
+/// `None` for two-node ones (IPv6 across nodes is not built).
+fn subnet6(kind: Kind) -> Option<String> {
+    let n = subnet(kind).strip_prefix("10.99.")?.split('.').next()?;
+    Some(format!("fd00:99:{n}::/64"))
+}
+
 impl Topology {
     /// Build the topology `kind` named `name` with `pods` pods. `run_tag` makes names unique.
     /// `dataplane_args` are appended to ferry-dataplane's command line (ferry kinds only).
+    /// `dual_stack`: pods get an IPv6 address too ([`subnet6`]; single-node kinds only).
     pub fn build(
         name: &str,
         kind: Kind,
@@ -345,7 +404,18 @@ impl Topology {
         pods: usize,
         bin_dir: &Path,
         dataplane_args: &[String],
+        dual_stack: bool,
     ) -> Result<Topology> {
+        let cidr6 = match (dual_stack, subnet6(kind)) {
+            (false, _) => None,
+            (true, Some(c)) => Some(c),
+            (true, None) => {
+                return Err(E2eError::setup(
+                    name,
+                    "IPv6 across nodes is not built: two-node topologies are IPv4-only",
+                ))
+            }
+        };
         let tag = format!("fpf-{run_tag}-{}", short(kind));
         let dir = TempDir::create(&format!("{run_tag}-{}", short(kind)))?;
         let node = Netns::create(&format!(
@@ -354,17 +424,27 @@ impl Topology {
         ))?;
         let mut notes = BTreeMap::new();
         notes.insert("description".to_string(), Value::from(kind.describe()));
+        if let Some(c) = &cidr6 {
+            notes.insert(
+                "ipv6".to_string(),
+                json!(format!("dual-stack pods: IPv6 from {c} beside IPv4")),
+            );
+        }
         let mut remote = None;
         let (backend, plugin) = match kind {
             Kind::Ferry { workers } | Kind::FerryTap { workers } => {
                 check_ferry_bins(bin_dir)?;
+                let cidrs: Vec<&str> = [Some(subnet(kind)), cidr6.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 let (backend, mut conf) = start_ferry(
                     &node,
                     &dir.path,
                     bin_dir,
                     workers,
                     dataplane_args,
-                    subnet(kind),
+                    &cidrs,
                     None,
                 )?;
                 if matches!(kind, Kind::FerryTap { .. }) {
@@ -384,8 +464,14 @@ impl Topology {
                 } else {
                     "ptp"
                 };
-                let plugin =
-                    reference_plugin(name, ty, subnet(kind), 1500, &dir.path.join("ipam"))?;
+                let plugin = reference_plugin(
+                    name,
+                    ty,
+                    subnet(kind),
+                    cidr6.as_deref(),
+                    1500,
+                    &dir.path.join("ipam"),
+                )?;
                 (Backend::Cni, Some(plugin))
             }
             Kind::Xdp => {
@@ -444,6 +530,7 @@ impl Topology {
             node,
             dir,
             tag,
+            dual_stack,
         };
         t.ensure_pods(pods)?;
         if let Backend::Xdp(x) = &mut t.backend {
@@ -465,26 +552,46 @@ impl Topology {
     /// exist). On a two-node topology odd pods go to node B: pod 0 (the
     /// sender) on A, pod 1 (the receiver) on B.
     pub fn ensure_pods(&mut self, n: usize) -> Result<()> {
+        let first_new = self.pods.len();
         while self.pods.len() < n {
             sys::check_interrupt()?;
             let i = self.pods.len();
             let on_b = self.remote.is_some() && i % 2 == 1;
             let ns = Netns::create(&format!("{}-p{i}", self.tag))?;
             let container = format!("{}-c{i}", self.tag);
-            let ip = match self.plugin_on(on_b) {
+            let (ip, ip6) = match self.plugin_on(on_b) {
                 Some((node, p)) => {
                     let r = invoke_cni(node, &p.binary, "ADD", &container, &ns.path(), &p.conf)
                         .map_err(|e| E2eError::setup(&self.name, format!("ADD pod {i}: {e}")))?;
-                    result_ip(&r)?
+                    (result_ip(&r)?, result_ip6(&r)?)
                 }
                 None => self.add_xdp_pod(i, &ns)?,
             };
+            if self.dual_stack && ip6.is_none() {
+                return Err(E2eError::setup(
+                    &self.name,
+                    format!("ADD pod {i}: no IPv6 address in the result"),
+                ));
+            }
             self.pods.push(Pod {
                 ns,
                 container,
                 ip,
+                ip6,
                 on_b,
             });
+        }
+        if self.dual_stack && self.pods.len() > first_new {
+            // Duplicate-address detection of every new address runs at once;
+            // wait for all of them together. The reference plugins (1.1.1)
+            // hand a pod's address over settled but leave the gateway they
+            // put on the node's side (the bridge, ptp's host veths) tentative
+            // for about a second.
+            let gateway_side = matches!(self.kind, Kind::Bridge | Kind::Ptp);
+            let nodes = gateway_side.then_some(&self.node);
+            for ns in self.pods[first_new..].iter().map(|p| &p.ns).chain(nodes) {
+                wait_dad_done(&self.name, &ns.name, Duration::from_secs(10))?;
+            }
         }
         Ok(())
     }
@@ -512,7 +619,7 @@ impl Topology {
             .collect()
     }
 
-    fn add_xdp_pod(&mut self, i: usize, ns: &Netns) -> Result<Ipv4Addr> {
+    fn add_xdp_pod(&mut self, i: usize, ns: &Netns) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
         let host = format!("h{i}");
         let node = &self.node.name;
         sys::run_ok(
@@ -535,12 +642,24 @@ impl Topology {
                 "eth0",
             ],
         )?;
+        // The redirect is by ingress interface, so IPv6 needs only the
+        // addresses; `nodad`: nothing else is on these veths to claim them.
+        let ip6 = self
+            .dual_stack
+            .then(|| Ipv6Addr::new(0xfd00, 0x99, 3, 0, 0, 0, 0, 2 + i as u16));
+        if let Some(a) = ip6 {
+            let cidr = format!("{a}/64");
+            sys::run_ok(
+                "ip",
+                &["-n", &ns.name, "addr", "add", &cidr, "dev", "eth0", "nodad"],
+            )?;
+        }
         sys::run_ok("ip", &["-n", &ns.name, "link", "set", "eth0", "up"])?;
         sys::run_ok("ip", &["-n", node, "link", "set", &host, "up"])?;
         if let Backend::Xdp(x) = &mut self.backend {
             x.attach_pass(&ns.name, "eth0")?;
         }
-        Ok(ip)
+        Ok((ip, ip6))
     }
 
     fn record_notes(&mut self) -> Result<()> {
@@ -789,12 +908,12 @@ fn start_ferry(
     bin: &Path,
     workers: u32,
     extra_args: &[String],
-    cidr: &str,
+    pod_cidrs: &[&str],
     uplink: Option<&str>,
 ) -> Result<(Backend, Value)> {
     let sock = dir.join("ferryd.sock");
     let dp_sock = dir.join("dataplane.sock");
-    let config = ferryd_config(dir, cidr, uplink)?;
+    let config = ferryd_config(dir, pod_cidrs, uplink)?;
     let cfg = dir.join("ferryd.toml");
     fs::write(&cfg, config).map_err(|e| E2eError::io(format!("write {}", cfg.display()), e))?;
     let s = |p: &Path| p.display().to_string();
@@ -867,11 +986,14 @@ fn start_ferry(
     ))
 }
 
-/// ferryd.toml for a node whose files live in `dir`, pods from `cidr`
-/// (gateway its first host address). Without `uplink` (the uplink part of a
-/// two-node topology, [`cross::ferry_uplink_config`]) a single node with pod
-/// MTU 1500; with it, ferryd derives the MTU from the uplink.
-fn ferryd_config(dir: &Path, cidr: &str, uplink: Option<&str>) -> Result<String> {
+/// ferryd.toml for a node whose files live in `dir`, pods from `pod_cidrs`:
+/// an IPv4 CIDR first (gateway its first host address), on a dual-stack node
+/// an IPv6 one after it (gateway ferryd's default, the CIDR's `::1`).
+/// Without `uplink` (the uplink part of a two-node topology,
+/// [`cross::ferry_uplink_config`]) a single node with pod MTU 1500; with it,
+/// ferryd derives the MTU from the uplink.
+fn ferryd_config(dir: &Path, pod_cidrs: &[&str], uplink: Option<&str>) -> Result<String> {
+    let cidr = pod_cidrs.first().copied().unwrap_or("");
     let base: Ipv4Addr = cidr
         .split('/')
         .next()
@@ -879,8 +1001,10 @@ fn ferryd_config(dir: &Path, cidr: &str, uplink: Option<&str>) -> Result<String>
         .parse()
         .map_err(|_| E2eError::parse("cidr", cidr))?;
     let gw = Ipv4Addr::from(u32::from(base) + 1);
+    let cidrs: Vec<String> = pod_cidrs.iter().map(|c| format!("\"{c}\"")).collect();
+    let cidrs = cidrs.join(", ");
     let mut text = format!(
-        "socket = \"{}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\npod_cidrs = [\"{cidr}\"]\ngateway = \"{gw}\"\n",
+        "socket = \"{}\"\ndataplane_socket = \"{}\"\nstate_dir = \"{}\"\npod_cidrs = [{cidrs}]\ngateway = \"{gw}\"\n",
         dir.join("ferryd.sock").display(),
         dir.join("dataplane.sock").display(),
         dir.join("state").display()
@@ -893,12 +1017,15 @@ fn ferryd_config(dir: &Path, cidr: &str, uplink: Option<&str>) -> Result<String>
 }
 
 /// A reference plugin (`bridge` on `cni0`-like `fpfbr0` with isGateway, or
-/// `ptp`) with host-local IPAM from `subnet` (state in `ipam_dir`), no
-/// masquerade, pod MTU `mtu`.
+/// `ptp`) with host-local IPAM from `subnet` and, dual-stack, `subnet6` (a
+/// second range set, as the plugins' dual-stack configs have it; the bridge
+/// then holds both gateways, each its range's first address), state in
+/// `ipam_dir`, no masquerade, pod MTU `mtu`.
 fn reference_plugin(
     topology: &str,
     ty: &str,
     subnet: &str,
+    subnet6: Option<&str>,
     mtu: u32,
     ipam_dir: &Path,
 ) -> Result<CniPlugin> {
@@ -912,10 +1039,16 @@ fn reference_plugin(
             ),
         ));
     }
+    let mut ranges = vec![json!([{ "subnet": subnet }])];
+    let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+    if let Some(s6) = subnet6 {
+        ranges.push(json!([{ "subnet": s6 }]));
+        routes.push(json!({"dst": "::/0"}));
+    }
     let ipam = json!({
         "type": "host-local",
-        "ranges": [[{"subnet": subnet}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
+        "ranges": ranges,
+        "routes": routes,
         "dataDir": ipam_dir.display().to_string(),
     });
     let mut conf = json!({
@@ -931,6 +1064,26 @@ fn reference_plugin(
         conf["isGateway"] = json!(true);
     }
     Ok(CniPlugin { binary, conf })
+}
+
+/// Wait (up to `timeout`) until no IPv6 address in namespace `ns` is
+/// tentative: the kernel neither sends from nor answers for an address
+/// whose duplicate-address detection runs (about 1 s after it is added;
+/// ferry's come `nodad`, the xdp topology's too).
+fn wait_dad_done(topology: &str, ns: &str, timeout: Duration) -> Result<()> {
+    let tentative = || sys::run_ok("ip", &["-n", ns, "-6", "addr", "show", "tentative"]);
+    let done = sys::wait_until(timeout, || tentative().is_ok_and(|t| t.trim().is_empty()))?;
+    if done {
+        return Ok(());
+    }
+    Err(E2eError::setup(
+        topology,
+        format!(
+            "IPv6 addresses in {ns} still tentative after {:.0} s: {}",
+            timeout.as_secs_f64(),
+            tentative().unwrap_or_default().trim()
+        ),
+    ))
 }
 
 /// Set up node `i` (0 = A, 1 = B) of a two-node topology, its uplink
@@ -957,10 +1110,16 @@ fn cross_node(
             check_ferry_bins(bin_dir)?;
             let uplink = cross::ferry_uplink_config(a, i, overlay);
             let args = cross::node_dataplane_args(dataplane_args, i, cross::machine_cores());
-            let (backend, mut conf) =
-                start_ferry(node, &dir, bin_dir, 1, &args, &a.pod_cidr(i), Some(&uplink)).map_err(
-                    |e| E2eError::setup(topology, format!("node {}: {e}", ["A", "B"][i])),
-                )?;
+            let (backend, mut conf) = start_ferry(
+                node,
+                &dir,
+                bin_dir,
+                1,
+                &args,
+                &[&a.pod_cidr(i)],
+                Some(&uplink),
+            )
+            .map_err(|e| E2eError::setup(topology, format!("node {}: {e}", ["A", "B"][i])))?;
             if tap {
                 conf["attachment"] = json!("tap");
             }
@@ -970,8 +1129,14 @@ fn cross_node(
         Kind::KernelCross { overlay } => {
             cross::run_all(&cross::kernel_node_commands(a, i, &node.name, overlay))?;
             let mtu = cross::kernel_pod_mtu(overlay);
-            let plugin =
-                reference_plugin(topology, "bridge", &a.pod_cidr(i), mtu, &dir.join("ipam"))?;
+            let plugin = reference_plugin(
+                topology,
+                "bridge",
+                &a.pod_cidr(i),
+                None,
+                mtu,
+                &dir.join("ipam"),
+            )?;
             Ok((Backend::Cni, plugin))
         }
         _ => Err(E2eError::setup(topology, "not a two-node topology")),
@@ -985,7 +1150,7 @@ mod tests {
     #[test]
     fn ferryd_config_of_a_single_node_and_of_a_two_node_one() {
         let d = Path::new("/tmp/x");
-        let one = ferryd_config(d, "10.99.10.0/24", None).unwrap();
+        let one = ferryd_config(d, &["10.99.10.0/24"], None).unwrap();
         assert_eq!(
             one,
             "socket = \"/tmp/x/ferryd.sock\"\ndataplane_socket = \"/tmp/x/dataplane.sock\"\n\
@@ -997,10 +1162,68 @@ mod tests {
             tap: false,
         });
         let up = cross::ferry_uplink_config(&a, 0, Overlay::Vxlan);
-        let two = ferryd_config(d, &a.pod_cidr(0), Some(&up)).unwrap();
+        let two = ferryd_config(d, &[&a.pod_cidr(0)], Some(&up)).unwrap();
         assert!(two.ends_with(&up) && !two.contains("mtu"), "{two}");
         assert!(two.contains("gateway = \"10.99.20.1\"\n"), "{two}");
-        assert!(ferryd_config(d, "nope", None).is_err());
+        assert!(ferryd_config(d, &["nope"], None).is_err());
+    }
+
+    #[test]
+    fn dual_stack_configs_add_an_ipv6_cidr_and_range_set() {
+        let d = Path::new("/tmp/x");
+        let c6 = subnet6(Kind::Ferry { workers: 1 }).unwrap();
+        assert_eq!(c6, "fd00:99:10::/64");
+        let ds = ferryd_config(d, &["10.99.10.0/24", &c6], None).unwrap();
+        assert!(
+            ds.contains("pod_cidrs = [\"10.99.10.0/24\", \"fd00:99:10::/64\"]\n")
+                && !ds.contains("gateway6"),
+            "{ds}"
+        );
+        assert_eq!(subnet6(Kind::Bridge).unwrap(), "fd00:99:1::/64");
+        assert_eq!(
+            subnet6(Kind::KernelCross {
+                overlay: Overlay::Vxlan
+            }),
+            None
+        );
+        // Every single-node topology's /64 is its own.
+        let mut all: Vec<String> = [
+            Kind::Ferry { workers: 1 },
+            Kind::Ferry { workers: 2 },
+            Kind::FerryTap { workers: 1 },
+            Kind::FerryTap { workers: 2 },
+            Kind::Bridge,
+            Kind::Ptp,
+            Kind::Xdp,
+        ]
+        .iter()
+        .filter_map(|k| subnet6(*k))
+        .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 7);
+        // The bridge's dual-stack IPAM: two range sets, one per family, and a
+        // default route of each.
+        if Path::new(CNI_DIR).join("bridge").is_file() {
+            let p = reference_plugin(
+                "bridge",
+                "bridge",
+                "10.99.1.0/24",
+                Some("fd00:99:1::/64"),
+                1500,
+                d,
+            )
+            .unwrap();
+            assert_eq!(
+                p.conf["ipam"]["ranges"],
+                json!([[{"subnet": "10.99.1.0/24"}], [{"subnet": "fd00:99:1::/64"}]])
+            );
+            assert_eq!(
+                p.conf["ipam"]["routes"],
+                json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+            );
+            assert_eq!(p.conf["isGateway"], json!(true));
+        }
     }
 
     #[test]
@@ -1052,8 +1275,19 @@ mod tests {
         let r = json!({"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],
                        "ips":[{"address":"10.99.1.2/24","gateway":"10.99.1.1","interface":0}]});
         assert_eq!(result_ip(&r).unwrap(), Ipv4Addr::new(10, 99, 1, 2));
+        assert_eq!(result_ip6(&r).unwrap(), None);
         assert!(result_ip(&json!({"ips": []})).is_err());
-        assert!(result_ip(&json!({"ips": [{"address": "fd00::2/64"}]})).is_err());
+        let v6 = json!({"ips": [{"address": "fd00::2/64"}]});
+        assert!(result_ip(&v6).is_err());
+        assert_eq!(result_ip6(&v6).unwrap(), Some("fd00::2".parse().unwrap()));
+        // Dual stack, in either order.
+        let ds = json!({"ips": [{"address": "fd00:99:1::2/64"}, {"address": "10.99.1.2/24"}]});
+        assert_eq!(result_ip(&ds).unwrap(), Ipv4Addr::new(10, 99, 1, 2));
+        assert_eq!(
+            result_ip6(&ds).unwrap(),
+            Some("fd00:99:1::2".parse().unwrap())
+        );
+        assert!(result_ip6(&json!({"ips": [{"address": "nope/64"}]})).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Each runs on a thread that entered the pod's network namespace.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -17,10 +17,14 @@ use super::xdp::ifindex;
 
 /// Smallest Ethernet frame without its FCS (a "64 B" frame on the wire).
 pub const MIN_FRAME: usize = 60;
+/// Smallest Ethernet/IPv6/UDP frame (14 + 40 + 8, no payload): the "64 B"
+/// workload over IPv6 sends these, 66 B on the wire.
+pub const MIN_FRAME6: usize = 62;
 /// UDP destination port of the flood (discard).
 pub const FLOOD_PORT: u16 = 9;
 
-/// One's complement sum folded to 16 bits (the IPv4 header checksum).
+/// One's complement sum folded to 16 bits, inverted (the IPv4 header and
+/// the UDP checksum).
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for ch in data.chunks(2) {
@@ -31,6 +35,22 @@ fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// A zeroed frame of `len` bytes behind an Ethernet header.
+fn ethernet_frame(src_mac: [u8; 6], dst_mac: [u8; 6], ethertype: u16, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A UDP header from `src_port` to [`FLOOD_PORT`], checksum 0.
+fn write_udp_header(udp: &mut [u8], src_port: u16, udp_len: u16) {
+    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
 }
 
 /// An Ethernet/IPv4/UDP frame of exactly `len` bytes (without FCS; at least
@@ -44,10 +64,7 @@ pub fn udp_frame(
     len: usize,
 ) -> Vec<u8> {
     let len = len.clamp(MIN_FRAME, 9000);
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut f = ethernet_frame(src_mac, dst_mac, 0x0800, len);
     let ip_len = (len - 14) as u16;
     let ip = &mut f[14..34];
     ip[0] = 0x45;
@@ -59,10 +76,45 @@ pub fn udp_frame(
     ip[16..20].copy_from_slice(&dst.octets());
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    write_udp_header(&mut f[34..42], src_port, ip_len - 20);
+    f
+}
+
+/// An Ethernet/IPv6/UDP frame of exactly `len` bytes (without FCS; at least
+/// [`MIN_FRAME6`]), hop limit 64, UDP checksum filled: it is mandatory over
+/// IPv6 (RFC 8200 8.1), and ferry drops a zero one.
+pub fn udp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    src_port: u16,
+    len: usize,
+) -> Vec<u8> {
+    let len = len.clamp(MIN_FRAME6, 9000);
+    let mut f = ethernet_frame(src_mac, dst_mac, 0x86dd, len);
+    let udp_len = (len - 54) as u16;
+    let ip = &mut f[14..54];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    write_udp_header(&mut f[54..62], src_port, udp_len);
+    // Pseudo-header (addresses, upper-layer length, next header) + segment.
+    let mut sum = Vec::with_capacity(40 + usize::from(udp_len));
+    sum.extend_from_slice(&src.octets());
+    sum.extend_from_slice(&dst.octets());
+    sum.extend_from_slice(&u32::from(udp_len).to_be_bytes());
+    sum.extend_from_slice(&[0, 0, 0, 17]);
+    sum.extend_from_slice(&f[54..]);
+    // A computed 0 is sent as all ones (0 means "no checksum").
+    let c = match checksum(&sum) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[60..62].copy_from_slice(&c.to_be_bytes());
     f
 }
 
@@ -73,13 +125,29 @@ pub struct Flood {
     pub ifname: String,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// Both of one family.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub frame_len: usize,
     /// Distinct UDP source ports (flows), so multi-queue paths spread them.
     pub flows: u16,
     /// The first of those source ports.
     pub first_port: u16,
+}
+
+impl Flood {
+    /// The frame of the flow from `src_port`.
+    fn frame(&self, src_port: u16) -> Result<Vec<u8>> {
+        let (mac_s, mac_d, len) = (self.src_mac, self.dst_mac, self.frame_len);
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Ok(udp_frame(mac_s, mac_d, s, d, src_port, len)),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Ok(udp6_frame(mac_s, mac_d, s, d, src_port, len)),
+            (s, d) => Err(E2eError::setup(
+                "flood",
+                format!("{s} and {d} are of two families"),
+            )),
+        }
+    }
 }
 
 /// A running flood; `stop` ends it and returns how many frames the socket took.
@@ -149,18 +217,9 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
         ));
     }
     let flows = spec.flows.max(1);
-    let frames: Vec<Vec<u8>> = (0..flows)
-        .map(|i| {
-            udp_frame(
-                spec.src_mac,
-                spec.dst_mac,
-                spec.src,
-                spec.dst,
-                spec.first_port.wrapping_add(i),
-                spec.frame_len,
-            )
-        })
-        .collect();
+    let frames = (0..flows)
+        .map(|i| spec.frame(spec.first_port.wrapping_add(i)))
+        .collect::<Result<Vec<Vec<u8>>>>()?;
     let mut iovs: Vec<libc::iovec> = (0..BATCH)
         .map(|i| {
             let f = &frames[i % frames.len()];
@@ -242,7 +301,7 @@ pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
 /// `client_ns`, for `duration`.
 pub fn tcp_rr(
     server_ns: &str,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     port: u16,
     client_ns: &str,
     duration: Duration,
@@ -371,6 +430,63 @@ mod tests {
             assert_eq!(u16::from_be_bytes([f[34], f[35]]), 10_001);
             assert_eq!(u16::from_be_bytes([f[36], f[37]]), FLOOD_PORT);
         }
+    }
+
+    #[test]
+    fn ipv6_frames_parse_with_the_udp_checksum_etherparse_computes() {
+        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "fd00:99:1::2".parse().unwrap(),
+            "fd00:99:1::3".parse().unwrap(),
+        );
+        for (len, port) in [(10, 10_000), (60, 10_007), (62, 10_001), (1400, 65_535)] {
+            let f = udp6_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, port, len);
+            assert_eq!(f.len(), len.max(MIN_FRAME6));
+            assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 2]);
+            let p = SlicedPacket::from_ethernet(&f).expect("parses");
+            let Some(NetSlice::Ipv6(ip)) = &p.net else {
+                panic!("not IPv6: {:?}", p.net)
+            };
+            let h = ip.header();
+            assert_eq!((h.source_addr(), h.destination_addr()), (src, dst));
+            assert_eq!(usize::from(h.payload_length()), f.len() - 54);
+            assert_eq!(h.hop_limit(), 64);
+            let Some(TransportSlice::Udp(udp)) = &p.transport else {
+                panic!("not UDP: {:?}", p.transport)
+            };
+            assert_eq!(
+                (udp.source_port(), udp.destination_port()),
+                (port, FLOOD_PORT)
+            );
+            assert_eq!(usize::from(udp.length()), f.len() - 54);
+            let want = udp
+                .to_header()
+                .calc_checksum_ipv6(&h.to_header(), udp.payload())
+                .unwrap();
+            assert_ne!(udp.checksum(), 0);
+            assert_eq!(udp.checksum(), want, "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_flood_builds_frames_of_its_family_only() {
+        let mut spec = Flood {
+            ns: "fpf-x".into(),
+            ifname: "eth0".into(),
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: "10.99.1.2".parse().unwrap(),
+            dst: "10.99.1.3".parse().unwrap(),
+            frame_len: MIN_FRAME,
+            flows: 8,
+            first_port: 10_000,
+        };
+        assert_eq!(spec.frame(10_000).unwrap()[12..14], [0x08, 0x00]);
+        spec.src = "fd00:99:1::2".parse().unwrap();
+        assert!(spec.frame(10_000).is_err());
+        spec.dst = "fd00:99:1::3".parse().unwrap();
+        let f = spec.frame(10_000).unwrap();
+        assert_eq!((&f[12..14], f.len()), (&[0x86, 0xdd][..], MIN_FRAME6));
     }
 
     #[test]

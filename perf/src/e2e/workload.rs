@@ -41,6 +41,50 @@ impl Workload {
     }
 }
 
+/// The IP family a workload runs over, between the same two pods.
+///
+/// A run option (`--family 4|6|both`) rather than IPv6 workloads of their
+/// own: every workload runs unchanged over either family (only the pods'
+/// addresses and the flood's frames differ), so one option crosses with
+/// every `--workloads` choice instead of doubling the list of labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// `4`, `6` or `both` (IPv4 first).
+    pub fn parse_choice(s: &str) -> Result<Vec<Family>> {
+        match s {
+            "4" => Ok(vec![Family::V4]),
+            "6" => Ok(vec![Family::V6]),
+            "both" => Ok(vec![Family::V4, Family::V6]),
+            other => Err(E2eError::setup(
+                "-",
+                format!("unknown family {other:?} (choose 4, 6 or both)"),
+            )),
+        }
+    }
+
+    /// The case label of `w` over this family: IPv4 keeps the workload's
+    /// label (results stay comparable with earlier runs), IPv6 adds `-v6`.
+    pub fn case(self, w: Workload) -> String {
+        match self {
+            Family::V4 => w.label(),
+            Family::V6 => format!("{}-v6", w.label()),
+        }
+    }
+
+    /// ping's option for this family.
+    fn ping_flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
+
 /// Durations and counts of one workload run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
@@ -127,18 +171,23 @@ pub fn counters(ns: &str, ifname: &str) -> Result<DevCounters> {
     })
 }
 
-/// Run `w` on `topo`.
-pub fn run(w: Workload, topo: &Topology, p: &Params) -> Result<BTreeMap<String, f64>> {
+/// Run `w` over `family` on `topo`.
+pub fn run(
+    w: Workload,
+    family: Family,
+    topo: &Topology,
+    p: &Params,
+) -> Result<BTreeMap<String, f64>> {
     let r = match w {
-        Workload::Tcp(streams) => tcp(topo, streams, p.tcp_secs),
-        Workload::Udp(len) => udp(topo, len, p.udp_warmup, p.udp_window, p.senders),
-        Workload::Ping => ping(topo, p.ping_count),
-        Workload::TcpRr => rr(topo, p.rr_window),
+        Workload::Tcp(streams) => tcp(topo, family, streams, p.tcp_secs),
+        Workload::Udp(len) => udp(topo, family, len, p.udp_warmup, p.udp_window, p.senders),
+        Workload::Ping => ping(topo, family, p.ping_count),
+        Workload::TcpRr => rr(topo, family, p.rr_window),
     };
     r.map_err(|e| match e {
         E2eError::Interrupted => e,
         other => E2eError::Workload {
-            workload: w.label(),
+            workload: family.case(w),
             topology: topo.name.clone(),
             detail: other.to_string(),
         },
@@ -149,16 +198,17 @@ fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>> {
+fn tcp(topo: &Topology, family: Family, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
     let mut cmd = Command::new("ip");
+    // The server listens on a dual-stack socket (`start_iperf_server`).
     cmd.args([
         "netns",
         "exec",
         &tx.ns.name,
         "iperf3",
         "-c",
-        &rx.ip.to_string(),
+        &rx.addr(family)?.to_string(),
     ])
     .args([
         "-p",
@@ -195,10 +245,13 @@ fn tcp(topo: &Topology, streams: u32, secs: u32) -> Result<BTreeMap<String, f64>
     Ok(out)
 }
 
-/// The flood towards pod 1: source MAC of pod 0's eth0, destination MAC of
-/// its next hop to pod 1 (resolved with one ping first if needed).
-pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
+/// The flood towards pod 1 over `family`: source MAC of pod 0's eth0,
+/// destination MAC of its next hop to pod 1 (the gateway's or pod 1's, from
+/// pod 0's own route and neighbour tables, resolved with one ping first if
+/// needed), as pod 0's kernel would send it.
+pub fn flood_spec(topo: &Topology, family: Family, frame_len: usize) -> Result<Flood> {
     let (tx, rx) = topo.pair();
+    let (src, dst) = (tx.addr(family)?, rx.addr(family)?);
     let ns = &tx.ns.name;
     let src_mac = parse::mac(&parse::link_address(&sys::run_ok(
         "ip",
@@ -206,7 +259,7 @@ pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
     )?)?)?;
     let nh = parse::route_get_next_hop(&sys::run_ok(
         "ip",
-        &["-n", ns, "-j", "route", "get", &rx.ip.to_string()],
+        &["-n", ns, "-j", "route", "get", &dst.to_string()],
     )?)?;
     let lookup = || -> Result<String> {
         parse::neigh_lladdr(&sys::run_ok(
@@ -224,13 +277,14 @@ pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
                     "exec",
                     ns,
                     "ping",
+                    family.ping_flag(),
                     "-c",
                     "2",
                     "-i",
                     "0.2",
                     "-W",
                     "1",
-                    &rx.ip.to_string(),
+                    &dst.to_string(),
                 ],
             );
             lookup().map_err(|e| {
@@ -243,8 +297,8 @@ pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
         ifname: "eth0".into(),
         src_mac,
         dst_mac: parse::mac(&lladdr)?,
-        src: tx.ip,
-        dst: rx.ip,
+        src,
+        dst,
         frame_len,
         flows: 8,
         first_port: 10_000,
@@ -253,12 +307,13 @@ pub fn flood_spec(topo: &Topology, frame_len: usize) -> Result<Flood> {
 
 fn udp(
     topo: &Topology,
+    family: Family,
     len: usize,
     warmup: Duration,
     window: Duration,
     senders: u32,
 ) -> Result<BTreeMap<String, f64>> {
-    let spec = flood_spec(topo, len)?;
+    let spec = flood_spec(topo, family, len)?;
     let (tx, rx) = topo.pair();
     // One generator thread per sender, each with its own 8 flows.
     let mut floods = Vec::new();
@@ -333,7 +388,7 @@ fn udp(
     Ok(out)
 }
 
-fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
+fn ping(topo: &Topology, family: Family, count: u32) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
     let mut cmd = Command::new("ip");
     cmd.args([
@@ -341,6 +396,7 @@ fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
         "exec",
         &tx.ns.name,
         "ping",
+        family.ping_flag(),
         "-n",
         "-c",
         &count.to_string(),
@@ -349,7 +405,7 @@ fn ping(topo: &Topology, count: u32) -> Result<BTreeMap<String, f64>> {
         "-W",
         "1",
     ])
-    .arg(rx.ip.to_string());
+    .arg(rx.addr(family)?.to_string());
     let out = sys::run_with(
         cmd,
         None,
@@ -376,9 +432,9 @@ fn last_line(s: &str) -> &str {
     s.trim().lines().last().unwrap_or("")
 }
 
-fn rr(topo: &Topology, window: Duration) -> Result<BTreeMap<String, f64>> {
+fn rr(topo: &Topology, family: Family, window: Duration) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
-    let rtts = traffic::tcp_rr(&rx.ns.name, rx.ip, RR_PORT, &tx.ns.name, window)?;
+    let rtts = traffic::tcp_rr(&rx.ns.name, rx.addr(family)?, RR_PORT, &tx.ns.name, window)?;
     if rtts.is_empty() {
         return Err(E2eError::setup(
             &topo.name,
@@ -403,6 +459,22 @@ mod tests {
         assert_eq!(Workload::Udp(1400).label(), "udp-1400B");
         assert_eq!(Workload::Ping.label(), "ping");
         assert_eq!(Workload::TcpRr.label(), "tcp-rr");
+    }
+
+    #[test]
+    fn families_are_chosen_by_name_and_label_their_cases() {
+        assert_eq!(Family::parse_choice("4").unwrap(), vec![Family::V4]);
+        assert_eq!(Family::parse_choice("6").unwrap(), vec![Family::V6]);
+        assert_eq!(
+            Family::parse_choice("both").unwrap(),
+            vec![Family::V4, Family::V6]
+        );
+        let e = Family::parse_choice("v6").unwrap_err().to_string();
+        assert!(e.contains("\"v6\"") && e.contains("both"), "{e}");
+        assert_eq!(Family::V4.case(Workload::Udp(60)), "udp-64B");
+        assert_eq!(Family::V6.case(Workload::Udp(60)), "udp-64B-v6");
+        assert_eq!(Family::V6.case(Workload::Tcp(1)), "tcp-1-v6");
+        assert_eq!(Family::V6.case(Workload::Ping), "ping-v6");
     }
 
     #[test]
