@@ -12,7 +12,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    classify_segment, destination, offload, set_macs, to_peer, wire, Destination, DropReason,
+    classify_segment, destination, nat, offload, set_macs, to_peer, wire, Destination, DropReason,
     Offload, Origin, ReplyTo, Verdict, REPLY_TTL,
 };
 use crate::core::offload::CsumState;
@@ -28,7 +28,7 @@ const L3: usize = wire::ETH_HDR_LEN;
 /// The IPv6 decisions, with the arguments and results of the IPv4 ones
 /// (`super::ipv4`).
 pub(super) fn ipv6(
-    (tables, _now): (&Tables, u64),
+    (tables, now): (&Tables, u64),
     (role, peer): (PortRole, Option<Ipv4Addr>),
     ingress: PortId,
     buf: &mut [u8],
@@ -88,6 +88,20 @@ pub(super) fn ipv6(
                 _ => return drop(DropReason::UnknownPeer),
             },
         };
+        if let Some(svc) = tables.services() {
+            let mut flow = Flow6 { ip: &mut ip, upper };
+            let hairpin = u128::from(gateway);
+            match nat::translate(svc, now, &mut flow, csum, hairpin) {
+                Ok(nat::Outcome::Pass) => {}
+                Ok(nat::Outcome::Reject) => {
+                    let offending = Offending::of(&ip, upper);
+                    return no_tunnel(reject6(offending, upper, buf, len, reply_to));
+                }
+                Err(reason) => return drop(reason),
+            }
+        }
+        // The service stage may have translated the destination.
+        let dst = ip.dst();
         let from_pod = origin == Origin::Pod;
 
         if dst == gateway && origin != Origin::Peer {
@@ -481,4 +495,92 @@ fn classify_l4_checksum6(
     let pseudo = v6::pseudo_header(&src, &dst, proto, l4_len as u32);
     *csum = classify_segment(pseudo, &l4[..l4_len], field_at, start)?;
     Ok(())
+}
+
+/// An IPv6 packet for the service stage ([`nat::Flow`]).
+struct Flow6<'v, 'a> {
+    ip: &'v mut Ipv6<'a>,
+    upper: UpperLayer,
+}
+
+impl nat::Flow for Flow6<'_, '_> {
+    const V6: bool = true;
+    fn parts(&self) -> Option<(u8, u128, u128)> {
+        let (src, dst) = (u128::from(self.ip.src()), u128::from(self.ip.dst()));
+        (!self.upper.fragment).then_some((self.upper.protocol, src, dst))
+    }
+    fn l4(&self) -> &[u8] {
+        self.ip.packet().get(self.upper.offset..).unwrap_or(&[])
+    }
+    fn l4_mut(&mut self) -> &mut [u8] {
+        self.ip.from_mut(self.upper.offset)
+    }
+    fn classify(&mut self, csum: &mut CsumState) -> Result<(), DropReason> {
+        classify_l4_checksum6(self.ip, self.upper, csum)
+    }
+    fn set_addresses(&mut self, src: u128, dst: u128) -> Result<(), DropReason> {
+        if Ipv6Addr::from(src).to_ipv4_mapped().is_some()
+            || Ipv6Addr::from(dst).to_ipv4_mapped().is_some()
+        {
+            // A backend of the other family: nothing ferryd sends.
+            return Err(DropReason::NoRoute);
+        }
+        self.ip.set_src(src.into());
+        self.ip.set_dst(dst.into());
+        Ok(())
+    }
+}
+
+/// The refusal of a service port without backends, for IPv6: a TCP reset
+/// or ICMPv6 port unreachable (1/4) from the ClusterIP.
+fn reject6(
+    offending: Offending,
+    upper: UpperLayer,
+    buf: &mut [u8],
+    len: usize,
+    to: ReplyTo,
+) -> (Verdict, usize) {
+    let refused = (Verdict::Drop(DropReason::ServiceNoEndpoints), len);
+    let error = |new_len| {
+        let v = Verdict::IcmpError {
+            port: to.ingress,
+            reason: DropReason::ServiceNoEndpoints,
+        };
+        (v, new_len)
+    };
+    let Ok(ip) = Ipv6::new_checked(&mut buf[L3..len]) else {
+        return refused;
+    };
+    let (src, dst) = (ip.src(), ip.dst());
+    if upper.protocol == wire::IP_PROTO_UDP {
+        let unreachable = (v6::ICMPV6_DEST_UNREACHABLE, 4, [0; 4]);
+        return match icmp_error(offending, unreachable, dst, buf, len, to) {
+            (Verdict::Reply, new_len) => error(new_len),
+            _ => refused,
+        };
+    }
+    let Some(reset) = nat::reset_for(ip.packet().get(upper.offset..).unwrap_or(&[])) else {
+        return refused;
+    };
+    let new_len = L3 + IPV6_HDR_LEN + wire::TCP_MIN_HDR_LEN;
+    if buf.len() < new_len {
+        return refused;
+    }
+    v6::write_ipv6_header(
+        &mut buf[L3..],
+        wire::TCP_MIN_HDR_LEN as u16,
+        wire::IP_PROTO_TCP,
+        REPLY_TTL,
+        dst,
+        src,
+    );
+    let tcp = &mut buf[L3 + IPV6_HDR_LEN..new_len];
+    reset.write(tcp);
+    let pseudo = v6::pseudo_header(&dst, &src, wire::IP_PROTO_TCP, wire::TCP_MIN_HDR_LEN as u32);
+    let c = !wire::checksum::fold(wire::checksum::add_bytes(pseudo, tcp));
+    wire::set_u16(tcp, wire::TCP_CHECKSUM_OFFSET, c);
+    match set_macs(buf, new_len, to.mac, to.router) {
+        Ok(()) => error(new_len),
+        Err(reason) => (Verdict::Drop(reason), len),
+    }
 }

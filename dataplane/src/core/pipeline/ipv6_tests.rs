@@ -123,6 +123,15 @@ fn l4_ok6(f: &[u8]) -> bool {
     ref_sum(&[&pseudo6(&f[22..38], &f[38..54], f[20], plen), l4]) == 0xffff
 }
 
+/// Recompute the TCP (`at` 16) or UDP (`at` 6) checksum of an IPv6 frame
+/// without extension headers after a test edited it.
+fn fix6(f: &mut [u8], at: usize) {
+    let plen = f.len() - 54;
+    f[54 + at..54 + at + 2].fill(0);
+    let c = !ref_sum(&[&pseudo6(&f[22..38], &f[38..54], f[20], plen), &f[54..]]);
+    f[54 + at..54 + at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// An ICMPv6 message from `src` to `dst` with hop limit `hops`, by hand.
 fn icmp6(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hops: u8, msg: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -513,6 +522,93 @@ fn tcpv6_gso_from_a_tap_is_segmented() {
         joined.extend_from_slice(&seg[74..]);
     }
     assert_eq!(joined, payload);
+}
+
+/// IPv6 ClusterIPs: translated both ways, checksums right, refusals in
+/// IPv6.
+#[test]
+fn ipv6_service_flows_are_translated_and_refused_without_backends() {
+    use crate::core::conntrack::Conntrack;
+    use crate::core::service::ServiceTable;
+    use crate::core::tables::Services;
+    use ferry_api::table::{Backend, L4Proto, ServicePort};
+    use std::sync::Arc;
+
+    let vip: Ipv6Addr = "fd00:96::10".parse().unwrap();
+    let sp = |port: u16, protocol, backends: Vec<Backend>| ServicePort {
+        id: format!("default/web:{port}/{protocol:?}/v6"),
+        vip: vip.into(),
+        port,
+        protocol,
+        backends,
+        affinity_timeout_s: None,
+        seed: 3,
+    };
+    let web = vec![Backend {
+        ip: v6_of(2).into(),
+        port: 8080,
+    }];
+    let services = vec![
+        sp(80, L4Proto::Tcp, web.clone()),
+        sp(53, L4Proto::Udp, web),
+        sp(81, L4Proto::Tcp, vec![]),
+        sp(54, L4Proto::Udp, vec![]),
+    ];
+    let t = tables6().with_services(Some(Services {
+        table: Arc::new(ServiceTable::build(&services)),
+        conntrack: Arc::new(Conntrack::new(1024)),
+    }));
+    let port_of = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+
+    let (v, out) = run(&t, 1, &tcp6(v6_of(1), vip, 64, b"get"));
+    assert_eq!(v, Verdict::Tx(2));
+    assert_eq!(addr_at(&out, 38), v6_of(2));
+    assert_eq!(port_of(&out, 56), 8080);
+    assert!(l4_ok6(&out));
+    // tcp6 sends from port 40000 to 80: the reply comes back from the VIP.
+    let mut reply = tcp6(v6_of(2), v6_of(1), 64, b"ok");
+    reply[54..56].copy_from_slice(&8080u16.to_be_bytes());
+    reply[56..58].copy_from_slice(&40000u16.to_be_bytes());
+    let plen = reply.len() - 54;
+    reply[54 + 16..54 + 18].fill(0);
+    let c = !ref_sum(&[
+        &pseudo6(&reply[22..38], &reply[38..54], 6, plen),
+        &reply[54..],
+    ]);
+    reply[54 + 16..54 + 18].copy_from_slice(&c.to_be_bytes());
+    let (v, back) = run(&t, 2, &reply);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!((addr_at(&back, 22), port_of(&back, 54)), (vip, 80));
+    assert!(l4_ok6(&back));
+
+    let mut q = udp6(v6_of(1), vip, b"query");
+    q[56..58].copy_from_slice(&53u16.to_be_bytes());
+    fix6(&mut q, 6);
+    let (v, out) = run(&t, 1, &q);
+    assert_eq!(v, Verdict::Tx(2));
+    assert!(l4_ok6(&out));
+
+    let refused = Verdict::IcmpError {
+        port: 1,
+        reason: DropReason::ServiceNoEndpoints,
+    };
+    let mut syn = tcp6(v6_of(1), vip, 64, b"");
+    syn[56..58].copy_from_slice(&81u16.to_be_bytes());
+    syn[54 + 13] = 0x02;
+    fix6(&mut syn, 16);
+    let (v, rst) = run(&t, 1, &syn);
+    assert_eq!(v, refused);
+    assert_eq!((addr_at(&rst, 22), port_of(&rst, 54)), (vip, 81));
+    assert_eq!(rst[54 + 13], 0x14);
+    assert!(l4_ok6(&rst));
+    let mut q = udp6(v6_of(1), vip, b"q");
+    q[56..58].copy_from_slice(&54u16.to_be_bytes());
+    fix6(&mut q, 6);
+    let (v, icmp) = run(&t, 1, &q);
+    assert_eq!(v, refused);
+    assert_eq!((icmp[20], icmp[54], icmp[55]), (58, 1, 4));
+    assert_eq!(addr_at(&icmp, 22), vip);
+    assert!(l4_ok6(&icmp));
 }
 
 mod properties {

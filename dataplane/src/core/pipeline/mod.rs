@@ -31,6 +31,7 @@ pub use verdict::{DropReason, Verdict};
 
 use std::net::Ipv4Addr;
 
+use crate::core::service::addr_key as service_key;
 use crate::core::tables::{
     Encap, EndpointEntry, PeerHop, PortId, PortRole, RouteTarget, Tables, UplinkEntry,
 };
@@ -387,7 +388,8 @@ fn ipv4(
             }
         };
         if let Some(svc) = tables.services() {
-            match nat::translate4(svc, now, &mut ip, csum, gateway) {
+            let hairpin = service_key(gateway.into());
+            match nat::translate(svc, now, &mut ip, csum, hairpin) {
                 Ok(nat::Outcome::Pass) => {}
                 Ok(nat::Outcome::Reject) => {
                     drop_view(ip);

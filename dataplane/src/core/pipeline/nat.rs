@@ -36,24 +36,69 @@ fn v4(key: u128) -> Option<Ipv4Addr> {
     Ipv6Addr::from(key).to_ipv4_mapped()
 }
 
-/// Translate `ip` if it belongs to a service flow (a new one to a
+/// A packet as the service stage sees it, in either family.
+pub(super) trait Flow {
+    /// IPv6 (its addresses are 16 bytes in the pseudo-header).
+    const V6: bool;
+    /// Protocol and addresses (as conntrack keys them), if the packet can
+    /// be translated: unfragmented TCP or UDP.
+    fn parts(&self) -> Option<(u8, u128, u128)>;
+    /// The TCP/UDP header and payload.
+    fn l4(&self) -> &[u8];
+    fn l4_mut(&mut self) -> &mut [u8];
+    /// Find out the checksum state if it is not known.
+    fn classify(&mut self, csum: &mut CsumState) -> Result<(), DropReason>;
+    /// Rewrite the addresses (keys of this family).
+    fn set_addresses(&mut self, src: u128, dst: u128) -> Result<(), DropReason>;
+}
+
+impl Flow for Ipv4<'_> {
+    const V6: bool = false;
+    fn parts(&self) -> Option<(u8, u128, u128)> {
+        let src = addr_key(self.src().into());
+        let dst = addr_key(self.dst().into());
+        self.is_unfragmented()
+            .then_some((self.protocol(), src, dst))
+    }
+    fn l4(&self) -> &[u8] {
+        self.payload()
+    }
+    fn l4_mut(&mut self) -> &mut [u8] {
+        self.payload_mut()
+    }
+    fn classify(&mut self, csum: &mut CsumState) -> Result<(), DropReason> {
+        classify_l4_checksum(self, csum)
+    }
+    fn set_addresses(&mut self, src: u128, dst: u128) -> Result<(), DropReason> {
+        let (Some(src), Some(dst)) = (v4(src), v4(dst)) else {
+            // A backend of the other family: nothing ferryd sends.
+            return Err(DropReason::NoRoute);
+        };
+        Ipv4::set_addresses(self, src, dst);
+        Ok(())
+    }
+}
+
+/// Translate the packet if it belongs to a service flow (a new one to a
 /// ClusterIP port, or one the table knows, either way). `hairpin` is the
-/// source a pod's flow to itself gets (the gateway).
-pub(super) fn translate4(
+/// source a pod's flow to itself gets (the gateway of its family).
+pub(super) fn translate<F: Flow>(
     svc: &Services,
     now: u64,
-    ip: &mut Ipv4<'_>,
+    ip: &mut F,
     csum: &mut CsumState,
-    hairpin: Ipv4Addr,
+    hairpin: u128,
 ) -> Result<Outcome, DropReason> {
-    let proto = ip.protocol();
+    let Some((proto, src, dst)) = ip.parts() else {
+        return Ok(Outcome::Pass);
+    };
     let min = match proto {
         wire::IP_PROTO_TCP => wire::TCP_MIN_HDR_LEN,
         wire::IP_PROTO_UDP => wire::UDP_HDR_LEN,
         _ => return Ok(Outcome::Pass),
     };
-    let l4 = ip.payload();
-    if !ip.is_unfragmented() || l4.len() < min {
+    let l4 = ip.l4();
+    if l4.len() < min {
         return Ok(Outcome::Pass);
     }
     let (sport, dport) = (wire::get_u16(l4, 0), wire::get_u16(l4, 2));
@@ -64,8 +109,8 @@ pub(super) fn translate4(
     };
     let key = FlowKey {
         proto,
-        src: addr_key(ip.src().into()),
-        dst: addr_key(ip.dst().into()),
+        src,
+        dst,
         sport,
         dport,
     };
@@ -79,7 +124,7 @@ pub(super) fn translate4(
                 .by_id(e.service)
                 .is_none_or(|s| !s.has_backend(&e.translation.dst));
         if !gone {
-            rewrite4(ip, csum, e.translation)?;
+            rewrite(ip, csum, e.translation)?;
             return Ok(Outcome::Pass);
         }
         ct.remove_flow(&key);
@@ -111,7 +156,7 @@ pub(super) fn translate4(
         return Ok(Outcome::Reject);
     };
     let src = if backend.ip == key.src {
-        addr_key(hairpin.into())
+        hairpin
     } else {
         key.src
     };
@@ -125,40 +170,40 @@ pub(super) fn translate4(
     if !ct.insert_flow(key, to, service.id, now, flags) {
         return Err(DropReason::CtFull);
     }
-    rewrite4(ip, csum, to)?;
+    rewrite(ip, csum, to)?;
     Ok(Outcome::Pass)
 }
 
-/// Rewrite addresses and ports to `to`, keeping the header checksum and
-/// the L4 checksum right: a complete one is updated for the addresses and
-/// ports, a partial one (the pseudo-header sum) for the addresses only,
-/// UDP's "no checksum" stays so.
-fn rewrite4(ip: &mut Ipv4<'_>, csum: &mut CsumState, to: Translation) -> Result<(), DropReason> {
-    let (Some(src), Some(dst)) = (v4(to.src.ip), v4(to.dst.ip)) else {
-        // A backend of the other family: nothing ferryd sends.
-        return Err(DropReason::NoRoute);
+/// The 16-bit words an address adds to the pseudo-header sum.
+fn words(a: u128, v6: bool) -> impl Iterator<Item = u16> {
+    let n = if v6 { 8 } else { 2 };
+    (0..n).rev().map(move |i| (a >> (16 * i)) as u16)
+}
+
+/// Rewrite addresses and ports to `to`, keeping the L4 checksum right: a
+/// complete one is updated for the addresses and ports, a partial one (the
+/// pseudo-header sum) for the addresses only, UDP's "no checksum" (IPv4)
+/// stays so.
+fn rewrite<F: Flow>(ip: &mut F, csum: &mut CsumState, to: Translation) -> Result<(), DropReason> {
+    let Some((proto, old_src, old_dst)) = ip.parts() else {
+        return Ok(());
     };
-    classify_l4_checksum(ip, csum)?;
-    let old = [ip.src_octets(), ip.dst_octets()];
-    let new = [src.octets(), dst.octets()];
-    let proto = ip.protocol();
-    ip.set_addresses(src, dst);
+    ip.classify(csum)?;
+    ip.set_addresses(to.src.ip, to.dst.ip)?;
     let field_at = if proto == wire::IP_PROTO_TCP {
         wire::TCP_CHECKSUM_OFFSET
     } else {
         wire::UDP_CHECKSUM_OFFSET
     };
-    let l4 = ip.payload_mut();
+    let l4 = ip.l4_mut();
     let old_ports = [wire::get_u16(l4, 0), wire::get_u16(l4, 2)];
     let new_ports = [to.src.port, to.dst.port];
     wire::set_u16(l4, 0, to.src.port);
     wire::set_u16(l4, 2, to.dst.port);
     let field = wire::get_u16(l4, field_at);
-    let words = |a: [[u8; 4]; 2]| {
-        let w = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
-        [w(a[0], 0), w(a[0], 2), w(a[1], 0), w(a[1], 2)]
-    };
-    let addr_changes = words(old).into_iter().zip(words(new));
+    let old_words = words(old_src, F::V6).chain(words(old_dst, F::V6));
+    let new_words = words(to.src.ip, F::V6).chain(words(to.dst.ip, F::V6));
+    let addr_changes = old_words.zip(new_words);
     let updated = match *csum {
         CsumState::Partial { .. } => {
             // The field holds the (uncomplemented) pseudo-header sum.
@@ -198,23 +243,8 @@ pub(super) fn reject4(buf: &mut [u8], len: usize, to: ReplyTo) -> (Verdict, usiz
             None => (refused, len),
         };
     }
-    let l4 = ip.payload();
-    let (sport, dport) = (wire::get_u16(l4, 0), wire::get_u16(l4, 2));
-    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
-    let flags = l4[13];
-    let data = l4.len().saturating_sub(usize::from(l4[12] >> 4) * 4);
-    if flags & TCP_RST != 0 {
-        // Never answer a reset.
+    let Some(reset) = reset_for(ip.payload()) else {
         return (refused, len);
-    }
-    // RFC 9293 3.10.7.1: to a segment with ACK, a reset with its ack as
-    // sequence; otherwise sequence 0 and an ACK of everything it used.
-    let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
-        (ack, 0, TCP_RST)
-    } else {
-        let used = data as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
-        (0, seq.wrapping_add(used), TCP_RST | TCP_ACK)
     };
     let new_len = wire::ETH_HDR_LEN + wire::IPV4_MIN_HDR_LEN + wire::TCP_MIN_HDR_LEN;
     if buf.len() < new_len {
@@ -232,13 +262,7 @@ pub(super) fn reject4(buf: &mut [u8], len: usize, to: ReplyTo) -> (Verdict, usiz
         src,
     );
     let tcp = &mut buf[tcp_at..new_len];
-    tcp.fill(0);
-    wire::set_u16(tcp, 0, dport);
-    wire::set_u16(tcp, 2, sport);
-    tcp[4..8].copy_from_slice(&rst_seq.to_be_bytes());
-    tcp[8..12].copy_from_slice(&rst_ack.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = rst_flags;
+    reset.write(tcp);
     let pseudo = checksum::pseudo_header(
         dst.octets(),
         src.octets(),
@@ -250,6 +274,58 @@ pub(super) fn reject4(buf: &mut [u8], len: usize, to: ReplyTo) -> (Verdict, usiz
     match super::set_macs(buf, new_len, to.mac, to.router) {
         Ok(()) => (as_error(to), new_len),
         Err(reason) => (Verdict::Drop(reason), len),
+    }
+}
+
+/// The reset answering a TCP segment (its header and payload, `l4`);
+/// `None` for a reset (never answered) or a short header.
+pub(super) fn reset_for(l4: &[u8]) -> Option<Reset> {
+    if l4.len() < wire::TCP_MIN_HDR_LEN {
+        return None;
+    }
+    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
+    let flags = l4[13];
+    if flags & TCP_RST != 0 {
+        return None;
+    }
+    let data = l4.len().saturating_sub(usize::from(l4[12] >> 4) * 4);
+    // RFC 9293 3.10.7.1: to a segment with ACK, a reset with its ack as
+    // sequence; otherwise sequence 0 and an ACK of everything it used.
+    let (seq, ack, flags) = if flags & TCP_ACK != 0 {
+        (ack, 0, TCP_RST)
+    } else {
+        let used = data as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        (0, seq.wrapping_add(used), TCP_RST | TCP_ACK)
+    };
+    Some(Reset {
+        sport: wire::get_u16(l4, 2),
+        dport: wire::get_u16(l4, 0),
+        seq,
+        ack,
+        flags,
+    })
+}
+
+/// A TCP reset to write (ports already swapped).
+pub(super) struct Reset {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+impl Reset {
+    /// Write the 20-byte header into `tcp`, checksum field zero.
+    pub(super) fn write(&self, tcp: &mut [u8]) {
+        tcp.fill(0);
+        wire::set_u16(tcp, 0, self.sport);
+        wire::set_u16(tcp, 2, self.dport);
+        tcp[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = self.flags;
     }
 }
 

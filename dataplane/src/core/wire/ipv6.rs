@@ -145,6 +145,12 @@ impl<'a> Ipv6<'a> {
         self.buf[8..24].copy_from_slice(&src.octets());
     }
 
+    /// Set the destination address. The caller fixes the upper-layer
+    /// checksum.
+    pub fn set_dst(&mut self, dst: Ipv6Addr) {
+        self.buf[24..40].copy_from_slice(&dst.octets());
+    }
+
     /// Walk the extension headers to the upper layer, at most
     /// [`MAX_EXT_HEADERS`] of them, each inside the packet.
     pub fn upper_layer(&self) -> Result<UpperLayer, ExtError> {
