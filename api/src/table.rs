@@ -24,8 +24,9 @@ use crate::MacAddr;
 
 /// Bumped on any incompatible change of these messages. 2: addresses are
 /// family-generic (`ips`, `gateways`, `IpNet` prefixes and pod CIDRs), so
-/// IPv6 and tunnels arrive without another break.
-pub const API_VERSION: u32 = 2;
+/// IPv6 and tunnels arrive without another break. 3: services
+/// (`SyncServices`, `UpsertService`, `RemoveService`).
+pub const API_VERSION: u32 = 3;
 
 /// Node-wide settings of the router the dataplane plays for the pods.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -309,6 +310,64 @@ pub enum NextHop {
     Node(IpAddr),
 }
 
+/// The transport protocol of a service port.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+impl L4Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            L4Proto::Tcp => 6,
+            L4Proto::Udp => 17,
+        }
+    }
+
+    /// Kubernetes' name (`TCP`, `UDP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "TCP",
+            L4Proto::Udp => "UDP",
+        }
+    }
+}
+
+/// One ready endpoint of a service port: where its traffic is sent.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// One port of a Kubernetes Service as the dataplane serves it: traffic
+/// from a pod or the node to `vip:port` over `protocol` goes to one of
+/// `backends` (its destination translated, the replies translated back),
+/// chosen by Maglev consistent hashing of the flow with `seed`, the same
+/// on every node of a cluster. No backends: refused (TCP reset, or ICMP
+/// port unreachable for UDP), as kube-proxy does.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Stable key: `<namespace>/<name>:<port>/<protocol>`.
+    pub id: String,
+    /// The ClusterIP.
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: L4Proto,
+    /// Ready endpoints, in any order (the choice depends on the set only).
+    pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP`: a client's flows go to the backend its
+    /// last flow went to, for this many seconds of quiet; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
+    /// The cluster-wide Maglev seed.
+    #[serde(default)]
+    pub seed: u64,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -333,6 +392,17 @@ pub enum Request {
     },
     RemoveRoute {
         prefix: IpNet,
+    },
+    /// Replace every service port (sent after `Sync` on each connect).
+    SyncServices {
+        services: Vec<ServicePort>,
+    },
+    UpsertService {
+        service: ServicePort,
+    },
+    /// Removing an unknown id is not an error.
+    RemoveService {
+        id: String,
     },
     /// Counters (read-only; any client, e.g. ferryctl, may ask).
     Stats,
@@ -395,6 +465,9 @@ pub struct TableDump {
     /// it from the node kernel's neighbour table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<Neighbour>,
+    /// The service ports, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServicePort>,
 }
 
 /// How the dataplane reaches one peer node on the uplink.
