@@ -107,7 +107,7 @@ fn dp_call(dataplane: &Path, req: &table::Request) -> Result<table::Response, Cl
 /// The dataplane's tables (`Tables` request).
 pub fn tables(dataplane: &Path) -> Result<TableDump, ClientError> {
     match dp_call(dataplane, &table::Request::Tables)? {
-        table::Response::Tables(t) => Ok(t),
+        table::Response::Tables(t) => Ok(*t),
         table::Response::Error { message } => Err(ClientError::Refused {
             what: DP,
             msg: message,

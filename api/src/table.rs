@@ -433,7 +433,7 @@ pub enum Response {
         missing: Vec<MissingPort>,
     },
     Stats(Stats),
-    Tables(TableDump),
+    Tables(Box<TableDump>),
     Error {
         message: String,
     },

@@ -583,6 +583,7 @@ mod tests {
             routes: vec![],
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
             neighbours: vec![],
+            services: vec![],
         };
         let stale = [StaleAttachment::new(
             "gone/eth0".into(),
@@ -623,6 +624,7 @@ mod tests {
             routes: vec![],
             ports: BTreeMap::new(),
             neighbours: vec![],
+            services: vec![],
         };
         let stale = [StaleAttachment::new(
             "gone/eth0".into(),
@@ -691,6 +693,7 @@ mod tests {
                     state: "incomplete".into(),
                 },
             ],
+            services: vec![],
         };
         let stats = Stats {
             ports: vec![PortStats {

@@ -58,6 +58,10 @@ struct Cli {
     /// -> 6.8 Gbit/s with 50 µs on another; 4 streams: no better).
     #[arg(long, default_value_t = 0)]
     idle_spin_us: u64,
+    /// Entries of the connection tracking table of service flows (two per
+    /// flow; about 100 bytes each, allocated with the first service).
+    #[arg(long, default_value_t = ferry_dataplane::control::DEFAULT_CONNTRACK_MAX)]
+    conntrack_max: usize,
     /// How long an idle worker sleeps in poll(2), in milliseconds.
     #[arg(long, default_value_t = 10)]
     idle_ms: u64,
@@ -137,6 +141,7 @@ fn main() -> Result<()> {
     let mut cfg = DataplaneConfig::new(cli.workers, cli.cpus.as_deref(), cli.batch);
     cfg.idle_timeout = std::time::Duration::from_millis(cli.idle_ms.max(1));
     cfg.idle_spin = std::time::Duration::from_micros(cli.idle_spin_us.min(1_000_000));
+    cfg.conntrack_max = cli.conntrack_max;
     let backend = NodeBackend {
         xdp: AfXdpBackend {
             frames_per_queue: cli.frames_per_queue,

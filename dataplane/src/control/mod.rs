@@ -31,11 +31,13 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender};
 use ferry_api::table::{
     Attachment, Endpoint, MissingPort, Neighbour, NextHop, NodeSettings, Overlay, PortStats,
-    Request, Response, Route, Stats, TableDump, API_VERSION,
+    Request, Response, Route, ServicePort, Stats, TableDump, API_VERSION,
 };
 use ipnet::IpNet;
 
-use crate::core::tables::{Links, PortId, TableHandle, Tables};
+use crate::core::conntrack::Conntrack;
+use crate::core::service::ServiceTable;
+use crate::core::tables::{Links, PortId, Services, TableHandle, Tables};
 use crate::engine::counters::{
     new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
 };
@@ -56,7 +58,13 @@ pub struct DataplaneConfig {
     pub idle_timeout: Duration,
     /// See [`WorkerConfig::idle_spin`].
     pub idle_spin: Duration,
+    /// Entries of the connection tracking table (two per translated
+    /// flow), allocated when the first service arrives.
+    pub conntrack_max: usize,
 }
+
+/// Cilium's `bpf-ct-global-any-max` default.
+pub const DEFAULT_CONNTRACK_MAX: usize = 262_144;
 
 impl DataplaneConfig {
     /// `workers` workers, worker `i` pinned to core `i % ncores` (or to
@@ -76,6 +84,7 @@ impl DataplaneConfig {
             batch,
             idle_timeout: Duration::from_millis(10),
             idle_spin: Duration::ZERO,
+            conntrack_max: DEFAULT_CONNTRACK_MAX,
         }
     }
 }
@@ -131,6 +140,7 @@ struct State {
     node: Option<NodeSettings>,
     endpoints: BTreeMap<String, Endpoint>,
     routes: BTreeMap<IpNet, Route>,
+    services: BTreeMap<String, ServicePort>,
 }
 
 impl State {
@@ -238,6 +248,11 @@ pub struct Dataplane<B: PortBackend> {
     links: Links,
     /// How each peer is reached, as last resolved (for the dump).
     neighbours: Vec<Neighbour>,
+    /// The service ports the tables were last built with, and their table.
+    built_services: (BTreeMap<String, ServicePort>, Arc<ServiceTable>),
+    /// Made with the first service, kept for the dataplane's life.
+    conntrack: Option<Arc<Conntrack>>,
+    conntrack_max: usize,
 }
 
 impl<B: PortBackend> Dataplane<B> {
@@ -298,6 +313,9 @@ impl<B: PortBackend> Dataplane<B> {
             failures,
             links: Links::default(),
             neighbours: Vec::new(),
+            built_services: (BTreeMap::new(), Arc::new(ServiceTable::default())),
+            conntrack: None,
+            conntrack_max: cfg.conntrack_max.max(1),
         })
     }
 
@@ -346,6 +364,7 @@ impl<B: PortBackend> Dataplane<B> {
                     node: Some(node),
                     endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
                     routes: routes.into_iter().map(|r| (r.prefix.trunc(), r)).collect(),
+                    services: self.state.services.clone(),
                 };
                 self.respond(next, false)
             }
@@ -369,9 +388,49 @@ impl<B: PortBackend> Dataplane<B> {
                 next.routes.remove(&prefix.trunc());
                 self.respond(next, true)
             }
+            Request::SyncServices { services } => {
+                let mut next = self.state.clone();
+                next.services = services.into_iter().map(|s| (s.id.clone(), s)).collect();
+                self.respond(next, true)
+            }
+            Request::UpsertService { service } => {
+                let mut next = self.state.clone();
+                next.services.insert(service.id.clone(), service);
+                self.respond(next, true)
+            }
+            Request::RemoveService { id } => {
+                let mut next = self.state.clone();
+                next.services.remove(&id);
+                self.respond(next, true)
+            }
             Request::Stats => Response::Stats(self.stats()),
-            Request::Tables => Response::Tables(self.dump()),
+            Request::Tables => Response::Tables(Box::new(self.dump())),
         }
+    }
+
+    /// The services part of the tables for `state`: the service table
+    /// rebuilt only when the service ports changed, the connection table
+    /// made with the first one.
+    fn services_for(&mut self, state: &State) -> Option<Services> {
+        if state.services != self.built_services.0 {
+            let ports: Vec<ServicePort> = state.services.values().cloned().collect();
+            self.built_services = (
+                state.services.clone(),
+                Arc::new(ServiceTable::build(&ports)),
+            );
+        }
+        if state.services.is_empty() {
+            return None;
+        }
+        let max = self.conntrack_max;
+        let ct = self.conntrack.get_or_insert_with(|| {
+            log::info!("connection tracking: {max} entries");
+            Arc::new(Conntrack::new(max))
+        });
+        Some(Services {
+            table: Arc::clone(&self.built_services.1),
+            conntrack: Arc::clone(ct),
+        })
     }
 
     fn respond(&mut self, next: State, strict: bool) -> Response {
@@ -561,6 +620,7 @@ impl<B: PortBackend> Dataplane<B> {
         let endpoints: Vec<Endpoint> = state.endpoints.values().cloned().collect();
         let routes: Vec<Route> = state.routes.values().cloned().collect();
         let node = state.node.clone().unwrap_or_else(empty_node);
+        let services = self.services_for(state);
         let ports = &self.ports;
         let tables = Tables::build_with(
             self.generation,
@@ -569,7 +629,8 @@ impl<B: PortBackend> Dataplane<B> {
             &routes,
             |name| ports.get(name).map(|p| p.id),
             &self.links,
-        );
+        )
+        .with_services(services);
         self.tables.publish(tables);
     }
 
@@ -698,6 +759,7 @@ impl<B: PortBackend> Dataplane<B> {
             routes: self.state.routes.values().cloned().collect(),
             ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
             neighbours: self.neighbours.clone(),
+            services: self.state.services.values().cloned().collect(),
         }
     }
 
@@ -805,6 +867,7 @@ mod tests {
             batch: 64,
             idle_timeout: Duration::from_millis(1),
             idle_spin: Duration::ZERO,
+            conntrack_max: 4096,
         };
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = frames;

@@ -35,7 +35,6 @@ pub const GSO_TCPV6: u8 = 4;
 /// segment only).
 pub const GSO_ECN: u8 = 0x80;
 
-const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 const TCP_FLAGS_AT: usize = 13;
@@ -518,7 +517,7 @@ pub fn write_tcp_segment(frame: &[u8], plan: &TcpGso, i: usize, out: &mut [u8]) 
     out[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
     let mut flags = frame[t + TCP_FLAGS_AT];
     if i + 1 < plan.count {
-        flags &= !(TCP_FIN | TCP_PSH);
+        flags &= !(wire::TCP_FIN | TCP_PSH);
     }
     if i > 0 {
         flags &= !TCP_CWR;
@@ -625,7 +624,7 @@ mod tests {
         let last = i + 1 == count;
         let mut tcp = TcpHeader::new(40000, 5201, seq.wrapping_add((i * mss) as u32), 64240);
         tcp.acknowledgment_number = 7;
-        tcp.fin = flags & TCP_FIN != 0 && last;
+        tcp.fin = flags & wire::TCP_FIN != 0 && last;
         tcp.syn = flags & 0x02 != 0;
         tcp.rst = flags & 0x04 != 0;
         tcp.psh = flags & TCP_PSH != 0 && last;

@@ -12,6 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+
+use crate::core::conntrack::Conntrack;
+use crate::core::service::ServiceTable;
 use ferry_api::table::{Endpoint, NextHop, NodeSettings, Overlay, Route};
 use ferry_api::MacAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -178,6 +181,17 @@ pub struct Tables {
     routes: Vec<RouteEntry>,
     /// The IPv6 routes, in the same order.
     routes6: Vec<RouteEntry<Ipv6Net>>,
+    /// The service ports and the connection tracking their flows share;
+    /// `None` while there are no services (no lookup at all then).
+    services: Option<Services>,
+}
+
+/// What service translation needs: the service ports (rebuilt only when
+/// they change) and the one connection table (kept across generations).
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub table: Arc<ServiceTable>,
+    pub conntrack: Arc<Conntrack>,
 }
 
 impl Tables {
@@ -351,7 +365,20 @@ impl Tables {
             ports,
             routes: resolved,
             routes6: resolved6,
+            services: None,
         }
+    }
+
+    /// These tables with `services` (ignored when it holds none).
+    pub fn with_services(mut self, services: Option<Services>) -> Tables {
+        self.services = services.filter(|s| !s.table.is_empty());
+        self
+    }
+
+    /// The service ports and connection table, if there are services.
+    #[inline]
+    pub fn services(&self) -> Option<&Services> {
+        self.services.as_ref()
     }
 
     pub fn node(&self) -> &NodeView {

@@ -163,6 +163,12 @@ pub enum DropReason {
     /// "packet too big" and the egress MTU (counted also when RFC 4443
     /// forbids the answer).
     PacketTooBig = 44,
+    /// To a service port without ready backends: answered with a TCP
+    /// reset or ICMP port unreachable (as kube-proxy rejects it).
+    ServiceNoEndpoints = 45,
+    /// A new service flow found the connection table full (of live
+    /// flows): not translated, dropped.
+    CtFull = 46,
 }
 
 impl DropReason {
@@ -211,6 +217,8 @@ impl DropReason {
         DropReason::Ipv6LinkLocal,
         DropReason::Ipv6ExtHeaders,
         DropReason::PacketTooBig,
+        DropReason::ServiceNoEndpoints,
+        DropReason::CtFull,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -260,6 +268,8 @@ impl DropReason {
             DropReason::Ipv6LinkLocal => "ipv6_link_local",
             DropReason::Ipv6ExtHeaders => "ipv6_ext_headers",
             DropReason::PacketTooBig => "packet_too_big",
+            DropReason::ServiceNoEndpoints => "service_no_endpoints",
+            DropReason::CtFull => "ct_full",
         }
     }
 

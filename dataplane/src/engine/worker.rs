@@ -60,6 +60,13 @@ pub enum WorkerCmd<Q> {
     Barrier { ack: Sender<usize> },
 }
 
+/// The one monotonic origin every worker's pipeline time counts from, so
+/// the connection table's deadlines mean the same on every worker.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Tuning of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -180,7 +187,7 @@ impl<Q: PortQueue> Worker<Q> {
             frame_store: Vec::with_capacity(cfg.batch),
             pollfds: Vec::new(),
             waker: None,
-            start: Instant::now(),
+            start: epoch(),
             cfg,
         }
     }

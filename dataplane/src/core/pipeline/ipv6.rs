@@ -28,7 +28,7 @@ const L3: usize = wire::ETH_HDR_LEN;
 /// The IPv6 decisions, with the arguments and results of the IPv4 ones
 /// (`super::ipv4`).
 pub(super) fn ipv6(
-    tables: &Tables,
+    (tables, _now): (&Tables, u64),
     (role, peer): (PortRole, Option<Ipv4Addr>),
     ingress: PortId,
     buf: &mut [u8],

@@ -16,6 +16,9 @@ pub(crate) mod fixtures;
 mod ipv6;
 #[cfg(test)]
 mod ipv6_tests;
+mod nat;
+#[cfg(test)]
+mod nat_tests;
 #[cfg(test)]
 mod overlay_tests;
 #[cfg(test)]
@@ -138,14 +141,23 @@ pub fn process_batch(
     frames: &mut [Frame<'_>],
     verdicts: &mut [Verdict],
 ) {
-    let _ = now_ns;
+    if let Some(s) = tables.services() {
+        s.conntrack.sweep_step(now_ns);
+    }
     for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
-        *verdict = process_frame(tables, frame);
+        *verdict = process_frame_at(tables, now_ns, frame);
     }
 }
 
-/// The single-frame decision (the reference the batch path must agree with).
+/// The single-frame decision at time 0 (for tests and tools without a
+/// clock; connection-table timeouts count from there).
 pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
+    process_frame_at(tables, 0, frame)
+}
+
+/// The single-frame decision (the reference the batch path must agree
+/// with) at monotonic time `now_ns`.
+pub fn process_frame_at(tables: &Tables, now_ns: u64, frame: &mut Frame<'_>) -> Verdict {
     let Some(role) = tables.port_role(frame.port) else {
         return Verdict::Drop(DropReason::UnknownPort);
     };
@@ -184,7 +196,7 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
         None => arp(tables, role, &mut buf[..len]),
         Some(decide) => {
             let (verdict, new_len, tunnel) = decide(
-                tables,
+                (tables, now_ns),
                 (role, peer),
                 frame.port,
                 buf,
@@ -206,12 +218,12 @@ pub fn process_frame(tables: &Tables, frame: &mut Frame<'_>) -> Verdict {
     verdict
 }
 
-/// The decisions of one IP family ([`ipv4`], `ipv6::ipv6`): tables,
-/// ingress role and VXLAN peer, ingress port, the buffer from the frame's
+/// The decisions of one IP family ([`ipv4`], `ipv6::ipv6`): tables and
+/// the batch time, ingress role and VXLAN peer, ingress port, the buffer from the frame's
 /// start, the frame length, its offload header and checksum state; the
 /// verdict, new frame length and tunnel to encapsulate in.
 type L3Decision = fn(
-    &Tables,
+    (&Tables, u64),
     (PortRole, Option<Ipv4Addr>),
     PortId,
     &mut [u8],
@@ -327,7 +339,7 @@ fn destination(
 /// verdict, the new frame length, and the tunnel to encapsulate the frame
 /// in when it goes to a peer node in VXLAN mode.
 fn ipv4(
-    tables: &Tables,
+    (tables, now): (&Tables, u64),
     (role, peer): (PortRole, Option<Ipv4Addr>),
     ingress: PortId,
     buf: &mut [u8],
@@ -374,6 +386,16 @@ fn ipv4(
                 }
             }
         };
+        if let Some(svc) = tables.services() {
+            match nat::translate4(svc, now, &mut ip, csum, gateway) {
+                Ok(nat::Outcome::Pass) => {}
+                Ok(nat::Outcome::Reject) => {
+                    drop_view(ip);
+                    return no_tunnel(nat::reject4(buf, len, reply_to));
+                }
+                Err(reason) => return drop(reason),
+            }
+        }
         let from_pod = origin == Origin::Pod;
         let dst = ip.dst();
 

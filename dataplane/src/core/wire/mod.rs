@@ -41,6 +41,11 @@ pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 pub const TCP_MIN_HDR_LEN: usize = 20;
 pub const TCP_CHECKSUM_OFFSET: usize = 16;
+/// TCP flags (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 pub const UDP_HDR_LEN: usize = 8;
 pub const UDP_CHECKSUM_OFFSET: usize = 6;
 
@@ -241,6 +246,14 @@ impl<'a> Ipv4<'a> {
         self.buf[12..16].copy_from_slice(&dst);
         self.buf[16..20].copy_from_slice(&src);
         self.buf[8] = ttl;
+        self.fill_checksum();
+    }
+
+    /// Rewrite the source and destination addresses (service
+    /// translation) and recompute the header checksum.
+    pub fn set_addresses(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
+        self.buf[12..16].copy_from_slice(&src.octets());
+        self.buf[16..20].copy_from_slice(&dst.octets());
         self.fill_checksum();
     }
 

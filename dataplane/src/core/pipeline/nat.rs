@@ -1,0 +1,263 @@
+//! Service translation (kube-proxy's job, done where ferry's traffic is):
+//! a pod's or the node's packet to a ClusterIP port gets a backend's
+//! address and port as its destination, the backend's replies get the
+//! ClusterIP back as their source. The connection table
+//! ([`crate::core::conntrack`]) holds both directions of every flow, so
+//! whichever worker a packet arrives on, and on whichever node the
+//! backend is, the same translation applies; a flow keeps its backend
+//! until that backend leaves the service.
+//!
+//! A pod reaching a service whose chosen backend is itself (hairpin) has
+//! its source rewritten to the gateway too, as kube-proxy masquerades it:
+//! otherwise the pod would answer itself over its loopback.
+//!
+//! A service port without backends is refused as kube-proxy refuses it:
+//! TCP with a reset, UDP with ICMP port unreachable, from the ClusterIP.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{checksum, classify_l4_checksum, icmp_error, wire, Offending, ReplyTo, Verdict};
+use crate::core::conntrack::{Endpoint, FlowKey, Translation, PROTO_AFFINITY};
+use crate::core::offload::CsumState;
+use crate::core::pipeline::DropReason;
+use crate::core::service::addr_key;
+use crate::core::tables::Services;
+use wire::{Ipv4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// What the service stage decided.
+pub(super) enum Outcome {
+    /// Not a service flow, or translated in place: route it on.
+    Pass,
+    /// To a service port without backends: refuse it.
+    Reject,
+}
+
+fn v4(key: u128) -> Option<Ipv4Addr> {
+    Ipv6Addr::from(key).to_ipv4_mapped()
+}
+
+/// Translate `ip` if it belongs to a service flow (a new one to a
+/// ClusterIP port, or one the table knows, either way). `hairpin` is the
+/// source a pod's flow to itself gets (the gateway).
+pub(super) fn translate4(
+    svc: &Services,
+    now: u64,
+    ip: &mut Ipv4<'_>,
+    csum: &mut CsumState,
+    hairpin: Ipv4Addr,
+) -> Result<Outcome, DropReason> {
+    let proto = ip.protocol();
+    let min = match proto {
+        wire::IP_PROTO_TCP => wire::TCP_MIN_HDR_LEN,
+        wire::IP_PROTO_UDP => wire::UDP_HDR_LEN,
+        _ => return Ok(Outcome::Pass),
+    };
+    let l4 = ip.payload();
+    if !ip.is_unfragmented() || l4.len() < min {
+        return Ok(Outcome::Pass);
+    }
+    let (sport, dport) = (wire::get_u16(l4, 0), wire::get_u16(l4, 2));
+    let flags = if proto == wire::IP_PROTO_TCP {
+        l4[13]
+    } else {
+        0
+    };
+    let key = FlowKey {
+        proto,
+        src: addr_key(ip.src().into()),
+        dst: addr_key(ip.dst().into()),
+        sport,
+        dport,
+    };
+    let ct = &svc.conntrack;
+    if let Some(e) = ct.touch(&key, now, flags) {
+        // A flow whose backend left its service is forgotten and, if it
+        // still goes to the service, given another.
+        let gone = !e.reply
+            && svc
+                .table
+                .by_id(e.service)
+                .is_none_or(|s| !s.has_backend(&e.translation.dst));
+        if !gone {
+            rewrite4(ip, csum, e.translation)?;
+            return Ok(Outcome::Pass);
+        }
+        ct.remove_flow(&key);
+    }
+    let Some(service) = svc.table.lookup(key.dst, dport, proto) else {
+        return Ok(Outcome::Pass);
+    };
+    let backend = match service.affinity_ns {
+        None => service.pick(key.src, sport, proto),
+        Some(timeout) => {
+            let client = FlowKey {
+                proto: PROTO_AFFINITY,
+                sport: 0,
+                ..key
+            };
+            let last = ct
+                .get(&client, now)
+                .map(|e| e.translation.dst)
+                .filter(|b| service.has_backend(b));
+            let chosen = last.or_else(|| service.pick(key.src, sport, proto));
+            if let Some(b) = chosen {
+                // Best effort: a full table only loses the stickiness.
+                ct.set_affinity(client, b, service.id, now.saturating_add(timeout));
+            }
+            chosen
+        }
+    };
+    let Some(backend) = backend else {
+        return Ok(Outcome::Reject);
+    };
+    let src = if backend.ip == key.src {
+        addr_key(hairpin.into())
+    } else {
+        key.src
+    };
+    let to = Translation {
+        src: Endpoint {
+            ip: src,
+            port: sport,
+        },
+        dst: backend,
+    };
+    if !ct.insert_flow(key, to, service.id, now, flags) {
+        return Err(DropReason::CtFull);
+    }
+    rewrite4(ip, csum, to)?;
+    Ok(Outcome::Pass)
+}
+
+/// Rewrite addresses and ports to `to`, keeping the header checksum and
+/// the L4 checksum right: a complete one is updated for the addresses and
+/// ports, a partial one (the pseudo-header sum) for the addresses only,
+/// UDP's "no checksum" stays so.
+fn rewrite4(ip: &mut Ipv4<'_>, csum: &mut CsumState, to: Translation) -> Result<(), DropReason> {
+    let (Some(src), Some(dst)) = (v4(to.src.ip), v4(to.dst.ip)) else {
+        // A backend of the other family: nothing ferryd sends.
+        return Err(DropReason::NoRoute);
+    };
+    classify_l4_checksum(ip, csum)?;
+    let old = [ip.src_octets(), ip.dst_octets()];
+    let new = [src.octets(), dst.octets()];
+    let proto = ip.protocol();
+    ip.set_addresses(src, dst);
+    let field_at = if proto == wire::IP_PROTO_TCP {
+        wire::TCP_CHECKSUM_OFFSET
+    } else {
+        wire::UDP_CHECKSUM_OFFSET
+    };
+    let l4 = ip.payload_mut();
+    let old_ports = [wire::get_u16(l4, 0), wire::get_u16(l4, 2)];
+    let new_ports = [to.src.port, to.dst.port];
+    wire::set_u16(l4, 0, to.src.port);
+    wire::set_u16(l4, 2, to.dst.port);
+    let field = wire::get_u16(l4, field_at);
+    let words = |a: [[u8; 4]; 2]| {
+        let w = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        [w(a[0], 0), w(a[0], 2), w(a[1], 0), w(a[1], 2)]
+    };
+    let addr_changes = words(old).into_iter().zip(words(new));
+    let updated = match *csum {
+        CsumState::Partial { .. } => {
+            // The field holds the (uncomplemented) pseudo-header sum.
+            !addr_changes.fold(!field, |hc, (o, n)| checksum::update16(hc, o, n))
+        }
+        _ if proto == wire::IP_PROTO_UDP && field == 0 => 0,
+        _ => {
+            let ports = old_ports.into_iter().zip(new_ports);
+            let c = addr_changes
+                .chain(ports)
+                .fold(field, |hc, (o, n)| checksum::update16(hc, o, n));
+            if proto == wire::IP_PROTO_UDP && c == 0 {
+                0xffff
+            } else {
+                c
+            }
+        }
+    };
+    wire::set_u16(l4, field_at, updated);
+    Ok(())
+}
+
+/// Replace the frame (an IPv4 TCP or UDP packet to a service port without
+/// backends) with the refusal: a TCP reset, or ICMP port unreachable, from
+/// the ClusterIP, out of the ingress port.
+pub(super) fn reject4(buf: &mut [u8], len: usize, to: ReplyTo) -> (Verdict, usize) {
+    let refused = Verdict::Drop(DropReason::ServiceNoEndpoints);
+    let Ok(ip) = Ipv4::new_checked(&mut buf[wire::ETH_HDR_LEN..len]) else {
+        return (refused, len);
+    };
+    let (src, dst) = (ip.src(), ip.dst());
+    if ip.protocol() == wire::IP_PROTO_UDP {
+        let offending = Offending::of(&ip);
+        let unreachable = (wire::ICMP_DEST_UNREACHABLE, ICMP_PORT_UNREACHABLE, [0; 4]);
+        return match icmp_error(offending, unreachable, dst, buf, to) {
+            Some(new_len) => (as_error(to), new_len),
+            None => (refused, len),
+        };
+    }
+    let l4 = ip.payload();
+    let (sport, dport) = (wire::get_u16(l4, 0), wire::get_u16(l4, 2));
+    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
+    let flags = l4[13];
+    let data = l4.len().saturating_sub(usize::from(l4[12] >> 4) * 4);
+    if flags & TCP_RST != 0 {
+        // Never answer a reset.
+        return (refused, len);
+    }
+    // RFC 9293 3.10.7.1: to a segment with ACK, a reset with its ack as
+    // sequence; otherwise sequence 0 and an ACK of everything it used.
+    let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
+        (ack, 0, TCP_RST)
+    } else {
+        let used = data as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        (0, seq.wrapping_add(used), TCP_RST | TCP_ACK)
+    };
+    let new_len = wire::ETH_HDR_LEN + wire::IPV4_MIN_HDR_LEN + wire::TCP_MIN_HDR_LEN;
+    if buf.len() < new_len {
+        return (refused, len);
+    }
+    let ip_at = wire::ETH_HDR_LEN;
+    let tcp_at = ip_at + wire::IPV4_MIN_HDR_LEN;
+    wire::write_ipv4_header(
+        &mut buf[ip_at..tcp_at],
+        0,
+        (wire::IPV4_MIN_HDR_LEN + wire::TCP_MIN_HDR_LEN) as u16,
+        super::REPLY_TTL,
+        wire::IP_PROTO_TCP,
+        dst,
+        src,
+    );
+    let tcp = &mut buf[tcp_at..new_len];
+    tcp.fill(0);
+    wire::set_u16(tcp, 0, dport);
+    wire::set_u16(tcp, 2, sport);
+    tcp[4..8].copy_from_slice(&rst_seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&rst_ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = rst_flags;
+    let pseudo = checksum::pseudo_header(
+        dst.octets(),
+        src.octets(),
+        wire::IP_PROTO_TCP,
+        wire::TCP_MIN_HDR_LEN as u16,
+    );
+    let c = !checksum::fold(checksum::add_bytes(pseudo, tcp));
+    wire::set_u16(tcp, wire::TCP_CHECKSUM_OFFSET, c);
+    match super::set_macs(buf, new_len, to.mac, to.router) {
+        Ok(()) => (as_error(to), new_len),
+        Err(reason) => (Verdict::Drop(reason), len),
+    }
+}
+
+fn as_error(to: ReplyTo) -> Verdict {
+    Verdict::IcmpError {
+        port: to.ingress,
+        reason: DropReason::ServiceNoEndpoints,
+    }
+}
+
+const ICMP_PORT_UNREACHABLE: u8 = 3;
