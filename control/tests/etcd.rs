@@ -272,10 +272,7 @@ fn an_expired_lease_is_seen_and_a_compacted_watch_resyncs() {
         let rev = ds.list().await.unwrap().revision;
         let mut watch = ds.watch(rev).await.unwrap();
         let c = ds.claim(&me(3), &settings(), None).await.unwrap();
-        assert!(matches!(
-            next(&mut watch).await,
-            WatchEvent::Changes { .. }
-        ));
+        assert!(matches!(next(&mut watch).await, WatchEvent::Changes { .. }));
         // Not renewed: gone after the 5 s TTL.
         match next(&mut watch).await {
             WatchEvent::Changes { changes, .. } => {

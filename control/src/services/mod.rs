@@ -90,12 +90,12 @@ impl Services {
                 for (key, why) in &l.unreadable {
                     log::warn!("object {key} ignored: {why}");
                 }
+                let n = l.objects.len();
                 s.replace(l.objects);
+                let ports = s.ports().len();
                 log::info!(
-                    "services: {} object(s) in {}, {} service port(s)",
-                    lock(&s.inner).objects.len(),
-                    s.store.describe(),
-                    s.ports().len()
+                    "services: {n} object(s) in {}, {ports} service port(s)",
+                    s.store.describe()
                 );
             }
             Err(e) => s.set_error(Some(&e)),

@@ -9,10 +9,10 @@
 //! revision delivers every later change, in order, or says
 //! [`WatchEvent::Resync`] (list again) when it cannot.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Mutex};
 
 use super::objects::{Object, ObjectKey};
 use crate::cluster::DsError;
@@ -94,8 +94,14 @@ pub struct Embedded {
     state: Mutex<(i64, broadcast::Sender<Revision>)>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// A blocking store call, off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, DsError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| DsError::Refused(format!("embedded store: {e}"))),
+        Err(e) => Err(DsError::Refused(format!("embedded store task: {e}"))),
+    }
 }
 
 impl Embedded {
@@ -115,9 +121,8 @@ impl Embedded {
     ) -> Result<Vec<bool>, DsError> {
         let store = Arc::clone(&self.store);
         // The lock is held across the write so revisions follow commits.
-        let mut state = lock(&self.state);
-        let existed = tokio::task::block_in_place(|| store.write_objects(&puts, &deletes))
-            .map_err(|e| DsError::Refused(format!("embedded store: {e}")))?;
+        let mut state = self.state.lock().await;
+        let existed = blocking(move || store.write_objects(&puts, &deletes)).await?;
         state.0 += 1;
         let rev = state.0;
         // No receiver: nobody watches yet, the next listing sees it.
@@ -133,9 +138,9 @@ impl ObjectSource for Embedded {
     }
 
     async fn list(&self) -> Result<Listing, DsError> {
-        let state = lock(&self.state);
-        let rows = tokio::task::block_in_place(|| self.store.objects())
-            .map_err(|e| DsError::Refused(format!("embedded store: {e}")))?;
+        let state = self.state.lock().await;
+        let store = Arc::clone(&self.store);
+        let rows = blocking(move || store.objects()).await?;
         let mut listing = Listing {
             revision: state.0,
             ..Listing::default()
@@ -150,7 +155,7 @@ impl ObjectSource for Embedded {
     }
 
     async fn watch(&self, revision: i64) -> Result<Box<dyn ObjectWatch>, DsError> {
-        let state = lock(&self.state);
+        let state = self.state.lock().await;
         Ok(Box::new(EmbeddedWatch {
             rx: state.1.subscribe(),
             next: revision + 1,
