@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::objects::{ObjectsEnvelope, ObjectsRequest, ObjectsResponse};
 use crate::pod::{ClusterView, Command, PodRequest, PodResponse, StaleAttachment};
 use crate::table::{self, Stats, TableDump};
 use crate::wire::{self, WireError};
@@ -186,6 +187,19 @@ pub fn ferryd_status(ferryd: &Path) -> Result<FerrydStatus, ClientError> {
             asked: "STATUS",
             got: format!("{other:?}"),
         }),
+    }
+}
+
+/// One object request to ferryd (`ferryctl apply`, `delete`, `get`). An
+/// `Error` answer is [`ClientError::Refused`].
+pub fn ferryd_objects(ferryd: &Path, req: ObjectsRequest) -> Result<ObjectsResponse, ClientError> {
+    let envelope = ObjectsEnvelope { objects: req };
+    match call::<_, ObjectsResponse>("ferryd", ferryd, None, &envelope)? {
+        ObjectsResponse::Error { msg } => Err(ClientError::Refused {
+            what: "ferryd",
+            msg,
+        }),
+        other => Ok(other),
     }
 }
 

@@ -23,6 +23,9 @@ pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_HOST_PORT: &str = "ferry0";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
+/// The Maglev seed of a cluster whose configuration names none: any fixed
+/// value works, as long as every node has the same.
+pub const DEFAULT_MAGLEV_SEED: u64 = 0x6665_7272_795f_6d67;
 /// Suffix of the dataplane end of the host port (`ferry0` -> `ferry0dp`).
 pub const HOST_PORT_DP_SUFFIX: &str = "dp";
 
@@ -66,6 +69,18 @@ Configuration file (TOML, every field optional):
   node_address      the node's IPv4 address on the uplink (VXLAN source,
                     what peers send to); must be one of the uplink's
                     [default: the uplink's first IPv4 address]
+  service_cidrs     the ClusterIP ranges (kube-apiserver's
+                    --service-cluster-ip-range): at most one IPv4 and one
+                    IPv6 CIDR, e.g. [\"10.96.0.0/12\"]; the node kernel routes
+                    each through the host port (from the gateway of its
+                    family: an IPv6 range needs IPv6 pods), so the node's
+                    own connections to a ClusterIP reach the dataplane's
+                    services; pods reach them by their default route
+                    [default: []: no kernel routes]
+  [services]        Kubernetes Services (objects from `ferryctl apply`):
+    maglev_seed     the seed of every service's Maglev table, 0..=2^63-1;
+                    the same on every node of a cluster, so every node picks
+                    the same backend for a flow [default: 7378429400504560999]
   masquerade        pod traffic to addresses outside the cluster (node and
                     peer pod CIDRs) leaves with the node's address: an
                     nftables table `ip ferry` in the node namespace, loaded
@@ -148,7 +163,19 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<RawPeer>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<RawServices>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<RawCluster>,
+}
+
+/// `[services]` as written.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServices {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev_seed: Option<i64>,
 }
 
 /// `[overlay]` as written.
@@ -195,6 +222,11 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `None`: a single node (no uplink, no peers, no masquerade).
     pub uplink: Option<UplinkConfig>,
+    /// The ClusterIP ranges the node kernel routes into the dataplane (at
+    /// most one per family).
+    pub service_cidrs: Vec<IpNet>,
+    /// `[services] maglev_seed`.
+    pub maglev_seed: u64,
     /// `None`: the embedded single node (or `[[peers]]` written by hand);
     /// else `pod_cidrs` is the block claimed from the cluster CIDR
     /// ([`Config::with_block`]; until then the CIDR's first block).
@@ -499,6 +531,17 @@ impl Config {
             None => ipv6.map(|v6| v6.cidr),
         };
         let uplink = UplinkConfig::from_raw(&uplink_fields, (&own_cidrs, own6), &host_port)?;
+        let pods: Vec<IpNet> = own_cidrs
+            .iter()
+            .map(|&c| IpNet::from(c))
+            .chain(own6.map(IpNet::from))
+            .collect();
+        let service_cidrs = service_cidrs(raw.service_cidrs.as_deref(), &pods, ipv6.is_some())?;
+        let maglev_seed = match raw.services.and_then(|s| s.maglev_seed) {
+            None => DEFAULT_MAGLEV_SEED,
+            Some(s) => u64::try_from(s)
+                .map_err(|_| invalid("services.maglev_seed", format!("{s} is negative")))?,
+        };
 
         Ok(Config {
             socket,
@@ -512,6 +555,8 @@ impl Config {
             log_level,
             metrics_listen,
             uplink,
+            service_cidrs,
+            maglev_seed,
             cluster,
         })
     }
@@ -563,6 +608,13 @@ impl Config {
             peers: uplink
                 .filter(|_| self.cluster.is_none())
                 .map(|u| u.peers.iter().copied().map(Peer::to_raw).collect()),
+            service_cidrs: Some(self.service_cidrs.iter().map(ToString::to_string).collect()),
+            // Only when not the default: a table in the middle of the
+            // printed file would swallow the top-level fields after it.
+            services: (self.maglev_seed != DEFAULT_MAGLEV_SEED).then(|| RawServices {
+                // A seed above i64::MAX cannot come from a file.
+                maglev_seed: i64::try_from(self.maglev_seed).ok(),
+            }),
             cluster: self.cluster.as_ref().map(ClusterConfig::to_raw),
         }
     }
@@ -663,6 +715,19 @@ impl Config {
         }
     }
 
+    /// `service_cidrs` by family: (IPv4, IPv6).
+    pub fn service_cidrs_by_family(&self) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for n in &self.service_cidrs {
+            match *n {
+                IpNet::V4(n) => v4.push(n),
+                IpNet::V6(n) => v6.push(n),
+            }
+        }
+        (v4, v6)
+    }
+
     /// Kernel end of the host port (`ferry0`).
     pub fn host_port_kernel(&self) -> &str {
         &self.host_port
@@ -683,6 +748,50 @@ impl Config {
         // Serializing plain strings, paths, numbers and tables cannot fail.
         toml::to_string(&self.to_raw()).unwrap_or_default()
     }
+}
+
+/// `service_cidrs` checked: CIDRs without host bits, at most one per
+/// family, overlapping no pod CIDR (`pods`: the node's or the cluster's),
+/// an IPv6 one only on a node with IPv6 pods (its route's source is the
+/// IPv6 gateway).
+fn service_cidrs(
+    texts: Option<&[String]>,
+    pods: &[IpNet],
+    has_ipv6: bool,
+) -> Result<Vec<IpNet>, ConfigError> {
+    const F: &str = "service_cidrs";
+    let mut out: Vec<IpNet> = Vec::new();
+    for text in texts.unwrap_or_default() {
+        let net: IpNet = text.trim().parse().map_err(|_| {
+            invalid(
+                F,
+                format!("{text:?} is not a CIDR such as \"10.96.0.0/12\""),
+            )
+        })?;
+        if net.trunc() != net {
+            return Err(invalid(
+                F,
+                format!("{text:?} has host bits set; did you mean {}?", net.trunc()),
+            ));
+        }
+        if out
+            .iter()
+            .any(|o| o.addr().is_ipv4() == net.addr().is_ipv4())
+        {
+            return Err(invalid(F, format!("{net}: at most one CIDR per family")));
+        }
+        if let Some(p) = pods.iter().find(|p| p.contains(&net) || net.contains(*p)) {
+            return Err(invalid(F, format!("{net} overlaps the pod CIDR {p}")));
+        }
+        if net.addr().is_ipv6() && !has_ipv6 {
+            return Err(invalid(
+                F,
+                format!("{net}: an IPv6 service range needs IPv6 pods (an IPv6 CIDR in pod_cidrs, or [cluster] cidr6)"),
+            ));
+        }
+        out.push(net);
+    }
+    Ok(out)
 }
 
 /// A Linux interface name: 1..=max bytes, no '/', ':', whitespace or NUL.
@@ -880,6 +989,42 @@ mod tests {
 
     /// The installed `/etc/ferry/ferryd.toml` lists every field, commented
     /// out at its default: uncommenting all of them must give the defaults.
+    #[test]
+    fn service_cidrs_and_the_maglev_seed() {
+        let c = Config::parse(
+            "pod_cidrs = [\"10.88.0.0/16\", \"fd00:10:88::/64\"]\nservice_cidrs = [\"10.96.0.0/12\", \"fd00:96::/108\"]\n[services]\nmaglev_seed = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.maglev_seed, 5);
+        assert_eq!(
+            c.service_cidrs_by_family(),
+            (
+                vec!["10.96.0.0/12".parse().unwrap()],
+                vec!["fd00:96::/108".parse().unwrap()]
+            )
+        );
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "prints back");
+        assert_eq!(Config::default().maglev_seed, DEFAULT_MAGLEV_SEED);
+        assert!(Config::default().service_cidrs.is_empty());
+        for (text, needle) in [
+            ("service_cidrs = [\"10.96.0.1/12\"]", "host bits"),
+            (
+                "service_cidrs = [\"10.96.0.0/12\", \"10.100.0.0/16\"]",
+                "one CIDR per family",
+            ),
+            (
+                "service_cidrs = [\"10.88.0.0/24\"]",
+                "overlaps the pod CIDR",
+            ),
+            ("service_cidrs = [\"fd00:96::/108\"]", "needs IPv6 pods"),
+            ("service_cidrs = [\"web\"]", "not a CIDR"),
+            ("[services]\nmaglev_seed = -1", "negative"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
     #[test]
     fn shipped_config_lists_every_field_at_its_default() {
         let shipped = include_str!("../../deploy/ferryd.toml");

@@ -12,6 +12,11 @@
 //! connection serves on. Stale endpoints leave that set when they are
 //! upserted again or removed (DEL, GC).
 //!
+//! After the `Sync`, a `SyncServices` hands over every service port (the
+//! hook's `services`); a dataplane that refuses it keeps the connection
+//! (its pods still need their endpoints), and the refusal is shown by
+//! `ferryctl get services` ([`DataplaneClient::services_problem`]).
+//!
 //! Besides what the hook computes from the store, every `Sync` carries the
 //! endpoints upserted on an earlier connection whose ADD had not yet marked
 //! them ready in the store (`inflight`), so a dataplane that reconnects in
@@ -30,7 +35,7 @@ use std::sync::Mutex;
 use ferry_api::pod::StaleAttachment;
 use ferry_api::table::{
     Attachment, Endpoint, MissingPort, MtuLimits, NodeSettings, Request, Response, Route,
-    API_VERSION,
+    ServicePort, API_VERSION,
 };
 use ferry_api::wire::MAX_MESSAGE;
 use ipnet::IpNet;
@@ -73,6 +78,8 @@ pub struct Desired {
     pub routes: Vec<Route>,
     /// Ready records whose pod is gone: not synced, reported.
     pub stale: Vec<StaleAttachment>,
+    /// Every service port (`SyncServices` after the `Sync`).
+    pub services: Vec<ServicePort>,
 }
 
 /// What the dataplane said in its `Hello`, and who it is.
@@ -92,9 +99,10 @@ pub type SyncHook =
 enum Cmd {
     Upsert(Endpoint, oneshot::Sender<Result<u64, DpError>>),
     Remove(String, oneshot::Sender<Result<u64, DpError>>),
-    /// A route's change; the route set itself is the hook's (the next
-    /// `Sync` carries it), so nothing is remembered here.
-    Route(Request, oneshot::Sender<Result<u64, DpError>>),
+    /// A route's or a service's change (`what` names it in errors); the
+    /// set itself is the hook's (the next sync carries it), so nothing is
+    /// remembered here.
+    Table(&'static str, Request, oneshot::Sender<Result<u64, DpError>>),
 }
 
 #[derive(Default)]
@@ -112,6 +120,9 @@ struct Shared {
     /// Why the uplink is not in the dataplane, if it is configured and not
     /// (pods cannot reach other nodes: "limited connectivity" too).
     uplink_problem: Mutex<Option<String>>,
+    /// What the dataplane answered to the last `SyncServices` or service
+    /// update, if it refused it.
+    services_problem: Mutex<Option<String>>,
     /// What the dataplane's ports carry, as its last `Hello` said (`None`
     /// before the first, or from a dataplane that does not say).
     mtu_limits: Mutex<Option<MtuLimits>>,
@@ -185,6 +196,12 @@ impl DataplaneClient {
         lock(&self.shared.uplink_problem).clone()
     }
 
+    /// What the dataplane answered when it refused the service ports (the
+    /// last `SyncServices` or update), if it did.
+    pub fn services_problem(&self) -> Option<String> {
+        lock(&self.shared.services_problem).clone()
+    }
+
     /// Upsert an endpoint and wait (at most `wait`) until the dataplane
     /// applied it; returns the generation from which it is visible.
     pub async fn upsert(&self, ep: Endpoint, wait: Duration) -> Result<u64, DpError> {
@@ -201,14 +218,44 @@ impl DataplaneClient {
     /// Add or replace a route (a peer's block). Not connected: the next
     /// `Sync` carries the hook's routes instead.
     pub async fn upsert_route(&self, route: Route, wait: Duration) -> Result<u64, DpError> {
-        self.command(|tx| Cmd::Route(Request::UpsertRoute { route }, tx), wait)
-            .await
+        self.command(
+            |tx| Cmd::Table("UpsertRoute", Request::UpsertRoute { route }, tx),
+            wait,
+        )
+        .await
     }
 
     /// Take a route away (removing an unknown prefix is not an error).
     pub async fn remove_route(&self, prefix: IpNet, wait: Duration) -> Result<u64, DpError> {
-        self.command(|tx| Cmd::Route(Request::RemoveRoute { prefix }, tx), wait)
-            .await
+        self.command(
+            |tx| Cmd::Table("RemoveRoute", Request::RemoveRoute { prefix }, tx),
+            wait,
+        )
+        .await
+    }
+
+    /// Add or replace a service port. Not connected: the next
+    /// `SyncServices` carries the hook's set instead.
+    pub async fn upsert_service(
+        &self,
+        service: ServicePort,
+        wait: Duration,
+    ) -> Result<u64, DpError> {
+        self.command(
+            |tx| Cmd::Table("UpsertService", Request::UpsertService { service }, tx),
+            wait,
+        )
+        .await
+    }
+
+    /// Take a service port away (an unknown id is not an error).
+    pub async fn remove_service(&self, id: &str, wait: Duration) -> Result<u64, DpError> {
+        let id = id.to_string();
+        self.command(
+            |tx| Cmd::Table("RemoveService", Request::RemoveService { id }, tx),
+            wait,
+        )
+        .await
     }
 
     /// Hand one command to the task and wait (at most `wait`) for its answer.
@@ -396,6 +443,7 @@ impl Task {
         let host_port = desired.node.host_port.clone();
         let uplink = desired.node.uplink.as_ref().map(|u| u.ifname.clone());
         let n = endpoints.len();
+        let services = desired.services;
         let req = Request::Sync {
             node: desired.node,
             endpoints: endpoints.values().cloned().collect(),
@@ -452,11 +500,39 @@ impl Task {
                     "ferry-dataplane connected: {workers} worker(s), synced {} endpoint(s) ({m} stale), generation {generation}",
                     n - m.min(n)
                 );
+                self.sync_services(conn, services).await?;
                 Ok(workers)
             }
             Response::Error { message } => Err(DpError::Refused(format!("Sync: {message}"))),
             other => Err(DpError::Lost(format!(
                 "unexpected reply to Sync: {other:?}"
+            ))),
+        }
+    }
+
+    /// Every service port after the `Sync`. A refusal is remembered and
+    /// logged, not fatal: the endpoints are in, pods talk to each other.
+    async fn sync_services(
+        &mut self,
+        conn: &mut Conn,
+        services: Vec<ServicePort>,
+    ) -> Result<(), DpError> {
+        let n = services.len();
+        match conn.call(&Request::SyncServices { services }).await? {
+            Response::Applied { generation, .. } => {
+                self.shared.generation.store(generation, Ordering::Relaxed);
+                *lock(&self.shared.services_problem) = None;
+                log::info!("synced {n} service port(s), generation {generation}");
+                Ok(())
+            }
+            Response::Error { message } => {
+                log::error!("ferry-dataplane refused {n} service port(s): {message}");
+                *lock(&self.shared.services_problem) =
+                    Some(format!("SyncServices refused: {message}"));
+                Ok(())
+            }
+            other => Err(DpError::Lost(format!(
+                "unexpected reply to SyncServices: {other:?}"
             ))),
         }
     }
@@ -483,7 +559,7 @@ impl Task {
                         self.forget(&id);
                         let _ = reply.send(Err(DpError::NotConnected));
                     }
-                    Some(Cmd::Route(_, reply)) => {
+                    Some(Cmd::Table(_, _, reply)) => {
                         let _ = reply.send(Err(DpError::NotConnected));
                     }
                 },
@@ -527,7 +603,7 @@ impl Task {
                         None,
                     )
                 }
-                Cmd::Route(req, reply) => ("a route update", req, reply, None),
+                Cmd::Table(what, req, reply) => (what, req, reply, None),
             };
             match conn.call(&req).await {
                 Ok(Response::Applied { generation, .. }) => {
@@ -539,6 +615,13 @@ impl Task {
                     let _ = reply.send(Ok(generation));
                 }
                 Ok(Response::Error { message }) => {
+                    if matches!(
+                        req,
+                        Request::UpsertService { .. } | Request::RemoveService { .. }
+                    ) {
+                        *lock(&self.shared.services_problem) =
+                            Some(format!("{what} refused: {message}"));
+                    }
                     let _ = reply.send(Err(DpError::Refused(message)));
                 }
                 Ok(other) => {

@@ -24,7 +24,11 @@
 //!   computed (store records checked against the kernel; stale ones out).
 //! - [`dataplane_client`]: the table-API client task (Hello, Sync, updates).
 //! - [`metrics`]: the Prometheus endpoint (render, gather, http).
-//! - [`server`]: the pod-API Unix socket server.
+//! - [`services`]: Kubernetes objects (Services, EndpointSlices,
+//!   NetworkPolicies, Namespaces, Pods) from the datastore, and the
+//!   service ports compiled from them for the dataplane.
+//! - [`server`]: the pod-API Unix socket server (and `ferryctl`'s object
+//!   requests on the same socket).
 //! - [`config`]: the TOML configuration and its validation.
 
 pub mod cluster;
@@ -36,4 +40,5 @@ pub mod metrics;
 pub mod plumbing;
 pub mod reconcile;
 pub mod server;
+pub mod services;
 pub mod store;

@@ -17,7 +17,7 @@
 use std::sync::Weak;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings, Route};
+use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings, Route, ServicePort};
 use ferry_api::MacAddr;
 
 use crate::config::Config;
@@ -185,14 +185,15 @@ pub fn peer_routes(cfg: &Config) -> Vec<Route> {
 
 /// What the dataplane must hold, computed at each (re)connect: the host port
 /// made for its worker count, its namespace added to the forbidden ones,
-/// the store's ready records checked against the kernel, and `routes` (the
-/// peers' blocks, as the cluster member holds them now).
+/// the store's ready records checked against the kernel, `routes` (the
+/// peers' blocks, as the cluster member holds them now) and `services`
+/// (the service ports compiled now).
 pub async fn sync_state(
     netlink: &Netlink,
     cfg: &Config,
     store: Weak<Store>,
     hello: Hello,
-    routes: Vec<Route>,
+    (routes, services): (Vec<Route>, Vec<ServicePort>),
 ) -> Desired {
     let workers = hello.workers;
     // The host port is a veth: a derived MTU stays within what the
@@ -236,6 +237,7 @@ pub async fn sync_state(
         endpoints,
         routes,
         stale,
+        services,
     }
 }
 
@@ -306,13 +308,17 @@ pub async fn ensure_host_port(
             queues,
         )
         .await?;
-    let peers = cfg.kernel_peer_cidrs();
+    // The service ranges go the peers' way: the node's own connections to
+    // a ClusterIP enter the dataplane, which translates them.
+    let (svc4, svc6) = cfg.service_cidrs_by_family();
+    let peers: Vec<_> = cfg.kernel_peer_cidrs().into_iter().chain(svc4).collect();
     netlink
         .ensure_peer_routes(&kernel, cfg.gateway, &cfg.pod_cidrs, &peers)
         .await?;
     if let Some(v6) = cfg.ipv6 {
+        let peers6: Vec<_> = cfg.kernel_peer_cidrs6().into_iter().chain(svc6).collect();
         netlink
-            .ensure_peer_routes6(&kernel, v6.gateway, &cfg.kernel_peer_cidrs6())
+            .ensure_peer_routes6(&kernel, v6.gateway, &peers6)
             .await?;
     }
     Ok(HostPort {

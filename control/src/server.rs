@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_api::objects::{ObjectsEnvelope, ObjectsRequest, ObjectsResponse};
 use ferry_api::pod::{code, Command, PodError, PodRequest, PodResponse};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -89,12 +90,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse;
+    /// `ferryctl apply`/`delete`/`get`.
+    async fn handle_objects(&self, req: ObjectsRequest) -> ObjectsResponse;
 }
 
 #[async_trait::async_trait]
 impl Handler for Agent {
     async fn handle_watched(&self, req: PodRequest, abandon: &Abandon) -> PodResponse {
         Agent::handle_watched(self, req, abandon).await
+    }
+
+    async fn handle_objects(&self, req: ObjectsRequest) -> ObjectsResponse {
+        self.objects(req).await
     }
 }
 
@@ -127,6 +134,20 @@ impl Handler for Joining {
             }),
         }
     }
+
+    async fn handle_objects(&self, _req: ObjectsRequest) -> ObjectsResponse {
+        ObjectsResponse::Error {
+            msg: "ferryd is joining the cluster; try again once `ferryctl status` says ready"
+                .into(),
+        }
+    }
+}
+
+/// What a request line is: the CNI binary's, or ferryctl's object request
+/// (a JSON object whose only key is `objects`; no pod request has it).
+enum Incoming {
+    Pod(Box<PodRequest>),
+    Objects(ObjectsRequest),
 }
 
 /// Accept connections until dropped, one task each; every answered
@@ -189,7 +210,7 @@ fn decode_error(details: String) -> PodResponse {
 /// Read one request line (bounded in size and time) and decode it.
 async fn read_request(
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-) -> Result<PodRequest, PodResponse> {
+) -> Result<Incoming, PodResponse> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -207,7 +228,24 @@ async fn read_request(
         Ok(Ok(_)) if buf.len() > MAX_REQUEST => Err(decode_error(format!(
             "request longer than {MAX_REQUEST} bytes"
         ))),
-        Ok(Ok(_)) => serde_json::from_slice(&buf).map_err(|e| decode_error(e.to_string())),
+        Ok(Ok(_)) => decode_request(&buf),
+    }
+}
+
+fn decode_request(line: &[u8]) -> Result<Incoming, PodResponse> {
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| decode_error(e.to_string()))?;
+    let is_objects = v
+        .as_object()
+        .is_some_and(|m| m.len() == 1 && m.contains_key("objects"));
+    if is_objects {
+        serde_json::from_value::<ObjectsEnvelope>(v)
+            .map(|e| Incoming::Objects(e.objects))
+            .map_err(|e| decode_error(e.to_string()))
+    } else {
+        serde_json::from_value(v)
+            .map(|r| Incoming::Pod(Box::new(r)))
+            .map_err(|e| decode_error(e.to_string()))
     }
 }
 
@@ -231,7 +269,20 @@ async fn serve_one<H: Handler>(
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let (command, response) = match read_request(&mut reader).await {
-        Ok(req) => {
+        Ok(Incoming::Objects(req)) => {
+            let response = agent.handle_objects(req).await;
+            let code = match response {
+                ObjectsResponse::Error { .. } => code::INVALID_CONFIG,
+                _ => 0,
+            };
+            requests.record("OBJECTS", code);
+            let mut line = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            w.write_all(&line).await?;
+            return w.shutdown().await;
+        }
+        Ok(Incoming::Pod(req)) => {
+            let req = *req;
             let command = format!("{:?}", req.command).to_uppercase();
             let abandon = Abandon::new(req.deadline_ms);
             // The client sends one line and then only waits: anything

@@ -6,6 +6,10 @@
 //!   holding it (JSON)
 //! - `address_cursors`: (network, family 4 or 6) -> last address allocated
 //!   there, as text (host-local style)
+//! - `objects`: Kubernetes objects of the embedded single node (Services,
+//!   EndpointSlices, ...; `ferryctl apply`), `<resource>/<namespace>/<name>`
+//!   -> the object's JSON; this module knows nothing of their shape
+//!   ([`crate::services`] does)
 //!
 //! Stores written before IPv6 kept IPv4 addresses as `u32` in
 //! `allocations` and `cursors` (network -> u32); [`Store::open`] moves them
@@ -41,6 +45,7 @@ use crate::ipam::{Pool, PoolSets};
 const ATTACHMENTS: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("attachments");
 const ADDRESSES: TableDefinition<&str, &str> = TableDefinition::new("addresses");
 const CURSORS: TableDefinition<(&str, u8), &str> = TableDefinition::new("address_cursors");
+const OBJECTS: TableDefinition<&str, &str> = TableDefinition::new("objects");
 /// Before IPv6: IPv4 allocations and cursors as `u32`, moved at open.
 const LEGACY_ALLOCATIONS: TableDefinition<u32, &str> = TableDefinition::new("allocations");
 const LEGACY_CURSORS: TableDefinition<&str, u32> = TableDefinition::new("cursors");
@@ -248,6 +253,7 @@ impl Store {
         // move a pre-IPv6 store's IPv4 tables into them.
         let txn = db.begin_write()?;
         txn.open_table(ATTACHMENTS)?;
+        txn.open_table(OBJECTS)?;
         {
             let mut addresses = txn.open_table(ADDRESSES)?;
             let mut cursors = txn.open_table(CURSORS)?;
@@ -487,6 +493,42 @@ impl Store {
         Ok(removed)
     }
 
+    /// Every stored object (key, JSON), in key order.
+    pub fn objects(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBJECTS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Put every `(key, JSON)` of `puts` and delete every key of `deletes`,
+    /// in one transaction (all or nothing). Returns, for each of
+    /// `deletes`, whether it was there.
+    pub fn write_objects(
+        &self,
+        puts: &[(String, String)],
+        deletes: &[String],
+    ) -> Result<Vec<bool>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut table = txn.open_table(OBJECTS)?;
+            for (k, v) in puts {
+                table.insert(k.as_str(), v.as_str())?;
+            }
+            let mut existed = Vec::with_capacity(deletes.len());
+            for k in deletes {
+                existed.push(table.remove(k.as_str())?.is_some());
+            }
+            existed
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+
     /// Who holds `ip`, if anyone.
     pub fn holder_of(&self, ip: IpAddr) -> Result<Option<AttachmentId>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -521,7 +563,7 @@ fn encode(rec: &Record) -> Result<String, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
     use std::sync::Arc;
 

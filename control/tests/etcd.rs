@@ -339,3 +339,119 @@ fn garbage_in_the_datastore_is_reported_not_routed() {
         assert_ne!(c.record.block, "10.70.1.0/24".parse::<Ipv4Net>().unwrap());
     });
 }
+
+/// The next batch of an object watch, bounded.
+async fn next_object(
+    w: &mut Box<dyn ferryd::services::source::ObjectWatch>,
+) -> ferryd::services::source::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(20), w.next())
+        .await
+        .expect("a watch event within 20 s")
+}
+
+/// Kubernetes objects in etcd: an apply is one transaction under
+/// `<prefix>/objects/`, listed and watched by every node; a delete names
+/// what was there; a garbage value is reported, never used.
+#[test]
+fn objects_round_trip_through_etcd_and_are_watched() {
+    use ferryd::services::etcd::EtcdObjects;
+    use ferryd::services::objects::{parse_file, Object};
+    use ferryd::services::source::{Change, ObjectSource, ObjectStore, WatchEvent};
+    const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.88.0.5]}]\n";
+    let server = EtcdServer::start();
+    let opts = server.options(60);
+    let url = server.url.clone();
+    let ns = server.ns.clone();
+    server.in_ns(move || async move {
+        let a = EtcdObjects::connect(&opts).await.unwrap();
+        let b = EtcdObjects::connect(&opts).await.unwrap();
+        let l = b.list().await.unwrap();
+        assert!(l.objects.is_empty());
+        let mut watch = b.watch(l.revision).await.unwrap();
+        let objs = parse_file("web.yaml", WEB).unwrap();
+        a.apply(&objs).await.unwrap();
+        match next_object(&mut watch).await {
+            WatchEvent::Changes {
+                changes,
+                unreadable,
+            } => {
+                assert!(unreadable.is_empty());
+                assert_eq!(
+                    changes,
+                    objs.iter().cloned().map(Change::Put).collect::<Vec<_>>()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut listed = b.list().await.unwrap().objects;
+        listed.sort_by_key(Object::key);
+        let mut want = objs.clone();
+        want.sort_by_key(Object::key);
+        assert_eq!(listed, want);
+        // Kubernetes JSON at the documented key, readable by any etcd client.
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "etcdctl",
+                "--endpoints",
+                &url,
+                "get",
+                "--print-value-only",
+                "/ferry/objects/services/default/web",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "Service");
+        assert_eq!(v["spec"]["clusterIP"], "10.96.0.10");
+
+        // Garbage under the prefix is reported, and a watcher drops it.
+        assert!(run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "etcdctl",
+                "--endpoints",
+                &url,
+                "put",
+                "/ferry/objects/services/default/web",
+                "not json"
+            ]
+        ));
+        match next_object(&mut watch).await {
+            WatchEvent::Changes {
+                changes,
+                unreadable,
+            } => {
+                assert_eq!(changes, vec![Change::Gone(objs[0].key())]);
+                assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.list().await.unwrap().unreadable.len(), 1);
+
+        let keys: Vec<_> = objs.iter().map(Object::key).collect();
+        let gone = a.delete(&keys).await.unwrap();
+        assert_eq!(gone, keys, "the garbage key is deleted too");
+        match next_object(&mut watch).await {
+            WatchEvent::Changes { changes, .. } => assert_eq!(changes.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.delete(&keys).await.unwrap(), vec![], "nothing left");
+
+        // One transaction: more than etcd takes is refused whole.
+        let many: String = (0..130)
+            .map(|i| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: n{i}}}\n"))
+            .collect();
+        let e = a
+            .apply(&parse_file("many.yaml", &many).unwrap())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 128"), "{e}");
+        assert!(b.list().await.unwrap().objects.is_empty(), "all or nothing");
+    });
+}

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ferry_api::objects::{ObjectListing, ObjectRef};
 use ferry_api::pod::{ClusterView, NodeView, StaleAttachment};
 use ferry_api::table::{self, NodeSettings, Overlay, Stats, TableDump};
 use ferry_api::MacAddr;
@@ -352,6 +353,79 @@ pub fn cluster_line(c: &ClusterView) -> String {
         line.push_str(&format!(": {e}"));
     }
     line
+}
+
+/// `ferryctl get services`: one line per compiled service port, then
+/// what was left out and whether the dataplane holds them.
+pub fn render_services(l: &ObjectListing) -> String {
+    let rows: Vec<Vec<String>> = l
+        .services
+        .iter()
+        .map(|p| {
+            let vip = match p.vip {
+                IpAddr::V4(a) => format!("{a}:{}", p.port),
+                IpAddr::V6(a) => format!("[{a}]:{}", p.port),
+            };
+            let backends = if p.backends.is_empty() {
+                "(none: refused)".to_string()
+            } else {
+                p.backends
+                    .iter()
+                    .map(|b| match b.ip {
+                        IpAddr::V4(a) => format!("{a}:{}", b.port),
+                        IpAddr::V6(a) => format!("[{a}]:{}", b.port),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let affinity = p
+                .affinity_timeout_s
+                .map_or_else(|| "-".to_string(), |t| format!("ClientIP {t}s"));
+            vec![
+                p.id.clone(),
+                vip,
+                p.protocol.name().to_string(),
+                affinity,
+                backends,
+            ]
+        })
+        .collect();
+    let mut out = render_table(
+        &["ID", "CLUSTER-IP:PORT", "PROTO", "AFFINITY", "BACKENDS"],
+        &rows,
+    );
+    for why in &l.skipped {
+        out.push_str(&format!("left out: {why}\n"));
+    }
+    out.push_str(&format!(
+        "{} service port(s) from {}; dataplane: {}\n",
+        l.services.len(),
+        l.source,
+        l.dataplane
+    ));
+    if let Some(e) = &l.source_error {
+        out.push_str(&format!("source error: {e}\n"));
+    }
+    out
+}
+
+/// `ferryctl get objects`: every stored object.
+pub fn render_objects(l: &ObjectListing) -> String {
+    let rows: Vec<Vec<String>> = l
+        .objects
+        .iter()
+        .map(|o| vec![o.kind.clone(), o.namespace.clone(), o.name.clone()])
+        .collect();
+    render_table(&["KIND", "NAMESPACE", "NAME"], &rows)
+}
+
+/// `kind namespace/name`, as `ferryctl apply` and `delete` print each.
+pub fn object_line(o: &ObjectRef) -> String {
+    if o.namespace.is_empty() {
+        format!("{} {}", o.kind, o.name)
+    } else {
+        format!("{} {}/{}", o.kind, o.namespace, o.name)
+    }
 }
 
 /// `ferryctl nodes`: this node first, then the peers by block.

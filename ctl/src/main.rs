@@ -14,7 +14,7 @@ use ferryctl as ctl;
 #[command(
     name = "ferryctl",
     version,
-    about = "Inspect ferry on this node: endpoints, routes, peers, counters, drops, status (tables, or --json)"
+    about = "Inspect ferry on this node: endpoints, routes, peers, counters, drops, status (tables, or --json); apply and delete Kubernetes objects (Services, EndpointSlices, ...)"
 )]
 struct Args {
     /// ferryd's pod-API socket.
@@ -47,6 +47,51 @@ enum Cmd {
     Status,
     /// The cluster's nodes as ferryd knows them: name, block (pod CIDR), uplink address, VTEP MAC, overlay, last renewal, and whether this node routes to it (self, routed, refused: why); then the datastore and whether it answers.
     Nodes,
+    /// Create or replace the Kubernetes objects of a YAML (`---` between documents) or JSON file (`-`: standard input): Service, EndpointSlice, NetworkPolicy, Namespace, Pod. ferryd checks every document and stores all of them or none (etcd with [cluster], its embedded store otherwise).
+    Apply {
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete the objects a file names (kind, namespace, name; the rest of each document is not looked at beyond being valid), all or none; objects not stored are reported, not an error.
+    Delete {
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// What ferryd holds: `services` (the service ports compiled from Services and EndpointSlices: id, ClusterIP:port, protocol, affinity, ready backends; and whether the dataplane holds them) or `objects` (every stored object).
+    Get {
+        #[arg(value_enum)]
+        what: GetWhat,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GetWhat {
+    #[value(alias = "svc", alias = "service")]
+    Services,
+    #[value(alias = "all")]
+    Objects,
+}
+
+/// A file's name and text (`-`: standard input), bounded by what ferryd
+/// takes in one request.
+fn read_file(path: &std::path::Path) -> anyhow::Result<(String, String)> {
+    use std::io::Read;
+    const MAX: u64 = 900 << 10;
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX + 1)
+            .read_to_string(&mut text)
+            .context("read standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX + 1).read_to_string(&mut text))
+            .with_context(|| format!("read {}", path.display()))?;
+    }
+    if text.len() as u64 > MAX {
+        anyhow::bail!("{}: larger than {MAX} bytes; split it", path.display());
+    }
+    Ok((path.display().to_string(), text))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -69,7 +114,46 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use ferry_api::objects::{ObjectsRequest, ObjectsResponse};
     match args.command {
+        Cmd::Apply { file } => {
+            let (file, text) = read_file(&file)?;
+            let r = client::ferryd_objects(&args.ferryd, ObjectsRequest::Apply { file, text })?;
+            if args.json {
+                print_json(&r)?;
+            } else if let ObjectsResponse::Applied { objects } = &r {
+                for o in objects {
+                    println!("{} applied", ctl::object_line(o));
+                }
+            }
+        }
+        Cmd::Delete { file } => {
+            let (file, text) = read_file(&file)?;
+            let r = client::ferryd_objects(&args.ferryd, ObjectsRequest::Delete { file, text })?;
+            if args.json {
+                print_json(&r)?;
+            } else if let ObjectsResponse::Deleted { objects, missing } = &r {
+                for o in objects {
+                    println!("{} deleted", ctl::object_line(o));
+                }
+                for o in missing {
+                    println!("{} not found", ctl::object_line(o));
+                }
+            }
+        }
+        Cmd::Get { what } => {
+            let ObjectsResponse::Listing(l) =
+                client::ferryd_objects(&args.ferryd, ObjectsRequest::Get)?
+            else {
+                anyhow::bail!("ferryd answered something else than a listing");
+            };
+            match (what, args.json) {
+                (GetWhat::Services, true) => print_json(&l.services)?,
+                (GetWhat::Objects, true) => print_json(&l)?,
+                (GetWhat::Services, false) => print!("{}", ctl::render_services(&l)),
+                (GetWhat::Objects, false) => print!("{}", ctl::render_objects(&l)),
+            }
+        }
         Cmd::Endpoints => {
             let tables = client::tables(&args.dataplane)?;
             // Stale attachments are ferryd's to know; without ferryd the

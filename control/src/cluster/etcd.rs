@@ -56,7 +56,7 @@ pub struct Etcd {
 
 /// The whole chain of an error, causes included (tonic's own Display says
 /// only "transport error").
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -75,7 +75,7 @@ fn unreachable(what: &str, e: etcd_client::Error) -> DsError {
 }
 
 /// One etcd call, bounded.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, DsError> {
@@ -115,32 +115,36 @@ fn record_of(prefix: &str, kv: &KeyValue) -> Result<NodeRecord, (String, String)
     }
 }
 
+/// A client for `cfg`'s endpoints (TLS when a CA is given), shared by the
+/// node registry and the object store ([`crate::services::etcd`]).
+pub(crate) async fn client(cfg: &EtcdOptions) -> Result<Client, DsError> {
+    let mut opts = ConnectOptions::new()
+        .with_timeout(CALL_TIMEOUT)
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let Some(ca) = &cfg.ca_file {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_file("CA", ca)?));
+        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read_file("certificate", cert)?,
+                read_file("key", key)?,
+            ));
+        }
+        opts = opts.with_tls(tls);
+    }
+    bounded(
+        "connect",
+        Client::connect(cfg.endpoints.clone(), Some(opts)),
+    )
+    .await
+}
+
 impl Etcd {
     /// A client for `cfg`'s endpoints (TLS when a CA is given). Connecting
     /// is lazy: an unreachable endpoint shows at the first call.
     pub async fn connect(cfg: &EtcdOptions) -> Result<Etcd, DsError> {
-        let mut opts = ConnectOptions::new()
-            .with_timeout(CALL_TIMEOUT)
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let Some(ca) = &cfg.ca_file {
-            let mut tls =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read_file("CA", ca)?));
-            if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-                tls = tls.identity(Identity::from_pem(
-                    read_file("certificate", cert)?,
-                    read_file("key", key)?,
-                ));
-            }
-            opts = opts.with_tls(tls);
-        }
-        let client = bounded(
-            "connect",
-            Client::connect(cfg.endpoints.clone(), Some(opts)),
-        )
-        .await?;
         Ok(Etcd {
-            client,
+            client: client(cfg).await?,
             endpoints: cfg.endpoints.clone(),
             prefix: cfg.prefix.clone(),
             lease_ttl: cfg.lease_ttl.as_secs() as i64,
@@ -371,20 +375,8 @@ impl Datastore for Etcd {
     }
 
     async fn watch(&self, revision: i64) -> Result<Box<dyn NodeWatch>, DsError> {
-        let mut c = self.client.clone();
-        let stream = bounded(
-            "watch nodes",
-            c.watch(
-                self.blocks_prefix(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1)
-                        .with_progress_notify(),
-                ),
-            ),
-        )
-        .await?;
+        let stream =
+            watch_prefix(&self.client, "watch nodes", self.blocks_prefix(), revision).await?;
         Ok(Box::new(EtcdWatch {
             stream,
             prefix: self.prefix.clone(),
@@ -409,24 +401,52 @@ struct EtcdWatch {
     prefix: String,
 }
 
+/// A watch of every key under `prefix` from `revision` + 1 (a listing's
+/// revision), with progress notifications.
+pub(crate) async fn watch_prefix(
+    client: &Client,
+    what: &str,
+    prefix: String,
+    revision: i64,
+) -> Result<etcd_client::WatchStream, DsError> {
+    let mut c = client.clone();
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1)
+        .with_progress_notify();
+    bounded(what, c.watch(prefix, Some(opts))).await
+}
+
+/// The next message of a prefix watch, or why its watcher must list again
+/// (the stream ended or failed, the watch was compacted or cancelled).
+pub(crate) async fn next_message(
+    stream: &mut etcd_client::WatchStream,
+) -> Result<etcd_client::WatchResponse, String> {
+    let msg = match stream.message().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err("watch stream ended".into()),
+        Err(e) => return Err(format!("watch: {}", chain(&e))),
+    };
+    if msg.compact_revision() > 0 {
+        return Err(format!(
+            "watch compacted (oldest revision now {})",
+            msg.compact_revision()
+        ));
+    }
+    if msg.canceled() {
+        return Err(format!("watch cancelled: {}", msg.cancel_reason()));
+    }
+    Ok(msg)
+}
+
 #[async_trait]
 impl NodeWatch for EtcdWatch {
     async fn next(&mut self) -> WatchEvent {
         loop {
-            let msg = match self.stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return WatchEvent::Resync("watch stream ended".into()),
-                Err(e) => return WatchEvent::Resync(format!("watch: {}", chain(&e))),
+            let msg = match next_message(&mut self.stream).await {
+                Ok(m) => m,
+                Err(why) => return WatchEvent::Resync(why),
             };
-            if msg.compact_revision() > 0 {
-                return WatchEvent::Resync(format!(
-                    "watch compacted (oldest revision now {})",
-                    msg.compact_revision()
-                ));
-            }
-            if msg.canceled() {
-                return WatchEvent::Resync(format!("watch cancelled: {}", msg.cancel_reason()));
-            }
             let revision = msg.header().map_or(0, |h| h.revision());
             let mut changes = Vec::new();
             let mut unreadable = Vec::new();

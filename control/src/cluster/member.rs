@@ -39,6 +39,31 @@ use crate::dataplane_client::{DataplaneClient, REPLY_TIMEOUT};
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Run `pass` (a listing and the watch after it) again and again: at once
+/// when it ends by asking for a new listing (`Ok(why)`, logged under
+/// `what`), after a backoff ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`])
+/// when it fails (`failed` is told why). Never returns.
+pub async fn follow_forever<F, Fut>(what: &str, mut pass: F, failed: impl Fn(&DsError))
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, DsError>>,
+{
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match pass().await {
+            Ok(why) => {
+                log::info!("{what}: {why}; listing again");
+                backoff = MIN_BACKOFF;
+            }
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
 struct Inner {
     /// `None` until a block is held (joining).
     claim: Option<Claim>,
@@ -431,20 +456,12 @@ impl Member {
     }
 
     async fn run(&self, dp: DataplaneClient) {
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            match self.follow(&dp).await {
-                Ok(why) => {
-                    log::info!("datastore {}: {why}; listing again", self.ds.describe());
-                    backoff = MIN_BACKOFF;
-                }
-                Err(e) => {
-                    self.set_reachable(Err(&e));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        follow_forever(
+            &format!("datastore {}", self.ds.describe()),
+            || self.follow(&dp),
+            |e| self.set_reachable(Err(e)),
+        )
+        .await
     }
 
     /// One pass: the claim made good, a listing, then the watch and the

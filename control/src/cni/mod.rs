@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_api::objects::{ObjectsRequest, ObjectsResponse};
 use ferry_api::pod::{
     code, Command, Interface, IpConfig, PodError, PodRequest, PodResponse, PodResult,
 };
@@ -30,6 +31,9 @@ use crate::ipam::{IpamError, PodAddress, PoolSets};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
 use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing, PodRoute};
 use crate::reconcile::{self, endpoint_of};
+use crate::services::etcd::EtcdObjects;
+use crate::services::source::{Embedded, ObjectStore};
+use crate::services::Services;
 use crate::store::{Addresses, AllocError, AttachmentId, Record, State, Store, StoreError};
 
 mod abandon;
@@ -60,6 +64,8 @@ pub enum AgentError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("object store: {0}")]
+    Objects(#[from] crate::cluster::DsError),
 }
 
 /// Run a blocking store call off the async workers.
@@ -83,6 +89,19 @@ pub struct Agent {
     /// connectivity" while any is there.
     node_problems: Vec<String>,
     member: Arc<Member>,
+    services: Arc<Services>,
+}
+
+/// Where the node's Kubernetes objects are kept: etcd with `[cluster]`,
+/// else the embedded store.
+async fn object_store(
+    cfg: &Config,
+    store: &Arc<Store>,
+) -> Result<Arc<dyn ObjectStore>, AgentError> {
+    Ok(match &cfg.cluster {
+        Some(k) => Arc::new(EtcdObjects::connect(&k.etcd()).await?),
+        None => Arc::new(Embedded::new(Arc::clone(store))),
+    })
 }
 
 /// What [`Agent::prepare`] found.
@@ -194,16 +213,17 @@ impl Agent {
             Err(e) => log::error!("host port: {e} (retried when the dataplane connects)"),
         }
 
+        let services = Services::start(object_store(&cfg, &store).await?, cfg.maglev_seed).await;
         let hook: SyncHook = {
             // Weak: the client task may outlive the agent by a moment, and
             // must not keep the database open (a restarted agent reopens it).
             let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), Arc::downgrade(&store));
-            let member = Arc::clone(&member);
+            let (member, services) = (Arc::clone(&member), Arc::clone(&services));
             Arc::new(move |hello| {
                 let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
-                let routes = member.routes();
+                let tables = (member.routes(), services.ports());
                 Box::pin(async move {
-                    reconcile::sync_state(&netlink, &cfg, store, hello, routes).await
+                    reconcile::sync_state(&netlink, &cfg, store, hello, tables).await
                 })
             })
         };
@@ -215,6 +235,7 @@ impl Agent {
         };
         let dp = DataplaneClient::spawn(cfg.dataplane_socket.clone(), hook);
         member.spawn(dp.clone());
+        services.spawn(dp.clone());
         let node_pools =
             PoolSets::for_request(&Default::default(), &cfg.pod_nets(), &cfg.gateways())
                 .expect("node pools from a validated config");
@@ -227,7 +248,15 @@ impl Agent {
             node_pools,
             node_problems,
             member,
+            services,
         }))
+    }
+
+    /// One `ferryctl apply`/`delete`/`get` request.
+    pub async fn objects(&self, req: ObjectsRequest) -> ObjectsResponse {
+        self.services
+            .handle(req, crate::services::dataplane_state(&self.dp))
+            .await
     }
 
     /// This node in the cluster (the embedded single node included).
