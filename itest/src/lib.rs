@@ -343,15 +343,23 @@ pub const TRANSFER_BYTES: u64 = 32 * 1024 * 1024;
 /// Send `TRANSFER_BYTES` from namespace `from` to `to_ip:port` (a receiver in
 /// namespace `to`), and check that what arrived is what was sent.
 pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
-    // The receiver listens on the wildcard of `to_ip`'s family; an IPv6
-    // destination is written in brackets for the sender.
-    let (any, to_ip) = if to_ip.contains(':') && !to_ip.starts_with('[') {
-        ("[::]", format!("[{to_ip}]"))
+    let dst = if to_ip.contains(':') && !to_ip.starts_with('[') {
+        format!("[{to_ip}]:{port}")
     } else {
-        ("0.0.0.0", to_ip.to_string())
+        format!("{to_ip}:{port}")
     };
-    let to_ip = to_ip.as_str();
-    let mut rx_child = tcpcheck_in(to, &["recv", &format!("{any}:{port}")]);
+    transfer_via(from, to, port, &dst, seed);
+}
+
+/// [`transfer`] to the address `dst` (`ip:port`, e.g. a ClusterIP), the
+/// receiver in `to` listening on `listen_port` (the backend's port).
+pub fn transfer_via(from: &str, to: &str, listen_port: u16, dst: &str, seed: u64) {
+    let any = if dst.starts_with('[') {
+        "[::]"
+    } else {
+        "0.0.0.0"
+    };
+    let mut rx_child = tcpcheck_in(to, &["recv", &format!("{any}:{listen_port}")]);
     let stdout = rx_child.stdout.take().expect("stdout");
     let rx = ChildGuard::new(rx_child);
     let mut first = String::new();
@@ -362,12 +370,7 @@ pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
 
     let tx = ChildGuard::new(tcpcheck_in(
         from,
-        &[
-            "send",
-            &format!("{to_ip}:{port}"),
-            &TRANSFER_BYTES.to_string(),
-            &seed.to_string(),
-        ],
+        &["send", dst, &TRANSFER_BYTES.to_string(), &seed.to_string()],
     ));
     let tx = tx.finish(Duration::from_secs(120));
     let rx = rx.finish(Duration::from_secs(30));
@@ -379,14 +382,14 @@ pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
     let (rx_ok, rx_err) = (rx.status.success(), String::from_utf8_lossy(&rx.stderr));
     let mut rx_out = String::new();
     reader.read_line(&mut rx_out).expect("receiver result");
-    assert!(tx_ok, "sender {from} -> {to_ip}: {tx_err}");
+    assert!(tx_ok, "sender {from} -> {dst}: {tx_err}");
     assert!(rx_ok, "receiver {to}: {rx_err}");
     let want = format!("{TRANSFER_BYTES} ");
     assert!(tx_out.starts_with(&want), "sender sent {tx_out}");
     assert_eq!(
         rx_out.trim(),
         tx_out.trim(),
-        "{from} -> {to_ip}: bytes/hash received differ from those sent"
+        "{from} -> {dst}: bytes/hash received differ from those sent"
     );
 }
 

@@ -164,3 +164,250 @@ fn apply_get_delete_through_ferryd_reach_the_dataplane() {
     assert!(out.contains("not found"), "{out}");
     node.del_pod(&pod).assert_ok();
 }
+
+/// A Service with one port `port` (TCP, or UDP) to `target` on `backends`,
+/// and its EndpointSlice, as YAML.
+fn service_yaml(
+    name: &str,
+    vip: &str,
+    port: u16,
+    protocol: &str,
+    target: u16,
+    backends: &[&str],
+    affinity: bool,
+) -> String {
+    let affinity = if affinity {
+        "  sessionAffinity: ClientIP\n"
+    } else {
+        ""
+    };
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {vip}\n{affinity}  ports: [{{name: p, port: {port}, protocol: {protocol}, targetPort: {target}}}]\n"
+    );
+    if !backends.is_empty() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: p, port: {target}, protocol: {protocol}}}]\nendpoints:\n"
+        ));
+        for b in backends {
+            yaml.push_str(&format!(
+                "- addresses: [{b}]\n  conditions: {{ready: true}}\n"
+            ));
+        }
+    }
+    yaml
+}
+
+/// Apply `yaml` on `node` and wait until the dataplane serves `vip:port`
+/// with `backends` backends.
+fn apply_and_wait(node: &Node, name: &str, yaml: &str, vip: &str, backends: usize) {
+    let file = node.dir.path.join(format!("{name}.yaml"));
+    fs::write(&file, yaml).unwrap();
+    ctl_ok(node, &["apply", "-f", &file.display().to_string()]);
+    let ok = wait_until(Duration::from_secs(10), || {
+        dataplane_services(node)
+            .iter()
+            .any(|p| p.vip.to_string() == vip && p.backends.len() == backends)
+    });
+    assert!(
+        ok,
+        "{name} not in the dataplane: {:?}",
+        dataplane_services(node)
+    );
+}
+
+/// A `self-server` (or `udp-server`) in `ns` on `port`, answering who
+/// it is and whom it saw, for 120 s at most.
+fn self_server(ns: &str, port: u16, udp: bool) -> ChildGuard {
+    let mode = if udp { "udp-server" } else { "self-server" };
+    let mut child = tcpcheck_in(ns, &[mode, &format!("0.0.0.0:{port}"), "120"]);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "listening", "{mode} in {ns}");
+    ChildGuard::new(child)
+}
+
+/// Ask `dst` from `ns` (TCP `ask` or UDP `udp-ask`): (the backend's
+/// address, the client address it saw), or the error.
+fn who(ns: &str, dst: &str, udp: bool) -> Result<(String, String), String> {
+    let mode = if udp { "udp-ask" } else { "ask" };
+    let out = ChildGuard::new(tcpcheck_in(ns, &[mode, dst])).finish(Duration::from_secs(10));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split_whitespace();
+    let own = parts.next().unwrap_or_default().to_string();
+    let peer = parts.next().unwrap_or_default().to_string();
+    // The servers listen on 0.0.0.0: their own address is the socket's.
+    Ok((own, peer))
+}
+
+fn host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// ClusterIP traffic through the dataplane on one node: TCP spread over
+/// two backends and the same choice for a connection's packets, a 32 MB
+/// transfer checked by hash (with a backend added under it), UDP, a pod
+/// reaching itself, ClientIP affinity, the node reaching a ClusterIP, and a
+/// service without endpoints refused at once.
+#[test]
+fn clusterip_traffic_reaches_backends_and_comes_back() {
+    let node = Node::start(
+        "fysvt",
+        NodeOpts {
+            extra_config: "service_cidrs = [\"10.96.0.0/12\"]\n".into(),
+            ..NodeOpts::default()
+        },
+    );
+    let a = node.add_pod(1);
+    let b = node.add_pod(2);
+    let c = node.add_pod(3);
+    let _servers = [
+        self_server(&b.ns.name, 8080, false),
+        self_server(&c.ns.name, 8080, false),
+        self_server(&a.ns.name, 8081, false),
+        self_server(&b.ns.name, 5353, true),
+        self_server(&b.ns.name, 8443, false),
+        self_server(&c.ns.name, 8443, false),
+    ];
+    let (bip, cip) = (b.ip.as_str(), c.ip.as_str());
+    apply_and_wait(
+        &node,
+        "web",
+        &service_yaml("web", "10.96.0.10", 80, "TCP", 8080, &[bip, cip], false),
+        "10.96.0.10",
+        2,
+    );
+    apply_and_wait(
+        &node,
+        "dns",
+        &service_yaml("dns", "10.96.0.53", 53, "UDP", 5353, &[bip], false),
+        "10.96.0.53",
+        1,
+    );
+    apply_and_wait(
+        &node,
+        "self",
+        &service_yaml("self", "10.96.0.13", 80, "TCP", 8081, &[&a.ip], false),
+        "10.96.0.13",
+        1,
+    );
+    apply_and_wait(
+        &node,
+        "sticky",
+        &service_yaml("sticky", "10.96.0.14", 443, "TCP", 8443, &[bip, cip], true),
+        "10.96.0.14",
+        2,
+    );
+    apply_and_wait(
+        &node,
+        "empty",
+        &service_yaml("empty", "10.96.0.12", 80, "TCP", 8080, &[], false),
+        "10.96.0.12",
+        0,
+    );
+
+    // Many connections: both backends answer, each saw the client itself.
+    let mut backends = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let (own, peer) = who(&a.ns.name, "10.96.0.10:80", false).expect("ask web");
+        assert_eq!(host(&peer), a.ip, "the backend sees the client");
+        backends.insert(host(&own).to_string());
+    }
+    let want: std::collections::BTreeSet<String> = [b.ip.clone(), c.ip.clone()].into();
+    assert_eq!(backends, want, "connections spread over both backends");
+    // The node reaches the ClusterIP too (its route goes into the dataplane).
+    let (own, _) = who(&node.ns.name, "10.96.0.10:80", false).expect("node -> web");
+    assert!(want.contains(host(&own)), "{own}");
+
+    // UDP: the one backend answers (its socket is unbound, so it names
+    // 0.0.0.0), it saw the client, and the answer comes from the ClusterIP.
+    let out = ChildGuard::new(tcpcheck_in(&a.ns.name, &["udp-ask", "10.96.0.53:53"]))
+        .finish(Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(
+        out.status.success(),
+        "udp-ask: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(words.len(), 3, "{text}");
+    assert_eq!(
+        (words[0], host(words[1]), words[2]),
+        ("0.0.0.0:5353", a.ip.as_str(), "10.96.0.53:53")
+    );
+
+    // Hairpin: the pod reaches its own service and sees the gateway.
+    let (own, peer) = who(&a.ns.name, "10.96.0.13:80", false).expect("ask self");
+    assert_eq!(host(&own), a.ip);
+    assert_eq!(
+        host(&peer),
+        first_host("10.88.0.0/24"),
+        "hairpin is masqueraded to the gateway"
+    );
+
+    // ClientIP affinity: every connection of one client to one backend.
+    let first = who(&a.ns.name, "10.96.0.14:443", false)
+        .expect("ask sticky")
+        .0;
+    for _ in 0..10 {
+        assert_eq!(
+            who(&a.ns.name, "10.96.0.14:443", false)
+                .expect("ask sticky")
+                .0,
+            first
+        );
+    }
+
+    // No endpoints: refused at once (a reset), not a timeout.
+    let t = std::time::Instant::now();
+    let err = who(&a.ns.name, "10.96.0.12:80", false).expect_err("empty service answered");
+    assert!(err.contains("refused"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A 32 MB transfer through a one-backend service, checked by hash; a
+    // second backend joins while it runs and the flow stays where it is.
+    apply_and_wait(
+        &node,
+        "bulk",
+        &service_yaml("bulk", "10.96.0.11", 80, "TCP", 9000, &[bip], false),
+        "10.96.0.11",
+        1,
+    );
+    let grow = {
+        let node_dir = node.dir.path.clone();
+        let sock = node.ferryd_socket();
+        let dp = node.dataplane_socket();
+        let yaml = service_yaml("bulk", "10.96.0.11", 80, "TCP", 9000, &[bip, cip], false);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let file = node_dir.join("bulk2.yaml");
+            fs::write(&file, yaml).unwrap();
+            std::process::Command::new(bin("ferryctl"))
+                .args([
+                    "--ferryd",
+                    &sock.display().to_string(),
+                    "--dataplane",
+                    &dp.display().to_string(),
+                ])
+                .args(["apply", "-f", &file.display().to_string()])
+                .output()
+                .expect("ferryctl apply")
+        })
+    };
+    transfer_via(&a.ns.name, &b.ns.name, 9000, "10.96.0.11:80", 77);
+    assert!(grow.join().unwrap().status.success());
+    let s = node.stats();
+    let ct_full: u64 = s["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w["drops"]["ct_full"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(ct_full, 0, "{s}");
+    assert!(s["conntrack"]["entries"].as_u64().unwrap_or(0) > 0, "{s}");
+}

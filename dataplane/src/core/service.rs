@@ -165,6 +165,8 @@ fn id_hash(id: &str) -> u64 {
 pub struct ServiceTable {
     by_vip: FxHashMap<(u128, u16, u8), ServiceEntry>,
     by_id: FxHashMap<u64, (u128, u16, u8)>,
+    /// Every ClusterIP (the node kernel asks for them on the host port).
+    vips: rustc_hash::FxHashSet<u128>,
 }
 
 impl ServiceTable {
@@ -175,6 +177,7 @@ impl ServiceTable {
             let e = ServiceEntry::of(sp);
             t.by_id.insert(e.id, key);
             t.by_vip.entry(key).or_insert(e);
+            t.vips.insert(key.0);
         }
         t
     }
@@ -191,6 +194,12 @@ impl ServiceTable {
     #[inline]
     pub fn lookup(&self, vip: u128, port: u16, proto: u8) -> Option<&ServiceEntry> {
         self.by_vip.get(&(vip, port, proto))
+    }
+
+    /// Whether `ip` (as conntrack keys it) is a ClusterIP.
+    #[inline]
+    pub fn is_vip(&self, ip: u128) -> bool {
+        self.vips.contains(&ip)
     }
 
     /// The service port whose id hashes to `id`.

@@ -375,6 +375,14 @@ impl Tables {
         self
     }
 
+    /// Whether `ip` is a ClusterIP of a service port.
+    #[inline]
+    pub fn is_service_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.services
+            .as_ref()
+            .is_some_and(|s| s.table.is_vip(crate::core::service::addr_key(ip)))
+    }
+
     /// The service ports and connection table, if there are services.
     #[inline]
     pub fn services(&self) -> Option<&Services> {

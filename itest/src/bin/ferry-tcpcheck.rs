@@ -8,6 +8,11 @@
 //! ferry-tcpcheck peer-server ADDR:PORT SECS  answer each connection with
 //!                                            the address it came from
 //! ferry-tcpcheck ask ADDR:PORT               connect, print the answer
+//! ferry-tcpcheck self-server ADDR:PORT SECS  answer each connection with
+//!                                            `<own address> <peer address>`
+//! ferry-tcpcheck udp-server ADDR:PORT SECS   answer each datagram likewise
+//! ferry-tcpcheck udp-ask ADDR:PORT           one datagram, print the answer
+//!                                            and the address it came from
 //! ```
 //!
 //! `recv` and `send` print `<bytes> <fnv1a-64 hash>` of what they moved, so
@@ -156,6 +161,79 @@ fn peer_server(addr: SocketAddr, secs: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Answer every connection (`udp`: every datagram) for `secs` with
+/// `<own address> <peer address>\n`: which backend of a service answered,
+/// and whom it saw.
+fn self_server(addr: SocketAddr, secs: u64, udp: bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    if udp {
+        let sock = std::net::UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| format!("socket options: {e}"))?;
+        println!("listening");
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            match sock.recv_from(&mut buf) {
+                Ok((_, peer)) => {
+                    let _ = sock.send_to(format!("{addr} {peer}\n").as_bytes(), peer);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("recv: {e}")),
+            }
+        }
+        return Ok(());
+    }
+    let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    println!("listening");
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                let own = s
+                    .local_addr()
+                    .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                let _ = s
+                    .set_nonblocking(false)
+                    .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
+                    .and_then(|()| s.write_all(format!("{own} {peer}\n").as_bytes()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// One datagram to `addr`, the answer printed (2 s bound).
+fn udp_ask(addr: SocketAddr) -> Result<String, String> {
+    let any: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|e| format!("{e}"))?;
+    let sock = std::net::UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    sock.send_to(b"who", addr)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .map_err(|e| format!("answer from {addr}: {e}"))?;
+    // What was answered, and where the answer came from.
+    Ok(format!("{} {from}\n", String::from_utf8_lossy(&buf[..n]).trim()))
+}
+
 /// One connection to `addr` (no retry: the test retries), read to EOF.
 fn ask(addr: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
@@ -183,7 +261,15 @@ fn main() -> ExitCode {
             };
             return exit(r.map(|()| String::new()));
         }
+        [cmd, addr, secs] if cmd == "self-server" || cmd == "udp-server" => {
+            let r = match (parse_addr(addr), secs.parse::<u64>()) {
+                (Ok(a), Ok(secs)) => self_server(a, secs, cmd == "udp-server"),
+                _ => Err(format!("bad arguments: {args:?}")),
+            };
+            return exit(r.map(|()| String::new()));
+        }
         [cmd, addr] if cmd == "ask" => return exit(parse_addr(addr).and_then(ask)),
+        [cmd, addr] if cmd == "udp-ask" => return exit(parse_addr(addr).and_then(udp_ask)),
         _ => {}
     }
     let r = match args.as_slice() {

@@ -276,6 +276,7 @@ fn link_scope(
         PortRole::Host => {
             tables.endpoint6(target).is_some()
                 || matches!(tables.route6(target), Some(RouteTarget::Node(_)))
+                || tables.is_service_ip(target.into())
         }
         PortRole::Uplink => false,
     };

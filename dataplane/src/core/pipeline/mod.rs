@@ -254,11 +254,13 @@ fn arp(tables: &Tables, role: PortRole, frame: &mut [u8]) -> Verdict {
             PortRole::Pod { ip, .. } => {
                 ip.is_some_and(|ip| target != ip) && target != arp.sender_ip()
             }
-            // The node kernel routes the pod CIDRs, local and remote, onto
-            // the host port and asks for each address there.
+            // The node kernel routes the pod CIDRs, local and remote, and
+            // the service CIDRs onto the host port and asks for each
+            // address there.
             PortRole::Host => {
                 tables.endpoint(target).is_some()
                     || matches!(tables.route(target), Some(RouteTarget::Node(_)))
+                    || tables.is_service_ip(target.into())
             }
             // ARP on the uplink is the node kernel's (the classifier passes
             // it); one inside a VXLAN packet is nobody's.

@@ -308,3 +308,29 @@ fn affinity_sends_a_client_to_one_backend_and_a_full_table_drops() {
     assert!(tiny.stats().entries <= 64);
     assert!(tiny.stats().insert_failed >= dropped);
 }
+
+#[test]
+fn the_node_kernel_gets_the_router_mac_for_clusterips_and_its_flows_translated() {
+    let ct = Arc::new(Conntrack::new(1024));
+    let t = with(&services(&both_backends()), &ct);
+    let (v, reply) = run_at(&t, HOST_PORT, &arp_frame(1, KERNEL_MAC, GW, WEB), 1);
+    assert_eq!(v, Verdict::Reply);
+    assert_eq!(&reply[22..28], &ROUTER, "proxy ARP for the ClusterIP");
+    // Not for an address that is no service's.
+    let (v, _) = run_at(
+        &t,
+        HOST_PORT,
+        &arp_frame(1, KERNEL_MAC, GW, Ipv4Addr::new(10, 96, 0, 77)),
+        1,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::ArpNotForUs));
+    // The node's own connection, from the gateway address.
+    let (v, out) = run_at(&t, HOST_PORT, &tcp(GW, 33000, WEB, 80, true, b""), 1);
+    let Verdict::Tx(to) = v else { panic!("{v:?}") };
+    let backend = tuple(&out).2;
+    assert_eq!(tuple(&out), (GW, 33000, backend, 8080));
+    let (v, back) = run_at(&t, to, &tcp(backend, 8080, GW, 33000, false, b""), 2);
+    assert_eq!(v, Verdict::Tx(HOST_PORT));
+    assert_eq!(tuple(&back), (WEB, 80, GW, 33000));
+    assert!(checksums(&back));
+}
