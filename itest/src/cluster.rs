@@ -75,6 +75,8 @@ pub struct ClusterOpts {
     /// Dual-stack nodes: node N's IPv6 pod CIDR is [`pod_cidr6`] (or with
     /// etcd, the cluster's [`CLUSTER_CIDR6`] gives the blocks).
     pub dual_stack: bool,
+    /// Top-level ferryd.toml lines every node gets (before its tables).
+    pub node_config: String,
 }
 
 /// The etcd a cluster's nodes share.
@@ -100,6 +102,7 @@ impl ClusterOpts {
             workers: 2,
             etcd: None,
             dual_stack: false,
+            node_config: String::new(),
         }
     }
 
@@ -343,7 +346,8 @@ impl Cluster {
             .map(|e| EtcdServer::start(&tag, &fabric, e.tls));
         let mut nodes: Vec<ClusterNode> = Vec::new();
         for i in 1..=opts.nodes {
-            let mut extra_config = match (opts.overlay, &etcd, &opts.etcd) {
+            let mut extra_config = opts.node_config.clone();
+            extra_config += &match (opts.overlay, &etcd, &opts.etcd) {
                 (Some(o), Some(server), Some(e)) => etcd_node_config(i, o, server, e.lease_ttl_s),
                 (Some(o), _, _) => uplink_config_with(i, opts.nodes, o, opts.dual_stack),
                 (None, _, _) => String::new(),

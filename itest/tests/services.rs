@@ -411,3 +411,55 @@ fn clusterip_traffic_reaches_backends_and_comes_back() {
     assert_eq!(ct_full, 0, "{s}");
     assert!(s["conntrack"]["entries"].as_u64().unwrap_or(0) > 0, "{s}");
 }
+
+/// Backends on another node: a client on node 1 reaches a ClusterIP
+/// whose backends are a pod on node 1 and one on node 2 (over VXLAN; the
+/// other node's dataplane forwards the reply untranslated and node 1
+/// translates it back), and a 32 MB transfer to the remote backend.
+#[test]
+fn clusterip_backends_on_another_node() {
+    use itest::cluster::{Cluster, ClusterOpts, Overlay};
+    let c = Cluster::start(
+        "fysvx",
+        ClusterOpts {
+            node_config: "service_cidrs = [\"10.96.0.0/12\"]\n".into(),
+            ..ClusterOpts::new(2, Some(Overlay::Vxlan))
+        },
+    );
+    let (n1, n2) = (c.node(1), c.node(2));
+    let client = n1.add_pod(1);
+    let local = n1.add_pod(2);
+    let remote = n2.add_pod(1);
+    let _servers = [
+        self_server(&local.ns.name, 8080, false),
+        self_server(&remote.ns.name, 8080, false),
+    ];
+    // Reach the remote pod first (the peer's MAC resolved).
+    assert!(wait_until(Duration::from_secs(10), || client.ping(&remote.ip, 1)));
+    let yaml = service_yaml(
+        "web",
+        "10.96.0.10",
+        80,
+        "TCP",
+        8080,
+        &[&local.ip, &remote.ip],
+        false,
+    );
+    apply_and_wait(n1, "web", &yaml, "10.96.0.10", 2);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let (own, peer) = who(&client.ns.name, "10.96.0.10:80", false).expect("ask web");
+        assert_eq!(
+            host(&peer),
+            client.ip,
+            "no source translation for a pod client"
+        );
+        seen.insert(host(&own).to_string());
+    }
+    let want: std::collections::BTreeSet<String> = [local.ip.clone(), remote.ip.clone()].into();
+    assert_eq!(seen, want, "both the local and the remote backend answer");
+
+    let bulk = service_yaml("bulk", "10.96.0.11", 80, "TCP", 9000, &[&remote.ip], false);
+    apply_and_wait(n1, "bulk", &bulk, "10.96.0.11", 1);
+    transfer_via(&client.ns.name, &remote.ns.name, 9000, "10.96.0.11:80", 78);
+}

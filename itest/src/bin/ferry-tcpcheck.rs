@@ -231,7 +231,10 @@ fn udp_ask(addr: SocketAddr) -> Result<String, String> {
         .recv_from(&mut buf)
         .map_err(|e| format!("answer from {addr}: {e}"))?;
     // What was answered, and where the answer came from.
-    Ok(format!("{} {from}\n", String::from_utf8_lossy(&buf[..n]).trim()))
+    Ok(format!(
+        "{} {from}\n",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    ))
 }
 
 /// One connection to `addr` (no retry: the test retries), read to EOF.
