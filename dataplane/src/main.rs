@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferry_dataplane::control::server;
 use ferry_dataplane::control::{wait_for_end, Dataplane, DataplaneConfig, Ending};
-use ferry_dataplane::engine::worker::MAX_BATCH;
+use ferry_dataplane::engine::worker::{PollMode, MAX_BATCH};
 use ferry_dataplane::io::afxdp::AfXdpBackend;
 use ferry_dataplane::io::backend::NodeBackend;
 use ferry_dataplane::io::tap::TapBackend;
@@ -51,12 +51,16 @@ struct Cli {
     /// on each tap port; memory per tap = workers x this x 66 KiB.
     #[arg(long, default_value_t = 128)]
     tap_frames_per_queue: usize,
-    /// How long a worker keeps polling without sleeping after it last moved
-    /// a frame, in microseconds (0: sleep at the first empty pass). Off by
-    /// default: it costs a busy core, which a 2-core machine's pods need
-    /// (tap TCP, one stream: +5-10 % with 20-60 µs on one such machine, 8.5
-    /// -> 6.8 Gbit/s with 50 µs on another; 4 streams: no better).
-    #[arg(long, default_value_t = 0)]
+    /// How an idle worker waits: `adaptive` keeps polling after traffic
+    /// (yielding the core between passes) for a window that doubles when
+    /// traffic came back within it and halves when not, up to
+    /// --idle-spin-us, then sleeps in poll(2); `busy` never sleeps (a whole
+    /// core per worker); `interrupt` sleeps at the first empty pass.
+    #[arg(long, default_value = "adaptive", value_parser = parse_poll_mode)]
+    poll_mode: PollMode,
+    /// The adaptive window's maximum, in microseconds (0: no spinning,
+    /// as `interrupt`).
+    #[arg(long, default_value_t = 100)]
     idle_spin_us: u64,
     /// Entries of the connection tracking table of service flows (two per
     /// flow; about 100 bytes each, allocated with the first service).
@@ -73,6 +77,10 @@ struct Cli {
 
 /// Exit status when a worker died (EX_SOFTWARE).
 const EXIT_WORKER_FAILED: i32 = 70;
+
+fn parse_poll_mode(s: &str) -> Result<PollMode, String> {
+    PollMode::from_name(s).ok_or_else(|| format!("{s:?} is not one of busy|adaptive|interrupt"))
+}
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse()
@@ -141,6 +149,7 @@ fn main() -> Result<()> {
     let mut cfg = DataplaneConfig::new(cli.workers, cli.cpus.as_deref(), cli.batch);
     cfg.idle_timeout = std::time::Duration::from_millis(cli.idle_ms.max(1));
     cfg.idle_spin = std::time::Duration::from_micros(cli.idle_spin_us.min(1_000_000));
+    cfg.poll_mode = cli.poll_mode;
     cfg.conntrack_max = cli.conntrack_max;
     let backend = NodeBackend {
         xdp: AfXdpBackend {

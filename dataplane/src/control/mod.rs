@@ -58,6 +58,8 @@ pub struct DataplaneConfig {
     pub idle_timeout: Duration,
     /// See [`WorkerConfig::idle_spin`].
     pub idle_spin: Duration,
+    /// See [`WorkerConfig::poll_mode`].
+    pub poll_mode: worker::PollMode,
     /// Entries of the connection tracking table (two per translated
     /// flow), allocated when the first service arrives.
     pub conntrack_max: usize,
@@ -84,6 +86,7 @@ impl DataplaneConfig {
             batch,
             idle_timeout: Duration::from_millis(10),
             idle_spin: Duration::ZERO,
+            poll_mode: worker::PollMode::Interrupt,
             conntrack_max: DEFAULT_CONNTRACK_MAX,
         }
     }
@@ -271,6 +274,7 @@ impl<B: PortBackend> Dataplane<B> {
                 batch: cfg.batch,
                 idle_timeout: cfg.idle_timeout,
                 idle_spin: cfg.idle_spin,
+                poll_mode: cfg.poll_mode,
                 cpu,
             };
             let waker = match Waker::new() {
@@ -877,6 +881,7 @@ mod tests {
             batch: 64,
             idle_timeout: Duration::from_millis(1),
             idle_spin: Duration::ZERO,
+            poll_mode: crate::engine::worker::PollMode::Interrupt,
             conntrack_max: 4096,
         };
         let mut backend = MemBackend::new(net.clone());

@@ -308,6 +308,7 @@ mod tests {
             batch: 8,
             idle_timeout: Duration::from_millis(1),
             idle_spin: Duration::ZERO,
+            poll_mode: crate::engine::worker::PollMode::Interrupt,
             conntrack_max: 4096,
         };
         let dp = Dataplane::start(MemBackend::new(MemNetwork::new()), &cfg).unwrap();

@@ -75,13 +75,61 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// How long an idle pass sleeps in poll(2).
     pub idle_timeout: Duration,
-    /// How long to keep polling without sleeping after the last pass that
-    /// moved a frame (0: sleep at the first empty pass). Waking an idle
-    /// vCPU costs tens of µs, more than a tap frame takes to arrive in a
-    /// TCP stream; an idle node never spins (no busy pass, no spin).
+    /// How an idle worker waits ([`PollMode`]).
+    pub poll_mode: PollMode,
+    /// The longest it keeps polling without sleeping after the last pass
+    /// that moved a frame ([`PollMode::Adaptive`]; 0: never). Waking an
+    /// idle vCPU costs tens of µs, more than a reply takes to come back
+    /// through a request/response pair of pods; an idle node never spins
+    /// (no busy pass, no spin).
     pub idle_spin: Duration,
     /// Core to pin to (`None`: not pinned).
     pub cpu: Option<usize>,
+}
+
+/// How a worker waits when a pass moved nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollMode {
+    /// Never sleep: poll on, a whole core per worker, the lowest latency.
+    Busy,
+    /// After traffic, keep polling (yielding the core to anything else
+    /// runnable between passes) for a window that adapts: it doubles
+    /// (up to `idle_spin`) when traffic came back within it, halves (down
+    /// to [`MIN_ADAPTIVE_SPIN`]) when it did not; then sleep in poll(2).
+    /// Request/response traffic is served without a wake-up per packet,
+    /// a stream without stealing the core from the pods sharing it, and an
+    /// idle node costs nothing. As OVS's PMD load-based sleep or DPDK
+    /// l3fwd-power decide, in the dataplane's own loop (busy-poll socket
+    /// options do nothing on veth: its queues have no NAPI id).
+    Adaptive,
+    /// Sleep in poll(2) at the first pass that moved nothing.
+    #[default]
+    Interrupt,
+}
+
+impl PollMode {
+    pub fn from_name(name: &str) -> Option<PollMode> {
+        match name {
+            "busy" => Some(PollMode::Busy),
+            "adaptive" => Some(PollMode::Adaptive),
+            "interrupt" => Some(PollMode::Interrupt),
+            _ => None,
+        }
+    }
+}
+
+/// The shortest adaptive window (a miss halves it down to this).
+pub const MIN_ADAPTIVE_SPIN: Duration = Duration::from_micros(5);
+
+/// The next adaptive window: doubled after a spin that traffic ended,
+/// halved after one that ran out, within `[MIN_ADAPTIVE_SPIN, max]`.
+pub fn next_window(window: u64, caught: bool, max: u64) -> u64 {
+    let min = (MIN_ADAPTIVE_SPIN.as_nanos() as u64).min(max);
+    if caught {
+        window.saturating_mul(2).clamp(min, max)
+    } else {
+        (window / 2).clamp(min, max)
+    }
 }
 
 /// Largest batch accepted (bounds the per-worker scratch arrays).
@@ -234,7 +282,12 @@ impl<Q: PortQueue> Worker<Q> {
         // counters on idle passes and every KERNEL_STATS_PASSES-th busy
         // pass.
         let mut last_busy: Option<u64> = None;
-        let spin = self.cfg.idle_spin.as_nanos() as u64;
+        let max_spin = match self.cfg.poll_mode {
+            PollMode::Adaptive => self.cfg.idle_spin.as_nanos() as u64,
+            PollMode::Busy | PollMode::Interrupt => 0,
+        };
+        let mut window = max_spin;
+        let mut spinning = false;
         let mut kernel_read = Instant::now();
         let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
@@ -253,13 +306,27 @@ impl<Q: PortQueue> Worker<Q> {
             }
             if busy {
                 self.counters.busy_poll();
-                if spin > 0 {
+                if spinning {
+                    window = next_window(window, true, max_spin);
+                    spinning = false;
+                }
+                if max_spin > 0 {
                     last_busy = Some(now);
                 }
             } else {
                 self.counters.idle_poll();
-                if last_busy.is_some_and(|t| now.saturating_sub(t) < spin) {
+                if self.cfg.poll_mode == PollMode::Busy {
+                    std::hint::spin_loop();
                     continue;
+                }
+                if last_busy.is_some_and(|t| now.saturating_sub(t) < window) {
+                    spinning = true;
+                    std::thread::yield_now();
+                    continue;
+                }
+                if spinning {
+                    window = next_window(window, false, max_spin);
+                    spinning = false;
                 }
                 last_busy = None;
                 if !self.idle_wait() {
@@ -957,4 +1024,32 @@ pub fn spawn<Q: PortQueue>(
         // Nobody listening means the dataplane is gone already.
         let _ = failures.send(WorkerFailure { worker: id, cause });
     })
+}
+
+#[cfg(test)]
+mod poll_mode_tests {
+    use super::*;
+
+    #[test]
+    fn the_adaptive_window_doubles_on_a_catch_and_halves_on_a_miss() {
+        let max = 100_000;
+        let min = MIN_ADAPTIVE_SPIN.as_nanos() as u64;
+        assert_eq!(next_window(max, false, max), 50_000);
+        assert_eq!(next_window(50_000, true, max), max);
+        assert_eq!(next_window(max, true, max), max, "never above the maximum");
+        let mut w = max;
+        for _ in 0..20 {
+            w = next_window(w, false, max);
+        }
+        assert_eq!(w, min, "never below the minimum");
+        // A request/response pair (one catch, one miss per exchange) keeps
+        // the window where it is.
+        let steady = next_window(next_window(50_000, true, max), false, max);
+        assert_eq!(steady, 50_000);
+        assert_eq!(next_window(0, true, 0), 0, "no spinning configured");
+        for name in ["busy", "adaptive", "interrupt"] {
+            assert!(PollMode::from_name(name).is_some());
+        }
+        assert_eq!(PollMode::from_name("fast"), None);
+    }
 }

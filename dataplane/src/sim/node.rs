@@ -47,6 +47,7 @@ impl SimNode {
             batch,
             idle_timeout: std::time::Duration::ZERO,
             idle_spin: std::time::Duration::ZERO,
+            poll_mode: crate::engine::worker::PollMode::Interrupt,
             cpu: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
