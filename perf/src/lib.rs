@@ -11,9 +11,12 @@
 //!   paths on the same machine in the same run.
 //! - [`cni`]: `perf cni`, ADD/DEL latency against bridge + host-local.
 //! - [`cluster`]: `perf cluster`, what the etcd datastore costs per node.
+//! - [`idle`]: `perf idle`, what an idle node's dataplane costs (CPU, RSS
+//!   per pod) per poll mode.
 
 pub mod churn;
 pub mod cluster;
 pub mod cni;
 pub mod e2e;
+pub mod idle;
 pub mod restart;

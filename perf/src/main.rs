@@ -140,6 +140,24 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// What an idle node costs: ferry-dataplane's CPU and RSS (and RSS per pod) with N idle veth pods, per poll mode.
+    Idle {
+        /// Comma-separated pod counts, measured in turn on one node per mode.
+        #[arg(long, value_delimiter = ',', default_value = "0,40,100")]
+        pods: Vec<usize>,
+        /// ferry-dataplane workers.
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Comma-separated --poll-mode values, one node each.
+        #[arg(long, value_delimiter = ',', default_value = "adaptive,interrupt")]
+        modes: Vec<String>,
+        /// Seconds of each CPU reading.
+        #[arg(long, default_value_t = 10)]
+        window: u64,
+        /// Directory of ferry's binaries (default: the workspace's target/release).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// Remove fpf-* network namespaces left by a killed run.
     Cleanup,
 }
@@ -240,6 +258,25 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             markdown("perf restart", perf::restart::run(&o), None)
+        }
+        Cmd::Idle {
+            pods,
+            workers,
+            modes,
+            window,
+            bin_dir,
+        } => {
+            let o = perf::idle::Options {
+                pods: pods
+                    .into_iter()
+                    .map(|n| n.min(perf::e2e::MAX_PODS))
+                    .collect(),
+                workers: workers.max(1),
+                modes,
+                window: window.clamp(1, 600),
+                bin_dir: bin_dir.unwrap_or_else(default_bin_dir),
+            };
+            markdown("perf idle", perf::idle::run(&o), None)
         }
         Cmd::Cni {
             pods,

@@ -92,6 +92,12 @@ pub struct Agent {
     services: Arc<Services>,
 }
 
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.services.stop();
+    }
+}
+
 /// Where the node's Kubernetes objects are kept: etcd with `[cluster]`,
 /// else the embedded store.
 async fn object_store(

@@ -43,6 +43,8 @@ pub struct Services {
     store: Arc<dyn ObjectStore>,
     seed: u64,
     inner: Mutex<Inner>,
+    /// The follower task ([`Services::spawn`]), stopped by [`Services::stop`].
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -84,6 +86,7 @@ impl Services {
             store,
             seed,
             inner: Mutex::new(Inner::default()),
+            task: Mutex::new(None),
         });
         match s.store.list().await {
             Ok(l) => {
@@ -168,7 +171,23 @@ impl Services {
     /// Start the task following the source, pushing changes to `dp`.
     pub fn spawn(self: &Arc<Self>, dp: DataplaneClient) {
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.run(dp).await });
+        let task = tokio::spawn(async move { me.run(dp).await });
+        let old = self
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Stop the follower task (the agent is going away): it holds a
+    /// dataplane client and the store, which must close with the agent.
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
     }
 
     async fn run(&self, dp: DataplaneClient) {

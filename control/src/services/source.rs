@@ -87,7 +87,11 @@ const WATCH_BACKLOG: usize = 256;
 type Revision = (i64, Vec<Change>);
 
 pub struct Embedded {
-    store: Arc<Store>,
+    /// Weak: the agent owns the store; a follower task still running after
+    /// it is dropped (a test's agent, or ferryd shutting down) must not
+    /// keep the database open.
+    store: std::sync::Weak<Store>,
+    path: std::path::PathBuf,
     /// Revision of the last write (0 at start: every start lists first)
     /// and the channel its changes go out on. Writes and watch starts take
     /// the lock, so a watch starts exactly at a revision.
@@ -107,9 +111,16 @@ async fn blocking<T: Send + 'static>(
 impl Embedded {
     pub fn new(store: Arc<Store>) -> Embedded {
         Embedded {
-            store,
+            path: store.path().to_path_buf(),
+            store: Arc::downgrade(&store),
             state: Mutex::new((0, broadcast::channel(WATCH_BACKLOG).0)),
         }
+    }
+
+    fn store(&self) -> Result<Arc<Store>, DsError> {
+        self.store
+            .upgrade()
+            .ok_or_else(|| DsError::Refused("embedded store: closed (ferryd is stopping)".into()))
     }
 
     /// One write and its broadcast, off the async workers.
@@ -119,7 +130,7 @@ impl Embedded {
         deletes: Vec<String>,
         changes: impl FnOnce(&[bool]) -> Vec<Change>,
     ) -> Result<Vec<bool>, DsError> {
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         // The lock is held across the write so revisions follow commits.
         let mut state = self.state.lock().await;
         let existed = blocking(move || store.write_objects(&puts, &deletes)).await?;
@@ -134,12 +145,12 @@ impl Embedded {
 #[async_trait]
 impl ObjectSource for Embedded {
     fn describe(&self) -> String {
-        format!("embedded {}", self.store.path().display())
+        format!("embedded {}", self.path.display())
     }
 
     async fn list(&self) -> Result<Listing, DsError> {
         let state = self.state.lock().await;
-        let store = Arc::clone(&self.store);
+        let store = self.store()?;
         let rows = blocking(move || store.objects()).await?;
         let mut listing = Listing {
             revision: state.0,

@@ -86,7 +86,7 @@ async fn embedded_store_round_trip_watch_and_restart() {
     drop((watch, late, emb));
     drop(store);
     let store = Arc::new(Store::open(&dir.0).unwrap());
-    let l = Embedded::new(store).list().await.unwrap();
+    let l = Embedded::new(Arc::clone(&store)).list().await.unwrap();
     assert_eq!(l.objects, objs[..1]);
 }
 

@@ -233,6 +233,16 @@ pub fn check_ferry_bins(dir: &Path) -> Result<()> {
 /// checked, the binaries found, the signal handlers installed, the daemons
 /// up and ready.
 pub fn ferry_node(what: &str, workers: u32, bin_dir: &Path) -> Result<Topology> {
+    ferry_node_with(what, workers, bin_dir, &[])
+}
+
+/// [`ferry_node`] with extra ferry-dataplane arguments.
+pub fn ferry_node_with(
+    what: &str,
+    workers: u32,
+    bin_dir: &Path,
+    dataplane_args: &[String],
+) -> Result<Topology> {
     super::preflight_root(what, &[])?;
     check_ferry_bins(bin_dir)?;
     sys::install_signal_handlers()?;
@@ -243,7 +253,7 @@ pub fn ferry_node(what: &str, workers: u32, bin_dir: &Path) -> Result<Topology> 
         &run_tag,
         0,
         bin_dir,
-        &[],
+        dataplane_args,
         false,
     )
 }
