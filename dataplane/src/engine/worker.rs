@@ -118,6 +118,11 @@ impl PollMode {
     }
 }
 
+/// After this long without traffic a worker sleeps [`QUIET_IDLE_TIMEOUT`]
+/// at a time instead of its `idle_timeout`.
+const QUIET_NS: u64 = 1_000_000_000;
+const QUIET_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The shortest adaptive window (a miss halves it down to this).
 pub const MIN_ADAPTIVE_SPIN: Duration = Duration::from_micros(5);
 
@@ -288,6 +293,7 @@ impl<Q: PortQueue> Worker<Q> {
         };
         let mut window = max_spin;
         let mut spinning = false;
+        let mut last_traffic: u64 = 0;
         let mut kernel_read = Instant::now();
         let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
@@ -306,6 +312,7 @@ impl<Q: PortQueue> Worker<Q> {
             }
             if busy {
                 self.counters.busy_poll();
+                last_traffic = now;
                 if spinning {
                     window = next_window(window, true, max_spin);
                     spinning = false;
@@ -329,7 +336,16 @@ impl<Q: PortQueue> Worker<Q> {
                     spinning = false;
                 }
                 last_busy = None;
-                if !self.idle_wait() {
+                // A worker quiet for a while sleeps longer: readiness and
+                // the command eventfd wake it at once anyway, and what the
+                // timeout is for (pending TX completions, the kernel
+                // counters, the stop flag) is over or can wait.
+                let timeout = if now.saturating_sub(last_traffic) > QUIET_NS {
+                    self.cfg.idle_timeout.max(QUIET_IDLE_TIMEOUT)
+                } else {
+                    self.cfg.idle_timeout
+                };
+                if !self.idle_wait(timeout) {
                     break;
                 }
             }
@@ -629,9 +645,9 @@ impl<Q: PortQueue> Worker<Q> {
     /// Sleep until a queue is readable, a command arrives (checked at least
     /// every idle timeout) or the timeout passes. False when the control side
     /// is gone.
-    fn idle_wait(&mut self) -> bool {
+    fn idle_wait(&mut self, timeout: Duration) -> bool {
         if self.pollfds.is_empty() {
-            return match self.cmds.recv_timeout(self.cfg.idle_timeout) {
+            return match self.cmds.recv_timeout(timeout) {
                 Ok(cmd) => {
                     self.apply(cmd);
                     true
@@ -640,12 +656,12 @@ impl<Q: PortQueue> Worker<Q> {
                 Err(RecvTimeoutError::Disconnected) => false,
             };
         }
-        let ready = match crate::io::poll::poll(&mut self.pollfds, self.cfg.idle_timeout) {
+        let ready = match crate::io::poll::poll(&mut self.pollfds, timeout) {
             Ok(n) => n,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::warn!("worker {}: poll failed: {e}", self.cfg.id);
-                    std::thread::sleep(self.cfg.idle_timeout);
+                    std::thread::sleep(timeout);
                 }
                 0
             }
