@@ -5,6 +5,7 @@ sample, and no failure recorded. Exit 1 (with the list) otherwise.
 
     perf-check.py RESULTS.json              # the default run (ferry,bridge,ptp,xdp)
     perf-check.py --two-node RESULTS.json   # a run of the two-node topologies
+    perf-check.py --services 10,1000 RESULTS.json   # also the service cases on ferry, bridge, ptp
 
 It checks that the harness works, not how fast anything is."""
 import json
@@ -14,7 +15,8 @@ CASES = ["tcp-1", "tcp-4", "udp-64B", "udp-1400B", "ping", "tcp-rr",
          "udp-64B pods=16", "udp-64B pods=64"]
 METRICS = {
     "tcp": ["gbit_s", "retransmits", "cpu_s_per_gbit", "cpu_cores"],
-    "udp": ["rx_mpps", "offered_mpps", "rx_gbit_s", "loss_pct", "cpu_s_per_mpkt", "cpu_cores"],
+    "udp": ["rx_mpps", "offered_mpps", "rx_gbit_s", "loss_pct", "cpu_s_per_mpkt",
+            "rx_mpps_per_core", "cpu_cores"],
     "ping": ["p50_us", "p99_us"],
     "tcp-rr": ["p50_us", "p99_us", "trans_s"],
 }
@@ -33,25 +35,34 @@ CPU_SPLIT = ["softirq_cores"]
 FERRY_CPU_SPLIT = ["dataplane_cores"]
 
 
+# Service cases (`perf e2e --services N`): the flood and the request/response
+# pair through a ClusterIP, on the topologies that translate services.
+SERVICE_WORKLOADS = ["udp-64B", "tcp-rr"]
+SERVICE_TOPOLOGIES = ["ferry", "bridge", "ptp"]
+
+
 def metrics_of(case, two_node=False, topology=""):
-    if case == "tcp-rr":
+    if case.startswith("tcp-rr"):
         base = METRICS["tcp-rr"]
     else:
         base = METRICS[case.split("-")[0]]
-    if two_node and case.split("-")[0] in ("tcp", "udp") and case != "tcp-rr":
+    if two_node and case.split("-")[0] in ("tcp", "udp") and not case.startswith("tcp-rr"):
         base = base + CPU_SPLIT + (FERRY_CPU_SPLIT if topology.startswith("ferry") else [])
     return base
 
 
-def check(r, two_node):
+def check(r, two_node, services=()):
     have = {(s["case"], s["metric"]): s["by_topology"] for s in r["summary"]}
     missing = []
     if two_node:
         cases, baseline, ratio_key = CROSS_CASES, CROSS_BASELINE, "ratio_to_kernel_vxlan"
     else:
         cases, baseline, ratio_key = CASES, "bridge", "ratio_to_bridge"
-    for case in cases:
-        if two_node:
+    svc_cases = [f"{w}-svc{n}" for n in services for w in SERVICE_WORKLOADS]
+    for case in cases + svc_cases:
+        if case in svc_cases:
+            topos = SERVICE_TOPOLOGIES
+        elif two_node:
             topos = CROSS_TOPOLOGIES
         else:
             topos = TOPOLOGIES + (["ferry-2w"] if case == "udp-64B" else [])
@@ -72,13 +83,20 @@ def check(r, two_node):
 
 def main(argv):
     two_node = "--two-node" in argv
-    paths = [a for a in argv if a != "--two-node"]
+    services = []
+    paths = []
+    args = iter(a for a in argv if a != "--two-node")
+    for a in args:
+        if a == "--services":
+            services = [int(n) for n in next(args, "").split(",") if n.strip() not in ("", "0")]
+        else:
+            paths.append(a)
     if len(paths) != 1:
         print(__doc__)
         return 1
     path = paths[0]
     r = json.load(open(path))
-    cases, topos, missing = check(r, two_node)
+    cases, topos, missing = check(r, two_node, services)
     if missing:
         print("perf-check: incomplete results in", path)
         for m in missing:

@@ -10,6 +10,7 @@ PKGS=(
   curl                                                        # scraping ferryd's /metrics (demo, tests)
   ethtool                                                     # offload checks of tap pods (itest)
   nftables                                                    # masquerade of pod traffic leaving the cluster (ferryd, uplink mode)
+  iptables                                                    # perf e2e --services: kube-proxy's nat rules in the kernel baseline (iptables-restore, nft backend)
   etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl   # cluster datastore: etcd 3.4 for tests/demo/perf; protoc and its well-known .proto files for the etcd-client crate; openssl makes the TLS tests' certificates
   containernetworking-plugins                                 # reference bridge plugin (baseline)
   containerd runc busybox-static util-linux                   # real clients: ctr run --cni (itest/tests/containerd.rs)

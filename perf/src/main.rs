@@ -64,6 +64,9 @@ enum Cmd {
         /// Extra ferry-dataplane arguments for every ferry topology, e.g. `--dataplane-args='--idle-spin-us 20'` (split at spaces; recorded in the report).
         #[arg(long, allow_hyphen_values = true)]
         dataplane_args: Option<String>,
+        /// Service cases: comma-separated service counts, e.g. `--services 10,1000` (0 or absent: none). For each N, N Services (a UDP and a TCP port 80 each, ClusterIPs 10.96.x.y, pod 1 the one endpoint) are put in place and udp-64B and tcp-rr (those of --workloads) are sent to the last one's ClusterIP, reported as <workload>-svcN: on ferry through the real `ferryctl apply -f`, on bridge and ptp as kube-proxy's iptables nat rules (KUBE-SERVICES → KUBE-SVC → KUBE-SEP DNAT, the measured service's rules last) loaded with iptables-restore in the node namespace. Run after the main and scale cases, N ascending in each repetition; ratios to the bridge's same case. IPv4 only.
+        #[arg(long, default_value = "0")]
+        services: String,
     },
     /// Soak: ADD/DEL churn with traffic while ferryd and ferry-dataplane are SIGKILLed at random; then check nothing leaked.
     Churn {
@@ -331,6 +334,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             workloads,
             family,
             dataplane_args,
+            services,
         } => {
             let mut o = e2e::Options::new(quick);
             o.out = out;
@@ -344,6 +348,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             o.senders = senders.clamp(1, 64);
             o.workloads = workloads;
             o.families = e2e::workload::Family::parse_choice(&family).context("--family")?;
+            o.services = e2e::services::parse_counts(&services).context("--services")?;
             o.dataplane_args = dataplane_args
                 .unwrap_or_default()
                 .split_whitespace()

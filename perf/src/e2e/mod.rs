@@ -9,6 +9,7 @@ pub mod error;
 pub mod ethtool;
 pub mod parse;
 pub mod report;
+pub mod services;
 pub mod stats;
 pub mod sys;
 pub mod topo;
@@ -27,7 +28,7 @@ use cross::Overlay;
 use error::{E2eError, Result};
 use report::{Failure, Report, Sample};
 use topo::{Kind, Topology};
-use workload::{Family, Params, Workload};
+use workload::{Family, Params, Target, Workload};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -57,6 +58,10 @@ pub struct Options {
     /// IPv4 only). With IPv6 the single-node topologies are built
     /// dual-stack; IPv6 cases are labelled `<workload>-v6`.
     pub families: Vec<Family>,
+    /// Service counts of the service cases (`--services 10,1000`; empty:
+    /// none): the flood and the request/response pair sent to a ClusterIP
+    /// among that many services, labelled `<workload>-svcN`.
+    pub services: Vec<usize>,
 }
 
 impl Options {
@@ -76,6 +81,7 @@ impl Options {
             workloads: Vec::new(),
             dataplane_args: Vec::new(),
             families: vec![Family::V4],
+            services: Vec::new(),
         }
     }
 
@@ -207,6 +213,12 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
             ));
         }
     }
+    if !opts.services.is_empty() && opts.families == [Family::V6] {
+        return Err(E2eError::setup(
+            "-",
+            "the service cases are IPv4 (ClusterIPs in 10.96.0.0/12): add --family 4 or both",
+        ));
+    }
     if let Some(n) = opts.scale_pods.iter().find(|n| **n > MAX_PODS) {
         return Err(E2eError::setup(
             "-",
@@ -243,6 +255,14 @@ pub fn preflight_root(what: &str, extra: &[(&str, &str, &str)]) -> Result<()> {
 
 fn preflight(opts: &Options) -> Result<()> {
     preflight_root("perf e2e", &[("iperf3", "--version", "iperf3")])?;
+    let kernel_services =
+        !opts.services.is_empty() && opts.topologies.iter().any(|t| t == "bridge" || t == "ptp");
+    if kernel_services {
+        preflight_root(
+            "perf e2e --services",
+            &[("iptables-restore", "--version", "iptables")],
+        )?;
+    }
     if opts.topologies.iter().any(|t| t.starts_with("ferry")) {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
@@ -287,6 +307,19 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
     }
     if !opts.workloads.is_empty() {
         m.insert("workloads".into(), json!(opts.workloads.join(",")));
+    }
+    if !opts.services.is_empty() {
+        let counts: Vec<String> = opts.services.iter().map(|n| n.to_string()).collect();
+        m.insert(
+            "services".into(),
+            json!(format!(
+                "service cases <workload>-svcN for N = {}: N Services (UDP and TCP port {} each, ClusterIP 10.96.x.y, one endpoint: pod 1's flood port {} / request-response port {}); the workload goes to the last service's ClusterIP (the last rules of kube-proxy's KUBE-SERVICES); measured after the main and scale cases, N ascending within each repetition",
+                counts.join(", "),
+                services::SERVICE_PORT,
+                traffic::FLOOD_PORT,
+                workload::RR_PORT
+            )),
+        );
     }
     if opts.families != [Family::V4] {
         let f: Vec<&str> = opts
@@ -492,9 +525,109 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
         phases.insert("scale_s".into(), t.elapsed().as_secs_f64());
 
+        // Services: after everything else, since loading a nat table turns
+        // conntrack on in the kernel topology's node namespace for all its
+        // traffic. Per repetition, N ascending: services 0..N in place on
+        // every topology, then each workload on each in turn; the first
+        // time an N is in place, a short run through the service and a
+        // check that it went through the translation.
+        let t = Instant::now();
+        let svc_workloads: Vec<Workload> = chosen
+            .iter()
+            .copied()
+            .filter(Workload::through_services)
+            .collect();
+        let mut left_out: Vec<(usize, usize)> = Vec::new();
+        let mut checks: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for rep in 0..reps {
+            if svc_workloads.is_empty() {
+                break;
+            }
+            for &n in &opts.services {
+                for (i, tp) in topos.iter_mut().enumerate() {
+                    if !tp.serves_services() || left_out.contains(&(i, n)) {
+                        continue;
+                    }
+                    let g = Instant::now();
+                    let vip = services::cluster_ip(services::measured(n));
+                    let r = tp.ensure_services(n).and_then(|_| {
+                        if rep > 0 {
+                            return Ok(None);
+                        }
+                        for w in [Workload::Udp(traffic::MIN_FRAME), Workload::TcpRr] {
+                            workload::run_to(w, Family::V4, Target::Service(vip), tp, &warm)?;
+                        }
+                        tp.service_path_check().map(Some)
+                    });
+                    match r {
+                        Ok(check) => {
+                            eprintln!(
+                                "perf: {} has {n} services ({:.1} s){}",
+                                tp.name,
+                                g.elapsed().as_secs_f64(),
+                                check
+                                    .as_deref()
+                                    .map(|c| format!(": {c}"))
+                                    .unwrap_or_default()
+                            );
+                            if let Some(c) = check {
+                                checks
+                                    .entry(tp.name.clone())
+                                    .or_default()
+                                    .insert(n.to_string(), c);
+                            }
+                        }
+                        Err(E2eError::Interrupted) => return Err(E2eError::Interrupted),
+                        Err(e) => {
+                            eprintln!("perf: {} left out of the {n}-service cases: {e}", tp.name);
+                            left_out.push((i, n));
+                            failures.push(Failure {
+                                topology: tp.name.clone(),
+                                case: format!("services={n}"),
+                                rep: Some(rep),
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                let vip = services::cluster_ip(services::measured(n));
+                for &w in &svc_workloads {
+                    for (i, tp) in topos.iter_mut().enumerate() {
+                        if !tp.serves_services()
+                            || left_out.contains(&(i, n))
+                            || only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME)
+                        {
+                            continue;
+                        }
+                        let case = services::case(&w.label(), n);
+                        measure_in(
+                            tp,
+                            w,
+                            Family::V4,
+                            Target::Service(vip),
+                            rep,
+                            case,
+                            &params,
+                            &mut samples,
+                            &mut failures,
+                        )?;
+                    }
+                }
+            }
+            eprintln!(
+                "perf: service repetition {} of {reps} done ({:.0} s)",
+                rep + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        phases.insert("services_s".into(), t.elapsed().as_secs_f64());
+
         for tp in &topos {
             let mut notes = json!(tp.notes);
             notes["pods_at_end"] = json!(tp.pods.len());
+            if let Some(c) = checks.get(&tp.name) {
+                notes["services_check"] = json!(c);
+            }
             topo_notes.insert(tp.name.clone(), notes);
         }
         let t = Instant::now();
@@ -558,10 +691,38 @@ fn measure(
     samples: &mut Vec<Sample>,
     failures: &mut Vec<Failure>,
 ) -> Result<()> {
+    measure_in(
+        tp,
+        w,
+        family,
+        Target::Pod,
+        rep,
+        case,
+        params,
+        samples,
+        failures,
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one case and the two lists it adds to"
+)]
+fn measure_in(
+    tp: &mut Topology,
+    w: Workload,
+    family: Family,
+    target: Target,
+    rep: u32,
+    case: String,
+    params: &Params,
+    samples: &mut Vec<Sample>,
+    failures: &mut Vec<Failure>,
+) -> Result<()> {
     sys::check_interrupt()?;
     let r = tp
         .check_alive()
-        .and_then(|_| workload::run(w, family, tp, params));
+        .and_then(|_| workload::run_to(w, family, target, tp, params));
     match r {
         Ok(metrics) => samples.push(Sample {
             topology: tp.name.clone(),
@@ -676,6 +837,24 @@ mod tests {
             .iter()
             .all(|(n, k)| !k.two_node() && report::baseline_of(n) == "bridge"));
         assert!(CROSS_WORKLOADS.iter().all(|w| WORKLOADS.contains(w)));
+    }
+
+    #[test]
+    fn service_cases_need_ipv4_and_take_the_flood_and_rr_only() {
+        let mut o = Options::new(false);
+        o.services = services::parse_counts("10,1000").unwrap();
+        assert!(planned(&o).is_ok());
+        o.families = Family::parse_choice("both").unwrap();
+        assert!(planned(&o).is_ok());
+        o.families = vec![Family::V6];
+        let e = planned(&o).unwrap_err().to_string();
+        assert!(e.contains("IPv4"), "{e}");
+        let through: Vec<String> = WORKLOADS
+            .iter()
+            .filter(|w| w.through_services())
+            .map(|w| w.label())
+            .collect();
+        assert_eq!(through, ["udp-64B", "udp-1400B", "tcp-rr"]);
     }
 
     #[test]

@@ -144,6 +144,13 @@ pub const METRICS: &[MetricInfo] = &[
         meaning: "machine CPU seconds (/proc/stat) per million frames received",
     },
     MetricInfo {
+        name: "rx_mpps_per_core",
+        unit: "Mpps/core",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "received frames per busy core: rx_mpps / cpu_cores (= 1 / cpu_s_per_mpkt), the machine's busy cores (/proc/stat) in the window, generator and receiver included",
+    },
+    MetricInfo {
         name: "cpu_cores",
         unit: "cores",
         higher_is_better: false,

@@ -20,6 +20,7 @@ use super::cross::{self, Addressing, Fabric, Overlay};
 use super::error::{E2eError, Result};
 use super::ethtool;
 use super::parse;
+use super::services;
 use super::sys::{self, in_netns, Netns, Proc, TempDir};
 use super::workload::Family;
 use super::xdp::XdpRedirect;
@@ -190,6 +191,8 @@ pub struct Topology {
     tag: String,
     /// Pods get an IPv6 address too.
     dual_stack: bool,
+    /// Services `0..services` are in place ([`Topology::ensure_services`]).
+    services: usize,
 }
 
 /// The second node of a two-node topology and the fabric between the two.
@@ -541,6 +544,7 @@ impl Topology {
             dir,
             tag,
             dual_stack,
+            services: 0,
         };
         t.ensure_pods(pods)?;
         if let Backend::Xdp(x) = &mut t.backend {
@@ -702,7 +706,7 @@ impl Topology {
             self.notes.insert(
                 "br_netfilter".into(),
                 match on {
-                    Some(true) => json!("loaded, bridge-nf-call-iptables=1 (bridged frames traverse iptables hooks; no rules in the node namespace)"),
+                    Some(true) => json!("loaded, bridge-nf-call-iptables=1 (bridged frames traverse iptables hooks; no rules in the node namespace but, with --services, the nat table of the service cases, loaded after every other case)"),
                     Some(false) => json!("loaded, bridge-nf-call-iptables=0"),
                     None => json!("not loaded (/proc/sys/net/bridge absent)"),
                 },
@@ -711,6 +715,211 @@ impl Topology {
                 .insert("proc_sys_net_bridge".into(), json!(bridge));
         }
         Ok(())
+    }
+
+    /// Whether the service cases run here: ferry's single-node topologies
+    /// (the dataplane translates) and the kernel's (`bridge`, `ptp`: the
+    /// node namespace gets kube-proxy's iptables rules).
+    pub fn serves_services(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Ferry { .. } | Kind::FerryTap { .. } | Kind::Bridge | Kind::Ptp
+        )
+    }
+
+    /// `net.bridge.bridge-nf-call-iptables` is 1 in the node namespace:
+    /// frames the bridge forwards between pods traverse iptables' hooks
+    /// (br_netfilter loaded; the harness never changes it).
+    fn bridge_nf_call_iptables(&self) -> bool {
+        in_netns(&self.node.name, || {
+            Ok(
+                fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+                    .is_ok_and(|v| v.trim() == "1"),
+            )
+        })
+        .unwrap_or(false)
+    }
+
+    /// Make services `0..n` exist, all backed by pod 1 ([`services`]): on
+    /// ferry through `ferryctl apply -f` (or `delete -f` of the surplus),
+    /// then waiting (60 s bound) until the dataplane's tables hold exactly
+    /// their ports; on the kernel's paths by loading kube-proxy's nat table
+    /// with `iptables-restore` in the node namespace (the whole table at
+    /// once, as kube-proxy does).
+    pub fn ensure_services(&mut self, n: usize) -> Result<()> {
+        let cur = self.services;
+        if n == cur {
+            return Ok(());
+        }
+        let backend = [self.pods[1].ip];
+        match &self.backend {
+            Backend::Ferry { ctl, .. } if self.serves_services() => {
+                let (verb, range) = if n > cur {
+                    ("apply", cur..n)
+                } else {
+                    ("delete", n..cur)
+                };
+                let files = services::yaml_files(range, &backend, services::FILE_LIMIT);
+                for (k, text) in files.iter().enumerate() {
+                    let f = self.dir.path.join(format!("services-{n}-{verb}-{k}.yaml"));
+                    fs::write(&f, text)
+                        .map_err(|e| E2eError::io(format!("write {}", f.display()), e))?;
+                    let mut cmd = Command::new(&ctl[0]);
+                    cmd.args(&ctl[1..]).args([verb, "-f"]).arg(&f);
+                    let out = sys::run_with(cmd, None, Duration::from_secs(60))?;
+                    if !out.ok() {
+                        return Err(E2eError::Command {
+                            cmd: format!("ferryctl {verb} -f {}", f.display()),
+                            detail: format!(
+                                "exit {:?}: {} {}",
+                                out.code,
+                                out.stdout.trim(),
+                                out.stderr.trim()
+                            ),
+                        });
+                    }
+                }
+                let dp = PathBuf::from(&ctl[4]);
+                let mut want = services::port_ids(n);
+                want.sort();
+                let mut have = Vec::new();
+                let done = sys::wait_until(Duration::from_secs(60), || {
+                    have = ferry_api::client::tables(&dp)
+                        .map(|t| t.services.into_iter().map(|p| p.id).collect())
+                        .unwrap_or_default();
+                    have.sort();
+                    have == want
+                })?;
+                if !done {
+                    return Err(E2eError::setup(
+                        &self.name,
+                        format!(
+                            "the dataplane holds {} service ports after 60 s, not the {} of {n} services",
+                            have.len(),
+                            want.len()
+                        ),
+                    ));
+                }
+            }
+            Backend::Cni if self.serves_services() => {
+                // With the pods on one bridge, the backend's reply to the
+                // client is bridged, not routed: only br_netfilter shows it
+                // to conntrack, which puts the ClusterIP back as its
+                // source. Without it, masquerade every service packet
+                // (kube-proxy's --masquerade-all) so replies are routed.
+                let masquerade_all = self.kind == Kind::Bridge && !self.bridge_nf_call_iptables();
+                let rules = services::iptables_rules(n, &backend, masquerade_all);
+                let f = self.dir.path.join(format!("iptables-{n}.rules"));
+                fs::write(&f, &rules)
+                    .map_err(|e| E2eError::io(format!("write {}", f.display()), e))?;
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &self.node.name, "iptables-restore"]);
+                let out = sys::run_with(cmd, Some(rules.as_bytes()), Duration::from_secs(60))?;
+                if !out.ok() {
+                    return Err(E2eError::Command {
+                        cmd: format!(
+                            "ip netns exec {} iptables-restore < {}",
+                            self.node.name,
+                            f.display()
+                        ),
+                        detail: format!("exit {:?}: {}", out.code, out.stderr.trim()),
+                    });
+                }
+                self.notes.insert(
+                    "services_nat".into(),
+                    json!(if masquerade_all {
+                        "kube-proxy iptables rules with --masquerade-all: bridge-nf-call-iptables is off here, so the backend's bridged reply would bypass conntrack; every service packet is masqueraded to the bridge address"
+                    } else if self.kind == Kind::Bridge {
+                        "kube-proxy iptables rules (DNAT only, hairpin mark): bridge-nf-call-iptables=1 in the node namespace, so the backend's reply, bridged straight to the client, passes conntrack, which puts the ClusterIP back as its source (kubelet requires br_netfilter for this)"
+                    } else {
+                        "kube-proxy iptables rules (DNAT only, hairpin mark): replies are routed by the node, through conntrack"
+                    }),
+                );
+            }
+            _ => {
+                return Err(E2eError::setup(
+                    &self.name,
+                    "no service cases on this topology",
+                ))
+            }
+        }
+        self.services = n;
+        Ok(())
+    }
+
+    /// Evidence that the measured service's traffic took the translation:
+    /// on the kernel's paths the packet counts of its two DNAT rules
+    /// (`iptables-save -c` in the node namespace; an error if either is 0,
+    /// so call it after traffic); on ferry the connection table's inserts
+    /// and entries (`Stats.conntrack`; an error if it made none).
+    pub fn service_path_check(&self) -> Result<String> {
+        let n = self.services;
+        let i = services::measured(n);
+        match &self.backend {
+            Backend::Ferry { ctl, .. } => {
+                let s = ferry_api::client::stats(Path::new(&ctl[4]))
+                    .map_err(|e| E2eError::setup(&self.name, format!("stats: {e}")))?;
+                let ct = s.conntrack.ok_or_else(|| {
+                    E2eError::setup(
+                        &self.name,
+                        "no connection table: no service reached the dataplane",
+                    )
+                })?;
+                if ct.inserts == 0 {
+                    return Err(E2eError::setup(
+                        &self.name,
+                        "the connection table made no entry",
+                    ));
+                }
+                Ok(format!(
+                    "{n} services: connection table {} inserts, {} entries (capacity {})",
+                    ct.inserts, ct.entries, ct.capacity
+                ))
+            }
+            Backend::Cni => {
+                let save = sys::run_ok(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &self.node.name,
+                        "iptables-save",
+                        "-c",
+                        "-t",
+                        "nat",
+                    ],
+                )?;
+                let b = self.pods[1].ip;
+                let mut got = Vec::new();
+                for proto in ["udp", "tcp"] {
+                    let sep = services::sep_chain(i, proto, b);
+                    let pkts = services::dnat_packets(&save, &sep).unwrap_or(0);
+                    if pkts == 0 {
+                        return Err(E2eError::setup(
+                            &self.name,
+                            format!(
+                                "{n} services: the {proto} DNAT rule of {} ({sep}) counted no packet",
+                                services::name(i)
+                            ),
+                        ));
+                    }
+                    got.push(format!("{proto} {pkts}"));
+                }
+                let rules = save
+                    .lines()
+                    .filter(|l| l.contains("-A KUBE-SERVICES "))
+                    .count();
+                Ok(format!(
+                    "{n} services: {rules} KUBE-SERVICES rules; DNAT packets of {}: {}",
+                    services::name(i),
+                    got.join(", ")
+                ))
+            }
+            Backend::Xdp(_) => Err(E2eError::setup(
+                &self.name,
+                "no service cases on this topology",
+            )),
+        }
     }
 
     /// The sender (pod 0) and receiver (pod 1).

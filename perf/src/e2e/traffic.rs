@@ -46,21 +46,33 @@ fn ethernet_frame(src_mac: [u8; 6], dst_mac: [u8; 6], ethertype: u16, len: usize
     f
 }
 
-/// A UDP header from `src_port` to [`FLOOD_PORT`], checksum 0.
-fn write_udp_header(udp: &mut [u8], src_port: u16, udp_len: u16) {
+/// A UDP header from `src_port` to `dst_port`, checksum 0.
+fn write_udp_header(udp: &mut [u8], src_port: u16, dst_port: u16, udp_len: u16) {
     udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&FLOOD_PORT.to_be_bytes());
+    udp[2..4].copy_from_slice(&dst_port.to_be_bytes());
     udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
 }
 
 /// An Ethernet/IPv4/UDP frame of exactly `len` bytes (without FCS; at least
-/// [`MIN_FRAME`]), IP checksum filled, UDP checksum 0 (allowed for IPv4).
+/// [`MIN_FRAME`]) to [`FLOOD_PORT`], IP checksum filled, UDP checksum 0
+/// (allowed for IPv4).
 pub fn udp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: Ipv4Addr,
     dst: Ipv4Addr,
     src_port: u16,
+    len: usize,
+) -> Vec<u8> {
+    udp_frame_to(src_mac, dst_mac, (src, src_port), (dst, FLOOD_PORT), len)
+}
+
+/// [`udp_frame`] to any destination port (a service port).
+pub fn udp_frame_to(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    (src, src_port): (Ipv4Addr, u16),
+    (dst, dst_port): (Ipv4Addr, u16),
     len: usize,
 ) -> Vec<u8> {
     let len = len.clamp(MIN_FRAME, 9000);
@@ -76,7 +88,7 @@ pub fn udp_frame(
     ip[16..20].copy_from_slice(&dst.octets());
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    write_udp_header(&mut f[34..42], src_port, ip_len - 20);
+    write_udp_header(&mut f[34..42], src_port, dst_port, ip_len - 20);
     f
 }
 
@@ -101,7 +113,7 @@ pub fn udp6_frame(
     ip[7] = 64;
     ip[8..24].copy_from_slice(&src.octets());
     ip[24..40].copy_from_slice(&dst.octets());
-    write_udp_header(&mut f[54..62], src_port, udp_len);
+    write_udp_header(&mut f[54..62], src_port, FLOOD_PORT, udp_len);
     // Pseudo-header (addresses, upper-layer length, next header) + segment.
     let mut sum = Vec::with_capacity(40 + usize::from(udp_len));
     sum.extend_from_slice(&src.octets());
@@ -128,6 +140,8 @@ pub struct Flood {
     /// Both of one family.
     pub src: IpAddr,
     pub dst: IpAddr,
+    /// UDP destination port: [`FLOOD_PORT`], or a service port.
+    pub dst_port: u16,
     pub frame_len: usize,
     /// Distinct UDP source ports (flows), so multi-queue paths spread them.
     pub flows: u16,
@@ -140,7 +154,17 @@ impl Flood {
     fn frame(&self, src_port: u16) -> Result<Vec<u8>> {
         let (mac_s, mac_d, len) = (self.src_mac, self.dst_mac, self.frame_len);
         match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => Ok(udp_frame(mac_s, mac_d, s, d, src_port, len)),
+            (IpAddr::V4(s), IpAddr::V4(d)) => Ok(udp_frame_to(
+                mac_s,
+                mac_d,
+                (s, src_port),
+                (d, self.dst_port),
+                len,
+            )),
+            (IpAddr::V6(_), IpAddr::V6(_)) if self.dst_port != FLOOD_PORT => Err(E2eError::setup(
+                "flood",
+                "IPv6 floods go to the discard port only (no IPv6 service cases)",
+            )),
             (IpAddr::V6(s), IpAddr::V6(d)) => Ok(udp6_frame(mac_s, mac_d, s, d, src_port, len)),
             (s, d) => Err(E2eError::setup(
                 "flood",
@@ -298,12 +322,13 @@ pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
 
 /// Round-trip times (µs) of 1-byte TCP request/response exchanges between a
 /// server in `server_ns` (listening on `server_ip:port`) and a client in
-/// `client_ns`, for `duration`.
+/// `client_ns` connecting to `connect` (the server's address, or a
+/// ClusterIP port translated to it), for `duration`.
 pub fn tcp_rr(
     server_ns: &str,
-    server_ip: IpAddr,
-    port: u16,
+    (server_ip, port): (IpAddr, u16),
     client_ns: &str,
+    connect: SocketAddr,
     duration: Duration,
 ) -> Result<Vec<f64>> {
     let (tx, rx) = mpsc::channel::<Result<()>>();
@@ -372,7 +397,7 @@ pub fn tcp_rr(
         .name("rr-client".into())
         .spawn(move || -> Result<Vec<f64>> {
             enter_netns(&cns)?;
-            let addr = SocketAddr::from((server_ip, port));
+            let addr = connect;
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .map_err(|e| E2eError::io(format!("connect {addr}"), e))?;
             c.set_nodelay(true)
@@ -477,16 +502,25 @@ mod tests {
             dst_mac: [2, 0, 0, 0, 0, 2],
             src: "10.99.1.2".parse().unwrap(),
             dst: "10.99.1.3".parse().unwrap(),
+            dst_port: FLOOD_PORT,
             frame_len: MIN_FRAME,
             flows: 8,
             first_port: 10_000,
         };
         assert_eq!(spec.frame(10_000).unwrap()[12..14], [0x08, 0x00]);
+        // A service port: the same frame but for the port (and the UDP length).
+        spec.dst_port = 80;
+        let f = spec.frame(10_000).unwrap();
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), 80);
+        assert_eq!(checksum(&f[14..34]), 0);
+        spec.dst_port = FLOOD_PORT;
         spec.src = "fd00:99:1::2".parse().unwrap();
         assert!(spec.frame(10_000).is_err());
         spec.dst = "fd00:99:1::3".parse().unwrap();
         let f = spec.frame(10_000).unwrap();
         assert_eq!((&f[12..14], f.len()), (&[0x86, 0xdd][..], MIN_FRAME6));
+        spec.dst_port = 80;
+        assert!(spec.frame(10_000).is_err());
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::error::{E2eError, Result};
 use super::parse::{self, CpuTicks, DevCounters};
+use super::services::SERVICE_PORT;
 use super::stats::percentile;
 use super::sys::{self, in_netns};
 use super::topo::{Topology, IPERF_PORT};
@@ -82,6 +84,23 @@ impl Family {
             Family::V4 => "-4",
             Family::V6 => "-6",
         }
+    }
+}
+
+/// Where a workload goes: to pod 1's own address, or to a ClusterIP whose
+/// service port (80, UDP and TCP) the path translates to pod 1's port
+/// ([`super::services`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Pod,
+    Service(Ipv4Addr),
+}
+
+impl Workload {
+    /// Whether the workload can be sent through a service: the flood and
+    /// the request/response pair (iperf3 and ping are not).
+    pub fn through_services(&self) -> bool {
+        matches!(self, Workload::Udp(_) | Workload::TcpRr)
     }
 }
 
@@ -171,23 +190,49 @@ pub fn counters(ns: &str, ifname: &str) -> Result<DevCounters> {
     })
 }
 
-/// Run `w` over `family` on `topo`.
+/// Run `w` over `family` on `topo`, pod 0 to pod 1.
 pub fn run(
     w: Workload,
     family: Family,
     topo: &Topology,
     p: &Params,
 ) -> Result<BTreeMap<String, f64>> {
-    let r = match w {
-        Workload::Tcp(streams) => tcp(topo, family, streams, p.tcp_secs),
-        Workload::Udp(len) => udp(topo, family, len, p.udp_warmup, p.udp_window, p.senders),
-        Workload::Ping => ping(topo, family, p.ping_count),
-        Workload::TcpRr => rr(topo, family, p.rr_window),
+    run_to(w, family, Target::Pod, topo, p)
+}
+
+/// Run `w` over `family` on `topo`, pod 0 to `target`.
+pub fn run_to(
+    w: Workload,
+    family: Family,
+    target: Target,
+    topo: &Topology,
+    p: &Params,
+) -> Result<BTreeMap<String, f64>> {
+    let r = match (w, target) {
+        (Workload::Udp(len), _) => udp(
+            topo,
+            family,
+            target,
+            len,
+            p.udp_warmup,
+            p.udp_window,
+            p.senders,
+        ),
+        (Workload::TcpRr, _) => rr(topo, family, target, p.rr_window),
+        (w, Target::Service(_)) => Err(E2eError::setup(
+            &topo.name,
+            format!("{} cannot be sent through a service", w.label()),
+        )),
+        (Workload::Tcp(streams), Target::Pod) => tcp(topo, family, streams, p.tcp_secs),
+        (Workload::Ping, Target::Pod) => ping(topo, family, p.ping_count),
     };
     r.map_err(|e| match e {
         E2eError::Interrupted => e,
         other => E2eError::Workload {
-            workload: family.case(w),
+            workload: match target {
+                Target::Pod => family.case(w),
+                Target::Service(vip) => format!("{} to {vip}", family.case(w)),
+            },
             topology: topo.name.clone(),
             detail: other.to_string(),
         },
@@ -245,13 +290,23 @@ fn tcp(topo: &Topology, family: Family, streams: u32, secs: u32) -> Result<BTree
     Ok(out)
 }
 
-/// The flood towards pod 1 over `family`: source MAC of pod 0's eth0,
-/// destination MAC of its next hop to pod 1 (the gateway's or pod 1's, from
-/// pod 0's own route and neighbour tables, resolved with one ping first if
-/// needed), as pod 0's kernel would send it.
-pub fn flood_spec(topo: &Topology, family: Family, frame_len: usize) -> Result<Flood> {
+/// The flood towards pod 1 (or `target`'s ClusterIP, port 80) over
+/// `family`: source MAC of pod 0's eth0, destination MAC of its next hop to
+/// that address (the gateway's or pod 1's, from pod 0's own route and
+/// neighbour tables, resolved with one ping first if needed), as pod 0's
+/// kernel would send it.
+pub fn flood_spec(
+    topo: &Topology,
+    family: Family,
+    target: Target,
+    frame_len: usize,
+) -> Result<Flood> {
     let (tx, rx) = topo.pair();
-    let (src, dst) = (tx.addr(family)?, rx.addr(family)?);
+    let src = tx.addr(family)?;
+    let (dst, dst_port) = match target {
+        Target::Pod => (rx.addr(family)?, traffic::FLOOD_PORT),
+        Target::Service(vip) => (IpAddr::V4(vip), SERVICE_PORT),
+    };
     let ns = &tx.ns.name;
     let src_mac = parse::mac(&parse::link_address(&sys::run_ok(
         "ip",
@@ -299,6 +354,7 @@ pub fn flood_spec(topo: &Topology, family: Family, frame_len: usize) -> Result<F
         dst_mac: parse::mac(&lladdr)?,
         src,
         dst,
+        dst_port,
         frame_len,
         flows: 8,
         first_port: 10_000,
@@ -308,12 +364,13 @@ pub fn flood_spec(topo: &Topology, family: Family, frame_len: usize) -> Result<F
 fn udp(
     topo: &Topology,
     family: Family,
+    target: Target,
     len: usize,
     warmup: Duration,
     window: Duration,
     senders: u32,
 ) -> Result<BTreeMap<String, f64>> {
-    let spec = flood_spec(topo, family, len)?;
+    let spec = flood_spec(topo, family, target, len)?;
     let (tx, rx) = topo.pair();
     // One generator thread per sender, each with its own 8 flows.
     let mut floods = Vec::new();
@@ -383,6 +440,14 @@ fn udp(
             },
         ),
         ("cpu_cores", cpu / dt),
+        (
+            "rx_mpps_per_core",
+            if cpu > 0.0 {
+                rx_pkts / 1e6 / cpu
+            } else {
+                f64::NAN
+            },
+        ),
     ]);
     out.extend(m(&cpu_split(topo, c0, c1, dt)));
     Ok(out)
@@ -432,9 +497,19 @@ fn last_line(s: &str) -> &str {
     s.trim().lines().last().unwrap_or("")
 }
 
-fn rr(topo: &Topology, family: Family, window: Duration) -> Result<BTreeMap<String, f64>> {
+fn rr(
+    topo: &Topology,
+    family: Family,
+    target: Target,
+    window: Duration,
+) -> Result<BTreeMap<String, f64>> {
     let (tx, rx) = topo.pair();
-    let rtts = traffic::tcp_rr(&rx.ns.name, rx.addr(family)?, RR_PORT, &tx.ns.name, window)?;
+    let server = (rx.addr(family)?, RR_PORT);
+    let connect = match target {
+        Target::Pod => SocketAddr::from(server),
+        Target::Service(vip) => SocketAddr::from((vip, SERVICE_PORT)),
+    };
+    let rtts = traffic::tcp_rr(&rx.ns.name, server, &tx.ns.name, connect, window)?;
     if rtts.is_empty() {
         return Err(E2eError::setup(
             &topo.name,
