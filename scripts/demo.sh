@@ -4,7 +4,9 @@
 # `ferry` CNI binary exactly as a runtime does (env + stdin): three veth pods
 # and two tap pods (chosen by the `ferry.dev/attachment` pod annotation, as
 # containerd passes it), shows ping and iperf3 TCP between pods (veth, tap
-# and across) and from the node to a pod, prints ferryctl counters and
+# and across) and from the node to a pod, ping6 (the node is dual-stack),
+# iperf3 through a Kubernetes Service's ClusterIP put in with `ferryctl
+# apply -f`, prints ferryctl counters and
 # ferryd's Prometheus metrics before and after the traffic, and tears
 # everything down (also on failure or Ctrl-C). Then the two-node part,
 # scripts/demo-cluster.sh: pods on two nodes talking over VXLAN
@@ -52,8 +54,9 @@ cat > "$DIR/ferryd.toml" <<CONF
 socket = "$DIR/ferryd.sock"
 dataplane_socket = "$DIR/dataplane.sock"
 state_dir = "$DIR/state"
-pod_cidrs = ["10.88.0.0/24"]
+pod_cidrs = ["10.88.0.0/24", "fd00:10:88::/64"]
 gateway = "10.88.0.1"
+service_cidrs = ["10.96.0.0/12"]
 mtu = 1500
 CONF
 # The shipped conflist, turned into the single network config libcni hands a plugin.
@@ -82,13 +85,14 @@ done
 echo "ferryd STATUS: ready (dataplane connected)"
 
 say "create pods: CNI ADD via the ferry binary"
-declare -A IP
+declare -A IP IP6
 for p in "${PODS[@]}"; do
   ip netns add "ferry-demo-pod$p"
   conf="$DIR/net.conf"; [ "$p" -ge 4 ] && conf="$DIR/net-tap.conf"
   out=$(cni ADD "$p" "$conf")
   IP[$p]=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
-  echo "pod$p -> ${IP[$p]}"
+  IP6[$p]=$(echo "$out" | python3 -c 'import json,sys; print([i["address"].split("/")[0] for i in json.load(sys.stdin)["ips"] if ":" in i["address"]][0])')
+  echo "pod$p -> ${IP[$p]}, ${IP6[$p]}"
 done
 echo "result of the last ADD:"; echo "$out" | python3 -m json.tool
 
@@ -143,6 +147,49 @@ ip netns exec ferry-demo-pod3 iperf3 -s -1 -D -p 5202
 sleep 0.3
 ip netns exec "$NODE" iperf3 -c "${IP[3]}" -p 5202 -t 2 | tail -4
 
+say "dual stack: ping6 pod1 -> pod2, tap pod4 -> veth pod1, node -> pod5"
+ip netns exec ferry-demo-pod1 ping -6 -c 3 -i 0.2 "${IP6[2]}"
+ip netns exec ferry-demo-pod4 ping -6 -c 3 -i 0.2 "${IP6[1]}"
+ip netns exec "$NODE" ping -6 -c 3 -i 0.2 "${IP6[5]}"
+
+say "a Kubernetes Service: ClusterIP 10.96.0.10:80 -> pod2 and pod3 port 5301 (ferryctl apply -f)"
+cat > "$DIR/web.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 5301}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 5301}]
+endpoints:
+- addresses: [${IP[2]}]
+- addresses: [${IP[3]}]
+YAML
+cat "$DIR/web.yaml"
+"$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" apply -f "$DIR/web.yaml"
+for _ in $(seq 1 50); do
+  "$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" get services | grep -q "dataplane: synced" && break
+  sleep 0.1
+done
+"$BIN/ferryctl" --ferryd "$DIR/ferryd.sock" --dataplane "$DIR/dataplane.sock" get services
+for p in 2 3; do
+  ip netns exec "ferry-demo-pod$p" iperf3 -s -1 -D -p 5301 -I "$DIR/iperf-svc$p.pid"
+done
+sleep 0.3
+say "iperf3 TCP pod1 -> ClusterIP 10.96.0.10:80 (translated to a backend by the dataplane; 2 s)"
+ip netns exec ferry-demo-pod1 iperf3 -c 10.96.0.10 -p 80 -t 2 | tail -4
+# The backend Maglev did not pick still waits: stop it by its pid.
+for p in 2 3; do
+  [ -s "$DIR/iperf-svc$p.pid" ] && kill "$(cat "$DIR/iperf-svc$p.pid")" 2>/dev/null || true
+done
 say "pod1 -> 10.88.0.200 (no such pod: dropped by the dataplane, reason no_endpoint)"
 ip netns exec ferry-demo-pod1 ping -c 1 -W 1 10.88.0.200 || true
 
