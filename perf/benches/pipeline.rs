@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the pure dataplane core: the pipeline on batches of
-//! frames, endpoint lookups by table size, and the cost of publishing a new
-//! table while a reader loads snapshots.
+//! frames (plain routing, and through a ClusterIP with the connection
+//! table), the forward path after it (copy into the egress frame, checksum
+//! completion, TCP segmentation of a tap's GSO frame), endpoint lookups by
+//! table size, and the cost of publishing a new table while a reader loads
+//! snapshots.
 //!
 //! Run: `cargo bench -p perf --bench pipeline` (add `-- --quick` for a
 //! short run). Throughput is per frame / per lookup.
@@ -18,10 +21,14 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
+use ferry_api::table::{Backend, L4Proto, ServicePort};
 use ferry_api::table::{Endpoint, HostPort, NodeSettings};
 use ferry_api::MacAddr;
+use ferry_dataplane::core::conntrack::Conntrack;
+use ferry_dataplane::core::offload::{self, CsumState, EgressCaps, Offload};
 use ferry_dataplane::core::pipeline::{process_batch, DropReason, Frame, Verdict};
-use ferry_dataplane::core::tables::{PortId, TableHandle, Tables};
+use ferry_dataplane::core::service::ServiceTable;
+use ferry_dataplane::core::tables::{PortId, Services, TableHandle, Tables};
 
 const CHUNK: usize = 2048;
 const HEADERS: usize = 64;
@@ -214,6 +221,118 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// The pipeline on frames to a ClusterIP (a service port with 16
+/// backends, one of 1000 service ports): the first batch makes the flows,
+/// the timed ones find them in the connection table and translate.
+fn service(c: &mut Criterion) {
+    let ports: Vec<ServicePort> = (0..1000u32)
+        .map(|i| ServicePort {
+            id: format!("bench/svc{i}:80/TCP"),
+            vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + i).into(),
+            port: 80,
+            protocol: L4Proto::Tcp,
+            backends: (1..17)
+                .map(|b| Backend {
+                    ip: Ipv4Addr::from(u32::from(POD_A) + b).into(),
+                    port: 8080,
+                })
+                .collect(),
+            affinity_timeout_s: None,
+            seed: 1,
+        })
+        .collect();
+    let t = tables(1, 32).with_services(Some(Services {
+        table: Arc::new(ServiceTable::build(&ports)),
+        conntrack: Arc::new(Conntrack::new(1 << 16)),
+    }));
+    let vip = Ipv4Addr::new(10, 96, 3, 231);
+    let mut g = c.benchmark_group("service");
+    for (name, payload) in [("clusterip_tcp_64B", 64), ("clusterip_tcp_1400B", 1400)] {
+        let template = tcp(vip, payload);
+        let expect = {
+            let mut b = template.clone();
+            b.resize(CHUNK, 0);
+            let mut f = [Frame::new(1, &mut b, template.len())];
+            let mut v = [Verdict::Drop(DropReason::Malformed)];
+            process_batch(&t, 0, &mut f, &mut v);
+            v[0]
+        };
+        assert!(matches!(expect, Verdict::Tx(_)), "{name}: {expect:?}");
+        let case = Case {
+            name,
+            template,
+            expect,
+        };
+        bench_batch::<64>(&mut g, &t, &case);
+    }
+    g.finish();
+}
+
+/// What the worker does with a forwarded frame, after the pipeline: the
+/// copy into the egress port's frame, a partial checksum completed for a
+/// port without offloads, and a tap's 64 KiB TCP GSO frame cut into
+/// MSS-sized segments with full checksums.
+fn forward(c: &mut Criterion) {
+    let mut g = c.benchmark_group("forward");
+    for payload in [64usize, 1400] {
+        let frame = tcp(POD_B, payload);
+        let mut egress = vec![0u8; CHUNK];
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("copy_to_egress_frame", frame.len()), |b| {
+            b.iter(|| {
+                egress[..frame.len()].copy_from_slice(black_box(&frame));
+                black_box(&egress);
+            })
+        });
+        let partial = tcp_partial(POD_B, payload);
+        let csum = CsumState::Partial {
+            start: 34,
+            offset: 16,
+        };
+        g.bench_function(
+            BenchmarkId::new("complete_partial_csum", partial.len()),
+            |b| {
+                b.iter_batched(
+                    || partial.clone(),
+                    |mut f| {
+                        let r =
+                            offload::finish(&mut f, csum, &Offload::NONE, EgressCaps::default());
+                        black_box((r, f))
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    // A tap's GSO frame: 44 segments of 1448 bytes.
+    let gso = tcp_partial(POD_B, 44 * 1448);
+    let hdr = Offload {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let plan = offload::plan_tcp(&gso, &hdr).expect("a GSO plan");
+    assert_eq!(plan.count, 44);
+    let mut seg = vec![0u8; CHUNK];
+    g.throughput(Throughput::Elements(plan.count as u64));
+    g.bench_function("segment_64KiB_gso_into_1448B", |b| {
+        b.iter(|| {
+            for i in 0..plan.count {
+                black_box(offload::write_tcp_segment(
+                    black_box(&gso),
+                    &plan,
+                    i,
+                    &mut seg,
+                ));
+            }
+        })
+    });
+    g.finish();
+}
+
 fn lookup(c: &mut Criterion) {
     const LOOKUPS: usize = 1024;
     let mut g = c.benchmark_group("endpoint_lookup");
@@ -307,6 +426,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pipeline, lookup, publish
+    targets = pipeline, service, forward, lookup, publish
 }
 criterion_main!(benches);
