@@ -10,6 +10,8 @@
 //   - direct on (`uplink_cfg.direct`): sent to an address inside one of the
 //     node's pod CIDRs (`local_cidrs`), or IPv6 with a complete fixed
 //     header to one inside its IPv6 pod CIDRs (`local_cidrs6`).
+// In either mode, TCP/UDP to the node address at a service's NodePort
+// (`node_ports`, key protocol << 16 | port) is ferry's too.
 // ARP, other IPv6 (neighbour discovery, the node's own), VLAN-tagged
 // frames, anything to the node other than VXLAN (SSH, the API server,
 // kubelet), fragments and truncated frames pass.
@@ -50,6 +52,13 @@ struct {
 	__type(key, struct lpm_v4_key);
 	__type(value, __u8);
 } local_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} node_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -112,6 +121,19 @@ int ferry_uplink(struct xdp_md *ctx)
 	cfg = bpf_map_lookup_elem(&uplink_cfg, &zero);
 	if (!cfg)
 		return XDP_PASS;
+
+	if (ip->daddr == cfg->node_addr &&
+	    (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) &&
+	    !(ip->frag_off & bpf_htons(FERRY_IP_MF | FERRY_IP_OFFSET))) {
+		__be16 *ports = (void *)ip + hdr_len;
+		__u32 key;
+
+		if ((void *)(ports + 2) > end || tot_len < hdr_len + 4)
+			return XDP_PASS;
+		key = ((__u32)ip->protocol << 16) | bpf_ntohs(ports[1]);
+		if (bpf_map_lookup_elem(&node_ports, &key))
+			return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+	}
 
 	if (cfg->vxlan_port && ip->daddr == cfg->node_addr) {
 		if (ip->protocol != IPPROTO_UDP ||

@@ -366,6 +366,10 @@ pub struct ServicePort {
     /// The cluster-wide Maglev seed.
     #[serde(default)]
     pub seed: u64,
+    /// `type: NodePort` (or LoadBalancer): the port on the node's uplink
+    /// address that reaches the service too (IPv4 ClusterIP ports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

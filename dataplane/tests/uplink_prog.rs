@@ -338,6 +338,34 @@ fn ipv6_to(dst: &str, next: u8, payload_len: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// NodePorts, in either mode: TCP/UDP to the node address at a node port
+/// is ferry's; the same ports of the other protocol, or to another
+/// address, are not.
+fn node_port_cases() -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        (
+            "tcp to a node port".into(),
+            Ip::to(NODE, 6, tcp(30080)).frame(),
+            XDP_REDIRECT,
+        ),
+        (
+            "udp to a node port".into(),
+            Ip::to(NODE, 17, udp(30053, b"q")).frame(),
+            XDP_REDIRECT,
+        ),
+        (
+            "udp to the tcp node port".into(),
+            Ip::to(NODE, 17, udp(30080, b"q")).frame(),
+            XDP_PASS,
+        ),
+        (
+            "tcp node port to another address".into(),
+            Ip::to(Ipv4Addr::new(192, 168, 70, 9), 6, tcp(30080)).frame(),
+            XDP_PASS,
+        ),
+    ]
+}
+
 /// Direct mode, IPv6: packets to the node's IPv6 pod CIDR are ferry's;
 /// neighbour discovery, other destinations and truncated packets pass.
 fn direct6_cases() -> Vec<(String, Vec<u8>, u32)> {
@@ -474,6 +502,7 @@ fn spec(vxlan_port: Option<u16>, local_cidrs: &[&str]) -> UplinkSpec {
         address: NODE,
         vxlan_port,
         local_cidrs: local_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        node_ports: vec![(6, 30080), (17, 30053)],
         set_channels: false,
     }
 }
@@ -513,6 +542,7 @@ fn only_ferrys_traffic_is_redirected() {
             .map(|(what, f, _)| (what, f, XDP_PASS))
             .collect();
         check(prog, ifindex, "vxlan, bare ipv6", &bare6);
+        check(prog, ifindex, "vxlan, node ports", &node_port_cases());
         drop((queues, attachment));
 
         let cidrs = ["10.244.1.0/24", "10.244.9.128/25", "fd00:244:1::/64"];
@@ -520,6 +550,7 @@ fn only_ferrys_traffic_is_redirected() {
         let prog = attachment.program_fd().expect("the program");
         check(prog, ifindex, "direct", &direct_cases());
         check(prog, ifindex, "direct ipv6", &direct6_cases());
+        check(prog, ifindex, "direct, node ports", &node_port_cases());
 
         // The socket closed (a dataplane that died): ferry's frames pass.
         drop(queues);

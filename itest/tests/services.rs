@@ -463,3 +463,77 @@ fn clusterip_backends_on_another_node() {
     apply_and_wait(n1, "bulk", &bulk, "10.96.0.11", 1);
     transfer_via(&client.ns.name, &remote.ns.name, 9000, "10.96.0.11:80", 78);
 }
+
+/// NodePort: a client outside the cluster (a namespace on the fabric)
+/// reaches a service at node 1's uplink address; a backend on node 1 and
+/// one on node 2 (over VXLAN) answer, each seeing node 1's gateway as the
+/// client (the flow is translated to it, so replies come back through
+/// node 1, which sends them to the client from its address).
+#[test]
+fn node_ports_reach_backends_on_either_node_from_outside() {
+    use itest::cluster::{node_address, Cluster, ClusterOpts, Overlay};
+    let c = Cluster::start(
+        "fysvn",
+        ClusterOpts {
+            node_config: "service_cidrs = [\"10.96.0.0/12\"]\n".into(),
+            ..ClusterOpts::new(2, Some(Overlay::Vxlan))
+        },
+    );
+    let (n1, n2) = (c.node(1), c.node(2));
+    let local = n1.add_pod(1);
+    let remote = n2.add_pod(1);
+    let _servers = [
+        self_server(&local.ns.name, 8080, false),
+        self_server(&remote.ns.name, 8080, false),
+    ];
+    assert!(wait_until(Duration::from_secs(10), || local.ping(&remote.ip, 1)));
+    let node_port = |name: &str, vip: &str, port: u16, backend: &str| {
+        service_yaml(name, vip, port, "TCP", 8080, &[backend], false)
+            .replace("spec:\n", "spec:\n  type: NodePort\n")
+            .replace(
+                &format!("port: {port}, protocol"),
+                &format!("port: {port}, nodePort: {}, protocol", 30000 + port),
+            )
+    };
+    apply_and_wait(
+        n1,
+        "here",
+        &node_port("here", "10.96.0.20", 80, &local.ip),
+        "10.96.0.20",
+        1,
+    );
+    apply_and_wait(
+        n1,
+        "there",
+        &node_port("there", "10.96.0.21", 81, &remote.ip),
+        "10.96.0.21",
+        1,
+    );
+    let gateway = first_host(&itest::cluster::pod_cidr(1));
+    for (port, backend) in [(30080, &local.ip), (30081, &remote.ip)] {
+        let dst = format!("{}:{port}", node_address(1));
+        let got = wait_until(Duration::from_secs(10), || {
+            who(&c.outside.ns.name, &dst, false).is_ok()
+        });
+        assert!(
+            got,
+            "outside -> {dst}: {:?}\n{}",
+            who(&c.outside.ns.name, &dst, false),
+            n1.stats()
+        );
+        let (own, peer) = who(&c.outside.ns.name, &dst, false).unwrap();
+        assert_eq!(host(&own), backend.as_str(), "{dst}");
+        assert_eq!(
+            host(&peer),
+            gateway,
+            "{dst}: the backend sees node 1's gateway"
+        );
+    }
+    // Other ports of the node address stay the node kernel's.
+    assert!(who(
+        &c.outside.ns.name,
+        &format!("{}:30082", node_address(1)),
+        false
+    )
+    .is_err());
+}

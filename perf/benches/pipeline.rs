@@ -239,6 +239,7 @@ fn service(c: &mut Criterion) {
                 .collect(),
             affinity_timeout_s: None,
             seed: 1,
+            node_port: None,
         })
         .collect();
     let t = tables(1, 32).with_services(Some(Services {

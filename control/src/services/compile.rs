@@ -126,6 +126,11 @@ pub fn compile<'a>(
                 continue;
             };
             let port_name = p.name.as_deref().unwrap_or_default();
+            let exposed = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+            let node_port = p
+                .node_port
+                .filter(|_| exposed)
+                .and_then(|n| u16::try_from(n).ok());
             for &vip in &ips {
                 let family = if vip.is_ipv4() { "" } else { "/v6" };
                 out.ports.push(ServicePort {
@@ -136,6 +141,7 @@ pub fn compile<'a>(
                     backends: backends(slices, vip.is_ipv4(), port_name, protocol),
                     affinity_timeout_s,
                     seed,
+                    node_port: node_port.filter(|_| vip.is_ipv4()),
                 });
             }
         }
@@ -392,6 +398,23 @@ endpoints:
             "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
         ));
         assert_eq!(c.ports[0].affinity_timeout_s, Some(60));
+    }
+
+    #[test]
+    fn node_ports_come_with_type_nodeport_or_loadbalancer_only() {
+        let yaml = |kind: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec:\n  type: {kind}\n  clusterIPs: [10.96.0.1, \"fd00:96::1\"]\n  ports: [{{port: 80, nodePort: 30080}}]\n"
+            )
+        };
+        for kind in ["NodePort", "LoadBalancer"] {
+            let c = run(&yaml(kind));
+            let v4 = c.ports.iter().find(|p| p.vip.is_ipv4()).unwrap();
+            let v6 = c.ports.iter().find(|p| p.vip.is_ipv6()).unwrap();
+            assert_eq!((v4.node_port, v6.node_port), (Some(30080), None), "{kind}");
+        }
+        let c = run(&yaml("ClusterIP"));
+        assert!(c.ports.iter().all(|p| p.node_port.is_none()));
     }
 
     #[test]

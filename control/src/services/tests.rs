@@ -152,6 +152,7 @@ fn diff_upserts_what_changed_and_removes_what_went() {
         backends: vec![],
         affinity_timeout_s: None,
         seed: 0,
+        node_port: None,
     };
     let old = vec![port("a", 1), port("b", 2), port("c", 3)];
     let new = vec![port("a", 1), port("b", 20), port("d", 4)];

@@ -151,6 +151,7 @@ fn tables() -> &'static Tables {
                 .collect(),
             affinity_timeout_s: (port == 443).then_some(60),
             seed: 1,
+            node_port: (port == 80).then_some(30080),
         };
         let services = [
             port(

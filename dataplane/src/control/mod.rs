@@ -163,7 +163,7 @@ impl State {
         {
             let spec = PortSpec {
                 name: up.ifname.clone(),
-                kind: PortKind::Uplink(uplink_spec(node, up)),
+                kind: PortKind::Uplink(uplink_spec(node, up, &self.services)),
             };
             out.insert(up.ifname.clone(), (UPLINK_LABEL.to_string(), spec));
         }
@@ -192,19 +192,34 @@ impl State {
 /// The label of the uplink port (`PortStats::endpoint`, `MissingPort`).
 pub const UPLINK_LABEL: &str = "uplink";
 
-/// What the uplink's classifier must send to the sockets.
-fn uplink_spec(node: &NodeSettings, up: &ferry_api::table::Uplink) -> UplinkSpec {
+/// What the uplink's classifier must send to the sockets. A change of
+/// the NodePorts reopens the uplink (a gap in its traffic; see
+/// ARCHITECTURE.md).
+fn uplink_spec(
+    node: &NodeSettings,
+    up: &ferry_api::table::Uplink,
+    services: &BTreeMap<String, ServicePort>,
+) -> UplinkSpec {
+    let mut node_ports: Vec<(u8, u16)> = services
+        .values()
+        .filter(|s| s.vip.is_ipv4())
+        .filter_map(|s| Some((s.protocol.number(), s.node_port?)))
+        .collect();
+    node_ports.sort_unstable();
+    node_ports.dedup();
     match up.overlay {
         Overlay::Vxlan { port, .. } => UplinkSpec {
             address: up.address,
             vxlan_port: Some(port),
             local_cidrs: Vec::new(),
+            node_ports,
             set_channels: up.set_channels,
         },
         Overlay::Direct => UplinkSpec {
             address: up.address,
             vxlan_port: None,
             local_cidrs: node.pod_cidrs.iter().map(|c| c.trunc()).collect(),
+            node_ports,
             set_channels: up.set_channels,
         },
     }
@@ -1251,6 +1266,7 @@ mod tests {
                 }],
                 affinity_timeout_s: None,
                 seed: 1,
+                node_port: None,
             }],
         }));
         assert_eq!(dp.dump().services.len(), 1);

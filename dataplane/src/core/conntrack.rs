@@ -94,6 +94,9 @@ pub struct Entry {
     pub peer: FlowKey,
     /// This direction is the replies'.
     pub reply: bool,
+    /// A NodePort flow's replies leave by the uplink, to this MAC (the
+    /// one the request came from), not by the routes.
+    pub via: Option<[u8; 6]>,
     pub state: FlowState,
     /// Monotonic nanoseconds after which the entry is dead.
     pub deadline: u64,
@@ -186,7 +189,7 @@ impl Conntrack {
         &self,
         forward: FlowKey,
         to: Translation,
-        service: u64,
+        (service, via): (u64, Option<[u8; 6]>),
         now: u64,
         flags: u8,
     ) -> bool {
@@ -209,11 +212,12 @@ impl Conntrack {
         };
         let state = next_state(FlowState::Opening, false, flags);
         let deadline = now.saturating_add(timeout(forward.proto, state));
-        let entry = |translation, peer, reply| Entry {
+        let entry = |translation, peer, reply: bool| Entry {
             translation,
             service,
             peer,
             reply,
+            via: via.filter(|_| reply),
             state,
             deadline,
         };
@@ -238,6 +242,7 @@ impl Conntrack {
             service,
             peer: key,
             reply: false,
+            via: None,
             state: FlowState::Established,
             deadline: until,
         };
@@ -361,7 +366,7 @@ mod tests {
     fn a_flow_is_found_both_ways_and_expires_by_its_state() {
         let ct = Conntrack::new(1024);
         let k = key(40000);
-        assert!(ct.insert_flow(k, to_backend(), 7, 0, TCP_SYN));
+        assert!(ct.insert_flow(k, to_backend(), (7, None), 0, TCP_SYN));
         let fwd = ct.get(&k, 1).unwrap();
         assert_eq!(fwd.translation, to_backend());
         assert_eq!(fwd.state, FlowState::Opening);
@@ -399,7 +404,7 @@ mod tests {
                     src: Endpoint { ip: 1, port: p },
                     ..to_backend()
                 },
-                1,
+                (1, None),
                 0,
                 TCP_SYN,
             ) {
@@ -420,7 +425,7 @@ mod tests {
         assert_eq!(ct.stats().entries, 0);
         assert_eq!(gone as u64, s.entries);
         // And a full shard makes room from its expired entries on insert.
-        assert!(ct.insert_flow(key(1), to_backend(), 1, late, TCP_SYN));
+        assert!(ct.insert_flow(key(1), to_backend(), (1, None), late, TCP_SYN));
     }
 
     #[test]
@@ -430,7 +435,7 @@ mod tests {
             proto: PROTO_UDP,
             ..key(5353)
         };
-        assert!(ct.insert_flow(k, to_backend(), 1, 0, 0));
+        assert!(ct.insert_flow(k, to_backend(), (1, None), 0, 0));
         assert!(ct.touch(&k, 50 * SECOND, 0).is_some());
         assert!(ct.get(&k, 100 * SECOND).is_some());
         assert!(ct.get(&k, 111 * SECOND).is_none());

@@ -167,6 +167,8 @@ pub struct ServiceTable {
     by_id: FxHashMap<u64, (u128, u16, u8)>,
     /// Every ClusterIP (the node kernel asks for them on the host port).
     vips: rustc_hash::FxHashSet<u128>,
+    /// (node port, protocol) -> the service port it reaches.
+    by_node_port: FxHashMap<(u16, u8), (u128, u16, u8)>,
 }
 
 impl ServiceTable {
@@ -178,6 +180,9 @@ impl ServiceTable {
             t.by_id.insert(e.id, key);
             t.by_vip.entry(key).or_insert(e);
             t.vips.insert(key.0);
+            if let Some(n) = sp.node_port.filter(|_| sp.vip.is_ipv4()) {
+                t.by_node_port.entry((n, key.2)).or_insert(key);
+            }
         }
         t
     }
@@ -194,6 +199,13 @@ impl ServiceTable {
     #[inline]
     pub fn lookup(&self, vip: u128, port: u16, proto: u8) -> Option<&ServiceEntry> {
         self.by_vip.get(&(vip, port, proto))
+    }
+
+    /// The service port reached at `port` over `proto` on the node's
+    /// uplink address (NodePort).
+    #[inline]
+    pub fn by_node_port(&self, port: u16, proto: u8) -> Option<&ServiceEntry> {
+        self.by_vip.get(self.by_node_port.get(&(port, proto))?)
     }
 
     /// Whether `ip` (as conntrack keys it) is a ClusterIP.
@@ -228,6 +240,7 @@ mod tests {
                 .collect(),
             affinity_timeout_s: None,
             seed: 42,
+            node_port: None,
         }
     }
 

@@ -313,6 +313,9 @@ pub struct UplinkSpec {
     /// Direct mode: packets to these prefixes (the node's pod CIDRs, both
     /// families) are ferry's. Empty in VXLAN mode.
     pub local_cidrs: Vec<ipnet::IpNet>,
+    /// (IP protocol, port) of every NodePort: TCP/UDP to `address` at
+    /// these is ferry's in either mode.
+    pub node_ports: Vec<(u8, u16)>,
     /// Set the uplink's channel count to the worker count when they differ.
     pub set_channels: bool,
 }

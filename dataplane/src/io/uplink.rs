@@ -39,6 +39,9 @@ pub const PROG_NAME: &str = "ferry_uplink";
 pub const CFG_MAP: &str = "uplink_cfg";
 pub const CIDR_MAP: &str = "local_cidrs";
 pub const CIDR6_MAP: &str = "local_cidrs6";
+pub const NODE_PORTS_MAP: &str = "node_ports";
+/// `max_entries` of `node_ports`.
+pub const MAX_NODE_PORTS: usize = 4096;
 /// `max_entries` of `local_cidrs` (and of `local_cidrs6`).
 pub const MAX_LOCAL_CIDRS: usize = 256;
 
@@ -267,6 +270,25 @@ pub fn configure(ifname: &str, ebpf: &mut Ebpf, spec: &UplinkSpec) -> Result<(),
                 .map_err(|e| err(CIDR_MAP, format!("{net}: {e}")))?;
         }
     }
+    if spec.node_ports.len() > MAX_NODE_PORTS {
+        return Err(err(
+            NODE_PORTS_MAP,
+            format!(
+                "{} node ports, the map holds {MAX_NODE_PORTS}",
+                spec.node_ports.len()
+            ),
+        ));
+    }
+    let map = ebpf
+        .map_mut(NODE_PORTS_MAP)
+        .ok_or_else(|| err(NODE_PORTS_MAP, "missing from the object".into()))?;
+    let mut ports: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|e| err(NODE_PORTS_MAP, e.to_string()))?;
+    for (proto, port) in &spec.node_ports {
+        ports
+            .insert(u32::from(*proto) << 16 | u32::from(*port), 1, 0)
+            .map_err(|e| err(NODE_PORTS_MAP, format!("{proto}/{port}: {e}")))?;
+    }
     let map = ebpf
         .map_mut(CIDR6_MAP)
         .ok_or_else(|| err(CIDR6_MAP, "missing from the object".into()))?;
@@ -308,6 +330,7 @@ mod tests {
             address: "192.168.1.10".parse().unwrap(),
             vxlan_port: Some(4789),
             local_cidrs: vec![],
+            node_ports: vec![],
             set_channels: false,
         };
         let cfg = UplinkCfg::from_spec(&spec);

@@ -91,8 +91,9 @@ pub(super) fn ipv6(
         if let Some(svc) = tables.services() {
             let mut flow = Flow6 { ip: &mut ip, upper };
             let hairpin = u128::from(gateway);
-            match nat::translate(svc, now, &mut flow, csum, hairpin) {
-                Ok(nat::Outcome::Pass) => {}
+            match nat::translate(svc, now, &mut flow, csum, (hairpin, None)) {
+                // NodePorts are IPv4: no IPv6 flow leaves by the uplink.
+                Ok(nat::Outcome::Pass | nat::Outcome::ToUplink(_)) => {}
                 Ok(nat::Outcome::Reject) => {
                     let offending = Offending::of(&ip, upper);
                     return no_tunnel(reject6(offending, upper, buf, len, reply_to));

@@ -543,6 +543,7 @@ fn ipv6_service_flows_are_translated_and_refused_without_backends() {
         backends,
         affinity_timeout_s: None,
         seed: 3,
+        node_port: None,
     };
     let web = vec![Backend {
         ip: v6_of(2).into(),

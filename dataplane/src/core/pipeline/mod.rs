@@ -297,6 +297,9 @@ enum Origin {
     /// A peer node's pod or kernel, through the uplink: delivered here,
     /// never routed on.
     Peer,
+    /// A client outside the cluster, to a NodePort on the node's uplink
+    /// address: translated to a backend here or on a peer.
+    Outside,
 }
 
 /// Where a packet goes, by the lookups of its family for its
@@ -328,6 +331,12 @@ fn destination(
         }
     };
     if origin == Origin::Peer && !(matches!(destination, Destination::Pod(_)) || to_gateway) {
+        return Err(DropReason::NotLocal);
+    }
+    // From outside only to a backend, here or on a peer.
+    if origin == Origin::Outside
+        && !matches!(destination, Destination::Pod(_) | Destination::Node(_))
+    {
         return Err(DropReason::NotLocal);
     }
     Ok(destination)
@@ -377,6 +386,13 @@ fn ipv4(
                 Origin::Pod
             }
             PortRole::Host => Origin::Host,
+            // To the node's own address: a NodePort request from outside
+            // (the classifier passes no other traffic to the node address).
+            PortRole::Uplink
+                if peer.is_none() && tables.uplink().is_some_and(|u| u.address == ip.dst()) =>
+            {
+                Origin::Outside
+            }
             PortRole::Uplink => {
                 // Only a peer's pods (and its kernel, from its gateway
                 // address) send to us; through VXLAN, only from the peer
@@ -389,16 +405,47 @@ fn ipv4(
                 }
             }
         };
+        let outside = (origin == Origin::Outside).then_some(sender_mac);
+        let mut to_uplink = None;
         if let Some(svc) = tables.services() {
             let hairpin = service_key(gateway.into());
-            match nat::translate(svc, now, &mut ip, csum, hairpin) {
+            match nat::translate(svc, now, &mut ip, csum, (hairpin, outside)) {
                 Ok(nat::Outcome::Pass) => {}
+                Ok(nat::Outcome::ToUplink(mac)) => to_uplink = Some(mac),
+                // From outside there is no reply to make here (it would
+                // leave by the uplink from its MAC): dropped.
+                Ok(nat::Outcome::Reject) if outside.is_some() => {
+                    return drop(DropReason::ServiceNoEndpoints)
+                }
                 Ok(nat::Outcome::Reject) => {
                     drop_view(ip);
                     return no_tunnel(nat::reject4(buf, len, reply_to));
                 }
                 Err(reason) => return drop(reason),
             }
+        }
+        if origin == Origin::Outside && to_uplink.is_none() && ip.dst() == ip_dst_node(tables) {
+            // Not a service's node port (translation left it as it was).
+            return drop(DropReason::NotLocal);
+        }
+        if let Some(mac) = to_uplink {
+            // The reply of a NodePort flow, back to where its request came
+            // from, straight out of the uplink.
+            let Some(up) = tables.uplink() else {
+                return drop(DropReason::NoUplink);
+            };
+            if wire_len(&ip, offload) > up.mtu as usize {
+                return drop(DropReason::FragNeeded);
+            }
+            if let Err(reason) = classify_l4_checksum(&mut ip, csum) {
+                return drop(reason);
+            }
+            drop_view(ip);
+            let verdict = match set_macs(buf, len, mac, up.mac.octets()) {
+                Ok(()) => Verdict::Tx(up.port),
+                Err(reason) => Verdict::Drop(reason),
+            };
+            return (verdict, len, None);
         }
         let from_pod = origin == Origin::Pod;
         let dst = ip.dst();
@@ -442,7 +489,7 @@ fn ipv4(
                 }
                 if let Some(mtu) = ep.mtu {
                     if wire_len(&ip, offload) > mtu as usize {
-                        if origin == Origin::Peer {
+                        if matches!(origin, Origin::Peer | Origin::Outside) {
                             // The error would have to go back through the
                             // tunnel; the peer's pods are sized to the
                             // overlay MTU, so only a pod MTU below it gets
@@ -501,6 +548,9 @@ fn ipv4(
                     return drop(DropReason::NoUplink);
                 };
                 if wire_len(&ip, offload) > up.mtu as usize {
+                    if origin == Origin::Outside {
+                        return drop(DropReason::FragNeeded);
+                    }
                     let from = if from_pod { gateway } else { dst };
                     let too_big = Offending::of(&ip);
                     return no_tunnel(frag_needed(too_big, up.mtu, from, buf, len, reply_to));
@@ -561,6 +611,10 @@ fn decap(tables: &Tables, frame: &mut Frame<'_>) -> Result<Option<Ipv4Addr>, Dro
     let Encap::Vxlan { vni, port } = up.encap else {
         return Ok(None);
     };
+    if to_node_port(tables, frame.bytes(), up.address) {
+        // TCP or UDP to a NodePort of the node's address: not VXLAN.
+        return Ok(None);
+    }
     let outer = Outer::parse(frame.bytes(), up.address, port, vni).map_err(|e| match e {
         OuterError::Malformed => DropReason::VxlanMalformed,
         OuterError::NotForUs => DropReason::VxlanNotForUs,
@@ -569,6 +623,28 @@ fn decap(tables: &Tables, frame: &mut Frame<'_>) -> Result<Option<Ipv4Addr>, Dro
     frame.headroom += outer.inner_at;
     frame.len = outer.inner_len;
     Ok(Some(outer.src))
+}
+
+/// Whether `frame` is IPv4 TCP or UDP to a NodePort of `node`.
+fn to_node_port(tables: &Tables, frame: &[u8], node: Ipv4Addr) -> bool {
+    let Some(svc) = tables.services() else {
+        return false;
+    };
+    let l3 = wire::ETH_HDR_LEN;
+    if frame.len() < l3 + wire::IPV4_MIN_HDR_LEN || wire::get_u16(frame, 12) != wire::ETHERTYPE_IPV4
+    {
+        return false;
+    }
+    let ip = &frame[l3..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ip.len() < hl + 4 || ip[16..20] != node.octets() {
+        return false;
+    }
+    matches!(ip[9], wire::IP_PROTO_TCP | wire::IP_PROTO_UDP)
+        && svc
+            .table
+            .by_node_port(wire::get_u16(ip, hl + 2), ip[9])
+            .is_some()
 }
 
 /// Put the outer headers of `tunnel` in front of the frame, in its
@@ -582,6 +658,11 @@ fn encap(frame: &mut Frame<'_>, tunnel: &Tunnel) -> Result<(), DropReason> {
     vxlan::write_outer(outer, tunnel, inner, vxlan::flow_port(inner));
     frame.outer = OUTER_LEN;
     Ok(())
+}
+
+/// The node's uplink address (unspecified without an uplink).
+fn ip_dst_node(tables: &Tables) -> Ipv4Addr {
+    tables.uplink().map_or(Ipv4Addr::UNSPECIFIED, |u| u.address)
 }
 
 /// End a view's borrow explicitly (readability at early returns).

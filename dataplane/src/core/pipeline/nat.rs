@@ -30,6 +30,9 @@ pub(super) enum Outcome {
     Pass,
     /// To a service port without backends: refuse it.
     Reject,
+    /// A reply of a NodePort flow, translated: it leaves by the uplink to
+    /// this MAC (where the request came from), not by the routes.
+    ToUplink([u8; 6]),
 }
 
 fn v4(key: u128) -> Option<Ipv4Addr> {
@@ -82,12 +85,15 @@ impl Flow for Ipv4<'_> {
 /// Translate the packet if it belongs to a service flow (a new one to a
 /// ClusterIP port, or one the table knows, either way). `hairpin` is the
 /// source a pod's flow to itself gets (the gateway of its family).
+/// `outside`: the packet came from the uplink to the node's address (a
+/// NodePort), from this MAC; its flow is translated to the gateway as
+/// source too, so the backend's replies come back through this node.
 pub(super) fn translate<F: Flow>(
     svc: &Services,
     now: u64,
     ip: &mut F,
     csum: &mut CsumState,
-    hairpin: u128,
+    (hairpin, outside): (u128, Option<[u8; 6]>),
 ) -> Result<Outcome, DropReason> {
     let Some((proto, src, dst)) = ip.parts() else {
         return Ok(Outcome::Pass);
@@ -125,11 +131,15 @@ pub(super) fn translate<F: Flow>(
                 .is_none_or(|s| !s.has_backend(&e.translation.dst));
         if !gone {
             rewrite(ip, csum, e.translation)?;
-            return Ok(Outcome::Pass);
+            return Ok(e.via.map_or(Outcome::Pass, Outcome::ToUplink));
         }
         ct.remove_flow(&key);
     }
-    let Some(service) = svc.table.lookup(key.dst, dport, proto) else {
+    let service = match outside {
+        Some(_) => svc.table.by_node_port(dport, proto),
+        None => svc.table.lookup(key.dst, dport, proto),
+    };
+    let Some(service) = service else {
         return Ok(Outcome::Pass);
     };
     let backend = match service.affinity_ns {
@@ -155,7 +165,7 @@ pub(super) fn translate<F: Flow>(
     let Some(backend) = backend else {
         return Ok(Outcome::Reject);
     };
-    let src = if backend.ip == key.src {
+    let src = if outside.is_some() || backend.ip == key.src {
         hairpin
     } else {
         key.src
@@ -167,7 +177,7 @@ pub(super) fn translate<F: Flow>(
         },
         dst: backend,
     };
-    if !ct.insert_flow(key, to, service.id, now, flags) {
+    if !ct.insert_flow(key, to, (service.id, outside), now, flags) {
         return Err(DropReason::CtFull);
     }
     rewrite(ip, csum, to)?;

@@ -39,6 +39,7 @@ fn port(vip: Ipv4Addr, port: u16, protocol: L4Proto, backends: &[(Ipv4Addr, u16)
             .collect(),
         affinity_timeout_s: None,
         seed: 7,
+        node_port: None,
     }
 }
 
