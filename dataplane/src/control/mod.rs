@@ -192,9 +192,8 @@ impl State {
 /// The label of the uplink port (`PortStats::endpoint`, `MissingPort`).
 pub const UPLINK_LABEL: &str = "uplink";
 
-/// What the uplink's classifier must send to the sockets. A change of
-/// the NodePorts reopens the uplink (a gap in its traffic; see
-/// ARCHITECTURE.md).
+/// What the uplink's classifier must send to the sockets (a change of
+/// the node ports alone is made in place, [`PortBackend::update_node_ports`]).
 fn uplink_spec(
     node: &NodeSettings,
     up: &ferry_api::table::Uplink,
@@ -470,9 +469,29 @@ impl<B: PortBackend> Dataplane<B> {
     /// otherwise endpoints on such ports are left out and reported.
     fn apply(&mut self, mut next: State, strict: bool) -> Result<Outcome, String> {
         let desired = next.ports();
-        // A port whose spec changed (the uplink's classifier settings) is
-        // closed before it is opened again: one interface takes one
-        // program and one socket per queue.
+        // The uplink's node ports change with the services: its
+        // classifier's map is updated in place, without a reopen.
+        for (name, p) in self.ports.iter_mut() {
+            let Some((_, spec)) = desired.get(name) else {
+                continue;
+            };
+            if let (PortKind::Uplink(want), PortKind::Uplink(have)) = (&spec.kind, &mut p.spec.kind)
+            {
+                let same_but_ports = UplinkSpec {
+                    node_ports: want.node_ports.clone(),
+                    ..have.clone()
+                } == *want;
+                if want.node_ports != have.node_ports && same_but_ports {
+                    B::update_node_ports(&mut p._attachment, &want.node_ports)
+                        .map_err(|e| e.to_string())?;
+                    log::info!("{name}: node ports {:?}", want.node_ports);
+                    have.node_ports.clone_from(&want.node_ports);
+                }
+            }
+        }
+        // A port whose spec changed (the uplink's other classifier
+        // settings) is closed before it is opened again: one interface
+        // takes one program and one socket per queue.
         let changed: Vec<String> = self
             .ports
             .iter()

@@ -603,6 +603,10 @@ impl PortBackend for AfXdpBackend {
         attachment.mode.to_string()
     }
 
+    fn update_node_ports(a: &mut XdpAttachment, ports: &[(u8, u16)]) -> Result<(), PortError> {
+        crate::io::uplink::set_node_ports(&a.ifname, &mut a.ebpf, ports)
+    }
+
     type Queue = NodeQueue;
     type Attachment = XdpAttachment;
 

@@ -289,6 +289,13 @@ impl PortBackend for NodeBackend {
     type Queue = NodeQueue;
     type Attachment = NodeAttachment;
 
+    fn update_node_ports(a: &mut NodeAttachment, ports: &[(u8, u16)]) -> Result<(), PortError> {
+        match a {
+            NodeAttachment::Xdp(x) => AfXdpBackend::update_node_ports(x, ports),
+            NodeAttachment::Tap(_) => Ok(()),
+        }
+    }
+
     fn mtu_limits(&self) -> MtuLimits {
         MtuLimits {
             veth: self.xdp.mtu_limits().veth,

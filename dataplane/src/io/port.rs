@@ -373,6 +373,17 @@ pub trait PortBackend: Send + 'static {
         workers: usize,
     ) -> Result<Opened<Self::Attachment, Self::Queue>, PortError>;
 
+    /// Replace the node ports of an opened uplink's classifier in place
+    /// (no reopen, no gap in its traffic). A backend without a classifier
+    /// has nothing to update.
+    fn update_node_ports(
+        attachment: &mut Self::Attachment,
+        ports: &[(u8, u16)],
+    ) -> Result<(), PortError> {
+        let _ = (attachment, ports);
+        Ok(())
+    }
+
     /// The largest pod MTU each kind of port carries in one frame (what
     /// `Hello` reports, so ferryd refuses pods above it).
     fn mtu_limits(&self) -> MtuLimits;

@@ -232,6 +232,44 @@ pub fn fit_channels(ifname: &str, workers: u32, set: bool) -> Result<ChannelFit,
     fit(now)
 }
 
+/// Make the classifier's `node_ports` hold exactly `ports` (at open, and
+/// in place when the services change).
+pub fn set_node_ports(ifname: &str, ebpf: &mut Ebpf, ports: &[(u8, u16)]) -> Result<(), PortError> {
+    let err = |cause: String| PortError::XdpLoad {
+        ifname: ifname.to_string(),
+        cause: format!("map {NODE_PORTS_MAP}: {cause}"),
+    };
+    if ports.len() > MAX_NODE_PORTS {
+        return Err(err(format!(
+            "{} node ports, the map holds {MAX_NODE_PORTS}",
+            ports.len()
+        )));
+    }
+    let map = ebpf
+        .map_mut(NODE_PORTS_MAP)
+        .ok_or_else(|| err("missing from the object".into()))?;
+    let mut map: aya::maps::HashMap<_, u32, u8> =
+        aya::maps::HashMap::try_from(map).map_err(|e| err(e.to_string()))?;
+    let want: std::collections::BTreeSet<u32> = ports
+        .iter()
+        .map(|(proto, port)| u32::from(*proto) << 16 | u32::from(*port))
+        .collect();
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in stale {
+        map.remove(&k)
+            .map_err(|e| err(format!("remove {k:#x}: {e}")))?;
+    }
+    for k in want {
+        map.insert(k, 1, 0)
+            .map_err(|e| err(format!("{k:#x}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Fill the classifier's maps of a loaded object from `spec`.
 pub fn configure(ifname: &str, ebpf: &mut Ebpf, spec: &UplinkSpec) -> Result<(), PortError> {
     let err = |map: &str, cause: String| PortError::XdpLoad {
@@ -270,25 +308,7 @@ pub fn configure(ifname: &str, ebpf: &mut Ebpf, spec: &UplinkSpec) -> Result<(),
                 .map_err(|e| err(CIDR_MAP, format!("{net}: {e}")))?;
         }
     }
-    if spec.node_ports.len() > MAX_NODE_PORTS {
-        return Err(err(
-            NODE_PORTS_MAP,
-            format!(
-                "{} node ports, the map holds {MAX_NODE_PORTS}",
-                spec.node_ports.len()
-            ),
-        ));
-    }
-    let map = ebpf
-        .map_mut(NODE_PORTS_MAP)
-        .ok_or_else(|| err(NODE_PORTS_MAP, "missing from the object".into()))?;
-    let mut ports: aya::maps::HashMap<_, u32, u8> =
-        aya::maps::HashMap::try_from(map).map_err(|e| err(NODE_PORTS_MAP, e.to_string()))?;
-    for (proto, port) in &spec.node_ports {
-        ports
-            .insert(u32::from(*proto) << 16 | u32::from(*port), 1, 0)
-            .map_err(|e| err(NODE_PORTS_MAP, format!("{proto}/{port}: {e}")))?;
-    }
+    set_node_ports(ifname, ebpf, &spec.node_ports)?;
     let map = ebpf
         .map_mut(CIDR6_MAP)
         .ok_or_else(|| err(CIDR6_MAP, "missing from the object".into()))?;
