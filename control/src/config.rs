@@ -701,6 +701,21 @@ impl Config {
         }
     }
 
+    /// Every pod CIDR of the cluster this node knows, both families: its
+    /// own and the peers' (with [cluster], the cluster CIDRs).
+    pub fn cluster_nets(&self) -> Vec<IpNet> {
+        let v4 = self.cluster_cidrs().into_iter().map(IpNet::from);
+        let own6 = match &self.cluster {
+            Some(k) => k.v6.map(|v6| v6.cidr),
+            None => self.ipv6.map(|v6| v6.cidr),
+        };
+        let v6 = own6
+            .into_iter()
+            .chain(self.kernel_peer_cidrs6())
+            .map(IpNet::from);
+        v4.chain(v6).collect()
+    }
+
     /// [`Config::kernel_peer_cidrs`] for IPv6: each peer's `pod_cidr6`,
     /// or with [cluster] its `cidr6`.
     pub fn kernel_peer_cidrs6(&self) -> Vec<Ipv6Net> {

@@ -219,7 +219,12 @@ impl Agent {
             Err(e) => log::error!("host port: {e} (retried when the dataplane connects)"),
         }
 
-        let services = Services::start(object_store(&cfg, &store).await?, cfg.maglev_seed).await;
+        let rule = crate::services::compile::ClusterIpRule {
+            service_cidrs: cfg.service_cidrs.clone(),
+            pod_cidrs: cfg.cluster_nets(),
+        };
+        let services =
+            Services::start(object_store(&cfg, &store).await?, cfg.maglev_seed, rule).await;
         let hook: SyncHook = {
             // Weak: the client task may outlive the agent by a moment, and
             // must not keep the database open (a restarted agent reopens it).

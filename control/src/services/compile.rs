@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ferry_api::table::{Backend, L4Proto, ServicePort};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -43,6 +44,42 @@ pub struct Compiled {
     pub ports: Vec<ServicePort>,
     /// One line per service or port left out (headless, SCTP, ...).
     pub skipped: Vec<String>,
+}
+
+/// Which ClusterIPs a node takes: inside `service_cidrs` when any are
+/// configured, and never inside the cluster's pod CIDRs (a ClusterIP that
+/// is a pod's address would take that pod's traffic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterIpRule {
+    pub service_cidrs: Vec<IpNet>,
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl Compiled {
+    /// Leave out the ports whose ClusterIP `rule` refuses, each with a
+    /// line saying why.
+    pub fn admit(mut self, rule: &ClusterIpRule) -> Compiled {
+        let mut kept = Vec::with_capacity(self.ports.len());
+        for p in self.ports {
+            let why = if let Some(c) = rule.pod_cidrs.iter().find(|c| c.contains(&p.vip)) {
+                Some(format!("inside the pod CIDR {c}"))
+            } else if !rule.service_cidrs.is_empty()
+                && !rule.service_cidrs.iter().any(|c| c.contains(&p.vip))
+            {
+                Some(format!("outside service_cidrs {:?}", rule.service_cidrs))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => self
+                    .skipped
+                    .push(format!("{}: clusterIP {} is {why}", p.id, p.vip)),
+                None => kept.push(p),
+            }
+        }
+        self.ports = kept;
+        self
+    }
 }
 
 fn protocol_of(p: Option<&str>) -> Option<L4Proto> {
@@ -415,6 +452,36 @@ endpoints:
         }
         let c = run(&yaml("ClusterIP"));
         assert!(c.ports.iter().all(|p| p.node_port.is_none()));
+    }
+
+    #[test]
+    fn cluster_ips_outside_the_service_cidrs_or_inside_pod_cidrs_are_left_out() {
+        let yaml = |ip: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n")
+        };
+        let rule = ClusterIpRule {
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            pod_cidrs: vec!["10.88.0.0/16".parse().unwrap()],
+        };
+        assert_eq!(run(&yaml("10.96.0.1")).admit(&rule).ports.len(), 1);
+        for (ip, why) in [
+            ("10.88.0.5", "inside the pod CIDR"),
+            ("192.168.1.1", "outside service_cidrs"),
+        ] {
+            let c = run(&yaml(ip)).admit(&rule);
+            assert!(c.ports.is_empty(), "{ip}");
+            assert!(
+                c.skipped.iter().any(|s| s.contains(why)),
+                "{ip}: {:?}",
+                c.skipped
+            );
+        }
+        // Without service_cidrs only the pod CIDRs are refused.
+        let open = ClusterIpRule {
+            service_cidrs: vec![],
+            ..rule
+        };
+        assert_eq!(run(&yaml("192.168.1.1")).admit(&open).ports.len(), 1);
     }
 
     #[test]

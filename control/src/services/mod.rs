@@ -42,6 +42,7 @@ struct Inner {
 pub struct Services {
     store: Arc<dyn ObjectStore>,
     seed: u64,
+    rule: compile::ClusterIpRule,
     inner: Mutex<Inner>,
     /// The follower task ([`Services::spawn`]), stopped by [`Services::stop`].
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -81,10 +82,15 @@ impl Services {
     /// once (bounded by the store's own call bounds) so the dataplane's
     /// first sync carries the services; a store that does not answer now
     /// starts empty and is listed again by the task.
-    pub async fn start(store: Arc<dyn ObjectStore>, seed: u64) -> Arc<Services> {
+    pub async fn start(
+        store: Arc<dyn ObjectStore>,
+        seed: u64,
+        rule: compile::ClusterIpRule,
+    ) -> Arc<Services> {
         let s = Arc::new(Services {
             store,
             seed,
+            rule,
             inner: Mutex::new(Inner::default()),
             task: Mutex::new(None),
         });
@@ -133,7 +139,7 @@ impl Services {
             Object::EndpointSlice(s) => Some(&**s),
             _ => None,
         });
-        let new = compile::compile(services, slices, self.seed);
+        let new = compile::compile(services, slices, self.seed).admit(&self.rule);
         for why in new
             .skipped
             .iter()

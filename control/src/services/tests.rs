@@ -94,7 +94,12 @@ async fn embedded_store_round_trip_watch_and_restart() {
 async fn a_bad_file_stores_nothing_and_services_compile_from_the_store() {
     let dir = TempDir::new("svc-all");
     let store = Arc::new(Store::open(&dir.0).unwrap());
-    let svc = Services::start(Arc::new(Embedded::new(Arc::clone(&store))), 42).await;
+    let svc = Services::start(
+        Arc::new(Embedded::new(Arc::clone(&store))),
+        42,
+        Default::default(),
+    )
+    .await;
     let bad = format!("{WEB}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x, namespace: default}}\nspec: {{clusterIP: 10.96.0.400}}\n");
     match svc.handle(apply("bad.yaml", &bad), "test".into()).await {
         ObjectsResponse::Error { msg } => {
@@ -112,7 +117,12 @@ async fn a_bad_file_stores_nothing_and_services_compile_from_the_store() {
         other => panic!("{other:?}"),
     }
     // The task is not running here: a restart's first listing compiles.
-    let again = Services::start(Arc::new(Embedded::new(Arc::clone(&store))), 42).await;
+    let again = Services::start(
+        Arc::new(Embedded::new(Arc::clone(&store))),
+        42,
+        Default::default(),
+    )
+    .await;
     let ports = again.ports();
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].id, "default/web:80/TCP");
