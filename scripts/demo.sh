@@ -159,6 +159,9 @@ kind: Service
 metadata: {name: web, namespace: demo}
 spec:
   clusterIP: 10.96.0.10
+  # iperf3 opens a control and a data connection: both must reach the
+  # same backend, so the client sticks to one (as it would with kube-proxy).
+  sessionAffinity: ClientIP
   ports: [{name: http, port: 80, targetPort: 5301}]
 ---
 apiVersion: discovery.k8s.io/v1
