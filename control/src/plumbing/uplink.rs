@@ -257,14 +257,27 @@ impl Netlink {
         gateway: std::net::Ipv6Addr,
         peers: &[ipnet::Ipv6Net],
     ) -> Result<(), NetlinkError> {
+        let nets: Vec<ipnet::IpNet> = peers.iter().map(|c| (*c).into()).collect();
+        self.replace_routes(kernel, gateway.into(), &nets).await?;
+        Ok(())
+    }
+
+    /// Routes to `cidrs` `dev kernel src gateway`, replaced if there; the
+    /// kernel end's index.
+    async fn replace_routes(
+        &self,
+        kernel: &str,
+        gateway: std::net::IpAddr,
+        cidrs: &[ipnet::IpNet],
+    ) -> Result<u32, NetlinkError> {
         let h = &self.handle;
         let k = link_by_name(h, kernel)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
-        for cidr in peers {
-            replace_pod_cidr_route(h, k.index, kernel, (*cidr).into(), gateway.into()).await?;
+        for cidr in cidrs {
+            replace_pod_cidr_route(h, k.index, kernel, *cidr, gateway).await?;
         }
-        Ok(())
+        Ok(k.index)
     }
 
     /// Routes to the peers' pod CIDRs `dev kernel src gateway` (replaced if
@@ -278,12 +291,8 @@ impl Netlink {
         peers: &[Ipv4Net],
     ) -> Result<(), NetlinkError> {
         let h = &self.handle;
-        let k = link_by_name(h, kernel)
-            .await?
-            .ok_or_else(|| NetlinkError::NoSuchLink(kernel.to_string()))?;
-        for cidr in peers {
-            replace_pod_cidr_route(h, k.index, kernel, (*cidr).into(), gateway.into()).await?;
-        }
+        let nets: Vec<ipnet::IpNet> = peers.iter().map(|c| (*c).into()).collect();
+        let index = self.replace_routes(kernel, gateway.into(), &nets).await?;
         let mut stream = h
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -295,7 +304,7 @@ impl Netlink {
             .map_err(|e| NetlinkError::request("list IPv4 routes", e))?
         {
             if let Some((oif, r)) = kernel_route(msg) {
-                if oif == k.index {
+                if oif == index {
                     ours.push(r);
                 }
             }

@@ -785,16 +785,7 @@ impl<B: PortBackend> Dataplane<B> {
                 .iter()
                 .map(|r| r.name().to_string())
                 .collect(),
-            conntrack: self.conntrack.as_ref().map(|ct| {
-                let c = ct.stats();
-                ferry_api::table::ConntrackStats {
-                    capacity: c.capacity,
-                    entries: c.entries,
-                    inserts: c.inserts,
-                    insert_failed: c.insert_failed,
-                    expired: c.expired,
-                }
-            }),
+            conntrack: self.conntrack.as_ref().map(|ct| ct.stats()),
         }
     }
 

@@ -102,17 +102,8 @@ pub struct Entry {
     pub deadline: u64,
 }
 
-/// Counters of the table, for stats and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConntrackStats {
-    pub capacity: u64,
-    pub entries: u64,
-    pub inserts: u64,
-    /// Inserts refused because the shard was full of live entries.
-    pub insert_failed: u64,
-    /// Entries removed because they expired.
-    pub expired: u64,
-}
+/// Counters of the table, for stats and metrics (the table API's type).
+pub use ferry_api::table::ConntrackStats;
 
 type Map = HashMap<FlowKey, Entry, BuildHasherDefault<FxHasher>>;
 
