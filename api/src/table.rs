@@ -25,8 +25,9 @@ use crate::MacAddr;
 /// Bumped on any incompatible change of these messages. 2: addresses are
 /// family-generic (`ips`, `gateways`, `IpNet` prefixes and pod CIDRs), so
 /// IPv6 and tunnels arrive without another break. 3: services
-/// (`SyncServices`, `UpsertService`, `RemoveService`).
-pub const API_VERSION: u32 = 3;
+/// (`SyncServices`, `UpsertService`, `RemoveService`). 4: network policy
+/// (`SyncPolicies`, `UpsertPolicy`, `RemovePolicy`).
+pub const API_VERSION: u32 = 4;
 
 /// Node-wide settings of the router the dataplane plays for the pods.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -372,6 +373,87 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+/// The NetworkPolicy of one local endpoint, compiled by ferryd from the
+/// policies that select its pod (Kubernetes semantics: a direction no
+/// selecting policy names allows everything; a direction some policy
+/// names allows only what one of their rules allows). An endpoint without
+/// an `EndpointPolicy` allows everything both ways. Replies of an allowed
+/// flow pass whatever the other side's policy says (the dataplane tracks
+/// allowed flows); traffic from the node itself (its gateways and
+/// uplink address) is always allowed in.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointPolicy {
+    /// The endpoint's id ([`Endpoint::id`]). A policy may arrive before
+    /// its endpoint; it applies from when the endpoint exists.
+    pub endpoint: String,
+    /// `None`: ingress not isolated. `Some(rules)`: only what a rule
+    /// allows comes in (no rules: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<PolicyRule>>,
+    /// The same for what the pod sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+/// One rule: traffic from (ingress) or to (egress) one of `peers`, to one
+/// of `ports`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyRule {
+    /// `None`: any address. `Some`: only these (pods selected by the
+    /// rule's selectors as host prefixes, `ipBlock`s with their
+    /// exceptions); empty matches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PolicyPeer>>,
+    /// Empty: every protocol and port. Otherwise the destination port (of
+    /// the policed pod for ingress, of the peer for egress) must be in
+    /// one of these ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+}
+
+/// A prefix of allowed addresses, less its exceptions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPeer {
+    pub cidr: IpNet,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<IpNet>,
+}
+
+impl PolicyPeer {
+    /// Whether `ip` is in the prefix and in none of its exceptions.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+}
+
+/// Destination ports `first..=last` of one IP protocol (6 TCP, 17 UDP,
+/// 132 SCTP).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub protocol: u8,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PolicyRule {
+    /// Whether the rule allows a packet whose other side is `peer`, of IP
+    /// protocol `protocol`, to destination port `port` (`None`: a packet
+    /// without ports, which only a rule without ports allows).
+    pub fn allows(&self, peer: &IpAddr, protocol: u8, port: Option<u16>) -> bool {
+        let peer_ok = self
+            .peers
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.contains(peer)));
+        let port_ok = self.ports.is_empty()
+            || port.is_some_and(|port| {
+                self.ports
+                    .iter()
+                    .any(|r| r.protocol == protocol && (r.first..=r.last).contains(&port))
+            });
+        peer_ok && port_ok
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -407,6 +489,18 @@ pub enum Request {
     /// Removing an unknown id is not an error.
     RemoveService {
         id: String,
+    },
+    /// Replace every endpoint policy (sent after `SyncServices` on each
+    /// connect).
+    SyncPolicies {
+        policies: Vec<EndpointPolicy>,
+    },
+    UpsertPolicy {
+        policy: EndpointPolicy,
+    },
+    /// The endpoint allows everything again. Unknown ids are not an error.
+    RemovePolicy {
+        endpoint: String,
     },
     /// Counters (read-only; any client, e.g. ferryctl, may ask).
     Stats,
@@ -472,6 +566,9 @@ pub struct TableDump {
     /// The service ports, by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServicePort>,
+    /// The endpoint policies, by endpoint id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<EndpointPolicy>,
 }
 
 /// How the dataplane reaches one peer node on the uplink.

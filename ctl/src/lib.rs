@@ -658,6 +658,7 @@ mod tests {
             ports: BTreeMap::from([("fy0123456789a".to_string(), 2)]),
             neighbours: vec![],
             services: vec![],
+            policies: vec![],
         };
         let stale = [StaleAttachment::new(
             "gone/eth0".into(),
@@ -699,6 +700,7 @@ mod tests {
             ports: BTreeMap::new(),
             neighbours: vec![],
             services: vec![],
+            policies: vec![],
         };
         let stale = [StaleAttachment::new(
             "gone/eth0".into(),
@@ -768,6 +770,7 @@ mod tests {
                 },
             ],
             services: vec![],
+            policies: vec![],
         };
         let stats = Stats {
             ports: vec![PortStats {

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use ferry_api::table::{
-    Attachment, Endpoint, MissingPort, Neighbour, NextHop, NodeSettings, Overlay, PortStats,
-    Request, Response, Route, ServicePort, Stats, TableDump, API_VERSION,
+    Attachment, Endpoint, EndpointPolicy, MissingPort, Neighbour, NextHop, NodeSettings, Overlay,
+    PortStats, Request, Response, Route, ServicePort, Stats, TableDump, API_VERSION,
 };
 use ipnet::IpNet;
 
@@ -144,6 +144,8 @@ struct State {
     endpoints: BTreeMap<String, Endpoint>,
     routes: BTreeMap<IpNet, Route>,
     services: BTreeMap<String, ServicePort>,
+    /// Endpoint policies by endpoint id.
+    policies: BTreeMap<String, EndpointPolicy>,
 }
 
 impl State {
@@ -383,6 +385,7 @@ impl<B: PortBackend> Dataplane<B> {
                     endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
                     routes: routes.into_iter().map(|r| (r.prefix.trunc(), r)).collect(),
                     services: self.state.services.clone(),
+                    policies: self.state.policies.clone(),
                 };
                 self.respond(next, false)
             }
@@ -419,6 +422,24 @@ impl<B: PortBackend> Dataplane<B> {
             Request::RemoveService { id } => {
                 let mut next = self.state.clone();
                 next.services.remove(&id);
+                self.respond(next, true)
+            }
+            Request::SyncPolicies { policies } => {
+                let mut next = self.state.clone();
+                next.policies = policies
+                    .into_iter()
+                    .map(|p| (p.endpoint.clone(), p))
+                    .collect();
+                self.respond(next, true)
+            }
+            Request::UpsertPolicy { policy } => {
+                let mut next = self.state.clone();
+                next.policies.insert(policy.endpoint.clone(), policy);
+                self.respond(next, true)
+            }
+            Request::RemovePolicy { endpoint } => {
+                let mut next = self.state.clone();
+                next.policies.remove(&endpoint);
                 self.respond(next, true)
             }
             Request::Stats => Response::Stats(self.stats()),
@@ -799,6 +820,7 @@ impl<B: PortBackend> Dataplane<B> {
             ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
             neighbours: self.neighbours.clone(),
             services: self.state.services.values().cloned().collect(),
+            policies: self.state.policies.values().cloned().collect(),
         }
     }
 
