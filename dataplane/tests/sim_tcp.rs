@@ -221,7 +221,9 @@ impl Node {
                 Verdict::Tx(PORT_C) => self.to_c += 1,
                 Verdict::Tx(HOST) => self.to_host += 1,
                 Verdict::Tx(other) => panic!("verdict for a port that does not exist: {other}"),
-                Verdict::Drop(reason) => *self.drops.entry(reason.name()).or_default() += 1,
+                Verdict::Drop(reason) | Verdict::Denied { reason, .. } => {
+                    *self.drops.entry(reason.name()).or_default() += 1
+                }
                 Verdict::IcmpError { .. } => {
                     panic!("no endpoint here has an MTU to exceed: {verdict:?}")
                 }

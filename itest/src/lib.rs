@@ -647,6 +647,26 @@ impl Node {
         ifname: &str,
         conf: &str,
     ) -> CniOutcome {
+        self.cni_as(
+            command,
+            (container, "default", "itest"),
+            netns,
+            ifname,
+            conf,
+        )
+    }
+
+    /// [`Node::cni`] for the Kubernetes pod `namespace`/`name` (the
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` arguments).
+    pub fn cni_as(
+        &self,
+        command: &str,
+        (container, namespace, name): (&str, &str, &str),
+        netns: &str,
+        ifname: &str,
+        conf: &str,
+    ) -> CniOutcome {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
         invoke_ferry(
             &[
                 ("CNI_COMMAND", command),
@@ -654,10 +674,7 @@ impl Node {
                 ("CNI_NETNS", netns),
                 ("CNI_IFNAME", ifname),
                 ("CNI_PATH", "/opt/cni/bin"),
-                (
-                    "CNI_ARGS",
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=itest",
-                ),
+                ("CNI_ARGS", &args),
             ],
             conf,
         )
@@ -670,9 +687,20 @@ impl Node {
 
     /// Create a pod namespace and ADD it with the network config `conf`.
     pub fn add_pod_with(&self, n: u32, conf: &str) -> Pod {
+        self.add_pod_as(n, ("default", "itest"), conf)
+    }
+
+    /// [`Node::add_pod_with`] for the Kubernetes pod `namespace`/`name`.
+    pub fn add_pod_as(&self, n: u32, (namespace, name): (&str, &str), conf: &str) -> Pod {
         let ns = Netns::new(&format!("{}-p{n}", self.tag));
         let container = format!("{}-c{n}", self.tag);
-        let out = self.cni("ADD", &container, &ns.path(), "eth0", conf);
+        let out = self.cni_as(
+            "ADD",
+            (&container, namespace, name),
+            &ns.path(),
+            "eth0",
+            conf,
+        );
         out.assert_ok();
         let result = out.json();
         let addr = result["ips"][0]["address"]
@@ -715,6 +743,22 @@ impl Node {
             .args(&full)
             .output()
             .expect("run ferryctl")
+    }
+
+    /// Run ferryctl, which must succeed (the ferryd log in the failure);
+    /// its output.
+    pub fn ferryctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ferryctl(args);
+        assert!(
+            out.status.success(),
+            "ferryctl {args:?}: {}\nferryd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.ferryd
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The dataplane's Stats as JSON (through ferryctl --json).

@@ -41,14 +41,7 @@ endpoints:
 }
 
 fn ctl_ok(node: &Node, args: &[&str]) -> String {
-    let out = node.ferryctl(args);
-    assert!(
-        out.status.success(),
-        "ferryctl {args:?}: {}\nferryd log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        node.ferryd.as_ref().unwrap().log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    node.ferryctl_ok(args)
 }
 
 /// The dataplane's service ports.

@@ -27,8 +27,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use ferry_api::table::{
-    Backend, Endpoint, HostPort, L4Proto, NextHop, NodeSettings, Overlay, Route, ServicePort,
-    Uplink,
+    Backend, Endpoint, EndpointPolicy, HostPort, L4Proto, NextHop, NodeSettings, Overlay, Route, ServicePort,
+    Uplink, PolicyPeer, PolicyRule, PortRange,
 };
 use ferry_api::MacAddr;
 use ferry_dataplane::core::conntrack::Conntrack;
@@ -37,7 +37,7 @@ use ferry_dataplane::core::pipeline::{
     process_batch, process_frame, CsumState, DropReason, Frame, Verdict, FRAME_HEADROOM,
 };
 use ferry_dataplane::core::service::ServiceTable;
-use ferry_dataplane::core::tables::{Links, PortId, Services, Tables};
+use ferry_dataplane::core::tables::{Links, Policies, PortId, Services, Tables};
 use ferry_dataplane::core::wire::vxlan::{Outer, OUTER_LEN};
 use ferry_dataplane::core::wire::{checksum, ipv6};
 use libfuzzer_sys::fuzz_target;
@@ -170,12 +170,46 @@ fn tables() -> &'static Tables {
             port("10.96.0.99", 80, L4Proto::Tcp, &[]),
             port("fd00:96::10", 80, L4Proto::Tcp, &[("fd00:88::2", 8080)]),
         ];
-        Tables::build_with(1, &node, &endpoints, &routes, port_of, &links).with_services(Some(
-            Services {
+        // Network policy: pod 3 (10.88.0.4, port 3) takes TCP 8080 from
+        // pod 1 and 10.89.0.0/24 less one address, sends only to the IPv6
+        // pods; pod 1 takes nothing in. One connection table for both.
+        let conntrack = Arc::new(Conntrack::new(256));
+        let rule = |peers: Vec<PolicyPeer>, ports: Vec<PortRange>| PolicyRule {
+            peers: Some(peers),
+            ports,
+        };
+        let peer = |cidr: &str, except: &[&str]| PolicyPeer {
+            cidr: cidr.parse().expect("cidr"),
+            except: except.iter().map(|e| e.parse().expect("cidr")).collect(),
+        };
+        let pod3 = EndpointPolicy {
+            endpoint: "pod3/eth0".into(),
+            ingress: Some(vec![rule(
+                vec![peer("10.88.0.2/32", &[]), peer("10.89.0.0/24", &["10.89.0.9/32"])],
+                vec![PortRange {
+                    protocol: 6,
+                    first: 8080,
+                    last: 8080,
+                }],
+            )]),
+            egress: Some(vec![rule(vec![peer("fd00::/16", &[])], vec![])]),
+        };
+        let pod1 = EndpointPolicy {
+            endpoint: "pod1/eth0".into(),
+            ingress: Some(vec![]),
+            egress: None,
+        };
+        let policy = Policies::new(
+            [(3, Arc::new(pod3)), (1, Arc::new(pod1))],
+            vec![Ipv4Addr::new(10, 88, 0, 1).into(), UPLINK_ADDRESS.into()],
+            Arc::clone(&conntrack),
+        );
+        Tables::build_with(1, &node, &endpoints, &routes, port_of, &links)
+            .with_services(Some(Services {
                 table: Arc::new(ServiceTable::build(&services)),
-                conntrack: Arc::new(Conntrack::new(256)),
-            },
-        ))
+                conntrack,
+            }))
+            .with_policy(Some(policy))
     })
 }
 
@@ -469,6 +503,13 @@ fuzz_target!(|data: &[u8]| {
                     frame.headroom + frame.len <= frame.buf.len(),
                     "frame grew past its buffer"
                 );
+            }
+            Verdict::Denied { port, reason } => {
+                assert!(t.port_role(*port).is_some(), "denied on unknown port {port}");
+                assert!(matches!(
+                    reason,
+                    DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress
+                ));
             }
             Verdict::Drop(r) => assert!(
                 !matches!(

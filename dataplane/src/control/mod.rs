@@ -23,6 +23,7 @@
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,7 +38,7 @@ use ipnet::IpNet;
 
 use crate::core::conntrack::Conntrack;
 use crate::core::service::ServiceTable;
-use crate::core::tables::{Links, PortId, Services, TableHandle, Tables};
+use crate::core::tables::{Links, Policies, PortId, Services, TableHandle, Tables};
 use crate::engine::counters::{
     new_port_counters, new_worker_counters, PortCounters, WorkerCounters,
 };
@@ -461,15 +462,42 @@ impl<B: PortBackend> Dataplane<B> {
         if state.services.is_empty() {
             return None;
         }
+        Some(Services {
+            table: Arc::clone(&self.built_services.1),
+            conntrack: self.conntrack(),
+        })
+    }
+
+    /// The one connection table, made when services or policies first
+    /// need it.
+    fn conntrack(&mut self) -> Arc<Conntrack> {
         let max = self.conntrack_max;
         let ct = self.conntrack.get_or_insert_with(|| {
             log::info!("connection tracking: {max} entries");
             Arc::new(Conntrack::new(max))
         });
-        Some(Services {
-            table: Arc::clone(&self.built_services.1),
-            conntrack: Arc::clone(ct),
-        })
+        Arc::clone(ct)
+    }
+
+    /// The policy part of the tables for `state`: each policy whose
+    /// endpoint has a port, by that port.
+    fn policies_for(&mut self, state: &State, node: &NodeSettings) -> Option<Policies> {
+        let by_port: Vec<(PortId, Arc<EndpointPolicy>)> = state
+            .policies
+            .values()
+            .filter(|p| p.ingress.is_some() || p.egress.is_some())
+            .filter_map(|p| {
+                let ep = state.endpoints.get(&p.endpoint)?;
+                let port = self.ports.get(&ep.host_ifname)?.id;
+                Some((port, Arc::new(p.clone())))
+            })
+            .collect();
+        if by_port.is_empty() {
+            return None;
+        }
+        let mut node_addrs = node.gateways.clone();
+        node_addrs.extend(node.uplink.as_ref().map(|u| IpAddr::V4(u.address)));
+        Some(Policies::new(by_port, node_addrs, self.conntrack()))
     }
 
     fn respond(&mut self, next: State, strict: bool) -> Response {
@@ -680,6 +708,7 @@ impl<B: PortBackend> Dataplane<B> {
         let routes: Vec<Route> = state.routes.values().cloned().collect();
         let node = state.node.clone().unwrap_or_else(empty_node);
         let services = self.services_for(state);
+        let policy = self.policies_for(state, &node);
         let ports = &self.ports;
         let tables = Tables::build_with(
             self.generation,
@@ -689,7 +718,8 @@ impl<B: PortBackend> Dataplane<B> {
             |name| ports.get(name).map(|p| p.id),
             &self.links,
         )
-        .with_services(services);
+        .with_services(services)
+        .with_policy(policy);
         self.tables.publish(tables);
     }
 

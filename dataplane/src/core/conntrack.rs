@@ -53,6 +53,9 @@ pub const PROTO_AFFINITY: u8 = 255;
 /// mapped), ports, protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    /// An allowed flow of network policy (identity entries, never
+    /// translated), not a service flow: the two never share an entry.
+    pub policy: bool,
     pub proto: u8,
     pub src: u128,
     pub dst: u128,
@@ -185,6 +188,7 @@ impl Conntrack {
         flags: u8,
     ) -> bool {
         let reply = FlowKey {
+            policy: forward.policy,
             proto: forward.proto,
             src: to.dst.ip,
             sport: to.dst.port,
@@ -220,6 +224,23 @@ impl Conntrack {
             return false;
         }
         true
+    }
+
+    /// Track a flow network policy allowed (`forward.policy` set): both
+    /// directions, untranslated, so its replies pass. `false` when a shard
+    /// is full.
+    pub fn allow_flow(&self, forward: FlowKey, now: u64, flags: u8) -> bool {
+        let same = Translation {
+            src: Endpoint {
+                ip: forward.src,
+                port: forward.sport,
+            },
+            dst: Endpoint {
+                ip: forward.dst,
+                port: forward.dport,
+            },
+        };
+        self.insert_flow(forward, same, (0, None), now, flags)
     }
 
     /// Remember that `client` of service port `service` went to `backend`
@@ -332,6 +353,7 @@ mod tests {
 
     fn key(sport: u16) -> FlowKey {
         FlowKey {
+            policy: false,
             proto: PROTO_TCP,
             src: 0x0a58_0002,
             dst: 0x0a60_0001,

@@ -15,7 +15,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use crate::core::conntrack::Conntrack;
 use crate::core::service::ServiceTable;
-use ferry_api::table::{Endpoint, NextHop, NodeSettings, Overlay, Route};
+use ferry_api::table::{Endpoint, EndpointPolicy, NextHop, NodeSettings, Overlay, Route};
 use ferry_api::MacAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashMap;
@@ -184,6 +184,53 @@ pub struct Tables {
     /// The service ports and the connection tracking their flows share;
     /// `None` while there are no services (no lookup at all then).
     services: Option<Services>,
+    /// The endpoints' network policies; `None` while no endpoint has one
+    /// (no policy stage at all then).
+    policy: Option<Policies>,
+}
+
+/// What policy enforcement needs: each policed port's policy, the
+/// addresses of the node itself (always allowed in), and the connection
+/// table (the services' one) where allowed flows are tracked.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// By port id.
+    by_port: Vec<Option<Arc<EndpointPolicy>>>,
+    pub node_addrs: Vec<IpAddr>,
+    pub conntrack: Arc<Conntrack>,
+}
+
+impl Policies {
+    /// `policies` by the port their endpoint holds.
+    pub fn new(
+        policies: impl IntoIterator<Item = (PortId, Arc<EndpointPolicy>)>,
+        node_addrs: Vec<IpAddr>,
+        conntrack: Arc<Conntrack>,
+    ) -> Policies {
+        let mut by_port: Vec<Option<Arc<EndpointPolicy>>> = Vec::new();
+        for (port, p) in policies {
+            let i = port as usize;
+            if by_port.len() <= i {
+                by_port.resize(i + 1, None);
+            }
+            by_port[i] = Some(p);
+        }
+        Policies {
+            by_port,
+            node_addrs,
+            conntrack,
+        }
+    }
+
+    /// The policy of the endpoint on `port`, if it has one.
+    #[inline]
+    pub fn of(&self, port: PortId) -> Option<&EndpointPolicy> {
+        self.by_port.get(port as usize)?.as_deref()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_port.iter().all(Option::is_none)
+    }
 }
 
 /// What service translation needs: the service ports (rebuilt only when
@@ -366,6 +413,29 @@ impl Tables {
             routes: resolved,
             routes6: resolved6,
             services: None,
+            policy: None,
+        }
+    }
+
+    /// These tables with `policy` (ignored when no port has one).
+    pub fn with_policy(mut self, policy: Option<Policies>) -> Tables {
+        self.policy = policy.filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The endpoints' policies, if any endpoint has one.
+    #[inline]
+    pub fn policy(&self) -> Option<&Policies> {
+        self.policy.as_ref()
+    }
+
+    /// The connection table, if services or policies need one.
+    #[inline]
+    pub fn conntrack(&self) -> Option<&Conntrack> {
+        match (&self.services, &self.policy) {
+            (Some(s), _) => Some(&s.conntrack),
+            (None, Some(p)) => Some(&p.conntrack),
+            (None, None) => None,
         }
     }
 

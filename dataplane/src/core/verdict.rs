@@ -20,6 +20,10 @@ pub enum Verdict {
     /// sender, to transmit on `port` (its ingress port) like a
     /// [`Verdict::Reply`].
     IcmpError { port: PortId, reason: DropReason },
+    /// Dropped by network policy, counted under `reason` on `port`: the
+    /// policed pod's port (for an ingress denial the destination's, not
+    /// the ingress port), so denials show per pod.
+    Denied { port: PortId, reason: DropReason },
 }
 
 /// Why a frame was dropped. Numbers are stable and never reused: they are
@@ -169,6 +173,12 @@ pub enum DropReason {
     /// A new service flow found the connection table full (of live
     /// flows): not translated, dropped.
     CtFull = 46,
+    /// A packet to a pod whose network policy isolates its ingress and
+    /// allows nothing matching it (counted on that pod's port).
+    PolicyDeniedIngress = 47,
+    /// A packet from a pod whose network policy isolates its egress and
+    /// allows nothing matching it.
+    PolicyDeniedEgress = 48,
 }
 
 impl DropReason {
@@ -219,6 +229,8 @@ impl DropReason {
         DropReason::PacketTooBig,
         DropReason::ServiceNoEndpoints,
         DropReason::CtFull,
+        DropReason::PolicyDeniedIngress,
+        DropReason::PolicyDeniedEgress,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -270,6 +282,8 @@ impl DropReason {
             DropReason::PacketTooBig => "packet_too_big",
             DropReason::ServiceNoEndpoints => "service_no_endpoints",
             DropReason::CtFull => "ct_full",
+            DropReason::PolicyDeniedIngress => "policy_denied_ingress",
+            DropReason::PolicyDeniedEgress => "policy_denied_egress",
         }
     }
 

@@ -588,6 +588,18 @@ impl<Q: PortQueue> Worker<Q> {
                     Some(Slot::Unknown) | None => Err(DropReason::PortGone),
                 },
                 Verdict::Drop(reason) => Err(reason),
+                Verdict::Denied { port, reason } => {
+                    // Counted on the policed pod's queue, when this worker
+                    // has one there, so denials show per pod.
+                    let on = match self.slots.get(port as usize) {
+                        Some(Slot::Active(j)) => *j,
+                        _ => qi,
+                    };
+                    self.queues[on].counters.add_drop(reason);
+                    self.counters.add_drop(reason);
+                    self.queues[qi].free.push(frame);
+                    continue;
+                }
             };
             let drop_reason = match egress {
                 // Replies and ICMP errors made in place, and frames

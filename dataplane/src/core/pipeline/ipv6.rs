@@ -12,8 +12,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    classify_segment, destination, nat, offload, set_macs, to_peer, wire, Destination, DropReason,
-    Offload, Origin, ReplyTo, Verdict, REPLY_TTL,
+    classify_segment, destination, nat, offload, policy, set_macs, to_peer, wire, Destination,
+    DropReason, Offload, Origin, Police, ReplyTo, Verdict, REPLY_TTL,
 };
 use crate::core::offload::CsumState;
 use crate::core::tables::{PortId, PortRole, RouteTarget, Tables};
@@ -88,12 +88,17 @@ pub(super) fn ipv6(
                 _ => return drop(DropReason::UnknownPeer),
             },
         };
+        let before = tables
+            .policy()
+            .map(|_| policy::Packet::of(&Flow6 { ip: &mut ip, upper }));
+        let mut reply = false;
         if let Some(svc) = tables.services() {
             let mut flow = Flow6 { ip: &mut ip, upper };
             let hairpin = u128::from(gateway);
             match nat::translate(svc, now, &mut flow, csum, (hairpin, None)) {
+                Ok(nat::Outcome::Pass) => {}
                 // NodePorts are IPv4: no IPv6 flow leaves by the uplink.
-                Ok(nat::Outcome::Pass | nat::Outcome::ToUplink(_)) => {}
+                Ok(nat::Outcome::Reply | nat::Outcome::ToUplink(_)) => reply = true,
                 Ok(nat::Outcome::Reject) => {
                     let offending = Offending::of(&ip, upper);
                     return no_tunnel(reject6(offending, upper, buf, len, reply_to));
@@ -101,6 +106,10 @@ pub(super) fn ipv6(
                 Err(reason) => return drop(reason),
             }
         }
+        let police = {
+            let flow = Flow6 { ip: &mut ip, upper };
+            Police::new(tables, now, before, reply, &flow, origin, ingress)
+        };
         // The service stage may have translated the destination.
         let dst = ip.dst();
         let from_pod = origin == Origin::Pod;
@@ -130,6 +139,9 @@ pub(super) fn ipv6(
             Ok(d) => d,
             Err(reason) => return drop(reason),
         };
+        if let Err(verdict) = police.check(destination.pod_port()) {
+            return (verdict, len, None);
+        }
         // The routed (non-Host) destinations are checked against the hop
         // limit the pipeline decrements; Host-bound packets are routed on
         // by the node kernel, which does its own.
@@ -507,9 +519,9 @@ struct Flow6<'v, 'a> {
 
 impl nat::Flow for Flow6<'_, '_> {
     const V6: bool = true;
-    fn parts(&self) -> Option<(u8, u128, u128)> {
+    fn header(&self) -> (u8, u128, u128, bool) {
         let (src, dst) = (u128::from(self.ip.src()), u128::from(self.ip.dst()));
-        (!self.upper.fragment).then_some((self.upper.protocol, src, dst))
+        (self.upper.protocol, src, dst, !self.upper.fragment)
     }
     fn l4(&self) -> &[u8] {
         self.ip.packet().get(self.upper.offset..).unwrap_or(&[])

@@ -21,6 +21,9 @@ mod nat;
 mod nat_tests;
 #[cfg(test)]
 mod overlay_tests;
+mod policy;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -142,8 +145,8 @@ pub fn process_batch(
     frames: &mut [Frame<'_>],
     verdicts: &mut [Verdict],
 ) {
-    if let Some(s) = tables.services() {
-        s.conntrack.sweep_step(now_ns);
+    if let Some(ct) = tables.conntrack() {
+        ct.sweep_step(now_ns);
     }
     for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
         *verdict = process_frame_at(tables, now_ns, frame);
@@ -286,6 +289,54 @@ enum Destination {
     Node(PeerHop),
 }
 
+impl Destination {
+    /// The local pod's port, for a pod here.
+    fn pod_port(&self) -> Option<PortId> {
+        match self {
+            Destination::Pod(ep) => Some(ep.port),
+            Destination::Host | Destination::Node(_) => None,
+        }
+    }
+}
+
+/// The policy stage of one packet: what it judges (`Packet` as the pods'
+/// addresses show it: after service translation for a request, before it
+/// for a reply) and the pod that sent it, if one here did.
+struct Police<'t> {
+    tables: &'t Tables,
+    now: u64,
+    packet: Option<policy::Packet>,
+    from: Option<PortId>,
+}
+
+impl<'t> Police<'t> {
+    fn new<F: nat::Flow>(
+        tables: &'t Tables,
+        now: u64,
+        before: Option<policy::Packet>,
+        reply: bool,
+        ip: &F,
+        origin: Origin,
+        ingress: PortId,
+    ) -> Police<'t> {
+        let packet = before.map(|b| if reply { b } else { policy::Packet::of(ip) });
+        Police {
+            tables,
+            now,
+            packet,
+            from: (origin == Origin::Pod).then_some(ingress),
+        }
+    }
+
+    /// Judge the packet on its way to the local pod on `to` (if any).
+    fn check(&self, to: Option<PortId>) -> Result<(), Verdict> {
+        match (self.tables.policy(), &self.packet) {
+            (Some(pol), Some(p)) => policy::admit(pol, self.now, p, self.from, to),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Where an IPv4 packet came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -407,11 +458,14 @@ fn ipv4(
         };
         let outside = (origin == Origin::Outside).then_some(sender_mac);
         let mut to_uplink = None;
+        let before = tables.policy().map(|_| policy::Packet::of(&ip));
+        let mut reply = false;
         if let Some(svc) = tables.services() {
             let hairpin = service_key(gateway.into());
             match nat::translate(svc, now, &mut ip, csum, (hairpin, outside)) {
                 Ok(nat::Outcome::Pass) => {}
-                Ok(nat::Outcome::ToUplink(mac)) => to_uplink = Some(mac),
+                Ok(nat::Outcome::Reply) => reply = true,
+                Ok(nat::Outcome::ToUplink(mac)) => (to_uplink, reply) = (Some(mac), true),
                 // From outside there is no reply to make here (it would
                 // leave by the uplink from its MAC): dropped.
                 Ok(nat::Outcome::Reject) if outside.is_some() => {
@@ -424,6 +478,7 @@ fn ipv4(
                 Err(reason) => return drop(reason),
             }
         }
+        let police = Police::new(tables, now, before, reply, &ip, origin, ingress);
         if origin == Origin::Outside && to_uplink.is_none() && ip.dst() == ip_dst_node(tables) {
             // Not a service's node port (translation left it as it was).
             return drop(DropReason::NotLocal);
@@ -434,6 +489,9 @@ fn ipv4(
             let Some(up) = tables.uplink() else {
                 return drop(DropReason::NoUplink);
             };
+            if let Err(verdict) = police.check(None) {
+                return (verdict, len, None);
+            }
             if wire_len(&ip, offload) > up.mtu as usize {
                 return drop(DropReason::FragNeeded);
             }
@@ -480,6 +538,9 @@ fn ipv4(
             Ok(d) => d,
             Err(reason) => return drop(reason),
         };
+        if let Err(verdict) = police.check(destination.pod_port()) {
+            return (verdict, len, None);
+        }
 
         match destination {
             Destination::Pod(ep) => {

@@ -28,6 +28,8 @@ use wire::{Ipv4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 pub(super) enum Outcome {
     /// Not a service flow, or translated in place: route it on.
     Pass,
+    /// A reply of a service flow, translated back in place: route it on.
+    Reply,
     /// To a service port without backends: refuse it.
     Reject,
     /// A reply of a NodePort flow, translated: it leaves by the uplink to
@@ -43,9 +45,15 @@ fn v4(key: u128) -> Option<Ipv4Addr> {
 pub(super) trait Flow {
     /// IPv6 (its addresses are 16 bytes in the pseudo-header).
     const V6: bool;
-    /// Protocol and addresses (as conntrack keys them), if the packet can
-    /// be translated: unfragmented TCP or UDP.
-    fn parts(&self) -> Option<(u8, u128, u128)>;
+    /// Protocol and addresses (as conntrack keys them), and whether the
+    /// packet is unfragmented (its L4 header is there to read).
+    fn header(&self) -> (u8, u128, u128, bool);
+    /// Protocol and addresses, if the packet can be translated:
+    /// unfragmented (TCP or UDP is the caller's check).
+    fn parts(&self) -> Option<(u8, u128, u128)> {
+        let (proto, src, dst, whole) = self.header();
+        whole.then_some((proto, src, dst))
+    }
     /// The TCP/UDP header and payload.
     fn l4(&self) -> &[u8];
     fn l4_mut(&mut self) -> &mut [u8];
@@ -57,11 +65,10 @@ pub(super) trait Flow {
 
 impl Flow for Ipv4<'_> {
     const V6: bool = false;
-    fn parts(&self) -> Option<(u8, u128, u128)> {
+    fn header(&self) -> (u8, u128, u128, bool) {
         let src = addr_key(self.src().into());
         let dst = addr_key(self.dst().into());
-        self.is_unfragmented()
-            .then_some((self.protocol(), src, dst))
+        (self.protocol(), src, dst, self.is_unfragmented())
     }
     fn l4(&self) -> &[u8] {
         self.payload()
@@ -114,6 +121,7 @@ pub(super) fn translate<F: Flow>(
         0
     };
     let key = FlowKey {
+        policy: false,
         proto,
         src,
         dst,
@@ -131,7 +139,11 @@ pub(super) fn translate<F: Flow>(
                 .is_none_or(|s| !s.has_backend(&e.translation.dst));
         if !gone {
             rewrite(ip, csum, e.translation)?;
-            return Ok(e.via.map_or(Outcome::Pass, Outcome::ToUplink));
+            return Ok(match (e.via, e.reply) {
+                (Some(mac), _) => Outcome::ToUplink(mac),
+                (None, true) => Outcome::Reply,
+                (None, false) => Outcome::Pass,
+            });
         }
         ct.remove_flow(&key);
     }

@@ -67,7 +67,14 @@ fn both_backends() -> Vec<(Ipv4Addr, u16)> {
     vec![(pod(1), 8080), (pod(2), 8080)]
 }
 
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+pub(super) fn tcp(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let src_mac = if PODS.iter().any(|(_, ip)| *ip == src) {
         mac_of(src)
     } else {
@@ -82,7 +89,7 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool, payload:
     v
 }
 
-fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(mac_of(src), ROUTER)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(sport, dport);

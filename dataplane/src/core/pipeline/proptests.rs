@@ -140,7 +140,7 @@ proptest! {
         let sent = match v {
             Verdict::Tx(p) | Verdict::IcmpError { port: p, .. } => Some(p),
             Verdict::Reply => Some(port),
-            Verdict::Drop(_) => None,
+            Verdict::Drop(_) | Verdict::Denied { .. } => None,
         };
         if let Some(p) = sent {
             prop_assert!(t.port_role(p).is_some());
@@ -204,6 +204,7 @@ proptest! {
                 (Verdict::IcmpError { port, .. }, Some(_)) => prop_assert_eq!(port, ingress),
                 (Verdict::Reply, Some(_)) => prop_assert!(matches!(kind, Kind::Echo) || ttl <= 1),
                 (Verdict::Drop(_), Some(_)) => {}
+                (Verdict::Denied { .. }, Some(_)) => prop_assert!(false, "no policies here"),
             }
             if let (Some(PortRole::Pod { ip, .. }), Verdict::Tx(_)) = (t.port_role(ingress), v) {
                 prop_assert_eq!(ip, Some(src), "only the pod's own address gets through");
@@ -357,6 +358,7 @@ proptest! {
                 prop_assert_eq!(reason, DropReason::TooBigNoDf);
             }
             Verdict::Reply => prop_assert!(false, "nothing here is answered in place"),
+            Verdict::Denied { .. } => prop_assert!(false, "no policies here"),
         }
     }
 }
