@@ -430,6 +430,8 @@ mod tests {
             mtu: 1500,
             attachment: Attachment::Veth,
             state: State::Ready,
+            pod_namespace: None,
+            pod_name: None,
             result: ferry_api::pod::PodResult {
                 interfaces: vec![],
                 ips: vec![],

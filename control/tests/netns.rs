@@ -1156,6 +1156,8 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     mtu: 1400,
                     attachment: Default::default(),
                     state: State::Pending,
+                    pod_namespace: None,
+                    pod_name: None,
                     result: PodResult {
                         interfaces: vec![],
                         ips: vec![],

@@ -131,6 +131,9 @@ impl Agent {
         }
 
         let attachment = req.attachment;
+        // Who the pod is, for NetworkPolicy; an empty value is no value.
+        let pod_arg = |k: &str| req.args.get(k).filter(|v| !v.is_empty()).cloned();
+        let (pod_namespace, pod_name) = (pod_arg("K8S_POD_NAMESPACE"), pod_arg("K8S_POD_NAME"));
         let host = match attachment {
             Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
             Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
@@ -166,6 +169,8 @@ impl Agent {
                         mtu,
                         attachment,
                         state: State::Pending,
+                        pod_namespace: pod_namespace.clone(),
+                        pod_name: pod_name.clone(),
                         result: PodResult {
                             interfaces: vec![Interface {
                                 name: id.ifname.clone(),
