@@ -16,6 +16,7 @@
 pub mod compile;
 pub mod etcd;
 pub mod objects;
+pub mod policy;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -290,6 +291,9 @@ impl Services {
             services: i.compiled.ports.clone(),
             skipped: i.compiled.skipped.clone(),
             dataplane,
+            policies: Vec::new(),
+            policy_skipped: Vec::new(),
+            policy_dataplane: String::new(),
         }))
     }
 }
