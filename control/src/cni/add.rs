@@ -228,6 +228,12 @@ impl Agent {
         let wait = abandon
             .remaining()
             .map_or(ADD_ACK_TIMEOUT, |r| r.min(ADD_ACK_TIMEOUT));
+        // The pod's policy (and what it changes in others') goes first: a
+        // policy may precede its endpoint, so the pod is policed from its
+        // first packet.
+        self.services
+            .endpoint_up(local_endpoint_of(&record), &self.dp)
+            .await;
         if let Err(e) = self.dp.upsert(endpoint_of(&record), wait).await {
             self.undo(&record, true).await;
             return Err(dp_err(e));
@@ -263,6 +269,11 @@ impl Agent {
                 log::debug!("undo {}: dataplane remove: {e}", rec.id);
             }
         }
+        // Never live: its policy goes (after the endpoint: no moment with
+        // the endpoint and without its policy).
+        self.services
+            .endpoint_down(&rec.id.endpoint_id(), &self.dp)
+            .await;
         if let Err(e) = unplumb_record(&self.netlink, rec).await {
             log::warn!("undo {}: delete {}: {e}", rec.id, rec.host_ifname);
             return;
