@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::ServicePort;
+use crate::table::{EndpointPolicy, ServicePort};
 
 /// What goes on the wire: `{"objects": {"op": ...}}`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,8 @@ pub enum ObjectsRequest {
     },
     /// Delete every object the file names (kind, namespace, name).
     Delete { file: String, text: String },
-    /// What is stored and the service ports compiled from it.
+    /// What is stored, and the service ports and endpoint policies
+    /// compiled from it.
     Get,
 }
 
@@ -79,4 +80,36 @@ pub struct ObjectListing {
     /// Whether the dataplane holds `services`: `synced`, `not connected`,
     /// or what it answered.
     pub dataplane: String,
+    /// Every local endpoint with what NetworkPolicy makes of it, by
+    /// endpoint id (absent from a ferryd that predates policy).
+    #[serde(default)]
+    pub policies: Vec<EndpointPolicyView>,
+    /// Policy rules left out or resolved in part, and why (a named port
+    /// no container has, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_skipped: Vec<String>,
+    /// Whether the dataplane holds the endpoint policies, as `dataplane`.
+    #[serde(default)]
+    pub policy_dataplane: String,
+}
+
+/// One local endpoint as NetworkPolicy sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPolicyView {
+    /// The endpoint id (`<container id>/<ifname>`).
+    pub endpoint: String,
+    /// The pod's namespace and name from the CNI arguments
+    /// (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`); without a namespace no
+    /// selector matches the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The NetworkPolicies selecting it (`<namespace>/<name>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selected_by: Vec<String>,
+    /// What the dataplane is given; `None`: selected by no policy, both
+    /// directions allow everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<EndpointPolicy>,
 }

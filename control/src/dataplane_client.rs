@@ -16,6 +16,9 @@
 //! hook's `services`); a dataplane that refuses it keeps the connection
 //! (its pods still need their endpoints), and the refusal is shown by
 //! `ferryctl get services` ([`DataplaneClient::services_problem`]).
+//! A `SyncPolicies` follows with every endpoint policy (the hook's
+//! `policies`), refusals kept the same way
+//! ([`DataplaneClient::policies_problem`], `ferryctl get policies`).
 //!
 //! Besides what the hook computes from the store, every `Sync` carries the
 //! endpoints upserted on an earlier connection whose ADD had not yet marked
@@ -34,8 +37,8 @@ use std::sync::Mutex;
 
 use ferry_api::pod::StaleAttachment;
 use ferry_api::table::{
-    Attachment, Endpoint, MissingPort, MtuLimits, NodeSettings, Request, Response, Route,
-    ServicePort, API_VERSION,
+    Attachment, Endpoint, EndpointPolicy, MissingPort, MtuLimits, NodeSettings, Request, Response,
+    Route, ServicePort, API_VERSION,
 };
 use ferry_api::wire::MAX_MESSAGE;
 use ipnet::IpNet;
@@ -80,6 +83,8 @@ pub struct Desired {
     pub stale: Vec<StaleAttachment>,
     /// Every service port (`SyncServices` after the `Sync`).
     pub services: Vec<ServicePort>,
+    /// Every endpoint policy (`SyncPolicies` after `SyncServices`).
+    pub policies: Vec<EndpointPolicy>,
 }
 
 /// What the dataplane said in its `Hello`, and who it is.
@@ -99,9 +104,9 @@ pub type SyncHook =
 enum Cmd {
     Upsert(Endpoint, oneshot::Sender<Result<u64, DpError>>),
     Remove(String, oneshot::Sender<Result<u64, DpError>>),
-    /// A route's or a service's change (`what` names it in errors); the
-    /// set itself is the hook's (the next sync carries it), so nothing is
-    /// remembered here.
+    /// A route's, a service's or a policy's change (`what` names it in
+    /// errors); the set itself is the hook's (the next sync carries it),
+    /// so nothing is remembered here.
     Table(&'static str, Request, oneshot::Sender<Result<u64, DpError>>),
 }
 
@@ -123,6 +128,8 @@ struct Shared {
     /// What the dataplane answered to the last `SyncServices` or service
     /// update, if it refused it.
     services_problem: Mutex<Option<String>>,
+    /// The same for `SyncPolicies` and policy updates.
+    policies_problem: Mutex<Option<String>>,
     /// What the dataplane's ports carry, as its last `Hello` said (`None`
     /// before the first, or from a dataplane that does not say).
     mtu_limits: Mutex<Option<MtuLimits>>,
@@ -202,6 +209,12 @@ impl DataplaneClient {
         lock(&self.shared.services_problem).clone()
     }
 
+    /// What the dataplane answered when it refused the endpoint policies
+    /// (the last `SyncPolicies` or update), if it did.
+    pub fn policies_problem(&self) -> Option<String> {
+        lock(&self.shared.policies_problem).clone()
+    }
+
     /// Upsert an endpoint and wait (at most `wait`) until the dataplane
     /// applied it; returns the generation from which it is visible.
     pub async fn upsert(&self, ep: Endpoint, wait: Duration) -> Result<u64, DpError> {
@@ -253,6 +266,31 @@ impl DataplaneClient {
         let id = id.to_string();
         self.command(
             |tx| Cmd::Table("RemoveService", Request::RemoveService { id }, tx),
+            wait,
+        )
+        .await
+    }
+
+    /// Add or replace an endpoint's policy (it may precede its endpoint).
+    /// Not connected: the next `SyncPolicies` carries the hook's set.
+    pub async fn upsert_policy(
+        &self,
+        policy: EndpointPolicy,
+        wait: Duration,
+    ) -> Result<u64, DpError> {
+        self.command(
+            |tx| Cmd::Table("UpsertPolicy", Request::UpsertPolicy { policy }, tx),
+            wait,
+        )
+        .await
+    }
+
+    /// Take an endpoint's policy away: it allows everything again (an
+    /// unknown id is not an error).
+    pub async fn remove_policy(&self, endpoint: &str, wait: Duration) -> Result<u64, DpError> {
+        let endpoint = endpoint.to_string();
+        self.command(
+            |tx| Cmd::Table("RemovePolicy", Request::RemovePolicy { endpoint }, tx),
             wait,
         )
         .await
@@ -315,6 +353,36 @@ impl Conn {
             )));
         }
         serde_json::from_slice(&buf).map_err(|e| DpError::Lost(format!("malformed reply: {e}")))
+    }
+}
+
+/// One of the sets sent after the `Sync` (service ports, endpoint
+/// policies; `count` says how many, for the log). A refusal is remembered
+/// in `problem` and logged, not fatal: the endpoints are in, pods talk to
+/// each other.
+async fn sync_set(
+    conn: &mut Conn,
+    shared: &Shared,
+    what: &str,
+    req: Request,
+    count: String,
+    problem: &Mutex<Option<String>>,
+) -> Result<(), DpError> {
+    match conn.call(&req).await? {
+        Response::Applied { generation, .. } => {
+            shared.generation.store(generation, Ordering::Relaxed);
+            *lock(problem) = None;
+            log::info!("synced {count}, generation {generation}");
+            Ok(())
+        }
+        Response::Error { message } => {
+            log::error!("ferry-dataplane refused {count}: {message}");
+            *lock(problem) = Some(format!("{what} refused: {message}"));
+            Ok(())
+        }
+        other => Err(DpError::Lost(format!(
+            "unexpected reply to {what}: {other:?}"
+        ))),
     }
 }
 
@@ -444,6 +512,7 @@ impl Task {
         let uplink = desired.node.uplink.as_ref().map(|u| u.ifname.clone());
         let n = endpoints.len();
         let services = desired.services;
+        let policies = desired.policies;
         let req = Request::Sync {
             node: desired.node,
             endpoints: endpoints.values().cloned().collect(),
@@ -500,39 +569,34 @@ impl Task {
                     "ferry-dataplane connected: {workers} worker(s), synced {} endpoint(s) ({m} stale), generation {generation}",
                     n - m.min(n)
                 );
-                self.sync_services(conn, services).await?;
+                let shared = &self.shared;
+                let count = format!("{} service port(s)", services.len());
+                let req = Request::SyncServices { services };
+                sync_set(
+                    conn,
+                    shared,
+                    "SyncServices",
+                    req,
+                    count,
+                    &shared.services_problem,
+                )
+                .await?;
+                let count = format!("{} endpoint policy(ies)", policies.len());
+                let req = Request::SyncPolicies { policies };
+                sync_set(
+                    conn,
+                    shared,
+                    "SyncPolicies",
+                    req,
+                    count,
+                    &shared.policies_problem,
+                )
+                .await?;
                 Ok(workers)
             }
             Response::Error { message } => Err(DpError::Refused(format!("Sync: {message}"))),
             other => Err(DpError::Lost(format!(
                 "unexpected reply to Sync: {other:?}"
-            ))),
-        }
-    }
-
-    /// Every service port after the `Sync`. A refusal is remembered and
-    /// logged, not fatal: the endpoints are in, pods talk to each other.
-    async fn sync_services(
-        &mut self,
-        conn: &mut Conn,
-        services: Vec<ServicePort>,
-    ) -> Result<(), DpError> {
-        let n = services.len();
-        match conn.call(&Request::SyncServices { services }).await? {
-            Response::Applied { generation, .. } => {
-                self.shared.generation.store(generation, Ordering::Relaxed);
-                *lock(&self.shared.services_problem) = None;
-                log::info!("synced {n} service port(s), generation {generation}");
-                Ok(())
-            }
-            Response::Error { message } => {
-                log::error!("ferry-dataplane refused {n} service port(s): {message}");
-                *lock(&self.shared.services_problem) =
-                    Some(format!("SyncServices refused: {message}"));
-                Ok(())
-            }
-            other => Err(DpError::Lost(format!(
-                "unexpected reply to SyncServices: {other:?}"
             ))),
         }
     }
@@ -615,12 +679,17 @@ impl Task {
                     let _ = reply.send(Ok(generation));
                 }
                 Ok(Response::Error { message }) => {
-                    if matches!(
-                        req,
-                        Request::UpsertService { .. } | Request::RemoveService { .. }
-                    ) {
-                        *lock(&self.shared.services_problem) =
-                            Some(format!("{what} refused: {message}"));
+                    let problem = match req {
+                        Request::UpsertService { .. } | Request::RemoveService { .. } => {
+                            Some(&self.shared.services_problem)
+                        }
+                        Request::UpsertPolicy { .. } | Request::RemovePolicy { .. } => {
+                            Some(&self.shared.policies_problem)
+                        }
+                        _ => None,
+                    };
+                    if let Some(p) = problem {
+                        *lock(p) = Some(format!("{what} refused: {message}"));
                     }
                     let _ = reply.send(Err(DpError::Refused(message)));
                 }

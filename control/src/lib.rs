@@ -26,7 +26,8 @@
 //! - [`metrics`]: the Prometheus endpoint (render, gather, http).
 //! - [`services`]: Kubernetes objects (Services, EndpointSlices,
 //!   NetworkPolicies, Namespaces, Pods) from the datastore, and the
-//!   service ports compiled from them for the dataplane.
+//!   service ports and endpoint policies compiled from them for the
+//!   dataplane.
 //! - [`server`]: the pod-API Unix socket server (and `ferryctl`'s object
 //!   requests on the same socket).
 //! - [`config`]: the TOML configuration and its validation.

@@ -17,7 +17,9 @@
 use std::sync::Weak;
 
 use ferry_api::pod::StaleAttachment;
-use ferry_api::table::{Attachment, Endpoint, HostPort, NetnsId, NodeSettings, Route, ServicePort};
+use ferry_api::table::{
+    Attachment, Endpoint, EndpointPolicy, HostPort, NetnsId, NodeSettings, Route, ServicePort,
+};
 use ferry_api::MacAddr;
 
 use crate::config::Config;
@@ -25,6 +27,7 @@ use crate::dataplane_client::{Desired, Hello};
 
 use crate::plumbing::netns;
 use crate::plumbing::{Netlink, NetlinkError};
+use crate::services::policy::LocalEndpoint;
 use crate::store::{Record, Store};
 
 /// What the kernel says of one record.
@@ -98,6 +101,16 @@ pub fn endpoint_of(rec: &Record) -> Endpoint {
         pod_ifname,
         netns_id,
         mtu: Some(rec.mtu),
+    }
+}
+
+/// NetworkPolicy's view of a record: its endpoint id, pod and addresses.
+pub fn local_endpoint_of(rec: &Record) -> LocalEndpoint {
+    LocalEndpoint {
+        id: rec.id.endpoint_id(),
+        namespace: rec.pod_namespace.clone(),
+        name: rec.pod_name.clone(),
+        ips: rec.ips(),
     }
 }
 
@@ -186,14 +199,14 @@ pub fn peer_routes(cfg: &Config) -> Vec<Route> {
 /// What the dataplane must hold, computed at each (re)connect: the host port
 /// made for its worker count, its namespace added to the forbidden ones,
 /// the store's ready records checked against the kernel, `routes` (the
-/// peers' blocks, as the cluster member holds them now) and `services`
-/// (the service ports compiled now).
+/// peers' blocks, as the cluster member holds them now), `services` and
+/// `policies` (the service ports and endpoint policies compiled now).
 pub async fn sync_state(
     netlink: &Netlink,
     cfg: &Config,
     store: Weak<Store>,
     hello: Hello,
-    (routes, services): (Vec<Route>, Vec<ServicePort>),
+    (routes, services, policies): (Vec<Route>, Vec<ServicePort>, Vec<EndpointPolicy>),
 ) -> Desired {
     let workers = hello.workers;
     // The host port is a veth: a derived MTU stays within what the
@@ -238,6 +251,7 @@ pub async fn sync_state(
         routes,
         stale,
         services,
+        policies,
     }
 }
 
@@ -430,6 +444,8 @@ mod tests {
             mtu: 1500,
             attachment: Attachment::Veth,
             state: State::Ready,
+            pod_namespace: None,
+            pod_name: None,
             result: ferry_api::pod::PodResult {
                 interfaces: vec![],
                 ips: vec![],

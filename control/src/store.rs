@@ -158,6 +158,14 @@ pub struct Record {
     #[serde(default)]
     pub attachment: ferry_api::table::Attachment,
     pub state: State,
+    /// The Kubernetes pod, from the CNI arguments `K8S_POD_NAMESPACE` and
+    /// `K8S_POD_NAME` at ADD. Absent (no such arguments, or a record from
+    /// before these fields): unknown, and no NetworkPolicy selector
+    /// matches the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
     /// What ADD answered (and answers again when repeated).
     pub result: PodResult,
 }
@@ -623,6 +631,8 @@ pub(crate) mod tests {
             mtu: 1500,
             attachment: Default::default(),
             state: State::Ready, // overwritten to Pending by the store
+            pod_namespace: None,
+            pod_name: None,
             result: PodResult {
                 interfaces: vec![],
                 ips: vec![],

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_api::objects::{ObjectsRequest, ObjectsResponse};
 use ferry_api::pod::{self, code, IpamRequest, PodRequest, PodResponse, PodResult, RangeSpec};
 use ferry_api::table::{MissingPort, Request, Response};
 use ferry_api::MacAddr;
@@ -359,8 +360,33 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             hp.kernel_mac
         );
 
-        // ADD.
-        let add = req(pod::Command::Add, "ctr-a", Some(&pod_path), "eth0");
+        // A NetworkPolicy isolating the pods of `shop`, seen by the
+        // follower before the ADD.
+        let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n";
+        let apply = ObjectsRequest::Apply {
+            file: "deny.yaml".into(),
+            text: deny.into(),
+        };
+        assert!(matches!(
+            agent.objects(apply).await,
+            ObjectsResponse::Applied { .. }
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ObjectsResponse::Listing(l) = agent.objects(ObjectsRequest::Get).await else {
+                panic!("no listing")
+            };
+            if !l.objects.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "policy never followed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // ADD, of pod shop/a.
+        let mut add = req(pod::Command::Add, "ctr-a", Some(&pod_path), "eth0");
+        add.args.insert("K8S_POD_NAMESPACE".into(), "shop".into());
+        add.args.insert("K8S_POD_NAME".into(), "a".into());
         let result = ok_result(agent.handle(add.clone()).await);
         let ip = Ipv4Addr::new(10, 77, 0, 2);
         let mac = MacAddr::for_pod(ip);
@@ -417,6 +443,19 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             ("ctr-a/eth0", host.as_str(), ip, mac)
         );
 
+        // Its policy went first, before ADD answered.
+        let reqs = dp.requests();
+        let at = |f: &dyn Fn(&Request) -> bool| reqs.iter().position(f);
+        let policy = at(&|r| {
+            matches!(r, Request::UpsertPolicy { policy }
+                if policy.endpoint == "ctr-a/eth0" && policy.ingress == Some(vec![]))
+        });
+        let endpoint = at(&|r| matches!(r, Request::UpsertEndpoint { .. }));
+        assert!(
+            policy.is_some() && policy < endpoint,
+            "UpsertPolicy before UpsertEndpoint: {reqs:?}"
+        );
+
         // The record is ready.
         let id = AttachmentId::new("fyd-net", "ctr-a", "eth0");
         assert_eq!(agent.store().get(&id).unwrap().unwrap().state, State::Ready);
@@ -467,6 +506,12 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
                 .iter()
                 .any(|r| matches!(r, Request::RemoveEndpoint { id } if id == "ctr-a/eth0")),
             "RemoveEndpoint sent"
+        );
+        assert!(
+            dp.requests().iter().any(
+                |r| matches!(r, Request::RemovePolicy { endpoint } if endpoint == "ctr-a/eth0")
+            ),
+            "RemovePolicy sent"
         );
         assert_ok(agent.handle(del).await);
         assert_ok(
@@ -1156,6 +1201,8 @@ fn restart_rolls_back_pending_keeps_ready_and_resyncs() {
                     mtu: 1400,
                     attachment: Default::default(),
                     state: State::Pending,
+                    pod_namespace: None,
+                    pod_name: None,
                     result: PodResult {
                         interfaces: vec![],
                         ips: vec![],

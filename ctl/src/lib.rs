@@ -409,6 +409,100 @@ pub fn render_services(l: &ObjectListing) -> String {
     out
 }
 
+/// A port range as `TCP 80`, `UDP 8000-8080`, `SCTP any`.
+fn port_range_text(r: &table::PortRange) -> String {
+    let proto = match r.protocol {
+        6 => "TCP".to_string(),
+        17 => "UDP".to_string(),
+        132 => "SCTP".to_string(),
+        n => format!("proto {n}"),
+    };
+    match (r.first, r.last) {
+        (0, u16::MAX) => format!("{proto} any"),
+        (a, b) if a == b => format!("{proto} {a}"),
+        (a, b) => format!("{proto} {a}-{b}"),
+    }
+}
+
+/// One rule: its peers (`from`/`to` by direction) and ports.
+fn policy_rule_text(to: &str, r: &table::PolicyRule) -> String {
+    let peers = match r.peers.as_deref() {
+        None => "anywhere".to_string(),
+        Some([]) => "nothing (no pod matches)".to_string(),
+        Some(ps) => ps
+            .iter()
+            .map(|p| {
+                if p.except.is_empty() {
+                    p.cidr.to_string()
+                } else {
+                    let except: Vec<String> = p.except.iter().map(ToString::to_string).collect();
+                    format!("{} except {}", p.cidr, except.join(","))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let ports = if r.ports.is_empty() {
+        "any port".to_string()
+    } else {
+        r.ports
+            .iter()
+            .map(port_range_text)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{to} {peers}; {ports}")
+}
+
+/// The lines of one direction of an endpoint policy.
+fn direction_lines(out: &mut String, name: &str, to: &str, rules: Option<&[table::PolicyRule]>) {
+    match rules {
+        None => out.push_str(&format!("  {name}: all (not isolated)\n")),
+        Some([]) => out.push_str(&format!("  {name}: none (isolated, no rule allows)\n")),
+        Some(rules) => {
+            for r in rules {
+                out.push_str(&format!("  {name}: {}\n", policy_rule_text(to, r)));
+            }
+        }
+    }
+}
+
+/// `ferryctl get policies`: every local endpoint, its pod, the policies
+/// selecting it and its compiled rules; then what was left out and
+/// whether the dataplane holds them.
+pub fn render_policies(l: &ObjectListing) -> String {
+    let mut out = String::new();
+    for e in &l.policies {
+        let pod = match (&e.namespace, &e.name) {
+            (None, _) => "unknown (no K8S_POD_NAMESPACE: no selector matches it)".to_string(),
+            (Some(ns), name) => format!("{ns}/{}", name.as_deref().unwrap_or("?")),
+        };
+        out.push_str(&format!("{}  pod {pod}", e.endpoint));
+        match &e.policy {
+            None => out.push_str("  selected by no policy: all allowed\n"),
+            Some(p) => {
+                out.push_str(&format!("  selected by {}\n", e.selected_by.join(", ")));
+                direction_lines(&mut out, "ingress", "from", p.ingress.as_deref());
+                direction_lines(&mut out, "egress", "to", p.egress.as_deref());
+            }
+        }
+    }
+    for why in &l.policy_skipped {
+        out.push_str(&format!("left out: {why}\n"));
+    }
+    let policed = l.policies.iter().filter(|e| e.policy.is_some()).count();
+    out.push_str(&format!(
+        "{} endpoint(s), {policed} policed; from {}; dataplane: {}\n",
+        l.policies.len(),
+        l.source,
+        l.policy_dataplane
+    ));
+    if let Some(e) = &l.source_error {
+        out.push_str(&format!("source error: {e}\n"));
+    }
+    out
+}
+
 /// `ferryctl get objects`: every stored object.
 pub fn render_objects(l: &ObjectListing) -> String {
     let rows: Vec<Vec<String>> = l
@@ -634,6 +728,84 @@ mod tests {
     use ferry_api::table::{Endpoint, PortStats, WorkerStats};
 
     use super::*;
+
+    #[test]
+    fn policies_show_each_endpoint_its_pod_and_rules() {
+        use ferry_api::objects::EndpointPolicyView;
+        use ferry_api::table::{EndpointPolicy, PolicyPeer, PolicyRule, PortRange};
+        let view =
+            |id: &str, ns: Option<&str>, policy: Option<EndpointPolicy>| EndpointPolicyView {
+                endpoint: id.into(),
+                namespace: ns.map(Into::into),
+                name: ns.map(|_| "web".into()),
+                selected_by: policy.iter().map(|_| "shop/deny".to_string()).collect(),
+                policy,
+            };
+        let rule = PolicyRule {
+            peers: Some(vec![
+                PolicyPeer {
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                    except: vec!["10.1.0.0/16".parse().unwrap()],
+                },
+                PolicyPeer {
+                    cidr: "fd00::2/128".parse().unwrap(),
+                    except: vec![],
+                },
+            ]),
+            ports: vec![
+                PortRange {
+                    protocol: 6,
+                    first: 80,
+                    last: 80,
+                },
+                PortRange {
+                    protocol: 17,
+                    first: 8000,
+                    last: 8080,
+                },
+                PortRange {
+                    protocol: 132,
+                    first: 0,
+                    last: 65535,
+                },
+            ],
+        };
+        let l = ObjectListing {
+            source: "embedded".into(),
+            source_error: None,
+            objects: vec![],
+            services: vec![],
+            skipped: vec![],
+            dataplane: "synced".into(),
+            policies: vec![
+                view(
+                    "c1/eth0",
+                    Some("shop"),
+                    Some(EndpointPolicy {
+                        endpoint: "c1/eth0".into(),
+                        ingress: Some(vec![rule, PolicyRule::default()]),
+                        egress: Some(vec![]),
+                    }),
+                ),
+                view("c2/eth0", Some("shop"), None),
+                view("c3/eth0", None, None),
+            ],
+            policy_skipped: vec!["shop/x: ingress rule 1: named port(s) http match no container port; rule left out (it would match nothing)".into()],
+            policy_dataplane: "synced".into(),
+        };
+        assert_eq!(
+            render_policies(&l),
+            "c1/eth0  pod shop/web  selected by shop/deny
+  ingress: from 10.0.0.0/8 except 10.1.0.0/16, fd00::2/128; TCP 80, UDP 8000-8080, SCTP any
+  ingress: from anywhere; any port
+  egress: none (isolated, no rule allows)
+c2/eth0  pod shop/web  selected by no policy: all allowed
+c3/eth0  pod unknown (no K8S_POD_NAMESPACE: no selector matches it)  selected by no policy: all allowed
+left out: shop/x: ingress rule 1: named port(s) http match no container port; rule left out (it would match nothing)
+3 endpoint(s), 1 policed; from embedded; dataplane: synced
+"
+        );
+    }
 
     #[test]
     fn tables_are_aligned() {

@@ -14,7 +14,7 @@ use ferryctl as ctl;
 #[command(
     name = "ferryctl",
     version,
-    about = "Inspect ferry on this node: endpoints, routes, peers, counters, drops, status (tables, or --json); apply and delete Kubernetes objects (Services, EndpointSlices, ...)"
+    about = "Inspect ferry on this node: endpoints, routes, peers, counters, drops, status (tables, or --json); apply and delete Kubernetes objects (Services, EndpointSlices, NetworkPolicies, ...) and show what ferryd compiled of them"
 )]
 struct Args {
     /// ferryd's pod-API socket.
@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: PathBuf,
     },
-    /// What ferryd holds: `services` (the service ports compiled from Services and EndpointSlices: id, ClusterIP:port, protocol, affinity, ready backends; and whether the dataplane holds them) or `objects` (every stored object).
+    /// What ferryd holds: `services` (the service ports compiled from Services and EndpointSlices: id, ClusterIP:port, protocol, affinity, ready backends; and whether the dataplane holds them), `policies` (every local endpoint: its pod from K8S_POD_NAMESPACE/K8S_POD_NAME, the NetworkPolicies selecting it, its compiled ingress and egress rules (peers, ports), rules left out and why, and whether the dataplane holds them) or `objects` (every stored object).
     Get {
         #[arg(value_enum)]
         what: GetWhat,
@@ -68,6 +68,8 @@ enum Cmd {
 enum GetWhat {
     #[value(alias = "svc", alias = "service")]
     Services,
+    #[value(alias = "policy", alias = "netpol", alias = "networkpolicies")]
+    Policies,
     #[value(alias = "all")]
     Objects,
 }
@@ -149,6 +151,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             match (what, args.json) {
                 (GetWhat::Services, true) => print_json(&l.services)?,
+                (GetWhat::Policies, true) => print_json(&serde_json::json!({
+                    "endpoints": l.policies,
+                    "left_out": l.policy_skipped,
+                    "dataplane": l.policy_dataplane,
+                }))?,
+                (GetWhat::Policies, false) => print!("{}", ctl::render_policies(&l)),
                 (GetWhat::Objects, true) => print_json(&l)?,
                 (GetWhat::Services, false) => print!("{}", ctl::render_services(&l)),
                 (GetWhat::Objects, false) => print!("{}", ctl::render_objects(&l)),

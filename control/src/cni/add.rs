@@ -131,6 +131,9 @@ impl Agent {
         }
 
         let attachment = req.attachment;
+        // Who the pod is, for NetworkPolicy; an empty value is no value.
+        let pod_arg = |k: &str| req.args.get(k).filter(|v| !v.is_empty()).cloned();
+        let (pod_namespace, pod_name) = (pod_arg("K8S_POD_NAMESPACE"), pod_arg("K8S_POD_NAME"));
         let host = match attachment {
             Attachment::Veth => host_ifname(&id.container_id, &id.ifname),
             Attachment::Tap => tap_port_name(&id.container_id, &id.ifname),
@@ -166,6 +169,8 @@ impl Agent {
                         mtu,
                         attachment,
                         state: State::Pending,
+                        pod_namespace: pod_namespace.clone(),
+                        pod_name: pod_name.clone(),
                         result: PodResult {
                             interfaces: vec![Interface {
                                 name: id.ifname.clone(),
@@ -223,6 +228,12 @@ impl Agent {
         let wait = abandon
             .remaining()
             .map_or(ADD_ACK_TIMEOUT, |r| r.min(ADD_ACK_TIMEOUT));
+        // The pod's policy (and what it changes in others') goes first: a
+        // policy may precede its endpoint, so the pod is policed from its
+        // first packet.
+        self.services
+            .endpoint_up(local_endpoint_of(&record), &self.dp)
+            .await;
         if let Err(e) = self.dp.upsert(endpoint_of(&record), wait).await {
             self.undo(&record, true).await;
             return Err(dp_err(e));
@@ -258,6 +269,11 @@ impl Agent {
                 log::debug!("undo {}: dataplane remove: {e}", rec.id);
             }
         }
+        // Never live: its policy goes (after the endpoint: no moment with
+        // the endpoint and without its policy).
+        self.services
+            .endpoint_down(&rec.id.endpoint_id(), &self.dp)
+            .await;
         if let Err(e) = unplumb_record(&self.netlink, rec).await {
             log::warn!("undo {}: delete {}: {e}", rec.id, rec.host_ifname);
             return;

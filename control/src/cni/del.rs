@@ -47,6 +47,9 @@ impl Agent {
             blocking(move || store.release(&id2))
                 .await?
                 .map_err(store_err)?;
+            self.services
+                .endpoint_down(&id.endpoint_id(), &self.dp)
+                .await;
             log::info!(
                 "DEL {id}: released {}{}",
                 r.addrs,

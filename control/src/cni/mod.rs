@@ -30,7 +30,7 @@ use crate::dataplane_client::{DataplaneClient, DpError, SyncHook, REPLY_TIMEOUT}
 use crate::ipam::{IpamError, PodAddress, PoolSets};
 use crate::plumbing::netns::{self, Forbidden, NetnsError};
 use crate::plumbing::{host_ifname, tap_port_name, Netlink, NetlinkError, PodPlumbing, PodRoute};
-use crate::reconcile::{self, endpoint_of};
+use crate::reconcile::{self, endpoint_of, local_endpoint_of};
 use crate::services::etcd::EtcdObjects;
 use crate::services::source::{Embedded, ObjectStore};
 use crate::services::Services;
@@ -225,6 +225,9 @@ impl Agent {
         };
         let services =
             Services::start(object_store(&cfg, &store).await?, cfg.maglev_seed, rule).await;
+        // The endpoints policy is compiled for, before the first sync;
+        // from here on ADD, DEL, GC and rollbacks keep them (`policy_*`).
+        services.set_endpoints(store.ready()?.iter().map(local_endpoint_of).collect());
         let hook: SyncHook = {
             // Weak: the client task may outlive the agent by a moment, and
             // must not keep the database open (a restarted agent reopens it).
@@ -232,7 +235,7 @@ impl Agent {
             let (member, services) = (Arc::clone(&member), Arc::clone(&services));
             Arc::new(move |hello| {
                 let (netlink, cfg, store) = (netlink.clone(), cfg.clone(), store.clone());
-                let tables = (member.routes(), services.ports());
+                let tables = (member.routes(), services.ports(), services.policies());
                 Box::pin(async move {
                     reconcile::sync_state(&netlink, &cfg, store, hello, tables).await
                 })

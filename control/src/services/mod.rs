@@ -1,7 +1,7 @@
-//! Kubernetes Services for the dataplane: the objects ([`objects`]), where
-//! they are kept ([`source`]: the embedded store, [`etcd`]), and the
-//! service ports compiled from them ([`compile`]), kept current by
-//! [`Services`].
+//! Kubernetes Services and NetworkPolicies for the dataplane: the objects
+//! ([`objects`]), where they are kept ([`source`]: the embedded store,
+//! [`etcd`]), the service ports ([`compile`]) and the endpoint policies
+//! ([`policy`]) compiled from them, kept current by [`Services`].
 //!
 //! [`Services`] follows its source as the cluster member follows its
 //! datastore: list, then watch from the listing's revision; every change
@@ -12,31 +12,56 @@
 //! in between gets it in the `SyncServices` that follows its `Sync`
 //! ([`Services::ports`], read by the sync hook). A failed source keeps the
 //! ports as they are (traffic goes on) and is listed again after a backoff.
+//!
+//! The endpoint policies depend on the node's endpoints too: the agent
+//! tells [`Services`] of each endpoint it adds ([`Services::endpoint_up`],
+//! before the endpoint's own upsert, so a pod is policed from its first
+//! packet) and removes ([`Services::endpoint_down`]: DEL, GC, a failed
+//! ADD's rollback), and gives the store's ready records at start
+//! ([`Services::set_endpoints`]). Each recompiles the policies and sends
+//! what differs (`UpsertPolicy` / `RemovePolicy`); every `Sync` is followed
+//! by `SyncPolicies` of [`Services::policies`]. Pushes are serialized
+//! ([`Services::pushing`]), so the dataplane gets the sets' changes in the
+//! order they were compiled.
 
 pub mod compile;
 pub mod etcd;
 pub mod objects;
+pub mod policy;
 pub mod source;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use ferry_api::objects::{ObjectListing, ObjectRef, ObjectsRequest, ObjectsResponse};
-use ferry_api::table::ServicePort;
+use ferry_api::table::{EndpointPolicy, PolicyRule, ServicePort};
 
 use crate::cluster::member::follow_forever;
 use crate::cluster::DsError;
-use crate::dataplane_client::{DataplaneClient, REPLY_TIMEOUT};
+use crate::dataplane_client::{DataplaneClient, DpError, REPLY_TIMEOUT};
 use compile::Compiled;
 use objects::{Object, ObjectKey};
+use policy::{CompiledPolicies, LocalEndpoint};
 use source::{Change, ObjectStore, WatchEvent};
 
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<ObjectKey, Object>,
     compiled: Compiled,
+    /// The node's endpoints, by id.
+    endpoints: BTreeMap<String, LocalEndpoint>,
+    policies: CompiledPolicies,
     /// Why the source failed last, while it does.
     error: Option<String>,
+}
+
+/// What the dataplane must be told after a change: upserts, then the
+/// keys removed, of each set.
+#[derive(Debug, Default, PartialEq)]
+struct Changes {
+    services: (Vec<ServicePort>, Vec<String>),
+    policies: (Vec<EndpointPolicy>, Vec<String>),
 }
 
 pub struct Services {
@@ -44,6 +69,9 @@ pub struct Services {
     seed: u64,
     rule: compile::ClusterIpRule,
     inner: Mutex<Inner>,
+    /// Held from a change of the sets until the dataplane was told of it:
+    /// two changes' updates never interleave.
+    pushing: tokio::sync::Mutex<()>,
     /// The follower task ([`Services::spawn`]), stopped by [`Services::stop`].
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -52,21 +80,102 @@ fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What a dataplane holding `old` must be told to hold `new` (both by id).
-pub fn diff(old: &[ServicePort], new: &[ServicePort]) -> (Vec<ServicePort>, Vec<String>) {
-    let before: BTreeMap<&str, &ServicePort> = old.iter().map(|p| (p.id.as_str(), p)).collect();
-    let after: BTreeMap<&str, &ServicePort> = new.iter().map(|p| (p.id.as_str(), p)).collect();
+/// An entry of a set [`Services`] keeps in the dataplane by key.
+pub trait Held: Clone + PartialEq + Send + 'static {
+    /// What an entry is, for the log (`service`, `policy of`).
+    const WHAT: &'static str;
+    /// The key the dataplane knows it by.
+    fn key(&self) -> &str;
+    /// What it is, for the log.
+    fn describe(&self) -> String;
+    /// Add or replace it in the dataplane.
+    fn upsert(self, dp: &DataplaneClient) -> impl Future<Output = Result<u64, DpError>> + Send;
+    /// Take the entry of `key` away.
+    fn remove(key: &str, dp: &DataplaneClient)
+        -> impl Future<Output = Result<u64, DpError>> + Send;
+}
+
+impl Held for ServicePort {
+    const WHAT: &'static str = "service";
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn describe(&self) -> String {
+        format!(
+            "service {} {}:{} -> {} backend(s)",
+            self.id,
+            self.vip,
+            self.port,
+            self.backends.len()
+        )
+    }
+    fn upsert(self, dp: &DataplaneClient) -> impl Future<Output = Result<u64, DpError>> + Send {
+        dp.upsert_service(self, REPLY_TIMEOUT)
+    }
+    fn remove(
+        key: &str,
+        dp: &DataplaneClient,
+    ) -> impl Future<Output = Result<u64, DpError>> + Send {
+        dp.remove_service(key, REPLY_TIMEOUT)
+    }
+}
+
+/// `all`, `none`, or how many rules.
+fn direction(rules: &Option<Vec<PolicyRule>>) -> String {
+    match rules.as_deref() {
+        None => "all".to_string(),
+        Some([]) => "none".to_string(),
+        Some(r) => format!("{} rule(s)", r.len()),
+    }
+}
+
+impl Held for EndpointPolicy {
+    const WHAT: &'static str = "policy of";
+    fn key(&self) -> &str {
+        &self.endpoint
+    }
+    fn describe(&self) -> String {
+        format!(
+            "policy of {}: ingress {}, egress {}",
+            self.endpoint,
+            direction(&self.ingress),
+            direction(&self.egress)
+        )
+    }
+    fn upsert(self, dp: &DataplaneClient) -> impl Future<Output = Result<u64, DpError>> + Send {
+        dp.upsert_policy(self, REPLY_TIMEOUT)
+    }
+    fn remove(
+        key: &str,
+        dp: &DataplaneClient,
+    ) -> impl Future<Output = Result<u64, DpError>> + Send {
+        dp.remove_policy(key, REPLY_TIMEOUT)
+    }
+}
+
+/// What a dataplane holding `old` must be told to hold `new` (both by key).
+pub fn diff<T: Held>(old: &[T], new: &[T]) -> (Vec<T>, Vec<String>) {
+    let before: BTreeMap<&str, &T> = old.iter().map(|p| (p.key(), p)).collect();
+    let after: BTreeMap<&str, &T> = new.iter().map(|p| (p.key(), p)).collect();
     let upserts = new
         .iter()
-        .filter(|p| before.get(p.id.as_str()) != Some(p))
+        .filter(|p| before.get(p.key()) != Some(p))
         .cloned()
         .collect();
     let removes = old
         .iter()
-        .filter(|p| !after.contains_key(p.id.as_str()))
-        .map(|p| p.id.clone())
+        .filter(|p| !after.contains_key(p.key()))
+        .map(|p| p.key().to_string())
         .collect();
     (upserts, removes)
+}
+
+/// Whether the dataplane holds what ferryd compiled, for `ferryctl get`:
+/// `synced`, `not connected`, or what it answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataplaneState {
+    pub services: String,
+    pub policies: String,
 }
 
 fn reference(k: &ObjectKey) -> ObjectRef {
@@ -92,6 +201,7 @@ impl Services {
             seed,
             rule,
             inner: Mutex::new(Inner::default()),
+            pushing: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
         });
         match s.store.list().await {
@@ -117,6 +227,47 @@ impl Services {
         lock(&self.inner).compiled.ports.clone()
     }
 
+    /// The endpoint policies the dataplane must hold.
+    pub fn policies(&self) -> Vec<EndpointPolicy> {
+        lock(&self.inner).policies.policies()
+    }
+
+    /// The node's endpoints are `endpoints` (the store's ready records, at
+    /// start): nothing is pushed, the dataplane's first sync carries the
+    /// policies.
+    pub fn set_endpoints(&self, endpoints: Vec<LocalEndpoint>) {
+        let mut i = lock(&self.inner);
+        i.endpoints = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+        self.recompile_policies(&mut i);
+    }
+
+    /// An endpoint is added (or changed); the policies it changes are in
+    /// the dataplane when this returns, unless it refused them or is not
+    /// connected (then the next sync carries them).
+    pub async fn endpoint_up(&self, ep: LocalEndpoint, dp: &DataplaneClient) {
+        let _turn = self.pushing.lock().await;
+        let d = {
+            let mut i = lock(&self.inner);
+            i.endpoints.insert(ep.id.clone(), ep);
+            self.recompile_policies(&mut i)
+        };
+        push(dp, d).await;
+    }
+
+    /// An endpoint is gone (DEL, GC, a rolled back ADD); an unknown id
+    /// changes nothing.
+    pub async fn endpoint_down(&self, id: &str, dp: &DataplaneClient) {
+        let _turn = self.pushing.lock().await;
+        let d = {
+            let mut i = lock(&self.inner);
+            if i.endpoints.remove(id).is_none() {
+                return;
+            }
+            self.recompile_policies(&mut i)
+        };
+        push(dp, d).await;
+    }
+
     fn set_error(&self, e: Option<&DsError>) {
         let mut i = lock(&self.inner);
         let text = e.map(ToString::to_string);
@@ -130,7 +281,49 @@ impl Services {
         i.error = text;
     }
 
-    fn recompile(&self, i: &mut Inner) -> (Vec<ServicePort>, Vec<String>) {
+    /// The endpoint policies compiled again; returns what changed.
+    fn recompile_policies(&self, i: &mut Inner) -> (Vec<EndpointPolicy>, Vec<String>) {
+        let of_kind = |kind| {
+            i.objects
+                .iter()
+                .filter(move |(k, _)| k.kind == kind)
+                .map(|(_, o)| o)
+        };
+        let policies = of_kind(objects::Kind::NetworkPolicy).filter_map(|o| match o {
+            Object::NetworkPolicy(p) => Some(&**p),
+            _ => None,
+        });
+        let namespaces = of_kind(objects::Kind::Namespace).filter_map(|o| match o {
+            Object::Namespace(n) => Some(&**n),
+            _ => None,
+        });
+        let pods = of_kind(objects::Kind::Pod).filter_map(|o| match o {
+            Object::Pod(p) => Some(&**p),
+            _ => None,
+        });
+        let local: Vec<LocalEndpoint> = i.endpoints.values().cloned().collect();
+        let new = policy::compile(policies, namespaces, pods, &local);
+        for why in new
+            .skipped
+            .iter()
+            .filter(|w| !i.policies.skipped.contains(w))
+        {
+            log::warn!("policy: {why}");
+        }
+        let d = diff(&i.policies.policies(), &new.policies());
+        i.policies = new;
+        d
+    }
+
+    fn recompile(&self, i: &mut Inner) -> Changes {
+        let services = self.recompile_services(i);
+        Changes {
+            services,
+            policies: self.recompile_policies(i),
+        }
+    }
+
+    fn recompile_services(&self, i: &mut Inner) -> (Vec<ServicePort>, Vec<String>) {
         let services = i.objects.values().filter_map(|o| match o {
             Object::Service(s) => Some(&**s),
             _ => None,
@@ -153,13 +346,13 @@ impl Services {
     }
 
     /// Every object replaced by a listing's; returns what changed.
-    fn replace(&self, objects: Vec<Object>) -> (Vec<ServicePort>, Vec<String>) {
+    fn replace(&self, objects: Vec<Object>) -> Changes {
         let mut i = lock(&self.inner);
         i.objects = objects.into_iter().map(|o| (o.key(), o)).collect();
         self.recompile(&mut i)
     }
 
-    fn apply(&self, changes: Vec<Change>) -> (Vec<ServicePort>, Vec<String>) {
+    fn apply(&self, changes: Vec<Change>) -> Changes {
         let mut i = lock(&self.inner);
         for c in changes {
             match c {
@@ -214,8 +407,11 @@ impl Services {
             log::warn!("object {key} ignored: {why}");
         }
         let revision = listing.revision;
-        let d = self.replace(listing.objects);
-        push(dp, d).await;
+        {
+            let _turn = self.pushing.lock().await;
+            let d = self.replace(listing.objects);
+            push_changes(dp, d).await;
+        }
         let mut watch = self.store.watch(revision).await?;
         loop {
             match watch.next().await {
@@ -227,16 +423,17 @@ impl Services {
                     for (key, why) in &unreadable {
                         log::warn!("object {key} ignored: {why}");
                     }
+                    let _turn = self.pushing.lock().await;
                     let d = self.apply(changes);
-                    push(dp, d).await;
+                    push_changes(dp, d).await;
                 }
             }
         }
     }
 
     /// One `ferryctl` request; `dataplane` says whether the dataplane
-    /// holds the service ports ([`dataplane_state`]).
-    pub async fn handle(&self, req: ObjectsRequest, dataplane: String) -> ObjectsResponse {
+    /// holds the service ports and policies ([`dataplane_state`]).
+    pub async fn handle(&self, req: ObjectsRequest, dataplane: DataplaneState) -> ObjectsResponse {
         let r = match req {
             ObjectsRequest::Apply { file, text } => self.apply_file(&file, &text).await,
             ObjectsRequest::Delete { file, text } => self.delete_file(&file, &text).await,
@@ -281,7 +478,7 @@ impl Services {
         })
     }
 
-    fn listing(&self, dataplane: String) -> ObjectsResponse {
+    fn listing(&self, dataplane: DataplaneState) -> ObjectsResponse {
         let i = lock(&self.inner);
         ObjectsResponse::Listing(Box::new(ObjectListing {
             source: self.store.describe(),
@@ -289,44 +486,51 @@ impl Services {
             objects: i.objects.keys().map(reference).collect(),
             services: i.compiled.ports.clone(),
             skipped: i.compiled.skipped.clone(),
-            dataplane,
+            dataplane: dataplane.services,
+            policies: i.policies.endpoints.clone(),
+            policy_skipped: i.policies.skipped.clone(),
+            policy_dataplane: dataplane.policies,
         }))
     }
 }
 
-/// `synced`, `not connected`, or what the dataplane answered.
-pub fn dataplane_state(dp: &DataplaneClient) -> String {
-    match (dp.connected(), dp.services_problem()) {
+/// Whether the dataplane holds the service ports and the policies.
+pub fn dataplane_state(dp: &DataplaneClient) -> DataplaneState {
+    let state = |problem: Option<String>| match (dp.connected(), problem) {
         (false, _) => "not connected".to_string(),
         (true, None) => "synced".to_string(),
         (true, Some(p)) => p,
+    };
+    DataplaneState {
+        services: state(dp.services_problem()),
+        policies: state(dp.policies_problem()),
     }
 }
 
-/// Hand service changes to the dataplane. Not connected (or refused): the
-/// next sync carries [`Services::ports`] anyway.
-async fn push(dp: &DataplaneClient, (upserts, removes): (Vec<ServicePort>, Vec<String>)) {
-    for id in removes {
-        match dp.remove_service(&id, REPLY_TIMEOUT).await {
-            Ok(g) => log::info!("service {id} removed (generation {g})"),
-            Err(e) => log::info!("service {id} removed: not in the dataplane yet ({e})"),
+/// Hand a set's changes to the dataplane. Not connected (or refused): the
+/// next sync carries the set anyway.
+async fn push<T: Held>(dp: &DataplaneClient, (upserts, removes): (Vec<T>, Vec<String>)) {
+    for key in removes {
+        let what = format!("{} {key} removed", T::WHAT);
+        match T::remove(&key, dp).await {
+            Ok(g) => log::info!("{what} (generation {g})"),
+            Err(e) => log::info!("{what}: not in the dataplane yet ({e})"),
         }
     }
     for p in upserts {
-        let what = format!(
-            "service {} {}:{} -> {} backend(s)",
-            p.id,
-            p.vip,
-            p.port,
-            p.backends.len()
-        );
-        match dp.upsert_service(p, REPLY_TIMEOUT).await {
+        let what = p.describe();
+        match p.upsert(dp).await {
             Ok(g) => log::info!("{what} (generation {g})"),
             Err(e) => {
                 log::info!("{what}: not in the dataplane yet ({e}); the next sync carries it")
             }
         }
     }
+}
+
+async fn push_changes(dp: &DataplaneClient, c: Changes) {
+    push(dp, c.services).await;
+    push(dp, c.policies).await;
 }
 
 #[cfg(test)]

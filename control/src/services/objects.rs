@@ -16,7 +16,8 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
 /// The label tying an EndpointSlice to its Service.
@@ -547,9 +548,9 @@ fn check_policy(p: &NetworkPolicy) -> Result<(), String> {
     }
     let cidr = |field: &str, text: &str| {
         text.parse::<ipnet::IpNet>()
-            .map(|_| ())
             .map_err(|_| format!("{field} {text:?} is not a CIDR"))
     };
+    check_selector("spec.podSelector", spec.pod_selector.as_ref())?;
     let peers_ports = spec
         .ingress
         .iter()
@@ -562,14 +563,31 @@ fn check_policy(p: &NetworkPolicy) -> Result<(), String> {
                 .map(|r| (r.to.as_deref(), r.ports.as_deref())),
         );
     for (peers, ports) in peers_ports {
-        for b in peers
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.ip_block.as_ref())
-        {
-            cidr("ipBlock.cidr", &b.cidr)?;
+        for p in peers.into_iter().flatten() {
+            let selectors = p.pod_selector.is_some() || p.namespace_selector.is_some();
+            check_selector("podSelector", p.pod_selector.as_ref())?;
+            check_selector("namespaceSelector", p.namespace_selector.as_ref())?;
+            let Some(b) = &p.ip_block else {
+                if !selectors {
+                    return Err("a peer has no ipBlock, podSelector or namespaceSelector".into());
+                }
+                continue;
+            };
+            if selectors {
+                return Err(
+                    "a peer with an ipBlock has no selector (Kubernetes: ipBlock stands alone)"
+                        .into(),
+                );
+            }
+            let block = cidr("ipBlock.cidr", &b.cidr)?.trunc();
             for e in b.except.iter().flatten() {
-                cidr("ipBlock.except", e)?;
+                let except = cidr("ipBlock.except", e)?;
+                if !block.contains(&except) || except.prefix_len() <= block.prefix_len() {
+                    return Err(format!(
+                        "ipBlock.except {e} is not strictly inside ipBlock.cidr {}",
+                        b.cidr
+                    ));
+                }
             }
         }
         for p in ports.into_iter().flatten() {
@@ -581,8 +599,58 @@ fn check_policy(p: &NetworkPolicy) -> Result<(), String> {
             {
                 return Err(format!("ports.protocol {other:?} is not TCP, UDP or SCTP"));
             }
+            let number = match &p.port {
+                Some(IntOrString::Int(n)) => {
+                    check_port("ports.port", *n)?;
+                    Some(*n)
+                }
+                Some(IntOrString::String(name)) if name.is_empty() => {
+                    return Err("ports.port is an empty name".into())
+                }
+                _ => None,
+            };
             if let Some(end) = p.end_port {
                 check_port("ports.endPort", end)?;
+                match number {
+                    None => return Err(format!("ports.endPort {end} needs a numeric port")),
+                    Some(n) if end < n => {
+                        return Err(format!("ports.endPort {end} is below ports.port {n}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kubernetes' rules for a label selector's requirements: a known
+/// operator, values for `In`/`NotIn` and none for `Exists`/`DoesNotExist`.
+fn check_selector(field: &str, sel: Option<&LabelSelector>) -> Result<(), String> {
+    for r in sel
+        .iter()
+        .flat_map(|s| s.match_expressions.iter().flatten())
+    {
+        let values = r.values.as_deref().unwrap_or_default();
+        match r.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "{field} key {:?}: operator {} needs values",
+                    r.key, r.operator
+                ))
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "{field} key {:?}: operator {} takes no values",
+                    r.key, r.operator
+                ))
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Err(format!(
+                    "{field} key {:?}: operator {other:?} is not In, NotIn, Exists or DoesNotExist",
+                    r.key
+                ))
             }
         }
     }
@@ -667,6 +735,9 @@ metadata: {name: web-0, namespace: shop, labels: {app: web}}
             format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: e\n  namespace: ns\n{labels}addressType: IPv4\n{body}\n")
         };
         let label = "  labels: {kubernetes.io/service-name: s}\n";
+        let pol = |spec: &str| {
+            format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: n}}\nspec:\n{spec}\n")
+        };
         let cases: Vec<(&str, String, usize, &str)> = vec![
             ("unknown kind", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n".into(), 1, "not one ferry keeps"),
             ("no kind", "apiVersion: v1\nmetadata: {name: c}\n".into(), 1, "no `kind`"),
@@ -688,6 +759,14 @@ metadata: {name: web-0, namespace: shop, labels: {app: web}}
             ("slice address of the other family", slice(label, "endpoints: [{addresses: [\"fd00::1\"]}]"), 1, "not of addressType"),
             ("slice address not an IP", slice(label, "endpoints: [{addresses: [web]}]"), 1, "not an IP address"),
             ("policy with a bad ipBlock", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]\n".into(), 1, "not a CIDR"),
+            ("policy with an unknown operator", pol("  podSelector: {matchExpressions: [{key: a, operator: Like, values: [b]}]}"), 1, "is not In, NotIn"),
+            ("policy with In and no values", pol("  podSelector: {}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]}]"), 1, "needs values"),
+            ("policy with an ipBlock and a selector", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]"), 1, "stands alone"),
+            ("policy with an empty peer", pol("  podSelector: {}\n  ingress: [{from: [{}]}]"), 1, "no ipBlock, podSelector"),
+            ("policy with an except outside its block", pol("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]"), 1, "strictly inside"),
+            ("policy with endPort below port", pol("  podSelector: {}\n  ingress: [{ports: [{port: 90, endPort: 80}]}]"), 1, "below ports.port"),
+            ("policy with endPort and a named port", pol("  podSelector: {}\n  ingress: [{ports: [{port: http, endPort: 80}]}]"), 1, "needs a numeric port"),
+            ("policy with port 0", pol("  podSelector: {}\n  ingress: [{ports: [{port: 0}]}]"), 1, "outside 1..=65535"),
             ("the same object twice", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n".into(), 2, "twice"),
         ];
         for (what, text, doc, needle) in cases {
