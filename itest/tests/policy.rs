@@ -25,15 +25,19 @@ const PORTS: [u16; 2] = [80, 8081];
 /// The node as a source (always allowed in).
 const NODE: &str = "node";
 
-fn objects() -> String {
+/// The Namespace and Pod objects, each pod with its address in
+/// `status.podIPs` (what kubelet writes; other nodes find remote pods'
+/// addresses there).
+fn objects(ips: &[String]) -> String {
     let mut y = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: alpha, labels: {team: x}}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata: {name: beta, labels: {team: y}}\n",
     );
-    for (name, ns, labels) in PODS {
+    for ((name, ns, labels), ip) in PODS.iter().zip(ips) {
         y += &format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
-             spec:\n  containers:\n  - name: srv\n    image: busybox\n    ports: [{{name: alt, containerPort: 8081}}, {{containerPort: 80}}]\n"
+             spec:\n  containers:\n  - name: srv\n    image: busybox\n    ports: [{{name: alt, containerPort: 8081}}, {{containerPort: 80}}]\n\
+             status: {{podIPs: [{{ip: '{ip}'}}]}}\n"
         );
     }
     y
@@ -49,22 +53,34 @@ fn apply(node: &Node, name: &str, yaml: &str, verb: &str) {
     ctl_ok(node, &[verb, "-f", &file.display().to_string()]);
 }
 
-/// How many endpoints the dataplane holds a policy for.
-fn policed(node: &Node) -> usize {
-    ferry_api::client::tables(&node.dataplane_socket())
-        .map(|t| t.policies.len())
-        .unwrap_or(usize::MAX)
+/// How many endpoints the nodes' dataplanes hold a policy for.
+fn policed(nodes: &[&Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            ferry_api::client::tables(&n.dataplane_socket())
+                .map(|t| t.policies.len())
+                .unwrap_or(usize::MAX / 8)
+        })
+        .sum()
 }
 
-fn wait_policed(node: &Node, n: usize, what: &str) {
-    let ok = wait_until(Duration::from_secs(10), || policed(node) == n);
+fn wait_policed(nodes: &[&Node], n: usize, what: &str) {
+    let ok = wait_until(Duration::from_secs(10), || policed(nodes) == n);
     assert!(
         ok,
-        "{what}: the dataplane polices {} endpoints, wanted {n}\n{}\nferryd log:\n{}",
-        policed(node),
-        String::from_utf8_lossy(&node.ferryctl(&["get", "policies"]).stdout),
-        node.ferryd.as_ref().unwrap().log_text()
+        "{what}: the dataplanes police {} endpoints, wanted {n}\n{}",
+        policed(nodes),
+        policies_text(nodes)
     );
+}
+
+fn policies_text(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| String::from_utf8_lossy(&n.ferryctl(&["get", "policies"]).stdout).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A `self-server` in `ns` on `port` for 300 s at most.
@@ -222,32 +238,27 @@ spec:
     ]
 }
 
-#[test]
-fn network_policy_scenarios_hold_on_the_full_matrix() {
-    let node = Node::start("fypol", NodeOpts::default());
-    let pods: Vec<(&str, Pod)> = PODS
+/// Every scenario on `nodes` (each holding its own copy of the objects)
+/// with `pods` (in `PODS` order) and, when given, the node namespace that
+/// is a source too (a pod's own node is always let in).
+fn check_scenarios(nodes: &[&Node], pods: &[&Pod], node_source: Option<&str>) {
+    let ips: Vec<String> = pods.iter().map(|p| p.ip.clone()).collect();
+    for n in nodes {
+        apply(n, "objects", &objects(&ips), "apply");
+    }
+    let targets: Vec<(String, String)> = PODS
         .iter()
-        .enumerate()
-        .map(|(i, (name, ns, _))| {
-            let pod = node.add_pod_as(i as u32 + 1, (ns, name), &node.conf("1.0.0"));
-            (*name, pod)
-        })
+        .zip(pods)
+        .map(|((n, ..), p)| (n.to_string(), p.ip.clone()))
         .collect();
-    let _servers: Vec<ChildGuard> = pods
+    let mut sources: Vec<(String, String)> = PODS
         .iter()
-        .flat_map(|(_, p)| PORTS.map(|port| server(&p.ns.name, port)))
+        .zip(pods)
+        .map(|((n, ..), p)| (n.to_string(), p.ns.name.clone()))
         .collect();
-    apply(&node, "objects", &objects(), "apply");
-
-    let targets: Vec<(String, String)> = pods
-        .iter()
-        .map(|(n, p)| (n.to_string(), p.ip.clone()))
-        .collect();
-    let mut sources: Vec<(String, String)> = pods
-        .iter()
-        .map(|(n, p)| (n.to_string(), p.ns.name.clone()))
-        .collect();
-    sources.push((NODE.to_string(), node.ns.name.clone()));
+    if let Some(ns) = node_source {
+        sources.push((NODE.to_string(), ns.to_string()));
+    }
     let everyone = |_: &str, _: &str, _: u16| true;
     let expect = |what: &str, allowed: &dyn Fn(&str, &str, u16) -> bool| {
         let got = matrix(&sources, &targets);
@@ -261,7 +272,7 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
             "{what}: got\n{}\nwanted\n{}\n{}",
             show(&got),
             show(&want),
-            String::from_utf8_lossy(&node.ferryctl(&["get", "policies"]).stdout)
+            policies_text(nodes)
         );
     };
     expect("before any policy", &everyone);
@@ -273,19 +284,39 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
     };
     for s in scenarios() {
         let yaml = s.yaml.replace("{d}", d_ip).replace("{cidr}", &cidr);
-        apply(&node, "policy", &yaml, "apply");
-        wait_policed(&node, s.policed, s.name);
+        for n in nodes {
+            apply(n, "policy", &yaml, "apply");
+        }
+        wait_policed(nodes, s.policed, s.name);
         expect(s.name, &s.allowed);
-        apply(&node, "policy", &yaml, "delete");
-        wait_policed(&node, 0, s.name);
+        for n in nodes {
+            apply(n, "policy", &yaml, "delete");
+        }
+        wait_policed(nodes, 0, s.name);
         expect(&format!("{} deleted", s.name), &everyone);
     }
+}
+
+#[test]
+fn network_policy_scenarios_hold_on_the_full_matrix() {
+    let node = Node::start("fypol", NodeOpts::default());
+    let pods: Vec<Pod> = PODS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ns, _))| node.add_pod_as(i as u32 + 1, (ns, name), &node.conf("1.0.0")))
+        .collect();
+    let _servers: Vec<ChildGuard> = pods
+        .iter()
+        .flat_map(|p| PORTS.map(|port| server(&p.ns.name, port)))
+        .collect();
+    let refs: Vec<&Pod> = pods.iter().collect();
+    check_scenarios(&[&node], &refs, Some(&node.ns.name));
 
     // Denials are counted on the policed pod: apply deny-all once more and
     // probe a from b.
     apply(&node, "policy", DENY_ALL_ALPHA, "apply");
-    wait_policed(&node, 2, "deny-all again");
-    let (b_ns, a_ip) = (&sources[1].1, &targets[0].1);
+    wait_policed(&[&node], 2, "deny-all again");
+    let (b_ns, a_ip) = (&pods[1].ns.name, &pods[0].ip);
     let probe = ChildGuard::new(tcpcheck_in(b_ns, &["ask", &format!("{a_ip}:80")]));
     assert!(!probe.finish(Duration::from_secs(15)).status.success());
     let stats = node.stats();
@@ -296,7 +327,7 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
         .find(|p| {
             p["endpoint"]
                 .as_str()
-                .is_some_and(|e| e.starts_with(&pods[0].1.container))
+                .is_some_and(|e| e.starts_with(&pods[0].container))
         })
         .cloned()
         .expect("pod a's port");
@@ -309,4 +340,44 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
     );
     let drops = ctl_ok(&node, &["drops"]);
     assert!(drops.contains("policy_denied_ingress"), "{drops}");
+}
+
+/// The same table across three nodes over VXLAN: a and d on node 1, b on
+/// node 2, c on node 3, so every rule meets pods of other nodes (matched
+/// by their Pod objects' addresses), ingress judged on the receiver's
+/// node and egress on the sender's.
+#[test]
+fn network_policy_scenarios_hold_across_three_nodes() {
+    use itest::cluster::{Cluster, ClusterOpts, Overlay};
+    let c = Cluster::start("fypo3", ClusterOpts::new(3, Some(Overlay::Vxlan)));
+    let placement = [1u32, 2, 3, 1];
+    let pods: Vec<Pod> = PODS
+        .iter()
+        .zip(placement)
+        .enumerate()
+        .map(|(i, ((name, ns, _), at))| {
+            let n = c.node(at);
+            n.add_pod_as(i as u32 + 1, (ns, name), &n.conf("1.0.0"))
+        })
+        .collect();
+    let _servers: Vec<ChildGuard> = pods
+        .iter()
+        .flat_map(|p| PORTS.map(|port| server(&p.ns.name, port)))
+        .collect();
+    // Every pair reaches the other first (the peers' MACs resolved).
+    for a in &pods {
+        for b in &pods {
+            if a.ip != b.ip {
+                assert!(
+                    wait_until(Duration::from_secs(10), || a.ping(&b.ip, 1)),
+                    "{} cannot reach {}",
+                    a.ip,
+                    b.ip
+                );
+            }
+        }
+    }
+    let nodes: Vec<&Node> = (1..=3).map(|i| &c.node(i).node).collect();
+    let refs: Vec<&Pod> = pods.iter().collect();
+    check_scenarios(&nodes, &refs, None);
 }
