@@ -283,21 +283,15 @@ impl Services {
 
     /// The endpoint policies compiled again; returns what changed.
     fn recompile_policies(&self, i: &mut Inner) -> (Vec<EndpointPolicy>, Vec<String>) {
-        let of_kind = |kind| {
-            i.objects
-                .iter()
-                .filter(move |(k, _)| k.kind == kind)
-                .map(|(_, o)| o)
-        };
-        let policies = of_kind(objects::Kind::NetworkPolicy).filter_map(|o| match o {
+        let policies = i.objects.values().filter_map(|o| match o {
             Object::NetworkPolicy(p) => Some(&**p),
             _ => None,
         });
-        let namespaces = of_kind(objects::Kind::Namespace).filter_map(|o| match o {
+        let namespaces = i.objects.values().filter_map(|o| match o {
             Object::Namespace(n) => Some(&**n),
             _ => None,
         });
-        let pods = of_kind(objects::Kind::Pod).filter_map(|o| match o {
+        let pods = i.objects.values().filter_map(|o| match o {
             Object::Pod(p) => Some(&**p),
             _ => None,
         });

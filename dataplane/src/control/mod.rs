@@ -145,8 +145,9 @@ struct State {
     endpoints: BTreeMap<String, Endpoint>,
     routes: BTreeMap<IpNet, Route>,
     services: BTreeMap<String, ServicePort>,
-    /// Endpoint policies by endpoint id.
-    policies: BTreeMap<String, EndpointPolicy>,
+    /// Endpoint policies by endpoint id, shared with the tables built from
+    /// them (a request clones the state, a publish takes every policy).
+    policies: BTreeMap<String, Arc<EndpointPolicy>>,
 }
 
 impl State {
@@ -429,13 +430,14 @@ impl<B: PortBackend> Dataplane<B> {
                 let mut next = self.state.clone();
                 next.policies = policies
                     .into_iter()
-                    .map(|p| (p.endpoint.clone(), p))
+                    .map(|p| (p.endpoint.clone(), Arc::new(p)))
                     .collect();
                 self.respond(next, true)
             }
             Request::UpsertPolicy { policy } => {
                 let mut next = self.state.clone();
-                next.policies.insert(policy.endpoint.clone(), policy);
+                next.policies
+                    .insert(policy.endpoint.clone(), Arc::new(policy));
                 self.respond(next, true)
             }
             Request::RemovePolicy { endpoint } => {
@@ -489,7 +491,7 @@ impl<B: PortBackend> Dataplane<B> {
             .filter_map(|p| {
                 let ep = state.endpoints.get(&p.endpoint)?;
                 let port = self.ports.get(&ep.host_ifname)?.id;
-                Some((port, Arc::new(p.clone())))
+                Some((port, Arc::clone(p)))
             })
             .collect();
         if by_port.is_empty() {
@@ -850,7 +852,12 @@ impl<B: PortBackend> Dataplane<B> {
             ports: self.ports.iter().map(|(n, p)| (n.clone(), p.id)).collect(),
             neighbours: self.neighbours.clone(),
             services: self.state.services.values().cloned().collect(),
-            policies: self.state.policies.values().cloned().collect(),
+            policies: self
+                .state
+                .policies
+                .values()
+                .map(|p| EndpointPolicy::clone(p))
+                .collect(),
         }
     }
 
