@@ -596,7 +596,8 @@ pub struct Stats {
     /// can report zeros. Empty from a dataplane that predates the field.
     #[serde(default)]
     pub drop_reasons: Vec<String>,
-    /// The connection table of service flows, once there are services.
+    /// The connection table of service flows and policy-allowed flows,
+    /// once there are services or endpoint policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackStats>,
 }

@@ -62,8 +62,9 @@ struct Cli {
     /// as `interrupt`).
     #[arg(long, default_value_t = 100)]
     idle_spin_us: u64,
-    /// Entries of the connection tracking table of service flows (two per
-    /// flow; about 100 bytes each, allocated with the first service).
+    /// Entries of the connection tracking table of service flows and of
+    /// flows network policy allowed (two per flow; about 100 bytes each,
+    /// allocated with the first service or endpoint policy).
     #[arg(long, default_value_t = ferry_dataplane::control::DEFAULT_CONNTRACK_MAX)]
     conntrack_max: usize,
     /// How long an idle worker sleeps in poll(2), in milliseconds.

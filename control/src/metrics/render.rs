@@ -158,10 +158,10 @@ pub fn render(s: &Snapshot) -> String {
 
     if let Some(ct) = stats.and_then(|st| st.conntrack) {
         for (name, kind, help, value) in [
-            ("ferry_conntrack_capacity", "gauge", "Entries the dataplane's connection table of service flows holds at most (two per flow).", ct.capacity),
+            ("ferry_conntrack_capacity", "gauge", "Entries the dataplane's connection table (service flows and flows network policy allowed) holds at most (two per flow).", ct.capacity),
             ("ferry_conntrack_entries", "gauge", "Entries in the connection table (live, or expired and not yet swept).", ct.entries),
             ("ferry_conntrack_inserts_total", "counter", "Entries put in the connection table.", ct.inserts),
-            ("ferry_conntrack_insert_failed_total", "counter", "New service flows refused because the connection table was full of live flows (dropped ct_full).", ct.insert_failed),
+            ("ferry_conntrack_insert_failed_total", "counter", "New service or policy-allowed flows refused because the connection table was full of live flows (dropped ct_full).", ct.insert_failed),
             ("ferry_conntrack_expired_total", "counter", "Connection-table entries swept after their timeout.", ct.expired),
         ] {
             Family::new(&mut out, name, kind, help).sample(&[], value);

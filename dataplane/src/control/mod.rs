@@ -61,8 +61,9 @@ pub struct DataplaneConfig {
     pub idle_spin: Duration,
     /// See [`WorkerConfig::poll_mode`].
     pub poll_mode: worker::PollMode,
-    /// Entries of the connection tracking table (two per translated
-    /// flow), allocated when the first service arrives.
+    /// Entries of the connection tracking table (two per translated or
+    /// policed flow), allocated when the first service or endpoint policy
+    /// arrives.
     pub conntrack_max: usize,
 }
 
@@ -271,7 +272,8 @@ pub struct Dataplane<B: PortBackend> {
     neighbours: Vec<Neighbour>,
     /// The service ports the tables were last built with, and their table.
     built_services: (BTreeMap<String, ServicePort>, Arc<ServiceTable>),
-    /// Made with the first service, kept for the dataplane's life.
+    /// Made with the first service or endpoint policy, kept for the
+    /// dataplane's life.
     conntrack: Option<Arc<Conntrack>>,
     conntrack_max: usize,
 }

@@ -1,5 +1,5 @@
-//! Connection tracking for service translation: the one piece of mutable
-//! state every worker shares.
+//! Connection tracking for service translation and network policy: the
+//! one piece of mutable state every worker shares.
 //!
 //! Why shared, not per worker: the two directions of a flow arrive on
 //! queues the dataplane does not choose. A veth pod's kernel picks its TX
