@@ -354,6 +354,12 @@ pub fn transfer(from: &str, to: &str, to_ip: &str, port: u16, seed: u64) {
 /// [`transfer`] to the address `dst` (`ip:port`, e.g. a ClusterIP), the
 /// receiver in `to` listening on `listen_port` (the backend's port).
 pub fn transfer_via(from: &str, to: &str, listen_port: u16, dst: &str, seed: u64) {
+    transfer_paced(from, to, listen_port, dst, seed, 0);
+}
+
+/// [`transfer_via`] spread over at least `secs` seconds (0: as fast as it
+/// goes), so a test can change policies or services under a live flow.
+pub fn transfer_paced(from: &str, to: &str, listen_port: u16, dst: &str, seed: u64, secs: u64) {
     let any = if dst.starts_with('[') {
         "[::]"
     } else {
@@ -370,9 +376,15 @@ pub fn transfer_via(from: &str, to: &str, listen_port: u16, dst: &str, seed: u64
 
     let tx = ChildGuard::new(tcpcheck_in(
         from,
-        &["send", dst, &TRANSFER_BYTES.to_string(), &seed.to_string()],
+        &[
+            "send",
+            dst,
+            &TRANSFER_BYTES.to_string(),
+            &seed.to_string(),
+            &secs.to_string(),
+        ],
     ));
-    let tx = tx.finish(Duration::from_secs(120));
+    let tx = tx.finish(Duration::from_secs(120 + secs));
     let rx = rx.finish(Duration::from_secs(30));
     let (tx_ok, tx_out, tx_err) = (
         tx.status.success(),

@@ -238,14 +238,30 @@ spec:
     ]
 }
 
-/// Every scenario on `nodes` (each holding its own copy of the objects)
-/// with `pods` (in `PODS` order) and, when given, the node namespace that
-/// is a source too (a pod's own node is always let in).
-fn check_scenarios(nodes: &[&Node], pods: &[&Pod], node_source: Option<&str>) {
-    let ips: Vec<String> = pods.iter().map(|p| p.ip.clone()).collect();
-    for n in nodes {
-        apply(n, "objects", &objects(&ips), "apply");
+/// Where the nodes keep the objects.
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    /// Each node its own embedded store: every write goes to every node.
+    PerNode,
+    /// One etcd: each write goes to one node's ferryd (a different one
+    /// each time) and every node follows it.
+    Shared,
+}
+
+/// `verb` (apply/delete) `yaml` as write number `turn`.
+fn write(nodes: &[&Node], store: Store, turn: usize, name: &str, yaml: &str, verb: &str) {
+    match store {
+        Store::PerNode => nodes.iter().for_each(|n| apply(n, name, yaml, verb)),
+        Store::Shared => apply(nodes[turn % nodes.len()], name, yaml, verb),
     }
+}
+
+/// Every scenario on `nodes` with `pods` (in `PODS` order) and, when
+/// given, the node namespace that is a source too (a pod's own node is
+/// always let in).
+fn check_scenarios(nodes: &[&Node], store: Store, pods: &[&Pod], node_source: Option<&str>) {
+    let ips: Vec<String> = pods.iter().map(|p| p.ip.clone()).collect();
+    write(nodes, store, 0, "objects", &objects(&ips), "apply");
     let targets: Vec<(String, String)> = PODS
         .iter()
         .zip(pods)
@@ -282,16 +298,12 @@ fn check_scenarios(nodes: &[&Node], pods: &[&Pod], node_source: Option<&str>) {
         let o: Vec<&str> = d_ip.split('.').collect();
         format!("{}.{}.0.0/16", o[0], o[1])
     };
-    for s in scenarios() {
+    for (i, s) in scenarios().into_iter().enumerate() {
         let yaml = s.yaml.replace("{d}", d_ip).replace("{cidr}", &cidr);
-        for n in nodes {
-            apply(n, "policy", &yaml, "apply");
-        }
+        write(nodes, store, 2 * i + 1, "policy", &yaml, "apply");
         wait_policed(nodes, s.policed, s.name);
         expect(s.name, &s.allowed);
-        for n in nodes {
-            apply(n, "policy", &yaml, "delete");
-        }
+        write(nodes, store, 2 * i + 2, "policy", &yaml, "delete");
         wait_policed(nodes, 0, s.name);
         expect(&format!("{} deleted", s.name), &everyone);
     }
@@ -310,7 +322,7 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
         .flat_map(|p| PORTS.map(|port| server(&p.ns.name, port)))
         .collect();
     let refs: Vec<&Pod> = pods.iter().collect();
-    check_scenarios(&[&node], &refs, Some(&node.ns.name));
+    check_scenarios(&[&node], Store::PerNode, &refs, Some(&node.ns.name));
 
     // Denials are counted on the policed pod: apply deny-all once more and
     // probe a from b.
@@ -342,14 +354,10 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
     assert!(drops.contains("policy_denied_ingress"), "{drops}");
 }
 
-/// The same table across three nodes over VXLAN: a and d on node 1, b on
-/// node 2, c on node 3, so every rule meets pods of other nodes (matched
-/// by their Pod objects' addresses), ingress judged on the receiver's
-/// node and egress on the sender's.
-#[test]
-fn network_policy_scenarios_hold_across_three_nodes() {
-    use itest::cluster::{Cluster, ClusterOpts, Overlay};
-    let c = Cluster::start("fypo3", ClusterOpts::new(3, Some(Overlay::Vxlan)));
+/// The pods of the three-node tests: a and d on node 1, b on node 2, c on
+/// node 3, each serving `PORTS`, every pair having reached the other once
+/// (the peers' MACs resolved).
+fn three_node_pods(c: &itest::cluster::Cluster) -> (Vec<Pod>, Vec<ChildGuard>) {
     let placement = [1u32, 2, 3, 1];
     let pods: Vec<Pod> = PODS
         .iter()
@@ -360,11 +368,10 @@ fn network_policy_scenarios_hold_across_three_nodes() {
             n.add_pod_as(i as u32 + 1, (ns, name), &n.conf("1.0.0"))
         })
         .collect();
-    let _servers: Vec<ChildGuard> = pods
+    let servers: Vec<ChildGuard> = pods
         .iter()
         .flat_map(|p| PORTS.map(|port| server(&p.ns.name, port)))
         .collect();
-    // Every pair reaches the other first (the peers' MACs resolved).
     for a in &pods {
         for b in &pods {
             if a.ip != b.ip {
@@ -377,7 +384,114 @@ fn network_policy_scenarios_hold_across_three_nodes() {
             }
         }
     }
+    (pods, servers)
+}
+
+/// The same table across three nodes over VXLAN, each node holding its
+/// own copy of the objects: every rule meets pods of other nodes (matched
+/// by their Pod objects' addresses), ingress judged on the receiver's
+/// node and egress on the sender's.
+#[test]
+fn network_policy_scenarios_hold_across_three_nodes() {
+    use itest::cluster::{Cluster, ClusterOpts, Overlay};
+    let c = Cluster::start("fypo3", ClusterOpts::new(3, Some(Overlay::Vxlan)));
+    let (pods, _servers) = three_node_pods(&c);
     let nodes: Vec<&Node> = (1..=3).map(|i| &c.node(i).node).collect();
     let refs: Vec<&Pod> = pods.iter().collect();
-    check_scenarios(&nodes, &refs, None);
+    check_scenarios(&nodes, Store::PerNode, &refs, None);
+}
+
+/// A Service `bulk` at 10.96.0.11 on `backend`: port 80 to the transfer's
+/// receiver (9000), port 81 to the pod's server on 80.
+fn bulk_service(backend: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: bulk, namespace: alpha}}\n\
+         spec:\n  clusterIP: 10.96.0.11\n  ports: [{{name: data, port: 80, targetPort: 9000}}, {{name: probe, port: 81, targetPort: 80}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: bulk-1, namespace: alpha, labels: {{kubernetes.io/service-name: bulk}}}}\n\
+         addressType: IPv4\nports: [{{name: data, port: 9000, protocol: TCP}}, {{name: probe, port: 80, protocol: TCP}}]\n\
+         endpoints:\n- addresses: ['{backend}']\n  conditions: {{ready: true}}\n"
+    )
+}
+
+/// Whether a TCP connection from `ns` to `dst` is answered.
+fn reaches(ns: &str, dst: &str) -> bool {
+    ChildGuard::new(tcpcheck_in(ns, &["ask", dst]))
+        .finish(Duration::from_secs(15))
+        .status
+        .success()
+}
+
+/// Cluster mode: the objects in one etcd, each write through a different
+/// node's ferryd and every node following it. The scenario table holds
+/// on all three nodes; then a ClusterIP written through node 2 (its
+/// backend b on node 2, the client d on node 1) carries a paced transfer
+/// while a deny-all policy on b's namespace is applied through node 3 and
+/// deleted through node 1: new connections are refused meanwhile, the
+/// established flow runs on and arrives whole.
+#[test]
+fn policies_and_services_through_etcd_hold_on_every_node_and_under_traffic() {
+    use itest::cluster::{Cluster, ClusterOpts, Overlay};
+    let c = Cluster::start(
+        "fypoe",
+        ClusterOpts {
+            node_config: "service_cidrs = [\"10.96.0.0/12\"]\n".into(),
+            ..ClusterOpts::with_etcd(3, Overlay::Vxlan, false)
+        },
+    );
+    let (pods, _servers) = three_node_pods(&c);
+    let nodes: Vec<&Node> = (1..=3).map(|i| &c.node(i).node).collect();
+    let refs: Vec<&Pod> = pods.iter().collect();
+    check_scenarios(&nodes, Store::Shared, &refs, None);
+
+    let (b, d) = (&pods[1], &pods[3]);
+    apply(nodes[1], "bulk", &bulk_service(&b.ip), "apply");
+    for n in &nodes {
+        let ok = wait_until(Duration::from_secs(10), || {
+            ferry_api::client::tables(&n.dataplane_socket()).is_ok_and(|t| {
+                t.services
+                    .iter()
+                    .filter(|p| p.vip.to_string() == "10.96.0.11" && p.backends.len() == 1)
+                    .count()
+                    == 2
+            })
+        });
+        assert!(
+            ok,
+            "bulk is not in every dataplane\n{}",
+            ctl_ok(n, &["get", "services"])
+        );
+    }
+    assert!(
+        reaches(&d.ns.name, "10.96.0.11:81"),
+        "d reaches b through bulk"
+    );
+
+    let flow = {
+        let (from, to) = (d.ns.name.clone(), b.ns.name.clone());
+        std::thread::spawn(move || transfer_paced(&from, &to, 9000, "10.96.0.11:80", 91, 20))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    apply(nodes[2], "deny", DENY_ALL_ALPHA, "apply");
+    wait_policed(&nodes, 2, "deny-all under traffic");
+    assert!(
+        !flow.is_finished(),
+        "the transfer ended before the policy was in place"
+    );
+    assert!(
+        !reaches(&d.ns.name, "10.96.0.11:81"),
+        "a new connection through bulk passed deny-all"
+    );
+    assert!(
+        !reaches(&d.ns.name, &format!("{}:80", b.ip)),
+        "a new connection to b passed deny-all"
+    );
+    apply(nodes[0], "deny", DENY_ALL_ALPHA, "delete");
+    wait_policed(&nodes, 0, "deny-all deleted under traffic");
+    assert!(reaches(&d.ns.name, "10.96.0.11:81"), "bulk open again");
+    assert!(
+        !flow.is_finished(),
+        "the transfer ended before the policy was deleted"
+    );
+    flow.join().expect("the transfer under the policy changes");
 }

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! ferry-tcpcheck recv ADDR:PORT          accept one connection, read to EOF
-//! ferry-tcpcheck send ADDR:PORT BYTES SEED   send BYTES of a seeded pattern
+//! ferry-tcpcheck send ADDR:PORT BYTES SEED [SECS]
+//!                                    send BYTES of a seeded pattern (spread
+//!                                    over at least SECS seconds, so a test
+//!                                    can change things under a live flow)
 //! ferry-tcpcheck peer-server ADDR:PORT SECS  answer each connection with
 //!                                            the address it came from
 //! ferry-tcpcheck ask ADDR:PORT               connect, print the answer
@@ -95,7 +98,7 @@ fn recv(addr: SocketAddr) -> Result<(u64, u64), String> {
     Ok((total, hash.0))
 }
 
-fn send(addr: SocketAddr, bytes: u64, seed: u64) -> Result<(u64, u64), String> {
+fn send(addr: SocketAddr, bytes: u64, seed: u64, secs: u64) -> Result<(u64, u64), String> {
     let deadline = Instant::now() + CONNECT_FOR;
     let mut stream = loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -111,9 +114,15 @@ fn send(addr: SocketAddr, bytes: u64, seed: u64) -> Result<(u64, u64), String> {
         .set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| format!("socket options: {e}"))?;
     let mut state = seed | 1;
-    let mut buf = vec![0u8; 128 * 1024];
+    // Paced sends write smaller chunks so the flow never pauses for long.
+    let mut buf = vec![0u8; if secs > 0 { 16 * 1024 } else { 128 * 1024 }];
     let (mut sent, mut hash) = (0u64, Fnv::new());
+    let (start, span) = (Instant::now(), Duration::from_secs(secs.min(60)));
     while sent < bytes {
+        let due = span.mul_f64(sent as f64 / bytes as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
         let n = (bytes - sent).min(buf.len() as u64) as usize;
         fill(&mut state, &mut buf[..n]);
         stream
@@ -277,14 +286,20 @@ fn main() -> ExitCode {
     }
     let r = match args.as_slice() {
         [cmd, addr] if cmd == "recv" => parse_addr(addr).and_then(recv),
-        [cmd, addr, bytes, seed] if cmd == "send" => {
-            match (parse_addr(addr), bytes.parse::<u64>(), seed.parse::<u64>()) {
-                (Ok(a), Ok(b), Ok(s)) => send(a, b, s),
+        [cmd, addr, bytes, seed, rest @ ..] if cmd == "send" && rest.len() <= 1 => {
+            let secs = rest.first().map_or(Ok(0), |s| s.parse::<u64>());
+            match (
+                parse_addr(addr),
+                bytes.parse::<u64>(),
+                seed.parse::<u64>(),
+                secs,
+            ) {
+                (Ok(a), Ok(b), Ok(s), Ok(secs)) => send(a, b, s, secs),
                 _ => Err(format!("bad arguments: {args:?}")),
             }
         }
         _ => Err(
-            "usage: ferry-tcpcheck recv ADDR:PORT | send ADDR:PORT BYTES SEED \
+            "usage: ferry-tcpcheck recv ADDR:PORT | send ADDR:PORT BYTES SEED [SECS] \
                   | peer-server ADDR:PORT SECS | ask ADDR:PORT"
                 .into(),
         ),
