@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the pure dataplane core: the pipeline on batches of
 //! frames (plain routing, and through a ClusterIP with the connection
-//! table), the forward path after it (copy into the egress frame, checksum
+//! table, and between pods policed by 100-rule NetworkPolicies), the
+//! forward path after it (copy into the egress frame, checksum
 //! completion, TCP segmentation of a tap's GSO frame), endpoint lookups by
 //! table size, and the cost of publishing a new table while a reader loads
 //! snapshots.
@@ -21,14 +22,16 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
-use ferry_api::table::{Backend, L4Proto, ServicePort};
+use ferry_api::table::{
+    Backend, EndpointPolicy, L4Proto, PolicyPeer, PolicyRule, PortRange, ServicePort,
+};
 use ferry_api::table::{Endpoint, HostPort, NodeSettings};
 use ferry_api::MacAddr;
 use ferry_dataplane::core::conntrack::Conntrack;
 use ferry_dataplane::core::offload::{self, CsumState, EgressCaps, Offload};
 use ferry_dataplane::core::pipeline::{process_batch, DropReason, Frame, Verdict};
 use ferry_dataplane::core::service::ServiceTable;
-use ferry_dataplane::core::tables::{PortId, Services, TableHandle, Tables};
+use ferry_dataplane::core::tables::{Policies, PortId, Services, TableHandle, Tables};
 
 const CHUNK: usize = 2048;
 const HEADERS: usize = 64;
@@ -269,6 +272,74 @@ fn service(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` rules, the last admitting 10.88.0.0/16 on TCP 5201 (the bench
+/// frames' flow); the others a /32 of 198.18.0.0/15 each, to a UDP port.
+fn rules(n: u32) -> Vec<PolicyRule> {
+    let rule = |cidr: &str, protocol: u8, port: u16| PolicyRule {
+        peers: Some(vec![PolicyPeer {
+            cidr: cidr.parse().expect("cidr"),
+            except: vec![],
+        }]),
+        ports: vec![PortRange {
+            protocol,
+            first: port,
+            last: port,
+        }],
+    };
+    let mut v: Vec<PolicyRule> = (1..n)
+        .map(|i| {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i);
+            rule(&format!("{ip}/32"), 17, 1000 + i as u16)
+        })
+        .collect();
+    v.push(rule("10.88.0.0/16", 6, 5201));
+    v
+}
+
+/// Pod to pod with every endpoint policed both ways by 100 rules (the
+/// one admitting the flow last), beside the same frames unpoliced: the
+/// first batch judges the flow against the rules and tracks it, the timed
+/// ones find it in the connection table; and the rule scan a new flow
+/// pays, alone.
+fn policy(c: &mut Criterion) {
+    const RULES: u32 = 100;
+    let policy = Arc::new(EndpointPolicy {
+        endpoint: String::new(),
+        ingress: Some(rules(RULES)),
+        egress: Some(rules(RULES)),
+    });
+    let policed = tables(1, 32).with_policy(Some(Policies::new(
+        (1..=32).map(|port| (port, Arc::clone(&policy))),
+        vec![GW.into()],
+        Arc::new(Conntrack::new(1 << 16)),
+    )));
+    let plain = tables(1, 32);
+    let mut g = c.benchmark_group("policy");
+    for (name, t) in [
+        ("unpoliced_tcp_64B", &plain),
+        ("policed_100_rules_established_tcp_64B", &policed),
+    ] {
+        let case = Case {
+            name,
+            template: tcp(POD_B, 64),
+            expect: Verdict::Tx(2),
+        };
+        bench_batch::<64>(&mut g, t, &case);
+    }
+    let table = rules(RULES);
+    let peer = std::net::IpAddr::V4(POD_A);
+    assert!(table.iter().position(|r| r.allows(&peer, 6, Some(5201))) == Some(RULES as usize - 1));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("new_flow_rule_scan_100_rules", |b| {
+        b.iter(|| {
+            black_box(&table)
+                .iter()
+                .any(|r| r.allows(black_box(&peer), 6, Some(5201)))
+        })
+    });
+    g.finish();
+}
+
 /// What the worker does with a forwarded frame, after the pipeline: the
 /// copy into the egress port's frame, a partial checksum completed for a
 /// port without offloads, and a tap's 64 KiB TCP GSO frame cut into
@@ -427,6 +498,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pipeline, service, forward, lookup, publish
+    targets = pipeline, service, policy, forward, lookup, publish
 }
 criterion_main!(benches);

@@ -67,6 +67,9 @@ enum Cmd {
         /// Service cases: comma-separated service counts, e.g. `--services 10,1000` (0 or absent: none). For each N, N Services (a UDP and a TCP port 80 each, ClusterIPs 10.96.x.y, pod 1 the one endpoint) are put in place and udp-64B and tcp-rr (those of --workloads) are sent to the last one's ClusterIP, reported as <workload>-svcN: on ferry through the real `ferryctl apply -f`, on bridge and ptp as kube-proxy's iptables nat rules (KUBE-SERVICES → KUBE-SVC → KUBE-SEP DNAT, the measured service's rules last) loaded with iptables-restore in the node namespace. Run after the main and scale cases, N ascending in each repetition; ratios to the bridge's same case. IPv4 only.
         #[arg(long, default_value = "0")]
         services: String,
+        /// Policy cases: rules per direction of one NetworkPolicy selecting every pod (e.g. `--policy-rules 100`; 0 or absent: none), applied with the real `ferryctl apply -f`; the rule admitting the workloads is the last. In each repetition udp-64B and tcp-rr (those of --workloads) run without it (<workload>-pol0) and with it (<workload>-polN) on ferry's one-node topologies, after the scale cases; the report's "Policy cost" section gives polN / pol0 paired within a repetition. IPv4 only.
+        #[arg(long, default_value = "0")]
+        policy_rules: String,
     },
     /// Soak: ADD/DEL churn with traffic while ferryd and ferry-dataplane are SIGKILLed at random; then check nothing leaked.
     Churn {
@@ -335,6 +338,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             family,
             dataplane_args,
             services,
+            policy_rules,
         } => {
             let mut o = e2e::Options::new(quick);
             o.out = out;
@@ -349,6 +353,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             o.workloads = workloads;
             o.families = e2e::workload::Family::parse_choice(&family).context("--family")?;
             o.services = e2e::services::parse_counts(&services).context("--services")?;
+            o.policy_rules = e2e::policies::parse_rules(&policy_rules).context("--policy-rules")?;
             o.dataplane_args = dataplane_args
                 .unwrap_or_default()
                 .split_whitespace()

@@ -8,6 +8,7 @@ pub mod cross;
 pub mod error;
 pub mod ethtool;
 pub mod parse;
+pub mod policies;
 pub mod report;
 pub mod services;
 pub mod stats;
@@ -62,6 +63,11 @@ pub struct Options {
     /// none): the flood and the request/response pair sent to a ClusterIP
     /// among that many services, labelled `<workload>-svcN`.
     pub services: Vec<usize>,
+    /// Rules per direction of the policy cases (`--policy-rules 100`;
+    /// `None`: no policy case): udp-64B and tcp-rr with and without one
+    /// NetworkPolicy selecting every pod, labelled `<workload>-polN` and
+    /// `<workload>-pol0`, on ferry's one-node topologies.
+    pub policy_rules: Option<usize>,
 }
 
 impl Options {
@@ -82,6 +88,7 @@ impl Options {
             dataplane_args: Vec::new(),
             families: vec![Family::V4],
             services: Vec::new(),
+            policy_rules: None,
         }
     }
 
@@ -219,6 +226,12 @@ fn planned(opts: &Options) -> Result<Vec<(String, Kind)>> {
             "the service cases are IPv4 (ClusterIPs in 10.96.0.0/12): add --family 4 or both",
         ));
     }
+    if opts.policy_rules.is_some() && opts.families == [Family::V6] {
+        return Err(E2eError::setup(
+            "-",
+            "the policy cases are IPv4: add --family 4 or both",
+        ));
+    }
     if let Some(n) = opts.scale_pods.iter().find(|n| **n > MAX_PODS) {
         return Err(E2eError::setup(
             "-",
@@ -316,6 +329,17 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
                 "service cases <workload>-svcN for N = {}: N Services (UDP and TCP port {} each, ClusterIP 10.96.x.y, one endpoint: pod 1's flood port {} / request-response port {}); the workload goes to the last service's ClusterIP (the last rules of kube-proxy's KUBE-SERVICES); measured after the main and scale cases, N ascending within each repetition",
                 counts.join(", "),
                 services::SERVICE_PORT,
+                traffic::FLOOD_PORT,
+                workload::RR_PORT
+            )),
+        );
+    }
+    if let Some(n) = opts.policy_rules {
+        m.insert(
+            "policy".into(),
+            json!(format!(
+                "policy cases <workload>-pol0 / -pol{n}: without, then with one NetworkPolicy in namespace {} selecting every pod, {n} ingress and {n} egress rules, the one admitting the workloads (the pods' /24 on UDP {} and TCP {}) last; ferry's one-node topologies, after the scale cases",
+                policies::NAMESPACE,
                 traffic::FLOOD_PORT,
                 workload::RR_PORT
             )),
@@ -525,6 +549,84 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
         phases.insert("scale_s".into(), t.elapsed().as_secs_f64());
 
+        // Policy cases: per repetition, without the policy then with it,
+        // each workload on every ferry topology in turn; the first time it
+        // is in place, a check that it admitted the workloads.
+        let t = Instant::now();
+        // The workloads of the service and the policy cases.
+        let svc_workloads: Vec<Workload> = chosen
+            .iter()
+            .copied()
+            .filter(Workload::through_services)
+            .collect();
+        if let Some(rules) = opts.policy_rules.filter(|_| !svc_workloads.is_empty()) {
+            let mut left_out: Vec<usize> = Vec::new();
+            for rep in 0..reps {
+                for n in [0, rules] {
+                    for (i, tp) in topos.iter_mut().enumerate() {
+                        if !tp.polices() || tp.kind.two_node() || left_out.contains(&i) {
+                            continue;
+                        }
+                        let g = Instant::now();
+                        if let Err(e) = tp.ensure_policy(n) {
+                            if matches!(e, E2eError::Interrupted) {
+                                return Err(e);
+                            }
+                            eprintln!("perf: {} left out of the policy cases: {e}", tp.name);
+                            left_out.push(i);
+                            failures.push(Failure {
+                                topology: tp.name.clone(),
+                                case: format!("policy={n}"),
+                                rep: Some(rep),
+                                error: e.to_string(),
+                            });
+                            continue;
+                        }
+                        if rep == 0 && n > 0 {
+                            eprintln!(
+                                "perf: {} polices its pods with {n} rules each way ({:.1} s)",
+                                tp.name,
+                                g.elapsed().as_secs_f64()
+                            );
+                        }
+                        for &w in &svc_workloads {
+                            if only_64(tp) && w != Workload::Udp(traffic::MIN_FRAME) {
+                                continue;
+                            }
+                            let case = policies::case(&w.label(), n);
+                            measure(
+                                tp,
+                                w,
+                                Family::V4,
+                                rep,
+                                case,
+                                &params,
+                                &mut samples,
+                                &mut failures,
+                            )?;
+                        }
+                        if rep == 0 && n > 0 {
+                            match tp.policy_path_check() {
+                                Ok(c) => {
+                                    tp.notes.insert("policy_check".into(), json!(c));
+                                }
+                                Err(e) => failures.push(Failure {
+                                    topology: tp.name.clone(),
+                                    case: format!("policy={n} check"),
+                                    rep: Some(rep),
+                                    error: e.to_string(),
+                                }),
+                            }
+                        }
+                    }
+                }
+            }
+            for tp in topos.iter_mut().filter(|tp| tp.polices()) {
+                let _ = tp.ensure_policy(0);
+            }
+        }
+        phases.insert("policy_s".into(), t.elapsed().as_secs_f64());
+
         // Services: after everything else, since loading a nat table turns
         // conntrack on in the kernel topology's node namespace for all its
         // traffic. Per repetition, N ascending: services 0..N in place on
@@ -532,15 +634,10 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         // time an N is in place, a short run through the service and a
         // check that it went through the translation.
         let t = Instant::now();
-        let svc_workloads: Vec<Workload> = chosen
-            .iter()
-            .copied()
-            .filter(Workload::through_services)
-            .collect();
         let mut left_out: Vec<(usize, usize)> = Vec::new();
         let mut checks: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for rep in 0..reps {
-            if svc_workloads.is_empty() {
+            if svc_workloads.is_empty() || opts.services.is_empty() {
                 break;
             }
             for &n in &opts.services {

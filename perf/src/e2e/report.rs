@@ -385,6 +385,7 @@ pub fn render_markdown(r: &Report) -> String {
         }
         md.push('\n');
     }
+    md.push_str(&super::policies::cost_markdown(&r.samples));
     let _ = writeln!(md, "## Topologies\n");
     for t in &r.order {
         if let Some(v) = r.topologies.get(t) {

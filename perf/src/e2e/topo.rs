@@ -20,6 +20,7 @@ use super::cross::{self, Addressing, Fabric, Overlay};
 use super::error::{E2eError, Result};
 use super::ethtool;
 use super::parse;
+use super::policies;
 use super::services;
 use super::sys::{self, in_netns, Netns, Proc, TempDir};
 use super::workload::Family;
@@ -193,6 +194,28 @@ pub struct Topology {
     dual_stack: bool,
     /// Services `0..services` are in place ([`Topology::ensure_services`]).
     services: usize,
+    /// The policy's rules per direction, 0: none ([`Topology::ensure_policy`]).
+    policy_rules: usize,
+}
+
+/// `ferryctl verb -f file` (the command `ctl` with its sockets) of `text`.
+fn ferryctl_file(ctl: &[String], verb: &str, file: &Path, text: &str) -> Result<()> {
+    fs::write(file, text).map_err(|e| E2eError::io(format!("write {}", file.display()), e))?;
+    let mut cmd = Command::new(&ctl[0]);
+    cmd.args(&ctl[1..]).args([verb, "-f"]).arg(file);
+    let out = sys::run_with(cmd, None, Duration::from_secs(60))?;
+    if !out.ok() {
+        return Err(E2eError::Command {
+            cmd: format!("ferryctl {verb} -f {}", file.display()),
+            detail: format!(
+                "exit {:?}: {} {}",
+                out.code,
+                out.stdout.trim(),
+                out.stderr.trim()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The second node of a two-node topology and the fabric between the two.
@@ -287,7 +310,11 @@ pub fn invoke_cni(
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=perf;K8S_POD_NAME=perf",
+                // Each pod a Kubernetes pod of its own, named after its container.
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={container}",
+                    super::policies::NAMESPACE
+                ),
             );
     }
     let stdin = conf.to_string();
@@ -545,6 +572,7 @@ impl Topology {
             tag,
             dual_stack,
             services: 0,
+            policy_rules: 0,
         };
         t.ensure_pods(pods)?;
         if let Backend::Xdp(x) = &mut t.backend {
@@ -762,22 +790,7 @@ impl Topology {
                 let files = services::yaml_files(range, &backend, services::FILE_LIMIT);
                 for (k, text) in files.iter().enumerate() {
                     let f = self.dir.path.join(format!("services-{n}-{verb}-{k}.yaml"));
-                    fs::write(&f, text)
-                        .map_err(|e| E2eError::io(format!("write {}", f.display()), e))?;
-                    let mut cmd = Command::new(&ctl[0]);
-                    cmd.args(&ctl[1..]).args([verb, "-f"]).arg(&f);
-                    let out = sys::run_with(cmd, None, Duration::from_secs(60))?;
-                    if !out.ok() {
-                        return Err(E2eError::Command {
-                            cmd: format!("ferryctl {verb} -f {}", f.display()),
-                            detail: format!(
-                                "exit {:?}: {} {}",
-                                out.code,
-                                out.stdout.trim(),
-                                out.stderr.trim()
-                            ),
-                        });
-                    }
+                    ferryctl_file(ctl, verb, &f, text)?;
                 }
                 let dp = PathBuf::from(&ctl[4]);
                 let mut want = services::port_ids(n);
@@ -845,6 +858,99 @@ impl Topology {
         }
         self.services = n;
         Ok(())
+    }
+
+    /// Whether the policy cases run here: ferry's one-node topologies.
+    pub fn polices(&self) -> bool {
+        matches!(self.kind, Kind::Ferry { .. } | Kind::FerryTap { .. })
+    }
+
+    /// Make the policy of `n` rules per direction ([`policies::yaml`])
+    /// select every pod (`n` = 0: no policy): `ferryctl apply -f` (or
+    /// `delete -f`), then waiting (60 s bound) until the dataplane polices
+    /// every pod with `n` ingress and `n` egress rules (or none).
+    pub fn ensure_policy(&mut self, n: usize) -> Result<()> {
+        if n == self.policy_rules {
+            return Ok(());
+        }
+        let Backend::Ferry { ctl, .. } = &self.backend else {
+            return Err(E2eError::setup(
+                &self.name,
+                "no policy cases on this topology",
+            ));
+        };
+        let o = self.pods[0].ip.octets();
+        let prefix = (Ipv4Addr::new(o[0], o[1], o[2], 0), 24);
+        let (verb, rules) = if n > 0 {
+            ("apply", n)
+        } else {
+            ("delete", self.policy_rules)
+        };
+        let f = self.dir.path.join(format!("policy-{rules}.yaml"));
+        ferryctl_file(ctl, verb, &f, &policies::yaml(rules, prefix))?;
+        let dp = PathBuf::from(&ctl[4]);
+        let want = if n > 0 { self.pods.len() } else { 0 };
+        let mut have = (0, 0);
+        let done = sys::wait_until(Duration::from_secs(60), || {
+            let t = ferry_api::client::tables(&dp)
+                .map(|t| t.policies)
+                .unwrap_or_default();
+            let full = |r: &Option<Vec<_>>| r.as_ref().is_some_and(|r| r.len() == n);
+            have = (
+                t.len(),
+                t.iter()
+                    .filter(|p| full(&p.ingress) && full(&p.egress))
+                    .count(),
+            );
+            have == (want, want)
+        })?;
+        if !done {
+            return Err(E2eError::setup(
+                &self.name,
+                format!(
+                    "after 60 s the dataplane polices {} endpoints ({} with {n} rules each way), not {want}",
+                    have.0, have.1
+                ),
+            ));
+        }
+        self.policy_rules = n;
+        Ok(())
+    }
+
+    /// Evidence that the policy let the workloads through and judged them:
+    /// no policy denial on any port, and the connection table's inserts.
+    pub fn policy_path_check(&self) -> Result<String> {
+        let Backend::Ferry { ctl, .. } = &self.backend else {
+            return Err(E2eError::setup(
+                &self.name,
+                "no policy cases on this topology",
+            ));
+        };
+        let s = ferry_api::client::stats(Path::new(&ctl[4]))
+            .map_err(|e| E2eError::setup(&self.name, format!("stats: {e}")))?;
+        let denied: u64 = s
+            .ports
+            .iter()
+            .flat_map(|p| p.drops.iter())
+            .filter(|(reason, _)| reason.starts_with("policy_denied"))
+            .map(|(_, n)| *n)
+            .sum();
+        if denied > 0 {
+            return Err(E2eError::setup(
+                &self.name,
+                format!("the policy denied {denied} packets of the workloads"),
+            ));
+        }
+        let ct = s.conntrack.ok_or_else(|| {
+            E2eError::setup(
+                &self.name,
+                "no connection table: no policy reached the dataplane",
+            )
+        })?;
+        Ok(format!(
+            "{} rules each way: no denial; connection table {} inserts, {} entries",
+            self.policy_rules, ct.inserts, ct.entries
+        ))
     }
 
     /// Evidence that the measured service's traffic took the translation:
