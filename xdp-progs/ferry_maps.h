@@ -14,13 +14,18 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-// Every port program's socket map: key the RX queue index, value an
-// AF_XDP socket fd (written with aya's XskMap; no struct of our own).
+// Every port program's socket map: value an AF_XDP socket fd (written
+// with aya's XskMap; no struct of our own). The uplink's is keyed by RX
+// queue index; the shared redirect program's by slot * FERRY_XSKS_MAX +
+// RX queue index (it defines FERRY_XSKS_ENTRIES before including this).
 // Each object that includes this has its own copy.
 #define FERRY_XSKS_MAX 64
+#ifndef FERRY_XSKS_ENTRIES
+#define FERRY_XSKS_ENTRIES FERRY_XSKS_MAX
+#endif
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, FERRY_XSKS_MAX);
+	__uint(max_entries, FERRY_XSKS_ENTRIES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");

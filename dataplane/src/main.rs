@@ -155,6 +155,7 @@ fn main() -> Result<()> {
     let backend = NodeBackend {
         xdp: AfXdpBackend {
             frames_per_queue: cli.frames_per_queue,
+            ..AfXdpBackend::default()
         },
         tap: TapBackend {
             frames_per_queue: cli.tap_frames_per_queue,

@@ -1,15 +1,17 @@
-//! The port XDP program (`xdp-progs/redirect.c`) run with
-//! `BPF_PROG_TEST_RUN` on crafted frames: a frame received on a queue with
-//! a bound AF_XDP socket is redirected to it, whatever it holds; a queue
-//! without one passes the frame to the kernel (so a dead dataplane leaves
-//! the node's traffic alone). Root: a throwaway namespace with one veth.
+//! The port XDP program (`xdp-progs/redirect.c`, one copy shared by every
+//! port) run with `BPF_PROG_TEST_RUN` on crafted frames: a frame received
+//! on a port with a slot, on a queue with a bound AF_XDP socket, is
+//! redirected to it, whatever it holds; a port without a slot (another
+//! interface), or a queue without a socket, passes the frame to the kernel
+//! (so a dead dataplane leaves the node's traffic alone). Root: a
+//! throwaway namespace with one veth.
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd};
 
 use std::process::Command;
 
-use aya::maps::XskMap;
+use aya::maps::{HashMap, XskMap};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use ferry_dataplane::io::xdp_run::{self, Ingress, XDP_PASS, XDP_REDIRECT};
@@ -108,6 +110,12 @@ fn frames_on_a_bound_queue_are_redirected_and_the_rest_pass() {
         // needs the queue's XDP info, which veth registers with XDP on.
         prog.attach("fxa", aya::programs::XdpFlags::DRV_MODE)
             .expect("attach in driver mode");
+        // The same program on the other end too: one copy serves every port.
+        prog.attach("fxb", aya::programs::XdpFlags::DRV_MODE)
+            .expect("attach the same program to a second port");
+        // SAFETY: a NUL-terminated literal.
+        let other_ifindex = unsafe { libc::if_nametoindex(c"fxb".as_ptr()) };
+        assert_ne!(other_ifindex, 0, "fxb exists");
         let prog_fd = prog.fd().expect("loaded").as_fd().as_raw_fd();
         // SAFETY of the borrow below: `ebpf` owns the fd for the whole test.
         let prog_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(prog_fd) };
@@ -135,16 +143,34 @@ fn frames_on_a_bound_queue_are_redirected_and_the_rest_pass() {
         // program load is inhibited.
         let (tx, rx, rings) =
             unsafe { Socket::new(config, &umem, &iface, 0) }.expect("bind queue 0");
+        // In slot 5: its sockets are xsks entries 5 * 64 + queue.
+        const SLOT: u32 = 5;
         {
             let mut xsks: XskMap<_> =
                 XskMap::try_from(ebpf.map_mut("xsks").expect("map")).expect("an XSKMAP");
-            xsks.set(0, rx.fd().as_raw_fd(), 0).expect("map the socket");
+            xsks.set(SLOT * 64, rx.fd().as_raw_fd(), 0)
+                .expect("map the socket");
         }
+        for (what, frame) in frames() {
+            let r = xdp_run::run(prog_fd, &frame, on(0)).expect("test run");
+            assert_eq!(r.action, XDP_PASS, "{what} before the port has its slot");
+        }
+        {
+            let mut ports: HashMap<_, u32, u32> =
+                HashMap::try_from(ebpf.map_mut("ferry_ports").expect("map")).expect("a hash");
+            ports.insert(ifindex, SLOT, 0).expect("the port's slot");
+        }
+        let other = Some(Ingress {
+            ifindex: other_ifindex,
+            queue: 0,
+        });
         for (what, frame) in frames() {
             let r = xdp_run::run(prog_fd, &frame, on(0)).expect("test run");
             assert_eq!(r.action, XDP_REDIRECT, "{what} on the bound queue");
             let r = xdp_run::run(prog_fd, &frame, on(1)).expect("test run");
             assert_eq!(r.action, XDP_PASS, "{what} on a queue without a socket");
+            let r = xdp_run::run(prog_fd, &frame, other).expect("test run");
+            assert_eq!(r.action, XDP_PASS, "{what} on an interface without a slot");
         }
 
         // The socket closed (a dataplane that died): the kernel takes it out

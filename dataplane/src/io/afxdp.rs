@@ -8,9 +8,16 @@
 //! the socket); the uplink must pass [`crate::io::uplink::check_name`] and
 //! the channel policy ([`crate::io::uplink::fit_channels`]) and gets
 //! `xdp-progs/uplink.c` (only ferry's traffic to the sockets), its maps
-//! filled before it is attached. Then, the same for both
-//! ([`AfXdpBackend::attach_and_bind`]): one copy of the program and its
-//! `xsks` XSKMAP, and one socket per worker bound to queue `i` of the
+//! filled before it is attached. Veths and the host port share one copy
+//! of the redirect program (loaded at the first such port, kept for the
+//! process; [`SharedRedirect`]): attaching a program already attached
+//! elsewhere costs ~30 us, a new one ~10 ms (the kernel rebuilds its XDP
+//! dispatcher, with an RCU grace period, whenever the set of attached
+//! programs changes), most of what a veth ADD cost beyond the bridge's.
+//! Each such port holds a slot: `ferry_ports` maps its interface index to
+//! it, and its sockets are the `xsks` entries `slot * 64 + queue`. The
+//! uplink's program is its own, with its own maps. Then, the same for both
+//! ([`AfXdpBackend::attach_and_bind`]): one socket per worker bound to queue `i` of the
 //! interface with `XDP_USE_NEED_WAKEUP` and libxdp's own program load
 //! inhibited, down a mode ladder (OVS's): attach native (driver) XDP; on
 //! the uplink, bind the first socket `XDP_ZEROCOPY` and, if the driver
@@ -42,6 +49,7 @@
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 use std::{fs, io};
 
 use aya::maps::XskMap;
@@ -62,8 +70,14 @@ use crate::io::port::{
 static REDIRECT_PROG: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
 const REDIRECT_NAME: &str = "ferry_redirect";
-/// The XSKMAP of both programs, keyed by RX queue.
+/// The XSKMAP of both programs: keyed by RX queue (uplink), by slot * 64 +
+/// RX queue (the shared redirect program).
 const MAP_NAME: &str = "xsks";
+/// The shared redirect program's interface index -> slot map.
+const PORTS_MAP: &str = "ferry_ports";
+/// Ports the shared redirect program can tell apart (`FERRY_PORT_SLOTS`
+/// in redirect.c).
+pub const PORT_SLOTS: u32 = 1024;
 
 /// One of the programs of `xdp-progs/`: its object and its function.
 #[derive(Clone, Copy)]
@@ -409,11 +423,56 @@ impl XskRings {
     }
 }
 
+/// The redirect program every pod veth and the host port share, and the
+/// slots in use (module comment).
+pub struct SharedRedirect {
+    ebpf: Ebpf,
+    used: Vec<bool>,
+}
+
+impl SharedRedirect {
+    fn load() -> Result<SharedRedirect, String> {
+        let mut ebpf = load_object(REDIRECT.object).map_err(|e| e.to_string())?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(REDIRECT.name)
+            .ok_or_else(|| format!("program {} missing from the object", REDIRECT.name))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        prog.load().map_err(|e| e.to_string())?;
+        Ok(SharedRedirect {
+            ebpf,
+            used: vec![false; PORT_SLOTS as usize],
+        })
+    }
+
+    fn take_slot(&mut self) -> Option<u32> {
+        let i = self.used.iter().position(|u| !u)?;
+        self.used[i] = true;
+        u32::try_from(i).ok()
+    }
+}
+
+/// Where a port's program lives.
+enum Loaded {
+    /// A program of this port alone, with its own maps (the uplink's).
+    Own(Ebpf),
+    /// The shared redirect program, this port holding `slot`.
+    Shared {
+        shared: Arc<Mutex<SharedRedirect>>,
+        slot: u32,
+        ifindex: u32,
+    },
+}
+
+fn lock(m: &Mutex<SharedRedirect>) -> std::sync::MutexGuard<'_, SharedRedirect> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The XDP program attached to one port. Dropping it detaches the program
-/// (and frees its maps).
+/// (an own program's maps go with it; a shared one's slot is given back).
 pub struct XdpAttachment {
     ifname: String,
-    ebpf: Ebpf,
+    loaded: Loaded,
     prog: &'static str,
     link: Option<aya::programs::xdp::XdpLinkId>,
     /// `native-zerocopy`, `native-copy` or `generic-copy`: how the program
@@ -424,27 +483,143 @@ pub struct XdpAttachment {
 impl XdpAttachment {
     /// The attached program, for `BPF_PROG_TEST_RUN`
     /// ([`crate::io::xdp_run::run`]): what it does with a crafted frame on
-    /// this port, as it is configured.
+    /// this port, as it is configured. A port's own program only (the
+    /// uplink's); the shared one is not lent out.
     pub fn program_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        let prog: &Xdp = self.ebpf.program(self.prog)?.try_into().ok()?;
+        let Loaded::Own(ebpf) = &self.loaded else {
+            return None;
+        };
+        let prog: &Xdp = ebpf.program(self.prog)?.try_into().ok()?;
         Some(prog.fd().ok()?.as_fd())
     }
+
+    /// `f` on the object holding this port's program and maps.
+    fn with_ebpf<R>(&mut self, f: impl FnOnce(&mut Ebpf) -> R) -> R {
+        match &mut self.loaded {
+            Loaded::Own(ebpf) => f(ebpf),
+            Loaded::Shared { shared, .. } => f(&mut lock(shared).ebpf),
+        }
+    }
+
+    /// The `xsks` key of this port's queue `queue`.
+    fn xsk_key(&self, queue: u32) -> u32 {
+        match &self.loaded {
+            Loaded::Own(_) => queue,
+            Loaded::Shared { slot, .. } => slot * MAX_QUEUES + queue,
+        }
+    }
+
+    /// Attach the program to this port, native (driver) mode first, else
+    /// generic (SKB) mode; whether it is native.
+    fn attach(&mut self) -> Result<bool, PortError> {
+        let (ifname, name) = (self.ifname.clone(), self.prog);
+        let r = self.with_ebpf(|ebpf| {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| format!("program {name} missing"))?;
+            match prog.attach(&ifname, XdpFlags::DRV_MODE) {
+                Ok(link) => Ok((link, true)),
+                Err(drv) => match prog.attach(&ifname, XdpFlags::SKB_MODE) {
+                    Ok(link) => {
+                        log::warn!("{ifname}: native XDP failed ({drv}); using generic (SKB) mode");
+                        Ok((link, false))
+                    }
+                    Err(skb) => Err(format!(
+                        "native (driver) mode: {drv}; generic (skb) mode: {skb}"
+                    )),
+                },
+            }
+        });
+        let (link, native) = r.map_err(|cause| PortError::XdpAttach {
+            ifname: self.ifname.clone(),
+            cause,
+        })?;
+        self.link = Some(link);
+        Ok(native)
+    }
+
+    /// Worker queue `queue`'s socket `fd` in the program's `xsks`.
+    fn set_socket(&mut self, queue: u32, fd: RawFd) -> Result<(), PortError> {
+        let key = self.xsk_key(queue);
+        let ifname = self.ifname.clone();
+        self.with_ebpf(|ebpf| {
+            let map = ebpf
+                .map_mut(MAP_NAME)
+                .ok_or_else(|| format!("map {MAP_NAME} missing from the object"))?;
+            let mut xsks: XskMap<_> = XskMap::try_from(map).map_err(|e| e.to_string())?;
+            xsks.set(key, fd, 0).map_err(|e| e.to_string())
+        })
+        .map_err(|cause| PortError::XskMap {
+            ifname,
+            queue,
+            cause,
+        })
+    }
+
+    /// A shared program's port starts being redirected: its interface index
+    /// to its slot (after its sockets are in `xsks`).
+    fn enable(&mut self) -> Result<(), PortError> {
+        let Loaded::Shared {
+            shared,
+            slot,
+            ifindex,
+        } = &self.loaded
+        else {
+            return Ok(());
+        };
+        let (slot, ifindex) = (*slot, *ifindex);
+        let mut g = lock(shared);
+        ports_map(&mut g.ebpf)
+            .and_then(|mut m| m.insert(ifindex, slot, 0).map_err(|e| e.to_string()))
+            .map_err(|cause| PortError::XskMap {
+                ifname: self.ifname.clone(),
+                queue: 0,
+                cause: format!("{PORTS_MAP}: {cause}"),
+            })
+    }
+}
+
+fn ports_map(
+    ebpf: &mut Ebpf,
+) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, u32>, String> {
+    let map = ebpf
+        .map_mut(PORTS_MAP)
+        .ok_or_else(|| format!("map {PORTS_MAP} missing from the object"))?;
+    aya::maps::HashMap::try_from(map).map_err(|e| e.to_string())
 }
 
 impl Drop for XdpAttachment {
     fn drop(&mut self) {
-        let Some(link) = self.link.take() else { return };
-        let prog: Option<&mut Xdp> = self
-            .ebpf
-            .program_mut(self.prog)
-            .and_then(|p| p.try_into().ok());
-        match prog.map(|p| p.detach(link)) {
-            Some(Ok(())) => log::info!("{}: XDP program detached", self.ifname),
-            Some(Err(e)) => log::warn!("{}: detaching the XDP program failed: {e}", self.ifname),
-            None => log::warn!(
-                "{}: XDP program handle lost; it goes when the process exits",
-                self.ifname
-            ),
+        if let Loaded::Shared { ifindex, .. } = &self.loaded {
+            let ifindex = *ifindex;
+            self.with_ebpf(|ebpf| {
+                if let Ok(mut m) = ports_map(ebpf) {
+                    let _ = m.remove(&ifindex);
+                }
+            });
+        }
+        if let Some(link) = self.link.take() {
+            let name = self.prog;
+            let r = self.with_ebpf(|ebpf| {
+                let prog: Option<&mut Xdp> = ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+                prog.map(|p| p.detach(link))
+            });
+            match r {
+                Some(Ok(())) => log::info!("{}: XDP program detached", self.ifname),
+                Some(Err(e)) => {
+                    log::warn!("{}: detaching the XDP program failed: {e}", self.ifname)
+                }
+                None => log::warn!(
+                    "{}: XDP program handle lost; it goes when the process exits",
+                    self.ifname
+                ),
+            }
+        }
+        if let Loaded::Shared { shared, slot, .. } = &self.loaded {
+            if let Some(u) = <[bool]>::get_mut(&mut lock(shared).used, *slot as usize) {
+                *u = false;
+            }
         }
     }
 }
@@ -452,12 +627,15 @@ impl Drop for XdpAttachment {
 /// The real backend: XDP via aya, sockets via xsk-rs.
 pub struct AfXdpBackend {
     pub frames_per_queue: u32,
+    /// The redirect program of veths and the host port, once one was opened.
+    pub redirect: Option<Arc<Mutex<SharedRedirect>>>,
 }
 
 impl Default for AfXdpBackend {
     fn default() -> Self {
         AfXdpBackend {
             frames_per_queue: 2 * RING_SIZE,
+            redirect: None,
         }
     }
 }
@@ -604,7 +782,13 @@ impl PortBackend for AfXdpBackend {
     }
 
     fn update_node_ports(a: &mut XdpAttachment, ports: &[(u8, u16)]) -> Result<(), PortError> {
-        crate::io::uplink::set_node_ports(&a.ifname, &mut a.ebpf, ports)
+        match &mut a.loaded {
+            Loaded::Own(ebpf) => crate::io::uplink::set_node_ports(&a.ifname, ebpf, ports),
+            Loaded::Shared { .. } => Err(PortError::XdpLoad {
+                ifname: a.ifname.clone(),
+                cause: "node ports are the uplink's; this port has the redirect program".into(),
+            }),
+        }
     }
 
     type Queue = NodeQueue;
@@ -635,27 +819,43 @@ impl PortBackend for AfXdpBackend {
                 exists(ifname)?;
                 let want = u32::try_from(workers).unwrap_or(u32::MAX);
                 let fit = crate::io::uplink::fit_channels(ifname, want, uplink.set_channels)?;
-                self.attach_and_bind(
-                    ifname,
-                    UPLINK,
-                    |ebpf| crate::io::uplink::configure(ifname, ebpf, uplink),
-                    true,
-                    Some(fit.now),
-                    workers,
-                )
+                let load_err = |cause: String| PortError::XdpLoad {
+                    ifname: ifname.to_string(),
+                    cause,
+                };
+                let mut ebpf = load_object(UPLINK.object).map_err(|e| load_err(e.to_string()))?;
+                crate::io::uplink::configure(ifname, &mut ebpf, uplink)?;
+                let prog: &mut Xdp = ebpf
+                    .program_mut(UPLINK.name)
+                    .ok_or_else(|| load_err(format!("program {} missing", UPLINK.name)))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
+                prog.load().map_err(|e| load_err(e.to_string()))?;
+                let attachment = XdpAttachment::new(ifname, Loaded::Own(ebpf), UPLINK.name);
+                self.attach_and_bind(attachment, true, Some(fit.now), workers)
             }
             PortKind::Xdp(role) => {
-                exists(ifname)?;
+                let ifindex = if_index(ifname).ok_or_else(|| PortError::NoSuchInterface {
+                    ifname: ifname.to_string(),
+                })?;
                 // Before anything is attached: only ferry's veths get a program.
                 crate::io::link::check_veth(ifname, *role)?;
-                self.attach_and_bind(
-                    ifname,
-                    REDIRECT,
-                    |_| Ok(()),
-                    false,
-                    queue_count(ifname),
-                    workers,
-                )
+                let shared = self.shared_redirect(ifname)?;
+                let slot = lock(&shared)
+                    .take_slot()
+                    .ok_or_else(|| PortError::XdpLoad {
+                        ifname: ifname.to_string(),
+                        cause: format!(
+                            "all {PORT_SLOTS} port slots of the redirect program are in use"
+                        ),
+                    })?;
+                let loaded = Loaded::Shared {
+                    shared,
+                    slot,
+                    ifindex,
+                };
+                let attachment = XdpAttachment::new(ifname, loaded, REDIRECT.name);
+                self.attach_and_bind(attachment, false, queue_count(ifname), workers)
             }
             PortKind::Tap { .. } => Err(PortError::Unsupported {
                 ifname: ifname.to_string(),
@@ -674,64 +874,55 @@ fn exists(ifname: &str) -> Result<(), PortError> {
     }
 }
 
+impl XdpAttachment {
+    /// Not attached yet: dropping it only gives a shared slot back.
+    fn new(ifname: &str, loaded: Loaded, prog: &'static str) -> XdpAttachment {
+        XdpAttachment {
+            ifname: ifname.to_string(),
+            loaded,
+            prog,
+            link: None,
+            mode: mode_name(false, BindMode::Copy),
+        }
+    }
+}
+
 impl AfXdpBackend {
-    /// What every AF_XDP port has in common, once its own checks passed:
-    /// load `program`, fill its maps (`configure`, before it can see a
-    /// frame), attach it down the mode ladder (module comment; the
-    /// zero-copy rung only when `try_zerocopy`), and bind worker `i`'s
-    /// socket to queue `i` for every `i` below `queues` (when known) and
-    /// [`MAX_QUEUES`], registering each in `xsks`. Workers beyond get
-    /// `None`; when `queues` is unknown, the first refused bind beyond
-    /// queue 0 ends the bound ones.
+    /// The shared redirect program, loaded at the first port that needs it.
+    fn shared_redirect(&mut self, ifname: &str) -> Result<Arc<Mutex<SharedRedirect>>, PortError> {
+        if let Some(s) = &self.redirect {
+            return Ok(Arc::clone(s));
+        }
+        let s = SharedRedirect::load().map_err(|cause| PortError::XdpLoad {
+            ifname: ifname.to_string(),
+            cause,
+        })?;
+        let s = Arc::new(Mutex::new(s));
+        self.redirect = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// What every AF_XDP port has in common, once its own checks passed and
+    /// its program is loaded (maps filled, before it can see a frame):
+    /// attach it down the mode ladder (module comment; the zero-copy rung
+    /// only when `try_zerocopy`), and bind worker `i`'s socket to queue `i`
+    /// for every `i` below `queues` (when known) and [`MAX_QUEUES`],
+    /// registering each in `xsks`, then (a shared program) the port's slot.
+    /// Workers beyond get `None`; when `queues` is unknown, the first
+    /// refused bind beyond queue 0 ends the bound ones.
     fn attach_and_bind(
         &self,
-        ifname: &str,
-        program: Program,
-        configure: impl FnOnce(&mut Ebpf) -> Result<(), PortError>,
+        mut attachment: XdpAttachment,
         try_zerocopy: bool,
         queues: Option<u32>,
         workers: usize,
     ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {
-        let load_err = |cause: String| PortError::XdpLoad {
-            ifname: ifname.to_string(),
-            cause,
-        };
+        let ifname = attachment.ifname.clone();
+        let ifname = ifname.as_str();
         let t0 = std::time::Instant::now();
-        let mut ebpf = load_object(program.object).map_err(|e| load_err(e.to_string()))?;
-        let t_parsed = t0.elapsed();
-        configure(&mut ebpf)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(program.name)
-            .ok_or_else(|| load_err(format!("program {} missing from the object", program.name)))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
-        prog.load().map_err(|e| load_err(e.to_string()))?;
-        let t_loaded = t0.elapsed();
-        let (link, native) = match prog.attach(ifname, XdpFlags::DRV_MODE) {
-            Ok(link) => (link, true),
-            Err(drv) => match prog.attach(ifname, XdpFlags::SKB_MODE) {
-                Ok(link) => {
-                    log::warn!("{ifname}: native XDP failed ({drv}); using generic (SKB) mode");
-                    (link, false)
-                }
-                Err(skb) => {
-                    return Err(PortError::XdpAttach {
-                        ifname: ifname.to_string(),
-                        cause: format!("native (driver) mode: {drv}; generic (skb) mode: {skb}"),
-                    })
-                }
-            },
-        };
-        let t_attached = t0.elapsed();
         // From here on, dropping `attachment` detaches the program again.
-        let mut attachment = XdpAttachment {
-            ifname: ifname.to_string(),
-            ebpf,
-            prog: program.name,
-            link: Some(link),
-            mode: mode_name(native, BindMode::Copy),
-        };
-
+        let native = attachment.attach()?;
+        let t_attached = t0.elapsed();
         let mut bind = if native && try_zerocopy {
             BindMode::ZeroCopy
         } else {
@@ -763,28 +954,19 @@ impl AfXdpBackend {
                 }
                 Err(e) => return Err(e),
             };
-            let map = attachment
-                .ebpf
-                .map_mut(MAP_NAME)
-                .ok_or_else(|| load_err(format!("map {MAP_NAME} missing from the object")))?;
-            let mut xsks: XskMap<_> = XskMap::try_from(map).map_err(|e| load_err(e.to_string()))?;
-            xsks.set(i, q.rings.rx.fd().as_raw_fd(), 0)
-                .map_err(|e| PortError::XskMap {
-                    ifname: ifname.to_string(),
-                    queue: i,
-                    cause: e.to_string(),
-                })?;
+            attachment.set_socket(i, q.rings.rx.fd().as_raw_fd())?;
             sockets.push(Some(NodeQueue::from(q)));
         }
+        attachment.enable()?;
         log::debug!(
-            "{ifname}: object loaded in {t_parsed:?}, program loaded at {t_loaded:?}, attached at {t_attached:?}, sockets bound at {:?}",
+            "{ifname}: attached in {t_attached:?}, sockets bound at {:?}",
             t0.elapsed()
         );
         attachment.mode = mode_name(native, bind);
         let bound = sockets.iter().filter(|q| q.is_some()).count();
         log::info!(
             "{ifname}: XDP {} attached ({}), {bound} of {workers} worker queue(s) bound{}",
-            program.name,
+            attachment.prog,
             attachment.mode,
             match queues {
                 Some(n) if n as usize > bound => format!(
