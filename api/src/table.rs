@@ -371,6 +371,13 @@ pub struct ServicePort {
     /// address that reaches the service too (IPv4 ClusterIP ports only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// `externalTrafficPolicy: Local`: traffic to the node port goes only
+    /// to these backends (the ready ones on this node) and keeps its
+    /// client's source address; with none it is dropped
+    /// (`no_local_endpoint`), as kube-proxy and Cilium drop it. `None`:
+    /// `Cluster` (every backend, the source translated to the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_local: Option<Vec<Backend>>,
 }
 
 /// The NetworkPolicy of one local endpoint, compiled by ferryd from the

@@ -529,4 +529,59 @@ fn node_ports_reach_backends_on_either_node_from_outside() {
         false
     )
     .is_err());
+
+    // externalTrafficPolicy: Local, the same objects on both nodes: each
+    // node's node port reaches its own backend only, which sees the
+    // client's own address; a node without a backend drops (and counts).
+    let local_only = |name: &str, vip: &str, port: u16, backends: &[&str]| {
+        service_yaml(name, vip, port, "TCP", 8080, backends, false)
+            .replace(
+                "spec:\n",
+                "spec:\n  type: NodePort\n  externalTrafficPolicy: Local\n",
+            )
+            .replace(
+                &format!("port: {port}, protocol"),
+                &format!("port: {port}, nodePort: {}, protocol", 30000 + port),
+            )
+    };
+    let both = local_only("both", "10.96.0.22", 90, &[&local.ip, &remote.ip]);
+    let far = local_only("far", "10.96.0.23", 91, &[&remote.ip]);
+    for n in [n1, n2] {
+        apply_and_wait(n, "both", &both, "10.96.0.22", 2);
+        apply_and_wait(n, "far", &far, "10.96.0.23", 1);
+    }
+    for (i, backend) in [(1, &local.ip), (2, &remote.ip)] {
+        let dst = format!("{}:30090", node_address(i));
+        for _ in 0..6 {
+            let (own, peer) = who(&c.outside.ns.name, &dst, false)
+                .unwrap_or_else(|e| panic!("outside -> {dst} (Local): {e}"));
+            assert_eq!(
+                host(&own),
+                backend.as_str(),
+                "{dst}: this node's backend only"
+            );
+            assert_eq!(
+                host(&peer),
+                itest::cluster::OUTSIDE_ADDR,
+                "{dst}: the backend sees the client itself"
+            );
+        }
+    }
+    let dst = format!("{}:30091", node_address(1));
+    assert!(
+        who(&c.outside.ns.name, &dst, false).is_err(),
+        "{dst}: no backend here"
+    );
+    let drops: u64 = n1.stats()["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w["drops"]["no_local_endpoint"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert!(drops >= 1, "{}", n1.stats());
+    let dst = format!("{}:30091", node_address(2));
+    let (own, _) = who(&c.outside.ns.name, &dst, false).expect("node 2 has far's backend");
+    assert_eq!(host(&own), remote.ip);
 }

@@ -243,6 +243,7 @@ fn service(c: &mut Criterion) {
             affinity_timeout_s: None,
             seed: 1,
             node_port: None,
+            node_local: None,
         })
         .collect();
     let t = tables(1, 32).with_services(Some(Services {

@@ -223,8 +223,14 @@ impl Agent {
             service_cidrs: cfg.service_cidrs.clone(),
             pod_cidrs: cfg.cluster_nets(),
         };
-        let services =
-            Services::start(object_store(&cfg, &store).await?, cfg.maglev_seed, rule).await;
+        let node_name = cfg.cluster.as_ref().map(|c| c.node_name.clone());
+        let services = Services::start(
+            object_store(&cfg, &store).await?,
+            cfg.maglev_seed,
+            rule,
+            node_name,
+        )
+        .await;
         // The endpoints policy is compiled for, before the first sync;
         // from here on ADD, DEL, GC and rollbacks keep them (`policy_*`).
         services.set_endpoints(store.ready()?.iter().map(local_endpoint_of).collect());

@@ -16,6 +16,9 @@
 //!   the first). The same backend in two slices counts once;
 //! - `sessionAffinity: ClientIP` gives `affinity_timeout_s`, its
 //!   `sessionAffinityConfig.clientIP.timeoutSeconds` or 10800 (3 h);
+//! - a node port of a service with `externalTrafficPolicy: Local` reaches
+//!   only the backends [`Here`] (`node_local`), the client's address kept;
+//!   the ClusterIP reaches all of them (kube-proxy's semantics);
 //! - TCP and UDP only: an SCTP port is left out and said so.
 //!
 //! Ids: `<namespace>/<name>:<port>/<protocol>` for an IPv4 clusterIP and
@@ -36,6 +39,22 @@ use super::objects::SERVICE_NAME_LABEL;
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+/// Which endpoints are this node's, for `externalTrafficPolicy: Local`:
+/// an EndpointSlice endpoint whose `nodeName` is this node's name, or
+/// whose address is one of this node's pods' (single-node mode has no
+/// name; a slice written by hand may leave `nodeName` out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Here {
+    pub node_name: Option<String>,
+    pub addrs: BTreeSet<IpAddr>,
+}
+
+impl Here {
+    fn has(&self, node: Option<&str>, ip: &IpAddr) -> bool {
+        self.addrs.contains(ip) || node.is_some() && node == self.node_name.as_deref()
+    }
+}
 
 /// What [`compile`] made, and what it left out and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,12 +110,14 @@ fn protocol_of(p: Option<&str>) -> Option<L4Proto> {
 }
 
 /// The service ports of `services` with the backends of `slices`, Maglev
-/// `seed` on each. Objects are taken as checked by
-/// [`super::objects::parse_file`]; anything still unusable is skipped.
+/// `seed` on each, `here` telling this node's backends apart. Objects are
+/// taken as checked by [`super::objects::parse_file`]; anything still
+/// unusable is skipped.
 pub fn compile<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     seed: u64,
+    here: &Here,
 ) -> Compiled {
     // (namespace, service name) -> its slices.
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
@@ -150,6 +171,7 @@ pub fn compile<'a>(
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let nodes = node_names(slices);
         for p in spec.ports.iter().flatten() {
             let Some(protocol) = protocol_of(p.protocol.as_deref()) else {
                 out.skipped.push(format!(
@@ -168,22 +190,43 @@ pub fn compile<'a>(
                 .node_port
                 .filter(|_| exposed)
                 .and_then(|n| u16::try_from(n).ok());
+            let local = spec.external_traffic_policy.as_deref() == Some("Local");
             for &vip in &ips {
                 let family = if vip.is_ipv4() { "" } else { "/v6" };
+                let node_port = node_port.filter(|_| vip.is_ipv4());
+                let all = backends(slices, vip.is_ipv4(), port_name, protocol);
+                let node_local = (local && node_port.is_some()).then(|| {
+                    all.iter()
+                        .filter(|b| here.has(nodes.get(&b.ip).copied().flatten(), &b.ip))
+                        .cloned()
+                        .collect()
+                });
                 out.ports.push(ServicePort {
                     id: format!("{who}:{port}/{}{family}", protocol.name()),
                     vip,
                     port,
                     protocol,
-                    backends: backends(slices, vip.is_ipv4(), port_name, protocol),
+                    backends: all,
                     affinity_timeout_s,
                     seed,
-                    node_port: node_port.filter(|_| vip.is_ipv4()),
+                    node_port,
+                    node_local,
                 });
             }
         }
     }
     out.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Each endpoint address of `slices` (its first) and the `nodeName` it is on.
+fn node_names<'a>(slices: &[&'a EndpointSlice]) -> BTreeMap<IpAddr, Option<&'a str>> {
+    let mut out = BTreeMap::new();
+    for e in slices.iter().flat_map(|s| &s.endpoints) {
+        if let Some(ip) = e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) {
+            out.insert(ip, e.node_name.as_deref());
+        }
+    }
     out
 }
 
@@ -243,7 +286,7 @@ mod tests {
 
     fn run(yaml: &str) -> Compiled {
         let (svcs, slices) = objects(yaml);
-        compile(&svcs, &slices, 7)
+        compile(&svcs, &slices, 7, &Here::default())
     }
 
     fn b(ip: &str, port: u16) -> Backend {
@@ -455,6 +498,63 @@ endpoints:
     }
 
     #[test]
+    fn external_traffic_policy_local_keeps_this_nodes_backends_for_the_node_port() {
+        let yaml = |kind: &str, policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\n\
+                 spec:\n  type: {kind}\n  externalTrafficPolicy: {policy}\n  clusterIP: 10.96.0.1\n  \
+                 ports: [{{name: p, port: 80, targetPort: 8080, nodePort: 30080}}]\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+                 addressType: IPv4\nports: [{{name: p, port: 8080}}]\nendpoints:\n\
+                 - {{addresses: [10.244.1.5], nodeName: n1}}\n\
+                 - {{addresses: [10.244.1.6]}}\n\
+                 - {{addresses: [10.244.2.7], nodeName: n2}}\n\
+                 - {{addresses: [10.244.1.8], nodeName: n1, conditions: {{ready: false}}}}\n"
+            )
+        };
+        let here = Here {
+            node_name: Some("n1".into()),
+            addrs: ["10.244.1.6".parse().unwrap()].into(),
+        };
+        let compiled = |kind: &str, policy: &str| {
+            let (svcs, slices) = objects(&yaml(kind, policy));
+            compile(&svcs, &slices, 7, &here).ports.remove(0)
+        };
+        let p = compiled("NodePort", "Local");
+        // The ClusterIP keeps every ready backend; the node port this node's:
+        // by nodeName (n1) or by a local pod's address (no nodeName).
+        assert_eq!(p.backends.len(), 3);
+        assert_eq!(
+            p.node_local,
+            Some(vec![b("10.244.1.5", 8080), b("10.244.1.6", 8080)])
+        );
+        let elsewhere = {
+            let (svcs, slices) = objects(&yaml("NodePort", "Local"));
+            let far = Here {
+                node_name: Some("n3".into()),
+                addrs: BTreeSet::new(),
+            };
+            compile(&svcs, &slices, 7, &far).ports.remove(0)
+        };
+        assert_eq!(
+            elsewhere.node_local,
+            Some(vec![]),
+            "no backend here: dropped"
+        );
+        assert_eq!(compiled("NodePort", "Cluster").node_local, None);
+        assert_eq!(
+            compiled("LoadBalancer", "Local")
+                .node_local
+                .map(|v| v.len()),
+            Some(2)
+        );
+        // No node port: nothing to be local about.
+        let cip = compiled("ClusterIP", "Local");
+        assert_eq!((cip.node_port, cip.node_local), (None, None));
+    }
+
+    #[test]
     fn cluster_ips_outside_the_service_cidrs_or_inside_pod_cidrs_are_left_out() {
         let yaml = |ip: &str| {
             format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n")
@@ -492,7 +592,7 @@ endpoints:
             "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80, name: a}, {port: 81, name: b}]\n",
         );
         svcs[0].spec.as_mut().unwrap().ports.as_mut().unwrap()[1].protocol = Some("SCTP".into());
-        let c = compile(&svcs, &[], 0);
+        let c = compile(&svcs, &[], 0, &Here::default());
         assert_eq!(c.ports.len(), 1);
         assert!(c.skipped[0].contains("TCP and UDP only"), "{:?}", c.skipped);
     }

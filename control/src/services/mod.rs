@@ -68,6 +68,9 @@ pub struct Services {
     store: Arc<dyn ObjectStore>,
     seed: u64,
     rule: compile::ClusterIpRule,
+    /// This node's name (cluster mode), which `externalTrafficPolicy:
+    /// Local` looks for in EndpointSlices' `nodeName`.
+    node_name: Option<String>,
     inner: Mutex<Inner>,
     /// Held from a change of the sets until the dataplane was told of it:
     /// two changes' updates never interleave.
@@ -195,11 +198,13 @@ impl Services {
         store: Arc<dyn ObjectStore>,
         seed: u64,
         rule: compile::ClusterIpRule,
+        node_name: Option<String>,
     ) -> Arc<Services> {
         let s = Arc::new(Services {
             store,
             seed,
             rule,
+            node_name,
             inner: Mutex::new(Inner::default()),
             pushing: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
@@ -238,20 +243,21 @@ impl Services {
     pub fn set_endpoints(&self, endpoints: Vec<LocalEndpoint>) {
         let mut i = lock(&self.inner);
         i.endpoints = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
-        self.recompile_policies(&mut i);
+        self.recompile(&mut i);
     }
 
-    /// An endpoint is added (or changed); the policies it changes are in
-    /// the dataplane when this returns, unless it refused them or is not
+    /// An endpoint is added (or changed); the policies it changes (and the
+    /// node-local backends of `externalTrafficPolicy: Local` services) are
+    /// in the dataplane when this returns, unless it refused them or is not
     /// connected (then the next sync carries them).
     pub async fn endpoint_up(&self, ep: LocalEndpoint, dp: &DataplaneClient) {
         let _turn = self.pushing.lock().await;
         let d = {
             let mut i = lock(&self.inner);
             i.endpoints.insert(ep.id.clone(), ep);
-            self.recompile_policies(&mut i)
+            self.recompile(&mut i)
         };
-        push(dp, d).await;
+        push_changes(dp, d).await;
     }
 
     /// An endpoint is gone (DEL, GC, a rolled back ADD); an unknown id
@@ -263,9 +269,9 @@ impl Services {
             if i.endpoints.remove(id).is_none() {
                 return;
             }
-            self.recompile_policies(&mut i)
+            self.recompile(&mut i)
         };
-        push(dp, d).await;
+        push_changes(dp, d).await;
     }
 
     fn set_error(&self, e: Option<&DsError>) {
@@ -326,7 +332,15 @@ impl Services {
             Object::EndpointSlice(s) => Some(&**s),
             _ => None,
         });
-        let new = compile::compile(services, slices, self.seed).admit(&self.rule);
+        let here = compile::Here {
+            node_name: self.node_name.clone(),
+            addrs: i
+                .endpoints
+                .values()
+                .flat_map(|e| e.ips.iter().copied())
+                .collect(),
+        };
+        let new = compile::compile(services, slices, self.seed, &here).admit(&self.rule);
         for why in new
             .skipped
             .iter()

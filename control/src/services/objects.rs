@@ -483,6 +483,13 @@ fn check_service(s: &Service) -> Result<(), String> {
             ));
         }
     }
+    if let Some(p) = spec.external_traffic_policy.as_deref() {
+        if !matches!(p, "Cluster" | "Local") {
+            return Err(format!(
+                "spec.externalTrafficPolicy {p:?} is not Cluster or Local"
+            ));
+        }
+    }
     match spec.session_affinity.as_deref().unwrap_or("None") {
         "None" | "ClientIP" => Ok(()),
         other => Err(format!(
@@ -754,6 +761,7 @@ metadata: {name: web-0, namespace: shop, labels: {app: web}}
             ("SCTP", svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80, protocol: SCTP}]"), 2, "TCP and UDP only"),
             ("unnamed ports", svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80}, {port: 81}]"), 2, "names each"),
             ("bad affinity", svc("  clusterIP: 10.96.0.1\n  sessionAffinity: Cookie\n  ports: [{port: 80}]"), 2, "sessionAffinity"),
+            ("bad traffic policy", svc("  type: NodePort\n  clusterIP: 10.96.0.1\n  externalTrafficPolicy: Nearest\n  ports: [{port: 80}]"), 2, "externalTrafficPolicy"),
             ("wrong type in a field", svc("  clusterIP: 10.96.0.1\n  ports: [{port: eighty}]"), 2, "invalid"),
             ("slice without service-name", slice("", "endpoints: []"), 1, "kubernetes.io/service-name"),
             ("slice address of the other family", slice(label, "endpoints: [{addresses: [\"fd00::1\"]}]"), 1, "not of addressType"),

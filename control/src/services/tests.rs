@@ -106,6 +106,7 @@ async fn a_bad_file_stores_nothing_and_services_compile_from_the_store() {
         Arc::new(Embedded::new(Arc::clone(&store))),
         42,
         Default::default(),
+        None,
     )
     .await;
     let bad = format!("{WEB}---\napiVersion: v1\nkind: Service\nmetadata: {{name: x, namespace: default}}\nspec: {{clusterIP: 10.96.0.400}}\n");
@@ -129,6 +130,7 @@ async fn a_bad_file_stores_nothing_and_services_compile_from_the_store() {
         Arc::new(Embedded::new(Arc::clone(&store))),
         42,
         Default::default(),
+        None,
     )
     .await;
     let ports = again.ports();
@@ -171,6 +173,7 @@ fn diff_upserts_what_changed_and_removes_what_went() {
         affinity_timeout_s: None,
         seed: 0,
         node_port: None,
+        node_local: None,
     };
     let old = vec![port("a", 1), port("b", 2), port("c", 3)];
     let new = vec![port("a", 1), port("b", 20), port("d", 4)];
@@ -243,7 +246,7 @@ async fn endpoint_and_object_changes_push_policy_upserts_and_removes() {
     emb.apply(&objects::parse_file("deny.yaml", DENY).unwrap())
         .await
         .unwrap();
-    let svc = Services::start(emb, 0, Default::default()).await;
+    let svc = Services::start(emb, 0, Default::default(), None).await;
     let ep = |id: &str, ip: &str| LocalEndpoint {
         id: id.into(),
         namespace: Some("shop".into()),

@@ -152,6 +152,7 @@ fn tables() -> &'static Tables {
             affinity_timeout_s: (port == 443).then_some(60),
             seed: 1,
             node_port: (port == 80).then_some(30080),
+            node_local: None,
         };
         let services = [
             port(

@@ -1338,6 +1338,7 @@ mod tests {
                 affinity_timeout_s: None,
                 seed: 1,
                 node_port: None,
+                node_local: None,
             }],
         }));
         assert_eq!(dp.dump().services.len(), 1);

@@ -168,7 +168,18 @@ pub struct ServiceTable {
     /// Every ClusterIP (the node kernel asks for them on the host port).
     vips: rustc_hash::FxHashSet<u128>,
     /// (node port, protocol) -> the service port it reaches.
-    by_node_port: FxHashMap<(u16, u8), (u128, u16, u8)>,
+    by_node_port: FxHashMap<(u16, u8), NodePort>,
+}
+
+/// What a node port reaches.
+#[derive(Debug)]
+enum NodePort {
+    /// `externalTrafficPolicy: Cluster`: the service port's own backends
+    /// (its key in `by_vip`), the client's source translated.
+    Cluster((u128, u16, u8)),
+    /// `Local`: this node's backends only (their own Maglev table, the
+    /// service port's id), the client's source kept.
+    Local(ServiceEntry),
 }
 
 impl ServiceTable {
@@ -181,7 +192,14 @@ impl ServiceTable {
             t.by_vip.entry(key).or_insert(e);
             t.vips.insert(key.0);
             if let Some(n) = sp.node_port.filter(|_| sp.vip.is_ipv4()) {
-                t.by_node_port.entry((n, key.2)).or_insert(key);
+                let target = match &sp.node_local {
+                    None => NodePort::Cluster(key),
+                    Some(local) => NodePort::Local(ServiceEntry::of(&ServicePort {
+                        backends: local.clone(),
+                        ..sp.clone()
+                    })),
+                };
+                t.by_node_port.entry((n, key.2)).or_insert(target);
             }
         }
         t
@@ -204,8 +222,14 @@ impl ServiceTable {
     /// The service port reached at `port` over `proto` on the node's
     /// uplink address (NodePort).
     #[inline]
-    pub fn by_node_port(&self, port: u16, proto: u8) -> Option<&ServiceEntry> {
-        self.by_vip.get(self.by_node_port.get(&(port, proto))?)
+    ///
+    /// With whether the client's source is kept (`externalTrafficPolicy:
+    /// Local`: the entry holds this node's backends only).
+    pub fn by_node_port(&self, port: u16, proto: u8) -> Option<(&ServiceEntry, bool)> {
+        match self.by_node_port.get(&(port, proto))? {
+            NodePort::Cluster(key) => Some((self.by_vip.get(key)?, false)),
+            NodePort::Local(e) => Some((e, true)),
+        }
     }
 
     /// Whether `ip` (as conntrack keys it) is a ClusterIP.
@@ -241,6 +265,7 @@ mod tests {
             affinity_timeout_s: None,
             seed: 42,
             node_port: None,
+            node_local: None,
         }
     }
 

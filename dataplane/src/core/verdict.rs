@@ -179,6 +179,9 @@ pub enum DropReason {
     /// A packet from a pod whose network policy isolates its egress and
     /// allows nothing matching it.
     PolicyDeniedEgress = 48,
+    /// To a node port of an `externalTrafficPolicy: Local` service with no
+    /// ready backend on this node: dropped (kube-proxy drops it too).
+    NoLocalEndpoint = 49,
 }
 
 impl DropReason {
@@ -231,6 +234,7 @@ impl DropReason {
         DropReason::CtFull,
         DropReason::PolicyDeniedIngress,
         DropReason::PolicyDeniedEgress,
+        DropReason::NoLocalEndpoint,
     ];
 
     /// Counter name (`drop_<name>` in metrics).
@@ -284,6 +288,7 @@ impl DropReason {
             DropReason::CtFull => "ct_full",
             DropReason::PolicyDeniedIngress => "policy_denied_ingress",
             DropReason::PolicyDeniedEgress => "policy_denied_egress",
+            DropReason::NoLocalEndpoint => "no_local_endpoint",
         }
     }
 

@@ -544,6 +544,7 @@ fn ipv6_service_flows_are_translated_and_refused_without_backends() {
         affinity_timeout_s: None,
         seed: 3,
         node_port: None,
+        node_local: None,
     };
     let web = vec![Backend {
         ip: v6_of(2).into(),

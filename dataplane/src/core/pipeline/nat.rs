@@ -149,9 +149,9 @@ pub(super) fn translate<F: Flow>(
     }
     let service = match outside {
         Some(_) => svc.table.by_node_port(dport, proto),
-        None => svc.table.lookup(key.dst, dport, proto),
+        None => svc.table.lookup(key.dst, dport, proto).map(|s| (s, false)),
     };
-    let Some(service) = service else {
+    let Some((service, keep_source)) = service else {
         return Ok(Outcome::Pass);
     };
     let backend = match service.affinity_ns {
@@ -175,9 +175,14 @@ pub(super) fn translate<F: Flow>(
         }
     };
     let Some(backend) = backend else {
+        // externalTrafficPolicy: Local without a backend here: dropped, as
+        // kube-proxy drops it (a load balancer's health check sees it).
+        if keep_source {
+            return Err(DropReason::NoLocalEndpoint);
+        }
         return Ok(Outcome::Reject);
     };
-    let src = if outside.is_some() || backend.ip == key.src {
+    let src = if (outside.is_some() && !keep_source) || backend.ip == key.src {
         hairpin
     } else {
         key.src

@@ -40,6 +40,7 @@ fn port(vip: Ipv4Addr, port: u16, protocol: L4Proto, backends: &[(Ipv4Addr, u16)
         affinity_timeout_s: None,
         seed: 7,
         node_port: None,
+        node_local: None,
     }
 }
 

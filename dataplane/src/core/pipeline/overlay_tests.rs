@@ -376,26 +376,40 @@ fn a_node_port_reaches_local_and_remote_backends_and_replies_leave_by_the_uplink
         affinity_timeout_s: None,
         seed: 1,
         node_port: Some(node_port),
+        node_local: None,
     };
     let services = [
         sp("default/local:80/TCP", 30080, PODS[1].1),
         sp("default/remote:81/TCP", 30081, POD_B),
     ];
+    let syn_from = |sport: u16, dport: u16| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(client_mac, MAC_A.0)
+            .ipv4(client.octets(), NODE_A.octets(), 64)
+            .tcp(sport, dport, 1, 64240)
+            .syn()
+            .write(&mut f, b"")
+            .unwrap();
+        f
+    };
+    let from_client = |dport: u16| syn_from(50000, dport);
+    // The backend's SYN-ACK to `to` (the gateway, or the client itself).
+    let backend_reply = |to: Ipv4Addr| {
+        let mut reply = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac_of(PODS[1].1), ROUTER)
+            .ipv4(PODS[1].1.octets(), to.octets(), 64)
+            .tcp(8080, 50000, 9, 64240)
+            .syn()
+            .ack(2)
+            .write(&mut reply, b"")
+            .unwrap();
+        reply
+    };
     for overlay in [VXLAN, Overlay::Direct] {
         let t = a(overlay).with_services(Some(Services {
             table: Arc::new(ServiceTable::build(&services)),
             conntrack: Arc::new(Conntrack::new(1024)),
         }));
-        let from_client = |dport: u16| {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2(client_mac, MAC_A.0)
-                .ipv4(client.octets(), NODE_A.octets(), 64)
-                .tcp(50000, dport, 1, 64240)
-                .syn()
-                .write(&mut f, b"")
-                .unwrap();
-            f
-        };
         let (v, out, _) = run_at(&t, UPLINK, &from_client(30080));
         assert_eq!(v, Verdict::Tx(PODS[1].0), "{overlay:?}");
         let (_, _, _, src, dst) = ip_fields(&out);
@@ -403,15 +417,7 @@ fn a_node_port_reaches_local_and_remote_backends_and_replies_leave_by_the_uplink
         assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
 
         // The backend answers the gateway: out of the uplink to the client.
-        let mut reply = Vec::new();
-        etherparse::PacketBuilder::ethernet2(mac_of(PODS[1].1), ROUTER)
-            .ipv4(PODS[1].1.octets(), GW.octets(), 64)
-            .tcp(8080, 50000, 9, 64240)
-            .syn()
-            .ack(2)
-            .write(&mut reply, b"")
-            .unwrap();
-        let (v, back, outer) = run_at(&t, PODS[1].0, &reply);
+        let (v, back, outer) = run_at(&t, PODS[1].0, &backend_reply(GW));
         assert_eq!((v, outer), (Verdict::Tx(UPLINK), 0), "{overlay:?}");
         assert_eq!((&back[..6], &back[6..12]), (&client_mac[..], &MAC_A.0[..]));
         let (_, _, _, src, dst) = ip_fields(&back);
@@ -431,4 +437,55 @@ fn a_node_port_reaches_local_and_remote_backends_and_replies_leave_by_the_uplink
         let (v, _, _) = run_at(&t, UPLINK, &from_client(22));
         assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
     }
+
+    // externalTrafficPolicy: Local. Backends here and on B: only the one
+    // here is chosen, the client's address is kept (and the reply still
+    // leaves by the uplink, from the node port); with no backend here the
+    // node port drops (`no_local_endpoint`).
+    let local = |id: &str, node_port, here: Vec<Backend>| ServicePort {
+        backends: vec![
+            Backend {
+                ip: PODS[1].1.into(),
+                port: 8080,
+            },
+            Backend {
+                ip: POD_B.into(),
+                port: 8080,
+            },
+        ],
+        node_local: Some(here),
+        ..sp(id, node_port, PODS[1].1)
+    };
+    let here = vec![Backend {
+        ip: PODS[1].1.into(),
+        port: 8080,
+    }];
+    let services = [
+        local("default/kept:80/TCP", 30080, here),
+        local("default/none:81/TCP", 30081, vec![]),
+    ];
+    let t = a(VXLAN).with_services(Some(Services {
+        table: Arc::new(ServiceTable::build(&services)),
+        conntrack: Arc::new(Conntrack::new(1024)),
+    }));
+    for sport in 50000..50016u16 {
+        let (v, out, _) = run_at(&t, UPLINK, &syn_from(sport, 30080));
+        assert_eq!(v, Verdict::Tx(PODS[1].0), "flow from {sport}");
+        let (_, _, _, src, dst) = ip_fields(&out);
+        assert_eq!(
+            (Ipv4Addr::from(src), Ipv4Addr::from(dst)),
+            (client, PODS[1].1)
+        );
+        assert!(ip_checksum_ok(&out) && l4_checksum_ok(&out));
+    }
+    let (v, back, outer) = run_at(&t, PODS[1].0, &backend_reply(client));
+    assert_eq!((v, outer), (Verdict::Tx(UPLINK), 0));
+    assert_eq!(&back[..6], &client_mac[..]);
+    let (_, _, _, src, dst) = ip_fields(&back);
+    assert_eq!((Ipv4Addr::from(src), Ipv4Addr::from(dst)), (NODE_A, client));
+    assert_eq!(u16::from_be_bytes([back[34], back[35]]), 30080);
+    assert!(ip_checksum_ok(&back) && l4_checksum_ok(&back));
+
+    let (v, _, _) = run_at(&t, UPLINK, &from_client(30081));
+    assert_eq!(v, Verdict::Drop(DropReason::NoLocalEndpoint));
 }

@@ -282,6 +282,7 @@ fn service_flows_are_judged_on_the_backend_and_their_replies_pass() {
         affinity_timeout_s: None,
         seed: 7,
         node_port: None,
+        node_local: None,
     };
     // The backend takes port 8080 from pod 1 only, and sends nothing of
     // its own.
