@@ -55,7 +55,7 @@ enum Cmd {
         /// Generator threads of the UDP workloads (each its own socket and 8 flows).
         #[arg(long, default_value_t = 1)]
         senders: u32,
-        /// What makes the UDP floods' frames: afpacket (an AF_PACKET socket per sender, sendmmsg, qdisc bypass; ~0.55 Mpps of 64 B here), live (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of an XDP_TX program on the sending pod's eth0, kernel 5.18+; cases labelled <workload>-live, offered = the generator's own count) or both (each flood case with afpacket, then live). Scale and service cases use the first.
+        /// What makes the UDP floods' frames: afpacket (an AF_PACKET socket per sender, sendmmsg, qdisc bypass; the path behind the veth runs in its own softirq, so it offers what one core can send and carry), live (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of an XDP_TX program on the sending pod's eth0, kernel 5.18+; cases labelled <workload>-live, offered = the generator's own count) or both (each flood case with afpacket, then live). Scale and service cases use the first.
         #[arg(long, default_value = "afpacket")]
         generator: String,
         /// Comma-separated main-case workloads to run (default: all) among tcp-1, tcp-4, udp-64B, udp-1400B, ping, tcp-rr.

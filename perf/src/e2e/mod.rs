@@ -457,13 +457,19 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         for tp in &topos {
             eprintln!("perf: warming up {}", tp.name);
             for &f in &opts.families {
-                let floods = opts
-                    .generators
-                    .iter()
-                    .map(|&g| (Workload::Udp(traffic::MIN_FRAME), g));
-                let others = [Workload::Ping, Workload::Tcp(1), Workload::TcpRr]
-                    .map(|w| (w, warm.generator));
-                for (w, generator) in others.into_iter().chain(floods) {
+                // Ping, 1 s TCP, a short flood with each generator, a short
+                // request/response.
+                let mut runs = vec![
+                    (Workload::Ping, warm.generator),
+                    (Workload::Tcp(1), warm.generator),
+                ];
+                runs.extend(
+                    generators_of(Workload::Udp(traffic::MIN_FRAME), &opts.generators)
+                        .into_iter()
+                        .map(|g| (Workload::Udp(traffic::MIN_FRAME), g)),
+                );
+                runs.push((Workload::TcpRr, warm.generator));
+                for (w, generator) in runs {
                     let warm = Params { generator, ..warm };
                     if let Err(e) = workload::run(w, f, tp, &warm) {
                         if matches!(e, E2eError::Interrupted) {

@@ -29,8 +29,8 @@ pub const FLOOD_PORT: u16 = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generator {
     /// An AF_PACKET socket, `sendmmsg` of 256 prebuilt frames per call,
-    /// qdisc bypassed: skbs through the pod's stack below the qdisc
-    /// (~0.55 Mpps of 64 B frames on one core here).
+    /// qdisc bypassed: skbs through the pod's stack below the qdisc; the
+    /// node end's receive work runs in the sender's softirq, on its core.
     AfPacket,
     /// `BPF_PROG_TEST_RUN` with live frames of an `XDP_TX` program on the
     /// pod's eth0 ([`super::live`]): xdp_frames straight to the veth peer,
