@@ -55,6 +55,9 @@ enum Cmd {
         /// Generator threads of the UDP workloads (each its own socket and 8 flows).
         #[arg(long, default_value_t = 1)]
         senders: u32,
+        /// What makes the UDP floods' frames: afpacket (an AF_PACKET socket per sender, sendmmsg, qdisc bypass; the path behind the veth runs in its own softirq, so it offers what one core can send and carry), live (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of an XDP_TX program on the sending pod's eth0, kernel 5.18+; cases labelled <workload>-live, offered = the generator's own count) or both (each flood case with afpacket, then live). Scale and service cases use the first.
+        #[arg(long, default_value = "afpacket")]
+        generator: String,
         /// Comma-separated main-case workloads to run (default: all) among tcp-1, tcp-4, udp-64B, udp-1400B, ping, tcp-rr.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
@@ -334,6 +337,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             scale_pods,
             ferry_workers,
             senders,
+            generator,
             workloads,
             family,
             dataplane_args,
@@ -350,6 +354,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             o.scale_pods = scale_pods.into_iter().filter(|n| *n > 2).collect();
             o.extra_ferry_workers = (ferry_workers > 1).then_some(ferry_workers);
             o.senders = senders.clamp(1, 64);
+            o.generators =
+                e2e::traffic::Generator::parse_choice(&generator).context("--generator")?;
             o.workloads = workloads;
             o.families = e2e::workload::Family::parse_choice(&family).context("--family")?;
             o.services = e2e::services::parse_counts(&services).context("--services")?;

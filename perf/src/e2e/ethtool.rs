@@ -7,6 +7,8 @@ use super::error::{E2eError, Result};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// The legacy get commands and the names ethtool -k shows for them.
 const FEATURES: [(u32, &str); 6] = [
@@ -15,7 +17,7 @@ const FEATURES: [(u32, &str); 6] = [
     (0x18, "scatter-gather"),
     (0x1e, "tcp-segmentation-offload"),
     (0x23, "generic-segmentation-offload"),
-    (0x2b, "generic-receive-offload"),
+    (ETHTOOL_GGRO, "generic-receive-offload"),
 ];
 
 #[repr(C)]
@@ -78,6 +80,18 @@ pub fn offloads(ifname: &str) -> Result<BTreeMap<String, bool>> {
 /// also turns off what depends on it (TSO, GSO of TCP).
 pub fn set_tx_checksum(ifname: &str, on: bool) -> Result<()> {
     ioctl(ifname, ETHTOOL_STXCSUM, u32::from(on)).map(|_| ())
+}
+
+/// Whether GRO is on (`ethtool -k IF`'s generic-receive-offload).
+pub fn gro(ifname: &str) -> Result<bool> {
+    ioctl(ifname, ETHTOOL_GGRO, 0).map(|v| v != 0)
+}
+
+/// Turn GRO on or off (like `ethtool -K IF gro on|off`). On a veth, GRO on
+/// gives the device a NAPI context, so its peer can send it XDP frames even
+/// without an XDP program of its own.
+pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    ioctl(ifname, ETHTOOL_SGRO, u32::from(on)).map(|_| ())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod chart;
 pub mod cross;
 pub mod error;
 pub mod ethtool;
+pub mod live;
 pub mod parse;
 pub mod policies;
 pub mod report;
@@ -29,6 +30,7 @@ use cross::Overlay;
 use error::{E2eError, Result};
 use report::{Failure, Report, Sample};
 use topo::{Kind, Topology};
+use traffic::Generator;
 use workload::{Family, Params, Target, Workload};
 
 /// What to run.
@@ -50,6 +52,10 @@ pub struct Options {
     pub extra_ferry_workers: Option<u32>,
     /// Generator threads of the UDP workloads (default 1).
     pub senders: u32,
+    /// The generators every main-case UDP workload runs with, in turn
+    /// (default AF_PACKET only); the scale and service cases use the first.
+    /// Live-frame cases are labelled `<workload>-live`.
+    pub generators: Vec<Generator>,
     /// Main-case workloads to run, by label (`tcp-1`, `udp-64B`, ...);
     /// empty: all of [`WORKLOADS`].
     pub workloads: Vec<String>,
@@ -84,6 +90,7 @@ impl Options {
             scale_pods: vec![16, 64],
             extra_ferry_workers: Some(2),
             senders: 1,
+            generators: vec![Generator::AfPacket],
             workloads: Vec::new(),
             dataplane_args: Vec::new(),
             families: vec![Family::V4],
@@ -101,6 +108,11 @@ impl Options {
                 ping_count: 50,
                 rr_window: Duration::from_millis(600),
                 senders: self.senders,
+                generator: self
+                    .generators
+                    .first()
+                    .copied()
+                    .unwrap_or(Generator::AfPacket),
             }
         } else {
             Params {
@@ -110,6 +122,11 @@ impl Options {
                 ping_count: 300,
                 rr_window: Duration::from_secs(2),
                 senders: self.senders,
+                generator: self
+                    .generators
+                    .first()
+                    .copied()
+                    .unwrap_or(Generator::AfPacket),
             }
         }
     }
@@ -279,6 +296,11 @@ fn preflight(opts: &Options) -> Result<()> {
     if opts.topologies.iter().any(|t| t.starts_with("ferry")) {
         topo::check_ferry_bins(&opts.bin_dir)?;
     }
+    if opts.generators.contains(&Generator::Live) {
+        // Never a silent fallback to the other generator: a kernel that
+        // refuses live frames stops the run here, saying why.
+        live::probe().map_err(|e| E2eError::setup("-", format!("--generator live: {e}")))?;
+    }
     Ok(())
 }
 
@@ -370,7 +392,17 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
     );
     m.insert(
         "frames".into(),
-        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; over IPv6 udp-64B-v6 = 62-byte frames (14 + 40 + 8, no payload: the smallest; 66 B on the wire), UDP checksum set; 8 UDP flows per sender thread, each an AF_PACKET socket in the sending pod (sendmmsg, qdisc bypass)"),
+        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; over IPv6 udp-64B-v6 = 62-byte frames (14 + 40 + 8, no payload: the smallest; 66 B on the wire), UDP checksum set; 8 UDP flows per sender thread"),
+    );
+    let gens: Vec<&str> = opts.generators.iter().map(|g| g.name()).collect();
+    m.insert("generators".into(), json!(gens.join(",")));
+    m.insert(
+        "generator_notes".into(),
+        json!(format!(
+            "afpacket (cases as labelled, no suffix): per sender thread an AF_PACKET socket in the sending pod (sendmmsg of 256 frames, qdisc bypass); offered_mpps = the sending pod's eth0 tx_packets + tx_dropped. live (cases *-live): per sender thread BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES of an XDP_TX program on the sending pod's eth0 (repeat {}, batch {}, one flow per run in turn), frames leave eth0 as xdp_frames to its veth peer; offered_mpps = the runs' own count; a node end with neither an XDP program nor GRO gets GRO on for the live case. sender_if_mpps = eth0's tx_packets + tx_dropped for both. Scale and service cases use the first generator",
+            live::REPEAT,
+            live::BATCH
+        )),
     );
     m
 }
@@ -444,16 +476,25 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             ping_count: 10,
             rr_window: Duration::from_millis(200),
             senders: params.senders,
+            generator: params.generator,
         };
         for tp in &topos {
             eprintln!("perf: warming up {}", tp.name);
             for &f in &opts.families {
-                for w in [
-                    Workload::Ping,
-                    Workload::Tcp(1),
-                    Workload::Udp(traffic::MIN_FRAME),
-                    Workload::TcpRr,
-                ] {
+                // Ping, 1 s TCP, a short flood with each generator, a short
+                // request/response.
+                let mut runs = vec![
+                    (Workload::Ping, warm.generator),
+                    (Workload::Tcp(1), warm.generator),
+                ];
+                runs.extend(
+                    generators_of(Workload::Udp(traffic::MIN_FRAME), &opts.generators)
+                        .into_iter()
+                        .map(|g| (Workload::Udp(traffic::MIN_FRAME), g)),
+                );
+                runs.push((Workload::TcpRr, warm.generator));
+                for (w, generator) in runs {
+                    let warm = Params { generator, ..warm };
                     if let Err(e) = workload::run(w, f, tp, &warm) {
                         if matches!(e, E2eError::Interrupted) {
                             return Err(e);
@@ -461,7 +502,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                         eprintln!("perf: warm-up: {e}");
                         failures.push(Failure {
                             topology: tp.name.clone(),
-                            case: format!("warm-up {}", f.case(w)),
+                            case: format!("warm-up {}", case_label(w, f, generator)),
                             rep: None,
                             error: e.to_string(),
                         });
@@ -490,8 +531,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                         {
                             continue;
                         }
-                        let case = f.case(w);
-                        measure(tp, w, f, rep, case, &params, &mut samples, &mut failures)?;
+                        for generator in generators_of(w, &opts.generators) {
+                            let case = case_label(w, f, generator);
+                            let params = Params {
+                                generator,
+                                ..params
+                            };
+                            measure(tp, w, f, rep, case, &params, &mut samples, &mut failures)?;
+                        }
                     }
                 }
             }
@@ -531,7 +578,14 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                     }),
                 }
             }
-            let case = format!("{} pods={n}", Workload::Udp(traffic::MIN_FRAME).label());
+            let case = format!(
+                "{} pods={n}",
+                case_label(
+                    Workload::Udp(traffic::MIN_FRAME),
+                    Family::V4,
+                    params.generator
+                )
+            );
             for rep in 0..reps {
                 for &i in &grown {
                     measure(
@@ -696,7 +750,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                         {
                             continue;
                         }
-                        let case = services::case(&w.label(), n);
+                        let case = services::case(&case_label(w, Family::V4, params.generator), n);
                         measure_in(
                             tp,
                             w,
@@ -753,6 +807,24 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         failures: report.failures.len(),
         markdown,
     })
+}
+
+/// The generators `w` runs with: each of `chosen` for the UDP floods, one
+/// (whichever: it makes no frames) for the others.
+fn generators_of(w: Workload, chosen: &[Generator]) -> Vec<Generator> {
+    match w {
+        Workload::Udp(_) if !chosen.is_empty() => chosen.to_vec(),
+        _ => vec![Generator::AfPacket],
+    }
+}
+
+/// The case label of `w` over `family` made by `generator`: the family's
+/// label, `-live` added for live-frame floods only.
+fn case_label(w: Workload, family: Family, generator: Generator) -> String {
+    match w {
+        Workload::Udp(_) => generator.case(&family.case(w)),
+        _ => family.case(w),
+    }
 }
 
 /// The main-case workloads named in `labels` (all when empty), in run
@@ -952,6 +1024,31 @@ mod tests {
             .map(|w| w.label())
             .collect();
         assert_eq!(through, ["udp-64B", "udp-1400B", "tcp-rr"]);
+    }
+
+    #[test]
+    fn only_floods_cross_with_the_generators_and_live_cases_say_so() {
+        let both = Generator::parse_choice("both").unwrap();
+        assert_eq!(both, vec![Generator::AfPacket, Generator::Live]);
+        assert_eq!(generators_of(Workload::Udp(60), &both), both);
+        assert_eq!(generators_of(Workload::Tcp(1), &both).len(), 1);
+        assert_eq!(generators_of(Workload::TcpRr, &both).len(), 1);
+        let live = Generator::Live;
+        assert_eq!(
+            case_label(Workload::Udp(60), Family::V4, live),
+            "udp-64B-live"
+        );
+        assert_eq!(
+            case_label(Workload::Udp(60), Family::V6, live),
+            "udp-64B-v6-live"
+        );
+        assert_eq!(
+            case_label(Workload::Udp(1400), Family::V4, Generator::AfPacket),
+            "udp-1400B"
+        );
+        assert_eq!(case_label(Workload::TcpRr, Family::V4, live), "tcp-rr");
+        let e = Generator::parse_choice("pktgen").unwrap_err().to_string();
+        assert!(e.contains("pktgen") && e.contains("live"), "{e}");
     }
 
     #[test]

@@ -92,7 +92,14 @@ pub const METRICS: &[MetricInfo] = &[
         unit: "Mpps",
         higher_is_better: true,
         ratio: true,
-        meaning: "frames the generator's socket accepted per second",
+        meaning: "frames offered per second: afpacket, the sending pod's eth0 tx_packets + tx_dropped; live (cases *-live), the frames the generator's test runs handed on",
+    },
+    MetricInfo {
+        name: "sender_if_mpps",
+        unit: "Mpps",
+        higher_is_better: true,
+        ratio: true,
+        meaning: "the sending pod's eth0 tx_packets + tx_dropped per second (for live frames: the XDP frames its veth peer took in, and ring overflows)",
     },
     MetricInfo {
         name: "rx_gbit_s",

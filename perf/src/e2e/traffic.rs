@@ -1,17 +1,19 @@
-//! Our own traffic: a UDP flood from an AF_PACKET socket (sendmmsg of
-//! prebuilt frames, qdisc bypassed) and a 1-byte TCP request/response pair.
+//! Our own traffic: a UDP flood from one of two generators — an AF_PACKET
+//! socket (sendmmsg of prebuilt frames, qdisc bypassed) or live frames of an
+//! XDP program ([`super::live`]) — and a 1-byte TCP request/response pair.
 //! Each runs on a thread that entered the pod's network namespace.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::error::{E2eError, Result};
+use super::live;
 use super::sys::{enter_netns, interrupted};
 use super::xdp::ifindex;
 
@@ -22,6 +24,46 @@ pub const MIN_FRAME: usize = 60;
 pub const MIN_FRAME6: usize = 62;
 /// UDP destination port of the flood (discard).
 pub const FLOOD_PORT: u16 = 9;
+
+/// What makes the flood's frames in the sending pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    /// An AF_PACKET socket, `sendmmsg` of 256 prebuilt frames per call,
+    /// qdisc bypassed: skbs through the pod's stack below the qdisc; the
+    /// node end's receive work runs in the sender's softirq, on its core.
+    AfPacket,
+    /// `BPF_PROG_TEST_RUN` with live frames of an `XDP_TX` program on the
+    /// pod's eth0 ([`super::live`]): xdp_frames straight to the veth peer,
+    /// no skb on the sending side.
+    Live,
+}
+
+impl Generator {
+    /// Its name in options, case labels and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::AfPacket => "afpacket",
+            Generator::Live => "live",
+        }
+    }
+
+    /// `afpacket`, `live` or `both` (afpacket first).
+    pub fn parse_choice(s: &str) -> Result<Vec<Generator>> {
+        let a = Generator::AfPacket;
+        let b = Generator::Live;
+        super::workload::one_or_both(s, "generator", (a.name(), a), (b.name(), b))
+    }
+
+    /// The case label of a flood case made by this generator: afpacket
+    /// keeps `label` (results stay comparable with earlier runs), live adds
+    /// `-live`.
+    pub fn case(self, label: &str) -> String {
+        match self {
+            Generator::AfPacket => label.to_string(),
+            Generator::Live => format!("{label}-live"),
+        }
+    }
+}
 
 /// One's complement sum folded to 16 bits, inverted (the IPv4 header and
 /// the UDP checksum).
@@ -150,6 +192,13 @@ pub struct Flood {
 }
 
 impl Flood {
+    /// The frames of every flow, in source port order.
+    pub fn frames(&self) -> Result<Vec<Vec<u8>>> {
+        (0..self.flows.max(1))
+            .map(|i| self.frame(self.first_port.wrapping_add(i)))
+            .collect()
+    }
+
     /// The frame of the flow from `src_port`.
     fn frame(&self, src_port: u16) -> Result<Vec<u8>> {
         let (mac_s, mac_d, len) = (self.src_mac, self.dst_mac, self.frame_len);
@@ -174,13 +223,22 @@ impl Flood {
     }
 }
 
-/// A running flood; `stop` ends it and returns how many frames the socket took.
+/// A running flood; `stop` ends it and returns how many frames the
+/// generator handed on (the socket took, or the live runs completed).
 pub struct FloodHandle {
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
     handle: JoinHandle<Result<u64>>,
 }
 
 impl FloodHandle {
+    /// Frames handed on so far; it moves once per generator call (256
+    /// frames for afpacket, a live run's repeat count for live).
+    pub fn sent(&self) -> u64 {
+        // Relaxed: a counter read for a rate, nothing else depends on it.
+        self.sent.load(Ordering::Relaxed)
+    }
+
     pub fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
@@ -189,9 +247,24 @@ impl FloodHandle {
     }
 }
 
+/// What a generator thread is given: the flood, the stop flag, its
+/// counter, and where to say it is ready.
+pub struct GenCtl<'a> {
+    pub stop: &'a AtomicBool,
+    pub sent: &'a AtomicU64,
+    pub ready: &'a mpsc::Sender<Result<()>>,
+}
+
+impl GenCtl<'_> {
+    /// Whether to keep going: not stopped, not interrupted.
+    pub fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && !interrupted()
+    }
+}
+
 const BATCH: usize = 256;
 
-fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>) -> Result<u64> {
+fn flood_loop(spec: &Flood, ctl: &GenCtl<'_>) -> Result<u64> {
     enter_netns(&spec.ns)?;
     let idx = ifindex(&spec.ifname)?;
     // SAFETY: plain socket(2); the fd is owned by `sock` right after.
@@ -240,10 +313,7 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
             std::io::Error::last_os_error(),
         ));
     }
-    let flows = spec.flows.max(1);
-    let frames = (0..flows)
-        .map(|i| spec.frame(spec.first_port.wrapping_add(i)))
-        .collect::<Result<Vec<Vec<u8>>>>()?;
+    let frames = spec.frames()?;
     let mut iovs: Vec<libc::iovec> = (0..BATCH)
         .map(|i| {
             let f = &frames[i % frames.len()];
@@ -263,9 +333,9 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
             h
         })
         .collect();
-    let _ = ready.send(Ok(()));
+    let _ = ctl.ready.send(Ok(()));
     let mut sent: u64 = 0;
-    while !stop.load(Ordering::Relaxed) && !interrupted() {
+    while ctl.running() {
         // SAFETY: `msgs` holds BATCH headers whose iovecs point into `frames`;
         // both outlive the call and the kernel only reads the frame bytes.
         let n = unsafe {
@@ -278,6 +348,7 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
         };
         if n > 0 {
             sent += n as u64;
+            ctl.sent.fetch_add(n as u64, Ordering::Relaxed);
         } else {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
@@ -289,23 +360,38 @@ fn flood_loop(spec: &Flood, stop: &AtomicBool, ready: &mpsc::Sender<Result<()>>)
     Ok(sent)
 }
 
-/// Start flooding; returns once the socket is ready (or failed).
-pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
+/// Start flooding with `generator`; returns once it is ready (or failed:
+/// the error says which step).
+pub fn start(spec: Flood, generator: Generator) -> Result<FloodHandle> {
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel();
-    let st = stop.clone();
+    let (st, se) = (stop.clone(), sent.clone());
+    let what = generator.name();
     let handle = thread::Builder::new()
-        .name("flood".into())
+        .name(format!("flood-{what}"))
         .spawn(move || {
-            let r = flood_loop(&spec, &st, &tx);
+            let ctl = GenCtl {
+                stop: &st,
+                sent: &se,
+                ready: &tx,
+            };
+            let r = match generator {
+                Generator::AfPacket => flood_loop(&spec, &ctl),
+                Generator::Live => live::flood_loop(&spec, &ctl),
+            };
             if let Err(e) = &r {
-                let _ = tx.send(Err(E2eError::setup("flood", e.to_string())));
+                let _ = tx.send(Err(E2eError::setup(
+                    format!("flood ({what})"),
+                    e.to_string(),
+                )));
             }
             r
         })
         .map_err(|e| E2eError::io("spawn flood thread", e))?;
-    match rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(Ok(())) => Ok(FloodHandle { stop, handle }),
+    // The live generator compiles its program (clang) before it is ready.
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(())) => Ok(FloodHandle { stop, sent, handle }),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -313,8 +399,8 @@ pub fn start_flood(spec: Flood) -> Result<FloodHandle> {
         Err(_) => {
             stop.store(true, Ordering::Relaxed);
             Err(E2eError::setup(
-                "flood",
-                "generator did not start within 5 s",
+                format!("flood ({what})"),
+                "generator did not start within 20 s",
             ))
         }
     }

@@ -8,12 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::error::{E2eError, Result};
+use super::live;
 use super::parse::{self, CpuTicks, DevCounters};
 use super::services::SERVICE_PORT;
 use super::stats::percentile;
 use super::sys::{self, in_netns};
 use super::topo::{Topology, IPERF_PORT};
-use super::traffic::{self, Flood};
+use super::traffic::{self, Flood, Generator};
 
 /// Port of our TCP request/response server.
 pub const RR_PORT: u16 = 5301;
@@ -55,18 +56,24 @@ pub enum Family {
     V6,
 }
 
+/// A run option that takes one of two values or `both` (the first first):
+/// `what` names the option in the error.
+pub fn one_or_both<T: Copy>(s: &str, what: &str, a: (&str, T), b: (&str, T)) -> Result<Vec<T>> {
+    match s {
+        _ if s == a.0 => Ok(vec![a.1]),
+        _ if s == b.0 => Ok(vec![b.1]),
+        "both" => Ok(vec![a.1, b.1]),
+        other => Err(E2eError::setup(
+            "-",
+            format!("unknown {what} {other:?} (choose {}, {} or both)", a.0, b.0),
+        )),
+    }
+}
+
 impl Family {
     /// `4`, `6` or `both` (IPv4 first).
     pub fn parse_choice(s: &str) -> Result<Vec<Family>> {
-        match s {
-            "4" => Ok(vec![Family::V4]),
-            "6" => Ok(vec![Family::V6]),
-            "both" => Ok(vec![Family::V4, Family::V6]),
-            other => Err(E2eError::setup(
-                "-",
-                format!("unknown family {other:?} (choose 4, 6 or both)"),
-            )),
-        }
+        one_or_both(s, "family", ("4", Family::V4), ("6", Family::V6))
     }
 
     /// The case label of `w` over this family: IPv4 keeps the workload's
@@ -114,6 +121,8 @@ pub struct Params {
     pub rr_window: Duration,
     /// Generator threads of the UDP workloads.
     pub senders: u32,
+    /// What makes the UDP workloads' frames.
+    pub generator: Generator,
 }
 
 /// Whole-machine CPU tick counters now.
@@ -216,7 +225,7 @@ pub fn run_to(
             len,
             p.udp_warmup,
             p.udp_window,
-            p.senders,
+            (p.generator, p.senders),
         ),
         (Workload::TcpRr, _) => rr(topo, family, target, p.rr_window),
         (w, Target::Service(_)) => Err(E2eError::setup(
@@ -368,16 +377,21 @@ fn udp(
     len: usize,
     warmup: Duration,
     window: Duration,
-    senders: u32,
+    (generator, senders): (Generator, u32),
 ) -> Result<BTreeMap<String, f64>> {
     let spec = flood_spec(topo, family, target, len)?;
     let (tx, rx) = topo.pair();
+    // Held until the flood has stopped: the node end's GRO goes back off.
+    let _peer = match generator {
+        Generator::Live => Some(live::ready_peer(&topo.node.name, &tx.ns.name, "eth0")?),
+        Generator::AfPacket => None,
+    };
     // One generator thread per sender, each with its own 8 flows.
     let mut floods = Vec::new();
     for k in 0..senders.max(1) {
         let mut s = spec.clone();
         s.first_port = spec.first_port + 8 * k as u16;
-        match traffic::start_flood(s) {
+        match traffic::start(s, generator) {
             Ok(f) => floods.push(f),
             Err(e) => {
                 for f in floods {
@@ -387,25 +401,28 @@ fn udp(
             }
         }
     }
+    let handed_on = |floods: &[traffic::FloodHandle]| floods.iter().map(|f| f.sent()).sum::<u64>();
     let measured = (|| {
         sys::sleep(warmup)?;
-        let (s0, r0, c0, t0) = (
+        let (g0, s0, r0, c0, t0) = (
+            handed_on(&floods),
             counters(&tx.ns.name, "eth0")?,
             counters(&rx.ns.name, "eth0")?,
             cpu_reading(topo)?,
             Instant::now(),
         );
         sys::sleep(window)?;
-        let (s1, r1, c1, t1) = (
+        let (g1, s1, r1, c1, t1) = (
+            handed_on(&floods),
             counters(&tx.ns.name, "eth0")?,
             counters(&rx.ns.name, "eth0")?,
             cpu_reading(topo)?,
             Instant::now(),
         );
-        Ok::<_, E2eError>((s0, r0, c0, t0, s1, r1, c1, t1))
+        Ok::<_, E2eError>(((g0, s0, r0, c0, t0), (g1, s1, r1, c1, t1)))
     })();
     let stopped: Vec<Result<u64>> = floods.into_iter().map(traffic::FloodHandle::stop).collect();
-    let (s0, r0, c0, t0, s1, r1, c1, t1) = measured?;
+    let ((g0, s0, r0, c0, t0), (g1, s1, r1, c1, t1)) = measured?;
     let mut sent = 0;
     for r in stopped {
         sent += r?;
@@ -415,13 +432,31 @@ fn udp(
     }
     let dt = (t1 - t0).as_secs_f64();
     let rx_pkts = r1.rx_packets.saturating_sub(r0.rx_packets) as f64;
-    let offered =
+    // What the sending pod's eth0 counted: for AF_PACKET the frames its
+    // socket queued; for live frames, the XDP frames its veth peer took in
+    // (a veth counts its peer's XDP receptions as its own tx_packets, ring
+    // overflows as tx_dropped).
+    let sender_if =
         (s1.tx_packets + s1.tx_dropped).saturating_sub(s0.tx_packets + s0.tx_dropped) as f64;
+    let offered = match generator {
+        Generator::AfPacket => sender_if,
+        Generator::Live => g1.saturating_sub(g0) as f64,
+    };
+    if generator == Generator::Live && offered > 0.0 && sender_if == 0.0 && rx_pkts == 0.0 {
+        return Err(E2eError::setup(
+            &topo.name,
+            format!(
+                "live generator: {offered} frames run, none left pod 0's eth0 \
+                 (its peer takes no XDP frames, or eth0 is down)"
+            ),
+        ));
+    }
     let rx_bytes = r1.rx_bytes.saturating_sub(r0.rx_bytes) as f64;
     let cpu = cpu_seconds(c0.machine, c1.machine);
     let mut out = m(&[
         ("rx_mpps", rx_pkts / dt / 1e6),
         ("offered_mpps", offered / dt / 1e6),
+        ("sender_if_mpps", sender_if / dt / 1e6),
         ("rx_gbit_s", rx_bytes * 8.0 / dt / 1e9),
         (
             "loss_pct",

@@ -15,9 +15,15 @@ pub const SOURCE: &str = include_str!("xdp_redirect.c");
 
 /// Compile [`SOURCE`] into `dir` and return the object's bytes.
 pub fn compile(dir: &Path) -> Result<Vec<u8>> {
-    let src = dir.join("xdp_redirect.c");
-    let obj = dir.join("xdp_redirect.o");
-    std::fs::write(&src, SOURCE)
+    compile_source(dir, "xdp_redirect", SOURCE)
+}
+
+/// Compile the C `source` of XDP programs as `dir/<stem>.c` and return the
+/// object's bytes.
+pub fn compile_source(dir: &Path, stem: &str, source: &str) -> Result<Vec<u8>> {
+    let src = dir.join(format!("{stem}.c"));
+    let obj = dir.join(format!("{stem}.o"));
+    std::fs::write(&src, source)
         .map_err(|e| E2eError::io(format!("write {}", src.display()), e))?;
     let out = sys::run(
         "clang",
@@ -113,6 +119,13 @@ impl XdpRedirect {
     }
 }
 
+/// Whether `clang` runs here (tests that compile the programs need it).
+pub fn clang_present() -> bool {
+    sys::run("clang", &["--version"])
+        .map(|o| o.ok())
+        .unwrap_or(false)
+}
+
 /// if_nametoindex in the calling thread's network namespace.
 pub fn ifindex(ifname: &str) -> Result<u32> {
     let c = std::ffi::CString::new(ifname)
@@ -134,10 +147,7 @@ mod tests {
 
     #[test]
     fn source_compiles_when_clang_is_present() {
-        if sys::run("clang", &["--version"])
-            .map(|o| o.ok())
-            .unwrap_or(false)
-        {
+        if clang_present() {
             let dir = sys::TempDir::create(&format!("xdptest{}", std::process::id())).unwrap();
             let obj = compile(&dir.path).unwrap();
             assert_eq!(&obj[..4], b"\x7fELF", "clang produced an ELF object");
