@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{E2eError, Result};
 use super::live;
-use super::sys::{enter_netns, interrupted};
+use super::sys::{enter_netns, in_netns, interrupted};
 use super::xdp::ifindex;
 
 /// Smallest Ethernet frame without its FCS (a "64 B" frame on the wire).
@@ -358,6 +358,22 @@ fn flood_loop(spec: &Flood, ctl: &GenCtl<'_>) -> Result<u64> {
         }
     }
     Ok(sent)
+}
+
+/// The flood's sink in the receiving pod `ns`: a UDP socket on
+/// [`FLOOD_PORT`] (both families where the pod has IPv6) that is never
+/// read, so the pod's kernel queues a frame and, its buffer full, drops it
+/// (`RcvbufErrors`) instead of answering each one with an ICMP port
+/// unreachable: without it the route lookups of those answers (made before
+/// their rate limit) took 37 % of ferry's worker core and as much of the
+/// bridge's softirq (perf/results/generator-20261207.md). Received counts
+/// stay the interface's; drop the socket to close it.
+pub fn discard_sink(ns: &str) -> Result<std::net::UdpSocket> {
+    in_netns(ns, || {
+        std::net::UdpSocket::bind(("::", FLOOD_PORT))
+            .or_else(|_| std::net::UdpSocket::bind(("0.0.0.0", FLOOD_PORT)))
+            .map_err(|e| E2eError::io(format!("bind the discard sink in {ns}"), e))
+    })
 }
 
 /// Start flooding with `generator`; returns once it is ready (or failed:

@@ -381,6 +381,7 @@ fn udp(
 ) -> Result<BTreeMap<String, f64>> {
     let spec = flood_spec(topo, family, target, len)?;
     let (tx, rx) = topo.pair();
+    let _sink = traffic::discard_sink(&rx.ns.name)?;
     // Held until the flood has stopped: the node end's GRO goes back off.
     let _peer = match generator {
         Generator::Live => Some(live::ready_peer(&topo.node.name, &tx.ns.name, "eth0")?),
