@@ -469,7 +469,7 @@ fn policies_and_services_through_etcd_hold_on_every_node_and_under_traffic() {
 
     let flow = {
         let (from, to) = (d.ns.name.clone(), b.ns.name.clone());
-        std::thread::spawn(move || transfer_paced(&from, &to, 9000, "10.96.0.11:80", 91, 20))
+        std::thread::spawn(move || transfer_paced(&from, &to, 9000, "10.96.0.11:80", 91, 30))
     };
     std::thread::sleep(Duration::from_secs(1));
     apply(nodes[2], "deny", DENY_ALL_ALPHA, "apply");
