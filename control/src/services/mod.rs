@@ -243,7 +243,7 @@ impl Services {
     pub fn set_endpoints(&self, endpoints: Vec<LocalEndpoint>) {
         let mut i = lock(&self.inner);
         i.endpoints = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
-        self.recompile(&mut i);
+        self.recompile_for_endpoints(&mut i);
     }
 
     /// An endpoint is added (or changed); the policies it changes (and the
@@ -255,7 +255,7 @@ impl Services {
         let d = {
             let mut i = lock(&self.inner);
             i.endpoints.insert(ep.id.clone(), ep);
-            self.recompile(&mut i)
+            self.recompile_for_endpoints(&mut i)
         };
         push_changes(dp, d).await;
     }
@@ -269,7 +269,7 @@ impl Services {
             if i.endpoints.remove(id).is_none() {
                 return;
             }
-            self.recompile(&mut i)
+            self.recompile_for_endpoints(&mut i)
         };
         push_changes(dp, d).await;
     }
@@ -313,6 +313,22 @@ impl Services {
         let d = diff(&i.policies.policies(), &new.policies());
         i.policies = new;
         d
+    }
+
+    /// What a change of the node's endpoints changes: the policies, and
+    /// the services only when one is `externalTrafficPolicy: Local` (no
+    /// other compiled port depends on where its backends are), so an ADD
+    /// on a node with many services does not compile them all again.
+    fn recompile_for_endpoints(&self, i: &mut Inner) -> Changes {
+        let local = i.compiled.ports.iter().any(|p| p.node_local.is_some());
+        Changes {
+            services: if local {
+                self.recompile_services(i)
+            } else {
+                Default::default()
+            },
+            policies: self.recompile_policies(i),
+        }
     }
 
     fn recompile(&self, i: &mut Inner) -> Changes {
