@@ -432,15 +432,8 @@ pub struct SharedRedirect {
 
 impl SharedRedirect {
     fn load() -> Result<SharedRedirect, String> {
-        let mut ebpf = load_object(REDIRECT.object).map_err(|e| e.to_string())?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(REDIRECT.name)
-            .ok_or_else(|| format!("program {} missing from the object", REDIRECT.name))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        prog.load().map_err(|e| e.to_string())?;
         Ok(SharedRedirect {
-            ebpf,
+            ebpf: load_program(REDIRECT)?,
             used: vec![false; PORT_SLOTS as usize],
         })
     }
@@ -652,6 +645,18 @@ fn load_object(object: &[u8]) -> Result<Ebpf, EbpfError> {
         .load(object)
 }
 
+/// `program`'s object, its program loaded (through the verifier).
+fn load_program(program: Program) -> Result<Ebpf, String> {
+    let mut ebpf = load_object(program.object).map_err(|e| e.to_string())?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program.name)
+        .ok_or_else(|| format!("program {} missing from the object", program.name))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load().map_err(|e| e.to_string())?;
+    Ok(ebpf)
+}
+
 fn loader() -> &'static std::sync::Mutex<EbpfLoader<'static>> {
     static LOADER: std::sync::OnceLock<std::sync::Mutex<EbpfLoader<'static>>> =
         std::sync::OnceLock::new();
@@ -819,18 +824,12 @@ impl PortBackend for AfXdpBackend {
                 exists(ifname)?;
                 let want = u32::try_from(workers).unwrap_or(u32::MAX);
                 let fit = crate::io::uplink::fit_channels(ifname, want, uplink.set_channels)?;
-                let load_err = |cause: String| PortError::XdpLoad {
+                let mut ebpf = load_program(UPLINK).map_err(|cause| PortError::XdpLoad {
                     ifname: ifname.to_string(),
                     cause,
-                };
-                let mut ebpf = load_object(UPLINK.object).map_err(|e| load_err(e.to_string()))?;
+                })?;
+                // Its maps filled before it is attached.
                 crate::io::uplink::configure(ifname, &mut ebpf, uplink)?;
-                let prog: &mut Xdp = ebpf
-                    .program_mut(UPLINK.name)
-                    .ok_or_else(|| load_err(format!("program {} missing", UPLINK.name)))?
-                    .try_into()
-                    .map_err(|e: aya::programs::ProgramError| load_err(e.to_string()))?;
-                prog.load().map_err(|e| load_err(e.to_string()))?;
                 let attachment = XdpAttachment::new(ifname, Loaded::Own(ebpf), UPLINK.name);
                 self.attach_and_bind(attachment, true, Some(fit.now), workers)
             }

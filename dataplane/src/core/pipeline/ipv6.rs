@@ -90,6 +90,7 @@ pub(super) fn ipv6(
         };
         let before = tables
             .policy()
+            .and(tables.services())
             .map(|_| policy::Packet::of(&Flow6 { ip: &mut ip, upper }));
         let mut reply = false;
         if let Some(svc) = tables.services() {

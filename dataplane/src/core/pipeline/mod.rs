@@ -319,7 +319,11 @@ impl<'t> Police<'t> {
         origin: Origin,
         ingress: PortId,
     ) -> Police<'t> {
-        let packet = before.map(|b| if reply { b } else { policy::Packet::of(ip) });
+        let packet = match (reply, tables.policy()) {
+            (true, _) => before,
+            (false, Some(_)) => Some(policy::Packet::of(ip)),
+            (false, None) => None,
+        };
         Police {
             tables,
             now,
@@ -458,7 +462,12 @@ fn ipv4(
         };
         let outside = (origin == Origin::Outside).then_some(sender_mac);
         let mut to_uplink = None;
-        let before = tables.policy().map(|_| policy::Packet::of(&ip));
+        // Policy judges a reply as it was before translation: read it now
+        // (only translation makes replies, so only with services).
+        let before = tables
+            .policy()
+            .and(tables.services())
+            .map(|_| policy::Packet::of(&ip));
         let mut reply = false;
         if let Some(svc) = tables.services() {
             let hairpin = service_key(gateway.into());
