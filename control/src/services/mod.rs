@@ -289,27 +289,15 @@ impl Services {
 
     /// The endpoint policies compiled again; returns what changed.
     fn recompile_policies(&self, i: &mut Inner) -> (Vec<EndpointPolicy>, Vec<String>) {
-        let policies = i.objects.values().filter_map(|o| match o {
-            Object::NetworkPolicy(p) => Some(&**p),
-            _ => None,
-        });
-        let namespaces = i.objects.values().filter_map(|o| match o {
-            Object::Namespace(n) => Some(&**n),
-            _ => None,
-        });
-        let pods = i.objects.values().filter_map(|o| match o {
-            Object::Pod(p) => Some(&**p),
-            _ => None,
-        });
+        let objects = || i.objects.values();
         let local: Vec<LocalEndpoint> = i.endpoints.values().cloned().collect();
-        let new = policy::compile(policies, namespaces, pods, &local);
-        for why in new
-            .skipped
-            .iter()
-            .filter(|w| !i.policies.skipped.contains(w))
-        {
-            log::warn!("policy: {why}");
-        }
+        let new = policy::compile(
+            objects().filter_map(Object::as_network_policy),
+            objects().filter_map(Object::as_namespace),
+            objects().filter_map(Object::as_pod),
+            &local,
+        );
+        warn_new("policy", &i.policies.skipped, &new.skipped);
         let d = diff(&i.policies.policies(), &new.policies());
         i.policies = new;
         d
@@ -321,8 +309,17 @@ impl Services {
     /// on a node with many services does not compile them all again.
     fn recompile_for_endpoints(&self, i: &mut Inner) -> Changes {
         let local = i.compiled.ports.iter().any(|p| p.node_local.is_some());
+        self.recompile_these(i, local)
+    }
+
+    /// Everything compiled again (the objects changed).
+    fn recompile(&self, i: &mut Inner) -> Changes {
+        self.recompile_these(i, true)
+    }
+
+    fn recompile_these(&self, i: &mut Inner, services: bool) -> Changes {
         Changes {
-            services: if local {
+            services: if services {
                 self.recompile_services(i)
             } else {
                 Default::default()
@@ -331,23 +328,8 @@ impl Services {
         }
     }
 
-    fn recompile(&self, i: &mut Inner) -> Changes {
-        let services = self.recompile_services(i);
-        Changes {
-            services,
-            policies: self.recompile_policies(i),
-        }
-    }
-
     fn recompile_services(&self, i: &mut Inner) -> (Vec<ServicePort>, Vec<String>) {
-        let services = i.objects.values().filter_map(|o| match o {
-            Object::Service(s) => Some(&**s),
-            _ => None,
-        });
-        let slices = i.objects.values().filter_map(|o| match o {
-            Object::EndpointSlice(s) => Some(&**s),
-            _ => None,
-        });
+        let objects = || i.objects.values();
         let here = compile::Here {
             node_name: self.node_name.clone(),
             addrs: i
@@ -356,14 +338,14 @@ impl Services {
                 .flat_map(|e| e.ips.iter().copied())
                 .collect(),
         };
-        let new = compile::compile(services, slices, self.seed, &here).admit(&self.rule);
-        for why in new
-            .skipped
-            .iter()
-            .filter(|w| !i.compiled.skipped.contains(w))
-        {
-            log::warn!("service left out: {why}");
-        }
+        let new = compile::compile(
+            objects().filter_map(Object::as_service),
+            objects().filter_map(Object::as_slice),
+            self.seed,
+            &here,
+        )
+        .admit(&self.rule);
+        warn_new("service left out", &i.compiled.skipped, &new.skipped);
         let d = diff(&i.compiled.ports, &new.ports);
         i.compiled = new;
         d
@@ -533,6 +515,14 @@ pub fn dataplane_state(dp: &DataplaneClient) -> DataplaneState {
 
 /// Hand a set's changes to the dataplane. Not connected (or refused): the
 /// next sync carries the set anyway.
+/// Log each line of `new` that `old` did not have (what a recompile left
+/// out, said once).
+fn warn_new(what: &str, old: &[String], new: &[String]) {
+    for why in new.iter().filter(|w| !old.contains(w)) {
+        log::warn!("{what}: {why}");
+    }
+}
+
 async fn push<T: Held>(dp: &DataplaneClient, (upserts, removes): (Vec<T>, Vec<String>)) {
     for key in removes {
         let what = format!("{} {key} removed", T::WHAT);

@@ -160,6 +160,41 @@ impl Object {
         }
     }
 
+    pub fn as_service(&self) -> Option<&Service> {
+        match self {
+            Object::Service(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn as_slice(&self) -> Option<&EndpointSlice> {
+        match self {
+            Object::EndpointSlice(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn as_network_policy(&self) -> Option<&NetworkPolicy> {
+        match self {
+            Object::NetworkPolicy(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn as_namespace(&self) -> Option<&Namespace> {
+        match self {
+            Object::Namespace(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn as_pod(&self) -> Option<&Pod> {
+        match self {
+            Object::Pod(o) => Some(o),
+            _ => None,
+        }
+    }
+
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Service(o) => &o.metadata,
