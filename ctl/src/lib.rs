@@ -394,19 +394,27 @@ pub fn render_services(l: &ObjectListing) -> String {
         &["ID", "CLUSTER-IP:PORT", "PROTO", "AFFINITY", "BACKENDS"],
         &rows,
     );
-    for why in &l.skipped {
-        out.push_str(&format!("left out: {why}\n"));
-    }
-    out.push_str(&format!(
-        "{} service port(s) from {}; dataplane: {}\n",
+    let summary = format!(
+        "{} service port(s) from {}; dataplane: {}",
         l.services.len(),
         l.source,
         l.dataplane
-    ));
-    if let Some(e) = &l.source_error {
+    );
+    footer(&mut out, &l.skipped, &summary, l.source_error.as_deref());
+    out
+}
+
+/// What a `get` listing ends with: the lines left out, a summary, the
+/// source's error if it has one.
+fn footer(out: &mut String, skipped: &[String], summary: &str, source_error: Option<&str>) {
+    for why in skipped {
+        out.push_str(&format!("left out: {why}\n"));
+    }
+    out.push_str(summary);
+    out.push('\n');
+    if let Some(e) = source_error {
         out.push_str(&format!("source error: {e}\n"));
     }
-    out
 }
 
 /// A port range as `TCP 80`, `UDP 8000-8080`, `SCTP any`.
@@ -487,19 +495,19 @@ pub fn render_policies(l: &ObjectListing) -> String {
             }
         }
     }
-    for why in &l.policy_skipped {
-        out.push_str(&format!("left out: {why}\n"));
-    }
     let policed = l.policies.iter().filter(|e| e.policy.is_some()).count();
-    out.push_str(&format!(
-        "{} endpoint(s), {policed} policed; from {}; dataplane: {}\n",
+    let summary = format!(
+        "{} endpoint(s), {policed} policed; from {}; dataplane: {}",
         l.policies.len(),
         l.source,
         l.policy_dataplane
-    ));
-    if let Some(e) = &l.source_error {
-        out.push_str(&format!("source error: {e}\n"));
-    }
+    );
+    footer(
+        &mut out,
+        &l.policy_skipped,
+        &summary,
+        l.source_error.as_deref(),
+    );
     out
 }
 
