@@ -171,7 +171,13 @@ pub fn compile<'a>(
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let nodes = node_names(slices);
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        // Where each backend is: only a Local service asks.
+        let nodes = if local {
+            node_names(slices)
+        } else {
+            BTreeMap::new()
+        };
         for p in spec.ports.iter().flatten() {
             let Some(protocol) = protocol_of(p.protocol.as_deref()) else {
                 out.skipped.push(format!(
@@ -190,7 +196,6 @@ pub fn compile<'a>(
                 .node_port
                 .filter(|_| exposed)
                 .and_then(|n| u16::try_from(n).ok());
-            let local = spec.external_traffic_policy.as_deref() == Some("Local");
             for &vip in &ips {
                 let family = if vip.is_ipv4() { "" } else { "/v6" };
                 let node_port = node_port.filter(|_| vip.is_ipv4());
