@@ -392,7 +392,7 @@ fn machine_meta(opts: &Options, params: &Params, reps: u32) -> BTreeMap<String, 
     );
     m.insert(
         "frames".into(),
-        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; over IPv6 udp-64B-v6 = 62-byte frames (14 + 40 + 8, no payload: the smallest; 66 B on the wire), UDP checksum set; 8 UDP flows per sender thread"),
+        json!("udp-64B = 60-byte frames (64 B on the wire with FCS); udp-1400B = 1400-byte frames; over IPv6 udp-64B-v6 = 62-byte frames (14 + 40 + 8, no payload: the smallest; 66 B on the wire), UDP checksum set; 8 UDP flows per sender thread, to pod 1's port 9, sunk there by a UDP socket never read (no ICMP port unreachable per frame)"),
     );
     let gens: Vec<&str> = opts.generators.iter().map(|g| g.name()).collect();
     m.insert("generators".into(), json!(gens.join(",")));
