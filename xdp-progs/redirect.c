@@ -13,6 +13,13 @@
 // interface's index -> its slot, whose sockets are `xsks` entries
 // slot * FERRY_XSKS_MAX + queue.
 //
+// It is an `xdp.frags` program: a frame larger than a page arrives as a
+// multi-buffer xdp_buff and goes to the socket whole (the socket is bound
+// with XDP_USE_SG and reads it as a chain of descriptors). The section also
+// sets how large the pod end's MTU of a veth may be, at the first attach:
+// 3506 for a plain program, ~73000 for a frags one (DESIGN.md, performance
+// levers), so every port gets this kind from the start.
+//
 // Built by dataplane/build.rs with `clang -O2 -g -target bpf`; loaded once
 // and attached by ferry-dataplane (aya). Rust writes both maps (u32 keys
 // and values; no struct of our own).
@@ -35,7 +42,7 @@ struct {
 	__type(value, __u32);
 } ferry_ports SEC(".maps");
 
-SEC("xdp")
+SEC("xdp.frags")
 int ferry_redirect(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;

@@ -195,6 +195,12 @@ pub struct Endpoint {
 pub struct MtuLimits {
     pub veth: u32,
     pub tap: u32,
+    /// The largest L3 packet one frame of the uplink carries (its sockets
+    /// take no chains, unlike veth ports): a pod's MTU for traffic that
+    /// leaves the node is no larger. `None`: no limit of its own (a
+    /// dataplane that does not say; an optional field, API unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<u32>,
 }
 
 impl MtuLimits {
@@ -722,16 +728,23 @@ mod tests {
             api_version: 1,
             workers: 2,
             mtu_limits: Some(MtuLimits {
-                veth: 1778,
+                veth: 28658,
                 tap: 65535,
+                uplink: Some(1778),
             }),
         };
         let json = serde_json::to_string(&new).unwrap();
         assert_eq!(
             json,
-            r#"{"reply":"hello","api_version":1,"workers":2,"mtu_limits":{"veth":1778,"tap":65535}}"#
+            r#"{"reply":"hello","api_version":1,"workers":2,"mtu_limits":{"veth":28658,"tap":65535,"uplink":1778}}"#
         );
         assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), new);
+        // A dataplane from before the uplink's own limit.
+        let old: Response = serde_json::from_str(
+            r#"{"reply":"hello","api_version":1,"workers":2,"mtu_limits":{"veth":1778,"tap":65535}}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, Response::Hello { mtu_limits: Some(l), .. } if l.uplink.is_none()));
         let ep: Endpoint = serde_json::from_str(
             r#"{"id":"a/eth0","host_ifname":"fya","ips":["10.0.0.2"],"mac":"0a:58:0a:00:00:02"}"#,
         )

@@ -23,6 +23,8 @@ use ferry_api::{wire, MacAddr};
 const GW: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+/// Not a pod: routed to the host port.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 fn run(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
@@ -101,11 +103,17 @@ fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
 }
 
 fn pod_ns(topo: &Topo, name: &str, host_if: &str, ip: Ipv4Addr) {
+    pod_ns_mtu(topo, name, host_if, ip, 1500);
+}
+
+/// [`pod_ns`] with both ends of the veth at `mtu`.
+fn pod_ns_mtu(topo: &Topo, name: &str, host_if: &str, ip: Ipv4Addr, mtu: u32) {
     let node = topo.node.as_str();
     must(&["ip", "netns", "add", name]);
+    let mtu = mtu.to_string();
     must(&[
-        "ip", "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
-        name,
+        "ip", "-n", node, "link", "add", host_if, "mtu", &mtu, "type", "veth", "peer", "name",
+        "eth0", "netns", name, "mtu", &mtu,
     ]);
     let mac = MacAddr::for_pod(ip).to_string();
     let cidr = format!("{ip}/24");
@@ -164,20 +172,17 @@ impl Client {
 }
 
 fn ping(ns: &str, dst: Ipv4Addr, count: &str) -> Result<String, String> {
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "ping",
-        "-c",
-        count,
-        "-W",
-        "1",
-        "-i",
-        "0.2",
-        &dst.to_string(),
-    ])
+    ping_with(ns, dst, count, &[])
+}
+
+fn ping_with(ns: &str, dst: Ipv4Addr, count: &str, extra: &[&str]) -> Result<String, String> {
+    let dst = dst.to_string();
+    let mut args = vec![
+        "ip", "netns", "exec", ns, "ping", "-c", count, "-W", "1", "-i", "0.2",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&dst);
+    run(&args)
 }
 
 /// The host-port pair in `node`: kernel end `ferry0` holds the gateway and
@@ -236,6 +241,11 @@ fn node_settings(host_ifname: &str, kernel_mac: MacAddr) -> NodeSettings {
 /// Start ferry-dataplane (one worker) in the topology's node namespace,
 /// with its socket in the topology's directory; connect and say Hello.
 fn start_dataplane(topo: &mut Topo) -> (PathBuf, Client) {
+    start_dataplane_with(topo, &[])
+}
+
+/// [`start_dataplane`] with more arguments for ferry-dataplane.
+fn start_dataplane_with(topo: &mut Topo, extra: &[&str]) -> (PathBuf, Client) {
     std::fs::create_dir_all(&topo.dir).unwrap();
     let sock = topo.dir.join("dataplane.sock");
     let child = Command::new("ip")
@@ -253,6 +263,7 @@ fn start_dataplane(topo: &mut Topo) -> (PathBuf, Client) {
             "--cpus",
             "0",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .expect("start ferry-dataplane");
@@ -265,11 +276,13 @@ fn start_dataplane(topo: &mut Topo) -> (PathBuf, Client) {
         Response::Hello {
             api_version: API_VERSION,
             workers: 1,
-            // 2048-byte chunks less 256 bytes of XDP headroom and the
-            // Ethernet header; 66 KiB tap frames hold any IPv4 packet.
+            // A chain of 16 2048-byte chunks less 256 bytes of XDP
+            // headroom each, less the Ethernet header; the uplink, one
+            // chunk; 66 KiB tap frames hold any IPv4 packet.
             mtu_limits: Some(ferry_api::table::MtuLimits {
-                veth: 1778,
-                tap: 65535
+                veth: 28658,
+                tap: 65535,
+                uplink: Some(1778),
             }),
         }
     );
@@ -324,13 +337,6 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
     ping(&pa, GW, "3").expect("pod A pings the gateway (answered by the dataplane)");
     ping(&node, A, "3").expect("the node pings pod A through the host port");
     let after = c.stats();
-    let port = |s: &Stats, name: &str| {
-        s.ports
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-            .expect(name)
-    };
     let (a0, a1) = (port(&before, "fya"), port(&after, "fya"));
     let (b0, b1) = (port(&before, "fyb"), port(&after, "fyb"));
     let (h0, h1) = (port(&before, "ferry0dp"), port(&after, "ferry0dp"));
@@ -377,6 +383,96 @@ fn pods_ping_each_other_the_gateway_and_the_node_through_the_dataplane() {
         ping(&pa, B, "2").is_err(),
         "pod-to-pod traffic stops with the dataplane"
     );
+}
+
+/// Pods whose MTU is above a chunk: their frames reach the dataplane as
+/// chains of descriptors (AF_XDP multi-buffer, the `xdp.frags` program)
+/// and leave it as chains, pod to pod and as replies of the dataplane's
+/// own, up to the largest MTU the dataplane says it carries; a packet too
+/// large for the host port gets "fragmentation needed" back.
+#[test]
+fn jumbo_pods_exchange_frames_larger_than_a_chunk_as_chains() {
+    let mut topo = Topo::new("jb", &["pa", "pb"]);
+    let node = topo.node.clone();
+    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
+    let mtu = 28658;
+    pod_ns_mtu(&topo, &pa, "fyja", A, mtu);
+    pod_ns_mtu(&topo, &pb, "fyjb", B, mtu);
+    let kernel_mac = host_port(&node);
+    // Batches of 6 frames: a 16-frame chain is handed out whole across
+    // three of them, and chains of 5 are cut by the batch's end too.
+    let (_sock, mut c) = start_dataplane_with(&mut topo, &["--batch", "6"]);
+    let jumbo = |id: &str, host: &str, ip| Endpoint {
+        mtu: Some(mtu),
+        ..endpoint(id, host, ip)
+    };
+    let reply = c.call(&Request::Sync {
+        node: node_settings("ferry0dp", kernel_mac),
+        endpoints: vec![jumbo("a/eth0", "fyja", A), jumbo("b/eth0", "fyjb", B)],
+        routes: vec![],
+    });
+    assert!(
+        matches!(reply, Response::Applied { ref missing, .. } if missing.is_empty()),
+        "{reply:?}"
+    );
+    let before = c.stats();
+    // Unfragmented (DF) echoes of 8000 B (5 chunks) and of the largest
+    // packet the MTU allows (16 chunks, the most a chain has); ping checks
+    // that every reply carries the request's bytes.
+    let largest = (mtu - 28).to_string();
+    for size in ["8000", largest.as_str()] {
+        let df = ["-M", "do", "-s", size];
+        ping_with(&pa, B, "3", &df).unwrap_or_else(|e| panic!("{size} B pod A -> pod B: {e}"));
+        ping_with(&pb, A, "3", &df).unwrap_or_else(|e| panic!("{size} B pod B -> pod A: {e}"));
+        ping_with(&pa, GW, "3", &df)
+            .unwrap_or_else(|e| panic!("{size} B pod A -> gateway (answered as a chain): {e}"));
+    }
+    // One byte more than the MTU never leaves the pod: the kernel refuses it.
+    let over = (mtu - 27).to_string();
+    assert!(ping_with(&pa, B, "1", &["-M", "do", "-s", &over]).is_err());
+    // The host port's MTU is 1500: a large packet leaving through it (to
+    // anything not a pod, here a documentation address) is answered
+    // "fragmentation needed" with that MTU, which the pod's kernel records.
+    let _ = ping_with(&pa, OUTSIDE, "1", &["-M", "do", "-s", "8000"]);
+    let after = c.stats();
+    let (a0, a1) = (port(&before, "fyja"), port(&after, "fyja"));
+    let (b0, b1) = (port(&before, "fyjb"), port(&after, "fyjb"));
+    for p in [&a1, &b1] {
+        assert_eq!(p.kernel["rx_invalid_descs"], 0, "{p:?}");
+        assert_eq!(p.kernel["tx_invalid_descs"], 0, "{p:?}");
+        assert_eq!(
+            p.kernel["rx_dropped"], 0,
+            "no chain dropped at the socket: {p:?}"
+        );
+    }
+    // Counted in packets, not descriptors: A sent 12 requests and 6
+    // replies, ~190 descriptors (5 or 16 each), plus a few small frames
+    // (ARP, IPv6 solicitations, the one to the node).
+    let sent = a1.rx_frames - a0.rx_frames;
+    assert!((18..=40).contains(&sent), "A's packets: {a0:?} -> {a1:?}");
+    let got = b1.tx_frames - b0.tx_frames;
+    assert!((12..=30).contains(&got), "B's packets: {b0:?} -> {b1:?}");
+    assert!(
+        a1.rx_bytes - a0.rx_bytes > 6 * 28_000,
+        "A's bytes count every chunk: {a0:?} -> {a1:?}"
+    );
+    let frag_needed = after
+        .workers
+        .iter()
+        .map(|w| w.drops.get("frag_needed").copied().unwrap_or(0))
+        .sum::<u64>();
+    assert!(frag_needed >= 1, "{}", stats_line(&after));
+    let cached = must(&["ip", "-n", &pa, "route", "get", &OUTSIDE.to_string()]);
+    assert!(cached.contains("mtu 1500"), "{cached}");
+}
+
+/// Port `name`'s counters in `s`.
+fn port(s: &Stats, name: &str) -> ferry_api::table::PortStats {
+    s.ports
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .expect(name)
 }
 
 fn stats_line(s: &Stats) -> String {

@@ -745,7 +745,7 @@ impl<B: PortBackend> Dataplane<B> {
         let direct = matches!(up.overlay, Overlay::Direct);
         self.links = Links {
             uplink: self.backend.link_info(&up.ifname).map(|l| (l.mac, l.mtu)),
-            uplink_frame_mtu: self.backend.mtu_limits().veth,
+            uplink_frame_mtu: self.backend.mtu_limits().uplink.unwrap_or(0),
             neighbours: neighbours
                 .iter()
                 .filter(|n| !direct || n.next_hop == n.node)
@@ -1094,7 +1094,8 @@ mod tests {
                 workers: 2,
                 mtu_limits: Some(MtuLimits {
                     veth: 2048 - 14,
-                    tap: 65535
+                    tap: 65535,
+                    uplink: Some(2048 - 14),
                 }),
             }
         );

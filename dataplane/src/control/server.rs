@@ -485,7 +485,8 @@ mod tests {
                 workers: 1,
                 mtu_limits: Some(ferry_api::table::MtuLimits {
                     veth: 2048 - 14,
-                    tap: 65535
+                    tap: 65535,
+                    uplink: Some(2048 - 14),
                 }),
             }
         );

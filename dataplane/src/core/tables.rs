@@ -159,7 +159,8 @@ pub struct Links {
     /// MAC and MTU (L3 bytes) of the uplink; `None` while unknown.
     pub uplink: Option<(MacAddr, u32)>,
     /// The largest L3 packet one uplink frame holds (the AF_XDP chunk's
-    /// room less the Ethernet header); 0 = no limit of its own.
+    /// room less the Ethernet header: uplink sockets take no chains); 0 =
+    /// no limit of its own.
     pub uplink_frame_mtu: u32,
     /// Peer node address -> MAC on the uplink (resolved peers only).
     pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::core::offload::{self, EgressCaps, Finished};
-use crate::core::pipeline::{process_batch, CsumState, DropReason, Frame, Offload, Verdict};
+use crate::core::pipeline::{
+    process_batch, CsumState, DropReason, Frame, Offload, Verdict, FRAME_HEADROOM,
+};
 use crate::core::tables::{PortId, TableHandle};
 use crate::core::wire::vxlan;
 use crate::engine::counters::{PortCounters, WorkerCounters};
@@ -149,6 +151,10 @@ const KERNEL_STATS_EVERY: Duration = Duration::from_secs(1);
 /// (an idle pass always looks: it is about to sleep anyway).
 const KERNEL_STATS_PASSES: u32 = 1024;
 
+/// The most bytes of one packet received as a chain of frames (AF_XDP
+/// multi-buffer on veth ports): [`crate::io::afxdp::MAX_CHAIN`] chunks.
+const CHAIN_BYTES: usize = crate::io::afxdp::MAX_CHAIN * crate::io::afxdp::CHUNK_DATA as usize;
+
 /// Upper bound of frames parked in one queue's fill ring (half the pool at
 /// most, so there are always frames to copy forwarded traffic into).
 const FILL_TARGET_MAX: usize = 1024;
@@ -194,6 +200,12 @@ pub struct Worker<Q: PortQueue> {
     stop: Arc<AtomicBool>,
     /// The frames of the RX batch being processed (empty between passes).
     rx: Vec<FrameOf<Q>>,
+    /// The RX batch's packets, in order: a frame each, or a chain.
+    packets: Vec<RxPacket>,
+    /// Where a chain received is made whole for the pipeline and the
+    /// egress side: one buffer per chain of a batch, grown to the most
+    /// chains one batch had, never shrunk (`FRAME_HEADROOM` + 28 KiB each).
+    jumbo: Vec<Box<[u8]>>,
     verdicts: Vec<Verdict>,
     /// Each frame as the pipeline left it, for the egress side.
     outgoing: Vec<Outgoing>,
@@ -234,6 +246,8 @@ impl<Q: PortQueue> Worker<Q> {
             counters,
             stop,
             rx: Vec::with_capacity(cfg.batch),
+            packets: Vec::with_capacity(cfg.batch),
+            jumbo: Vec::new(),
             verdicts: vec![Verdict::Drop(DropReason::Malformed); cfg.batch],
             outgoing: vec![Outgoing::default(); cfg.batch],
             dirty: Vec::new(),
@@ -536,27 +550,66 @@ impl<Q: PortQueue> Worker<Q> {
             return done > 0 || tx_busy;
         }
         let in_port = self.queues[qi].port;
-        {
+        let chains = {
             let a = &mut self.queues[qi];
             a.in_fill = a.in_fill.saturating_sub(n);
             let pool = a.queue.pool();
             let rx_bytes: u64 = self.rx.iter().map(|f| pool.len_of(f) as u64).sum();
-            a.counters.add_rx(n as u64, rx_bytes);
+            // A chain is one packet; each frame but its last continues.
+            let more = self.rx.iter().filter(|f| pool.continues(f)).count();
+            let chains = self
+                .rx
+                .iter()
+                .enumerate()
+                .filter(|(i, f)| pool.continues(f) && (*i == 0 || !pool.continues(&self.rx[i - 1])))
+                .count();
+            a.counters.add_rx((n - more) as u64, rx_bytes);
+            self.counters.add_rx((n - more) as u64);
+            chains
+        };
+        while self.jumbo.len() < chains {
+            self.jumbo
+                .push(vec![0; FRAME_HEADROOM + CHAIN_BYTES].into_boxed_slice());
         }
-        self.counters.add_rx(n as u64);
 
         // The pipeline: one snapshot, one timestamp for the whole batch.
         {
             let tables = self.tables.load();
             let pool = self.queues[qi].queue.pool();
             let mut frames: Vec<Frame<'_>> = recycle(std::mem::take(&mut self.frame_store));
+            self.packets.clear();
+            let mut jumbo = self.jumbo.iter_mut().enumerate();
             // Each token is borrowed mutably once: the buffers are disjoint.
-            for f in self.rx.iter_mut() {
-                let (len, offload) = (pool.len_of(f), pool.offload_of(f));
-                let (buf, headroom) = pool.buffer_mut(f);
-                frames.push(Frame::in_buffer(in_port, buf, headroom, len, offload));
+            let mut tokens = self.rx.iter_mut();
+            while let Some(f) = tokens.next() {
+                if !pool.continues(f) {
+                    let (len, offload) = (pool.len_of(f), pool.offload_of(f));
+                    let (buf, headroom) = pool.buffer_mut(f);
+                    frames.push(Frame::in_buffer(in_port, buf, headroom, len, offload));
+                    self.packets.push(RxPacket::ONE);
+                    continue;
+                }
+                // Counted above: there is a buffer for every chain.
+                let Some((j, buf)) = jumbo.next() else {
+                    debug_assert!(false, "a chain without a jumbo buffer");
+                    break;
+                };
+                let (frames_in, len) = gather(pool, f, &mut tokens, &mut buf[FRAME_HEADROOM..]);
+                frames.push(Frame::in_buffer(
+                    in_port,
+                    buf,
+                    FRAME_HEADROOM,
+                    len.unwrap_or(0),
+                    Offload::NONE,
+                ));
+                self.packets.push(RxPacket {
+                    frames: frames_in,
+                    jumbo: Some(j),
+                    too_big: len.is_none(),
+                });
             }
-            process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..n]);
+            let np = self.packets.len();
+            process_batch(&tables, now_ns, &mut frames, &mut self.verdicts[..np]);
             for (out, f) in self.outgoing.iter_mut().zip(frames.iter()) {
                 *out = Outgoing {
                     start: f.headroom,
@@ -567,66 +620,91 @@ impl<Q: PortQueue> Worker<Q> {
                 };
             }
             self.frame_store = recycle(frames);
+            for (v, p) in self.verdicts.iter_mut().zip(&self.packets) {
+                if p.too_big {
+                    *v = Verdict::Drop(DropReason::FrameTooBig);
+                }
+            }
         }
 
         // Verdicts: each frame (token) to one TX batch or back to the free
-        // list; the compiler sees that each goes to at most one place.
+        // list; the compiler sees that each goes to at most one place. A
+        // chain's frames go back at once: its packet is in a jumbo buffer.
         let mut rx = std::mem::take(&mut self.rx);
-        for (i, frame) in rx.drain(..).enumerate() {
-            let out = self.outgoing[i];
+        let mut tokens = rx.drain(..);
+        for (k, p) in self.packets.iter().enumerate() {
+            let out = self.outgoing[k];
+            let verdict = self.verdicts[k];
             // The original is counted as dropped; its ICMP error leaves by
             // the ingress port like any reply.
-            if let Verdict::IcmpError { reason, .. } = self.verdicts[i] {
+            if let Verdict::IcmpError { reason, .. } = verdict {
                 self.queues[qi].counters.add_drop(reason);
                 self.counters.add_drop(reason);
             }
-            let egress = match self.verdicts[i] {
-                Verdict::Reply | Verdict::IcmpError { .. } => Ok(qi),
-                Verdict::Tx(port) => match self.slots.get(port as usize) {
-                    Some(Slot::Active(j)) => Ok(*j),
-                    Some(Slot::NoQueue) => Err(DropReason::NoTxQueue),
-                    Some(Slot::Unknown) | None => Err(DropReason::PortGone),
-                },
-                Verdict::Drop(reason) => Err(reason),
-                Verdict::Denied { port, reason } => {
-                    // Counted on the policed pod's queue, when this worker
-                    // has one there, so denials show per pod.
-                    let on = match self.slots.get(port as usize) {
-                        Some(Slot::Active(j)) => *j,
-                        _ => qi,
+            let egress = egress_of(&self.slots, qi, verdict);
+            let drop_reason = match p.jumbo {
+                Some(jb) => {
+                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    match egress {
+                        Egress::Queue(j) => {
+                            let dst = &mut self.queues[j];
+                            let from = packet_of(&mut self.jumbo[jb], out);
+                            let lost = emit(dst, from, out, &self.counters, self.cfg.id);
+                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
+                                self.dirty.push(j);
+                            }
+                            lost
+                        }
+                        Egress::Denied { on, reason } => {
+                            self.queues[on].counters.add_drop(reason);
+                            self.counters.add_drop(reason);
+                            None
+                        }
+                        Egress::Lost(reason) => Some(reason),
+                    }
+                }
+                None => {
+                    let Some(frame) = tokens.next() else {
+                        debug_assert!(false, "fewer frames than packets");
+                        break;
                     };
-                    self.queues[on].counters.add_drop(reason);
-                    self.counters.add_drop(reason);
-                    self.queues[qi].free.push(frame);
-                    continue;
-                }
-            };
-            let drop_reason = match egress {
-                // Replies and ICMP errors made in place, and frames
-                // forwarded to the port they came from (hairpin): back out
-                // of the ingress queue, by token.
-                Ok(j) if j == qi => {
-                    let a = &mut self.queues[qi];
-                    let was_idle = a.pending.is_empty();
-                    let lost = send_back(a, frame, out);
-                    if was_idle && !a.pending.is_empty() {
-                        self.dirty.push(qi);
+                    match egress {
+                        // Replies and ICMP errors made in place, and frames
+                        // forwarded to the port they came from (hairpin):
+                        // back out of the ingress queue, by token.
+                        Egress::Queue(j) if j == qi => {
+                            let a = &mut self.queues[qi];
+                            let was_idle = a.pending.is_empty();
+                            let lost = send_back(a, frame, out);
+                            if was_idle && !a.pending.is_empty() {
+                                self.dirty.push(qi);
+                            }
+                            lost
+                        }
+                        Egress::Queue(j) => {
+                            let mut frame = frame;
+                            let (src, dst) = two_mut(&mut self.queues, qi, j);
+                            let lost =
+                                forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
+                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
+                                self.dirty.push(j);
+                            }
+                            src.free.push(frame);
+                            lost
+                        }
+                        Egress::Denied { on, reason } => {
+                            // Counted on the policed pod's queue, when this
+                            // worker has one there, so denials show per pod.
+                            self.queues[on].counters.add_drop(reason);
+                            self.counters.add_drop(reason);
+                            self.queues[qi].free.push(frame);
+                            None
+                        }
+                        Egress::Lost(reason) => {
+                            self.queues[qi].free.push(frame);
+                            Some(reason)
+                        }
                     }
-                    lost
-                }
-                Ok(j) => {
-                    let mut frame = frame;
-                    let (src, dst) = two_mut(&mut self.queues, qi, j);
-                    let lost = forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
-                    if !dst.pending.is_empty() && !self.dirty.contains(&j) {
-                        self.dirty.push(j);
-                    }
-                    src.free.push(frame);
-                    lost
-                }
-                Err(reason) => {
-                    self.queues[qi].free.push(frame);
-                    Some(reason)
                 }
             };
             if let Some(reason) = drop_reason {
@@ -634,6 +712,9 @@ impl<Q: PortQueue> Worker<Q> {
                 self.counters.add_drop(reason);
             }
         }
+        // Whole packets only, so nothing is left; a frame that were would
+        // go back to the free list rather than be lost.
+        self.queues[qi].free.extend(tokens);
         self.rx = rx;
         self.flush(qi);
         true
@@ -644,8 +725,11 @@ impl<Q: PortQueue> Worker<Q> {
     fn flush(&mut self, qi: usize) {
         while let Some(j) = self.dirty.pop() {
             let a = &mut self.queues[j];
-            let unsent = commit(a, &self.counters, self.cfg.id);
-            // What does not fit in the ring is dropped (tx_ring_full).
+            commit(a, &self.counters, self.cfg.id);
+            // What does not fit in the ring is dropped (tx_ring_full), a
+            // packet (a frame, or a chain) at a time.
+            let pool = a.queue.pool();
+            let unsent = a.pending.iter().filter(|f| !pool.continues(f)).count();
             a.free.append(&mut a.pending);
             for _ in 0..unsent {
                 self.queues[qi].counters.add_drop(DropReason::TxRingFull);
@@ -708,16 +792,102 @@ impl<Q: PortQueue> Worker<Q> {
     }
 }
 
+/// One packet of an RX batch: `frames` frames of it, received in order;
+/// a chain (more than one) is copied whole into jumbo buffer `jumbo`,
+/// unless it is larger than one (`too_big`, dropped `frame_too_big`).
+#[derive(Debug, Clone, Copy)]
+struct RxPacket {
+    frames: usize,
+    jumbo: Option<usize>,
+    too_big: bool,
+}
+
+impl RxPacket {
+    /// A packet in one frame, worked on in place.
+    const ONE: RxPacket = RxPacket {
+        frames: 1,
+        jumbo: None,
+        too_big: false,
+    };
+}
+
+/// Copy the chain starting at `first` (the rest from `rest`, up to its
+/// last frame) into `to`: how many frames it has, and its length (`None`
+/// when it does not fit in `to`; every frame of it is taken anyway).
+fn gather<'t, P: FramePool>(
+    pool: &P,
+    first: &'t mut Owned<P::Desc>,
+    rest: &mut impl Iterator<Item = &'t mut Owned<P::Desc>>,
+    to: &mut [u8],
+) -> (usize, Option<usize>) {
+    let mut frames = 0;
+    let mut len = Some(0usize);
+    let mut next = Some(first);
+    while let Some(f) = next.take() {
+        frames += 1;
+        let more = pool.continues(f);
+        let n = pool.len_of(f);
+        let data = pool.buf_mut(f);
+        len = len.and_then(|at| {
+            let piece = data.get(..n)?;
+            to.get_mut(at..at + n)?.copy_from_slice(piece);
+            Some(at + n)
+        });
+        if more {
+            next = rest.next();
+        }
+    }
+    (frames, len)
+}
+
+/// Where a verdict sends a packet received on queue `qi`.
+enum Egress {
+    /// Out of this queue (`qi` itself for replies and hairpins).
+    Queue(usize),
+    /// Denied by policy: counted on queue `on` (the policed pod's, when
+    /// this worker has one there).
+    Denied { on: usize, reason: DropReason },
+    /// Dropped for `reason`, counted on the ingress queue.
+    Lost(DropReason),
+}
+
+fn egress_of(slots: &[Slot], qi: usize, verdict: Verdict) -> Egress {
+    match verdict {
+        Verdict::Reply | Verdict::IcmpError { .. } => Egress::Queue(qi),
+        Verdict::Tx(port) => match slots.get(port as usize) {
+            Some(Slot::Active(j)) => Egress::Queue(*j),
+            Some(Slot::NoQueue) => Egress::Lost(DropReason::NoTxQueue),
+            Some(Slot::Unknown) | None => Egress::Lost(DropReason::PortGone),
+        },
+        Verdict::Drop(reason) => Egress::Lost(reason),
+        Verdict::Denied { port, reason } => Egress::Denied {
+            on: match slots.get(port as usize) {
+                Some(Slot::Active(j)) => *j,
+                _ => qi,
+            },
+            reason,
+        },
+    }
+}
+
 /// Queue `a`'s pending frames on its TX ring (as many as fit), count them
 /// and wake the kernel. The frames sent leave `a.pending`; the rest stay
 /// there, and their number is returned.
 fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -> usize {
-    let want = a.pending.len().min(a.queue.tx_room());
+    let mut want = a.pending.len().min(a.queue.tx_room());
     let pool = a.queue.pool();
+    // Never part of a chain: the rest of it waits with what did not fit.
+    while want > 0 && pool.continues(&a.pending[want - 1]) {
+        want -= 1;
+    }
     let sent_bytes: u64 = a.pending[..want]
         .iter()
         .map(|f| pool.len_of(f) as u64)
         .sum();
+    let sent_packets = a.pending[..want]
+        .iter()
+        .filter(|f| !pool.continues(f))
+        .count() as u64;
     // All `want` frames or none (the room was measured just now).
     let sent = if want > 0 {
         a.queue.tx(&mut a.pending, want)
@@ -726,8 +896,8 @@ fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -
     };
     if sent > 0 {
         a.in_tx += sent;
-        a.counters.add_tx(sent as u64, sent_bytes);
-        wc.add_tx(sent as u64);
+        a.counters.add_tx(sent_packets, sent_bytes);
+        wc.add_tx(sent_packets);
         if let Err(e) = a.queue.kick_tx() {
             log::debug!("worker {worker}: tx wake-up on port {}: {e}", a.port);
         }
@@ -899,12 +1069,8 @@ fn finish_in_place<P: FramePool>(
     None
 }
 
-/// Move `frame` of `src` to `dst`, finished for `dst` by
-/// [`offload::finish`]: written at once if `dst` can transmit from our
-/// memory (taps), else copied into free frames of `dst`'s pool and added
-/// to `dst.pending` (a GSO frame for a port without offloads cut into
-/// segments, one frame each). `frame` stays the caller's. Returns the
-/// drop reason when the frame (or part of it) was lost.
+/// Move `frame` of `src` to `dst` ([`emit`]). `frame` stays the caller's.
+/// Returns the drop reason when the frame (or part of it) was lost.
 fn forward<Q: PortQueue>(
     src: &mut Active<Q>,
     dst: &mut Active<Q>,
@@ -913,15 +1079,36 @@ fn forward<Q: PortQueue>(
     wc: &WorkerCounters,
     worker: usize,
 ) -> Option<DropReason> {
-    let caps = caps_of(dst.queue.pool());
-    let sp = src.queue.pool();
-    // The egress frames below are of another pool: `buf` is the only
-    // reference into the ingress chunk.
-    let (buf, _) = sp.buffer_mut(frame);
+    // The egress frames are of another pool: `buf` is the only reference
+    // into the ingress chunk.
+    let (buf, _) = src.queue.pool().buffer_mut(frame);
+    emit(dst, packet_of(buf, out), out, wc, worker)
+}
+
+/// The packet's bytes in `buf`, where the pipeline left them.
+fn packet_of(buf: &mut [u8], out: Outgoing) -> &mut [u8] {
     let start = out.start.min(buf.len());
     let from = &mut buf[start..];
     let len = out.len.min(from.len());
-    let from = &mut from[..len];
+    &mut from[..len]
+}
+
+/// Send packet `from` out of `dst`, finished for `dst` by
+/// [`offload::finish`]: written at once if `dst` can transmit from our
+/// memory (taps), else copied into free frames of `dst`'s pool and added
+/// to `dst.pending`: one frame; a chain of them when it is larger than a
+/// frame and `dst` takes chains; a GSO frame for a port without offloads
+/// cut into segments, one frame each. Returns the drop reason when the
+/// packet (or part of it) was lost.
+fn emit<Q: PortQueue>(
+    dst: &mut Active<Q>,
+    from: &mut [u8],
+    out: Outgoing,
+    wc: &WorkerCounters,
+    worker: usize,
+) -> Option<DropReason> {
+    let caps = caps_of(dst.queue.pool());
+    let len = from.len();
     // An encapsulated frame is finished (and segmented) as its inner
     // frame; each segment gets its own copy of the outer headers.
     let (outer, inner) = from.split_at_mut(out.outer.min(len));
@@ -939,6 +1126,7 @@ fn forward<Q: PortQueue>(
                 match write_segment(outer, inner, &plan, s, to) {
                     Some(n) => {
                         dp.set_len(&mut e, n);
+                        dp.set_continues(&mut e, false);
                         dst.pending.push(e);
                     }
                     None => {
@@ -971,14 +1159,52 @@ fn forward<Q: PortQueue>(
     let dp = dst.queue.pool();
     let to = dp.buf_mut(&mut e);
     if len > to.len() {
+        let per_frame = to.len();
         dst.free.push(e);
-        return Some(DropReason::FrameTooBig);
+        return if dp.takes_chains() {
+            emit_chain(dst, from, per_frame, wc, worker)
+        } else {
+            Some(DropReason::FrameTooBig)
+        };
     }
     to[..len].copy_from_slice(from);
     dp.set_len(&mut e, len);
+    dp.set_continues(&mut e, false);
     // Pools that take no offloads ignore the header.
     dp.set_offload(&mut e, header);
     dst.pending.push(e);
+    None
+}
+
+/// Copy `from` into a chain of `dst`'s frames of `per_frame` bytes each
+/// (every one but the last marked as continued) and add it to
+/// `dst.pending`: the whole chain or, with the reason returned, nothing.
+fn emit_chain<Q: PortQueue>(
+    dst: &mut Active<Q>,
+    from: &[u8],
+    per_frame: usize,
+    wc: &WorkerCounters,
+    worker: usize,
+) -> Option<DropReason> {
+    let need = from.len().div_ceil(per_frame.max(1));
+    if per_frame == 0 || need > crate::io::afxdp::MAX_CHAIN {
+        return Some(DropReason::FrameTooBig);
+    }
+    make_room(dst, need, wc, worker);
+    if dst.free.len() < need {
+        return Some(DropReason::NoEgressFrame);
+    }
+    for (i, piece) in from.chunks(per_frame).enumerate() {
+        let Some(mut e) = dst.free.pop() else {
+            // Checked above; nothing of the chain is queued yet.
+            return Some(DropReason::NoEgressFrame);
+        };
+        let dp = dst.queue.pool();
+        dp.buf_mut(&mut e)[..piece.len()].copy_from_slice(piece);
+        dp.set_len(&mut e, piece.len());
+        dp.set_continues(&mut e, i + 1 < need);
+        dst.pending.push(e);
+    }
     None
 }
 

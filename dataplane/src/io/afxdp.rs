@@ -123,20 +123,28 @@ pub const XDP_PACKET_HEADROOM: u32 = 256;
 const _: () = assert!(XDP_PACKET_HEADROOM as usize >= crate::core::pipeline::FRAME_HEADROOM);
 /// The largest pod MTU a veth on a plain (not `xdp.frags`) XDP program may
 /// have on this kernel (6.18, 4 KiB pages): "mtu greater than device
-/// maximum" above it (DESIGN.md, performance levers).
+/// maximum" above it (DESIGN.md, performance levers). Our redirect program
+/// is an `xdp.frags` one, whose cap is ~73000.
 pub const VETH_XDP_MAX_MTU: u32 = 3506;
-/// The largest pod MTU (L3 bytes) a veth port carries: a frame must fit
-/// the data segment of one chunk (sockets are bound without
-/// `XDP_USE_SG`, so larger frames are dropped by the kernel), and the XDP
-/// program caps the veth itself. 2048 - 256 - 14 = 1778.
-pub const MAX_POD_MTU: u32 = {
-    let chunk = FRAME_SIZE - XDP_PACKET_HEADROOM - crate::core::wire::ETH_HDR_LEN as u32;
-    if chunk < VETH_XDP_MAX_MTU {
-        chunk
-    } else {
-        VETH_XDP_MAX_MTU
-    }
-};
+/// Bytes of a frame one chunk holds: the chunk less the kernel's headroom.
+pub const CHUNK_DATA: u32 = FRAME_SIZE - XDP_PACKET_HEADROOM;
+/// The most descriptors one packet of a veth port spans (AF_XDP
+/// multi-buffer, `XDP_USE_SG`). Copy-mode TX builds one skb per packet, the
+/// first descriptor as its head and each further one a page fragment, and
+/// refuses a packet of more fragments than an skb has (`MAX_SKB_FRAGS`,
+/// 17); 16 keeps below it.
+pub const MAX_CHAIN: usize = 16;
+/// The largest pod MTU (L3 bytes) a veth port carries: a frame must fit a
+/// chain of [`MAX_CHAIN`] chunks' data, 16 x 1792 - 14 = 28658 (sockets
+/// are bound with `XDP_USE_SG`; the `xdp.frags` program caps the veth
+/// itself far above).
+pub const MAX_POD_MTU: u32 = MAX_CHAIN as u32 * CHUNK_DATA - crate::core::wire::ETH_HDR_LEN as u32;
+/// The largest L3 packet an uplink socket's frame holds: one chunk's data
+/// less the Ethernet header, 1778 (the uplink's program is a plain one and
+/// its sockets take no chains).
+pub const UPLINK_FRAME_MTU: u32 = CHUNK_DATA - crate::core::wire::ETH_HDR_LEN as u32;
+/// `xdp_desc.options`: more descriptors of the same packet follow.
+pub const XDP_PKT_CONTD: u32 = 1;
 /// Size of each of a socket's four rings.
 pub const RING_SIZE: u32 = 1024;
 
@@ -147,6 +155,8 @@ pub struct XskPool {
     descs: Vec<FrameDesc>,
     frames: usize,
     id: PoolId,
+    /// Bound with `XDP_USE_SG`: a packet may span several frames.
+    chains: bool,
 }
 
 impl XskPool {
@@ -225,6 +235,31 @@ impl XskPool {
         (whole, headroom)
     }
 
+    /// Whether more frames of the same packet follow this one
+    /// (`XDP_PKT_CONTD`, as received or as set for TX).
+    pub fn frame_continues<D: Holds<FrameDesc>>(&self, frame: &Owned<D>) -> bool {
+        self.own(frame)
+            .is_some_and(|d| d.options() & XDP_PKT_CONTD != 0)
+    }
+
+    /// Transmit `frame` as followed by more of its packet (`more`), or as
+    /// a packet's last (or only) frame.
+    pub fn set_frame_continues<D: Holds<FrameDesc>>(&self, frame: &mut Owned<D>, more: bool) {
+        if frame.pool() != self.id {
+            return;
+        }
+        // SAFETY: only the descriptor's options change, never the frame
+        // it names.
+        if let Some(d) = (unsafe { frame.desc_mut() }).get_mut() {
+            d.set_options(if more { XDP_PKT_CONTD } else { 0 });
+        }
+    }
+
+    /// Whether the socket takes and delivers packets as chains of frames.
+    pub fn takes_chains(&self) -> bool {
+        self.chains
+    }
+
     pub fn set_frame_len<D: Holds<FrameDesc>>(&self, frame: &mut Owned<D>, len: usize) {
         if frame.pool() != self.id {
             return;
@@ -251,6 +286,10 @@ pub struct XskRings {
     pool: PoolId,
     /// Bare descriptors of one ring call (xsk-rs takes and fills slices).
     scratch: Vec<FrameDesc>,
+    /// The start of a packet received but not yet whole (its chain was
+    /// cut by the batch's end): handed out with the rest of it, so `rx`
+    /// yields whole packets only. Counted as in the fill ring.
+    carry: Vec<FrameDesc>,
     /// Frames given to the fill ring and not yet received.
     in_fill: usize,
     /// Frames given to the TX ring and not yet completed.
@@ -314,15 +353,32 @@ unsafe fn adopt<D: Holds<FrameDesc>>(descs: &[FrameDesc], pool: PoolId, out: &mu
 /// [`XskQueue::into_parts`] into an owner that keeps the pair), so "this
 /// UMEM" below is always the pool the caller holds beside these rings.
 impl XskRings {
+    /// Up to `max` received frames, whole packets only: a chain the batch
+    /// would cut is kept back (`carry`) and handed out with its end, even
+    /// when that makes the batch longer than `max` (by less than one
+    /// chain). How many frames.
     pub fn rx<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>, max: usize) -> usize {
-        self.scratch.resize(max, FrameDesc::default());
+        let carried = self.carry.len();
+        // A carried chain longer than the batch still gets its end.
+        let want = max.max(carried + 1);
+        self.scratch.clear();
+        self.scratch.append(&mut self.carry);
+        self.scratch.resize(want, FrameDesc::default());
         // SAFETY: the RX ring belongs to a socket created on this queue's
         // UMEM, so the descriptors it yields name frames of that UMEM.
-        let n = unsafe { self.rx.consume(&mut self.scratch[..max]) };
-        // SAFETY: just consumed from this UMEM's RX ring.
-        unsafe { adopt(&self.scratch[..n], self.pool, out) };
-        self.in_fill = self.in_fill.saturating_sub(n);
-        n
+        let got = unsafe { self.rx.consume(&mut self.scratch[carried..want]) };
+        let have = carried + got;
+        // Whole packets: up to the last frame that ends one.
+        let whole = self.scratch[..have]
+            .iter()
+            .rposition(|d| d.options() & XDP_PKT_CONTD == 0)
+            .map_or(0, |i| i + 1);
+        self.carry.extend_from_slice(&self.scratch[whole..have]);
+        // SAFETY: consumed from this UMEM's RX ring, now or (the carried
+        // start) by an earlier call that gave them no token.
+        unsafe { adopt(&self.scratch[..whole], self.pool, out) };
+        self.in_fill = self.in_fill.saturating_sub(whole);
+        whole
     }
 
     pub fn tx_room(&mut self) -> usize {
@@ -693,24 +749,30 @@ pub(crate) fn if_index(ifname: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// How ferry binds a copy-mode AF_XDP socket (every veth port's).
+/// How ferry binds a veth port's AF_XDP socket: copy mode, chains.
 pub fn socket_config(ring: QueueSize) -> SocketConfig {
-    socket_config_in(ring, BindMode::Copy)
+    socket_config_in(ring, BindMode::Copy, true)
 }
 
 /// How ferry binds every AF_XDP socket: rings of `ring` descriptors,
-/// need_wakeup, the copy or zero-copy flag of `mode`, and libxdp's own
-/// program load inhibited (ferry attaches its program itself).
-pub fn socket_config_in(ring: QueueSize, mode: BindMode) -> SocketConfig {
+/// need_wakeup, the copy or zero-copy flag of `mode`, `XDP_USE_SG` when
+/// the port's packets may span several chunks (`chains`: veth ports), and
+/// libxdp's own program load inhibited (ferry attaches its program itself).
+pub fn socket_config_in(ring: QueueSize, mode: BindMode, chains: bool) -> SocketConfig {
     let copy = match mode {
         BindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
         BindMode::Copy => BindFlags::XDP_COPY,
+    };
+    let sg = if chains {
+        BindFlags::XDP_USE_SG
+    } else {
+        BindFlags::empty()
     };
     SocketConfig::builder()
         .rx_queue_size(ring)
         .tx_queue_size(ring)
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | copy)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | copy | sg)
         .build()
 }
 
@@ -725,7 +787,13 @@ fn mode_name(native: bool, bind: BindMode) -> &'static str {
 }
 
 impl AfXdpBackend {
-    fn socket(&self, ifname: &str, queue: u32, bind: BindMode) -> Result<XskQueue, PortError> {
+    fn socket(
+        &self,
+        ifname: &str,
+        queue: u32,
+        bind: BindMode,
+        chains: bool,
+    ) -> Result<XskQueue, PortError> {
         let err = |cause: String| PortError::Socket {
             ifname: ifname.to_string(),
             queue,
@@ -748,7 +816,7 @@ impl AfXdpBackend {
             NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN);
         let (umem, descs) =
             Umem::new(umem_config, frames, false).map_err(|e| pool_err(e.to_string()))?;
-        let config = socket_config_in(ring, bind);
+        let config = socket_config_in(ring, bind, chains);
         let iface: Interface = ifname
             .parse()
             .map_err(|e: std::ffi::NulError| err(e.to_string()))?;
@@ -768,6 +836,7 @@ impl AfXdpBackend {
                 comp,
                 pool: id,
                 scratch: Vec::with_capacity(RING_SIZE as usize),
+                carry: Vec::with_capacity(MAX_CHAIN),
                 in_fill: 0,
                 in_tx: 0,
             },
@@ -776,6 +845,7 @@ impl AfXdpBackend {
                 frames: descs.len(),
                 descs,
                 id,
+                chains,
             },
         })
     }
@@ -804,6 +874,7 @@ impl PortBackend for AfXdpBackend {
         ferry_api::table::MtuLimits {
             veth: MAX_POD_MTU,
             tap: 0,
+            uplink: Some(UPLINK_FRAME_MTU),
         }
     }
 
@@ -927,6 +998,9 @@ impl AfXdpBackend {
         } else {
             BindMode::Copy
         };
+        // Veth ports (the shared program, an `xdp.frags` one) carry packets
+        // larger than a chunk as chains; the uplink's program is plain.
+        let chains = matches!(attachment.loaded, Loaded::Shared { .. });
         let mut sockets = Vec::with_capacity(workers);
         for i in 0..workers as u32 {
             let beyond = queues.is_some_and(|n| i >= n) || i >= MAX_QUEUES;
@@ -934,11 +1008,11 @@ impl AfXdpBackend {
                 sockets.push(None);
                 continue;
             }
-            let socket = match self.socket(ifname, i, bind) {
+            let socket = match self.socket(ifname, i, bind, chains) {
                 Err(e) if i == 0 && bind == BindMode::ZeroCopy => {
                     log::info!("{ifname}: no zero-copy AF_XDP ({e}); binding in copy mode");
                     bind = BindMode::Copy;
-                    self.socket(ifname, i, bind)
+                    self.socket(ifname, i, bind, chains)
                 }
                 other => other,
             };
@@ -992,12 +1066,14 @@ mod tests {
     }
 
     #[test]
-    fn max_pod_mtu_is_what_one_chunk_holds() {
+    fn max_pod_mtu_is_what_a_chain_of_chunks_holds() {
         // xsk-rs computes the data segment from libxdp's own headroom.
         let cfg = umem_config();
         assert_eq!(cfg.xdp_headroom(), XDP_PACKET_HEADROOM);
-        assert_eq!(MAX_POD_MTU, cfg.mtu() - 14);
-        const { assert!(MAX_POD_MTU <= VETH_XDP_MAX_MTU) };
+        assert_eq!(CHUNK_DATA, cfg.mtu());
+        assert_eq!(MAX_POD_MTU, MAX_CHAIN as u32 * cfg.mtu() - 14);
+        assert_eq!(UPLINK_FRAME_MTU, cfg.mtu() - 14, "one chunk: 1778");
+        const { assert!(MAX_POD_MTU > VETH_XDP_MAX_MTU) };
     }
 
     #[test]
@@ -1009,9 +1085,21 @@ mod tests {
             descs,
             frames: 4,
             id: PoolId::fresh(),
+            chains: true,
         };
         let mut frames: Vec<Owned<FrameDesc>> = Vec::new();
         assert_eq!(pool.take_frames(&mut frames), 4);
+        // A chain's marks: set for TX, read back as RX would show them.
+        assert!(pool.takes_chains());
+        assert!(
+            !pool.frame_continues(&frames[0]),
+            "fresh frames end a packet"
+        );
+        pool.set_frame_continues(&mut frames[0], true);
+        assert!(pool.frame_continues(&frames[0]));
+        assert!(!pool.frame_continues(&frames[1]), "only the frame marked");
+        pool.set_frame_continues(&mut frames[0], false);
+        assert!(!pool.frame_continues(&frames[0]));
         for f in &mut frames {
             let data_ptr = pool.frame_buf(f).as_ptr();
             let (buf, headroom) = pool.frame_buffer(f);

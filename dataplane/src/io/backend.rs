@@ -116,6 +116,20 @@ impl FramePool for NodePool {
             p.set_frame_offload(frame, offload);
         }
     }
+
+    fn takes_chains(&self) -> bool {
+        matches!(self, NodePool::Xsk(p) if p.takes_chains())
+    }
+
+    fn continues(&self, frame: &Frame) -> bool {
+        matches!(self, NodePool::Xsk(p) if p.frame_continues(frame))
+    }
+
+    fn set_continues(&self, frame: &mut Frame, more: bool) {
+        if let NodePool::Xsk(p) = self {
+            p.set_frame_continues(frame, more);
+        }
+    }
 }
 
 /// One worker's queue on one port of either kind. `io` is declared before
@@ -297,9 +311,11 @@ impl PortBackend for NodeBackend {
     }
 
     fn mtu_limits(&self) -> MtuLimits {
+        let xdp = self.xdp.mtu_limits();
         MtuLimits {
-            veth: self.xdp.mtu_limits().veth,
+            veth: xdp.veth,
             tap: self.tap.mtu_limits().tap,
+            uplink: xdp.uplink,
         }
     }
 

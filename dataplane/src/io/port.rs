@@ -162,6 +162,25 @@ pub trait FramePool: Send + 'static {
     /// Set the header the frame is transmitted with (ignored by pools
     /// without offloads).
     fn set_offload(&self, _frame: &mut Owned<Self::Desc>, _offload: Offload) {}
+
+    /// Whether this pool's queue receives and transmits a packet larger
+    /// than one frame as a chain of frames (AF_XDP multi-buffer on veth
+    /// ports): each frame but the last [`FramePool::continues`].
+    fn takes_chains(&self) -> bool {
+        false
+    }
+
+    /// Whether more frames of this frame's packet follow it (as received,
+    /// or as set by [`FramePool::set_continues`]). Never, in pools
+    /// without chains.
+    fn continues(&self, _frame: &Owned<Self::Desc>) -> bool {
+        false
+    }
+
+    /// Transmit the frame as followed by more of its packet (`more`), or
+    /// as a packet's last frame. Every frame transmitted by a pool with
+    /// chains says which; ignored by pools without.
+    fn set_continues(&self, _frame: &mut Owned<Self::Desc>, _more: bool) {}
 }
 
 /// The token type of queue `Q`'s frames.
@@ -195,7 +214,9 @@ pub trait PortQueue: Send + 'static {
     /// How many.
     fn take_frames(&mut self, out: &mut Vec<FrameOf<Self>>) -> usize;
 
-    /// Push up to `max` received frames onto `out`; how many.
+    /// Push up to `max` received frames onto `out`; how many. Whole
+    /// packets only: a pool with chains may deliver a few more than `max`
+    /// to end a chain, never part of one.
     fn rx(&mut self, out: &mut Vec<FrameOf<Self>>, max: usize) -> usize;
 
     /// Free slots in the TX ring.
@@ -203,7 +224,8 @@ pub trait PortQueue: Send + 'static {
 
     /// Queue the first `n` frames of `frames` for transmission, in order
     /// (one ring commit), removing them from `frames`: all of them when
-    /// they fit in [`PortQueue::tx_room`], none otherwise. How many.
+    /// they fit in [`PortQueue::tx_room`], none otherwise. How many. The
+    /// caller never cuts a chain ([`FramePool::continues`]).
     fn tx(&mut self, frames: &mut Vec<FrameOf<Self>>, n: usize) -> usize;
 
     /// Tell the kernel about queued TX frames if the ring asks for it

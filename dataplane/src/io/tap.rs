@@ -369,6 +369,7 @@ impl PortBackend for TapBackend {
         ferry_api::table::MtuLimits {
             veth: 0,
             tap: MAX_POD_MTU,
+            uplink: None,
         }
     }
 

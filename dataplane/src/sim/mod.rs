@@ -377,14 +377,16 @@ impl PortBackend for MemBackend {
     type Queue = MemQueue;
     type Attachment = MemAttachment;
 
-    /// `frame_size` is what an in-memory frame holds after its headroom;
-    /// offload wires are tap-sized.
+    /// `frame_size` is what an in-memory frame holds after its headroom,
+    /// on every port (the uplink's too); offload wires are tap-sized.
     fn mtu_limits(&self) -> MtuLimits {
+        let frame = self
+            .frame_size
+            .saturating_sub(crate::core::wire::ETH_HDR_LEN) as u32;
         MtuLimits {
-            veth: self
-                .frame_size
-                .saturating_sub(crate::core::wire::ETH_HDR_LEN) as u32,
+            veth: frame,
             tap: crate::io::tap::MAX_POD_MTU,
+            uplink: Some(frame),
         }
     }
 
