@@ -160,6 +160,7 @@ impl World {
 const MTU_LIMITS: ferry_api::table::MtuLimits = ferry_api::table::MtuLimits {
     veth: 1778,
     tap: 9000,
+    uplink: None,
 };
 
 /// Test-only table-API server: records every request, answers Hello with
