@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
+use ferry_api::table::Attachment;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,8 @@ pub use uplink::{Peer, UplinkConfig, UplinkFacts, DEFAULT_VNI, MAX_VNI, OFF_LINK
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 pub const DEFAULT_MTU: u32 = 1500;
+/// `local_mtu` unset: a jumbo frame, lowered to what a veth port carries.
+pub const DEFAULT_LOCAL_MTU: u32 = 9000;
 pub const DEFAULT_HOST_PORT: &str = "ferry0";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
@@ -49,12 +52,19 @@ Configuration file (TOML, every field optional):
   gateway6          the pods' IPv6 default gateway, inside the IPv6 CIDR and
                     not its subnet-router anycast (::0) address; only with
                     an IPv6 CIDR [default: the CIDR's first host, ::1]
-  mtu               MTU of pod interfaces and of the host port, 68..=65535;
+  mtu               the path MTU: of tap pod interfaces, of veth pods' routes
+                    through the gateway (see local_mtu) and of the host
+                    port, 68..=65535;
                     ADD refuses a pod MTU above what its attachment carries
                     (the dataplane says: veth 1778, tap 65535)
                     [default: 1500; with an uplink: the uplink's MTU less the
                     overlay's overhead (vxlan 50, direct 0), lowered to the
                     attachment's limit]
+  local_mtu         MTU of veth pod interfaces, for traffic between the pods
+                    of this node, 68..=65535; their routes through the
+                    gateway carry `mtu` (the path MTU); tap pods get `mtu`
+                    [default: 9000, lowered to the attachment's limit; at or
+                    below `mtu`, pods get `mtu` and no route MTU]
   host_port         kernel-side name of the host port veth (1-13 chars); the
                     dataplane side is <host_port>dp [default: ferry0]
   log_level         off|error|warn|info|debug|trace; RUST_LOG overrides it
@@ -147,6 +157,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_mtu: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_port: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -216,6 +228,8 @@ pub struct Config {
     pub ipv6: Option<Ipv6Pods>,
     /// `mtu` as written; `None`: derived ([`Config::mtu`]).
     pub mtu_setting: Option<u32>,
+    /// `local_mtu`: the link MTU of veth pods ([`Config::pod_mtus`]).
+    pub local_mtu: u32,
     pub host_port: String,
     pub log_level: String,
     /// Where `GET /metrics` is served; `None`: disabled (`""` in the file).
@@ -231,6 +245,18 @@ pub struct Config {
     /// else `pod_cidrs` is the block claimed from the cluster CIDR
     /// ([`Config::with_block`]; until then the CIDR's first block).
     pub cluster: Option<ClusterConfig>,
+}
+
+/// A pod interface's MTUs ([`Config::pod_mtus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodMtus {
+    /// The link's, both ends of a veth: what the pod sends to the pods of
+    /// its own prefix (the kernel's connected route), and its endpoint's
+    /// egress MTU in the dataplane.
+    pub link: u32,
+    /// What every route through the gateway carries (RTAX_MTU), the path
+    /// MTU off the node; `None`: those routes use the link's.
+    pub route: Option<u32>,
 }
 
 /// The node's IPv6 pods: the CIDR their addresses come from and the
@@ -474,11 +500,14 @@ impl Config {
             None => ipv6,
         };
 
-        let mtu_setting = match raw.mtu {
-            None => None,
-            Some(mtu) if (68..=65535).contains(&mtu) => Some(mtu as u32),
-            Some(mtu) => return Err(invalid("mtu", format!("{mtu} is outside 68..=65535"))),
+        let mtu_in_range = |field: &'static str, mtu: i64| match u32::try_from(mtu) {
+            Ok(m) if (68..=65535).contains(&m) => Ok(m),
+            _ => Err(invalid(field, format!("{mtu} is outside 68..=65535"))),
         };
+        let mtu_setting = raw.mtu.map(|m| mtu_in_range("mtu", m)).transpose()?;
+        let local_mtu = raw
+            .local_mtu
+            .map_or(Ok(DEFAULT_LOCAL_MTU), |m| mtu_in_range("local_mtu", m))?;
 
         let host_port = raw
             .host_port
@@ -551,6 +580,7 @@ impl Config {
             gateway,
             ipv6,
             mtu_setting,
+            local_mtu,
             host_port,
             log_level,
             metrics_listen,
@@ -594,6 +624,7 @@ impl Config {
                 .filter(|_| self.cluster.is_none())
                 .map(|v6| v6.gateway.to_string()),
             mtu: self.mtu_setting.map(i64::from),
+            local_mtu: Some(i64::from(self.local_mtu)),
             host_port: Some(self.host_port.clone()),
             log_level: Some(self.log_level.clone()),
             metrics_listen: Some(
@@ -643,6 +674,42 @@ impl Config {
             (Some(m), _) => m,
             (None, Some(l)) => self.mtu().min(l),
             (None, None) => self.mtu(),
+        }
+    }
+
+    /// The MTUs of a pod on `attachment`, whose port carries at most
+    /// `limit` (the dataplane's `mtu_limits`, if it said), with `cni_mtu`
+    /// the network config's `mtu`. That one is the link's as it is; else a
+    /// veth pod's link gets `local_mtu` lowered to `limit` and its routes
+    /// through the gateway the path MTU ([`Config::default_mtu`]) when that
+    /// is smaller. XDP takes TSO away from a veth, so a large link MTU is
+    /// what lets a pod's TCP cross in large frames to the pods next to it;
+    /// off the node no frame may exceed the path MTU. A tap keeps TSO, and
+    /// a veth whose limit is unknown could be given more than its port
+    /// carries: both get the path MTU on the link.
+    pub fn pod_mtus(
+        &self,
+        attachment: Attachment,
+        limit: Option<u32>,
+        cni_mtu: Option<u32>,
+    ) -> PodMtus {
+        if let Some(link) = cni_mtu {
+            return PodMtus { link, route: None };
+        }
+        let path = self.default_mtu(limit);
+        let local = match attachment {
+            Attachment::Veth => limit.map(|l| self.local_mtu.min(l)),
+            Attachment::Tap => None,
+        };
+        match local {
+            Some(link) if link > path => PodMtus {
+                link,
+                route: Some(path),
+            },
+            _ => PodMtus {
+                link: path,
+                route: None,
+            },
         }
     }
 
@@ -848,6 +915,7 @@ mod tests {
         assert_eq!(c.gateway, Ipv4Addr::new(10, 88, 0, 1));
         assert_eq!(c.mtu(), 1500);
         assert_eq!(c.mtu_setting, None);
+        assert_eq!(c.local_mtu, 9000);
         assert_eq!(c.uplink, None);
         assert_eq!(c.host_port, "ferry0");
         assert_eq!(c.host_port_dp(), "ferry0dp");
@@ -867,6 +935,7 @@ mod tests {
             pod_cidrs = ["10.1.0.0/24", "10.2.0.0/24"]
             gateway = "10.2.0.254"
             mtu = 9000
+            local_mtu = 16000
             host_port = "fhost"
             log_level = "debug"
             metrics_listen = "[::]:9100"
@@ -876,6 +945,8 @@ mod tests {
         assert_eq!(c.pod_cidrs.len(), 2);
         assert_eq!(c.gateway, Ipv4Addr::new(10, 2, 0, 254));
         assert_eq!(c.mtu(), 9000);
+        assert_eq!(c.local_mtu, 16000);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "prints back");
         assert_eq!(c.host_port_dp(), "fhostdp");
         assert_eq!(c.metrics_listen, Some("[::]:9100".parse().unwrap()));
         // Default gateway follows the first CIDR.
@@ -969,6 +1040,10 @@ mod tests {
             ("mtu = 67", "mtu"),
             ("mtu = 65536", "mtu"),
             ("mtu = -1", "mtu"),
+            ("local_mtu = 67", "local_mtu"),
+            ("local_mtu = 65536", "local_mtu"),
+            ("local_mtu = -1", "local_mtu"),
+            ("local_mtu = 4294967364", "local_mtu"),
             ("host_port = \"\"", "host_port"),
             ("host_port = \"abcdefghijklmn\"", "host_port"),
             ("host_port = \"a/b\"", "host_port"),
@@ -994,11 +1069,61 @@ mod tests {
         for text in [
             "colour = \"blue\"",
             "mtu = \"big\"",
+            "local_mtu = \"jumbo\"",
+            "local_mtu = 9000.0",
             "pod_cidrs = [",
             "mtu = 1500\nmtu = 1400",
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(matches!(err, ConfigError::Parse { .. }), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn pod_mtus_are_the_local_one_on_the_link_and_the_path_one_off_the_node() {
+        let written = Config::parse("mtu = 1500").unwrap();
+        let vxlan = Config::parse("uplink = \"up0\"")
+            .unwrap()
+            .resolve(Some(&UplinkFacts {
+                mtu: 1500,
+                addresses: vec!["192.168.70.1/24".parse().unwrap()],
+            }))
+            .unwrap();
+        let at_mtu = Config::parse("local_mtu = 1500").unwrap();
+        let below = Config::parse("mtu = 1500\nlocal_mtu = 1400").unwrap();
+        let (veth, tap) = (Attachment::Veth, Attachment::Tap);
+        // The configuration; the attachment, its limit and the network
+        // config's mtu; the MTUs the pod gets (link, route).
+        type Case<'a> = (
+            &'a str,
+            &'a Config,
+            Attachment,
+            Option<u32>,
+            Option<u32>,
+            (u32, Option<u32>),
+        );
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            ("network mtu", &written, veth, Some(1778), Some(1400), (1400, None)),
+            ("network mtu, tap", &written, tap, Some(65535), Some(9000), (9000, None)),
+            ("network mtu too big", &written, veth, Some(1778), Some(9000), (9000, None)),
+            ("today's veth", &written, veth, Some(1778), None, (1778, Some(1500))),
+            ("default path", &Config::default(), veth, Some(1778), None, (1778, Some(1500))),
+            ("jumbo veth", &written, veth, Some(28000), None, (9000, Some(1500))),
+            ("veth at 9000", &written, veth, Some(9000), None, (9000, Some(1500))),
+            ("VXLAN's path", &vxlan, veth, Some(28000), None, (9000, Some(1450))),
+            ("local_mtu at mtu", &at_mtu, veth, Some(28000), None, (1500, None)),
+            ("local_mtu below mtu", &below, veth, Some(1778), None, (1500, None)),
+            ("limit at mtu", &written, veth, Some(1500), None, (1500, None)),
+            ("limit below derived", &vxlan, veth, Some(1400), None, (1400, None)),
+            ("limit unknown", &written, veth, None, None, (1500, None)),
+            ("limit unknown, derived", &vxlan, veth, None, None, (1450, None)),
+            ("tap", &written, tap, Some(65535), None, (1500, None)),
+            ("tap, derived", &vxlan, tap, Some(65535), None, (1450, None)),
+        ];
+        for &(what, cfg, attachment, limit, cni, (link, route)) in cases {
+            let got = cfg.pod_mtus(attachment, limit, cni);
+            assert_eq!(got, PodMtus { link, route }, "{what}");
         }
     }
 

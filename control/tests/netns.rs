@@ -404,11 +404,15 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         assert_eq!(result.routes.len(), 1);
         assert_eq!(result.routes[0].dst.to_string(), "0.0.0.0/0");
 
-        // The pod end: name, address, MAC, MTU, up, default route.
+        // The pod end: name, address, MAC, MTU (the local one: local_mtu
+        // lowered to what the veth port carries), up, default route with
+        // the path MTU (`mtu`); the pods of the node (the connected route)
+        // are reached at the link's.
         let shown = pod_ns.ip(&["-d", "addr", "show", "dev", "eth0"]);
         assert!(shown.contains("10.77.0.2/24"), "{shown}");
         assert!(shown.contains(&mac.to_string()), "{shown}");
-        assert!(shown.contains("mtu 1400"), "{shown}");
+        let local = format!("mtu {}", MTU_LIMITS.veth);
+        assert!(shown.contains(&local), "{shown}");
         assert!(shown.contains("numtxqueues 2"), "{shown}");
         assert!(
             shown.contains("state UP") || shown.contains(",UP"),
@@ -416,11 +420,16 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
         );
         let r = pod_ns.ip(&["-4", "route", "show"]);
         assert!(r.contains("default via 10.77.0.1 dev eth0"), "{r}");
-        // The host end: deterministic name, up, right MTU and queues.
+        let default = r.lines().find(|l| l.starts_with("default")).unwrap();
+        assert!(default.contains(" mtu 1400"), "{r}");
+        let connected = r.lines().find(|l| l.starts_with("10.77.0.0/24")).unwrap();
+        assert!(!connected.contains("mtu"), "{r}");
+        // The host end: deterministic name, up, the link's MTU (a veth
+        // drops what is larger than its receiving end's), queues.
         let host = host_ifname("ctr-a", "eth0");
         let hl = node_ns.ip(&["-d", "link", "show", "dev", &host]);
         assert!(
-            hl.contains("mtu 1400") && hl.contains("numtxqueues 2"),
+            hl.contains(&local) && hl.contains("numtxqueues 2"),
             "{hl}"
         );
         assert!(
@@ -443,6 +452,7 @@ fn add_plumbs_pod_check_passes_del_twice_succeeds() {
             ),
             ("ctr-a/eth0", host.as_str(), ip, mac)
         );
+        assert_eq!(ep.mtu, Some(MTU_LIMITS.veth), "the link's MTU");
 
         // Its policy went first, before ADD answered.
         let reqs = dp.requests();
@@ -625,6 +635,12 @@ fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
         assert!(r4.contains("default via 10.77.0.1 dev eth0"), "{r4}");
         let r6 = pod_ns.ip(&["-6", "route", "show"]);
         assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+        // The path MTU on both default routes, none on the connected ones.
+        for r in [&r4, &r6] {
+            for l in r.lines() {
+                assert_eq!(l.starts_with("default"), l.contains(" mtu 1400"), "{r}");
+            }
+        }
         for key in ["accept_dad", "accept_ra"] {
             let path = format!("/proc/sys/net/ipv6/conf/eth0/{key}");
             assert_eq!(sysctl_in(&pod_ns, &path), "0", "{key}");
@@ -689,6 +705,10 @@ fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
         assert!(!line6.contains("tentative"), "{shown}");
         let r6 = tap_ns.ip(&["-6", "route", "show"]);
         assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
+        // A tap keeps TSO: `mtu` on its link, no route MTU.
+        assert!(!r6.contains("mtu"), "{r6}");
+        let link = tap_ns.ip(&["link", "show", "dev", "eth0"]);
+        assert!(link.contains("mtu 1400"), "{link}");
 
         // DEL frees both families and removes every link.
         for (ctr, ns) in [("ctr-d", &pod_ns), ("ctr-6", &pod6_ns), ("ctr-t", &tap_ns)] {

@@ -107,6 +107,80 @@ fn pods_talk_through_the_dataplane_only() {
     }
 }
 
+/// The text of `ping -M do -s size` (DF set, two echoes) from `from` to
+/// `dst`, and whether every reply came back.
+fn df_ping(from: &Pod, dst: &str, size: &str) -> (bool, String) {
+    let out = ns_run(
+        &from.ns.name,
+        &[
+            "ping", "-M", "do", "-s", size, "-c", "2", "-i", "0.2", "-W", "1", dst,
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A veth pod's link has the local MTU (ferryd's `local_mtu` lowered to
+/// what a veth port carries), at which it reaches the pods of its node;
+/// its routes through the gateway carry the path MTU (ferryd's `mtu`,
+/// 1500 here), so nothing larger leaves for elsewhere.
+#[test]
+fn veth_pods_meet_at_the_local_mtu_and_leave_at_the_path_mtu() {
+    let node = Node::start("fm", NodeOpts::default());
+    let a = node.add_pod(1);
+    let b = node.add_pod(2);
+    let local = format!("mtu {VETH_POD_MTU} ");
+    for pod in [&a, &b] {
+        let link = ns_run_ok(&pod.ns.name, &["ip", "link", "show", "dev", "eth0"]);
+        assert!(link.contains(&local), "{link}");
+        let routes = ns_run_ok(&pod.ns.name, &["ip", "-4", "route", "show"]);
+        let line = |prefix: &str| {
+            routes
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} route: {routes}"))
+        };
+        assert!(line("default").contains(" mtu 1500"), "{routes}");
+        // The kernel's connected route: the pods of the node.
+        assert!(!line("10.88.0.0/24").contains("mtu"), "{routes}");
+    }
+    // Both ends of each pair: a veth drops what is larger than the MTU of
+    // its receiving end.
+    let links = ns_run_ok(&node.ns.name, &["ip", "-o", "link", "show"]);
+    let host_ends: Vec<&str> = links.lines().filter(|l| l.contains(": fy")).collect();
+    assert_eq!(host_ends.len(), 2, "{links}");
+    for l in host_ends {
+        assert!(l.contains(&local), "{l}");
+    }
+    let to_b = ns_run_ok(&a.ns.name, &["ip", "route", "get", &b.ip]);
+    assert!(
+        !to_b.contains("mtu"),
+        "the pod next door at the link's: {to_b}"
+    );
+    let away = ns_run_ok(&a.ns.name, &["ip", "route", "get", "192.0.2.1"]);
+    assert!(
+        away.contains("mtu 1500"),
+        "elsewhere at the path MTU: {away}"
+    );
+
+    // 1700 bytes of ICMP data with DF: more than a 1500 MTU carries, both
+    // ways between the pods; TCP too, in segments of the link's size.
+    let (ok, text) = df_ping(&a, &b.ip, "1700");
+    assert!(ok, "a 1728-byte DF ping between pods: {text}");
+    transfer(&a.ns.name, &b.ns.name, &b.ip, 5303, 7);
+    // The node kernel, behind the host port at the path MTU, is reached
+    // on the connected route too: its MSS keeps TCP within 1500.
+    let gateway = first_host(&node.opts.pod_cidr);
+    transfer(&a.ns.name, &node.ns.name, &gateway, 5304, 8);
+    for pod in [&a, &b] {
+        node.del_pod(pod).assert_ok();
+    }
+}
+
 #[test]
 fn gc_releases_attachments_not_listed() {
     let node = Node::start("fg", NodeOpts::default());

@@ -64,12 +64,18 @@ fn dual_stack_pods_reach_each_other_and_the_node() {
 
     // Both families in the result and on the interface, the IPv6 address
     // usable at once (no duplicate-address detection pending).
-    for pod in [&a, &b, &t] {
+    for (pod, veth) in [(&a, true), (&b, true), (&t, false)] {
         let addrs = ns_run_ok(&pod.ns.name, &["ip", "-6", "addr", "show", "dev", "eth0"]);
         assert!(addrs.contains(&ip6(pod)), "{addrs}");
         assert!(!addrs.contains("tentative"), "{addrs}");
         let routes = ns_run_ok(&pod.ns.name, &["ip", "-6", "route", "show"]);
         assert!(routes.contains(&format!("default via {GW6}")), "{routes}");
+        // A veth pod's default route carries the path MTU (its link has
+        // the local one, for the pods of the node); a tap pod's none.
+        for l in routes.lines() {
+            let path_mtu = veth && l.starts_with("default");
+            assert_eq!(l.contains(" mtu 1500"), path_mtu, "{routes}");
+        }
     }
 
     // The first ping gets through: neighbour discovery is answered at once.
@@ -80,6 +86,9 @@ fn dual_stack_pods_reach_each_other_and_the_node() {
         a.ping(&b.ip, 1) && t.ping(&a.ip, 1),
         "IPv4 still works beside"
     );
+    // Between veth pods, at the local MTU: 1748 bytes with no fragment.
+    let big = ping6(&a.ns.name, &b6, &["-s", "1700", "-M", "do"]);
+    assert!(big.status.success(), "{big:?}");
     // The node reaches the pods over IPv6 (kubelet probes).
     for pod6 in [&a6, &t6] {
         assert!(ping6_ok(&node.ns.name, pod6), "node -> {pod6}");

@@ -369,7 +369,8 @@ fn a_tap_pod_finds_the_path_mtu_to_a_smaller_veth_pod() {
     );
     assert_eq!(out.code(), Some(7), "{}", out.stdout);
     let msg = out.json()["msg"].as_str().unwrap_or_default().to_string();
-    assert!(msg.contains("1778"), "the error names the limit: {msg}");
+    let limit = VETH_MTU_LIMIT.to_string();
+    assert!(msg.contains(&limit), "the error names the limit: {msg}");
     assert!(
         ns_run_ok(&ns.name, &["ip", "-o", "link", "show"])
             .lines()

@@ -77,12 +77,30 @@ fn link_mtu(ns: &str, ifname: &str) -> u32 {
         .expect("mtu")
 }
 
-/// The pod MTU ferryd gives by default: the fabric's 1500 less the overlay.
+/// The path MTU ferryd gives pods by default: the fabric's 1500 less the
+/// overlay.
 fn default_pod_mtu(overlay: Overlay) -> u32 {
     match overlay {
         Overlay::Vxlan => 1450,
         Overlay::Direct => 1500,
     }
+}
+
+/// The MTU of the IPv4 default route in namespace `ns`, if it has one of
+/// its own.
+fn default_route_mtu(ns: &str) -> Option<u32> {
+    let route = ns_run_ok(ns, &["ip", "-4", "route", "show", "default"]);
+    let mut words = route.split_whitespace();
+    words.find(|w| *w == "mtu")?;
+    words.next()?.parse().ok()
+}
+
+/// A pod's link MTU and its default route's.
+fn pod_mtus(pod: &Pod) -> (u32, Option<u32>) {
+    (
+        link_mtu(&pod.ns.name, "eth0"),
+        default_route_mtu(&pod.ns.name),
+    )
 }
 
 /// A network config for `node` with `attachment` and `mtu` set.
@@ -222,16 +240,14 @@ fn pods_ping_remote_pods_and_nodes(prefix: &str, overlay: Overlay) {
     let pods = pods_everywhere(&c);
 
     for (n, (veth, tap)) in c.nodes.iter().zip(&pods) {
-        // Addresses from the node's own CIDR, the overlay's MTU.
+        // Addresses from the node's own CIDR; the overlay's MTU on the
+        // routes off the node of a veth pod (its link: the local MTU), on
+        // a tap pod's link.
         let prefix = format!("10.70.{}.", n.index);
-        for pod in [veth, tap] {
+        let path = default_pod_mtu(overlay);
+        for (pod, mtus) in [(veth, (VETH_POD_MTU, Some(path))), (tap, (path, None))] {
             assert!(pod.ip.starts_with(&prefix), "{} on {}", pod.ip, n.tag);
-            assert_eq!(
-                link_mtu(&pod.ns.name, "eth0"),
-                default_pod_mtu(overlay),
-                "{}",
-                pod.ip
-            );
+            assert_eq!(pod_mtus(pod), mtus, "{}", pod.ip);
         }
         // The node kernel routes the peers' pod CIDRs through the host port
         // and forwards.
@@ -377,9 +393,10 @@ fn pods_reach_the_outside_masqueraded(prefix: &str, overlay: Overlay) {
 // ---------------------------------------------------------------------
 // Path MTU (VXLAN).
 
-/// A pod whose MTU is the fabric's 1500 sends DF packets too big for the
-/// overlay: its dataplane answers "fragmentation needed" with the 1450 a
-/// VXLAN packet leaves, the pod's stack learns it, and TCP completes.
+/// A pod whose MTU is the fabric's 1500 (its network config's, on the link
+/// and on every route) sends DF packets too big for the overlay: its
+/// dataplane answers "fragmentation needed" with the 1450 a VXLAN packet
+/// leaves, the pod's stack learns it, and TCP completes.
 #[test]
 fn vxlan_pods_learn_the_path_mtu_the_overlay_leaves() {
     let c = three_nodes("uvm", Some(Overlay::Vxlan));
@@ -388,8 +405,8 @@ fn vxlan_pods_learn_the_path_mtu_the_overlay_leaves() {
     let big_tap = n1.add_pod_with(2, &mtu_conf(n1, "tap", 1500));
     let b = n2.add_pod(1);
     let d = n3.add_pod(1);
-    assert_eq!(link_mtu(&big.ns.name, "eth0"), 1500);
-    assert_eq!(link_mtu(&b.ns.name, "eth0"), 1450);
+    assert_eq!(pod_mtus(&big), (1500, None));
+    assert_eq!(pod_mtus(&b), (VETH_POD_MTU, Some(1450)));
     assert_reaches("big -> b", &big.ns.name, &b.ip);
 
     // 1472 bytes of ICMP data + 28 of headers = 1500: too big for VXLAN.
@@ -423,7 +440,8 @@ fn vxlan_pods_learn_the_path_mtu_the_overlay_leaves() {
 
     // TCP from MTU-1500 pods (veth, and tap with its TSO frames) to a pod
     // that advertises an MSS as large as theirs: only the ICMP error tells
-    // their TCP that 1500-byte packets do not fit.
+    // their TCP that 1500-byte packets do not fit. (d's own route to them
+    // keeps the path MTU its default route has.)
     for (k, from) in [&big, &big_tap].into_iter().enumerate() {
         let adv = [
             "ip",
@@ -432,6 +450,8 @@ fn vxlan_pods_learn_the_path_mtu_the_overlay_leaves() {
             &format!("{}/32", from.ip),
             "dev",
             "eth0",
+            "mtu",
+            "1450",
             "advmss",
             "1460",
         ];

@@ -130,7 +130,7 @@ async fn join_and_start(
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     log::info!(
-        "ferryd starting: pod CIDRs {}, gateway {}, mtu {}, uplink {}, socket {}, dataplane {}",
+        "ferryd starting: pod CIDRs {}, gateway {}, mtu {}, local_mtu {}, uplink {}, socket {}, dataplane {}",
         match &cfg.cluster {
             Some(k) => format!(
                 "a /{} block of {} (claimed from the datastore)",
@@ -145,6 +145,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         cfg.mtu_setting
             .map_or_else(|| "unset".to_string(), |m| m.to_string()),
+        cfg.local_mtu,
         cfg.uplink.as_ref().map_or("none", |u| u.ifname.as_str()),
         cfg.socket.display(),
         cfg.dataplane_socket.display()

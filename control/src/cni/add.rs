@@ -3,6 +3,7 @@
 //! an ADD nobody waits for any more, undoes the steps done.
 
 use super::*;
+use crate::config::PodMtus;
 
 impl Agent {
     pub(super) async fn add(
@@ -21,11 +22,14 @@ impl Agent {
                 ))
             }
         };
-        // The network config's mtu, else ferryd's: written, or derived from
-        // the uplink and lowered to what the attachment carries.
-        let mtu = req
-            .mtu
-            .unwrap_or_else(|| self.cfg.default_mtu(self.dp.max_mtu(req.attachment)));
+        // The network config's mtu, else ferryd's: a veth's local MTU on the
+        // link and the path MTU on its routes through the gateway.
+        let PodMtus {
+            link: mtu,
+            route: route_mtu,
+        } = self
+            .cfg
+            .pod_mtus(req.attachment, self.dp.max_mtu(req.attachment), req.mtu);
         if !(68..=65535).contains(&mtu) {
             return Err(err(
                 code::INVALID_CONFIG,
@@ -208,6 +212,7 @@ impl Agent {
             addresses: record.addrs.addresses.clone(),
             routes,
             mtu,
+            route_mtu,
             queues: workers,
             max_queues: crate::plumbing::max_veth_queues(workers),
             attachment,

@@ -156,7 +156,7 @@ impl Agent {
         let cfg = cfg.resolve(facts.as_ref())?;
         if let Some(u) = &cfg.uplink {
             log::info!(
-                "uplink {} (MTU {}), node address {}, overlay {:?}, {} peer(s), masquerade {}; pod MTU {}",
+                "uplink {} (MTU {}), node address {}, overlay {:?}, {} peer(s), masquerade {}; path MTU {}",
                 u.ifname,
                 u.link_mtu.unwrap_or_default(),
                 u.node_address.map(|a| a.to_string()).unwrap_or_default(),

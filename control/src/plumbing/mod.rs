@@ -232,7 +232,11 @@ pub struct PodPlumbing {
     /// Routes for the pod; empty means a default route per family via
     /// that family's gateway.
     pub routes: Vec<PodRoute>,
+    /// The link's, both ends of a veth.
     pub mtu: u32,
+    /// Carried by every route via a gateway (the path MTU off the node);
+    /// `None`: the link's ([`crate::config::PodMtus`]).
+    pub route_mtu: Option<u32>,
     /// Queues in use: one per dataplane worker.
     pub queues: u32,
     /// Queues a veth is created with room for ([`max_veth_queues`]), so a

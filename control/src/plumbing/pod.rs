@@ -103,6 +103,9 @@ pub(super) async fn configure_pod_end(
         }
     }
     // A pod's routes are created, never written over one that exists.
+    // Each goes via a gateway, to what may be off the node: it carries the
+    // path MTU. The connected route of the pod's prefix (the kernel's, to
+    // the pods of this node) keeps the link's.
     let via = |dst: IpNet, gw: IpAddr| {
         add_route(
             h,
@@ -110,6 +113,7 @@ pub(super) async fn configure_pod_end(
             dst,
             Some(gw),
             None,
+            pod.route_mtu,
             RouteScope::Universe,
             Existing::Keep,
         )
@@ -130,11 +134,20 @@ pub(super) async fn configure_pod_end(
         };
         let host = IpNet::from(gw);
         log::debug!("route {dst} via {gw}: {retry}; adding {host} scope link first");
-        add_route(h, idx, host, None, None, RouteScope::Link, Existing::Keep)
-            .await
-            .map_err(|e| {
-                NetlinkError::request(format!("add route {host} dev {} scope link", pod.ifname), e)
-            })?;
+        add_route(
+            h,
+            idx,
+            host,
+            None,
+            None,
+            None,
+            RouteScope::Link,
+            Existing::Keep,
+        )
+        .await
+        .map_err(|e| {
+            NetlinkError::request(format!("add route {host} dev {} scope link", pod.ifname), e)
+        })?;
         onlink_done.push(gw);
         via(dst, gw).await.map_err(|e| failed(dst, gw, e))?;
     }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteAttribute, RouteMetric, RouteScope};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::NetlinkError;
@@ -20,13 +20,19 @@ pub(super) enum Existing {
 }
 
 /// Add a route out of `index` (either family; `gateway` and `src` of the
-/// family of `dst`, which the callers ensure).
+/// family of `dst`, which the callers ensure), with its own `mtu` (RTAX_MTU,
+/// unlocked: path MTU discovery may still lower it) if given.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one per attribute of the route, each named where it is given"
+)]
 pub(super) async fn add_route(
     handle: &Handle,
     index: u32,
     dst: IpNet,
     gateway: Option<IpAddr>,
     src: Option<IpAddr>,
+    mtu: Option<u32>,
     scope: RouteScope,
     existing: Existing,
 ) -> Result<(), rtnetlink::Error> {
@@ -45,7 +51,12 @@ pub(super) async fn add_route(
     if let Some(src) = src {
         b = b.pref_source(src).map_err(invalid)?;
     }
-    let add = handle.route().add(b.build());
+    let mut msg = b.build();
+    if let Some(mtu) = mtu {
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
+    let add = handle.route().add(msg);
     match existing {
         Existing::Replace => add.replace().execute().await,
         // rtnetlink's add is NLM_F_CREATE | NLM_F_EXCL.
@@ -68,6 +79,7 @@ pub(super) async fn replace_pod_cidr_route(
         cidr,
         None,
         Some(gateway),
+        None,
         RouteScope::Link,
         Existing::Replace,
     )
