@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ferry_api::pod::{DEFAULT_DATAPLANE_SOCKET, DEFAULT_FERRYD_SOCKET};
-use ferry_api::table::Attachment;
+use ferry_api::table::{Attachment, MtuLimits};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -56,10 +56,11 @@ Configuration file (TOML, every field optional):
                     through the gateway (see local_mtu) and of the host
                     port, 68..=65535;
                     ADD refuses a pod MTU above what its attachment carries
-                    (the dataplane says: veth 1778, tap 65535)
+                    (the dataplane says: veth 28658, tap 65535)
                     [default: 1500; with an uplink: the uplink's MTU less the
                     overlay's overhead (vxlan 50, direct 0), lowered to the
-                    attachment's limit]
+                    attachment's limit and, for veth pods' routes and the
+                    host port, to one uplink frame (1778)]
   local_mtu         MTU of veth pod interfaces, for traffic between the pods
                     of this node, 68..=65535; their routes through the
                     gateway carry `mtu` (the path MTU); tap pods get `mtu`
@@ -677,6 +678,18 @@ impl Config {
         }
     }
 
+    /// The host port's MTU, given what the dataplane says its frames carry:
+    /// the host port is a veth, and with an uplink the node's traffic to
+    /// other nodes' pods leaves through it, so a derived MTU stays within
+    /// both a veth's frames and one uplink frame.
+    pub fn host_port_mtu(&self, limits: Option<MtuLimits>) -> u32 {
+        let limit = limits.map(|l| match (l.uplink, &self.uplink) {
+            (Some(u), Some(_)) => l.veth.min(u),
+            _ => l.veth,
+        });
+        self.default_mtu(limit)
+    }
+
     /// The MTUs of a pod on `attachment`, whose port carries at most
     /// `limit` (the dataplane's `mtu_limits`, if it said), with `cni_mtu`
     /// the network config's `mtu`. That one is the link's as it is; else a
@@ -684,13 +697,16 @@ impl Config {
     /// through the gateway the path MTU ([`Config::default_mtu`]) when that
     /// is smaller. XDP takes TSO away from a veth, so a large link MTU is
     /// what lets a pod's TCP cross in large frames to the pods next to it;
-    /// off the node no frame may exceed the path MTU. A tap keeps TSO, and
-    /// a veth whose limit is unknown could be given more than its port
-    /// carries: both get the path MTU on the link.
+    /// off the node no frame may exceed the path MTU, and with an uplink
+    /// a veth pod's path MTU is lowered to `uplink_limit` (what one uplink
+    /// frame holds, `mtu_limits.uplink`: its sockets take no chains). A tap
+    /// keeps TSO, and a veth whose limit is unknown could be given more
+    /// than its port carries: both get the path MTU on the link.
     pub fn pod_mtus(
         &self,
         attachment: Attachment,
         limit: Option<u32>,
+        uplink_limit: Option<u32>,
         cni_mtu: Option<u32>,
     ) -> PodMtus {
         if let Some(link) = cni_mtu {
@@ -700,6 +716,10 @@ impl Config {
         let local = match attachment {
             Attachment::Veth => limit.map(|l| self.local_mtu.min(l)),
             Attachment::Tap => None,
+        };
+        let path = match (attachment, uplink_limit) {
+            (Attachment::Veth, Some(u)) if self.uplink.is_some() => path.min(u),
+            _ => path,
         };
         match local {
             Some(link) if link > path => PodMtus {
@@ -1089,40 +1109,54 @@ mod tests {
                 addresses: vec!["192.168.70.1/24".parse().unwrap()],
             }))
             .unwrap();
+        let jumbo_uplink = Config::parse("uplink = \"up0\"")
+            .unwrap()
+            .resolve(Some(&UplinkFacts {
+                mtu: 9000,
+                addresses: vec!["192.168.70.1/24".parse().unwrap()],
+            }))
+            .unwrap();
         let at_mtu = Config::parse("local_mtu = 1500").unwrap();
         let below = Config::parse("mtu = 1500\nlocal_mtu = 1400").unwrap();
         let (veth, tap) = (Attachment::Veth, Attachment::Tap);
-        // The configuration; the attachment, its limit and the network
-        // config's mtu; the MTUs the pod gets (link, route).
+        // The configuration; the attachment, its limit, the uplink's
+        // frame limit and the network config's mtu; the MTUs the pod gets
+        // (link, route).
         type Case<'a> = (
             &'a str,
             &'a Config,
             Attachment,
             Option<u32>,
             Option<u32>,
+            Option<u32>,
             (u32, Option<u32>),
         );
+        let up = Some(1778);
         #[rustfmt::skip]
         let cases: &[Case] = &[
-            ("network mtu", &written, veth, Some(1778), Some(1400), (1400, None)),
-            ("network mtu, tap", &written, tap, Some(65535), Some(9000), (9000, None)),
-            ("network mtu too big", &written, veth, Some(1778), Some(9000), (9000, None)),
-            ("today's veth", &written, veth, Some(1778), None, (1778, Some(1500))),
-            ("default path", &Config::default(), veth, Some(1778), None, (1778, Some(1500))),
-            ("jumbo veth", &written, veth, Some(28000), None, (9000, Some(1500))),
-            ("veth at 9000", &written, veth, Some(9000), None, (9000, Some(1500))),
-            ("VXLAN's path", &vxlan, veth, Some(28000), None, (9000, Some(1450))),
-            ("local_mtu at mtu", &at_mtu, veth, Some(28000), None, (1500, None)),
-            ("local_mtu below mtu", &below, veth, Some(1778), None, (1500, None)),
-            ("limit at mtu", &written, veth, Some(1500), None, (1500, None)),
-            ("limit below derived", &vxlan, veth, Some(1400), None, (1400, None)),
-            ("limit unknown", &written, veth, None, None, (1500, None)),
-            ("limit unknown, derived", &vxlan, veth, None, None, (1450, None)),
-            ("tap", &written, tap, Some(65535), None, (1500, None)),
-            ("tap, derived", &vxlan, tap, Some(65535), None, (1450, None)),
+            ("network mtu", &written, veth, Some(1778), None, Some(1400), (1400, None)),
+            ("network mtu, tap", &written, tap, Some(65535), None, Some(9000), (9000, None)),
+            ("network mtu too big", &written, veth, Some(1778), None, Some(9000), (9000, None)),
+            ("today's veth", &written, veth, Some(1778), None, None, (1778, Some(1500))),
+            ("default path", &Config::default(), veth, Some(1778), None, None, (1778, Some(1500))),
+            ("jumbo veth", &written, veth, Some(28000), None, None, (9000, Some(1500))),
+            ("veth at 9000", &written, veth, Some(9000), None, None, (9000, Some(1500))),
+            ("VXLAN's path", &vxlan, veth, Some(28000), None, None, (9000, Some(1450))),
+            ("local_mtu at mtu", &at_mtu, veth, Some(28000), None, None, (1500, None)),
+            ("local_mtu below mtu", &below, veth, Some(1778), None, None, (1500, None)),
+            ("limit at mtu", &written, veth, Some(1500), None, None, (1500, None)),
+            ("limit below derived", &vxlan, veth, Some(1400), None, None, (1400, None)),
+            ("limit unknown", &written, veth, None, None, None, (1500, None)),
+            ("limit unknown, derived", &vxlan, veth, None, None, None, (1450, None)),
+            ("tap", &written, tap, Some(65535), None, None, (1500, None)),
+            ("tap, derived", &vxlan, tap, Some(65535), None, None, (1450, None)),
+            ("VXLAN, uplink frames", &vxlan, veth, Some(28658), up, None, (9000, Some(1450))),
+            ("jumbo uplink, veth", &jumbo_uplink, veth, Some(28658), up, None, (9000, Some(1778))),
+            ("jumbo uplink, tap", &jumbo_uplink, tap, Some(65535), up, None, (8950, None)),
+            ("no uplink, no cap", &written, veth, Some(28658), Some(1000), None, (9000, Some(1500))),
         ];
-        for &(what, cfg, attachment, limit, cni, (link, route)) in cases {
-            let got = cfg.pod_mtus(attachment, limit, cni);
+        for &(what, cfg, attachment, limit, uplink, cni, (link, route)) in cases {
+            let got = cfg.pod_mtus(attachment, limit, uplink, cni);
             assert_eq!(got, PodMtus { link, route }, "{what}");
         }
     }

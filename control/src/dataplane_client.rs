@@ -193,6 +193,11 @@ impl DataplaneClient {
         lock(&self.shared.mtu_limits).map(|l| l.of(attachment))
     }
 
+    /// The largest packet one uplink frame holds, if the dataplane said.
+    pub fn uplink_mtu(&self) -> Option<u32> {
+        lock(&self.shared.mtu_limits).and_then(|l| l.uplink)
+    }
+
     /// Why the dataplane has no host port, if it has none.
     pub fn host_port_problem(&self) -> Option<String> {
         lock(&self.shared.host_port_problem).clone()

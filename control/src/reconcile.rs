@@ -209,9 +209,7 @@ pub async fn sync_state(
     (routes, services, policies): (Vec<Route>, Vec<ServicePort>, Vec<EndpointPolicy>),
 ) -> Desired {
     let workers = hello.workers;
-    // The host port is a veth: a derived MTU stays within what the
-    // dataplane's veth frames carry.
-    let host_mtu = cfg.default_mtu(hello.mtu_limits.map(|l| l.veth));
+    let host_mtu = cfg.host_port_mtu(hello.mtu_limits);
     if let Some(pid) = hello.pid {
         match netns::id_of_pid(pid) {
             Ok(id) => netlink.forbidden().add(id, "the dataplane's"),
@@ -481,6 +479,27 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(jumbo.default_mtu(Some(1778)), 1778, "veth");
+        let limits = |uplink| ferry_api::table::MtuLimits {
+            veth: 28658,
+            tap: 65535,
+            uplink,
+        };
+        assert_eq!(
+            jumbo.host_port_mtu(Some(limits(Some(1778)))),
+            1778,
+            "one uplink frame"
+        );
+        assert_eq!(
+            jumbo.host_port_mtu(Some(limits(None))),
+            8950,
+            "no uplink limit said"
+        );
+        let single = Config::default();
+        assert_eq!(
+            single.host_port_mtu(Some(limits(Some(1778)))),
+            1500,
+            "no uplink"
+        );
         assert_eq!(jumbo.default_mtu(Some(65535)), 8950, "tap");
         assert_eq!(jumbo.default_mtu(None), 8950, "limits unknown");
         let mut written = jumbo.clone();

@@ -425,7 +425,7 @@ pub struct NodeOpts {
 
 /// The largest pod MTU a veth port carries, as ferry-dataplane reports it
 /// (`mtu_limits.veth`, `afxdp::MAX_POD_MTU`).
-pub const VETH_MTU_LIMIT: u32 = 1778;
+pub const VETH_MTU_LIMIT: u32 = 28658;
 /// A veth pod's link MTU when its network config names none: ferryd's
 /// `local_mtu` (9000 by default) lowered to [`VETH_MTU_LIMIT`]. Its routes
 /// through the gateway carry ferryd's `mtu`, the path MTU.

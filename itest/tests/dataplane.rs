@@ -167,11 +167,36 @@ fn veth_pods_meet_at_the_local_mtu_and_leave_at_the_path_mtu() {
         "elsewhere at the path MTU: {away}"
     );
 
-    // 1700 bytes of ICMP data with DF: more than a 1500 MTU carries, both
-    // ways between the pods; TCP too, in segments of the link's size.
-    let (ok, text) = df_ping(&a, &b.ip, "1700");
-    assert!(ok, "a 1728-byte DF ping between pods: {text}");
+    // A DF ping of the link's MTU, far more than a 1500 MTU (and one
+    // AF_XDP chunk) carries, between the pods; TCP too, in segments of
+    // the link's size: bytes per frame received from A well above 1500.
+    let data = (VETH_POD_MTU - 28).to_string();
+    let (ok, text) = df_ping(&a, &b.ip, &data);
+    assert!(ok, "a {VETH_POD_MTU}-byte DF ping between pods: {text}");
+    let port_of = |pod: &Pod| -> (u64, u64) {
+        let v = node.stats();
+        let p = v["ports"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter().find(|p| {
+                    p["endpoint"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with(&pod.container))
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no port of {}: {v}", pod.container));
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        (n("rx_frames"), n("rx_bytes"))
+    };
+    let before = port_of(&a);
     transfer(&a.ns.name, &b.ns.name, &b.ip, 5303, 7);
+    let after = port_of(&a);
+    let per_frame = (after.1 - before.1) / (after.0 - before.0).max(1);
+    assert!(
+        per_frame > 3000,
+        "A's TCP crossed in large frames: {per_frame} bytes each ({before:?} -> {after:?})"
+    );
     // The node kernel, behind the host port at the path MTU, is reached
     // on the connected route too: its MSS keeps TCP within 1500.
     let gateway = first_host(&node.opts.pod_cidr);

@@ -357,7 +357,9 @@ fn mtu_conf(node: &Node, attachment: &str, mtu: u32) -> String {
 fn a_tap_pod_finds_the_path_mtu_to_a_smaller_veth_pod() {
     let node = Node::start("tm", NodeOpts::default());
 
-    // Above what a veth port carries (one AF_XDP chunk): refused, nothing made.
+    // Above what a veth port carries (a chain of 16 AF_XDP chunks):
+    // refused, nothing made.
+    let too_big = VETH_MTU_LIMIT + 1;
     let ns = Netns::new(&format!("{}-p9", node.tag));
     let container = format!("{}-c9", node.tag);
     let out = node.cni(
@@ -365,7 +367,7 @@ fn a_tap_pod_finds_the_path_mtu_to_a_smaller_veth_pod() {
         &container,
         &ns.path(),
         "eth0",
-        &mtu_conf(&node, "veth", 9000),
+        &mtu_conf(&node, "veth", too_big),
     );
     assert_eq!(out.code(), Some(7), "{}", out.stdout);
     let msg = out.json()["msg"].as_str().unwrap_or_default().to_string();
@@ -382,7 +384,7 @@ fn a_tap_pod_finds_the_path_mtu_to_a_smaller_veth_pod() {
         &container,
         &ns.path(),
         "eth0",
-        &mtu_conf(&node, "veth", 9000),
+        &mtu_conf(&node, "veth", too_big),
     )
     .assert_ok();
     drop(ns);
