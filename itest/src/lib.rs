@@ -427,13 +427,9 @@ pub struct NodeOpts {
 /// (`mtu_limits.veth`, `afxdp::MAX_POD_MTU`).
 pub const VETH_MTU_LIMIT: u32 = 28658;
 /// A veth pod's link MTU when its network config names none: ferryd's
-/// `local_mtu` (9000 by default) lowered to [`VETH_MTU_LIMIT`]. Its routes
+/// `local_mtu` (65535 by default) lowered to [`VETH_MTU_LIMIT`]. Its routes
 /// through the gateway carry ferryd's `mtu`, the path MTU.
-pub const VETH_POD_MTU: u32 = if VETH_MTU_LIMIT < 9000 {
-    VETH_MTU_LIMIT
-} else {
-    9000
-};
+pub const VETH_POD_MTU: u32 = VETH_MTU_LIMIT;
 
 /// The IPv6 pod CIDR of dual-stack test nodes ([`NodeOpts::dual_stack`]).
 pub const POD_CIDR6: &str = "fd00:88::/64";

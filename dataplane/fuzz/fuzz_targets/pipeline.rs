@@ -4,8 +4,10 @@
 //! byte each for port, slack and len), so one input exercises a batch of
 //! frames on different ports with different buffer capacities. Bits 7 and
 //! 6 of the port byte ask the harness to fix the IPv4 header checksum and
-//! the TCP/UDP checksum first, so the fuzzer gets past checksum validation
-//! into the forwarding and rewriting code; bit 5 says a virtio-net header
+//! the TCP/UDP checksum first, so the fuzzer gets past the header checksum
+//! check into the forwarding and rewriting code, and the frames forwarded
+//! can be held to valid L4 checksums (forwarded ones are not verified: a
+//! wrong one leaves wrong); bit 5 says a virtio-net header
 //! follows (the frame came from a tap), bit 4 puts its checksum offsets
 //! where the frame's L4 checksum is, so the offload checks pass more often.
 //! Every frame sits behind [`FRAME_HEADROOM`] bytes of headroom. Port 4 is
@@ -43,6 +45,8 @@ use ferry_dataplane::core::wire::{checksum, ipv6};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_FRAMES: usize = 64;
+/// The uplink's port.
+const UPLINK_PORT: PortId = 4;
 /// The node's address on the uplink (port 4, VXLAN on 4789, VNI 1).
 const UPLINK_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 70, 1);
 
@@ -294,6 +298,40 @@ fn honest_partial(f: &[u8], off: &Offload) -> bool {
     got == want || (got == 0 && want == 0xffff)
 }
 
+/// Whether the TCP/UDP checksum of `f` (the inner frame of a VXLAN frame
+/// from the uplink) verifies or is partial: what the pipeline must hand on
+/// valid. It verifies no forwarded L4 checksum (a router's rule: the
+/// receiver does), so a wrong one leaves wrong, and is not checked.
+fn came_valid(f: &[u8], port: PortId) -> bool {
+    let f = match f.get(OUTER_LEN..) {
+        Some(inner) if port == UPLINK_PORT => inner,
+        _ => f,
+    };
+    let Some((at, end, proto)) = l4_bounds(f) else {
+        return true;
+    };
+    let v6 = f[12..14] == [0x86, 0xdd];
+    let len = match proto {
+        6 if end - at >= 20 => end - at,
+        17 if end - at >= 8 => {
+            if f[at + 6..at + 8] == [0, 0] {
+                return !v6;
+            }
+            usize::from(u16::from_be_bytes([f[at + 4], f[at + 5]])).min(end - at)
+        }
+        _ => return true,
+    };
+    let Some(field) = checksum_field(proto, v6, len) else {
+        return true;
+    };
+    let sum = pseudo(f, proto, len);
+    let got = u16::from_be_bytes([f[at + field], f[at + field + 1]]);
+    let partial = checksum::fold(sum);
+    checksum::fold(checksum::add_bytes(sum, &f[at..at + len])) == 0xffff
+        || got == partial
+        || (got == 0 && partial == 0xffff)
+}
+
 /// Put the folded pseudo-header sum in the L4 checksum field (what a
 /// tap's kernel leaves with `NEEDS_CSUM`).
 fn make_partial(f: &mut [u8]) {
@@ -452,8 +490,9 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(&frame);
         buf.resize(FRAME_HEADROOM + n + usize::from(*slack), 0);
         bufs.push(buf);
-        let honest = honest_partial(&frame, &off);
-        specs.push((PortId::from((*port & 0x0f) % 5), n, off, honest));
+        let ingress = PortId::from((*port & 0x0f) % 5);
+        let honest = honest_partial(&frame, &off) && came_valid(&frame, ingress);
+        specs.push((ingress, n, off, honest));
         rest = &tail[n..];
     }
     let mut copies = bufs.clone();

@@ -56,7 +56,9 @@ pub enum DropReason {
     NoRoute = 9,
     /// Traffic for the node kernel while no host port is attached.
     NoHostPort = 10,
-    /// TCP/UDP checksum neither valid nor partial.
+    /// An echo request to the gateway whose ICMP checksum is wrong, or
+    /// IPv6 UDP without a checksum. Forwarded TCP/UDP checksums are not
+    /// verified (the receiver does).
     BadL4Checksum = 11,
     /// TTL expired and no ICMP error was sent (not allowed by RFC 1812 or
     /// the reply does not fit the buffer).

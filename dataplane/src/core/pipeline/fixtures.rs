@@ -266,6 +266,21 @@ pub fn l4_checksum_ok(frame: &[u8]) -> bool {
     }
 }
 
+/// Whether the TCP/UDP checksum field of an IPv4 frame holds the folded
+/// pseudo-header sum (as Linux leaves a `CHECKSUM_PARTIAL` frame).
+pub fn l4_partial(frame: &[u8]) -> bool {
+    let (hl, tl, proto, src, dst) = ip_fields(frame);
+    let l4_len = if proto == 17 {
+        usize::from(u16::from_be_bytes([frame[14 + hl + 4], frame[14 + hl + 5]]))
+    } else {
+        tl - hl
+    };
+    let p = ref_sum(&[&pseudo(src, dst, proto, l4_len)]);
+    let at = l4_checksum_at(frame);
+    let field = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    field == p || (field == 0 && p == 0xffff)
+}
+
 /// Offset of the TCP/UDP checksum field in the frame.
 pub fn l4_checksum_at(frame: &[u8]) -> usize {
     let (hl, _, proto, ..) = ip_fields(frame);

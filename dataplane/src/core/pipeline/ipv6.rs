@@ -466,9 +466,9 @@ fn wire_len(ip: &Ipv6<'_>, upper: UpperLayer, offload: &Offload) -> usize {
 }
 
 /// The forwarded-checksum rule of `super::classify_l4_checksum` for IPv6:
-/// the same partial/complete/refused decision over the IPv6
-/// pseudo-header, except that a UDP checksum of 0 is refused (mandatory
-/// over IPv6, RFC 8200 8.1).
+/// the same partial/complete decision (from the headers alone) over the
+/// IPv6 pseudo-header, except that a UDP checksum of 0 is refused
+/// (mandatory over IPv6, RFC 8200 8.1).
 fn classify_l4_checksum6(
     ip: &mut Ipv6<'_>,
     upper: UpperLayer,
@@ -508,7 +508,7 @@ fn classify_l4_checksum6(
         }
     };
     let pseudo = v6::pseudo_header(&src, &dst, proto, l4_len as u32);
-    *csum = classify_segment(pseudo, &l4[..l4_len], field_at, start)?;
+    *csum = classify_segment(pseudo, &l4[..l4_len], field_at, start);
     Ok(())
 }
 

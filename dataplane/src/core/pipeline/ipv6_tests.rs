@@ -123,6 +123,21 @@ fn l4_ok6(f: &[u8]) -> bool {
     ref_sum(&[&pseudo6(&f[22..38], &f[38..54], f[20], plen), l4]) == 0xffff
 }
 
+/// Whether the TCP/UDP checksum field of an IPv6 frame without extension
+/// headers holds the folded pseudo-header sum (a `CHECKSUM_PARTIAL` frame).
+fn partial6(f: &[u8]) -> bool {
+    let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let (proto, at) = (f[20], if f[20] == 6 { 16 } else { 6 });
+    let l4_len = if proto == 17 {
+        usize::from(u16::from_be_bytes([f[54 + 4], f[54 + 5]]))
+    } else {
+        plen
+    };
+    let p = ref_sum(&[&pseudo6(&f[22..38], &f[38..54], proto, l4_len)]);
+    let field = u16::from_be_bytes([f[54 + at], f[54 + at + 1]]);
+    field == p || (field == 0 && p == 0xffff)
+}
+
 /// Recompute the TCP (`at` 16) or UDP (`at` 6) checksum of an IPv6 frame
 /// without extension headers after a test edited it.
 fn fix6(f: &mut [u8], at: usize) {
@@ -207,10 +222,13 @@ fn a_partial_checksum_is_found_and_completed() {
     assert_eq!(v, Verdict::Tx(2));
     assert!(l4_ok6(&out), "completed for the veth egress");
 
-    // A bad checksum is neither.
+    // A bad checksum is neither: complete as far as we are concerned,
+    // forwarded as it is (the receiver verifies).
     let mut bad = tcp6(v6_of(1), v6_of(2), 64, b"data");
     bad[54 + 16] ^= 0x5a;
-    assert_eq!(run(&t, 1, &bad).0, Verdict::Drop(DropReason::BadL4Checksum));
+    let (v, out) = run(&t, 1, &bad);
+    assert_eq!(v, Verdict::Tx(2));
+    assert!(!l4_ok6(&out), "not made right");
     // UDP without a checksum is refused over IPv6.
     let mut zero = udp6(v6_of(1), v6_of(2), b"data");
     zero[54 + 6..54 + 8].fill(0);
@@ -669,17 +687,22 @@ mod properties {
             if !matches!(v, Verdict::Drop(_)) {
                 prop_assert!((54..=cap).contains(&len));
                 let out = &buf[..len];
-                // Forwarded TCP/UDP was checked (or completed); ICMPv6 the
-                // pipeline wrote itself. Forwarded ICMPv6 is the
-                // receiver's to check, as ICMP is for IPv4.
+                // Forwarded TCP/UDP leaves valid if it came valid or
+                // partial (completed), wrong if it came wrong (never
+                // verified or mended); ICMPv6 the pipeline wrote itself is
+                // valid. Forwarded ICMPv6 is the receiver's to check, as
+                // ICMP is for IPv4.
                 let made_here = !matches!(v, Verdict::Tx(_));
-                let checked = match out[20] {
-                    6 | 17 => true,
-                    58 => made_here,
-                    _ => false,
-                };
-                if out[12..14] == [0x86, 0xdd] && checked {
-                    prop_assert!(l4_ok6(out), "{:?}", v);
+                if out[12..14] == [0x86, 0xdd] {
+                    match out[20] {
+                        6 | 17 if !made_here => {
+                            let came = l4_ok6(&f) || partial6(&f);
+                            prop_assert_eq!(l4_ok6(out), came, "{:?}", v);
+                        }
+                        6 | 17 => prop_assert!(l4_ok6(out), "{:?}", v),
+                        58 if made_here => prop_assert!(l4_ok6(out), "{:?}", v),
+                        _ => {}
+                    }
                 }
             }
             if let (Verdict::Tx(_), Some(crate::core::tables::PortRole::Pod { ip6, .. })) = (v, t.port_role(port)) {

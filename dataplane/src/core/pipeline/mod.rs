@@ -943,13 +943,16 @@ fn icmp_error(
 }
 
 /// The TCP/UDP checksum rule for forwarded frames whose checksum state is
-/// [`CsumState::Unknown`] (a frame of a veth), decided once here: a field
-/// holding the folded pseudo-header sum (as Linux leaves a
-/// `CHECKSUM_PARTIAL` frame) is [`CsumState::Partial`], left for the
-/// egress side to complete if the egress port needs it; a valid checksum is
-/// [`CsumState::Complete`]; anything else is refused. Fragments are
-/// complete as far as we are concerned (the L4 message is not whole here).
-/// A known state (a tap's header) is not judged again.
+/// [`CsumState::Unknown`] (a frame of a veth), decided once here from the
+/// headers alone: a field holding the folded pseudo-header sum (as Linux
+/// leaves a `CHECKSUM_PARTIAL` frame) is [`CsumState::Partial`], left for
+/// the egress side to complete if the egress port needs it; any other is
+/// [`CsumState::Complete`], and forwarded as it is without reading the
+/// payload, as a router does: the receiving stack verifies it (a wrong one
+/// is its `InCsumErrors`; a translated frame's stays wrong, the update
+/// being incremental). Fragments are complete as far as we are concerned
+/// (the L4 message is not whole here). A known state (a tap's header) is
+/// not judged again.
 fn classify_l4_checksum(ip: &mut Ipv4<'_>, csum: &mut CsumState) -> Result<(), DropReason> {
     if *csum != CsumState::Unknown {
         return Ok(());
@@ -993,34 +996,27 @@ fn classify_l4_checksum(ip: &mut Ipv4<'_>, csum: &mut CsumState) -> Result<(), D
     };
     // l4_len <= total_len <= 65535.
     let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u16);
-    *csum = classify_segment(pseudo, &payload[..l4_len], field_at, start)?;
+    *csum = classify_segment(pseudo, &payload[..l4_len], field_at, start);
     Ok(())
 }
 
 /// The checksum state of a whole forwarded TCP/UDP `segment` (either
 /// family) whose pseudo-header sums to `pseudo`, with its checksum field
 /// at `field_at` and the segment at `start` in the frame: partial when the
-/// field holds the folded pseudo-header sum, complete when it verifies,
-/// refused otherwise.
-fn classify_segment(
-    pseudo: u64,
-    segment: &[u8],
-    field_at: usize,
-    start: u16,
-) -> Result<CsumState, DropReason> {
+/// field holds the folded pseudo-header sum, complete otherwise (not
+/// verified: only the field is read).
+fn classify_segment(pseudo: u64, segment: &[u8], field_at: usize, start: u16) -> CsumState {
     let partial = checksum::fold(pseudo);
     let field = wire::get_u16(segment, field_at);
     // 0x0000 and 0xffff are the same number in ones' complement; a TCP
     // field of 0 can only mean a partial sum of 0xffff (UDP 0 = no checksum
     // was handled by the caller).
     if field == partial || (field == 0 && partial == 0xffff) {
-        Ok(CsumState::Partial {
+        CsumState::Partial {
             start,
             offset: field_at as u16,
-        })
-    } else if checksum::fold(checksum::add_bytes(pseudo, segment)) == 0xffff {
-        Ok(CsumState::Complete)
+        }
     } else {
-        Err(DropReason::BadL4Checksum)
+        CsumState::Complete
     }
 }

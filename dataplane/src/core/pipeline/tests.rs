@@ -459,16 +459,24 @@ fn partial_checksums_are_completed() {
 }
 
 #[test]
-fn bad_l4_checksums_are_dropped_and_udp_zero_is_kept() {
+fn forwarded_l4_checksums_are_not_verified_and_udp_zero_is_kept() {
     let t = tables();
+    // A wrong checksum is forwarded as it is, as a router does: the
+    // receiving stack drops it. Only the field is read, never the payload.
     let mut tcp = tcp_frame(POD_A.1, POD_B.1, 64, b"payload");
     let at = l4_checksum_at(&tcp);
     tcp[at] ^= 0x11;
-    assert_eq!(run(&t, POD_A.0, &tcp).0, dropped(DropReason::BadL4Checksum));
+    let (v, out) = run(&t, POD_A.0, &tcp);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert!(!l4_checksum_ok(&out), "still wrong, not made right");
+    assert_eq!(out[at..at + 2], tcp[at..at + 2], "the field as it came");
     let mut udp = udp_frame(POD_A.1, POD_B.1, 64, b"payload");
     let last = udp.len() - 1;
     udp[last] ^= 0x01;
-    assert_eq!(run(&t, POD_A.0, &udp).0, dropped(DropReason::BadL4Checksum));
+    let (v, out) = run(&t, POD_A.0, &udp);
+    assert_eq!(v, Verdict::Tx(POD_B.0));
+    assert!(!l4_checksum_ok(&out));
+    udp[last] ^= 0x01;
     // UDP without a checksum is forwarded as is.
     let at = l4_checksum_at(&udp);
     udp[at..at + 2].copy_from_slice(&[0, 0]);
