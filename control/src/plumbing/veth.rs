@@ -149,6 +149,6 @@ impl Netlink {
     /// Delete the pod's host veth (which removes its peer in the pod);
     /// nothing to delete is fine. Returns whether a link was deleted.
     pub async fn unplumb(&self, host_ifname: &str) -> Result<bool, NetlinkError> {
-        delete_link(&self.handle, host_ifname).await
+        self.delete_link_alone(host_ifname).await
     }
 }
