@@ -635,10 +635,14 @@ fn dual_stack_add_plumbs_both_families_and_del_frees_both() {
         assert!(r4.contains("default via 10.77.0.1 dev eth0"), "{r4}");
         let r6 = pod_ns.ip(&["-6", "route", "show"]);
         assert!(r6.contains("default via fd00:77::1 dev eth0"), "{r6}");
-        // The path MTU on both default routes, none on the connected ones.
+        // The path MTU on both default routes and on the gateways' host
+        // routes, none on the connected ones.
         for r in [&r4, &r6] {
             for l in r.lines() {
-                assert_eq!(l.starts_with("default"), l.contains(" mtu 1400"), "{r}");
+                let path = l.starts_with("default")
+                    || l.starts_with("10.77.0.1 ")
+                    || l.starts_with("fd00:77::1 ");
+                assert_eq!(path, l.contains(" mtu 1400"), "{r}");
             }
         }
         for key in ["accept_dad", "accept_ra"] {

@@ -161,6 +161,15 @@ fn veth_pods_meet_at_the_local_mtu_and_leave_at_the_path_mtu() {
         !to_b.contains("mtu"),
         "the pod next door at the link's: {to_b}"
     );
+    // The gateway's address is on the pod's prefix but what it gets
+    // (beyond the dataplane's answers) leaves by the host port: at the
+    // path MTU, by a host route of its own.
+    let gateway = first_host(&node.opts.pod_cidr);
+    let to_gw = ns_run_ok(&a.ns.name, &["ip", "route", "get", &gateway]);
+    assert!(
+        to_gw.contains("mtu 1500"),
+        "the gateway at the path MTU: {to_gw}"
+    );
     let away = ns_run_ok(&a.ns.name, &["ip", "route", "get", "192.0.2.1"]);
     assert!(
         away.contains("mtu 1500"),
@@ -198,8 +207,7 @@ fn veth_pods_meet_at_the_local_mtu_and_leave_at_the_path_mtu() {
         "A's TCP crossed in large frames: {per_frame} bytes each ({before:?} -> {after:?})"
     );
     // The node kernel, behind the host port at the path MTU, is reached
-    // on the connected route too: its MSS keeps TCP within 1500.
-    let gateway = first_host(&node.opts.pod_cidr);
+    // through the gateway's host route.
     transfer(&a.ns.name, &node.ns.name, &gateway, 5304, 8);
     for pod in [&a, &b] {
         node.del_pod(pod).assert_ok();

@@ -70,10 +70,11 @@ fn dual_stack_pods_reach_each_other_and_the_node() {
         assert!(!addrs.contains("tentative"), "{addrs}");
         let routes = ns_run_ok(&pod.ns.name, &["ip", "-6", "route", "show"]);
         assert!(routes.contains(&format!("default via {GW6}")), "{routes}");
-        // A veth pod's default route carries the path MTU (its link has
-        // the local one, for the pods of the node); a tap pod's none.
+        // A veth pod's default route and its gateway's host route carry
+        // the path MTU (its link has the local one, for the pods of the
+        // node); a tap pod's none.
         for l in routes.lines() {
-            let path_mtu = veth && l.starts_with("default");
+            let path_mtu = veth && (l.starts_with("default") || l.starts_with(&format!("{GW6} ")));
             assert_eq!(l.contains(" mtu 1500"), path_mtu, "{routes}");
         }
     }

@@ -121,9 +121,47 @@ pub(super) async fn configure_pod_end(
     let failed = |dst: IpNet, gw: IpAddr, e| {
         NetlinkError::request(format!("add route {dst} via {gw} in {}", pod.netns), e)
     };
+    let onlink = |host: IpNet, mtu: Option<u32>| {
+        add_route(
+            h,
+            idx,
+            host,
+            None,
+            None,
+            mtu,
+            RouteScope::Link,
+            Existing::Keep,
+        )
+    };
+    let onlink_failed = |host: IpNet, e| {
+        NetlinkError::request(format!("add route {host} dev {} scope link", pod.ifname), e)
+    };
+    // With a route MTU, each gateway gets an on-link host route carrying
+    // it: the gateway is on the pod's prefix, whose connected route has
+    // the link's MTU, but what is sent to its address (beyond the
+    // dataplane's own answers) leaves through the host port at the path
+    // MTU. Without it, a large UDP datagram without DF for the node's
+    // gateway address would be dropped there instead of fragmented here.
+    let mut onlink_done: Vec<IpAddr> = Vec::new();
+    if let Some(mtu) = pod.route_mtu {
+        for gw in pod.addresses.iter().map(|a| a.gateway) {
+            if onlink_done.contains(&gw) {
+                continue;
+            }
+            let host = IpNet::from(gw);
+            match onlink(host, Some(mtu)).await {
+                Ok(()) => {}
+                // Another interface of the pod (a second ferry attachment)
+                // has it already: the gateway is reached, and its route
+                // is not ours to change.
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => return Err(onlink_failed(host, e)),
+            }
+            onlink_done.push(gw);
+        }
+    }
     // Per family: a gateway off every connected subnet gets its on-link
     // host route once.
-    let mut onlink_done: Vec<IpAddr> = Vec::new();
     for (dst, gw) in pod.effective_routes() {
         let retry = match via(dst, gw).await {
             Ok(()) => continue,
@@ -134,20 +172,9 @@ pub(super) async fn configure_pod_end(
         };
         let host = IpNet::from(gw);
         log::debug!("route {dst} via {gw}: {retry}; adding {host} scope link first");
-        add_route(
-            h,
-            idx,
-            host,
-            None,
-            None,
-            None,
-            RouteScope::Link,
-            Existing::Keep,
-        )
-        .await
-        .map_err(|e| {
-            NetlinkError::request(format!("add route {host} dev {} scope link", pod.ifname), e)
-        })?;
+        onlink(host, None)
+            .await
+            .map_err(|e| onlink_failed(host, e))?;
         onlink_done.push(gw);
         via(dst, gw).await.map_err(|e| failed(dst, gw, e))?;
     }
