@@ -36,7 +36,9 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Cores to pin the workers to, e.g. `0,1` (worker i -> entry i mod len).
-    /// Default: worker i on core i mod the number of cores.
+    /// Default: worker i on core i while the workers leave a core to the
+    /// pods, else not pinned (a pinned worker sharing its core with a busy
+    /// pod is descheduled and drops).
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
     /// Frames received per queue per batch.

@@ -70,18 +70,34 @@ pub struct DataplaneConfig {
 /// Cilium's `bpf-ct-global-any-max` default.
 pub const DEFAULT_CONNTRACK_MAX: usize = 262_144;
 
+/// Where `workers` workers run by default on `ncores` cores: worker `i` on
+/// core `i` while the workers leave a core to the pods; not pinned when
+/// they would take every core. A pinned worker whose core a pod sending
+/// at full rate shares is descheduled for milliseconds, its fill ring runs
+/// dry and the kernel drops at the socket; unpinned, the scheduler moves
+/// it away. Measured on 2 cores, one pod's 64 B flood: two workers pinned
+/// to cores 0 and 1 forwarded 0.254 Mpps (35 % lost), unpinned 0.566, one
+/// worker pinned to core 0 0.558 (perf/results/two-workers-20261207.md).
+pub fn default_cpus(workers: usize, ncores: usize) -> Vec<Option<usize>> {
+    if workers < ncores {
+        (0..workers).map(Some).collect()
+    } else {
+        vec![None; workers]
+    }
+}
+
 impl DataplaneConfig {
-    /// `workers` workers, worker `i` pinned to core `i % ncores` (or to
-    /// `cpus[i % cpus.len()]` when a list is given).
+    /// `workers` workers, pinned as [`default_cpus`] says (or worker `i`
+    /// to `cpus[i % cpus.len()]` when a list is given).
     pub fn new(workers: usize, cpus: Option<&[usize]>, batch: usize) -> Self {
         let workers = workers.max(1);
         let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cpus = (0..workers)
-            .map(|i| match cpus {
-                Some(list) if !list.is_empty() => Some(list[i % list.len()]),
-                _ => Some(i % ncores),
-            })
-            .collect();
+        let cpus = match cpus {
+            Some(list) if !list.is_empty() => {
+                (0..workers).map(|i| Some(list[i % list.len()])).collect()
+            }
+            _ => default_cpus(workers, ncores),
+        };
         DataplaneConfig {
             workers,
             cpus,
@@ -922,6 +938,21 @@ fn empty_node() -> NodeSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_are_pinned_only_while_they_leave_the_pods_a_core() {
+        assert_eq!(default_cpus(1, 2), vec![Some(0)]);
+        assert_eq!(default_cpus(3, 4), vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(
+            default_cpus(2, 2),
+            vec![None, None],
+            "every core a worker's"
+        );
+        assert_eq!(default_cpus(1, 1), vec![None]);
+        assert_eq!(default_cpus(4, 2), vec![None; 4]);
+        let given = DataplaneConfig::new(2, Some(&[0]), 64);
+        assert_eq!(given.cpus, vec![Some(0), Some(0)], "a list is followed");
+    }
     use crate::core::offload;
     use crate::core::pipeline::{fixtures, Offload};
     use crate::sim::{MemBackend, MemNetwork, MemWire};
