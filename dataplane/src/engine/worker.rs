@@ -554,17 +554,19 @@ impl<Q: PortQueue> Worker<Q> {
             let a = &mut self.queues[qi];
             a.in_fill = a.in_fill.saturating_sub(n);
             let pool = a.queue.pool();
-            let rx_bytes: u64 = self.rx.iter().map(|f| pool.len_of(f) as u64).sum();
-            // A chain is one packet; each frame but its last continues.
-            let more = self.rx.iter().filter(|f| pool.continues(f)).count();
-            let chains = self
-                .rx
-                .iter()
-                .enumerate()
-                .filter(|(i, f)| pool.continues(f) && (*i == 0 || !pool.continues(&self.rx[i - 1])))
-                .count();
-            a.counters.add_rx((n - more) as u64, rx_bytes);
-            self.counters.add_rx((n - more) as u64);
+            // One look at each frame: its bytes, and whether it continues
+            // (each frame of a chain but its last). A chain is one packet,
+            // and starts where a continued frame follows one that is not.
+            let (mut rx_bytes, mut packets, mut chains, mut inside) = (0u64, 0u64, 0, false);
+            for f in &self.rx {
+                rx_bytes += pool.len_of(f) as u64;
+                let more = pool.continues(f);
+                chains += usize::from(more && !inside);
+                packets += u64::from(!more);
+                inside = more;
+            }
+            a.counters.add_rx(packets, rx_bytes);
+            self.counters.add_rx(packets);
             chains
         };
         while self.jumbo.len() < chains {
@@ -641,72 +643,50 @@ impl<Q: PortQueue> Worker<Q> {
                 self.queues[qi].counters.add_drop(reason);
                 self.counters.add_drop(reason);
             }
-            let egress = egress_of(&self.slots, qi, verdict);
+            let j = match egress_of(&self.slots, qi, verdict) {
+                Egress::Queue(j) => j,
+                Egress::Denied { on, reason } => {
+                    // Counted on the policed pod's queue, when this worker
+                    // has one there, so denials show per pod.
+                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    self.queues[on].counters.add_drop(reason);
+                    self.counters.add_drop(reason);
+                    continue;
+                }
+                Egress::Lost(reason) => {
+                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    self.queues[qi].counters.add_drop(reason);
+                    self.counters.add_drop(reason);
+                    continue;
+                }
+            };
             let drop_reason = match p.jumbo {
                 Some(jb) => {
                     self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
-                    match egress {
-                        Egress::Queue(j) => {
-                            let dst = &mut self.queues[j];
-                            let from = packet_of(&mut self.jumbo[jb], out);
-                            let lost = emit(dst, from, out, &self.counters, self.cfg.id);
-                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
-                                self.dirty.push(j);
-                            }
-                            lost
-                        }
-                        Egress::Denied { on, reason } => {
-                            self.queues[on].counters.add_drop(reason);
-                            self.counters.add_drop(reason);
-                            None
-                        }
-                        Egress::Lost(reason) => Some(reason),
-                    }
+                    let from = packet_of(&mut self.jumbo[jb], out);
+                    emit(&mut self.queues[j], from, out, &self.counters, self.cfg.id)
                 }
                 None => {
-                    let Some(frame) = tokens.next() else {
+                    let Some(mut frame) = tokens.next() else {
                         debug_assert!(false, "fewer frames than packets");
                         break;
                     };
-                    match egress {
+                    if j == qi {
                         // Replies and ICMP errors made in place, and frames
                         // forwarded to the port they came from (hairpin):
                         // back out of the ingress queue, by token.
-                        Egress::Queue(j) if j == qi => {
-                            let a = &mut self.queues[qi];
-                            let was_idle = a.pending.is_empty();
-                            let lost = send_back(a, frame, out);
-                            if was_idle && !a.pending.is_empty() {
-                                self.dirty.push(qi);
-                            }
-                            lost
-                        }
-                        Egress::Queue(j) => {
-                            let mut frame = frame;
-                            let (src, dst) = two_mut(&mut self.queues, qi, j);
-                            let lost =
-                                forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
-                            if !dst.pending.is_empty() && !self.dirty.contains(&j) {
-                                self.dirty.push(j);
-                            }
-                            src.free.push(frame);
-                            lost
-                        }
-                        Egress::Denied { on, reason } => {
-                            // Counted on the policed pod's queue, when this
-                            // worker has one there, so denials show per pod.
-                            self.queues[on].counters.add_drop(reason);
-                            self.counters.add_drop(reason);
-                            self.queues[qi].free.push(frame);
-                            None
-                        }
-                        Egress::Lost(reason) => {
-                            self.queues[qi].free.push(frame);
-                            Some(reason)
-                        }
+                        send_back(&mut self.queues[qi], frame, out)
+                    } else {
+                        let (src, dst) = two_mut(&mut self.queues, qi, j);
+                        let lost = forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
+                        src.free.push(frame);
+                        lost
                     }
                 }
             };
+            if !self.queues[j].pending.is_empty() && !self.dirty.contains(&j) {
+                self.dirty.push(j);
+            }
             if let Some(reason) = drop_reason {
                 self.queues[qi].counters.add_drop(reason);
                 self.counters.add_drop(reason);
@@ -870,10 +850,10 @@ fn egress_of(slots: &[Slot], qi: usize, verdict: Verdict) -> Egress {
     }
 }
 
-/// Queue `a`'s pending frames on its TX ring (as many as fit), count them
-/// and wake the kernel. The frames sent leave `a.pending`; the rest stay
-/// there, and their number is returned.
-fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -> usize {
+/// Queue `a`'s pending frames on its TX ring (as many whole packets as
+/// fit), count them and wake the kernel. The frames sent leave
+/// `a.pending`; the rest stay there.
+fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) {
     let mut want = a.pending.len().min(a.queue.tx_room());
     let pool = a.queue.pool();
     // Never part of a chain: the rest of it waits with what did not fit.
@@ -907,7 +887,6 @@ fn commit<Q: PortQueue>(a: &mut Active<Q>, wc: &WorkerCounters, worker: usize) -
             wc.add_drop(DropReason::TapWriteFailed);
         }
     }
-    a.pending.len()
 }
 
 /// Most rounds of commit + reap [`make_room`] tries (copy-mode TX sends a
@@ -1191,15 +1170,15 @@ fn emit_chain<Q: PortQueue>(
         return Some(DropReason::FrameTooBig);
     }
     make_room(dst, need, wc, worker);
-    if dst.free.len() < need {
+    let Some(first) = dst.free.len().checked_sub(need) else {
         return Some(DropReason::NoEgressFrame);
-    }
-    for (i, piece) in from.chunks(per_frame).enumerate() {
-        let Some(mut e) = dst.free.pop() else {
-            // Checked above; nothing of the chain is queued yet.
-            return Some(DropReason::NoEgressFrame);
-        };
-        let dp = dst.queue.pool();
+    };
+    let dp = dst.queue.pool();
+    for (i, (piece, mut e)) in from
+        .chunks(per_frame)
+        .zip(dst.free.drain(first..))
+        .enumerate()
+    {
         dp.buf_mut(&mut e)[..piece.len()].copy_from_slice(piece);
         dp.set_len(&mut e, piece.len());
         dp.set_continues(&mut e, i + 1 < need);

@@ -143,8 +143,10 @@ pub const MAX_POD_MTU: u32 = MAX_CHAIN as u32 * CHUNK_DATA - crate::core::wire::
 /// less the Ethernet header, 1778 (the uplink's program is a plain one and
 /// its sockets take no chains).
 pub const UPLINK_FRAME_MTU: u32 = CHUNK_DATA - crate::core::wire::ETH_HDR_LEN as u32;
-/// `xdp_desc.options`: more descriptors of the same packet follow.
-pub const XDP_PKT_CONTD: u32 = 1;
+/// `xdp_desc.options`: more descriptors of the same packet follow (read
+/// with xsk-rs's `FrameDesc::has_more_frames`, which keeps its own copy
+/// private).
+const XDP_PKT_CONTD: u32 = 1;
 /// Size of each of a socket's four rings.
 pub const RING_SIZE: u32 = 1024;
 
@@ -238,8 +240,7 @@ impl XskPool {
     /// Whether more frames of the same packet follow this one
     /// (`XDP_PKT_CONTD`, as received or as set for TX).
     pub fn frame_continues<D: Holds<FrameDesc>>(&self, frame: &Owned<D>) -> bool {
-        self.own(frame)
-            .is_some_and(|d| d.options() & XDP_PKT_CONTD != 0)
+        self.own(frame).is_some_and(FrameDesc::has_more_frames)
     }
 
     /// Transmit `frame` as followed by more of its packet (`more`), or as
@@ -371,7 +372,7 @@ impl XskRings {
         // Whole packets: up to the last frame that ends one.
         let whole = self.scratch[..have]
             .iter()
-            .rposition(|d| d.options() & XDP_PKT_CONTD == 0)
+            .rposition(|d| !d.has_more_frames())
             .map_or(0, |i| i + 1);
         self.carry.extend_from_slice(&self.scratch[whole..have]);
         // SAFETY: consumed from this UMEM's RX ring, now or (the carried
