@@ -688,42 +688,48 @@ impl Config {
     /// other nodes' pods leaves through it, so a derived MTU stays within
     /// both a veth's frames and one uplink frame.
     pub fn host_port_mtu(&self, limits: Option<MtuLimits>) -> u32 {
-        let limit = limits.map(|l| match (l.uplink, &self.uplink) {
-            (Some(u), Some(_)) => l.veth.min(u),
-            _ => l.veth,
+        let limit = limits.map(|l| match self.uplink_frame(&l) {
+            Some(u) => l.veth.min(u),
+            None => l.veth,
         });
         self.default_mtu(limit)
     }
 
+    /// What one uplink frame holds (`mtu_limits.uplink`), when this node
+    /// has an uplink and the dataplane said.
+    fn uplink_frame(&self, limits: &MtuLimits) -> Option<u32> {
+        limits.uplink.filter(|_| self.uplink.is_some())
+    }
+
     /// The MTUs of a pod on `attachment`, whose port carries at most
-    /// `limit` (the dataplane's `mtu_limits`, if it said), with `cni_mtu`
-    /// the network config's `mtu`. That one is the link's as it is; else a
+    /// `limit` (`limits`: the dataplane's `mtu_limits`, if it said), with
+    /// `cni_mtu` the network config's `mtu`. That one is the link's as it is; else a
     /// veth pod's link gets `local_mtu` lowered to `limit` and its routes
     /// through the gateway the path MTU ([`Config::default_mtu`]) when that
     /// is smaller. XDP takes TSO away from a veth, so a large link MTU is
     /// what lets a pod's TCP cross in large frames to the pods next to it;
     /// off the node no frame may exceed the path MTU, and with an uplink
-    /// a veth pod's path MTU is lowered to `uplink_limit` (what one uplink
-    /// frame holds, `mtu_limits.uplink`: its sockets take no chains). A tap
+    /// a veth pod's path MTU is lowered to what one uplink frame holds
+    /// (`mtu_limits.uplink`: its sockets take no chains). A tap
     /// keeps TSO, and a veth whose limit is unknown could be given more
     /// than its port carries: both get the path MTU on the link.
     pub fn pod_mtus(
         &self,
         attachment: Attachment,
-        limit: Option<u32>,
-        uplink_limit: Option<u32>,
+        limits: Option<MtuLimits>,
         cni_mtu: Option<u32>,
     ) -> PodMtus {
         if let Some(link) = cni_mtu {
             return PodMtus { link, route: None };
         }
+        let limit = limits.map(|l| l.of(attachment));
         let path = self.default_mtu(limit);
         let local = match attachment {
             Attachment::Veth => limit.map(|l| self.local_mtu.min(l)),
             Attachment::Tap => None,
         };
-        let path = match (attachment, uplink_limit) {
-            (Attachment::Veth, Some(u)) if self.uplink.is_some() => path.min(u),
+        let path = match (attachment, limits.and_then(|l| self.uplink_frame(&l))) {
+            (Attachment::Veth, Some(u)) => path.min(u),
             _ => path,
         };
         match local {
@@ -920,6 +926,20 @@ pub fn validate_ifname(name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `uplink = "up0"` resolved against an uplink of MTU `mtu` at
+/// 192.168.70.1/24 (VXLAN, the default overlay): the tests' node with an
+/// uplink.
+#[cfg(test)]
+pub(crate) fn over_uplink(mtu: u32) -> Config {
+    Config::parse("uplink = \"up0\"")
+        .unwrap()
+        .resolve(Some(&UplinkFacts {
+            mtu,
+            addresses: vec!["192.168.70.1/24".parse().unwrap()],
+        }))
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1107,20 +1127,8 @@ mod tests {
     #[test]
     fn pod_mtus_are_the_local_one_on_the_link_and_the_path_one_off_the_node() {
         let written = Config::parse("mtu = 1500").unwrap();
-        let vxlan = Config::parse("uplink = \"up0\"")
-            .unwrap()
-            .resolve(Some(&UplinkFacts {
-                mtu: 1500,
-                addresses: vec!["192.168.70.1/24".parse().unwrap()],
-            }))
-            .unwrap();
-        let jumbo_uplink = Config::parse("uplink = \"up0\"")
-            .unwrap()
-            .resolve(Some(&UplinkFacts {
-                mtu: 9000,
-                addresses: vec!["192.168.70.1/24".parse().unwrap()],
-            }))
-            .unwrap();
+        let vxlan = over_uplink(1500);
+        let jumbo_uplink = over_uplink(9000);
         let at_mtu = Config::parse("local_mtu = 1500").unwrap();
         let below = Config::parse("mtu = 1500\nlocal_mtu = 1400").unwrap();
         let (veth, tap) = (Attachment::Veth, Attachment::Tap);
@@ -1161,7 +1169,13 @@ mod tests {
             ("no uplink, no cap", &written, veth, Some(28658), Some(1000), None, (28658, Some(1500))),
         ];
         for &(what, cfg, attachment, limit, uplink, cni, (link, route)) in cases {
-            let got = cfg.pod_mtus(attachment, limit, uplink, cni);
+            // The attachment's limit, whichever it is.
+            let limits = limit.map(|l| MtuLimits {
+                veth: l,
+                tap: l,
+                uplink,
+            });
+            let got = cfg.pod_mtus(attachment, limits, cni);
             assert_eq!(got, PodMtus { link, route }, "{what}");
         }
     }

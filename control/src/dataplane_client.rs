@@ -193,9 +193,9 @@ impl DataplaneClient {
         lock(&self.shared.mtu_limits).map(|l| l.of(attachment))
     }
 
-    /// The largest packet one uplink frame holds, if the dataplane said.
-    pub fn uplink_mtu(&self) -> Option<u32> {
-        lock(&self.shared.mtu_limits).and_then(|l| l.uplink)
+    /// What the dataplane said its frames carry, if it did.
+    pub fn mtu_limits(&self) -> Option<MtuLimits> {
+        *lock(&self.shared.mtu_limits)
     }
 
     /// Why the dataplane has no host port, if it has none.

@@ -471,13 +471,7 @@ mod tests {
 
     #[test]
     fn derived_mtus_stay_within_the_attachment_written_ones_do_not() {
-        let jumbo = Config::parse("uplink = \"up0\"")
-            .unwrap()
-            .resolve(Some(&UplinkFacts {
-                mtu: 9000,
-                addresses: vec!["192.168.70.1/24".parse().unwrap()],
-            }))
-            .unwrap();
+        let jumbo = crate::config::over_uplink(9000);
         assert_eq!(jumbo.default_mtu(Some(1778)), 1778, "veth");
         let limits = |uplink| ferry_api::table::MtuLimits {
             veth: 28658,

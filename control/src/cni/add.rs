@@ -27,12 +27,9 @@ impl Agent {
         let PodMtus {
             link: mtu,
             route: route_mtu,
-        } = self.cfg.pod_mtus(
-            req.attachment,
-            self.dp.max_mtu(req.attachment),
-            self.dp.uplink_mtu(),
-            req.mtu,
-        );
+        } = self
+            .cfg
+            .pod_mtus(req.attachment, self.dp.mtu_limits(), req.mtu);
         if !(68..=65535).contains(&mtu) {
             return Err(err(
                 code::INVALID_CONFIG,

@@ -209,7 +209,7 @@ impl Agent {
             store.release(&rec.id)?;
         }
 
-        match reconcile::ensure_host_port(&netlink, &cfg, None, cfg.default_mtu(None)).await {
+        match reconcile::ensure_host_port(&netlink, &cfg, None, cfg.host_port_mtu(None)).await {
             Ok(hp) => log::info!(
                 "host port {} ({}) / {} ready",
                 hp.kernel_ifname,

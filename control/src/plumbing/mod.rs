@@ -325,39 +325,19 @@ impl Netlink {
         delete_link(&self.handle, name).await
     }
 
-    /// [`delete_link`] on a netlink connection and a thread of its own.
-    /// The kernel serves the requests of one socket one after another,
-    /// inside the sending thread's `sendto`, and deleting a link waits
-    /// there for an RCU grace period (~20 ms here); deletions sent from
-    /// threads and sockets of their own wait together. Eight veths: 190 ms
-    /// one after another, 42 ms at once (`ip link del`, this VM); on the
-    /// shared connection, or on the runtime's two worker threads, parallel
-    /// DELs queued behind each other. The blocking pool's thread is
-    /// ferryd's (started from the runtime, in ferryd's namespace), and so
-    /// is the socket made on it.
+    /// [`delete_link`] on a netlink connection and a thread of its own
+    /// ([`netns::on_own_thread`], in ferryd's namespace): deleting a link
+    /// waits inside the request for an RCU grace period (~20 ms here), and
+    /// the kernel serves one socket's requests one after another. Eight
+    /// veths: 190 ms one after another, 42 ms at once (`ip link del`, this
+    /// VM); on the shared connection, or from the runtime's two worker
+    /// threads, parallel DELs queued behind each other.
     pub async fn delete_link_alone(&self, name: &str) -> Result<bool, NetlinkError> {
         let owned = name.to_string();
-        let run = move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| NetlinkError::Thread {
-                    path: "ferryd's namespace".into(),
-                    msg: e.to_string(),
-                })?;
-            rt.block_on(async {
-                let (conn, handle, _) =
-                    rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
-                tokio::spawn(conn);
-                delete_link(&handle, &owned).await
-            })
-        };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| NetlinkError::Thread {
-                path: "ferryd's namespace".into(),
-                msg: format!("delete link {name}: {e}"),
-            })?
+        netns::on_own_thread(None, "ferryd's namespace", move |h| async move {
+            delete_link(&h, &owned).await
+        })
+        .await
     }
 
     /// Create the pod's interface (a veth pair, or a tap made inside the

@@ -228,19 +228,41 @@ where
     Fut: Future<Output = Result<T, NetlinkError>>,
     T: Send + 'static,
 {
+    on_own_thread(Some(ns), path, f).await
+}
+
+/// Run `f` with a netlink connection of its own on an OS thread of its
+/// own: in namespace `ns` when given (setns affects only the calling
+/// thread), else in the namespace of the thread that calls this (ferryd's,
+/// for its runtime's threads). `what` names the namespace in errors. A
+/// netlink request is served inside the sending thread's `sendto`, so
+/// requests that wait in the kernel (a link's deletion) wait side by side
+/// only on threads and sockets of their own.
+pub(super) async fn on_own_thread<F, Fut, T>(
+    ns: Option<File>,
+    what: &str,
+    f: F,
+) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+    T: Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let owned_path = path.to_string();
+    let owned_path = what.to_string();
     let thread_path = owned_path.clone();
     std::thread::Builder::new()
         .name("ferryd-netns".into())
         .spawn(move || {
             let run = || -> Result<T, NetlinkError> {
-                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetlinkError::Setns {
-                        path: thread_path.clone(),
-                        source,
-                    }
-                })?;
+                if let Some(ns) = ns {
+                    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|source| {
+                        NetlinkError::Setns {
+                            path: thread_path.clone(),
+                            source,
+                        }
+                    })?;
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
