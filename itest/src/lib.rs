@@ -791,6 +791,23 @@ impl Node {
         );
         serde_json::from_slice(&out.stdout).expect("ferryctl stats --json prints JSON")
     }
+
+    /// The counters of `pod`'s port in [`Node::stats`] (its endpoint id
+    /// starts with the pod's container id).
+    pub fn port_of(&self, pod: &Pod) -> Value {
+        let stats = self.stats();
+        stats["ports"]
+            .as_array()
+            .and_then(|ports| {
+                ports.iter().find(|p| {
+                    p["endpoint"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with(&pod.container))
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no port of {}: {stats}", pod.container))
+    }
 }
 
 /// A pod namespace with an attachment made by `ferry ADD`.

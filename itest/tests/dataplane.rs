@@ -183,18 +183,7 @@ fn veth_pods_meet_at_the_local_mtu_and_leave_at_the_path_mtu() {
     let (ok, text) = df_ping(&a, &b.ip, &data);
     assert!(ok, "a {VETH_POD_MTU}-byte DF ping between pods: {text}");
     let port_of = |pod: &Pod| -> (u64, u64) {
-        let v = node.stats();
-        let p = v["ports"]
-            .as_array()
-            .and_then(|ps| {
-                ps.iter().find(|p| {
-                    p["endpoint"]
-                        .as_str()
-                        .is_some_and(|e| e.starts_with(&pod.container))
-                })
-            })
-            .cloned()
-            .unwrap_or_else(|| panic!("no port of {}: {v}", pod.container));
+        let p = node.port_of(pod);
         let n = |k: &str| p[k].as_u64().unwrap_or(0);
         (n("rx_frames"), n("rx_bytes"))
     };

@@ -331,18 +331,7 @@ fn network_policy_scenarios_hold_on_the_full_matrix() {
     let (b_ns, a_ip) = (&pods[1].ns.name, &pods[0].ip);
     let probe = ChildGuard::new(tcpcheck_in(b_ns, &["ask", &format!("{a_ip}:80")]));
     assert!(!probe.finish(Duration::from_secs(15)).status.success());
-    let stats = node.stats();
-    let a_port = stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| {
-            p["endpoint"]
-                .as_str()
-                .is_some_and(|e| e.starts_with(&pods[0].container))
-        })
-        .cloned()
-        .expect("pod a's port");
+    let a_port = node.port_of(&pods[0]);
     assert!(
         a_port["drops"]["policy_denied_ingress"]
             .as_u64()

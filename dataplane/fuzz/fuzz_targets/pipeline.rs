@@ -307,20 +307,11 @@ fn came_valid(f: &[u8], port: PortId) -> bool {
         Some(inner) if port == UPLINK_PORT => inner,
         _ => f,
     };
-    let Some((at, end, proto)) = l4_bounds(f) else {
-        return true;
+    let (at, len, proto) = match l4_segment(f) {
+        Ok(seg) => seg,
+        Err(ok) => return ok,
     };
     let v6 = f[12..14] == [0x86, 0xdd];
-    let len = match proto {
-        6 if end - at >= 20 => end - at,
-        17 if end - at >= 8 => {
-            if f[at + 6..at + 8] == [0, 0] {
-                return !v6;
-            }
-            usize::from(u16::from_be_bytes([f[at + 4], f[at + 5]])).min(end - at)
-        }
-        _ => return true,
-    };
     let Some(field) = checksum_field(proto, v6, len) else {
         return true;
     };
@@ -361,6 +352,28 @@ fn fix_l4_checksum(f: &mut [u8]) {
     f[field..field + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// The TCP/UDP segment of an unfragmented frame whose checksum can be
+/// summed: where it starts, its length (UDP's own), its protocol.
+/// `Err(passes)` when there is nothing to sum: anything else passes, and
+/// UDP without a checksum passes over IPv4 only.
+fn l4_segment(f: &[u8]) -> Result<(usize, usize, u8), bool> {
+    let Some((at, end, proto)) = l4_bounds(f) else {
+        return Err(true);
+    };
+    let l4 = &f[at..end];
+    match proto {
+        6 if l4.len() >= 20 => Ok((at, l4.len(), proto)),
+        17 if l4.len() >= 8 => {
+            if l4[6..8] == [0, 0] {
+                return Err(f[12..14] != [0x86, 0xdd]);
+            }
+            let len = usize::from(u16::from_be_bytes([l4[4], l4[5]])).min(l4.len());
+            Ok((at, len, proto))
+        }
+        _ => Err(true),
+    }
+}
+
 /// Whether an unfragmented TCP/UDP frame's checksums verify, IPv4 or IPv6
 /// (true for anything else: nothing to check).
 fn checksums_ok(f: &[u8]) -> bool {
@@ -369,22 +382,12 @@ fn checksums_ok(f: &[u8]) -> bool {
             return false;
         }
     }
-    let Some((at, end, proto)) = l4_bounds(f) else {
-        return true;
-    };
-    let l4 = &f[at..end];
-    let len = match proto {
-        6 if l4.len() >= 20 => l4.len(),
-        17 if l4.len() >= 8 => {
-            if l4[6..8] == [0, 0] {
-                // No checksum: allowed over IPv4 only.
-                return f[12..14] != [0x86, 0xdd];
-            }
-            usize::from(u16::from_be_bytes([l4[4], l4[5]])).min(l4.len())
+    match l4_segment(f) {
+        Ok((at, len, proto)) => {
+            checksum::fold(checksum::add_bytes(pseudo(f, proto, len), &f[at..at + len])) == 0xffff
         }
-        _ => return true,
-    };
-    checksum::fold(checksum::add_bytes(pseudo(f, proto, len), &l4[..len])) == 0xffff
+        Err(passes) => passes,
+    }
 }
 
 /// Finish a forwarded frame as the worker would, towards a tap and

@@ -266,16 +266,22 @@ pub fn l4_checksum_ok(frame: &[u8]) -> bool {
     }
 }
 
-/// Whether the TCP/UDP checksum field of an IPv4 frame holds the folded
-/// pseudo-header sum (as Linux leaves a `CHECKSUM_PARTIAL` frame).
-pub fn l4_partial(frame: &[u8]) -> bool {
+/// The folded pseudo-header sum of an IPv4 frame's TCP/UDP segment: what
+/// its checksum field holds when partial (Linux `CHECKSUM_PARTIAL`).
+fn partial_sum(frame: &[u8]) -> u16 {
     let (hl, tl, proto, src, dst) = ip_fields(frame);
     let l4_len = if proto == 17 {
         usize::from(u16::from_be_bytes([frame[14 + hl + 4], frame[14 + hl + 5]]))
     } else {
         tl - hl
     };
-    let p = ref_sum(&[&pseudo(src, dst, proto, l4_len)]);
+    ref_sum(&[&pseudo(src, dst, proto, l4_len)])
+}
+
+/// Whether the TCP/UDP checksum field of an IPv4 frame holds the folded
+/// pseudo-header sum (as Linux leaves a `CHECKSUM_PARTIAL` frame).
+pub fn l4_partial(frame: &[u8]) -> bool {
+    let p = partial_sum(frame);
     let at = l4_checksum_at(frame);
     let field = u16::from_be_bytes([frame[at], frame[at + 1]]);
     field == p || (field == 0 && p == 0xffff)
@@ -290,13 +296,7 @@ pub fn l4_checksum_at(frame: &[u8]) -> usize {
 /// Make the frame look like Linux CHECKSUM_PARTIAL: the L4 checksum field
 /// holds the folded pseudo-header sum.
 pub fn make_partial(frame: &mut [u8]) {
-    let (hl, tl, proto, src, dst) = ip_fields(frame);
-    let l4_len = if proto == 17 {
-        usize::from(u16::from_be_bytes([frame[14 + hl + 4], frame[14 + hl + 5]]))
-    } else {
-        tl - hl
-    };
-    let p = ref_sum(&[&pseudo(src, dst, proto, l4_len)]);
+    let p = partial_sum(frame);
     let at = l4_checksum_at(frame);
     frame[at..at + 2].copy_from_slice(&p.to_be_bytes());
 }
