@@ -57,7 +57,7 @@ Configuration file (TOML, every field optional):
                     not its subnet-router anycast (::0) address; only with
                     an IPv6 CIDR [default: the CIDR's first host, ::1]
   mtu               the path MTU: of tap pod interfaces, of veth pods' routes
-                    through the gateway (see local_mtu) and of the host
+                    through (and to) the gateway (see local_mtu) and of the host
                     port, 68..=65535;
                     ADD refuses a pod MTU above what its attachment carries
                     (the dataplane says: veth 28658, tap 65535)

@@ -15,8 +15,12 @@
 //! is copied into a free frame of that port's pool (a GSO frame for a port
 //! without offloads into several, one per segment), or written to a tap
 //! straight from the ingress frame, and its own frame goes back to the
-//! ingress free list. Removing a port drops its queue and pool
-//! together, so port churn never leaks frames.
+//! ingress free list. A packet received as a chain of frames (a veth
+//! port's AF_XDP multi-buffer) is copied whole into a jumbo buffer of the
+//! worker's and its frames go back at once; it leaves as one tap write or
+//! as a chain of the egress pool's frames, never cut by a ring commit.
+//! Removing a port drops its queue and pool together, so port churn never
+//! leaks frames.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
