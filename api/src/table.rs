@@ -687,6 +687,28 @@ pub struct WorkerStats {
     pub rx_frames: u64,
     pub tx_frames: u64,
     pub drops: BTreeMap<String, u64>,
+    /// The worker's UMEM, shared by its sockets on every pod veth and the
+    /// host port; absent before the first such port (and from older
+    /// dataplanes). Read about once a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umem: Option<UmemStats>,
+}
+
+/// Where the frames of a worker's shared UMEM are.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UmemStats {
+    /// Frames in the UMEM (2 KiB each).
+    pub frames: u64,
+    /// On the worker's free list.
+    pub free: u64,
+    /// Held by the kernel: in its sockets' fill, RX, TX and completion
+    /// rings.
+    pub in_rings: u64,
+    /// Held by the rings of removed ports whose sockets are still closing
+    /// (back within ~10 ms).
+    pub closing: u64,
+    /// Sum of the sockets' fill budgets (each adapts to its traffic).
+    pub fill_budget: u64,
 }
 
 #[cfg(test)]

@@ -649,6 +649,9 @@ pub fn render_stats(s: &Stats) -> String {
                 w.idle_polls.to_string(),
                 w.rx_frames.to_string(),
                 w.tx_frames.to_string(),
+                w.umem
+                    .map(|u| format!("{}/{}", u.free, u.frames))
+                    .unwrap_or_else(|| "-".into()),
                 drops_text(&w.drops),
             ]
         })
@@ -676,6 +679,7 @@ pub fn render_stats(s: &Stats) -> String {
             "IDLE POLLS",
             "RX FRAMES",
             "TX FRAMES",
+            "UMEM FREE",
             "DROPS",
         ],
         &workers,
@@ -1016,10 +1020,17 @@ left out: shop/x: ingress rule 1: named port(s) http match no container port; ru
                 worker: 0,
                 cpu: Some(1),
                 busy_polls: 5,
+                umem: Some(ferry_api::table::UmemStats {
+                    frames: 16384,
+                    free: 16000,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
         };
         let text = render_stats(&s);
+        assert!(text.contains("UMEM FREE"), "{text}");
+        assert!(text.contains("16000/16384"), "{text}");
         assert!(text.contains("no_endpoint=2"), "{text}");
         assert!(!text.contains("bad_l4_checksum"), "{text}");
         assert!(text.contains("WORKER"), "{text}");

@@ -44,10 +44,15 @@ struct Cli {
     /// Frames received per queue per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Frames (2048 bytes each) in the UMEM of each worker's socket on each
-    /// port, at least 2048 (twice the rings' 1024 descriptors); memory per
-    /// port = workers x this x 2 KiB.
-    #[arg(long, visible_alias = "frames-per-worker", default_value_t = 2048)]
+    /// Frames (2048 bytes each) in each worker's UMEM, shared by its
+    /// sockets on every pod veth and the host port, at least 2048; memory
+    /// = workers x this x 2 KiB, whatever the number of pods.
+    #[arg(long, default_value_t = ferry_dataplane::io::afxdp::DEFAULT_FRAMES_PER_WORKER)]
+    frames_per_worker: u32,
+    /// Frames (2048 bytes each) in the UMEM of each worker's socket on the
+    /// uplink (a UMEM of its own, so it can be zero-copy), at least 2048
+    /// (twice the rings' 1024 descriptors).
+    #[arg(long, default_value_t = 2048)]
     frames_per_queue: u32,
     /// Frames (66 KiB each, room for a 64 KiB GSO frame) per worker queue
     /// on each tap port; memory per tap = workers x this x 66 KiB.
@@ -154,11 +159,11 @@ fn main() -> Result<()> {
     cfg.idle_spin = std::time::Duration::from_micros(cli.idle_spin_us.min(1_000_000));
     cfg.poll_mode = cli.poll_mode;
     cfg.conntrack_max = cli.conntrack_max;
+    let mut xdp = AfXdpBackend::default();
+    xdp.frames_per_queue = cli.frames_per_queue;
+    xdp.frames_per_worker = cli.frames_per_worker;
     let backend = NodeBackend {
-        xdp: AfXdpBackend {
-            frames_per_queue: cli.frames_per_queue,
-            ..AfXdpBackend::default()
-        },
+        xdp,
         tap: TapBackend {
             frames_per_queue: cli.tap_frames_per_queue,
         },
@@ -173,12 +178,12 @@ fn main() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let server = server::spawn(listener, Arc::clone(&dataplane), Arc::clone(&stop))?;
     log::info!(
-        "ferry-dataplane serving {} with {} worker(s) on cpus {:?}, batch {}, {} frames per queue",
+        "ferry-dataplane serving {} with {} worker(s) on cpus {:?}, batch {}, {} frames per worker",
         cli.socket.display(),
         cfg.workers,
         cfg.cpus,
         cfg.batch,
-        cli.frames_per_queue
+        cli.frames_per_worker
     );
 
     let signals = spawn_signal_thread(signals)?;

@@ -376,6 +376,32 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(&[("worker", &w.worker.to_string())], get(w));
         }
     }
+    type UmemField = fn(&ferry_api::table::UmemStats) -> u64;
+    let umem_families: [(&'static str, &str, UmemField); 3] = [
+        (
+            "ferry_worker_umem_frames",
+            "Frames (2 KiB each) of the worker's UMEM, shared by its pod and host-port sockets.",
+            |u| u.frames,
+        ),
+        (
+            "ferry_worker_umem_free_frames",
+            "Frames of the worker's UMEM on its free list.",
+            |u| u.free,
+        ),
+        (
+            "ferry_worker_umem_ring_frames",
+            "Frames of the worker's UMEM held by the kernel in its sockets' rings.",
+            |u| u.in_rings,
+        ),
+    ];
+    for (name, help, get) in umem_families {
+        let mut f = Family::new(&mut out, name, "gauge", help);
+        for w in &stats.workers {
+            if let Some(u) = &w.umem {
+                f.sample(&[("worker", &w.worker.to_string())], get(u));
+            }
+        }
+    }
     let mut f = Family::new(
         &mut out,
         "ferry_worker_drops_total",
@@ -435,6 +461,12 @@ mod tests {
                     rx_frames: 10,
                     tx_frames: 4,
                     drops: BTreeMap::from([("no_endpoint".to_string(), 2)]),
+                    umem: Some(ferry_api::table::UmemStats {
+                        frames: 16384,
+                        free: 16000,
+                        in_rings: 384,
+                        ..Default::default()
+                    }),
                 }],
                 drop_reasons: vec!["no_endpoint".into(), "runt".into()],
                 conntrack: Some(ferry_api::table::ConntrackStats {
@@ -569,6 +601,7 @@ mod tests {
             "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_ring_full\"} 3",
             "ferry_port_xsk_total{port=\"ferry0dp\",endpoint=\"host\",counter=\"rx_dropped\"} 0",
             "ferry_worker_busy_polls_total{worker=\"0\"} 5",
+            "ferry_worker_umem_free_frames{worker=\"0\"} 16000",
             "ferry_worker_idle_polls_total{worker=\"0\"} 9",
             "ferry_worker_drops_total{worker=\"0\",reason=\"no_endpoint\"} 2",
             // Reasons not seen yet are there, at zero.

@@ -119,6 +119,8 @@ pub struct WorkerCountersInner {
     rx_frames: AtomicU64,
     tx_frames: AtomicU64,
     drops: [AtomicU64; REASON_SLOTS],
+    /// [`ferry_api::table::UmemStats`] fields, in order; frames 0: none.
+    umem: [AtomicU64; 5],
 }
 
 pub type WorkerCounters = CachePadded<WorkerCountersInner>;
@@ -130,6 +132,7 @@ pub fn new_worker_counters() -> WorkerCounters {
         rx_frames: AtomicU64::new(0),
         tx_frames: AtomicU64::new(0),
         drops: zeroed(),
+        umem: std::array::from_fn(|_| AtomicU64::new(0)),
     })
 }
 
@@ -161,6 +164,14 @@ impl WorkerCountersInner {
         bump(&self.drops[slot(reason)], 1);
     }
 
+    /// Where the frames of the worker's shared UMEM are now.
+    pub fn set_umem(&self, u: &ferry_api::table::UmemStats) {
+        let values = [u.frames, u.free, u.in_rings, u.closing, u.fill_budget];
+        for (slot, v) in self.umem.iter().zip(values) {
+            slot.store(v, Relaxed);
+        }
+    }
+
     pub fn snapshot(&self, worker: u32, cpu: Option<u32>) -> ferry_api::table::WorkerStats {
         let mut drops = BTreeMap::new();
         drops_map(&self.drops, &mut drops);
@@ -172,6 +183,18 @@ impl WorkerCountersInner {
             rx_frames: self.rx_frames.load(Relaxed),
             tx_frames: self.tx_frames.load(Relaxed),
             drops,
+            umem: match self.umem.each_ref().map(|v| v.load(Relaxed)) {
+                [0, ..] => None,
+                [frames, free, in_rings, closing, fill_budget] => {
+                    Some(ferry_api::table::UmemStats {
+                        frames,
+                        free,
+                        in_rings,
+                        closing,
+                        fill_budget,
+                    })
+                }
+            },
         }
     }
 }

@@ -89,8 +89,8 @@ fn a_stalled_egress_loses_frames_by_reason_and_gets_all_back() {
     assert_eq!(b.take_sent().len(), 256);
     b.stall_tx(false);
     sim.settle(8);
-    let (_, fy2) = sim.worker().census().find(|(p, _)| *p == 2).unwrap();
-    assert_eq!(fy2.rings.tx_or_completion, 0, "{fy2:?}");
+    let fy2 = sim.worker().ring_frames_of(2).unwrap();
+    assert_eq!(fy2.tx_or_completion, 0, "{fy2:?}");
 
     // 64 frames: 32 free on fy2, fewer than the ring holds.
     let (mut sim, a, b) = node(64, false);
@@ -118,12 +118,13 @@ fn removing_a_port_with_frames_in_flight() {
         a.inject(0, echo_request(A, B, 64, &i.to_be_bytes()));
     }
     sim.step();
-    let (_, fy2) = sim.worker().census().find(|(p, _)| *p == 2).unwrap();
-    assert_eq!(fy2.rings.tx_or_completion, 10);
+    let fy2 = sim.worker().ring_frames_of(2).unwrap();
+    assert_eq!(fy2.tx_or_completion, 10);
     sim.remove_port("fy2");
     a.inject(0, echo_request(A, B, 64, b"late"));
     sim.step();
-    assert_eq!(sim.worker().census().count(), 2, "fy2's queue is gone");
+    assert_eq!(sim.worker().queue_count(), 2, "fy2's queue is gone");
+    assert_eq!(sim.worker().census().count(), 2, "and its pool");
     assert_eq!(drops(&sim, "fy1", "port_gone"), Some(1));
 }
 

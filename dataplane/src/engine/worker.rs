@@ -10,17 +10,27 @@
 //! an idle node does not burn a core. About once a second a worker copies
 //! its sockets' kernel counters (XDP_STATISTICS) into its port counters.
 //!
-//! Frame accounting: every queue has its own pool and free list. A frame
-//! leaving by its ingress port moves by descriptor; a frame for another port
-//! is copied into a free frame of that port's pool (a GSO frame for a port
-//! without offloads into several, one per segment), or written to a tap
-//! straight from the ingress frame, and its own frame goes back to the
-//! ingress free list. A packet received as a chain of frames (a veth
-//! port's AF_XDP multi-buffer) is copied whole into a jumbo buffer of the
-//! worker's and its frames go back at once; it leaves as one tap write or
-//! as a chain of the egress pool's frames, never cut by a ring commit.
-//! Removing a port drops its queue and pool together, so port churn never
-//! leaks frames.
+//! Frame accounting: a free list per pool (a [`Store`]). The sockets of a
+//! worker on every pod veth and the host port share one pool, the
+//! worker's UMEM; the uplink's sockets and each tap queue have a pool of
+//! their own. A frame leaving by its ingress port moves by descriptor; a
+//! frame for another port is copied into a free frame of that port's pool
+//! (a GSO frame for a port without offloads into several, one per
+//! segment), or written to a tap straight from the ingress frame, and its
+//! own frame goes back to the ingress pool's free list. A packet received
+//! as a chain of frames (a veth port's AF_XDP multi-buffer) is copied
+//! whole into a jumbo buffer of the worker's and its frames go back at
+//! once; it leaves as one tap write or as a chain of the egress pool's
+//! frames, never cut by a ring commit. Removing a port closes its queue on
+//! a thread of its own: a pool of its own goes with it, and the frames of
+//! a shared pool its rings held come back to the worker once the socket is
+//! closed, so port churn never leaks frames.
+//!
+//! A queue on a shared pool gets a fill budget that adapts: a new or idle
+//! queue keeps [`FILL_TARGET_MIN`] frames in its fill ring, one that
+//! nearly ran dry gets twice as many (up to [`FILL_TARGET_MAX`]), and one
+//! that received nothing for a second gets half, so a hundred idle pods
+//! park a few thousand frames, not a hundred thousand.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,7 +171,13 @@ const CHAIN_BYTES: usize = crate::io::afxdp::MAX_CHAIN * crate::io::afxdp::CHUNK
 
 /// Upper bound of frames parked in one queue's fill ring (half the pool at
 /// most, so there are always frames to copy forwarded traffic into).
-const FILL_TARGET_MAX: usize = 1024;
+pub const FILL_TARGET_MAX: usize = 1024;
+/// The fill budget of a new or idle queue on a shared pool.
+pub const FILL_TARGET_MIN: usize = 32;
+/// The most frames waiting in one queue's TX batch before it is
+/// committed: a batch of chains or GSO segments stays below it, and the
+/// vector never grows past it.
+const PENDING_MAX: usize = 4 * 1024;
 
 enum Slot {
     /// Not (or no longer) a port this worker knows: TX is `port_gone`.
@@ -172,16 +188,30 @@ enum Slot {
     Active(usize),
 }
 
+/// One pool's frames in the worker's hands, and where the rest are.
+struct Store<Q: PortQueue> {
+    pool: crate::io::port::PoolId,
+    /// Its capacity is the pool's size, so it never grows.
+    free: Vec<FrameOf<Q>>,
+    frames: usize,
+    /// Queues on this pool.
+    queues: usize,
+    /// Frames of removed queues not yet back ([`PortQueue::close`]).
+    closing: usize,
+    /// Shared by several queues: kept while the worker lives (its tokens
+    /// are issued once), fill budgets adapt.
+    shared: bool,
+}
+
 struct Active<Q: PortQueue> {
     port: PortId,
     queue: Q,
     counters: Arc<PortCounters>,
-    /// Frames of this queue's pool in the worker's hands. Its capacity is
-    /// the pool's size, so it never grows.
-    free: Vec<FrameOf<Q>>,
+    /// Index of this queue's pool in `Worker::stores`.
+    store: usize,
     /// Frames to transmit on this queue, committed once per RX batch (and
     /// mid-batch by `make_room` when a GSO frame needs the room). Capacity:
-    /// the pool's size.
+    /// the pool's size, at most [`PENDING_MAX`].
     pending: Vec<FrameOf<Q>>,
     /// Frames we gave the fill ring and have not received back.
     in_fill: usize,
@@ -190,6 +220,11 @@ struct Active<Q: PortQueue> {
     /// kicked again on every pass until they complete.
     in_tx: usize,
     fill_target: usize,
+    /// The fill budget adapts ([`FILL_TARGET_MIN`]..[`FILL_TARGET_MAX`]):
+    /// the queue is on a shared pool.
+    adaptive: bool,
+    /// Frames received since the kernel counters were last read.
+    received: usize,
 }
 
 /// One worker's state. Create with [`Worker::new`], run with
@@ -197,6 +232,11 @@ struct Active<Q: PortQueue> {
 pub struct Worker<Q: PortQueue> {
     cfg: WorkerConfig,
     queues: Vec<Active<Q>>,
+    stores: Vec<Store<Q>>,
+    /// Frames of shared pools handed back by closed queues: the closing
+    /// threads' end, and ours.
+    give_back: Sender<Vec<FrameOf<Q>>>,
+    given_back: Receiver<Vec<FrameOf<Q>>>,
     slots: Vec<Slot>,
     tables: Arc<TableHandle>,
     cmds: Receiver<WorkerCmd<Q>>,
@@ -242,8 +282,12 @@ impl<Q: PortQueue> Worker<Q> {
     ) -> Self {
         let mut cfg = cfg;
         cfg.batch = cfg.batch.clamp(1, MAX_BATCH);
+        let (give_back, given_back) = crossbeam::channel::unbounded();
         Worker {
             queues: Vec::new(),
+            stores: Vec::new(),
+            give_back,
+            given_back,
             slots: Vec::new(),
             tables,
             cmds,
@@ -284,12 +328,44 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
-    /// Where every queue's frames are, by port. Between passes (the only
-    /// time `&self` can look) the worker holds no RX batch, so each
-    /// census is [`FrameCensus::conserved`] unless a frame was lost or
-    /// duplicated.
-    pub fn census(&self) -> impl Iterator<Item = (PortId, FrameCensus)> + '_ {
-        self.queues.iter().map(|a| (a.port, census_of(a)))
+    /// Where every pool's frames are. Between passes (the only time
+    /// `&self` can look) the worker holds no RX batch, so each census is
+    /// [`FrameCensus::conserved`] unless a frame was lost or duplicated.
+    pub fn census(&self) -> impl Iterator<Item = FrameCensus> + '_ {
+        self.stores.iter().enumerate().map(|(s, store)| {
+            let mut c = FrameCensus {
+                pool: store.frames,
+                queues: 0,
+                rings: RingFrames::default(),
+                free: store.free.len(),
+                pending: 0,
+                closing: store.closing,
+            };
+            for a in self.queues.iter().filter(|a| a.store == s) {
+                let r = a.queue.ring_frames();
+                c.queues += 1;
+                c.rings.fill_or_rx += r.fill_or_rx;
+                c.rings.tx_or_completion += r.tx_or_completion;
+                c.pending += a.pending.len();
+            }
+            c
+        })
+    }
+
+    /// What the adapter's rings of `port`'s queue hold.
+    pub fn ring_frames_of(&self, port: PortId) -> Option<RingFrames> {
+        self.queues
+            .iter()
+            .find(|a| a.port == port)
+            .map(|a| a.queue.ring_frames())
+    }
+
+    /// The fill budget of `port`'s queue.
+    pub fn fill_target_of(&self, port: PortId) -> Option<usize> {
+        self.queues
+            .iter()
+            .find(|a| a.port == port)
+            .map(|a| a.fill_target)
     }
 
     /// Run until `stop` is set or the command channel is closed.
@@ -372,7 +448,11 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// Apply every queued command; false when the control side is gone.
+    /// Frames of closed queues are taken back first.
     fn apply_commands(&mut self) -> bool {
+        while let Ok(frames) = self.given_back.try_recv() {
+            self.take_back(frames);
+        }
         loop {
             match self.cmds.try_recv() {
                 Ok(cmd) => self.apply(cmd),
@@ -398,21 +478,25 @@ impl<Q: PortQueue> Worker<Q> {
                     None => self.slots[idx] = Slot::NoQueue,
                     Some(mut queue) => {
                         self.slots[idx] = Slot::Active(self.queues.len());
-                        // Room for every frame of the pool, so moving
-                        // frames between these lists never allocates.
-                        let frames = queue.pool().frame_count();
-                        let mut free = Vec::with_capacity(frames);
-                        queue.take_frames(&mut free);
-                        let fill_target = (free.len() / 2).min(FILL_TARGET_MAX);
+                        let store = self.store_for(&mut queue);
+                        let (frames, shared) =
+                            (self.stores[store].frames, self.stores[store].shared);
+                        let fill_target = if shared {
+                            FILL_TARGET_MIN
+                        } else {
+                            (frames / 2).min(FILL_TARGET_MAX)
+                        };
                         self.queues.push(Active {
                             port,
                             queue,
                             counters,
-                            free,
-                            pending: Vec::with_capacity(frames),
+                            store,
+                            pending: Vec::with_capacity(frames.min(PENDING_MAX)),
                             in_fill: 0,
                             in_tx: 0,
                             fill_target,
+                            adaptive: shared,
+                            received: 0,
                         });
                         self.queues_changed();
                         let last = self.queues.len() - 1;
@@ -428,6 +512,46 @@ impl<Q: PortQueue> Worker<Q> {
         }
     }
 
+    /// The store of `queue`'s pool, made (with a token of every frame)
+    /// at the pool's first queue.
+    fn store_for(&mut self, queue: &mut Q) -> usize {
+        let id = queue.pool().id();
+        let s = match self.stores.iter().position(|s| s.pool == id) {
+            Some(s) => s,
+            None => {
+                // Room for every frame of the pool, so moving frames
+                // between these lists never allocates.
+                let frames = queue.pool().frame_count();
+                self.stores.push(Store {
+                    pool: id,
+                    free: Vec::with_capacity(frames),
+                    frames,
+                    queues: 0,
+                    closing: 0,
+                    shared: queue.pool().shared(),
+                });
+                self.stores.len() - 1
+            }
+        };
+        // Tokens come once per pool: at its first queue, nothing later.
+        queue.take_frames(&mut self.stores[s].free);
+        self.stores[s].queues += 1;
+        s
+    }
+
+    /// Frames a closed queue handed back, onto their pool's free list.
+    fn take_back(&mut self, frames: Vec<FrameOf<Q>>) {
+        let Some(pool) = frames.first().map(Owned::pool) else {
+            return;
+        };
+        let Some(store) = self.stores.iter_mut().find(|s| s.pool == pool) else {
+            debug_assert!(false, "frames of a pool this worker never had");
+            return;
+        };
+        store.closing = store.closing.saturating_sub(frames.len());
+        store.free.extend(frames);
+    }
+
     fn remove_port(&mut self, port: PortId) {
         let Some(slot) = self.slots.get_mut(port as usize) else {
             return;
@@ -438,38 +562,87 @@ impl<Q: PortQueue> Worker<Q> {
         if let Some(moved) = self.queues.get(idx) {
             self.slots[moved.port as usize] = Slot::Active(idx);
         }
-        // Every frame is in the queue's rings or the worker's lists of it
-        // (none in the RX batch: commands are applied between passes).
-        debug_assert!(
-            census_of(&gone).conserved(),
-            "port {port}: {:?}",
-            census_of(&gone)
-        );
-        // Closing the socket and freeing its pool (with every frame in it)
-        // waits for the kernel: 10-11 ms for an AF_XDP socket on a veth,
-        // during which this worker would forward nothing. A thread of its
-        // own does it and the worker goes on at once. No thread: the
-        // closure (and the queue) is dropped here instead.
+        // Commands are applied between passes: no frame in the RX batch,
+        // none pending.
+        debug_assert!(gone.pending.is_empty(), "port {port}: frames pending");
+        let s = gone.store;
+        let held = gone.queue.ring_frames();
+        let store = &mut self.stores[s];
+        store.queues -= 1;
+        if store.shared {
+            // Its rings' frames come back once the socket is closed.
+            store.closing += held.fill_or_rx + held.tx_or_completion;
+        } else if store.queues == 0 {
+            // The pool goes with its queue, frames and all.
+            debug_assert!(
+                store.free.len() + held.fill_or_rx + held.tx_or_completion == store.frames,
+                "port {port}: frames lost"
+            );
+            self.stores.swap_remove(s);
+            let moved = self.stores.len();
+            for a in self.queues.iter_mut().filter(|a| a.store == moved) {
+                a.store = s;
+            }
+        }
+        // Closing the socket (and freeing a pool of its own) waits for the
+        // kernel: 10-11 ms for an AF_XDP socket on a veth, during which
+        // this worker would forward nothing. A thread of its own does it
+        // and the worker goes on at once; the frames of a shared pool the
+        // queue's rings held come back through `give_back`. No thread (the
+        // system has none left): the queue goes with the refused closure,
+        // and those frames are lost to the pool.
         let worker = self.cfg.id;
+        let back = self.give_back.clone();
+        let close = move || {
+            let t = Instant::now();
+            let frames = gone.queue.close();
+            log::debug!(
+                "worker {worker}: port {port} closed in {:?}, {} frames back",
+                t.elapsed(),
+                frames.len()
+            );
+            if !frames.is_empty() {
+                // The worker is gone already when nobody listens.
+                let _ = back.send(frames);
+            }
+        };
         let closer = std::thread::Builder::new()
             .name(format!("close-p{port}"))
-            .spawn(move || {
-                let t = Instant::now();
-                drop(gone);
-                log::debug!("worker {worker}: port {port} closed in {:?}", t.elapsed());
-            });
+            .spawn(close);
         if let Err(e) = closer {
-            log::warn!("worker {worker}: no thread to close port {port} ({e}); closed it here");
+            log::warn!(
+                "worker {worker}: no thread to close port {port} ({e}); its frames are lost"
+            );
         }
         self.queues_changed();
     }
 
     /// Copy every socket's kernel counters into its port counters.
+    /// Queues of a shared pool that received nothing since the last
+    /// read get half their fill budget.
+    /// The census of the shared pool goes to the worker's counters.
     fn read_kernel_stats(&mut self) {
-        for a in &self.queues {
+        for a in &mut self.queues {
             if let Some(values) = a.queue.kernel_stats() {
                 a.counters.set_kernel(&values);
             }
+            if a.adaptive && std::mem::take(&mut a.received) == 0 {
+                a.fill_target = (a.fill_target / 2).max(FILL_TARGET_MIN);
+            }
+        }
+        if let Some(s) = self.stores.iter().position(|s| s.shared) {
+            let c = self.census().nth(s).unwrap_or(FrameCensus::EMPTY);
+            let budget: usize = (self.queues.iter())
+                .filter(|a| a.store == s)
+                .map(|a| a.fill_target)
+                .sum();
+            self.counters.set_umem(&ferry_api::table::UmemStats {
+                frames: c.pool as u64,
+                free: c.free as u64,
+                in_rings: (c.rings.fill_or_rx + c.rings.tx_or_completion) as u64,
+                closing: c.closing as u64,
+                fill_budget: budget as u64,
+            });
         }
     }
 
@@ -498,16 +671,17 @@ impl<Q: PortQueue> Worker<Q> {
     /// Top up queue `qi`'s fill ring from the free list.
     fn refill(&mut self, qi: usize, force: bool) {
         let a = &mut self.queues[qi];
+        let free = &mut self.stores[a.store].free;
         let missing = a.fill_target.saturating_sub(a.in_fill);
         let batched = !a.queue.fill_is_local();
         if missing == 0 || (!force && batched && missing < REFILL_MIN && a.in_fill > 0) {
             return;
         }
-        let give = missing.min(a.free.len()).min(a.queue.fill_room());
+        let give = missing.min(free.len()).min(a.queue.fill_room());
         if give == 0 {
             return;
         }
-        if a.queue.fill(&mut a.free, give) == give {
+        if a.queue.fill(free, give) == give {
             a.in_fill += give;
         }
         if let Err(e) = a.queue.kick_rx() {
@@ -531,7 +705,7 @@ impl<Q: PortQueue> Worker<Q> {
         // Completions: transmitted frames come back to their pool's free list.
         let (done, tx_busy) = {
             let a = &mut self.queues[qi];
-            let done = reap(a);
+            let done = reap(a, &mut self.stores[a.store].free);
             let tx_busy = a.in_tx > 0;
             if tx_busy {
                 if let Err(e) = a.queue.kick_tx() {
@@ -557,6 +731,16 @@ impl<Q: PortQueue> Worker<Q> {
         let chains = {
             let a = &mut self.queues[qi];
             a.in_fill = a.in_fill.saturating_sub(n);
+            a.received += n;
+            // A fill ring that nearly ran dry gets a larger budget, while
+            // the pool has the frames.
+            if a.adaptive
+                && a.in_fill < a.fill_target / 4
+                && a.fill_target < FILL_TARGET_MAX
+                && self.stores[a.store].free.len() > 2 * a.fill_target
+            {
+                a.fill_target *= 2;
+            }
             let pool = a.queue.pool();
             // One look at each frame: its bytes, and whether it continues
             // (each frame of a chain but its last). A chain is one packet,
@@ -652,13 +836,17 @@ impl<Q: PortQueue> Worker<Q> {
                 Egress::Denied { on, reason } => {
                     // Counted on the policed pod's queue, when this worker
                     // has one there, so denials show per pod.
-                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    self.stores[self.queues[qi].store]
+                        .free
+                        .extend(tokens.by_ref().take(p.frames));
                     self.queues[on].counters.add_drop(reason);
                     self.counters.add_drop(reason);
                     continue;
                 }
                 Egress::Lost(reason) => {
-                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    self.stores[self.queues[qi].store]
+                        .free
+                        .extend(tokens.by_ref().take(p.frames));
                     self.queues[qi].counters.add_drop(reason);
                     self.counters.add_drop(reason);
                     continue;
@@ -666,9 +854,13 @@ impl<Q: PortQueue> Worker<Q> {
             };
             let drop_reason = match p.jumbo {
                 Some(jb) => {
-                    self.queues[qi].free.extend(tokens.by_ref().take(p.frames));
+                    self.stores[self.queues[qi].store]
+                        .free
+                        .extend(tokens.by_ref().take(p.frames));
                     let from = packet_of(&mut self.jumbo[jb], out);
-                    emit(&mut self.queues[j], from, out, &self.counters, self.cfg.id)
+                    let dst = &mut self.queues[j];
+                    let free = &mut self.stores[dst.store].free;
+                    emit(dst, free, from, out, &self.counters, self.cfg.id)
                 }
                 None => {
                     let Some(mut frame) = tokens.next() else {
@@ -679,12 +871,22 @@ impl<Q: PortQueue> Worker<Q> {
                         // Replies and ICMP errors made in place, and frames
                         // forwarded to the port they came from (hairpin):
                         // back out of the ingress queue, by token.
-                        send_back(&mut self.queues[qi], frame, out)
+                        let a = &mut self.queues[qi];
+                        send_back(a, &mut self.stores[a.store].free, frame, out)
                     } else {
                         let (src, dst) = two_mut(&mut self.queues, qi, j);
-                        let lost = forward(src, dst, &mut frame, out, &self.counters, self.cfg.id);
-                        src.free.push(frame);
-                        lost
+                        let (wc, id) = (&*self.counters, self.cfg.id);
+                        if src.store == dst.store {
+                            let free = &mut self.stores[src.store].free;
+                            let lost = forward(src, dst, free, &mut frame, out, wc, id);
+                            free.push(frame);
+                            lost
+                        } else {
+                            let (sf, df) = two_mut(&mut self.stores, src.store, dst.store);
+                            let lost = forward(src, dst, &mut df.free, &mut frame, out, wc, id);
+                            sf.free.push(frame);
+                            lost
+                        }
                     }
                 }
             };
@@ -698,7 +900,7 @@ impl<Q: PortQueue> Worker<Q> {
         }
         // Whole packets only, so nothing is left; a frame that were would
         // go back to the free list rather than be lost.
-        self.queues[qi].free.extend(tokens);
+        self.stores[self.queues[qi].store].free.extend(tokens);
         self.rx = rx;
         self.flush(qi);
         true
@@ -714,7 +916,7 @@ impl<Q: PortQueue> Worker<Q> {
             // packet (a frame, or a chain) at a time.
             let pool = a.queue.pool();
             let unsent = a.pending.iter().filter(|f| !pool.continues(f)).count();
-            a.free.append(&mut a.pending);
+            self.stores[a.store].free.append(&mut a.pending);
             for _ in 0..unsent {
                 self.queues[qi].counters.add_drop(DropReason::TxRingFull);
                 self.counters.add_drop(DropReason::TxRingFull);
@@ -900,31 +1102,27 @@ const MAKE_ROOM_ROUNDS: usize = 8;
 /// Get `need` free frames and TX slots on `dst` for the segments of one
 /// GSO frame: commit what is pending and reap completions, a bounded
 /// number of times. Whatever is still missing is lost (`gso_tx_full`).
-fn make_room<Q: PortQueue>(dst: &mut Active<Q>, need: usize, wc: &WorkerCounters, worker: usize) {
+fn make_room<Q: PortQueue>(
+    dst: &mut Active<Q>,
+    free: &mut Vec<FrameOf<Q>>,
+    need: usize,
+    wc: &WorkerCounters,
+    worker: usize,
+) {
     for _ in 0..MAKE_ROOM_ROUNDS {
-        if dst.free.len() >= need && dst.pending.len() + need <= dst.queue.tx_room() {
+        if free.len() >= need && dst.pending.len() + need <= dst.queue.tx_room() {
             return;
         }
         commit(dst, wc, worker);
-        reap(dst);
+        reap(dst, free);
     }
 }
 
-/// Take `a`'s transmitted frames back onto its free list; how many.
-fn reap<Q: PortQueue>(a: &mut Active<Q>) -> usize {
-    let done = a.queue.complete(&mut a.free, MAX_BATCH);
+/// Take `a`'s transmitted frames back onto `free` (its pool's); how many.
+fn reap<Q: PortQueue>(a: &mut Active<Q>, free: &mut Vec<FrameOf<Q>>) -> usize {
+    let done = a.queue.complete(free, MAX_BATCH);
     a.in_tx = a.in_tx.saturating_sub(done);
     done
-}
-
-/// Where queue `a`'s frames are.
-fn census_of<Q: PortQueue>(a: &Active<Q>) -> FrameCensus {
-    FrameCensus {
-        pool: a.queue.pool().frame_count(),
-        rings: a.queue.ring_frames(),
-        free: a.free.len(),
-        pending: a.pending.len(),
-    }
 }
 
 /// What one [`Worker::step`] did.
@@ -938,23 +1136,43 @@ pub enum PassOutcome {
     Disconnected,
 }
 
-/// Where one queue's frames are between passes.
+/// Where one pool's frames are between passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameCensus {
     /// Frames in the pool.
     pub pool: usize,
-    /// In the adapter's rings.
+    /// Queues on the pool.
+    pub queues: usize,
+    /// In the adapter's rings of its queues.
     pub rings: RingFrames,
     /// On the worker's free list.
     pub free: usize,
-    /// Waiting in the worker's TX batch (none after a pass).
+    /// Waiting in the worker's TX batches (none after a pass).
     pub pending: usize,
+    /// Held by the rings of removed queues still closing.
+    pub closing: usize,
 }
 
 impl FrameCensus {
+    const EMPTY: FrameCensus = FrameCensus {
+        pool: 0,
+        queues: 0,
+        rings: RingFrames {
+            fill_or_rx: 0,
+            tx_or_completion: 0,
+        },
+        free: 0,
+        pending: 0,
+        closing: 0,
+    };
+
     /// Frames found somewhere.
     pub fn counted(&self) -> usize {
-        self.rings.fill_or_rx + self.rings.tx_or_completion + self.free + self.pending
+        self.rings.fill_or_rx
+            + self.rings.tx_or_completion
+            + self.free
+            + self.pending
+            + self.closing
     }
 
     /// Every frame found once: none lost, none twice.
@@ -1001,9 +1219,10 @@ fn caps_of<P: FramePool>(pool: &P) -> EgressCaps {
 /// Send `frame` of `a` back out of `a` (a reply, or a frame forwarded to
 /// the port it came from): finished for `a` in place and queued by token
 /// on `a.pending`, or, with the drop reason returned when it cannot leave,
-/// given back to `a.free`.
+/// given back to `free` (its pool's).
 fn send_back<Q: PortQueue>(
     a: &mut Active<Q>,
+    free: &mut Vec<FrameOf<Q>>,
     mut frame: FrameOf<Q>,
     out: Outgoing,
 ) -> Option<DropReason> {
@@ -1013,7 +1232,7 @@ fn send_back<Q: PortQueue>(
             None
         }
         Some(reason) => {
-            a.free.push(frame);
+            free.push(frame);
             Some(reason)
         }
     }
@@ -1057,15 +1276,16 @@ fn finish_in_place<P: FramePool>(
 fn forward<Q: PortQueue>(
     src: &mut Active<Q>,
     dst: &mut Active<Q>,
+    dst_free: &mut Vec<FrameOf<Q>>,
     frame: &mut FrameOf<Q>,
     out: Outgoing,
     wc: &WorkerCounters,
     worker: usize,
 ) -> Option<DropReason> {
-    // The egress frames are of another pool: `buf` is the only reference
-    // into the ingress chunk.
+    // The egress frames are other frames (of this pool or another), and
+    // `frame` is on no list: `buf` is the only reference into its chunk.
     let (buf, _) = src.queue.pool().buffer_mut(frame);
-    emit(dst, packet_of(buf, out), out, wc, worker)
+    emit(dst, dst_free, packet_of(buf, out), out, wc, worker)
 }
 
 /// The packet's bytes in `buf`, where the pipeline left them.
@@ -1085,6 +1305,7 @@ fn packet_of(buf: &mut [u8], out: Outgoing) -> &mut [u8] {
 /// packet (or part of it) was lost.
 fn emit<Q: PortQueue>(
     dst: &mut Active<Q>,
+    free: &mut Vec<FrameOf<Q>>,
     from: &mut [u8],
     out: Outgoing,
     wc: &WorkerCounters,
@@ -1099,9 +1320,9 @@ fn emit<Q: PortQueue>(
     let header = match offload::finish(inner, out.csum, &out.offload, caps) {
         Ok(Finished::Send(header)) => header,
         Ok(Finished::Segment(plan)) => {
-            make_room(dst, plan.count, wc, worker);
+            make_room(dst, free, plan.count, wc, worker);
             for s in 0..plan.count {
-                let Some(mut e) = dst.free.pop() else {
+                let Some(mut e) = free.pop() else {
                     return Some(DropReason::GsoTxFull);
                 };
                 let dp = dst.queue.pool();
@@ -1113,7 +1334,7 @@ fn emit<Q: PortQueue>(
                         dst.pending.push(e);
                     }
                     None => {
-                        dst.free.push(e);
+                        free.push(e);
                         return Some(DropReason::FrameTooBig);
                     }
                 }
@@ -1136,16 +1357,16 @@ fn emit<Q: PortQueue>(
             return None;
         }
     }
-    let Some(mut e) = dst.free.pop() else {
+    let Some(mut e) = free.pop() else {
         return Some(DropReason::NoEgressFrame);
     };
     let dp = dst.queue.pool();
     let to = dp.buf_mut(&mut e);
     if len > to.len() {
         let per_frame = to.len();
-        dst.free.push(e);
+        free.push(e);
         return if dp.takes_chains() {
-            emit_chain(dst, from, per_frame, wc, worker)
+            emit_chain(dst, free, from, per_frame, wc, worker)
         } else {
             Some(DropReason::FrameTooBig)
         };
@@ -1164,6 +1385,7 @@ fn emit<Q: PortQueue>(
 /// `dst.pending`: the whole chain or, with the reason returned, nothing.
 fn emit_chain<Q: PortQueue>(
     dst: &mut Active<Q>,
+    free: &mut Vec<FrameOf<Q>>,
     from: &[u8],
     per_frame: usize,
     wc: &WorkerCounters,
@@ -1173,16 +1395,12 @@ fn emit_chain<Q: PortQueue>(
     if per_frame == 0 || need > crate::io::afxdp::MAX_CHAIN {
         return Some(DropReason::FrameTooBig);
     }
-    make_room(dst, need, wc, worker);
-    let Some(first) = dst.free.len().checked_sub(need) else {
+    make_room(dst, free, need, wc, worker);
+    let Some(first) = free.len().checked_sub(need) else {
         return Some(DropReason::NoEgressFrame);
     };
     let dp = dst.queue.pool();
-    for (i, (piece, mut e)) in from
-        .chunks(per_frame)
-        .zip(dst.free.drain(first..))
-        .enumerate()
-    {
+    for (i, (piece, mut e)) in from.chunks(per_frame).zip(free.drain(first..)).enumerate() {
         dp.buf_mut(&mut e)[..piece.len()].copy_from_slice(piece);
         dp.set_len(&mut e, piece.len());
         dp.set_continues(&mut e, i + 1 < need);

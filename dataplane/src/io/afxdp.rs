@@ -49,6 +49,7 @@
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::{fs, io};
 
@@ -150,42 +151,162 @@ const XDP_PKT_CONTD: u32 = 1;
 /// Size of each of a socket's four rings.
 pub const RING_SIZE: u32 = 1024;
 
-/// A socket's UMEM.
+/// The frames of one UMEM: each frame's descriptor as the UMEM made it
+/// (frame `i` at chunk `i`), the pool id their tokens carry, and whether
+/// the tokens were issued. Shared by every socket on the UMEM.
+struct UmemFrames {
+    descs: Box<[FrameDesc]>,
+    id: PoolId,
+    issued: AtomicBool,
+    /// A worker's UMEM, shared by its sockets on several ports
+    /// ([`WorkerUmem`]): a closed socket's frames come back to the worker
+    /// ([`XskRings::close`]) instead of going with the UMEM.
+    shared: bool,
+}
+
+impl UmemFrames {
+    fn new(descs: Vec<FrameDesc>, shared: bool) -> Arc<UmemFrames> {
+        Arc::new(UmemFrames {
+            descs: descs.into_boxed_slice(),
+            id: PoolId::fresh(),
+            issued: AtomicBool::new(false),
+            shared,
+        })
+    }
+
+    /// The frame a descriptor of this UMEM names (aligned chunks of
+    /// [`FRAME_SIZE`]).
+    fn index_of(d: &FrameDesc) -> usize {
+        d.addr() / FRAME_SIZE as usize
+    }
+}
+
+/// One worker's UMEM, shared by its sockets on every pod veth and the host
+/// port (`XDP_SHARED_UMEM`, each socket with fill and completion rings of
+/// its own): its frames are the worker's, not a port's, so memory does not
+/// grow with pods.
+///
+/// libxdp makes the UMEM's own file descriptor the first socket created on
+/// it and closes it only with the UMEM, and the kernel binds a shared
+/// socket only while that first one is bound. So the first socket is an
+/// anchor that lives as long as the UMEM: bound (copy mode, multi-buffer,
+/// need-wakeup, which every later socket inherits) to `lo` of a network
+/// namespace of its own, made for it and kept alive by the socket alone,
+/// where no XDP program ever redirects a frame to it. No pod's port is the
+/// anchor, so every port can be closed and its interface bound again.
+pub struct WorkerUmem {
+    /// The anchor's rings (the socket goes with the last of them); before
+    /// `umem`, whose last handle deletes the UMEM.
+    _anchor: (TxQueue, RxQueue, FillQueue, CompQueue),
+    umem: Umem,
+    frames: Arc<UmemFrames>,
+}
+
+impl WorkerUmem {
+    /// A UMEM of `frames` frames and its anchor socket, made on a thread of
+    /// its own that moves into a new network namespace first (the UMEM's
+    /// socket, and so the anchor, belong to that namespace). The calling
+    /// thread's namespace is untouched.
+    pub fn new(frames: u32) -> Result<WorkerUmem, String> {
+        std::thread::Builder::new()
+            .name("ferry-umem".into())
+            .spawn(move || {
+                // SAFETY: unshare(2) with CLONE_NEWNET changes only this
+                // thread's network namespace; the thread ends right after.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+                    return Err(format!(
+                        "a network namespace for the UMEM's anchor socket: {}",
+                        io::Error::last_os_error()
+                    ));
+                }
+                let (umem, descs) = Umem::new(
+                    umem_config().map_err(|e| e.to_string())?,
+                    NonZeroU32::new(frames.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN),
+                    false,
+                )
+                .map_err(|e| format!("UMEM of {frames} frames: {e}"))?;
+                let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
+                let lo: Interface = "lo"
+                    .parse()
+                    .map_err(|e: std::ffi::NulError| e.to_string())?;
+                // SAFETY: the UMEM is fresh, so this is its first socket
+                // (libxdp's own program load is inhibited anyway).
+                let (tx, rx, rings) = unsafe {
+                    Socket::new(socket_config_in(ring, BindMode::Copy, true), &umem, &lo, 0)
+                }
+                .map_err(|e| format!("the UMEM's anchor socket on lo: {e}"))?;
+                let (fill, comp) =
+                    rings.ok_or("libxdp returned no fill/completion rings for a new UMEM")?;
+                Ok(WorkerUmem {
+                    _anchor: (tx, rx, fill, comp),
+                    umem,
+                    frames: UmemFrames::new(descs, true),
+                })
+            })
+            .map_err(|e| format!("a thread to make the UMEM: {e}"))?
+            .join()
+            .map_err(|_| "the thread making the UMEM panicked".to_string())?
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.frames.descs.len()
+    }
+}
+
+/// The frame layout of every UMEM: chunks of [`FRAME_SIZE`], the kernel's
+/// headroom only, rings of [`RING_SIZE`].
+fn umem_config() -> Result<UmemConfig, String> {
+    let ring = QueueSize::new(RING_SIZE).map_err(|e| e.to_string())?;
+    UmemConfig::builder()
+        .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| e.to_string())?)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .frame_headroom(0)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A socket's view of its UMEM: a [`WorkerUmem`] shared with the worker's
+/// other sockets, or one of its own (the uplink's).
 pub struct XskPool {
     umem: Umem,
-    /// Every frame, until [`XskPool::take_frames`] issues their tokens.
-    descs: Vec<FrameDesc>,
-    frames: usize,
-    id: PoolId,
+    frames: Arc<UmemFrames>,
     /// Bound with `XDP_USE_SG`: a packet may span several frames.
     chains: bool,
 }
 
 impl XskPool {
     pub fn id(&self) -> PoolId {
-        self.id
+        self.frames.id
     }
 
     pub fn frame_count(&self) -> usize {
-        self.frames
+        self.frames.descs.len()
     }
 
-    /// Push a token of every frame onto `out` the first time; nothing
-    /// later. How many.
+    /// Whether other sockets share the UMEM.
+    pub fn shared(&self) -> bool {
+        self.frames.shared
+    }
+
+    /// Push a token of every frame onto `out` the first time any socket
+    /// of the UMEM is asked; nothing later. How many.
     pub fn take_frames<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>) -> usize {
-        let descs = std::mem::take(&mut self.descs);
-        out.reserve(descs.len());
-        for d in &descs {
-            // SAFETY: `Umem::new` returns each frame's descriptor once; the
-            // list is emptied here, so each gets one token, and no ring
-            // holds any frame yet.
-            out.push(unsafe { Owned::from_raw(D::wrap(*d), self.id) });
+        if self.frames.issued.swap(true, Ordering::AcqRel) {
+            return 0;
         }
-        descs.len()
+        out.reserve(self.frames.descs.len());
+        for d in self.frames.descs.iter() {
+            // SAFETY: each frame's descriptor, once (`issued` was clear
+            // and is set now, for every socket of the UMEM); no ring holds
+            // any frame yet.
+            out.push(unsafe { Owned::from_raw(D::wrap(*d), self.frames.id) });
+        }
+        self.frames.descs.len()
     }
 
     fn own<'a, D: Holds<FrameDesc>>(&self, frame: &'a Owned<D>) -> Option<&'a FrameDesc> {
-        (frame.pool() == self.id)
+        (frame.pool() == self.frames.id)
             .then(|| frame.desc().get())
             .flatten()
     }
@@ -246,7 +367,7 @@ impl XskPool {
     /// Transmit `frame` as followed by more of its packet (`more`), or as
     /// a packet's last (or only) frame.
     pub fn set_frame_continues<D: Holds<FrameDesc>>(&self, frame: &mut Owned<D>, more: bool) {
-        if frame.pool() != self.id {
+        if frame.pool() != self.frames.id {
             return;
         }
         // SAFETY: only the descriptor's options change, never the frame
@@ -262,7 +383,7 @@ impl XskPool {
     }
 
     pub fn set_frame_len<D: Holds<FrameDesc>>(&self, frame: &mut Owned<D>, len: usize) {
-        if frame.pool() != self.id {
+        if frame.pool() != self.frames.id {
             return;
         }
         // SAFETY: only the length is changed, never the frame named.
@@ -295,6 +416,12 @@ pub struct XskRings {
     in_fill: usize,
     /// Frames given to the TX ring and not yet completed.
     in_tx: usize,
+    /// A bit per frame of the UMEM: given to this socket's fill or TX ring
+    /// and not yet received or completed (the carried chain start too).
+    /// Those the kernel never gave back when the socket closes go back to
+    /// the worker ([`XskRings::close`]).
+    held: Vec<u64>,
+    frames: Arc<UmemFrames>,
 }
 
 /// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
@@ -333,7 +460,23 @@ fn bare<D: Holds<FrameDesc>>(
     true
 }
 
-/// Push a token for each of `descs` onto `out`.
+/// Mark each frame of `descs` as held by a ring (`on`) or not.
+fn mark(held: &mut [u64], descs: &[FrameDesc], on: bool) {
+    for d in descs {
+        let i = UmemFrames::index_of(d);
+        if let Some(word) = held.get_mut(i / 64) {
+            let bit = 1u64 << (i % 64);
+            if on {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+}
+
+/// Push a token for each of `descs` onto `out`, and mark them no longer
+/// held by a ring.
 ///
 /// # Safety
 ///
@@ -341,7 +484,13 @@ fn bare<D: Holds<FrameDesc>>(
 /// `pool`'s UMEM. The kernel hands a frame back once per time it was given
 /// one, and it was given each by consuming its token (`fill`, `tx`), so
 /// these are the frames' only tokens.
-unsafe fn adopt<D: Holds<FrameDesc>>(descs: &[FrameDesc], pool: PoolId, out: &mut Vec<Owned<D>>) {
+unsafe fn adopt<D: Holds<FrameDesc>>(
+    descs: &[FrameDesc],
+    pool: PoolId,
+    held: &mut [u64],
+    out: &mut Vec<Owned<D>>,
+) {
+    mark(held, descs, false);
     for d in descs {
         // SAFETY: the caller's contract, above.
         out.push(unsafe { Owned::from_raw(D::wrap(*d), pool) });
@@ -377,7 +526,7 @@ impl XskRings {
         self.carry.extend_from_slice(&self.scratch[whole..have]);
         // SAFETY: consumed from this UMEM's RX ring, now or (the carried
         // start) by an earlier call that gave them no token.
-        unsafe { adopt(&self.scratch[..whole], self.pool, out) };
+        unsafe { adopt(&self.scratch[..whole], self.pool, &mut self.held, out) };
         self.in_fill = self.in_fill.saturating_sub(whole);
         whole
     }
@@ -395,6 +544,7 @@ impl XskRings {
         // so no one else references these frames while the kernel has them.
         let sent = unsafe { self.tx.produce(&self.scratch) };
         if sent == n {
+            mark(&mut self.held, &self.scratch, true);
             frames.drain(..n);
             self.in_tx += n;
             n
@@ -427,6 +577,7 @@ impl XskRings {
         // consumed exactly when the ring took them.
         let given = unsafe { self.fill.produce(&self.scratch) };
         if given == n {
+            mark(&mut self.held, &self.scratch, true);
             free.truncate(from);
             self.in_fill += n;
             n
@@ -449,7 +600,7 @@ impl XskRings {
         // frames of this queue's UMEM.
         let n = unsafe { self.comp.consume(&mut self.scratch[..max]) };
         // SAFETY: just consumed from this UMEM's completion ring.
-        unsafe { adopt(&self.scratch[..n], self.pool, out) };
+        unsafe { adopt(&self.scratch[..n], self.pool, &mut self.held, out) };
         self.in_tx = self.in_tx.saturating_sub(n);
         n
     }
@@ -464,6 +615,47 @@ impl XskRings {
 
     pub fn poll_fd(&self) -> Option<RawFd> {
         Some(self.rx.fd().as_raw_fd())
+    }
+
+    /// Close the socket, then hand back a token for every frame of a
+    /// shared UMEM that its rings held: the kernel returns none of a
+    /// closed socket's fill, RX, TX or completion ring, and once the
+    /// socket is released (`close(2)` unbinds it, waiting for the RCU
+    /// readers of the device) it writes to none of them. Nothing for a
+    /// UMEM of its own, whose frames go with it. Blocks ~10 ms (the
+    /// unbind's grace period).
+    pub fn close<D: Holds<FrameDesc>>(self) -> Vec<Owned<D>> {
+        let XskRings {
+            tx,
+            rx,
+            fill,
+            comp,
+            held,
+            frames,
+            ..
+        } = self;
+        // The socket is deleted (libxdp closes its fd) with the last of
+        // its four rings.
+        drop((tx, rx, fill, comp));
+        if !frames.shared {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (w, word) in held.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(d) = <[FrameDesc]>::get(&frames.descs, i) {
+                    // SAFETY: frame `i` was given to this socket's rings
+                    // (its token consumed) and never came back; the socket
+                    // is closed, so no ring holds it, and no other token
+                    // names it. Its descriptor is the UMEM's original.
+                    out.push(unsafe { Owned::from_raw(D::wrap(*d), frames.id) });
+                }
+            }
+        }
+        out
     }
 
     /// `getsockopt(XDP_STATISTICS)` of the socket.
@@ -676,16 +868,29 @@ impl Drop for XdpAttachment {
 
 /// The real backend: XDP via aya, sockets via xsk-rs.
 pub struct AfXdpBackend {
+    /// Frames of the UMEM of each uplink socket (one per worker).
     pub frames_per_queue: u32,
+    /// Frames of each worker's UMEM, shared by its sockets on every pod
+    /// veth and the host port.
+    pub frames_per_worker: u32,
     /// The redirect program of veths and the host port, once one was opened.
     pub redirect: Option<Arc<Mutex<SharedRedirect>>>,
+    /// Each worker's shared UMEM, made at the first veth or host port.
+    umems: Vec<WorkerUmem>,
 }
+
+/// Default frames of a worker's shared UMEM: 16384 x 2 KiB = 32 MiB, room
+/// for a hundred idle pods' fill rings (a few dozen frames each) beside a
+/// few busy ones (up to 1024 each) and the frames in flight.
+pub const DEFAULT_FRAMES_PER_WORKER: u32 = 16384;
 
 impl Default for AfXdpBackend {
     fn default() -> Self {
         AfXdpBackend {
             frames_per_queue: 2 * RING_SIZE,
+            frames_per_worker: DEFAULT_FRAMES_PER_WORKER,
             redirect: None,
+            umems: Vec::new(),
         }
     }
 }
@@ -788,12 +993,16 @@ fn mode_name(native: bool, bind: BindMode) -> &'static str {
 }
 
 impl AfXdpBackend {
+    /// Worker `queue`'s socket on queue `queue` of `ifname`: on the
+    /// worker's shared UMEM when `shared` is given, else on a UMEM of its
+    /// own of `frames_per_queue` frames.
     fn socket(
         &self,
         ifname: &str,
         queue: u32,
         bind: BindMode,
         chains: bool,
+        shared: Option<&WorkerUmem>,
     ) -> Result<XskQueue, PortError> {
         let err = |cause: String| PortError::Socket {
             ifname: ifname.to_string(),
@@ -806,29 +1015,35 @@ impl AfXdpBackend {
             cause,
         };
         let ring = QueueSize::new(RING_SIZE).map_err(|e| err(e.to_string()))?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| pool_err(e.to_string()))?)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .frame_headroom(0)
-            .build()
-            .map_err(|e| pool_err(e.to_string()))?;
-        let frames =
-            NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE)).unwrap_or(NonZeroU32::MIN);
-        let (umem, descs) =
-            Umem::new(umem_config, frames, false).map_err(|e| pool_err(e.to_string()))?;
+        let (umem, frames) = match shared {
+            Some(w) => (w.umem.clone(), Arc::clone(&w.frames)),
+            None => {
+                let frames = NonZeroU32::new(self.frames_per_queue.max(2 * RING_SIZE))
+                    .unwrap_or(NonZeroU32::MIN);
+                let (umem, descs) = Umem::new(umem_config().map_err(pool_err)?, frames, false)
+                    .map_err(|e| pool_err(e.to_string()))?;
+                (umem, UmemFrames::new(descs, false))
+            }
+        };
+        // On a shared UMEM libxdp binds with XDP_SHARED_UMEM alone: the
+        // mode, multi-buffer and need-wakeup are the anchor's.
         let config = socket_config_in(ring, bind, chains);
         let iface: Interface = ifname
             .parse()
             .map_err(|e: std::ffi::NulError| err(e.to_string()))?;
-        // SAFETY: the UMEM is fresh, so this socket is its only one (the
-        // shared-UMEM double-free caveat of `Socket::new` does not apply),
-        // and libxdp's program load is inhibited anyway.
+        // SAFETY: a UMEM of its own is fresh, so this socket is its only
+        // one; on a worker's UMEM this (interface, queue) is not bound yet
+        // (each port is opened once, and its sockets are one per queue), so
+        // libxdp makes it fill and completion rings of its own. libxdp's
+        // program load is inhibited (the shared-UMEM double-free caveat of
+        // `Socket::new`).
         let (tx, rx, rings) =
             unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| err(e.to_string()))?;
-        let (fill, comp) = rings
-            .ok_or_else(|| err("libxdp returned no fill/completion rings for a new UMEM".into()))?;
-        let id = PoolId::fresh();
+        let (fill, comp) = rings.ok_or_else(|| {
+            err("libxdp returned no fill/completion rings: the queue is bound already".into())
+        })?;
+        let id = frames.id;
+        let words = frames.descs.len().div_ceil(64);
         Ok(XskQueue {
             rings: XskRings {
                 tx,
@@ -840,15 +1055,30 @@ impl AfXdpBackend {
                 carry: Vec::with_capacity(MAX_CHAIN),
                 in_fill: 0,
                 in_tx: 0,
+                held: vec![0; words],
+                frames: Arc::clone(&frames),
             },
             pool: XskPool {
                 umem,
-                frames: descs.len(),
-                descs,
-                id,
+                frames,
                 chains,
             },
         })
+    }
+
+    /// Make the shared UMEM of each of `workers` workers that has none yet.
+    fn make_worker_umems(&mut self, workers: usize) -> Result<(), String> {
+        while self.umems.len() < workers {
+            let umem = WorkerUmem::new(self.frames_per_worker)?;
+            log::info!(
+                "worker {}: a UMEM of {} frames ({} MiB) for its pod and host-port sockets",
+                self.umems.len(),
+                umem.frame_count(),
+                (umem.frame_count() * FRAME_SIZE as usize) >> 20
+            );
+            self.umems.push(umem);
+        }
+        Ok(())
     }
 }
 
@@ -903,7 +1133,7 @@ impl PortBackend for AfXdpBackend {
                 // Its maps filled before it is attached.
                 crate::io::uplink::configure(ifname, &mut ebpf, uplink)?;
                 let attachment = XdpAttachment::new(ifname, Loaded::Own(ebpf), UPLINK.name);
-                self.attach_and_bind(attachment, true, Some(fit.now), workers)
+                self.attach_and_bind(attachment, true, Some(fit.now), workers, false)
             }
             PortKind::Xdp(role) => {
                 let ifindex = if_index(ifname).ok_or_else(|| PortError::NoSuchInterface {
@@ -911,6 +1141,12 @@ impl PortBackend for AfXdpBackend {
                 })?;
                 // Before anything is attached: only ferry's veths get a program.
                 crate::io::link::check_veth(ifname, *role)?;
+                self.make_worker_umems(workers)
+                    .map_err(|cause| PortError::Pool {
+                        ifname: ifname.to_string(),
+                        queue: 0,
+                        cause,
+                    })?;
                 let shared = self.shared_redirect(ifname)?;
                 let slot = lock(&shared)
                     .take_slot()
@@ -926,7 +1162,7 @@ impl PortBackend for AfXdpBackend {
                     ifindex,
                 };
                 let attachment = XdpAttachment::new(ifname, loaded, REDIRECT.name);
-                self.attach_and_bind(attachment, false, queue_count(ifname), workers)
+                self.attach_and_bind(attachment, false, queue_count(ifname), workers, true)
             }
             PortKind::Tap { .. } => Err(PortError::Unsupported {
                 ifname: ifname.to_string(),
@@ -980,13 +1216,16 @@ impl AfXdpBackend {
     /// for every `i` below `queues` (when known) and [`MAX_QUEUES`],
     /// registering each in `xsks`, then (a shared program) the port's slot.
     /// Workers beyond get `None`; when `queues` is unknown, the first
-    /// refused bind beyond queue 0 ends the bound ones.
+    /// refused bind beyond queue 0 ends the bound ones. Worker `i`'s
+    /// socket is made on its shared UMEM when `shared` (made already), else
+    /// on a UMEM of its own.
     fn attach_and_bind(
         &self,
         mut attachment: XdpAttachment,
         try_zerocopy: bool,
         queues: Option<u32>,
         workers: usize,
+        shared: bool,
     ) -> Result<Opened<XdpAttachment, NodeQueue>, PortError> {
         let ifname = attachment.ifname.clone();
         let ifname = ifname.as_str();
@@ -1009,11 +1248,12 @@ impl AfXdpBackend {
                 sockets.push(None);
                 continue;
             }
-            let socket = match self.socket(ifname, i, bind, chains) {
+            let umem = <[WorkerUmem]>::get(&self.umems, i as usize).filter(|_| shared);
+            let socket = match self.socket(ifname, i, bind, chains, umem) {
                 Err(e) if i == 0 && bind == BindMode::ZeroCopy => {
                     log::info!("{ifname}: no zero-copy AF_XDP ({e}); binding in copy mode");
                     bind = BindMode::Copy;
-                    self.socket(ifname, i, bind, chains)
+                    self.socket(ifname, i, bind, chains, umem)
                 }
                 other => other,
             };
@@ -1083,13 +1323,12 @@ mod tests {
         let (umem, descs) = Umem::new(cfg, NonZeroU32::new(4).unwrap(), false).unwrap();
         let mut pool = XskPool {
             umem,
-            descs,
-            frames: 4,
-            id: PoolId::fresh(),
+            frames: UmemFrames::new(descs, false),
             chains: true,
         };
         let mut frames: Vec<Owned<FrameDesc>> = Vec::new();
         assert_eq!(pool.take_frames(&mut frames), 4);
+        assert_eq!(pool.take_frames(&mut frames), 0, "tokens are issued once");
         // A chain's marks: set for TX, read back as RX would show them.
         assert!(pool.takes_chains());
         assert!(

@@ -15,7 +15,7 @@ use ferry_api::table::MtuLimits;
 use crate::core::pipeline::Offload;
 use crate::io::afxdp::{AfXdpBackend, XdpAttachment, XskPool, XskQueue, XskRings};
 use crate::io::port::{
-    FramePool, Holds, Opened, Owned, PortBackend, PortError, PortKind, PortQueue, PortSpec,
+    FramePool, Holds, Opened, Owned, PoolId, PortBackend, PortError, PortKind, PortQueue, PortSpec,
     RingFrames,
 };
 use crate::io::tap::{TapAttachment, TapBackend, TapDesc, TapIo, TapPool, TapQueue};
@@ -70,6 +70,17 @@ impl FramePool for NodePool {
             NodePool::Xsk(p) => p.frame_count(),
             NodePool::Tap(p) => p.frame_count(),
         }
+    }
+
+    fn id(&self) -> PoolId {
+        match self {
+            NodePool::Xsk(p) => p.id(),
+            NodePool::Tap(p) => p.id(),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        matches!(self, NodePool::Xsk(p) if p.shared())
     }
 
     fn len_of(&self, frame: &Frame) -> usize {
@@ -177,6 +188,17 @@ impl PortQueue for NodeQueue {
             NodePool::Xsk(p) => p.take_frames(out),
             NodePool::Tap(p) => p.take_frames(out),
         }
+    }
+
+    fn close(self) -> Vec<Frame> {
+        let NodeQueue { io, pool } = self;
+        // The rings (the socket) before their UMEM.
+        let frames = match io {
+            NodeIo::Xsk(rings) => rings.close(),
+            NodeIo::Tap(_) => Vec::new(),
+        };
+        drop(pool);
+        frames
     }
 
     fn rx(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {

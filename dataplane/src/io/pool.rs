@@ -191,6 +191,10 @@ impl FramePool for MemPool {
         self.frames
     }
 
+    fn id(&self) -> PoolId {
+        self.id
+    }
+
     fn len_of(&self, frame: &Owned<MemDesc>) -> usize {
         self.frame_len(frame)
     }

@@ -126,6 +126,17 @@ pub trait FramePool: Send + 'static {
     /// Frames in the pool.
     fn frame_count(&self) -> usize;
 
+    /// The id every token of this pool carries.
+    fn id(&self) -> PoolId;
+
+    /// Whether the pool is shared by several queues (a worker's UMEM): its
+    /// frames are the worker's, they outlive each queue, and a closed
+    /// queue hands back the ones its rings held ([`PortQueue::close`]).
+    /// A pool of one queue goes with it, frames and all.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Length of the frame data.
     fn len_of(&self, frame: &Owned<Self::Desc>) -> usize;
 
@@ -213,6 +224,16 @@ pub trait PortQueue: Send + 'static {
     /// it is called (the pool is new, every frame free); nothing later.
     /// How many.
     fn take_frames(&mut self, out: &mut Vec<FrameOf<Self>>) -> usize;
+
+    /// Close the queue (blocking as long as the kernel takes) and hand
+    /// back a token for every frame of a shared pool its rings held; none
+    /// for a pool of its own, which goes with it.
+    fn close(self) -> Vec<FrameOf<Self>>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
 
     /// Push up to `max` received frames onto `out`; how many. Whole
     /// packets only: a pool with chains may deliver a few more than `max`
