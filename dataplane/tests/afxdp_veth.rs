@@ -466,6 +466,75 @@ fn jumbo_pods_exchange_frames_larger_than_a_chunk_as_chains() {
     assert!(cached.contains("mtu 1500"), "{cached}");
 }
 
+/// The sockets of a worker on every pod veth and the host port share its
+/// UMEM: a pod's port removed and added again, round after round, binds
+/// its veth again (no port is the UMEM's anchor) and hands back every
+/// frame its rings held, so the worker's frames all come home.
+#[test]
+fn ports_share_the_workers_umem_and_give_their_frames_back() {
+    let mut topo = Topo::new("sh", &["pa", "pb"]);
+    let node = topo.node.clone();
+    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
+    pod_ns(&topo, &pa, "fysa", A);
+    pod_ns(&topo, &pb, "fysb", B);
+    let kernel_mac = host_port(&node);
+    let (_sock, mut c) = start_dataplane_with(&mut topo, &["--frames-per-worker", "2048"]);
+    let reply = c.call(&Request::Sync {
+        node: node_settings("ferry0dp", kernel_mac),
+        endpoints: vec![endpoint("a/eth0", "fysa", A), endpoint("b/eth0", "fysb", B)],
+        routes: vec![],
+    });
+    assert!(
+        matches!(reply, Response::Applied { ref missing, .. } if missing.is_empty()),
+        "{reply:?}"
+    );
+    ping(&pa, B, "2").expect("pod A pings pod B");
+    const ROUNDS: usize = 12;
+    for round in 0..ROUNDS {
+        let reply = c.call(&Request::RemoveEndpoint {
+            id: "b/eth0".into(),
+        });
+        assert!(
+            matches!(reply, Response::Applied { .. }),
+            "{round}: {reply:?}"
+        );
+        let reply = c.call(&Request::UpsertEndpoint {
+            endpoint: endpoint("b/eth0", "fysb", B),
+        });
+        assert!(
+            matches!(reply, Response::Applied { .. }),
+            "{round}: {reply:?}"
+        );
+        ping(&pb, A, "2").unwrap_or_else(|e| panic!("round {round}: pod B after re-adding: {e}"));
+    }
+    // The census is published about once a second, idle or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let umem = loop {
+        let s = c.stats();
+        let u = s.workers[0]
+            .umem
+            .expect("a shared UMEM once veth ports exist");
+        if u.closing == 0 && u.free + u.in_rings == u.frames {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "frames did not come home: {u:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(umem.frames, 2048, "{umem:?}");
+    // Three sockets (two pods and the host port) with small budgets, and
+    // nothing left with the ports removed.
+    assert_eq!(
+        umem.fill_budget,
+        3 * 32,
+        "idle queues keep the least: {umem:?}"
+    );
+    assert!(umem.in_rings <= 3 * 32, "{umem:?}");
+    let s = c.stats();
+    let b = port(&s, "fysb");
+    assert_eq!(b.kernel["rx_invalid_descs"], 0, "{b:?}");
+    assert_eq!(b.kernel["tx_invalid_descs"], 0, "{b:?}");
+}
+
 /// Port `name`'s counters in `s`.
 fn port(s: &Stats, name: &str) -> ferry_api::table::PortStats {
     s.ports

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::core::pipeline::fixtures::{
     arp_frame, echo_request, gso_tcp4, mac_of, make_partial, tables, tcp_frame, GW, NO_POD, PODS,
 };
-use crate::engine::worker::PassOutcome;
+use crate::engine::worker::{PassOutcome, FILL_TARGET_MIN};
 use crate::sim::{MemWire, SimNode};
 
 const A: Ipv4Addr = PODS[0].1;
@@ -126,6 +126,96 @@ fn removing_a_port_with_frames_in_flight() {
     assert_eq!(sim.worker().queue_count(), 2, "fy2's queue is gone");
     assert_eq!(sim.worker().census().count(), 2, "and its pool");
     assert_eq!(drops(&sim, "fy1", "port_gone"), Some(1));
+}
+
+/// Pods on one shared pool (as AF_XDP sockets on a worker's UMEM):
+/// forwarded frames come from and go back to the one free list; a port
+/// removed with frames in its rings hands them back once closed.
+#[test]
+fn a_removed_port_of_a_shared_pool_hands_its_frames_back() {
+    let mut sim = SimNode::shared(512, 64);
+    sim.add_port("ferry0dp", 0, false);
+    let a = sim.add_port("fy1", PODS[0].0, false);
+    let b = sim.add_port("fy2", PODS[1].0, false);
+    sim.publish(tables());
+    sim.step();
+    let pools: Vec<_> = sim.worker().census().collect();
+    assert_eq!(pools.len(), 1, "one pool: {pools:?}");
+    assert_eq!(pools[0].queues, 3);
+    assert_eq!(pools[0].rings.fill_or_rx, 3 * FILL_TARGET_MIN);
+    b.stall_tx(true);
+    for i in 0..10u16 {
+        a.inject(0, echo_request(A, B, 64, &i.to_be_bytes()));
+    }
+    sim.step();
+    assert_eq!(b.take_sent().len(), 10);
+    assert_eq!(sim.worker().ring_frames_of(2).unwrap().tx_or_completion, 10);
+    sim.remove_port("fy2");
+    sim.step();
+    // Its fill ring's frames and the 10 in its TX ring: closing, then back
+    // (the queue is closed on a thread of its own).
+    let held = FILL_TARGET_MIN + 10;
+    let mut closing = sim.worker().census().next().unwrap().closing;
+    assert!(closing == held || closing == 0, "{closing}");
+    for _ in 0..200 {
+        if closing == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        sim.step();
+        closing = sim.worker().census().next().unwrap().closing;
+    }
+    let pool = sim.worker().census().next().unwrap();
+    assert_eq!(pool.closing, 0, "{pool:?}");
+    assert_eq!(pool.queues, 2);
+    assert_eq!(pool.free + pool.rings.fill_or_rx, 512, "{pool:?}");
+    // Traffic goes on on the rest.
+    a.inject(0, echo_request(A, GW, 64, b"gw"));
+    sim.step();
+    assert_eq!(a.take_sent().len(), 1);
+}
+
+/// A queue of a shared pool starts with a small fill budget, doubles it
+/// while its ring runs nearly dry, and halves it back for each second it
+/// received nothing; a pool of its own keeps half the pool.
+#[test]
+fn fill_budgets_on_a_shared_pool_follow_the_traffic() {
+    let mut sim = SimNode::shared(4096, 64);
+    let a = sim.add_port("fy1", PODS[0].0, false);
+    sim.add_port("fy2", PODS[1].0, false);
+    sim.publish(tables());
+    sim.step();
+    assert_eq!(sim.worker().fill_target_of(1), Some(FILL_TARGET_MIN));
+    for round in 0..6u16 {
+        for i in 0..64u16 {
+            a.inject(0, echo_request(A, B, 64, &(round * 100 + i).to_be_bytes()));
+        }
+        sim.step();
+    }
+    // The in-memory "kernel" takes fill frames only as the worker reads
+    // (64 a pass), so the budget stops at twice that; a real one empties
+    // the ring as fast as packets come.
+    let grown = sim.worker().fill_target_of(1).unwrap();
+    assert_eq!(grown, 128, "a busy queue's budget grows");
+    assert_eq!(sim.worker().fill_target_of(2), Some(FILL_TARGET_MIN));
+    sim.settle(8);
+    sim.worker().read_kernel_stats();
+    assert_eq!(
+        sim.worker().fill_target_of(1),
+        Some(grown),
+        "it had traffic"
+    );
+    for _ in 0..8 {
+        sim.worker().read_kernel_stats();
+    }
+    assert_eq!(sim.worker().fill_target_of(1), Some(FILL_TARGET_MIN));
+    assert_eq!(
+        sim.worker_stats().umem.map(|u| (u.frames, u.closing)),
+        Some((4096, 0))
+    );
+
+    let (mut own, _, _) = node(256, false);
+    assert_eq!(own.worker().fill_target_of(1), Some(128), "half the pool");
 }
 
 /// 8 × 200 frames through 256-frame pools: only works if every frame comes

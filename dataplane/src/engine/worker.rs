@@ -617,11 +617,12 @@ impl<Q: PortQueue> Worker<Q> {
         self.queues_changed();
     }
 
-    /// Copy every socket's kernel counters into its port counters.
-    /// Queues of a shared pool that received nothing since the last
-    /// read get half their fill budget.
-    /// The census of the shared pool goes to the worker's counters.
-    fn read_kernel_stats(&mut self) {
+    /// What the worker does about once a second ([`Worker::run`]; tests
+    /// call it): copy every socket's kernel counters into its port
+    /// counters, halve the fill budget of each queue of a shared pool that
+    /// received nothing since the last time, and publish the shared
+    /// pool's census in the worker's counters.
+    pub fn read_kernel_stats(&mut self) {
         for a in &mut self.queues {
             if let Some(values) = a.queue.kernel_stats() {
                 a.counters.set_kernel(&values);
@@ -672,6 +673,17 @@ impl<Q: PortQueue> Worker<Q> {
     fn refill(&mut self, qi: usize, force: bool) {
         let a = &mut self.queues[qi];
         let free = &mut self.stores[a.store].free;
+        // A fill ring the kernel nearly emptied since the last refill gets
+        // a larger budget, while the pool has the frames (not the first
+        // fill of a new queue, forced, whose ring is empty).
+        if a.adaptive
+            && !force
+            && a.fill_target < FILL_TARGET_MAX
+            && free.len() > 2 * a.fill_target
+            && a.queue.fill_room() + a.fill_target / 4 > a.queue.fill_capacity()
+        {
+            a.fill_target *= 2;
+        }
         let missing = a.fill_target.saturating_sub(a.in_fill);
         let batched = !a.queue.fill_is_local();
         if missing == 0 || (!force && batched && missing < REFILL_MIN && a.in_fill > 0) {
@@ -732,15 +744,6 @@ impl<Q: PortQueue> Worker<Q> {
             let a = &mut self.queues[qi];
             a.in_fill = a.in_fill.saturating_sub(n);
             a.received += n;
-            // A fill ring that nearly ran dry gets a larger budget, while
-            // the pool has the frames.
-            if a.adaptive
-                && a.in_fill < a.fill_target / 4
-                && a.fill_target < FILL_TARGET_MAX
-                && self.stores[a.store].free.len() > 2 * a.fill_target
-            {
-                a.fill_target *= 2;
-            }
             let pool = a.queue.pool();
             // One look at each frame: its bytes, and whether it continues
             // (each frame of a chain but its last). A chain is one packet,

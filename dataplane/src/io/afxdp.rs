@@ -253,6 +253,26 @@ impl WorkerUmem {
     }
 }
 
+/// How long a bind refused with EBUSY is tried again: a closing socket of
+/// the same queue is gone within ~10 ms, a foreign one never.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the kernel refused a socket's bind because the queue is bound.
+fn busy(e: &dyn std::error::Error) -> bool {
+    e.source()
+        .and_then(|c| c.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
+        == Some(libc::EBUSY)
+}
+
+/// An error with the one it came from (xsk-rs keeps the errno there).
+fn with_cause(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// The frame layout of every UMEM: chunks of [`FRAME_SIZE`], the kernel's
 /// headroom only, rings of [`RING_SIZE`].
 fn umem_config() -> Result<UmemConfig, String> {
@@ -1037,8 +1057,23 @@ impl AfXdpBackend {
         // libxdp makes it fill and completion rings of its own. libxdp's
         // program load is inhibited (the shared-UMEM double-free caveat of
         // `Socket::new`).
-        let (tx, rx, rings) =
-            unsafe { Socket::new(config, &umem, &iface, queue) }.map_err(|e| err(e.to_string()))?;
+        //
+        // A socket of the port's last opening may still be closing on its
+        // worker's closing thread (~10 ms; the kernel answers EBUSY until
+        // it is gone): wait for it, a bounded time.
+        let t0 = std::time::Instant::now();
+        let (tx, rx, rings) = loop {
+            match unsafe { Socket::new(config, &umem, &iface, queue) } {
+                Ok(made) => break made,
+                Err(e) if busy(&e) && t0.elapsed() < BUSY_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(err(with_cause(&e))),
+            }
+        };
+        if t0.elapsed() > std::time::Duration::from_millis(5) {
+            log::debug!("{ifname} queue {queue}: bound after {:?}", t0.elapsed());
+        }
         let (fill, comp) = rings.ok_or_else(|| {
             err("libxdp returned no fill/completion rings: the queue is bound already".into())
         })?;

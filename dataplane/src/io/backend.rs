@@ -246,6 +246,13 @@ impl PortQueue for NodeQueue {
         }
     }
 
+    fn fill_capacity(&self) -> usize {
+        match &self.io {
+            NodeIo::Xsk(_) => crate::io::afxdp::RING_SIZE as usize,
+            NodeIo::Tap(io) => io.fill_capacity(),
+        }
+    }
+
     fn kick_rx(&mut self) -> io::Result<bool> {
         match &mut self.io {
             NodeIo::Xsk(rings) => rings.kick_rx(),

@@ -8,6 +8,7 @@
 //! prepended in place.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::core::pipeline::{Offload, FRAME_HEADROOM};
 use crate::io::port::{FramePool, Holds, Owned, PoolId};
@@ -32,12 +33,19 @@ pub struct MemPool {
     offload: bool,
     id: PoolId,
     /// The tokens of every frame were handed out ([`MemPool::take_frames`]).
-    issued: bool,
+    issued: AtomicBool,
+    /// Shared by several queues ([`FramePool::shared`]).
+    shared: bool,
 }
 
 // SAFETY: the pool owns its allocation exclusively (nothing else holds the
 // pointer); moving it to another thread moves that ownership.
 unsafe impl Send for MemPool {}
+// SAFETY: through `&MemPool` a chunk is reached only with the `&mut` of its
+// frame's one token (`frame_buf`, `frame_buffer`), so threads sharing the
+// pool (queues of one shared pool) never reach the same chunk at once; the
+// rest is read-only but `issued`, an atomic.
+unsafe impl Sync for MemPool {}
 
 impl MemPool {
     pub fn new(frames: usize, frame_size: usize) -> MemPool {
@@ -51,8 +59,17 @@ impl MemPool {
             frame_size,
             offload: false,
             id: PoolId::fresh(),
-            issued: false,
+            issued: AtomicBool::new(false),
+            shared: false,
         }
+    }
+
+    /// A pool for several queues ([`FramePool::shared`]), as a worker's
+    /// UMEM is.
+    pub fn shared(frames: usize, frame_size: usize) -> MemPool {
+        let mut pool = MemPool::new(frames, frame_size);
+        pool.shared = true;
+        pool
     }
 
     /// Bytes of data each frame holds (after its headroom).
@@ -75,8 +92,8 @@ impl MemPool {
 
     /// Push a token of every frame onto `out` (as `D::wrap` of the frame)
     /// the first time; nothing later. How many.
-    pub fn take_frames<D: Holds<MemDesc>>(&mut self, out: &mut Vec<Owned<D>>) -> usize {
-        if std::mem::replace(&mut self.issued, true) {
+    pub fn take_frames<D: Holds<MemDesc>>(&self, out: &mut Vec<Owned<D>>) -> usize {
+        if self.issued.swap(true, Ordering::AcqRel) {
             return 0;
         }
         out.reserve(self.frames);
@@ -193,6 +210,10 @@ impl FramePool for MemPool {
 
     fn id(&self) -> PoolId {
         self.id
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
     }
 
     fn len_of(&self, frame: &Owned<MemDesc>) -> usize {

@@ -256,6 +256,10 @@ pub trait PortQueue: Send + 'static {
     /// Free slots in the fill ring.
     fn fill_room(&mut self) -> usize;
 
+    /// Slots of the fill ring: less [`PortQueue::fill_room`], the frames
+    /// given to it that the kernel has not taken yet.
+    fn fill_capacity(&self) -> usize;
+
     /// Give the last `n` frames of `free` (a free list is a stack) to the
     /// fill ring (one commit), removing them; all or none, like
     /// [`PortQueue::tx`].

@@ -213,6 +213,10 @@ impl TapIo {
         self.fill.capacity() - self.fill.len()
     }
 
+    pub fn fill_capacity(&self) -> usize {
+        self.fill.capacity()
+    }
+
     /// Take the last `n` frames of `free` to read into: all if they fit in
     /// [`TapIo::fill_room`], none otherwise. How many.
     pub fn fill<D: Holds<TapDesc>>(

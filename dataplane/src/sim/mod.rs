@@ -199,7 +199,8 @@ const MEM_RING: usize = 256;
 
 /// One worker's queue on a [`MemWire`].
 pub struct MemQueue {
-    pool: MemPool,
+    /// Its own, or the worker's shared one ([`MemBackend::share_pools`]).
+    pool: Arc<MemPool>,
     wire: Arc<MemWire>,
     queue: usize,
     fill: VecDeque<MemDesc>,
@@ -244,6 +245,19 @@ impl PortQueue for MemQueue {
 
     fn take_frames(&mut self, out: &mut Vec<Owned<MemDesc>>) -> usize {
         self.pool.take_frames(out)
+    }
+
+    /// The frames in its rings, handed back when the pool is shared.
+    fn close(self) -> Vec<Owned<MemDesc>> {
+        if !self.pool.shared() {
+            return Vec::new();
+        }
+        let id = self.pool.id();
+        (self.fill.into_iter().chain(self.comp))
+            // SAFETY: each was moved into a ring by consuming its token,
+            // and the rings go with the queue here.
+            .map(|d| unsafe { Owned::from_raw(d, id) })
+            .collect()
     }
 
     fn rx(&mut self, out: &mut Vec<Owned<MemDesc>>, max: usize) -> usize {
@@ -309,6 +323,10 @@ impl PortQueue for MemQueue {
         MEM_RING - self.fill.len()
     }
 
+    fn fill_capacity(&self) -> usize {
+        MEM_RING
+    }
+
     fn fill(&mut self, free: &mut Vec<Owned<MemDesc>>, n: usize) -> usize {
         let room = self.fill_room();
         let Some(from) = free.len().checked_sub(n) else {
@@ -356,6 +374,11 @@ pub struct MemBackend {
     pub network: MemNetwork,
     pub frames_per_queue: usize,
     pub frame_size: usize,
+    /// Queues of plain wires share one pool of `frames_per_queue` frames
+    /// per worker, as AF_XDP sockets on veths share their worker's UMEM
+    /// (offload wires keep pools of their own, as taps do).
+    pub share_pools: bool,
+    shared: Vec<Arc<MemPool>>,
 }
 
 impl MemBackend {
@@ -364,6 +387,8 @@ impl MemBackend {
             network,
             frames_per_queue: 1024,
             frame_size: 2048,
+            share_pools: false,
+            shared: Vec::new(),
         }
     }
 }
@@ -439,17 +464,21 @@ impl PortBackend for MemBackend {
             .ok_or_else(|| PortError::NoSuchInterface {
                 ifname: ifname.to_string(),
             })?;
+        while self.share_pools && self.shared.len() < workers {
+            let pool = MemPool::shared(self.frames_per_queue, self.frame_size);
+            self.shared.push(Arc::new(pool));
+        }
         let queues = (0..workers)
             .map(|i| {
                 (i < wire.queue_count()).then(|| MemQueue {
                     // An offload wire takes 64 KiB GSO frames, like a tap.
-                    pool: if wire.offload {
-                        MemPool::with_offload(
+                    pool: match self.shared.get(i) {
+                        _ if wire.offload => Arc::new(MemPool::with_offload(
                             self.frames_per_queue,
                             self.frame_size.max(crate::io::tap::TAP_FRAME_SIZE),
-                        )
-                    } else {
-                        MemPool::new(self.frames_per_queue, self.frame_size)
+                        )),
+                        Some(shared) => Arc::clone(shared),
+                        None => Arc::new(MemPool::new(self.frames_per_queue, self.frame_size)),
                     },
                     wire: Arc::clone(&wire),
                     queue: i,
@@ -512,7 +541,7 @@ mod tests {
     /// A token of another pool reaches none of this pool's memory.
     #[test]
     fn a_token_of_another_pool_reaches_nothing() {
-        let mut a = MemPool::new(2, 64);
+        let a = MemPool::new(2, 64);
         let b = MemPool::new(2, 64);
         let mut frames = Vec::new();
         a.take_frames::<MemDesc>(&mut frames);

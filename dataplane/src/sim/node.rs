@@ -36,9 +36,20 @@ pub struct SimNode {
 impl SimNode {
     /// One worker (id 0, batch `batch`) whose queues have `frames` frames.
     pub fn new(frames: usize, batch: usize) -> SimNode {
+        Self::with_pools(frames, batch, false)
+    }
+
+    /// [`SimNode::new`] whose plain ports share one pool of `frames`
+    /// frames, as AF_XDP sockets share their worker's UMEM.
+    pub fn shared(frames: usize, batch: usize) -> SimNode {
+        Self::with_pools(frames, batch, true)
+    }
+
+    fn with_pools(frames: usize, batch: usize, shared: bool) -> SimNode {
         let net = MemNetwork::new();
         let mut backend = MemBackend::new(net.clone());
         backend.frames_per_queue = frames;
+        backend.share_pools = shared;
         let tables = Arc::new(TableHandle::default());
         let (cmds, rx) = channel::unbounded();
         let counters = Arc::new(new_worker_counters());
