@@ -675,9 +675,11 @@ impl<Q: PortQueue> Worker<Q> {
         let free = &mut self.stores[a.store].free;
         // A fill ring the kernel nearly emptied since the last refill gets
         // a larger budget, while the pool has the frames (not the first
-        // fill of a new queue, forced, whose ring is empty).
+        // fill of a new queue, forced, whose ring is empty; not a queue
+        // that received nothing since, whose ring is as it was left).
         if a.adaptive
             && !force
+            && a.in_fill < a.fill_target
             && a.fill_target < FILL_TARGET_MAX
             && free.len() > 2 * a.fill_target
             && a.queue.fill_room() + a.fill_target / 4 > a.queue.fill_capacity()
@@ -717,7 +719,12 @@ impl<Q: PortQueue> Worker<Q> {
         // Completions: transmitted frames come back to their pool's free list.
         let (done, tx_busy) = {
             let a = &mut self.queues[qi];
-            let done = reap(a, &mut self.stores[a.store].free);
+            // Nothing in flight, nothing to reap: no look at the ring.
+            let done = if a.in_tx > 0 {
+                reap(a, &mut self.stores[a.store].free)
+            } else {
+                0
+            };
             let tx_busy = a.in_tx > 0;
             if tx_busy {
                 if let Err(e) = a.queue.kick_tx() {

@@ -428,6 +428,11 @@ pub struct XskRings {
     pool: PoolId,
     /// Bare descriptors of one ring call (xsk-rs takes and fills slices).
     scratch: Vec<FrameDesc>,
+    /// Where the RX and completion rings are read into: made once, at
+    /// its full size, so a read of an empty ring writes nothing (a pass
+    /// over a hundred idle queues once spent most of its time resizing a
+    /// vector for each read).
+    inbox: Box<[FrameDesc]>,
     /// The start of a packet received but not yet whole (its chain was
     /// cut by the batch's end): handed out with the rest of it, so `rx`
     /// yields whole packets only. Counted as in the fill ring.
@@ -530,23 +535,22 @@ impl XskRings {
     pub fn rx<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>, max: usize) -> usize {
         let carried = self.carry.len();
         // A carried chain longer than the batch still gets its end.
-        let want = max.max(carried + 1);
-        self.scratch.clear();
-        self.scratch.append(&mut self.carry);
-        self.scratch.resize(want, FrameDesc::default());
+        let want = max.max(carried + 1).min(self.inbox.len());
+        self.inbox[..carried].copy_from_slice(&self.carry);
+        self.carry.clear();
         // SAFETY: the RX ring belongs to a socket created on this queue's
         // UMEM, so the descriptors it yields name frames of that UMEM.
-        let got = unsafe { self.rx.consume(&mut self.scratch[carried..want]) };
+        let got = unsafe { self.rx.consume(&mut self.inbox[carried..want]) };
         let have = carried + got;
         // Whole packets: up to the last frame that ends one.
-        let whole = self.scratch[..have]
+        let whole = self.inbox[..have]
             .iter()
             .rposition(|d| !d.has_more_frames())
             .map_or(0, |i| i + 1);
-        self.carry.extend_from_slice(&self.scratch[whole..have]);
+        self.carry.extend_from_slice(&self.inbox[whole..have]);
         // SAFETY: consumed from this UMEM's RX ring, now or (the carried
         // start) by an earlier call that gave them no token.
-        unsafe { adopt(&self.scratch[..whole], self.pool, &mut self.held, out) };
+        unsafe { adopt(&self.inbox[..whole], self.pool, &mut self.held, out) };
         self.in_fill = self.in_fill.saturating_sub(whole);
         whole
     }
@@ -615,12 +619,12 @@ impl XskRings {
     }
 
     pub fn complete<D: Holds<FrameDesc>>(&mut self, out: &mut Vec<Owned<D>>, max: usize) -> usize {
-        self.scratch.resize(max, FrameDesc::default());
+        let max = max.min(self.inbox.len());
         // SAFETY: the completion ring is this UMEM's, so its descriptors name
         // frames of this queue's UMEM.
-        let n = unsafe { self.comp.consume(&mut self.scratch[..max]) };
+        let n = unsafe { self.comp.consume(&mut self.inbox[..max]) };
         // SAFETY: just consumed from this UMEM's completion ring.
-        unsafe { adopt(&self.scratch[..n], self.pool, &mut self.held, out) };
+        unsafe { adopt(&self.inbox[..n], self.pool, &mut self.held, out) };
         self.in_tx = self.in_tx.saturating_sub(n);
         n
     }
@@ -1087,6 +1091,8 @@ impl AfXdpBackend {
                 comp,
                 pool: id,
                 scratch: Vec::with_capacity(RING_SIZE as usize),
+                inbox: vec![FrameDesc::default(); RING_SIZE as usize + MAX_CHAIN]
+                    .into_boxed_slice(),
                 carry: Vec::with_capacity(MAX_CHAIN),
                 in_fill: 0,
                 in_tx: 0,
