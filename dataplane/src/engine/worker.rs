@@ -17,7 +17,9 @@
 //! frame for another port is copied into a free frame of that port's pool
 //! (a GSO frame for a port without offloads into several, one per
 //! segment), or written to a tap straight from the ingress frame, and its
-//! own frame goes back to the ingress pool's free list. A packet received
+//! own frame goes back to the ingress pool's free list; between two ports
+//! of one pool (pod veths and the host port, on the worker's UMEM) the
+//! frame itself moves, by descriptor. A packet received
 //! as a chain of frames (a veth port's AF_XDP multi-buffer) is copied
 //! whole into a jumbo buffer of the worker's and its frames go back at
 //! once; it leaves as one tap write or as a chain of the egress pool's
@@ -887,10 +889,10 @@ impl<Q: PortQueue> Worker<Q> {
                         let (src, dst) = two_mut(&mut self.queues, qi, j);
                         let (wc, id) = (&*self.counters, self.cfg.id);
                         if src.store == dst.store {
-                            let free = &mut self.stores[src.store].free;
-                            let lost = forward(src, dst, free, &mut frame, out, wc, id);
-                            free.push(frame);
-                            lost
+                            // One pool (the worker's UMEM): the frame itself
+                            // leaves by the egress queue, finished in place,
+                            // as a reply does; no copy.
+                            send_back(dst, &mut self.stores[src.store].free, frame, out)
                         } else {
                             let (sf, df) = two_mut(&mut self.stores, src.store, dst.store);
                             let lost = forward(src, dst, &mut df.free, &mut frame, out, wc, id);
@@ -1226,10 +1228,10 @@ fn caps_of<P: FramePool>(pool: &P) -> EgressCaps {
     }
 }
 
-/// Send `frame` of `a` back out of `a` (a reply, or a frame forwarded to
-/// the port it came from): finished for `a` in place and queued by token
-/// on `a.pending`, or, with the drop reason returned when it cannot leave,
-/// given back to `free` (its pool's).
+/// Send `frame` out of `a` by token: a reply, a frame forwarded to the
+/// port it came from, or one forwarded to another port of the same pool.
+/// Finished for `a` in place and queued on `a.pending`, or, with the drop
+/// reason returned when it cannot leave, given back to `free` (its pool's).
 fn send_back<Q: PortQueue>(
     a: &mut Active<Q>,
     free: &mut Vec<FrameOf<Q>>,

@@ -26,25 +26,27 @@
 //! `generic-copy` ([`XdpAttachment::mode`]). Veth ports skip the zero-copy
 //! attempt (veth has no zero-copy, and a failed bind costs a UMEM).
 //!
-//! One UMEM per socket, not per worker. libxdp turns the UMEM's own file
-//! descriptor into the first socket created on it and never closes it while
-//! the UMEM lives, so with a per-worker UMEM the first port's socket could
-//! never be released: re-adding that interface, or adding a port after all
-//! were removed, fails with EINVAL. A UMEM per socket keeps every port
-//! independently closable (its memory comes back when the port goes) at the
-//! cost of one memcpy per frame forwarded between two ports; veth copy mode
-//! already copies twice in the kernel. Frames answered on their ingress port
-//! (ARP, ICMP echo) move without a copy. The uplink's sockets have the same
-//! UMEM and frame layout (2 KiB chunks).
+//! One UMEM per worker for the sockets of every pod veth and the host port
+//! ([`WorkerUmem`], `XDP_SHARED_UMEM`, fill and completion rings per
+//! socket), so memory does not grow with pods. libxdp turns the UMEM's own
+//! file descriptor into the first socket created on it and never closes it
+//! while the UMEM lives, and the kernel binds a shared socket only while
+//! that first one is bound: the first is an anchor bound to `lo` of a
+//! network namespace of its own, never a pod's. A closed socket's frames
+//! (those its rings held, which the kernel never returns) are handed back
+//! to the worker ([`XskRings::close`]). The uplink's sockets keep a UMEM
+//! each ([`AfXdpBackend::frames_per_queue`]): a UMEM is zero-copy or copy
+//! as a whole, and a NIC may be zero-copy where a veth never is. Every
+//! UMEM has the same frame layout (2 KiB chunks).
 //!
-//! Memory per port = workers × frames_per_queue × FRAME_SIZE (2048 bytes):
-//! 2048 frames per queue (the default, and the least taken: twice the ring
-//! size) is 4 MiB per worker per port, plus the four rings (4 × 1024 × 16
-//! bytes = 64 KiB). The rings hold 1024 descriptors because a TCP sender's
-//! burst outruns smaller ones: with 512-entry rings (half the pool in the
-//! fill ring) the pod's host veth counted one `rx_queue_0_drops` (failed
-//! redirect into the socket) per TCP retransmit, thousands per second of
-//! iperf3; with 1024 none were seen.
+//! Memory: workers × `frames_per_worker` × FRAME_SIZE (2048 bytes; 16384
+//! frames, 32 MiB, by default), plus per socket its four rings (4 × 1024 ×
+//! 16 bytes = 64 KiB) and a bit per frame of the UMEM; the uplink, workers
+//! × `frames_per_queue` (2048) frames. The rings hold 1024 descriptors
+//! because a TCP sender's burst outruns smaller ones: with 512-entry rings
+//! (half the pool in the fill ring) the pod's host veth counted one
+//! `rx_queue_0_drops` (failed redirect into the socket) per TCP retransmit,
+//! thousands per second of iperf3; with 1024 none were seen.
 
 use std::ffi::CString;
 use std::num::NonZeroU32;

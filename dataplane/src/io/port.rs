@@ -3,8 +3,9 @@
 //! crate tomorrow) can be swapped without touching the worker loop.
 //!
 //! The model is AF_XDP's. Each worker owns one [`PortQueue`] per port (for
-//! AF_XDP: the socket bound to queue `i` of the interface, with its own
-//! UMEM, which is the queue's [`FramePool`]). A frame in the worker's
+//! AF_XDP: the socket bound to queue `i` of the interface, on the UMEM
+//! that is its [`FramePool`]: the worker's, shared by its sockets on every
+//! veth, or, on the uplink, one of its own). A frame in the worker's
 //! hands is an [`Owned`] token (one per frame, not copyable); in a ring it
 //! is a bare descriptor. Frames circulate between the worker and the rings:
 //!
@@ -18,10 +19,9 @@
 //! A frame sent back out of the port it came in on (ARP and ICMP replies)
 //! moves by token; a frame forwarded to another port is copied into a
 //! free frame of that port's pool, or written straight to a tap
-//! ([`PortQueue::tx_direct`]) (see `afxdp.rs` for why pools are per queue
-//! rather than per worker). Calls are batched: every method takes from or
-//! pushes onto one of the worker's vectors, whose capacity is the pool's
-//! size, so moving frames never allocates.
+//! ([`PortQueue::tx_direct`]). Calls are batched: every method takes from
+//! or pushes onto one of the worker's vectors (a free list per pool), whose
+//! capacity is the pool's size, so moving frames never allocates.
 
 use std::io;
 use std::os::fd::RawFd;
