@@ -30,9 +30,10 @@
 //!
 //! A queue on a shared pool gets a fill budget that adapts: a new or idle
 //! queue keeps [`FILL_TARGET_MIN`] frames in its fill ring, one that
-//! nearly ran dry gets twice as many (up to [`FILL_TARGET_MAX`]), and one
-//! that received nothing for a second gets half, so a hundred idle pods
-//! park a few thousand frames, not a hundred thousand.
+//! nearly ran dry gets twice as many (up to [`FILL_TARGET_MAX`], while a
+//! quarter of the pool stays free), and one that received nothing for a
+//! second gets half, so a hundred idle pods park a few thousand frames,
+//! not a hundred thousand.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -674,16 +675,21 @@ impl<Q: PortQueue> Worker<Q> {
     /// Top up queue `qi`'s fill ring from the free list.
     fn refill(&mut self, qi: usize, force: bool) {
         let a = &mut self.queues[qi];
-        let free = &mut self.stores[a.store].free;
+        let store = &mut self.stores[a.store];
+        let reserve = store.frames / 4;
+        let free = &mut store.free;
         // A fill ring the kernel nearly emptied since the last refill gets
-        // a larger budget, while the pool has the frames (not the first
-        // fill of a new queue, forced, whose ring is empty; not a queue
-        // that received nothing since, whose ring is as it was left).
+        // a larger budget, while the pool has the frames: twice the new
+        // budget, and a quarter of the pool kept for the other queues
+        // (frames parked in a fill ring come back only as its queue
+        // receives). Not the first fill of a new queue, forced, whose ring
+        // is empty; not a queue that received nothing since, whose ring is
+        // as it was left.
         if a.adaptive
             && !force
             && a.in_fill < a.fill_target
             && a.fill_target < FILL_TARGET_MAX
-            && free.len() > 2 * a.fill_target
+            && free.len() > (2 * a.fill_target).max(reserve)
             && a.queue.fill_room() + a.fill_target / 4 > a.queue.fill_capacity()
         {
             a.fill_target *= 2;
