@@ -172,8 +172,9 @@ const KERNEL_STATS_PASSES: u32 = 1024;
 /// multi-buffer on veth ports): [`crate::io::afxdp::MAX_CHAIN`] chunks.
 const CHAIN_BYTES: usize = crate::io::afxdp::MAX_CHAIN * crate::io::afxdp::CHUNK_DATA as usize;
 
-/// Upper bound of frames parked in one queue's fill ring (half the pool at
-/// most, so there are always frames to copy forwarded traffic into).
+/// Upper bound of frames parked in one queue's fill ring (on a pool of its
+/// own, half the pool at most, so there are always frames to copy
+/// forwarded traffic into; on a shared pool, see `refill`).
 pub const FILL_TARGET_MAX: usize = 1024;
 /// The fill budget of a new or idle queue on a shared pool.
 pub const FILL_TARGET_MIN: usize = 32;
@@ -551,6 +552,7 @@ impl<Q: PortQueue> Worker<Q> {
             debug_assert!(false, "frames of a pool this worker never had");
             return;
         };
+        debug_assert!(store.closing >= frames.len(), "more frames back than held");
         store.closing = store.closing.saturating_sub(frames.len());
         store.free.extend(frames);
     }
@@ -679,8 +681,8 @@ impl<Q: PortQueue> Worker<Q> {
         let reserve = store.frames / 4;
         let free = &mut store.free;
         // A fill ring the kernel nearly emptied since the last refill gets
-        // a larger budget, while the pool has the frames: twice the new
-        // budget, and a quarter of the pool kept for the other queues
+        // a larger budget, while the pool has the frames: the new budget
+        // free, and a quarter of the pool kept for the other queues
         // (frames parked in a fill ring come back only as its queue
         // receives). Not the first fill of a new queue, forced, whose ring
         // is empty; not a queue that received nothing since, whose ring is

@@ -40,8 +40,10 @@
 //! UMEM has the same frame layout (2 KiB chunks).
 //!
 //! Memory: workers × `frames_per_worker` × FRAME_SIZE (2048 bytes; 16384
-//! frames, 32 MiB, by default), plus per socket its four rings (4 × 1024 ×
-//! 16 bytes = 64 KiB) and a bit per frame of the UMEM; the uplink, workers
+//! frames, 32 MiB, by default), plus per socket its four rings (2 × 1024 ×
+//! 16 bytes for RX and TX, 2 × 1024 × 8 for fill and completion: 48 KiB),
+//! a read buffer of 1040 descriptors and a bit per frame of the UMEM; the
+//! uplink, workers
 //! × `frames_per_queue` (2048) frames. The rings hold 1024 descriptors
 //! because a TCP sender's burst outruns smaller ones: with 512-entry rings
 //! (half the pool in the fill ring) the pod's host veth counted one
@@ -255,16 +257,22 @@ impl WorkerUmem {
     }
 }
 
-/// How long a bind refused with EBUSY is tried again: a closing socket of
-/// the same queue is gone within ~10 ms, a foreign one never.
+/// How long a bind refused with EBUSY or EINVAL is tried again, from the
+/// first refusal: a closing socket of the same queue is gone within ~10
+/// ms, a foreign one never.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Whether the kernel refused a socket's bind because the queue is bound.
+/// Whether the kernel refused a socket's bind as it does while the queue's
+/// previous socket is still closing: EBUSY (the queue is bound), or, on a
+/// shared UMEM, EINVAL (libxdp still had that queue's context, so the new
+/// socket had no fill and completion rings of its own).
 fn busy(e: &dyn std::error::Error) -> bool {
-    e.source()
-        .and_then(|c| c.downcast_ref::<io::Error>())
-        .and_then(io::Error::raw_os_error)
-        == Some(libc::EBUSY)
+    matches!(
+        e.source()
+            .and_then(|c| c.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error),
+        Some(libc::EBUSY | libc::EINVAL)
+    )
 }
 
 /// An error with the one it came from (xsk-rs keeps the errno there).
@@ -1058,27 +1066,32 @@ impl AfXdpBackend {
             .parse()
             .map_err(|e: std::ffi::NulError| err(e.to_string()))?;
         // SAFETY: a UMEM of its own is fresh, so this socket is its only
-        // one; on a worker's UMEM this (interface, queue) is not bound yet
-        // (each port is opened once, and its sockets are one per queue), so
-        // libxdp makes it fill and completion rings of its own. libxdp's
+        // one; on a worker's UMEM each port's sockets are one per queue,
+        // and a previous socket of this (interface, queue) still closing
+        // makes the bind fail (below), never share its rings. libxdp's
         // program load is inhibited (the shared-UMEM double-free caveat of
         // `Socket::new`).
         //
         // A socket of the port's last opening may still be closing on its
-        // worker's closing thread (~10 ms; the kernel answers EBUSY until
-        // it is gone): wait for it, a bounded time.
-        let t0 = std::time::Instant::now();
+        // worker's closing thread (~10 ms; until it is gone the kernel
+        // answers EBUSY, or EINVAL while libxdp still has its context):
+        // try again, for a bounded time from the first refusal.
+        let mut refused: Option<std::time::Instant> = None;
         let (tx, rx, rings) = loop {
             match unsafe { Socket::new(config, &umem, &iface, queue) } {
                 Ok(made) => break made,
-                Err(e) if busy(&e) && t0.elapsed() < BUSY_WAIT => {
+                Err(e) if busy(&e) && refused.is_none_or(|t| t.elapsed() < BUSY_WAIT) => {
+                    refused.get_or_insert_with(std::time::Instant::now);
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Err(e) => return Err(err(with_cause(&e))),
             }
         };
-        if t0.elapsed() > std::time::Duration::from_millis(5) {
-            log::debug!("{ifname} queue {queue}: bound after {:?}", t0.elapsed());
+        if let Some(t) = refused {
+            log::debug!(
+                "{ifname} queue {queue}: bound {:?} after a refusal",
+                t.elapsed()
+            );
         }
         let (fill, comp) = rings.ok_or_else(|| {
             err("libxdp returned no fill/completion rings: the queue is bound already".into())

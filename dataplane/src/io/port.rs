@@ -19,7 +19,8 @@
 //! A frame sent back out of the port it came in on (ARP and ICMP replies)
 //! moves by token; a frame forwarded to another port is copied into a
 //! free frame of that port's pool, or written straight to a tap
-//! ([`PortQueue::tx_direct`]). Calls are batched: every method takes from
+//! ([`PortQueue::tx_direct`]); between two ports of one shared pool it
+//! moves by token too. Calls are batched: every method takes from
 //! or pushes onto one of the worker's vectors (a free list per pool), whose
 //! capacity is the pool's size, so moving frames never allocates.
 
