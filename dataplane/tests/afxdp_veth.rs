@@ -525,10 +525,10 @@ fn ports_share_the_workers_umem_and_give_their_frames_back() {
     // nothing left with the ports removed.
     assert_eq!(
         umem.fill_budget,
-        3 * 32,
+        3 * 64,
         "idle queues keep the least: {umem:?}"
     );
-    assert!(umem.in_rings <= 3 * 32, "{umem:?}");
+    assert!(umem.in_rings <= 3 * 64, "{umem:?}");
     let s = c.stats();
     let b = port(&s, "fysb");
     assert_eq!(b.kernel["rx_invalid_descs"], 0, "{b:?}");

@@ -176,8 +176,10 @@ const CHAIN_BYTES: usize = crate::io::afxdp::MAX_CHAIN * crate::io::afxdp::CHUNK
 /// own, half the pool at most, so there are always frames to copy
 /// forwarded traffic into; on a shared pool, see `refill`).
 pub const FILL_TARGET_MAX: usize = 1024;
-/// The fill budget of a new or idle queue on a shared pool.
-pub const FILL_TARGET_MIN: usize = 32;
+/// The fill budget of a new or idle queue on a shared pool: four chains
+/// of the largest packet a veth port carries (with 32, two, a jumbo pod's
+/// socket once found its fill ring empty: `rx_dropped`).
+pub const FILL_TARGET_MIN: usize = 4 * crate::io::afxdp::MAX_CHAIN;
 /// The most frames waiting in one queue's TX batch before it is
 /// committed: a batch of chains or GSO segments stays below it, and the
 /// vector never grows past it.
