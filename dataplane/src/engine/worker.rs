@@ -200,8 +200,6 @@ struct Store<Q: PortQueue> {
     /// Its capacity is the pool's size, so it never grows.
     free: Vec<FrameOf<Q>>,
     frames: usize,
-    /// Queues on this pool.
-    queues: usize,
     /// Frames of removed queues not yet back ([`PortQueue::close`]).
     closing: usize,
     /// Shared by several queues: kept while the worker lives (its tokens
@@ -225,10 +223,8 @@ struct Active<Q: PortQueue> {
     /// a few dozen frames per wake-up, so a queue with frames in flight is
     /// kicked again on every pass until they complete.
     in_tx: usize,
+    /// On a shared pool it adapts ([`FILL_TARGET_MIN`]..[`FILL_TARGET_MAX`]).
     fill_target: usize,
-    /// The fill budget adapts ([`FILL_TARGET_MIN`]..[`FILL_TARGET_MAX`]):
-    /// the queue is on a shared pool.
-    adaptive: bool,
     /// Frames received since the kernel counters were last read.
     received: usize,
 }
@@ -338,24 +334,28 @@ impl<Q: PortQueue> Worker<Q> {
     /// `&self` can look) the worker holds no RX batch, so each census is
     /// [`FrameCensus::conserved`] unless a frame was lost or duplicated.
     pub fn census(&self) -> impl Iterator<Item = FrameCensus> + '_ {
-        self.stores.iter().enumerate().map(|(s, store)| {
-            let mut c = FrameCensus {
-                pool: store.frames,
-                queues: 0,
-                rings: RingFrames::default(),
-                free: store.free.len(),
-                pending: 0,
-                closing: store.closing,
-            };
-            for a in self.queues.iter().filter(|a| a.store == s) {
-                let r = a.queue.ring_frames();
-                c.queues += 1;
-                c.rings.fill_or_rx += r.fill_or_rx;
-                c.rings.tx_or_completion += r.tx_or_completion;
-                c.pending += a.pending.len();
-            }
-            c
-        })
+        (0..self.stores.len()).map(|s| self.census_of(s))
+    }
+
+    /// Where store `s`'s frames are.
+    fn census_of(&self, s: usize) -> FrameCensus {
+        let store = &self.stores[s];
+        let mut c = FrameCensus {
+            pool: store.frames,
+            queues: 0,
+            rings: RingFrames::default(),
+            free: store.free.len(),
+            pending: 0,
+            closing: store.closing,
+        };
+        for a in self.queues.iter().filter(|a| a.store == s) {
+            let r = a.queue.ring_frames();
+            c.queues += 1;
+            c.rings.fill_or_rx += r.fill_or_rx;
+            c.rings.tx_or_completion += r.tx_or_completion;
+            c.pending += a.pending.len();
+        }
+        c
     }
 
     /// What the adapter's rings of `port`'s queue hold.
@@ -501,7 +501,6 @@ impl<Q: PortQueue> Worker<Q> {
                             in_fill: 0,
                             in_tx: 0,
                             fill_target,
-                            adaptive: shared,
                             received: 0,
                         });
                         self.queues_changed();
@@ -532,7 +531,6 @@ impl<Q: PortQueue> Worker<Q> {
                     pool: id,
                     free: Vec::with_capacity(frames),
                     frames,
-                    queues: 0,
                     closing: 0,
                     shared: queue.pool().shared(),
                 });
@@ -541,7 +539,6 @@ impl<Q: PortQueue> Worker<Q> {
         };
         // Tokens come once per pool: at its first queue, nothing later.
         queue.take_frames(&mut self.stores[s].free);
-        self.stores[s].queues += 1;
         s
     }
 
@@ -574,12 +571,12 @@ impl<Q: PortQueue> Worker<Q> {
         debug_assert!(gone.pending.is_empty(), "port {port}: frames pending");
         let s = gone.store;
         let held = gone.queue.ring_frames();
+        let last = !self.queues.iter().any(|a| a.store == s);
         let store = &mut self.stores[s];
-        store.queues -= 1;
         if store.shared {
             // Its rings' frames come back once the socket is closed.
             store.closing += held.fill_or_rx + held.tx_or_completion;
-        } else if store.queues == 0 {
+        } else if last {
             // The pool goes with its queue, frames and all.
             debug_assert!(
                 store.free.len() + held.fill_or_rx + held.tx_or_completion == store.frames,
@@ -634,12 +631,12 @@ impl<Q: PortQueue> Worker<Q> {
             if let Some(values) = a.queue.kernel_stats() {
                 a.counters.set_kernel(&values);
             }
-            if a.adaptive && std::mem::take(&mut a.received) == 0 {
+            if self.stores[a.store].shared && std::mem::take(&mut a.received) == 0 {
                 a.fill_target = (a.fill_target / 2).max(FILL_TARGET_MIN);
             }
         }
         if let Some(s) = self.stores.iter().position(|s| s.shared) {
-            let c = self.census().nth(s).unwrap_or(FrameCensus::EMPTY);
+            let c = self.census_of(s);
             let budget: usize = (self.queues.iter())
                 .filter(|a| a.store == s)
                 .map(|a| a.fill_target)
@@ -689,7 +686,7 @@ impl<Q: PortQueue> Worker<Q> {
         // receives). Not the first fill of a new queue, forced, whose ring
         // is empty; not a queue that received nothing since, whose ring is
         // as it was left.
-        if a.adaptive
+        if store.shared
             && !force
             && a.in_fill < a.fill_target
             && a.fill_target < FILL_TARGET_MAX
@@ -1176,18 +1173,6 @@ pub struct FrameCensus {
 }
 
 impl FrameCensus {
-    const EMPTY: FrameCensus = FrameCensus {
-        pool: 0,
-        queues: 0,
-        rings: RingFrames {
-            fill_or_rx: 0,
-            tx_or_completion: 0,
-        },
-        free: 0,
-        pending: 0,
-        closing: 0,
-    };
-
     /// Frames found somewhere.
     pub fn counted(&self) -> usize {
         self.rings.fill_or_rx
