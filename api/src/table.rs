@@ -636,7 +636,9 @@ pub struct PortStats {
     /// Endpoint id, or `"host"` for the host port.
     pub endpoint: String,
     /// Whether the dataplane has the port open (veth: XDP attached and
-    /// sockets bound; tap: queues attached).
+    /// sockets bound; tap: queues attached). False once a worker found the
+    /// device deleted under its socket (the pod's namespace went before
+    /// its DEL) and closed its queue.
     pub attached: bool,
     /// How the port is driven: the XDP attach and socket bind mode
     /// (`native-zerocopy`, `native-copy`, `generic-copy`) or `tap`.

@@ -338,7 +338,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "ferry_port_attached",
         "gauge",
-        "1 if the dataplane has the port open (veth: XDP program attached, AF_XDP sockets bound; tap: queues attached).",
+        "1 if the dataplane has the port open (veth: XDP program attached, AF_XDP sockets bound; tap: queues attached); 0 once a worker found its device deleted under it.",
     );
     for p in &stats.ports {
         f.sample(

@@ -832,7 +832,8 @@ impl<B: PortBackend> Dataplane<B> {
                 let mut s = PortStats {
                     name: name.clone(),
                     endpoint: p.label.clone(),
-                    attached: true,
+                    // Until a worker finds the device gone under it.
+                    attached: !p.counters.iter().any(|c| c.detached()),
                     mode: B::mode_of(&p._attachment),
                     ..Default::default()
                 };

@@ -55,6 +55,9 @@ pub struct PortCountersInner {
     /// values, stored, not added), and whether there was one.
     kernel: [AtomicU64; 6],
     has_kernel: AtomicBool,
+    /// The worker closed its queue because the device went
+    /// ([`crate::io::port::PortQueue::device_gone`]).
+    detached: AtomicBool,
 }
 
 pub type PortCounters = CachePadded<PortCountersInner>;
@@ -68,6 +71,7 @@ pub fn new_port_counters() -> PortCounters {
         drops: zeroed(),
         kernel: std::array::from_fn(|_| AtomicU64::new(0)),
         has_kernel: AtomicBool::new(false),
+        detached: AtomicBool::new(false),
     })
 }
 
@@ -95,6 +99,16 @@ impl PortCountersInner {
             c.store(*v, Relaxed);
         }
         self.has_kernel.store(true, Relaxed);
+    }
+
+    /// Whether the worker's queue on the port was closed because its
+    /// device went (set by the worker; cleared when a queue is added).
+    pub fn set_detached(&self, detached: bool) {
+        self.detached.store(detached, Relaxed);
+    }
+
+    pub fn detached(&self) -> bool {
+        self.detached.load(Relaxed)
     }
 
     /// Add this block's values into `into` (summing over workers).

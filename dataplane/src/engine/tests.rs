@@ -128,17 +128,24 @@ fn removing_a_port_with_frames_in_flight() {
     assert_eq!(drops(&sim, "fy1", "port_gone"), Some(1));
 }
 
-/// Pods on one shared pool (as AF_XDP sockets on a worker's UMEM):
-/// forwarded frames come from and go back to the one free list; a port
-/// removed with frames in its rings hands them back once closed.
-#[test]
-fn a_removed_port_of_a_shared_pool_hands_its_frames_back() {
+/// [`node`] with every port on one pool of 512 frames (as AF_XDP sockets
+/// on a worker's UMEM).
+fn shared_node() -> (SimNode, Arc<MemWire>, Arc<MemWire>) {
     let mut sim = SimNode::shared(512, 64);
     sim.add_port("ferry0dp", 0, false);
     let a = sim.add_port("fy1", PODS[0].0, false);
     let b = sim.add_port("fy2", PODS[1].0, false);
     sim.publish(tables());
     sim.step();
+    (sim, a, b)
+}
+
+/// Pods on one shared pool (as AF_XDP sockets on a worker's UMEM):
+/// forwarded frames come from and go back to the one free list; a port
+/// removed with frames in its rings hands them back once closed.
+#[test]
+fn a_removed_port_of_a_shared_pool_hands_its_frames_back() {
+    let (mut sim, a, b) = shared_node();
     let pools: Vec<_> = sim.worker().census().collect();
     assert_eq!(pools.len(), 1, "one pool: {pools:?}");
     assert_eq!(pools[0].queues, 3);
@@ -155,24 +162,61 @@ fn a_removed_port_of_a_shared_pool_hands_its_frames_back() {
     // Its fill ring's frames and the 10 in its TX ring: closing, then back
     // (the queue is closed on a thread of its own).
     let held = FILL_TARGET_MIN + 10;
-    let mut closing = sim.worker().census().next().unwrap().closing;
+    let closing = sim.worker().census().next().unwrap().closing;
     assert!(closing == held || closing == 0, "{closing}");
-    for _ in 0..200 {
-        if closing == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        sim.step();
-        closing = sim.worker().census().next().unwrap().closing;
-    }
-    let pool = sim.worker().census().next().unwrap();
-    assert_eq!(pool.closing, 0, "{pool:?}");
+    let pool = closed(&mut sim);
     assert_eq!(pool.queues, 2);
     assert_eq!(pool.free + pool.rings.fill_or_rx, 512, "{pool:?}");
     // Traffic goes on on the rest.
     a.inject(0, echo_request(A, GW, 64, b"gw"));
     sim.step();
     assert_eq!(a.take_sent().len(), 1);
+}
+
+/// The shared pool's census once the queues being closed (on threads of
+/// their own) have handed their frames back; waits a bounded 1 s.
+fn closed(sim: &mut SimNode) -> crate::engine::worker::FrameCensus {
+    for _ in 0..200 {
+        let pool = sim.worker().census().next().unwrap();
+        if pool.closing == 0 {
+            return pool;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        sim.step();
+    }
+    panic!("frames still closing: {:?}", sim.worker().census().next());
+}
+
+/// A device deleted under its queue (a pod's namespace gone before its
+/// DEL) is found at the next kernel-counter read: the worker closes the
+/// queue itself, so the frames its rings held come home without waiting
+/// for the port's removal, and later traffic to it is lost as `port_gone`.
+#[test]
+fn a_queue_whose_device_went_is_closed_and_its_frames_come_home() {
+    let (mut sim, a, b) = shared_node();
+    b.unplug();
+    for i in 0..10u16 {
+        a.inject(0, echo_request(A, B, 64, &i.to_be_bytes()));
+    }
+    sim.step();
+    assert!(b.take_sent().is_empty(), "nothing leaves a deleted device");
+    assert_eq!(sim.worker().ring_frames_of(2).unwrap().tx_or_completion, 10);
+    assert!(sim.port_stats("fy2").attached);
+    sim.worker().read_kernel_stats();
+    assert!(!sim.port_stats("fy2").attached, "the stats say it went");
+    assert_eq!(sim.worker().ring_frames_of(2), None, "its queue is closed");
+    let pool = closed(&mut sim);
+    assert_eq!(pool.queues, 2);
+    assert_eq!(pool.free + pool.rings.fill_or_rx, 512, "{pool:?}");
+    a.inject(0, echo_request(A, B, 64, b"late"));
+    sim.step();
+    assert_eq!(drops(&sim, "fy1", "port_gone"), Some(1));
+    // ferryd's removal, when it comes, finds nothing left to do.
+    sim.remove_port("fy2");
+    sim.step();
+    a.inject(0, echo_request(A, GW, 64, b"gw"));
+    sim.step();
+    assert_eq!(a.take_sent().len(), 1, "the other pods go on");
 }
 
 /// A queue of a shared pool starts with a small fill budget, doubles it

@@ -483,6 +483,7 @@ impl<Q: PortQueue> Worker<Q> {
                 match queue {
                     None => self.slots[idx] = Slot::NoQueue,
                     Some(mut queue) => {
+                        counters.set_detached(false);
                         self.slots[idx] = Slot::Active(self.queues.len());
                         let store = self.store_for(&mut queue);
                         let (frames, shared) =
@@ -627,6 +628,7 @@ impl<Q: PortQueue> Worker<Q> {
     /// received nothing since the last time, and publish the shared
     /// pool's census in the worker's counters.
     pub fn read_kernel_stats(&mut self) {
+        self.close_unbound();
         for a in &mut self.queues {
             if let Some(values) = a.queue.kernel_stats() {
                 a.counters.set_kernel(&values);
@@ -648,6 +650,30 @@ impl<Q: PortQueue> Worker<Q> {
                 closing: c.closing as u64,
                 fill_budget: budget as u64,
             });
+        }
+    }
+
+    /// Close every queue whose device went under it (a pod's namespace
+    /// deleted before its DEL), as if its port were removed: the frames
+    /// its rings held come home instead of staying there until ferryd
+    /// removes the port (with one UMEM per worker, a few such pods would
+    /// starve the rest), traffic to it is lost as `port_gone`, and the
+    /// port's stats say it is no longer attached.
+    fn close_unbound(&mut self) {
+        // Backwards: a removal moves the last queue, already looked at,
+        // into the hole.
+        for qi in (0..self.queues.len()).rev() {
+            let a = &mut self.queues[qi];
+            if !a.queue.device_gone() {
+                continue;
+            }
+            let port = a.port;
+            log::warn!(
+                "worker {}: port {port}'s device is gone (its socket was unbound); queue closed",
+                self.cfg.id
+            );
+            a.counters.set_detached(true);
+            self.remove_port(port);
         }
     }
 

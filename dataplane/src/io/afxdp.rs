@@ -457,6 +457,8 @@ pub struct XskRings {
     /// the worker ([`XskRings::close`]).
     held: Vec<u64>,
     frames: Arc<UmemFrames>,
+    /// The kernel unbound the socket ([`XskRings::device_gone`]).
+    gone: bool,
 }
 
 /// One AF_XDP socket (worker `i` on queue `i` of a port) with its UMEM.
@@ -587,12 +589,17 @@ impl XskRings {
         }
     }
 
+    /// No wake-up once the device is gone: nothing drains the ring then,
+    /// and a queue with frames in flight would be kicked every pass.
     pub fn kick_tx(&mut self) -> io::Result<bool> {
-        if self.tx.needs_wakeup() {
-            self.tx.wakeup()?;
-            return Ok(true);
+        if self.gone || !self.tx.needs_wakeup() {
+            return Ok(false);
         }
-        Ok(false)
+        // ENXIO: the socket is no longer bound (its device went).
+        self.tx
+            .wakeup()
+            .inspect_err(|e| self.gone |= e.raw_os_error() == Some(libc::ENXIO))?;
+        Ok(true)
     }
 
     pub fn fill_room(&mut self) -> usize {
@@ -690,6 +697,32 @@ impl XskRings {
             }
         }
         out
+    }
+
+    /// Whether the kernel unbound the socket from its device: the device
+    /// was deleted under it (a pod's namespace gone before its DEL). The
+    /// kernel then sets the socket's error to ENETDOWN (read here with
+    /// `SO_ERROR`, which clears it) and neither drains its TX ring nor
+    /// fills its RX ring again; only [`XskRings::close`] gets those frames
+    /// back. Once true, true for good.
+    pub fn device_gone(&mut self) -> bool {
+        if !self.gone {
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt(2) on our own socket writes at most `len`
+            // bytes into the live `err`, and its length into `len`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    self.rx.fd().as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut err as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            self.gone = rc == 0 && err == libc::ENETDOWN;
+        }
+        self.gone
     }
 
     /// `getsockopt(XDP_STATISTICS)` of the socket.
@@ -1113,6 +1146,7 @@ impl AfXdpBackend {
                 in_tx: 0,
                 held: vec![0; words],
                 frames: Arc::clone(&frames),
+                gone: false,
             },
             pool: XskPool {
                 umem,

@@ -304,6 +304,13 @@ impl PortQueue for NodeQueue {
         matches!(self.io, NodeIo::Tap(_))
     }
 
+    fn device_gone(&mut self) -> bool {
+        match &mut self.io {
+            NodeIo::Xsk(rings) => rings.device_gone(),
+            NodeIo::Tap(_) => false,
+        }
+    }
+
     fn take_tx_errors(&mut self) -> u64 {
         match &mut self.io {
             NodeIo::Xsk(_) => 0,

@@ -305,6 +305,16 @@ pub trait PortQueue: Send + 'static {
         None
     }
 
+    /// Whether the queue's device is gone for good (a veth deleted under
+    /// its AF_XDP socket, with the pod's namespace): its rings never move
+    /// again and the frames they hold come back only by
+    /// [`PortQueue::close`]. The worker asks about once a second and then
+    /// closes the queue itself. Taps keep their device while the
+    /// dataplane holds its fd: never.
+    fn device_gone(&mut self) -> bool {
+        false
+    }
+
     /// Frames taken by [`PortQueue::tx`] that the kernel then refused
     /// (tap writes), since the last call. Rings never refuse a taken frame.
     fn take_tx_errors(&mut self) -> u64 {

@@ -58,6 +58,8 @@ pub struct MemWire {
     discard_sent: AtomicBool,
     sent: AtomicU64,
     panic_on_rx: AtomicBool,
+    /// Deleted under the dataplane ([`MemWire::unplug`]).
+    gone: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,6 +113,17 @@ impl MemWire {
     /// Stop (or resume) completing transmitted frames.
     pub fn stall_tx(&self, stalled: bool) {
         self.tx_stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// The device is deleted, as a veth with its pod's namespace: from now
+    /// on nothing is received or completed, transmitted frames stay in the
+    /// ring, and a TX wake-up fails with ENXIO (an unbound AF_XDP socket).
+    pub fn unplug(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
     }
 
     /// Count transmitted frames instead of keeping them (or keep them again).
@@ -177,6 +190,7 @@ impl MemNetwork {
                 .collect(),
             rx_dropped: AtomicU64::new(0),
             tx_stalled: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             discard_sent: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             panic_on_rx: AtomicBool::new(false),
@@ -264,6 +278,9 @@ impl PortQueue for MemQueue {
         if self.wire.panic_on_rx.swap(false, Ordering::Relaxed) {
             panic!("MemWire {} was told to panic on receive", self.wire.name);
         }
+        if self.wire.is_gone() {
+            return 0;
+        }
         let pool = &self.pool;
         let mut q = lock(&self.wire.queues[self.queue]);
         let mut n = 0;
@@ -304,8 +321,12 @@ impl PortQueue for MemQueue {
         let room = self.tx_room();
         let wire = &self.wire;
         let discard = wire.discard_sent.load(Ordering::Relaxed);
+        let gone = wire.is_gone();
         let mut q = lock(&wire.queues[self.queue]);
         Self::take_into(&self.pool, frames, 0..n, room, &mut self.comp, |pool, f| {
+            if gone {
+                return;
+            }
             wire.sent.fetch_add(1, Ordering::Relaxed);
             if !discard {
                 let (len, offload) = (pool.len_of(f), pool.offload_of(f));
@@ -316,7 +337,14 @@ impl PortQueue for MemQueue {
     }
 
     fn kick_tx(&mut self) -> io::Result<bool> {
+        if self.wire.is_gone() {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
         Ok(false)
+    }
+
+    fn device_gone(&mut self) -> bool {
+        self.wire.is_gone()
     }
 
     fn fill_room(&mut self) -> usize {
@@ -341,7 +369,7 @@ impl PortQueue for MemQueue {
     }
 
     fn complete(&mut self, out: &mut Vec<Owned<MemDesc>>, max: usize) -> usize {
-        if self.wire.tx_stalled.load(Ordering::Relaxed) {
+        if self.wire.tx_stalled.load(Ordering::Relaxed) || self.wire.is_gone() {
             return 0;
         }
         let n = max.min(self.comp.len());

@@ -155,11 +155,13 @@ impl SimNode {
     }
 
     pub fn port_stats(&self, name: &str) -> PortStats {
+        let counters = &self.ports[name].1;
         let mut s = PortStats {
             name: name.to_string(),
+            attached: !counters.detached(),
             ..Default::default()
         };
-        self.ports[name].1.sum_into(&mut s);
+        counters.sum_into(&mut s);
         s
     }
 }
