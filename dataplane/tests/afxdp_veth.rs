@@ -467,28 +467,69 @@ fn jumbo_pods_exchange_frames_larger_than_a_chunk_as_chains() {
 }
 
 /// The sockets of a worker on every pod veth and the host port share its
-/// UMEM: a pod's port removed and added again, round after round, binds
-/// its veth again (no port is the UMEM's anchor) and hands back every
-/// frame its rings held, so the worker's frames all come home.
-#[test]
-fn ports_share_the_workers_umem_and_give_their_frames_back() {
-    let mut topo = Topo::new("sh", &["pa", "pb"]);
+/// Pods A and B (host veths `ifnames`) in topology `tag`, served by a
+/// dataplane with a 2048-frame UMEM; A has pinged B.
+fn two_pods_on_a_small_umem(tag: &str, ifnames: [&str; 2]) -> (Topo, Client) {
+    let mut topo = Topo::new(tag, &["pa", "pb"]);
     let node = topo.node.clone();
-    let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
-    pod_ns(&topo, &pa, "fysa", A);
-    pod_ns(&topo, &pb, "fysb", B);
+    pod_ns(&topo, &topo.pods[0], ifnames[0], A);
+    pod_ns(&topo, &topo.pods[1], ifnames[1], B);
     let kernel_mac = host_port(&node);
     let (_sock, mut c) = start_dataplane_with(&mut topo, &["--frames-per-worker", "2048"]);
     let reply = c.call(&Request::Sync {
         node: node_settings("ferry0dp", kernel_mac),
-        endpoints: vec![endpoint("a/eth0", "fysa", A), endpoint("b/eth0", "fysb", B)],
+        endpoints: vec![
+            endpoint("a/eth0", ifnames[0], A),
+            endpoint("b/eth0", ifnames[1], B),
+        ],
         routes: vec![],
     });
     assert!(
         matches!(reply, Response::Applied { ref missing, .. } if missing.is_empty()),
         "{reply:?}"
     );
-    ping(&pa, B, "2").expect("pod A pings pod B");
+    ping(&topo.pods[0], B, "2").expect("pod A pings pod B");
+    (topo, c)
+}
+
+/// The first stats whose worker-0 UMEM census satisfies `ok` (published
+/// about once a second, idle or not), waiting a bounded 10 s; panics with
+/// `what` after that.
+fn umem_when(
+    c: &mut Client,
+    what: &str,
+    ok: impl Fn(&Stats, &ferry_api::table::UmemStats) -> bool,
+) -> (Stats, ferry_api::table::UmemStats) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stats();
+        let u = s.workers[0]
+            .umem
+            .expect("a shared UMEM once veth ports exist");
+        if ok(&s, &u) {
+            return (s, u);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {u:?}; {}",
+            stats_line(&s)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every frame of the UMEM free or in a live socket's rings.
+fn home(u: &ferry_api::table::UmemStats) -> bool {
+    u.closing == 0 && u.free + u.in_rings == u.frames
+}
+
+/// UMEM: a pod's port removed and added again, round after round, binds
+/// its veth again (no port is the UMEM's anchor) and hands back every
+/// frame its rings held, so the worker's frames all come home.
+#[test]
+fn ports_share_the_workers_umem_and_give_their_frames_back() {
+    let (topo, mut c) = two_pods_on_a_small_umem("sh", ["fysa", "fysb"]);
+    let pb = topo.pods[1].clone();
     const ROUNDS: usize = 12;
     for round in 0..ROUNDS {
         let reply = c.call(&Request::RemoveEndpoint {
@@ -511,27 +552,13 @@ fn ports_share_the_workers_umem_and_give_their_frames_back() {
     // second, idle or not: the first publication with pod B's last socket
     // in it (its kernel counters, read just before the census) is awaited,
     // since one made while B was removed counts two queues.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (s, umem) = loop {
-        let s = c.stats();
-        let u = s.workers[0]
-            .umem
-            .expect("a shared UMEM once veth ports exist");
+    let (s, umem) = umem_when(
+        &mut c,
+        "frames did not come home, or idle queues kept more than the least",
         // Three sockets (two pods and the host port) with small budgets,
         // and nothing left with the ports removed.
-        if !port(&s, "fysb").kernel.is_empty()
-            && u.closing == 0
-            && u.free + u.in_rings == u.frames
-            && u.fill_budget == 3 * 64
-        {
-            break (s, u);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "frames did not come home, or idle queues kept more than the least: {u:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        |s, u| !port(s, "fysb").kernel.is_empty() && home(u) && u.fill_budget == 3 * 64,
+    );
     assert_eq!(umem.frames, 2048, "{umem:?}");
     assert!(umem.in_rings <= 3 * 64, "{umem:?}");
     let b = port(&s, "fysb");
@@ -547,40 +574,16 @@ fn ports_share_the_workers_umem_and_give_their_frames_back() {
 /// pods go on, and the removal that follows is an ordinary one.
 #[test]
 fn a_veth_deleted_under_its_port_gives_its_frames_back() {
-    let mut topo = Topo::new("gn", &["pa", "pb"]);
-    let node = topo.node.clone();
+    let (topo, mut c) = two_pods_on_a_small_umem("gn", ["fyga", "fygb"]);
     let (pa, pb) = (topo.pods[0].clone(), topo.pods[1].clone());
-    pod_ns(&topo, &pa, "fyga", A);
-    pod_ns(&topo, &pb, "fygb", B);
-    let kernel_mac = host_port(&node);
-    let (_sock, mut c) = start_dataplane_with(&mut topo, &["--frames-per-worker", "2048"]);
-    let reply = c.call(&Request::Sync {
-        node: node_settings("ferry0dp", kernel_mac),
-        endpoints: vec![endpoint("a/eth0", "fyga", A), endpoint("b/eth0", "fygb", B)],
-        routes: vec![],
-    });
-    assert!(
-        matches!(reply, Response::Applied { ref missing, .. } if missing.is_empty()),
-        "{reply:?}"
-    );
-    ping(&pa, B, "2").expect("pod A pings pod B");
     must(&["ip", "netns", "del", &pb]);
     // Traffic towards the vanished pod, for its TX ring (fails: no pod).
     let _ = ping_with(&pa, B, "20", &["-i", "0.05"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (s, umem) = loop {
-        let s = c.stats();
-        let u = s.workers[0].umem.expect("a shared UMEM");
-        if !port(&s, "fygb").attached && u.closing == 0 && u.free + u.in_rings == u.frames {
-            break (s, u);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the vanished pod's queue kept its frames: {u:?}; {}",
-            stats_line(&s)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (s, umem) = umem_when(
+        &mut c,
+        "the vanished pod's queue kept its frames",
+        |s, u| !port(s, "fygb").attached && home(u),
+    );
     assert!(port(&s, "fyga").attached, "{}", stats_line(&s));
     // Two sockets left (pod A and the host port), at their small budgets.
     assert!(umem.in_rings <= 2 * 64, "{umem:?}");

@@ -101,10 +101,10 @@ impl PortCountersInner {
         self.has_kernel.store(true, Relaxed);
     }
 
-    /// Whether the worker's queue on the port was closed because its
-    /// device went (set by the worker; cleared when a queue is added).
-    pub fn set_detached(&self, detached: bool) {
-        self.detached.store(detached, Relaxed);
+    /// The worker closed its queue on the port because its device went.
+    /// For good: a port opened again gets counters of its own.
+    pub fn mark_detached(&self) {
+        self.detached.store(true, Relaxed);
     }
 
     pub fn detached(&self) -> bool {

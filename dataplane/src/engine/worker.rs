@@ -483,7 +483,6 @@ impl<Q: PortQueue> Worker<Q> {
                 match queue {
                     None => self.slots[idx] = Slot::NoQueue,
                     Some(mut queue) => {
-                        counters.set_detached(false);
                         self.slots[idx] = Slot::Active(self.queues.len());
                         let store = self.store_for(&mut queue);
                         let (frames, shared) =
@@ -623,10 +622,11 @@ impl<Q: PortQueue> Worker<Q> {
     }
 
     /// What the worker does about once a second ([`Worker::run`]; tests
-    /// call it): copy every socket's kernel counters into its port
-    /// counters, halve the fill budget of each queue of a shared pool that
-    /// received nothing since the last time, and publish the shared
-    /// pool's census in the worker's counters.
+    /// call it): close the queues whose device went
+    /// ([`Worker::close_unbound`]), copy every socket's kernel counters
+    /// into its port counters, halve the fill budget of each queue of a
+    /// shared pool that received nothing since the last time, and publish
+    /// the shared pool's census in the worker's counters.
     pub fn read_kernel_stats(&mut self) {
         self.close_unbound();
         for a in &mut self.queues {
@@ -672,7 +672,7 @@ impl<Q: PortQueue> Worker<Q> {
                 "worker {}: port {port}'s device is gone (its socket was unbound); queue closed",
                 self.cfg.id
             );
-            a.counters.set_detached(true);
+            a.counters.mark_detached();
             self.remove_port(port);
         }
     }
